@@ -1,0 +1,1 @@
+//! Throwaway test certificates for the local mock (`kfr certs local`).

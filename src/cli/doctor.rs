@@ -1,0 +1,4 @@
+//! `kfr doctor`.
+pub async fn run(_settings: crate::config::Settings) -> anyhow::Result<()> {
+    anyhow::bail!("not built yet")
+}

@@ -1,0 +1,165 @@
+//! Command-line interface: clap argument structs and one file per command.
+//!
+//! Arguments are parsed first and then resolved, once, into [`crate::config::Settings`] (flags are
+//! one of the configuration sources). Commands print data on stdout and messages on stderr.
+
+use crate::config::{self, FlagOverrides};
+use crate::error::{self, Exit};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+mod certs;
+mod config_show;
+mod doctor;
+mod mock;
+mod pseudonym;
+mod token;
+mod validate;
+
+#[derive(Debug, Parser)]
+#[command(name = "kfr", version, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ./kfr.toml when present; also KFR_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). KFR_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub overrides: FlagOverrides,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Get a Maskinporten access token and show its expiry, scope and consumer organisation.
+    Token(TokenArgs),
+    /// Check certificate, configuration, connectivity and clock, one line per check.
+    Doctor,
+    /// Generate certificates for local testing against `kfr mock`.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run the bundled fake Maskinporten (and fake KFR) on loopback.
+    Mock(MockArgs),
+    /// Inspect the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Validate customer identifiers offline (no request is sent).
+    Validate(ValidateArgs),
+    /// Print the log pseudonym of a customer identifier, to find it in logs.
+    Pseudonym(PseudonymArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Also print the access token itself (it is a secret: keep it out of tickets and logs).
+    #[arg(long)]
+    pub show_token: bool,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// A throwaway test CA, a business-certificate-shaped client certificate and a ready kfr.toml.
+    Local(CertsLocalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsLocalArgs {
+    /// The organisation number put in the certificate's serialNumber.
+    #[arg(long, value_name = "ORGNR")]
+    pub org_number: String,
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Base URL of the mock the generated kfr.toml points at.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub mock_url: String,
+    /// Organisation name used in the subject (O= and CN=<name> TEST).
+    #[arg(long, value_name = "NAME", default_value = "KFR LOCAL BANK AS")]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings, secrets redacted, with where each value came from.
+    Show {
+        /// Machine-readable output (JSON on stdout).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    #[command(flatten)]
+    pub mock: crate::mock::MockFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Identifiers to validate.
+    pub ids: Vec<String>,
+    /// A file with one identifier per line.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PseudonymArgs {
+    /// The customer identifier.
+    pub id: String,
+}
+
+/// Entry point used by `main`: parse, run, render errors, map to the exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version on stdout (exit 0) and usage errors on stderr (exit 2).
+            let code = if e.use_stderr() { Exit::Usage } else { Exit::Success };
+            let _ = e.print();
+            return code.into();
+        }
+    };
+    crate::telemetry::init(if cli.quiet { -1 } else { cli.verbose.min(10) as i8 });
+    match run(cli) {
+        Ok(()) => Exit::Success.into(),
+        Err(err) => {
+            if err.downcast_ref::<error::Reported>().is_none() {
+                eprint!("{}", error::render(&err));
+            }
+            error::exit_code(&err).into()
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let load = || config::Settings::load(cli.config.as_deref(), &cli.overrides);
+    match &cli.command {
+        Command::Token(args) => runtime()?.block_on(token::run(load()?, args)),
+        Command::Doctor => runtime()?.block_on(doctor::run(load()?)),
+        Command::Certs(CertsCommand::Local(args)) => certs::run(args),
+        Command::Mock(args) => runtime()?.block_on(mock::run(args)),
+        Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
+        Command::Validate(args) => validate::run(&load()?, args),
+        Command::Pseudonym(args) => pseudonym::run(&load()?, args),
+    }
+}

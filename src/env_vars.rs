@@ -1,0 +1,17 @@
+//! Every environment variable `kfr` reads, in one place, so the documentation and the code agree.
+//!
+//! Configuration keys map to `KFR_<KEY>` (upper case); see [`crate::config`] and
+//! `docs/configuration.md`. The variables below are the ones with a special role.
+
+/// Path of the configuration file (same as `--config`).
+pub const KFR_CONFIG: &str = "KFR_CONFIG";
+/// Password of the PKCS#12 file or of the encrypted PKCS#8 key. Never accepted as a flag.
+pub const KFR_CERTIFICATE_PASSWORD: &str = "KFR_CERTIFICATE_PASSWORD";
+/// Log filter (tracing `EnvFilter` syntax), e.g. `kfr=debug`. Overrides `-v`.
+pub const KFR_LOG: &str = "KFR_LOG";
+/// Log format: `text` (default) or `json`.
+pub const KFR_LOG_FORMAT: &str = "KFR_LOG_FORMAT";
+/// Disables colour in terminal output when set to any value (https://no-color.org).
+pub const NO_COLOR: &str = "NO_COLOR";
+/// Prefix of the per-key configuration variables (`KFR_ORG_NUMBER`, `KFR_CLIENT_ID`, …).
+pub const CONFIG_PREFIX: &str = "KFR_";

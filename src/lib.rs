@@ -1,0 +1,20 @@
+//! `kfr` keeps Bits AS' Kundeforholdsregister (KFR) current for a Norwegian financial institution.
+//!
+//! Module map (data flows one way: source → outbox → scheduler → KFR → ledger):
+//! - [`config`]: `kfr.toml` + `KFR_*` variables + flags, resolved once into [`config::Settings`].
+//! - [`maskinporten`]: the business-certificate credential, the JWT-bearer grant and the token cache.
+//! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
+//! - [`mock`]: the bundled fake Maskinporten (and, later, fake KFR) used by tests and `kfr mock`.
+//! - [`certs`]: throwaway test certificates for the local mock.
+//! - [`cli`]: argument parsing and one file per command; `main` stays thin.
+//! - [`error`]: exit codes and the `error:` / `Caused by:` / `hint:` rendering.
+
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod env_vars;
+pub mod error;
+pub mod ids;
+pub mod maskinporten;
+pub mod mock;
+pub mod telemetry;

@@ -1,0 +1,26 @@
+//! Logging setup: `tracing` to stderr, text or JSON, filtered by `-v`/`-q` or `KFR_LOG`.
+//!
+//! Logs are for operators; data goes to stdout. Nothing secret or personal is ever passed to a
+//! log macro: secrets are `secrecy` types and person identifiers are logged as pseudonyms.
+
+use crate::env_vars;
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Installs the global subscriber. `verbosity`: -1 quiet, 0 default (warn), 1 info, 2 debug, 3+ trace.
+pub fn init(verbosity: i8) {
+    let default = match verbosity {
+        i8::MIN..=-1 => "error",
+        0 => "warn",
+        1 => "info",
+        2 => "kfr=debug,info",
+        _ => "kfr=trace,debug",
+    };
+    let filter = std::env::var(env_vars::KFR_LOG)
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let json = std::env::var(env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json");
+    let ansi = std::env::var_os(env_vars::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
+    let _ = if json { builder.json().try_init() } else { builder.with_ansi(ansi).try_init() };
+}
