@@ -104,33 +104,127 @@ pub struct KeyDef {
 /// Every key the file and the environment accept. `docs/configuration.md` and
 /// `docs/kfr.example.toml` are checked against this table by tests.
 pub const KEYS: &[KeyDef] = &[
-    KeyDef { name: "env", default: Some("test"), doc: "local | test | prod; presets issuer and KFR URL" },
-    KeyDef { name: "org_number", default: None, doc: "the institution's 9-digit organisation number (KFR fid)" },
-    KeyDef { name: "client_id", default: None, doc: "Maskinporten client id from Digdir's self-service" },
-    KeyDef { name: "scope", default: Some("bits:kundeforhold.write"), doc: "scope requested in the grant" },
-    KeyDef { name: "certificate", default: None, doc: "PKCS#12 file with the business certificate and key" },
-    KeyDef { name: "certificate_password_file", default: None, doc: "file holding the PKCS#12 / PKCS#8 password" },
-    KeyDef { name: "private_key", default: None, doc: "PEM private key (PKCS#8, may be encrypted) instead of PKCS#12" },
-    KeyDef { name: "certificate_pem", default: None, doc: "PEM certificate (leaf first, then chain) with private_key" },
-    KeyDef { name: "kid", default: None, doc: "key id registered with Digdir; when set, no x5c is sent" },
-    KeyDef { name: "x5c", default: Some("leaf"), doc: "leaf | chain: certificates in the grant's x5c" },
-    KeyDef { name: "consumer_org", default: None, doc: "org.nr acted for (delegation); sent as consumer_org" },
-    KeyDef { name: "resource", default: None, doc: "audience-restricted token: resource claim" },
-    KeyDef { name: "maskinporten_issuer", default: None, doc: "override of the environment's issuer URL" },
-    KeyDef { name: "kfr_base_url", default: None, doc: "override of the environment's KFR base URL" },
-    KeyDef { name: "proxy", default: None, doc: "HTTP(S) proxy URL for all outgoing requests" },
-    KeyDef { name: "extra_ca_bundle", default: None, doc: "PEM bundle of extra trusted CAs (TLS-inspecting proxies)" },
-    KeyDef { name: "connect_timeout_secs", default: Some("10"), doc: "TCP/TLS connect timeout" },
-    KeyDef { name: "request_timeout_secs", default: Some("30"), doc: "whole-request timeout" },
-    KeyDef { name: "token_refresh_ahead_secs", default: Some("30"), doc: "refresh a token this long before it expires" },
-    KeyDef { name: "pseudonym_key_file", default: Some("kfr-pseudonym.key"), doc: "key for log pseudonyms of person IDs" },
-    KeyDef { name: "allow_synthetic_ids", default: None, doc: "accept Tenor (+80) persons and 2/3-prefixed orgs; default: not in prod" },
-    KeyDef { name: "allow_h_numbers", default: Some("false"), doc: "accept H-/NAV (+40) and FH numbers (test runs only)" },
+    KeyDef {
+        name: "env",
+        default: Some("test"),
+        doc: "local | test | prod; presets issuer and KFR URL",
+    },
+    KeyDef {
+        name: "org_number",
+        default: None,
+        doc: "the institution's 9-digit organisation number (KFR fid)",
+    },
+    KeyDef {
+        name: "client_id",
+        default: None,
+        doc: "Maskinporten client id from Digdir's self-service",
+    },
+    KeyDef {
+        name: "scope",
+        default: Some("bits:kundeforhold.write"),
+        doc: "scope requested in the grant",
+    },
+    KeyDef {
+        name: "certificate",
+        default: None,
+        doc: "PKCS#12 file with the business certificate and key",
+    },
+    KeyDef {
+        name: "certificate_password_file",
+        default: None,
+        doc: "file holding the PKCS#12 / PKCS#8 password",
+    },
+    KeyDef {
+        name: "private_key",
+        default: None,
+        doc: "PEM private key (PKCS#8, may be encrypted) instead of PKCS#12",
+    },
+    KeyDef {
+        name: "certificate_pem",
+        default: None,
+        doc: "PEM certificate (leaf first, then chain) with private_key",
+    },
+    KeyDef {
+        name: "kid",
+        default: None,
+        doc: "key id registered with Digdir; when set, no x5c is sent",
+    },
+    KeyDef {
+        name: "x5c",
+        default: Some("leaf"),
+        doc: "leaf | chain: certificates in the grant's x5c",
+    },
+    KeyDef {
+        name: "consumer_org",
+        default: None,
+        doc: "org.nr acted for (delegation); sent as consumer_org",
+    },
+    KeyDef {
+        name: "resource",
+        default: None,
+        doc: "audience-restricted token: resource claim",
+    },
+    KeyDef {
+        name: "maskinporten_issuer",
+        default: None,
+        doc: "override of the environment's issuer URL",
+    },
+    KeyDef {
+        name: "kfr_base_url",
+        default: None,
+        doc: "override of the environment's KFR base URL",
+    },
+    KeyDef {
+        name: "proxy",
+        default: None,
+        doc: "HTTP(S) proxy URL for all outgoing requests",
+    },
+    KeyDef {
+        name: "extra_ca_bundle",
+        default: None,
+        doc: "PEM bundle of extra trusted CAs (TLS-inspecting proxies)",
+    },
+    KeyDef {
+        name: "connect_timeout_secs",
+        default: Some("10"),
+        doc: "TCP/TLS connect timeout",
+    },
+    KeyDef {
+        name: "request_timeout_secs",
+        default: Some("30"),
+        doc: "whole-request timeout",
+    },
+    KeyDef {
+        name: "token_refresh_ahead_secs",
+        default: Some("30"),
+        doc: "refresh a token this long before it expires",
+    },
+    KeyDef {
+        name: "pseudonym_key_file",
+        default: Some("kfr-pseudonym.key"),
+        doc: "key for log pseudonyms of person IDs",
+    },
+    KeyDef {
+        name: "allow_synthetic_ids",
+        default: None,
+        doc: "accept Tenor (+80) persons and 2/3-prefixed orgs; default: not in prod",
+    },
+    KeyDef {
+        name: "allow_h_numbers",
+        default: Some("false"),
+        doc: "accept H-/NAV (+40) and FH numbers (test runs only)",
+    },
 ];
 
 /// Keys whose value is a path; relative paths are taken relative to the config file's folder.
-const PATH_KEYS: &[&str] =
-    &["certificate", "certificate_password_file", "private_key", "certificate_pem", "extra_ca_bundle", "pseudonym_key_file"];
+const PATH_KEYS: &[&str] = &[
+    "certificate",
+    "certificate_password_file",
+    "private_key",
+    "certificate_pem",
+    "extra_ca_bundle",
+    "pseudonym_key_file",
+];
 
 /// Settings given as command-line flags (placed before the subcommand).
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -170,8 +264,16 @@ impl FlagOverrides {
         push("org_number", "--org-number", self.org_number.clone());
         push("client_id", "--client-id", self.client_id.clone());
         push("scope", "--scope", self.scope.clone());
-        push("certificate", "--certificate", self.certificate.as_ref().map(|p| p.display().to_string()));
-        push("maskinporten_issuer", "--maskinporten-issuer", self.maskinporten_issuer.clone());
+        push(
+            "certificate",
+            "--certificate",
+            self.certificate.as_ref().map(|p| p.display().to_string()),
+        );
+        push(
+            "maskinporten_issuer",
+            "--maskinporten-issuer",
+            self.maskinporten_issuer.clone(),
+        );
         push("kfr_base_url", "--kfr-base-url", self.kfr_base_url.clone());
         v
     }
@@ -185,21 +287,36 @@ pub enum ConfigError {
     #[error("{path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("unknown key `{key}` in {path}")]
-    UnknownKey { key: String, path: PathBuf, suggestion: Option<&'static str> },
+    UnknownKey {
+        key: String,
+        path: PathBuf,
+        suggestion: Option<&'static str>,
+    },
     #[error("`{key}` ({origin}) has an invalid value {value:?}: {reason}")]
-    Invalid { key: &'static str, origin: Source, value: String, reason: String },
+    Invalid {
+        key: &'static str,
+        origin: Source,
+        value: String,
+        reason: String,
+    },
     #[error("`{key}` is required for this command but is not set")]
     Missing { key: &'static str, why: &'static str },
     #[error("{0}")]
     Conflict(String),
     #[error("cannot read {what} {path}: {source}")]
-    ReadSecret { what: &'static str, path: PathBuf, source: std::io::Error },
+    ReadSecret {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Hinted for ConfigError {
     fn hint(&self) -> Option<String> {
         match self {
-            ConfigError::UnknownKey { suggestion: Some(s), .. } => Some(format!("did you mean `{s}`? See docs/configuration.md")),
+            ConfigError::UnknownKey {
+                suggestion: Some(s), ..
+            } => Some(format!("did you mean `{s}`? See docs/configuration.md")),
             ConfigError::UnknownKey { .. } => Some("the accepted keys are listed in docs/configuration.md".into()),
             ConfigError::Missing { key, why } => Some(format!(
                 "set `{key}` in kfr.toml, as {}{} or with a flag; {why}",
@@ -224,8 +341,15 @@ pub struct Sourced<T> {
 /// How the business certificate and its key are supplied.
 #[derive(Debug, Clone)]
 pub enum CredentialSource {
-    Pkcs12 { path: PathBuf, password: Option<SecretString> },
-    Pem { private_key: PathBuf, certificate: PathBuf, password: Option<SecretString> },
+    Pkcs12 {
+        path: PathBuf,
+        password: Option<SecretString>,
+    },
+    Pem {
+        private_key: PathBuf,
+        certificate: PathBuf,
+        password: Option<SecretString>,
+    },
 }
 
 /// The effective settings of one invocation.
@@ -345,12 +469,21 @@ impl Settings {
 }
 
 fn read_file_layer(path: &Path, raw: &mut RawMap) -> Result<(), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.message().to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.into(),
+        message: e.message().to_string(),
+    })?;
     for (key, value) in table {
         let Some(def) = KEYS.iter().find(|k| k.name == key) else {
-            return Err(ConfigError::UnknownKey { suggestion: suggest(&key), key, path: path.into() });
+            return Err(ConfigError::UnknownKey {
+                suggestion: suggest(&key),
+                key,
+                path: path.into(),
+            });
         };
         let s = match value {
             toml::Value::String(s) => s,
@@ -385,7 +518,11 @@ fn suggest(key: &str) -> Option<&'static str> {
         }
         prev[b.len()]
     }
-    KEYS.iter().map(|k| (distance(key, k.name), k.name)).filter(|(d, _)| *d <= 3).min().map(|(_, n)| n)
+    KEYS.iter()
+        .map(|k| (distance(key, k.name), k.name))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, n)| n)
 }
 
 fn resolve(
@@ -396,7 +533,10 @@ fn resolve(
     let mut origins: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
     let get = |raw: &RawMap, key: &'static str| -> Option<(String, Source)> {
         raw.get(key).cloned().or_else(|| {
-            KEYS.iter().find(|k| k.name == key).and_then(|k| k.default).map(|d| (d.to_string(), Source::Default))
+            KEYS.iter()
+                .find(|k| k.name == key)
+                .and_then(|k| k.default)
+                .map(|d| (d.to_string(), Source::Default))
         })
     };
     let invalid = |key: &'static str, (value, source): &(String, Source), reason: String| ConfigError::Invalid {
@@ -414,8 +554,10 @@ fn resolve(
         _ => return Err(invalid("env", &env_raw, "expected local, test or prod".into())),
     };
     // Environment-dependent defaults.
-    raw.entry("maskinporten_issuer").or_insert_with(|| (env.default_issuer().into(), Source::Default));
-    raw.entry("kfr_base_url").or_insert_with(|| (env.default_kfr_base_url().into(), Source::Default));
+    raw.entry("maskinporten_issuer")
+        .or_insert_with(|| (env.default_issuer().into(), Source::Default));
+    raw.entry("kfr_base_url")
+        .or_insert_with(|| (env.default_kfr_base_url().into(), Source::Default));
     raw.entry("allow_synthetic_ids")
         .or_insert_with(|| ((env != Environment::Prod).to_string(), Source::Default));
 
@@ -426,7 +568,11 @@ fn resolve(
             "https" => {}
             "http" if env == Environment::Local || key == "proxy" => {}
             "http" => {
-                return Err(invalid(key, &v, format!("http:// is refused with env = \"{env}\"; use https://")));
+                return Err(invalid(
+                    key,
+                    &v,
+                    format!("http:// is refused with env = \"{env}\"; use https://"),
+                ));
             }
             s => return Err(invalid(key, &v, format!("unsupported scheme {s}:"))),
         }
@@ -437,7 +583,10 @@ fn resolve(
     // (kfr-notes §9): normalise to the trailing-slash form Digdir uses.
     if !issuer.path().ends_with('/') {
         issuer.set_path(&format!("{}/", issuer.path()));
-        raw.insert("maskinporten_issuer", (issuer.to_string(), raw["maskinporten_issuer"].1.clone()));
+        raw.insert(
+            "maskinporten_issuer",
+            (issuer.to_string(), raw["maskinporten_issuer"].1.clone()),
+        );
     }
     let kfr_base_url = url_key(&raw, "kfr_base_url")?.expect("defaulted");
     let proxy = url_key(&raw, "proxy")?;
@@ -460,7 +609,9 @@ fn resolve(
     };
     let secs = |raw: &RawMap, key: &'static str| -> Result<std::time::Duration, ConfigError> {
         let v = get(raw, key).expect("defaulted");
-        let n: u64 = v.0.parse().map_err(|_| invalid(key, &v, "expected a whole number of seconds".into()))?;
+        let n: u64 =
+            v.0.parse()
+                .map_err(|_| invalid(key, &v, "expected a whole number of seconds".into()))?;
         if n == 0 {
             return Err(invalid(key, &v, "must be at least 1".into()));
         }
@@ -468,7 +619,8 @@ fn resolve(
     };
     let boolean = |raw: &RawMap, key: &'static str| -> Result<bool, ConfigError> {
         let v = get(raw, key).expect("defaulted");
-        v.0.parse().map_err(|_| invalid(key, &v, "expected true or false".into()))
+        v.0.parse()
+            .map_err(|_| invalid(key, &v, "expected true or false".into()))
     };
     let path = |raw: &RawMap, key: &'static str| get(raw, key).map(|v| PathBuf::from(v.0));
 
@@ -492,9 +644,20 @@ fn resolve(
         }
         (None, None) => None,
     };
-    let credential = match (path(&raw, "certificate"), path(&raw, "private_key"), path(&raw, "certificate_pem")) {
-        (Some(p12), None, None) => Some(CredentialSource::Pkcs12 { path: p12, password: password.clone() }),
-        (None, Some(k), Some(c)) => Some(CredentialSource::Pem { private_key: k, certificate: c, password: password.clone() }),
+    let credential = match (
+        path(&raw, "certificate"),
+        path(&raw, "private_key"),
+        path(&raw, "certificate_pem"),
+    ) {
+        (Some(p12), None, None) => Some(CredentialSource::Pkcs12 {
+            path: p12,
+            password: password.clone(),
+        }),
+        (None, Some(k), Some(c)) => Some(CredentialSource::Pem {
+            private_key: k,
+            certificate: c,
+            password: password.clone(),
+        }),
         (None, None, None) => None,
         (Some(_), _, _) => {
             return Err(ConfigError::Conflict(
@@ -502,7 +665,9 @@ fn resolve(
             ));
         }
         (None, _, _) => {
-            return Err(ConfigError::Conflict("`private_key` and `certificate_pem` must be set together".into()));
+            return Err(ConfigError::Conflict(
+                "`private_key` and `certificate_pem` must be set together".into(),
+            ));
         }
     };
 
@@ -568,11 +733,17 @@ mod tests {
     #[test]
     fn precedence_default_file_env_flag() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "env = \"test\"\norg_number = \"916960190\"\nclient_id = \"from-file\"\n");
+        let p = write(
+            d.path(),
+            "env = \"test\"\norg_number = \"916960190\"\nclient_id = \"from-file\"\n",
+        );
         let mut env = BTreeMap::new();
         env.insert("KFR_CLIENT_ID".to_string(), "from-env".to_string());
         env.insert("KFR_SCOPE".to_string(), "a:b".to_string());
-        let flags = FlagOverrides { scope: Some("c:d".into()), ..Default::default() };
+        let flags = FlagOverrides {
+            scope: Some("c:d".into()),
+            ..Default::default()
+        };
         let s = Settings::load_from(Some(&p), &env, &flags).unwrap();
         assert_eq!(s.client_id.as_deref(), Some("from-env"));
         assert_eq!(s.scope, "c:d");
@@ -592,20 +763,38 @@ mod tests {
             ..Default::default()
         };
         let err = Settings::load_from(None, &BTreeMap::new(), &flags).unwrap_err();
-        assert!(err.to_string().contains("http:// is refused with env = \"prod\""), "{err}");
-        let flags = FlagOverrides { env: Some("local".into()), ..Default::default() };
+        assert!(
+            err.to_string().contains("http:// is refused with env = \"prod\""),
+            "{err}"
+        );
+        let flags = FlagOverrides {
+            env: Some("local".into()),
+            ..Default::default()
+        };
         let s = Settings::load_from(None, &BTreeMap::new(), &flags).unwrap();
         assert_eq!(s.maskinporten_issuer.as_str(), "http://127.0.0.1:8080/maskinporten/");
-        assert!(!Settings::load_from(None, &BTreeMap::new(), &FlagOverrides { env: Some("prod".into()), ..Default::default() })
+        assert!(
+            !Settings::load_from(
+                None,
+                &BTreeMap::new(),
+                &FlagOverrides {
+                    env: Some("prod".into()),
+                    ..Default::default()
+                }
+            )
             .unwrap()
-            .allow_synthetic_ids);
+            .allow_synthetic_ids
+        );
     }
 
     #[test]
     fn relative_paths_resolve_against_the_config_file() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("pw"), "s3cret\n").unwrap();
-        let p = write(d.path(), "certificate = \"client.p12\"\ncertificate_password_file = \"pw\"\n");
+        let p = write(
+            d.path(),
+            "certificate = \"client.p12\"\ncertificate_password_file = \"pw\"\n",
+        );
         let s = Settings::load_from(Some(&p), &BTreeMap::new(), &FlagOverrides::default()).unwrap();
         match s.credential.unwrap() {
             CredentialSource::Pkcs12 { path, password } => {

@@ -21,6 +21,13 @@ pub fn init(verbosity: i8) {
         .unwrap_or_else(|| EnvFilter::new(default));
     let json = std::env::var(env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json");
     let ansi = std::env::var_os(env_vars::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
-    let _ = if json { builder.json().try_init() } else { builder.with_ansi(ansi).try_init() };
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.with_ansi(ansi).try_init()
+    };
 }
