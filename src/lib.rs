@@ -7,6 +7,7 @@
 //! - [`mock`]: the bundled fake Maskinporten (and, later, fake KFR) used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
 //! - [`cli`]: argument parsing and one file per command; `main` stays thin.
+//! - [`http`]: the shared outgoing HTTP client (TLS, proxy, timeouts).
 //! - [`error`]: exit codes and the `error:` / `Caused by:` / `hint:` rendering.
 
 pub mod certs;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod env_vars;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod maskinporten;
 pub mod mock;

@@ -1,4 +1,197 @@
-//! `kfr doctor`.
-pub async fn run(_settings: crate::config::Settings) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `kfr doctor`: one line per check (ok / warn / fail) with a hint for anything not ok. It keeps
+//! going past a failed check where later checks still tell the operator something, and exits 1
+//! when any check failed (warnings alone exit 0).
+
+use crate::config::{Environment, Settings};
+use crate::maskinporten::{Credential, TokenClient};
+use chrono::Utc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn line(&mut self, verdict: Verdict, check: &str, detail: impl std::fmt::Display, hint: Option<String>) {
+        let tag = match verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        self.failed |= verdict == Verdict::Fail;
+        println!("{tag}  {check:<13} {detail}");
+        if let Some(h) = hint.filter(|_| verdict != Verdict::Ok) {
+            println!("      {:<13} hint: {h}", "");
+        }
+    }
+}
+
+/// Days before expiry from which the certificate check warns (renewal takes time, onboarding A-3).
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let mut r = Report { failed: false };
+    let file = settings.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into());
+    r.line(Verdict::Ok, "config", format!("{file}, env {}", settings.env), None);
+
+    let missing: Vec<&str> = [("org_number", settings.org_number.is_none()), ("client_id", settings.client_id.is_none())]
+        .into_iter()
+        .filter_map(|(k, m)| m.then_some(k))
+        .collect();
+    if !missing.is_empty() {
+        r.line(
+            Verdict::Fail,
+            "settings",
+            format!("missing {}", missing.join(", ")),
+            Some("see docs/configuration.md".into()),
+        );
+    }
+
+    let credential = match settings.require_credential().map_err(anyhow::Error::from).and_then(|src| {
+        Credential::from_config(src).map_err(anyhow::Error::from)
+    }) {
+        Ok(c) => {
+            let i = c.info();
+            r.line(Verdict::Ok, "certificate", format!("loaded: {} (issuer {})", i.subject, i.issuer), None);
+            Some(c)
+        }
+        Err(e) => {
+            r.line(Verdict::Fail, "certificate", format!("{e:#}"), crate::error::find_hint(&e));
+            None
+        }
+    };
+
+    if let Some(c) = &credential {
+        check_certificate(&mut r, &settings, c);
+    }
+
+    let client = match (&credential, settings.client_id.is_some()) {
+        (Some(_), true) => TokenClient::from_settings(&settings).ok(),
+        _ => None,
+    };
+    match &client {
+        Some(client) => check_maskinporten(&mut r, &settings, client).await,
+        None => r.line(
+            Verdict::Fail,
+            "maskinporten",
+            "not checked: the certificate or client_id is missing",
+            Some("fix the lines above first".into()),
+        ),
+    }
+
+    if r.failed {
+        return Err(crate::error::Reported("kfr doctor found problems".into()).into());
+    }
+    Ok(())
+}
+
+fn check_certificate(r: &mut Report, settings: &Settings, c: &Credential) {
+    let i = c.info();
+    let now = Utc::now();
+    let days_left = (i.not_after - now).num_days();
+    if now < i.not_before {
+        r.line(Verdict::Fail, "validity", format!("not valid before {}", i.not_before), Some("check the host clock".into()));
+    } else if now > i.not_after {
+        r.line(
+            Verdict::Fail,
+            "validity",
+            format!("expired {}", i.not_after.format("%Y-%m-%d")),
+            Some("order a new business certificate (certs/README.md)".into()),
+        );
+    } else if days_left < EXPIRY_WARNING_DAYS {
+        r.line(
+            Verdict::Warn,
+            "validity",
+            format!("expires {} (in {days_left} days)", i.not_after.format("%Y-%m-%d")),
+            Some("renew the business certificate now; ordering takes days (certs/README.md)".into()),
+        );
+    } else {
+        r.line(Verdict::Ok, "validity", format!("until {} ({days_left} days)", i.not_after.format("%Y-%m-%d")), None);
+    }
+
+    match i.key_usage_digital_signature {
+        Some(true) => r.line(Verdict::Ok, "key usage", "digitalSignature", None),
+        Some(false) => r.line(
+            Verdict::Fail,
+            "key usage",
+            "the certificate does not allow digitalSignature",
+            Some("use the signing (authentication) certificate of the pair, not the encryption one".into()),
+        ),
+        None => r.line(Verdict::Warn, "key usage", "no KeyUsage extension", None),
+    }
+
+    match (&i.org_number, &settings.org_number) {
+        (Some(cert), Some(cfg)) if cert == cfg => r.line(Verdict::Ok, "org number", cert, None),
+        (Some(cert), Some(cfg)) => r.line(
+            Verdict::Fail,
+            "org number",
+            format!("certificate is for {cert}, org_number is {cfg}"),
+            Some("use the certificate of the institution in org_number".into()),
+        ),
+        (None, _) => r.line(
+            Verdict::Fail,
+            "org number",
+            "the certificate subject has no serialNumber with an organisation number",
+            Some("a business certificate (virksomhetssertifikat) carries the org.nr in serialNumber".into()),
+        ),
+        (Some(cert), None) => r.line(Verdict::Warn, "org number", format!("certificate is for {cert}; org_number unset"), None),
+    }
+
+    // Maskinporten refuses production certificates in test and vice versa (kfr-notes §2).
+    let kind = if i.test_issuer { "test" } else { "production" };
+    let (verdict, hint) = match (settings.env, i.test_issuer) {
+        (Environment::Prod, true) => (Verdict::Fail, Some("env prod needs a production certificate".to_string())),
+        (Environment::Test, false) => (Verdict::Fail, Some("env test needs a test certificate".to_string())),
+        _ => (Verdict::Ok, None),
+    };
+    r.line(verdict, "environment", format!("{kind} certificate, env {}", settings.env), hint);
+}
+
+async fn check_maskinporten(r: &mut Report, settings: &Settings, client: &TokenClient) {
+    match client.metadata().await {
+        Ok(m) => r.line(Verdict::Ok, "discovery", format!("issuer {}, token endpoint {}", m.issuer, m.token_endpoint), None),
+        Err(e) => {
+            let hint = crate::error::Hinted::hint(&e);
+            r.line(Verdict::Fail, "discovery", e, hint);
+            return;
+        }
+    }
+    match client.token().await {
+        Ok(t) => r.line(
+            Verdict::Ok,
+            "token",
+            format!(
+                "scope {}, expires in {} s, consumer org {}",
+                t.scope,
+                t.expires_in.as_secs(),
+                t.consumer_org.as_deref().unwrap_or("?")
+            ),
+            None,
+        ),
+        Err(e) => {
+            let hint = crate::error::Hinted::hint(&e);
+            r.line(Verdict::Fail, "token", e, hint);
+        }
+    }
+    let offset = client.clock_offset_secs();
+    let detail = format!("offset to Maskinporten {offset:+} s (measured from its Date header)");
+    if offset == 0 {
+        r.line(Verdict::Ok, "clock", detail, None);
+    } else {
+        r.line(
+            Verdict::Warn,
+            "clock",
+            detail,
+            Some(format!(
+                "kfr compensates, but Maskinporten allows only ~10 s: synchronise this host's clock (NTP); issuer {}",
+                settings.maskinporten_issuer
+            )),
+        );
+    }
 }

@@ -1,4 +1,45 @@
-//! `kfr token`.
-pub async fn run(_settings: crate::config::Settings, _args: &super::TokenArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `kfr token`: get an access token and show what it is good for. The token itself is printed
+//! only with `--show-token`, since terminal output ends up in tickets and screenshots.
+
+use crate::config::Settings;
+use crate::maskinporten::TokenClient;
+use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use secrecy::ExposeSecret as _;
+
+pub async fn run(settings: Settings, args: &super::TokenArgs) -> anyhow::Result<()> {
+    let client = TokenClient::from_settings(&settings)?;
+    let token = client.token().await.with_context(|| {
+        format!(
+            "cannot get a Maskinporten token from {} for client {}",
+            settings.maskinporten_issuer,
+            client.config().client_id
+        )
+    })?;
+    let expires: DateTime<Utc> = token.expires_at.into();
+    let expires_at = expires.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let consumer = token.consumer_org.as_deref().unwrap_or("(not stated in the token)");
+    if args.json {
+        let mut v = serde_json::json!({
+            "expires_at": expires_at,
+            "expires_in": token.expires_in.as_secs(),
+            "scope": token.scope,
+            "consumer_org": token.consumer_org,
+            "token_type": token.token_type,
+            "clock_offset_secs": client.clock_offset_secs(),
+        });
+        if args.show_token {
+            v["access_token"] = token.secret().expose_secret().into();
+        }
+        println!("{v}");
+    } else {
+        println!("token obtained from {}", settings.maskinporten_issuer);
+        println!("  expires at    {expires_at} (in {} s)", token.expires_in.as_secs());
+        println!("  scope         {}", token.scope);
+        println!("  consumer org  {consumer}");
+        if args.show_token {
+            println!("  access token  {}", token.secret().expose_secret());
+        }
+    }
+    Ok(())
 }

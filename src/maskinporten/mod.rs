@@ -1,17 +1,20 @@
 //! Maskinporten: the business-certificate credential, the JWT-bearer grant (RFC 7523), endpoint
 //! discovery (RFC 8414) and the access-token cache (kfr-notes §3, §9).
+//!
+//! - [`credential`]: loads PKCS#12 / PEM and describes the certificate.
+//! - [`grant`]: builds and signs the assertion.
+//! - [`discovery`]: finds the token endpoint.
+//! - [`clock`]: measures the offset to Maskinporten's clock.
+//! - [`client`]: the token client with single flight, refresh-ahead and retries.
+//! - [`error`]: typed errors with MP-codes and operator hints.
 
+pub mod client;
+pub mod clock;
 mod credential;
+pub mod discovery;
+mod error;
+pub mod grant;
 
+pub use client::{AccessToken, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
 pub use credential::{CertInfo, Credential, CredentialError};
-
-/// Placeholder until the token client lands.
-#[derive(Debug, thiserror::Error)]
-#[error("token error")]
-pub struct TokenError;
-
-impl crate::error::Hinted for TokenError {
-    fn hint(&self) -> Option<String> {
-        None
-    }
-}
+pub use error::{TokenError, find_mp_code};
