@@ -1,2 +1,5 @@
-//! The one integration-test binary: each module exercises `kfr` end to end against the bundled
-//! mock on a loopback port chosen by the OS.
+//! The one integration-test binary: each module exercises `kfr` end to end, as a library or as
+//! the built binary, against the bundled mock on a loopback port chosen by the OS.
+
+mod config;
+mod util;

@@ -7,7 +7,10 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     if json {
         let mut values = serde_json::Map::new();
         for (key, (value, source)) in &settings.origins {
-            values.insert(key.to_string(), serde_json::json!({ "value": value, "source": source.to_string() }));
+            values.insert(
+                key.to_string(),
+                serde_json::json!({ "value": value, "source": source.to_string() }),
+            );
         }
         println!("{}", serde_json::json!({ "config_file": file, "settings": values }));
         return Ok(());

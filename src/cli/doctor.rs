@@ -37,13 +37,20 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut r = Report { failed: false };
-    let file = settings.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into());
+    let file = settings
+        .config_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(no file)".into());
     r.line(Verdict::Ok, "config", format!("{file}, env {}", settings.env), None);
 
-    let missing: Vec<&str> = [("org_number", settings.org_number.is_none()), ("client_id", settings.client_id.is_none())]
-        .into_iter()
-        .filter_map(|(k, m)| m.then_some(k))
-        .collect();
+    let missing: Vec<&str> = [
+        ("org_number", settings.org_number.is_none()),
+        ("client_id", settings.client_id.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(k, m)| m.then_some(k))
+    .collect();
     if !missing.is_empty() {
         r.line(
             Verdict::Fail,
@@ -53,16 +60,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         );
     }
 
-    let credential = match settings.require_credential().map_err(anyhow::Error::from).and_then(|src| {
-        Credential::from_config(src).map_err(anyhow::Error::from)
-    }) {
+    let credential = match settings
+        .require_credential()
+        .map_err(anyhow::Error::from)
+        .and_then(|src| Credential::from_config(src).map_err(anyhow::Error::from))
+    {
         Ok(c) => {
             let i = c.info();
-            r.line(Verdict::Ok, "certificate", format!("loaded: {} (issuer {})", i.subject, i.issuer), None);
+            r.line(
+                Verdict::Ok,
+                "certificate",
+                format!("loaded: {} (issuer {})", i.subject, i.issuer),
+                None,
+            );
             Some(c)
         }
         Err(e) => {
-            r.line(Verdict::Fail, "certificate", format!("{e:#}"), crate::error::find_hint(&e));
+            r.line(
+                Verdict::Fail,
+                "certificate",
+                format!("{e:#}"),
+                crate::error::find_hint(&e),
+            );
             None
         }
     };
@@ -96,7 +115,12 @@ fn check_certificate(r: &mut Report, settings: &Settings, c: &Credential) {
     let now = Utc::now();
     let days_left = (i.not_after - now).num_days();
     if now < i.not_before {
-        r.line(Verdict::Fail, "validity", format!("not valid before {}", i.not_before), Some("check the host clock".into()));
+        r.line(
+            Verdict::Fail,
+            "validity",
+            format!("not valid before {}", i.not_before),
+            Some("check the host clock".into()),
+        );
     } else if now > i.not_after {
         r.line(
             Verdict::Fail,
@@ -112,7 +136,12 @@ fn check_certificate(r: &mut Report, settings: &Settings, c: &Credential) {
             Some("renew the business certificate now; ordering takes days (certs/README.md)".into()),
         );
     } else {
-        r.line(Verdict::Ok, "validity", format!("until {} ({days_left} days)", i.not_after.format("%Y-%m-%d")), None);
+        r.line(
+            Verdict::Ok,
+            "validity",
+            format!("until {} ({days_left} days)", i.not_after.format("%Y-%m-%d")),
+            None,
+        );
     }
 
     match i.key_usage_digital_signature {
@@ -140,22 +169,40 @@ fn check_certificate(r: &mut Report, settings: &Settings, c: &Credential) {
             "the certificate subject has no serialNumber with an organisation number",
             Some("a business certificate (virksomhetssertifikat) carries the org.nr in serialNumber".into()),
         ),
-        (Some(cert), None) => r.line(Verdict::Warn, "org number", format!("certificate is for {cert}; org_number unset"), None),
+        (Some(cert), None) => r.line(
+            Verdict::Warn,
+            "org number",
+            format!("certificate is for {cert}; org_number unset"),
+            None,
+        ),
     }
 
     // Maskinporten refuses production certificates in test and vice versa (kfr-notes §2).
     let kind = if i.test_issuer { "test" } else { "production" };
     let (verdict, hint) = match (settings.env, i.test_issuer) {
-        (Environment::Prod, true) => (Verdict::Fail, Some("env prod needs a production certificate".to_string())),
+        (Environment::Prod, true) => (
+            Verdict::Fail,
+            Some("env prod needs a production certificate".to_string()),
+        ),
         (Environment::Test, false) => (Verdict::Fail, Some("env test needs a test certificate".to_string())),
         _ => (Verdict::Ok, None),
     };
-    r.line(verdict, "environment", format!("{kind} certificate, env {}", settings.env), hint);
+    r.line(
+        verdict,
+        "environment",
+        format!("{kind} certificate, env {}", settings.env),
+        hint,
+    );
 }
 
 async fn check_maskinporten(r: &mut Report, settings: &Settings, client: &TokenClient) {
     match client.metadata().await {
-        Ok(m) => r.line(Verdict::Ok, "discovery", format!("issuer {}, token endpoint {}", m.issuer, m.token_endpoint), None),
+        Ok(m) => r.line(
+            Verdict::Ok,
+            "discovery",
+            format!("issuer {}, token endpoint {}", m.issuer, m.token_endpoint),
+            None,
+        ),
         Err(e) => {
             let hint = crate::error::Hinted::hint(&e);
             r.line(Verdict::Fail, "discovery", e, hint);

@@ -47,22 +47,36 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 4, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(8) }
+        Self {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+        }
     }
 }
 
 impl RetryPolicy {
     /// No waiting between attempts: for tests, so retry paths run in milliseconds.
     pub fn immediate(max_attempts: u32) -> Self {
-        Self { max_attempts, base_delay: Duration::ZERO, max_delay: Duration::ZERO }
+        Self {
+            max_attempts,
+            base_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        }
     }
 
     /// Delay before retry number `retry` (1-based): full jitter over `min(max, base·2^(retry-1))`,
     /// but at least a server's `Retry-After` (itself capped at `max_delay`).
     pub fn delay(&self, retry: u32, retry_after: Option<u64>) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1 << (retry.saturating_sub(1)).min(16)).min(self.max_delay);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << (retry.saturating_sub(1)).min(16))
+            .min(self.max_delay);
         let jittered = ceiling.mul_f64(rand::random::<f64>());
-        let floor = retry_after.map(Duration::from_secs).unwrap_or_default().min(self.max_delay);
+        let floor = retry_after
+            .map(Duration::from_secs)
+            .unwrap_or_default()
+            .min(self.max_delay);
         jittered.max(floor)
     }
 }
@@ -175,7 +189,9 @@ pub struct TokenClient {
 
 impl std::fmt::Debug for TokenClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenClient").field("issuer", &self.inner.cfg.issuer.as_str()).finish_non_exhaustive()
+        f.debug_struct("TokenClient")
+            .field("issuer", &self.inner.cfg.issuer.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -232,7 +248,9 @@ impl TokenClient {
                 }
                 return Ok(token);
             }
-            slot.inflight.get_or_insert_with(|| self.start_fetch(req.clone())).clone()
+            slot.inflight
+                .get_or_insert_with(|| self.start_fetch(req.clone()))
+                .clone()
         };
         wait.await
     }
@@ -284,7 +302,10 @@ impl TokenClient {
         });
         async move {
             task.await.unwrap_or_else(|e| {
-                Err(TokenError::InvalidResponse { url: String::new(), reason: format!("token task failed: {e}") })
+                Err(TokenError::InvalidResponse {
+                    url: String::new(),
+                    reason: format!("token task failed: {e}"),
+                })
             })
         }
         .boxed()
@@ -342,7 +363,10 @@ impl Inner {
                 // A refusal for time reasons that came with a new offset measurement: try once
                 // more with corrected iat/exp rather than failing a skewed host.
                 Err((e, offset_changed)) if e.is_clock_problem() && offset_changed && !clock_retry_used => {
-                    tracing::info!(offset_secs = self.offset.load(Ordering::Relaxed), "grant refused for its time claims; retrying with the measured clock offset");
+                    tracing::info!(
+                        offset_secs = self.offset.load(Ordering::Relaxed),
+                        "grant refused for its time claims; retrying with the measured clock offset"
+                    );
                     clock_retry_used = true;
                 }
                 Err((e, _)) if e.is_transient() && attempt < self.cfg.retry.max_attempts => {
@@ -372,12 +396,24 @@ impl Inner {
         let url = meta.token_endpoint.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
-        let form = [("grant_type", GRANT_TYPE), ("assertion", secrecy::ExposeSecret::expose_secret(&assertion))];
-        let resp = self.http.post(url.clone()).form(&form).send().await.map_err(|e| (transport_error(&url, &e), false))?;
+        let form = [
+            ("grant_type", GRANT_TYPE),
+            ("assertion", secrecy::ExposeSecret::expose_secret(&assertion)),
+        ];
+        let resp = self
+            .http
+            .post(url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| (transport_error(&url, &e), false))?;
         let offset_changed = self.observe_offset(clock::offset_from(&resp));
         let status = resp.status();
         let retry_after = retry_after(&resp);
-        let body = resp.text().await.map_err(|e| (transport_error(&url, &e), offset_changed))?;
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| (transport_error(&url, &e), offset_changed))?;
         if status.is_success() {
             return self.parse_token(&url, &body, sent).map_err(|e| (e, offset_changed));
         }
@@ -394,7 +430,12 @@ impl Inner {
                 description: o.error_description,
                 env: self.cfg.env.to_string(),
             },
-            _ => TokenError::Status { url: url.to_string(), status: status.as_u16(), body: truncate(body), retry_after },
+            _ => TokenError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                body: truncate(body),
+                retry_after,
+            },
         };
         Err((err, offset_changed))
     }
@@ -412,7 +453,10 @@ impl Inner {
             reason: format!("not a token response ({e})"),
         })?;
         if r.expires_in == 0 {
-            return Err(TokenError::InvalidResponse { url: url.to_string(), reason: "expires_in is 0".into() });
+            return Err(TokenError::InvalidResponse {
+                url: url.to_string(),
+                reason: "expires_in is 0".into(),
+            });
         }
         let lifetime = Duration::from_secs(r.expires_in);
         // Measured from when the request was sent: the token cannot be older than that.
@@ -439,7 +483,9 @@ impl Inner {
 fn consumer_org_of(token: &str) -> Option<String> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let id = v.get("consumer")?.get("ID")?.as_str()?;
     Some(id.rsplit(':').next()?.to_string())
@@ -471,7 +517,11 @@ pub(crate) fn transport_error(url: &Url, e: &reqwest::Error) -> TokenError {
         reason.push_str(&s.to_string());
         src = s.source();
     }
-    TokenError::Transport { url: url.to_string(), reason, timeout: e.is_timeout() }
+    TokenError::Transport {
+        url: url.to_string(),
+        reason,
+        timeout: e.is_timeout(),
+    }
 }
 
 fn truncate(mut body: String) -> String {
@@ -494,7 +544,11 @@ mod tests {
 
     #[test]
     fn backoff_is_capped_jittered_and_honours_retry_after() {
-        let p = RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
         for retry in 1..10 {
             let d = p.delay(retry, None);
             assert!(d <= Duration::from_secs(1), "{d:?}");
@@ -510,7 +564,10 @@ mod tests {
         use base64::Engine as _;
         let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let payload = b.encode(r#"{"consumer":{"authority":"iso6523-actorid-upis","ID":"0192:916960190"}}"#);
-        assert_eq!(consumer_org_of(&format!("x.{payload}.sig")).as_deref(), Some("916960190"));
+        assert_eq!(
+            consumer_org_of(&format!("x.{payload}.sig")).as_deref(),
+            Some("916960190")
+        );
         assert_eq!(consumer_org_of("opaque-token"), None);
     }
 

@@ -11,7 +11,10 @@ pub const SIGNIFICANT_OFFSET_SECS: i64 = 2;
 
 /// Local Unix time in seconds (fractional).
 pub fn local_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `server - local` in whole seconds from a response's `Date` header, or `None` without one.
@@ -22,7 +25,11 @@ pub fn offset_from(resp: &reqwest::Response) -> Option<i64> {
 
 /// As [`offset_from`], for a header value and a local time (testable).
 pub fn offset_from_date(date: &str, local: f64) -> Option<i64> {
-    let server = httpdate::parse_http_date(date).ok()?.duration_since(UNIX_EPOCH).ok()?.as_secs() as f64;
+    let server = httpdate::parse_http_date(date)
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs() as f64;
     // The server truncated its clock to the second: its true time was in [server, server + 1).
     let raw = (server + 0.5 - local).round() as i64;
     Some(if raw.abs() < SIGNIFICANT_OFFSET_SECS { 0 } else { raw })

@@ -20,25 +20,39 @@ struct Document {
 
 /// The discovery URL for an issuer (which always ends in `/`, see config).
 pub fn discovery_url(issuer: &Url) -> Result<Url, TokenError> {
-    issuer.join(".well-known/oauth-authorization-server").map_err(|e| TokenError::InvalidResponse {
-        url: issuer.to_string(),
-        reason: format!("cannot form the discovery URL: {e}"),
-    })
+    issuer
+        .join(".well-known/oauth-authorization-server")
+        .map_err(|e| TokenError::InvalidResponse {
+            url: issuer.to_string(),
+            reason: format!("cannot form the discovery URL: {e}"),
+        })
 }
 
 /// Fetches and checks the metadata. Also returns the server's clock offset measured from the
 /// answer's `Date` header, so the very first grant can already be skew-corrected.
 pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<(Metadata, Option<i64>), TokenError> {
     let url = discovery_url(issuer)?;
-    let resp = http.get(url.clone()).send().await.map_err(|e| super::client::transport_error(&url, &e))?;
+    let resp = http
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| super::client::transport_error(&url, &e))?;
     let offset = clock::offset_from(&resp);
     let status = resp.status();
     if !status.is_success() {
         let retry_after = super::client::retry_after(&resp);
         let body = super::client::short_body(resp).await;
-        return Err(TokenError::Status { url: url.to_string(), status: status.as_u16(), body, retry_after });
+        return Err(TokenError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body,
+            retry_after,
+        });
     }
-    let text = resp.text().await.map_err(|e| super::client::transport_error(&url, &e))?;
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| super::client::transport_error(&url, &e))?;
     let doc: Document = serde_json::from_str(&text).map_err(|e| TokenError::InvalidResponse {
         url: url.to_string(),
         reason: format!("not an RFC 8414 metadata document ({e})"),
@@ -56,5 +70,11 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<(Metadata,
         url: url.to_string(),
         reason: format!("token_endpoint {:?} is not a URL ({e})", doc.token_endpoint),
     })?;
-    Ok((Metadata { issuer: doc.issuer, token_endpoint }, offset))
+    Ok((
+        Metadata {
+            issuer: doc.issuer,
+            token_endpoint,
+        },
+        offset,
+    ))
 }

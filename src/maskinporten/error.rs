@@ -14,19 +14,34 @@ pub enum TokenError {
     Credential(String),
     /// Maskinporten answered with an OAuth2 error (kfr-notes §3, §9).
     #[error("Maskinporten refused the grant: {error}{}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(), .mp_code.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default())]
-    Rejected { status: u16, error: String, description: Option<String>, mp_code: Option<String>, env: String },
+    Rejected {
+        status: u16,
+        error: String,
+        description: Option<String>,
+        mp_code: Option<String>,
+        env: String,
+    },
     /// No HTTP answer: connect failure, timeout, TLS.
     #[error("no answer from {url}: {reason}")]
     Transport { url: String, reason: String, timeout: bool },
     /// An HTTP status without an OAuth2 error body (5xx, 429, an HTML error page, …).
     #[error("{url} answered HTTP {status}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
-    Status { url: String, status: u16, body: String, retry_after: Option<u64> },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+        retry_after: Option<u64>,
+    },
     /// The answer arrived but is not what RFC 8414 / RFC 6749 promise.
     #[error("unexpected answer from {url}: {reason}")]
     InvalidResponse { url: String, reason: String },
     /// The discovery document names another issuer than the one configured.
     #[error("the discovery document at {url} names issuer {discovered:?}, but the configured issuer is {configured:?}")]
-    IssuerMismatch { url: String, configured: String, discovered: String },
+    IssuerMismatch {
+        url: String,
+        configured: String,
+        discovered: String,
+    },
     /// Signing the grant failed (a key the signer cannot use).
     #[error("cannot sign the grant: {0}")]
     Signing(String),
@@ -54,7 +69,9 @@ impl TokenError {
     /// The grant was refused because of its time claims (the clock-skew family).
     pub fn is_clock_problem(&self) -> bool {
         match self {
-            TokenError::Rejected { mp_code, description, .. } => {
+            TokenError::Rejected {
+                mp_code, description, ..
+            } => {
                 mp_code.as_deref() == Some("MP-130")
                     || description.as_deref().is_some_and(|d| {
                         let d = d.to_ascii_lowercase();
@@ -82,14 +99,18 @@ impl Hinted for TokenError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             TokenError::Credential(_) => "check `certificate` and its password (see `kfr doctor`)".into(),
-            TokenError::Rejected { error, mp_code, env, .. } => return Some(rejection_hint(error, mp_code.as_deref(), env)),
+            TokenError::Rejected {
+                error, mp_code, env, ..
+            } => return Some(rejection_hint(error, mp_code.as_deref(), env)),
             TokenError::Transport { timeout: true, .. } => {
                 "Maskinporten did not answer in time; raise request_timeout_secs or check the network path/proxy".into()
             }
             TokenError::Transport { .. } => {
                 "check network access to the Maskinporten issuer (firewall, `proxy`, DNS); `kfr doctor` tests it".into()
             }
-            TokenError::Status { status: 429, .. } => "Maskinporten is rate limiting this client; try again later".into(),
+            TokenError::Status { status: 429, .. } => {
+                "Maskinporten is rate limiting this client; try again later".into()
+            }
             TokenError::Status { status, .. } if *status >= 500 => {
                 "Maskinporten had a server error; it was retried. Check https://status.digdir.no and try again".into()
             }
@@ -97,7 +118,8 @@ impl Hinted for TokenError {
                 "is `maskinporten_issuer` the Maskinporten issuer URL (with its trailing slash)?".into()
             }
             TokenError::IssuerMismatch { .. } => {
-                "set `maskinporten_issuer` exactly as the issuer in the discovery document; it is also the grant's aud".into()
+                "set `maskinporten_issuer` exactly as the issuer in the discovery document; it is also the grant's aud"
+                    .into()
             }
             TokenError::Signing(_) => "the key must be an RSA key (Maskinporten grants are RS256)".into(),
         })
@@ -160,8 +182,16 @@ mod tests {
         let cases = [
             ("invalid_client", "MP-100", "not known to Maskinporten in env test"),
             ("invalid_grant", "MP-110", "aud must equal the issuer"),
-            ("invalid_grant", "MP-120", "test certificate only works against env test"),
-            ("invalid_grant", "MP-124", "test certificate only works against env test"),
+            (
+                "invalid_grant",
+                "MP-120",
+                "test certificate only works against env test",
+            ),
+            (
+                "invalid_grant",
+                "MP-124",
+                "test certificate only works against env test",
+            ),
             ("invalid_grant", "MP-122", "organisation number is not the owner"),
             ("invalid_request", "MP-123", "JSON array"),
             ("invalid_grant", "MP-130", "synchronise this host's clock"),
@@ -183,9 +213,21 @@ mod tests {
 
     #[test]
     fn transient_classification() {
-        let s = |status| TokenError::Status { url: "u".into(), status, body: String::new(), retry_after: None };
+        let s = |status| TokenError::Status {
+            url: "u".into(),
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
         assert!(s(500).is_transient() && s(503).is_transient() && s(429).is_transient());
         assert!(!s(404).is_transient());
-        assert!(TokenError::Transport { url: "u".into(), reason: "refused".into(), timeout: false }.is_transient());
+        assert!(
+            TokenError::Transport {
+                url: "u".into(),
+                reason: "refused".into(),
+                timeout: false
+            }
+            .is_transient()
+        );
     }
 }

@@ -54,7 +54,12 @@ pub fn x5c_value(credential: &Credential, mode: X5cMode) -> Vec<String> {
 }
 
 /// Signs a grant. `now` is the (skew-corrected) Unix time in seconds; `jti` must be fresh.
-pub fn sign(credential: &Credential, params: &GrantParams, now: i64, jti: uuid::Uuid) -> Result<SecretString, TokenError> {
+pub fn sign(
+    credential: &Credential,
+    params: &GrantParams,
+    now: i64,
+    jti: uuid::Uuid,
+) -> Result<SecretString, TokenError> {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     match &params.kid {
         Some(kid) => header.kid = Some(kid.clone()),
