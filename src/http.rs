@@ -29,3 +29,16 @@ pub fn client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
     }
     b.build().context("cannot build the HTTP client")
 }
+
+/// A reqwest error in words with its whole cause chain (which names e.g. the refused
+/// connection), and whether it was a timeout. Never contains request bodies.
+pub fn describe(e: &reqwest::Error) -> (String, bool) {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        src = s.source();
+    }
+    (reason, e.is_timeout())
+}

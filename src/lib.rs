@@ -3,6 +3,7 @@
 //! Module map (data flows one way: source → outbox → scheduler → KFR → ledger):
 //! - [`config`]: `kfr.toml` + `KFR_*` variables + flags, resolved once into [`config::Settings`].
 //! - [`maskinporten`]: the business-certificate credential, the JWT-bearer grant and the token cache.
+//! - [`kfr`]: the KFR API client, batch encoding and error model.
 //! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
 //! - [`mock`]: the bundled fake Maskinporten (and, later, fake KFR) used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
@@ -17,6 +18,7 @@ pub mod env_vars;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod kfr;
 pub mod maskinporten;
 pub mod mock;
 pub mod telemetry;

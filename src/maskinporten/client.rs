@@ -507,8 +507,7 @@ pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<u64> {
     })
 }
 
-/// A transport failure in words, with reqwest's cause chain (which names e.g. the refused
-/// connection) but never request bodies.
+/// A transport failure as a token error.
 pub(crate) fn transport_error(url: &Url, e: &reqwest::Error) -> TokenError {
     let mut reason = e.to_string();
     let mut src = std::error::Error::source(e);
