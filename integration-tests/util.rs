@@ -23,3 +23,69 @@ pub fn output_text(out: &std::process::Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+use kfr::certs::LocalPki;
+use kfr::maskinporten::{Credential, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
+use kfr::mock::{MockConfig, MockServer};
+use std::sync::OnceLock;
+
+/// The org.nr of the institution in tests (Bits' own test certificate carries it, kfr-notes §3).
+pub const ORG: &str = "916960190";
+
+/// The Maskinporten client id used by library-level tests.
+pub const CLIENT_ID: &str = "5b0d9c4e-2a57-4f41-9a8e-0c6f1d2b7e11";
+
+/// Generating RSA keys is slow in debug builds: one PKI for the whole test binary.
+pub fn pki() -> &'static LocalPki {
+    static PKI: OnceLock<LocalPki> = OnceLock::new();
+    PKI.get_or_init(|| kfr::certs::generate(ORG, "KFR TEST BANK AS").expect("test PKI"))
+}
+
+/// A running in-process mock on a free loopback port, trusting [`pki`]'s CA.
+pub async fn start_mock(tweak: impl FnOnce(&mut MockConfig)) -> MockServer {
+    let mut cfg = MockConfig::new(vec![pki().ca_cert_der.clone()]);
+    tweak(&mut cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    MockServer::start(listener, cfg).await.expect("mock starts")
+}
+
+/// The client's credential from the PKI's PEM files.
+pub fn credential(cert: &kfr::certs::IssuedCert) -> Credential {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let crt = dir.path().join("cert.pem");
+    std::fs::write(&key, cert.key_pem.as_bytes()).unwrap();
+    std::fs::write(&crt, &cert.cert_pem).unwrap();
+    Credential::from_pem(&key, &crt, None).expect("credential loads")
+}
+
+/// Token-client settings for the mock: no retry delays, so retry paths take milliseconds.
+pub fn token_config(mock: &MockServer) -> TokenClientConfig {
+    TokenClientConfig {
+        env: kfr::config::Environment::Local,
+        issuer: url::Url::parse(&mock.issuer()).unwrap(),
+        client_id: CLIENT_ID.into(),
+        default_request: TokenRequest { scope: "bits:kundeforhold.write".into(), consumer_org: None, resource: None },
+        x5c: kfr::config::X5cMode::Leaf,
+        kid: None,
+        refresh_ahead: std::time::Duration::from_secs(30),
+        retry: RetryPolicy::immediate(4),
+    }
+}
+
+pub fn token_client(mock: &MockServer, tweak: impl FnOnce(&mut TokenClientConfig)) -> TokenClient {
+    let mut cfg = token_config(mock);
+    tweak(&mut cfg);
+    TokenClient::new(reqwest::Client::new(), credential(&pki().client), cfg)
+}
+
+/// Writes `kfr certs local`-style files for the binary: runs the real command into `dir`.
+pub fn certs_local(dir: &Path, mock_url: &str) {
+    let out = kfr(dir)
+        .args(["certs", "local", "--org-number", ORG, "--out"])
+        .arg(dir)
+        .args(["--mock-url", mock_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -13,6 +13,7 @@ mod config_show;
 mod doctor;
 mod mock;
 mod pseudonym;
+mod relationship;
 mod token;
 mod validate;
 
@@ -52,6 +53,12 @@ pub enum Command {
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Register a customer relationship in KFR.
+    Add(RelationshipArgs),
+    /// End a customer relationship in KFR (held while an initial load is being ingested).
+    Remove(RelationshipArgs),
+    /// Own lookup: is the customer registered with this institution (for a period)?
+    Lookup(LookupArgs),
     /// Validate customer identifiers offline (no request is sent).
     Validate(ValidateArgs),
     /// Print the log pseudonym of a customer identifier, to find it in logs.
@@ -107,6 +114,30 @@ pub struct MockArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RelationshipArgs {
+    /// Customer identifier: fødselsnummer, D-number (11 digits) or organisation number (9).
+    pub id: String,
+    /// CorrelationID to send (a UUID); a fresh one by default.
+    #[arg(long, value_name = "UUID")]
+    pub correlation_id: Option<uuid::Uuid>,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    #[command(flatten)]
+    pub target: RelationshipArgs,
+    /// Start of the period (YYYY-MM-DD); KFR's default is today.
+    #[arg(long, value_name = "DATE")]
+    pub from: Option<chrono::NaiveDate>,
+    /// End of the period (YYYY-MM-DD); KFR's default is today.
+    #[arg(long, value_name = "DATE")]
+    pub to: Option<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Identifiers to validate.
     pub ids: Vec<String>,
@@ -159,6 +190,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(CertsCommand::Local(args)) => certs::run(args),
         Command::Mock(args) => runtime()?.block_on(mock::run(args)),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
+        Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args)),
+        Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args)),
+        Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args)),
         Command::Validate(args) => validate::run(&load()?, args),
         Command::Pseudonym(args) => pseudonym::run(&load()?, args),
     }

@@ -1,0 +1,123 @@
+//! `kfr add`, `kfr remove`, `kfr lookup`: one relationship at a time.
+//!
+//! The identifier is validated locally first; one that breaks a rule is refused before any
+//! request is sent (exit 1, the rule named). "Already present" and "not registered" are
+//! successes: the register is in the wanted state (kfr-notes §6). Output names the customer by
+//! kind and pseudonym only, since command output often ends up in job logs.
+
+use super::{LookupArgs, RelationshipArgs};
+use crate::config::Settings;
+use crate::ids::{CustomerId, IdPolicy};
+use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
+use anyhow::Context as _;
+
+fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
+    CustomerId::parse(raw, &IdPolicy::for_settings(settings))
+        .with_context(|| format!("refused before sending anything: {}", crate::ids::mask(raw)))
+}
+
+fn who(id: &CustomerId) -> String {
+    format!("{} {}", id.kind().label(), id.log())
+}
+
+pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
+    let id = parse_id(&settings, &args.id)?;
+    let client = KfrClient::from_settings(&settings)?;
+    let out = client.add(&id, args.correlation_id).await.with_context(|| format!("cannot add {}", who(&id)))?;
+    let outcome = match out.value {
+        AddOutcome::Added => "added",
+        AddOutcome::AlreadyPresent => "already present",
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "operation": "add", "outcome": out.value, "status": out.status,
+                "customer": id.log().to_string(), "kind": id.kind(),
+                "correlation_id": out.correlation_id, "org_number": client.config().org_number,
+            })
+        );
+    } else {
+        println!(
+            "{outcome}: {} in KFR for {} (HTTP {}, CorrelationID {})",
+            who(&id),
+            client.config().org_number,
+            out.status,
+            out.correlation_id
+        );
+    }
+    Ok(())
+}
+
+pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
+    let id = parse_id(&settings, &args.id)?;
+    let client = KfrClient::from_settings(&settings)?;
+    let out = client.remove(&id, args.correlation_id).await.with_context(|| format!("cannot remove {}", who(&id)))?;
+    let outcome = match out.value {
+        RemoveOutcome::Removed => "removed",
+        RemoveOutcome::NotFound => "not registered (nothing to remove)",
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "operation": "remove", "outcome": out.value, "status": out.status,
+                "customer": id.log().to_string(), "kind": id.kind(),
+                "correlation_id": out.correlation_id, "org_number": client.config().org_number,
+            })
+        );
+    } else {
+        println!(
+            "{outcome}: {} for {} (HTTP {}, CorrelationID {})",
+            who(&id),
+            client.config().org_number,
+            out.status,
+            out.correlation_id
+        );
+    }
+    Ok(())
+}
+
+pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()> {
+    let id = parse_id(&settings, &args.target.id)?;
+    if let (Some(from), Some(to)) = (args.from, args.to) {
+        if from > to {
+            return Err(crate::error::UsageError::new(format!("--from {from} is after --to {to}")).into());
+        }
+    }
+    let client = KfrClient::from_settings(&settings)?;
+    let out = client
+        .lookup(&id, args.from, args.to, args.target.correlation_id)
+        .await
+        .with_context(|| format!("cannot look up {}", who(&id)))?;
+    if args.target.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "operation": "lookup", "status": out.status, "customer": id.log().to_string(), "kind": id.kind(),
+                "from": args.from, "to": args.to, "banks": out.value, "correlation_id": out.correlation_id,
+            })
+        );
+        return Ok(());
+    }
+    let period = match (args.from, args.to) {
+        (None, None) => "today".to_string(),
+        (f, t) => format!(
+            "{} to {}",
+            f.map_or("today".into(), |d| d.to_string()),
+            t.map_or("today".into(), |d| d.to_string())
+        ),
+    };
+    let ours = out.value.iter().any(|b| b.organization_id == client.config().org_number);
+    println!(
+        "{}: {} institution(s) for {period}{} (CorrelationID {})",
+        who(&id),
+        out.value.len(),
+        if ours { ", including this one" } else { "" },
+        out.correlation_id
+    );
+    for b in &out.value {
+        println!("  {}  {}  activeAccount {}", b.organization_id, b.bank_name, b.active_account);
+    }
+    Ok(())
+}
