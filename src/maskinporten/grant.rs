@@ -79,3 +79,98 @@ pub fn sign(
         .map(SecretString::from)
         .map_err(|e| TokenError::Signing(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+
+    fn credential() -> (Credential, crate::certs::LocalPki) {
+        let pki = crate::certs::generate("916960190", "GRANT TEST AS").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (k, c) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+        std::fs::write(&k, pki.client.key_pem.as_bytes()).unwrap();
+        // leaf first, then the CA as "chain", to see what x5c = chain does
+        std::fs::write(&c, format!("{}{}", pki.client.cert_pem, pki.ca_cert_pem)).unwrap();
+        (Credential::from_pem(&k, &c, None).unwrap(), pki)
+    }
+
+    fn parts(jwt: &SecretString) -> (Value, Value) {
+        use secrecy::ExposeSecret as _;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut it = jwt.expose_secret().split('.');
+        let h = serde_json::from_slice(&b.decode(it.next().unwrap()).unwrap()).unwrap();
+        let c = serde_json::from_slice(&b.decode(it.next().unwrap()).unwrap()).unwrap();
+        assert!(it.next().is_some_and(|s| !s.is_empty()), "signed");
+        (h, c)
+    }
+
+    fn params() -> GrantParams {
+        GrantParams {
+            audience: "https://test.maskinporten.no/".into(),
+            client_id: "d61fe9d0-802c-499b-8eb8-c7b4c3085d01".into(),
+            scope: "bits:kundeforhold.write".into(),
+            consumer_org: None,
+            resource: None,
+            x5c: X5cMode::Leaf,
+            kid: None,
+        }
+    }
+
+    /// The exact header and claim set: nothing missing, nothing extra (kfr-notes §3, §9).
+    #[test]
+    fn grant_header_and_claims_are_exact() {
+        let (cred, pki) = credential();
+        let jti = uuid::Uuid::new_v4();
+        let (header, claims) = parts(&sign(&cred, &params(), 1_795_000_000, jti).unwrap());
+        let std_b64 = base64::engine::general_purpose::STANDARD.encode(&pki.client.cert_der);
+        assert_eq!(header, json!({"alg": "RS256", "typ": "JWT", "x5c": [std_b64]}));
+        assert_eq!(
+            claims,
+            json!({
+                "aud": "https://test.maskinporten.no/",
+                "iss": "d61fe9d0-802c-499b-8eb8-c7b4c3085d01",
+                "scope": "bits:kundeforhold.write",
+                "iat": 1_795_000_000,
+                "exp": 1_795_000_120,
+                "jti": jti.to_string(),
+            })
+        );
+    }
+
+    #[test]
+    fn optional_claims_chain_and_kid() {
+        let (cred, pki) = credential();
+        let p = GrantParams {
+            consumer_org: Some("999999999".into()),
+            resource: Some("https://api.example/".into()),
+            x5c: X5cMode::Chain,
+            ..params()
+        };
+        let (header, claims) = parts(&sign(&cred, &p, 1, uuid::Uuid::new_v4()).unwrap());
+        let b = base64::engine::general_purpose::STANDARD;
+        assert_eq!(header["x5c"], json!([b.encode(&pki.client.cert_der), b.encode(&pki.ca_cert_der)]));
+        assert_eq!(claims["consumer_org"], "999999999");
+        assert_eq!(claims["resource"], "https://api.example/");
+
+        let p = GrantParams { kid: Some("registered-key-1".into()), ..params() };
+        let (header, _) = parts(&sign(&cred, &p, 1, uuid::Uuid::new_v4()).unwrap());
+        assert_eq!(header, json!({"alg": "RS256", "typ": "JWT", "kid": "registered-key-1"}));
+    }
+
+    /// The signature verifies with the certificate's public key (what Maskinporten checks).
+    #[test]
+    fn signature_verifies_with_the_certificate_key() {
+        use secrecy::ExposeSecret as _;
+        let (cred, pki) = credential();
+        let jwt = sign(&cred, &params(), 1_795_000_000, uuid::Uuid::new_v4()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&pki.client.cert_der).unwrap();
+        let spki = cert.public_key().subject_public_key.data.to_vec();
+        let key = jsonwebtoken::DecodingKey::from_rsa_der(&spki);
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.validate_exp = false;
+        v.set_audience(&["https://test.maskinporten.no/"]);
+        jsonwebtoken::decode::<serde_json::Value>(jwt.expose_secret(), &key, &v).expect("verifies");
+    }
+}
