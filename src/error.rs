@@ -89,6 +89,9 @@ pub fn find_hint(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = c.downcast_ref::<crate::maskinporten::CredentialError>() {
             return e.hint();
         }
+        if let Some(e) = c.downcast_ref::<crate::ids::IdError>() {
+            return e.hint();
+        }
         None
     })
 }
