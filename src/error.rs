@@ -92,6 +92,9 @@ pub fn find_hint(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = c.downcast_ref::<crate::kfr::KfrError>() {
             return e.hint();
         }
+        if let Some(e) = c.downcast_ref::<crate::ids::IdError>() {
+            return e.hint();
+        }
         None
     })
 }
