@@ -44,7 +44,7 @@ mod tests {
         let t = 1_795_000_000.0;
         let fmt = |s: f64| httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs_f64(s));
         assert_eq!(offset_from_date(&fmt(t), t + 0.4), Some(0));
-        assert_eq!(offset_from_date(&fmt(t + 60.0), t), Some(60));
+        assert_eq!(offset_from_date(&fmt(t + 60.0), t + 0.2), Some(60));
         assert_eq!(offset_from_date(&fmt(t - 45.0), t + 0.2), Some(-45));
         assert_eq!(offset_from_date("not a date", t), None);
     }

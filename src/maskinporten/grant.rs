@@ -83,7 +83,6 @@ pub fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
     use serde_json::{Value, json};
 
     fn credential() -> (Credential, crate::certs::LocalPki) {
