@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
     CustomerId::parse(raw, &IdPolicy::for_settings(settings))
-        .with_context(|| format!("refused before sending anything: {}", crate::ids::mask(raw)))
+        .with_context(|| format!("customer identifier {} refused locally; nothing was sent to KFR", crate::ids::mask(raw)))
 }
 
 fn who(id: &CustomerId) -> String {
