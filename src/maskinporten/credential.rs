@@ -658,7 +658,11 @@ mod tests {
         assert!(info.subject.contains("KFR FIXTURE BANK AS TEST"), "{}", info.subject);
         assert!(info.issuer.contains("KFR Fixture Test CA"), "{}", info.issuer);
         assert!(info.is_valid_at(Utc::now()));
-        assert_eq!(info.sha256_fingerprint.len(), 32 * 3 - 1);
+        // As printed by `openssl x509 -in certs/fixtures/cert.pem -noout -fingerprint -sha256`.
+        assert_eq!(
+            info.sha256_fingerprint,
+            "35:33:DA:54:86:1E:23:D2:8F:A2:E1:BC:F4:C3:2B:28:9B:33:E7:77:35:96:46:95:5B:ED:E0:DC:A4:D9:74:8F"
+        );
         // The CA came along in the file and is the chain; the leaf is not repeated there.
         assert_eq!(cred.chain_der().len(), 1);
         assert_eq!(CertInfo::from_der(&cred.chain_der()[0]).unwrap().is_ca, true);
