@@ -433,13 +433,10 @@ impl Settings {
                 }
             }
         }
-        let password = match env.get(env_vars::KFR_CERTIFICATE_PASSWORD) {
-            Some(p) => Some(Sourced {
-                value: SecretString::from(p.clone()),
-                source: Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into()),
-            }),
-            None => None,
-        };
+        let password = env.get(env_vars::KFR_CERTIFICATE_PASSWORD).map(|p| Sourced {
+            value: SecretString::from(p.clone()),
+            source: Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into()),
+        });
         resolve(path, raw, password)
     }
 

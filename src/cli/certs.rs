@@ -1,4 +1,155 @@
-//! `kfr certs local`.
-pub fn run(_args: &super::CertsLocalArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `kfr certs local`: a throwaway test PKI and ready-to-use `kfr.toml` files for the local mock.
+//!
+//! The output directory gets a test CA, two business-certificate-shaped client certificates (the
+//! institution and a second organisation for negative tests) as PKCS#12 with a random password
+//! file and as PEM, and one `kfr.toml` per organisation with paths relative to the directory, so
+//! the directory can be moved and `--config DIR/kfr.toml` works from anywhere. Key and password
+//! files are created with mode 0600. Nothing here is fit for Maskinporten test or production:
+//! those need a Buypass or Commfides certificate (see certs/README.md).
+
+use crate::certs::{self, IssuedCert, LOCAL_CA_NAME};
+use crate::error::UsageError;
+use crate::maskinporten::CertInfo;
+use anyhow::Context as _;
+use rand::distr::{Alphanumeric, SampleString as _};
+use std::fmt::Write as _;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+pub fn run(args: &super::CertsLocalArgs) -> anyhow::Result<()> {
+    if !certs::valid_org_number(&args.org_number) {
+        return Err(UsageError::new(format!(
+            "--org-number {:?} is not a valid organisation number",
+            args.org_number
+        ))
+        .with_hint("nine digits whose last digit is the mod-11 check digit, e.g. 916960190")
+        .into());
+    }
+    let mock_url = args.mock_url.trim_end_matches('/');
+    match url::Url::parse(mock_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            return Err(
+                UsageError::new(format!("--mock-url {:?} is not an http(s) URL", args.mock_url))
+                    .with_hint("e.g. http://127.0.0.1:8080, where `kfr mock` listens")
+                    .into(),
+            );
+        }
+    }
+    if args.name.trim().is_empty() {
+        return Err(UsageError::new("--name must not be empty").into());
+    }
+
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let overwriting = out.join("kfr.toml").exists();
+    let pki = certs::generate(&args.org_number, &args.name)?;
+
+    write_public(&out.join("ca.pem"), pki.ca_cert_pem.as_bytes())?;
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "Wrote throwaway test material for the local mock to {}:",
+        out.display()
+    );
+    let _ = writeln!(
+        report,
+        "  ca.pem               test CA \"{LOCAL_CA_NAME}\" (the mock must trust it)"
+    );
+    for (prefix, config, cert, role) in [
+        ("client", "kfr.toml", &pki.client, "the institution"),
+        (
+            "other",
+            "other-kfr.toml",
+            &pki.other,
+            "a second organisation, for negative tests",
+        ),
+    ] {
+        write_organisation(out, prefix, config, cert, &pki.ca_cert_der, mock_url)?;
+        let info = CertInfo::from_der(&cert.cert_der)?;
+        let _ = writeln!(report, "  {config:<20} org.nr {} ({role})", cert.org_number);
+        let _ = writeln!(
+            report,
+            "    {prefix}.p12, {prefix}.p12.password, {prefix}-cert.pem, {prefix}-key.pem"
+        );
+        let _ = writeln!(report, "    subject {}", info.subject);
+        let _ = writeln!(report, "    expires {}", info.not_after.format("%Y-%m-%d"));
+    }
+    let _ = writeln!(report, "Next:");
+    let _ = writeln!(report, "  kfr mock --trust {}", out.join("ca.pem").display());
+    let _ = writeln!(report, "  kfr --config {} token", out.join("kfr.toml").display());
+    print!("{report}");
+    if overwriting {
+        eprintln!(
+            "note: {} existed and was overwritten, together with the certificates and keys next to it",
+            out.join("kfr.toml").display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `<prefix>.p12` (+ password file), `<prefix>-cert.pem`, `<prefix>-key.pem` and the
+/// config file for one organisation.
+fn write_organisation(
+    out: &Path,
+    prefix: &str,
+    config: &str,
+    cert: &IssuedCert,
+    ca_der: &[u8],
+    mock_url: &str,
+) -> anyhow::Result<()> {
+    // A fresh random password per file: nobody should be tempted to reuse it, and tests read
+    // it from the password file like an operator would (certificate_password_file).
+    let password = Zeroizing::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
+    let p12 = certs::to_pkcs12(cert, &[ca_der], &password)?;
+    let p12_name = format!("{prefix}.p12");
+    let password_name = format!("{p12_name}.password");
+    write_secret(&out.join(&p12_name), &p12)?;
+    write_secret(&out.join(&password_name), format!("{}\n", password.as_str()).as_bytes())?;
+    write_public(&out.join(format!("{prefix}-cert.pem")), cert.cert_pem.as_bytes())?;
+    write_secret(&out.join(format!("{prefix}-key.pem")), cert.key_pem.as_bytes())?;
+
+    let s = |v: &str| toml::Value::String(v.to_string()).to_string();
+    let toml = format!(
+        "# generated by `kfr certs local` — throwaway test material for the local mock only\n\
+         env = \"local\"\n\
+         org_number = {}\n\
+         client_id = {}\n\
+         certificate = {}\n\
+         certificate_password_file = {}\n\
+         maskinporten_issuer = {}\n\
+         kfr_base_url = {}\n",
+        s(&cert.org_number),
+        s(&uuid::Uuid::new_v4().to_string()),
+        s(&p12_name),
+        s(&password_name),
+        s(&format!("{mock_url}/maskinporten/")),
+        s(&format!("{mock_url}/kar-ws/api/v1")),
+    );
+    write_public(&out.join(config), toml.as_bytes())
+}
+
+fn write_public(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a file only its owner can read. The file is removed and created afresh so an existing
+/// file with wider permissions cannot keep them.
+fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", path.display()));
+        }
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))
 }

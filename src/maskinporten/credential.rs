@@ -658,10 +658,14 @@ mod tests {
         assert!(info.subject.contains("KFR FIXTURE BANK AS TEST"), "{}", info.subject);
         assert!(info.issuer.contains("KFR Fixture Test CA"), "{}", info.issuer);
         assert!(info.is_valid_at(Utc::now()));
-        assert_eq!(info.sha256_fingerprint.len(), 32 * 3 - 1);
+        // As printed by `openssl x509 -in certs/fixtures/cert.pem -noout -fingerprint -sha256`.
+        assert_eq!(
+            info.sha256_fingerprint,
+            "35:33:DA:54:86:1E:23:D2:8F:A2:E1:BC:F4:C3:2B:28:9B:33:E7:77:35:96:46:95:5B:ED:E0:DC:A4:D9:74:8F"
+        );
         // The CA came along in the file and is the chain; the leaf is not repeated there.
         assert_eq!(cred.chain_der().len(), 1);
-        assert_eq!(CertInfo::from_der(&cred.chain_der()[0]).unwrap().is_ca, true);
+        assert!(CertInfo::from_der(&cred.chain_der()[0]).unwrap().is_ca);
     }
 
     #[test]
@@ -718,7 +722,7 @@ mod tests {
         let key8 = write(dir.path(), "key8.pem", pki.client.key_pem.as_bytes());
         let cred = Credential::from_pem(&key8, &cert, None).unwrap();
         assert_eq!(cred.info().org_number.as_deref(), Some("916960190"));
-        assert_eq!(cred.chain_der(), [pki.ca_cert_der.clone()]);
+        assert_eq!(cred.chain_der(), std::slice::from_ref(&pki.ca_cert_der));
         sign_and_verify(&cred);
 
         let pkcs1 = pkcs8::PrivateKeyInfo::try_from(pki.client.key_pkcs8_der.as_slice())
@@ -748,7 +752,7 @@ mod tests {
         );
         let cred = Credential::from_pem(&key8, &swapped, None).unwrap();
         assert_eq!(cred.leaf_der(), pki.client.cert_der);
-        assert_eq!(cred.chain_der(), [pki.ca_cert_der.clone()]);
+        assert_eq!(cred.chain_der(), std::slice::from_ref(&pki.ca_cert_der));
     }
 
     #[test]
@@ -784,7 +788,7 @@ mod tests {
         let p12 = certs::to_pkcs12(&pki.client, &[&pki.ca_cert_der], "s3cret").unwrap();
         let cred = Credential::from_pkcs12_bytes(&p12, &pw("s3cret")).unwrap();
         assert_eq!(cred.leaf_der(), pki.client.cert_der);
-        assert_eq!(cred.chain_der(), [pki.ca_cert_der.clone()]);
+        assert_eq!(cred.chain_der(), std::slice::from_ref(&pki.ca_cert_der));
         assert_eq!(cred.info().org_number.as_deref(), Some("916960190"));
         assert!(cred.info().test_issuer);
         sign_and_verify(&cred);

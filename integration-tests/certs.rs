@@ -1,0 +1,132 @@
+//! `kfr certs local`: the generated directory is complete, private files are private, and the
+//! generated `kfr.toml` loads and yields a working credential.
+
+use assert_cmd::Command;
+use kfr::config::{CredentialSource, Settings};
+use kfr::maskinporten::Credential;
+use predicates::prelude::*;
+use std::path::Path;
+
+fn certs_local(out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("kfr")
+        .unwrap()
+        .args(["certs", "local", "--org-number", "916960190", "--out"])
+        .arg(out)
+        .args(extra)
+        .env_remove("KFR_CERTIFICATE_PASSWORD")
+        .assert()
+}
+
+#[test]
+fn certs_local_writes_a_usable_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("local");
+    certs_local(&out, &["--mock-url", "http://127.0.0.1:9999/"])
+        .success()
+        .stdout(predicate::str::contains("org.nr 916960190"))
+        .stdout(predicate::str::contains("kfr mock --trust"))
+        .stdout(predicate::str::contains("kfr.toml token"))
+        .stderr(predicate::str::contains("overwritten").not());
+
+    for name in [
+        "ca.pem",
+        "client.p12",
+        "client.p12.password",
+        "client-cert.pem",
+        "client-key.pem",
+        "kfr.toml",
+        "other.p12",
+        "other.p12.password",
+        "other-cert.pem",
+        "other-key.pem",
+        "other-kfr.toml",
+    ] {
+        assert!(out.join(name).is_file(), "{name} missing");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for name in [
+            "client.p12.password",
+            "client-key.pem",
+            "other.p12.password",
+            "other-key.pem",
+        ] {
+            let mode = std::fs::metadata(out.join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+        }
+    }
+
+    let toml = std::fs::read_to_string(out.join("kfr.toml")).unwrap();
+    assert!(
+        toml.contains("maskinporten_issuer = \"http://127.0.0.1:9999/maskinporten/\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("kfr_base_url = \"http://127.0.0.1:9999/kar-ws/api/v1\""),
+        "{toml}"
+    );
+
+    // The generated file loads through the real configuration loader (relative paths resolve
+    // against the file's directory) and gives the right certificate.
+    let settings = Settings::load(Some(&out.join("kfr.toml")), &Default::default()).unwrap();
+    assert_eq!(settings.org_number.as_deref(), Some("916960190"));
+    assert!(uuid::Uuid::parse_str(settings.client_id.as_deref().unwrap()).is_ok());
+    let source = settings.credential.as_ref().expect("credential configured");
+    assert!(matches!(source, CredentialSource::Pkcs12 { password: Some(_), .. }));
+    let cred = Credential::from_config(source).unwrap();
+    assert_eq!(cred.info().org_number.as_deref(), Some("916960190"));
+    assert_eq!(cred.info().key_usage_digital_signature, Some(true));
+    assert!(cred.info().test_issuer);
+
+    // The second organisation is a different, valid one under the same CA.
+    let other = Settings::load(Some(&out.join("other-kfr.toml")), &Default::default()).unwrap();
+    let other_cred = Credential::from_config(other.credential.as_ref().unwrap()).unwrap();
+    let other_org = other_cred.info().org_number.clone().unwrap();
+    assert_ne!(other_org, "916960190");
+    assert!(kfr::certs::valid_org_number(&other_org));
+    assert_eq!(other.org_number.as_deref(), Some(other_org.as_str()));
+    assert_eq!(other_cred.info().issuer, cred.info().issuer);
+    assert_ne!(other.client_id, settings.client_id);
+
+    // The PEM pair is the same identity.
+    let pem = Credential::from_pem(&out.join("client-key.pem"), &out.join("client-cert.pem"), None).unwrap();
+    assert_eq!(pem.leaf_der(), cred.leaf_der());
+
+    // Other tools can read the PKCS#12 too.
+    match std::process::Command::new("openssl").arg("version").output() {
+        Ok(o) if o.status.success() => {
+            let passin = format!("file:{}", out.join("client.p12.password").display());
+            let status = std::process::Command::new("openssl")
+                .args(["pkcs12", "-info", "-noout", "-passin", &passin, "-in"])
+                .arg(out.join("client.p12"))
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        }
+        _ => eprintln!("note: openssl not found; skipped reading client.p12 with openssl"),
+    }
+
+    // Running again overwrites, and says so.
+    certs_local(&out, &[])
+        .success()
+        .stderr(predicate::str::contains("overwritten"));
+}
+
+#[test]
+fn certs_local_refuses_a_bad_org_number_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    Command::cargo_bin("kfr")
+        .unwrap()
+        .args(["certs", "local", "--org-number", "916960191", "--out"])
+        .arg(dir.path().join("x"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not a valid organisation number"))
+        .stderr(predicate::str::contains("hint:"));
+    assert!(!dir.path().join("x").exists());
+
+    certs_local(&dir.path().join("y"), &["--mock-url", "not a url"])
+        .code(2)
+        .stderr(predicate::str::contains("--mock-url"));
+}
