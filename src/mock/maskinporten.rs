@@ -344,6 +344,14 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
 
     // Trust and validity at the mock's clock: a real path check, not a name comparison.
     verify_chain(&leaf, &chain[1..], &mp.trusted_ca_der, now)?;
+    // webpki does not look at an end-entity's KeyUsage; a certificate whose KeyUsage leaves out
+    // digitalSignature may not sign grants (RFC 5280 §4.2.1.3), so refuse it like a bad certificate.
+    if !key_usage_allows_signing(chain[0].as_ref()) {
+        return Err(Refusal::grant(
+            "MP-120",
+            "certificate key usage does not include digitalSignature, so it cannot sign grants",
+        ));
+    }
 
     // Claims: only Digdir's list.
     let unknown: Vec<&str> = claims
@@ -647,6 +655,19 @@ pub(crate) fn org_number(cert_der: &[u8]) -> Option<String> {
         .filter_map(|s| s.strip_prefix("NTRNO-"))
         .find(|s| is_org_number(s))
         .map(str::to_string)
+}
+
+/// False only when a KeyUsage extension is present without digitalSignature (or the certificate
+/// cannot be parsed at all); no extension means no restriction.
+fn key_usage_allows_signing(cert_der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return false;
+    };
+    match cert.key_usage() {
+        Ok(Some(ku)) => ku.value.digital_signature(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
 }
 
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<i64, Refusal> {
