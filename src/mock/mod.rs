@@ -62,18 +62,6 @@ pub struct MockServer {
 impl MockServer {
     /// Serves the mock on an already bound listener (tests bind `127.0.0.1:0`).
     pub async fn start(listener: tokio::net::TcpListener, cfg: MockConfig) -> anyhow::Result<MockServer> {
-        anyhow::ensure!(
-            !cfg.trusted_ca_der.is_empty(),
-            "the mock needs at least one trusted CA certificate"
-        );
-        for (i, der) in cfg.trusted_ca_der.iter().enumerate() {
-            webpki::anchor_from_trusted_cert(&rustls_pki_types::CertificateDer::from(der.as_slice()))
-                .map_err(|e| anyhow::anyhow!("trusted CA certificate #{i} is not usable: {e}"))?;
-        }
-        if let Some(issuer) = &cfg.issuer {
-            config::check_issuer(issuer)?;
-        }
-        config::check_fail_rate(cfg.token_fail_rate)?;
         let addr = listener.local_addr().context("reading the mock's listen address")?;
         let state = Arc::new(MockState::new(cfg, format!("http://{addr}"))?);
         let (stop, stopped) = oneshot::channel::<()>();

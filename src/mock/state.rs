@@ -100,8 +100,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MockState {
-    /// Builds the state for a server reachable at `base_url` (`http://127.0.0.1:port`).
-    pub(crate) fn new(cfg: MockConfig, base_url: String) -> anyhow::Result<Self> {
+    /// Checks `cfg` and builds the state for a server reachable at `base_url`
+    /// (`http://127.0.0.1:port`, no trailing slash). [`super::MockServer::start`] calls it; use it
+    /// directly only to drive [`super::router`] without a listener.
+    pub fn new(cfg: MockConfig, base_url: String) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !cfg.trusted_ca_der.is_empty(),
+            "the mock needs at least one trusted CA certificate"
+        );
+        for (i, der) in cfg.trusted_ca_der.iter().enumerate() {
+            webpki::anchor_from_trusted_cert(&rustls_pki_types::CertificateDer::from(der.as_slice()))
+                .map_err(|e| anyhow::anyhow!("trusted CA certificate #{i} is not usable: {e}"))?;
+        }
+        if let Some(issuer) = &cfg.issuer {
+            super::config::check_issuer(issuer)?;
+        }
+        super::config::check_fail_rate(cfg.token_fail_rate)?;
         let issuer = cfg
             .issuer
             .clone()
@@ -236,4 +250,39 @@ pub struct MaskinportenSnapshot {
     pub faults: TokenFaults,
     /// Known client ids; `null` when any client id is accepted.
     pub clients: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_refuses_a_config_without_usable_trust_or_with_bad_values() {
+        let base = "http://127.0.0.1:1".to_string();
+        assert!(MockState::new(MockConfig::new(vec![]), base.clone()).is_err());
+        assert!(MockState::new(MockConfig::new(vec![b"not a certificate".to_vec()]), base.clone()).is_err());
+        let ca = crate::certs::TestCa::new().unwrap();
+        let mut cfg = MockConfig::new(vec![ca.cert_der.clone()]);
+        cfg.issuer = Some("https://test.maskinporten.no".into());
+        assert!(
+            MockState::new(cfg.clone(), base.clone()).is_err(),
+            "issuer without trailing slash"
+        );
+        cfg.issuer = None;
+        cfg.token_fail_rate = 2.0;
+        assert!(MockState::new(cfg.clone(), base.clone()).is_err());
+        cfg.token_fail_rate = 0.0;
+        let state = MockState::new(cfg, base).unwrap();
+        assert_eq!(state.issuer(), "http://127.0.0.1:1/maskinporten/");
+    }
+
+    #[test]
+    fn clock_skew_moves_the_mock_clock_both_ways() {
+        let clock = MockClock::new(0);
+        let real = clock.now_unix();
+        clock.skew_secs.store(-3600, Ordering::Relaxed);
+        assert!((clock.now_unix() - (real - 3600)).abs() <= 1);
+        clock.skew_secs.store(90, Ordering::Relaxed);
+        assert!((clock.now_unix() - (real + 90)).abs() <= 1);
+    }
 }
