@@ -3,4 +3,6 @@
 
 mod certs;
 mod config;
+mod mock_maskinporten;
+mod token;
 mod util;

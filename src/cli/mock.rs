@@ -1,4 +1,42 @@
-//! `kfr mock`.
-pub async fn run(_args: &super::MockArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `kfr mock`: serves the bundled fake Maskinporten (and fake KFR) until Ctrl-C or SIGTERM.
+//!
+//! Logs one start line with the listen URL and the issuer; never logs tokens or assertions.
+
+use crate::mock::{MockConfig, MockServer};
+use anyhow::Context as _;
+
+pub async fn run(args: &super::MockArgs) -> anyhow::Result<()> {
+    let flags = &args.mock;
+    let cfg = MockConfig::from_flags(flags)?;
+    let listener = tokio::net::TcpListener::bind(flags.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", flags.listen))?;
+    let server = MockServer::start(listener, cfg).await?;
+    // On stderr unconditionally: the default log level (warn) would hide an info! line, and the
+    // operator needs the URL and issuer to configure the client.
+    eprintln!(
+        "kfr mock: listening on {} (Maskinporten issuer {}); Ctrl-C to stop",
+        server.base_url(),
+        server.issuer()
+    );
+    tracing::info!(url = %server.base_url(), issuer = %server.issuer(), "mock started");
+    shutdown_signal().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C everywhere, SIGTERM on Unix (service managers and containers send it).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
 }

@@ -1,9 +1,117 @@
-//! The bundled fake Maskinporten and fake KFR, one axum server with one admin surface.
+//! The bundled fake Maskinporten and fake KFR: one axum server, one shared [`MockState`], one admin
+//! surface under `/_mock/`.
+//!
+//! The mock is how `kfr` measures itself, so it is at least as strict as the real services
+//! (kfr-notes §3, §9): a lenient mock is a defect. Files by role:
+//! - [`config`]: `kfr mock` flags and [`MockConfig`].
+//! - [`state`]: the shared state: clock with adjustable skew, settings, counters, fault switches.
+//! - [`maskinporten`]: discovery, token endpoint with Digdir's checks and MP-codes, JWKS, and
+//!   [`MockState::verify_access_token`] for the KFR half.
+//! - [`admin`]: `/healthz`, `/_mock/state`, `/_mock/reset`, `/_mock/faults`.
+//!
+//! Every response carries a `Date` header from the mock's (possibly skewed) clock, because clients
+//! measure their clock offset from it. docs/mock.md is the operator's description.
 
-/// Flags of `kfr mock`.
-#[derive(Debug, clap::Args)]
-pub struct MockFlags {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
+mod admin;
+mod config;
+mod maskinporten;
+mod state;
+
+pub use config::{DEFAULT_SCOPE, MockClient, MockConfig, MockFlags};
+pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
+pub use state::{MaskinportenSnapshot, MockClock, MockState, StateSnapshot, TokenFaults};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The whole app: Maskinporten routes, admin routes, and the `Date` header on every response.
+pub fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .merge(maskinporten::routes())
+        .merge(admin::routes())
+        .layer(axum::middleware::map_response_with_state(state.clone(), date_header))
+        .with_state(state)
+}
+
+/// Replaces hyper's `Date` (real clock) with the mock's clock.
+async fn date_header(State(state): State<Arc<MockState>>, mut resp: Response) -> Response {
+    let date = httpdate::fmt_http_date(state.clock().now());
+    if let Ok(value) = HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(header::DATE, value);
+    }
+    resp
+}
+
+/// A running mock server. Dropping it stops the server too; [`MockServer::shutdown`] also waits
+/// for in-flight requests to finish.
+#[derive(Debug)]
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl MockServer {
+    /// Serves the mock on an already bound listener (tests bind `127.0.0.1:0`).
+    pub async fn start(listener: tokio::net::TcpListener, cfg: MockConfig) -> anyhow::Result<MockServer> {
+        let addr = listener.local_addr().context("reading the mock's listen address")?;
+        let state = Arc::new(MockState::new(cfg, format!("http://{addr}"))?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    // A dropped sender (MockServer dropped) stops the server as well.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(MockServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn base_url(&self) -> String {
+        self.state.base_url().to_string()
+    }
+
+    /// The Maskinporten issuer identifier, trailing slash included; also the `aud` grants need.
+    pub fn issuer(&self) -> String {
+        self.state.issuer().to_string()
+    }
+
+    /// The shared state: counters, clock skew and fault switches, changeable at runtime.
+    pub fn state(&self) -> Arc<MockState> {
+        self.state.clone()
+    }
+
+    /// Stops accepting connections and waits for in-flight requests.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "mock server stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "mock server task failed"),
+            }
+        }
+    }
 }

@@ -1,0 +1,272 @@
+//! Flags of `kfr mock` and their resolution into a [`MockConfig`].
+//!
+//! Flags are parsed by clap first and then checked here once, so that a bad value (an unreadable
+//! `--trust` file, a fail rate outside 0..=1, a malformed `--client`) is a [`UsageError`] (exit 2)
+//! before anything listens. Tests skip the flags and build a [`MockConfig`] directly.
+
+use crate::error::UsageError;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The only scope KFR writes need (kfr-notes §3). Granted to every client when no `--client` is
+/// given, so the mock works out of the box with any Digdir-style client id.
+pub const DEFAULT_SCOPE: &str = "bits:kundeforhold.write";
+
+/// Flags of `kfr mock`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockFlags {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// PEM file with one or more CA certificates whose client certificates the fake Maskinporten
+    /// accepts (repeatable). `kfr certs local` writes one.
+    #[arg(long = "trust", value_name = "PATH", required = true)]
+    pub trust: Vec<PathBuf>,
+
+    /// Issuer identifier (and required `aud` of grants). Default: http://<listen address>/maskinporten/
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+
+    /// Seconds added to the mock's clock (negative allowed), to rehearse client clock skew.
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_negative_numbers = true)]
+    pub clock_skew_secs: i64,
+
+    /// Lifetime of issued access tokens (`expires_in`).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub token_lifetime_secs: u64,
+
+    /// Delay before every answer from the token endpoint.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub token_latency_ms: u64,
+
+    /// Probability (0..=1) that a token request answers 500.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub token_fail_rate: f64,
+
+    /// The first N token requests answer 503 (deterministic retry rehearsals).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub token_fail_first: u32,
+
+    /// A known client: its id, the scopes it is granted and optionally the org.nr that owns it
+    /// (repeatable). When given, only these clients exist.
+    #[arg(long = "client", value_name = "ID=SCOPE[,SCOPE...][@ORGNR]")]
+    pub clients: Vec<String>,
+}
+
+/// A client registered with the fake Maskinporten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockClient {
+    /// Scopes the client may request.
+    pub scopes: Vec<String>,
+    /// When set, the business certificate's org.nr must equal it (MP-122).
+    pub owner_org: Option<String>,
+}
+
+/// Everything [`super::MockServer::start`] needs.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// DER certificates of the CAs that issue acceptable business certificates.
+    pub trusted_ca_der: Vec<Vec<u8>>,
+    /// Issuer identifier; `None` means `http://<bound addr>/maskinporten/`.
+    pub issuer: Option<String>,
+    /// Seconds added to the real clock to get the mock's clock.
+    pub clock_skew_secs: i64,
+    /// `expires_in` of issued access tokens.
+    pub token_lifetime_secs: u64,
+    /// Delay before every token answer.
+    pub token_latency_ms: u64,
+    /// Probability of a 500 from the token endpoint.
+    pub token_fail_rate: f64,
+    /// The first N token requests (since start or reset) answer 503.
+    pub token_fail_first: u32,
+    /// `None`: any client id exists and is granted [`DEFAULT_SCOPE`].
+    pub clients: Option<BTreeMap<String, MockClient>>,
+}
+
+impl MockConfig {
+    /// A configuration trusting the given CAs, everything else at its default.
+    pub fn new(trusted_ca_der: Vec<Vec<u8>>) -> Self {
+        Self {
+            trusted_ca_der,
+            issuer: None,
+            clock_skew_secs: 0,
+            token_lifetime_secs: 120,
+            token_latency_ms: 0,
+            token_fail_rate: 0.0,
+            token_fail_first: 0,
+            clients: None,
+        }
+    }
+
+    /// Resolves the flags: reads the `--trust` PEM files and checks every value.
+    pub fn from_flags(flags: &MockFlags) -> anyhow::Result<Self> {
+        let mut trusted = Vec::new();
+        for path in &flags.trust {
+            trusted.extend(read_trust_pem(path)?);
+        }
+        if let Some(issuer) = &flags.issuer {
+            check_issuer(issuer)?;
+        }
+        check_fail_rate(flags.token_fail_rate)?;
+        if flags.token_lifetime_secs == 0 {
+            return Err(UsageError::new("--token-lifetime-secs must be at least 1").into());
+        }
+        let clients = if flags.clients.is_empty() {
+            None
+        } else {
+            let mut map = BTreeMap::new();
+            for spec in &flags.clients {
+                let (id, client) = parse_client(spec)?;
+                if map.insert(id.clone(), client).is_some() {
+                    return Err(UsageError::new(format!("--client {id} is given more than once")).into());
+                }
+            }
+            Some(map)
+        };
+        Ok(Self {
+            trusted_ca_der: trusted,
+            issuer: flags.issuer.clone(),
+            clock_skew_secs: flags.clock_skew_secs,
+            token_lifetime_secs: flags.token_lifetime_secs,
+            token_latency_ms: flags.token_latency_ms,
+            token_fail_rate: flags.token_fail_rate,
+            token_fail_first: flags.token_fail_first,
+            clients,
+        })
+    }
+}
+
+/// Every certificate in a PEM file, each checked to be usable as a trust anchor.
+fn read_trust_pem(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        UsageError::new(format!("cannot read --trust {}: {e}", path.display()))
+            .with_hint("pass the CA certificate PEM written by `kfr certs local` (ca.pem)")
+    })?;
+    let mut out = Vec::new();
+    for item in CertificateDer::pem_slice_iter(&bytes) {
+        let der = item.map_err(|e| UsageError::new(format!("--trust {}: not valid PEM: {e}", path.display())))?;
+        webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+            UsageError::new(format!(
+                "--trust {}: a certificate cannot be used as a CA: {e:?}",
+                path.display()
+            ))
+        })?;
+        out.push(der.as_ref().to_vec());
+    }
+    if out.is_empty() {
+        return Err(UsageError::new(format!("--trust {}: no CERTIFICATE block found", path.display())).into());
+    }
+    Ok(out)
+}
+
+/// The issuer is compared byte for byte with `aud` (kfr-notes §9), so it must look like Digdir's:
+/// an absolute http(s) URL ending in `/`.
+pub(crate) fn check_issuer(issuer: &str) -> Result<(), UsageError> {
+    let parsed = url::Url::parse(issuer).map_err(|e| UsageError::new(format!("--issuer {issuer:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !issuer.ends_with('/') {
+        return Err(
+            UsageError::new(format!("--issuer {issuer:?} must be an http(s) URL ending in '/'"))
+                .with_hint("Maskinporten issuers look like https://test.maskinporten.no/ (trailing slash included)"),
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn check_fail_rate(rate: f64) -> Result<(), UsageError> {
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(UsageError::new(format!(
+            "--token-fail-rate {rate} must be between 0 and 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `ID=SCOPE[,SCOPE...][@ORGNR]`.
+fn parse_client(spec: &str) -> Result<(String, MockClient), UsageError> {
+    let bad = |why: &str| {
+        UsageError::new(format!("--client {spec:?}: {why}"))
+            .with_hint("expected ID=SCOPE[,SCOPE...][@ORGNR], e.g. my-client=bits:kundeforhold.write@910000000")
+    };
+    let (id, rest) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(bad("empty client id"));
+    }
+    let (scopes, owner_org) = match rest.rsplit_once('@') {
+        Some((scopes, org)) => {
+            if !is_org_number(org) {
+                return Err(bad("the owner org.nr must be 9 digits"));
+            }
+            (scopes, Some(org.to_string()))
+        }
+        None => (rest, None),
+    };
+    let scopes: Vec<String> = scopes.split(',').map(|s| s.trim().to_string()).collect();
+    if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+        return Err(bad("scopes must be non-empty and contain no spaces"));
+    }
+    Ok((id.to_string(), MockClient { scopes, owner_org }))
+}
+
+/// Nine ASCII digits: the shape of an organisasjonsnummer. The checksum is deliberately not
+/// enforced here; validating identifiers is `crate::ids`' job (kfr-notes §7).
+pub(crate) fn is_org_number(s: &str) -> bool {
+    s.len() == 9 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_specs_parse_with_and_without_owner() {
+        let (id, c) = parse_client("abc=bits:kundeforhold.write,bits:other@910000000").unwrap();
+        assert_eq!(id, "abc");
+        assert_eq!(c.scopes, ["bits:kundeforhold.write", "bits:other"]);
+        assert_eq!(c.owner_org.as_deref(), Some("910000000"));
+        let (_, c) = parse_client("abc=s").unwrap();
+        assert_eq!(c.owner_org, None);
+    }
+
+    #[test]
+    fn malformed_client_specs_are_usage_errors() {
+        for spec in ["abc", "=s", "abc=", "abc=s,,t", "abc=s@12345", "abc=s@91000000x"] {
+            assert!(parse_client(spec).is_err(), "{spec} should be rejected");
+        }
+    }
+
+    #[test]
+    fn issuer_needs_scheme_and_trailing_slash() {
+        assert!(check_issuer("https://test.maskinporten.no/").is_ok());
+        assert!(check_issuer("https://test.maskinporten.no").is_err());
+        assert!(check_issuer("ftp://x/").is_err());
+        assert!(check_issuer("not a url/").is_err());
+    }
+
+    #[test]
+    fn fail_rate_outside_unit_interval_is_rejected() {
+        assert!(check_fail_rate(0.0).is_ok() && check_fail_rate(1.0).is_ok());
+        assert!(check_fail_rate(-0.1).is_err() && check_fail_rate(1.5).is_err() && check_fail_rate(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn from_flags_reports_unreadable_trust_file_as_usage_error() {
+        let flags = MockFlags {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            trust: vec!["/nonexistent/ca.pem".into()],
+            issuer: None,
+            clock_skew_secs: 0,
+            token_lifetime_secs: 120,
+            token_latency_ms: 0,
+            token_fail_rate: 0.0,
+            token_fail_first: 0,
+            clients: vec![],
+        };
+        let err = MockConfig::from_flags(&flags).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), crate::error::Exit::Usage);
+    }
+}

@@ -1,0 +1,288 @@
+//! The one state shared by every half of the mock: its clock, the Maskinporten settings, keys,
+//! counters and fault switches, and the admin snapshot.
+//!
+//! The KFR half adds its own section next to [`MaskinportenState`] and its own counters to
+//! [`StateSnapshot`]; the clock and the admin surface stay shared so that a skewed clock affects
+//! token issuance and token checking alike.
+
+use super::config::{MockClient, MockConfig};
+use super::maskinporten::SigningKey;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The mock's clock: the real clock plus an adjustable skew. Every time the mock judges (`iat`,
+/// `exp`, certificate validity) and every `Date` header it sends comes from here, so clients can
+/// rehearse the clock-skew failure of kfr-notes §3.
+#[derive(Debug)]
+pub struct MockClock {
+    skew_secs: AtomicI64,
+}
+
+impl MockClock {
+    fn new(skew_secs: i64) -> Self {
+        Self {
+            skew_secs: AtomicI64::new(skew_secs),
+        }
+    }
+
+    /// The mock's current time.
+    pub fn now(&self) -> SystemTime {
+        let skew = self.skew_secs.load(Ordering::Relaxed);
+        let real = SystemTime::now();
+        if skew >= 0 {
+            real + Duration::from_secs(skew.unsigned_abs())
+        } else {
+            real - Duration::from_secs(skew.unsigned_abs())
+        }
+    }
+
+    /// The mock's current time in whole seconds since the epoch (JWT NumericDate).
+    pub fn now_unix(&self) -> i64 {
+        self.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    }
+
+    pub fn skew_secs(&self) -> i64 {
+        self.skew_secs.load(Ordering::Relaxed)
+    }
+}
+
+/// Fault switches of the token endpoint; changeable at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TokenFaults {
+    pub latency_ms: u64,
+    pub fail_rate: f64,
+    pub fail_first: u32,
+}
+
+/// Counters of the token endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct TokenStats {
+    pub requests: AtomicU64,
+    pub issued: AtomicU64,
+    pub faults_injected: AtomicU64,
+    /// Rejections by MP-code.
+    pub errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// The fake Maskinporten's part of the state.
+#[derive(Debug)]
+pub struct MaskinportenState {
+    pub(crate) issuer: String,
+    pub(crate) token_endpoint: String,
+    pub(crate) jwks_uri: String,
+    pub(crate) token_lifetime_secs: u64,
+    /// DER of the trusted CAs; turned into webpki trust anchors per check (cheap, and keeps the
+    /// state free of borrowed data).
+    pub(crate) trusted_ca_der: Vec<Vec<u8>>,
+    pub(crate) clients: Option<BTreeMap<String, MockClient>>,
+    pub(crate) key: SigningKey,
+    pub(crate) faults: Mutex<TokenFaults>,
+    pub(crate) stats: TokenStats,
+    /// jti → grant `exp`, of every grant that obtained a token (MP-012).
+    pub(crate) seen_jtis: Mutex<HashMap<String, i64>>,
+}
+
+/// Everything the mock knows; shared by all handlers behind an `Arc`.
+#[derive(Debug)]
+pub struct MockState {
+    pub(crate) clock: MockClock,
+    pub(crate) base_url: String,
+    pub(crate) mp: MaskinportenState,
+}
+
+/// Poisoning only happens after a panic in another handler; the data (counters, a jti set) stays
+/// meaningful, so carry on rather than take the whole mock down.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MockState {
+    /// Checks `cfg` and builds the state for a server reachable at `base_url`
+    /// (`http://127.0.0.1:port`, no trailing slash). [`super::MockServer::start`] calls it; use it
+    /// directly only to drive [`super::router`] without a listener.
+    pub fn new(cfg: MockConfig, base_url: String) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !cfg.trusted_ca_der.is_empty(),
+            "the mock needs at least one trusted CA certificate"
+        );
+        for (i, der) in cfg.trusted_ca_der.iter().enumerate() {
+            webpki::anchor_from_trusted_cert(&rustls_pki_types::CertificateDer::from(der.as_slice()))
+                .map_err(|e| anyhow::anyhow!("trusted CA certificate #{i} is not usable: {e}"))?;
+        }
+        if let Some(issuer) = &cfg.issuer {
+            super::config::check_issuer(issuer)?;
+        }
+        super::config::check_fail_rate(cfg.token_fail_rate)?;
+        let issuer = cfg
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("{base_url}/maskinporten/"));
+        Ok(Self {
+            clock: MockClock::new(cfg.clock_skew_secs),
+            mp: MaskinportenState {
+                token_endpoint: format!("{base_url}/maskinporten/token"),
+                jwks_uri: format!("{base_url}/maskinporten/jwks"),
+                issuer,
+                token_lifetime_secs: cfg.token_lifetime_secs,
+                trusted_ca_der: cfg.trusted_ca_der,
+                clients: cfg.clients,
+                key: SigningKey::generate()?,
+                faults: Mutex::new(TokenFaults {
+                    latency_ms: cfg.token_latency_ms,
+                    fail_rate: cfg.token_fail_rate,
+                    fail_first: cfg.token_fail_first,
+                }),
+                stats: TokenStats::default(),
+                seen_jtis: Mutex::new(HashMap::new()),
+            },
+            base_url,
+        })
+    }
+
+    /// The mock's clock.
+    pub fn clock(&self) -> &MockClock {
+        &self.clock
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The Maskinporten issuer identifier (trailing slash included).
+    pub fn issuer(&self) -> &str {
+        &self.mp.issuer
+    }
+
+    pub fn set_clock_skew_secs(&self, secs: i64) {
+        self.clock.skew_secs.store(secs, Ordering::Relaxed);
+    }
+
+    pub fn token_faults(&self) -> TokenFaults {
+        *lock(&self.mp.faults)
+    }
+
+    /// Replaces the token endpoint's fault switches. `fail_first` counts from the last reset.
+    pub fn set_token_faults(&self, faults: TokenFaults) {
+        *lock(&self.mp.faults) = faults;
+    }
+
+    /// Token requests since start or reset, faults included.
+    pub fn token_requests(&self) -> u64 {
+        self.mp.stats.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn tokens_issued(&self) -> u64 {
+        self.mp.stats.issued.load(Ordering::Relaxed)
+    }
+
+    /// Rejections by MP-code since start or reset.
+    pub fn token_errors(&self) -> BTreeMap<String, u64> {
+        lock(&self.mp.stats.errors)
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
+    }
+
+    /// Injected 500/503 answers since start or reset (all halves).
+    pub fn faults_injected(&self) -> u64 {
+        self.mp.stats.faults_injected.load(Ordering::Relaxed)
+    }
+
+    /// Zeroes every counter and forgets every jti. Settings (skew, faults, clients) stay.
+    pub fn reset(&self) {
+        let s = &self.mp.stats;
+        s.requests.store(0, Ordering::Relaxed);
+        s.issued.store(0, Ordering::Relaxed);
+        s.faults_injected.store(0, Ordering::Relaxed);
+        lock(&s.errors).clear();
+        lock(&self.mp.seen_jtis).clear();
+    }
+
+    /// What `GET /_mock/state` answers.
+    pub fn snapshot(&self) -> StateSnapshot {
+        let mp = MaskinportenSnapshot {
+            issuer: self.mp.issuer.clone(),
+            token_requests: self.token_requests(),
+            tokens_issued: self.tokens_issued(),
+            token_errors: self.token_errors(),
+            faults_injected: self.faults_injected(),
+            jtis_remembered: lock(&self.mp.seen_jtis).len(),
+            token_lifetime_secs: self.mp.token_lifetime_secs,
+            faults: self.token_faults(),
+            clients: self.mp.clients.as_ref().map(|c| c.keys().cloned().collect()),
+        };
+        StateSnapshot {
+            token_requests: mp.token_requests,
+            tokens_issued: mp.tokens_issued,
+            token_errors: mp.token_errors.clone(),
+            faults_injected: mp.faults_injected,
+            clock_skew_secs: self.clock.skew_secs(),
+            maskinporten: mp,
+        }
+    }
+}
+
+/// The admin view of the state. Top-level keys are totals across the halves of the mock; each
+/// half has its own section (the KFR half adds `kfr`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSnapshot {
+    pub token_requests: u64,
+    pub tokens_issued: u64,
+    pub token_errors: BTreeMap<String, u64>,
+    pub faults_injected: u64,
+    pub clock_skew_secs: i64,
+    pub maskinporten: MaskinportenSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MaskinportenSnapshot {
+    pub issuer: String,
+    pub token_requests: u64,
+    pub tokens_issued: u64,
+    pub token_errors: BTreeMap<String, u64>,
+    pub faults_injected: u64,
+    pub jtis_remembered: usize,
+    pub token_lifetime_secs: u64,
+    pub faults: TokenFaults,
+    /// Known client ids; `null` when any client id is accepted.
+    pub clients: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_refuses_a_config_without_usable_trust_or_with_bad_values() {
+        let base = "http://127.0.0.1:1".to_string();
+        assert!(MockState::new(MockConfig::new(vec![]), base.clone()).is_err());
+        assert!(MockState::new(MockConfig::new(vec![b"not a certificate".to_vec()]), base.clone()).is_err());
+        let ca = crate::certs::TestCa::new().unwrap();
+        let mut cfg = MockConfig::new(vec![ca.cert_der.clone()]);
+        cfg.issuer = Some("https://test.maskinporten.no".into());
+        assert!(
+            MockState::new(cfg.clone(), base.clone()).is_err(),
+            "issuer without trailing slash"
+        );
+        cfg.issuer = None;
+        cfg.token_fail_rate = 2.0;
+        assert!(MockState::new(cfg.clone(), base.clone()).is_err());
+        cfg.token_fail_rate = 0.0;
+        let state = MockState::new(cfg, base).unwrap();
+        assert_eq!(state.issuer(), "http://127.0.0.1:1/maskinporten/");
+    }
+
+    #[test]
+    fn clock_skew_moves_the_mock_clock_both_ways() {
+        let clock = MockClock::new(0);
+        let real = clock.now_unix();
+        clock.skew_secs.store(-3600, Ordering::Relaxed);
+        assert!((clock.now_unix() - (real - 3600)).abs() <= 1);
+        clock.skew_secs.store(90, Ordering::Relaxed);
+        assert!((clock.now_unix() - (real + 90)).abs() <= 1);
+    }
+}
