@@ -194,8 +194,9 @@ impl<W: Write> Report<W> {
         } else {
             writeln!(
                 self.out,
-                "{} identifiers: {} valid, {} rejected",
+                "{} {}: {} valid, {} rejected",
                 t.total(),
+                if t.total() == 1 { "identifier" } else { "identifiers" },
                 t.valid(),
                 t.rejected
             )?;

@@ -348,7 +348,7 @@ fn kinds_serialize_snake_case_and_have_labels() {
 #[test]
 fn ordering_is_by_digits() {
     let p = IdPolicy::prod();
-    let mut ids = vec![
+    let mut ids = [
         CustomerId::parse("916960190", &p).unwrap(),
         CustomerId::parse("15108695088", &p).unwrap(),
         CustomerId::parse("02013299997", &p).unwrap(),
