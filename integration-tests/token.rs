@@ -2,12 +2,11 @@
 //! refresh-ahead, clock skew, retries, error hints, and no secrets in logs; plus the `kfr token`
 //! and `kfr doctor` commands end to end.
 
-use crate::util::{ORG, certs_local, kfr, output_text, pki, start_mock, token_client};
+use crate::util::{ORG, certs_local, kfr, output_text, start_mock, token_client};
 use kfr::error::Hinted as _;
 use kfr::maskinporten::{RetryPolicy, TokenError};
 use kfr::mock::MockServer;
 use secrecy::ExposeSecret as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn set_latency(mock: &MockServer, ms: u64) {
@@ -151,49 +150,55 @@ async fn tokens_are_cached_per_scope() {
     assert_eq!(mock.state().token_requests(), 2);
 }
 
-/// A log capture at trace level of a whole token fetch (discovery, grant, request, retry)
-/// holds no token, grant, key or certificate material.
-#[test]
-fn trace_logs_of_a_token_fetch_hold_no_secrets() {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // current-thread runtime: every task, including the spawned fetch, logs through `_guard`.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let token = rt.block_on(async {
-        let mock = start_mock(|c| c.token_fail_first = 1).await;
-        let client = token_client(&mock, |_| {});
-        client.token().await.unwrap()
-    });
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+/// A trace-level log capture of a whole token fetch (discovery, a refused attempt, a retry, the
+/// grant and the token) holds no token, grant, password, key or certificate material. Runs the
+/// binary, so the capture is exactly what an operator's log would get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_a_token_fetch_hold_no_secrets() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_owned();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || certs_local(&dir, &u)).await.unwrap();
+    let mock = mock_for_dir(listener, d.path()).await;
+    let mut f = mock.state().token_faults();
+    f.fail_first = 1;
+    mock.state().set_token_faults(f);
+
+    let dir = d.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        kfr(&dir)
+            .arg("--config")
+            .arg(dir.join("kfr.toml"))
+            .args(["token", "--json", "--show-token"])
+            .env("KFR_LOG", "trace")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, logs) = output_text(&out);
+    assert!(out.status.success(), "{logs}");
     assert!(logs.contains("maskinporten_token"), "the capture saw the fetch: {logs}");
-    assert!(logs.contains("retrying"), "the capture saw the retry");
-    let secret = token.secret().expose_secret();
-    assert!(!logs.contains(secret), "access token leaked");
-    assert!(!logs.contains(&secret[..20]), "access token prefix leaked");
+    assert!(logs.contains("retrying"), "the capture saw the retry: {logs}");
+    assert!(logs.lines().count() > 20, "trace level was on: {logs}");
+
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap();
+    assert!(!logs.contains(token), "access token leaked");
+    assert!(!logs.contains(&token[token.len() - 30..]), "access token signature leaked");
     assert!(!logs.contains("eyJ"), "something JWT-shaped (token or grant) leaked");
     assert!(!logs.contains("assertion="), "the form body leaked");
     assert!(!logs.contains("PRIVATE KEY"), "key material leaked");
-    let key_b64 = pki().client.key_pem.lines().nth(1).unwrap().to_string();
-    assert!(!logs.contains(&key_b64), "key material leaked");
-    let cert_b64 = pki().client.cert_pem.lines().nth(1).unwrap().to_string();
-    assert!(!logs.contains(&cert_b64[..40]), "certificate (x5c) leaked");
+    let password = std::fs::read_to_string(d.path().join("client.p12.password")).unwrap();
+    assert!(!logs.contains(password.trim()), "the certificate password leaked");
+    let key_pem = std::fs::read_to_string(d.path().join("client-key.pem")).unwrap();
+    let key_line = key_pem.lines().nth(1).unwrap();
+    assert!(!logs.contains(key_line), "key material leaked");
+    let cert_pem = std::fs::read_to_string(d.path().join("client-cert.pem")).unwrap();
+    let cert_line = cert_pem.lines().nth(2).unwrap();
+    assert!(!logs.contains(cert_line), "certificate (x5c) leaked");
 }
 
 /// Reads `dir/ca.pem` and starts a mock on `listener` trusting it.
