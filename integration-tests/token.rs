@@ -47,7 +47,9 @@ async fn refresh_ahead_serves_the_valid_token_while_one_refresh_runs() {
     for _ in 0..50 {
         let c = client.clone();
         tasks.push(tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_millis(400), c.token()).await.map(|r| r.unwrap().serial())
+            tokio::time::timeout(Duration::from_millis(400), c.token())
+                .await
+                .map(|r| r.unwrap().serial())
         }));
     }
     for t in tasks {
@@ -111,7 +113,10 @@ async fn transient_failures_are_retried_and_refusals_are_not() {
     let client = token_client(&mock, |c| c.default_request.scope = "bits:kundeforhold".into());
     let err = client.token().await.unwrap_err();
     assert_eq!(mock.state().token_requests(), 1);
-    assert!(matches!(&err, TokenError::Rejected { error, .. } if error == "invalid_scope"), "{err:?}");
+    assert!(
+        matches!(&err, TokenError::Rejected { error, .. } if error == "invalid_scope"),
+        "{err:?}"
+    );
     assert!(err.hint().unwrap().contains("scope"), "{:?}", err.hint());
 }
 
@@ -136,12 +141,19 @@ async fn tokens_are_cached_per_scope() {
     let mut clients = std::collections::BTreeMap::new();
     clients.insert(
         crate::util::CLIENT_ID.to_string(),
-        kfr::mock::MockClient { scopes: vec!["bits:kundeforhold.write".into(), "bits:other".into()], owner_org: None },
+        kfr::mock::MockClient {
+            scopes: vec!["bits:kundeforhold.write".into(), "bits:other".into()],
+            owner_org: None,
+        },
     );
     let mock = start_mock(|c| c.clients = Some(clients)).await;
     let client = token_client(&mock, |_| {});
     let write = client.token().await.unwrap();
-    let other_req = kfr::maskinporten::TokenRequest { scope: "bits:other".into(), consumer_org: None, resource: None };
+    let other_req = kfr::maskinporten::TokenRequest {
+        scope: "bits:other".into(),
+        consumer_org: None,
+        resource: None,
+    };
     let other = client.token_for(&other_req).await.unwrap();
     assert_eq!(write.scope, "bits:kundeforhold.write");
     assert_eq!(other.scope, "bits:other");
@@ -160,7 +172,9 @@ async fn trace_logs_of_a_token_fetch_hold_no_secrets() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_owned();
     let u = url.clone();
-    tokio::task::spawn_blocking(move || certs_local(&dir, &u)).await.unwrap();
+    tokio::task::spawn_blocking(move || certs_local(&dir, &u))
+        .await
+        .unwrap();
     let mock = mock_for_dir(listener, d.path()).await;
     let mut f = mock.state().token_faults();
     f.fail_first = 1;
@@ -187,7 +201,10 @@ async fn trace_logs_of_a_token_fetch_hold_no_secrets() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let token = v["access_token"].as_str().unwrap();
     assert!(!logs.contains(token), "access token leaked");
-    assert!(!logs.contains(&token[token.len() - 30..]), "access token signature leaked");
+    assert!(
+        !logs.contains(&token[token.len() - 30..]),
+        "access token signature leaked"
+    );
     assert!(!logs.contains("eyJ"), "something JWT-shaped (token or grant) leaked");
     assert!(!logs.contains("assertion="), "the form body leaked");
     assert!(!logs.contains("PRIVATE KEY"), "key material leaked");
@@ -205,8 +222,12 @@ async fn trace_logs_of_a_token_fetch_hold_no_secrets() {
 async fn mock_for_dir(listener: tokio::net::TcpListener, dir: &std::path::Path) -> MockServer {
     use rustls_pki_types::pem::PemObject as _;
     let pem = std::fs::read(dir.join("ca.pem")).unwrap();
-    let ders: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem).map(|c| c.unwrap().to_vec()).collect();
-    kfr::mock::MockServer::start(listener, kfr::mock::MockConfig::new(ders)).await.unwrap()
+    let ders: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    kfr::mock::MockServer::start(listener, kfr::mock::MockConfig::new(ders))
+        .await
+        .unwrap()
 }
 
 /// The foundation issue's acceptance, in-process: certs → mock → token → doctor, and a
@@ -241,7 +262,9 @@ async fn token_and_doctor_commands_end_to_end() {
     assert!(!stdout.contains("eyJ"), "the token is printed only with --show-token");
     assert_eq!(mock.state().token_requests(), 1);
 
-    let out = run(d.path().to_owned(), &["token", "--json", "--show-token"]).await.unwrap();
+    let out = run(d.path().to_owned(), &["token", "--json", "--show-token"])
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["access_token"].as_str().unwrap().starts_with("eyJ"));
     assert_eq!(v["consumer_org"], ORG);
@@ -249,8 +272,20 @@ async fn token_and_doctor_commands_end_to_end() {
     let out = run(d.path().to_owned(), &["doctor"]).await.unwrap();
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    for check in ["certificate", "validity", "key usage", "org number", "environment", "discovery", "token", "clock"] {
-        assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {stdout}");
+    for check in [
+        "certificate",
+        "validity",
+        "key usage",
+        "org number",
+        "environment",
+        "discovery",
+        "token",
+        "clock",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check}: {stdout}"
+        );
     }
 
     // The other directory's CA is not trusted by the mock.
@@ -264,5 +299,8 @@ async fn token_and_doctor_commands_end_to_end() {
     let out = run(e.path().to_owned(), &["doctor"]).await.unwrap();
     let (stdout, _) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("FAIL") && l.contains("token")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAIL") && l.contains("token")),
+        "{stdout}"
+    );
 }

@@ -65,7 +65,11 @@ pub fn token_config(mock: &MockServer) -> TokenClientConfig {
         env: kfr::config::Environment::Local,
         issuer: url::Url::parse(&mock.issuer()).unwrap(),
         client_id: CLIENT_ID.into(),
-        default_request: TokenRequest { scope: "bits:kundeforhold.write".into(), consumer_org: None, resource: None },
+        default_request: TokenRequest {
+            scope: "bits:kundeforhold.write".into(),
+            consumer_org: None,
+            resource: None,
+        },
         x5c: kfr::config::X5cMode::Leaf,
         kid: None,
         refresh_ahead: std::time::Duration::from_secs(30),

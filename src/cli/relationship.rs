@@ -12,8 +12,12 @@ use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
-    CustomerId::parse(raw, &IdPolicy::for_settings(settings))
-        .with_context(|| format!("customer identifier {} refused locally; nothing was sent to KFR", crate::ids::mask(raw)))
+    CustomerId::parse(raw, &IdPolicy::for_settings(settings)).with_context(|| {
+        format!(
+            "customer identifier {} refused locally; nothing was sent to KFR",
+            crate::ids::mask(raw)
+        )
+    })
 }
 
 fn who(id: &CustomerId) -> String {
@@ -23,7 +27,10 @@ fn who(id: &CustomerId) -> String {
 pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
     let client = KfrClient::from_settings(&settings)?;
-    let out = client.add(&id, args.correlation_id).await.with_context(|| format!("cannot add {}", who(&id)))?;
+    let out = client
+        .add(&id, args.correlation_id)
+        .await
+        .with_context(|| format!("cannot add {}", who(&id)))?;
     let outcome = match out.value {
         AddOutcome::Added => "added",
         AddOutcome::AlreadyPresent => "already present",
@@ -52,7 +59,10 @@ pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<
 pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
     let client = KfrClient::from_settings(&settings)?;
-    let out = client.remove(&id, args.correlation_id).await.with_context(|| format!("cannot remove {}", who(&id)))?;
+    let out = client
+        .remove(&id, args.correlation_id)
+        .await
+        .with_context(|| format!("cannot remove {}", who(&id)))?;
     let outcome = match out.value {
         RemoveOutcome::Removed => "removed",
         RemoveOutcome::NotFound => "not registered (nothing to remove)",
@@ -108,7 +118,10 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
             t.map_or("today".into(), |d| d.to_string())
         ),
     };
-    let ours = out.value.iter().any(|b| b.organization_id == client.config().org_number);
+    let ours = out
+        .value
+        .iter()
+        .any(|b| b.organization_id == client.config().org_number);
     println!(
         "{}: {} institution(s) for {period}{} (CorrelationID {})",
         who(&id),
@@ -117,7 +130,10 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
         out.correlation_id
     );
     for b in &out.value {
-        println!("  {}  {}  activeAccount {}", b.organization_id, b.bank_name, b.active_account);
+        println!(
+            "  {}  {}  activeAccount {}",
+            b.organization_id, b.bank_name, b.active_account
+        );
     }
     Ok(())
 }

@@ -110,7 +110,11 @@ impl Layout {
         }
         out.extend_from_slice(self.tail().as_bytes());
         debug_assert_eq!(out.len(), size, "size formula and encoder disagree");
-        BatchBody { content_type: self.content_type(), bytes: out, entries: entries.len() }
+        BatchBody {
+            content_type: self.content_type(),
+            bytes: out,
+            entries: entries.len(),
+        }
     }
 }
 
@@ -133,7 +137,10 @@ mod tests {
     use super::*;
 
     fn entry(id: &str, start: Option<&str>) -> BatchEntry {
-        let policy = crate::ids::IdPolicy { allow_synthetic: true, allow_h_numbers: false };
+        let policy = crate::ids::IdPolicy {
+            allow_synthetic: true,
+            allow_h_numbers: false,
+        };
         BatchEntry {
             id: CustomerId::parse(id, &policy).unwrap(),
             start: start.map(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()),
@@ -160,8 +167,14 @@ Content-Type: text/plain\r\n\
 15108695088#2019-11-08,916960190,02013299997\r\n\
 --kfr-batch-0123456789abcdef--\r\n";
         assert_eq!(String::from_utf8(body.bytes.clone()).unwrap(), expected);
-        assert_eq!(body.content_type, "multipart/form-data; boundary=kfr-batch-0123456789abcdef");
-        assert!(!body.content_type.contains('"'), "the boundary must not be quoted (KFR FAQ)");
+        assert_eq!(
+            body.content_type,
+            "multipart/form-data; boundary=kfr-batch-0123456789abcdef"
+        );
+        assert!(
+            !body.content_type.contains('"'),
+            "the boundary must not be quoted (KFR FAQ)"
+        );
         assert_eq!(body.entries, 3);
     }
 
@@ -170,10 +183,20 @@ Content-Type: text/plain\r\n\
         let layout = Layout::new();
         for n in [0usize, 1, 2, 57] {
             let entries: Vec<_> = (0..n)
-                .map(|i| if i % 2 == 0 { entry("15108695088", Some("2020-01-31")) } else { entry("916960190", None) })
+                .map(|i| {
+                    if i % 2 == 0 {
+                        entry("15108695088", Some("2020-01-31"))
+                    } else {
+                        entry("916960190", None)
+                    }
+                })
                 .collect();
             let bytes: usize = entries.iter().map(BatchEntry::encoded_len).sum();
-            assert_eq!(layout.encode(&entries).bytes.len(), layout.body_size(n, bytes), "n = {n}");
+            assert_eq!(
+                layout.encode(&entries).bytes.len(),
+                layout.body_size(n, bytes),
+                "n = {n}"
+            );
         }
     }
 

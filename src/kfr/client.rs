@@ -129,7 +129,10 @@ impl KfrClient {
     }
 
     fn relationship_path(&self, relationship_type: &str) -> String {
-        format!("/customers/financialInstitutions/{}/relationshipType/{relationship_type}", self.cfg.org_number)
+        format!(
+            "/customers/financialInstitutions/{}/relationshipType/{relationship_type}",
+            self.cfg.org_number
+        )
     }
 
     /// Registers a relationship (`POST …/relationshipType/DSOPBANK`).
@@ -163,7 +166,11 @@ impl KfrClient {
     }
 
     /// Ends a relationship (`DELETE …/relationshipType/DSOPBANK`).
-    pub async fn remove(&self, id: &CustomerId, correlation_id: Option<Uuid>) -> Result<Outcome<RemoveOutcome>, KfrError> {
+    pub async fn remove(
+        &self,
+        id: &CustomerId,
+        correlation_id: Option<Uuid>,
+    ) -> Result<Outcome<RemoveOutcome>, KfrError> {
         let req = Request {
             method: Method::DELETE,
             path: self.relationship_path(RELATIONSHIP_TYPE),
@@ -227,7 +234,10 @@ impl KfrClient {
     /// asynchronously (kfr-notes §5).
     pub async fn batch(&self, body: &BatchBody, correlation_id: Option<Uuid>) -> Result<Outcome<()>, KfrError> {
         if body.bytes.len() > self.cfg.max_batch_bytes {
-            return Err(KfrError::BatchTooLarge { size: body.bytes.len(), limit: self.cfg.max_batch_bytes });
+            return Err(KfrError::BatchTooLarge {
+                size: body.bytes.len(),
+                limit: self.cfg.max_batch_bytes,
+            });
         }
         let req = Request {
             method: Method::POST,
@@ -278,7 +288,9 @@ impl KfrClient {
                 b = b.query(&req.query);
             }
             if let Some((content_type, bytes)) = req.body {
-                b = b.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes.to_vec());
+                b = b
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(bytes.to_vec());
             }
             let started = Instant::now();
             let result = b.send().await;
@@ -286,7 +298,11 @@ impl KfrClient {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = crate::maskinporten::client::retry_after(&resp);
-                    let echoed = resp.headers().get("CorrelationID").and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let echoed = resp
+                        .headers()
+                        .get("CorrelationID")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     let body = resp.text().await.unwrap_or_default();
                     tracing::debug!(method = %req.method, path = %req.path, status, correlation_id = %req.correlation_id, elapsed_ms = started.elapsed().as_millis() as u64, "KFR answered");
                     match classify(status) {
@@ -308,12 +324,24 @@ impl KfrClient {
                                 class: RetryClass::Transient,
                             }
                         }
-                        _ => return Ok(Response { status, body, echoed, attempts: attempt }),
+                        _ => {
+                            return Ok(Response {
+                                status,
+                                body,
+                                echoed,
+                                attempts: attempt,
+                            });
+                        }
                     }
                 }
                 Err(e) => {
                     let (reason, timeout) = crate::http::describe(&e);
-                    KfrError::Transport { url, reason, timeout, correlation_id: req.correlation_id }
+                    KfrError::Transport {
+                        url,
+                        reason,
+                        timeout,
+                        correlation_id: req.correlation_id,
+                    }
                 }
             };
             if attempt >= self.cfg.retry.max_attempts {

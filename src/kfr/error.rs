@@ -36,10 +36,19 @@ pub enum KfrError {
     },
     /// No answer at all.
     #[error("no answer from KFR at {url}: {reason} (CorrelationID {correlation_id})")]
-    Transport { url: String, reason: String, timeout: bool, correlation_id: Uuid },
+    Transport {
+        url: String,
+        reason: String,
+        timeout: bool,
+        correlation_id: Uuid,
+    },
     /// The answer could not be understood.
     #[error("unexpected answer from KFR ({status}): {reason} (CorrelationID {correlation_id})")]
-    InvalidResponse { status: u16, reason: String, correlation_id: Uuid },
+    InvalidResponse {
+        status: u16,
+        reason: String,
+        correlation_id: Uuid,
+    },
     /// No token, so no request was sent.
     #[error("cannot get a Maskinporten token for KFR")]
     Token(#[source] TokenError),
@@ -118,10 +127,14 @@ pub fn decode_body(body: &str) -> (Option<String>, String) {
 impl Hinted for KfrError {
     fn hint(&self) -> Option<String> {
         let by_code = match self.code() {
-            Some("KFR-001") | Some("ERR-001") => "the token was refused: check the Maskinporten environment matches KFR's (env)",
+            Some("KFR-001") | Some("ERR-001") => {
+                "the token was refused: check the Maskinporten environment matches KFR's (env)"
+            }
             Some("KFR-002") => "the token lacks the scope bits:kundeforhold.write: ask Bits to grant it to the client",
             Some("KFR-003") => "org_number must be the organisation the token (certificate) was issued to",
-            Some("KFR-005") | Some("ERR-002") => "KFR refused the customer identifier; `kfr validate ID` shows the local rules",
+            Some("KFR-005") | Some("ERR-002") => {
+                "KFR refused the customer identifier; `kfr validate ID` shows the local rules"
+            }
             Some("KFR-008") => "the relationship is not registered",
             Some("KFR-009") => "the relationship type must be DSOPBANK",
             Some("KFR-010") => "start dates must be YYYY-MM-DD",
@@ -152,7 +165,9 @@ mod tests {
     #[test]
     fn decodes_both_error_shapes() {
         assert_eq!(
-            decode_body(r#"{"errorCode":"KFR-005","errorMessage":"Invalid customer identifier","timestamp":"2026-01-01T00:00:00Z"}"#),
+            decode_body(
+                r#"{"errorCode":"KFR-005","errorMessage":"Invalid customer identifier","timestamp":"2026-01-01T00:00:00Z"}"#
+            ),
             (Some("KFR-005".into()), "Invalid customer identifier".into())
         );
         assert_eq!(

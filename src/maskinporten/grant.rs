@@ -149,11 +149,17 @@ mod tests {
         };
         let (header, claims) = parts(&sign(&cred, &p, 1, uuid::Uuid::new_v4()).unwrap());
         let b = base64::engine::general_purpose::STANDARD;
-        assert_eq!(header["x5c"], json!([b.encode(&pki.client.cert_der), b.encode(&pki.ca_cert_der)]));
+        assert_eq!(
+            header["x5c"],
+            json!([b.encode(&pki.client.cert_der), b.encode(&pki.ca_cert_der)])
+        );
         assert_eq!(claims["consumer_org"], "999999999");
         assert_eq!(claims["resource"], "https://api.example/");
 
-        let p = GrantParams { kid: Some("registered-key-1".into()), ..params() };
+        let p = GrantParams {
+            kid: Some("registered-key-1".into()),
+            ..params()
+        };
         let (header, _) = parts(&sign(&cred, &p, 1, uuid::Uuid::new_v4()).unwrap());
         assert_eq!(header, json!({"alg": "RS256", "typ": "JWT", "kid": "registered-key-1"}));
     }
