@@ -3,6 +3,7 @@
 
 mod certs;
 mod config;
+mod doctor;
 mod ids;
 mod mock_maskinporten;
 mod token;

@@ -45,9 +45,9 @@ struct Claims<'a> {
 
 /// The `x5c` header value: standard base64 (RFC 7515 §4.1.6 — not base64url) of each DER.
 pub fn x5c_value(credential: &Credential, mode: X5cMode) -> Vec<String> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut v = vec![b64.encode(credential.leaf_der())];
+    let mut v = vec![credential.leaf_x5c()];
     if mode == X5cMode::Chain {
+        let b64 = base64::engine::general_purpose::STANDARD;
         v.extend(credential.chain_der().iter().map(|c| b64.encode(c)));
     }
     v

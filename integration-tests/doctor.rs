@@ -1,0 +1,100 @@
+//! `kfr doctor` against the mock with certificates that are wrong in one way each: every
+//! problem shows up on its own line with a verdict and a hint, and the exit code follows.
+
+use crate::util::{CLIENT_ID, ORG, kfr, output_text, pki, start_mock};
+use kfr::certs::{IssuedCert, LeafOptions};
+
+/// Writes the certificate as PEM files and a kfr.toml pointing at them and at the mock.
+fn config_for(dir: &std::path::Path, cert: &IssuedCert, mock_url: &str, org_number: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("key.pem"), cert.key_pem.as_bytes()).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+    let cfg = dir.join("kfr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "env = \"local\"\norg_number = \"{org_number}\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key = \"key.pem\"\n\
+             certificate_pem = \"cert.pem\"\nmaskinporten_issuer = \"{mock_url}/maskinporten/\"\n\
+             kfr_base_url = \"{mock_url}/kar-ws/api/v1\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+async fn doctor(cfg: std::path::PathBuf) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = kfr(cfg.parent().unwrap())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("doctor")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = output_text(&out);
+        (out.status.code(), format!("{stdout}{stderr}"))
+    })
+    .await
+    .unwrap()
+}
+
+fn line<'a>(out: &'a str, check: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.get(6..).is_some_and(|rest| rest.starts_with(check)))
+        .unwrap_or_else(|| panic!("no {check} line: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_30_days_is_a_warning_not_a_failure() {
+    let mock = start_mock(|_| {}).await;
+    let today = chrono::Utc::now().date_naive();
+    let opts = LeafOptions {
+        not_before: today - chrono::Days::new(300),
+        not_after: today + chrono::Days::new(12),
+        digital_signature: true,
+    };
+    let cert = pki().ca.issue(ORG, "KFR TEST BANK AS", &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = doctor(config_for(dir.path(), &cert, &mock.base_url(), ORG)).await;
+    assert_eq!(code, Some(0), "{out}");
+    let validity = line(&out, "validity");
+    assert!(validity.starts_with("warn") && validity.contains("days"), "{out}");
+    assert!(out.contains("hint: renew the business certificate"), "{out}");
+    assert!(line(&out, "token").starts_with("ok"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_number_mismatch_and_missing_digital_signature_fail_with_hints() {
+    let mock = start_mock(|_| {}).await;
+    let opts = LeafOptions {
+        digital_signature: false,
+        ..LeafOptions::standard()
+    };
+    let cert = pki().ca.issue(ORG, "KFR TEST BANK AS", &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // org_number says another institution than the certificate does.
+    let (code, out) = doctor(config_for(dir.path(), &cert, &mock.base_url(), "910000004")).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(line(&out, "key usage").starts_with("FAIL"), "{out}");
+    assert!(line(&out, "org number").starts_with("FAIL"), "{out}");
+    assert!(line(&out, "org number").contains(&format!("certificate is for {ORG}, org_number is 910000004")));
+    // The mock refuses the grant too (MP-120: key usage), and says so on the token line.
+    assert!(line(&out, "token").starts_with("FAIL"), "{out}");
+    assert!(out.contains("hint: use the signing"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_certificate_in_prod_is_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(dir.path(), &pki().client, "https://127.0.0.1:9", ORG);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("env = \"local\"", "env = \"prod\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out) = doctor(cfg).await;
+    assert_eq!(code, Some(1), "{out}");
+    let env = line(&out, "environment");
+    assert!(
+        env.starts_with("FAIL") && env.contains("test certificate, env prod"),
+        "{out}"
+    );
+    assert!(out.contains("hint: env prod needs a production certificate"), "{out}");
+}
