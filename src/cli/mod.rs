@@ -178,6 +178,22 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// Loads (or creates) the installation's pseudonym key and installs it, so person identifiers in
+/// this run's logs carry the same pseudonyms `kfr pseudonym` prints. Call before anything logs a
+/// customer.
+pub(crate) fn install_pseudonyms(settings: &config::Settings) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let key_file = &settings.pseudonym_key_file;
+    let p = crate::ids::Pseudonymizer::load_or_create(key_file).with_context(|| {
+        format!(
+            "loading the pseudonym key (pseudonym_key_file = {})",
+            key_file.display()
+        )
+    })?;
+    crate::ids::install_pseudonymizer(p);
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -7,20 +7,13 @@
 //! output is therefore what `CustomerId::log()` writes in this installation's logs: an
 //! organisation number as it is, a person as `p-` and 12 hex digits.
 
-use crate::ids::{CustomerId, IdPolicy, Pseudonymizer, install_pseudonymizer, mask};
+use crate::ids::{CustomerId, IdPolicy, mask};
 use anyhow::Context as _;
 
 pub fn run(settings: &crate::config::Settings, args: &super::PseudonymArgs) -> anyhow::Result<()> {
     let id = CustomerId::parse(&args.id, &IdPolicy::for_settings(settings))
         .with_context(|| format!("{} is not a valid customer identifier", mask(&args.id)))?;
-    let key_file = &settings.pseudonym_key_file;
-    let pseudonymizer = Pseudonymizer::load_or_create(key_file).with_context(|| {
-        format!(
-            "loading the pseudonym key (pseudonym_key_file = {})",
-            key_file.display()
-        )
-    })?;
-    install_pseudonymizer(pseudonymizer);
+    super::install_pseudonyms(settings)?;
     println!("{}", id.log());
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
+    super::install_pseudonyms(settings)?;
     CustomerId::parse(raw, &IdPolicy::for_settings(settings)).with_context(|| {
         format!(
             "customer identifier {} refused locally; nothing was sent to KFR",
