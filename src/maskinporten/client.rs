@@ -244,12 +244,12 @@ impl TokenClient {
                 let may_refresh = slot.refresh_not_before.is_none_or(|t| now >= t);
                 if now >= token.refresh_at && slot.inflight.is_none() && may_refresh {
                     tracing::debug!(scope = %req.scope, "token nearing expiry: refreshing in the background");
-                    slot.inflight = Some(self.start_fetch(req.clone()));
+                    slot.inflight = Some(self.start_fetch(req.clone(), true));
                 }
                 return Ok(token);
             }
             slot.inflight
-                .get_or_insert_with(|| self.start_fetch(req.clone()))
+                .get_or_insert_with(|| self.start_fetch(req.clone(), false))
                 .clone()
         };
         wait.await
@@ -281,7 +281,9 @@ impl TokenClient {
         self.inner.metadata().await.cloned()
     }
 
-    fn start_fetch(&self, req: TokenRequest) -> Inflight {
+    /// Starts the one fetch for `req` on its own task. `background`: nobody waits for it (a
+    /// refresh ahead), so a failure is logged here; a waited-for failure goes to the waiters.
+    fn start_fetch(&self, req: TokenRequest, background: bool) -> Inflight {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let result = inner.fetch(&req).await.map(Arc::new);
@@ -293,8 +295,12 @@ impl TokenClient {
                     slot.token = Some(token.clone());
                     slot.refresh_not_before = None;
                 }
+                Err(e) if background => {
+                    tracing::warn!(error = %e, "background token refresh failed; the current token is still used");
+                    slot.refresh_not_before = Some(Instant::now() + Duration::from_secs(5));
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "token request failed");
+                    tracing::debug!(error = %e, "token request failed");
                     slot.refresh_not_before = Some(Instant::now() + Duration::from_secs(5));
                 }
             }

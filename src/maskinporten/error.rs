@@ -13,7 +13,7 @@ pub enum TokenError {
     #[error("cannot load the business certificate: {0}")]
     Credential(String),
     /// Maskinporten answered with an OAuth2 error (kfr-notes §3, §9).
-    #[error("Maskinporten refused the grant: {error}{}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(), .mp_code.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default())]
+    #[error("Maskinporten refused the grant: {error}{}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(), .mp_code.as_deref().filter(|c| !.description.as_deref().unwrap_or_default().contains(*c)).map(|c| format!(" [{c}]")).unwrap_or_default())]
     Rejected {
         status: u16,
         error: String,
@@ -100,8 +100,19 @@ impl Hinted for TokenError {
         Some(match self {
             TokenError::Credential(_) => "check `certificate` and its password (see `kfr doctor`)".into(),
             TokenError::Rejected {
-                error, mp_code, env, ..
-            } => return Some(rejection_hint(error, mp_code.as_deref(), env)),
+                error,
+                mp_code,
+                env,
+                description,
+                ..
+            } => {
+                return Some(rejection_hint(
+                    error,
+                    mp_code.as_deref(),
+                    description.as_deref().unwrap_or_default(),
+                    env,
+                ));
+            }
             TokenError::Transport { timeout: true, .. } => {
                 "Maskinporten did not answer in time; raise request_timeout_secs or check the network path/proxy".into()
             }
@@ -128,8 +139,19 @@ impl Hinted for TokenError {
 
 /// What the operator should do about a refusal, by MP-code first and OAuth2 error second
 /// (kfr-notes §9 lists the codes).
-fn rejection_hint(error: &str, mp_code: Option<&str>, env: &str) -> String {
+fn rejection_hint(error: &str, mp_code: Option<&str>, description: &str, env: &str) -> String {
+    let d = description.to_ascii_lowercase();
     match mp_code {
+        Some("MP-120") if d.contains("expired") => {
+            "the business certificate has expired: order a new one (certs/README.md) and update `certificate`".into()
+        }
+        Some("MP-120") if d.contains("trusted") && env == "local" => {
+            "the mock does not trust the CA that issued this certificate: start `kfr mock --trust <ca.pem>` with the ca.pem written next to this kfr.toml by `kfr certs local`".into()
+        }
+        Some("MP-120") if d.contains("trusted") => format!(
+            "Maskinporten in env {env} does not trust the certificate's issuer: use a {} business certificate from Buypass or Commfides",
+            if env == "prod" { "production" } else { "test" }
+        ),
         Some("MP-100") => format!(
             "client_id is not known to Maskinporten in env {env}: clients are per environment; copy the id from Digdir's self-service for {env}"
         ),
@@ -206,6 +228,25 @@ mod tests {
             assert!(hint.contains(expect), "{code}: {hint}");
             assert!(!e.is_transient());
         }
+        // MP-120 is refined by what the description says.
+        let hint = |d: &str, env: &str| {
+            let mut e = rejected("invalid_grant", d);
+            if let TokenError::Rejected { env: e_env, .. } = &mut e {
+                *e_env = env.into();
+            }
+            e.hint().unwrap()
+        };
+        assert!(hint("certificate expired (MP-120)", "test").contains("has expired"));
+        assert!(hint("certificate is not issued by a trusted CA (MP-120)", "local").contains("kfr mock --trust"));
+        assert!(
+            hint("certificate is not issued by a trusted CA (MP-120)", "prod")
+                .contains("production business certificate")
+        );
+        // The code is not repeated when the description already carries it.
+        assert_eq!(
+            rejected("invalid_grant", "bad (MP-120)").to_string(),
+            "Maskinporten refused the grant: invalid_grant: bad (MP-120)"
+        );
         // Without a code the OAuth2 error still gives direction.
         assert!(rejected("invalid_scope", "no").hint().unwrap().contains("scope"));
         assert!(rejected("invalid_grant", "bad clock: iat too far").is_clock_problem());
