@@ -515,18 +515,8 @@ pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<u64> {
 
 /// A transport failure as a token error.
 pub(crate) fn transport_error(url: &Url, e: &reqwest::Error) -> TokenError {
-    let mut reason = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        src = s.source();
-    }
-    TokenError::Transport {
-        url: url.to_string(),
-        reason,
-        timeout: e.is_timeout(),
-    }
+    let (reason, timeout) = crate::http::describe(e);
+    TokenError::Transport { url: url.to_string(), reason, timeout }
 }
 
 fn truncate(mut body: String) -> String {
