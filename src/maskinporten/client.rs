@@ -516,7 +516,11 @@ pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<u64> {
 /// A transport failure as a token error.
 pub(crate) fn transport_error(url: &Url, e: &reqwest::Error) -> TokenError {
     let (reason, timeout) = crate::http::describe(e);
-    TokenError::Transport { url: url.to_string(), reason, timeout }
+    TokenError::Transport {
+        url: url.to_string(),
+        reason,
+        timeout,
+    }
 }
 
 fn truncate(mut body: String) -> String {
