@@ -1,25 +1,8 @@
 //! `kfr doctor` against the mock with certificates that are wrong in one way each: every
 //! problem shows up on its own line with a verdict and a hint, and the exit code follows.
 
-use crate::util::{CLIENT_ID, ORG, kfr, output_text, pki, start_mock};
-use kfr::certs::{IssuedCert, LeafOptions};
-
-/// Writes the certificate as PEM files and a kfr.toml pointing at them and at the mock.
-fn config_for(dir: &std::path::Path, cert: &IssuedCert, mock_url: &str, org_number: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("key.pem"), cert.key_pem.as_bytes()).unwrap();
-    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
-    let cfg = dir.join("kfr.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "env = \"local\"\norg_number = \"{org_number}\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key = \"key.pem\"\n\
-             certificate_pem = \"cert.pem\"\nmaskinporten_issuer = \"{mock_url}/maskinporten/\"\n\
-             kfr_base_url = \"{mock_url}/kar-ws/api/v1\"\n"
-        ),
-    )
-    .unwrap();
-    cfg
-}
+use crate::util::{ORG, config_for, kfr, output_text, pki, start_mock};
+use kfr::certs::LeafOptions;
 
 async fn doctor(cfg: std::path::PathBuf) -> (Option<i32>, String) {
     tokio::task::spawn_blocking(move || {

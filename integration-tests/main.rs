@@ -5,6 +5,7 @@ mod certs;
 mod config;
 mod doctor;
 mod ids;
+mod kfr_cli;
 mod mock_maskinporten;
 mod token;
 mod util;

@@ -93,3 +93,21 @@ pub fn certs_local(dir: &Path, mock_url: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Writes `cert` as PEM files and a `kfr.toml` (env local) pointing at them and at the mock;
+/// returns the config path.
+pub fn config_for(dir: &Path, cert: &kfr::certs::IssuedCert, mock_url: &str, org_number: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("key.pem"), cert.key_pem.as_bytes()).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+    let cfg = dir.join("kfr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "env = \"local\"\norg_number = \"{org_number}\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key = \"key.pem\"\n\
+             certificate_pem = \"cert.pem\"\nmaskinporten_issuer = \"{mock_url}/maskinporten/\"\n\
+             kfr_base_url = \"{mock_url}/kar-ws/api/v1\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
