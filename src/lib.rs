@@ -5,7 +5,7 @@
 //! - [`maskinporten`]: the business-certificate credential, the JWT-bearer grant and the token cache.
 //! - [`kfr`]: the KFR API client, batch encoding and error model.
 //! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
-//! - [`mock`]: the bundled fake Maskinporten (and, later, fake KFR) used by tests and `kfr mock`.
+//! - [`mock`]: the bundled fake Maskinporten and fake KFR used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
 //! - [`cli`]: argument parsing and one file per command; `main` stays thin.
 //! - [`http`]: the shared outgoing HTTP client (TLS, proxy, timeouts).
