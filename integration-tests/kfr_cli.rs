@@ -150,3 +150,16 @@ async fn a_kfr_refusal_exits_one_with_the_code_and_correlation_id() {
     assert!(r.stderr.contains("CorrelationID"), "{}", r.stderr);
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_against_a_wrong_base_url_fails_instead_of_claiming_not_registered() {
+    let mock = start_mock(|_| {}).await;
+    let (_d, cfg) = setup(&mock.base_url());
+    // The mock answers a bare 404 (no KFR-008 body) outside /kar-ws/api/v1.
+    let wrong = format!("{}/kar-ws/api/v2", mock.base_url());
+    let r = run(&cfg, &["--kfr-base-url", &wrong, "remove", FNR]).await;
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("404"), "{}", r.stderr);
+    assert!(!r.stdout.contains("not registered"), "{}", r.stdout);
+    mock.shutdown().await;
+}

@@ -245,9 +245,11 @@ impl Kfr {
         self.admin("state").await
     }
 
-    /// `kfr_requests[op][status]`, 0 when absent.
+    /// `kfr_requests_by_operation[op][status]`, 0 when absent.
     async fn count(&self, op: &str, status: &str) -> u64 {
-        self.state().await["kfr_requests"][op][status].as_u64().unwrap_or(0)
+        self.state().await["kfr_requests_by_operation"][op][status]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     fn client(&self, attempts: u32) -> KfrClient {
@@ -310,9 +312,9 @@ async fn add_answers_201_then_200_and_echoes_the_correlation_id() {
     assert_eq!(a.correlation(), Some(CORRELATION));
     assert_eq!(k.banks(PERSON, None, None).await, [ORG]);
     let st = k.state().await;
-    assert_eq!(st["kfr_requests"]["add"], json!({"201": 1, "200": 1}));
-    assert_eq!(st["kfr_requests"]["lookup"], json!({"200": 1}));
-    assert_eq!(st["kfr_requests_total"], 3);
+    assert_eq!(st["kfr_requests_by_operation"]["add"], json!({"201": 1, "200": 1}));
+    assert_eq!(st["kfr_requests_by_operation"]["lookup"], json!({"200": 1}));
+    assert_eq!(st["kfr_requests"], 3);
     assert_eq!(st["relationships_active"], 1);
 }
 
@@ -845,7 +847,7 @@ async fn injected_timeouts_hold_the_request_until_the_client_gives_up() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     let st = k.state().await;
     assert_eq!(st["kfr"]["faults_by_kind"]["timeout"], 1);
-    assert_eq!(st["kfr_requests"]["add"]["timeout"], 1);
+    assert_eq!(st["kfr_requests_by_operation"]["add"]["timeout"], 1);
     assert_eq!(st["relationships_active"], 0, "a held request changes nothing");
     // Shutting down releases the held request instead of waiting for it.
     tokio::time::timeout(Duration::from_secs(5), k.mock.shutdown())
@@ -952,11 +954,11 @@ async fn reset_empties_register_queue_and_counters() {
         "ingested_total",
         "batches_accepted",
         "relationships_active",
-        "kfr_requests_total",
+        "kfr_requests",
     ] {
         assert_eq!(st[key], 0, "{key}: {st}");
     }
-    assert_eq!(st["kfr_requests"], json!({}));
+    assert_eq!(st["kfr_requests_by_operation"], json!({}));
     assert_eq!(k.admin("relationships").await, json!([]));
     assert!(k.banks(PERSON, None, None).await.is_empty());
 }

@@ -182,7 +182,9 @@ impl KfrClient {
         let resp = self.execute(&req).await?;
         let value = match resp.status {
             204 => RemoveOutcome::Removed,
-            404 if decode_body(&resp.body).0.as_deref().is_none_or(|c| c == "KFR-008") => RemoveOutcome::NotFound,
+            // Only KFR's own "not found" counts as the wanted state: a bare 404 (a wrong base URL,
+            // a proxy's error page) must not be mistaken for "nothing to end" (kfr-notes §6).
+            404 if decode_body(&resp.body).0.as_deref() == Some("KFR-008") => RemoveOutcome::NotFound,
             _ => return Err(self.error(&req, resp)),
         };
         tracing::info!(customer = %id.log(), correlation_id = %req.correlation_id, outcome = ?value, "remove");

@@ -359,8 +359,8 @@ impl MockState {
             token_errors: mp.token_errors.clone(),
             faults_injected: mp.faults_injected + kfr.faults_injected,
             clock_skew_secs: self.clock.skew_secs(),
-            kfr_requests: kfr.requests.clone(),
-            kfr_requests_total: kfr.requests_total,
+            kfr_requests: kfr.requests_total,
+            kfr_requests_by_operation: kfr.requests.clone(),
             relationships_active: kfr.relationships_active,
             ingest_queue: kfr.ingest_queue,
             ingested_total: kfr.ingested_total,
@@ -381,9 +381,11 @@ pub struct StateSnapshot {
     /// Injected faults of both halves.
     pub faults_injected: u64,
     pub clock_skew_secs: i64,
+    /// Fake KFR requests answered (all operations, faults included); a number, like
+    /// `token_requests`, so "the mock saw no request" is `kfr_requests == 0`.
+    pub kfr_requests: u64,
     /// Fake KFR answers by operation and status, e.g. `{"add":{"201":3}}`.
-    pub kfr_requests: BTreeMap<String, BTreeMap<String, u64>>,
-    pub kfr_requests_total: u64,
+    pub kfr_requests_by_operation: BTreeMap<String, BTreeMap<String, u64>>,
     pub relationships_active: usize,
     /// Accepted batch entries not yet ingested.
     pub ingest_queue: usize,
