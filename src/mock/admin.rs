@@ -1,7 +1,9 @@
-//! The admin surface shared by both halves of the mock: health, a counters snapshot, a reset and
-//! runtime fault switches. Paths under `/_mock/` never collide with Maskinporten or KFR paths.
+//! The admin surface shared by both halves of the mock: health, a counters snapshot, a reset,
+//! runtime fault switches and a dump of the fake KFR's register. Paths under `/_mock/` never
+//! collide with Maskinporten or KFR paths. Loopback test surface with synthetic data: the
+//! register dump shows full identifiers on purpose (tests compare them).
 
-use super::config::check_fail_rate;
+use super::config::{KfrFaults, check_fail_rate, check_ingest_rate};
 use super::state::{MockState, TokenFaults};
 use axum::Router;
 use axum::extract::State;
@@ -19,13 +21,21 @@ pub(crate) fn routes() -> Router<Arc<MockState>> {
         .route("/_mock/state", get(state))
         .route("/_mock/reset", post(reset))
         .route("/_mock/faults", post(faults))
+        .route("/_mock/relationships", get(relationships))
+}
+
+/// Every period of the fake KFR's register: `[{organization_id, customer_id, start_date,
+/// end_date}]`, sorted; `end_date` is `null` while a relationship lasts.
+async fn relationships(State(state): State<Arc<MockState>>) -> Response {
+    axum::Json(state.relationships()).into_response()
 }
 
 async fn state(State(state): State<Arc<MockState>>) -> Response {
     axum::Json(state.snapshot()).into_response()
 }
 
-/// Zeroes the counters and forgets the seen jtis; settings stay.
+/// Zeroes the counters, forgets the seen jtis, empties the register and ingest queue; settings
+/// stay.
 async fn reset(State(state): State<Arc<MockState>>) -> Response {
     state.reset();
     axum::Json(state.snapshot()).into_response()
@@ -40,6 +50,15 @@ struct FaultsUpdate {
     token_latency_ms: Option<u64>,
     token_fail_rate: Option<f64>,
     token_fail_first: Option<u32>,
+    // The fake KFR's switches, named like the `kfr mock` flags.
+    error_rate: Option<f64>,
+    rate_limit_rate: Option<f64>,
+    retry_after_secs: Option<u64>,
+    timeout_rate: Option<f64>,
+    latency_ms: Option<u64>,
+    /// Starts an outage of this many seconds now; 0 ends one.
+    outage_secs: Option<u64>,
+    ingest_rate: Option<u64>,
 }
 
 async fn faults(
@@ -52,6 +71,28 @@ async fn faults(
     };
     if let Some(Err(e)) = update.token_fail_rate.map(check_fail_rate) {
         return bad_request(e.message);
+    }
+    let kfr = state.kfr_faults();
+    let kfr = KfrFaults {
+        error_rate: update.error_rate.unwrap_or(kfr.error_rate),
+        rate_limit_rate: update.rate_limit_rate.unwrap_or(kfr.rate_limit_rate),
+        retry_after_secs: update.retry_after_secs.unwrap_or(kfr.retry_after_secs),
+        timeout_rate: update.timeout_rate.unwrap_or(kfr.timeout_rate),
+        latency_ms: update.latency_ms.unwrap_or(kfr.latency_ms),
+    };
+    if let Err(e) = kfr.check() {
+        return bad_request(e.message);
+    }
+    if let Some(Err(e)) = update.ingest_rate.map(check_ingest_rate) {
+        return bad_request(e.message);
+    }
+    // Everything is checked: apply all or nothing.
+    state.set_kfr_faults(kfr);
+    if let Some(secs) = update.outage_secs {
+        state.set_outage_secs(secs);
+    }
+    if let Some(rate) = update.ingest_rate {
+        state.set_ingest_rate(rate);
     }
     let current = state.token_faults();
     state.set_token_faults(TokenFaults {

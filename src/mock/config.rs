@@ -55,6 +55,96 @@ pub struct MockFlags {
     /// (repeatable). When given, only these clients exist.
     #[arg(long = "client", value_name = "ID=SCOPE[,SCOPE...][@ORGNR]")]
     pub clients: Vec<String>,
+
+    /// Which identifier policy the fake KFR applies (KFR-005): `test` also accepts synthetic
+    /// identities (Tenor +80, 2/3-prefixed organisations), `prod` only real ones.
+    #[arg(long = "env", value_name = "ENV", value_enum, default_value_t = MockEnv::Test)]
+    pub env: MockEnv,
+
+    /// Relationships the fake KFR ingests per second from accepted batches (kfr-notes §5: ~250).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_INGEST_RATE)]
+    pub ingest_rate: u64,
+
+    /// Largest batch body the fake KFR accepts, in bytes (onboarding guide: 10 MB a file).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::kfr::batch::DEFAULT_MAX_BYTES)]
+    pub max_batch_bytes: usize,
+
+    /// Probability (0..=1) that a KFR request answers 500 KFR-007.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub error_rate: f64,
+
+    /// Probability (0..=1) that a KFR request answers 429 with `Retry-After`.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+
+    /// The `Retry-After` of injected 429 answers.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+
+    /// Probability (0..=1) that a KFR request is held open without an answer.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub timeout_rate: f64,
+
+    /// Delay before every KFR answer.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// An outage of N seconds from start: every KFR request answers 503 meanwhile.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub outage_secs: u64,
+}
+
+/// Default `--ingest-rate`: what Bits states the real KFR manages (onboarding guide D-3).
+pub const DEFAULT_INGEST_RATE: u64 = 250;
+
+/// The environment whose identifier rules the fake KFR applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MockEnv {
+    Test,
+    Prod,
+}
+
+impl MockEnv {
+    /// The same policy `crate::ids` applies for that environment (kfr-notes §7).
+    pub fn id_policy(self) -> crate::ids::IdPolicy {
+        match self {
+            MockEnv::Test => crate::ids::IdPolicy::test(),
+            MockEnv::Prod => crate::ids::IdPolicy::prod(),
+        }
+    }
+}
+
+/// Fault switches of the KFR half; changeable at runtime through `POST /_mock/faults`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct KfrFaults {
+    /// Probability of a 500 KFR-007.
+    pub error_rate: f64,
+    /// Probability of a 429 with `Retry-After: retry_after_secs`.
+    pub rate_limit_rate: f64,
+    pub retry_after_secs: u64,
+    /// Probability that a request is held open and never answered.
+    pub timeout_rate: f64,
+    /// Delay before every answer.
+    pub latency_ms: u64,
+}
+
+impl KfrFaults {
+    /// No faults at all.
+    pub const NONE: KfrFaults = KfrFaults {
+        error_rate: 0.0,
+        rate_limit_rate: 0.0,
+        retry_after_secs: 1,
+        timeout_rate: 0.0,
+        latency_ms: 0,
+    };
+
+    /// Every rate within 0..=1.
+    pub(crate) fn check(&self) -> Result<(), UsageError> {
+        check_rate("error_rate", self.error_rate)?;
+        check_rate("rate_limit_rate", self.rate_limit_rate)?;
+        check_rate("timeout_rate", self.timeout_rate)
+    }
 }
 
 /// A client registered with the fake Maskinporten.
@@ -85,6 +175,16 @@ pub struct MockConfig {
     pub token_fail_first: u32,
     /// `None`: any client id exists and is granted [`DEFAULT_SCOPE`].
     pub clients: Option<BTreeMap<String, MockClient>>,
+    /// Identifier policy of the fake KFR.
+    pub env: MockEnv,
+    /// Relationships ingested per second from accepted batches (at least 1).
+    pub ingest_rate: u64,
+    /// Largest accepted batch body in bytes.
+    pub max_batch_bytes: usize,
+    /// Fault switches of the KFR half at start.
+    pub kfr_faults: KfrFaults,
+    /// An outage of this many seconds starting when the server starts (0: none).
+    pub outage_secs: u64,
 }
 
 impl MockConfig {
@@ -99,6 +199,11 @@ impl MockConfig {
             token_fail_rate: 0.0,
             token_fail_first: 0,
             clients: None,
+            env: MockEnv::Test,
+            ingest_rate: DEFAULT_INGEST_RATE,
+            max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
+            kfr_faults: KfrFaults::NONE,
+            outage_secs: 0,
         }
     }
 
@@ -127,6 +232,18 @@ impl MockConfig {
             }
             Some(map)
         };
+        let kfr_faults = KfrFaults {
+            error_rate: flags.error_rate,
+            rate_limit_rate: flags.rate_limit_rate,
+            retry_after_secs: flags.retry_after_secs,
+            timeout_rate: flags.timeout_rate,
+            latency_ms: flags.latency_ms,
+        };
+        kfr_faults.check()?;
+        check_ingest_rate(flags.ingest_rate)?;
+        if flags.max_batch_bytes == 0 {
+            return Err(UsageError::new("--max-batch-bytes must be at least 1").into());
+        }
         Ok(Self {
             trusted_ca_der: trusted,
             issuer: flags.issuer.clone(),
@@ -136,6 +253,11 @@ impl MockConfig {
             token_fail_rate: flags.token_fail_rate,
             token_fail_first: flags.token_fail_first,
             clients,
+            env: flags.env,
+            ingest_rate: flags.ingest_rate,
+            max_batch_bytes: flags.max_batch_bytes,
+            kfr_faults,
+            outage_secs: flags.outage_secs,
         })
     }
 }
@@ -177,9 +299,26 @@ pub(crate) fn check_issuer(issuer: &str) -> Result<(), UsageError> {
 }
 
 pub(crate) fn check_fail_rate(rate: f64) -> Result<(), UsageError> {
+    check_rate("token_fail_rate", rate)
+}
+
+/// A probability: 0..=1 (NaN refused). `name` is the field name; the flag is the same with `-`.
+pub(crate) fn check_rate(name: &str, rate: f64) -> Result<(), UsageError> {
     if !(0.0..=1.0).contains(&rate) {
         return Err(UsageError::new(format!(
-            "--token-fail-rate {rate} must be between 0 and 1"
+            "--{} {rate} must be between 0 and 1",
+            name.replace('_', "-")
+        )));
+    }
+    Ok(())
+}
+
+/// Zero would stall every batch forever; the ceiling keeps the per-tick arithmetic far from
+/// overflow while still allowing benchmark-speed ingestion.
+pub(crate) fn check_ingest_rate(rate: u64) -> Result<(), UsageError> {
+    if !(1..=100_000_000).contains(&rate) {
+        return Err(UsageError::new(format!(
+            "--ingest-rate {rate} must be between 1 and 100000000 relationships per second"
         )));
     }
     Ok(())
@@ -265,6 +404,15 @@ mod tests {
             token_fail_rate: 0.0,
             token_fail_first: 0,
             clients: vec![],
+            env: MockEnv::Test,
+            ingest_rate: 250,
+            max_batch_bytes: 10_000_000,
+            error_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after_secs: 1,
+            timeout_rate: 0.0,
+            latency_ms: 0,
+            outage_secs: 0,
         };
         let err = MockConfig::from_flags(&flags).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), crate::error::Exit::Usage);

@@ -7,19 +7,28 @@
 //! - [`state`]: the shared state: clock with adjustable skew, settings, counters, fault switches.
 //! - [`maskinporten`]: discovery, token endpoint with Digdir's checks and MP-codes, JWKS, and
 //!   [`MockState::verify_access_token`] for the KFR half.
-//! - [`admin`]: `/healthz`, `/_mock/state`, `/_mock/reset`, `/_mock/faults`.
+//! - [`kfr`]: the fake KFR under `/kar-ws/api/v1` (add, delete, own lookup, batch) and the
+//!   batch ingest task; [`register`] its register with history and the ingest queue;
+//!   [`multipart`] the strict batch-body reader.
+//! - [`admin`]: `/healthz`, `/_mock/state`, `/_mock/reset`, `/_mock/faults`,
+//!   `/_mock/relationships`.
 //!
 //! Every response carries a `Date` header from the mock's (possibly skewed) clock, because clients
 //! measure their clock offset from it. docs/mock.md is the operator's description.
 
 mod admin;
 mod config;
+mod kfr;
 mod maskinporten;
+mod multipart;
+mod register;
 mod state;
 
-pub use config::{DEFAULT_SCOPE, MockClient, MockConfig, MockFlags};
+pub use config::{DEFAULT_INGEST_RATE, DEFAULT_SCOPE, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags};
+pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
-pub use state::{MaskinportenSnapshot, MockClock, MockState, StateSnapshot, TokenFaults};
+pub use register::RelationshipRow;
+pub use state::{KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, StateSnapshot, TokenFaults};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -31,10 +40,13 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The whole app: Maskinporten routes, admin routes, and the `Date` header on every response.
+/// The whole app: Maskinporten, KFR and admin routes, and the `Date` header on every response.
+/// Batch ingestion needs the task [`MockServer::start`] spawns; a bare router accepts batches but
+/// never stores them.
 pub fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .merge(maskinporten::routes())
+        .merge(kfr::routes())
         .merge(admin::routes())
         .layer(axum::middleware::map_response_with_state(state.clone(), date_header))
         .with_state(state)
@@ -57,6 +69,15 @@ pub struct MockServer {
     state: Arc<MockState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    ingest: JoinHandle<()>,
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        // Release requests held open by timeout injection, so the server task can end.
+        self.state.begin_stopping();
+        self.ingest.abort();
+    }
 }
 
 impl MockServer {
@@ -66,6 +87,7 @@ impl MockServer {
         let state = Arc::new(MockState::new(cfg, format!("http://{addr}"))?);
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());
+        let ingest = kfr::spawn_ingest(&state);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -79,6 +101,7 @@ impl MockServer {
             state,
             stop: Some(stop),
             task: Some(task),
+            ingest,
         })
     }
 
@@ -89,6 +112,11 @@ impl MockServer {
     /// `http://127.0.0.1:port`.
     pub fn base_url(&self) -> String {
         self.state.base_url().to_string()
+    }
+
+    /// `http://127.0.0.1:port/kar-ws/api/v1`: the KFR base URL a client configures.
+    pub fn kfr_base_url(&self) -> String {
+        format!("{}{}", self.state.base_url(), kfr::BASE_PATH)
     }
 
     /// The Maskinporten issuer identifier, trailing slash included; also the `aud` grants need.
@@ -103,6 +131,7 @@ impl MockServer {
 
     /// Stops accepting connections and waits for in-flight requests.
     pub async fn shutdown(mut self) {
+        self.state.begin_stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

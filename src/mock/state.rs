@@ -1,17 +1,20 @@
 //! The one state shared by every half of the mock: its clock, the Maskinporten settings, keys,
 //! counters and fault switches, and the admin snapshot.
 //!
-//! The KFR half adds its own section next to [`MaskinportenState`] and its own counters to
-//! [`StateSnapshot`]; the clock and the admin surface stay shared so that a skewed clock affects
-//! token issuance and token checking alike.
+//! The KFR half has its own section ([`KfrState`]: register, ingest queue, faults, counters) next
+//! to [`MaskinportenState`]; the clock and the admin surface stay shared so that a skewed clock
+//! affects token issuance, token checking and the fake KFR's "today" alike.
 
-use super::config::{MockClient, MockConfig};
+use super::config::{KfrFaults, MockClient, MockConfig, MockEnv};
 use super::maskinporten::SigningKey;
+use super::register::{Register, RelationshipRow};
+use crate::ids::IdPolicy;
+use chrono::NaiveDate;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The mock's clock: the real clock plus an adjustable skew. Every time the mock judges (`iat`,
 /// `exp`, certificate validity) and every `Date` header it sends comes from here, so clients can
@@ -46,6 +49,12 @@ impl MockClock {
 
     pub fn skew_secs(&self) -> i64 {
         self.skew_secs.load(Ordering::Relaxed)
+    }
+
+    /// The mock's today (UTC): the default start of a relationship, the day of a deletion and
+    /// the default lookup period of the fake KFR.
+    pub fn today(&self) -> NaiveDate {
+        chrono::DateTime::<chrono::Utc>::from(self.now()).date_naive()
     }
 }
 
@@ -85,12 +94,45 @@ pub struct MaskinportenState {
     pub(crate) seen_jtis: Mutex<HashMap<String, i64>>,
 }
 
+/// Counters of the KFR half.
+#[derive(Debug, Default)]
+pub(crate) struct KfrStats {
+    pub requests: AtomicU64,
+    /// Answers by operation (`add`, `remove`, `lookup`, `batch`) and status (`"201"`, …;
+    /// `"timeout"` for requests held open by fault injection).
+    pub by_operation: Mutex<BTreeMap<&'static str, BTreeMap<String, u64>>>,
+    pub batches_accepted: AtomicU64,
+    pub faults_injected: AtomicU64,
+    /// Injected faults by kind (`error`, `rate_limit`, `timeout`, `outage`).
+    pub faults_by_kind: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// The fake KFR's part of the state.
+#[derive(Debug)]
+pub struct KfrState {
+    pub(crate) env: MockEnv,
+    /// Identifier rules for KFR-005, the same as `crate::ids` applies in `env`.
+    pub(crate) policy: IdPolicy,
+    pub(crate) ingest_rate: AtomicU64,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) faults: Mutex<KfrFaults>,
+    /// End of the current outage, if any (real monotonic time: skewing the clock does not
+    /// shorten an outage).
+    pub(crate) outage_until: Mutex<Option<Instant>>,
+    pub(crate) register: Mutex<Register>,
+    pub(crate) stats: KfrStats,
+    /// Set when the server stops, so requests held open by timeout injection let go and
+    /// graceful shutdown does not wait for them forever.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+}
+
 /// Everything the mock knows; shared by all handlers behind an `Arc`.
 #[derive(Debug)]
 pub struct MockState {
     pub(crate) clock: MockClock,
     pub(crate) base_url: String,
     pub(crate) mp: MaskinportenState,
+    pub(crate) kfr: KfrState,
 }
 
 /// Poisoning only happens after a panic in another handler; the data (counters, a jti set) stays
@@ -116,6 +158,9 @@ impl MockState {
             super::config::check_issuer(issuer)?;
         }
         super::config::check_fail_rate(cfg.token_fail_rate)?;
+        cfg.kfr_faults.check()?;
+        super::config::check_ingest_rate(cfg.ingest_rate)?;
+        anyhow::ensure!(cfg.max_batch_bytes > 0, "max_batch_bytes must be at least 1");
         let issuer = cfg
             .issuer
             .clone()
@@ -137,6 +182,19 @@ impl MockState {
                 }),
                 stats: TokenStats::default(),
                 seen_jtis: Mutex::new(HashMap::new()),
+            },
+            kfr: KfrState {
+                env: cfg.env,
+                policy: cfg.env.id_policy(),
+                ingest_rate: AtomicU64::new(cfg.ingest_rate),
+                max_batch_bytes: cfg.max_batch_bytes,
+                faults: Mutex::new(cfg.kfr_faults),
+                outage_until: Mutex::new(
+                    (cfg.outage_secs > 0).then(|| Instant::now() + Duration::from_secs(cfg.outage_secs)),
+                ),
+                register: Mutex::new(Register::default()),
+                stats: KfrStats::default(),
+                stopping: tokio::sync::watch::channel(false).0,
             },
             base_url,
         })
@@ -187,12 +245,13 @@ impl MockState {
             .collect()
     }
 
-    /// Injected 500/503 answers since start or reset (all halves).
+    /// Injected faults since start or reset, both halves together.
     pub fn faults_injected(&self) -> u64 {
-        self.mp.stats.faults_injected.load(Ordering::Relaxed)
+        self.mp.stats.faults_injected.load(Ordering::Relaxed) + self.kfr.stats.faults_injected.load(Ordering::Relaxed)
     }
 
-    /// Zeroes every counter and forgets every jti. Settings (skew, faults, clients) stay.
+    /// Zeroes every counter and forgets every jti; empties the fake KFR's register and ingest
+    /// queue. Settings (skew, faults, outage, clients, ingest rate) stay.
     pub fn reset(&self) {
         let s = &self.mp.stats;
         s.requests.store(0, Ordering::Relaxed);
@@ -200,6 +259,84 @@ impl MockState {
         s.faults_injected.store(0, Ordering::Relaxed);
         lock(&s.errors).clear();
         lock(&self.mp.seen_jtis).clear();
+        lock(&self.kfr.register).clear();
+        let k = &self.kfr.stats;
+        k.requests.store(0, Ordering::Relaxed);
+        k.batches_accepted.store(0, Ordering::Relaxed);
+        k.faults_injected.store(0, Ordering::Relaxed);
+        lock(&k.by_operation).clear();
+        lock(&k.faults_by_kind).clear();
+    }
+
+    pub fn kfr_faults(&self) -> KfrFaults {
+        *lock(&self.kfr.faults)
+    }
+
+    /// Replaces the fake KFR's fault switches (rates are not checked here; flags and the admin
+    /// endpoint check them).
+    pub fn set_kfr_faults(&self, faults: KfrFaults) {
+        *lock(&self.kfr.faults) = faults;
+    }
+
+    /// Starts an outage of `secs` seconds now; 0 ends any outage.
+    pub fn set_outage_secs(&self, secs: u64) {
+        *lock(&self.kfr.outage_until) = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs));
+    }
+
+    /// Seconds left of the current outage (rounded up); `None` when there is none.
+    pub fn outage_remaining_secs(&self) -> Option<u64> {
+        let until = (*lock(&self.kfr.outage_until))?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+
+    pub fn ingest_rate(&self) -> u64 {
+        self.kfr.ingest_rate.load(Ordering::Relaxed)
+    }
+
+    /// Changes the ingestion rate at runtime (at least 1 a second).
+    pub fn set_ingest_rate(&self, rate: u64) {
+        self.kfr.ingest_rate.store(rate.max(1), Ordering::Relaxed);
+    }
+
+    /// Every period in the fake KFR's register (`GET /_mock/relationships`).
+    pub fn relationships(&self) -> Vec<RelationshipRow> {
+        lock(&self.kfr.register).rows()
+    }
+
+    /// Releases requests held open by timeout injection; called when the server stops.
+    pub(crate) fn begin_stopping(&self) {
+        self.kfr.stopping.send_replace(true);
+    }
+
+    fn kfr_snapshot(&self) -> KfrSnapshot {
+        let (active, queued, ingested) = {
+            let r = lock(&self.kfr.register);
+            (r.active(), r.queued(), r.ingested())
+        };
+        let k = &self.kfr.stats;
+        KfrSnapshot {
+            requests: lock(&k.by_operation)
+                .iter()
+                .map(|(op, m)| (op.to_string(), m.clone()))
+                .collect(),
+            requests_total: k.requests.load(Ordering::Relaxed),
+            relationships_active: active,
+            ingest_queue: queued,
+            ingested_total: ingested,
+            batches_accepted: k.batches_accepted.load(Ordering::Relaxed),
+            faults_injected: k.faults_injected.load(Ordering::Relaxed),
+            faults_by_kind: lock(&k.faults_by_kind)
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            faults: self.kfr_faults(),
+            outage_remaining_secs: self.outage_remaining_secs(),
+            env: self.kfr.env,
+            ingest_rate: self.ingest_rate(),
+            max_batch_bytes: self.kfr.max_batch_bytes,
+            today: self.clock.today(),
+        }
     }
 
     /// What `GET /_mock/state` answers.
@@ -215,13 +352,21 @@ impl MockState {
             faults: self.token_faults(),
             clients: self.mp.clients.as_ref().map(|c| c.keys().cloned().collect()),
         };
+        let kfr = self.kfr_snapshot();
         StateSnapshot {
             token_requests: mp.token_requests,
             tokens_issued: mp.tokens_issued,
             token_errors: mp.token_errors.clone(),
-            faults_injected: mp.faults_injected,
+            faults_injected: mp.faults_injected + kfr.faults_injected,
             clock_skew_secs: self.clock.skew_secs(),
+            kfr_requests: kfr.requests.clone(),
+            kfr_requests_total: kfr.requests_total,
+            relationships_active: kfr.relationships_active,
+            ingest_queue: kfr.ingest_queue,
+            ingested_total: kfr.ingested_total,
+            batches_accepted: kfr.batches_accepted,
             maskinporten: mp,
+            kfr,
         }
     }
 }
@@ -233,9 +378,40 @@ pub struct StateSnapshot {
     pub token_requests: u64,
     pub tokens_issued: u64,
     pub token_errors: BTreeMap<String, u64>,
+    /// Injected faults of both halves.
     pub faults_injected: u64,
     pub clock_skew_secs: i64,
+    /// Fake KFR answers by operation and status, e.g. `{"add":{"201":3}}`.
+    pub kfr_requests: BTreeMap<String, BTreeMap<String, u64>>,
+    pub kfr_requests_total: u64,
+    pub relationships_active: usize,
+    /// Accepted batch entries not yet ingested.
+    pub ingest_queue: usize,
+    pub ingested_total: u64,
+    pub batches_accepted: u64,
     pub maskinporten: MaskinportenSnapshot,
+    pub kfr: KfrSnapshot,
+}
+
+/// The fake KFR's section of [`StateSnapshot`].
+#[derive(Debug, Clone, Serialize)]
+pub struct KfrSnapshot {
+    pub requests: BTreeMap<String, BTreeMap<String, u64>>,
+    pub requests_total: u64,
+    pub relationships_active: usize,
+    pub ingest_queue: usize,
+    pub ingested_total: u64,
+    pub batches_accepted: u64,
+    /// Injected faults of the KFR half only.
+    pub faults_injected: u64,
+    pub faults_by_kind: BTreeMap<String, u64>,
+    pub faults: KfrFaults,
+    pub outage_remaining_secs: Option<u64>,
+    pub env: MockEnv,
+    pub ingest_rate: u64,
+    pub max_batch_bytes: usize,
+    /// The mock's today, as the register sees it.
+    pub today: NaiveDate,
 }
 
 #[derive(Debug, Clone, Serialize)]
