@@ -5,6 +5,7 @@ mod certs;
 mod config;
 mod doctor;
 mod ids;
+mod load;
 mod mock_kfr;
 mod mock_maskinporten;
 mod token;
