@@ -28,7 +28,7 @@ def persons(rng, day_offset, month_offset):
                 ind = rng.randint(0, 20)
                 while ind < 1000:
                     d = head + [ind // 100, ind // 10 % 10, ind % 10]
-                    ind += rng.randint(1, 40)
+                    ind += rng.randint(1, 10)
                     s1 = sum(a * b for a, b in zip(d, K1)) % 11
                     k1 = (11 - s1) % 11
                     if k1 == 10:
@@ -45,7 +45,7 @@ def orgs(rng, first):
     n = first * 10_000_000 + rng.randint(0, 100)
     while n < (first + 1) * 10_000_000:
         d = list(map(int, f"{n:08d}"))
-        n += rng.randint(1, 30)
+        n += rng.randint(1, 6)
         r = sum(a * b for a, b in zip(d, ORG)) % 11
         if r == 1:
             continue
