@@ -351,6 +351,7 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
         ReadOptions {
             policy,
             today: job_settings.today,
+            hash: !opts.dry_run,
         },
     )?;
     if let Some(job) = &resuming {

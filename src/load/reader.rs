@@ -156,6 +156,8 @@ pub enum ReadError {
 pub struct Packed(pub u64);
 
 const NO_DATE: u64 = (1 << 17) - 1;
+/// `num_days_from_ce` of 1899-12-31, the day before the earliest start date accepted.
+const EPOCH_CE: i32 = 693_595;
 fn epoch() -> NaiveDate {
     NaiveDate::from_ymd_opt(1899, 12, 31).expect("valid")
 }
@@ -163,7 +165,7 @@ fn epoch() -> NaiveDate {
 impl Packed {
     fn new(id: &CustomerId, start: Option<NaiveDate>) -> Packed {
         let number: u64 = id.as_str().parse().expect("validated digits");
-        let date = start.map_or(NO_DATE, |d| (d - epoch()).num_days() as u64);
+        let date = start.map_or(NO_DATE, |d| (d.num_days_from_ce() - EPOCH_CE) as u64);
         let kind = IdKind::ALL.iter().position(|k| *k == id.kind()).expect("listed") as u64;
         Packed(number << 20 | date << 3 | kind)
     }
@@ -197,7 +199,7 @@ impl Packed {
 
     /// Encoded length in a batch body (kfr-notes §4: `ID` or `ID#YYYY-MM-DD`).
     pub fn encoded_len(self) -> usize {
-        self.id_len() + if self.start().is_some() { 11 } else { 0 }
+        self.id_len() + if (self.0 >> 3) & NO_DATE != NO_DATE { 11 } else { 0 }
     }
 
     /// Back to a batch entry. The identifier was validated when read; it is re-parsed under a
@@ -231,7 +233,7 @@ pub struct ReadOutcome {
     /// Unique active relationships, sorted by identifier.
     pub entries: Vec<Packed>,
     pub by_kind: BTreeMap<IdKind, u64>,
-    /// sha256 of the file's bytes, hex.
+    /// sha256 of the file's bytes, hex (empty unless [`ReadOptions::hash`]).
     pub content_hash: String,
 }
 
@@ -241,6 +243,8 @@ pub struct ReadOptions {
     pub policy: IdPolicy,
     /// "Today" for the future/closed rules (fixed per load job so a resume decides the same way).
     pub today: NaiveDate,
+    /// Compute the content hash (a load job needs it; a dry run does not).
+    pub hash: bool,
 }
 
 struct State<'a, F: FnMut(Rejected, &[u8])> {
@@ -288,7 +292,9 @@ pub fn read(
             buf.resize(buf.len() * 2, 0); // one line longer than the buffer
         }
         let n = input.read(&mut buf[filled..])?;
-        hasher.update(&buf[filled..filled + n]);
+        if opts.hash {
+            hasher.update(&buf[filled..filled + n]);
+        }
         let eof = n == 0;
         filled += n;
         let mut start = 0;
@@ -358,7 +364,11 @@ pub fn read(
         duplicates: (before - entries.len()) as u64,
         entries,
         by_kind,
-        content_hash: hex::encode(hasher.finalize()),
+        content_hash: if opts.hash {
+            hex::encode(hasher.finalize())
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -423,29 +433,28 @@ impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
             self.format = Format::Lines { separator: None };
         }
         self.data_lines += 1;
-        if std::str::from_utf8(line).is_err() {
-            return self.reject(raw, mask(&String::from_utf8_lossy(line)), LineError::NotUtf8);
+        if !line.is_ascii() && std::str::from_utf8(line).is_err() {
+            return self.reject(raw, line, LineError::NotUtf8);
         }
-        let (id, start, end, shown) = match &mut self.format {
+        let (id, start, end) = match &mut self.format {
             Format::Lines { separator } => {
                 let found = line.iter().position(|c| matches!(c, b';' | b',' | b'#'));
                 match found {
-                    None => (line, None, None, mask(&String::from_utf8_lossy(line))),
+                    None => (line, None, None),
                     Some(i) => {
                         let sep = line[i] as char;
-                        let shown = format!("{}{sep}{}", show_field(&line[..i]), show_field(&line[i + 1..]));
                         match *separator {
                             None => *separator = Some(sep),
                             Some(expected) if expected != sep => {
                                 let e = LineError::MixedSeparators { expected, found: sep };
-                                return self.reject(raw, shown, e);
+                                return self.reject(raw, line, e);
                             }
                             Some(_) => {}
                         }
                         if line[i + 1..].contains(&line[i]) {
-                            return self.reject(raw, shown, LineError::TooManyFields);
+                            return self.reject(raw, line, LineError::TooManyFields);
                         }
-                        (&line[..i], Some(&line[i + 1..]), None, shown)
+                        (&line[..i], Some(&line[i + 1..]), None)
                     }
                 }
             }
@@ -456,54 +465,57 @@ impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
                 end,
                 columns,
             } => {
-                let fields: Vec<&[u8]> = line.split(|c| *c == *delimiter as u8).collect();
-                let shown = fields
-                    .iter()
-                    .map(|f| show_field(f))
-                    .collect::<Vec<_>>()
-                    .join(&delimiter.to_string());
+                // Split only up to the last column needed; nothing is allocated.
                 let want = 1 + [Some(*id), *start, *end].iter().flatten().max().copied().unwrap_or(0);
-                if fields.len() < want {
+                let (mut idf, mut sf, mut ef, mut got): (&[u8], Option<&[u8]>, Option<&[u8]>, usize) =
+                    (&[], None, None, 0);
+                for (i, f) in line.split(|c| *c == *delimiter as u8).enumerate().take(want) {
+                    got += 1;
+                    if i == *id {
+                        idf = unquote(f);
+                    }
+                    if Some(i) == *start {
+                        sf = Some(unquote(f));
+                    }
+                    if Some(i) == *end {
+                        ef = Some(unquote(f));
+                    }
+                }
+                if got < want {
                     let e = LineError::MissingColumns {
-                        got: fields.len(),
+                        got,
                         want: columns.len(),
                     };
-                    return self.reject(raw, shown, e);
+                    return self.reject(raw, line, e);
                 }
-                let (id, start, end) = (*id, *start, *end);
-                (
-                    unquote(fields[id]),
-                    start.map(|s| unquote(fields[s])),
-                    end.map(|e| unquote(fields[e])),
-                    shown,
-                )
+                (idf, sf, ef)
             }
             Format::Empty => unreachable!("set above"),
         };
         let id = trim(id);
         if id.is_empty() {
-            return self.reject(raw, shown, LineError::MissingId);
+            return self.reject(raw, line, LineError::MissingId);
         }
         let id_text = std::str::from_utf8(id).expect("checked UTF-8");
         let customer = match CustomerId::parse(id_text, &self.opts.policy) {
             Ok(c) => c,
-            Err(e) => return self.reject(raw, shown, LineError::Id(e)),
+            Err(e) => return self.reject(raw, line, LineError::Id(e)),
         };
         let start = match start.map(trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match parse_date(s) {
-                None => return self.reject(raw, shown, LineError::BadStartDate),
-                Some(d) if d > self.opts.today => return self.reject(raw, shown, LineError::StartInFuture(d)),
-                Some(d) if d.year() < 1900 => return self.reject(raw, shown, LineError::StartBefore1900(d)),
+                None => return self.reject(raw, line, LineError::BadStartDate),
+                Some(d) if d > self.opts.today => return self.reject(raw, line, LineError::StartInFuture(d)),
+                Some(d) if d.year() < 1900 => return self.reject(raw, line, LineError::StartBefore1900(d)),
                 Some(d) => Some(d),
             },
         };
         if let Some(e) = end.map(trim).filter(|s| !s.is_empty()) {
             let Some(end) = parse_date(e) else {
-                return self.reject(raw, shown, LineError::BadEndDate);
+                return self.reject(raw, line, LineError::BadEndDate);
             };
             if let Some(start) = start.filter(|s| end < *s) {
-                return self.reject(raw, shown, LineError::EndBeforeStart { start, end });
+                return self.reject(raw, line, LineError::EndBeforeStart { start, end });
             }
             if end <= self.opts.today {
                 self.closed += 1;
@@ -545,11 +557,32 @@ impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
         Ok(())
     }
 
-    fn reject(&mut self, raw: &[u8], text: String, err: LineError) -> Result<(), ReadError> {
+    /// The line as shown in messages: split as the format splits it, each field through
+    /// [`show_field`], so dates stay readable and identifiers are masked. Only built for a
+    /// rejected line: the valid path never formats.
+    fn shown(&self, line: &[u8]) -> String {
+        if std::str::from_utf8(line).is_err() {
+            return mask(&String::from_utf8_lossy(line));
+        }
+        let sep = match &self.format {
+            Format::Header { delimiter, .. } => Some(*delimiter as u8),
+            _ => line.iter().copied().find(|c| matches!(c, b';' | b',' | b'#')),
+        };
+        match sep {
+            None => mask(&String::from_utf8_lossy(line)),
+            Some(sep) => line
+                .split(|c| *c == sep)
+                .map(show_field)
+                .collect::<Vec<_>>()
+                .join(&(sep as char).to_string()),
+        }
+    }
+
+    fn reject(&mut self, raw: &[u8], line: &[u8], err: LineError) -> Result<(), ReadError> {
         self.rejected += 1;
         let r = Rejected {
             line: self.line,
-            text,
+            text: self.shown(line),
             rule: err.code(),
             message: err.to_string(),
         };
@@ -574,6 +607,7 @@ mod tests {
             ReadOptions {
                 policy: IdPolicy::test(),
                 today: today(),
+                hash: true,
             },
             |r, _| rej.push(r),
         )
@@ -639,6 +673,7 @@ mod tests {
             ReadOptions {
                 policy: IdPolicy::test(),
                 today: today(),
+                hash: true,
             },
             |_, _| {},
         )
@@ -686,6 +721,7 @@ mod tests {
 
     #[test]
     fn packed_round_trips() {
+        assert_eq!(epoch().num_days_from_ce(), EPOCH_CE);
         let id = CustomerId::parse("02013299997", &IdPolicy::test()).unwrap();
         let d = NaiveDate::from_ymd_opt(1900, 1, 1);
         let p = Packed::new(&id, d);
