@@ -467,8 +467,7 @@ impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
             } => {
                 // Split only up to the last column needed; nothing is allocated.
                 let want = 1 + [Some(*id), *start, *end].iter().flatten().max().copied().unwrap_or(0);
-                let (mut idf, mut sf, mut ef, mut got): (&[u8], Option<&[u8]>, Option<&[u8]>, usize) =
-                    (&[], None, None, 0);
+                let (mut idf, mut sf, mut ef, mut got): (&[u8], _, _, usize) = (&[], None, None, 0);
                 for (i, f) in line.split(|c| *c == *delimiter as u8).enumerate().take(want) {
                     got += 1;
                     if i == *id {
