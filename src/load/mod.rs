@@ -442,7 +442,12 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
                 read.entries.len() as u64,
                 &batches,
             )?;
-            eprintln!("load job {id} created in {}", opts.state.display());
+            // The barrier only works if `kfr remove` looks at this same store.
+            eprintln!(
+                "load job {id} created in {}; until it is confirmed, deletes are held: run `kfr remove` with --state {} (or set state_file in kfr.toml)",
+                opts.state.display(),
+                opts.state.display()
+            );
             id
         }
     };
