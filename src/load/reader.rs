@@ -163,10 +163,17 @@ fn epoch() -> NaiveDate {
 }
 
 impl Packed {
+    #[cfg(test)]
     fn new(id: &CustomerId, start: Option<NaiveDate>) -> Packed {
-        let number: u64 = id.as_str().parse().expect("validated digits");
+        Self::from_digits(id.as_str().as_bytes(), id.kind(), start)
+    }
+
+    /// As [`Packed::new`] from the digits `CustomerId::parse` accepted (the hot path: no second
+    /// UTF-8 check).
+    fn from_digits(digits: &[u8], kind: IdKind, start: Option<NaiveDate>) -> Packed {
+        let number = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         let date = start.map_or(NO_DATE, |d| (d.num_days_from_ce() - EPOCH_CE) as u64);
-        let kind = IdKind::ALL.iter().position(|k| *k == id.kind()).expect("listed") as u64;
+        let kind = IdKind::ALL.iter().position(|k| *k == kind).expect("listed") as u64;
         Packed(number << 20 | date << 3 | kind)
     }
 
@@ -260,6 +267,145 @@ struct State<'a, F: FnMut(Rejected, &[u8])> {
     on_reject: &'a mut F,
 }
 
+/// Most threads parsing lines; beyond this the single reading thread is the limit.
+const MAX_WORKERS: usize = 4;
+
+impl Format {
+    /// True when no later line can change the format: a header was read, or the separator of a
+    /// headerless file is known. Only then can chunks be parsed independently.
+    fn is_fixed(&self) -> bool {
+        matches!(self, Format::Header { .. } | Format::Lines { separator: Some(_) })
+    }
+}
+
+/// What a worker found in one chunk.
+struct ChunkResult {
+    idx: u64,
+    entries: Vec<Packed>,
+    data_lines: u64,
+    blank: u64,
+    closed: u64,
+    crlf: bool,
+    rejects: Vec<(Rejected, Vec<u8>)>,
+}
+
+type Job = (u64, Vec<u8>, u64);
+
+/// Parallel parsing: the reading thread hands whole-line chunks (with the number of their first
+/// line) to workers and adds their results back strictly in chunk order, so entries, counts and
+/// the order in which bad lines are reported are exactly those of a serial pass. Results are
+/// absorbed as they come, so memory stays one entry vector plus a few chunks in flight.
+struct Parallel<'scope> {
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    results: std::sync::mpsc::Receiver<Result<ChunkResult, ReadError>>,
+    pending: BTreeMap<u64, ChunkResult>,
+    sent: u64,
+    next: u64,
+    handles: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+}
+
+impl<'scope> Parallel<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        workers: usize,
+        format: Format,
+        opts: ReadOptions,
+    ) -> Self {
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(workers * 2);
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        let (res_tx, results) = std::sync::mpsc::channel();
+        let handles = (0..workers)
+            .map(|_| {
+                let (job_rx, res_tx, format) = (job_rx.clone(), res_tx.clone(), format.clone());
+                scope.spawn(move || {
+                    loop {
+                        let job = job_rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((idx, chunk, first_line))) = job else { return };
+                        let mut rejects = vec![];
+                        let mut push = |r: Rejected, raw: &[u8]| rejects.push((r, raw.to_vec()));
+                        let mut st = State {
+                            opts,
+                            format: format.clone(),
+                            line: first_line,
+                            data_lines: 0,
+                            blank: 0,
+                            rejected: 0,
+                            closed: 0,
+                            entries: Vec::with_capacity(chunk.len() / 10),
+                            crlf: false,
+                            on_reject: &mut push,
+                        };
+                        let res = st.chunk(&chunk).map(|()| ChunkResult {
+                            idx,
+                            entries: std::mem::take(&mut st.entries),
+                            data_lines: st.data_lines,
+                            blank: st.blank,
+                            closed: st.closed,
+                            crlf: st.crlf,
+                            rejects: vec![],
+                        });
+                        drop(st);
+                        let res = res.map(|mut r| {
+                            r.rejects = rejects;
+                            r
+                        });
+                        if res_tx.send(res).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Parallel {
+            jobs: Some(jobs),
+            results,
+            pending: BTreeMap::new(),
+            sent: 0,
+            next: 0,
+            handles,
+        }
+    }
+
+    fn send<F: FnMut(Rejected, &[u8])>(
+        &mut self,
+        chunk: Vec<u8>,
+        first_line: u64,
+        st: &mut State<'_, F>,
+    ) -> Result<(), ReadError> {
+        let jobs = self.jobs.as_ref().expect("not finished");
+        jobs.send((self.sent, chunk, first_line)).map_err(|_| worker_gone())?;
+        self.sent += 1;
+        while let Ok(r) = self.results.try_recv() {
+            self.accept(r?, st);
+        }
+        Ok(())
+    }
+
+    fn accept<F: FnMut(Rejected, &[u8])>(&mut self, r: ChunkResult, st: &mut State<'_, F>) {
+        self.pending.insert(r.idx, r);
+        while let Some(r) = self.pending.remove(&self.next) {
+            st.absorb(r);
+            self.next += 1;
+        }
+    }
+
+    fn finish<F: FnMut(Rejected, &[u8])>(mut self, st: &mut State<'_, F>) -> Result<(), ReadError> {
+        self.jobs = None; // workers stop once the queue is empty
+        while self.next < self.sent {
+            let r = self.results.recv().map_err(|_| worker_gone())??;
+            self.accept(r, st);
+        }
+        for h in self.handles {
+            h.join().map_err(|_| worker_gone())?;
+        }
+        Ok(())
+    }
+}
+
+fn worker_gone() -> ReadError {
+    ReadError::Io(std::io::Error::other("a line-parsing thread stopped unexpectedly"))
+}
+
 /// Reads `input` to the end. `on_reject` sees each bad line (masked, with its rule) and the raw
 /// bytes (for a rejects file the institution keeps; never log them).
 pub fn read(
@@ -287,54 +433,71 @@ pub fn read(
     let mut filled = 0;
     let mut first = true;
     let mut bom = false;
-    loop {
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0); // one line longer than the buffer
-        }
-        let n = input.read(&mut buf[filled..])?;
-        if opts.hash {
-            hasher.update(&buf[filled..filled + n]);
-        }
-        let eof = n == 0;
-        filled += n;
-        let mut start = 0;
-        if first && (filled >= 3 || eof) {
-            first = false;
-            if buf[..filled].starts_with(b"\xEF\xBB\xBF") {
-                bom = true;
-                start = 3;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS);
+    std::thread::scope(|scope| -> Result<(), ReadError> {
+        // Chunks go to workers once the format is fixed (see `Parallel`); until then, and on a
+        // one-core machine, lines are handled here.
+        let mut par: Option<Parallel<'_>> = None;
+        loop {
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0); // one line longer than the buffer
             }
-        } else if first {
-            continue;
-        }
-        let end = if eof {
-            filled
-        } else {
-            match memchr::memrchr(b'\n', &buf[start..filled]) {
-                Some(i) => start + i + 1,
-                None => {
-                    buf.copy_within(start..filled, 0);
-                    filled -= start;
-                    continue;
+            let n = input.read(&mut buf[filled..])?;
+            if opts.hash {
+                hasher.update(&buf[filled..filled + n]);
+            }
+            let eof = n == 0;
+            filled += n;
+            let mut start = 0;
+            if first && (filled >= 3 || eof) {
+                first = false;
+                if buf[..filled].starts_with(b"\xEF\xBB\xBF") {
+                    bom = true;
+                    start = 3;
+                }
+            } else if first {
+                continue;
+            }
+            let end = if eof {
+                filled
+            } else {
+                match memchr::memrchr(b'\n', &buf[start..filled]) {
+                    Some(i) => start + i + 1,
+                    None => {
+                        buf.copy_within(start..filled, 0);
+                        filled -= start;
+                        continue;
+                    }
+                }
+            };
+            if end > start {
+                if par.is_none() && workers > 1 && st.format.is_fixed() {
+                    par = Some(Parallel::start(scope, workers, st.format.clone(), opts));
+                }
+                match par.as_mut() {
+                    Some(p) => {
+                        let chunk = &buf[start..end];
+                        let lines =
+                            memchr::memchr_iter(b'\n', chunk).count() as u64 + u64::from(chunk.last() != Some(&b'\n'));
+                        p.send(chunk.to_vec(), st.line, &mut st)?;
+                        st.line += lines;
+                    }
+                    None => st.chunk(&buf[start..end])?,
                 }
             }
-        };
-        if end > start {
-            for line in buf[start..end].split(|b| *b == b'\n') {
-                st.line(line)?;
-            }
-            // `split` yields a final empty piece after the last LF, counted as a line: undo.
-            if buf[end - 1] == b'\n' {
-                st.line -= 1;
-                st.blank -= 1;
+            buf.copy_within(end..filled, 0);
+            filled -= end;
+            if eof {
+                break;
             }
         }
-        buf.copy_within(end..filled, 0);
-        filled -= end;
-        if eof {
-            break;
+        if let Some(p) = par {
+            p.finish(&mut st)?;
         }
-    }
+        Ok(())
+    })?;
     let State {
         format,
         data_lines,
@@ -349,10 +512,11 @@ pub fn read(
     let before = entries.len();
     entries.dedup_by_key(|p| p.key());
     entries.shrink_to_fit();
-    let mut by_kind = BTreeMap::new();
+    let mut kinds = [0u64; IdKind::ALL.len()];
     for e in &entries {
-        *by_kind.entry(e.kind()).or_insert(0) += 1;
+        kinds[(e.0 & 7) as usize] += 1;
     }
+    let by_kind: BTreeMap<IdKind, u64> = IdKind::ALL.into_iter().zip(kinds).filter(|(_, n)| *n > 0).collect();
     Ok(ReadOutcome {
         format,
         bom,
@@ -413,6 +577,32 @@ fn show_field(b: &[u8]) -> String {
 }
 
 impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
+    /// Handles a run of whole lines (ending in LF, except at the end of the file).
+    fn chunk(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
+        for line in chunk.split(|b| *b == b'\n') {
+            self.line(line)?;
+        }
+        // `split` yields a final empty piece after the last LF, counted as a line: undo.
+        if chunk.last() == Some(&b'\n') {
+            self.line -= 1;
+            self.blank -= 1;
+        }
+        Ok(())
+    }
+
+    /// Adds a worker's result for the chunk that follows everything added so far.
+    fn absorb(&mut self, r: ChunkResult) {
+        self.entries.extend_from_slice(&r.entries);
+        self.data_lines += r.data_lines;
+        self.blank += r.blank;
+        self.rejected += r.rejects.len() as u64;
+        self.closed += r.closed;
+        self.crlf |= r.crlf;
+        for (rej, raw) in r.rejects {
+            (self.on_reject)(rej, &raw);
+        }
+    }
+
     fn line(&mut self, raw: &[u8]) -> Result<(), ReadError> {
         self.line += 1;
         let line = match raw.strip_suffix(b"\r") {
@@ -521,7 +711,8 @@ impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
                 return Ok(());
             }
         }
-        self.entries.push(Packed::new(&customer, start));
+        self.entries
+            .push(Packed::from_digits(id_text.trim().as_bytes(), customer.kind(), start));
         Ok(())
     }
 
@@ -732,6 +923,33 @@ mod tests {
         let p = Packed::new(&id, None);
         assert_eq!((p.start(), p.encoded_len()), (None, 11));
         assert_eq!(p.to_entry().id.as_str(), "02013299997");
+    }
+
+    /// Large inputs are parsed by several threads; results (and the order bad lines are
+    /// reported in) must be exactly those of one serial pass.
+    #[test]
+    fn parallel_chunks_keep_line_numbers_and_order() {
+        let mut text = String::from("916960190;2020-01-01\n");
+        let mut want = vec![];
+        for i in 2..=300_000u64 {
+            if i % 25_000 == 0 {
+                text.push_str("916960191;2020-01-01\r\n");
+                want.push(i);
+            } else if i % 3 == 0 {
+                text.push('\n');
+            } else {
+                text.push_str("02013299997;2021-01-01\n");
+            }
+        }
+        let (out, rej) = run(&text);
+        assert_eq!(rej.iter().map(|r| r.line).collect::<Vec<_>>(), want);
+        assert_eq!(
+            out.blank_lines,
+            (2..=300_000u64).filter(|i| i % 3 == 0 && i % 25_000 != 0).count() as u64
+        );
+        assert_eq!(out.data_lines + out.blank_lines, 300_000);
+        assert_eq!(out.entries.len(), 2);
+        assert!(out.crlf);
     }
 
     #[test]
