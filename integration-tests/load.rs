@@ -580,3 +580,58 @@ async fn json_progress_events_and_usage_errors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("opening the input missing.csv"), "{stderr}");
 }
+
+/// KFR slower than promised: confirmation gives up after the timeout naming what is missing
+/// (exit 1, job resumable), and the resume confirms without uploading anything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_not_visible_in_time_fails_with_what_is_missing_and_resumes_without_resending() {
+    let env = setup().await;
+    let ids = ids(70, 80);
+    let text: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{id};{}\n", date(i)))
+        .collect();
+    env.write("c.csv", &text);
+    env.mock.state().set_ingest_rate(1);
+    let out = env.load("c.csv", "s.db", &["--confirm-timeout-secs", "1"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("batch 1 (CorrelationID"), "{stderr}");
+    assert!(stderr.contains("not confirmed stored after 1 s"), "{stderr}");
+    assert!(stderr.contains("not visible by own lookup:"), "{stderr}");
+    assert!(
+        ids.iter().all(|id| !stderr.contains(id.as_str()) || id.len() == 9),
+        "no person ID in full: {stderr}"
+    );
+    assert_eq!(env.batches_accepted(), 1);
+    env.mock.state().set_ingest_rate(RATE);
+    let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
+    assert_ok(&out);
+    assert_eq!(env.batches_accepted(), 3, "batch 1 was not uploaded again");
+    assert_eq!(env.active().len(), 80);
+}
+
+/// `--max-per-day`: the executor stops when the next batch would exceed today's share (exit 0,
+/// job left running so deletes stay held), and says how to continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_per_day_pauses_the_load_when_the_day_is_full() {
+    let env = setup().await;
+    let ids = ids(80, 80);
+    let text: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{id};{}\n", date(i)))
+        .collect();
+    env.write("c.csv", &text);
+    let out = env.load("c.csv", "s.db", &["--max-per-day", "40"], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(stdout.contains("paused for today after 2 of"), "{stdout}");
+    assert!(stdout.contains("--resume"), "{stdout}");
+    assert_eq!(env.active().len(), 40);
+    let out = env.run(&["remove", &ids[0], "--state", "s.db"], &[]).await;
+    assert!(
+        assert_ok(&out).0.starts_with("held:"),
+        "the barrier stays up while paused"
+    );
+}
