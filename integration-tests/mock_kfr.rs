@@ -996,3 +996,68 @@ fn kfr_mock_command_checks_the_new_flags() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[tokio::test]
+async fn ingestion_keeps_to_the_configured_rate() {
+    // 600 entries at 2,000/s: about 300 ms. Not faster (pacing), and not much slower (the
+    // pacing catches up on late ticks). The upper bound is loose for busy CI machines.
+    let k = setup(|c| c.ingest_rate = 2_000).await;
+    let customers = orgs(600).join(",");
+    let started = Instant::now();
+    let a = k
+        .send(k.batch_req(ct("b"), multipart("b", "DSOPBANK", &customers)))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    eventually("ingestion", || async { k.state().await["ingest_queue"] == 0 }).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "600 at 2000/s took only {took:?}");
+    assert!(took < Duration::from_secs(3), "600 at 2000/s took {took:?}");
+    assert_eq!(k.state().await["ingested_total"], 600);
+}
+
+/// Collects formatted log lines in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn mock_logs_never_carry_full_person_identifiers() {
+    // The test runtime has one thread, so the server's tasks log into this subscriber too.
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let k = setup(|c| c.ingest_rate = 100_000).await;
+    k.send(k.add_req(PERSON)).await;
+    k.send(k.lookup_req(PERSON)).await;
+    k.send(k.remove_req(PERSON)).await;
+    k.send(k.add_req(BAD_CHECKSUM)).await;
+    k.send(k.lookup_req(BAD_CHECKSUM)).await;
+    let customers = format!("{PERSON2},{BAD_CHECKSUM}");
+    k.send(k.batch_req(ct("b"), multipart("b", "DSOPBANK", &customers)))
+        .await;
+    k.send(k.batch_req(ct("b"), multipart("b", "DSOPBANK", PERSON2))).await;
+    eventually("ingestion", || async { k.state().await["ingested_total"] == 1 }).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("KFR add") && text.contains("KFR request refused"),
+        "{text}"
+    );
+    for person in [PERSON, PERSON2, BAD_CHECKSUM] {
+        assert!(!text.contains(person), "{person} appears in the logs:\n{text}");
+    }
+}

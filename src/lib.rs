@@ -7,7 +7,7 @@
 //! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
 //! - [`load`]: the initial load: reader, planner, executor, report (`kfr load`).
 //! - [`store`]: the SQLite state store: load jobs, the ledger, held deletes (later the outbox).
-//! - [`mock`]: the bundled fake Maskinporten (and, later, fake KFR) used by tests and `kfr mock`.
+//! - [`mock`]: the bundled fake Maskinporten and fake KFR used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
 //! - [`cli`]: argument parsing and one file per command; `main` stays thin.
 //! - [`http`]: the shared outgoing HTTP client (TLS, proxy, timeouts).

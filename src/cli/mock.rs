@@ -1,6 +1,7 @@
-//! `kfr mock`: serves the bundled fake Maskinporten (and fake KFR) until Ctrl-C or SIGTERM.
+//! `kfr mock`: serves the bundled fake Maskinporten and fake KFR until Ctrl-C or SIGTERM.
 //!
-//! Logs one start line with the listen URL and the issuer; never logs tokens or assertions.
+//! Logs one start line with the listen URL, the issuer and the KFR base URL; never logs tokens,
+//! assertions or full person identifiers.
 
 use crate::mock::{MockConfig, MockServer};
 use anyhow::Context as _;
@@ -8,6 +9,7 @@ use anyhow::Context as _;
 pub async fn run(args: &super::MockArgs) -> anyhow::Result<()> {
     let flags = &args.mock;
     let cfg = MockConfig::from_flags(flags)?;
+    let (cfg_env, cfg_rate) = (cfg.env, cfg.ingest_rate);
     let listener = tokio::net::TcpListener::bind(flags.listen)
         .await
         .with_context(|| format!("cannot listen on {}", flags.listen))?;
@@ -15,11 +17,17 @@ pub async fn run(args: &super::MockArgs) -> anyhow::Result<()> {
     // On stderr unconditionally: the default log level (warn) would hide an info! line, and the
     // operator needs the URL and issuer to configure the client.
     eprintln!(
-        "kfr mock: listening on {} (Maskinporten issuer {}); Ctrl-C to stop",
+        "kfr mock: listening on {} (Maskinporten issuer {}; KFR {}; {} identifiers, ingesting {}/s); Ctrl-C to stop",
         server.base_url(),
-        server.issuer()
+        server.issuer(),
+        server.kfr_base_url(),
+        match cfg_env {
+            crate::mock::MockEnv::Test => "test",
+            crate::mock::MockEnv::Prod => "prod",
+        },
+        cfg_rate,
     );
-    tracing::info!(url = %server.base_url(), issuer = %server.issuer(), "mock started");
+    tracing::info!(url = %server.base_url(), issuer = %server.issuer(), kfr = %server.kfr_base_url(), "mock started");
     shutdown_signal().await?;
     server.shutdown().await;
     Ok(())

@@ -49,7 +49,7 @@ pub enum Command {
     /// Generate certificates for local testing against `kfr mock`.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Run the bundled fake Maskinporten (and fake KFR) on loopback.
+    /// Run the bundled fake Maskinporten and fake KFR on loopback.
     Mock(MockArgs),
     /// Inspect the effective configuration.
     #[command(subcommand)]

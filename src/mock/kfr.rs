@@ -6,7 +6,7 @@
 //! [`Refusal`] whose [`Failure`] decides status, code and body for the operation. Each operation
 //! declares the failures it can produce ([`Op::failures`]); [`finish`] asserts a refusal is one
 //! of them, and the unit test `every_answer_is_listed_in_the_spec` checks each declared answer
-//! against a hand-written table of the spec ([`tests::SPEC`]). Adding a new refusal therefore
+//! against a hand-written table of the spec (`tests::SPEC`). Adding a new refusal therefore
 //! means declaring it and, if the spec does not list it, failing that test.
 //!
 //! Checks run in this order, the first failure answers: injected faults (outage, latency,
