@@ -6,6 +6,7 @@ mod config;
 mod doctor;
 mod ids;
 mod kfr_cli;
+mod load;
 mod mock_kfr;
 mod mock_maskinporten;
 mod token;

@@ -214,6 +214,21 @@ pub const KEYS: &[KeyDef] = &[
         default: Some("false"),
         doc: "accept H-/NAV (+40) and FH numbers (test runs only)",
     },
+    KeyDef {
+        name: "state_file",
+        default: Some("kfr-state.db"),
+        doc: "SQLite state store: load jobs, ledger, held deletes",
+    },
+    KeyDef {
+        name: "ingest_rate",
+        default: Some("250"),
+        doc: "relationships per second KFR ingests from a batch",
+    },
+    KeyDef {
+        name: "max_batch_bytes",
+        default: Some("10000000"),
+        doc: "largest batch body kfr load sends (KFR: 10 MB)",
+    },
 ];
 
 /// Keys whose value is a path; relative paths are taken relative to the config file's folder.
@@ -224,7 +239,12 @@ const PATH_KEYS: &[&str] = &[
     "certificate_pem",
     "extra_ca_bundle",
     "pseudonym_key_file",
+    "state_file",
 ];
+
+/// Smallest accepted `max_batch_bytes`: below this the multipart overhead would dominate and the
+/// planner could not fill files to 95 % (one entry is at most 23 bytes).
+pub const MIN_BATCH_BYTES: usize = 1024;
 
 /// Settings given as command-line flags (placed before the subcommand).
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -376,6 +396,12 @@ pub struct Settings {
     pub pseudonym_key_file: PathBuf,
     pub allow_synthetic_ids: bool,
     pub allow_h_numbers: bool,
+    /// The SQLite state store (`kfr load`, the delete barrier of `kfr remove`).
+    pub state_file: PathBuf,
+    /// Relationships per second KFR ingests (onboarding D-3: about 250).
+    pub ingest_rate: u32,
+    /// Upper bound on a batch body (KFR: at most 10 MB a file).
+    pub max_batch_bytes: usize,
     /// Every key with its display value (secrets redacted) and source, for `kfr config show`.
     pub origins: BTreeMap<&'static str, (String, Source)>,
 }
@@ -703,6 +729,36 @@ fn resolve(
         pseudonym_key_file: path(&raw, "pseudonym_key_file").expect("defaulted"),
         allow_synthetic_ids: boolean(&raw, "allow_synthetic_ids")?,
         allow_h_numbers: boolean(&raw, "allow_h_numbers")?,
+        state_file: path(&raw, "state_file").expect("defaulted"),
+        ingest_rate: {
+            let v = get(&raw, "ingest_rate").expect("defaulted");
+            match v.0.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(invalid(
+                        "ingest_rate",
+                        &v,
+                        "expected a whole number of relationships per second, at least 1".into(),
+                    ));
+                }
+            }
+        },
+        max_batch_bytes: {
+            let v = get(&raw, "max_batch_bytes").expect("defaulted");
+            match v.0.parse::<usize>() {
+                Ok(n) if (MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&n) => n,
+                _ => {
+                    return Err(invalid(
+                        "max_batch_bytes",
+                        &v,
+                        format!(
+                            "expected a number of bytes from {MIN_BATCH_BYTES} to {} (KFR: 10 MB a file)",
+                            crate::kfr::batch::DEFAULT_MAX_BYTES
+                        ),
+                    ));
+                }
+            }
+        },
         origins,
     })
 }

@@ -15,3 +15,7 @@ pub const KFR_LOG_FORMAT: &str = "KFR_LOG_FORMAT";
 pub const NO_COLOR: &str = "NO_COLOR";
 /// Prefix of the per-key configuration variables (`KFR_ORG_NUMBER`, `KFR_CLIENT_ID`, …).
 pub const CONFIG_PREFIX: &str = "KFR_";
+/// Test-only: abort `kfr load` at a named stage (`planned`, `uploading`, `sent`, `accepted`,
+/// `confirmed`, `deletes`, optionally `:N` for batch N) to rehearse `kill -9` and `--resume`.
+/// Never set in production.
+pub const KFR_TEST_ABORT_AT: &str = "KFR_TEST_ABORT_AT";

@@ -5,6 +5,8 @@
 //! - [`maskinporten`]: the business-certificate credential, the JWT-bearer grant and the token cache.
 //! - [`kfr`]: the KFR API client, batch encoding and error model.
 //! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
+//! - [`load`]: the initial load: reader, planner, executor, report (`kfr load`).
+//! - [`store`]: the SQLite state store: load jobs, the ledger, held deletes (later the outbox).
 //! - [`mock`]: the bundled fake Maskinporten and fake KFR used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
 //! - [`cli`]: argument parsing and one file per command; `main` stays thin.
@@ -19,6 +21,8 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod kfr;
+pub mod load;
 pub mod maskinporten;
 pub mod mock;
+pub mod store;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 mod certs;
 mod config_show;
 mod doctor;
+mod load;
 mod mock;
 mod pseudonym;
 mod relationship;
@@ -53,6 +54,8 @@ pub enum Command {
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Initial load: plan, upload and confirm every active relationship in an export (onboarding D-3).
+    Load(LoadArgs),
     /// Register a customer relationship in KFR.
     Add(RelationshipArgs),
     /// End a customer relationship in KFR (held while an initial load is being ingested).
@@ -121,6 +124,54 @@ pub struct RelationshipArgs {
     #[arg(long, value_name = "UUID")]
     pub correlation_id: Option<uuid::Uuid>,
     /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+    /// State store (default: `state_file`, ./kfr-state.db). `remove` queues the delete there while
+    /// an initial load is not confirmed; `add` records in its ledger when it exists.
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The export: one relationship per line (`ID`, `ID;YYYY-MM-DD`, `ID,YYYY-MM-DD`,
+    /// `ID#YYYY-MM-DD`) or delimited with a header row (customer_id/kundeid, start_date/startdato,
+    /// end_date/sluttdato).
+    pub file: PathBuf,
+    /// Print the plan (counts, batches with exact sizes, ingestion time, schedule) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue the unfinished load job in the state store (the file must be unchanged).
+    #[arg(long)]
+    pub resume: bool,
+    /// State store (default: `state_file`, ./kfr-state.db).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Write the report as JSON to PATH and as Markdown next to it (PATH with .md).
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// Load the valid lines even when some are bad, writing the bad ones to the rejects file.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Rejects file for --skip-invalid (default: FILE with `.rejects` before the extension).
+    #[arg(long, value_name = "PATH")]
+    pub rejects: Option<PathBuf>,
+    /// Relationships per second KFR ingests (default: `ingest_rate`, 250).
+    #[arg(long, value_name = "N")]
+    pub ingest_rate: Option<u32>,
+    /// Largest batch body in bytes (default: `max_batch_bytes`, 10,000,000).
+    #[arg(long, value_name = "BYTES")]
+    pub max_batch_bytes: Option<usize>,
+    /// At most N relationships a day: plan a day-by-day schedule and pause when a day is full.
+    #[arg(long, value_name = "N")]
+    pub max_per_day: Option<u64>,
+    /// Give up confirming a batch this long after its expected ingestion time.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub confirm_timeout_secs: u64,
+    /// Random entries checked by own lookup per batch, besides its last entry.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub sample: usize,
+    /// Progress and the result as JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
 }
@@ -206,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(CertsCommand::Local(args)) => certs::run(args),
         Command::Mock(args) => runtime()?.block_on(mock::run(args)),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
+        Command::Load(args) => runtime()?.block_on(load::run(load()?, args)),
         Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args)),
         Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args)),
         Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args)),

@@ -4,11 +4,17 @@
 //! request is sent (exit 1, the rule named). "Already present" and "not registered" are
 //! successes: the register is in the wanted state (kfr-notes §6). Output names the customer by
 //! kind and pseudonym only, since command output often ends up in job logs.
+//!
+//! Delete barrier (onboarding D-3 step 4): while an initial load job in the state store is not
+//! confirmed ingested, `remove` does not send; it queues the delete in the store (exit 0) and
+//! `kfr load` sends it once the last batch is confirmed. `add` is never held (D-3 step 3: new
+//! relationships go in parallel with the load) and is recorded in the ledger when a store exists.
 
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
+use crate::store::Store;
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
@@ -25,6 +31,10 @@ fn who(id: &CustomerId) -> String {
     format!("{} {}", id.kind().label(), id.log())
 }
 
+fn state_path(settings: &Settings, args: &RelationshipArgs) -> std::path::PathBuf {
+    args.state.clone().unwrap_or_else(|| settings.state_file.clone())
+}
+
 pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
     let client = KfrClient::from_settings(&settings)?;
@@ -32,6 +42,9 @@ pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<
         .add(&id, args.correlation_id)
         .await
         .with_context(|| format!("cannot add {}", who(&id)))?;
+    if let Some(mut store) = Store::open_existing(&state_path(&settings, args))? {
+        store.record_add_in_ledger(id.as_str(), None, out.correlation_id)?;
+    }
     let outcome = match out.value {
         AddOutcome::Added => "added",
         AddOutcome::AlreadyPresent => "already present",
@@ -59,6 +72,29 @@ pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<
 
 pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
+    let state = state_path(&settings, args);
+    if let Some(mut store) = Store::open_existing(&state)? {
+        let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+        if let Some((job, _)) = store.hold_delete_if_loading(id.as_str(), cid)? {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "operation": "remove", "outcome": "held", "customer": id.log().to_string(),
+                        "kind": id.kind(), "correlation_id": cid, "load_job": job,
+                        "state": state.display().to_string(),
+                    })
+                );
+            } else {
+                println!(
+                    "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
+                    who(&id),
+                    state.display()
+                );
+            }
+            return Ok(());
+        }
+    }
     let client = KfrClient::from_settings(&settings)?;
     let out = client
         .remove(&id, args.correlation_id)

@@ -1,0 +1,452 @@
+//! The executor: uploads a planned job one batch at a time and confirms each is stored before
+//! sending the next (onboarding D-3 steps 1-2: a 201 only means the file was valid).
+//!
+//! Per batch, every step is committed to the state store before the action it enables:
+//!
+//! 1. `uploading` is recorded, then the body is sent (with the batch's CorrelationID, fixed at
+//!    planning, so a re-send is recognisably the same batch to Bits).
+//! 2. On 201 the batch becomes `accepted` and its entries go into the ledger.
+//! 3. Wait the expected ingestion time (`entries / ingest_rate`, counted from acceptance; cut
+//!    short when an occasional look at the last entry finds it already stored), then
+//!    own-lookups of the batch's last entry and a small random sample, with `fromDate` = the
+//!    entry's start date so a relationship stored with history is found. Ingestion follows file
+//!    order (kfr-notes §6), so the last entry visible means the batch is stored; the sample guards
+//!    against that assumption failing. Lookups back off while entries are missing, up to a timeout
+//!    that names what is missing.
+//! 4. The batch becomes `confirmed`.
+//!
+//! Resume rule for a batch found `uploading` (the process died between sending and recording the
+//! answer): it may or may not have been accepted. Its last entry is looked up until the batch
+//! would have been ingested had it been accepted (its expected ingestion time after the upload
+//! began, plus a grace period); only if it is still absent is the batch sent again. A batch is
+//! therefore never sent twice once KFR accepted it, except when KFR took longer than expected to
+//! ingest it, where the re-send is harmless (an add of a present relationship is a no-op).
+//!
+//! `KFR_TEST_ABORT_AT=<stage>[:<batch>]` (test-only, see [`abort_point`]) kills the process at a
+//! named point so tests can prove every resume path.
+
+use super::reader::Packed;
+use crate::env_vars;
+use crate::ids::CustomerId;
+use crate::kfr::{KfrClient, Layout};
+use crate::store::{BatchRecord, BatchStatus, Store};
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::IndexedRandom as _;
+use std::time::{Duration, Instant};
+
+/// Extra time after the expected ingestion time before a maybe-sent batch counts as not sent.
+pub const UNKNOWN_UPLOAD_GRACE: Duration = Duration::from_secs(2);
+
+/// First delay between confirmation lookups; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Test-only crash points. Aborts the process (no destructors, no flushing of the store beyond
+/// what is committed — like `kill -9`) when `KFR_TEST_ABORT_AT` names this stage (and, if given
+/// as `stage:N`, batch N). Stages: `planned`, `uploading`, `sent`, `accepted`, `confirmed`,
+/// `deletes`. Documented in docs/load.md as not for production use.
+pub fn abort_point(stage: &str, seq: Option<u32>) {
+    let Ok(want) = std::env::var(env_vars::KFR_TEST_ABORT_AT) else {
+        return;
+    };
+    let (s, n) = match want.split_once(':') {
+        Some((s, n)) => (s, n.parse::<u32>().ok()),
+        None => (want.as_str(), None),
+    };
+    if s == stage && (n.is_none() || n == seq) {
+        eprintln!(
+            "kfr: test abort at {stage}{}",
+            seq.map(|s| format!(" (batch {s})")).unwrap_or_default()
+        );
+        std::process::abort();
+    }
+}
+
+/// Execution settings.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub ingest_rate: u32,
+    /// Give up confirming a batch this long after its expected ingestion time.
+    pub confirm_timeout: Duration,
+    /// Random entries checked per batch besides the last one.
+    pub sample: usize,
+    /// `--json`: progress as JSON lines on stdout instead of a bar.
+    pub json: bool,
+    /// Relationships per day, if capped: the executor pauses when today's share is sent.
+    pub max_per_day: Option<u64>,
+}
+
+/// How a run of the executor ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// Every batch confirmed.
+    Complete,
+    /// `max_per_day` reached; resume on a later day.
+    PausedForToday,
+}
+
+/// Progress output: an indicatif bar on stderr, or JSON lines on stdout.
+pub struct Progress {
+    bar: ProgressBar,
+    json: bool,
+}
+
+impl Progress {
+    pub fn new(total: u64, done: u64, json: bool) -> Self {
+        let bar = if json {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        } else {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}")
+                .expect("valid template"),
+        );
+        bar.set_position(done);
+        bar.reset_eta();
+        Progress { bar, json }
+    }
+
+    /// A progress event: a JSON line, or a message above the bar.
+    pub fn event(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else if self.bar.is_hidden() {
+            eprintln!("{}", text());
+        } else {
+            self.bar.println(text());
+        }
+    }
+
+    pub fn set_ingested(&self, n: u64) {
+        self.bar.set_position(n);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Uploads and confirms the job's batches that are not confirmed yet.
+pub async fn execute(
+    store: &mut Store,
+    client: &KfrClient,
+    job: i64,
+    entries: &[Packed],
+    layout: &Layout,
+    opts: &ExecOptions,
+    progress: &Progress,
+) -> anyhow::Result<ExecEnd> {
+    let batches = store.batches(job)?;
+    let mut ingested: u64 = batches
+        .iter()
+        .filter(|b| b.status == BatchStatus::Confirmed)
+        .map(|b| b.entry_count)
+        .sum();
+    progress.set_ingested(ingested);
+    for b in batches {
+        if b.status == BatchStatus::Confirmed {
+            continue;
+        }
+        let slice = &entries[b.first_entry as usize..(b.first_entry + b.entry_count) as usize];
+        let mut status = b.status;
+        if status == BatchStatus::Planned && paused_for_today(store, job, &b, opts)? {
+            progress.event(
+                serde_json::json!({"event": "paused", "batch": b.seq, "max_per_day": opts.max_per_day}),
+                || {
+                    format!(
+                        "daily limit of {} relationships reached before batch {}",
+                        opts.max_per_day.unwrap_or(0),
+                        b.seq
+                    )
+                },
+            );
+            return Ok(ExecEnd::PausedForToday);
+        }
+        if status == BatchStatus::Uploading {
+            status = probe_unknown_upload(store, client, job, &b, slice, opts, progress).await?;
+        }
+        if status == BatchStatus::Planned {
+            upload(store, client, job, &b, slice, layout, progress).await?;
+            status = BatchStatus::Accepted;
+        }
+        debug_assert_eq!(status, BatchStatus::Accepted);
+        if store.ledger_count(Some((job, b.seq)))? != b.entry_count {
+            record_ledger(store, job, &b, slice)?;
+        }
+        abort_point("accepted", Some(b.seq));
+        let accepted_at = store
+            .batches(job)?
+            .into_iter()
+            .find(|x| x.seq == b.seq)
+            .and_then(|x| x.accepted_at)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(chrono::Utc::now);
+        let last = *slice.last().expect("batches are not empty");
+        wait_for_ingestion(client, last, accepted_at, b.entry_count, ingested, opts, progress).await?;
+        confirm(client, &b, slice, opts, progress).await?;
+        store.set_batch_status(job, b.seq, BatchStatus::Confirmed)?;
+        ingested += b.entry_count;
+        progress.set_ingested(ingested);
+        progress.event(
+            serde_json::json!({"event": "batch_confirmed", "batch": b.seq, "entries": b.entry_count,
+                "correlation_id": b.correlation_id, "ingested": ingested}),
+            || {
+                format!(
+                    "batch {} confirmed stored: {} relationships (CorrelationID {})",
+                    b.seq, b.entry_count, b.correlation_id
+                )
+            },
+        );
+        abort_point("confirmed", Some(b.seq));
+    }
+    Ok(ExecEnd::Complete)
+}
+
+/// True when sending `b` today would exceed `max_per_day` (counting batches accepted today).
+fn paused_for_today(store: &mut Store, job: i64, b: &BatchRecord, opts: &ExecOptions) -> anyhow::Result<bool> {
+    let Some(max) = opts.max_per_day else { return Ok(false) };
+    let today = chrono::Local::now().date_naive();
+    let sent_today: u64 = store
+        .batches(job)?
+        .iter()
+        .filter(|x| {
+            x.accepted_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.with_timezone(&chrono::Local).date_naive() == today)
+        })
+        .map(|x| x.entry_count)
+        .sum();
+    Ok(sent_today > 0 && sent_today + b.entry_count > max)
+}
+
+async fn upload(
+    store: &mut Store,
+    client: &KfrClient,
+    job: i64,
+    b: &BatchRecord,
+    slice: &[Packed],
+    layout: &Layout,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let body = layout.encode(&slice.iter().map(|p| p.to_entry()).collect::<Vec<_>>());
+    anyhow::ensure!(
+        body.bytes.len() as u64 == b.bytes,
+        "batch {} encodes to {} bytes but was planned at {} (the plan no longer matches the input)",
+        b.seq,
+        body.bytes.len(),
+        b.bytes
+    );
+    store.set_batch_status(job, b.seq, BatchStatus::Uploading)?;
+    abort_point("uploading", Some(b.seq));
+    match client.batch(&body, Some(b.correlation_id)).await {
+        Ok(out) => {
+            abort_point("sent", Some(b.seq));
+            store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
+            progress.event(
+                serde_json::json!({"event": "batch_accepted", "batch": b.seq, "entries": b.entry_count,
+                    "bytes": b.bytes, "correlation_id": out.correlation_id}),
+                || {
+                    format!(
+                        "batch {} accepted: {} relationships, {} bytes (CorrelationID {})",
+                        b.seq, b.entry_count, b.bytes, out.correlation_id
+                    )
+                },
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // An answer from KFR (not a lost connection) means the batch was not accepted: it
+            // can go back to planned. Without an answer its fate is unknown and it stays
+            // `uploading` for the resume check.
+            if matches!(e, crate::kfr::KfrError::Api { .. }) {
+                store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
+            }
+            Err(anyhow::Error::new(e).context(format!(
+                "uploading batch {} ({} relationships, CorrelationID {}); nothing after it was sent; `kfr load FILE --resume` continues",
+                b.seq, b.entry_count, b.correlation_id
+            )))
+        }
+    }
+}
+
+fn record_ledger(store: &mut Store, job: i64, b: &BatchRecord, slice: &[Packed]) -> anyhow::Result<()> {
+    let texts: Vec<(String, Option<chrono::NaiveDate>)> = slice.iter().map(|p| (p.id_text(), p.start())).collect();
+    store.record_batch_in_ledger(
+        job,
+        b.seq,
+        b.correlation_id,
+        texts.iter().map(|(t, d)| (t.as_str(), *d)),
+    )
+}
+
+/// Decides the fate of a batch whose upload outcome was not recorded. Returns `Accepted` when its
+/// last entry is visible, `Planned` (already stored) when it must be sent again.
+async fn probe_unknown_upload(
+    store: &mut Store,
+    client: &KfrClient,
+    job: i64,
+    b: &BatchRecord,
+    slice: &[Packed],
+    opts: &ExecOptions,
+    progress: &Progress,
+) -> anyhow::Result<BatchStatus> {
+    let last = *slice.last().expect("batches are not empty");
+    let began = b
+        .uploading_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(chrono::Utc::now);
+    let expected = Duration::from_secs_f64(b.entry_count as f64 / f64::from(opts.ingest_rate));
+    let deadline_from_now = (began + chrono::Duration::from_std(expected + UNKNOWN_UPLOAD_GRACE)?)
+        .signed_duration_since(chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    let deadline = Instant::now() + deadline_from_now;
+    progress.event(
+        serde_json::json!({"event": "checking_unknown_upload", "batch": b.seq, "correlation_id": b.correlation_id}),
+        || {
+            format!(
+                "batch {} may or may not have been sent before the previous run stopped: checking its last entry",
+                b.seq
+            )
+        },
+    );
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if visible(client, last).await? {
+            store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
+            progress.event(
+                serde_json::json!({"event": "unknown_upload_found", "batch": b.seq}),
+                || format!("batch {} was accepted before the stop: not sending it again", b.seq),
+            );
+            return Ok(BatchStatus::Accepted);
+        }
+        if Instant::now() >= deadline {
+            store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
+            progress.event(
+                serde_json::json!({"event": "unknown_upload_absent", "batch": b.seq}),
+                || format!("batch {} is not in KFR: sending it (again)", b.seq),
+            );
+            return Ok(BatchStatus::Planned);
+        }
+        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Waits until the batch should be ingested, moving the bar at the ingest rate meanwhile. The
+/// batch's last entry is looked up now and then during the wait (every 1/20 of it, 0.5-30 s), so a
+/// KFR faster than the configured rate does not make the load slower than it needs to be; the
+/// full confirmation follows either way.
+async fn wait_for_ingestion(
+    client: &KfrClient,
+    last: Packed,
+    accepted_at: chrono::DateTime<chrono::Utc>,
+    count: u64,
+    before: u64,
+    opts: &ExecOptions,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let expected = Duration::from_secs_f64(count as f64 / f64::from(opts.ingest_rate));
+    let elapsed = chrono::Utc::now()
+        .signed_duration_since(accepted_at)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    let start = Instant::now() - elapsed.min(expected);
+    let end = start + expected;
+    let probe_every = (expected / 20).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    let mut next_probe = Instant::now() + probe_every;
+    while Instant::now() < end {
+        let done = ((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64;
+        progress.set_ingested(before + done.min(count));
+        tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(200))).await;
+        if Instant::now() >= next_probe && Instant::now() < end {
+            if visible(client, last).await? {
+                break;
+            }
+            next_probe = Instant::now() + probe_every;
+        }
+    }
+    Ok(())
+}
+
+/// The entries a confirmation checks: the last one and up to `sample` others at random.
+fn checked_entries(slice: &[Packed], sample: usize) -> Vec<Packed> {
+    let (last, rest) = slice.split_last().expect("batches are not empty");
+    let mut out = vec![*last];
+    out.extend(rest.choose_multiple(&mut rand::rng(), sample).copied());
+    out
+}
+
+async fn visible(client: &KfrClient, p: Packed) -> anyhow::Result<bool> {
+    let e = p.to_entry();
+    let out = client
+        .lookup(&e.id, e.start, None, None)
+        .await
+        .with_context(|| format!("own lookup of {} {}", e.id.kind().label(), e.id.log()))?;
+    Ok(out
+        .value
+        .iter()
+        .any(|b| b.organization_id == client.config().org_number))
+}
+
+async fn confirm(
+    client: &KfrClient,
+    b: &BatchRecord,
+    slice: &[Packed],
+    opts: &ExecOptions,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let mut missing = checked_entries(slice, opts.sample);
+    let deadline = Instant::now() + opts.confirm_timeout;
+    let mut backoff = FIRST_BACKOFF;
+    let mut reported = false;
+    loop {
+        let mut still = vec![];
+        for p in &missing {
+            if !visible(client, *p).await? {
+                still.push(*p);
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<String> = missing
+                .iter()
+                .map(|p| {
+                    let id: CustomerId = p.to_entry().id;
+                    format!("{} {}", id.kind().label(), id.log())
+                })
+                .collect();
+            anyhow::bail!(
+                "batch {} (CorrelationID {}) was accepted but is not confirmed stored after {} s beyond its expected ingestion time; not visible by own lookup: {}",
+                b.seq,
+                b.correlation_id,
+                opts.confirm_timeout.as_secs(),
+                names.join(", ")
+            );
+        }
+        if !reported {
+            reported = true;
+            progress.event(
+                serde_json::json!({"event": "waiting_for_ingestion", "batch": b.seq, "missing": missing.len()}),
+                || {
+                    format!(
+                        "batch {}: {} checked entr(y/ies) not visible yet; waiting",
+                        b.seq,
+                        missing.len()
+                    )
+                },
+            );
+        }
+        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

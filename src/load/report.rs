@@ -1,0 +1,150 @@
+//! The load report: what the institution sends Bits after the load (onboarding D-4), as JSON for
+//! machines and a short Markdown next to it for people.
+//!
+//! Personal data: rejected lines appear masked ([`crate::ids::mask`]) and held deletes by kind and
+//! log pseudonym only — the report leaves the institution by e-mail.
+
+use super::plan::human_duration;
+use super::reader::{Format, Rejected};
+use crate::ids::IdKind;
+use crate::store::{BatchRecord, JobStatus};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Rejected lines kept in the report (all are in the rejects file with `--skip-invalid`).
+pub const MAX_REJECTS_IN_REPORT: usize = 1_000;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Counts {
+    pub data_lines: u64,
+    pub valid_unique: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub closed: u64,
+    pub by_kind: BTreeMap<IdKind, u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SentDelete {
+    /// Kind and log pseudonym, never the full identifier.
+    pub customer: String,
+    pub queued_at: String,
+    pub sent_at: String,
+    pub outcome: String,
+    pub correlation_id: uuid::Uuid,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    pub org_number: String,
+    pub input: String,
+    pub content_hash: String,
+    pub format: Format,
+    pub job_id: i64,
+    pub job_status: JobStatus,
+    pub resumed: bool,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_secs: f64,
+    pub ingest_rate: u32,
+    pub counts: Counts,
+    pub batches: Vec<BatchRecord>,
+    pub rejects: Vec<Rejected>,
+    pub rejects_file: Option<PathBuf>,
+    pub held_deletes_sent: Vec<SentDelete>,
+}
+
+impl LoadReport {
+    /// The Markdown file written next to the JSON one.
+    pub fn markdown_path(json: &Path) -> PathBuf {
+        json.with_extension("md")
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# KFR initial load report\n");
+        let _ = writeln!(s, "- Institution: {}", self.org_number);
+        let _ = writeln!(s, "- Input: `{}` (sha256 `{}`)", self.input, self.content_hash);
+        let _ = writeln!(s, "- Format: {}", self.format);
+        let _ = writeln!(
+            s,
+            "- Load job {}: {}{}",
+            self.job_id,
+            match self.job_status {
+                JobStatus::Confirmed => "all batches confirmed stored in KFR",
+                JobStatus::Running => "NOT complete",
+            },
+            if self.resumed { " (resumed)" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "- Run: {} to {} ({})\n",
+            self.started_at,
+            self.finished_at,
+            human_duration(self.duration_secs)
+        );
+        let c = &self.counts;
+        let _ = writeln!(s, "## Counts\n\n| | relationships |\n|---|---:|");
+        let _ = writeln!(s, "| lines read | {} |", c.data_lines);
+        let _ = writeln!(s, "| loaded (unique, active) | {} |", c.valid_unique);
+        for (k, n) in &c.by_kind {
+            let _ = writeln!(s, "| — {} | {} |", k.label(), n);
+        }
+        let _ = writeln!(s, "| duplicates folded | {} |", c.duplicates);
+        let _ = writeln!(s, "| closed (not loaded) | {} |", c.closed);
+        let _ = writeln!(s, "| rejected | {} |\n", c.rejected);
+        let _ = writeln!(
+            s,
+            "## Batches\n\n| # | entries | bytes | CorrelationID | status | confirmed at |\n|---:|---:|---:|---|---|---|"
+        );
+        for b in &self.batches {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                b.seq,
+                b.entry_count,
+                b.bytes,
+                b.correlation_id,
+                b.status.as_str(),
+                b.confirmed_at.as_deref().unwrap_or("—")
+            );
+        }
+        if !self.rejects.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Rejected lines (identifiers masked)\n\n| line | text | rule |\n|---:|---|---|"
+            );
+            for r in &self.rejects {
+                let _ = writeln!(s, "| {} | `{}` | {} |", r.line, r.text.replace('|', "\\|"), r.message);
+            }
+            if (self.rejects.len() as u64) < c.rejected {
+                let _ = writeln!(s, "\n… and {} more.", c.rejected - self.rejects.len() as u64);
+            }
+        }
+        if !self.held_deletes_sent.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Deletes held during the load, sent after confirmation\n\n| customer | queued | sent | outcome | CorrelationID |\n|---|---|---|---|---|"
+            );
+            for d in &self.held_deletes_sent {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    d.customer, d.queued_at, d.sent_at, d.outcome, d.correlation_id
+                );
+            }
+        }
+        s
+    }
+
+    /// Writes `path` (JSON) and the Markdown next to it.
+    pub fn write(&self, path: &Path) -> anyhow::Result<PathBuf> {
+        use anyhow::Context as _;
+        let json = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing the report {}", path.display()))?;
+        let md = Self::markdown_path(path);
+        std::fs::write(&md, self.markdown()).with_context(|| format!("writing the report {}", md.display()))?;
+        Ok(md)
+    }
+}

@@ -1,0 +1,313 @@
+//! Initial-load jobs and their batches.
+//!
+//! A job is one input file (identified by its content hash) planned into batches under fixed
+//! settings. Batch states move only forward:
+//!
+//! ```text
+//! planned ──▶ uploading ──▶ accepted ──▶ confirmed
+//!     ▲           │
+//!     └───────────┘  only when KFR definitely refused the upload, or a lookup proved it absent
+//! ```
+//!
+//! `uploading` is written (and synced) before the request is sent, so after a crash a batch in
+//! that state is "maybe sent": the executor looks up its last entry before deciding to send it
+//! again. `accepted` means KFR answered 201 (valid, not yet stored, kfr-notes §5); `confirmed`
+//! means own-lookups saw it stored. A job is `confirmed` when all its batches are: that is what
+//! lifts the delete barrier.
+
+use super::{Store, now_text};
+use rusqlite::{OptionalExtension as _, params};
+use uuid::Uuid;
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Planned, partly uploaded or not yet confirmed: deletes are held.
+    Running,
+    /// Every batch confirmed ingested.
+    Confirmed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Confirmed => "confirmed",
+        }
+    }
+    fn parse(s: &str) -> rusqlite::Result<Self> {
+        match s {
+            "running" => Ok(JobStatus::Running),
+            "confirmed" => Ok(JobStatus::Confirmed),
+            other => Err(bad_value("load_jobs.status", other)),
+        }
+    }
+}
+
+/// A batch's state (see the module docs for the transitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Planned,
+    Uploading,
+    Accepted,
+    Confirmed,
+}
+
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Planned => "planned",
+            BatchStatus::Uploading => "uploading",
+            BatchStatus::Accepted => "accepted",
+            BatchStatus::Confirmed => "confirmed",
+        }
+    }
+    fn parse(s: &str) -> rusqlite::Result<Self> {
+        match s {
+            "planned" => Ok(BatchStatus::Planned),
+            "uploading" => Ok(BatchStatus::Uploading),
+            "accepted" => Ok(BatchStatus::Accepted),
+            "confirmed" => Ok(BatchStatus::Confirmed),
+            other => Err(bad_value("load_batches.status", other)),
+        }
+    }
+    /// The timestamp column set when entering this state.
+    fn time_column(self) -> Option<&'static str> {
+        match self {
+            BatchStatus::Planned => None,
+            BatchStatus::Uploading => Some("uploading_at"),
+            BatchStatus::Accepted => Some("accepted_at"),
+            BatchStatus::Confirmed => Some("confirmed_at"),
+        }
+    }
+}
+
+fn bad_value(column: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("unexpected {column} value {value:?}").into(),
+    )
+}
+
+/// A stored job.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRecord {
+    pub id: i64,
+    pub input_path: String,
+    pub content_hash: String,
+    /// JSON written by the load module: the settings that shaped the batches.
+    pub settings: String,
+    pub status: JobStatus,
+    pub entries: u64,
+    pub created_at: String,
+    pub confirmed_at: Option<String>,
+}
+
+/// A batch to create with its job.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub first_entry: u64,
+    pub entry_count: u64,
+    pub bytes: u64,
+    pub correlation_id: Uuid,
+}
+
+/// A stored batch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchRecord {
+    pub seq: u32,
+    pub first_entry: u64,
+    pub entry_count: u64,
+    pub bytes: u64,
+    pub correlation_id: Uuid,
+    pub status: BatchStatus,
+    pub uploading_at: Option<String>,
+    pub accepted_at: Option<String>,
+    pub confirmed_at: Option<String>,
+}
+
+const JOB_COLUMNS: &str = "id, input_path, content_hash, settings, status, entries, created_at, confirmed_at";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: r.get(0)?,
+        input_path: r.get(1)?,
+        content_hash: r.get(2)?,
+        settings: r.get(3)?,
+        status: JobStatus::parse(&r.get::<_, String>(4)?)?,
+        entries: r.get(5)?,
+        created_at: r.get(6)?,
+        confirmed_at: r.get(7)?,
+    })
+}
+
+impl Store {
+    /// Creates a job with all its batches `planned`, in one transaction.
+    pub fn create_job(
+        &mut self,
+        input_path: &str,
+        content_hash: &str,
+        settings: &str,
+        entries: u64,
+        batches: &[NewBatch],
+    ) -> anyhow::Result<i64> {
+        let now = now_text();
+        let tx = self.conn().transaction()?;
+        tx.execute(
+            "INSERT INTO load_jobs (input_path, content_hash, settings, status, entries, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)",
+            params![input_path, content_hash, settings, entries, now],
+        )?;
+        let job = tx.last_insert_rowid();
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO load_batches (job_id, seq, first_entry, entry_count, bytes, correlation_id, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'planned')",
+            )?;
+            for (i, b) in batches.iter().enumerate() {
+                stmt.execute(params![
+                    job,
+                    i as u32 + 1,
+                    b.first_entry,
+                    b.entry_count,
+                    b.bytes,
+                    b.correlation_id.to_string()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(job)
+    }
+
+    /// The most recent job that is not confirmed, if any (at most one exists: `kfr load` refuses
+    /// to start a second one).
+    pub fn unconfirmed_job(&mut self) -> anyhow::Result<Option<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs WHERE status = 'running' ORDER BY id DESC LIMIT 1");
+        Ok(self.conn().query_row(&sql, [], job_row).optional()?)
+    }
+
+    /// The most recent job of any state.
+    pub fn latest_job(&mut self) -> anyhow::Result<Option<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs ORDER BY id DESC LIMIT 1");
+        Ok(self.conn().query_row(&sql, [], job_row).optional()?)
+    }
+
+    pub fn job(&mut self, id: i64) -> anyhow::Result<JobRecord> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs WHERE id = ?1");
+        Ok(self.conn().query_row(&sql, [id], job_row)?)
+    }
+
+    /// A job's batches in upload order.
+    pub fn batches(&mut self, job: i64) -> anyhow::Result<Vec<BatchRecord>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT seq, first_entry, entry_count, bytes, correlation_id, status, uploading_at, accepted_at, confirmed_at
+             FROM load_batches WHERE job_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([job], |r| {
+            let cid: String = r.get(4)?;
+            Ok(BatchRecord {
+                seq: r.get(0)?,
+                first_entry: r.get(1)?,
+                entry_count: r.get(2)?,
+                bytes: r.get(3)?,
+                correlation_id: Uuid::parse_str(&cid).map_err(|_| bad_value("load_batches.correlation_id", &cid))?,
+                status: BatchStatus::parse(&r.get::<_, String>(5)?)?,
+                uploading_at: r.get(6)?,
+                accepted_at: r.get(7)?,
+                confirmed_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves a batch to `status`, stamping the state's time column (`planned` clears nothing: a
+    /// batch sent back to planned keeps its history of attempts in `uploading_at`).
+    pub fn set_batch_status(&mut self, job: i64, seq: u32, status: BatchStatus) -> anyhow::Result<()> {
+        let now = now_text();
+        let tx = self.conn().transaction()?;
+        let sql = match status.time_column() {
+            Some(col) => format!("UPDATE load_batches SET status = ?1, {col} = ?4 WHERE job_id = ?2 AND seq = ?3"),
+            None => "UPDATE load_batches SET status = ?1 WHERE job_id = ?2 AND seq = ?3 AND ?4 IS NOT NULL".to_string(),
+        };
+        let n = tx.execute(&sql, params![status.as_str(), job, seq, now])?;
+        anyhow::ensure!(n == 1, "load job {job} has no batch {seq}");
+        tx.execute("UPDATE load_jobs SET updated_at = ?1 WHERE id = ?2", params![now, job])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks the job confirmed when every batch is; returns whether it now is.
+    pub fn confirm_job_if_complete(&mut self, job: i64) -> anyhow::Result<bool> {
+        let now = now_text();
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let open: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM load_batches WHERE job_id = ?1 AND status != 'confirmed'",
+            [job],
+            |r| r.get(0),
+        )?;
+        if open > 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE load_jobs SET status = 'confirmed', confirmed_at = ?1, updated_at = ?1 WHERE id = ?2",
+            params![now, job],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s.db")).unwrap();
+        (d, s)
+    }
+
+    fn batch(first: u64, n: u64) -> NewBatch {
+        NewBatch {
+            first_entry: first,
+            entry_count: n,
+            bytes: 100 + n,
+            correlation_id: Uuid::new_v4(),
+        }
+    }
+
+    #[test]
+    fn job_lifecycle() {
+        let (_d, mut s) = store();
+        assert!(s.unconfirmed_job().unwrap().is_none());
+        let job = s
+            .create_job("c.csv", "abc", "{}", 5, &[batch(0, 3), batch(3, 2)])
+            .unwrap();
+        let j = s.unconfirmed_job().unwrap().unwrap();
+        assert_eq!((j.id, j.status, j.entries), (job, JobStatus::Running, 5));
+        let b = s.batches(job).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[1].seq, b[1].first_entry, b[1].entry_count), (2, 3, 2));
+        assert!(b.iter().all(|b| b.status == BatchStatus::Planned));
+
+        for st in [BatchStatus::Uploading, BatchStatus::Accepted, BatchStatus::Confirmed] {
+            s.set_batch_status(job, 1, st).unwrap();
+        }
+        assert!(!s.confirm_job_if_complete(job).unwrap());
+        s.set_batch_status(job, 2, BatchStatus::Uploading).unwrap();
+        s.set_batch_status(job, 2, BatchStatus::Planned).unwrap();
+        let b = s.batches(job).unwrap();
+        assert_eq!(b[1].status, BatchStatus::Planned);
+        assert!(b[1].uploading_at.is_some(), "attempt history is kept");
+        s.set_batch_status(job, 2, BatchStatus::Confirmed).unwrap();
+        assert!(s.confirm_job_if_complete(job).unwrap());
+        assert!(s.unconfirmed_job().unwrap().is_none());
+        assert_eq!(s.latest_job().unwrap().unwrap().status, JobStatus::Confirmed);
+        assert!(s.set_batch_status(job, 9, BatchStatus::Accepted).is_err());
+    }
+}

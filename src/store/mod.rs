@@ -1,0 +1,243 @@
+//! The project's SQLite state store: the one durable record of what `kfr` has done to KFR.
+//!
+//! Owns the database file, its connection settings and its schema migrations. Tables by role:
+//! - [`jobs`]: initial-load jobs and their batches (what was planned, sent, accepted, confirmed).
+//! - [`ledger`]: the ledger of relationships this tool registered, and deletes held back by the
+//!   initial-load barrier (onboarding D-3 step 4).
+//!
+//! The sync agent adds its outbox as a further migration; nothing here assumes it is the only user.
+//!
+//! Durability rules (the load's resume depends on them):
+//! - WAL journal with `synchronous=FULL`: a committed transaction survives power loss, not only a
+//!   process kill. Every state change the executor makes is one committed transaction *before* the
+//!   action it enables (e.g. a batch is `uploading` before its bytes leave the process).
+//! - The file is created with mode 0600: it holds customer identifiers in full (it is the
+//!   institution's own operational store; see docs/load.md "State store").
+//! - Several processes may open it at once (`kfr load` and `kfr remove`); writers wait up to
+//!   [`BUSY_TIMEOUT`] for each other instead of failing.
+//!
+//! Schema versions are tracked with `PRAGMA user_version`: [`MIGRATIONS`]`[i]` takes the schema from
+//! version `i` to `i + 1`. Migrations are append-only; an edited migration would leave existing
+//! stores behind.
+
+pub mod jobs;
+pub mod ledger;
+
+pub use jobs::{BatchRecord, BatchStatus, JobRecord, JobStatus};
+pub use ledger::HeldDelete;
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a writer waits for another process's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Schema migrations, oldest first. Append only.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: initial load jobs, their batches, the ledger and held deletes.
+    r#"
+    CREATE TABLE load_jobs (
+        id            INTEGER PRIMARY KEY,
+        input_path    TEXT NOT NULL,
+        content_hash  TEXT NOT NULL,      -- sha256 of the input file, hex
+        settings      TEXT NOT NULL,      -- JSON: everything that shapes the batches
+        status        TEXT NOT NULL CHECK (status IN ('running', 'confirmed')),
+        entries       INTEGER NOT NULL,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        confirmed_at  TEXT
+    );
+    CREATE TABLE load_batches (
+        job_id          INTEGER NOT NULL REFERENCES load_jobs(id),
+        seq             INTEGER NOT NULL,  -- 1-based, upload order
+        first_entry     INTEGER NOT NULL,  -- index into the job's planned entries
+        entry_count     INTEGER NOT NULL,
+        bytes           INTEGER NOT NULL,  -- exact encoded body size
+        correlation_id  TEXT NOT NULL,     -- fixed at planning: every attempt carries the same one
+        status          TEXT NOT NULL CHECK (status IN ('planned', 'uploading', 'accepted', 'confirmed')),
+        uploading_at    TEXT,
+        accepted_at     TEXT,
+        confirmed_at    TEXT,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE ledger (
+        id              INTEGER PRIMARY KEY,
+        customer_id     TEXT NOT NULL,     -- in full: the institution's own store (mode 0600)
+        start_date      TEXT,              -- YYYY-MM-DD; NULL = KFR's default (day of ingestion)
+        how             TEXT NOT NULL CHECK (how IN ('batch', 'add')),
+        at              TEXT NOT NULL,
+        correlation_id  TEXT NOT NULL,
+        job_id          INTEGER REFERENCES load_jobs(id),
+        batch_seq       INTEGER
+    );
+    CREATE INDEX ledger_customer ON ledger(customer_id);
+    CREATE INDEX ledger_batch ON ledger(job_id, batch_seq);
+    CREATE TABLE held_deletes (
+        id              INTEGER PRIMARY KEY,
+        customer_id     TEXT NOT NULL,
+        queued_at       TEXT NOT NULL,
+        correlation_id  TEXT NOT NULL,
+        sent_at         TEXT,
+        outcome         TEXT               -- removed | not_found | error: …
+    );
+    "#,
+];
+
+/// An open state store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Now, as stored: RFC 3339 UTC with milliseconds (sorts as text).
+pub fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Opens the store, creating it (mode 0600) and migrating it to the current schema.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        create_private(path).with_context(|| format!("creating the state store {}", path.display()))?;
+        let mut store = Self::connect(path)?;
+        store
+            .migrate()
+            .with_context(|| format!("migrating the state store {}", path.display()))?;
+        Ok(store)
+    }
+
+    /// Opens the store only if the file exists (`kfr remove` must not create one just to look).
+    pub fn open_existing(path: &Path) -> anyhow::Result<Option<Store>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
+    }
+
+    fn connect(path: &Path) -> anyhow::Result<Store> {
+        let conn = Connection::open(path).with_context(|| format!("opening the state store {}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets `kfr remove` read while `kfr load` writes; FULL syncs the WAL on every commit
+        // so a committed step survives a crash of the machine, not only of the process.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            anyhow::bail!(
+                "the state store {} cannot use WAL (journal_mode is {mode})",
+                path.display()
+            );
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The schema version this build writes.
+    pub fn current_version() -> u32 {
+        MIGRATIONS.len() as u32
+    }
+
+    /// The schema version of the open file.
+    pub fn version(&self) -> anyhow::Result<u32> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > Self::current_version() {
+            anyhow::bail!(
+                "the state store has schema version {version}, newer than this kfr knows ({}); use a newer kfr",
+                Self::current_version()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)
+                .with_context(|| format!("schema migration {}", i + 1))?;
+        }
+        tx.pragma_update(None, "user_version", Self::current_version())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for the table modules.
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+/// Creates the file with mode 0600 if it does not exist yet, and tightens it if it does. SQLite's
+/// `-wal` and `-shm` files take the main file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_private_file_in_wal_at_current_version() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/kfr-state.db");
+        let mut s = Store::open(&p).unwrap();
+        assert_eq!(s.version().unwrap(), Store::current_version());
+        let mode: String = s.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        drop(s);
+        // Reopening is a no-op migration.
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.version().unwrap(), Store::current_version());
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.db");
+        let mut s = Store::open(&p).unwrap();
+        s.conn().pragma_update(None, "user_version", 999).unwrap();
+        drop(s);
+        let err = Store::open(&p).unwrap_err();
+        assert!(format!("{err:#}").contains("newer than this kfr knows"), "{err:#}");
+    }
+
+    #[test]
+    fn open_existing_does_not_create() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("none.db");
+        assert!(Store::open_existing(&p).unwrap().is_none());
+        assert!(!p.exists());
+    }
+}
