@@ -262,7 +262,13 @@ async fn upload(
             // An answer from KFR (not a lost connection) means the batch was not accepted: it
             // can go back to planned. Without an answer its fate is unknown and it stays
             // `uploading` for the resume check.
-            if matches!(e, crate::kfr::KfrError::Api { .. }) {
+            // A token failure or a size refusal happens before anything is sent.
+            if matches!(
+                e,
+                crate::kfr::KfrError::Api { .. }
+                    | crate::kfr::KfrError::Token(_)
+                    | crate::kfr::KfrError::BatchTooLarge { .. }
+            ) {
                 store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
             }
             Err(anyhow::Error::new(e).context(format!(

@@ -355,6 +355,16 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
         },
     )?;
     if let Some(job) = &resuming {
+        if job.content_hash != read.content_hash && job.status == crate::store::JobStatus::Confirmed {
+            return Err(UsageError::new(format!(
+                "nothing to resume for {}: the last load job ({}, from {}) is complete",
+                opts.file.display(),
+                job.id,
+                job.input_path
+            ))
+            .with_hint("start a new load without --resume")
+            .into());
+        }
         if job.content_hash != read.content_hash {
             return Err(refuse(
                 format!(
