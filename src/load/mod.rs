@@ -630,10 +630,11 @@ fn summary(r: &LoadReport, opts: &LoadOptions, paused: bool) {
         );
     } else {
         println!(
-            "load job {} complete: {} relationships in {} batches confirmed stored in KFR in {}",
+            "load job {} complete: {} relationships in {} batch{} confirmed stored in KFR in {}",
             r.job_id,
             num(r.counts.valid_unique),
             r.batches.len(),
+            if r.batches.len() == 1 { "" } else { "es" },
             human_duration(r.duration_secs)
         );
     }
