@@ -262,7 +262,13 @@ async fn upload(
             // An answer from KFR (not a lost connection) means the batch was not accepted: it
             // can go back to planned. Without an answer its fate is unknown and it stays
             // `uploading` for the resume check.
-            if matches!(e, crate::kfr::KfrError::Api { .. }) {
+            // A token failure or a size refusal happens before anything is sent.
+            if matches!(
+                e,
+                crate::kfr::KfrError::Api { .. }
+                    | crate::kfr::KfrError::Token(_)
+                    | crate::kfr::KfrError::BatchTooLarge { .. }
+            ) {
                 store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
             }
             Err(anyhow::Error::new(e).context(format!(
@@ -340,7 +346,7 @@ async fn probe_unknown_upload(
 }
 
 /// Waits until the batch should be ingested, moving the bar at the ingest rate meanwhile. The
-/// batch's last entry is looked up now and then during the wait (every 1/20 of it, 0.5-30 s), so a
+/// batch's last entry is looked up now and then during the wait (see below), so a
 /// KFR faster than the configured rate does not make the load slower than it needs to be; the
 /// full confirmation follows either way.
 async fn wait_for_ingestion(
@@ -359,7 +365,11 @@ async fn wait_for_ingestion(
         .unwrap_or(Duration::ZERO);
     let start = Instant::now() - elapsed.min(expected);
     let end = start + expected;
-    let probe_every = (expected / 20).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    // Probes start 0.5 s apart and double up to 1/20 of the wait (at most 30 s): a KFR faster
+    // than the configured rate is noticed within about twice its real ingestion time, and a slow
+    // one costs about 20 lookups per batch.
+    let max_probe = (expected / 20).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    let mut probe_every = Duration::from_millis(500);
     let mut next_probe = Instant::now() + probe_every;
     while Instant::now() < end {
         let done = ((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64;
@@ -369,6 +379,7 @@ async fn wait_for_ingestion(
             if visible(client, last).await? {
                 break;
             }
+            probe_every = (probe_every * 2).min(max_probe);
             next_probe = Instant::now() + probe_every;
         }
     }

@@ -355,6 +355,16 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
         },
     )?;
     if let Some(job) = &resuming {
+        if job.content_hash != read.content_hash && job.status == crate::store::JobStatus::Confirmed {
+            return Err(UsageError::new(format!(
+                "nothing to resume for {}: the last load job ({}, from {}) is complete",
+                opts.file.display(),
+                job.id,
+                job.input_path
+            ))
+            .with_hint("start a new load without --resume")
+            .into());
+        }
         if job.content_hash != read.content_hash {
             return Err(refuse(
                 format!(
@@ -620,10 +630,11 @@ fn summary(r: &LoadReport, opts: &LoadOptions, paused: bool) {
         );
     } else {
         println!(
-            "load job {} complete: {} relationships in {} batches confirmed stored in KFR in {}",
+            "load job {} complete: {} relationships in {} batch{} confirmed stored in KFR in {}",
             r.job_id,
             num(r.counts.valid_unique),
             r.batches.len(),
+            if r.batches.len() == 1 { "" } else { "es" },
             human_duration(r.duration_secs)
         );
     }

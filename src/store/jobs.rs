@@ -253,8 +253,9 @@ impl Store {
         if open > 0 {
             return Ok(false);
         }
+        // A job confirmed earlier keeps its original confirmation time.
         tx.execute(
-            "UPDATE load_jobs SET status = 'confirmed', confirmed_at = ?1, updated_at = ?1 WHERE id = ?2",
+            "UPDATE load_jobs SET status = 'confirmed', confirmed_at = ?1, updated_at = ?1 WHERE id = ?2 AND status = 'running'",
             params![now, job],
         )?;
         tx.commit()?;
