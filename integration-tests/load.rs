@@ -513,6 +513,13 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
     let (stdout, _) = assert_ok(&out);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["outcome"], "held");
+    // Without --state, from a directory with no store of its own: the running load is found
+    // through the machine-wide list, and the delete is held in the load's store all the same.
+    let out = env.run(&["remove", &ids[3]], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(stdout.starts_with("held: "), "{stdout}");
+    assert!(stdout.contains("s.db"), "names the load's store: {stdout}");
+    assert!(!env.dir.join("kfr-state.db").exists(), "no store created just to look");
     assert!(env.ended().is_empty(), "nothing deleted while the load runs");
     assert!(env.active().contains_key(&ids[0]));
 
@@ -520,18 +527,21 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
         .load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[])
         .await;
     let (stdout, _) = assert_ok(&out);
-    assert_eq!(stdout.matches("held delete sent").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("held delete sent").count(), 3, "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
     let mut ended = env.ended();
     ended.sort();
-    let mut want = vec![ids[0].clone(), ids[1].clone()];
+    let mut want = vec![ids[0].clone(), ids[1].clone(), ids[3].clone()];
     want.sort();
     assert_eq!(ended, want);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
-    assert_eq!(report["held_deletes_sent"].as_array().unwrap().len(), 2);
+    assert_eq!(report["held_deletes_sent"].as_array().unwrap().len(), 3);
 
-    // With the load confirmed, remove goes straight to KFR.
+    // With the load confirmed, remove goes straight to KFR, with or without --state.
     let out = env.run(&["remove", &ids[2], "--state", "s.db"], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(stdout.starts_with("removed"), "{stdout}");
+    let out = env.run(&["remove", &ids[4]], &[]).await;
     let (stdout, _) = assert_ok(&out);
     assert!(stdout.starts_with("removed"), "{stdout}");
 }

@@ -12,7 +12,13 @@ pub fn kfr(cwd: &Path) -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.current_dir(cwd).env("NO_COLOR", "1");
+    // The list of running loads (the delete barrier's, see kfr::store::registry) goes to one
+    // directory per test process, never the developer's home.
+    static STATE_HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let home = STATE_HOME.get_or_init(|| tempfile::tempdir().expect("state home"));
+    cmd.current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path());
     cmd
 }
 

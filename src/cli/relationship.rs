@@ -7,13 +7,16 @@
 //!
 //! Delete barrier (onboarding D-3 step 4): while an initial load job in the state store is not
 //! confirmed ingested, `remove` does not send; it queues the delete in the store (exit 0) and
-//! `kfr load` sends it once the last batch is confirmed. `add` is never held (D-3 step 3: new
+//! `kfr load` sends it once the last batch is confirmed. The load is found in the store `remove`
+//! was given or in the machine-wide list of running loads ([`registry`]), so a forgotten
+//! `--state` cannot slip a delete past the barrier. `add` is never held (D-3 step 3: new
 //! relationships go in parallel with the load) and is recorded in the ledger when a store exists.
 
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
+use crate::store::registry::{self, Held};
 use crate::store::Store;
 use anyhow::Context as _;
 
@@ -73,31 +76,31 @@ pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<
 pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
     let state = state_path(&settings, args);
-    if let Some(mut store) = Store::open_existing(&state)? {
-        let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
-        if let Some((job, _)) = store.hold_delete_if_loading(id.as_str(), cid)? {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "operation": "remove", "outcome": "held", "customer": id.log().to_string(),
-                        "kind": id.kind(), "correlation_id": cid, "load_job": job,
-                        "state": state.display().to_string(),
-                    })
-                );
-            } else {
-                println!(
-                    "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
-                    who(&id),
-                    state.display()
-                );
-            }
-            return Ok(());
+    let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+    let org = settings.require_org_number()?;
+    if let Some(held) = registry::hold_delete(&state, org, settings.kfr_base_url.as_str(), id.as_str(), cid)? {
+        let Held { state, job, .. } = held;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "operation": "remove", "outcome": "held", "customer": id.log().to_string(),
+                    "kind": id.kind(), "correlation_id": cid, "load_job": job,
+                    "state": state.display().to_string(),
+                })
+            );
+        } else {
+            println!(
+                "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
+                who(&id),
+                state.display()
+            );
         }
+        return Ok(());
     }
     let client = KfrClient::from_settings(&settings)?;
     let out = client
-        .remove(&id, args.correlation_id)
+        .remove(&id, Some(cid))
         .await
         .with_context(|| format!("cannot remove {}", who(&id)))?;
     let outcome = match out.value {

@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::error::{Reported, UsageError};
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{KfrClient, Layout, RemoveOutcome};
-use crate::store::{Store, jobs::NewBatch};
+use crate::store::{Store, jobs::NewBatch, registry};
 use anyhow::Context as _;
 use chrono::NaiveDate;
 use exec::{ExecEnd, ExecOptions, Progress, abort_point};
@@ -452,15 +452,14 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
                 read.entries.len() as u64,
                 &batches,
             )?;
-            // The barrier only works if `kfr remove` looks at this same store.
             eprintln!(
-                "load job {id} created in {}; until it is confirmed, deletes are held: run `kfr remove` with --state {} (or set state_file in kfr.toml)",
+                "load job {id} created in {}; until it is confirmed, `kfr remove` holds deletes back (onboarding D-3)",
                 opts.state.display(),
-                opts.state.display()
             );
             id
         }
     };
+    announce(&mut store, &opts.state, &org, settings, job)?;
     abort_point("planned", None);
 
     crate::cli::install_pseudonyms(settings)?;
@@ -497,6 +496,10 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
     let mut sent = vec![];
     let mut failed_deletes = 0;
     if end == ExecEnd::Complete && store.confirm_job_if_complete(job)? {
+        // The barrier is down: later removes go straight to KFR.
+        if let Err(e) = registry::withdraw(&opts.state) {
+            tracing::warn!(error = %format!("{e:#}"), "could not withdraw the load from the list of running loads; the next `kfr remove` does");
+        }
         abort_point("deletes", None);
         (sent, failed_deletes) = send_held_deletes(&mut store, &client, &progress).await?;
     }
@@ -516,6 +519,23 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
     summary(&report, &opts, end == ExecEnd::PausedForToday);
     if failed_deletes > 0 {
         anyhow::bail!("{failed_deletes} held delete(s) could not be sent; `kfr load FILE --resume` retries them");
+    }
+    Ok(())
+}
+
+/// Puts an unconfirmed job on the machine-wide list of running loads, so a `kfr remove` given
+/// another state store still holds its delete (D-3). Failing to write the list is a warning: the
+/// barrier in this store still works for removes given `--state`, which the warning says.
+fn announce(store: &mut Store, state: &Path, org: &str, settings: &Settings, job: i64) -> anyhow::Result<()> {
+    if store.unconfirmed_job()?.is_none_or(|j| j.id != job) {
+        return Ok(());
+    }
+    if let Err(e) = registry::announce(state, org, settings.kfr_base_url.as_str(), job) {
+        tracing::warn!(
+            error = %format!("{e:#}"),
+            "could not add load job {job} to the list of running loads; until it is confirmed, run `kfr remove` with --state {}",
+            state.display()
+        );
     }
     Ok(())
 }

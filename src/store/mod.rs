@@ -4,6 +4,8 @@
 //! - [`jobs`]: initial-load jobs and their batches (what was planned, sent, accepted, confirmed).
 //! - [`ledger`]: the ledger of relationships this tool registered, and deletes held back by the
 //!   initial-load barrier (onboarding D-3 step 4).
+//! - [`registry`]: not a table — the machine-wide list of loads in progress, so a delete is held
+//!   whichever store the command that issues it was given.
 //!
 //! The sync agent adds its outbox as a further migration; nothing here assumes it is the only user.
 //!
@@ -22,6 +24,7 @@
 
 pub mod jobs;
 pub mod ledger;
+pub mod registry;
 
 pub use jobs::{BatchRecord, BatchStatus, JobRecord, JobStatus};
 pub use ledger::HeldDelete;
