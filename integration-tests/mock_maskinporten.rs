@@ -772,17 +772,26 @@ fn kfr_mock_command_checks_flags_serves_and_stops_on_sigterm() {
     let mut child = std::process::Command::new(bin)
         .args(["mock", "--listen", &listen, "--trust", ca_s, "--clock-skew-secs", "-5"])
         .args(["--client", &format!("{CLIENT}={WRITE}@{ORG}")])
+        .current_dir(dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut child = KillOnDrop(Some(child));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(
-        line.contains(&format!("http://{listen}")) && line.contains(&format!("http://{listen}/maskinporten/")),
-        "{line}"
-    );
+    // The start line names both URLs; a log line before it (e.g. a warning) is not a failure.
+    let mut seen = String::new();
+    let started = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 || seen.lines().count() > 20 {
+            break None;
+        }
+        seen.push_str(&line);
+        if line.contains(&format!("http://{listen}")) {
+            break Some(line);
+        }
+    };
+    let line = started.unwrap_or_else(|| panic!("no start line from `kfr mock`:\n{seen}"));
+    assert!(line.contains(&format!("http://{listen}/maskinporten/")), "{line}");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
