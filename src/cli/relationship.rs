@@ -16,8 +16,8 @@ use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
-use crate::store::registry::{self, Held};
 use crate::store::Store;
+use crate::store::registry::{self, Held};
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {

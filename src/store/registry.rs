@@ -106,7 +106,9 @@ fn withdraw_in(dir: &Path, absolute_state: &Path) -> anyhow::Result<()> {
 /// Announced loads of this institution against this KFR. Unreadable entries are skipped with a
 /// warning; they never stop a command.
 fn announced_in(dir: &Path, org_number: &str, kfr_base_url: &str) -> Vec<ActiveLoad> {
-    let Ok(read) = std::fs::read_dir(dir) else { return vec![] };
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
     let mut out = vec![];
     for e in read.flatten() {
         let path = e.path();
@@ -119,7 +121,9 @@ fn announced_in(dir: &Path, org_number: &str, kfr_base_url: &str) -> Vec<ActiveL
         {
             Ok(a) if a.org_number == org_number && a.kfr_base_url == kfr_base_url => out.push(a),
             Ok(_) => {}
-            Err(e) => tracing::warn!(entry = %path.display(), error = %e, "skipping an unreadable entry in the list of running loads"),
+            Err(e) => {
+                tracing::warn!(entry = %path.display(), error = %e, "skipping an unreadable entry in the list of running loads")
+            }
         }
     }
     out.sort_by(|a, b| a.state.cmp(&b.state));
@@ -144,7 +148,14 @@ pub fn hold_delete(
     customer_id: &str,
     correlation_id: uuid::Uuid,
 ) -> anyhow::Result<Option<Held>> {
-    hold_delete_with(dir().as_deref(), own, org_number, kfr_base_url, customer_id, correlation_id)
+    hold_delete_with(
+        dir().as_deref(),
+        own,
+        org_number,
+        kfr_base_url,
+        customer_id,
+        correlation_id,
+    )
 }
 
 fn hold_delete_with(
@@ -177,7 +188,7 @@ fn hold_delete_with(
                     state: a.state,
                     job,
                     queue_id: d.id,
-                }))
+                }));
             }
             None => withdraw_in(dir, &a.state)?,
         }
@@ -235,15 +246,30 @@ mod tests {
         let own = tmp.path().join("none.db");
         let cid = uuid::Uuid::new_v4();
 
-        assert_eq!(hold_delete_with(Some(&reg), &own, "923609016", URL, "01010112345", cid).unwrap(), None);
+        assert_eq!(
+            hold_delete_with(Some(&reg), &own, "923609016", URL, "01010112345", cid).unwrap(),
+            None
+        );
         let other_url = "http://127.0.0.1:10/kar-ws/api/v1";
-        assert_eq!(hold_delete_with(Some(&reg), &own, ORG, other_url, "01010112345", cid).unwrap(), None);
-        assert_eq!(announced_in(&reg, ORG, URL).len(), 1, "a foreign query does not withdraw");
+        assert_eq!(
+            hold_delete_with(Some(&reg), &own, ORG, other_url, "01010112345", cid).unwrap(),
+            None
+        );
+        assert_eq!(
+            announced_in(&reg, ORG, URL).len(),
+            1,
+            "a foreign query does not withdraw"
+        );
 
         // Confirmed: the entry is stale, the delete is sent, and the entry goes.
         let mut s = Store::open(&load_state).unwrap();
-        s.conn().execute("UPDATE load_jobs SET status = 'confirmed'", []).unwrap();
-        assert_eq!(hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(), None);
+        s.conn()
+            .execute("UPDATE load_jobs SET status = 'confirmed'", [])
+            .unwrap();
+        assert_eq!(
+            hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(),
+            None
+        );
         assert!(announced_in(&reg, ORG, URL).is_empty());
 
         // A store that no longer exists: withdrawn too.
@@ -253,7 +279,10 @@ mod tests {
         let abs = absolute(&gone).unwrap();
         drop(_g);
         std::fs::remove_file(&gone).unwrap();
-        assert_eq!(hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(), None);
+        assert_eq!(
+            hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(),
+            None
+        );
         assert!(!entry_path(&reg, &abs).exists());
     }
 
@@ -277,7 +306,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(entry_path(&reg, &left[0].state)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(entry_path(&reg, &left[0].state))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
