@@ -474,28 +474,14 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
     };
     let outcome = exec::execute(&mut store, &client, job, &read.entries, &layout, &exec_opts, &progress).await;
     progress.finish();
-    let end = match outcome {
-        Ok(end) => end,
-        Err(e) => {
-            write_report(
-                &mut store,
-                &opts,
-                &read,
-                rejects,
-                rejects_file,
-                job,
-                &org,
-                resuming.is_some(),
-                &started_at,
-                started,
-                vec![],
-            )?;
-            return Err(e);
-        }
+    // A failed run still writes its report: it says which batches were accepted before the stop.
+    let (end, failure) = match outcome {
+        Ok(end) => (Some(end), None),
+        Err(e) => (None, Some(e)),
     };
     let mut sent = vec![];
     let mut failed_deletes = 0;
-    if end == ExecEnd::Complete && store.confirm_job_if_complete(job)? {
+    if end == Some(ExecEnd::Complete) && store.confirm_job_if_complete(job)? {
         // The barrier is down: later removes go straight to KFR.
         if let Err(e) = registry::withdraw(&opts.state) {
             tracing::warn!(error = %format!("{e:#}"), "could not withdraw the load from the list of running loads; the next `kfr remove` does");
@@ -516,7 +502,10 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
         started,
         sent,
     )?;
-    summary(&report, &opts, end == ExecEnd::PausedForToday);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    summary(&report, &opts, end == Some(ExecEnd::PausedForToday));
     if failed_deletes > 0 {
         anyhow::bail!("{failed_deletes} held delete(s) could not be sent; `kfr load FILE --resume` retries them");
     }

@@ -15,7 +15,7 @@
 
 use super::config::DEFAULT_SCOPE;
 use super::multipart;
-use super::register::{Added, IdKey, PendingEntry, day};
+use super::register::{Added, Day, IdKey, PendingEntry, day};
 use super::state::{MockState, lock};
 use crate::ids::{CustomerId, mask};
 use crate::kfr::batch::RELATIONSHIP_TYPE;
@@ -473,19 +473,44 @@ async fn add(
     Path((fid, ty)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let result = match gate(&state, Op::Add, &fid, &headers).await {
-        Ok(()) => handle_add(&state, &fid, &ty, &headers),
-        Err(r) => Err(r),
-    };
-    finish(&state, Op::Add, &headers, result)
+    gated(&state, Op::Add, &fid, &ty, &headers, handle_add).await
 }
 
-fn handle_add(state: &MockState, fid: &str, ty: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
+async fn remove(
+    State(state): State<Arc<MockState>>,
+    Path((fid, ty)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    gated(&state, Op::Remove, &fid, &ty, &headers, handle_remove).await
+}
+
+/// Runs a single-relationship operation behind the gate (token, rate, faults), then records it.
+async fn gated(
+    state: &MockState,
+    op: Op,
+    fid: &str,
+    ty: &str,
+    headers: &HeaderMap,
+    handle: fn(&MockState, &str, &str, &HeaderMap) -> Result<Response, Refusal>,
+) -> Response {
+    let result = match gate(state, op, fid, headers).await {
+        Ok(()) => handle(state, fid, ty, headers),
+        Err(r) => Err(r),
+    };
+    finish(state, op, headers, result)
+}
+
+/// What add and remove both check first: CorrelationID, relationship type, the identifier.
+fn relationship_target(state: &MockState, ty: &str, headers: &HeaderMap) -> Result<(CustomerId, IdKey, Day), Refusal> {
     require_correlation_id(headers)?;
     relationship_type(ty)?;
     let id = customer_id(state, headers)?;
     let key = IdKey::pack(id.as_str()).expect("validated identifiers are 9 or 11 digits");
-    let today = day(state.clock().today());
+    Ok((id, key, day(state.clock().today())))
+}
+
+fn handle_add(state: &MockState, fid: &str, ty: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
+    let (id, key, today) = relationship_target(state, ty, headers)?;
     let added = lock(&state.kfr.register).add(fid, key, today);
     tracing::info!(customer = %id.log(), outcome = ?added, "KFR add");
     Ok(status_only(match added {
@@ -494,24 +519,8 @@ fn handle_add(state: &MockState, fid: &str, ty: &str, headers: &HeaderMap) -> Re
     }))
 }
 
-async fn remove(
-    State(state): State<Arc<MockState>>,
-    Path((fid, ty)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let result = match gate(&state, Op::Remove, &fid, &headers).await {
-        Ok(()) => handle_remove(&state, &fid, &ty, &headers),
-        Err(r) => Err(r),
-    };
-    finish(&state, Op::Remove, &headers, result)
-}
-
 fn handle_remove(state: &MockState, fid: &str, ty: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
-    require_correlation_id(headers)?;
-    relationship_type(ty)?;
-    let id = customer_id(state, headers)?;
-    let key = IdKey::pack(id.as_str()).expect("validated identifiers are 9 or 11 digits");
-    let today = day(state.clock().today());
+    let (id, key, today) = relationship_target(state, ty, headers)?;
     let removed = lock(&state.kfr.register).remove(fid, key, today);
     tracing::info!(customer = %id.log(), removed, "KFR remove");
     if removed {

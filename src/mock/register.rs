@@ -47,7 +47,7 @@ impl IdKey {
 
 /// A day as days since 0001-01-01 (chrono's "from CE"). Plain integers let the open end be a
 /// sentinel ([`OPEN`]) instead of an `Option`, and keep a period at 8 bytes.
-type Day = i32;
+pub(crate) type Day = i32;
 
 /// `end` of a period that has not ended.
 const OPEN: Day = Day::MAX;
