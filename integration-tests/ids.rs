@@ -9,10 +9,16 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use std::path::Path;
 
-/// `kfr --env test <args>` in `dir` with no inherited `KFR_*` variables.
+/// `kfr --env test <args>` in `dir` with no inherited variables, and `dir/state` as the state
+/// home (one installation per test directory).
 fn kfr(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::cargo_bin("kfr").unwrap();
-    cmd.env_clear().current_dir(dir).arg("--env").arg("test").args(args);
+    cmd.env_clear()
+        .env(kfr::env_vars::KFR_STATE_HOME, dir.join("state"))
+        .current_dir(dir)
+        .arg("--env")
+        .arg("test")
+        .args(args);
     cmd
 }
 
@@ -52,6 +58,7 @@ ids.txt:10: *******18: organisation number check digit does not match
         assert!(!stdout.contains(id) && !stderr.contains(id), "{id} leaked");
     }
     // validate is offline and read-only: it must not create the pseudonym key.
+    assert!(!dir.path().join("state").exists());
     assert!(!dir.path().join("kfr-pseudonym.key").exists());
 }
 
@@ -130,7 +137,7 @@ fn pseudonym_is_stable_and_matches_the_key_file() {
 
     // The key file was created with mode 0600, and the library's pseudonymizer (what
     // CustomerId::log() uses once installed) gives the same name.
-    let key = dir.path().join("kfr-pseudonym.key");
+    let key = dir.path().join("state/pseudonym.key");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -140,10 +147,28 @@ fn pseudonym_is_stable_and_matches_the_key_file() {
     let library = kfr::ids::Pseudonymizer::load_or_create(&key).unwrap().pseudonym(&id);
     assert_eq!(library, pseudonym);
 
+    // The same installation from another working directory: the same name, so logs written
+    // from different directories can be matched.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = kfr(elsewhere.path(), &["pseudonym", "15108695088"])
+        .env(kfr::env_vars::KFR_STATE_HOME, dir.path().join("state"))
+        .assert()
+        .code(0);
+    assert_eq!(String::from_utf8(out.get_output().stdout.clone()).unwrap(), first);
+    assert!(!elsewhere.path().join("kfr-pseudonym.key").exists());
+
     // Another installation (another key) gives another name.
     let other = tempfile::tempdir().unwrap();
     let out = kfr(other.path(), &["pseudonym", "15108695088"]).assert().code(0);
     assert_ne!(String::from_utf8(out.get_output().stdout.clone()).unwrap(), first);
+
+    // With no state home at all, the key falls back to the working directory.
+    let bare = tempfile::tempdir().unwrap();
+    kfr(bare.path(), &["pseudonym", "15108695088"])
+        .env_remove(kfr::env_vars::KFR_STATE_HOME)
+        .assert()
+        .code(0);
+    assert!(bare.path().join("kfr-pseudonym.key").exists());
 }
 
 #[test]

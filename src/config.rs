@@ -201,8 +201,8 @@ pub const KEYS: &[KeyDef] = &[
     },
     KeyDef {
         name: "pseudonym_key_file",
-        default: Some("kfr-pseudonym.key"),
-        doc: "key for log pseudonyms of person IDs",
+        default: None,
+        doc: "key for log pseudonyms of person IDs; default: pseudonym.key in the state home",
     },
     KeyDef {
         name: "allow_synthetic_ids",
@@ -406,6 +406,20 @@ pub struct Settings {
     pub origins: BTreeMap<&'static str, (String, Source)>,
 }
 
+/// The pseudonym key when there is no state home (no `KFR_STATE_HOME`, `XDG_STATE_HOME` or `HOME`):
+/// the working directory.
+const FALLBACK_PSEUDONYM_KEY: &str = "kfr-pseudonym.key";
+
+/// The directory for `kfr`'s per-installation state outside any one state store (the pseudonym
+/// key, the list of running loads): `$KFR_STATE_HOME`, else `$XDG_STATE_HOME/kfr`, else
+/// `$HOME/.local/state/kfr` (XDG base directory layout). `var` reads the environment.
+pub fn state_home(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let get = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    get(env_vars::KFR_STATE_HOME)
+        .or_else(|| get(env_vars::XDG_STATE_HOME).map(|d| d.join("kfr")))
+        .or_else(|| get("HOME").map(|h| h.join(".local/state/kfr")))
+}
+
 /// Raw key → (value, source) before typing.
 type RawMap = BTreeMap<&'static str, (String, Source)>;
 
@@ -459,6 +473,13 @@ impl Settings {
                 }
             }
         }
+        // One key per installation, wherever `kfr` is run from: a pseudonym must name the same
+        // person in every log of this host, or an operator cannot follow a customer across them.
+        raw.entry("pseudonym_key_file").or_insert_with(|| {
+            let home = state_home(|k| env.get(k).cloned());
+            let file = home.map_or_else(|| PathBuf::from(FALLBACK_PSEUDONYM_KEY), |h| h.join("pseudonym.key"));
+            (file.display().to_string(), Source::Default)
+        });
         let password = env.get(env_vars::KFR_CERTIFICATE_PASSWORD).map(|p| Sourced {
             value: SecretString::from(p.clone()),
             source: Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into()),

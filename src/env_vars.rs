@@ -19,9 +19,9 @@ pub const CONFIG_PREFIX: &str = "KFR_";
 /// `confirmed`, `deletes`, optionally `:N` for batch N) to rehearse `kill -9` and `--resume`.
 /// Never set in production.
 pub const KFR_TEST_ABORT_AT: &str = "KFR_TEST_ABORT_AT";
-/// Directory for `kfr`'s machine-wide state: the list of initial loads in progress that every
-/// `kfr remove` consults for the delete barrier (onboarding D-3). Default
-/// `$XDG_STATE_HOME/kfr`, else `$HOME/.local/state/kfr`.
+/// Directory for `kfr`'s per-installation state: the default pseudonym key, and the list of
+/// initial loads in progress that every `kfr remove` consults for the delete barrier
+/// (onboarding D-3). Default `$XDG_STATE_HOME/kfr`, else `$HOME/.local/state/kfr`.
 pub const KFR_STATE_HOME: &str = "KFR_STATE_HOME";
 /// XDG base directory for state; `kfr` uses `$XDG_STATE_HOME/kfr` when `KFR_STATE_HOME` is unset.
 pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";

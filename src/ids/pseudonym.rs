@@ -139,6 +139,14 @@ fn random_key() -> [u8; KEY_BYTES] {
 
 fn create_key_file(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_BYTES]>> {
     let key = Zeroizing::new(random_key());
+    // The default lives in the state home, which may not exist yet; a new folder is private.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -249,11 +257,28 @@ mod tests {
             Pseudonymizer::load_or_create(&path),
             Err(PseudonymKeyError::Invalid { .. })
         ));
-        let missing_dir = dir.path().join("nope").join("k");
-        assert!(matches!(
-            Pseudonymizer::load_or_create(&missing_dir),
-            Err(PseudonymKeyError::Create { .. })
-        ));
+        // Below a file there is no key and no folder can be made: an error naming the path.
+        let under_a_file = path.join("k");
+        let err = Pseudonymizer::load_or_create(&under_a_file).unwrap_err();
+        assert!(
+            matches!(err, PseudonymKeyError::Read { .. } | PseudonymKeyError::Create { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&under_a_file.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_missing_folder_is_created_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home/kfr/pseudonym.key");
+        Pseudonymizer::load_or_create(&path).unwrap();
+        assert!(path.is_file());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //! load.
 
 use super::Store;
-use crate::env_vars::{KFR_STATE_HOME, XDG_STATE_HOME};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -34,11 +33,7 @@ pub struct ActiveLoad {
 
 /// The directory of the list, from the environment (see the module comment).
 pub fn dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var(KFR_STATE_HOME)
-        .or_else(|| var(XDG_STATE_HOME).map(|d| d.join("kfr")))
-        .or_else(|| var("HOME").map(|h| h.join(".local/state/kfr")))
-        .map(|d| d.join("active-loads"))
+    crate::config::state_home(|k| std::env::var(k).ok()).map(|d| d.join("active-loads"))
 }
 
 /// The entry file of a state store: named by a hash of its absolute path, so announcing twice
