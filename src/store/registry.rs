@@ -98,9 +98,32 @@ fn withdraw_in(dir: &Path, absolute_state: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Announced loads of this institution against this KFR. Unreadable entries are skipped with a
+/// Whether two KFR base URLs name the same register, however they are spelt: scheme, host and
+/// port (default ports made explicit, every loopback name the same host) and path without a
+/// trailing slash. The held delete is sent by the load's own client, so "same" must mean the
+/// same service, never merely the same institution.
+pub fn same_register(a: &str, b: &str) -> bool {
+    fn key(u: &str) -> Option<(String, String, u16, String)> {
+        let url = url::Url::parse(u).ok()?;
+        let host = match url.host()? {
+            url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => "loopback".to_string(),
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(ip) if ip.is_loopback() => "loopback".to_string(),
+            url::Host::Ipv6(ip) if ip.is_loopback() => "loopback".to_string(),
+            h => h.to_string(),
+        };
+        let path = url.path().trim_end_matches('/').to_string();
+        Some((url.scheme().to_string(), host, url.port_or_known_default()?, path))
+    }
+    match (key(a), key(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Announced loads of this institution (against any KFR). Unreadable entries are skipped with a
 /// warning; they never stop a command.
-fn announced_in(dir: &Path, org_number: &str, kfr_base_url: &str) -> Vec<ActiveLoad> {
+fn announced_in(dir: &Path, org_number: &str) -> Vec<ActiveLoad> {
     let Ok(read) = std::fs::read_dir(dir) else {
         return vec![];
     };
@@ -114,7 +137,7 @@ fn announced_in(dir: &Path, org_number: &str, kfr_base_url: &str) -> Vec<ActiveL
             .map_err(anyhow::Error::from)
             .and_then(|b| serde_json::from_slice::<ActiveLoad>(&b).map_err(anyhow::Error::from))
         {
-            Ok(a) if a.org_number == org_number && a.kfr_base_url == kfr_base_url => out.push(a),
+            Ok(a) if a.org_number == org_number => out.push(a),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(entry = %path.display(), error = %e, "skipping an unreadable entry in the list of running loads")
@@ -171,12 +194,23 @@ fn hold_delete_with(
         }
     }
     let Some(dir) = dir else { return Ok(None) };
-    for a in announced_in(dir, org_number, kfr_base_url) {
+    for a in announced_in(dir, org_number) {
         // A store that is gone, or whose load is confirmed, no longer holds anything.
         let Some(mut store) = Store::open_existing(&a.state)? else {
             withdraw_in(dir, &a.state)?;
             continue;
         };
+        if !same_register(&a.kfr_base_url, kfr_base_url) {
+            if let Some(job) = store.unconfirmed_job()? {
+                tracing::warn!(
+                    "load job {} in {} for {org_number} runs against KFR at {}, not {kfr_base_url}; this delete is not held by it",
+                    job.id,
+                    a.state.display(),
+                    a.kfr_base_url
+                );
+            }
+            continue;
+        }
         match store.hold_delete_if_loading(customer_id, correlation_id)? {
             Some((job, d)) => {
                 return Ok(Some(Held {
@@ -250,11 +284,11 @@ mod tests {
             hold_delete_with(Some(&reg), &own, ORG, other_url, "01010112345", cid).unwrap(),
             None
         );
-        assert_eq!(
-            announced_in(&reg, ORG, URL).len(),
-            1,
-            "a foreign query does not withdraw"
-        );
+        // The same register spelt differently holds.
+        let respelt = "http://localhost:9/kar-ws/api/v1/";
+        let held = hold_delete_with(Some(&reg), &own, ORG, respelt, "01010112345", cid).unwrap();
+        assert_eq!(held.map(|h| h.job), Some(job));
+        assert_eq!(announced_in(&reg, ORG).len(), 1, "a foreign query does not withdraw");
 
         // Confirmed: the entry is stale, the delete is sent, and the entry goes.
         let mut s = Store::open(&load_state).unwrap();
@@ -265,7 +299,7 @@ mod tests {
             hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(),
             None
         );
-        assert!(announced_in(&reg, ORG, URL).is_empty());
+        assert!(announced_in(&reg, ORG).is_empty());
 
         // A store that no longer exists: withdrawn too.
         let gone = tmp.path().join("gone.db");
@@ -282,6 +316,27 @@ mod tests {
     }
 
     #[test]
+    fn same_register_ignores_spelling_but_not_the_service() {
+        let base = "https://preprod.api.bits.no/kar-ws/api/v1";
+        assert!(same_register(base, "https://PREPROD.api.bits.no:443/kar-ws/api/v1/"));
+        assert!(same_register(
+            "http://127.0.0.1:8080/kar-ws/api/v1",
+            "http://localhost:8080/kar-ws/api/v1"
+        ));
+        assert!(same_register(
+            "http://[::1]:8080/kar-ws/api/v1",
+            "http://127.0.0.1:8080/kar-ws/api/v1/"
+        ));
+        assert!(!same_register(base, "https://api.bits.no/kar-ws/api/v1"));
+        assert!(!same_register(base, "http://preprod.api.bits.no/kar-ws/api/v1"));
+        assert!(!same_register(
+            "http://127.0.0.1:8080/kar-ws/api/v1",
+            "http://127.0.0.1:8081/kar-ws/api/v1"
+        ));
+        assert!(!same_register(base, "https://preprod.api.bits.no/kar-ws/api/v2"));
+    }
+
+    #[test]
     fn withdraw_removes_only_that_store_and_tolerates_absence() {
         let tmp = tempfile::tempdir().unwrap();
         let reg = tmp.path().join("reg");
@@ -292,10 +347,10 @@ mod tests {
         announce_in(&reg, &a, ORG, URL, 1).unwrap();
         announce_in(&reg, &b, ORG, URL, 2).unwrap();
         announce_in(&reg, &b, ORG, URL, 3).unwrap(); // replaces, not duplicates
-        assert_eq!(announced_in(&reg, ORG, URL).len(), 2);
+        assert_eq!(announced_in(&reg, ORG).len(), 2);
         withdraw_in(&reg, &absolute(&a).unwrap()).unwrap();
         withdraw_in(&reg, &absolute(&a).unwrap()).unwrap();
-        let left = announced_in(&reg, ORG, URL);
+        let left = announced_in(&reg, ORG);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].job, 3);
         #[cfg(unix)]
