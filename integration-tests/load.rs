@@ -520,6 +520,10 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
     assert!(stdout.starts_with("held: "), "{stdout}");
     assert!(stdout.contains("s.db"), "names the load's store: {stdout}");
     assert!(!env.dir.join("kfr-state.db").exists(), "no store created just to look");
+    // The same KFR spelt another way (localhost, trailing slash) is the same register.
+    let respelt = format!("{}/", env.mock.kfr_base_url().replace("127.0.0.1", "localhost"));
+    let out = env.run(&["remove", &ids[5]], &[("KFR_KFR_BASE_URL", &respelt)]).await;
+    assert!(assert_ok(&out).0.starts_with("held: "));
     assert!(env.ended().is_empty(), "nothing deleted while the load runs");
     assert!(env.active().contains_key(&ids[0]));
 
@@ -527,15 +531,15 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
         .load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[])
         .await;
     let (stdout, _) = assert_ok(&out);
-    assert_eq!(stdout.matches("held delete sent").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("held delete sent").count(), 4, "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
     let mut ended = env.ended();
     ended.sort();
-    let mut want = vec![ids[0].clone(), ids[1].clone(), ids[3].clone()];
+    let mut want = vec![ids[0].clone(), ids[1].clone(), ids[3].clone(), ids[5].clone()];
     want.sort();
     assert_eq!(ended, want);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
-    assert_eq!(report["held_deletes_sent"].as_array().unwrap().len(), 3);
+    assert_eq!(report["held_deletes_sent"].as_array().unwrap().len(), 4);
 
     // With the load confirmed, remove goes straight to KFR, with or without --state.
     let out = env.run(&["remove", &ids[2], "--state", "s.db"], &[]).await;
