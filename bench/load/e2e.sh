@@ -19,15 +19,7 @@ MOCK_PID=
 cleanup() { [ -n "$MOCK_PID" ] && kill "$MOCK_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//'), $(uname -sr), $(rustc --version)"
-(cd "$ROOT" && cargo build --release --quiet)
-KFR="$ROOT/target/release/kfr"
-
-FILE=${KEEP:-$WORK/customers.csv}
-if [ ! -s "$FILE" ]; then
-  echo "== generating $N lines into $FILE"
-  python3 "$HERE/gen.py" "$N" "$FILE"
-fi
+. "$HERE/common.sh"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$KFR" certs local --org-number 916960190 --out "$WORK/d" --mock-url "http://127.0.0.1:$PORT" >/dev/null

@@ -16,15 +16,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 WORK=$(mktemp -d /tmp/kfr-load-plan.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//'), $(uname -sr), $(rustc --version)"
-(cd "$ROOT" && cargo build --release --quiet)
-KFR="$ROOT/target/release/kfr"
-
-FILE=${KEEP:-$WORK/customers.csv}
-if [ ! -s "$FILE" ]; then
-  echo "== generating $N lines into $FILE"
-  python3 "$HERE/gen.py" "$N" "$FILE"
-fi
+. "$HERE/common.sh"
 echo "== $(wc -l < "$FILE") lines, $(du -m "$FILE" | cut -f1) MB"
 
 # Runs from an empty directory with no kfr.toml; env local only needs an org number for the plan.
