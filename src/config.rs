@@ -8,69 +8,15 @@
 //! Secrets (the certificate password) are never accepted as a flag, never printed, and live in
 //! `secrecy` types from the moment they are read.
 
-use crate::env_vars;
+use crate::env_vars::{self, state_home};
+pub use crate::environment::Environment;
 use crate::error::Hinted;
+pub use crate::maskinporten::{CredentialSource, X5cMode};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use url::Url;
-
-/// The Maskinporten + KFR environment this installation talks to (kfr-notes §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// The bundled mock on loopback (`kfr mock`).
-    Local,
-    /// Digdir's test Maskinporten and Bits' preprod KFR.
-    Test,
-    /// Production.
-    Prod,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Local => "local",
-            Environment::Test => "test",
-            Environment::Prod => "prod",
-        }
-    }
-
-    /// Default Maskinporten issuer (= grant audience, with its trailing slash; kfr-notes §9).
-    pub fn default_issuer(self) -> &'static str {
-        match self {
-            Environment::Local => "http://127.0.0.1:8080/maskinporten/",
-            Environment::Test => "https://test.maskinporten.no/",
-            Environment::Prod => "https://maskinporten.no/",
-        }
-    }
-
-    /// Default KFR base URL (kfr-notes §2).
-    pub fn default_kfr_base_url(self) -> &'static str {
-        match self {
-            Environment::Local => "http://127.0.0.1:8080/kar-ws/api/v1",
-            Environment::Test => "https://preprod.api.bits.no/kar-ws/api/v1",
-            Environment::Prod => "https://api.bits.no/kar-ws/api/v1",
-        }
-    }
-}
-
-impl fmt::Display for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which certificates go into the grant's `x5c` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum X5cMode {
-    /// Only the business certificate (KFR FAQ: no chain). The default.
-    Leaf,
-    /// The business certificate followed by its intermediates.
-    Chain,
-}
 
 /// Where a resolved value came from; shown by `kfr config show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,20 +304,6 @@ pub struct Sourced<T> {
     pub source: Source,
 }
 
-/// How the business certificate and its key are supplied.
-#[derive(Debug, Clone)]
-pub enum CredentialSource {
-    Pkcs12 {
-        path: PathBuf,
-        password: Option<SecretString>,
-    },
-    Pem {
-        private_key: PathBuf,
-        certificate: PathBuf,
-        password: Option<SecretString>,
-    },
-}
-
 /// The effective settings of one invocation.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -409,16 +341,6 @@ pub struct Settings {
 /// The pseudonym key when there is no state home (no `KFR_STATE_HOME`, `XDG_STATE_HOME` or `HOME`):
 /// the working directory.
 const FALLBACK_PSEUDONYM_KEY: &str = "kfr-pseudonym.key";
-
-/// The directory for `kfr`'s per-installation state outside any one state store (the pseudonym
-/// key, the list of running loads): `$KFR_STATE_HOME`, else `$XDG_STATE_HOME/kfr`, else
-/// `$HOME/.local/state/kfr` (XDG base directory layout). `var` reads the environment.
-pub fn state_home(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let get = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    get(env_vars::KFR_STATE_HOME)
-        .or_else(|| get(env_vars::XDG_STATE_HOME).map(|d| d.join("kfr")))
-        .or_else(|| get("HOME").map(|h| h.join(".local/state/kfr")))
-}
 
 /// Raw key → (value, source) before typing.
 type RawMap = BTreeMap<&'static str, (String, Source)>;

@@ -25,3 +25,15 @@ pub const KFR_TEST_ABORT_AT: &str = "KFR_TEST_ABORT_AT";
 pub const KFR_STATE_HOME: &str = "KFR_STATE_HOME";
 /// XDG base directory for state; `kfr` uses `$XDG_STATE_HOME/kfr` when `KFR_STATE_HOME` is unset.
 pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
+
+use std::path::PathBuf;
+
+/// The directory for `kfr`'s per-installation state outside any one state store (the pseudonym
+/// key, the list of running loads): `$KFR_STATE_HOME`, else `$XDG_STATE_HOME/kfr`, else
+/// `$HOME/.local/state/kfr` (XDG base directory layout). `var` reads the environment.
+pub fn state_home(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let get = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    get(KFR_STATE_HOME)
+        .or_else(|| get(XDG_STATE_HOME).map(|d| d.join("kfr")))
+        .or_else(|| get("HOME").map(|h| h.join(".local/state/kfr")))
+}

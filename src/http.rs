@@ -2,14 +2,27 @@
 //! with aws-lc-rs, the platform roots plus an optional extra CA bundle, proxy, timeouts, no
 //! redirects (a redirected token request would resend the grant to a host we did not configure).
 
-use crate::config::{Environment, Settings};
 use anyhow::Context as _;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
 
 /// `User-Agent` sent on every request, so Bits and Digdir can tell our traffic apart.
 pub const USER_AGENT: &str = concat!("kfr/", env!("CARGO_PKG_VERSION"));
 
-/// Builds the client from the resolved settings.
-pub fn client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
+/// What the outgoing client needs to know; the CLI builds it from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Refuse plain `http://` (everywhere but the bundled mock).
+    pub https_only: bool,
+    pub proxy: Option<Url>,
+    pub extra_ca_bundle: Option<PathBuf>,
+}
+
+/// Builds the client.
+pub fn client(settings: &HttpConfig) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(settings.connect_timeout)
@@ -17,7 +30,7 @@ pub fn client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         // Plain http is only ever allowed against the bundled mock (config refuses it elsewhere);
         // enforcing it here too means a stray http:// from discovery cannot slip through.
-        .https_only(settings.env != Environment::Local);
+        .https_only(settings.https_only);
     if let Some(proxy) = &settings.proxy {
         b = b.proxy(reqwest::Proxy::all(proxy.as_str()).with_context(|| format!("invalid proxy {proxy}"))?);
     }

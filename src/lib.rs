@@ -17,6 +17,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod env_vars;
+pub mod environment;
 pub mod error;
 pub mod http;
 pub mod ids;

@@ -91,7 +91,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let client = match (&credential, settings.client_id.is_some()) {
-        (Some(_), true) => TokenClient::from_settings(&settings).ok(),
+        (Some(_), true) => super::build::token_client(&settings).ok(),
         _ => None,
     };
     match &client {

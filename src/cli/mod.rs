@@ -8,6 +8,7 @@ use crate::error::{self, Exit};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+pub(crate) mod build;
 mod certs;
 mod config_show;
 mod doctor;

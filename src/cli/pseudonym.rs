@@ -7,11 +7,11 @@
 //! output is therefore what `CustomerId::log()` writes in this installation's logs: an
 //! organisation number as it is, a person as `p-` and 12 hex digits.
 
-use crate::ids::{CustomerId, IdPolicy, mask};
+use crate::ids::{CustomerId, mask};
 use anyhow::Context as _;
 
 pub fn run(settings: &crate::config::Settings, args: &super::PseudonymArgs) -> anyhow::Result<()> {
-    let id = CustomerId::parse(&args.id, &IdPolicy::for_settings(settings))
+    let id = CustomerId::parse(&args.id, &super::build::id_policy(settings))
         .with_context(|| format!("{} is not a valid customer identifier", mask(&args.id)))?;
     super::install_pseudonyms(settings)?;
     println!("{}", id.log());

@@ -14,15 +14,15 @@
 
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
-use crate::ids::{CustomerId, IdPolicy};
-use crate::kfr::{AddOutcome, KfrClient, RemoveOutcome};
+use crate::ids::CustomerId;
+use crate::kfr::{AddOutcome, RemoveOutcome};
 use crate::store::Store;
 use crate::store::registry::{self, Held};
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
     super::install_pseudonyms(settings)?;
-    CustomerId::parse(raw, &IdPolicy::for_settings(settings)).with_context(|| {
+    CustomerId::parse(raw, &super::build::id_policy(settings)).with_context(|| {
         format!(
             "customer identifier {} refused locally; nothing was sent to KFR",
             crate::ids::mask(raw)
@@ -40,7 +40,7 @@ fn state_path(settings: &Settings, args: &RelationshipArgs) -> std::path::PathBu
 
 pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
-    let client = KfrClient::from_settings(&settings)?;
+    let client = super::build::kfr_client(&settings)?;
     let out = client
         .add(&id, args.correlation_id)
         .await
@@ -98,7 +98,7 @@ pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Resu
         }
         return Ok(());
     }
-    let client = KfrClient::from_settings(&settings)?;
+    let client = super::build::kfr_client(&settings)?;
     let out = client
         .remove(&id, Some(cid))
         .await
@@ -135,7 +135,7 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
             return Err(crate::error::UsageError::new(format!("--from {from} is after --to {to}")).into());
         }
     }
-    let client = KfrClient::from_settings(&settings)?;
+    let client = super::build::kfr_client(&settings)?;
     let out = client
         .lookup(&id, args.from, args.to, args.target.correlation_id)
         .await

@@ -2,13 +2,12 @@
 //! only with `--show-token`, since terminal output ends up in tickets and screenshots.
 
 use crate::config::Settings;
-use crate::maskinporten::TokenClient;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use secrecy::ExposeSecret as _;
 
 pub async fn run(settings: Settings, args: &super::TokenArgs) -> anyhow::Result<()> {
-    let client = TokenClient::from_settings(&settings)?;
+    let client = super::build::token_client(&settings)?;
     let token = client.token().await.with_context(|| {
         format!(
             "cannot get a Maskinporten token from {} for client {}",

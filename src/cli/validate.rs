@@ -26,7 +26,7 @@ pub fn run(settings: &crate::config::Settings, args: &super::ValidateArgs) -> an
             .with_hint("give identifiers as arguments, or --file FILE with one per line (- for stdin)")
             .into());
     }
-    let policy = IdPolicy::for_settings(settings);
+    let policy = super::build::id_policy(settings);
     // Open before printing anything, so a wrong path is a usage error with no partial output.
     let input: Option<(String, Box<dyn Read>)> = match &args.file {
         None => None,

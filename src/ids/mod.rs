@@ -114,15 +114,6 @@ impl IdPolicy {
         }
     }
 
-    /// The configured policy. `allow_synthetic_ids` already defaults from the environment (on
-    /// except in prod) and either flag can be overridden in configuration.
-    pub fn for_settings(settings: &crate::config::Settings) -> Self {
-        Self {
-            allow_synthetic: settings.allow_synthetic_ids,
-            allow_h_numbers: settings.allow_h_numbers,
-        }
-    }
-
     /// Ok when this policy accepts `kind`, otherwise the error naming the rule.
     pub fn check(&self, kind: IdKind) -> Result<(), IdError> {
         match kind {

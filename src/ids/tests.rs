@@ -201,44 +201,6 @@ fn org_remainder_1_has_no_valid_check_digit() {
 
 // --- policy -----------------------------------------------------------------------------------------
 
-fn settings(vars: &[(&str, &str)]) -> crate::config::Settings {
-    let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("kfr.toml");
-    std::fs::write(&file, "").unwrap();
-    crate::config::Settings::load_from(Some(&file), &env, &Default::default()).unwrap()
-}
-
-#[test]
-fn policy_follows_the_environment() {
-    assert_eq!(
-        IdPolicy::for_settings(&settings(&[("KFR_ENV", "prod")])),
-        IdPolicy::prod()
-    );
-    assert_eq!(
-        IdPolicy::for_settings(&settings(&[("KFR_ENV", "test")])),
-        IdPolicy::test()
-    );
-    assert_eq!(
-        IdPolicy::for_settings(&settings(&[("KFR_ENV", "local")])),
-        IdPolicy::test()
-    );
-}
-
-#[test]
-fn policy_can_be_overridden() {
-    let p = IdPolicy::for_settings(&settings(&[("KFR_ENV", "test"), ("KFR_ALLOW_SYNTHETIC_IDS", "false")]));
-    assert_eq!(p, IdPolicy::prod());
-    let p = IdPolicy::for_settings(&settings(&[("KFR_ENV", "test"), ("KFR_ALLOW_H_NUMBERS", "true")]));
-    assert!(p.allow_h_numbers && p.allow_synthetic);
-    let h = person("014190", 0);
-    assert_eq!(CustomerId::parse(&h, &p).map(|id| id.kind()), Ok(IdKind::HNumber));
-    assert_eq!(
-        CustomerId::parse(&h, &IdPolicy::test()),
-        Err(IdError::HNumberNotAllowed)
-    );
-}
-
 #[test]
 fn prod_accepts_only_real_identities() {
     let prod = IdPolicy::prod();

@@ -104,18 +104,6 @@ impl KfrClient {
         Self { http, tokens, cfg }
     }
 
-    /// Builds the client (and its token client) from settings.
-    pub fn from_settings(settings: &crate::config::Settings) -> anyhow::Result<Self> {
-        let tokens = TokenClient::from_settings(settings)?;
-        let cfg = KfrClientConfig {
-            base_url: settings.kfr_base_url.clone(),
-            org_number: settings.require_org_number()?.to_string(),
-            retry: RetryPolicy::default(),
-            max_batch_bytes: super::batch::DEFAULT_MAX_BYTES,
-        };
-        Ok(Self::new(crate::http::client(settings)?, tokens, cfg))
-    }
-
     pub fn config(&self) -> &KfrClientConfig {
         &self.cfg
     }

@@ -286,7 +286,7 @@ fn counts(read: &ReadOutcome) -> Counts {
 pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at = crate::store::now_text();
-    let policy = IdPolicy::for_settings(settings);
+    let policy = crate::cli::build::id_policy(settings);
     let org = settings.require_org_number()?.to_string();
 
     // A resumed job keeps the settings it was planned with (same "today", same boundary and
@@ -463,7 +463,7 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
     abort_point("planned", None);
 
     crate::cli::install_pseudonyms(settings)?;
-    let client = KfrClient::from_settings(settings)?;
+    let client = crate::cli::build::kfr_client(settings)?;
     let progress = Progress::new(read.entries.len() as u64, 0, opts.json);
     let exec_opts = ExecOptions {
         ingest_rate: job_settings.ingest_rate,

@@ -13,9 +13,10 @@
 //!   cancel the request the others are waiting on.
 //! - The lifetime is always taken from `expires_in` (kfr-notes §9), never assumed.
 
+use super::X5cMode;
 use super::discovery::{self, Metadata};
 use super::{Credential, TokenError, clock, grant};
-use crate::config::{ConfigError, Environment, Settings, X5cMode};
+use crate::environment::Environment;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use secrecy::SecretString;
@@ -81,7 +82,7 @@ impl RetryPolicy {
     }
 }
 
-/// How the token client is set up; built from [`Settings`] or directly in tests.
+/// How the token client is set up; built by the CLI from the configuration, or directly in tests.
 #[derive(Debug, Clone)]
 pub struct TokenClientConfig {
     pub env: Environment,
@@ -94,25 +95,6 @@ pub struct TokenClientConfig {
     pub kid: Option<String>,
     pub refresh_ahead: Duration,
     pub retry: RetryPolicy,
-}
-
-impl TokenClientConfig {
-    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        Ok(Self {
-            env: s.env,
-            issuer: s.maskinporten_issuer.clone(),
-            client_id: s.require_client_id()?.to_string(),
-            default_request: TokenRequest {
-                scope: s.scope.clone(),
-                consumer_org: s.consumer_org.clone(),
-                resource: s.resource.clone(),
-            },
-            x5c: s.x5c,
-            kid: s.kid.clone(),
-            refresh_ahead: s.token_refresh_ahead,
-            retry: RetryPolicy::default(),
-        })
-    }
 }
 
 /// An access token. The token itself is a secret; `Debug` shows only its metadata.
@@ -209,15 +191,6 @@ impl TokenClient {
                 slots: Mutex::new(HashMap::new()),
             }),
         }
-    }
-
-    /// Builds the HTTP client, loads the certificate and sets the client up from settings.
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let cfg = TokenClientConfig::from_settings(settings)?;
-        let source = settings.require_credential()?;
-        let credential = Credential::from_config(source).context("cannot load the business certificate")?;
-        Ok(Self::new(crate::http::client(settings)?, credential, cfg))
     }
 
     pub fn config(&self) -> &TokenClientConfig {

@@ -23,7 +23,6 @@
 //! One gap remains outside our control: `jsonwebtoken::EncodingKey` keeps its own copy of the
 //! PKCS#1 key in a plain `Vec` that is not wiped on drop.
 
-use crate::config::CredentialSource;
 use crate::env_vars::KFR_CERTIFICATE_PASSWORD;
 use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine as _;
@@ -34,6 +33,20 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use x509_parser::prelude::*;
 use zeroize::Zeroizing;
+
+/// How the business certificate and its key are supplied.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    Pkcs12 {
+        path: PathBuf,
+        password: Option<SecretString>,
+    },
+    Pem {
+        private_key: PathBuf,
+        certificate: PathBuf,
+        password: Option<SecretString>,
+    },
+}
 
 /// rsaEncryption (RFC 8017): the only private-key algorithm accepted.
 const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";

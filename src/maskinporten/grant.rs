@@ -7,9 +7,18 @@
 //! since Maskinporten answers 400 to claims it does not list (e.g. `nbf`).
 
 use super::{Credential, TokenError};
-use crate::config::X5cMode;
 use base64::Engine as _;
 use secrecy::SecretString;
+
+/// Which certificates go into the grant's `x5c` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum X5cMode {
+    /// Only the business certificate (KFR FAQ: no chain). The default.
+    Leaf,
+    /// The business certificate followed by its intermediates.
+    Chain,
+}
 
 /// Grant lifetime. Maskinporten's maximum; a short 10 s lifetime is a classic source of
 /// failures on hosts with a little skew, and there is no benefit in going lower.

@@ -16,5 +16,6 @@ mod error;
 pub mod grant;
 
 pub use client::{AccessToken, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
-pub use credential::{CertInfo, Credential, CredentialError};
+pub use credential::{CertInfo, Credential, CredentialError, CredentialSource};
 pub use error::{TokenError, find_mp_code};
+pub use grant::X5cMode;

@@ -33,7 +33,7 @@ pub struct ActiveLoad {
 
 /// The directory of the list, from the environment (see the module comment).
 pub fn dir() -> Option<PathBuf> {
-    crate::config::state_home(|k| std::env::var(k).ok()).map(|d| d.join("active-loads"))
+    crate::env_vars::state_home(|k| std::env::var(k).ok()).map(|d| d.join("active-loads"))
 }
 
 /// The entry file of a state store: named by a hash of its absolute path, so announcing twice

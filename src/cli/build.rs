@@ -1,0 +1,99 @@
+//! The one place that turns the resolved [`Settings`] into per-module configurations and clients.
+//! Library modules never see `Settings` (the layering test in `lib.rs` guards this), so each
+//! of them can be built from a test, a benchmark or another front end without a config file.
+
+use crate::config::Settings;
+use crate::environment::Environment;
+use crate::http::HttpConfig;
+use crate::ids::IdPolicy;
+use crate::kfr::{KfrClient, KfrClientConfig};
+use crate::maskinporten::{Credential, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
+use anyhow::Context as _;
+
+/// The outgoing HTTP client settings.
+pub fn http_config(s: &Settings) -> HttpConfig {
+    HttpConfig {
+        connect_timeout: s.connect_timeout,
+        request_timeout: s.request_timeout,
+        // Plain http is only ever allowed against the bundled mock (config refuses it elsewhere);
+        // enforcing it in the client too means a stray http:// from discovery cannot slip through.
+        https_only: s.env != Environment::Local,
+        proxy: s.proxy.clone(),
+        extra_ca_bundle: s.extra_ca_bundle.clone(),
+    }
+}
+
+/// The identifier policy: `allow_synthetic_ids` already defaults from the environment (on except
+/// in prod) and either flag can be overridden in configuration.
+pub fn id_policy(s: &Settings) -> IdPolicy {
+    IdPolicy {
+        allow_synthetic: s.allow_synthetic_ids,
+        allow_h_numbers: s.allow_h_numbers,
+    }
+}
+
+/// The token client's configuration (no certificate loaded yet).
+pub fn token_config(s: &Settings) -> anyhow::Result<TokenClientConfig> {
+    Ok(TokenClientConfig {
+        env: s.env,
+        issuer: s.maskinporten_issuer.clone(),
+        client_id: s.require_client_id()?.to_string(),
+        default_request: TokenRequest {
+            scope: s.scope.clone(),
+            consumer_org: s.consumer_org.clone(),
+            resource: s.resource.clone(),
+        },
+        x5c: s.x5c,
+        kid: s.kid.clone(),
+        refresh_ahead: s.token_refresh_ahead,
+        retry: RetryPolicy::default(),
+    })
+}
+
+/// Loads the business certificate and builds the token client.
+pub fn token_client(s: &Settings) -> anyhow::Result<TokenClient> {
+    let cfg = token_config(s)?;
+    let source = s.require_credential()?;
+    let credential = Credential::from_config(source).context("cannot load the business certificate")?;
+    Ok(TokenClient::new(crate::http::client(&http_config(s))?, credential, cfg))
+}
+
+/// The KFR client (and its token client).
+pub fn kfr_client(s: &Settings) -> anyhow::Result<KfrClient> {
+    let tokens = token_client(s)?;
+    let cfg = KfrClientConfig {
+        base_url: s.kfr_base_url.clone(),
+        org_number: s.require_org_number()?.to_string(),
+        retry: RetryPolicy::default(),
+        max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
+    };
+    Ok(KfrClient::new(crate::http::client(&http_config(s))?, tokens, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> crate::config::Settings {
+        let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kfr.toml");
+        std::fs::write(&file, "").unwrap();
+        crate::config::Settings::load_from(Some(&file), &env, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn policy_follows_the_environment() {
+        assert_eq!(id_policy(&settings(&[("KFR_ENV", "prod")])), IdPolicy::prod());
+        assert_eq!(id_policy(&settings(&[("KFR_ENV", "test")])), IdPolicy::test());
+        assert_eq!(id_policy(&settings(&[("KFR_ENV", "local")])), IdPolicy::test());
+    }
+
+    #[test]
+    fn policy_can_be_overridden() {
+        let p = id_policy(&settings(&[("KFR_ENV", "test"), ("KFR_ALLOW_SYNTHETIC_IDS", "false")]));
+        assert_eq!(p, IdPolicy::prod());
+        let p = id_policy(&settings(&[("KFR_ENV", "test"), ("KFR_ALLOW_H_NUMBERS", "true")]));
+        assert!(p.allow_h_numbers && p.allow_synthetic);
+    }
+}
