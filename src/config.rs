@@ -278,6 +278,10 @@ pub enum ConfigError {
 }
 
 impl Hinted for ConfigError {
+    fn exit(&self) -> crate::error::Exit {
+        crate::error::Exit::Usage
+    }
+
     fn hint(&self) -> Option<String> {
         match self {
             ConfigError::UnknownKey {

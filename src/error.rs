@@ -1,13 +1,12 @@
-//! Exit codes and the operator-facing rendering of errors.
+//! Exit codes and the contract every operator-facing error implements.
 //!
 //! Every command returns `anyhow::Result`; `main` turns the outcome into one of three exit codes
 //! (the contract documented in README.md and tested end to end) and prints the error chain as
 //! `error:` / `Caused by:` lines followed by at most one `hint:` line.
 //!
 //! Library modules keep typed `thiserror` enums so callers can branch on them; the ones an operator
-//! can act on implement [`Hinted`] and are registered in [`find_hint`].
-
-use std::fmt::Write as _;
+//! can act on implement [`Hinted`]. Rendering (`error:` / `Caused by:` / `hint:`) and the walk over
+//! an error chain live in `cli::report`, the only layer that knows every error type.
 
 /// The process exit codes. Stable: scripts and schedulers depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,14 +46,25 @@ impl UsageError {
     }
 }
 
-/// An error that knows what the operator should do about it.
+/// An error that knows what the operator should do about it, and which exit code it means.
+/// Each module's error types implement it; `cli` finds them in an error chain and renders them,
+/// so this module never needs to know the domain types (layers point down).
 pub trait Hinted {
+    /// The one `hint:` line: what to do next.
     fn hint(&self) -> Option<String>;
+    /// The exit code this error means when it is anywhere in the chain. Most errors are
+    /// failures of an attempted operation; configuration and usage errors override this.
+    fn exit(&self) -> Exit {
+        Exit::Failure
+    }
 }
 
 impl Hinted for UsageError {
     fn hint(&self) -> Option<String> {
         self.hint.clone()
+    }
+    fn exit(&self) -> Exit {
+        Exit::Usage
     }
 }
 
@@ -64,76 +74,14 @@ impl Hinted for UsageError {
 #[error("{0}")]
 pub struct Reported(pub String);
 
-/// The exit code for an error: 2 when any cause in the chain is a usage/configuration error.
-pub fn exit_code(err: &anyhow::Error) -> Exit {
-    let usage = err.chain().any(|c| {
-        c.downcast_ref::<UsageError>().is_some()
-            || c.downcast_ref::<crate::config::ConfigError>().is_some()
-            || c.downcast_ref::<clap::Error>().is_some()
-    });
-    if usage { Exit::Usage } else { Exit::Failure }
-}
-
-/// The first hint found walking the chain from the outermost error inwards.
-pub fn find_hint(err: &anyhow::Error) -> Option<String> {
-    err.chain().find_map(|c| {
-        if let Some(e) = c.downcast_ref::<UsageError>() {
-            return e.hint();
-        }
-        if let Some(e) = c.downcast_ref::<crate::config::ConfigError>() {
-            return e.hint();
-        }
-        if let Some(e) = c.downcast_ref::<crate::maskinporten::TokenError>() {
-            return e.hint();
-        }
-        if let Some(e) = c.downcast_ref::<crate::maskinporten::CredentialError>() {
-            return e.hint();
-        }
-        if let Some(e) = c.downcast_ref::<crate::kfr::KfrError>() {
-            return e.hint();
-        }
-        if let Some(e) = c.downcast_ref::<crate::ids::IdError>() {
-            return e.hint();
-        }
-        None
-    })
-}
-
-/// Renders `error: …`, one `Caused by:` line per cause, and the hint if any.
-pub fn render(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    let mut chain = err.chain();
-    if let Some(top) = chain.next() {
-        let _ = writeln!(out, "error: {top}");
-    }
-    let causes: Vec<String> = chain.map(|c| c.to_string()).collect();
-    if !causes.is_empty() {
-        let _ = writeln!(out, "Caused by:");
-        for c in causes {
-            let _ = writeln!(out, "  {c}");
-        }
-    }
-    if let Some(h) = find_hint(err) {
-        let _ = writeln!(out, "hint: {h}");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn usage_errors_anywhere_in_the_chain_exit_2() {
-        let e = anyhow::Error::new(UsageError::new("no org_number")).context("loading settings");
-        assert_eq!(exit_code(&e), Exit::Usage);
-        let e = anyhow::anyhow!("connection refused").context("fetching token");
-        assert_eq!(exit_code(&e), Exit::Failure);
-    }
-
-    #[test]
-    fn render_prints_chain_and_hint() {
-        let e = anyhow::Error::new(UsageError::new("inner").with_hint("do this")).context("outer");
-        assert_eq!(render(&e), "error: outer\nCaused by:\n  inner\nhint: do this\n");
+    fn usage_errors_mean_exit_2_and_carry_their_hint() {
+        let e = UsageError::new("no org_number").with_hint("set it");
+        assert_eq!(e.exit(), Exit::Usage);
+        assert_eq!(e.hint().as_deref(), Some("set it"));
     }
 }

@@ -13,6 +13,8 @@
 //! - [`http`]: the shared outgoing HTTP client (TLS, proxy, timeouts).
 //! - [`error`]: exit codes and the `error:` / `Caused by:` / `hint:` rendering.
 
+#[cfg(test)]
+mod architecture;
 pub mod certs;
 pub mod cli;
 pub mod config;

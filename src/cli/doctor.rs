@@ -80,7 +80,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 Verdict::Fail,
                 "certificate",
                 format!("{e:#}"),
-                crate::error::find_hint(&e),
+                super::report::find_hint(&e),
             );
             None
         }

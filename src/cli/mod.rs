@@ -16,6 +16,7 @@ mod load;
 mod mock;
 mod pseudonym;
 mod relationship;
+pub(crate) mod report;
 mod token;
 mod validate;
 
@@ -223,9 +224,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => Exit::Success.into(),
         Err(err) => {
             if err.downcast_ref::<error::Reported>().is_none() {
-                eprint!("{}", error::render(&err));
+                eprint!("{}", report::render(&err));
             }
-            error::exit_code(&err).into()
+            report::exit_code(&err).into()
         }
     }
 }

@@ -1,0 +1,102 @@
+//! How an error reaches the operator: the exit code it means and its rendering as `error:`, one
+//! `Caused by:` line per cause, and at most one `hint:` line.
+//!
+//! Library modules only implement [`Hinted`]; this is the one place that knows every error type
+//! that does, because `cli` is the only layer allowed to import them all. A new error type with
+//! a hint is added to [`diagnose`], and the test below keeps the list honest.
+
+use crate::error::{Exit, Hinted, UsageError};
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+
+/// The [`Hinted`] view of one error in a chain, if its type has one.
+fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
+    macro_rules! try_types {
+        ($($t:ty),* $(,)?) => {
+            $(if let Some(h) = e.downcast_ref::<$t>() {
+                return Some(h);
+            })*
+        };
+    }
+    try_types!(
+        UsageError,
+        crate::config::ConfigError,
+        crate::maskinporten::TokenError,
+        crate::maskinporten::CredentialError,
+        crate::kfr::KfrError,
+        crate::ids::IdError,
+    );
+    None
+}
+
+/// The exit code for an error: the most severe of what its causes mean (usage beats failure), so
+/// a configuration error wrapped in context still exits 2.
+pub fn exit_code(err: &anyhow::Error) -> Exit {
+    let usage = err
+        .chain()
+        .any(|c| c.downcast_ref::<clap::Error>().is_some() || diagnose(c).is_some_and(|h| h.exit() == Exit::Usage));
+    if usage { Exit::Usage } else { Exit::Failure }
+}
+
+/// The first hint found walking the chain from the outermost error inwards.
+pub fn find_hint(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|c| diagnose(c).and_then(Hinted::hint))
+}
+
+/// Renders `error: …`, one `Caused by:` line per cause, and the hint if any.
+pub fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut chain = err.chain();
+    if let Some(top) = chain.next() {
+        let _ = writeln!(out, "error: {top}");
+    }
+    let causes: Vec<String> = chain.map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        let _ = writeln!(out, "Caused by:");
+        for c in causes {
+            let _ = writeln!(out, "  {c}");
+        }
+    }
+    if let Some(h) = find_hint(err) {
+        let _ = writeln!(out, "hint: {h}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_anywhere_in_the_chain_exit_2() {
+        let e = anyhow::Error::new(UsageError::new("no org_number")).context("loading settings");
+        assert_eq!(exit_code(&e), Exit::Usage);
+        let e = anyhow::anyhow!("connection refused").context("fetching token");
+        assert_eq!(exit_code(&e), Exit::Failure);
+    }
+
+    #[test]
+    fn configuration_errors_exit_2_with_their_hint() {
+        let e = anyhow::Error::new(crate::config::ConfigError::UnknownKey {
+            key: "scopes".into(),
+            path: "kfr.toml".into(),
+            suggestion: Some("scope"),
+        })
+        .context("reading configuration");
+        assert_eq!(exit_code(&e), Exit::Usage);
+        assert!(render(&e).contains("hint: did you mean `scope`?"), "{}", render(&e));
+    }
+
+    #[test]
+    fn domain_errors_are_found_behind_context() {
+        let e = anyhow::Error::new(crate::ids::IdError::HNumberNotAllowed).context("line 3");
+        assert_eq!(exit_code(&e), Exit::Failure);
+        assert!(find_hint(&e).is_some(), "IdError carries a hint");
+    }
+
+    #[test]
+    fn render_prints_chain_and_hint() {
+        let e = anyhow::Error::new(UsageError::new("inner").with_hint("do this")).context("outer");
+        assert_eq!(render(&e), "error: outer\nCaused by:\n  inner\nhint: do this\n");
+    }
+}
