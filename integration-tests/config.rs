@@ -12,15 +12,28 @@ const DOC: &str = include_str!("../docs/configuration.md");
 /// loads once its password-file path points at a real file.
 #[test]
 fn example_config_matches_the_code() {
-    let mut in_example: Vec<String> = EXAMPLE
-        .lines()
-        .map(|l| l.trim_start_matches('#').trim_start())
-        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_string()))
-        .filter(|k| {
-            k.chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
-        })
-        .collect();
+    // Keys are named as the schema names them: `[sync]` + `rate` is `sync.rate`, and a key in a
+    // `[[sync.sources]]` table is `sync.sources[].dir`.
+    let mut table = String::new();
+    let mut in_example: Vec<String> = Vec::new();
+    for line in EXAMPLE.lines() {
+        let l = line.trim_start_matches('#').trim_start();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            table = format!("{}[].", name.0);
+            continue;
+        }
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            table = format!("{}.", name.0);
+            continue;
+        }
+        let Some((k, _)) = l.split_once(" = ") else { continue };
+        let k = k.trim();
+        if k.chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        {
+            in_example.push(format!("{table}{k}"));
+        }
+    }
     in_example.sort();
     in_example.dedup();
     let mut known: Vec<String> = KEYS.iter().map(|k| k.name.to_string()).collect();
@@ -41,7 +54,8 @@ fn example_config_matches_the_code() {
 #[test]
 fn configuration_doc_lists_every_key_and_variable() {
     for k in KEYS {
-        let row = format!("| `{}` | `KFR_{}` |", k.name, k.name.to_uppercase());
+        let var = kfr::config::env_var(k.name).map_or("—".to_string(), |v| format!("`{v}`"));
+        let row = format!("| `{}` | {var} |", k.name);
         assert!(DOC.contains(&row), "docs/configuration.md lacks the row for {}", k.name);
     }
 }

@@ -11,6 +11,7 @@
 use crate::env_vars::{self, state_home};
 pub use crate::environment::Environment;
 use crate::error::Hinted;
+use crate::ids::{CustomerId, IdKind, IdPolicy, mask};
 pub use crate::maskinporten::{CredentialSource, X5cMode};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -175,7 +176,98 @@ pub const KEYS: &[KeyDef] = &[
         default: Some("10000000"),
         doc: "largest batch body kfr load sends (KFR: 10 MB)",
     },
+    KeyDef {
+        name: "store.url",
+        default: None,
+        doc: "the state store: a path or sqlite:///path (instead of state_file)",
+    },
+    KeyDef {
+        name: "retry.max_attempts",
+        default: Some("4"),
+        doc: "attempts of one KFR or Maskinporten call, the first included",
+    },
+    KeyDef {
+        name: "retry.base_delay_ms",
+        default: Some("250"),
+        doc: "backoff before the first retry (full jitter, doubling)",
+    },
+    KeyDef {
+        name: "retry.max_delay_secs",
+        default: Some("8"),
+        doc: "longest backoff between two attempts",
+    },
+    KeyDef {
+        name: "retry.retry_after_cap_secs",
+        default: Some("300"),
+        doc: "longest Retry-After from a server that is honoured",
+    },
+    KeyDef {
+        name: "sync.listen",
+        default: Some("127.0.0.1:8090"),
+        doc: "address of the agent's HTTP event intake",
+    },
+    KeyDef {
+        name: "sync.ingest_key_file",
+        default: None,
+        doc: "file holding the bearer key the intake requires",
+    },
+    KeyDef {
+        name: "sync.tls_cert",
+        default: None,
+        doc: "PEM certificate chain for the intake's TLS",
+    },
+    KeyDef {
+        name: "sync.tls_key",
+        default: None,
+        doc: "PEM private key for the intake's TLS",
+    },
+    KeyDef {
+        name: "sync.metrics_listen",
+        default: None,
+        doc: "address for /metrics, /livez and /readyz",
+    },
+    KeyDef {
+        name: "sync.rate",
+        default: Some("10"),
+        doc: "single adds/removes per second sent to KFR",
+    },
+    KeyDef {
+        name: "sync.max_in_flight",
+        default: Some("8"),
+        doc: "KFR requests in flight at once",
+    },
+    KeyDef {
+        name: "sync.retention_days",
+        default: Some("30"),
+        doc: "days delivered events are kept in the outbox",
+    },
+    KeyDef {
+        name: "sync.sources[].kind",
+        default: None,
+        doc: "an event source: http, spool or stdin",
+    },
+    KeyDef {
+        name: "sync.sources[].dir",
+        default: None,
+        doc: "spool source: the directory files are moved into",
+    },
+    KeyDef {
+        name: "sync.sources[].name",
+        default: None,
+        doc: "a name for the source in logs and metrics",
+    },
 ];
+
+/// The environment variable for a key: `KFR_` and the key in upper case, dots as underscores
+/// (`retry.max_attempts` → `KFR_RETRY_MAX_ATTEMPTS`). Keys inside arrays of tables (`[]` in the
+/// name) have none: a list of sources is written in the file.
+pub fn env_var(key: &str) -> Option<String> {
+    (!key.contains("[]")).then(|| format!("{}{}", env_vars::CONFIG_PREFIX, key.replace('.', "_").to_uppercase()))
+}
+
+/// Tables that may appear in the file, and the arrays of tables.
+const SECTIONS: &[&str] = &["store", "retry", "sync"];
+const TABLE_ARRAYS: &[&str] = &["sync.sources"];
 
 /// Keys whose value is a path; relative paths are taken relative to the config file's folder.
 const PATH_KEYS: &[&str] = &[
@@ -186,6 +278,10 @@ const PATH_KEYS: &[&str] = &[
     "extra_ca_bundle",
     "pseudonym_key_file",
     "state_file",
+    "sync.ingest_key_file",
+    "sync.tls_cert",
+    "sync.tls_key",
+    "sync.sources[].dir",
 ];
 
 /// Smallest accepted `max_batch_bytes`: below this the multipart overhead would dominate and the
@@ -338,8 +434,54 @@ pub struct Settings {
     pub ingest_rate: u32,
     /// Upper bound on a batch body (KFR: at most 10 MB a file).
     pub max_batch_bytes: usize,
+    pub retry: RetrySettings,
+    pub sync: SyncSettings,
     /// Every key with its display value (secrets redacted) and source, for `kfr config show`.
-    pub origins: BTreeMap<&'static str, (String, Source)>,
+    pub origins: BTreeMap<String, (String, Source)>,
+}
+
+/// `[retry]`: how one KFR or Maskinporten call is retried by the CLI and the load (the sync
+/// agent retries durably, across restarts, on top of single attempts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub base_delay: std::time::Duration,
+    pub max_delay: std::time::Duration,
+    /// A server's `Retry-After` is honoured up to this long.
+    pub retry_after_cap: std::time::Duration,
+}
+
+/// `[sync]`: the continuous-sync agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub listen: std::net::SocketAddr,
+    pub ingest_key_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Single adds/removes per second (KFR publishes no limit: conservative by default).
+    pub rate: u32,
+    pub max_in_flight: u32,
+    pub retention_days: u32,
+    pub sources: Vec<SourceSettings>,
+}
+
+/// One `[[sync.sources]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSettings {
+    pub name: String,
+    pub kind: SourceKind,
+}
+
+/// Where a source's events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `POST /events` on `sync.listen`.
+    Http,
+    /// Files moved atomically into a directory.
+    Spool { dir: PathBuf },
+    /// NDJSON on standard input.
+    Stdin,
 }
 
 /// The pseudonym key when there is no state home (no `KFR_STATE_HOME`, `XDG_STATE_HOME` or `HOME`):
@@ -347,7 +489,7 @@ pub struct Settings {
 const FALLBACK_PSEUDONYM_KEY: &str = "kfr-pseudonym.key";
 
 /// Raw key → (value, source) before typing.
-type RawMap = BTreeMap<&'static str, (String, Source)>;
+type RawMap = BTreeMap<String, (String, Source)>;
 
 impl Settings {
     /// Reads the file (explicit path, `KFR_CONFIG`, or `./kfr.toml` when present), the process
@@ -379,29 +521,27 @@ impl Settings {
             None => PathBuf::from("."),
         };
         for k in KEYS {
-            let var = format!("{}{}", env_vars::CONFIG_PREFIX, k.name.to_uppercase());
+            let Some(var) = env_var(k.name) else { continue };
             if let Some(v) = env.get(&var) {
-                raw.insert(k.name, (v.clone(), Source::Env(var)));
+                raw.insert(k.name.to_string(), (v.clone(), Source::Env(var)));
             }
         }
         for (key, flag, val) in flags.pairs() {
-            raw.insert(key, (val, Source::Flag(flag.to_string())));
+            raw.insert(key.to_string(), (val, Source::Flag(flag.to_string())));
         }
         // Relative paths from the file are relative to the file, so a generated kfr.toml works
         // from any working directory; paths from env/flags are relative to the working directory.
-        for key in PATH_KEYS {
-            if let Some((v, src @ Source::File(_))) = raw.get(key) {
-                let p = Path::new(v);
+        for (key, (v, src)) in raw.iter_mut() {
+            if matches!(src, Source::File(_)) && PATH_KEYS.contains(&schema_name(key).as_str()) {
+                let p = Path::new(v.as_str());
                 if p.is_relative() {
-                    let joined = base_dir.join(p).display().to_string();
-                    let src = src.clone();
-                    raw.insert(key, (joined, src));
+                    *v = base_dir.join(p).display().to_string();
                 }
             }
         }
         // One key per installation, wherever `kfr` is run from: a pseudonym must name the same
         // person in every log of this host, or an operator cannot follow a customer across them.
-        raw.entry("pseudonym_key_file").or_insert_with(|| {
+        raw.entry("pseudonym_key_file".into()).or_insert_with(|| {
             let home = state_home(|k| env.get(k).cloned());
             let file = home.map_or_else(|| PathBuf::from(FALLBACK_PSEUDONYM_KEY), |h| h.join("pseudonym.key"));
             (file.display().to_string(), Source::Default)
@@ -447,47 +587,106 @@ fn read_file_layer(path: &Path, raw: &mut RawMap) -> Result<(), ConfigError> {
         path: path.into(),
         message: e.message().to_string(),
     })?;
+    flatten(path, "", table, raw)
+}
+
+/// A key as the schema names it: array indices dropped (`sync.sources[2].dir` → `sync.sources[].dir`).
+fn schema_name(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut in_index = false;
+    for c in key.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Walks the file's tables into dotted keys (`[sync]` `listen` → `sync.listen`, the second
+/// `[[sync.sources]]`'s `dir` → `sync.sources[1].dir`), refusing any key, table or array the
+/// schema does not know, with the closest known name as a suggestion.
+fn flatten(path: &Path, prefix: &str, table: toml::Table, raw: &mut RawMap) -> Result<(), ConfigError> {
+    let unknown = |key: String| ConfigError::UnknownKey {
+        suggestion: suggest(&schema_name(&key)),
+        key,
+        path: path.into(),
+    };
     for (key, value) in table {
-        let Some(def) = KEYS.iter().find(|k| k.name == key) else {
-            return Err(ConfigError::UnknownKey {
-                suggestion: suggest(&key),
-                key,
-                path: path.into(),
-            });
-        };
-        let s = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                return Err(ConfigError::Invalid {
-                    key: def.name,
-                    origin: Source::File(path.into()),
-                    value: other.to_string(),
-                    reason: "expected a string, a number or true/false".into(),
+        let name = format!("{prefix}{key}");
+        let schema = schema_name(&name);
+        match value {
+            toml::Value::Table(t) if SECTIONS.contains(&schema.as_str()) => flatten(path, &format!("{name}."), t, raw)?,
+            toml::Value::Array(items) if TABLE_ARRAYS.contains(&schema.as_str()) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let toml::Value::Table(t) = item else {
+                        return Err(ConfigError::Invalid {
+                            key: "sync.sources",
+                            origin: Source::File(path.into()),
+                            value: item.to_string(),
+                            reason: format!("write each entry as a table: [[{name}]]"),
+                        });
+                    };
+                    flatten(path, &format!("{name}[{i}]."), t, raw)?;
+                }
+            }
+            toml::Value::Table(_) | toml::Value::Array(_) if !KEYS.iter().any(|k| k.name == schema) => {
+                // A whole table spelt wrong (`[synk]` for `[sync]`): suggest the table.
+                return Err(ConfigError::UnknownKey {
+                    suggestion: suggest_section(&schema),
+                    key: name,
+                    path: path.into(),
                 });
             }
-        };
-        raw.insert(def.name, (s, Source::File(path.into())));
+            value => {
+                let Some(def) = KEYS.iter().find(|k| k.name == schema) else {
+                    return Err(unknown(name));
+                };
+                let s = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            key: def.name,
+                            origin: Source::File(path.into()),
+                            value: other.to_string(),
+                            reason: "expected a string, a number or true/false".into(),
+                        });
+                    }
+                };
+                raw.insert(name, (s, Source::File(path.into())));
+            }
+        }
     }
     Ok(())
 }
 
+/// Edit distance (Levenshtein) between two key names.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// The known key closest to a misspelt one (edit distance ≤ 3), for the hint.
 fn suggest(key: &str) -> Option<&'static str> {
-    fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut prev: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut cur = vec![i + 1];
-            for (j, cb) in b.iter().enumerate() {
-                let cost = usize::from(ca != *cb);
-                cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-            }
-            prev = cur;
-        }
-        prev[b.len()]
-    }
     KEYS.iter()
         .map(|k| (distance(key, k.name), k.name))
         .filter(|(d, _)| *d <= 3)
@@ -495,107 +694,207 @@ fn suggest(key: &str) -> Option<&'static str> {
         .map(|(_, n)| n)
 }
 
-fn resolve(
-    config_file: Option<PathBuf>,
-    mut raw: RawMap,
-    password_env: Option<Sourced<SecretString>>,
-) -> Result<Settings, ConfigError> {
-    let mut origins: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
-    let get = |raw: &RawMap, key: &'static str| -> Option<(String, Source)> {
-        raw.get(key).cloned().or_else(|| {
+/// The known table closest to a misspelt one.
+fn suggest_section(key: &str) -> Option<&'static str> {
+    SECTIONS
+        .iter()
+        .chain(TABLE_ARRAYS)
+        .map(|s| (distance(key, s), *s))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Typed reads of the raw values, each error naming the key, its value and where it came from.
+struct Resolver {
+    raw: RawMap,
+}
+
+impl Resolver {
+    /// The value of `key` (as given, else its default).
+    fn get(&self, key: &str) -> Option<(String, Source)> {
+        self.raw.get(key).cloned().or_else(|| {
             KEYS.iter()
-                .find(|k| k.name == key)
+                .find(|k| k.name == schema_name(key))
                 .and_then(|k| k.default)
                 .map(|d| (d.to_string(), Source::Default))
         })
-    };
-    let invalid = |key: &'static str, (value, source): &(String, Source), reason: String| ConfigError::Invalid {
-        key,
-        origin: source.clone(),
-        value: value.clone(),
-        reason,
-    };
+    }
 
-    let env_raw = get(&raw, "env").expect("env has a default");
-    let env = match env_raw.0.as_str() {
-        "local" => Environment::Local,
-        "test" => Environment::Test,
-        "prod" => Environment::Prod,
-        _ => return Err(invalid("env", &env_raw, "expected local, test or prod".into())),
-    };
-    // Environment-dependent defaults.
-    raw.entry("maskinporten_issuer")
-        .or_insert_with(|| (env.default_issuer().into(), Source::Default));
-    raw.entry("kfr_base_url")
-        .or_insert_with(|| (env.default_kfr_base_url().into(), Source::Default));
-    raw.entry("allow_synthetic_ids")
-        .or_insert_with(|| ((env != Environment::Prod).to_string(), Source::Default));
+    fn invalid(&self, key: &str, (value, source): &(String, Source), reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            key: static_name(key),
+            origin: source.clone(),
+            value: value.clone(),
+            reason,
+        }
+    }
 
-    let url_key = |raw: &RawMap, key: &'static str| -> Result<Option<Url>, ConfigError> {
-        let Some(v) = get(raw, key) else { return Ok(None) };
-        let url = Url::parse(&v.0).map_err(|e| invalid(key, &v, e.to_string()))?;
+    /// A key that has a default in [`KEYS`]; a key without one is a programming error reported
+    /// as a configuration error rather than a panic.
+    fn defaulted(&self, key: &str) -> Result<(String, Source), ConfigError> {
+        self.get(key).ok_or(ConfigError::Missing {
+            key: static_name(key),
+            why: "it has no default (please report this)",
+        })
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.get(key).map(|v| v.0)
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.get(key).map(|v| PathBuf::from(v.0))
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + fmt::Display>(
+        &self,
+        key: &str,
+        min: T,
+        max: T,
+        unit: &str,
+    ) -> Result<T, ConfigError> {
+        let v = self.defaulted(key)?;
+        match v.0.trim().parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(self.invalid(
+                key,
+                &v,
+                format!("expected a whole number of {unit} from {min} to {max}"),
+            )),
+        }
+    }
+
+    fn secs(&self, key: &str) -> Result<std::time::Duration, ConfigError> {
+        self.number::<u64>(key, 1, 86_400, "seconds")
+            .map(std::time::Duration::from_secs)
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool, ConfigError> {
+        let v = self.defaulted(key)?;
+        v.0.parse()
+            .map_err(|_| self.invalid(key, &v, "expected true or false".into()))
+    }
+
+    fn url(&self, key: &str, env: Environment) -> Result<Option<Url>, ConfigError> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let url = Url::parse(&v.0).map_err(|e| self.invalid(key, &v, e.to_string()))?;
         match url.scheme() {
             "https" => {}
             "http" if env == Environment::Local || key == "proxy" => {}
             "http" => {
-                return Err(invalid(
+                return Err(self.invalid(
                     key,
                     &v,
                     format!("http:// is refused with env = \"{env}\"; use https://"),
                 ));
             }
-            s => return Err(invalid(key, &v, format!("unsupported scheme {s}:"))),
+            s => return Err(self.invalid(key, &v, format!("unsupported scheme {s}:"))),
         }
         Ok(Some(url))
+    }
+
+    /// An organisation number: 9 digits with a valid mod-11 check digit (kfr-notes §7), checked
+    /// here so a typo fails at start-up rather than as KFR-003 on the first call.
+    fn org_number(&self, key: &str, env: Environment) -> Result<Option<String>, ConfigError> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let policy = if env == Environment::Prod {
+            IdPolicy::prod()
+        } else {
+            IdPolicy::test()
+        };
+        match CustomerId::parse(&v.0, &policy) {
+            Ok(id) if matches!(id.kind(), IdKind::OrgNumber | IdKind::TestOrgNumber) => {
+                Ok(Some(id.as_str().to_string()))
+            }
+            // Someone may paste a person's number here: never echo it in full.
+            Ok(_) => Err(self.invalid(
+                key,
+                &(mask(&v.0), v.1.clone()),
+                "expected a 9-digit organisation number".into(),
+            )),
+            Err(e) => Err(self.invalid(
+                key,
+                &(mask(&v.0), v.1.clone()),
+                format!("not a valid organisation number: {e}"),
+            )),
+        }
+    }
+
+    fn socket_addr(&self, key: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        v.0.parse()
+            .map(Some)
+            .map_err(|_| self.invalid(key, &v, "expected an address such as 127.0.0.1:8090".into()))
+    }
+}
+
+/// The `&'static` name of a known key for error messages (array entries by their schema name).
+fn static_name(key: &str) -> &'static str {
+    let schema = schema_name(key);
+    KEYS.iter().find(|k| k.name == schema).map_or("(unknown)", |k| k.name)
+}
+
+fn resolve(
+    config_file: Option<PathBuf>,
+    mut raw: RawMap,
+    password_env: Option<Sourced<SecretString>>,
+) -> Result<Settings, ConfigError> {
+    let env_raw = Resolver { raw: raw.clone() }.defaulted("env")?;
+    let env = match env_raw.0.as_str() {
+        "local" => Environment::Local,
+        "test" => Environment::Test,
+        "prod" => Environment::Prod,
+        _ => {
+            return Err(Resolver { raw }.invalid("env", &env_raw, "expected local, test or prod".into()));
+        }
     };
-    let mut issuer = url_key(&raw, "maskinporten_issuer")?.expect("defaulted");
+    // Environment-dependent defaults.
+    raw.entry("maskinporten_issuer".into())
+        .or_insert_with(|| (env.default_issuer().into(), Source::Default));
+    raw.entry("kfr_base_url".into())
+        .or_insert_with(|| (env.default_kfr_base_url().into(), Source::Default));
+    raw.entry("allow_synthetic_ids".into())
+        .or_insert_with(|| ((env != Environment::Prod).to_string(), Source::Default));
+    let mut r = Resolver { raw };
+
+    let mut issuer = r.url("maskinporten_issuer", env)?.ok_or(ConfigError::Missing {
+        key: "maskinporten_issuer",
+        why: "it is where tokens come from",
+    })?;
     // The issuer is compared byte for byte with the discovery document and is the grant's `aud`
     // (kfr-notes §9): normalise to the trailing-slash form Digdir uses.
     if !issuer.path().ends_with('/') {
         issuer.set_path(&format!("{}/", issuer.path()));
-        raw.insert(
-            "maskinporten_issuer",
-            (issuer.to_string(), raw["maskinporten_issuer"].1.clone()),
-        );
+        if let Some(entry) = r.raw.get_mut("maskinporten_issuer") {
+            entry.0 = issuer.to_string();
+        }
     }
-    let kfr_base_url = url_key(&raw, "kfr_base_url")?.expect("defaulted");
-    let proxy = url_key(&raw, "proxy")?;
+    let kfr_base_url = r.url("kfr_base_url", env)?.ok_or(ConfigError::Missing {
+        key: "kfr_base_url",
+        why: "it is where KFR is reached",
+    })?;
+    let proxy = r.url("proxy", env)?;
 
-    let org_number = match get(&raw, "org_number") {
-        Some(v) if v.0.len() == 9 && v.0.bytes().all(|b| b.is_ascii_digit()) => Some(v.0),
-        Some(v) => return Err(invalid("org_number", &v, "expected 9 digits".into())),
-        None => None,
-    };
-    let consumer_org = match get(&raw, "consumer_org") {
-        Some(v) if v.0.len() == 9 && v.0.bytes().all(|b| b.is_ascii_digit()) => Some(v.0),
-        Some(v) => return Err(invalid("consumer_org", &v, "expected 9 digits".into())),
-        None => None,
-    };
-    let x5c_raw = get(&raw, "x5c").expect("defaulted");
+    let org_number = r.org_number("org_number", env)?;
+    let consumer_org = r.org_number("consumer_org", env)?;
+    // Acting for oneself is not a delegation; Maskinporten refuses it, so say so now.
+    if let (Some(org), Some(consumer)) = (&org_number, &consumer_org)
+        && org == consumer
+    {
+        return Err(ConfigError::Conflict(format!(
+            "consumer_org {consumer} is the institution's own org_number; remove consumer_org (it is only for acting on behalf of another organisation)"
+        )));
+    }
+    let x5c_raw = r.defaulted("x5c")?;
     let x5c = match x5c_raw.0.as_str() {
         "leaf" => X5cMode::Leaf,
         "chain" => X5cMode::Chain,
-        _ => return Err(invalid("x5c", &x5c_raw, "expected leaf or chain".into())),
+        _ => return Err(r.invalid("x5c", &x5c_raw, "expected leaf or chain".into())),
     };
-    let secs = |raw: &RawMap, key: &'static str| -> Result<std::time::Duration, ConfigError> {
-        let v = get(raw, key).expect("defaulted");
-        let n: u64 =
-            v.0.parse()
-                .map_err(|_| invalid(key, &v, "expected a whole number of seconds".into()))?;
-        if n == 0 {
-            return Err(invalid(key, &v, "must be at least 1".into()));
-        }
-        Ok(std::time::Duration::from_secs(n))
-    };
-    let boolean = |raw: &RawMap, key: &'static str| -> Result<bool, ConfigError> {
-        let v = get(raw, key).expect("defaulted");
-        v.0.parse()
-            .map_err(|_| invalid(key, &v, "expected true or false".into()))
-    };
-    let path = |raw: &RawMap, key: &'static str| get(raw, key).map(|v| PathBuf::from(v.0));
 
     // Certificate password: environment variable or file, never a flag.
-    let password_file = path(&raw, "certificate_password_file");
+    let password_file = r.path("certificate_password_file");
     let password = match (password_env, &password_file) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::Conflict(format!(
@@ -614,11 +913,7 @@ fn resolve(
         }
         (None, None) => None,
     };
-    let credential = match (
-        path(&raw, "certificate"),
-        path(&raw, "private_key"),
-        path(&raw, "certificate_pem"),
-    ) {
+    let credential = match (r.path("certificate"), r.path("private_key"), r.path("certificate_pem")) {
         (Some(p12), None, None) => Some(CredentialSource::Pkcs12 {
             path: p12,
             password: password.clone(),
@@ -641,72 +936,151 @@ fn resolve(
         }
     };
 
-    for k in KEYS {
-        if let Some((v, s)) = get(&raw, k.name) {
-            origins.insert(k.name, (v, s));
+    let state_file = resolve_store(&r)?;
+    let retry = RetrySettings {
+        max_attempts: r.number("retry.max_attempts", 1, 100, "attempts")?,
+        base_delay: std::time::Duration::from_millis(r.number("retry.base_delay_ms", 0, 60_000, "milliseconds")?),
+        max_delay: std::time::Duration::from_secs(r.number("retry.max_delay_secs", 0, 3_600, "seconds")?),
+        retry_after_cap: std::time::Duration::from_secs(r.number(
+            "retry.retry_after_cap_secs",
+            0,
+            86_400,
+            "seconds",
+        )?),
+    };
+    let sync = resolve_sync(&r)?;
+
+    let mut origins: BTreeMap<String, (String, Source)> = BTreeMap::new();
+    for k in KEYS.iter().filter(|k| !k.name.contains("[]")) {
+        if let Some((v, s)) = r.get(k.name) {
+            origins.insert(k.name.to_string(), (v, s));
         }
     }
+    for (key, value) in r.raw.iter().filter(|(k, _)| k.contains('[')) {
+        origins.insert(key.clone(), value.clone());
+    }
     if password.is_some() {
-        let src = if password_file.is_some() {
-            origins["certificate_password_file"].1.clone()
-        } else {
-            Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into())
+        let src = match origins.get("certificate_password_file") {
+            Some((_, s)) if password_file.is_some() => s.clone(),
+            _ => Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into()),
         };
-        origins.insert("certificate_password", ("[redacted]".into(), src));
+        origins.insert("certificate_password".into(), ("[redacted]".into(), src));
     }
 
     Ok(Settings {
         config_file,
         env,
         org_number,
-        client_id: get(&raw, "client_id").map(|v| v.0),
-        scope: get(&raw, "scope").expect("defaulted").0,
+        client_id: r.string("client_id"),
+        scope: r.defaulted("scope")?.0,
         credential,
-        kid: get(&raw, "kid").map(|v| v.0),
+        kid: r.string("kid"),
         x5c,
         consumer_org,
-        resource: get(&raw, "resource").map(|v| v.0),
+        resource: r.string("resource"),
         maskinporten_issuer: issuer,
         kfr_base_url,
         proxy,
-        extra_ca_bundle: path(&raw, "extra_ca_bundle"),
-        connect_timeout: secs(&raw, "connect_timeout_secs")?,
-        request_timeout: secs(&raw, "request_timeout_secs")?,
-        token_refresh_ahead: secs(&raw, "token_refresh_ahead_secs")?,
-        pseudonym_key_file: path(&raw, "pseudonym_key_file").expect("defaulted"),
-        allow_synthetic_ids: boolean(&raw, "allow_synthetic_ids")?,
-        allow_h_numbers: boolean(&raw, "allow_h_numbers")?,
-        state_file: path(&raw, "state_file").expect("defaulted"),
-        ingest_rate: {
-            let v = get(&raw, "ingest_rate").expect("defaulted");
-            match v.0.parse::<u32>() {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    return Err(invalid(
-                        "ingest_rate",
-                        &v,
-                        "expected a whole number of relationships per second, at least 1".into(),
-                    ));
-                }
-            }
-        },
-        max_batch_bytes: {
-            let v = get(&raw, "max_batch_bytes").expect("defaulted");
-            match v.0.parse::<usize>() {
-                Ok(n) if (MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&n) => n,
-                _ => {
-                    return Err(invalid(
-                        "max_batch_bytes",
-                        &v,
-                        format!(
-                            "expected a number of bytes from {MIN_BATCH_BYTES} to {} (KFR: 10 MB a file)",
-                            crate::kfr::batch::DEFAULT_MAX_BYTES
-                        ),
-                    ));
-                }
-            }
-        },
+        extra_ca_bundle: r.path("extra_ca_bundle"),
+        connect_timeout: r.secs("connect_timeout_secs")?,
+        request_timeout: r.secs("request_timeout_secs")?,
+        token_refresh_ahead: r.secs("token_refresh_ahead_secs")?,
+        pseudonym_key_file: PathBuf::from(r.defaulted("pseudonym_key_file")?.0),
+        allow_synthetic_ids: r.boolean("allow_synthetic_ids")?,
+        allow_h_numbers: r.boolean("allow_h_numbers")?,
+        state_file,
+        ingest_rate: r.number("ingest_rate", 1, u32::MAX, "relationships per second")?,
+        max_batch_bytes: r.number(
+            "max_batch_bytes",
+            MIN_BATCH_BYTES,
+            crate::kfr::batch::DEFAULT_MAX_BYTES,
+            "bytes (KFR: 10 MB a file)",
+        )?,
+        retry,
+        sync,
         origins,
+    })
+}
+
+/// The state store: `store.url` (a path, or `sqlite://` + path) or the older `state_file`, not
+/// both. Only SQLite exists today; a PostgreSQL URL is refused by name so the error is clear.
+fn resolve_store(r: &Resolver) -> Result<PathBuf, ConfigError> {
+    let legacy = r.raw.get("state_file").cloned();
+    match (r.get("store.url"), legacy) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict(
+            "both `store.url` and `state_file` are set; keep only `store.url`".into(),
+        )),
+        (Some(v), None) => {
+            let text = v.0.trim();
+            if let Some(rest) = text.strip_prefix("sqlite://") {
+                if rest.is_empty() {
+                    return Err(r.invalid(
+                        "store.url",
+                        &v,
+                        "sqlite:// needs a path, e.g. sqlite:///var/lib/kfr/state.db".into(),
+                    ));
+                }
+                Ok(PathBuf::from(rest))
+            } else if text.contains("://") {
+                Err(r.invalid(
+                    "store.url",
+                    &v,
+                    "only SQLite state stores exist in this version: a path or sqlite:///path".into(),
+                ))
+            } else {
+                Ok(PathBuf::from(text))
+            }
+        }
+        (None, _) => Ok(PathBuf::from(r.defaulted("state_file")?.0)),
+    }
+}
+
+/// The `[sync]` table and its `[[sync.sources]]`.
+fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
+    let mut sources = Vec::new();
+    for i in 0.. {
+        let key = |field: &str| format!("sync.sources[{i}].{field}");
+        if !r.raw.keys().any(|k| k.starts_with(&format!("sync.sources[{i}]."))) {
+            break;
+        }
+        let kind_raw = r.get(&key("kind")).ok_or(ConfigError::Missing {
+            key: "sync.sources[].kind",
+            why: "each [[sync.sources]] says what it is: http, spool or stdin",
+        })?;
+        let dir = r.path(&key("dir"));
+        let kind = match (kind_raw.0.as_str(), dir) {
+            ("http", None) => SourceKind::Http,
+            ("stdin", None) => SourceKind::Stdin,
+            ("spool", Some(dir)) => SourceKind::Spool { dir },
+            ("spool", None) => {
+                return Err(ConfigError::Missing {
+                    key: "sync.sources[].dir",
+                    why: "a spool source reads the directory the core system moves files into",
+                });
+            }
+            ("http" | "stdin", Some(_)) => {
+                return Err(r.invalid(&key("kind"), &kind_raw, "only a spool source takes `dir`".into()));
+            }
+            _ => return Err(r.invalid(&key("kind"), &kind_raw, "expected http, spool or stdin".into())),
+        };
+        sources.push(SourceSettings {
+            name: r.string(&key("name")).unwrap_or_else(|| format!("{}-{i}", kind_raw.0)),
+            kind,
+        });
+    }
+    Ok(SyncSettings {
+        listen: r.socket_addr("sync.listen")?.ok_or(ConfigError::Missing {
+            key: "sync.listen",
+            why: "it is where the agent takes events",
+        })?,
+        ingest_key_file: r.path("sync.ingest_key_file"),
+        tls_cert: r.path("sync.tls_cert"),
+        tls_key: r.path("sync.tls_key"),
+        metrics_listen: r.socket_addr("sync.metrics_listen")?,
+        rate: r.number("sync.rate", 1, 10_000, "requests per second")?,
+        max_in_flight: r.number("sync.max_in_flight", 1, 1_000, "requests")?,
+        retention_days: r.number("sync.retention_days", 1, 3_650, "days")?,
+        sources,
     })
 }
 
@@ -826,5 +1200,98 @@ mod tests {
         };
         let s = Settings::load_from(None, &BTreeMap::new(), &flags).unwrap();
         assert_eq!(s.maskinporten_issuer.as_str(), "http://127.0.0.1:9/maskinporten/");
+    }
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), text);
+        Settings::load_from(Some(&p), &BTreeMap::new(), &FlagOverrides::default())
+    }
+
+    #[test]
+    fn sync_table_and_sources_parse_with_their_sources_shown() {
+        let s = load(
+            "env = \"local\"\n[sync]\nlisten = \"127.0.0.1:18090\"\nrate = 25\n\
+             [[sync.sources]]\nkind = \"http\"\n[[sync.sources]]\nkind = \"spool\"\ndir = \"spool\"\nname = \"core\"\n\
+             [retry]\nretry_after_cap_secs = 600\n[store]\nurl = \"sqlite:///var/lib/kfr/state.db\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.sync.listen.to_string(), "127.0.0.1:18090");
+        assert_eq!(s.sync.rate, 25);
+        assert_eq!(s.sync.max_in_flight, 8, "defaults fill what the table leaves out");
+        assert_eq!(s.sync.sources.len(), 2);
+        assert_eq!(s.sync.sources[0].kind, SourceKind::Http);
+        assert_eq!(s.sync.sources[1].name, "core");
+        match &s.sync.sources[1].kind {
+            SourceKind::Spool { dir } => assert!(dir.is_absolute() && dir.ends_with("spool"), "{dir:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.retry.retry_after_cap, std::time::Duration::from_secs(600));
+        assert_eq!(s.state_file, PathBuf::from("/var/lib/kfr/state.db"));
+        assert!(matches!(s.origins["sync.rate"].1, Source::File(_)));
+        assert_eq!(s.origins["sync.max_in_flight"].1, Source::Default);
+        assert_eq!(s.origins["sync.sources[1].kind"].0, "spool");
+    }
+
+    #[test]
+    fn a_misspelt_key_inside_a_table_is_refused_with_a_suggestion() {
+        let err = load("[sync]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("`sync.lisen`"), "{err}");
+        assert_eq!(
+            err.hint().unwrap(),
+            "did you mean `sync.listen`? See docs/configuration.md"
+        );
+        let err = load("[[sync.sources]]\nkind = \"spool\"\ndri = \"x\"\n").unwrap_err();
+        assert!(err.hint().unwrap().contains("`sync.sources[].dir`"), "{:?}", err.hint());
+        let err = load("[synk]\nrate = 1\n").unwrap_err();
+        assert!(err.hint().unwrap().contains("`sync`"), "{:?}", err.hint());
+        // A table where a value belongs, and a value where a table belongs, are refused too.
+        assert!(load("[scope]\nx = 1\n").is_err());
+        assert!(load("sync = 3\n").is_err());
+    }
+
+    #[test]
+    fn section_keys_come_from_the_environment_too() {
+        assert_eq!(env_var("retry.max_attempts").as_deref(), Some("KFR_RETRY_MAX_ATTEMPTS"));
+        assert_eq!(env_var("sync.sources[].kind"), None);
+        let mut env = BTreeMap::new();
+        env.insert("KFR_SYNC_RATE".to_string(), "3".to_string());
+        let s = Settings::load_from(None, &env, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.sync.rate, 3);
+        assert_eq!(s.origins["sync.rate"].1, Source::Env("KFR_SYNC_RATE".into()));
+    }
+
+    #[test]
+    fn bad_section_values_name_key_and_rule() {
+        let err = load("[[sync.sources]]\nkind = \"kafka\"\n").unwrap_err();
+        assert!(err.to_string().contains("expected http, spool or stdin"), "{err}");
+        let err = load("[[sync.sources]]\nkind = \"spool\"\n").unwrap_err();
+        assert!(err.to_string().contains("sync.sources[].dir"), "{err}");
+        let err = load("[store]\nurl = \"postgres://db/kfr\"\n").unwrap_err();
+        assert!(err.to_string().contains("only SQLite"), "{err}");
+        let err = load("state_file = \"a.db\"\n[store]\nurl = \"b.db\"\n").unwrap_err();
+        assert!(err.to_string().contains("keep only `store.url`"), "{err}");
+        let err = load("[retry]\nmax_attempts = 0\n").unwrap_err();
+        assert!(err.to_string().contains("from 1 to 100"), "{err}");
+        let err = load("[sync]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(err.to_string().contains("127.0.0.1:8090"), "{err}");
+    }
+
+    #[test]
+    fn organisation_numbers_are_checked_mod_11() {
+        assert!(load("org_number = \"916960190\"\n").is_ok());
+        let err = load("org_number = \"916960191\"\n").unwrap_err();
+        assert!(err.to_string().contains("check digit"), "{err}");
+        let err = load("org_number = \"916960190\"\nconsumer_org = \"916960199\"\n").unwrap_err();
+        assert!(err.to_string().contains("consumer_org"), "{err}");
+        let err = load("org_number = \"916960190\"\nconsumer_org = \"916960190\"\n").unwrap_err();
+        assert!(err.to_string().contains("own org_number"), "{err}");
+        // A person's number is not an organisation number, whatever its length checks say.
+        let err = load("org_number = \"15108695088\"\n").unwrap_err();
+        assert!(err.to_string().contains("org_number"), "{err}");
+        assert!(
+            !err.to_string().contains("15108695088"),
+            "a person's number is masked: {err}"
+        );
     }
 }

@@ -32,6 +32,15 @@ pub fn id_policy(s: &Settings) -> IdPolicy {
     }
 }
 
+/// How one call is retried (`[retry]`).
+pub fn retry_policy(s: &Settings) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: s.retry.max_attempts,
+        base_delay: s.retry.base_delay,
+        max_delay: s.retry.max_delay,
+    }
+}
+
 /// The token client's configuration (no certificate loaded yet).
 pub fn token_config(s: &Settings) -> anyhow::Result<TokenClientConfig> {
     Ok(TokenClientConfig {
@@ -46,7 +55,7 @@ pub fn token_config(s: &Settings) -> anyhow::Result<TokenClientConfig> {
         x5c: s.x5c,
         kid: s.kid.clone(),
         refresh_ahead: s.token_refresh_ahead,
-        retry: RetryPolicy::default(),
+        retry: retry_policy(s),
     })
 }
 
@@ -64,7 +73,7 @@ pub fn kfr_client(s: &Settings) -> anyhow::Result<KfrClient> {
     let cfg = KfrClientConfig {
         base_url: s.kfr_base_url.clone(),
         org_number: s.require_org_number()?.to_string(),
-        retry: RetryPolicy::default(),
+        retry: retry_policy(s),
         max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
     };
     Ok(KfrClient::new(crate::http::client(&http_config(s))?, tokens, cfg))

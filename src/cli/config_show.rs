@@ -16,10 +16,16 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("# configuration file: {}", file.as_deref().unwrap_or("(none)"));
-    let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
-    // KEYS order (the documented order), then derived entries such as the password.
+    // KEYS order (the documented order), then derived entries such as the password and each
+    // `[[sync.sources]]` entry's keys. Keys inside arrays are shown per entry, not as a schema.
+    let names: Vec<&str> = KEYS
+        .iter()
+        .map(|k| k.name)
+        .filter(|n| !n.contains("[]"))
+        .chain(settings.origins.keys().map(String::as_str))
+        .collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
     let mut seen = std::collections::BTreeSet::new();
-    let names = KEYS.iter().map(|k| k.name).chain(settings.origins.keys().copied());
     for name in names {
         if !seen.insert(name) {
             continue;
