@@ -144,3 +144,29 @@ fn configuration_errors_exit_2_with_key_file_and_hint() {
     let out = kfr(dir.path()).args(["token", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A `[sync]` table with sources parses and `config show` lists its keys with their origin; a
+/// misspelt key in it is refused (exit 2) with the key, the file and the key that was meant.
+#[test]
+fn sync_table_parses_and_a_misspelt_key_in_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kfr.toml"),
+        "env = \"local\"\n[sync]\nlisten = \"127.0.0.1:18090\"\n[[sync.sources]]\nkind = \"spool\"\ndir = \"in\"\n",
+    )
+    .unwrap();
+    let out = kfr(dir.path()).args(["config", "show"]).output().unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = |key: &str| stdout.lines().find(|l| l.starts_with(&format!("{key} "))).unwrap_or_default();
+    assert!(line("sync.listen").contains("127.0.0.1:18090") && line("sync.listen").contains("# file kfr.toml"), "{stdout}");
+    assert!(line("sync.rate").contains("# default"), "{stdout}");
+    assert!(line("sync.sources[0].dir").contains("in"), "{stdout}");
+
+    std::fs::write(dir.path().join("kfr.toml"), "[sync]\nlisen = \"127.0.0.1:18090\"\n").unwrap();
+    let out = kfr(dir.path()).args(["config", "show"]).output().unwrap();
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("error: unknown key `sync.lisen` in kfr.toml"), "{stderr}");
+    assert!(stderr.contains("hint: did you mean `sync.listen`?"), "{stderr}");
+}
