@@ -1043,6 +1043,10 @@ async fn mock_logs_never_carry_full_person_identifiers() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests run on other threads without a subscriber; a callsite they reached first may
+    // have cached "nobody listens". Recompute now that this thread's subscriber exists (a test
+    // run once failed for want of the "request refused" line).
+    tracing::callsite::rebuild_interest_cache();
     let k = setup(|c| c.ingest_rate = 100_000).await;
     k.send(k.add_req(PERSON)).await;
     k.send(k.lookup_req(PERSON)).await;
