@@ -158,8 +158,16 @@ fn sync_table_parses_and_a_misspelt_key_in_it_is_refused() {
     let out = kfr(dir.path()).args(["config", "show"]).output().unwrap();
     let (stdout, stderr) = output_text(&out);
     assert!(out.status.success(), "{stderr}");
-    let line = |key: &str| stdout.lines().find(|l| l.starts_with(&format!("{key} "))).unwrap_or_default();
-    assert!(line("sync.listen").contains("127.0.0.1:18090") && line("sync.listen").contains("# file kfr.toml"), "{stdout}");
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("sync.listen").contains("127.0.0.1:18090") && line("sync.listen").contains("# file kfr.toml"),
+        "{stdout}"
+    );
     assert!(line("sync.rate").contains("# default"), "{stdout}");
     assert!(line("sync.sources[0].dir").contains("in"), "{stdout}");
 
@@ -167,6 +175,9 @@ fn sync_table_parses_and_a_misspelt_key_in_it_is_refused() {
     let out = kfr(dir.path()).args(["config", "show"]).output().unwrap();
     let (_, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("error: unknown key `sync.lisen` in kfr.toml"), "{stderr}");
+    assert!(
+        stderr.contains("error: unknown key `sync.lisen` in kfr.toml"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: did you mean `sync.listen`?"), "{stderr}");
 }

@@ -1,17 +1,19 @@
 //! `kfr` keeps Bits AS' Kundeforholdsregister (KFR) current for a Norwegian financial institution.
 //!
-//! Module map (data flows one way: source → outbox → scheduler → KFR → ledger):
-//! - [`config`]: `kfr.toml` + `KFR_*` variables + flags, resolved once into [`config::Settings`].
-//! - [`maskinporten`]: the business-certificate credential, the JWT-bearer grant and the token cache.
-//! - [`kfr`]: the KFR API client, batch encoding and error model.
-//! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
-//! - [`load`]: the initial load: reader, planner, executor, report (`kfr load`).
-//! - [`store`]: the SQLite state store: load jobs, the ledger, held deletes (later the outbox).
-//! - [`mock`]: the bundled fake Maskinporten and fake KFR used by tests and `kfr mock`.
-//! - [`certs`]: throwaway test certificates for the local mock.
-//! - [`cli`]: argument parsing and one file per command; `main` stays thin.
-//! - [`http`]: the shared outgoing HTTP client (TLS, proxy, timeouts).
-//! - [`error`]: exit codes and the `error:` / `Caused by:` / `hint:` rendering.
+//! Module map, top to bottom; a module uses only modules below it (`architecture` holds the table
+//! and the test that enforces it). Data flows one way: source → outbox → dispatcher → KFR → ledger.
+//! - [`cli`]: argument parsing, one file per command, the printer and error rendering; the only
+//!   module that reads [`config::Settings`] (`cli::build` turns them into per-module configs and
+//!   clients). [`config`] (file + `KFR_*` + flags) and [`telemetry`] (logging) serve it alone.
+//! - Engines: [`load`] (the initial load: plan, upload, confirm, report) and [`mock`] (the bundled
+//!   fake Maskinporten and KFR). They return values and emit events; they never print.
+//! - Systems and data: [`kfr`] (the KFR API client, batch encoding, verdicts), [`maskinporten`]
+//!   (the business-certificate credential, the JWT-bearer grant, the token cache) and [`store`]
+//!   (the SQLite state store: load jobs, the ledger, held operations).
+//! - Building blocks: [`http`] (the outgoing client: TLS, proxy, timeouts), [`ids`] (validated
+//!   customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test certificates).
+//! - Vocabulary: [`error`] (exit codes, the `Hinted` trait), [`env_vars`] (every variable name),
+//!   [`environment`] (local / test / prod).
 
 #[cfg(test)]
 mod architecture;
