@@ -11,18 +11,23 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A fast ingest rate for tests (the mock's and the one `kfr load` is told).
-const RATE: u64 = 200_000;
+pub(crate) const RATE: u64 = 200_000;
 
 /// The smallest batch limit: about 35 dated entries per batch.
 const SMALL: &str = "1024";
 
-struct Env {
+pub(crate) struct Env {
     _d: tempfile::TempDir,
-    dir: PathBuf,
-    mock: MockServer,
+    pub(crate) dir: PathBuf,
+    pub(crate) mock: MockServer,
 }
 
-async fn setup() -> Env {
+pub(crate) async fn setup() -> Env {
+    setup_with_rate(RATE).await
+}
+
+/// A test directory with certificates and a mock ingesting `rate` relationships a second.
+pub(crate) async fn setup_with_rate(rate: u64) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let d = tempfile::tempdir().unwrap();
@@ -35,14 +40,14 @@ async fn setup() -> Env {
         .map(|c| c.unwrap().to_vec())
         .collect();
     let mut cfg = kfr::mock::MockConfig::new(ders);
-    cfg.ingest_rate = RATE;
+    cfg.ingest_rate = rate;
     let mock = MockServer::start(listener, cfg).await.unwrap();
     Env { _d: d, dir, mock }
 }
 
 impl Env {
     /// Runs `kfr --config kfr.toml <args>` in the test directory.
-    async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let dir = self.dir.clone();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -59,7 +64,13 @@ impl Env {
     }
 
     /// `kfr load FILE --state STATE` with the fast test settings and `extra` flags.
-    async fn load(&self, file: &str, state: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    pub(crate) async fn load(
+        &self,
+        file: &str,
+        state: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
         let rate = RATE.to_string();
         let mut args = vec![
             "load",
@@ -75,14 +86,14 @@ impl Env {
         self.run(&args, env).await
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
     /// Active relationships of our institution in the mock: identifier → start date.
-    fn active(&self) -> BTreeMap<String, String> {
+    pub(crate) fn active(&self) -> BTreeMap<String, String> {
         self.mock
             .state()
             .relationships()
@@ -92,7 +103,7 @@ impl Env {
             .collect()
     }
 
-    fn ended(&self) -> Vec<String> {
+    pub(crate) fn ended(&self) -> Vec<String> {
         self.mock
             .state()
             .relationships()
@@ -102,7 +113,7 @@ impl Env {
             .collect()
     }
 
-    fn batches_accepted(&self) -> u64 {
+    pub(crate) fn batches_accepted(&self) -> u64 {
         self.mock.state().snapshot().batches_accepted
     }
 
@@ -113,7 +124,7 @@ impl Env {
 
 /// `n` valid synthetic identifiers, unique for distinct `seed`s: fødselsnumre (K1 remainder 0,
 /// as issued before 2032) and test organisation numbers (first digit 3), alternating.
-fn ids(seed: u32, n: usize) -> Vec<String> {
+pub(crate) fn ids(seed: u32, n: usize) -> Vec<String> {
     let w1 = [3, 7, 6, 1, 8, 9, 4, 5, 2];
     let w2 = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
     let wo = [3, 2, 7, 6, 5, 4, 3, 2];
@@ -152,11 +163,11 @@ fn ids(seed: u32, n: usize) -> Vec<String> {
 }
 
 /// Start dates, varied and in the past.
-fn date(i: usize) -> String {
+pub(crate) fn date(i: usize) -> String {
     format!("{}-{:02}-{:02}", 2000 + i % 20, 1 + i % 12, 1 + i % 28)
 }
 
-fn assert_ok(out: &std::process::Output) -> (String, String) {
+pub(crate) fn assert_ok(out: &std::process::Output) -> (String, String) {
     let (o, e) = output_text(out);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{o}\nstderr:\n{e}");
     (o, e)
