@@ -542,7 +542,7 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
         .load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[])
         .await;
     let (stdout, _) = assert_ok(&out);
-    assert_eq!(stdout.matches("held delete sent").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("held operation sent: remove").count(), 4, "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
     let mut ended = env.ended();
     ended.sort();
@@ -550,7 +550,7 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
     want.sort();
     assert_eq!(ended, want);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
-    assert_eq!(report["held_deletes_sent"].as_array().unwrap().len(), 4);
+    assert_eq!(report["held_operations_sent"].as_array().unwrap().len(), 4);
 
     // With the load confirmed, remove goes straight to KFR, with or without --state.
     let out = env.run(&["remove", &ids[2], "--state", "s.db"], &[]).await;
