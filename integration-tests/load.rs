@@ -660,3 +660,105 @@ async fn max_per_day_pauses_the_load_when_the_day_is_full() {
         "the barrier stays up while paused"
     );
 }
+
+/// `-q`: nothing on stderr but errors. The plan of a dry run and the summary of a run are data
+/// and still go to stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_prints_nothing_on_stderr_unless_something_fails() {
+    let env = setup().await;
+    let ids = ids(110, 80);
+    let text: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{id};{}\n", date(i)))
+        .collect();
+    env.write("c.csv", &text);
+    let out = env.run(&["-q", "load", "c.csv", "--dry-run"], &[]).await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert_eq!(stderr, "", "a quiet dry run says nothing on stderr");
+    assert!(stdout.contains("valid: 80 unique"), "{stdout}");
+
+    let rate = RATE.to_string();
+    let args = [
+        "-q",
+        "load",
+        "c.csv",
+        "--state",
+        "s.db",
+        "--ingest-rate",
+        &rate,
+        "--max-batch-bytes",
+        SMALL,
+    ];
+    let out = env.run(&args, &[]).await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert_eq!(stderr, "", "no progress, job or batch messages");
+    assert!(stdout.contains("complete: 80 relationships in 3 batches"), "{stdout}");
+    // Without -q the same run is talkative on stderr (so the test above can fail).
+    let out = env.load("c.csv", "t.db", &[], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(
+        stderr.contains("load job 1 created") && stderr.contains("batch 3 confirmed"),
+        "{stderr}"
+    );
+
+    // A refused load still explains itself under -q: the bad line, the error and its hint.
+    env.write("bad.csv", &format!("{text}123\n"));
+    let out = env.run(&["-q", "load", "bad.csv", "--dry-run"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.csv:81: "), "{stderr}");
+    assert!(stderr.contains("error: ") && stderr.contains("hint: "), "{stderr}");
+}
+
+/// `kfr load F --dry-run | head -1`: the reader goes away after one line; kfr exits cleanly
+/// instead of panicking on the closed pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_is_a_clean_exit() {
+    use std::io::BufRead as _;
+    let env = setup().await;
+    // A plan of about 1,000 batch lines: far more than a pipe buffers, so writing it must meet
+    // the closed pipe.
+    env.write("many.txt", &self::ids(111, 30_000).join("\n"));
+    let dir = env.dir.clone();
+    let (code, first, stderr) = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KFR_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .args([
+                "--config",
+                "kfr.toml",
+                "load",
+                "many.txt",
+                "--dry-run",
+                "--max-batch-bytes",
+                SMALL,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader (and with it the pipe) is dropped here, like `head -1` exiting.
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            first,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("Plan for many.txt"), "{first}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
