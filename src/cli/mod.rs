@@ -263,9 +263,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mock(args) => runtime()?.block_on(mock::run(args)),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
         Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
-        Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args)),
-        Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args)),
-        Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args)),
+        Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args, printer())),
+        Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args, printer())),
+        Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args, printer())),
         Command::Validate(args) => validate::run(&load()?, args),
         Command::Pseudonym(args) => pseudonym::run(&load()?, args),
     }

@@ -15,6 +15,7 @@
 //! (D-3 step 3: new relationships go in parallel with the load) and is recorded in the ledger
 //! when a store exists.
 
+use super::printer::Printer;
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::CustomerId;
@@ -44,6 +45,7 @@ fn state_path(settings: &Settings, args: &RelationshipArgs) -> std::path::PathBu
 /// Queues the operation where a held one on the same customer (or, for a remove, a running load)
 /// says it must wait; prints where and why. Returns whether it was held.
 fn hold(
+    p: &Printer,
     settings: &Settings,
     args: &RelationshipArgs,
     id: &CustomerId,
@@ -62,40 +64,37 @@ fn hold(
         HoldReason::Behind { ahead, job } => ("behind", ahead, job),
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": op, "outcome": "held", "reason": reason, "behind": ahead,
-                "customer": id.log().to_string(), "kind": id.kind(), "correlation_id": cid,
-                "load_job": job, "state": state.display().to_string(),
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": op, "outcome": "held", "reason": reason, "behind": ahead,
+            "customer": id.log().to_string(), "kind": id.kind(), "correlation_id": cid,
+            "load_job": job, "state": state.display().to_string(),
+        }));
         return Ok(true);
     }
     let when = match job {
         Some(job) => format!("`kfr load` sends it when load job {job} is confirmed ingested"),
         None => "`kfr load FILE --resume` sends it once they have gone".to_string(),
     };
-    match queued.reason {
-        HoldReason::Barrier { job } => println!(
+    let _ = match queued.reason {
+        HoldReason::Barrier { job } => p.data(format!(
             "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
             who(id),
             state.display()
-        ),
-        HoldReason::Behind { ahead, .. } => println!(
+        )),
+        HoldReason::Behind { ahead, .. } => p.data(format!(
             "queued: {} of {} waits in {} behind {ahead} earlier held operation(s) on this customer, so KFR gets them in the order they were issued; {when} (CorrelationID {cid})",
             op.as_str(),
             who(id),
             state.display()
-        ),
-    }
+        )),
+    };
     Ok(true)
 }
 
-pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
+pub async fn add(settings: Settings, args: &RelationshipArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
     let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
-    if hold(&settings, args, &id, Operation::Add, cid)? {
+    if hold(&p, &settings, args, &id, Operation::Add, cid)? {
         return Ok(());
     }
     let client = super::build::kfr_client(&settings)?;
@@ -111,30 +110,27 @@ pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<
         AddOutcome::AlreadyPresent => "already present",
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": "add", "outcome": out.value, "status": out.status,
-                "customer": id.log().to_string(), "kind": id.kind(),
-                "correlation_id": out.correlation_id, "org_number": client.config().org_number,
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": "add", "outcome": out.value, "status": out.status,
+            "customer": id.log().to_string(), "kind": id.kind(),
+            "correlation_id": out.correlation_id, "org_number": client.config().org_number,
+        }));
     } else {
-        println!(
+        let _ = p.data(format!(
             "{outcome}: {} in KFR for {} (HTTP {}, CorrelationID {})",
             who(&id),
             client.config().org_number,
             out.status,
             out.correlation_id
-        );
+        ));
     }
     Ok(())
 }
 
-pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
+pub async fn remove(settings: Settings, args: &RelationshipArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
     let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
-    if hold(&settings, args, &id, Operation::Remove, cid)? {
+    if hold(&p, &settings, args, &id, Operation::Remove, cid)? {
         return Ok(());
     }
     let client = super::build::kfr_client(&settings)?;
@@ -147,27 +143,24 @@ pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Resu
         RemoveOutcome::NotFound => "not registered (nothing to remove)",
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": "remove", "outcome": out.value, "status": out.status,
-                "customer": id.log().to_string(), "kind": id.kind(),
-                "correlation_id": out.correlation_id, "org_number": client.config().org_number,
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": "remove", "outcome": out.value, "status": out.status,
+            "customer": id.log().to_string(), "kind": id.kind(),
+            "correlation_id": out.correlation_id, "org_number": client.config().org_number,
+        }));
     } else {
-        println!(
+        let _ = p.data(format!(
             "{outcome}: {} for {} (HTTP {}, CorrelationID {})",
             who(&id),
             client.config().org_number,
             out.status,
             out.correlation_id
-        );
+        ));
     }
     Ok(())
 }
 
-pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()> {
+pub async fn lookup(settings: Settings, args: &LookupArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.target.id)?;
     if let (Some(from), Some(to)) = (args.from, args.to) {
         if from > to {
@@ -180,13 +173,10 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot look up {}", who(&id)))?;
     if args.target.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": "lookup", "status": out.status, "customer": id.log().to_string(), "kind": id.kind(),
-                "from": args.from, "to": args.to, "banks": out.value, "correlation_id": out.correlation_id,
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": "lookup", "status": out.status, "customer": id.log().to_string(), "kind": id.kind(),
+            "from": args.from, "to": args.to, "banks": out.value, "correlation_id": out.correlation_id,
+        }));
         return Ok(());
     }
     let period = match (args.from, args.to) {
@@ -201,18 +191,18 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
         .value
         .iter()
         .any(|b| b.organization_id == client.config().org_number);
-    println!(
+    let _ = p.data(format!(
         "{}: {} institution(s) for {period}{} (CorrelationID {})",
         who(&id),
         out.value.len(),
         if ours { ", including this one" } else { "" },
         out.correlation_id
-    );
+    ));
     for b in &out.value {
-        println!(
+        let _ = p.data(format!(
             "  {}  {}  activeAccount {}",
             b.organization_id, b.bank_name, b.active_account
-        );
+        ));
     }
     Ok(())
 }
