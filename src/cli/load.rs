@@ -105,10 +105,7 @@ fn failure(printer: &Printer, e: LoadError) -> anyhow::Error {
 fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
     let file = opts.file.display();
     if p.format() == Format::JsonLines && e.is_json() {
-        let _ = match &e {
-            LoadEvent::Plan { summary, .. } => p.json(&plan_json(summary)),
-            _ => p.json(&e),
-        };
+        let _ = p.json(&e);
         if let LoadEvent::BatchConfirmed { ingested, .. } = e {
             p.set_progress(ingested);
         }
@@ -211,14 +208,6 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
         )),
         LoadEvent::Warning { message } => p.warning(message),
     }
-}
-
-fn plan_json(s: &PlanSummary) -> serde_json::Value {
-    serde_json::json!({
-        "event": "plan", "file": s.file.display().to_string(), "format": s.format,
-        "format_text": s.format_text, "bom": s.bom, "crlf": s.crlf,
-        "counts": s.counts, "plan": s.plan,
-    })
 }
 
 fn num(n: u64) -> String {

@@ -151,3 +151,60 @@ impl LoadEvent {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Operation;
+
+    /// `kfr load --json` consumers read these names and fields; a rename is a visible change.
+    #[test]
+    fn json_lines_carry_the_event_name_and_flat_fields() {
+        let cid = Uuid::nil();
+        let v = serde_json::to_value(LoadEvent::BatchConfirmed {
+            batch: 2,
+            entries: 35,
+            correlation_id: cid,
+            ingested: 70,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "batch_confirmed", "batch": 2, "entries": 35,
+                "correlation_id": cid, "ingested": 70})
+        );
+        let sent = SentOperation {
+            customer: "fødselsnummer p-0123456789ab".into(),
+            operation: Operation::Add,
+            queued_at: "t0".into(),
+            sent_at: "t1".into(),
+            outcome: "added".into(),
+            correlation_id: cid,
+        };
+        let v = serde_json::to_value(LoadEvent::HeldOperationSent(sent)).unwrap();
+        assert_eq!(v["event"], "held_operation_sent");
+        assert_eq!(v["operation"], "add");
+        assert_eq!(v["outcome"], "added");
+        assert_eq!(v["customer"], "fødselsnummer p-0123456789ab");
+    }
+
+    #[test]
+    fn only_progress_facts_are_json_lines() {
+        assert!(LoadEvent::UnknownUploadFound { batch: 1 }.is_json());
+        assert!(
+            LoadEvent::Paused {
+                batch: 1,
+                max_per_day: Some(5)
+            }
+            .is_json()
+        );
+        assert!(
+            !LoadEvent::Ingesting { ingested: 1 }.is_json(),
+            "bar ticks are not lines"
+        );
+        assert!(
+            !LoadEvent::Warning { message: "x".into() }.is_json(),
+            "warnings go to stderr"
+        );
+    }
+}
