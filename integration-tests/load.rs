@@ -11,18 +11,23 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A fast ingest rate for tests (the mock's and the one `kfr load` is told).
-const RATE: u64 = 200_000;
+pub(crate) const RATE: u64 = 200_000;
 
 /// The smallest batch limit: about 35 dated entries per batch.
 const SMALL: &str = "1024";
 
-struct Env {
+pub(crate) struct Env {
     _d: tempfile::TempDir,
-    dir: PathBuf,
-    mock: MockServer,
+    pub(crate) dir: PathBuf,
+    pub(crate) mock: MockServer,
 }
 
-async fn setup() -> Env {
+pub(crate) async fn setup() -> Env {
+    setup_with_rate(RATE).await
+}
+
+/// A test directory with certificates and a mock ingesting `rate` relationships a second.
+pub(crate) async fn setup_with_rate(rate: u64) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let d = tempfile::tempdir().unwrap();
@@ -35,14 +40,14 @@ async fn setup() -> Env {
         .map(|c| c.unwrap().to_vec())
         .collect();
     let mut cfg = kfr::mock::MockConfig::new(ders);
-    cfg.ingest_rate = RATE;
+    cfg.ingest_rate = rate;
     let mock = MockServer::start(listener, cfg).await.unwrap();
     Env { _d: d, dir, mock }
 }
 
 impl Env {
     /// Runs `kfr --config kfr.toml <args>` in the test directory.
-    async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let dir = self.dir.clone();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -59,7 +64,13 @@ impl Env {
     }
 
     /// `kfr load FILE --state STATE` with the fast test settings and `extra` flags.
-    async fn load(&self, file: &str, state: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    pub(crate) async fn load(
+        &self,
+        file: &str,
+        state: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
         let rate = RATE.to_string();
         let mut args = vec![
             "load",
@@ -75,14 +86,14 @@ impl Env {
         self.run(&args, env).await
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
     /// Active relationships of our institution in the mock: identifier → start date.
-    fn active(&self) -> BTreeMap<String, String> {
+    pub(crate) fn active(&self) -> BTreeMap<String, String> {
         self.mock
             .state()
             .relationships()
@@ -92,7 +103,7 @@ impl Env {
             .collect()
     }
 
-    fn ended(&self) -> Vec<String> {
+    pub(crate) fn ended(&self) -> Vec<String> {
         self.mock
             .state()
             .relationships()
@@ -102,7 +113,7 @@ impl Env {
             .collect()
     }
 
-    fn batches_accepted(&self) -> u64 {
+    pub(crate) fn batches_accepted(&self) -> u64 {
         self.mock.state().snapshot().batches_accepted
     }
 
@@ -113,7 +124,7 @@ impl Env {
 
 /// `n` valid synthetic identifiers, unique for distinct `seed`s: fødselsnumre (K1 remainder 0,
 /// as issued before 2032) and test organisation numbers (first digit 3), alternating.
-fn ids(seed: u32, n: usize) -> Vec<String> {
+pub(crate) fn ids(seed: u32, n: usize) -> Vec<String> {
     let w1 = [3, 7, 6, 1, 8, 9, 4, 5, 2];
     let w2 = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
     let wo = [3, 2, 7, 6, 5, 4, 3, 2];
@@ -152,11 +163,11 @@ fn ids(seed: u32, n: usize) -> Vec<String> {
 }
 
 /// Start dates, varied and in the past.
-fn date(i: usize) -> String {
+pub(crate) fn date(i: usize) -> String {
     format!("{}-{:02}-{:02}", 2000 + i % 20, 1 + i % 12, 1 + i % 28)
 }
 
-fn assert_ok(out: &std::process::Output) -> (String, String) {
+pub(crate) fn assert_ok(out: &std::process::Output) -> (String, String) {
     let (o, e) = output_text(out);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{o}\nstderr:\n{e}");
     (o, e)
@@ -531,7 +542,7 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
         .load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[])
         .await;
     let (stdout, _) = assert_ok(&out);
-    assert_eq!(stdout.matches("held delete sent").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("held operation sent: remove").count(), 4, "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
     let mut ended = env.ended();
     ended.sort();
@@ -539,7 +550,7 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
     want.sort();
     assert_eq!(ended, want);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
-    assert_eq!(report["held_deletes_sent"].as_array().unwrap().len(), 4);
+    assert_eq!(report["held_operations_sent"].as_array().unwrap().len(), 4);
 
     // With the load confirmed, remove goes straight to KFR, with or without --state.
     let out = env.run(&["remove", &ids[2], "--state", "s.db"], &[]).await;
@@ -648,4 +659,106 @@ async fn max_per_day_pauses_the_load_when_the_day_is_full() {
         assert_ok(&out).0.starts_with("held:"),
         "the barrier stays up while paused"
     );
+}
+
+/// `-q`: nothing on stderr but errors. The plan of a dry run and the summary of a run are data
+/// and still go to stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_prints_nothing_on_stderr_unless_something_fails() {
+    let env = setup().await;
+    let ids = ids(110, 80);
+    let text: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{id};{}\n", date(i)))
+        .collect();
+    env.write("c.csv", &text);
+    let out = env.run(&["-q", "load", "c.csv", "--dry-run"], &[]).await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert_eq!(stderr, "", "a quiet dry run says nothing on stderr");
+    assert!(stdout.contains("valid: 80 unique"), "{stdout}");
+
+    let rate = RATE.to_string();
+    let args = [
+        "-q",
+        "load",
+        "c.csv",
+        "--state",
+        "s.db",
+        "--ingest-rate",
+        &rate,
+        "--max-batch-bytes",
+        SMALL,
+    ];
+    let out = env.run(&args, &[]).await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert_eq!(stderr, "", "no progress, job or batch messages");
+    assert!(stdout.contains("complete: 80 relationships in 3 batches"), "{stdout}");
+    // Without -q the same run is talkative on stderr (so the test above can fail).
+    let out = env.load("c.csv", "t.db", &[], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(
+        stderr.contains("load job 1 created") && stderr.contains("batch 3 confirmed"),
+        "{stderr}"
+    );
+
+    // A refused load still explains itself under -q: the bad line, the error and its hint.
+    env.write("bad.csv", &format!("{text}123\n"));
+    let out = env.run(&["-q", "load", "bad.csv", "--dry-run"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.csv:81: "), "{stderr}");
+    assert!(stderr.contains("error: ") && stderr.contains("hint: "), "{stderr}");
+}
+
+/// `kfr load F --dry-run | head -1`: the reader goes away after one line; kfr exits cleanly
+/// instead of panicking on the closed pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_is_a_clean_exit() {
+    use std::io::BufRead as _;
+    let env = setup().await;
+    // A plan of about 1,000 batch lines: far more than a pipe buffers, so writing it must meet
+    // the closed pipe.
+    env.write("many.txt", &self::ids(111, 30_000).join("\n"));
+    let dir = env.dir.clone();
+    let (code, first, stderr) = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KFR_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .args([
+                "--config",
+                "kfr.toml",
+                "load",
+                "many.txt",
+                "--dry-run",
+                "--max-batch-bytes",
+                SMALL,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader (and with it the pipe) is dropped here, like `head -1` exiting.
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            first,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("Plan for many.txt"), "{first}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -1,14 +1,22 @@
-//! `kfr load FILE`: flags → [`crate::load::LoadOptions`], then the load module does the work.
+//! `kfr load FILE`: flags and configuration → [`LoadOptions`], the KFR client, and the printer
+//! that presents what the load reports ([`LoadEvent`]s while it runs, then its outcome or error).
 //!
 //! Flag values win over the configuration (`state_file`, `ingest_rate`, `max_batch_bytes`), which
-//! wins over the built-in defaults; a value out of range is a usage error (exit 2).
+//! wins over the built-in defaults; a value out of range is a usage error (exit 2). The load
+//! itself prints nothing: the plan, the progress bar, the summary and the `--json` lines are all
+//! written here.
 
 use super::LoadArgs;
+use super::printer::{Format, Printer};
 use crate::config::{MIN_BATCH_BYTES, Settings};
-use crate::error::UsageError;
-use crate::load::LoadOptions;
+use crate::error::{Hinted as _, Reported, UsageError};
+use crate::load::plan::{self, human_duration};
+use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
+use crate::store::BatchStatus;
+use std::fmt::Write as _;
 
-pub async fn run(settings: Settings, args: &LoadArgs) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyhow::Result<()> {
+    let printer = printer.with_format(if args.json { Format::JsonLines } else { Format::Human });
     let max_batch_bytes = args.max_batch_bytes.unwrap_or(settings.max_batch_bytes);
     if !(MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&max_batch_bytes) {
         return Err(UsageError::new(format!(
@@ -29,7 +37,6 @@ pub async fn run(settings: Settings, args: &LoadArgs) -> anyhow::Result<()> {
     }
     let opts = LoadOptions {
         file: args.file.clone(),
-        dry_run: args.dry_run,
         resume: args.resume,
         state: args.state.clone().unwrap_or_else(|| settings.state_file.clone()),
         report: args.report.clone(),
@@ -40,7 +47,312 @@ pub async fn run(settings: Settings, args: &LoadArgs) -> anyhow::Result<()> {
         max_per_day: args.max_per_day,
         confirm_timeout: std::time::Duration::from_secs(args.confirm_timeout_secs),
         sample: args.sample,
-        json: args.json,
+        org_number: settings.require_org_number()?.to_string(),
+        kfr_base_url: settings.kfr_base_url.to_string(),
+        id_policy: super::build::id_policy(&settings),
     };
-    crate::load::run(&settings, opts).await
+    let sink = |e: LoadEvent| present(&printer, &opts, e);
+    if args.dry_run {
+        return match crate::load::dry_run(&opts, &sink) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(failure(&printer, e)),
+        };
+    }
+    super::install_pseudonyms(&settings)?;
+    let client = super::build::kfr_client(&settings)?;
+    let outcome = match crate::load::run(&opts, &client, &sink).await {
+        Ok(o) => o,
+        Err(e) => return Err(failure(&printer, e)),
+    };
+    summary(&printer, &opts, &outcome);
+    if outcome.held_operations_failed > 0 {
+        return Err(failure(
+            &printer,
+            LoadError::HeldOperationsNotSent {
+                failed: outcome.held_operations_failed,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a load error into what `main` renders: usage errors exit 2 with their hint; the others
+/// exit 1, rendered here when they carry a hint of their own (`main` finds hints only on the
+/// error types it knows), and the chain of an underlying failure is passed on as it is.
+fn failure(printer: &Printer, e: LoadError) -> anyhow::Error {
+    if let LoadError::Other(inner) = e {
+        return inner;
+    }
+    let hint = e.hint();
+    if e.is_usage() {
+        let u = UsageError::new(e.to_string());
+        return match hint {
+            Some(h) => u.with_hint(h).into(),
+            None => u.into(),
+        };
+    }
+    let message = e.to_string();
+    let err = anyhow::Error::new(e);
+    if hint.is_none() {
+        return err;
+    }
+    printer.error(&err, hint);
+    Reported(message).into()
+}
+
+/// Presents one event: a JSON line in `--json` mode for the events that have one, otherwise a
+/// message on stderr (or the bar), and the plan on stdout.
+fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
+    let file = opts.file.display();
+    if p.format() == Format::JsonLines && e.is_json() {
+        let _ = p.json(&e);
+        if let LoadEvent::BatchConfirmed { ingested, .. } = e {
+            p.set_progress(ingested);
+        }
+        return;
+    }
+    match e {
+        LoadEvent::LineRejected { rejected: r, skipped } => {
+            let line = format!("{file}:{}: {}: {} [{}]", r.line, r.text, r.message, r.rule);
+            // Without --skip-invalid these lines are why the load is refused: part of the error.
+            if skipped { p.message(line) } else { p.problem(line) }
+        }
+        LoadEvent::MoreRejected { count } => {
+            let line = format!("{file}: … and {count} more bad lines");
+            if opts.skip_invalid {
+                p.message(line)
+            } else {
+                p.problem(line)
+            }
+        }
+        LoadEvent::RejectsWritten { count, path } => {
+            p.message(format_args!("{count} rejected line(s) written to {}", path.display()))
+        }
+        LoadEvent::Plan { summary, resumed } => {
+            if !resumed {
+                let _ = p.data(plan_text(&summary).trim_end());
+            }
+        }
+        LoadEvent::JobCreated { job, state } => p.message(format_args!(
+            "load job {job} created in {}; until it is confirmed, `kfr remove` holds deletes back (onboarding D-3)",
+            state.display()
+        )),
+        LoadEvent::JobResumed {
+            job,
+            batches,
+            confirmed,
+        } => p.message(format_args!(
+            "resuming load job {job} ({batches} batches, {confirmed} confirmed)"
+        )),
+        LoadEvent::Started { total, ingested } => p.start_progress(
+            total,
+            ingested,
+            "{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}",
+        ),
+        LoadEvent::Ingesting { ingested } => p.set_progress(ingested),
+        LoadEvent::Paused { batch, max_per_day } => p.message(format_args!(
+            "daily limit of {} relationships reached before batch {batch}",
+            max_per_day.unwrap_or(0)
+        )),
+        LoadEvent::CheckingUnknownUpload { batch, .. } => p.message(format_args!(
+            "batch {batch} may or may not have been sent before the previous run stopped: checking its last entry"
+        )),
+        LoadEvent::UnknownUploadFound { batch } => p.message(format_args!(
+            "batch {batch} was accepted before the stop: not sending it again"
+        )),
+        LoadEvent::UnknownUploadAbsent { batch } => {
+            p.message(format_args!("batch {batch} is not in KFR: sending it (again)"))
+        }
+        LoadEvent::BatchAccepted {
+            batch,
+            entries,
+            bytes,
+            correlation_id,
+        } => p.message(format_args!(
+            "batch {batch} accepted: {entries} relationships, {bytes} bytes (CorrelationID {correlation_id})"
+        )),
+        LoadEvent::WaitingForIngestion { batch, missing } => p.message(format_args!(
+            "batch {batch}: {missing} checked entr(y/ies) not visible yet; waiting"
+        )),
+        LoadEvent::BatchConfirmed {
+            batch,
+            entries,
+            correlation_id,
+            ingested,
+        } => {
+            p.set_progress(ingested);
+            p.message(format_args!(
+                "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id})"
+            ))
+        }
+        LoadEvent::Finished => p.finish_progress(),
+        LoadEvent::HeldOperationSent(s) => p.message(format_args!(
+            "held {} sent: {}: {} (CorrelationID {})",
+            s.operation.as_str(),
+            s.customer,
+            s.outcome,
+            s.correlation_id
+        )),
+        LoadEvent::HeldOperationFailed {
+            customer,
+            operation,
+            error,
+        } => p.problem(format_args!(
+            "held {} of {customer} failed: {error}; it stays first in its customer's queue",
+            operation.as_str()
+        )),
+        LoadEvent::ReportWritten { json, markdown } => p.message(format_args!(
+            "report written to {} and {}",
+            json.display(),
+            markdown.display()
+        )),
+        LoadEvent::Warning { message } => p.warning(message),
+    }
+}
+
+fn num(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The plan as text (stdout of `--dry-run`, and the head of a real run).
+pub fn plan_text(s: &PlanSummary) -> String {
+    let (c, plan) = (&s.counts, &s.plan);
+    let mut out = String::new();
+    let _ = writeln!(out, "Plan for {}", s.file.display());
+    let mut extras = vec![];
+    if s.bom {
+        extras.push("UTF-8 BOM");
+    }
+    if s.crlf {
+        extras.push("CRLF");
+    }
+    let extras = if extras.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", extras.join(", "))
+    };
+    let _ = writeln!(out, "  format: {}{extras}", s.format_text);
+    let _ = writeln!(
+        out,
+        "  lines: {} ({} blank skipped)",
+        num(c.data_lines),
+        num(s.blank_lines)
+    );
+    let _ = writeln!(out, "  valid: {} unique active relationships", num(c.valid_unique));
+    for (k, n) in &c.by_kind {
+        let _ = writeln!(out, "    {}: {}", k.label(), num(*n));
+    }
+    let _ = writeln!(out, "  rejected: {}", num(c.rejected));
+    let _ = writeln!(
+        out,
+        "  duplicates: {} (folded into the earliest start date)",
+        num(c.duplicates)
+    );
+    let _ = writeln!(
+        out,
+        "  closed: {} (end date today or earlier: not loaded)",
+        num(c.closed)
+    );
+    let _ = writeln!(
+        out,
+        "  batches: {} (limit {} bytes; each filled to at least 95 % except the last{})",
+        plan.batches.len(),
+        num(plan.max_batch_bytes as u64),
+        if plan.max_per_day.is_some() { " of each day" } else { "" }
+    );
+    for b in &plan.batches {
+        let _ = writeln!(
+            out,
+            "    batch {:>4}: {:>9} relationships {:>11} bytes ({:.1} %)",
+            b.seq,
+            num(b.count as u64),
+            num(b.bytes as u64),
+            100.0 * b.bytes as f64 / plan.max_batch_bytes as f64
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  expected ingestion at {}/s: {}",
+        num(u64::from(plan.ingest_rate)),
+        human_duration(plan.ingestion_secs)
+    );
+    if plan.notify_bits {
+        let _ = writeln!(
+            out,
+            "  tell Bits in advance: YES — up to {} relationships in one day, more than {} (DSOP@bits.no, onboarding D-3)",
+            num(plan.peak_per_day),
+            num(plan::NOTIFY_BITS_ABOVE_PER_DAY)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  tell Bits in advance: no — at most {} relationships in one day (limit {})",
+            num(plan.peak_per_day),
+            num(plan::NOTIFY_BITS_ABOVE_PER_DAY)
+        );
+    }
+    if let Some(m) = plan.max_per_day {
+        let _ = writeln!(out, "  schedule (at most {} a day):", num(m));
+        for d in &plan.days {
+            let _ = writeln!(
+                out,
+                "    day {:>3}: batches {}-{}, {} relationships",
+                d.day,
+                d.first_batch,
+                d.last_batch,
+                num(d.entries)
+            );
+        }
+    }
+    out
+}
+
+/// The end of a run: a `done` JSON line, or the summary on stdout.
+fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
+    let r = &o.report;
+    if p.format() == Format::JsonLines {
+        let _ = p.json(&serde_json::json!({
+            "event": "done", "job_id": r.job_id, "status": r.job_status,
+            "paused_for_today": o.paused_for_today, "counts": r.counts, "batches": r.batches.len(),
+            "duration_secs": r.duration_secs, "held_operations_sent": r.held_operations_sent,
+        }));
+        return;
+    }
+    let confirmed = r.batches.iter().filter(|b| b.status == BatchStatus::Confirmed).count();
+    let mut out = if o.paused_for_today {
+        format!(
+            "load job {}: paused for today after {confirmed} of {} batches (max per day); continue tomorrow with `kfr load {} --resume`",
+            r.job_id,
+            r.batches.len(),
+            opts.file.display()
+        )
+    } else {
+        format!(
+            "load job {} complete: {} relationships in {} batch{} confirmed stored in KFR in {}",
+            r.job_id,
+            num(r.counts.valid_unique),
+            r.batches.len(),
+            if r.batches.len() == 1 { "" } else { "es" },
+            human_duration(r.duration_secs)
+        )
+    };
+    for d in &r.held_operations_sent {
+        let _ = write!(
+            out,
+            "\n  held operation sent: {} {}: {} (CorrelationID {})",
+            d.operation.as_str(),
+            d.customer,
+            d.outcome,
+            d.correlation_id
+        );
+    }
+    let _ = p.data(out);
 }

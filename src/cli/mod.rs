@@ -1,7 +1,8 @@
 //! Command-line interface: clap argument structs and one file per command.
 //!
 //! Arguments are parsed first and then resolved, once, into [`crate::config::Settings`] (flags are
-//! one of the configuration sources). Commands print data on stdout and messages on stderr.
+//! one of the configuration sources). Commands print data on stdout and messages on stderr,
+//! through [`printer::Printer`] (which honours `-q`, `-v` and `NO_COLOR`).
 
 use crate::config::{self, FlagOverrides};
 use crate::error::{self, Exit};
@@ -14,6 +15,7 @@ mod config_show;
 mod doctor;
 mod load;
 mod mock;
+pub mod printer;
 mod pseudonym;
 mod relationship;
 pub(crate) mod report;
@@ -253,16 +255,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || config::Settings::load(cli.config.as_deref(), &cli.overrides);
+    // Every command's output goes through one printer, which honours -q, -v and NO_COLOR.
+    let printer = || printer::Printer::new(cli.quiet, cli.verbose);
     match &cli.command {
         Command::Token(args) => runtime()?.block_on(token::run(load()?, args)),
         Command::Doctor => runtime()?.block_on(doctor::run(load()?)),
         Command::Certs(CertsCommand::Local(args)) => certs::run(args),
         Command::Mock(args) => runtime()?.block_on(mock::run(args)),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
-        Command::Load(args) => runtime()?.block_on(load::run(load()?, args)),
-        Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args)),
-        Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args)),
-        Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args)),
+        Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
+        Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args, printer())),
+        Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args, printer())),
+        Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args, printer())),
         Command::Validate(args) => validate::run(&load()?, args),
         Command::Pseudonym(args) => pseudonym::run(&load()?, args),
     }

@@ -5,19 +5,23 @@
 //! successes: the register is in the wanted state (kfr-notes §6). Output names the customer by
 //! kind and pseudonym only, since command output often ends up in job logs.
 //!
-//! Delete barrier (onboarding D-3 step 4): while an initial load job in the state store is not
-//! confirmed ingested, `remove` does not send; it queues the delete in the store (exit 0) and
-//! `kfr load` sends it once the last batch is confirmed. The load is found in the store `remove`
-//! was given or in the machine-wide list of running loads ([`registry`]), so a forgotten
-//! `--state` cannot slip a delete past the barrier. `add` is never held (D-3 step 3: new
-//! relationships go in parallel with the load) and is recorded in the ledger when a store exists.
+//! Delete barrier (onboarding D-3 step 4) and per-customer order (docs/specs/barrier.md): while an
+//! initial load job is not confirmed ingested, `remove` does not send; it queues the delete in the
+//! load's store (exit 0) and `kfr load` sends it once the last batch is confirmed. While anything
+//! on a customer waits there, a later `add` or `remove` of that customer waits behind it (exit 0,
+//! "queued"), so KFR gets them in the order they were issued. The load is found in the store the
+//! command was given or in the machine-wide list of running loads ([`registry`]), so a forgotten
+//! `--state` cannot slip an operation past it. An `add` with nothing ahead of it is never held
+//! (D-3 step 3: new relationships go in parallel with the load) and is recorded in the ledger
+//! when a store exists.
 
+use super::printer::Printer;
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::CustomerId;
 use crate::kfr::{AddOutcome, RemoveOutcome};
-use crate::store::Store;
-use crate::store::registry::{self, Held};
+use crate::store::registry::{self, HeldAt};
+use crate::store::{HoldReason, Operation, Store};
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
@@ -38,11 +42,64 @@ fn state_path(settings: &Settings, args: &RelationshipArgs) -> std::path::PathBu
     args.state.clone().unwrap_or_else(|| settings.state_file.clone())
 }
 
-pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
+/// Queues the operation where a held one on the same customer (or, for a remove, a running load)
+/// says it must wait; prints where and why. Returns whether it was held.
+fn hold(
+    p: &Printer,
+    settings: &Settings,
+    args: &RelationshipArgs,
+    id: &CustomerId,
+    op: Operation,
+    cid: uuid::Uuid,
+) -> anyhow::Result<bool> {
+    let state = state_path(settings, args);
+    let org = settings.require_org_number()?;
+    let Some(HeldAt { state, queued }) =
+        registry::hold(&state, org, settings.kfr_base_url.as_str(), id.as_str(), op, cid)?
+    else {
+        return Ok(false);
+    };
+    let (reason, ahead, job) = match queued.reason {
+        HoldReason::Barrier { job } => ("barrier", 0, Some(job)),
+        HoldReason::Behind { ahead, job } => ("behind", ahead, job),
+    };
+    if args.json {
+        let _ = p.json(&serde_json::json!({
+            "operation": op, "outcome": "held", "reason": reason, "behind": ahead,
+            "customer": id.log().to_string(), "kind": id.kind(), "correlation_id": cid,
+            "load_job": job, "state": state.display().to_string(),
+        }));
+        return Ok(true);
+    }
+    let when = match job {
+        Some(job) => format!("`kfr load` sends it when load job {job} is confirmed ingested"),
+        None => "`kfr load FILE --resume` sends it once they have gone".to_string(),
+    };
+    let _ = match queued.reason {
+        HoldReason::Barrier { job } => p.data(format!(
+            "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
+            who(id),
+            state.display()
+        )),
+        HoldReason::Behind { ahead, .. } => p.data(format!(
+            "queued: {} of {} waits in {} behind {ahead} earlier held operation(s) on this customer, so KFR gets them in the order they were issued; {when} (CorrelationID {cid})",
+            op.as_str(),
+            who(id),
+            state.display()
+        )),
+    };
+    Ok(true)
+}
+
+pub async fn add(settings: Settings, args: &RelationshipArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
+    let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+    if hold(&p, &settings, args, &id, Operation::Add, cid)? {
+        return Ok(());
+    }
     let client = super::build::kfr_client(&settings)?;
     let out = client
-        .add(&id, args.correlation_id)
+        .add(&id, Some(cid))
         .await
         .with_context(|| format!("cannot add {}", who(&id)))?;
     if let Some(mut store) = Store::open_existing(&state_path(&settings, args))? {
@@ -53,49 +110,27 @@ pub async fn add(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<
         AddOutcome::AlreadyPresent => "already present",
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": "add", "outcome": out.value, "status": out.status,
-                "customer": id.log().to_string(), "kind": id.kind(),
-                "correlation_id": out.correlation_id, "org_number": client.config().org_number,
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": "add", "outcome": out.value, "status": out.status,
+            "customer": id.log().to_string(), "kind": id.kind(),
+            "correlation_id": out.correlation_id, "org_number": client.config().org_number,
+        }));
     } else {
-        println!(
+        let _ = p.data(format!(
             "{outcome}: {} in KFR for {} (HTTP {}, CorrelationID {})",
             who(&id),
             client.config().org_number,
             out.status,
             out.correlation_id
-        );
+        ));
     }
     Ok(())
 }
 
-pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Result<()> {
+pub async fn remove(settings: Settings, args: &RelationshipArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.id)?;
-    let state = state_path(&settings, args);
     let cid = args.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
-    let org = settings.require_org_number()?;
-    if let Some(held) = registry::hold_delete(&state, org, settings.kfr_base_url.as_str(), id.as_str(), cid)? {
-        let Held { state, job, .. } = held;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "operation": "remove", "outcome": "held", "customer": id.log().to_string(),
-                    "kind": id.kind(), "correlation_id": cid, "load_job": job,
-                    "state": state.display().to_string(),
-                })
-            );
-        } else {
-            println!(
-                "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
-                who(&id),
-                state.display()
-            );
-        }
+    if hold(&p, &settings, args, &id, Operation::Remove, cid)? {
         return Ok(());
     }
     let client = super::build::kfr_client(&settings)?;
@@ -108,27 +143,24 @@ pub async fn remove(settings: Settings, args: &RelationshipArgs) -> anyhow::Resu
         RemoveOutcome::NotFound => "not registered (nothing to remove)",
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": "remove", "outcome": out.value, "status": out.status,
-                "customer": id.log().to_string(), "kind": id.kind(),
-                "correlation_id": out.correlation_id, "org_number": client.config().org_number,
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": "remove", "outcome": out.value, "status": out.status,
+            "customer": id.log().to_string(), "kind": id.kind(),
+            "correlation_id": out.correlation_id, "org_number": client.config().org_number,
+        }));
     } else {
-        println!(
+        let _ = p.data(format!(
             "{outcome}: {} for {} (HTTP {}, CorrelationID {})",
             who(&id),
             client.config().org_number,
             out.status,
             out.correlation_id
-        );
+        ));
     }
     Ok(())
 }
 
-pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()> {
+pub async fn lookup(settings: Settings, args: &LookupArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.target.id)?;
     if let (Some(from), Some(to)) = (args.from, args.to) {
         if from > to {
@@ -141,13 +173,10 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot look up {}", who(&id)))?;
     if args.target.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "operation": "lookup", "status": out.status, "customer": id.log().to_string(), "kind": id.kind(),
-                "from": args.from, "to": args.to, "banks": out.value, "correlation_id": out.correlation_id,
-            })
-        );
+        let _ = p.json(&serde_json::json!({
+            "operation": "lookup", "status": out.status, "customer": id.log().to_string(), "kind": id.kind(),
+            "from": args.from, "to": args.to, "banks": out.value, "correlation_id": out.correlation_id,
+        }));
         return Ok(());
     }
     let period = match (args.from, args.to) {
@@ -162,18 +191,18 @@ pub async fn lookup(settings: Settings, args: &LookupArgs) -> anyhow::Result<()>
         .value
         .iter()
         .any(|b| b.organization_id == client.config().org_number);
-    println!(
+    let _ = p.data(format!(
         "{}: {} institution(s) for {period}{} (CorrelationID {})",
         who(&id),
         out.value.len(),
         if ours { ", including this one" } else { "" },
         out.correlation_id
-    );
+    ));
     for b in &out.value {
-        println!(
+        let _ = p.data(format!(
             "  {}  {}  activeAccount {}",
             b.organization_id, b.bank_name, b.active_account
-        );
+        ));
     }
     Ok(())
 }

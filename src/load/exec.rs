@@ -25,13 +25,13 @@
 //! `KFR_TEST_ABORT_AT=<stage>[:<batch>]` (test-only, see [`abort_point`]) kills the process at a
 //! named point so tests can prove every resume path.
 
+use super::event::{EventSink, LoadEvent};
 use super::reader::Packed;
 use crate::env_vars;
 use crate::ids::CustomerId;
 use crate::kfr::{KfrClient, Layout};
 use crate::store::{BatchRecord, BatchStatus, Store};
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::IndexedRandom as _;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ pub fn abort_point(stage: &str, seq: Option<u32>) {
         None => (want.as_str(), None),
     };
     if s == stage && (n.is_none() || n == seq) {
+        // The one line the load writes itself: the process dies next, so there is no caller
+        // left to tell, and the tests look for it to know the hook fired.
         eprintln!(
             "kfr: test abort at {stage}{}",
             seq.map(|s| format!(" (batch {s})")).unwrap_or_default()
@@ -71,8 +73,6 @@ pub struct ExecOptions {
     pub confirm_timeout: Duration,
     /// Random entries checked per batch besides the last one.
     pub sample: usize,
-    /// `--json`: progress as JSON lines on stdout instead of a bar.
-    pub json: bool,
     /// Relationships per day, if capped: the executor pauses when today's share is sent.
     pub max_per_day: Option<u64>,
 }
@@ -86,48 +86,6 @@ pub enum ExecEnd {
     PausedForToday,
 }
 
-/// Progress output: an indicatif bar on stderr, or JSON lines on stdout.
-pub struct Progress {
-    bar: ProgressBar,
-    json: bool,
-}
-
-impl Progress {
-    pub fn new(total: u64, done: u64, json: bool) -> Self {
-        let bar = if json {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
-        } else {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}")
-                .expect("valid template"),
-        );
-        bar.set_position(done);
-        bar.reset_eta();
-        Progress { bar, json }
-    }
-
-    /// A progress event: a JSON line, or a message above the bar.
-    pub fn event(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
-        if self.json {
-            println!("{value}");
-        } else if self.bar.is_hidden() {
-            eprintln!("{}", text());
-        } else {
-            self.bar.println(text());
-        }
-    }
-
-    pub fn set_ingested(&self, n: u64) {
-        self.bar.set_position(n);
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 /// Uploads and confirms the job's batches that are not confirmed yet.
 pub async fn execute(
     store: &mut Store,
@@ -136,7 +94,7 @@ pub async fn execute(
     entries: &[Packed],
     layout: &Layout,
     opts: &ExecOptions,
-    progress: &Progress,
+    on: EventSink<'_>,
 ) -> anyhow::Result<ExecEnd> {
     let batches = store.batches(job)?;
     let mut ingested: u64 = batches
@@ -144,7 +102,10 @@ pub async fn execute(
         .filter(|b| b.status == BatchStatus::Confirmed)
         .map(|b| b.entry_count)
         .sum();
-    progress.set_ingested(ingested);
+    on(LoadEvent::Started {
+        total: batches.iter().map(|b| b.entry_count).sum(),
+        ingested,
+    });
     for b in batches {
         if b.status == BatchStatus::Confirmed {
             continue;
@@ -152,23 +113,17 @@ pub async fn execute(
         let slice = &entries[b.first_entry as usize..(b.first_entry + b.entry_count) as usize];
         let mut status = b.status;
         if status == BatchStatus::Planned && paused_for_today(store, job, &b, opts)? {
-            progress.event(
-                serde_json::json!({"event": "paused", "batch": b.seq, "max_per_day": opts.max_per_day}),
-                || {
-                    format!(
-                        "daily limit of {} relationships reached before batch {}",
-                        opts.max_per_day.unwrap_or(0),
-                        b.seq
-                    )
-                },
-            );
+            on(LoadEvent::Paused {
+                batch: b.seq,
+                max_per_day: opts.max_per_day,
+            });
             return Ok(ExecEnd::PausedForToday);
         }
         if status == BatchStatus::Uploading {
-            status = probe_unknown_upload(store, client, job, &b, slice, opts, progress).await?;
+            status = probe_unknown_upload(store, client, job, &b, slice, opts, on).await?;
         }
         if status == BatchStatus::Planned {
-            upload(store, client, job, &b, slice, layout, progress).await?;
+            upload(store, client, job, &b, slice, layout, on).await?;
             status = BatchStatus::Accepted;
         }
         debug_assert_eq!(status, BatchStatus::Accepted);
@@ -185,21 +140,16 @@ pub async fn execute(
             .map(|t| t.with_timezone(&chrono::Utc))
             .unwrap_or_else(chrono::Utc::now);
         let last = *slice.last().expect("batches are not empty");
-        wait_for_ingestion(client, last, accepted_at, b.entry_count, ingested, opts, progress).await?;
-        confirm(client, &b, slice, opts, progress).await?;
+        wait_for_ingestion(client, last, accepted_at, b.entry_count, ingested, opts, on).await?;
+        confirm(client, &b, slice, opts, on).await?;
         store.set_batch_status(job, b.seq, BatchStatus::Confirmed)?;
         ingested += b.entry_count;
-        progress.set_ingested(ingested);
-        progress.event(
-            serde_json::json!({"event": "batch_confirmed", "batch": b.seq, "entries": b.entry_count,
-                "correlation_id": b.correlation_id, "ingested": ingested}),
-            || {
-                format!(
-                    "batch {} confirmed stored: {} relationships (CorrelationID {})",
-                    b.seq, b.entry_count, b.correlation_id
-                )
-            },
-        );
+        on(LoadEvent::BatchConfirmed {
+            batch: b.seq,
+            entries: b.entry_count,
+            correlation_id: b.correlation_id,
+            ingested,
+        });
         abort_point("confirmed", Some(b.seq));
     }
     Ok(ExecEnd::Complete)
@@ -230,7 +180,7 @@ async fn upload(
     b: &BatchRecord,
     slice: &[Packed],
     layout: &Layout,
-    progress: &Progress,
+    on: EventSink<'_>,
 ) -> anyhow::Result<()> {
     let body = layout.encode(&slice.iter().map(|p| p.to_entry()).collect::<Vec<_>>());
     anyhow::ensure!(
@@ -246,16 +196,12 @@ async fn upload(
         Ok(out) => {
             abort_point("sent", Some(b.seq));
             store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
-            progress.event(
-                serde_json::json!({"event": "batch_accepted", "batch": b.seq, "entries": b.entry_count,
-                    "bytes": b.bytes, "correlation_id": out.correlation_id}),
-                || {
-                    format!(
-                        "batch {} accepted: {} relationships, {} bytes (CorrelationID {})",
-                        b.seq, b.entry_count, b.bytes, out.correlation_id
-                    )
-                },
-            );
+            on(LoadEvent::BatchAccepted {
+                batch: b.seq,
+                entries: b.entry_count,
+                bytes: b.bytes,
+                correlation_id: out.correlation_id,
+            });
             Ok(())
         }
         Err(e) => {
@@ -298,7 +244,7 @@ async fn probe_unknown_upload(
     b: &BatchRecord,
     slice: &[Packed],
     opts: &ExecOptions,
-    progress: &Progress,
+    on: EventSink<'_>,
 ) -> anyhow::Result<BatchStatus> {
     let last = *slice.last().expect("batches are not empty");
     let began = b
@@ -313,31 +259,20 @@ async fn probe_unknown_upload(
         .to_std()
         .unwrap_or(Duration::ZERO);
     let deadline = Instant::now() + deadline_from_now;
-    progress.event(
-        serde_json::json!({"event": "checking_unknown_upload", "batch": b.seq, "correlation_id": b.correlation_id}),
-        || {
-            format!(
-                "batch {} may or may not have been sent before the previous run stopped: checking its last entry",
-                b.seq
-            )
-        },
-    );
+    on(LoadEvent::CheckingUnknownUpload {
+        batch: b.seq,
+        correlation_id: b.correlation_id,
+    });
     let mut backoff = FIRST_BACKOFF;
     loop {
         if visible(client, last).await? {
             store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
-            progress.event(
-                serde_json::json!({"event": "unknown_upload_found", "batch": b.seq}),
-                || format!("batch {} was accepted before the stop: not sending it again", b.seq),
-            );
+            on(LoadEvent::UnknownUploadFound { batch: b.seq });
             return Ok(BatchStatus::Accepted);
         }
         if Instant::now() >= deadline {
             store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
-            progress.event(
-                serde_json::json!({"event": "unknown_upload_absent", "batch": b.seq}),
-                || format!("batch {} is not in KFR: sending it (again)", b.seq),
-            );
+            on(LoadEvent::UnknownUploadAbsent { batch: b.seq });
             return Ok(BatchStatus::Planned);
         }
         tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -356,7 +291,7 @@ async fn wait_for_ingestion(
     count: u64,
     before: u64,
     opts: &ExecOptions,
-    progress: &Progress,
+    on: EventSink<'_>,
 ) -> anyhow::Result<()> {
     let expected = Duration::from_secs_f64(count as f64 / f64::from(opts.ingest_rate));
     let elapsed = chrono::Utc::now()
@@ -373,7 +308,9 @@ async fn wait_for_ingestion(
     let mut next_probe = Instant::now() + probe_every;
     while Instant::now() < end {
         let done = ((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64;
-        progress.set_ingested(before + done.min(count));
+        on(LoadEvent::Ingesting {
+            ingested: before + done.min(count),
+        });
         tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(200))).await;
         if Instant::now() >= next_probe && Instant::now() < end {
             if visible(client, last).await? {
@@ -411,7 +348,7 @@ async fn confirm(
     b: &BatchRecord,
     slice: &[Packed],
     opts: &ExecOptions,
-    progress: &Progress,
+    on: EventSink<'_>,
 ) -> anyhow::Result<()> {
     let mut missing = checked_entries(slice, opts.sample);
     let deadline = Instant::now() + opts.confirm_timeout;
@@ -446,16 +383,10 @@ async fn confirm(
         }
         if !reported {
             reported = true;
-            progress.event(
-                serde_json::json!({"event": "waiting_for_ingestion", "batch": b.seq, "missing": missing.len()}),
-                || {
-                    format!(
-                        "batch {}: {} checked entr(y/ies) not visible yet; waiting",
-                        b.seq,
-                        missing.len()
-                    )
-                },
-            );
+            on(LoadEvent::WaitingForIngestion {
+                batch: b.seq,
+                missing: missing.len(),
+            });
         }
         tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

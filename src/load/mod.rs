@@ -7,41 +7,49 @@
 //! - [`plan`]: exact-size batches within the limit, ingestion time, day schedule, "tell Bits?".
 //! - [`exec`]: upload one batch at a time, wait, confirm by own-lookups, record every step in the
 //!   state store so `--resume` after a crash never re-sends an accepted batch.
-//! - [`report`]: the summary printed at the end and the `--report` JSON + Markdown.
+//! - [`report`]: the `--report` JSON + Markdown.
+//! - [`event`] and [`error`]: what the load tells its caller while it runs, and why it stopped.
 //!
 //! This module ties them together, owns the job's identity (input hash + the settings that shape
 //! the batches, fixed in the store when the job is created so a resume plans the same batches),
-//! and lifts the delete barrier: held deletes are sent only after the job is confirmed.
+//! and lifts the barrier: operations held in the store's per-customer queues are sent, in issue
+//! order, only after the job is confirmed (docs/specs/barrier.md).
+//!
+//! The load prints nothing. It takes its settings and a KFR client as values ([`LoadOptions`],
+//! built by the CLI from the configuration), reports progress as [`LoadEvent`]s to a sink the
+//! caller supplies, and ends with a [`LoadOutcome`] or a [`LoadError`].
 
+pub mod error;
+pub mod event;
 pub mod exec;
 pub mod plan;
 pub mod reader;
 pub mod report;
 
-use crate::config::Settings;
-use crate::error::{Reported, UsageError};
+pub use error::LoadError;
+pub use event::{EventSink, LoadEvent, PlanSummary};
+
 use crate::ids::{CustomerId, IdPolicy};
-use crate::kfr::{KfrClient, Layout, RemoveOutcome};
-use crate::store::{Store, jobs::NewBatch, registry};
+use crate::kfr::{AddOutcome, KfrClient, Layout, RemoveOutcome};
+use crate::store::{CustomerQueue as _, Operation, Store, jobs::NewBatch, registry};
 use anyhow::Context as _;
 use chrono::NaiveDate;
-use exec::{ExecEnd, ExecOptions, Progress, abort_point};
-use plan::{Plan, human_duration};
+use exec::{ExecEnd, ExecOptions, abort_point};
 use reader::{ReadOptions, ReadOutcome, Rejected};
-use report::{Counts, LoadReport, SentDelete};
+use report::{Counts, LoadReport, SentOperation};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Rejected lines printed to stderr; the rest are counted (and all go to the rejects file).
-pub const MAX_REJECTS_PRINTED: usize = 1_000;
+/// Rejected lines reported one by one; the rest are counted (and all go to the rejects file).
+pub const MAX_REJECTS_REPORTED: usize = 1_000;
 
-/// Everything `kfr load` was asked to do.
+/// Everything a load needs, as values: the CLI builds it from flags and configuration.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub file: PathBuf,
-    pub dry_run: bool,
     pub resume: bool,
+    /// The state store (jobs, batches, ledger, held operations).
     pub state: PathBuf,
     pub report: Option<PathBuf>,
     pub skip_invalid: bool,
@@ -51,7 +59,25 @@ pub struct LoadOptions {
     pub max_per_day: Option<u64>,
     pub confirm_timeout: Duration,
     pub sample: usize,
-    pub json: bool,
+    /// The institution: fixed in the job, and the key of its entry in the list of running loads.
+    pub org_number: String,
+    /// The KFR the client talks to, for the list of running loads (a remove against another KFR
+    /// is not held by this load).
+    pub kfr_base_url: String,
+    pub id_policy: IdPolicy,
+}
+
+/// How a load ended without an error.
+#[derive(Debug, Clone)]
+pub struct LoadOutcome {
+    pub plan: PlanSummary,
+    pub report: LoadReport,
+    /// `--max-per-day` stopped it; `--resume` on a later day continues.
+    pub paused_for_today: bool,
+    /// The `--report` files written (JSON, Markdown).
+    pub report_files: Option<(PathBuf, PathBuf)>,
+    /// Held operations that could not be sent (they stay queued; exit 1 after the summary).
+    pub held_operations_failed: usize,
 }
 
 /// The settings that shape a job's batches, stored with the job.
@@ -63,6 +89,19 @@ struct JobSettings {
     ingest_rate: u32,
     max_per_day: Option<u64>,
     org_number: String,
+}
+
+impl JobSettings {
+    fn new(opts: &LoadOptions) -> Self {
+        JobSettings {
+            today: chrono::Local::now().date_naive(),
+            boundary: Layout::new().boundary().to_string(),
+            max_batch_bytes: opts.max_batch_bytes,
+            ingest_rate: opts.ingest_rate,
+            max_per_day: opts.max_per_day,
+            org_number: opts.org_number.clone(),
+        }
+    }
 }
 
 /// The default rejects file: `customers.csv` → `customers.rejects.csv`.
@@ -78,22 +117,40 @@ pub fn default_rejects_path(input: &Path) -> PathBuf {
     input.with_file_name(format!("{stem}.rejects{ext}"))
 }
 
-/// Reads the input, printing each bad line and writing it to the rejects file when asked.
-fn read_input(opts: &LoadOptions, ro: ReadOptions) -> anyhow::Result<(ReadOutcome, Vec<Rejected>, Option<PathBuf>)> {
-    let file = std::fs::File::open(&opts.file).with_context(|| format!("opening the input {}", opts.file.display()))?;
+/// The file read and planned.
+struct Prepared {
+    read: ReadOutcome,
+    rejects: Vec<Rejected>,
+    rejects_file: Option<PathBuf>,
+    summary: PlanSummary,
+    layout: Layout,
+}
+
+/// Reads the input, reporting each bad line and writing it to the rejects file when asked.
+fn read_input(
+    opts: &LoadOptions,
+    ro: ReadOptions,
+    on: EventSink<'_>,
+) -> Result<(ReadOutcome, Vec<Rejected>, Option<PathBuf>), LoadError> {
+    let file = std::fs::File::open(&opts.file).map_err(|source| LoadError::OpenInput {
+        path: opts.file.clone(),
+        source,
+    })?;
     let size = file.metadata().ok().map(|m| m.len());
-    let shown = opts.file.display().to_string();
     let mut kept: Vec<Rejected> = vec![];
     let rejects_path = opts
         .skip_invalid
         .then(|| opts.rejects.clone().unwrap_or_else(|| default_rejects_path(&opts.file)));
     let mut rejects_out: Option<std::io::BufWriter<std::fs::File>> = None;
     let mut write_err: Option<std::io::Error> = None;
-    let mut printed = 0usize;
+    let mut reported = 0usize;
     let out = reader::read(std::io::BufReader::with_capacity(0, file), size, ro, |r, raw| {
-        if printed < MAX_REJECTS_PRINTED {
-            eprintln!("{shown}:{}: {}: {} [{}]", r.line, r.text, r.message, r.rule);
-            printed += 1;
+        if reported < MAX_REJECTS_REPORTED {
+            on(LoadEvent::LineRejected {
+                rejected: r.clone(),
+                skipped: opts.skip_invalid,
+            });
+            reported += 1;
         }
         if let Some(path) = &rejects_path {
             // The rejects file holds the raw lines (identifiers in full) so they can be fixed
@@ -119,28 +176,25 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions) -> anyhow::Result<(ReadOutcom
             kept.push(r);
         }
     })
-    .with_context(|| format!("reading {shown}"))?;
+    .with_context(|| format!("reading {}", opts.file.display()))?;
     if let Some(mut w) = rejects_out {
-        w.flush()?;
+        w.flush().context("writing the rejects file")?;
     }
     if let Some(e) = write_err {
-        return Err(anyhow::Error::new(e).context(format!(
-            "writing the rejects file {}",
-            rejects_path.as_deref().unwrap_or(Path::new("")).display()
-        )));
+        return Err(anyhow::Error::new(e)
+            .context(format!(
+                "writing the rejects file {}",
+                rejects_path.as_deref().unwrap_or(Path::new("")).display()
+            ))
+            .into());
     }
-    if out.rejected as usize > printed {
-        eprintln!("{shown}: … and {} more bad lines", out.rejected as usize - printed);
+    if out.rejected as usize > reported {
+        on(LoadEvent::MoreRejected {
+            count: out.rejected - reported as u64,
+        });
     }
     let written = rejects_path.filter(|_| out.rejected > 0);
     Ok((out, kept, written))
-}
-
-/// Prints `error:` + `hint:` now and returns an error that exits 1 without printing again: for
-/// refusals that are about the data, not about how kfr was invoked.
-fn refuse(message: String, hint: &str) -> anyhow::Error {
-    eprintln!("error: {message}\nhint: {hint}");
-    Reported(message).into()
 }
 
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
@@ -154,123 +208,6 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     o.open(path)
 }
 
-fn num(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The plan as text (stdout of `--dry-run`, and the head of a real run).
-pub fn plan_text(file: &Path, read: &ReadOutcome, plan: &Plan) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "Plan for {}", file.display());
-    let mut extras = vec![];
-    if read.bom {
-        extras.push("UTF-8 BOM");
-    }
-    if read.crlf {
-        extras.push("CRLF");
-    }
-    let extras = if extras.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", extras.join(", "))
-    };
-    let _ = writeln!(s, "  format: {}{extras}", read.format);
-    let _ = writeln!(
-        s,
-        "  lines: {} ({} blank skipped)",
-        num(read.data_lines),
-        num(read.blank_lines)
-    );
-    let _ = writeln!(
-        s,
-        "  valid: {} unique active relationships",
-        num(read.entries.len() as u64)
-    );
-    for (k, n) in &read.by_kind {
-        let _ = writeln!(s, "    {}: {}", k.label(), num(*n));
-    }
-    let _ = writeln!(s, "  rejected: {}", num(read.rejected));
-    let _ = writeln!(
-        s,
-        "  duplicates: {} (folded into the earliest start date)",
-        num(read.duplicates)
-    );
-    let _ = writeln!(
-        s,
-        "  closed: {} (end date today or earlier: not loaded)",
-        num(read.closed)
-    );
-    let _ = writeln!(
-        s,
-        "  batches: {} (limit {} bytes; each filled to at least 95 % except the last{})",
-        plan.batches.len(),
-        num(plan.max_batch_bytes as u64),
-        if plan.max_per_day.is_some() { " of each day" } else { "" }
-    );
-    for b in &plan.batches {
-        let _ = writeln!(
-            s,
-            "    batch {:>4}: {:>9} relationships {:>11} bytes ({:.1} %)",
-            b.seq,
-            num(b.count as u64),
-            num(b.bytes as u64),
-            100.0 * b.bytes as f64 / plan.max_batch_bytes as f64
-        );
-    }
-    let _ = writeln!(
-        s,
-        "  expected ingestion at {}/s: {}",
-        num(u64::from(plan.ingest_rate)),
-        human_duration(plan.ingestion_secs)
-    );
-    if plan.notify_bits {
-        let _ = writeln!(
-            s,
-            "  tell Bits in advance: YES — up to {} relationships in one day, more than {} (DSOP@bits.no, onboarding D-3)",
-            num(plan.peak_per_day),
-            num(plan::NOTIFY_BITS_ABOVE_PER_DAY)
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "  tell Bits in advance: no — at most {} relationships in one day (limit {})",
-            num(plan.peak_per_day),
-            num(plan::NOTIFY_BITS_ABOVE_PER_DAY)
-        );
-    }
-    if let Some(m) = plan.max_per_day {
-        let _ = writeln!(s, "  schedule (at most {} a day):", num(m));
-        for d in &plan.days {
-            let _ = writeln!(
-                s,
-                "    day {:>3}: batches {}-{}, {} relationships",
-                d.day,
-                d.first_batch,
-                d.last_batch,
-                num(d.entries)
-            );
-        }
-    }
-    s
-}
-
-fn plan_json(file: &Path, read: &ReadOutcome, plan: &Plan) -> serde_json::Value {
-    serde_json::json!({
-        "event": "plan", "file": file.display().to_string(), "format": read.format,
-        "format_text": read.format.to_string(), "bom": read.bom, "crlf": read.crlf,
-        "counts": counts(read), "plan": plan,
-    })
-}
-
 fn counts(read: &ReadOutcome) -> Counts {
     Counts {
         data_lines: read.data_lines,
@@ -282,160 +219,171 @@ fn counts(read: &ReadOutcome) -> Counts {
     }
 }
 
-/// Runs `kfr load`.
-pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
+/// Reads and plans under `settings`; reports the plan, then refuses bad lines unless skipped.
+fn prepare(
+    opts: &LoadOptions,
+    settings: &JobSettings,
+    hash: bool,
+    on: EventSink<'_>,
+    check: impl FnOnce(&ReadOutcome) -> Result<(), LoadError>,
+    resumed: bool,
+) -> Result<Prepared, LoadError> {
+    let layout = Layout::with_boundary(settings.boundary.clone());
+    let (read, rejects, rejects_file) = read_input(
+        opts,
+        ReadOptions {
+            policy: opts.id_policy,
+            today: settings.today,
+            hash,
+        },
+        on,
+    )?;
+    check(&read)?;
+    let plan = plan::plan(
+        &read.entries,
+        &layout,
+        settings.max_batch_bytes,
+        settings.ingest_rate,
+        settings.max_per_day,
+    );
+    let summary = PlanSummary {
+        file: opts.file.clone(),
+        format: read.format.clone(),
+        format_text: read.format.to_string(),
+        bom: read.bom,
+        crlf: read.crlf,
+        blank_lines: read.blank_lines,
+        counts: counts(&read),
+        plan,
+    };
+    on(LoadEvent::Plan {
+        summary: Box::new(summary.clone()),
+        resumed,
+    });
+    if read.rejected > 0 {
+        match &rejects_file {
+            Some(p) => on(LoadEvent::RejectsWritten {
+                count: read.rejected,
+                path: p.clone(),
+            }),
+            None => {
+                return Err(LoadError::BadLines {
+                    file: opts.file.clone(),
+                    count: read.rejected,
+                });
+            }
+        }
+    }
+    Ok(Prepared {
+        read,
+        rejects,
+        rejects_file,
+        summary,
+        layout,
+    })
+}
+
+/// `kfr load --dry-run`: reads and plans; sends nothing and writes no state.
+pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, LoadError> {
+    let settings = JobSettings::new(opts);
+    Ok(prepare(opts, &settings, false, on, |_| Ok(()), false)?.summary)
+}
+
+/// `kfr load`: plans (or resumes) the job, uploads and confirms it batch by batch, then sends the
+/// operations held while it ran.
+pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
     let started = Instant::now();
     let started_at = crate::store::now_text();
-    let policy = crate::cli::build::id_policy(settings);
-    let org = settings.require_org_number()?.to_string();
+    let mut store = Store::open(&opts.state)?;
 
     // A resumed job keeps the settings it was planned with (same "today", same boundary and
     // limit), so it plans the very same batches.
-    let mut store = if opts.dry_run {
-        None
-    } else {
-        Some(Store::open(&opts.state)?)
-    };
-    let resuming = match store.as_mut() {
-        Some(s) if opts.resume => match s.unconfirmed_job()? {
+    let resuming = if opts.resume {
+        match store.unconfirmed_job()? {
             Some(job) => Some(job),
-            None => match s.latest_job()? {
-                Some(job) => Some(job), // confirmed: only held deletes may remain
+            None => match store.latest_job()? {
+                Some(job) => Some(job), // confirmed: only held operations may remain
                 None => {
-                    return Err(UsageError::new(format!(
-                        "nothing to resume: the state store {} has no load job",
-                        opts.state.display()
-                    ))
-                    .with_hint("start the load without --resume")
-                    .into());
+                    return Err(LoadError::NothingToResume {
+                        state: opts.state.clone(),
+                    });
                 }
             },
-        },
-        Some(s) => {
-            if let Some(job) = s.unconfirmed_job()? {
-                return Err(UsageError::new(format!(
-                    "load job {} ({}) in {} is not confirmed complete yet",
-                    job.id,
-                    job.input_path,
-                    opts.state.display()
-                ))
-                .with_hint("continue it with `kfr load FILE --resume` (same file); a second load cannot start before the first is confirmed")
-                .into());
-            }
-            None
         }
-        None => None,
+    } else {
+        if let Some(job) = store.unconfirmed_job()? {
+            return Err(LoadError::JobUnconfirmed {
+                job: job.id,
+                input: job.input_path,
+                state: opts.state.clone(),
+            });
+        }
+        None
     };
     let job_settings = match &resuming {
         Some(job) => serde_json::from_str::<JobSettings>(&job.settings)
             .with_context(|| format!("reading the settings of load job {}", job.id))?,
-        None => JobSettings {
-            today: chrono::Local::now().date_naive(),
-            boundary: Layout::new().boundary().to_string(),
-            max_batch_bytes: opts.max_batch_bytes,
-            ingest_rate: opts.ingest_rate,
-            max_per_day: opts.max_per_day,
-            org_number: org.clone(),
-        },
+        None => JobSettings::new(opts),
     };
-    if job_settings.org_number != org {
-        return Err(UsageError::new(format!(
-            "load job was started for organisation {}, but org_number is {org}",
-            job_settings.org_number
-        ))
-        .into());
-    }
-    let layout = Layout::with_boundary(job_settings.boundary.clone());
-    let (read, rejects, rejects_file) = read_input(
-        &opts,
-        ReadOptions {
-            policy,
-            today: job_settings.today,
-            hash: !opts.dry_run,
-        },
-    )?;
     if let Some(job) = &resuming {
-        if job.content_hash != read.content_hash && job.status == crate::store::JobStatus::Confirmed {
-            return Err(UsageError::new(format!(
-                "nothing to resume for {}: the last load job ({}, from {}) is complete",
-                opts.file.display(),
-                job.id,
-                job.input_path
-            ))
-            .with_hint("start a new load without --resume")
-            .into());
-        }
-        if job.content_hash != read.content_hash {
-            return Err(refuse(
-                format!(
-                    "{} has changed since load job {} was planned from it (sha256 {}… then, {}… now); refusing to resume",
-                    opts.file.display(),
-                    job.id,
-                    &job.content_hash[..12],
-                    &read.content_hash[..12],
-                ),
-                &format!(
-                    "resume with the unchanged file; a new export can be loaded once job {} is confirmed",
-                    job.id
-                ),
-            ));
+        if job_settings.org_number != opts.org_number {
+            return Err(LoadError::OtherOrganisation {
+                job: job.id,
+                job_org: job_settings.org_number,
+                org: opts.org_number.clone(),
+            });
         }
     }
-    let plan = plan::plan(
-        &read.entries,
-        &layout,
-        job_settings.max_batch_bytes,
-        job_settings.ingest_rate,
-        job_settings.max_per_day,
-    );
-    if opts.json {
-        println!("{}", plan_json(&opts.file, &read, &plan));
-    } else if resuming.is_none() {
-        print!("{}", plan_text(&opts.file, &read, &plan));
-    }
-    if read.rejected > 0 {
-        if let Some(p) = &rejects_file {
-            eprintln!("{} rejected line(s) written to {}", read.rejected, p.display());
-        } else {
-            return Err(refuse(
-                format!(
-                    "{} has {} bad line(s), listed above with line number and rule; nothing was uploaded",
-                    opts.file.display(),
-                    read.rejected
-                ),
-                "fix the lines, or pass --skip-invalid to load the valid ones and write the bad ones to a rejects file",
-            ));
+    let check = |read: &ReadOutcome| -> Result<(), LoadError> {
+        let Some(job) = &resuming else { return Ok(()) };
+        if job.content_hash == read.content_hash {
+            return Ok(());
         }
-    }
-    let Some(mut store) = store else {
-        return Ok(()); // dry run
+        if job.status == crate::store::JobStatus::Confirmed {
+            return Err(LoadError::JobComplete {
+                file: opts.file.clone(),
+                job: job.id,
+                input: job.input_path.clone(),
+            });
+        }
+        Err(LoadError::InputChanged {
+            file: opts.file.clone(),
+            job: job.id,
+            then: job.content_hash[..12].to_string(),
+            now: read.content_hash[..12].to_string(),
+        })
     };
+    let Prepared {
+        read,
+        rejects,
+        rejects_file,
+        summary,
+        layout,
+    } = prepare(opts, &job_settings, true, on, check, resuming.is_some())?;
 
     let job = match &resuming {
         Some(job) => {
             let stored = store.batches(job.id)?;
-            let same = stored.len() == plan.batches.len()
-                && stored.iter().zip(&plan.batches).all(|(s, p)| {
+            let same = stored.len() == summary.plan.batches.len()
+                && stored.iter().zip(&summary.plan.batches).all(|(s, p)| {
                     s.first_entry == p.first as u64 && s.entry_count == p.count as u64 && s.bytes == p.bytes as u64
                 });
-            anyhow::ensure!(
-                same,
-                "the batches planned now differ from those stored for load job {}: refusing to resume",
-                job.id
-            );
-            eprintln!(
-                "resuming load job {} ({} batches, {} confirmed)",
-                job.id,
-                stored.len(),
-                stored
+            if !same {
+                return Err(LoadError::PlanMismatch { job: job.id });
+            }
+            on(LoadEvent::JobResumed {
+                job: job.id,
+                batches: stored.len(),
+                confirmed: stored
                     .iter()
                     .filter(|b| b.status == crate::store::BatchStatus::Confirmed)
-                    .count()
-            );
+                    .count(),
+            });
             job.id
         }
         None => {
-            let batches: Vec<NewBatch> = plan
+            let batches: Vec<NewBatch> = summary
+                .plan
                 .batches
                 .iter()
                 .map(|b| NewBatch {
@@ -448,129 +396,158 @@ pub async fn run(settings: &Settings, opts: LoadOptions) -> anyhow::Result<()> {
             let id = store.create_job(
                 &opts.file.display().to_string(),
                 &read.content_hash,
-                &serde_json::to_string(&job_settings)?,
+                &serde_json::to_string(&job_settings).context("storing the job's settings")?,
                 read.entries.len() as u64,
                 &batches,
             )?;
-            eprintln!(
-                "load job {id} created in {}; until it is confirmed, `kfr remove` holds deletes back (onboarding D-3)",
-                opts.state.display(),
-            );
+            on(LoadEvent::JobCreated {
+                job: id,
+                state: opts.state.clone(),
+            });
             id
         }
     };
-    announce(&mut store, &opts.state, &org, settings, job)?;
+    announce(&mut store, opts, job, on)?;
     abort_point("planned", None);
 
-    crate::cli::install_pseudonyms(settings)?;
-    let client = crate::cli::build::kfr_client(settings)?;
-    let progress = Progress::new(read.entries.len() as u64, 0, opts.json);
     let exec_opts = ExecOptions {
         ingest_rate: job_settings.ingest_rate,
         confirm_timeout: opts.confirm_timeout,
         sample: opts.sample,
-        json: opts.json,
         max_per_day: job_settings.max_per_day,
     };
-    let outcome = exec::execute(&mut store, &client, job, &read.entries, &layout, &exec_opts, &progress).await;
-    progress.finish();
+    let outcome = exec::execute(&mut store, client, job, &read.entries, &layout, &exec_opts, on).await;
+    on(LoadEvent::Finished);
     // A failed run still writes its report: it says which batches were accepted before the stop.
     let (end, failure) = match outcome {
         Ok(end) => (Some(end), None),
         Err(e) => (None, Some(e)),
     };
     let mut sent = vec![];
-    let mut failed_deletes = 0;
+    let mut failed = 0;
     if end == Some(ExecEnd::Complete) && store.confirm_job_if_complete(job)? {
-        // The barrier is down: later removes go straight to KFR.
-        if let Err(e) = registry::withdraw(&opts.state) {
-            tracing::warn!(error = %format!("{e:#}"), "could not withdraw the load from the list of running loads; the next `kfr remove` does");
-        }
+        // The barrier is down: the held operations go, per customer in issue order.
         abort_point("deletes", None);
-        (sent, failed_deletes) = send_held_deletes(&mut store, &client, &progress).await?;
+        (sent, failed) = send_held_operations(&mut store, client, on).await?;
+        // Once nothing waits here, later operations go straight to KFR from anywhere.
+        if !registry::holds_anything(&mut store)? {
+            if let Err(e) = registry::withdraw(&opts.state) {
+                on(LoadEvent::Warning {
+                    message: format!(
+                        "could not withdraw the load from the list of running loads ({e:#}); the next `kfr remove` does"
+                    ),
+                });
+            }
+        }
     }
-    let report = write_report(
+    let (report, report_files) = write_report(
         &mut store,
-        &opts,
+        opts,
         &read,
         rejects,
         rejects_file,
         job,
-        &org,
         resuming.is_some(),
         &started_at,
         started,
         sent,
+        on,
     )?;
     if let Some(e) = failure {
-        return Err(e);
+        return Err(e.into());
     }
-    summary(&report, &opts, end == Some(ExecEnd::PausedForToday));
-    if failed_deletes > 0 {
-        anyhow::bail!("{failed_deletes} held delete(s) could not be sent; `kfr load FILE --resume` retries them");
-    }
-    Ok(())
+    Ok(LoadOutcome {
+        plan: summary,
+        report,
+        paused_for_today: end == Some(ExecEnd::PausedForToday),
+        report_files,
+        held_operations_failed: failed,
+    })
 }
 
-/// Puts an unconfirmed job on the machine-wide list of running loads, so a `kfr remove` given
-/// another state store still holds its delete (D-3). Failing to write the list is a warning: the
-/// barrier in this store still works for removes given `--state`, which the warning says.
-fn announce(store: &mut Store, state: &Path, org: &str, settings: &Settings, job: i64) -> anyhow::Result<()> {
-    if store.unconfirmed_job()?.is_none_or(|j| j.id != job) {
+/// Puts the store on the machine-wide list of running loads while its job is unconfirmed or
+/// operations wait in it, so a `kfr remove` or `kfr add` given another state store still finds
+/// them (D-3, docs/specs/barrier.md). Failing to write the list is a warning: the barrier in this
+/// store still works for commands given `--state`, which the warning says.
+fn announce(store: &mut Store, opts: &LoadOptions, job: i64, on: EventSink<'_>) -> Result<(), LoadError> {
+    if !registry::holds_anything(store)? {
         return Ok(());
     }
-    if let Err(e) = registry::announce(state, org, settings.kfr_base_url.as_str(), job) {
-        tracing::warn!(
-            error = %format!("{e:#}"),
-            "could not add load job {job} to the list of running loads; until it is confirmed, run `kfr remove` with --state {}",
-            state.display()
-        );
+    if let Err(e) = registry::announce(&opts.state, &opts.org_number, &opts.kfr_base_url, job) {
+        on(LoadEvent::Warning {
+            message: format!(
+                "could not add load job {job} to the list of running loads ({e:#}); until it is confirmed, run `kfr remove` and `kfr add` with --state {}",
+                opts.state.display()
+            ),
+        });
     }
     Ok(())
 }
 
-/// Sends the deletes held during the load (onboarding D-3 step 4). Returns what was sent and how
-/// many failed (those stay queued for the next run).
-async fn send_held_deletes(
+/// Sends the operations held while the load ran (onboarding D-3 step 4, docs/specs/barrier.md):
+/// whatever the queue hands out, one at a time, so each customer's operations go in issue order.
+/// A failed one is parked at the head of its customer's queue (that customer's later operations
+/// wait behind it; other customers go on). Returns what was sent and how many failed.
+async fn send_held_operations(
     store: &mut Store,
     client: &KfrClient,
-    progress: &Progress,
-) -> anyhow::Result<(Vec<SentDelete>, usize)> {
+    on: EventSink<'_>,
+) -> Result<(Vec<SentOperation>, usize), LoadError> {
+    // Identifiers were checked when the operation was issued; the policy of this run must not
+    // strand one that was valid then.
     let all = IdPolicy {
         allow_synthetic: true,
         allow_h_numbers: true,
     };
+    // This load is now the one sender: whatever an earlier run left parked or claimed goes back
+    // in line, in its old place.
+    store.release()?;
     let mut sent = vec![];
     let mut failed = 0;
-    for d in store.pending_deletes()? {
-        let id = CustomerId::parse(&d.customer_id, &all).context("a held delete's identifier in the state store")?;
+    while let Some(op) = store.claim()? {
+        let id =
+            CustomerId::parse(&op.customer_id, &all).context("a held operation's identifier in the state store")?;
         let who = format!("{} {}", id.kind().label(), id.log());
-        let outcome = match client.remove(&id, Some(d.correlation_id)).await {
-            Ok(o) => match o.value {
-                RemoveOutcome::Removed => "removed".to_string(),
-                RemoveOutcome::NotFound => "not_found".to_string(),
-            },
+        let answer = match op.operation {
+            Operation::Remove => client
+                .remove(&id, Some(op.correlation_id))
+                .await
+                .map(|o| match o.value {
+                    RemoveOutcome::Removed => "removed",
+                    RemoveOutcome::NotFound => "not_found",
+                }),
+            Operation::Add => client.add(&id, Some(op.correlation_id)).await.map(|o| match o.value {
+                AddOutcome::Added => "added",
+                AddOutcome::AlreadyPresent => "already_present",
+            }),
+        };
+        let outcome = match answer {
+            Ok(outcome) => outcome,
             Err(e) => {
                 failed += 1;
-                progress.event(
-                    serde_json::json!({"event": "held_delete_failed", "customer": who, "error": e.to_string()}),
-                    || format!("held delete of {who} failed: {e}"),
-                );
+                store.park(op.id, &e.to_string())?;
+                on(LoadEvent::HeldOperationFailed {
+                    customer: who,
+                    operation: op.operation,
+                    error: e.to_string(),
+                });
                 continue;
             }
         };
-        let at = store.mark_delete_sent(d.id, &outcome)?;
-        progress.event(
-            serde_json::json!({"event": "held_delete_sent", "customer": who, "outcome": outcome, "correlation_id": d.correlation_id}),
-            || format!("held delete sent: {who}: {outcome} (CorrelationID {})", d.correlation_id),
-        );
-        sent.push(SentDelete {
+        let at = store.settle(op.id, outcome)?;
+        if op.operation == Operation::Add {
+            store.record_add_in_ledger(&op.customer_id, None, op.correlation_id)?;
+        }
+        let s = SentOperation {
             customer: who,
-            queued_at: d.queued_at,
+            operation: op.operation,
+            queued_at: op.queued_at,
             sent_at: at,
-            outcome,
-            correlation_id: d.correlation_id,
-        });
+            outcome: outcome.to_string(),
+            correlation_id: op.correlation_id,
+        };
+        on(LoadEvent::HeldOperationSent(s.clone()));
+        sent.push(s);
     }
     Ok((sent, failed))
 }
@@ -583,15 +560,15 @@ fn write_report(
     rejects: Vec<Rejected>,
     rejects_file: Option<PathBuf>,
     job: i64,
-    org: &str,
     resumed: bool,
     started_at: &str,
     started: Instant,
-    sent: Vec<SentDelete>,
-) -> anyhow::Result<LoadReport> {
+    sent: Vec<SentOperation>,
+    on: EventSink<'_>,
+) -> Result<(LoadReport, Option<(PathBuf, PathBuf)>), LoadError> {
     let record = store.job(job)?;
     let report = LoadReport {
-        org_number: org.to_string(),
+        org_number: opts.org_number.clone(),
         input: opts.file.display().to_string(),
         content_hash: read.content_hash.clone(),
         format: read.format.clone(),
@@ -606,51 +583,18 @@ fn write_report(
         batches: store.batches(job)?,
         rejects,
         rejects_file,
-        held_deletes_sent: sent,
+        held_operations_sent: sent,
     };
-    if let Some(path) = &opts.report {
-        let md = report.write(path)?;
-        eprintln!("report written to {} and {}", path.display(), md.display());
-    }
-    Ok(report)
-}
-
-fn summary(r: &LoadReport, opts: &LoadOptions, paused: bool) {
-    if opts.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "done", "job_id": r.job_id, "status": r.job_status, "paused_for_today": paused,
-                "counts": r.counts, "batches": r.batches.len(), "duration_secs": r.duration_secs,
-                "held_deletes_sent": r.held_deletes_sent})
-        );
-        return;
-    }
-    let confirmed = r
-        .batches
-        .iter()
-        .filter(|b| b.status == crate::store::BatchStatus::Confirmed)
-        .count();
-    if paused {
-        println!(
-            "load job {}: paused for today after {confirmed} of {} batches (max per day); continue tomorrow with `kfr load {} --resume`",
-            r.job_id,
-            r.batches.len(),
-            opts.file.display()
-        );
-    } else {
-        println!(
-            "load job {} complete: {} relationships in {} batch{} confirmed stored in KFR in {}",
-            r.job_id,
-            num(r.counts.valid_unique),
-            r.batches.len(),
-            if r.batches.len() == 1 { "" } else { "es" },
-            human_duration(r.duration_secs)
-        );
-    }
-    for d in &r.held_deletes_sent {
-        println!(
-            "  held delete sent: {}: {} (CorrelationID {})",
-            d.customer, d.outcome, d.correlation_id
-        );
-    }
+    let files = match &opts.report {
+        Some(path) => {
+            let md = report.write(path)?;
+            on(LoadEvent::ReportWritten {
+                json: path.clone(),
+                markdown: md.clone(),
+            });
+            Some((path.clone(), md))
+        }
+        None => None,
+    };
+    Ok((report, files))
 }

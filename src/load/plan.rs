@@ -4,7 +4,7 @@
 //! Sizes are exact, not estimated: [`Layout::body_size`] is the size of the multipart body the
 //! encoder will produce, so a batch is never refused for size and never sent half-empty. Filling
 //! greedily in identifier order leaves at most one entry's worth (23 bytes + a comma) unused per
-//! batch, which is why `max_batch_bytes` has a floor ([`crate::config::MIN_BATCH_BYTES`]).
+//! batch, which is why `max_batch_bytes` has a floor (`MIN_BATCH_BYTES` in the configuration).
 //!
 //! Day schedule (onboarding D-3 step 5): with `max_per_day`, batches never straddle a day, and the
 //! plan says whether any day exceeds 100,000 relationships, the threshold above which Bits must be

@@ -1,7 +1,7 @@
 //! The load report: what the institution sends Bits after the load (onboarding D-4), as JSON for
 //! machines and a short Markdown next to it for people.
 //!
-//! Personal data: rejected lines appear masked ([`crate::ids::mask`]) and held deletes by kind and
+//! Personal data: rejected lines appear masked ([`crate::ids::mask`]) and held operations by kind and
 //! log pseudonym only — the report leaves the institution by e-mail.
 
 use super::plan::human_duration;
@@ -25,10 +25,12 @@ pub struct Counts {
     pub by_kind: BTreeMap<IdKind, u64>,
 }
 
+/// A held operation sent once nothing held it any more.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SentDelete {
+pub struct SentOperation {
     /// Kind and log pseudonym, never the full identifier.
     pub customer: String,
+    pub operation: crate::store::Operation,
     pub queued_at: String,
     pub sent_at: String,
     pub outcome: String,
@@ -52,7 +54,8 @@ pub struct LoadReport {
     pub batches: Vec<BatchRecord>,
     pub rejects: Vec<Rejected>,
     pub rejects_file: Option<PathBuf>,
-    pub held_deletes_sent: Vec<SentDelete>,
+    /// In the order they were sent: per customer, the order they were issued.
+    pub held_operations_sent: Vec<SentOperation>,
 }
 
 impl LoadReport {
@@ -122,16 +125,21 @@ impl LoadReport {
                 let _ = writeln!(s, "\n… and {} more.", c.rejected - self.rejects.len() as u64);
             }
         }
-        if !self.held_deletes_sent.is_empty() {
+        if !self.held_operations_sent.is_empty() {
             let _ = writeln!(
                 s,
-                "\n## Deletes held during the load, sent after confirmation\n\n| customer | queued | sent | outcome | CorrelationID |\n|---|---|---|---|---|"
+                "\n## Operations held during the load, sent after confirmation\n\n| customer | operation | queued | sent | outcome | CorrelationID |\n|---|---|---|---|---|---|"
             );
-            for d in &self.held_deletes_sent {
+            for d in &self.held_operations_sent {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} |",
-                    d.customer, d.queued_at, d.sent_at, d.outcome, d.correlation_id
+                    "| {} | {} | {} | {} | {} | {} |",
+                    d.customer,
+                    d.operation.as_str(),
+                    d.queued_at,
+                    d.sent_at,
+                    d.outcome,
+                    d.correlation_id
                 );
             }
         }

@@ -84,7 +84,7 @@ impl BatchStatus {
     }
 }
 
-fn bad_value(column: &str, value: &str) -> rusqlite::Error {
+pub(super) fn bad_value(column: &str, value: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,
         rusqlite::types::Type::Text,

@@ -2,12 +2,14 @@
 //!
 //! Owns the database file, its connection settings and its schema migrations. Tables by role:
 //! - [`jobs`]: initial-load jobs and their batches (what was planned, sent, accepted, confirmed).
-//! - [`ledger`]: the ledger of relationships this tool registered, and deletes held back by the
-//!   initial-load barrier (onboarding D-3 step 4).
+//! - [`ledger`]: the ledger of relationships this tool registered.
+//! - [`queue`]: operations held back, one queue per customer: removes behind the initial-load
+//!   barrier (onboarding D-3 step 4) and whatever the bank issued on that customer after them.
 //! - [`registry`]: not a table — the machine-wide list of loads in progress, so a delete is held
 //!   whichever store the command that issues it was given.
 //!
-//! The sync agent adds its outbox as a further migration; nothing here assumes it is the only user.
+//! The sync agent's outbox is meant to grow out of [`queue`] (its interface is the one a later
+//! backend implements); nothing here assumes `kfr load` is the only user.
 //!
 //! Durability rules (the load's resume depends on them):
 //! - WAL journal with `synchronous=FULL`: a committed transaction survives power loss, not only a
@@ -24,10 +26,11 @@
 
 pub mod jobs;
 pub mod ledger;
+pub mod queue;
 pub mod registry;
 
 pub use jobs::{BatchRecord, BatchStatus, JobRecord, JobStatus};
-pub use ledger::HeldDelete;
+pub use queue::{CustomerQueue, HeldOp, HoldReason, OpState, Operation, Queued};
 
 use anyhow::Context as _;
 use rusqlite::Connection;
@@ -85,6 +88,30 @@ pub const MIGRATIONS: &[&str] = &[
         sent_at         TEXT,
         outcome         TEXT               -- removed | not_found | error: …
     );
+    "#,
+    // 2: the held deletes become held operations, one queue per customer (adds wait behind an
+    // earlier held operation on the same customer; docs/specs/barrier.md). Rows keep their ids,
+    // so issue order survives; a delete already sent is settled with its outcome.
+    r#"
+    CREATE TABLE held_operations (
+        id              INTEGER PRIMARY KEY,  -- issue order
+        customer_id     TEXT NOT NULL,        -- in full: the institution's own store (mode 0600)
+        operation       TEXT NOT NULL CHECK (operation IN ('add', 'remove')),
+        correlation_id  TEXT NOT NULL,        -- given when queued, sent with every attempt
+        queued_at       TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('queued', 'claimed', 'parked', 'settled')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        claimed_at      TEXT,
+        settled_at      TEXT,
+        outcome         TEXT                  -- added | already_present | removed | not_found
+    );
+    CREATE INDEX held_operations_customer ON held_operations(customer_id, state);
+    INSERT INTO held_operations (id, customer_id, operation, correlation_id, queued_at, state, settled_at, outcome)
+        SELECT id, customer_id, 'remove', correlation_id, queued_at,
+               CASE WHEN sent_at IS NULL THEN 'queued' ELSE 'settled' END, sent_at, outcome
+        FROM held_deletes ORDER BY id;
+    DROP TABLE held_deletes;
     "#,
 ];
 
@@ -234,6 +261,63 @@ mod tests {
         drop(s);
         let err = Store::open(&p).unwrap_err();
         assert!(format!("{err:#}").contains("newer than this kfr knows"), "{err:#}");
+    }
+
+    #[test]
+    fn held_deletes_of_a_version_1_store_become_held_operations_in_order() {
+        use crate::store::queue::{CustomerQueue as _, OpState, Operation};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("v1.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            let cid = "0b6a8f0e-7c1e-4a57-9d7e-2f0a4c1b9e11";
+            c.execute_batch(&format!(
+                "INSERT INTO held_deletes (id, customer_id, queued_at, correlation_id, sent_at, outcome) VALUES
+                   (3, '02013299997', '2026-01-01T00:00:00.000Z', '{cid}', NULL, NULL),
+                   (7, '916960190', '2026-01-01T00:00:01.000Z', '{cid}', '2026-01-02T00:00:00.000Z', 'removed'),
+                   (9, '01010112345', '2026-01-01T00:00:02.000Z', '{cid}', NULL, NULL);"
+            ))
+            .unwrap();
+        }
+        let mut s = Store::open(&p).unwrap();
+        assert_eq!(s.version().unwrap(), Store::current_version());
+        let waiting = s.waiting().unwrap();
+        let got: Vec<(i64, &str, Operation)> = waiting
+            .iter()
+            .map(|o| (o.id, o.customer_id.as_str(), o.operation))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (3, "02013299997", Operation::Remove),
+                (9, "01010112345", Operation::Remove)
+            ]
+        );
+        assert!(waiting.iter().all(|o| o.state == OpState::Queued));
+        let sent: (String, String) = s
+            .conn()
+            .query_row("SELECT state, outcome FROM held_operations WHERE id = 7", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(sent, ("settled".to_string(), "removed".to_string()));
+        let old: i64 = s
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'held_deletes'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the old table is gone");
+        // New operations continue after the migrated ids: issue order holds across the upgrade.
+        let q = s
+            .enqueue("02013299997", Operation::Add, uuid::Uuid::new_v4())
+            .unwrap()
+            .unwrap();
+        assert!(q.op.id > 9);
     }
 
     #[test]

@@ -1,20 +1,22 @@
 //! The machine-wide list of initial loads in progress, so the delete barrier holds no matter
-//! which state store a `kfr remove` was pointed at.
+//! which state store a `kfr remove` (or a later `kfr add` on a held customer) was pointed at.
 //!
 //! Why: onboarding D-3 step 4 says deletes wait until the initial load is ingested. The held
 //! delete lives in the load's own store, but an operator running `kfr remove` from another
 //! directory (or without `--state`) would otherwise open a different store, see no load and send
 //! the delete straight away — exactly what D-3 forbids. So `kfr load` announces its job here and
-//! withdraws it once the job is confirmed; `remove` consults the list for loads of the same
-//! institution against the same KFR.
+//! withdraws it once the job is confirmed and nothing waits in its queue; `remove` and `add`
+//! consult the list for loads of the same institution against the same KFR (an add must find the
+//! queue that holds an earlier operation on its customer, docs/specs/barrier.md).
 //!
 //! Location: `$KFR_STATE_HOME`, else `$XDG_STATE_HOME/kfr`, else `$HOME/.local/state/kfr`; one
 //! small JSON file per state store under `active-loads/` (mode 0600, no customer data). The list
-//! is advisory: an entry whose store is gone or whose job is confirmed is withdrawn by whoever
-//! notices, and a list that cannot be written only costs the announcement (a warning), never the
+//! is advisory: an entry whose store is gone, or whose job is confirmed with nothing waiting, is
+//! withdrawn by whoever notices, and a list that cannot be written only costs the announcement (a warning), never the
 //! load.
 
 use super::Store;
+use super::queue::{CustomerQueue as _, Operation, Queued};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -148,78 +150,82 @@ fn announced_in(dir: &Path, org_number: &str) -> Vec<ActiveLoad> {
     out
 }
 
-/// Where a delete was held: the store and the load job that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
+/// Where an operation was held: the store whose queue keeps it, and why.
+#[derive(Debug, Clone)]
+pub struct HeldAt {
     pub state: PathBuf,
-    pub job: i64,
-    pub queue_id: i64,
+    pub queued: Queued,
 }
 
-/// The delete barrier for one delete (onboarding D-3 step 4): queues it in the store of a load
-/// that is not confirmed yet — `own` first (the store the command was given), then any announced
-/// load of the same institution and KFR — and says where. `None`: no load is running, send it.
-pub fn hold_delete(
+/// Whether a store still needs its announcement: a load not confirmed, or operations waiting
+/// (a customer's later operations must find the queue that holds its earlier ones).
+pub fn holds_anything(store: &mut Store) -> anyhow::Result<bool> {
+    Ok(store.barrier()?.is_some() || !store.waiting()?.is_empty())
+}
+
+/// The barrier and per-customer order for one operation (docs/specs/barrier.md): queues it in
+/// the store that must hold it — `own` first (the store the command was given), then any
+/// announced load of the same institution and KFR — and says where. `None`: nothing holds it,
+/// the caller sends it now.
+pub fn hold(
     own: &Path,
     org_number: &str,
     kfr_base_url: &str,
     customer_id: &str,
+    op: Operation,
     correlation_id: uuid::Uuid,
-) -> anyhow::Result<Option<Held>> {
-    hold_delete_with(
+) -> anyhow::Result<Option<HeldAt>> {
+    hold_with(
         dir().as_deref(),
         own,
         org_number,
         kfr_base_url,
         customer_id,
+        op,
         correlation_id,
     )
 }
 
-fn hold_delete_with(
+fn hold_with(
     dir: Option<&Path>,
     own: &Path,
     org_number: &str,
     kfr_base_url: &str,
     customer_id: &str,
+    op: Operation,
     correlation_id: uuid::Uuid,
-) -> anyhow::Result<Option<Held>> {
+) -> anyhow::Result<Option<HeldAt>> {
     if let Some(mut store) = Store::open_existing(own)? {
-        if let Some((job, d)) = store.hold_delete_if_loading(customer_id, correlation_id)? {
-            return Ok(Some(Held {
+        if let Some(queued) = store.enqueue(customer_id, op, correlation_id)? {
+            return Ok(Some(HeldAt {
                 state: own.to_path_buf(),
-                job,
-                queue_id: d.id,
+                queued,
             }));
         }
     }
     let Some(dir) = dir else { return Ok(None) };
     for a in announced_in(dir, org_number) {
-        // A store that is gone, or whose load is confirmed, no longer holds anything.
+        // A store that is gone, or that holds nothing any more, needs no announcement.
         let Some(mut store) = Store::open_existing(&a.state)? else {
             withdraw_in(dir, &a.state)?;
             continue;
         };
         if !same_register(&a.kfr_base_url, kfr_base_url) {
-            if let Some(job) = store.unconfirmed_job()? {
+            if let Some(job) = store.barrier()? {
                 tracing::warn!(
-                    "load job {} in {} for {org_number} runs against KFR at {}, not {kfr_base_url}; this delete is not held by it",
-                    job.id,
+                    "load job {job} in {} for {org_number} runs against KFR at {}, not {kfr_base_url}; this {} is not held by it",
                     a.state.display(),
-                    a.kfr_base_url
+                    a.kfr_base_url,
+                    op.as_str()
                 );
             }
             continue;
         }
-        match store.hold_delete_if_loading(customer_id, correlation_id)? {
-            Some((job, d)) => {
-                return Ok(Some(Held {
-                    state: a.state,
-                    job,
-                    queue_id: d.id,
-                }));
-            }
-            None => withdraw_in(dir, &a.state)?,
+        if let Some(queued) = store.enqueue(customer_id, op, correlation_id)? {
+            return Ok(Some(HeldAt { state: a.state, queued }));
+        }
+        if !holds_anything(&mut store)? {
+            withdraw_in(dir, &a.state)?;
         }
     }
     Ok(None)
@@ -229,9 +235,15 @@ fn hold_delete_with(
 mod tests {
     use super::*;
     use crate::store::jobs::NewBatch;
+    use crate::store::queue::HoldReason;
 
     const ORG: &str = "916960190";
     const URL: &str = "http://127.0.0.1:9/kar-ws/api/v1";
+
+    fn hold_remove(reg: &Path, own: &Path, org: &str, url: &str) -> Option<HeldAt> {
+        let cid = uuid::Uuid::new_v4();
+        hold_with(Some(reg), own, org, url, "01010112345", Operation::Remove, cid).unwrap()
+    }
 
     fn store_with_job(path: &Path) -> (Store, i64) {
         let mut s = Store::open(path).unwrap();
@@ -255,14 +267,31 @@ mod tests {
 
         // The remove is pointed at a different (absent) store.
         let other = tmp.path().join("elsewhere/kfr-state.db");
-        let held = hold_delete_with(Some(&reg), &other, ORG, URL, "01010112345", uuid::Uuid::new_v4())
-            .unwrap()
-            .expect("held");
+        let held = hold_remove(&reg, &other, ORG, URL).expect("held");
         assert_eq!(held.state, absolute(&load_state).unwrap());
-        assert_eq!(held.job, job);
+        assert_eq!(held.queued.reason, HoldReason::Barrier { job });
         assert!(!other.exists(), "remove must not create a store just to look");
+        // A later add on the same customer, from the same elsewhere, is found and queued behind.
+        let add = hold_with(
+            Some(&reg),
+            &other,
+            ORG,
+            URL,
+            "01010112345",
+            Operation::Add,
+            uuid::Uuid::new_v4(),
+        )
+        .unwrap()
+        .expect("held behind the remove");
+        assert_eq!(
+            add.queued.reason,
+            HoldReason::Behind {
+                ahead: 1,
+                job: Some(job)
+            }
+        );
         let mut s = Store::open(&load_state).unwrap();
-        assert_eq!(s.pending_deletes().unwrap().len(), 1);
+        assert_eq!(s.waiting().unwrap().len(), 2);
     }
 
     #[test]
@@ -273,32 +302,29 @@ mod tests {
         let (_s, job) = store_with_job(&load_state);
         announce_in(&reg, &load_state, ORG, URL, job).unwrap();
         let own = tmp.path().join("none.db");
-        let cid = uuid::Uuid::new_v4();
 
-        assert_eq!(
-            hold_delete_with(Some(&reg), &own, "923609016", URL, "01010112345", cid).unwrap(),
-            None
-        );
+        assert!(hold_remove(&reg, &own, "923609016", URL).is_none());
         let other_url = "http://127.0.0.1:10/kar-ws/api/v1";
-        assert_eq!(
-            hold_delete_with(Some(&reg), &own, ORG, other_url, "01010112345", cid).unwrap(),
-            None
-        );
+        assert!(hold_remove(&reg, &own, ORG, other_url).is_none());
         // The same register spelt differently holds.
         let respelt = "http://localhost:9/kar-ws/api/v1/";
-        let held = hold_delete_with(Some(&reg), &own, ORG, respelt, "01010112345", cid).unwrap();
-        assert_eq!(held.map(|h| h.job), Some(job));
+        let held = hold_remove(&reg, &own, ORG, respelt).map(|h| h.queued.reason);
+        assert_eq!(held, Some(HoldReason::Barrier { job }));
         assert_eq!(announced_in(&reg, ORG).len(), 1, "a foreign query does not withdraw");
 
-        // Confirmed: the entry is stale, the delete is sent, and the entry goes.
+        // Confirmed, but the held remove is still waiting: the entry stays, so a later
+        // operation on that customer still finds its queue.
         let mut s = Store::open(&load_state).unwrap();
         s.conn()
             .execute("UPDATE load_jobs SET status = 'confirmed'", [])
             .unwrap();
-        assert_eq!(
-            hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(),
-            None
-        );
+        assert!(hold_remove(&reg, &own, ORG, URL).is_some());
+        assert_eq!(announced_in(&reg, ORG).len(), 1);
+        // Once nothing waits, the entry is stale: the remove is sent and the entry goes.
+        s.conn()
+            .execute("UPDATE held_operations SET state = 'settled'", [])
+            .unwrap();
+        assert!(hold_remove(&reg, &own, ORG, URL).is_none());
         assert!(announced_in(&reg, ORG).is_empty());
 
         // A store that no longer exists: withdrawn too.
@@ -308,10 +334,7 @@ mod tests {
         let abs = absolute(&gone).unwrap();
         drop(_g);
         std::fs::remove_file(&gone).unwrap();
-        assert_eq!(
-            hold_delete_with(Some(&reg), &own, ORG, URL, "01010112345", cid).unwrap(),
-            None
-        );
+        assert!(hold_remove(&reg, &own, ORG, URL).is_none());
         assert!(!entry_path(&reg, &abs).exists());
     }
 

@@ -1,0 +1,85 @@
+//! Why a load stopped, as a type the caller can branch on; each variant knows its hint and whether
+//! it is about how `kfr load` was invoked (exit 2) or about the data or KFR (exit 1).
+
+use crate::error::Hinted;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("nothing to resume: the state store {} has no load job", state.display())]
+    NothingToResume { state: PathBuf },
+
+    #[error("load job {job} ({input}) in {} is not confirmed complete yet", state.display())]
+    JobUnconfirmed { job: i64, input: String, state: PathBuf },
+
+    #[error("nothing to resume for {}: the last load job ({job}, from {input}) is complete", file.display())]
+    JobComplete { file: PathBuf, job: i64, input: String },
+
+    #[error("load job {job} was started for organisation {job_org}, but org_number is {org}")]
+    OtherOrganisation { job: i64, job_org: String, org: String },
+
+    #[error(
+        "{} has changed since load job {job} was planned from it (sha256 {then}… then, {now}… now); refusing to resume",
+        file.display()
+    )]
+    InputChanged {
+        file: PathBuf,
+        job: i64,
+        then: String,
+        now: String,
+    },
+
+    #[error("the batches planned now differ from those stored for load job {job}: refusing to resume")]
+    PlanMismatch { job: i64 },
+
+    #[error(
+        "{} has {count} bad line(s), listed above with line number and rule; nothing was uploaded",
+        file.display()
+    )]
+    BadLines { file: PathBuf, count: u64 },
+
+    #[error("opening the input {}", path.display())]
+    OpenInput { path: PathBuf, source: std::io::Error },
+
+    #[error(
+        "{failed} held operation(s) could not be sent; they and whatever was issued after them on the same customers still wait"
+    )]
+    HeldOperationsNotSent { failed: usize },
+
+    /// The state store, KFR or the input failed; the chain says where (and may carry its own
+    /// hint, e.g. a KFR error code).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl LoadError {
+    /// Whether the error is about how the load was asked for (exit 2: nothing was attempted).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            LoadError::NothingToResume { .. }
+                | LoadError::JobUnconfirmed { .. }
+                | LoadError::JobComplete { .. }
+                | LoadError::OtherOrganisation { .. }
+        )
+    }
+}
+
+impl Hinted for LoadError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            LoadError::NothingToResume { .. } => "start the load without --resume".into(),
+            LoadError::JobUnconfirmed { .. } => "continue it with `kfr load FILE --resume` (same file); a second load cannot start before the first is confirmed".into(),
+            LoadError::JobComplete { .. } => "start a new load without --resume".into(),
+            LoadError::OtherOrganisation { .. } => "run the load with the org_number it was started with".into(),
+            LoadError::InputChanged { job, .. } => format!(
+                "resume with the unchanged file; a new export can be loaded once job {job} is confirmed"
+            ),
+            LoadError::PlanMismatch { .. } => "resume with the kfr version that planned the job, or finish it before upgrading".into(),
+            LoadError::BadLines { .. } => "fix the lines, or pass --skip-invalid to load the valid ones and write the bad ones to a rejects file".into(),
+            LoadError::OpenInput { .. } => return None,
+            LoadError::HeldOperationsNotSent { .. } => "`kfr load FILE --resume` sends them again, in order, once KFR can be reached".into(),
+            LoadError::Other(_) => return None,
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! What a load reports while it runs: typed events handed to a sink the caller supplies.
+//!
+//! The engine never prints (issue 8: engines return, the CLI presents). Each event carries the
+//! facts; the CLI's printer turns them into a progress bar, lines on stderr or JSON lines on
+//! stdout. Serialised with `event` as the tag, the events that `kfr load --json` prints are the
+//! JSON lines themselves; the others ([`LoadEvent::is_json`] false) are for people only.
+//!
+//! Personal data: customers appear as kind and log pseudonym, rejected lines masked — the same
+//! rule as the logs.
+
+use super::plan::Plan;
+use super::reader::{Format, Rejected};
+use super::report::{Counts, SentOperation};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// Receives events as they happen. Called from the load's task, one event at a time.
+pub type EventSink<'a> = &'a (dyn Fn(LoadEvent) + Send + Sync);
+
+/// The plan and the counts it rests on: what `--dry-run` shows and what a run starts with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanSummary {
+    pub file: PathBuf,
+    pub format: Format,
+    /// The format as people read it, e.g. `ID;YYYY-MM-DD`.
+    pub format_text: String,
+    pub bom: bool,
+    pub crlf: bool,
+    pub blank_lines: u64,
+    pub counts: Counts,
+    pub plan: Plan,
+}
+
+/// One thing that happened during a load.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LoadEvent {
+    /// A bad line (masked). `skipped`: `--skip-invalid` leaves it out and the load goes on;
+    /// otherwise it is part of why the load is refused.
+    LineRejected {
+        rejected: Rejected,
+        skipped: bool,
+    },
+    /// Bad lines beyond those reported one by one.
+    MoreRejected {
+        count: u64,
+    },
+    /// The bad lines went to the rejects file (identifiers in full, mode 0600).
+    RejectsWritten {
+        count: u64,
+        path: PathBuf,
+    },
+    /// The plan is ready (a resumed job plans the same batches again).
+    Plan {
+        #[serde(flatten)]
+        summary: Box<PlanSummary>,
+        resumed: bool,
+    },
+    /// A new job is in the store; removes are held until it is confirmed.
+    JobCreated {
+        job: i64,
+        state: PathBuf,
+    },
+    /// An unfinished job is being continued.
+    JobResumed {
+        job: i64,
+        batches: usize,
+        confirmed: usize,
+    },
+    /// Uploading starts: `total` relationships, `ingested` of them already confirmed.
+    Started {
+        total: u64,
+        ingested: u64,
+    },
+    /// Relationships KFR should have ingested by now (moves a progress bar).
+    Ingesting {
+        ingested: u64,
+    },
+    /// `--max-per-day` is reached before `batch`.
+    Paused {
+        batch: u32,
+        max_per_day: Option<u64>,
+    },
+    /// A batch may have been sent before the last run stopped; its last entry is looked up.
+    CheckingUnknownUpload {
+        batch: u32,
+        correlation_id: Uuid,
+    },
+    UnknownUploadFound {
+        batch: u32,
+    },
+    UnknownUploadAbsent {
+        batch: u32,
+    },
+    /// KFR answered 201: valid, not yet stored.
+    BatchAccepted {
+        batch: u32,
+        entries: u64,
+        bytes: u64,
+        correlation_id: Uuid,
+    },
+    /// Checked entries of a batch are not visible yet.
+    WaitingForIngestion {
+        batch: u32,
+        missing: usize,
+    },
+    /// Own lookups saw the batch stored.
+    BatchConfirmed {
+        batch: u32,
+        entries: u64,
+        correlation_id: Uuid,
+        ingested: u64,
+    },
+    /// Uploading is over (the bar can go).
+    Finished,
+    /// An operation held behind the barrier or behind an earlier one on its customer was sent.
+    HeldOperationSent(SentOperation),
+    /// A held operation could not be sent; it stays at the head of its customer's queue.
+    HeldOperationFailed {
+        customer: String,
+        operation: crate::store::Operation,
+        error: String,
+    },
+    /// The report files were written.
+    ReportWritten {
+        json: PathBuf,
+        markdown: PathBuf,
+    },
+    /// Something the operator should know that does not stop the load.
+    Warning {
+        message: String,
+    },
+}
+
+impl LoadEvent {
+    /// Whether `kfr load --json` prints this event as a JSON line (the others are human-only:
+    /// progress ticks, and messages that went to stderr before there were events).
+    pub fn is_json(&self) -> bool {
+        !matches!(
+            self,
+            LoadEvent::LineRejected { .. }
+                | LoadEvent::MoreRejected { .. }
+                | LoadEvent::RejectsWritten { .. }
+                | LoadEvent::JobCreated { .. }
+                | LoadEvent::JobResumed { .. }
+                | LoadEvent::Started { .. }
+                | LoadEvent::Ingesting { .. }
+                | LoadEvent::Finished
+                | LoadEvent::ReportWritten { .. }
+                | LoadEvent::Warning { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Operation;
+
+    /// `kfr load --json` consumers read these names and fields; a rename is a visible change.
+    #[test]
+    fn json_lines_carry_the_event_name_and_flat_fields() {
+        let cid = Uuid::nil();
+        let v = serde_json::to_value(LoadEvent::BatchConfirmed {
+            batch: 2,
+            entries: 35,
+            correlation_id: cid,
+            ingested: 70,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "batch_confirmed", "batch": 2, "entries": 35,
+                "correlation_id": cid, "ingested": 70})
+        );
+        let sent = SentOperation {
+            customer: "fødselsnummer p-0123456789ab".into(),
+            operation: Operation::Add,
+            queued_at: "t0".into(),
+            sent_at: "t1".into(),
+            outcome: "added".into(),
+            correlation_id: cid,
+        };
+        let v = serde_json::to_value(LoadEvent::HeldOperationSent(sent)).unwrap();
+        assert_eq!(v["event"], "held_operation_sent");
+        assert_eq!(v["operation"], "add");
+        assert_eq!(v["outcome"], "added");
+        assert_eq!(v["customer"], "fødselsnummer p-0123456789ab");
+    }
+
+    #[test]
+    fn only_progress_facts_are_json_lines() {
+        assert!(LoadEvent::UnknownUploadFound { batch: 1 }.is_json());
+        assert!(
+            LoadEvent::Paused {
+                batch: 1,
+                max_per_day: Some(5)
+            }
+            .is_json()
+        );
+        assert!(
+            !LoadEvent::Ingesting { ingested: 1 }.is_json(),
+            "bar ticks are not lines"
+        );
+        assert!(
+            !LoadEvent::Warning { message: "x".into() }.is_json(),
+            "warnings go to stderr"
+        );
+    }
+}
