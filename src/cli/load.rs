@@ -9,7 +9,7 @@
 use super::LoadArgs;
 use super::printer::{Format, Printer};
 use crate::config::{MIN_BATCH_BYTES, Settings};
-use crate::error::{Hinted as _, Reported, UsageError};
+use crate::error::UsageError;
 use crate::load::plan::{self, human_duration};
 use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
 use crate::store::BatchStatus;
@@ -55,49 +55,31 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     if args.dry_run {
         return match crate::load::dry_run(&opts, &sink) {
             Ok(_) => Ok(()),
-            Err(e) => Err(failure(&printer, e)),
+            Err(e) => Err(failure(e)),
         };
     }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
     let outcome = match crate::load::run(&opts, &client, &sink).await {
         Ok(o) => o,
-        Err(e) => return Err(failure(&printer, e)),
+        Err(e) => return Err(failure(e)),
     };
     summary(&printer, &opts, &outcome);
     if outcome.held_operations_failed > 0 {
-        return Err(failure(
-            &printer,
-            LoadError::HeldOperationsNotSent {
-                failed: outcome.held_operations_failed,
-            },
-        ));
+        return Err(failure(LoadError::HeldOperationsNotSent {
+            failed: outcome.held_operations_failed,
+        }));
     }
     Ok(())
 }
 
-/// Turns a load error into what `main` renders: usage errors exit 2 with their hint; the others
-/// exit 1, rendered here when they carry a hint of their own (`main` finds hints only on the
-/// error types it knows), and the chain of an underlying failure is passed on as it is.
-fn failure(printer: &Printer, e: LoadError) -> anyhow::Error {
-    if let LoadError::Other(inner) = e {
-        return inner;
+/// Turns a load error into what `main` renders: `LoadError` carries its own hint and exit code
+/// (`cli::report` finds them), and an underlying failure keeps its chain as it is.
+fn failure(e: LoadError) -> anyhow::Error {
+    match e {
+        LoadError::Other(inner) => inner,
+        e => anyhow::Error::new(e),
     }
-    let hint = e.hint();
-    if e.is_usage() {
-        let u = UsageError::new(e.to_string());
-        return match hint {
-            Some(h) => u.with_hint(h).into(),
-            None => u.into(),
-        };
-    }
-    let message = e.to_string();
-    let err = anyhow::Error::new(e);
-    if hint.is_none() {
-        return err;
-    }
-    printer.error(&err, hint);
-    Reported(message).into()
 }
 
 /// Presents one event: a JSON line in `--json` mode for the events that have one, otherwise a

@@ -148,27 +148,6 @@ impl Printer {
         self.stderr(text);
     }
 
-    /// `error:`, one `Caused by:` line per cause, and the hint (the one given, else the first a
-    /// cause carries). Always shown.
-    pub fn error(&self, err: &anyhow::Error, hint: Option<String>) {
-        let mut chain = err.chain();
-        let mut out = String::new();
-        if let Some(top) = chain.next() {
-            out.push_str(&format!("{}: {top}\n", self.paint("error", "1;31")));
-        }
-        let causes: Vec<String> = chain.map(|c| c.to_string()).collect();
-        if !causes.is_empty() {
-            out.push_str("Caused by:\n");
-            for c in causes {
-                out.push_str(&format!("  {c}\n"));
-            }
-        }
-        if let Some(h) = hint.or_else(|| crate::error::find_hint(err)) {
-            out.push_str(&format!("{}: {h}\n", self.paint("hint", "1;36")));
-        }
-        self.stderr(out.trim_end());
-    }
-
     /// Starts a progress bar of `total` at `position`: drawn on a terminal stderr in human,
     /// non-quiet mode, hidden otherwise. Replaces any earlier bar.
     pub fn start_progress(&self, total: u64, position: u64, template: &str) {

@@ -25,6 +25,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::maskinporten::CredentialError,
         crate::kfr::KfrError,
         crate::ids::IdError,
+        crate::load::LoadError,
     );
     None
 }

@@ -66,6 +66,14 @@ impl LoadError {
 }
 
 impl Hinted for LoadError {
+    fn exit(&self) -> crate::error::Exit {
+        if self.is_usage() {
+            crate::error::Exit::Usage
+        } else {
+            crate::error::Exit::Failure
+        }
+    }
+
     fn hint(&self) -> Option<String> {
         Some(match self {
             LoadError::NothingToResume { .. } => "start the load without --resume".into(),
