@@ -207,7 +207,8 @@ impl<D> Verdict<D> {
 /// fresh token was fetched (kfr-notes §4); none when no token could be had.
 #[derive(Debug)]
 pub struct Attempt<D> {
-    /// The final HTTP status; `None` when no answer came (timeout, connection, no token).
+    /// The status of the last answer KFR gave in this attempt; `None` when none came (timeout,
+    /// connection, no token). After a 401 whose fresh token could not be had, it is that 401.
     pub status: Option<u16>,
     /// Round trip of the last request sent (from sending to the answer's body read); when no
     /// request could be sent, the time spent trying to get a token.
@@ -276,8 +277,11 @@ mod tests {
     /// Every status and error code the KFR spec (v1.1.2) lists for each "Financial institution"
     /// operation, plus what the spec does not list but the network and gateways produce. The
     /// 401 rows are answers to a token fetched after a first 401 (the attempt's one refresh).
+    /// operation, status, KFR's code, expected verdict.
+    type Row = (Operation, u16, Option<&'static str>, Result<Delivery, VerdictClass>);
+
     #[rustfmt::skip]
-    const TABLE: &[(Operation, u16, Option<&str>, Result<Delivery, VerdictClass>)] = &[
+    const TABLE: &[Row] = &[
         // addCustomerDSOPGW
         (Add, 201, None, Ok(Added)),
         (Add, 200, None, Ok(AlreadyPresent)),
@@ -365,8 +369,10 @@ mod tests {
     /// The spec's own rows, in one place, so a row missing from [`TABLE`] fails here.
     #[test]
     fn the_table_covers_every_row_of_the_spec() {
+        /// A status with the codes the spec lists for it.
+        type Listed = (u16, &'static [&'static str]);
         #[rustfmt::skip]
-        let spec: &[(Operation, &[(u16, &[&str])])] = &[
+        let spec: &[(Operation, &[Listed])] = &[
             (Add, &[(200, &[]), (201, &[]), (400, &["KFR-004", "KFR-005", "KFR-009"]), (401, &["KFR-001"]),
                     (403, &["KFR-002", "KFR-003"]), (500, &["KFR-007"])]),
             (Remove, &[(204, &[]), (400, &["KFR-004", "KFR-005", "KFR-009"]), (401, &["KFR-001"]),
