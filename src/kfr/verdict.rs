@@ -194,6 +194,15 @@ impl<D> Verdict<D> {
         matches!(self, Verdict::Delivered(_))
     }
 
+    /// How long the server asked us to wait (`Retry-After` of a 429, or of a 5xx that sent one).
+    pub fn server_delay(&self) -> Option<Duration> {
+        match self {
+            Verdict::Transient { server_delay, .. } => *server_delay,
+            Verdict::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The delivered value, if any.
     pub fn delivered(&self) -> Option<&D> {
         match self {
@@ -457,6 +466,10 @@ mod tests {
             Verdict::RateLimited {
                 retry_after: Some(Duration::from_secs(5))
             }
+        );
+        assert_eq!(
+            KfrError::Token(status(503, Some(30))).verdict::<()>().server_delay(),
+            Some(Duration::from_secs(30))
         );
         assert!(matches!(
             KfrError::Token(status(503, Some(30))).verdict::<()>(),
