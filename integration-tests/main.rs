@@ -12,3 +12,4 @@ mod mock_kfr;
 mod mock_maskinporten;
 mod token;
 mod util;
+mod verdicts;

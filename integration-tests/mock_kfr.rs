@@ -7,9 +7,9 @@
 //! the happy paths and the retry behaviour also go through `kfr::kfr::KfrClient`.
 
 use crate::util;
+use kfr::http::RetryPolicy;
 use kfr::ids::{CustomerId, IdPolicy};
-use kfr::kfr::{AddOutcome, BatchEntry, KfrClient, KfrClientConfig, KfrError, Layout, RemoveOutcome, RetryClass};
-use kfr::maskinporten::RetryPolicy;
+use kfr::kfr::{AddOutcome, BatchEntry, KfrClient, KfrClientConfig, KfrError, Layout, RemoveOutcome, VerdictClass};
 use kfr::mock::{MockClient, MockConfig, MockEnv, MockServer};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret as _;
@@ -414,7 +414,7 @@ async fn relationship_type_other_than_dsopbank_is_400_kfr_009() {
         .await
         .unwrap_err();
     assert_eq!((err.status(), err.code()), (Some(400), Some("KFR-009")));
-    assert_eq!(err.class(), RetryClass::Permanent);
+    assert_eq!(err.class(), VerdictClass::Rejected);
 }
 
 #[tokio::test]
@@ -794,7 +794,7 @@ async fn injected_500s_are_retried_by_the_client_then_reported() {
     let k = setup(|c| c.kfr_faults.error_rate = 1.0).await;
     let err = k.client(3).add(&id(PERSON), None).await.unwrap_err();
     assert_eq!((err.status(), err.code()), (Some(500), Some("KFR-007")));
-    assert_eq!(err.class(), RetryClass::Transient);
+    assert_eq!(err.class(), VerdictClass::Transient);
     assert_eq!(k.count("add", "500").await, 3, "three attempts");
     let st = k.state().await;
     assert_eq!(st["kfr"]["faults_by_kind"]["error"], 3);
@@ -819,7 +819,7 @@ async fn injected_429s_carry_retry_after_and_are_retried() {
     assert_eq!(a.correlation(), Some(CORRELATION));
     let err = k.client(2).lookup(&id(PERSON), None, None, None).await.unwrap_err();
     assert_eq!(err.status(), Some(429));
-    assert_eq!(err.retry_after(), Some(0));
+    assert_eq!(err.retry_after(), Some(Duration::ZERO));
     assert_eq!(k.count("lookup", "429").await, 3);
     assert_eq!(k.state().await["kfr"]["faults_by_kind"]["rate_limit"], 3);
 }
@@ -882,7 +882,7 @@ async fn outage_answers_503_and_the_client_gives_up_cleanly() {
     let started = Instant::now();
     let err = k.client(2).remove(&id(PERSON), None).await.unwrap_err();
     assert!(matches!(err, KfrError::Api { status: 503, .. }), "{err}");
-    assert_eq!(err.class(), RetryClass::Transient);
+    assert_eq!(err.class(), VerdictClass::Transient);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "no real wait with immediate retries"

@@ -4,7 +4,8 @@
 
 use crate::util::{ORG, certs_local, kfr, output_text, start_mock, token_client};
 use kfr::error::Hinted as _;
-use kfr::maskinporten::{RetryPolicy, TokenError};
+use kfr::http::RetryPolicy;
+use kfr::maskinporten::TokenError;
 use kfr::mock::MockServer;
 use secrecy::ExposeSecret as _;
 use std::time::Duration;

@@ -31,7 +31,8 @@ pub fn output_text(out: &std::process::Output) -> (String, String) {
 }
 
 use kfr::certs::LocalPki;
-use kfr::maskinporten::{Credential, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
+use kfr::http::RetryPolicy;
+use kfr::maskinporten::{Credential, TokenClient, TokenClientConfig, TokenRequest};
 use kfr::mock::{MockConfig, MockServer};
 use std::sync::OnceLock;
 

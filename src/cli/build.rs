@@ -5,9 +5,10 @@
 use crate::config::Settings;
 use crate::environment::Environment;
 use crate::http::HttpConfig;
+use crate::http::RetryPolicy;
 use crate::ids::IdPolicy;
 use crate::kfr::{KfrClient, KfrClientConfig};
-use crate::maskinporten::{Credential, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
+use crate::maskinporten::{Credential, TokenClient, TokenClientConfig, TokenRequest};
 use anyhow::Context as _;
 
 /// The outgoing HTTP client settings.

@@ -1,24 +1,17 @@
 //! KFR errors, decoded from both error bodies KFR sends (`{errorCode, errorMessage, timestamp}`
-//! with KFR-/ERR- codes, and the gateway's `{statusCode, message}`), each with a retry class so
-//! callers (the CLI, the load executor, the sync scheduler) decide the same way.
+//! with KFR-/ERR- codes, and the gateway's `{statusCode, message}`), each with the class of its
+//! verdict ([`VerdictClass`], see [`super::verdict`]) so callers (the CLI, the load executor, the
+//! sync agent) decide the same way.
+//!
+//! Text a server sends back is shown with long digit runs masked: KFR or a gateway may echo the
+//! customer identifier, and a person's number must not reach a log in full.
 
+use super::verdict::{Scope, Verdict, VerdictClass, token_class};
 use crate::error::Hinted;
+use crate::ids::mask;
 use crate::maskinporten::TokenError;
+use std::time::Duration;
 use uuid::Uuid;
-
-/// What a caller should do with a failed request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RetryClass {
-    /// Connect failure, timeout, 5xx, 429: the same request may succeed later.
-    Transient,
-    /// 401: the token was not accepted; get a new token and retry once.
-    Auth,
-    /// 403: scope, fid, or (on batch) a malformed multipart. Retrying will not help.
-    Forbidden,
-    /// 400 and other refusals of the request itself.
-    Permanent,
-}
 
 /// A failed KFR request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,8 +24,9 @@ pub enum KfrError {
         code: Option<String>,
         message: String,
         correlation_id: Uuid,
-        retry_after: Option<u64>,
-        class: RetryClass,
+        /// The answer's `Retry-After`, either form.
+        retry_after: Option<Duration>,
+        class: VerdictClass,
     },
     /// No answer at all.
     #[error("no answer from KFR at {url}: {reason} (CorrelationID {correlation_id})")]
@@ -42,7 +36,7 @@ pub enum KfrError {
         timeout: bool,
         correlation_id: Uuid,
     },
-    /// The answer could not be understood.
+    /// A success status whose body could not be understood (systemic for the endpoint).
     #[error("unexpected answer from KFR ({status}): {reason} (CorrelationID {correlation_id})")]
     InvalidResponse {
         status: u16,
@@ -58,14 +52,45 @@ pub enum KfrError {
 }
 
 impl KfrError {
-    pub fn class(&self) -> RetryClass {
+    /// The class of the verdict this error stands for.
+    pub fn class(&self) -> VerdictClass {
         match self {
             KfrError::Api { class, .. } => *class,
-            KfrError::Transport { .. } => RetryClass::Transient,
-            KfrError::Token(e) if e.is_transient() => RetryClass::Transient,
-            KfrError::Token(_) => RetryClass::Permanent,
-            KfrError::InvalidResponse { status, .. } if *status >= 500 => RetryClass::Transient,
-            KfrError::InvalidResponse { .. } | KfrError::BatchTooLarge { .. } => RetryClass::Permanent,
+            KfrError::Transport { .. } => VerdictClass::Transient,
+            KfrError::Token(e) => token_class(e),
+            KfrError::InvalidResponse { .. } => VerdictClass::Systemic(Scope::Endpoint),
+            KfrError::BatchTooLarge { .. } => VerdictClass::Rejected,
+        }
+    }
+
+    /// Systemic: no other request with this credential, institution or endpoint can succeed
+    /// now either, so the event it was about must not be given up on.
+    pub fn is_systemic(&self) -> bool {
+        matches!(self.class(), VerdictClass::Systemic(_))
+    }
+
+    /// The verdict this error stands for.
+    pub fn verdict<D>(&self) -> Verdict<D> {
+        match self.class() {
+            VerdictClass::Transient => Verdict::Transient {
+                reason: self.to_string(),
+                server_delay: self.retry_after(),
+            },
+            VerdictClass::RateLimited => Verdict::RateLimited {
+                retry_after: self.retry_after(),
+            },
+            VerdictClass::Systemic(scope) => Verdict::Systemic {
+                scope,
+                code: self.any_code(),
+                reason: self.to_string(),
+            },
+            VerdictClass::Rejected => Verdict::Rejected {
+                code: self.any_code(),
+                message: match self {
+                    KfrError::Api { message, .. } => message.clone(),
+                    other => other.to_string(),
+                },
+            },
         }
     }
 
@@ -77,6 +102,16 @@ impl KfrError {
         }
     }
 
+    /// KFR's code, or for a token refusal Digdir's MP-code, else the OAuth2 error.
+    fn any_code(&self) -> Option<String> {
+        match self {
+            KfrError::Token(TokenError::Rejected { mp_code, error, .. }) => {
+                Some(mp_code.clone().unwrap_or_else(|| error.clone()))
+            }
+            other => other.code().map(String::from),
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             KfrError::Api { status, .. } | KfrError::InvalidResponse { status, .. } => Some(*status),
@@ -84,25 +119,53 @@ impl KfrError {
         }
     }
 
-    pub fn retry_after(&self) -> Option<u64> {
+    /// The server's `Retry-After` (KFR's, or Maskinporten's when the token failed).
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             KfrError::Api { retry_after, .. } => *retry_after,
+            KfrError::Token(e) => e.retry_after(),
             _ => None,
+        }
+    }
+
+    /// The CorrelationID of the request, when one was sent.
+    pub fn correlation_id(&self) -> Option<Uuid> {
+        match self {
+            KfrError::Api { correlation_id, .. }
+            | KfrError::Transport { correlation_id, .. }
+            | KfrError::InvalidResponse { correlation_id, .. } => Some(*correlation_id),
+            KfrError::Token(_) | KfrError::BatchTooLarge { .. } => None,
         }
     }
 }
 
-/// Retry class of an HTTP status (kfr-notes §4, §6).
-pub fn classify(status: u16) -> RetryClass {
-    match status {
-        401 => RetryClass::Auth,
-        403 => RetryClass::Forbidden,
-        408 | 429 | 500..=599 => RetryClass::Transient,
-        _ => RetryClass::Permanent,
+/// Server text with every run of nine or more digits passed through [`mask`]: a person's
+/// number (11 digits) is never shown in full, an organisation number stays readable.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() >= 9 {
+            out.push_str(&mask(run));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_numeric() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
     }
+    flush(&mut run, &mut out);
+    out
 }
 
-/// Decodes an error body: the KFR shape, the gateway shape, or neither (kept as text).
+/// Decodes an error body: the KFR shape, the gateway shape, or neither (kept as text, cut to
+/// 200 characters). The message is scrubbed of identifiers.
 pub fn decode_body(body: &str) -> (Option<String>, String) {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -115,13 +178,20 @@ pub fn decode_body(body: &str) -> (Option<String>, String) {
         message: String,
     }
     if let Ok(b) = serde_json::from_str::<KfrBody>(body) {
-        return (Some(b.error_code), b.error_message.unwrap_or_default());
+        return (Some(b.error_code), scrub(&b.error_message.unwrap_or_default()));
     }
     if let Ok(b) = serde_json::from_str::<GatewayBody>(body) {
-        return (None, b.message);
+        return (None, scrub(&b.message));
     }
     let text: String = body.trim().chars().take(200).collect();
-    (None, if text.is_empty() { "(empty body)".into() } else { text })
+    (
+        None,
+        if text.is_empty() {
+            "(empty body)".into()
+        } else {
+            scrub(&text)
+        },
+    )
 }
 
 impl Hinted for KfrError {
@@ -150,6 +220,17 @@ impl Hinted for KfrError {
                 "KFR refused access: check scope and org_number; on a batch, a 403 also means a malformed multipart body".into()
             }
             KfrError::Api { status: 429, .. } => "KFR is rate limiting: lower the request rate".into(),
+            KfrError::Api {
+                class: VerdictClass::Systemic(Scope::Endpoint),
+                ..
+            }
+            | KfrError::InvalidResponse { .. } => {
+                "the answer is not KFR's: check kfr_base_url (it ends in /kar-ws/api/v1) and any proxy in between".into()
+            }
+            KfrError::Api {
+                class: VerdictClass::Systemic(Scope::Credentials),
+                ..
+            } => "KFR refused a freshly fetched token: check the Maskinporten environment matches KFR's (env)".into(),
             KfrError::Transport { .. } => "check network access to kfr_base_url (firewall, proxy); `kfr doctor` tests it".into(),
             KfrError::Token(e) => return e.hint(),
             KfrError::BatchTooLarge { .. } => "split the batch (kfr load does this automatically)".into(),
@@ -178,12 +259,38 @@ mod tests {
     }
 
     #[test]
-    fn statuses_map_to_retry_classes() {
-        assert_eq!(classify(401), RetryClass::Auth);
-        assert_eq!(classify(403), RetryClass::Forbidden);
-        assert_eq!(classify(429), RetryClass::Transient);
-        assert_eq!(classify(503), RetryClass::Transient);
-        assert_eq!(classify(400), RetryClass::Permanent);
-        assert_eq!(classify(404), RetryClass::Permanent);
+    fn echoed_identifiers_are_masked() {
+        let (_, m) = decode_body(
+            r#"{"errorCode":"KFR-005","errorMessage":"Invalid customer identifier 15108695088","timestamp":"x"}"#,
+        );
+        assert_eq!(m, "Invalid customer identifier *********88");
+        assert_eq!(
+            scrub("fid 916960190 at 2026-01-01T00:00:00Z, ref 12345678"),
+            "fid 916960190 at 2026-01-01T00:00:00Z, ref 12345678",
+            "org.nr, dates and short runs stay"
+        );
+        assert_eq!(scrub("<p>41108695088</p>"), "<p>*********88</p>");
+        assert!(!decode_body("no such customer 15108695088").1.contains("1510869"));
+    }
+
+    #[test]
+    fn answers_without_a_kfr_request_have_their_class() {
+        let cid = Uuid::nil();
+        let transport = |timeout| KfrError::Transport {
+            url: "https://kfr".into(),
+            reason: if timeout { "timed out" } else { "connection refused" }.into(),
+            timeout,
+            correlation_id: cid,
+        };
+        assert_eq!(transport(true).class(), VerdictClass::Transient);
+        assert_eq!(transport(false).class(), VerdictClass::Transient);
+        let unreadable = KfrError::InvalidResponse {
+            status: 200,
+            reason: "not a ListCustomerRelation".into(),
+            correlation_id: cid,
+        };
+        assert_eq!(unreadable.class(), VerdictClass::Systemic(Scope::Endpoint));
+        let big = KfrError::BatchTooLarge { size: 11, limit: 10 };
+        assert!(matches!(big.verdict::<()>(), Verdict::Rejected { code: None, .. }));
     }
 }

@@ -1,5 +1,6 @@
 //! The token client: discovery, grant, token request, retries, clock-skew compensation, and a
-//! cache with single flight and refresh-ahead.
+//! cache with single flight and refresh-ahead. The retry policy itself (backoff, `Retry-After`)
+//! is the generic one in [`crate::http::retry`]; this module only decides what is worth retrying.
 //!
 //! Cache invariants (each is tested in `integration-tests/token.rs`):
 //! - One client is bound to one issuer, client id and certificate; inside it, tokens are cached
@@ -17,6 +18,7 @@ use super::X5cMode;
 use super::discovery::{self, Metadata};
 use super::{Credential, TokenError, clock, grant};
 use crate::environment::Environment;
+use crate::http::RetryPolicy;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use secrecy::SecretString;
@@ -35,51 +37,6 @@ pub struct TokenRequest {
     pub scope: String,
     pub consumer_org: Option<String>,
     pub resource: Option<String>,
-}
-
-/// Retries of transient failures: capped exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, including the first.
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 4,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No waiting between attempts: for tests, so retry paths run in milliseconds.
-    pub fn immediate(max_attempts: u32) -> Self {
-        Self {
-            max_attempts,
-            base_delay: Duration::ZERO,
-            max_delay: Duration::ZERO,
-        }
-    }
-
-    /// Delay before retry number `retry` (1-based): full jitter over `min(max, base·2^(retry-1))`,
-    /// but at least a server's `Retry-After` (itself capped at `max_delay`).
-    pub fn delay(&self, retry: u32, retry_after: Option<u64>) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1 << (retry.saturating_sub(1)).min(16))
-            .min(self.max_delay);
-        let jittered = ceiling.mul_f64(rand::random::<f64>());
-        let floor = retry_after
-            .map(Duration::from_secs)
-            .unwrap_or_default()
-            .min(self.max_delay);
-        jittered.max(floor)
-    }
 }
 
 /// How the token client is set up; built by the CLI from the configuration, or directly in tests.
@@ -303,17 +260,28 @@ impl Inner {
                             self.observe_offset(offset);
                             return Ok(meta);
                         }
-                        Err(e) if e.is_transient() && attempt < self.cfg.retry.max_attempts => {
-                            let delay = self.cfg.retry.delay(attempt, retry_after_of(&e));
+                        Err(e) => {
+                            let Some(delay) = self.retry_delay(&e, attempt) else {
+                                return Err(e);
+                            };
                             tracing::info!(error = %e, attempt, ?delay, "discovery failed; retrying");
                             tokio::time::sleep(delay).await;
                             attempt += 1;
                         }
-                        Err(e) => return Err(e),
                     }
                 }
             })
             .await
+    }
+
+    /// The wait before retrying after `e` on attempt `attempt`, or `None` when `e` is final (a
+    /// refused grant would only be refused again) or the attempts are used up. A 429's or 503's
+    /// `Retry-After` is honoured up to the policy's cap.
+    fn retry_delay(&self, e: &TokenError, attempt: u32) -> Option<Duration> {
+        if !e.is_transient() {
+            return None;
+        }
+        self.cfg.retry.next_delay(attempt, e.retry_after())
     }
 
     /// Records a measured offset; returns whether it changed.
@@ -348,13 +316,14 @@ impl Inner {
                     );
                     clock_retry_used = true;
                 }
-                Err((e, _)) if e.is_transient() && attempt < self.cfg.retry.max_attempts => {
-                    let delay = self.cfg.retry.delay(attempt, retry_after_of(&e));
+                Err((e, _)) => {
+                    let Some(delay) = self.retry_delay(&e, attempt) else {
+                        return Err(e);
+                    };
                     tracing::info!(error = %e, attempt, ?delay, "token request failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err((e, _)) => return Err(e),
             }
         }
     }
@@ -470,20 +439,9 @@ fn consumer_org_of(token: &str) -> Option<String> {
     Some(id.rsplit(':').next()?.to_string())
 }
 
-fn retry_after_of(e: &TokenError) -> Option<u64> {
-    match e {
-        TokenError::Status { retry_after, .. } => *retry_after,
-        _ => None,
-    }
-}
-
-/// `Retry-After` in seconds (the delta-seconds form; an HTTP date is converted).
-pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<u64> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse().ok().or_else(|| {
-        let at = httpdate::parse_http_date(v).ok()?;
-        Some(at.duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0))
-    })
+/// `Retry-After` of an answer, in either form (see [`crate::http::retry_after`]).
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    crate::http::retry_after(resp.headers())
 }
 
 /// A transport failure as a token error.
@@ -513,23 +471,6 @@ pub(crate) async fn short_body(resp: reqwest::Response) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_capped_jittered_and_honours_retry_after() {
-        let p = RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for retry in 1..10 {
-            let d = p.delay(retry, None);
-            assert!(d <= Duration::from_secs(1), "{d:?}");
-            assert!(d <= Duration::from_millis(100) * 2u32.pow(retry - 1));
-        }
-        assert!(p.delay(1, Some(1)) >= Duration::from_secs(1));
-        assert_eq!(p.delay(1, Some(3600)), Duration::from_secs(1), "Retry-After is capped");
-        assert_eq!(RetryPolicy::immediate(3).delay(2, None), Duration::ZERO);
-    }
 
     #[test]
     fn consumer_org_from_maskinporten_shaped_token() {

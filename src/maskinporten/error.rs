@@ -5,6 +5,7 @@
 //! it (single flight, see [`super::client`]).
 
 use crate::error::Hinted;
+use std::time::Duration;
 
 /// Why a token could not be obtained.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,7 +31,8 @@ pub enum TokenError {
         url: String,
         status: u16,
         body: String,
-        retry_after: Option<u64>,
+        /// The answer's `Retry-After`, either form.
+        retry_after: Option<Duration>,
     },
     /// The answer arrived but is not what RFC 8414 / RFC 6749 promise.
     #[error("unexpected answer from {url}: {reason}")]
@@ -55,6 +57,19 @@ impl TokenError {
             TokenError::Transport { .. } => true,
             TokenError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
+        }
+    }
+
+    /// Maskinporten asked us to slow down (429).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, TokenError::Status { status: 429, .. })
+    }
+
+    /// The server's `Retry-After`, when the answer had one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TokenError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

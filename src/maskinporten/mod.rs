@@ -5,7 +5,8 @@
 //! - [`grant`]: builds and signs the assertion.
 //! - [`discovery`]: finds the token endpoint.
 //! - [`clock`]: measures the offset to Maskinporten's clock.
-//! - [`client`]: the token client with single flight, refresh-ahead and retries.
+//! - [`client`]: the token client with single flight, refresh-ahead and retries (the policy is
+//!   [`crate::http::RetryPolicy`]).
 //! - [`error`]: typed errors with MP-codes and operator hints.
 
 pub mod client;
@@ -15,7 +16,7 @@ pub mod discovery;
 mod error;
 pub mod grant;
 
-pub use client::{AccessToken, RetryPolicy, TokenClient, TokenClientConfig, TokenRequest};
+pub use client::{AccessToken, TokenClient, TokenClientConfig, TokenRequest};
 pub use credential::{CertInfo, Credential, CredentialError, CredentialSource};
 pub use error::{TokenError, find_mp_code};
 pub use grant::X5cMode;

@@ -1,6 +1,11 @@
-//! The one outgoing HTTP client configuration shared by the Maskinporten and KFR clients: rustls
-//! with aws-lc-rs, the platform roots plus an optional extra CA bundle, proxy, timeouts, no
-//! redirects (a redirected token request would resend the grant to a host we did not configure).
+//! The outgoing HTTP side shared by the Maskinporten and KFR clients: the one client
+//! configuration (rustls with aws-lc-rs, the platform roots plus an optional extra CA bundle,
+//! proxy, timeouts, no redirects: a redirected token request would resend the grant to a host we
+//! did not configure) and, in [`retry`], the generic retry policy with `Retry-After`.
+
+pub mod retry;
+
+pub use retry::{RetryPolicy, RetrySettings, RetrySettingsError, parse_retry_after, retry_after};
 
 use anyhow::Context as _;
 use std::path::PathBuf;
