@@ -948,6 +948,13 @@ fn resolve(
             "seconds",
         )?),
     };
+    if retry.base_delay > retry.max_delay {
+        return Err(ConfigError::Conflict(format!(
+            "retry.base_delay_ms ({} ms) is longer than retry.max_delay_secs ({} s); the first backoff cannot exceed the longest",
+            retry.base_delay.as_millis(),
+            retry.max_delay.as_secs()
+        )));
+    }
     let sync = resolve_sync(&r)?;
 
     let mut origins: BTreeMap<String, (String, Source)> = BTreeMap::new();

@@ -39,6 +39,7 @@ pub fn retry_policy(s: &Settings) -> RetryPolicy {
         max_attempts: s.retry.max_attempts,
         base_delay: s.retry.base_delay,
         max_delay: s.retry.max_delay,
+        retry_after_cap: s.retry.retry_after_cap,
     }
 }
 

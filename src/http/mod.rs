@@ -5,7 +5,7 @@
 
 pub mod retry;
 
-pub use retry::{RetryPolicy, RetrySettings, RetrySettingsError, parse_retry_after, retry_after};
+pub use retry::{RetryPolicy, parse_retry_after, retry_after};
 
 use anyhow::Context as _;
 use std::path::PathBuf;

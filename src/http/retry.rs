@@ -88,70 +88,6 @@ impl RetryPolicy {
     }
 }
 
-/// The policy as plain numbers, for a configuration file: `max_attempts`, `base_delay_ms`,
-/// `max_delay_ms`, `retry_after_cap_secs`. Absent fields keep their defaults; unknown ones are
-/// refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetrySettings {
-    pub max_attempts: u32,
-    pub base_delay_ms: u64,
-    pub max_delay_ms: u64,
-    pub retry_after_cap_secs: u64,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            base_delay_ms: DEFAULT_BASE_DELAY.as_millis() as u64,
-            max_delay_ms: DEFAULT_MAX_DELAY.as_millis() as u64,
-            retry_after_cap_secs: DEFAULT_RETRY_AFTER_CAP.as_secs(),
-        }
-    }
-}
-
-/// Retry settings that cannot make a policy.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RetrySettingsError {
-    #[error("max_attempts must be at least 1 (1 means no retries)")]
-    NoAttempts,
-    #[error("base_delay_ms ({base}) must not exceed max_delay_ms ({max})")]
-    BaseOverMax { base: u64, max: u64 },
-}
-
-impl RetrySettings {
-    /// The policy these settings describe.
-    pub fn policy(&self) -> Result<RetryPolicy, RetrySettingsError> {
-        if self.max_attempts == 0 {
-            return Err(RetrySettingsError::NoAttempts);
-        }
-        if self.base_delay_ms > self.max_delay_ms {
-            return Err(RetrySettingsError::BaseOverMax {
-                base: self.base_delay_ms,
-                max: self.max_delay_ms,
-            });
-        }
-        Ok(RetryPolicy {
-            max_attempts: self.max_attempts,
-            base_delay: Duration::from_millis(self.base_delay_ms),
-            max_delay: Duration::from_millis(self.max_delay_ms),
-            retry_after_cap: Duration::from_secs(self.retry_after_cap_secs),
-        })
-    }
-}
-
-impl From<&RetryPolicy> for RetrySettings {
-    fn from(p: &RetryPolicy) -> Self {
-        Self {
-            max_attempts: p.max_attempts,
-            base_delay_ms: p.base_delay.as_millis() as u64,
-            max_delay_ms: p.max_delay.as_millis() as u64,
-            retry_after_cap_secs: p.retry_after_cap.as_secs(),
-        }
-    }
-}
-
 /// A response's `Retry-After` as a duration.
 ///
 /// The HTTP-date form is measured against the response's own `Date` header when it has one, so
@@ -269,28 +205,5 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         h.remove(RETRY_AFTER);
         assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
-    fn settings_make_a_policy_or_say_why_not() {
-        let s: RetrySettings = toml::from_str("max_attempts = 6\nretry_after_cap_secs = 600").unwrap();
-        let p = s.policy().unwrap();
-        assert_eq!(p.max_attempts, 6);
-        assert_eq!(p.retry_after_cap, Duration::from_secs(600));
-        assert_eq!(p.max_delay, DEFAULT_MAX_DELAY, "absent fields keep the default");
-        assert_eq!(RetrySettings::default().policy().unwrap(), RetryPolicy::default());
-        assert_eq!(RetrySettings::from(&RetryPolicy::default()), RetrySettings::default());
-        assert!(toml::from_str::<RetrySettings>("max_atempts = 2").is_err());
-        let zero = RetrySettings {
-            max_attempts: 0,
-            ..Default::default()
-        };
-        assert_eq!(zero.policy(), Err(RetrySettingsError::NoAttempts));
-        let inverted = RetrySettings {
-            base_delay_ms: 5000,
-            max_delay_ms: 100,
-            ..Default::default()
-        };
-        assert!(matches!(inverted.policy(), Err(RetrySettingsError::BaseOverMax { .. })));
     }
 }
