@@ -92,6 +92,11 @@ pub struct MockFlags {
     /// An outage of N seconds from start: every KFR request answers 503 meanwhile.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub outage_secs: u64,
+
+    /// Break one behaviour of the fake KFR on purpose (repeatable), to show that `kfr checklist`
+    /// catches it; see docs/mock.md "Quirks".
+    #[arg(long = "quirk", value_name = "NAME", value_enum)]
+    pub quirks: Vec<super::Quirk>,
 }
 
 /// Default `--ingest-rate`: what Bits states the real KFR manages (onboarding guide D-3).
@@ -185,6 +190,8 @@ pub struct MockConfig {
     pub kfr_faults: KfrFaults,
     /// An outage of this many seconds starting when the server starts (0: none).
     pub outage_secs: u64,
+    /// Deliberate defects (`--quirk`); empty for a faithful mock.
+    pub quirks: super::Quirks,
 }
 
 impl MockConfig {
@@ -204,6 +211,7 @@ impl MockConfig {
             max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
             kfr_faults: KfrFaults::NONE,
             outage_secs: 0,
+            quirks: super::Quirks::new(),
         }
     }
 
@@ -258,6 +266,7 @@ impl MockConfig {
             max_batch_bytes: flags.max_batch_bytes,
             kfr_faults,
             outage_secs: flags.outage_secs,
+            quirks: flags.quirks.iter().copied().collect(),
         })
     }
 }
@@ -413,6 +422,7 @@ mod tests {
             timeout_rate: 0.0,
             latency_ms: 0,
             outage_secs: 0,
+            quirks: vec![],
         };
         let err = MockConfig::from_flags(&flags).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), crate::error::Exit::Usage);

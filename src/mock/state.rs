@@ -124,6 +124,8 @@ pub struct KfrState {
     /// Set when the server stops, so requests held open by timeout injection let go and
     /// graceful shutdown does not wait for them forever.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// Deliberate defects (`--quirk`), fixed at start.
+    pub(crate) quirks: super::Quirks,
 }
 
 /// Everything the mock knows; shared by all handlers behind an `Arc`.
@@ -195,6 +197,7 @@ impl MockState {
                 register: Mutex::new(Register::default()),
                 stats: KfrStats::default(),
                 stopping: tokio::sync::watch::channel(false).0,
+                quirks: cfg.quirks,
             },
             base_url,
         })
@@ -302,6 +305,15 @@ impl MockState {
     /// Every period in the fake KFR's register (`GET /_mock/relationships`).
     pub fn relationships(&self) -> Vec<RelationshipRow> {
         lock(&self.kfr.register).rows()
+    }
+
+    /// The deliberate defects this mock runs with (`--quirk`).
+    pub fn quirks(&self) -> &super::Quirks {
+        &self.kfr.quirks
+    }
+
+    pub(crate) fn has_quirk(&self, q: super::Quirk) -> bool {
+        self.kfr.quirks.contains(&q)
     }
 
     /// Releases requests held open by timeout injection; called when the server stops.
