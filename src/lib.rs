@@ -6,6 +6,7 @@
 //! - [`kfr`]: the KFR API client, batch encoding and error model.
 //! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
 //! - [`load`]: the initial load: reader, planner, executor, report (`kfr load`).
+//! - [`checklist`]: Bits' integration-test cases as data, their runner and reports (`kfr checklist`).
 //! - [`store`]: the SQLite state store: load jobs, the ledger, held deletes (later the outbox).
 //! - [`mock`]: the bundled fake Maskinporten and fake KFR used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
@@ -14,6 +15,7 @@
 //! - [`error`]: exit codes and the `error:` / `Caused by:` / `hint:` rendering.
 
 pub mod certs;
+pub mod checklist;
 pub mod cli;
 pub mod config;
 pub mod env_vars;

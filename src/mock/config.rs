@@ -15,6 +15,12 @@ use std::path::PathBuf;
 /// given, so the mock works out of the box with any Digdir-style client id.
 pub const DEFAULT_SCOPE: &str = "bits:kundeforhold.write";
 
+/// A scope without write access, also granted to every client when no `--client` is given, so
+/// that a token lacking `bits:kundeforhold.write` can be had from the mock (the checklist's
+/// "token without the write scope" case, kfr-notes §8 no. 12). Mock-only: Digdir knows no such
+/// scope.
+pub const OTHER_SCOPE: &str = "kfr-mock:other";
+
 /// Flags of `kfr mock`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MockFlags {
