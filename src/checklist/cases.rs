@@ -637,21 +637,22 @@ expect = { status = 201 }
         assert!(e.reason.contains("colour"), "{e}");
         let e = parse_err(&MINIMAL.replace("do = \"add\"", "do = \"append\""));
         assert!(e.reason.contains("append"), "{e}");
-        assert_eq!(e.line, 10, "{e}");
+        assert_eq!(e.line, 9, "{e}");
     }
 
     #[test]
     fn vocabulary_rules_are_enforced_with_the_step_line() {
         let e = parse_err(&MINIMAL.replace("customer = \"person\"", "customer = \"nobody\""));
         assert!(e.reason.contains("nobody") && e.reason.contains("case A"), "{e}");
-        assert_eq!(e.line, 9);
+        // Rules across a step's fields point at the step's `[[case.step]]` line.
+        assert_eq!(e.line, 8);
         let e = parse_err(&MINIMAL.replace("expect = { status = 201 }", ""));
         assert!(e.reason.contains("expect.status"), "{e}");
         let e = parse_err(&MINIMAL.replace("customer = \"person\"", "customer = \"person\"\nfid = \"other\""));
         assert!(e.reason.contains("request"), "{e}");
         let e = parse_err(&format!("{MINIMAL}\n[[case]]\nid = \"A\"\ntitle = \"again\"\n[[case.step]]\ndo = \"token\"\nexpect = {{ fields = {{ scope = \"x\" }} }}\n"));
         assert!(e.reason.contains("used twice"), "{e}");
-        assert_eq!(e.line, 14);
+        assert_eq!(e.line, 13, "the second [[case]] header");
     }
 
     #[test]
