@@ -2,6 +2,7 @@
 //! the built binary, against the bundled mock on a loopback port chosen by the OS.
 
 mod certs;
+mod checklist;
 mod config;
 mod doctor;
 mod ids;
