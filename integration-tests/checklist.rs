@@ -80,8 +80,15 @@ async fn a_faithful_mock_passes_every_case_and_the_register_is_left_as_found() {
     let (results, cleanup) = run_in_process(&mock, &file).await;
     assert_eq!(failed(&results), Vec::<&str>::new(), "{results:#?}");
     assert!(cleanup.leftovers.is_empty(), "{cleanup:?}");
-    assert!(cleanup.removed > 200, "the initial-load filler is removed too: {cleanup:?}");
-    assert_eq!(settled_active(&mock).await, 0, "nothing the run added is still registered");
+    assert!(
+        cleanup.removed > 200,
+        "the initial-load filler is removed too: {cleanup:?}"
+    );
+    assert_eq!(
+        settled_active(&mock).await,
+        0,
+        "nothing the run added is still registered"
+    );
 
     // The evidence: every step that reached KFR carries its CorrelationID, and the ones that
     // expect the echo got it.
@@ -104,7 +111,11 @@ async fn a_faithful_mock_passes_every_case_and_the_register_is_left_as_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_quirk_fails_exactly_its_case_and_the_others_pass() {
     let listed: BTreeSet<Quirk> = QUIRK_CASES.iter().map(|(q, _)| *q).collect();
-    assert_eq!(listed, Quirk::ALL.into_iter().collect(), "every quirk needs a case that catches it");
+    assert_eq!(
+        listed,
+        Quirk::ALL.into_iter().collect(),
+        "every quirk needs a case that catches it"
+    );
     let file = built_in();
     for (quirk, case) in QUIRK_CASES {
         let mock = mock_with(Some(quirk)).await;
@@ -162,7 +173,12 @@ async fn the_binary_writes_four_reports_and_exits_0_only_when_every_case_passes(
     let r = run_bin(dir.path(), args(&cfg, &["--report-dir", report_dir.to_str().unwrap()])).await;
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let n = built_in().cases.len();
-    assert_eq!(r.stderr.lines().filter(|l| l.contains(" PASS ")).count(), n, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.lines().filter(|l| l.contains(" PASS ")).count(),
+        n,
+        "{}",
+        r.stderr
+    );
 
     let path = |ext: &str| report_dir.join(format!("kfr-checklist.{ext}"));
     for ext in ["md", "json", "xml", "xlsx"] {
@@ -216,14 +232,26 @@ async fn bad_set_ups_are_refused_before_anything_is_sent() {
 
     // A malformed case file: file, line and reason; exit 2.
     let bad = dir.path().join("cases.toml");
-    std::fs::write(&bad, "[identifiers]\nperson = \"15888610046\"\n\n[[case]]\nid = \"A\"\ntitle = \"x\"\n[[case.step]]\ndo = \"ad\"\n").unwrap();
-    let r = run_bin(dir.path(), args(&cfg, &["--cases", bad.to_str().unwrap(), "--report-dir", rd])).await;
+    std::fs::write(
+        &bad,
+        "[identifiers]\nperson = \"15888610046\"\n\n[[case]]\nid = \"A\"\ntitle = \"x\"\n[[case.step]]\ndo = \"ad\"\n",
+    )
+    .unwrap();
+    let r = run_bin(
+        dir.path(),
+        args(&cfg, &["--cases", bad.to_str().unwrap(), "--report-dir", rd]),
+    )
+    .await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains(&format!("{}:8:", bad.display())), "{}", r.stderr);
     assert!(r.stderr.contains("unknown variant `ad`"), "{}", r.stderr);
 
     // A real person's number as a test identity: refused, and not echoed in full.
-    let r = run_bin(dir.path(), args(&cfg, &["--id", "person=02013299997", "--report-dir", rd])).await;
+    let r = run_bin(
+        dir.path(),
+        args(&cfg, &["--id", "person=02013299997", "--report-dir", rd]),
+    )
+    .await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("not a synthetic identity"), "{}", r.stderr);
     assert!(!r.stderr.contains("02013299997"), "{}", r.stderr);
@@ -241,7 +269,13 @@ async fn bad_set_ups_are_refused_before_anything_is_sent() {
     let text: String = text
         .lines()
         .filter(|l| !l.starts_with("maskinporten_issuer") && !l.starts_with("kfr_base_url"))
-        .map(|l| if l.starts_with("env") { "env = \"prod\"\n".to_string() } else { format!("{l}\n") })
+        .map(|l| {
+            if l.starts_with("env") {
+                "env = \"prod\"\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
     std::fs::write(&prod, text).unwrap();
     let r = run_bin(dir.path(), args(&prod, &["--report-dir", rd])).await;
@@ -255,19 +289,47 @@ async fn only_runs_the_chosen_cases_and_a_registered_identifier_stops_the_run() 
     let mock = mock_with(None).await;
     let (dir, cfg) = setup(&mock);
     let rd = dir.path().join("R");
-    let r = run_bin(dir.path(), args(&cfg, &["--only", "KFR-02", "KFR-06", "--report-dir", rd.to_str().unwrap()])).await;
+    let r = run_bin(
+        dir.path(),
+        args(
+            &cfg,
+            &["--only", "KFR-02", "KFR-06", "--report-dir", rd.to_str().unwrap()],
+        ),
+    )
+    .await;
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains(" PASS ")).collect();
     assert_eq!(lines.len(), 2, "{}", r.stderr);
-    assert!(lines[0].contains("KFR-02") && lines[1].contains("KFR-06"), "{}", r.stderr);
+    assert!(
+        lines[0].contains("KFR-02") && lines[1].contains("KFR-06"),
+        "{}",
+        r.stderr
+    );
 
     // Someone registered the run's person before it started: the run refuses (exit 1) rather
     // than pass or fail on a register it did not set up, and removes nothing.
-    let add = run_bin(dir.path(), vec!["--config".into(), cfg.display().to_string(), "add".into(), "15888610046".into()]).await;
+    let add = run_bin(
+        dir.path(),
+        vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "add".into(),
+            "15888610046".into(),
+        ],
+    )
+    .await;
     assert_eq!(add.code, Some(0), "{}", add.stderr);
-    let r = run_bin(dir.path(), args(&cfg, &["--only", "KFR-02", "--report-dir", rd.to_str().unwrap()])).await;
+    let r = run_bin(
+        dir.path(),
+        args(&cfg, &["--only", "KFR-02", "--report-dir", rd.to_str().unwrap()]),
+    )
+    .await;
     assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(r.stderr.contains("already registered") && r.stderr.contains("*********46"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("already registered") && r.stderr.contains("*********46"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("15888610046"), "{}", r.stderr);
     assert_eq!(mock.state().snapshot().relationships_active, 1);
     mock.shutdown().await;

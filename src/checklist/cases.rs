@@ -285,7 +285,10 @@ pub fn parse(text: &str, source: &str) -> Result<CaseFile, CaseFileError> {
         let at = spanned.span().start;
         let case = spanned.into_inner();
         if case.id.trim().is_empty() || case.id.chars().any(char::is_whitespace) {
-            return Err(err(at, format!("case id {:?} must be non-empty without spaces", case.id)));
+            return Err(err(
+                at,
+                format!("case id {:?} must be non-empty without spaces", case.id),
+            ));
         }
         if !seen.insert(case.id.clone()) {
             return Err(err(at, format!("case id {} is used twice", case.id)));
@@ -329,7 +332,10 @@ fn check_step(s: StepRaw, line: usize, ids: &BTreeMap<String, String>) -> Result
         if ids.contains_key(name) {
             Ok(())
         } else {
-            Err(format!("step `{}` names identifier {name:?}, which [identifiers] does not define", a.name()))
+            Err(format!(
+                "step `{}` names identifier {name:?}, which [identifiers] does not define",
+                a.name()
+            ))
         }
     };
     let forbid = |present: bool, field: &str| -> Result<(), String> {
@@ -345,22 +351,28 @@ fn check_step(s: StepRaw, line: usize, ids: &BTreeMap<String, String>) -> Result
         forbid(s.operation.is_some(), "operation")?;
         forbid(s.raw_customer.is_some(), "raw_customer (use `do = \"request\"`)")?;
         forbid(s.fid.is_some(), "fid (use `do = \"request\"`)")?;
-        forbid(s.relationship_type.is_some(), "relationship_type (use `do = \"request\"`)")?;
+        forbid(
+            s.relationship_type.is_some(),
+            "relationship_type (use `do = \"request\"`)",
+        )?;
         forbid(s.quoted_boundary.is_some(), "quoted_boundary (use `do = \"request\"`)")?;
         if a != Action::Token {
             forbid(s.token.is_some(), "token (use `do = \"request\"`)")?;
         }
     }
     let operation = match a {
-        Action::Request => Some(s.operation.ok_or("step `request` needs `operation` (add, remove, lookup or batch)")?),
+        Action::Request => Some(
+            s.operation
+                .ok_or("step `request` needs `operation` (add, remove, lookup or batch)")?,
+        ),
         Action::Add => Some(Operation::Add),
         Action::Remove => Some(Operation::Remove),
         Action::Lookup => Some(Operation::Lookup),
         Action::Batch => Some(Operation::Batch),
         Action::Token | Action::WaitIngested => None,
     };
-    let single = matches!(operation, Some(Operation::Add | Operation::Remove | Operation::Lookup))
-        || a == Action::WaitIngested;
+    let single =
+        matches!(operation, Some(Operation::Add | Operation::Remove | Operation::Lookup)) || a == Action::WaitIngested;
     let target = match (&s.customer, &s.raw_customer) {
         (Some(_), Some(_)) => return Err("give `customer` or `raw_customer`, not both".into()),
         (Some(c), None) => {
@@ -473,7 +485,10 @@ impl CaseFile {
         if only.is_empty() {
             return Ok(());
         }
-        let unknown: Vec<&String> = only.iter().filter(|id| !self.cases.iter().any(|c| &c.id == *id)).collect();
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|id| !self.cases.iter().any(|c| &c.id == *id))
+            .collect();
         if !unknown.is_empty() {
             return Err(ChecklistError::UnknownCase {
                 ids: unknown.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
@@ -650,7 +665,9 @@ expect = { status = 201 }
         assert!(e.reason.contains("expect.status"), "{e}");
         let e = parse_err(&MINIMAL.replace("customer = \"person\"", "customer = \"person\"\nfid = \"other\""));
         assert!(e.reason.contains("request"), "{e}");
-        let e = parse_err(&format!("{MINIMAL}\n[[case]]\nid = \"A\"\ntitle = \"again\"\n[[case.step]]\ndo = \"token\"\nexpect = {{ fields = {{ scope = \"x\" }} }}\n"));
+        let e = parse_err(&format!(
+            "{MINIMAL}\n[[case]]\nid = \"A\"\ntitle = \"again\"\n[[case.step]]\ndo = \"token\"\nexpect = {{ fields = {{ scope = \"x\" }} }}\n"
+        ));
         assert!(e.reason.contains("used twice"), "{e}");
         assert_eq!(e.line, 13, "the second [[case]] header");
     }

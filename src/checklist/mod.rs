@@ -31,12 +31,24 @@ pub enum ChecklistError {
     #[error("--id {name}=…: the case file defines no identifier {name:?} (it has: {known})")]
     UnknownIdentifier { name: String, known: String },
     #[error("identifier {name} ({masked}) is not valid: {reason}")]
-    BadIdentifier { name: String, masked: String, reason: String },
-    #[error("identifier {name} ({masked}) is a {kind}, not a synthetic identity; a checklist run uses synthetic ones only")]
-    NotSynthetic { name: String, masked: String, kind: &'static str },
+    BadIdentifier {
+        name: String,
+        masked: String,
+        reason: String,
+    },
+    #[error(
+        "identifier {name} ({masked}) is a {kind}, not a synthetic identity; a checklist run uses synthetic ones only"
+    )]
+    NotSynthetic {
+        name: String,
+        masked: String,
+        kind: &'static str,
+    },
     #[error("identifiers {a} and {b} are the same number; each name needs its own")]
     DuplicateIdentifier { a: String, b: String },
-    #[error("the case step at line {line} sends {masked}, which is a valid real person's number; raw identifiers must be invalid or synthetic")]
+    #[error(
+        "the case step at line {line} sends {masked}, which is a valid real person's number; raw identifiers must be invalid or synthetic"
+    )]
     RawLooksReal { line: usize, masked: String },
     #[error("other_fid {0:?} must be a 9-digit organisation number other than ours")]
     BadOtherFid(String),
@@ -49,7 +61,10 @@ pub enum ChecklistError {
 impl ChecklistError {
     /// Whether the cause is how the run was set up (exit 2) rather than KFR's answers (exit 1).
     pub fn is_usage(&self) -> bool {
-        !matches!(self, ChecklistError::AlreadyRegistered(_) | ChecklistError::Preflight(_))
+        !matches!(
+            self,
+            ChecklistError::AlreadyRegistered(_) | ChecklistError::Preflight(_)
+        )
     }
 
     /// What the operator should do about it.

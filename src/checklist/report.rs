@@ -182,7 +182,10 @@ pub fn markdown(r: &Report) -> String {
             String::new()
         }
     );
-    let _ = writeln!(s, "| Id | Title | Result | CorrelationID | Time (UTC) | ms |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| Id | Title | Result | CorrelationID | Time (UTC) | ms |\n|---|---|---|---|---|---|"
+    );
     for c in &r.cases {
         let _ = writeln!(
             s,
@@ -199,7 +202,12 @@ pub fn markdown(r: &Report) -> String {
     if !failed.is_empty() {
         let _ = writeln!(s, "\n## Failed cases");
         for c in failed {
-            let _ = writeln!(s, "\n### {} {}\n\n| # | Step | Expected | Actual | CorrelationID |\n|---|---|---|---|---|", c.id, cell(&c.title));
+            let _ = writeln!(
+                s,
+                "\n### {} {}\n\n| # | Step | Expected | Actual | CorrelationID |\n|---|---|---|---|---|",
+                c.id,
+                cell(&c.title)
+            );
             for st in &c.steps {
                 let _ = writeln!(
                     s,
@@ -334,12 +342,27 @@ pub fn xlsx(r: &Report) -> Result<Vec<u8>, rust_xlsxwriter::XlsxError> {
     let mut wb = Workbook::new();
     let bold = Format::new().set_bold();
     let wrap = Format::new().set_text_wrap().set_align(FormatAlign::Top);
-    let pass = Format::new().set_bold().set_font_color("#006100").set_align(FormatAlign::Top);
-    let fail = Format::new().set_bold().set_font_color("#9C0006").set_align(FormatAlign::Top);
+    let pass = Format::new()
+        .set_bold()
+        .set_font_color("#006100")
+        .set_align(FormatAlign::Top);
+    let fail = Format::new()
+        .set_bold()
+        .set_font_color("#9C0006")
+        .set_align(FormatAlign::Top);
     {
         let ws = wb.add_worksheet();
         ws.set_name("Checklist")?;
-        let headers = ["Id", "Title", "Expected", "Actual", "Result", "CorrelationID", "Time (UTC)", "Duration (ms)"];
+        let headers = [
+            "Id",
+            "Title",
+            "Expected",
+            "Actual",
+            "Result",
+            "CorrelationID",
+            "Time (UTC)",
+            "Duration (ms)",
+        ];
         let widths = [10.0, 40.0, 60.0, 60.0, 8.0, 38.0, 22.0, 12.0];
         for (col, (h, w)) in headers.iter().zip(widths).enumerate() {
             ws.write_string_with_format(0, col as u16, *h, &bold)?;
@@ -469,7 +492,14 @@ mod tests {
     fn markdown_names_the_run_and_keeps_the_table_intact() {
         let r = report(&[Verdict::Pass, Verdict::Fail]);
         let md = markdown(&r);
-        for needle in ["916960190", "| Environment | local |", "kfr version", "Date (Europe/Oslo) | 2026-12-01", "1 of 2 passed", "## Failed cases"] {
+        for needle in [
+            "916960190",
+            "| Environment | local |",
+            "kfr version",
+            "Date (Europe/Oslo) | 2026-12-01",
+            "1 of 2 passed",
+            "## Failed cases",
+        ] {
             assert!(md.contains(needle), "{needle} missing:\n{md}");
         }
         assert!(md.contains("\\| pipe"), "{md}");
@@ -486,7 +516,12 @@ mod tests {
         #[cfg(unix)]
         for p in &paths {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+            assert_eq!(
+                std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                p.display()
+            );
         }
     }
 }

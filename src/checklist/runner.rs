@@ -290,7 +290,11 @@ impl Runner {
                 );
                 (actual, problems, None)
             }
-            Err(e) => (format!("no token: {e}"), vec!["Maskinporten refused the token".into()], None),
+            Err(e) => (
+                format!("no token: {e}"),
+                vec!["Maskinporten refused the token".into()],
+                None,
+            ),
         }
     }
 
@@ -463,18 +467,21 @@ impl Runner {
     }
 
     fn shows_us(&self, json: &serde_json::Value) -> bool {
-        json.get("banks")
-            .and_then(|b| b.as_array())
-            .is_some_and(|banks| {
-                banks
-                    .iter()
-                    .any(|b| b.get("organizationID").and_then(|o| o.as_str()) == Some(self.cfg.org_number.as_str()))
-            })
+        json.get("banks").and_then(|b| b.as_array()).is_some_and(|banks| {
+            banks
+                .iter()
+                .any(|b| b.get("organizationID").and_then(|o| o.as_str()) == Some(self.cfg.org_number.as_str()))
+        })
     }
 
     /// Polls the own lookup until `customer` shows. kfr-notes §6: ingestion follows file order,
     /// so the last entry of a batch showing means the whole batch is stored.
-    async fn wait_until_shown(&self, customer: &str, from: Option<&str>, timeout: Duration) -> (bool, usize, Option<Exchange>, String) {
+    async fn wait_until_shown(
+        &self,
+        customer: &str,
+        from: Option<&str>,
+        timeout: Duration,
+    ) -> (bool, usize, Option<Exchange>, String) {
         let clock = Instant::now();
         let mut polls = 0;
         let mut last = None;
@@ -712,7 +719,8 @@ impl Runner {
             let bearer = match self.bearer(TokenChoice::Valid).await {
                 Ok(b) => b,
                 Err(why) => {
-                    out.leftovers.push(format!("{} for {fid}: not removed ({why})", mask(&id)));
+                    out.leftovers
+                        .push(format!("{} for {fid}: not removed ({why})", mask(&id)));
                     continue;
                 }
             };
@@ -728,10 +736,14 @@ impl Runner {
             match self.wire.send(&req).await {
                 Ok(ex) if ex.status == 204 => out.removed += 1,
                 Ok(ex) if ex.status == 404 && ex.error_code.as_deref() == Some("KFR-008") => out.already_absent += 1,
-                Ok(ex) => out
+                Ok(ex) => out.leftovers.push(format!(
+                    "{} for {fid}: delete answered {}",
+                    mask(&id),
+                    describe_exchange(&ex)
+                )),
+                Err(why) => out
                     .leftovers
-                    .push(format!("{} for {fid}: delete answered {}", mask(&id), describe_exchange(&ex))),
-                Err(why) => out.leftovers.push(format!("{} for {fid}: delete failed: {why}", mask(&id))),
+                    .push(format!("{} for {fid}: delete failed: {why}", mask(&id))),
             }
             if fid == self.cfg.org_number && named.contains(&id) {
                 to_verify.push(id);
@@ -741,8 +753,10 @@ impl Runner {
             if let Ok(ex) = self.lookup_once(&id, None).await
                 && self.shows_us(&ex.json)
             {
-                out.leftovers
-                    .push(format!("{} is still shown by today's own lookup after the delete", mask(&id)));
+                out.leftovers.push(format!(
+                    "{} is still shown by today's own lookup after the delete",
+                    mask(&id)
+                ));
             }
         }
         out
@@ -806,7 +820,9 @@ fn describe_exchange(ex: &Exchange) -> String {
                 format!(
                     "{} activeAccount={}",
                     b.get("organizationID").and_then(|o| o.as_str()).unwrap_or("?"),
-                    b.get("activeAccount").map(|a| a.to_string()).unwrap_or_else(|| "?".into())
+                    b.get("activeAccount")
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "?".into())
                 )
             })
             .collect();
@@ -830,7 +846,10 @@ mod tests {
         assert_eq!(field(&j, "banks.#"), Some(serde_json::json!(1)));
         assert_eq!(field(&j, "banks.0.activeAccount"), Some(serde_json::json!(false)));
         assert_eq!(field(&j, "banks.1.organizationID"), None);
-        assert_eq!(field(&serde_json::json!({"banks": []}), "banks.#"), Some(serde_json::json!(0)));
+        assert_eq!(
+            field(&serde_json::json!({"banks": []}), "banks.#"),
+            Some(serde_json::json!(0))
+        );
     }
 
     #[test]

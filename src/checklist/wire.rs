@@ -54,7 +54,8 @@ impl Wire {
         let mut url = self.base.clone();
         {
             let mut p = url.path_segments_mut().expect("KFR base URL is http(s)");
-            p.pop_if_empty().extend(["customers", "financialInstitutions", &req.fid]);
+            p.pop_if_empty()
+                .extend(["customers", "financialInstitutions", &req.fid]);
             match req.operation {
                 Operation::Add | Operation::Remove => {
                     let ty = req.relationship_type.as_deref().unwrap_or(RELATIONSHIP_TYPE);
@@ -70,7 +71,8 @@ impl Wire {
             }
         }
         if !req.query.is_empty() {
-            url.query_pairs_mut().extend_pairs(req.query.iter().map(|(k, v)| (*k, v.as_str())));
+            url.query_pairs_mut()
+                .extend_pairs(req.query.iter().map(|(k, v)| (*k, v.as_str())));
         }
         url
     }

@@ -36,9 +36,8 @@ fn read_cases(args: &ChecklistArgs) -> anyhow::Result<CaseFile> {
     let parsed = match &args.cases {
         None => checklist::cases::parse(checklist::DEFAULT_CASES, checklist::DEFAULT_CASES_NAME),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                UsageError::new(format!("cannot read the case file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UsageError::new(format!("cannot read the case file {}: {e}", path.display())))?;
             checklist::cases::parse(&text, &path.display().to_string())
         }
     };
@@ -55,9 +54,7 @@ fn id_overrides(args: &ChecklistArgs) -> anyhow::Result<Vec<(String, String)>> {
         .map(|spec| {
             spec.split_once('=')
                 .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| {
-                    UsageError::new(format!("--id {}: expected NAME=ID", crate::ids::mask(spec))).into()
-                })
+                .ok_or_else(|| UsageError::new(format!("--id {}: expected NAME=ID", crate::ids::mask(spec))).into())
         })
         .collect()
 }
@@ -144,6 +141,11 @@ pub async fn run(settings: Settings, args: &ChecklistArgs) -> anyhow::Result<()>
     if report.all_passed() {
         Ok(())
     } else {
-        Err(Reported(format!("{} of {} checklist cases failed", report.failed, report.cases.len())).into())
+        Err(Reported(format!(
+            "{} of {} checklist cases failed",
+            report.failed,
+            report.cases.len()
+        ))
+        .into())
     }
 }

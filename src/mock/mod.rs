@@ -26,7 +26,9 @@ mod quirks;
 mod register;
 mod state;
 
-pub use config::{DEFAULT_INGEST_RATE, DEFAULT_SCOPE, OTHER_SCOPE, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags};
+pub use config::{
+    DEFAULT_INGEST_RATE, DEFAULT_SCOPE, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags, OTHER_SCOPE,
+};
 pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
 pub use quirks::{Quirk, Quirks};
