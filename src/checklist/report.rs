@@ -266,72 +266,76 @@ fn secs(ms: u64) -> String {
     format!("{:.3}", ms as f64 / 1000.0)
 }
 
-/// JUnit XML (the Ant/Jenkins schema): one `testsuite`, one `testcase` per case, a `failure`
-/// element on each failed one.
+/// JUnit XML in the Apache Ant layout that CI servers read (and its XML schema accepts): one
+/// `testsuite` root, one `testcase` per case with a `failure` on each failed one. The schema
+/// allows nothing else inside a `testcase`, so the evidence (answers, CorrelationIDs) goes into
+/// the suite's `system-out`, one block per case.
 pub fn junit(r: &Report) -> String {
     let e = xml_escape;
     let total_ms = (r.finished - r.started).num_milliseconds().max(0) as u64;
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
-        "<testsuites name=\"kfr checklist\" tests=\"{}\" failures=\"{}\" errors=\"0\" time=\"{}\">",
-        r.cases.len(),
-        r.failed,
-        secs(total_ms)
-    );
-    let _ = writeln!(
-        s,
-        "  <testsuite name=\"kfr checklist ({})\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"0\" time=\"{}\" timestamp=\"{}\" hostname=\"localhost\">",
+        "<testsuite name=\"kfr checklist ({})\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"0\" time=\"{}\" timestamp=\"{}\" hostname=\"localhost\">",
         e(r.environment.as_str()),
         r.cases.len(),
         r.failed,
         secs(total_ms),
         r.started.format("%Y-%m-%dT%H:%M:%S")
     );
-    let _ = writeln!(s, "    <properties>");
+    let _ = writeln!(s, "  <properties>");
+    let date = r.date.to_string();
     for (k, v) in [
         ("institution", r.institution.as_str()),
         ("environment", r.environment.as_str()),
         ("kfr_url", r.kfr_url.as_str()),
         ("kfr_version", r.kfr_version.as_str()),
         ("cases_file", r.cases_file.as_str()),
+        ("date_europe_oslo", date.as_str()),
     ] {
-        let _ = writeln!(s, "      <property name=\"{k}\" value=\"{}\"/>", e(v));
+        let _ = writeln!(s, "    <property name=\"{k}\" value=\"{}\"/>", e(v));
     }
-    let _ = writeln!(s, "      <property name=\"date\" value=\"{}\"/>", r.date);
-    let _ = writeln!(s, "    </properties>");
+    let _ = writeln!(s, "  </properties>");
     for c in &r.cases {
-        let _ = write!(
-            s,
-            "    <testcase classname=\"kfr.checklist\" name=\"{} {}\" time=\"{}\"",
+        let open = format!(
+            "  <testcase classname=\"kfr.checklist\" name=\"{} {}\" time=\"{}\"",
             e(&c.id),
             e(&c.title),
             secs(c.duration_ms)
         );
-        let _ = writeln!(s, ">");
         if c.verdict == Verdict::Fail {
-            let first = c.steps.iter().find(|st| !st.passed);
-            let message = first
+            let message = c
+                .steps
+                .iter()
+                .find(|st| !st.passed)
                 .map(|st| format!("step {}: {}", st.n, st.actual))
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "      <failure message=\"{}\" type=\"ExpectationFailed\">Expected:\n{}\n\nActual:\n{}</failure>",
+                "{open}>\n    <failure message=\"{}\" type=\"ExpectationFailed\">Expected:\n{}\n\nActual:\n{}</failure>\n  </testcase>",
                 e(&message),
                 e(&c.expected),
                 e(&c.actual)
             );
+        } else {
+            let _ = writeln!(s, "{open}/>");
         }
+    }
+    let mut out = String::new();
+    for c in &r.cases {
         let ids: Vec<String> = c.correlation_ids.iter().map(|u| u.to_string()).collect();
-        let _ = writeln!(
-            s,
-            "      <system-out>{}\n\nCorrelationIDs: {}</system-out>",
-            e(&c.actual),
+        let _ = write!(
+            out,
+            "{} {} ({})\n{}\nCorrelationIDs: {}\n\n",
+            c.id,
+            c.verdict.as_str(),
+            c.started.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            c.actual,
             ids.join(", ")
         );
-        let _ = writeln!(s, "    </testcase>");
     }
-    let _ = writeln!(s, "  </testsuite>\n</testsuites>");
+    let _ = writeln!(s, "  <system-out>{}</system-out>", e(&out));
+    let _ = writeln!(s, "  <system-err></system-err>\n</testsuite>");
     s
 }
 
