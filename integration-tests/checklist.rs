@@ -334,3 +334,40 @@ async fn only_runs_the_chosen_cases_and_a_registered_identifier_stops_the_run() 
     assert_eq!(mock.state().snapshot().relationships_active, 1);
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_refused_batch_fails_at_once_instead_of_polling_until_the_timeout() {
+    let text = r#"
+[settings]
+other_fid = "311999907"
+[identifiers]
+probe = "27928110260"
+[[case]]
+id = "W-1"
+title = "a refused batch is not waited for"
+[[case.step]]
+do = "request"
+operation = "batch"
+quoted_boundary = true
+entries = [{ customer = "probe" }]
+expect = { status = 403 }
+[[case.step]]
+do = "wait_ingested"
+customer = "probe"
+"#;
+    let file = cases::parse(text, "w.toml").unwrap();
+    let mock = mock_with(None).await;
+    let started = std::time::Instant::now();
+    let (results, cleanup) = run_in_process(&mock, &file).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(failed(&results), vec!["W-1"]);
+    let wait = &results[0].steps[1];
+    assert!(!wait.passed && wait.actual.contains("not shown"), "{wait:?}");
+    assert!(results[0].steps[0].passed);
+    assert!(cleanup.leftovers.is_empty(), "{cleanup:?}");
+    mock.shutdown().await;
+}

@@ -508,10 +508,18 @@ impl Runner {
 
     async fn wait_step(&mut self, step: &Step) -> (String, Vec<String>, Option<Exchange>) {
         let customer = self.target_text(step.target.as_ref().expect("checked when parsing"));
-        let timeout = step
-            .timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(self.cfg.ingest_timeout);
+        // Waiting only makes sense for the last entry of a batch KFR accepted; otherwise (the
+        // batch was refused, or the case names another customer) one lookup decides, instead
+        // of polling for minutes for something that cannot come.
+        let org = &self.cfg.org_number;
+        let awaited = self.pending.iter().any(|(f, c)| f == org && *c == customer);
+        let timeout = if awaited {
+            step.timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(self.cfg.ingest_timeout)
+        } else {
+            Duration::ZERO
+        };
         let clock = Instant::now();
         let (shown, polls, ex, last) = self.wait_until_shown(&customer, step.from.as_deref(), timeout).await;
         let secs = clock.elapsed().as_secs_f64();
