@@ -15,10 +15,12 @@ fn built_in() -> CaseFile {
     cases::parse(DEFAULT_CASES, DEFAULT_CASES_NAME).expect("the built-in cases parse")
 }
 
-/// A mock that ingests fast, so the initial-load case takes milliseconds.
+/// A mock that ingests fast (the initial-load case's 200 filler entries take about 0.2 s), yet
+/// slowly enough that under `batch-visible-before-ingested` the case's delete reliably
+/// overtakes ingestion even on a loaded machine: it follows the batch by three requests.
 async fn mock_with(quirk: Option<Quirk>) -> MockServer {
     start_mock(|c| {
-        c.ingest_rate = 5000;
+        c.ingest_rate = 1000;
         c.quirks.extend(quirk);
     })
     .await
