@@ -121,6 +121,17 @@ async fn each_quirk_fails_exactly_its_case_and_the_others_pass() {
     let file = built_in();
     for (quirk, case) in QUIRK_CASES {
         let mock = mock_with(Some(quirk)).await;
+        let state: serde_json::Value = reqwest::get(format!("{}/_mock/state", mock.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            state["kfr"]["quirks"],
+            serde_json::json!([quirk.name()]),
+            "the mock owns up to its quirk"
+        );
         let (results, cleanup) = run_in_process(&mock, &file).await;
         assert_eq!(failed(&results), vec![case], "quirk {quirk}: {results:#?}");
         if quirk == Quirk::BatchVisibleBeforeIngested {

@@ -348,6 +348,7 @@ impl MockState {
             ingest_rate: self.ingest_rate(),
             max_batch_bytes: self.kfr.max_batch_bytes,
             today: self.clock.today(),
+            quirks: self.kfr.quirks.iter().copied().collect(),
         }
     }
 
@@ -426,6 +427,8 @@ pub struct KfrSnapshot {
     pub max_batch_bytes: usize,
     /// The mock's today, as the register sees it.
     pub today: NaiveDate,
+    /// Deliberate defects (`--quirk`); empty for a faithful mock.
+    pub quirks: Vec<super::Quirk>,
 }
 
 #[derive(Debug, Clone, Serialize)]
