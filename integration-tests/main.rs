@@ -3,6 +3,7 @@
 
 mod barrier;
 mod certs;
+mod checklist;
 mod config;
 mod doctor;
 mod ids;

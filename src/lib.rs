@@ -5,12 +5,13 @@
 //! - [`cli`]: argument parsing, one file per command, the printer and error rendering; the only
 //!   module that reads [`config::Settings`] (`cli::build` turns them into per-module configs and
 //!   clients). [`config`] (file + `KFR_*` + flags) and [`telemetry`] (logging) serve it alone.
-//! - Engines: [`load`] (the initial load: plan, upload, confirm, report) and [`mock`] (the bundled
-//!   fake Maskinporten and KFR). They return values and emit events; they never print.
+//! - Engines: [`load`] (the initial load: plan, upload, confirm, report), [`checklist`] (Bits'
+//!   integration-test cases as data, their runner and reports) and [`mock`] (the bundled fake
+//!   Maskinporten and KFR). They return values and emit events; they never print.
 //! - Systems and data: [`kfr`] (the KFR API client, batch encoding, verdicts), [`maskinporten`]
 //!   (the business-certificate credential, the JWT-bearer grant, the token cache) and [`store`]
 //!   (the SQLite state store: load jobs, the ledger, held operations).
-//! - Building blocks: [`http`] (the outgoing client: TLS, proxy, timeouts), [`ids`] (validated
+//! - Building blocks: [`http`] (the outgoing client: TLS, proxy, timeouts; the retry policy), [`ids`] (validated
 //!   customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test certificates).
 //! - Vocabulary: [`error`] (exit codes, the `Hinted` trait), [`env_vars`] (every variable name),
 //!   [`environment`] (local / test / prod).
@@ -18,6 +19,7 @@
 #[cfg(test)]
 mod architecture;
 pub mod certs;
+pub mod checklist;
 pub mod cli;
 pub mod config;
 pub mod env_vars;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub(crate) mod build;
 mod certs;
+mod checklist;
 mod config_show;
 mod doctor;
 mod load;
@@ -70,6 +71,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the log pseudonym of a customer identifier, to find it in logs.
     Pseudonym(PseudonymArgs),
+    /// Run Bits' integration-test cases against KFR and write the report to mail Bits (onboarding C-2, C-3).
+    Checklist(ChecklistArgs),
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +213,31 @@ pub struct PseudonymArgs {
     pub id: String,
 }
 
+#[derive(Debug, Args)]
+pub struct ChecklistArgs {
+    /// Case file (TOML; format in docs/checklist.md). Default: the built-in checklist.
+    #[arg(long, value_name = "FILE")]
+    pub cases: Option<PathBuf>,
+    /// Run only these case ids (several after one --only, or --only repeated).
+    #[arg(long, value_name = "ID", num_args = 1..)]
+    pub only: Vec<String>,
+    /// Directory for the reports (kfr-checklist.md, .json, .xml, .xlsx); created if missing.
+    #[arg(long, value_name = "DIR", default_value = "kfr-checklist-report")]
+    pub report_dir: PathBuf,
+    /// Use the synthetic identity ID for the case file's identifier NAME (repeatable).
+    #[arg(long = "id", value_name = "NAME=ID")]
+    pub ids: Vec<String>,
+    /// Another institution's org.nr for the wrong-fid case (default: the case file's `other_fid`).
+    #[arg(long, value_name = "ORGNR")]
+    pub other_fid: Option<String>,
+    /// A scope without write access for the wrong-scope case (default: the case file's `other_scope`).
+    #[arg(long, value_name = "SCOPE")]
+    pub other_scope: Option<String>,
+    /// Longest wait for a batch to show as ingested.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub ingest_timeout_secs: u64,
+}
+
 /// Entry point used by `main`: parse, run, render errors, map to the exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -269,5 +297,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args, printer())),
         Command::Validate(args) => validate::run(&load()?, args),
         Command::Pseudonym(args) => pseudonym::run(&load()?, args),
+        Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args)),
     }
 }

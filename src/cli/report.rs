@@ -26,6 +26,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::kfr::KfrError,
         crate::ids::IdError,
         crate::load::LoadError,
+        crate::checklist::ChecklistError,
     );
     None
 }
@@ -93,6 +94,47 @@ mod tests {
         let e = anyhow::Error::new(crate::ids::IdError::HNumberNotAllowed).context("line 3");
         assert_eq!(exit_code(&e), Exit::Failure);
         assert!(find_hint(&e).is_some(), "IdError carries a hint");
+    }
+
+    /// Every type that implements `Hinted` is in `diagnose`, or its hint and exit code would be
+    /// lost the moment it is wrapped in an `anyhow::Error`.
+    #[test]
+    fn every_hinted_error_type_is_diagnosed() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut sources,
+        );
+        let this = include_str!("report.rs");
+        let listed = &this[this.find("try_types!(").unwrap()..this.find("    None\n}").unwrap()];
+        let mut found = 0;
+        for text in &sources {
+            for line in text.lines() {
+                let Some(rest) = line.trim().strip_prefix("impl ") else {
+                    continue;
+                };
+                let Some((_, ty)) = rest.split_once("Hinted for ") else {
+                    continue;
+                };
+                let ty = ty.trim_end_matches(" {").trim();
+                found += 1;
+                assert!(
+                    listed.contains(&format!("::{ty},")) || listed.contains(&format!(" {ty},")),
+                    "{ty} implements Hinted but cli::report::diagnose does not try it"
+                );
+            }
+        }
+        assert!(found >= 8, "found only {found} Hinted types");
     }
 
     #[test]

@@ -15,6 +15,12 @@ use std::path::PathBuf;
 /// given, so the mock works out of the box with any Digdir-style client id.
 pub const DEFAULT_SCOPE: &str = "bits:kundeforhold.write";
 
+/// A scope without write access, also granted to every client when no `--client` is given, so
+/// that a token lacking `bits:kundeforhold.write` can be had from the mock (the checklist's
+/// "token without the write scope" case, kfr-notes §8 no. 12). Mock-only: Digdir knows no such
+/// scope.
+pub const OTHER_SCOPE: &str = "kfr-mock:other";
+
 /// Flags of `kfr mock`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MockFlags {
@@ -92,6 +98,11 @@ pub struct MockFlags {
     /// An outage of N seconds from start: every KFR request answers 503 meanwhile.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub outage_secs: u64,
+
+    /// Break one behaviour of the fake KFR on purpose (repeatable), to show that `kfr checklist`
+    /// catches it; see docs/mock.md "Quirks".
+    #[arg(long = "quirk", value_name = "NAME", value_enum)]
+    pub quirks: Vec<super::Quirk>,
 }
 
 /// Default `--ingest-rate`: what Bits states the real KFR manages (onboarding guide D-3).
@@ -185,6 +196,8 @@ pub struct MockConfig {
     pub kfr_faults: KfrFaults,
     /// An outage of this many seconds starting when the server starts (0: none).
     pub outage_secs: u64,
+    /// Deliberate defects (`--quirk`); empty for a faithful mock.
+    pub quirks: super::Quirks,
 }
 
 impl MockConfig {
@@ -204,6 +217,7 @@ impl MockConfig {
             max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
             kfr_faults: KfrFaults::NONE,
             outage_secs: 0,
+            quirks: super::Quirks::new(),
         }
     }
 
@@ -258,6 +272,7 @@ impl MockConfig {
             max_batch_bytes: flags.max_batch_bytes,
             kfr_faults,
             outage_secs: flags.outage_secs,
+            quirks: flags.quirks.iter().copied().collect(),
         })
     }
 }
@@ -413,6 +428,7 @@ mod tests {
             timeout_rate: 0.0,
             latency_ms: 0,
             outage_secs: 0,
+            quirks: vec![],
         };
         let err = MockConfig::from_flags(&flags).unwrap_err();
         assert!(

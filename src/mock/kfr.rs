@@ -15,6 +15,7 @@
 
 use super::config::DEFAULT_SCOPE;
 use super::multipart;
+use super::quirks::Quirk;
 use super::register::{Added, Day, IdKey, PendingEntry, day};
 use super::state::{MockState, lock};
 use crate::ids::{CustomerId, mask};
@@ -398,7 +399,7 @@ async fn gate(state: &MockState, op: Op, fid: &str, headers: &HeaderMap) -> Resu
             format!("the token's scope lacks {DEFAULT_SCOPE}"),
         ));
     }
-    if claims.consumer_org != fid {
+    if claims.consumer_org != fid && !state.has_quirk(Quirk::ForeignFidAccepted) {
         return Err(Refusal::because(
             Failure::WrongInstitution,
             format!("the token was issued to {}", claims.consumer_org),
@@ -504,7 +505,17 @@ async fn gated(
 fn relationship_target(state: &MockState, ty: &str, headers: &HeaderMap) -> Result<(CustomerId, IdKey, Day), Refusal> {
     require_correlation_id(headers)?;
     relationship_type(ty)?;
-    let id = customer_id(state, headers)?;
+    let id = customer_id(state, headers).map_err(|r| {
+        // Quirk: the single operations mislabel an invalid identifier as a malformed request.
+        if r.failure == Failure::InvalidCustomerId && state.has_quirk(Quirk::InvalidIdWrongCode) {
+            Refusal {
+                failure: Failure::InvalidRequest,
+                ..r
+            }
+        } else {
+            r
+        }
+    })?;
     let key = IdKey::pack(id.as_str()).expect("validated identifiers are 9 or 11 digits");
     Ok((id, key, day(state.clock().today())))
 }
@@ -515,6 +526,8 @@ fn handle_add(state: &MockState, fid: &str, ty: &str, headers: &HeaderMap) -> Re
     tracing::info!(customer = %id.log(), outcome = ?added, "KFR add");
     Ok(status_only(match added {
         Added::New => StatusCode::CREATED,
+        // Quirk: "already registered" is reported as a new registration.
+        Added::AlreadyPresent if state.has_quirk(Quirk::DuplicateAdd201) => StatusCode::CREATED,
         Added::AlreadyPresent => StatusCode::OK,
     }))
 }
@@ -523,7 +536,8 @@ fn handle_remove(state: &MockState, fid: &str, ty: &str, headers: &HeaderMap) ->
     let (id, key, today) = relationship_target(state, ty, headers)?;
     let removed = lock(&state.kfr.register).remove(fid, key, today);
     tracing::info!(customer = %id.log(), removed, "KFR remove");
-    if removed {
+    // Quirk: a delete of nothing pretends to have ended a relationship.
+    if removed || state.has_quirk(Quirk::DeleteMissing204) {
         Ok(status_only(StatusCode::NO_CONTENT))
     } else {
         Err(Refusal::new(Failure::NotFound))
@@ -566,7 +580,12 @@ fn handle_lookup(state: &MockState, fid: &str, query: &str, headers: &HeaderMap)
         return Err(Refusal::because(Failure::InvalidPeriod, "fromDate is after toDate"));
     }
     let key = IdKey::pack(id.as_str()).expect("validated identifiers are 9 or 11 digits");
-    let found = lock(&state.kfr.register).overlaps(fid, key, day(from), day(to));
+    let found = {
+        let register = lock(&state.kfr.register);
+        register.overlaps(fid, key, day(from), day(to))
+            // Quirk: accepted but not yet ingested batch entries already show.
+            || (state.has_quirk(Quirk::BatchVisibleBeforeIngested) && register.is_queued(fid, key))
+    };
     tracing::info!(customer = %id.log(), %from, %to, found, "KFR lookup");
     let banks = if found {
         vec![json!({ "organizationID": fid, "bankName": bank_name(fid), "activeAccount": false })]
@@ -600,6 +619,14 @@ async fn handle_batch(state: &MockState, fid: &str, headers: &HeaderMap, body: B
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Quirk: quotes around the boundary are dropped instead of refused.
+    let unquoted;
+    let content_type = if state.has_quirk(Quirk::QuotedBoundaryAccepted) {
+        unquoted = content_type.replace('"', "");
+        unquoted.as_str()
+    } else {
+        content_type
+    };
     let boundary = multipart::boundary(content_type).map_err(|e| Refusal::because(Failure::MalformedMultipart, e.0))?;
     let limit = state.kfr.max_batch_bytes;
     let too_large = || Refusal::because(Failure::TooLarge, format!("the body exceeds {limit} bytes"));

@@ -487,7 +487,7 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
     }
     let granted: Vec<&str> = match client {
         Some(c) => c.scopes.iter().map(String::as_str).collect(),
-        None => vec![DEFAULT_SCOPE],
+        None => vec![DEFAULT_SCOPE, super::config::OTHER_SCOPE],
     };
     let refused: Vec<&str> = scopes
         .iter()

@@ -10,6 +10,7 @@
 //! - [`kfr`]: the fake KFR under `/kar-ws/api/v1` (add, delete, own lookup, batch) and the
 //!   batch ingest task; [`register`] its register with history and the ingest queue;
 //!   [`multipart`] the strict batch-body reader.
+//! - [`quirks`]: deliberate defects (`--quirk`) that the integration-test checklist must catch.
 //! - [`admin`]: `/healthz`, `/_mock/state`, `/_mock/reset`, `/_mock/faults`,
 //!   `/_mock/relationships`.
 //!
@@ -21,12 +22,16 @@ mod config;
 mod kfr;
 mod maskinporten;
 mod multipart;
+mod quirks;
 mod register;
 mod state;
 
-pub use config::{DEFAULT_INGEST_RATE, DEFAULT_SCOPE, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags};
+pub use config::{
+    DEFAULT_INGEST_RATE, DEFAULT_SCOPE, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags, OTHER_SCOPE,
+};
 pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
+pub use quirks::{Quirk, Quirks};
 pub use register::RelationshipRow;
 pub use state::{KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, StateSnapshot, TokenFaults};
 
@@ -84,6 +89,13 @@ impl MockServer {
     /// Serves the mock on an already bound listener (tests bind `127.0.0.1:0`).
     pub async fn start(listener: tokio::net::TcpListener, cfg: MockConfig) -> anyhow::Result<MockServer> {
         let addr = listener.local_addr().context("reading the mock's listen address")?;
+        if !cfg.quirks.is_empty() {
+            let names: Vec<&str> = cfg.quirks.iter().map(|q| q.name()).collect();
+            tracing::warn!(
+                quirks = %names.join(","),
+                "kfr mock runs with deliberate defects: it is NOT a faithful KFR"
+            );
+        }
         let state = Arc::new(MockState::new(cfg, format!("http://{addr}"))?);
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());

@@ -234,6 +234,14 @@ impl Register {
         done
     }
 
+    /// Whether an accepted batch entry for `org` and the customer still waits to be ingested.
+    pub(crate) fn is_queued(&self, org: &str, key: IdKey) -> bool {
+        self.queue
+            .iter()
+            .filter(|b| b.org == org)
+            .any(|b| b.entries[b.next..].iter().any(|e| e.key == key))
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.queued
     }

@@ -124,6 +124,8 @@ pub struct KfrState {
     /// Set when the server stops, so requests held open by timeout injection let go and
     /// graceful shutdown does not wait for them forever.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// Deliberate defects (`--quirk`), fixed at start.
+    pub(crate) quirks: super::Quirks,
 }
 
 /// Everything the mock knows; shared by all handlers behind an `Arc`.
@@ -195,6 +197,7 @@ impl MockState {
                 register: Mutex::new(Register::default()),
                 stats: KfrStats::default(),
                 stopping: tokio::sync::watch::channel(false).0,
+                quirks: cfg.quirks,
             },
             base_url,
         })
@@ -304,6 +307,15 @@ impl MockState {
         lock(&self.kfr.register).rows()
     }
 
+    /// The deliberate defects this mock runs with (`--quirk`).
+    pub fn quirks(&self) -> &super::Quirks {
+        &self.kfr.quirks
+    }
+
+    pub(crate) fn has_quirk(&self, q: super::Quirk) -> bool {
+        self.kfr.quirks.contains(&q)
+    }
+
     /// Releases requests held open by timeout injection; called when the server stops.
     pub(crate) fn begin_stopping(&self) {
         self.kfr.stopping.send_replace(true);
@@ -336,6 +348,7 @@ impl MockState {
             ingest_rate: self.ingest_rate(),
             max_batch_bytes: self.kfr.max_batch_bytes,
             today: self.clock.today(),
+            quirks: self.kfr.quirks.iter().copied().collect(),
         }
     }
 
@@ -414,6 +427,8 @@ pub struct KfrSnapshot {
     pub max_batch_bytes: usize,
     /// The mock's today, as the register sees it.
     pub today: NaiveDate,
+    /// Deliberate defects (`--quirk`); empty for a faithful mock.
+    pub quirks: Vec<super::Quirk>,
 }
 
 #[derive(Debug, Clone, Serialize)]
