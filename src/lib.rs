@@ -5,7 +5,9 @@
 //! - [`maskinporten`]: the business-certificate credential, the JWT-bearer grant and the token cache.
 //! - [`kfr`]: the KFR API client, batch encoding and error model.
 //! - [`ids`]: validated customer identifiers and the pseudonym helper for logs.
-//! - [`load`]: the initial load: reader, planner, executor, report (`kfr load`).
+//! - [`input`]: the one grammar for the bank's input files (fields, quoting, caps, formats) and the
+//!   streaming reader built on it; used by `kfr load` and `kfr validate --file`.
+//! - [`load`]: the initial load: planner, executor, report (`kfr load`).
 //! - [`store`]: the SQLite state store: load jobs, the ledger, held deletes (later the outbox).
 //! - [`mock`]: the bundled fake Maskinporten and fake KFR used by tests and `kfr mock`.
 //! - [`certs`]: throwaway test certificates for the local mock.
@@ -21,6 +23,7 @@ pub mod environment;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod input;
 pub mod kfr;
 pub mod load;
 pub mod maskinporten;

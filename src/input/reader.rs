@@ -209,17 +209,14 @@ impl Packed {
         self.id_len() + if (self.0 >> 3) & NO_DATE != NO_DATE { 11 } else { 0 }
     }
 
-    /// Back to a batch entry. The identifier was validated when read; it is re-parsed under a
-    /// policy that accepts every kind so the kind it was read as is kept.
-    pub fn to_entry(self) -> crate::kfr::BatchEntry {
+    /// The identifier again. It was validated when read; it is re-parsed under a policy that
+    /// accepts every kind, so the kind it was read as is kept.
+    pub fn customer_id(self) -> CustomerId {
         let all = IdPolicy {
             allow_synthetic: true,
             allow_h_numbers: true,
         };
-        crate::kfr::BatchEntry {
-            id: CustomerId::parse(&self.id_text(), &all).expect("validated when read"),
-            start: self.start(),
-        }
+        CustomerId::parse(&self.id_text(), &all).expect("validated when read")
     }
 }
 
@@ -922,7 +919,7 @@ mod tests {
         assert_eq!(p.encoded_len(), 22);
         let p = Packed::new(&id, None);
         assert_eq!((p.start(), p.encoded_len()), (None, 11));
-        assert_eq!(p.to_entry().id.as_str(), "02013299997");
+        assert_eq!(p.customer_id().as_str(), "02013299997");
     }
 
     /// Large inputs are parsed by several threads; results (and the order bad lines are

@@ -1,0 +1,2 @@
+//! Reading the bank's line-oriented input files.
+pub mod reader;
