@@ -1,149 +1,45 @@
-//! The input reader: one pass over the bank's export, streaming, into a compact sorted set of
-//! unique active relationships.
+//! The streaming reader of the initial-load file: one pass over the bank's export into a compact
+//! sorted set of unique active relationships, plus the counts the plan shows. The line grammar
+//! and the per-line rules are not here: they are [`super::grammar`], [`super::format`] and
+//! [`super::record`], shared with `kfr validate --file`; this file adds reading fast and in
+//! bounded memory, and what the load makes of valid lines.
 //!
-//! Accepted shapes (the format is detected and stated in the plan):
-//! - one identifier per line, `ID`, optionally followed by a start date: `ID;YYYY-MM-DD`,
-//!   `ID,YYYY-MM-DD` or `ID#YYYY-MM-DD` (KFR's own batch notation). The separator is the first one
-//!   seen; a line using another one is an error (a file mixing them was probably concatenated
-//!   from different exports);
-//! - a delimited file (`;`, `,`, tab or `|`) whose first line names the columns:
-//!   `customer_id`/`kundeid` (required), `start_date`/`startdato`, `end_date`/`sluttdato`
-//!   (optional, any case); other columns are ignored.
+//! - Rows whose end date is today or earlier are closed relationships: counted and left out
+//!   (onboarding D-3 step 1: closed relationships are not loaded at first registration).
+//! - Duplicates collapse to the earliest start date (an undated row means "today" to KFR, the
+//!   latest possible), and are counted.
+//! - A UTF-8 BOM at the start is skipped; LF or CRLF; blank lines are counted and skipped.
 //!
-//! UTF-8 with or without a BOM, LF or CRLF, blank lines skipped. Rules per line, each a
-//! [`LineError`] with a stable code: the identifier passes kfr-notes §7 under the configured
-//! policy; a start date is a real `YYYY-MM-DD` date, not in the future and not before 1900; an end
-//! date is a real date, not before the start. Rows whose end date is today or earlier are closed
-//! relationships: counted and left out (onboarding D-3 step 1: closed relationships are not loaded
-//! at first registration). Duplicates collapse to the earliest start date (an undated row means
-//! "today" to KFR, the latest possible), and are counted.
-//!
-//! Memory: apart from a fixed read buffer, each unique relationship costs one `u64` (see
-//! [`Packed`]); 10 M lines fit well under 200 MB. Rejected lines are passed to a callback and not
-//! kept.
+//! Memory: a fixed 1 MiB read buffer (a line never grows it: longer than
+//! [`MAX_LINE_BYTES`] it is rejected and skipped to its end), a few chunks in flight to the
+//! parsing threads, and one `u64` per unique relationship (see [`Packed`]); 10 M lines fit well
+//! under 200 MB. Rejected lines are passed to a callback and not kept.
 
-use crate::ids::{CustomerId, IdError, IdKind, IdPolicy, mask};
+pub use super::format::{Format, HeaderError};
+pub use super::grammar::MAX_LINE_BYTES;
+pub use super::record::{LineError, Rejected};
+use super::{grammar, record};
+use crate::ids::{CustomerId, IdKind, IdPolicy};
 use chrono::{Datelike as _, NaiveDate};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read;
 
-/// Bytes read at a time.
+/// Bytes read at a time. Larger than [`MAX_LINE_BYTES`] + 2, so a buffer without a line end in
+/// it always means a line over the cap.
 const CHUNK: usize = 1 << 20;
-
-/// How the input was laid out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Format {
-    /// No data line yet (empty file).
-    Empty,
-    /// `ID`, or `ID<sep>YYYY-MM-DD` with `sep` the separator seen.
-    Lines { separator: Option<char> },
-    /// A header row naming the columns.
-    Header {
-        delimiter: char,
-        columns: Vec<String>,
-        id: usize,
-        start: Option<usize>,
-        end: Option<usize>,
-    },
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Format::Empty => f.write_str("empty (no data lines)"),
-            Format::Lines { separator: None } => f.write_str("one identifier per line (ID)"),
-            Format::Lines { separator: Some(s) } => write!(f, "one relationship per line (ID{s}YYYY-MM-DD)"),
-            Format::Header {
-                delimiter,
-                columns,
-                id,
-                start,
-                end,
-            } => {
-                let d = if *delimiter == '\t' {
-                    "tab".to_string()
-                } else {
-                    format!("'{delimiter}'")
-                };
-                write!(f, "delimited by {d} with a header row: id = {}", columns[*id])?;
-                if let Some(s) = start {
-                    write!(f, ", start = {}", columns[*s])?;
-                }
-                if let Some(e) = end {
-                    write!(f, ", end = {}", columns[*e])?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Why a line was rejected. Never carries the identifier (see [`IdError`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LineError {
-    #[error("customer identifier: {0}")]
-    Id(IdError),
-    #[error("no customer identifier")]
-    MissingId,
-    #[error("not valid UTF-8")]
-    NotUtf8,
-    #[error("expected at most two fields (ID and start date)")]
-    TooManyFields,
-    #[error("separator '{found}' differs from the file's '{expected}'")]
-    MixedSeparators { expected: char, found: char },
-    #[error("only {got} column(s), the header names {want}")]
-    MissingColumns { got: usize, want: usize },
-    #[error("start date is not a date in YYYY-MM-DD form")]
-    BadStartDate,
-    #[error("end date is not a date in YYYY-MM-DD form")]
-    BadEndDate,
-    #[error("start date {0} is in the future")]
-    StartInFuture(NaiveDate),
-    #[error("start date {0} is before 1900")]
-    StartBefore1900(NaiveDate),
-    #[error("end date {end} is before start date {start}")]
-    EndBeforeStart { start: NaiveDate, end: NaiveDate },
-}
-
-impl LineError {
-    /// Stable rule name for reports and rejects files.
-    pub fn code(&self) -> &'static str {
-        match self {
-            LineError::Id(e) => e.code(),
-            LineError::MissingId => "missing_id",
-            LineError::NotUtf8 => "not_utf8",
-            LineError::TooManyFields => "too_many_fields",
-            LineError::MixedSeparators { .. } => "mixed_separators",
-            LineError::MissingColumns { .. } => "missing_columns",
-            LineError::BadStartDate => "bad_start_date",
-            LineError::BadEndDate => "bad_end_date",
-            LineError::StartInFuture(_) => "start_in_future",
-            LineError::StartBefore1900(_) => "start_before_1900",
-            LineError::EndBeforeStart { .. } => "end_before_start",
-        }
-    }
-}
-
-/// A rejected line as shown to people: number, masked text, rule.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Rejected {
-    pub line: u64,
-    /// The line with identifiers masked ([`mask`]); safe for logs and reports.
-    pub text: String,
-    pub rule: &'static str,
-    pub message: String,
-}
+const _: () = assert!(CHUNK > MAX_LINE_BYTES + 2);
 
 /// The whole file is unusable (not a line: e.g. a header without an identifier column).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error(
-        "line {line}: the header row names no customer identifier column (customer_id or kundeid); columns: {columns}"
-    )]
-    NoIdColumn { line: u64, columns: String },
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("line {line}: the first line is longer than {max} bytes, so the file's format cannot be read")]
+    FirstLineTooLong { line: u64, max: usize },
+    /// The rejected-line callback failed (e.g. its output was closed); reading stopped.
+    #[error("handing on a rejected line")]
+    Callback(#[source] std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -163,17 +59,11 @@ fn epoch() -> NaiveDate {
 }
 
 impl Packed {
-    #[cfg(test)]
-    fn new(id: &CustomerId, start: Option<NaiveDate>) -> Packed {
-        Self::from_digits(id.as_str().as_bytes(), id.kind(), start)
-    }
-
-    /// As [`Packed::new`] from the digits `CustomerId::parse` accepted (the hot path: no second
-    /// UTF-8 check).
-    fn from_digits(digits: &[u8], kind: IdKind, start: Option<NaiveDate>) -> Packed {
-        let number = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    /// Packs a validated identifier (the record rules keep start dates from 1900 on).
+    pub fn new(id: &CustomerId, start: Option<NaiveDate>) -> Packed {
+        let number = id.as_str().bytes().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         let date = start.map_or(NO_DATE, |d| (d.num_days_from_ce() - EPOCH_CE) as u64);
-        let kind = IdKind::ALL.iter().position(|k| *k == kind).expect("listed") as u64;
+        let kind = IdKind::ALL.iter().position(|k| *k == id.kind()).expect("listed") as u64;
         Packed(number << 20 | date << 3 | kind)
     }
 
@@ -234,9 +124,12 @@ pub struct ReadOutcome {
     pub closed: u64,
     /// Valid active rows folded into an earlier row for the same identifier.
     pub duplicates: u64,
-    /// Unique active relationships, sorted by identifier.
+    /// Unique active relationships, sorted by identifier (empty with [`Keep::Counts`]).
     pub entries: Vec<Packed>,
+    /// Unique active relationships by kind.
     pub by_kind: BTreeMap<IdKind, u64>,
+    /// Every valid line (closed and duplicates included) by kind, indexed by `IdKind as usize`.
+    pub valid_lines_by_kind: [u64; IdKind::ALL.len()],
     /// sha256 of the file's bytes, hex (empty unless [`ReadOptions::hash`]).
     pub content_hash: String,
 }
@@ -251,8 +144,18 @@ pub struct ReadOptions {
     pub hash: bool,
 }
 
-struct State<'a, F: FnMut(Rejected, &[u8])> {
-    opts: ReadOptions,
+/// What to keep of the valid lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The unique active relationships (the load).
+    Entries,
+    /// Counts only (`kfr validate`): memory stays constant however long the file.
+    Counts,
+}
+
+struct State<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> {
+    rules: record::Rules,
+    keep: Keep,
     format: Format,
     line: u64,
     data_lines: u64,
@@ -260,6 +163,7 @@ struct State<'a, F: FnMut(Rejected, &[u8])> {
     rejected: u64,
     closed: u64,
     entries: Vec<Packed>,
+    kinds: [u64; IdKind::ALL.len()],
     crlf: bool,
     on_reject: &'a mut F,
 }
@@ -267,18 +171,11 @@ struct State<'a, F: FnMut(Rejected, &[u8])> {
 /// Most threads parsing lines; beyond this the single reading thread is the limit.
 const MAX_WORKERS: usize = 4;
 
-impl Format {
-    /// True when no later line can change the format: a header was read, or the separator of a
-    /// headerless file is known. Only then can chunks be parsed independently.
-    fn is_fixed(&self) -> bool {
-        matches!(self, Format::Header { .. } | Format::Lines { separator: Some(_) })
-    }
-}
-
 /// What a worker found in one chunk.
 struct ChunkResult {
     idx: u64,
     entries: Vec<Packed>,
+    kinds: [u64; IdKind::ALL.len()],
     data_lines: u64,
     blank: u64,
     closed: u64,
@@ -306,7 +203,8 @@ impl<'scope> Parallel<'scope> {
         scope: &'scope std::thread::Scope<'scope, 'env>,
         workers: usize,
         format: Format,
-        opts: ReadOptions,
+        rules: record::Rules,
+        keep: Keep,
     ) -> Self {
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(workers * 2);
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
@@ -319,22 +217,19 @@ impl<'scope> Parallel<'scope> {
                         let job = job_rx.lock().map(|rx| rx.recv());
                         let Ok(Ok((idx, chunk, first_line))) = job else { return };
                         let mut rejects = vec![];
-                        let mut push = |r: Rejected, raw: &[u8]| rejects.push((r, raw.to_vec()));
-                        let mut st = State {
-                            opts,
-                            format: format.clone(),
-                            line: first_line,
-                            data_lines: 0,
-                            blank: 0,
-                            rejected: 0,
-                            closed: 0,
-                            entries: Vec::with_capacity(chunk.len() / 10),
-                            crlf: false,
-                            on_reject: &mut push,
+                        let mut push = |r: Rejected, raw: &[u8]| {
+                            rejects.push((r, raw.to_vec()));
+                            Ok(())
                         };
+                        let mut st = State::new(rules, keep, format.clone(), &mut push);
+                        st.line = first_line;
+                        if keep == Keep::Entries {
+                            st.entries.reserve(chunk.len() / 10);
+                        }
                         let res = st.chunk(&chunk).map(|()| ChunkResult {
                             idx,
                             entries: std::mem::take(&mut st.entries),
+                            kinds: st.kinds,
                             data_lines: st.data_lines,
                             blank: st.blank,
                             closed: st.closed,
@@ -363,7 +258,7 @@ impl<'scope> Parallel<'scope> {
         }
     }
 
-    fn send<F: FnMut(Rejected, &[u8])>(
+    fn send<F: FnMut(Rejected, &[u8]) -> std::io::Result<()>>(
         &mut self,
         chunk: Vec<u8>,
         first_line: u64,
@@ -373,24 +268,32 @@ impl<'scope> Parallel<'scope> {
         jobs.send((self.sent, chunk, first_line)).map_err(|_| worker_gone())?;
         self.sent += 1;
         while let Ok(r) = self.results.try_recv() {
-            self.accept(r?, st);
+            self.accept(r?, st)?;
         }
         Ok(())
     }
 
-    fn accept<F: FnMut(Rejected, &[u8])>(&mut self, r: ChunkResult, st: &mut State<'_, F>) {
+    fn accept<F: FnMut(Rejected, &[u8]) -> std::io::Result<()>>(
+        &mut self,
+        r: ChunkResult,
+        st: &mut State<'_, F>,
+    ) -> Result<(), ReadError> {
         self.pending.insert(r.idx, r);
         while let Some(r) = self.pending.remove(&self.next) {
-            st.absorb(r);
+            st.absorb(r)?;
             self.next += 1;
         }
+        Ok(())
     }
 
-    fn finish<F: FnMut(Rejected, &[u8])>(mut self, st: &mut State<'_, F>) -> Result<(), ReadError> {
+    fn finish<F: FnMut(Rejected, &[u8]) -> std::io::Result<()>>(
+        mut self,
+        st: &mut State<'_, F>,
+    ) -> Result<(), ReadError> {
         self.jobs = None; // workers stop once the queue is empty
         while self.next < self.sent {
             let r = self.results.recv().map_err(|_| worker_gone())??;
-            self.accept(r, st);
+            self.accept(r, st)?;
         }
         for h in self.handles {
             h.join().map_err(|_| worker_gone())?;
@@ -403,33 +306,47 @@ fn worker_gone() -> ReadError {
     ReadError::Io(std::io::Error::other("a line-parsing thread stopped unexpectedly"))
 }
 
-/// Reads `input` to the end. `on_reject` sees each bad line (masked, with its rule) and the raw
-/// bytes (for a rejects file the institution keeps; never log them).
+/// Reads `input` to the end, keeping the unique active relationships. `on_reject` sees each bad
+/// line (masked, with its rule) in file order, and its raw bytes (for a rejects file the
+/// institution keeps; never log them).
 pub fn read(
-    mut input: impl Read,
+    input: impl Read,
     size_hint: Option<u64>,
     opts: ReadOptions,
     mut on_reject: impl FnMut(Rejected, &[u8]),
 ) -> Result<ReadOutcome, ReadError> {
+    read_with(input, size_hint, opts, Keep::Entries, |r, raw| {
+        on_reject(r, raw);
+        Ok(())
+    })
+}
+
+/// As [`read`], keeping what `keep` says; an error from `on_reject` stops the reading and is
+/// returned as [`ReadError::Callback`] (so `kfr validate | head` stops when `head` does).
+pub fn read_with(
+    mut input: impl Read,
+    size_hint: Option<u64>,
+    opts: ReadOptions,
+    keep: Keep,
+    mut on_reject: impl FnMut(Rejected, &[u8]) -> std::io::Result<()>,
+) -> Result<ReadOutcome, ReadError> {
     let mut hasher = sha2::Sha256::new();
-    // The shortest line is 10 bytes (9 digits + LF): never more entries than that.
-    let cap = size_hint.map_or(0, |n| (n / 10) as usize).min(1 << 28);
-    let mut st = State {
-        opts,
-        format: Format::Empty,
-        line: 0,
-        data_lines: 0,
-        blank: 0,
-        rejected: 0,
-        closed: 0,
-        entries: Vec::with_capacity(cap),
-        crlf: false,
-        on_reject: &mut on_reject,
+    let rules = record::Rules {
+        policy: opts.policy,
+        today: opts.today,
     };
+    let mut st = State::new(rules, keep, Format::Empty, &mut on_reject);
+    if keep == Keep::Entries {
+        // The shortest line is 10 bytes (9 digits + LF): never more entries than that.
+        st.entries
+            .reserve(size_hint.map_or(0, |n| (n / 10) as usize).min(1 << 28));
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut filled = 0;
     let mut first = true;
     let mut bom = false;
+    // Inside a line over the cap: its head was handed on, the rest is dropped up to its LF.
+    let mut skipping = false;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_WORKERS);
@@ -437,17 +354,46 @@ pub fn read(
         // Chunks go to workers once the format is fixed (see `Parallel`); until then, and on a
         // one-core machine, lines are handled here.
         let mut par: Option<Parallel<'_>> = None;
-        loop {
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0); // one line longer than the buffer
+        let mut dispatch = |chunk: &[u8], st: &mut State<'_, _>| -> Result<(), ReadError> {
+            if par.is_none() && workers > 1 && st.format.is_fixed() {
+                par = Some(Parallel::start(scope, workers, st.format.clone(), rules, keep));
             }
+            match par.as_mut() {
+                Some(p) => {
+                    let lines =
+                        memchr::memchr_iter(b'\n', chunk).count() as u64 + u64::from(chunk.last() != Some(&b'\n'));
+                    p.send(chunk.to_vec(), st.line, st)?;
+                    st.line += lines;
+                    Ok(())
+                }
+                None => st.chunk(chunk),
+            }
+        };
+        loop {
+            debug_assert!(filled < buf.len(), "a partial line never fills the buffer");
             let n = input.read(&mut buf[filled..])?;
             if opts.hash {
                 hasher.update(&buf[filled..filled + n]);
             }
             let eof = n == 0;
+            let fresh = filled;
             filled += n;
             let mut start = 0;
+            if skipping {
+                match memchr::memchr(b'\n', &buf[fresh..filled]) {
+                    None => {
+                        filled = 0;
+                        if eof {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(i) => {
+                        start = fresh + i + 1;
+                        skipping = false;
+                    }
+                }
+            }
             if first && (filled >= 3 || eof) {
                 first = false;
                 if buf[..filled].starts_with(b"\xEF\xBB\xBF") {
@@ -462,6 +408,15 @@ pub fn read(
             } else {
                 match memchr::memrchr(b'\n', &buf[start..filled]) {
                     Some(i) => start + i + 1,
+                    None if filled - start > MAX_LINE_BYTES + 1 => {
+                        // Over the cap even if its last byte is the CR of a CRLF: hand on a head
+                        // that the line rule rejects (so the rejection comes in line order, with
+                        // its number) and drop the rest of the line unread.
+                        dispatch(&buf[start..start + MAX_LINE_BYTES + 2], &mut st)?;
+                        filled = 0;
+                        skipping = true;
+                        continue;
+                    }
                     None => {
                         buf.copy_within(start..filled, 0);
                         filled -= start;
@@ -470,19 +425,7 @@ pub fn read(
                 }
             };
             if end > start {
-                if par.is_none() && workers > 1 && st.format.is_fixed() {
-                    par = Some(Parallel::start(scope, workers, st.format.clone(), opts));
-                }
-                match par.as_mut() {
-                    Some(p) => {
-                        let chunk = &buf[start..end];
-                        let lines =
-                            memchr::memchr_iter(b'\n', chunk).count() as u64 + u64::from(chunk.last() != Some(&b'\n'));
-                        p.send(chunk.to_vec(), st.line, &mut st)?;
-                        st.line += lines;
-                    }
-                    None => st.chunk(&buf[start..end])?,
-                }
+                dispatch(&buf[start..end], &mut st)?;
             }
             buf.copy_within(end..filled, 0);
             filled -= end;
@@ -502,6 +445,7 @@ pub fn read(
         rejected,
         closed,
         mut entries,
+        kinds,
         crlf,
         ..
     } = st;
@@ -509,11 +453,11 @@ pub fn read(
     let before = entries.len();
     entries.dedup_by_key(|p| p.key());
     entries.shrink_to_fit();
-    let mut kinds = [0u64; IdKind::ALL.len()];
+    let mut unique = [0u64; IdKind::ALL.len()];
     for e in &entries {
-        kinds[(e.0 & 7) as usize] += 1;
+        unique[(e.0 & 7) as usize] += 1;
     }
-    let by_kind: BTreeMap<IdKind, u64> = IdKind::ALL.into_iter().zip(kinds).filter(|(_, n)| *n > 0).collect();
+    let by_kind: BTreeMap<IdKind, u64> = IdKind::ALL.into_iter().zip(unique).filter(|(_, n)| *n > 0).collect();
     Ok(ReadOutcome {
         format,
         bom,
@@ -525,6 +469,7 @@ pub fn read(
         duplicates: (before - entries.len()) as u64,
         entries,
         by_kind,
+        valid_lines_by_kind: kinds,
         content_hash: if opts.hash {
             hex::encode(hasher.finalize())
         } else {
@@ -533,48 +478,26 @@ pub fn read(
     })
 }
 
-fn is_blank(b: &[u8]) -> bool {
-    b.iter().all(|c| c.is_ascii_whitespace())
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
-}
-
-fn unquote(b: &[u8]) -> &[u8] {
-    let b = trim(b);
-    if b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' {
-        trim(&b[1..b.len() - 1])
-    } else {
-        b
+impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
+    fn new(rules: record::Rules, keep: Keep, format: Format, on_reject: &'a mut F) -> Self {
+        State {
+            rules,
+            keep,
+            format,
+            line: 0,
+            data_lines: 0,
+            blank: 0,
+            rejected: 0,
+            closed: 0,
+            entries: Vec::new(),
+            kinds: [0; IdKind::ALL.len()],
+            crlf: false,
+            on_reject,
+        }
     }
-}
 
-/// Parses exactly `YYYY-MM-DD`.
-fn parse_date(b: &[u8]) -> Option<NaiveDate> {
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b[r].iter().try_fold(0u32, |acc, c| {
-            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-        })
-    };
-    NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)
-}
-
-/// A field as shown in messages: dates as written (not personal), anything else masked.
-fn show_field(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(trim(b));
-    if parse_date(trim(b)).is_some() {
-        s.into_owned()
-    } else {
-        mask(&s)
-    }
-}
-
-impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
-    /// Handles a run of whole lines (ending in LF, except at the end of the file).
+    /// Handles a run of whole lines (ending in LF, except at the end of the file or for the
+    /// head of a line over the cap).
     fn chunk(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
         for line in chunk.split(|b| *b == b'\n') {
             self.line(line)?;
@@ -588,193 +511,67 @@ impl<F: FnMut(Rejected, &[u8])> State<'_, F> {
     }
 
     /// Adds a worker's result for the chunk that follows everything added so far.
-    fn absorb(&mut self, r: ChunkResult) {
+    fn absorb(&mut self, r: ChunkResult) -> Result<(), ReadError> {
         self.entries.extend_from_slice(&r.entries);
+        for (k, n) in self.kinds.iter_mut().zip(r.kinds) {
+            *k += n;
+        }
         self.data_lines += r.data_lines;
         self.blank += r.blank;
         self.rejected += r.rejects.len() as u64;
         self.closed += r.closed;
         self.crlf |= r.crlf;
         for (rej, raw) in r.rejects {
-            (self.on_reject)(rej, &raw);
+            (self.on_reject)(rej, &raw).map_err(ReadError::Callback)?;
         }
+        Ok(())
     }
 
     fn line(&mut self, raw: &[u8]) -> Result<(), ReadError> {
         self.line += 1;
-        let line = match raw.strip_suffix(b"\r") {
-            Some(l) => {
-                self.crlf = true;
-                l
-            }
-            None => raw,
-        };
-        if is_blank(line) {
+        let (line, cr) = grammar::strip_cr(raw);
+        self.crlf |= cr;
+        if grammar::is_blank(line) {
             self.blank += 1;
             return Ok(());
         }
         if self.format == Format::Empty {
-            if line.iter().any(u8::is_ascii_alphabetic) {
-                return self.header(line);
+            if grammar::check_length(line).is_err() {
+                return Err(ReadError::FirstLineTooLong {
+                    line: self.line,
+                    max: MAX_LINE_BYTES,
+                });
             }
-            self.format = Format::Lines { separator: None };
-        }
-        self.data_lines += 1;
-        if !line.is_ascii() && std::str::from_utf8(line).is_err() {
-            return self.reject(raw, line, LineError::NotUtf8);
-        }
-        let (id, start, end) = match &mut self.format {
-            Format::Lines { separator } => {
-                let found = line.iter().position(|c| matches!(c, b';' | b',' | b'#'));
-                match found {
-                    None => (line, None, None),
-                    Some(i) => {
-                        let sep = line[i] as char;
-                        match *separator {
-                            None => *separator = Some(sep),
-                            Some(expected) if expected != sep => {
-                                let e = LineError::MixedSeparators { expected, found: sep };
-                                return self.reject(raw, line, e);
-                            }
-                            Some(_) => {}
-                        }
-                        if line[i + 1..].contains(&line[i]) {
-                            return self.reject(raw, line, LineError::TooManyFields);
-                        }
-                        (&line[..i], Some(&line[i + 1..]), None)
-                    }
-                }
-            }
-            Format::Header {
-                delimiter,
-                id,
-                start,
-                end,
-                columns,
-            } => {
-                // Split only up to the last column needed; nothing is allocated.
-                let want = 1 + [Some(*id), *start, *end].iter().flatten().max().copied().unwrap_or(0);
-                let (mut idf, mut sf, mut ef, mut got): (&[u8], _, _, usize) = (&[], None, None, 0);
-                for (i, f) in line.split(|c| *c == *delimiter as u8).enumerate().take(want) {
-                    got += 1;
-                    if i == *id {
-                        idf = unquote(f);
-                    }
-                    if Some(i) == *start {
-                        sf = Some(unquote(f));
-                    }
-                    if Some(i) == *end {
-                        ef = Some(unquote(f));
-                    }
-                }
-                if got < want {
-                    let e = LineError::MissingColumns {
-                        got,
-                        want: columns.len(),
-                    };
-                    return self.reject(raw, line, e);
-                }
-                (idf, sf, ef)
-            }
-            Format::Empty => unreachable!("set above"),
-        };
-        let id = trim(id);
-        if id.is_empty() {
-            return self.reject(raw, line, LineError::MissingId);
-        }
-        let id_text = std::str::from_utf8(id).expect("checked UTF-8");
-        let customer = match CustomerId::parse(id_text, &self.opts.policy) {
-            Ok(c) => c,
-            Err(e) => return self.reject(raw, line, LineError::Id(e)),
-        };
-        let start = match start.map(trim).filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => match parse_date(s) {
-                None => return self.reject(raw, line, LineError::BadStartDate),
-                Some(d) if d > self.opts.today => return self.reject(raw, line, LineError::StartInFuture(d)),
-                Some(d) if d.year() < 1900 => return self.reject(raw, line, LineError::StartBefore1900(d)),
-                Some(d) => Some(d),
-            },
-        };
-        if let Some(e) = end.map(trim).filter(|s| !s.is_empty()) {
-            let Some(end) = parse_date(e) else {
-                return self.reject(raw, line, LineError::BadEndDate);
-            };
-            if let Some(start) = start.filter(|s| end < *s) {
-                return self.reject(raw, line, LineError::EndBeforeStart { start, end });
-            }
-            if end <= self.opts.today {
-                self.closed += 1;
+            self.format = Format::detect(line, self.line)?;
+            if matches!(self.format, Format::Header { .. }) {
                 return Ok(());
             }
         }
-        self.entries
-            .push(Packed::from_digits(id_text.trim().as_bytes(), customer.kind(), start));
+        self.data_lines += 1;
+        let rec = match record::parse(&mut self.format, line, &self.rules) {
+            Ok(rec) => rec,
+            Err(e) => return self.reject(line, e),
+        };
+        self.kinds[rec.id.kind() as usize] += 1;
+        if rec.end.is_some_and(|end| end <= self.rules.today) {
+            self.closed += 1;
+            return Ok(());
+        }
+        if self.keep == Keep::Entries {
+            self.entries.push(Packed::new(&rec.id, rec.start));
+        }
         Ok(())
     }
 
-    fn header(&mut self, line: &[u8]) -> Result<(), ReadError> {
-        let text = String::from_utf8_lossy(line);
-        let delimiter = [';', ',', '\t', '|']
-            .into_iter()
-            .find(|d| text.contains(*d))
-            .unwrap_or(';');
-        let columns: Vec<String> = text
-            .split(delimiter)
-            .map(|c| c.trim().trim_matches('"').trim().to_string())
-            .collect();
-        let find = |names: &[&str]| {
-            columns
-                .iter()
-                .position(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
-        };
-        let Some(id) = find(&["customer_id", "kundeid", "kunde_id", "customerid"]) else {
-            return Err(ReadError::NoIdColumn {
-                line: self.line,
-                columns: columns.iter().map(|c| mask(c)).collect::<Vec<_>>().join(", "),
-            });
-        };
-        self.format = Format::Header {
-            delimiter,
-            id,
-            start: find(&["start_date", "startdato", "start_dato"]),
-            end: find(&["end_date", "sluttdato", "slutt_dato"]),
-            columns,
-        };
-        Ok(())
-    }
-
-    /// The line as shown in messages: split as the format splits it, each field through
-    /// [`show_field`], so dates stay readable and identifiers are masked. Only built for a
-    /// rejected line: the valid path never formats.
-    fn shown(&self, line: &[u8]) -> String {
-        if std::str::from_utf8(line).is_err() {
-            return mask(&String::from_utf8_lossy(line));
-        }
-        let sep = match &self.format {
-            Format::Header { delimiter, .. } => Some(*delimiter as u8),
-            _ => line.iter().copied().find(|c| matches!(c, b';' | b',' | b'#')),
-        };
-        match sep {
-            None => mask(&String::from_utf8_lossy(line)),
-            Some(sep) => line
-                .split(|c| *c == sep)
-                .map(show_field)
-                .collect::<Vec<_>>()
-                .join(&(sep as char).to_string()),
-        }
-    }
-
-    fn reject(&mut self, raw: &[u8], line: &[u8], err: LineError) -> Result<(), ReadError> {
+    fn reject(&mut self, line: &[u8], err: LineError) -> Result<(), ReadError> {
         self.rejected += 1;
         let r = Rejected {
             line: self.line,
-            text: self.shown(line),
+            text: record::shown(&self.format, line),
             rule: err.code(),
             message: err.to_string(),
         };
-        (self.on_reject)(r, raw.strip_suffix(b"\r").unwrap_or(raw));
-        Ok(())
+        (self.on_reject)(r, line).map_err(ReadError::Callback)
     }
 }
 
@@ -787,9 +584,13 @@ mod tests {
     }
 
     fn run(text: &str) -> (ReadOutcome, Vec<Rejected>) {
+        run_bytes(text.as_bytes())
+    }
+
+    fn run_bytes(text: &[u8]) -> (ReadOutcome, Vec<Rejected>) {
         let mut rej = vec![];
         let out = read(
-            text.as_bytes(),
+            text,
             None,
             ReadOptions {
                 policy: IdPolicy::test(),
@@ -961,5 +762,109 @@ mod tests {
             (out.data_lines, out.entries.len(), out.duplicates),
             (100_000, 1, 99_999)
         );
+    }
+
+    #[test]
+    fn a_quoted_field_may_hold_the_separator_and_doubled_quotes() {
+        let (out, rej) = run(
+            "navn,kundeid,startdato\n\"Hansen, Ola\",15108695088,2020-01-15\n\"Ola \"\"Bror\"\", Nordmann\",916960190,\"2019-05-05\"\n",
+        );
+        assert!(rej.is_empty(), "{rej:?}");
+        assert_eq!(
+            ids(&out),
+            vec![
+                ("916960190".into(), Some("2019-05-05".into())),
+                ("15108695088".into(), Some("2020-01-15".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn norwegian_dates_are_read_as_well_as_iso() {
+        let (out, rej) = run("15108695088;15.01.2020\n916960190;2019-05-05\n");
+        assert!(rej.is_empty(), "{rej:?}");
+        assert_eq!(
+            ids(&out),
+            vec![
+                ("916960190".into(), Some("2019-05-05".into())),
+                ("15108695088".into(), Some("2020-01-15".into())),
+            ]
+        );
+        let (out, rej) =
+            run("kundeid;startdato;sluttdato\n15108695088;01.02.2003;31.12.2099\n02013299997;30.02.2003;\n");
+        assert_eq!(ids(&out), vec![("15108695088".into(), Some("2003-02-01".into()))]);
+        assert_eq!(
+            rej.iter().map(|r| (r.line, r.rule)).collect::<Vec<_>>(),
+            vec![(3, "bad_start_date")]
+        );
+    }
+
+    #[test]
+    fn a_latin1_name_column_does_not_refuse_the_line() {
+        let (out, rej) = run_bytes(b"navn;kundeid;startdato\nJ\xF8rgen \xC6rlig;15108695088;2020-01-15\n");
+        assert!(rej.is_empty(), "{rej:?}");
+        assert_eq!(ids(&out), vec![("15108695088".into(), Some("2020-01-15".into()))]);
+    }
+
+    #[test]
+    fn header_aliases_ignore_case_spaces_dashes_and_underscores() {
+        let (out, rej) = run("Navn|Kunde-ID|Start dato|SLUTT_DATO\nx|15108695088|2020-01-15|\n");
+        assert!(rej.is_empty(), "{rej:?}");
+        assert_eq!(ids(&out), vec![("15108695088".into(), Some("2020-01-15".into()))]);
+        assert!(out.format.to_string().contains("end = SLUTT_DATO"), "{}", out.format);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_one_rejection_and_reading_goes_on() {
+        // Longer than the read buffer (the head is handed on, the rest skipped unread), and
+        // within one buffer; the CRLF case is exactly one byte over the cap.
+        let mut text = String::from("15108695088;2020-01-15\n");
+        text.push_str(&"1".repeat(3 * CHUNK));
+        text.push_str("\n916960190;2020-01-15\n");
+        text.push_str(&format!("916960190;{}\n", "x".repeat(MAX_LINE_BYTES)));
+        text.push_str(&format!("{}\r\n", "2".repeat(MAX_LINE_BYTES + 1)));
+        text.push_str(&format!("{}\r\n", "3".repeat(MAX_LINE_BYTES)));
+        text.push_str("02013299997");
+        let (out, rej) = run(&text);
+        assert_eq!(
+            rej.iter().map(|r| (r.line, r.rule)).collect::<Vec<_>>(),
+            vec![
+                (2, "line_too_long"),
+                (4, "line_too_long"),
+                (5, "line_too_long"),
+                (6, "length")
+            ]
+        );
+        assert_eq!(rej[0].message, format!("line longer than {MAX_LINE_BYTES} bytes"));
+        assert!(rej[0].text.len() < 100, "not echoed whole");
+        assert_eq!(out.entries.len(), 3);
+        assert_eq!(out.data_lines, 7);
+    }
+
+    /// A file without line ends is read in bounded memory and refused at its first line: no
+    /// format can be told from a line that cannot be read.
+    #[test]
+    fn a_file_without_line_ends_is_refused_without_buffering_it() {
+        let endless = std::io::repeat(b'1').take(256 << 20);
+        let opts = ReadOptions {
+            policy: IdPolicy::test(),
+            today: today(),
+            hash: false,
+        };
+        let err = read(endless, None, opts, |_, _| panic!("no line is complete")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 1: the first line is longer than 65536 bytes, so the file's format cannot be read"
+        );
+    }
+
+    #[test]
+    fn a_quote_left_open_refuses_the_line_not_the_file() {
+        let (out, rej) = run("navn;kundeid\n\"Hansen;15108695088\n\"Ola\";916960190\n");
+        assert_eq!(
+            rej.iter().map(|r| (r.line, r.rule)).collect::<Vec<_>>(),
+            vec![(2, "unterminated_quote")]
+        );
+        assert_eq!(out.entries.len(), 1);
     }
 }
