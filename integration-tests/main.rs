@@ -5,6 +5,7 @@ mod certs;
 mod config;
 mod doctor;
 mod ids;
+mod input;
 mod kfr_cli;
 mod load;
 mod mock_kfr;

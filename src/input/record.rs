@@ -195,7 +195,7 @@ pub fn shown(format: &Format, line: &[u8]) -> String {
     };
     let show = |b: &[u8]| -> String {
         let s = String::from_utf8_lossy(b.trim_ascii());
-        if grammar::parse_date(b).is_some() {
+        if s.is_empty() || grammar::parse_date(b).is_some() {
             s.into_owned()
         } else {
             mask(&s)
@@ -311,6 +311,7 @@ mod tests {
     fn shown_lines_mask_identifiers_and_keep_dates() {
         let f = header("navn;kundeid;startdato");
         assert_eq!(shown(&f, b"Ola;15108695088;15.01.2020"), "Ola;*********88;15.01.2020");
+        assert_eq!(shown(&f, b";15108695088;"), ";*********88;", "empty fields stay empty");
         let f = Format::Lines { separator: None };
         assert_eq!(shown(&f, b"15108695088#2020-01-15"), "*********88#2020-01-15");
         assert_eq!(shown(&f, b"1510\xff8695088"), "****\u{fffd}*****88");
