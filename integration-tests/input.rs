@@ -51,8 +51,11 @@ fn validate_verdicts(v: &serde_json::Value) -> Vec<Verdict> {
         .collect()
 }
 
-/// Files in every format, each with its expected verdicts as `(line, rule)`.
-fn files() -> Vec<(&'static str, Vec<u8>, Vec<(u64, &'static str)>)> {
+/// A file name, its bytes, and its expected verdicts as `(line, rule)`.
+type Case = (&'static str, Vec<u8>, Vec<(u64, &'static str)>);
+
+/// Files in every format, with bad lines of every kind.
+fn files() -> Vec<Case> {
     let long = format!("15108695088\n{}\n916960190\n", "1".repeat(70_000));
     vec![
         (
