@@ -40,11 +40,11 @@ fn validate_file_reports_kinds_and_each_rejection_with_line_and_rule() {
     let out = kfr(dir.path(), &["validate", "--file", "ids.txt"]).assert().code(1);
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let expected = "\
-ids.txt:5: *********45: 30.02 is not a date
-ids.txt:7: *********96: second check digit does not match
-ids.txt:8: ********08: must be 9 or 11 digits, got 10
-ids.txt:9: *********04: H-number: not a KFR customer identifier (NAV/health +40 month)
-ids.txt:10: *******18: organisation number check digit does not match
+ids.txt:5: *********45: customer identifier: 30.02 is not a date
+ids.txt:7: *********96: customer identifier: second check digit does not match
+ids.txt:8: ********08: customer identifier: must be 9 or 11 digits, got 10
+ids.txt:9: *********04: customer identifier: H-number: not a KFR customer identifier (NAV/health +40 month)
+ids.txt:10: *******18: customer identifier: organisation number check digit does not match
 9 identifiers: 4 valid, 5 rejected
   test organisation number           1
   fødselsnummer                      1
@@ -103,7 +103,8 @@ fn validate_json_is_machine_readable() {
     assert_eq!(first["file"], "ids.txt");
     assert_eq!(first["line"], 5);
     assert_eq!(first["input"], "*********45");
-    assert_eq!(first["rule"], "30.02 is not a date");
+    // The same message `kfr load` gives for the line, naming the field.
+    assert_eq!(first["rule"], "customer identifier: 30.02 is not a date");
     assert_eq!(first["code"], "not_a_date");
     assert_eq!(v["rejections"].as_array().unwrap().len(), 5);
 }

@@ -7,6 +7,7 @@ mod checklist;
 mod config;
 mod doctor;
 mod ids;
+mod input;
 mod kfr_cli;
 mod load;
 mod mock_kfr;

@@ -9,10 +9,12 @@
 //!   integration-test cases as data, their runner and reports) and [`mock`] (the bundled fake
 //!   Maskinporten and KFR). They return values and emit events; they never print.
 //! - Systems and data: [`kfr`] (the KFR API client, batch encoding, verdicts), [`maskinporten`]
-//!   (the business-certificate credential, the JWT-bearer grant, the token cache) and [`store`]
-//!   (the SQLite state store: load jobs, the ledger, held operations).
-//! - Building blocks: [`http`] (the outgoing client: TLS, proxy, timeouts; the retry policy), [`ids`] (validated
-//!   customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test certificates).
+//!   (the business-certificate credential, the JWT-bearer grant, the token cache), [`store`]
+//!   (the SQLite state store: load jobs, the ledger, held operations) and [`input`] (the one
+//!   grammar for the bank's files: fields, quoting, caps, formats, and the streaming reader).
+//! - Building blocks: [`http`] (the outgoing client: TLS, proxy, timeouts; the retry policy),
+//!   [`ids`] (validated customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test
+//!   certificates).
 //! - Vocabulary: [`error`] (exit codes, the `Hinted` trait), [`env_vars`] (every variable name),
 //!   [`environment`] (local / test / prod).
 
@@ -27,6 +29,7 @@ pub mod environment;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod input;
 pub mod kfr;
 pub mod load;
 pub mod maskinporten;

@@ -27,6 +27,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::ids::IdError,
         crate::load::LoadError,
         crate::checklist::ChecklistError,
+        crate::input::format::HeaderError,
     );
     None
 }

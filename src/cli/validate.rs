@@ -1,29 +1,47 @@
 //! `kfr validate [ID…] [--file FILE] [--json]`: checks customer identifiers offline against the
 //! rules and the configured policy (kfr-notes §7), without sending anything.
 //!
+//! A file is read by the very reader `kfr load` uses ([`crate::input::reader`]): every format it
+//! reads (one identifier per line, `ID;DATE`, a header row with quoted fields, BOM, CRLF,
+//! Norwegian dates, a Latin-1 name column), with the same line numbers and the same rule for
+//! every bad line, dates included. So "validate says it is fine" means "load will accept it".
+//!
 //! Output (stdout, it is the command's data): one line per rejection,
-//! `FILE:LINE: <masked input>: <rule>` (`argument N: …` for identifiers given as arguments),
-//! then a summary with counts per kind. `--json` prints the same as one JSON document; it is
-//! written while reading, so memory stays constant however many rejections there are.
+//! `FILE:LINE: <masked line>: <rule>` (`argument N: …` for identifiers given as arguments),
+//! then a summary with counts per kind of the valid lines. `--json` prints the same as one JSON
+//! document; it is written while reading, so memory stays constant however many rejections
+//! there are. When stdout is closed early (`kfr validate --file F | head -1`) the command stops
+//! reading and exits 0 without a word: the reader of the output has all it wanted.
 //!
 //! Exit code: 0 when every identifier is valid, 1 when any is rejected or the file cannot be
-//! read to the end, 2 when there is nothing to validate or the file cannot be opened.
-//!
-//! The file is streamed line by line through one reused buffer: no allocation per valid line,
-//! which is what makes this fast enough for a 10-million-line initial-load file. A UTF-8 BOM at
-//! the start and CRLF line ends are accepted; blank lines are skipped but still counted for line
-//! numbers. `--file -` reads standard input.
+//! read to the end (or has a header with no identifier column), 2 when there is nothing to
+//! validate or the file cannot be opened. `--file -` reads standard input.
 
 use crate::error::{Reported, UsageError};
-use crate::ids::{CustomerId, IdKind, IdPolicy, mask};
-use anyhow::Context as _;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use crate::ids::{CustomerId, IdKind, IdPolicy};
+use crate::input::reader::{self, Keep, ReadError, ReadOptions, Rejected};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 pub fn run(settings: &crate::config::Settings, args: &super::ValidateArgs) -> anyhow::Result<()> {
+    match validate(settings, args) {
+        // The output's reader went away (`| head`): it has what it wanted; not an error.
+        Err(e) if stdout_closed(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn validate(settings: &crate::config::Settings, args: &super::ValidateArgs) -> anyhow::Result<()> {
     if args.ids.is_empty() && args.file.is_none() {
         return Err(UsageError::new("nothing to validate")
-            .with_hint("give identifiers as arguments, or --file FILE with one per line (- for stdin)")
+            .with_hint("give identifiers as arguments, or --file FILE in any format `kfr load` reads (- for stdin)")
             .into());
     }
     let policy = super::build::id_policy(settings);
@@ -42,12 +60,21 @@ pub fn run(settings: &crate::config::Settings, args: &super::ValidateArgs) -> an
     let stdout = std::io::stdout().lock();
     let mut report = Report::new(BufWriter::with_capacity(1 << 16, stdout), args.json)?;
     for (i, id) in args.ids.iter().enumerate() {
-        report.check(Origin::Argument(i + 1), id.as_bytes(), &policy)?;
+        report.check(i + 1, id, &policy)?;
     }
     let mut read_error = None;
-    if let Some((name, reader)) = input {
-        if let Err(e) = validate_stream(&name, reader, &policy, &mut report) {
-            read_error = Some(e);
+    if let Some((name, input)) = input {
+        let opts = ReadOptions {
+            policy,
+            // As `kfr load` decides "in the future" for a new job.
+            today: chrono::Local::now().date_naive(),
+            hash: false,
+        };
+        let read = reader::read_with(input, None, opts, Keep::Counts, |r, _raw| report.line(&name, &r));
+        match read {
+            Ok(out) => report.add_valid(&out.valid_lines_by_kind),
+            Err(ReadError::Callback(e)) => return Err(e.into()),
+            Err(e) => read_error = Some(anyhow::Error::new(e).context(format!("reading {name}"))),
         }
     }
     let tally = report.finish()?;
@@ -59,37 +86,6 @@ pub fn run(settings: &crate::config::Settings, args: &super::ValidateArgs) -> an
         return Err(Reported(format!("{} of {} identifiers rejected", tally.rejected, tally.total())).into());
     }
     Ok(())
-}
-
-/// Streams `reader` line by line into `report`.
-fn validate_stream(
-    name: &str,
-    reader: Box<dyn Read>,
-    policy: &IdPolicy,
-    report: &mut Report<impl Write>,
-) -> anyhow::Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 20, reader);
-    let mut line = Vec::with_capacity(256);
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading {name} after line {number}"))?;
-        if n == 0 {
-            return Ok(());
-        }
-        number += 1;
-        let mut bytes = line.as_slice();
-        if number == 1 {
-            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        }
-        // Blank (or whitespace-only) lines are layout, not identifiers.
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        report.check(Origin::Line(name, number), bytes, policy)?;
-    }
 }
 
 /// Where an identifier came from, for the rejection line.
@@ -134,23 +130,27 @@ impl<W: Write> Report<W> {
         })
     }
 
-    /// Validates one identifier; the hot path (a valid line) neither allocates nor writes.
-    fn check(&mut self, origin: Origin<'_>, bytes: &[u8], policy: &IdPolicy) -> std::io::Result<()> {
-        let (text, rule, code) = match std::str::from_utf8(bytes) {
-            Ok(text) => match CustomerId::parse(text, policy) {
-                Ok(id) => {
-                    self.tally.by_kind[id.kind() as usize] += 1;
-                    return Ok(());
-                }
-                Err(e) => (mask(text), e.to_string(), e.code()),
-            },
-            Err(_) => (
-                mask(&String::from_utf8_lossy(bytes)),
-                "not valid UTF-8".to_owned(),
-                "not_utf8",
-            ),
-        };
-        self.reject(origin, &text, &rule, code)
+    /// Validates one identifier given as an argument.
+    fn check(&mut self, n: usize, id: &str, policy: &IdPolicy) -> std::io::Result<()> {
+        match CustomerId::parse(id, policy) {
+            Ok(id) => {
+                self.tally.by_kind[id.kind() as usize] += 1;
+                Ok(())
+            }
+            Err(e) => self.reject(Origin::Argument(n), &crate::ids::mask(id), &e.to_string(), e.code()),
+        }
+    }
+
+    /// A line the reader rejected.
+    fn line(&mut self, file: &str, r: &Rejected) -> std::io::Result<()> {
+        self.reject(Origin::Line(file, r.line), &r.text, &r.message, r.rule)
+    }
+
+    /// The valid lines of a file, by kind.
+    fn add_valid(&mut self, by_kind: &[u64; IdKind::ALL.len()]) {
+        for (t, n) in self.tally.by_kind.iter_mut().zip(by_kind) {
+            *t += n;
+        }
     }
 
     fn reject(&mut self, origin: Origin<'_>, text: &str, rule: &str, code: &str) -> std::io::Result<()> {
@@ -226,13 +226,13 @@ mod tests {
     fn run_report(lines: &[u8], json: bool, policy: IdPolicy) -> (String, Tally) {
         let mut out = Vec::new();
         let mut report = Report::new(&mut out, json).unwrap();
-        validate_stream(
-            "ids.txt",
-            Box::new(std::io::Cursor::new(lines.to_vec())),
-            &policy,
-            &mut report,
-        )
-        .unwrap();
+        let opts = ReadOptions {
+            policy,
+            today: chrono::NaiveDate::from_ymd_opt(2026, 6, 15).unwrap(),
+            hash: false,
+        };
+        let read = reader::read_with(lines, None, opts, Keep::Counts, |r, _| report.line("ids.txt", &r)).unwrap();
+        report.add_valid(&read.valid_lines_by_kind);
         let tally = report.finish().unwrap();
         (String::from_utf8(out).unwrap(), tally)
     }
@@ -245,17 +245,31 @@ mod tests {
         assert_eq!(tally.rejected, 1);
         assert_eq!(
             text,
-            "ids.txt:4: 916960191: organisation number check digit does not match\n\
+            "ids.txt:4: 916960191: customer identifier: organisation number check digit does not match\n\
              3 identifiers: 2 valid, 1 rejected\n  fødselsnummer                      2\n"
         );
     }
 
     #[test]
-    fn invalid_utf8_is_a_rejection_not_a_failure() {
+    fn a_byte_that_is_not_ascii_is_a_rejection_at_its_position_not_a_failure() {
         let (text, tally) = run_report(b"1510\xff8695088\n", false, IdPolicy::prod());
         assert_eq!(tally.rejected, 1);
         assert!(
-            text.starts_with("ids.txt:1: ****\u{fffd}*****88: not valid UTF-8\n"),
+            text.starts_with("ids.txt:1: ****\u{fffd}*****88: customer identifier: character 5 is not a digit 0-9\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn dated_lines_count_once_per_line_closed_and_duplicates_included() {
+        let (text, tally) = run_report(
+            b"kundeid;startdato;sluttdato\n15108695088;15.01.2020;\n15108695088;;01.01.2021\n916960190;2030-01-01;\n",
+            false,
+            IdPolicy::prod(),
+        );
+        assert_eq!((tally.valid(), tally.rejected), (2, 1));
+        assert!(
+            text.starts_with("ids.txt:4: 916960190;2030-01-01;: start date 2030-01-01 is in the future\n"),
             "{text}"
         );
     }
@@ -269,8 +283,16 @@ mod tests {
         assert_eq!(v["by_kind"]["fodselsnummer"], 1);
         assert_eq!(v["by_kind"]["h_number"], 0);
         assert_eq!(v["rejections"][0]["line"], 2);
-        assert_eq!(v["rejections"][0]["rule"], "30.02 is not a date");
+        assert_eq!(v["rejections"][0]["rule"], "customer identifier: 30.02 is not a date");
         assert_eq!(v["rejections"][0]["code"], "not_a_date");
         assert_eq!(v["rejections"][0]["input"], "*********45");
+    }
+
+    #[test]
+    fn a_closed_stdout_is_recognised_through_the_error_chain() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let e = anyhow::Error::new(ReadError::Callback(pipe)).context("x");
+        assert!(stdout_closed(&e));
+        assert!(!stdout_closed(&anyhow::anyhow!("line 1: no identifier column")));
     }
 }

@@ -25,6 +25,7 @@
 //! `KFR_TEST_ABORT_AT=<stage>[:<batch>]` (test-only, see [`abort_point`]) kills the process at a
 //! named point so tests can prove every resume path.
 
+use super::ToEntry as _;
 use super::event::{EventSink, LoadEvent};
 use super::reader::Packed;
 use crate::env_vars;

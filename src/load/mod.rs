@@ -2,8 +2,9 @@
 //! bank's export to a register confirmed complete.
 //!
 //! Pipeline, one file per role:
-//! - [`reader`]: stream the file once; detect the format; validate, fold duplicates, drop closed
-//!   rows; report every bad line (masked) with its rule.
+//! - [`reader`] (in [`crate::input`], re-exported here): stream the file once; detect the
+//!   format; validate, fold duplicates, drop closed rows; report every bad line (masked) with its
+//!   rule.
 //! - [`plan`]: exact-size batches within the limit, ingestion time, day schedule, "tell Bits?".
 //! - [`exec`]: upload one batch at a time, wait, confirm by own-lookups, record every step in the
 //!   state store so `--resume` after a crash never re-sends an accepted batch.
@@ -23,11 +24,27 @@ pub mod error;
 pub mod event;
 pub mod exec;
 pub mod plan;
-pub mod reader;
 pub mod report;
 
 pub use error::LoadError;
 pub use event::{EventSink, LoadEvent, PlanSummary};
+
+pub use crate::input::reader;
+
+/// A read relationship as the batch encoder wants it. The reader (in `input`, below `kfr` in the
+/// layers) cannot name KFR's types, so the load joins the two shapes.
+pub trait ToEntry {
+    fn to_entry(self) -> crate::kfr::BatchEntry;
+}
+
+impl ToEntry for reader::Packed {
+    fn to_entry(self) -> crate::kfr::BatchEntry {
+        crate::kfr::BatchEntry {
+            id: self.customer_id(),
+            start: self.start(),
+        }
+    }
+}
 
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{AddOutcome, KfrClient, Layout, RemoveOutcome};

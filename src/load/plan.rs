@@ -154,6 +154,7 @@ mod tests {
     use super::*;
     use crate::ids::{CustomerId, IdPolicy};
     use crate::kfr::BatchEntry;
+    use crate::load::ToEntry as _;
 
     fn entries(n: usize) -> Vec<Packed> {
         // Synthetic org numbers with valid check digits, every third one dated.
