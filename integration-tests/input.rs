@@ -189,6 +189,8 @@ async fn a_quoted_name_with_a_comma_and_a_norwegian_date_load_with_that_start_da
     );
     assert!(stdout.contains("valid: 1 unique active relationships"), "{stdout}");
     assert!(stdout.contains("rejected: 0"), "{stdout}");
+    // The plan shows the start date it read, before anything is sent.
+    assert!(stdout.contains("start dates: all 2020-01-15"), "{stdout}");
     let (stdout, stderr) = output_text(&load);
     assert_eq!(load.status.code(), Some(0), "{stdout}\n{stderr}");
     let registered: Vec<(String, String)> = mock

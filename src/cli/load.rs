@@ -260,6 +260,23 @@ pub fn plan_text(s: &PlanSummary) -> String {
             100.0 * b.bytes as f64 / plan.max_batch_bytes as f64
         );
     }
+    let dates = &plan.start_dates;
+    match (dates.earliest, dates.latest) {
+        (Some(a), Some(b)) if a == b => {
+            let _ = writeln!(out, "  start dates: all {a}");
+        }
+        (Some(a), Some(b)) => {
+            let _ = writeln!(out, "  start dates: {a} to {b}");
+        }
+        _ => {}
+    }
+    if dates.undated > 0 {
+        let _ = writeln!(
+            out,
+            "  without a start date: {} (KFR gives them the day it ingests them)",
+            num(dates.undated)
+        );
+    }
     let _ = writeln!(
         out,
         "  expected ingestion at {}/s: {}",

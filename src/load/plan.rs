@@ -56,6 +56,18 @@ pub struct Plan {
     /// Most relationships registered in one day, and whether that needs telling Bits.
     pub peak_per_day: u64,
     pub notify_bits: bool,
+    /// The start dates the batches carry, so the operator can see them before anything is sent
+    /// (a wrong date column shows up here as a surprising range).
+    pub start_dates: StartDates,
+}
+
+/// The range of start dates in a plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StartDates {
+    pub earliest: Option<chrono::NaiveDate>,
+    pub latest: Option<chrono::NaiveDate>,
+    /// Entries without a start date: KFR gives them the day it ingests them.
+    pub undated: u64,
 }
 
 /// Plans `entries` (already sorted and unique) into batches.
@@ -87,7 +99,15 @@ pub fn plan(
             day,
         });
     };
+    let mut start_dates = StartDates::default();
     for (i, e) in entries.iter().enumerate() {
+        match e.start() {
+            Some(d) => {
+                start_dates.earliest = Some(start_dates.earliest.map_or(d, |x| x.min(d)));
+                start_dates.latest = Some(start_dates.latest.map_or(d, |x| x.max(d)));
+            }
+            None => start_dates.undated += 1,
+        }
         let len = e.encoded_len();
         let day_full = max_per_day.is_some_and(|m| day_used + count as u64 >= m);
         if count > 0 && (day_full || size(count + 1, entry_bytes + len) > max_batch_bytes) {
@@ -126,6 +146,7 @@ pub fn plan(
         None => total.min(u64::from(ingest_rate) * 86_400),
     };
     Plan {
+        start_dates,
         max_batch_bytes,
         ingest_rate,
         max_per_day,
