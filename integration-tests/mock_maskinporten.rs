@@ -687,9 +687,9 @@ async fn admin_state_counts_by_mp_code_and_reset_zeroes() {
 
 #[tokio::test]
 async fn verify_access_token_accepts_issued_tokens_and_rejects_forged_and_expired() {
-    let mock = start(|c| c.token_lifetime_secs = 2).await;
+    let mock = start(|c| c.token_lifetime_secs = 60).await;
     let a = send_with(&mock, |_, _| {}).await;
-    assert_eq!(a.body["expires_in"], 2);
+    assert_eq!(a.body["expires_in"], 60);
     let token = a.body["access_token"].as_str().unwrap().to_string();
     let state = mock.state();
     let claims = state.verify_access_token(&token).expect("issued token verifies");
@@ -721,18 +721,13 @@ async fn verify_access_token_accepts_issued_tokens_and_rejects_forged_and_expire
     ));
 
     // Expired at the mock's clock: move the clock instead of sleeping.
-    state.set_clock_skew_secs(3);
+    state.set_clock_skew_secs(61);
     assert!(matches!(
         state.verify_access_token(&token),
         Err(TokenRejection::Expired { .. })
     ));
     state.set_clock_skew_secs(0);
-    // And with real time passing (lifetime 2 s).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(matches!(
-        state.verify_access_token(&token),
-        Err(TokenRejection::Expired { .. })
-    ));
+    assert!(state.verify_access_token(&token).is_ok(), "valid again on the real clock");
 }
 
 /// `kfr mock` as a command: bad flags exit 2, a good start logs the URL, serves, and stops
