@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const ORG: &str = "916960190";
 const CLIENT: &str = "0f6c8e5a-7c1d-4a4b-9a57-2e3b1c9d8f10";
@@ -727,7 +727,10 @@ async fn verify_access_token_accepts_issued_tokens_and_rejects_forged_and_expire
         Err(TokenRejection::Expired { .. })
     ));
     state.set_clock_skew_secs(0);
-    assert!(state.verify_access_token(&token).is_ok(), "valid again on the real clock");
+    assert!(
+        state.verify_access_token(&token).is_ok(),
+        "valid again on the real clock"
+    );
 }
 
 /// `kfr mock` as a command: bad flags exit 2, a good start logs the URL, serves, and stops

@@ -7,6 +7,7 @@
 //! a bad request once and record KFR's answer (kfr-notes §8).
 
 use super::cases::Operation;
+use crate::ids::scrub;
 use crate::kfr::batch::RELATIONSHIP_TYPE;
 use url::Url;
 
@@ -121,31 +122,6 @@ impl Wire {
             error_message,
         })
     }
-}
-
-/// Masks every run of 11 digits (a possible person number) in text from the server before it
-/// goes into a report; the mock masks already, the real KFR is not documented to.
-pub(crate) fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() == 11 {
-            out.push_str(&crate::ids::mask(run));
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 /// A batch body built from raw entry texts, for `request` steps that must send what the batch

@@ -19,7 +19,7 @@ mod pseudonym;
 mod rules;
 
 pub use error::IdError;
-pub use mask::mask;
+pub use mask::{mask, scrub};
 pub use pseudonym::{PseudonymKeyError, Pseudonymizer, install_pseudonymizer};
 
 use std::cmp::Ordering;

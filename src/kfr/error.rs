@@ -8,7 +8,7 @@
 
 use super::verdict::{Scope, Verdict, VerdictClass, token_class};
 use crate::error::Hinted;
-use crate::ids::mask;
+use crate::ids::scrub;
 use crate::maskinporten::TokenError;
 use std::time::Duration;
 use uuid::Uuid;
@@ -137,31 +137,6 @@ impl KfrError {
             KfrError::Token(_) | KfrError::BatchTooLarge { .. } => None,
         }
     }
-}
-
-/// Server text with every run of nine or more digits passed through [`mask`]: a person's
-/// number (11 digits) is never shown in full, an organisation number stays readable.
-pub fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.chars().count() >= 9 {
-            out.push_str(&mask(run));
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_numeric() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 /// Decodes an error body: the KFR shape, the gateway shape, or neither (kept as text, cut to
