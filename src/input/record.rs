@@ -281,6 +281,13 @@ mod tests {
         assert_eq!(verdict(&mut f, b"15108695088,"), Ok(("15108695088".into(), None, None)));
         assert_eq!(verdict(&mut f, b",2020-01-15"), Err("missing_id"));
         assert_eq!(verdict(&mut f, b"\"1510,8695088\""), Err("not_digit"));
+        // A quote after the separator leaves the one-scan path; the verdicts stay the same.
+        assert_eq!(
+            verdict(&mut f, b"15108695088,\"15.01.2020\""),
+            Ok(("15108695088".into(), Some("2020-01-15".into()), None))
+        );
+        assert_eq!(verdict(&mut f, b"15108695088,2020-01-15,\"x\""), Err("too_many_fields"));
+        assert_eq!(verdict(&mut f, b"15108695088,\"2020-01-15,x\""), Err("bad_start_date"));
     }
 
     #[test]
