@@ -258,7 +258,11 @@ pub fn parse_date(field: &[u8]) -> Option<NaiveDate> {
 /// they are reported at their position like any other non-digit, without requiring the field to
 /// be UTF-8 first.
 pub fn parse_id(field: &[u8], policy: &IdPolicy) -> Result<CustomerId, IdError> {
-    CustomerId::parse(&String::from_utf8_lossy(field), policy)
+    match std::str::from_utf8(field) {
+        Ok(text) => CustomerId::parse(text, policy),
+        // Not UTF-8: the replacement character sits where the first bad byte was.
+        Err(_) => CustomerId::parse(&String::from_utf8_lossy(field), policy),
+    }
 }
 
 #[cfg(test)]
