@@ -199,7 +199,7 @@ pub struct LookupArgs {
 pub struct ValidateArgs {
     /// Identifiers to validate.
     pub ids: Vec<String>,
-    /// A file with one identifier per line.
+    /// A file in any format `kfr load` reads (`-` for standard input), checked line by line.
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Machine-readable output (JSON on stdout).
