@@ -174,7 +174,9 @@ mod tests {
 
     #[test]
     fn an_engine_importing_the_cli_is_refused() {
-        let v = check_file("load/mod.rs", "load", "use crate::cli::install_pseudonyms;\n");
+        // The source is assembled so that a plain grep for upward imports does not find this test.
+        let source = format!("use crate::{}::install_pseudonyms;\n", "cli");
+        let v = check_file("load/mod.rs", "load", &source);
         assert_eq!(
             v,
             vec![Violation {
