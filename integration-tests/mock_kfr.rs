@@ -174,7 +174,7 @@ impl Kfr {
     async fn send(&self, r: Req<'_>) -> Answer {
         let mut b = self
             .http
-            .request(r.method, format!("{}{}", self.mock.kfr_base_url(), r.path))
+            .request(r.method.clone(), format!("{}{}", self.mock.kfr_base_url(), r.path))
             .query(&r.query);
         if let Some(t) = r.token {
             b = b.bearer_auth(t);
@@ -187,6 +187,9 @@ impl Kfr {
         }
         if let Some((ct, body)) = r.body {
             b = b.header(reqwest::header::CONTENT_TYPE, ct).body(body);
+        } else if r.method != Method::GET {
+            // What a correct client sends on a bodiless write (the mock answers 411 otherwise).
+            b = b.header(reqwest::header::CONTENT_LENGTH, "0");
         }
         let resp = b.send().await.unwrap();
         let status = resp.status();
@@ -840,6 +843,7 @@ async fn injected_timeouts_hold_the_request_until_the_client_gives_up() {
         .bearer_auth(&k.token)
         .header("CustomerID", PERSON)
         .header("CorrelationID", CORRELATION)
+        .header(reqwest::header::CONTENT_LENGTH, "0")
         .send()
         .await
         .unwrap_err();

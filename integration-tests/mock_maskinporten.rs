@@ -587,7 +587,10 @@ async fn scopes_must_be_requested_and_granted_mp200_mp201() {
 
 #[tokio::test]
 async fn consumer_org_makes_the_certificate_org_the_supplier() {
-    let mock = start(|_| {}).await;
+    let mock = start(|c| {
+        c.delegations = vec![kfr::mock::Delegation::parse(&format!("999999999={ORG}")).unwrap()];
+    })
+    .await;
     let a = send_with(&mock, |_, c| c["consumer_org"] = json!("999999999")).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let token = a.body["access_token"].as_str().unwrap();

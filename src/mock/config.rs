@@ -62,6 +62,12 @@ pub struct MockFlags {
     #[arg(long = "client", value_name = "ID=SCOPE[,SCOPE...][@ORGNR]")]
     pub clients: Vec<String>,
 
+    /// A delegation declared in Altinn (repeatable): CONSUMER lets SUPPLIER (the certificate's
+    /// org.nr) use SCOPE on its behalf (default bits:kundeforhold.write). A grant with
+    /// `consumer_org` needs one (MP-251).
+    #[arg(long = "delegation", value_name = "CONSUMER=SUPPLIER[:SCOPE]")]
+    pub delegations: Vec<String>,
+
     /// Which identifier policy the fake KFR applies (KFR-005): `test` also accepts synthetic
     /// identities (Tenor +80, 2/3-prefixed organisations), `prod` only real ones.
     #[arg(long = "env", value_name = "ENV", value_enum, default_value_t = MockEnv::Test)]
@@ -167,6 +173,43 @@ pub struct MockClient {
     pub owner_org: Option<String>,
 }
 
+/// A delegation as Altinn would hold it: `consumer` lets `supplier` use `scope` for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Delegation {
+    pub consumer: String,
+    pub supplier: String,
+    pub scope: String,
+}
+
+impl Delegation {
+    /// Parses `CONSUMER=SUPPLIER[:SCOPE]` (the `--delegation` flag and `POST /_mock/faults`).
+    pub fn parse(spec: &str) -> Result<Self, UsageError> {
+        let bad = |why: &str| {
+            UsageError::new(format!("--delegation {spec:?}: {why}"))
+                .with_hint("expected CONSUMER=SUPPLIER[:SCOPE], e.g. 910000000=916960190:bits:kundeforhold.write")
+        };
+        let (consumer, rest) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+        let (supplier, scope) = match rest.split_once(':') {
+            Some((supplier, scope)) => (supplier, scope),
+            None => (rest, DEFAULT_SCOPE),
+        };
+        if !is_org_number(consumer) || !is_org_number(supplier) {
+            return Err(bad("consumer and supplier must be 9-digit org.nrs"));
+        }
+        if consumer == supplier {
+            return Err(bad("an organisation cannot delegate to itself"));
+        }
+        if scope.is_empty() || scope.contains(char::is_whitespace) {
+            return Err(bad("the scope must be non-empty without spaces"));
+        }
+        Ok(Self {
+            consumer: consumer.to_string(),
+            supplier: supplier.to_string(),
+            scope: scope.to_string(),
+        })
+    }
+}
+
 /// Everything [`super::MockServer::start`] needs.
 #[derive(Debug, Clone)]
 pub struct MockConfig {
@@ -186,6 +229,8 @@ pub struct MockConfig {
     pub token_fail_first: u32,
     /// `None`: any client id exists and is granted [`DEFAULT_SCOPE`].
     pub clients: Option<BTreeMap<String, MockClient>>,
+    /// Delegations the fake Maskinporten knows (`consumer_org` needs one); changeable at runtime.
+    pub delegations: Vec<Delegation>,
     /// Identifier policy of the fake KFR.
     pub env: MockEnv,
     /// Relationships ingested per second from accepted batches (at least 1).
@@ -212,6 +257,7 @@ impl MockConfig {
             token_fail_rate: 0.0,
             token_fail_first: 0,
             clients: None,
+            delegations: Vec::new(),
             env: MockEnv::Test,
             ingest_rate: DEFAULT_INGEST_RATE,
             max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
@@ -246,6 +292,11 @@ impl MockConfig {
             }
             Some(map)
         };
+        let delegations = flags
+            .delegations
+            .iter()
+            .map(|d| Delegation::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let kfr_faults = KfrFaults {
             error_rate: flags.error_rate,
             rate_limit_rate: flags.rate_limit_rate,
@@ -267,6 +318,7 @@ impl MockConfig {
             token_fail_rate: flags.token_fail_rate,
             token_fail_first: flags.token_fail_first,
             clients,
+            delegations,
             env: flags.env,
             ingest_rate: flags.ingest_rate,
             max_batch_bytes: flags.max_batch_bytes,
@@ -419,6 +471,7 @@ mod tests {
             token_fail_rate: 0.0,
             token_fail_first: 0,
             clients: vec![],
+            delegations: vec![],
             env: MockEnv::Test,
             ingest_rate: 250,
             max_batch_bytes: 10_000_000,

@@ -188,7 +188,11 @@ fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> 
         claims["supplier"] = iso6523(&grant.cert_org);
     }
     if let Some(resource) = grant.resource {
-        claims["aud"] = resource;
+        // One audience is a string in the token, several an array (RFC 7519 §4.1.3).
+        claims["aud"] = match resource {
+            Value::Array(mut rs) if rs.len() == 1 => rs.remove(0),
+            other => other,
+        };
     }
     Ok(Issued {
         access_token: mp.key.sign_jwt(&claims),
@@ -504,7 +508,8 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
 
     let resource = match claims.get("resource") {
         None => None,
-        Some(Value::String(r)) if !r.is_empty() => Some(Value::String(r.clone())),
+        // Digdir documents `resource` as an array; a bare string is refused (stricter than a
+        // server that might coerce it, so a client sending one is caught here).
         Some(Value::Array(rs)) if !rs.is_empty() && rs.iter().all(|r| r.as_str().is_some_and(|r| !r.is_empty())) => {
             Some(Value::Array(rs.clone()))
         }
@@ -512,7 +517,7 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
             return Err(Refusal::grant(
                 "MP-002",
                 format!(
-                    "resource must be a string or an array of strings, got {}",
+                    "resource must be a non-empty JSON array of non-empty strings, got {}",
                     describe(Some(other))
                 ),
             ));
@@ -531,6 +536,27 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
             ));
         }
     };
+
+    // Delegation (Digdir: a supplier acts for a consumer only through a delegation in Altinn).
+    // Acting for oneself is not a delegation, and Maskinporten refuses it the same way.
+    if let Some(consumer) = &consumer_org {
+        if *consumer == cert_org {
+            return Err(Refusal::grant(
+                "MP-251",
+                format!(
+                    "consumer_org {consumer} is the certificate's own organisation; leave consumer_org out to act for yourself"
+                ),
+            ));
+        }
+        if let Some(scope) = scopes.iter().find(|s| !state.is_delegated(consumer, &cert_org, s)) {
+            return Err(Refusal::grant(
+                "MP-251",
+                format!(
+                    "consumer {consumer} has not delegated scope {scope} to supplier {cert_org} (no delegation in Altinn)"
+                ),
+            ));
+        }
+    }
 
     Ok(Grant {
         client_id,
@@ -767,6 +793,8 @@ impl SigningKey {
 pub struct AccessClaims {
     /// The org.nr the token was issued to (`consumer`), 9 digits.
     pub consumer_org: String,
+    /// The certificate holder acting for `consumer_org` (`supplier`), when the token is delegated.
+    pub supplier_org: Option<String>,
     pub scope: Vec<String>,
     pub client_id: String,
     pub exp: i64,
@@ -830,6 +858,16 @@ impl MockState {
             .and_then(|id| id.strip_prefix("0192:"))
             .ok_or(TokenRejection::Malformed("consumer"))?
             .to_string();
+        let supplier_org = match claims.get("supplier") {
+            None => None,
+            Some(s) => Some(
+                s.get("ID")
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.strip_prefix("0192:"))
+                    .ok_or(TokenRejection::Malformed("supplier"))?
+                    .to_string(),
+            ),
+        };
         let scope = claims
             .get("scope")
             .and_then(Value::as_str)
@@ -844,6 +882,7 @@ impl MockState {
             .to_string();
         Ok(AccessClaims {
             consumer_org,
+            supplier_org,
             scope,
             client_id,
             exp,

@@ -5,7 +5,7 @@
 //! to [`MaskinportenState`]; the clock and the admin surface stay shared so that a skewed clock
 //! affects token issuance, token checking and the fake KFR's "today" alike.
 
-use super::config::{KfrFaults, MockClient, MockConfig, MockEnv};
+use super::config::{Delegation, KfrFaults, MockClient, MockConfig, MockEnv};
 use super::maskinporten::SigningKey;
 use super::register::{Register, RelationshipRow};
 use crate::ids::IdPolicy;
@@ -87,6 +87,9 @@ pub struct MaskinportenState {
     /// state free of borrowed data).
     pub(crate) trusted_ca_der: Vec<Vec<u8>>,
     pub(crate) clients: Option<BTreeMap<String, MockClient>>,
+    /// Delegations declared "in Altinn": `consumer_org` in a grant needs one (MP-251), and the
+    /// fake KFR serves a delegated token only while its delegation stands.
+    pub(crate) delegations: Mutex<Vec<Delegation>>,
     pub(crate) key: SigningKey,
     pub(crate) faults: Mutex<TokenFaults>,
     pub(crate) stats: TokenStats,
@@ -176,6 +179,7 @@ impl MockState {
                 token_lifetime_secs: cfg.token_lifetime_secs,
                 trusted_ca_der: cfg.trusted_ca_der,
                 clients: cfg.clients,
+                delegations: Mutex::new(cfg.delegations),
                 key: SigningKey::generate()?,
                 faults: Mutex::new(TokenFaults {
                     latency_ms: cfg.token_latency_ms,
@@ -220,6 +224,24 @@ impl MockState {
 
     pub fn set_clock_skew_secs(&self, secs: i64) {
         self.clock.skew_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// The declared delegations.
+    pub fn delegations(&self) -> Vec<Delegation> {
+        lock(&self.mp.delegations).clone()
+    }
+
+    /// Replaces the declared delegations (a revoked one also stops the fake KFR serving tokens
+    /// issued under it).
+    pub fn set_delegations(&self, delegations: Vec<Delegation>) {
+        *lock(&self.mp.delegations) = delegations;
+    }
+
+    /// Whether `consumer` has delegated `scope` to `supplier`.
+    pub(crate) fn is_delegated(&self, consumer: &str, supplier: &str, scope: &str) -> bool {
+        lock(&self.mp.delegations)
+            .iter()
+            .any(|d| d.consumer == consumer && d.supplier == supplier && d.scope == scope)
     }
 
     pub fn token_faults(&self) -> TokenFaults {
@@ -364,6 +386,7 @@ impl MockState {
             token_lifetime_secs: self.mp.token_lifetime_secs,
             faults: self.token_faults(),
             clients: self.mp.clients.as_ref().map(|c| c.keys().cloned().collect()),
+            delegations: self.delegations(),
         };
         let kfr = self.kfr_snapshot();
         StateSnapshot {
@@ -443,6 +466,8 @@ pub struct MaskinportenSnapshot {
     pub faults: TokenFaults,
     /// Known client ids; `null` when any client id is accepted.
     pub clients: Option<Vec<String>>,
+    /// Declared delegations (`consumer_org` needs one).
+    pub delegations: Vec<Delegation>,
 }
 
 #[cfg(test)]
