@@ -506,6 +506,7 @@ async fn token_without_the_write_scope_is_403_kfr_002() {
             MockClient {
                 scopes: vec!["bits:kundeforhold.write".into(), "bits:kundeforhold.read".into()],
                 owner_org: None,
+                ..Default::default()
             },
         )]));
     })

@@ -165,13 +165,33 @@ impl KfrFaults {
 }
 
 /// A client registered with the fake Maskinporten.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MockClient {
     /// Scopes the client may request.
     pub scopes: Vec<String>,
     /// When set, the business certificate's org.nr must equal it (MP-122).
     pub owner_org: Option<String>,
+    /// How the client proves itself. Digdir fixes this per client: a business-certificate client
+    /// sends `x5c`, a key client `kid`, and the other header is refused.
+    pub keys: ClientKeys,
+    /// `expires_in` of this client's tokens (1..=7200 s); `None`: the server's default. The API
+    /// owner sets it per scope at Digdir, so a client must read it, never assume it.
+    pub expires_in: Option<u64>,
 }
+
+/// The key mode of a registered client.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientKeys {
+    /// A business-certificate (`x5c`) client: the default, and what KFR's onboarding uses.
+    #[default]
+    Certificate,
+    /// A client with pre-registered keys: `kid` → DER of a certificate holding the public key.
+    /// The certificate is only a key container here; the registration is what is trusted.
+    Keys(BTreeMap<String, Vec<u8>>),
+}
+
+/// Longest token lifetime a client may be given (Digdir's self-service allows up to two hours).
+pub const MAX_EXPIRES_IN_SECS: u64 = 7200;
 
 /// A delegation as Altinn would hold it: `consumer` lets `supplier` use `scope` for it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -415,7 +435,14 @@ fn parse_client(spec: &str) -> Result<(String, MockClient), UsageError> {
     if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
         return Err(bad("scopes must be non-empty and contain no spaces"));
     }
-    Ok((id.to_string(), MockClient { scopes, owner_org }))
+    Ok((
+        id.to_string(),
+        MockClient {
+            scopes,
+            owner_org,
+            ..MockClient::default()
+        },
+    ))
 }
 
 /// Nine ASCII digits: the shape of an organisasjonsnummer. The checksum is deliberately not

@@ -27,7 +27,8 @@ mod register;
 mod state;
 
 pub use config::{
-    DEFAULT_INGEST_RATE, DEFAULT_SCOPE, Delegation, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags, OTHER_SCOPE,
+    ClientKeys, DEFAULT_INGEST_RATE, DEFAULT_SCOPE, Delegation, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags,
+    OTHER_SCOPE,
 };
 pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};

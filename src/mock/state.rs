@@ -163,6 +163,15 @@ impl MockState {
             super::config::check_issuer(issuer)?;
         }
         super::config::check_fail_rate(cfg.token_fail_rate)?;
+        for (id, client) in cfg.clients.iter().flatten() {
+            if let Some(secs) = client.expires_in {
+                anyhow::ensure!(
+                    (1..=super::config::MAX_EXPIRES_IN_SECS).contains(&secs),
+                    "client {id:?}: expires_in {secs} must be between 1 and {}",
+                    super::config::MAX_EXPIRES_IN_SECS
+                );
+            }
+        }
         cfg.kfr_faults.check()?;
         super::config::check_ingest_rate(cfg.ingest_rate)?;
         anyhow::ensure!(cfg.max_batch_bytes > 0, "max_batch_bytes must be at least 1");
