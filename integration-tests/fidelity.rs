@@ -448,3 +448,134 @@ async fn the_faq_batch_example_with_its_blank_line_is_accepted() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["errorCode"], "KFR-009");
 }
+
+// ---- Item 6: errors that tell the truth -------------------------------------------------
+
+#[tokio::test]
+async fn a_scope_bits_has_not_given_the_institution_is_mp250_and_the_hint_says_ask_bits() {
+    let mock = util::start_mock(|c| {
+        c.scope_access.insert(WRITE.into(), vec![CONSUMER.into()]);
+    })
+    .await;
+    let err = util::token_client(&mock, |_| {}).token().await.unwrap_err();
+    assert_refused(&err, "invalid_scope", "MP-250");
+    let hint = kfr::error::Hinted::hint(&err).unwrap();
+    assert!(hint.contains("ask Bits"), "{hint}");
+    // MP-200 (not on the client) points at the self-service instead.
+    let mock = util::start_mock(|c| {
+        c.clients = Some(std::collections::BTreeMap::from([(
+            util::CLIENT_ID.to_string(),
+            kfr::mock::MockClient {
+                scopes: vec!["kfr-mock:other".into()],
+                ..Default::default()
+            },
+        )]));
+    })
+    .await;
+    let err = util::token_client(&mock, |_| {}).token().await.unwrap_err();
+    assert_refused(&err, "invalid_scope", "MP-200");
+    assert!(kfr::error::Hinted::hint(&err).unwrap().contains("self-service"));
+}
+
+/// A Maskinporten stand-in whose token endpoint answers a fixed refusal until a grant's `iat`
+/// matches its clock, which runs `skew` seconds off the real one (discovery answers with the
+/// real time, so the skew is first seen on the refusal).
+async fn scripted_maskinporten(skew: i64, refusal: Value) -> (url::Url, Arc<Mutex<Vec<i64>>>) {
+    scripted_maskinporten_with(skew, refusal, true).await
+}
+
+/// As [`scripted_maskinporten`]; with `accept` false every grant is refused.
+async fn scripted_maskinporten_with(skew: i64, refusal: Value, accept: bool) -> (url::Url, Arc<Mutex<Vec<i64>>>) {
+    let iats = Arc::new(Mutex::new(Vec::new()));
+    let seen = iats.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let issuer = format!("{base}/maskinporten/");
+    let meta = json!({ "issuer": issuer, "token_endpoint": format!("{base}/maskinporten/token") });
+    let app = axum::Router::new()
+        .route(
+            "/maskinporten/.well-known/oauth-authorization-server",
+            axum::routing::get(move || async move { axum::Json(meta) }),
+        )
+        .route(
+            "/maskinporten/token",
+            axum::routing::post(move |body: String| {
+                let seen = seen.clone();
+                let refusal = refusal.clone();
+                async move {
+                    let assertion = url::form_urlencoded::parse(body.as_bytes())
+                        .find(|(k, _)| k == "assertion")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap();
+                    let iat = claims_of(&assertion)["iat"].as_i64().unwrap();
+                    seen.lock().unwrap().push(iat);
+                    let server_now = chrono::Utc::now().timestamp() + skew;
+                    let date = httpdate::fmt_http_date(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(server_now as u64),
+                    );
+                    let headers = [(axum::http::header::DATE, date)];
+                    if accept && (iat - server_now).abs() < 10 {
+                        let ok = json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 120, "scope": WRITE});
+                        (AxStatus::OK, headers, axum::Json(ok))
+                    } else {
+                        (AxStatus::BAD_REQUEST, headers, axum::Json(refusal))
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url::Url::parse(&issuer).unwrap(), iats)
+}
+
+fn scripted_client(issuer: url::Url) -> TokenClient {
+    let cfg = kfr::maskinporten::TokenClientConfig {
+        env: kfr::config::Environment::Local,
+        issuer,
+        client_id: util::CLIENT_ID.into(),
+        default_request: kfr::maskinporten::TokenRequest {
+            scope: WRITE.into(),
+            consumer_org: None,
+            resource: None,
+        },
+        x5c: kfr::config::X5cMode::Leaf,
+        kid: None,
+        refresh_ahead: std::time::Duration::from_secs(30),
+        retry: RetryPolicy::immediate(4),
+    };
+    TokenClient::new(reqwest::Client::new(), util::credential(&util::pki().client), cfg)
+}
+
+#[tokio::test]
+async fn an_uncoded_clock_refusal_is_retried_with_the_measured_offset() {
+    // Worded like Maskinporten's refusal of a grant from the future, without an MP-code.
+    let refusal = json!({"error": "invalid_grant", "error_description": "Issue time is after now"});
+    let (issuer, iats) = scripted_maskinporten(-60, refusal).await;
+    let token = scripted_client(issuer).token().await.unwrap();
+    assert_eq!(token.scope, WRITE);
+    let iats = iats.lock().unwrap().clone();
+    assert_eq!(iats.len(), 2, "one refusal, one corrected grant: {iats:?}");
+    assert!((iats[0] - iats[1] - 60).abs() <= 2, "{iats:?}");
+
+    // A bare invalid_grant with a fresh offset of 10 s or more is taken as a clock refusal too.
+    let (issuer, iats) = scripted_maskinporten(30, json!({"error": "invalid_grant"})).await;
+    scripted_client(issuer).token().await.unwrap();
+    assert_eq!(iats.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refusal_without_a_clock_cause_is_final_and_shows_its_error_uri() {
+    let refusal = json!({
+        "error": "invalid_grant",
+        "error_description": "certificate not valid",
+        "error_uri": "https://docs.example/errors/certificate"
+    });
+    // The clocks agree, so nothing suggests a time problem: one request, then the error.
+    let (issuer, iats) = scripted_maskinporten_with(0, refusal, false).await;
+    let err = scripted_client(issuer).token().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("(see https://docs.example/errors/certificate)"),
+        "{err}"
+    );
+    assert_eq!(iats.lock().unwrap().len(), 1);
+}

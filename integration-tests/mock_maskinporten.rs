@@ -566,7 +566,7 @@ async fn certificate_org_must_own_the_client_mp122() {
 }
 
 #[tokio::test]
-async fn scopes_must_be_requested_and_granted_mp200_mp201() {
+async fn scopes_must_be_requested_and_registered_mp004_mp200() {
     let mock = start(|_| {}).await;
     let a = send_with(&mock, |_, c| c["scope"] = json!("bits:kundeforhold")).await;
     assert!(assert_refused(&a, "invalid_scope", "MP-200").contains("bits:kundeforhold"));
@@ -574,7 +574,8 @@ async fn scopes_must_be_requested_and_granted_mp200_mp201() {
         c.as_object_mut().unwrap().remove("scope");
     })
     .await;
-    assert_refused(&a, "invalid_scope", "MP-201");
+    // The mock's own code: Digdir's MP-201 is about the client's integration type.
+    assert_refused(&a, "invalid_scope", "MP-004");
 
     // A configured client gets exactly its scopes, several at once included.
     let mock = start(|c| c.clients = one_client(&[WRITE, "bits:other"], None)).await;

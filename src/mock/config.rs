@@ -68,6 +68,11 @@ pub struct MockFlags {
     #[arg(long = "delegation", value_name = "CONSUMER=SUPPLIER[:SCOPE]")]
     pub delegations: Vec<String>,
 
+    /// The organisations the API owner (Bits) has given a scope to (repeatable). Once a scope is
+    /// named here, a token for it goes only to these organisations; others get MP-250.
+    #[arg(long = "scope-access", value_name = "SCOPE=ORGNR[,ORGNR...]")]
+    pub scope_access: Vec<String>,
+
     /// Which identifier policy the fake KFR applies (KFR-005): `test` also accepts synthetic
     /// identities (Tenor +80, 2/3-prefixed organisations), `prod` only real ones.
     #[arg(long = "env", value_name = "ENV", value_enum, default_value_t = MockEnv::Test)]
@@ -251,6 +256,9 @@ pub struct MockConfig {
     pub clients: Option<BTreeMap<String, MockClient>>,
     /// Delegations the fake Maskinporten knows (`consumer_org` needs one); changeable at runtime.
     pub delegations: Vec<Delegation>,
+    /// Scope → organisations the API owner granted it to. A scope not named here is open to
+    /// every organisation (the default, so the mock works out of the box).
+    pub scope_access: BTreeMap<String, Vec<String>>,
     /// Identifier policy of the fake KFR.
     pub env: MockEnv,
     /// Relationships ingested per second from accepted batches (at least 1).
@@ -278,6 +286,7 @@ impl MockConfig {
             token_fail_first: 0,
             clients: None,
             delegations: Vec::new(),
+            scope_access: BTreeMap::new(),
             env: MockEnv::Test,
             ingest_rate: DEFAULT_INGEST_RATE,
             max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
@@ -317,6 +326,11 @@ impl MockConfig {
             .iter()
             .map(|d| Delegation::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut scope_access = BTreeMap::new();
+        for spec in &flags.scope_access {
+            let (scope, orgs) = parse_scope_access(spec)?;
+            scope_access.entry(scope).or_insert_with(Vec::new).extend(orgs);
+        }
         let kfr_faults = KfrFaults {
             error_rate: flags.error_rate,
             rate_limit_rate: flags.rate_limit_rate,
@@ -339,6 +353,7 @@ impl MockConfig {
             token_fail_first: flags.token_fail_first,
             clients,
             delegations,
+            scope_access,
             env: flags.env,
             ingest_rate: flags.ingest_rate,
             max_batch_bytes: flags.max_batch_bytes,
@@ -445,6 +460,23 @@ fn parse_client(spec: &str) -> Result<(String, MockClient), UsageError> {
     ))
 }
 
+/// Parses `SCOPE=ORGNR[,ORGNR...]`.
+fn parse_scope_access(spec: &str) -> Result<(String, Vec<String>), UsageError> {
+    let bad = |why: &str| {
+        UsageError::new(format!("--scope-access {spec:?}: {why}"))
+            .with_hint("expected SCOPE=ORGNR[,ORGNR...], e.g. bits:kundeforhold.write=916960190")
+    };
+    let (scope, orgs) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+    if scope.is_empty() || scope.contains(char::is_whitespace) {
+        return Err(bad("the scope must be non-empty without spaces"));
+    }
+    let orgs: Vec<String> = orgs.split(',').map(str::to_string).collect();
+    if !orgs.iter().all(|o| is_org_number(o)) {
+        return Err(bad("organisations must be 9-digit org.nrs"));
+    }
+    Ok((scope.to_string(), orgs))
+}
+
 /// Nine ASCII digits: the shape of an organisasjonsnummer. The checksum is deliberately not
 /// enforced here; validating identifiers is `crate::ids`' job (kfr-notes §7).
 pub(crate) fn is_org_number(s: &str) -> bool {
@@ -499,6 +531,7 @@ mod tests {
             token_fail_first: 0,
             clients: vec![],
             delegations: vec![],
+            scope_access: vec![],
             env: MockEnv::Test,
             ingest_rate: 250,
             max_batch_bytes: 10_000_000,

@@ -538,9 +538,10 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         _ => Vec::new(),
     };
     if scopes.is_empty() {
+        // The mock's own code: Digdir's MP-201 means something else (the integration type).
         return Err(Refusal::new(
             "invalid_scope",
-            "MP-201",
+            "MP-004",
             "scope is missing: request at least one scope as a space-separated string",
         ));
     }
@@ -557,7 +558,10 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         return Err(Refusal::new(
             "invalid_scope",
             "MP-200",
-            format!("scope {} is not granted to client {client_id:?}", refused.join(" ")),
+            format!(
+                "scope {} is not registered on client {client_id:?} (add it in the self-service)",
+                refused.join(" ")
+            ),
         ));
     }
 
@@ -611,6 +615,21 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
                 ),
             ));
         }
+    }
+
+    // The API owner (Bits) gives a scope to organisations; the organisation the token is for
+    // must have it, whoever signs.
+    let acting_for = consumer_org.as_deref().unwrap_or(&cert_org);
+    if let Some(scope) = scopes.iter().find(|s| {
+        mp.scope_access
+            .get(s.as_str())
+            .is_some_and(|orgs| !orgs.iter().any(|o| o == acting_for))
+    }) {
+        return Err(Refusal::new(
+            "invalid_scope",
+            "MP-250",
+            format!("the API owner has not given scope {scope} to organisation {acting_for}"),
+        ));
     }
 
     Ok(Grant {
@@ -968,7 +987,9 @@ mod tests {
         // '-' and '_' belong to base64url only; a missing '=' is not canonical base64.
         assert!(parse_x5c(&json!(["ab-_"])).is_err());
         assert!(parse_x5c(&json!(["YWI"])).is_err());
-        assert_eq!(parse_x5c(&json!(["YWI="])).unwrap()[0].as_ref(), b"ab");
+        // Good base64 that is not a certificate is refused too, at any position.
+        let e = parse_x5c(&json!(["YWI="])).unwrap_err();
+        assert!(e.description.contains("x5c[0] is not a DER X.509 certificate"), "{e:?}");
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct MaskinportenState {
     /// Delegations declared "in Altinn": `consumer_org` in a grant needs one (MP-251), and the
     /// fake KFR serves a delegated token only while its delegation stands.
     pub(crate) delegations: Mutex<Vec<Delegation>>,
+    /// Scope → organisations the API owner gave it to (MP-250); unnamed scopes are open.
+    pub(crate) scope_access: BTreeMap<String, Vec<String>>,
     pub(crate) key: SigningKey,
     pub(crate) faults: Mutex<TokenFaults>,
     pub(crate) stats: TokenStats,
@@ -189,6 +191,7 @@ impl MockState {
                 trusted_ca_der: cfg.trusted_ca_der,
                 clients: cfg.clients,
                 delegations: Mutex::new(cfg.delegations),
+                scope_access: cfg.scope_access,
                 key: SigningKey::generate()?,
                 faults: Mutex::new(TokenFaults {
                     latency_ms: cfg.token_latency_ms,
