@@ -309,12 +309,15 @@ async fn kfr_request(
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// Path, headers, and the error code expected.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test]
 async fn correlation_id_only_in_the_hyphenated_form_and_headers_only_once() {
     let mock = util::start_mock(|_| {}).await;
     let add = format!("/customers/financialInstitutions/{ORG}/relationshipType/DSOPBANK");
     let lookup = format!("/customers/financialInstitutions/{ORG}/");
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    let cases: [Case; 5] = [
         // uuid's other spellings: simple, braced, URN.
         (
             &add,
@@ -578,4 +581,50 @@ async fn a_refusal_without_a_clock_cause_is_final_and_shows_its_error_uri() {
         "{err}"
     );
     assert_eq!(iats.lock().unwrap().len(), 1);
+}
+
+// ---- Item 7: Norwegian days -------------------------------------------------------------
+
+/// The mock's clock set to 23:30 UTC (the next such instant): in Oslo it is already tomorrow,
+/// whichever the season, and the fake KFR's "today" must be that Oslo date.
+#[tokio::test]
+async fn between_23_and_midnight_utc_the_fake_kfr_uses_the_oslo_date() {
+    let now = chrono::Utc::now();
+    let mut target = now.date_naive().and_hms_opt(23, 30, 0).unwrap().and_utc();
+    if target < now {
+        target += chrono::Duration::days(1);
+    }
+    let utc_day = target.date_naive();
+    let oslo_day = utc_day.succ_opt().unwrap();
+    assert_eq!(kfr::clock::oslo_date(target), oslo_day);
+
+    let mock = util::start_mock(|c| c.clock_skew_secs = (target - now).num_seconds()).await;
+    assert_eq!(
+        mock.state().clock().today(),
+        oslo_day,
+        "before issue 10 this was the UTC day"
+    );
+    let client = kfr_client(&mock.kfr_base_url(), ORG, util::token_client(&mock, |_| {}));
+
+    // An add starts today (Oslo); today's default lookup finds it.
+    client.add(&id(PERSON), None).await.unwrap();
+    let rows = mock.state().relationships();
+    assert_eq!(rows[0].start_date, oslo_day, "{rows:?}");
+    assert!(
+        !client
+            .lookup(&id(PERSON), None, None, None)
+            .await
+            .unwrap()
+            .value
+            .is_empty()
+    );
+    // Looking up the UTC day alone does not find it: it did not exist then.
+    let banks = client
+        .lookup(&id(PERSON), Some(utc_day), Some(utc_day), None)
+        .await
+        .unwrap();
+    assert!(banks.value.is_empty());
+    // A delete ends it on the Oslo day.
+    client.remove(&id(PERSON), None).await.unwrap();
+    assert_eq!(mock.state().relationships()[0].end_date, Some(oslo_day));
 }

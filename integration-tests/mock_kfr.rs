@@ -766,9 +766,8 @@ async fn today_follows_the_mock_clock() {
     // A day behind: the token (issued at the real time) stays valid, and "today" is yesterday.
     k.mock.state().set_clock_skew_secs(-86_400);
     assert_eq!(k.send(k.add_req(PERSON)).await.status, StatusCode::CREATED);
-    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
-        .date_naive()
-        .to_string();
+    // "Today" is the Oslo date of the mock's clock (KFR is a Norwegian register).
+    let yesterday = kfr::clock::oslo_date(chrono::Utc::now() - chrono::Duration::days(1)).to_string();
     let rows = k.admin("relationships").await;
     assert_eq!(rows[0]["start_date"].as_str(), Some(yesterday.as_str()));
     assert_eq!(today(&k).await, yesterday);

@@ -388,7 +388,7 @@ impl Inner {
                 mp_code: o.error_description.as_deref().and_then(super::error::find_mp_code),
                 error: o.error,
                 description: o.error_description,
-                error_uri: o.error_uri,
+                error_uri: o.error_uri.map(String::into_boxed_str),
                 env: self.cfg.env.to_string(),
             },
             _ => TokenError::Status {

@@ -21,7 +21,8 @@ pub enum TokenError {
         description: Option<String>,
         mp_code: Option<String>,
         /// RFC 6749 §5.2 `error_uri`: Digdir's page about this error, shown when present.
-        error_uri: Option<String>,
+        /// Boxed to keep the error (and every `Result` carrying it) small.
+        error_uri: Option<Box<str>>,
         env: String,
     },
     /// No HTTP answer: connect failure, timeout, TLS.

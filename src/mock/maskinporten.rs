@@ -676,7 +676,7 @@ fn parse_x5c(x5c: &Value) -> Result<Vec<CertificateDer<'static>>, Refusal> {
             // RFC 7515 §4.1.6: every element is a DER certificate, not only the first; a chain
             // with garbage in it is refused rather than the garbage skipped.
             match x509_parser::parse_x509_certificate(&der) {
-                Ok((rest, _)) if rest.is_empty() => Ok(CertificateDer::from(der)),
+                Ok((&[], _)) => Ok(CertificateDer::from(der)),
                 _ => Err(Refusal::grant(
                     "MP-123",
                     format!("x5c[{i}] is not a DER X.509 certificate"),

@@ -51,10 +51,11 @@ impl MockClock {
         self.skew_secs.load(Ordering::Relaxed)
     }
 
-    /// The mock's today (UTC): the default start of a relationship, the day of a deletion and
-    /// the default lookup period of the fake KFR.
+    /// The mock's today, the Europe/Oslo date of its clock (KFR is a Norwegian register): the
+    /// default start of a relationship, the day of a deletion and the default lookup period of
+    /// the fake KFR.
     pub fn today(&self) -> NaiveDate {
-        chrono::DateTime::<chrono::Utc>::from(self.now()).date_naive()
+        crate::clock::oslo_date(chrono::DateTime::<chrono::Utc>::from(self.now()))
     }
 }
 
