@@ -628,3 +628,39 @@ async fn between_23_and_midnight_utc_the_fake_kfr_uses_the_oslo_date() {
     client.remove(&id(PERSON), None).await.unwrap();
     assert_eq!(mock.state().relationships()[0].end_date, Some(oslo_day));
 }
+
+// ---- Item 9: loopback only --------------------------------------------------------------
+
+#[test]
+fn the_mock_refuses_a_non_loopback_address_without_allow_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &util::pki().ca_cert_pem).unwrap();
+    let out = util::kfr(dir.path())
+        .args(["mock", "--listen", "0.0.0.0:0", "--trust"])
+        .arg(&ca)
+        .timeout(std::time::Duration::from_secs(20))
+        .output()
+        .unwrap();
+    let (_, stderr) = util::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_in_process_mock_refuses_a_non_loopback_listener_unless_allowed() {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let cfg = kfr::mock::MockConfig::new(vec![util::pki().ca_cert_der.clone()]);
+    let err = MockServer::start(listener, cfg.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let cfg = kfr::mock::MockConfig {
+        allow_remote: true,
+        ..cfg
+    };
+    let mock = MockServer::start(listener, cfg).await.unwrap();
+    mock.shutdown().await;
+}

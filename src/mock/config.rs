@@ -24,9 +24,14 @@ pub const OTHER_SCOPE: &str = "kfr-mock:other";
 /// Flags of `kfr mock`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MockFlags {
-    /// Address to listen on.
+    /// Address to listen on. Loopback only, unless --allow-remote.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Listen on a non-loopback address too. The mock accepts any client id and its admin
+    /// surface shows full identifiers, so this is for isolated test networks only.
+    #[arg(long)]
+    pub allow_remote: bool,
 
     /// PEM file with one or more CA certificates whose client certificates the fake Maskinporten
     /// accepts (repeatable). `kfr certs local` writes one.
@@ -271,6 +276,8 @@ pub struct MockConfig {
     pub outage_secs: u64,
     /// Deliberate defects (`--quirk`); empty for a faithful mock.
     pub quirks: super::Quirks,
+    /// Whether a non-loopback listen address is allowed (`--allow-remote`).
+    pub allow_remote: bool,
 }
 
 impl MockConfig {
@@ -293,11 +300,13 @@ impl MockConfig {
             kfr_faults: KfrFaults::NONE,
             outage_secs: 0,
             quirks: super::Quirks::new(),
+            allow_remote: false,
         }
     }
 
     /// Resolves the flags: reads the `--trust` PEM files and checks every value.
     pub fn from_flags(flags: &MockFlags) -> anyhow::Result<Self> {
+        check_listen(flags.listen, flags.allow_remote)?;
         let mut trusted = Vec::new();
         for path in &flags.trust {
             trusted.extend(read_trust_pem(path)?);
@@ -360,6 +369,7 @@ impl MockConfig {
             kfr_faults,
             outage_secs: flags.outage_secs,
             quirks: flags.quirks.iter().copied().collect(),
+            allow_remote: flags.allow_remote,
         })
     }
 }
@@ -385,6 +395,18 @@ fn read_trust_pem(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
         return Err(UsageError::new(format!("--trust {}: no CERTIFICATE block found", path.display())).into());
     }
     Ok(out)
+}
+
+/// The mock accepts any client id without `--client` and its admin surface (`/_mock/*`) shows
+/// full identifiers and resets state, so it listens on loopback only unless told otherwise.
+pub(crate) fn check_listen(addr: SocketAddr, allow_remote: bool) -> Result<(), UsageError> {
+    if addr.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    Err(
+        UsageError::new(format!("--listen {addr} is not a loopback address"))
+            .with_hint("listen on 127.0.0.1 or [::1]; pass --allow-remote only on an isolated test network (the mock accepts any client and its admin surface shows full identifiers)"),
+    )
 }
 
 /// The issuer is compared byte for byte with `aud` (kfr-notes §9), so it must look like Digdir's:
@@ -522,6 +544,7 @@ mod tests {
     fn from_flags_reports_unreadable_trust_file_as_usage_error() {
         let flags = MockFlags {
             listen: "127.0.0.1:0".parse().unwrap(),
+            allow_remote: false,
             trust: vec!["/nonexistent/ca.pem".into()],
             issuer: None,
             clock_skew_secs: 0,

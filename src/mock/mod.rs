@@ -90,6 +90,7 @@ impl MockServer {
     /// Serves the mock on an already bound listener (tests bind `127.0.0.1:0`).
     pub async fn start(listener: tokio::net::TcpListener, cfg: MockConfig) -> anyhow::Result<MockServer> {
         let addr = listener.local_addr().context("reading the mock's listen address")?;
+        config::check_listen(addr, cfg.allow_remote)?;
         if !cfg.quirks.is_empty() {
             let names: Vec<&str> = cfg.quirks.iter().map(|q| q.name()).collect();
             tracing::warn!(
