@@ -130,3 +130,32 @@ fn certs_local_refuses_a_bad_org_number_with_exit_2() {
         .code(2)
         .stderr(predicate::str::contains("--mock-url"));
 }
+
+/// Issue 10, item 8: the leaf `kfr certs local` writes is shaped like a SEID 2.0 business
+/// certificate and its DER is strict: no BasicConstraints with an explicit `cA=FALSE` (a DEFAULT
+/// value DER must leave out, which strict parsers such as Python's `cryptography` refuse).
+#[test]
+fn certs_local_leaf_is_seid2_shaped_and_strict_der() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("local");
+    certs_local(&out, &[]).success();
+    let pem = std::fs::read(out.join("client-cert.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let der = pem.contents;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let org_id: Vec<_> = leaf
+        .subject()
+        .iter_attributes()
+        .filter(|a| a.attr_type().to_id_string() == "2.5.4.97")
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(org_id, ["NTRNO-916960190"]);
+    let ku = leaf.key_usage().unwrap().expect("KeyUsage present");
+    assert!(ku.critical && ku.value.digital_signature());
+    // Before issue 10 the leaf carried BasicConstraints `30 03 01 01 00` (cA BOOLEAN FALSE).
+    assert!(leaf.basic_constraints().unwrap().is_none());
+    assert!(
+        !der.windows(5).any(|w| w == [0x30, 0x03, 0x01, 0x01, 0x00]),
+        "an explicitly encoded cA=FALSE"
+    );
+}

@@ -27,6 +27,8 @@ pub const LOCAL_CA_NAME: &str = "KFR Local Test CA";
 
 /// The X.520 serialNumber attribute type (2.5.4.5), which carries the org.nr in the subject.
 const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
+/// The X.520 organizationIdentifier attribute type (2.5.4.97), `NTRNO-<org.nr>` in SEID 2.0.
+const OID_ORGANIZATION_IDENTIFIER: &[u64] = &[2, 5, 4, 97];
 
 /// A leaf certificate with its private key.
 pub struct IssuedCert {
@@ -126,13 +128,19 @@ impl LeafOptions {
 impl TestCa {
     /// A fresh self-signed RSA 2048 CA named [`LOCAL_CA_NAME`], valid from yesterday for 10 years.
     pub fn new() -> anyhow::Result<Self> {
+        Self::named(LOCAL_CA_NAME)
+    }
+
+    /// As [`TestCa::new`], with another common name: tests use real CA names (e.g. Buypass')
+    /// to see what `kfr doctor` says about them. The key is still our own, of course.
+    pub fn named(common_name: &str) -> anyhow::Result<Self> {
         let key = KeyPair::generate_for(&PKCS_RSA_SHA256).context("generating the test CA's RSA key")?;
         let today = Utc::now().date_naive();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, printable("NO")?);
         dn.push(DnType::OrganizationName, "KFR Local Test");
-        dn.push(DnType::CommonName, LOCAL_CA_NAME);
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -166,8 +174,15 @@ pub fn issue(ca: &TestCa, org_number: &str, name: &str, opts: &LeafOptions) -> a
     dn.push(DnType::CommonName, format!("{name} TEST"));
     // X.520 wants serialNumber as a PrintableString; digits always fit.
     dn.push(DnType::CustomDnType(OID_SERIAL_NUMBER.to_vec()), printable(org_number)?);
+    // SEID 2.0 certificates name the organisation as organizationIdentifier NTRNO-<org.nr>.
+    dn.push(
+        DnType::CustomDnType(OID_ORGANIZATION_IDENTIFIER.to_vec()),
+        printable(&format!("NTRNO-{org_number}"))?,
+    );
     params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
+    // No BasicConstraints at all rather than an explicit cA=FALSE: DER forbids encoding a
+    // DEFAULT value (X.690 §11.5), and strict parsers refuse a leaf that does.
+    params.is_ca = IsCa::NoCa;
     params.key_usages = if opts.digital_signature {
         vec![KeyUsagePurpose::DigitalSignature]
     } else {
