@@ -654,7 +654,9 @@ fn the_mock_refuses_a_non_loopback_address_without_allow_remote() {
 async fn the_in_process_mock_refuses_a_non_loopback_listener_unless_allowed() {
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let cfg = kfr::mock::MockConfig::new(vec![util::pki().ca_cert_der.clone()]);
-    let err = MockServer::start(listener, cfg.clone()).await.err().expect("refused");
+    let Err(err) = MockServer::start(listener, cfg.clone()).await else {
+        panic!("a non-loopback listener was accepted");
+    };
     assert!(err.to_string().contains("loopback"), "{err}");
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let cfg = kfr::mock::MockConfig {
