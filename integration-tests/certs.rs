@@ -159,3 +159,26 @@ fn certs_local_leaf_is_seid2_shaped_and_strict_der() {
         "an explicitly encoded cA=FALSE"
     );
 }
+
+/// Issue 10, item 8: root → issuing CA → leaf, like SEID 2.0; `ca.pem` holds both CAs and the
+/// mock accepts a leaf-only grant against it (the route a real client takes).
+#[test]
+fn certs_local_makes_a_root_issuing_ca_leaf_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("local");
+    certs_local(&out, &[]).success();
+    let pem = std::fs::read(out.join("ca.pem")).unwrap();
+    let cas: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .map(|p| p.unwrap().contents)
+        .collect();
+    assert_eq!(cas.len(), 2, "issuing CA and root");
+    let (_, issuing) = x509_parser::parse_x509_certificate(&cas[0]).unwrap();
+    let (_, root) = x509_parser::parse_x509_certificate(&cas[1]).unwrap();
+    assert_eq!(issuing.issuer(), root.subject());
+    assert_eq!(root.issuer(), root.subject(), "the root is self-signed");
+    assert_ne!(issuing.issuer(), issuing.subject(), "the issuing CA is not");
+    let leaf = std::fs::read(out.join("client-cert.pem")).unwrap();
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(&leaf).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.contents).unwrap();
+    assert_eq!(leaf.issuer(), issuing.subject());
+}
