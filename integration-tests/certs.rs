@@ -130,3 +130,55 @@ fn certs_local_refuses_a_bad_org_number_with_exit_2() {
         .code(2)
         .stderr(predicate::str::contains("--mock-url"));
 }
+
+/// Issue 10, item 8: the leaf `kfr certs local` writes is shaped like a SEID 2.0 business
+/// certificate and its DER is strict: no BasicConstraints with an explicit `cA=FALSE` (a DEFAULT
+/// value DER must leave out, which strict parsers such as Python's `cryptography` refuse).
+#[test]
+fn certs_local_leaf_is_seid2_shaped_and_strict_der() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("local");
+    certs_local(&out, &[]).success();
+    let pem = std::fs::read(out.join("client-cert.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let der = pem.contents;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let org_id: Vec<_> = leaf
+        .subject()
+        .iter_attributes()
+        .filter(|a| a.attr_type().to_id_string() == "2.5.4.97")
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(org_id, ["NTRNO-916960190"]);
+    let ku = leaf.key_usage().unwrap().expect("KeyUsage present");
+    assert!(ku.critical && ku.value.digital_signature());
+    // Before issue 10 the leaf carried BasicConstraints `30 03 01 01 00` (cA BOOLEAN FALSE).
+    assert!(leaf.basic_constraints().unwrap().is_none());
+    assert!(
+        !der.windows(5).any(|w| w == [0x30, 0x03, 0x01, 0x01, 0x00]),
+        "an explicitly encoded cA=FALSE"
+    );
+}
+
+/// Issue 10, item 8: root → issuing CA → leaf, like SEID 2.0; `ca.pem` holds both CAs and the
+/// mock accepts a leaf-only grant against it (the route a real client takes).
+#[test]
+fn certs_local_makes_a_root_issuing_ca_leaf_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("local");
+    certs_local(&out, &[]).success();
+    let pem = std::fs::read(out.join("ca.pem")).unwrap();
+    let cas: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .map(|p| p.unwrap().contents)
+        .collect();
+    assert_eq!(cas.len(), 2, "issuing CA and root");
+    let (_, issuing) = x509_parser::parse_x509_certificate(&cas[0]).unwrap();
+    let (_, root) = x509_parser::parse_x509_certificate(&cas[1]).unwrap();
+    assert_eq!(issuing.issuer(), root.subject());
+    assert_eq!(root.issuer(), root.subject(), "the root is self-signed");
+    assert_ne!(issuing.issuer(), issuing.subject(), "the issuing CA is not");
+    let leaf = std::fs::read(out.join("client-cert.pem")).unwrap();
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(&leaf).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.contents).unwrap();
+    assert_eq!(leaf.issuer(), issuing.subject());
+}

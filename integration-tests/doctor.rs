@@ -81,3 +81,38 @@ async fn a_test_certificate_in_prod_is_flagged() {
     );
     assert!(out.contains("hint: env prod needs a production certificate"), "{out}");
 }
+
+/// Issue 10, item 8: doctor names the issuing CA and judges it against Digdir's list for the
+/// environment. Certificates from our own CA under real CA names (the key is ours; only the
+/// name is being judged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_the_issuing_ca_and_knows_which_digdir_trusts() {
+    let cases = [
+        ("Buypass Class 3 Test4 CA G2 ST Business", "test", "ok", "SEID 2.0"),
+        ("Commfides Legal Person - G3", "test", "FAIL", "production CA"),
+        ("Buypass Class 3 Test4 CA 3", "test", "warn", "older Buypass CA"),
+        (
+            "Commfides CPN Enterprise-Norwegian SHA256 CA - TEST2",
+            "test",
+            "FAIL",
+            "31.12.2024",
+        ),
+        ("Some Other CA", "test", "warn", "not a CA Maskinporten"),
+    ];
+    for (cn, env, verdict, says) in cases {
+        let ca = kfr::certs::TestCa::named(cn).unwrap();
+        let cert = ca.issue(ORG, "KFR TEST BANK AS", &LeafOptions::standard()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_for(dir.path(), &cert, "https://127.0.0.1:9", ORG);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("env = \"local\"", &format!("env = \"{env}\""));
+        std::fs::write(&cfg, text).unwrap();
+        let (_, out) = doctor(cfg).await;
+        let l = line(&out, "issuer CA");
+        assert!(
+            l.starts_with(verdict) && l.contains(cn) && l.contains(says),
+            "{cn}: {out}"
+        );
+    }
+}

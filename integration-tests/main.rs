@@ -6,6 +6,7 @@ mod certs;
 mod checklist;
 mod config;
 mod doctor;
+mod fidelity;
 mod ids;
 mod input;
 mod kfr_cli;

@@ -174,7 +174,7 @@ impl Kfr {
     async fn send(&self, r: Req<'_>) -> Answer {
         let mut b = self
             .http
-            .request(r.method, format!("{}{}", self.mock.kfr_base_url(), r.path))
+            .request(r.method.clone(), format!("{}{}", self.mock.kfr_base_url(), r.path))
             .query(&r.query);
         if let Some(t) = r.token {
             b = b.bearer_auth(t);
@@ -187,6 +187,9 @@ impl Kfr {
         }
         if let Some((ct, body)) = r.body {
             b = b.header(reqwest::header::CONTENT_TYPE, ct).body(body);
+        } else if r.method != Method::GET {
+            // What a correct client sends on a bodiless write (the mock answers 411 otherwise).
+            b = b.header(reqwest::header::CONTENT_LENGTH, "0");
         }
         let resp = b.send().await.unwrap();
         let status = resp.status();
@@ -503,6 +506,7 @@ async fn token_without_the_write_scope_is_403_kfr_002() {
             MockClient {
                 scopes: vec!["bits:kundeforhold.write".into(), "bits:kundeforhold.read".into()],
                 owner_org: None,
+                ..Default::default()
             },
         )]));
     })
@@ -762,9 +766,8 @@ async fn today_follows_the_mock_clock() {
     // A day behind: the token (issued at the real time) stays valid, and "today" is yesterday.
     k.mock.state().set_clock_skew_secs(-86_400);
     assert_eq!(k.send(k.add_req(PERSON)).await.status, StatusCode::CREATED);
-    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
-        .date_naive()
-        .to_string();
+    // "Today" is the Oslo date of the mock's clock (KFR is a Norwegian register).
+    let yesterday = kfr::clock::oslo_date(chrono::Utc::now() - chrono::Duration::days(1)).to_string();
     let rows = k.admin("relationships").await;
     assert_eq!(rows[0]["start_date"].as_str(), Some(yesterday.as_str()));
     assert_eq!(today(&k).await, yesterday);
@@ -840,6 +843,7 @@ async fn injected_timeouts_hold_the_request_until_the_client_gives_up() {
         .bearer_auth(&k.token)
         .header("CustomerID", PERSON)
         .header("CorrelationID", CORRELATION)
+        .header(reqwest::header::CONTENT_LENGTH, "0")
         .send()
         .await
         .unwrap_err();

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use kfr::certs::{IssuedCert, LeafOptions, LocalPki, TestCa};
-use kfr::mock::{JWT_BEARER, MockClient, MockConfig, MockServer, TokenFaults, TokenRejection};
+use kfr::mock::{ClientKeys, JWT_BEARER, MockClient, MockConfig, MockServer, TokenFaults, TokenRejection};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -540,6 +540,7 @@ fn one_client(scopes: &[&str], owner: Option<&str>) -> Option<BTreeMap<String, M
     let client = MockClient {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         owner_org: owner.map(str::to_string),
+        ..Default::default()
     };
     Some(BTreeMap::from([(CLIENT.to_string(), client)]))
 }
@@ -565,7 +566,7 @@ async fn certificate_org_must_own_the_client_mp122() {
 }
 
 #[tokio::test]
-async fn scopes_must_be_requested_and_granted_mp200_mp201() {
+async fn scopes_must_be_requested_and_registered_mp004_mp200() {
     let mock = start(|_| {}).await;
     let a = send_with(&mock, |_, c| c["scope"] = json!("bits:kundeforhold")).await;
     assert!(assert_refused(&a, "invalid_scope", "MP-200").contains("bits:kundeforhold"));
@@ -573,7 +574,8 @@ async fn scopes_must_be_requested_and_granted_mp200_mp201() {
         c.as_object_mut().unwrap().remove("scope");
     })
     .await;
-    assert_refused(&a, "invalid_scope", "MP-201");
+    // The mock's own code: Digdir's MP-201 is about the client's integration type.
+    assert_refused(&a, "invalid_scope", "MP-004");
 
     // A configured client gets exactly its scopes, several at once included.
     let mock = start(|c| c.clients = one_client(&[WRITE, "bits:other"], None)).await;
@@ -587,7 +589,10 @@ async fn scopes_must_be_requested_and_granted_mp200_mp201() {
 
 #[tokio::test]
 async fn consumer_org_makes_the_certificate_org_the_supplier() {
-    let mock = start(|_| {}).await;
+    let mock = start(|c| {
+        c.delegations = vec![kfr::mock::Delegation::parse(&format!("999999999={ORG}")).unwrap()];
+    })
+    .await;
     let a = send_with(&mock, |_, c| c["consumer_org"] = json!("999999999")).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let token = a.body["access_token"].as_str().unwrap();
@@ -817,5 +822,116 @@ impl Drop for KillOnDrop {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+// ---- Issue 10, item 4: grant strictness and the client registry ---------------------------
+
+#[tokio::test]
+async fn every_x5c_element_must_be_a_certificate() {
+    let mock = start(|_| {}).await;
+    // Before issue 10 only x5c[0] was parsed, so junk after the leaf passed.
+    let a = send_with(&mock, |h, _| {
+        h["x5c"] = json!([
+            STANDARD.encode(&pki().client.cert_der),
+            STANDARD.encode(b"not a certificate")
+        ]);
+    })
+    .await;
+    let d = assert_refused(&a, "invalid_grant", "MP-123");
+    assert!(d.contains("x5c[1]"), "{d}");
+}
+
+#[tokio::test]
+async fn any_crit_header_is_refused() {
+    let mock = start(|_| {}).await;
+    let a = send_with(&mock, |h, _| h["crit"] = json!(["exp"])).await;
+    let d = assert_refused(&a, "invalid_grant", "MP-002");
+    assert!(d.contains("crit"), "{d}");
+}
+
+#[tokio::test]
+async fn iat_ten_seconds_ahead_is_refused_nine_is_not() {
+    let mock = start(|_| {}).await;
+    // Start just after a second boundary, so test and mock read the same whole second and the
+    // offset is exactly 10 (a tick in between would make it 9 and the test pass for nothing).
+    let into = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(1010 - into))).await;
+    let now = unix_now();
+    let a = send_with(&mock, |_, c| {
+        c["iat"] = json!(now + 10);
+        c["exp"] = json!(now + 60);
+    })
+    .await;
+    let d = assert_refused(&a, "invalid_grant", "MP-130");
+    assert!(d.contains("ahead"), "{d}");
+    let a = send_with(&mock, |_, c| {
+        c["iat"] = json!(unix_now() + 8);
+        c["exp"] = json!(unix_now() + 60);
+    })
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}
+
+fn registry(keys: ClientKeys, expires_in: Option<u64>) -> Option<BTreeMap<String, MockClient>> {
+    Some(BTreeMap::from([(
+        CLIENT.to_string(),
+        MockClient {
+            scopes: vec![WRITE.into()],
+            owner_org: Some(ORG.into()),
+            keys,
+            expires_in,
+        },
+    )]))
+}
+
+#[tokio::test]
+async fn the_key_mode_is_fixed_per_client() {
+    // A business-certificate client sending kid.
+    let mock = start(|c| c.clients = registry(ClientKeys::Certificate, None)).await;
+    let a = send_with(&mock, |h, _| {
+        h.as_object_mut().unwrap().remove("x5c");
+        h["kid"] = json!("key-1");
+    })
+    .await;
+    let d = assert_refused(&a, "invalid_grant", "MP-124");
+    assert!(d.contains("send x5c"), "{d}");
+
+    // A key client: kid works, x5c is refused.
+    let keys = BTreeMap::from([("key-1".to_string(), pki().client.cert_der.clone())]);
+    let mock = start(|c| c.clients = registry(ClientKeys::Keys(keys), None)).await;
+    let a = send_with(&mock, |_, _| {}).await;
+    let d = assert_refused(&a, "invalid_grant", "MP-123");
+    assert!(d.contains("send kid"), "{d}");
+    let a = send_with(&mock, |h, _| {
+        h.as_object_mut().unwrap().remove("x5c");
+        h["kid"] = json!("key-1");
+    })
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let a = send_with(&mock, |h, _| {
+        h.as_object_mut().unwrap().remove("x5c");
+        h["kid"] = json!("key-2");
+    })
+    .await;
+    assert_refused(&a, "invalid_grant", "MP-124");
+}
+
+#[tokio::test]
+async fn expires_in_is_set_per_client_and_the_client_uses_it() {
+    let mock = start(|c| c.clients = registry(ClientKeys::Certificate, Some(7200))).await;
+    let a = send_with(&mock, |_, _| {}).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["expires_in"], 7200);
+    let exp = jwt_claims(a.body["access_token"].as_str().unwrap())["exp"]
+        .as_i64()
+        .unwrap();
+    assert!((exp - unix_now() - 7200).abs() <= 2);
+
+    for bad in [0, 7201] {
+        let mut cfg = MockConfig::new(vec![pki().ca_cert_der.clone()]);
+        cfg.clients = registry(ClientKeys::Certificate, Some(bad));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(MockServer::start(listener, cfg).await.is_err(), "expires_in {bad}");
     }
 }

@@ -145,6 +145,7 @@ async fn tokens_are_cached_per_scope() {
         kfr::mock::MockClient {
             scopes: vec!["bits:kundeforhold.write".into(), "bits:other".into()],
             owner_org: None,
+            ..Default::default()
         },
     );
     let mock = start_mock(|c| c.clients = Some(clients)).await;

@@ -217,6 +217,7 @@ async fn a_refused_token_is_systemic_and_nothing_reaches_kfr() {
         MockClient {
             scopes: vec!["bits:kundeforhold.write".into()],
             owner_org: None,
+            ..Default::default()
         },
     );
     let strict = start_mock(|c| c.clients = Some(clients)).await;
@@ -240,6 +241,7 @@ async fn kfr_refusals_of_scope_and_institution_are_systemic() {
         MockClient {
             scopes: vec!["bits:kundeforhold.write".into(), "bits:kundeforhold".into()],
             owner_org: None,
+            ..Default::default()
         },
     );
     let mock = start_mock(|c| c.clients = Some(clients)).await;

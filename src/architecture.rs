@@ -5,7 +5,7 @@
 //!  → load, sync, checklist, mock          engines: return values and events, never print
 //!  → store, kfr, maskinporten, input      the systems and data we talk to
 //!  → http, ids, certs                     shared building blocks
-//!  → error, env_vars, environment         vocabulary every layer may name
+//!  → error, env_vars, environment, clock  vocabulary every layer may name
 //! ```
 //!
 //! A module may use modules of a lower layer, and of its own layer only through an edge listed
@@ -30,6 +30,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("ids", 20),
     ("certs", 20),
     ("error", 10),
+    // The Oslo calendar day: KFR's "today" for the client, the engines and the mock alike.
+    ("clock", 10),
     ("env_vars", 10),
     ("environment", 10),
 ];

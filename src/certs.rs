@@ -25,8 +25,13 @@ use zeroize::Zeroizing;
 /// flags certificates it issued as test certificates, and so nobody mistakes it for a real CA.
 pub const LOCAL_CA_NAME: &str = "KFR Local Test CA";
 
+/// Common name of the root above [`LOCAL_CA_NAME`] in the PKI `kfr certs local` makes.
+pub const LOCAL_ROOT_NAME: &str = "KFR Local Test Root CA";
+
 /// The X.520 serialNumber attribute type (2.5.4.5), which carries the org.nr in the subject.
 const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
+/// The X.520 organizationIdentifier attribute type (2.5.4.97), `NTRNO-<org.nr>` in SEID 2.0.
+const OID_ORGANIZATION_IDENTIFIER: &[u64] = &[2, 5, 4, 97];
 
 /// A leaf certificate with its private key.
 pub struct IssuedCert {
@@ -66,11 +71,17 @@ impl std::fmt::Debug for TestCa {
     }
 }
 
-/// The whole local PKI made by [`generate`]: one CA and two organisations under it.
+/// The whole local PKI made by [`generate`], shaped like SEID 2.0: a root, an issuing CA below
+/// it, and two organisations' leaves issued by that CA.
 #[derive(Debug)]
 pub struct LocalPki {
+    /// The issuing CA (below the root): what the leaves chain to directly. Trusting it alone is
+    /// enough for a leaf-only `x5c`.
     pub ca_cert_der: Vec<u8>,
     pub ca_cert_pem: String,
+    /// The self-signed root above the issuing CA.
+    pub root_cert_der: Vec<u8>,
+    pub root_cert_pem: String,
     /// The institution itself (the org.nr given to [`generate`]).
     pub client: IssuedCert,
     /// A second organisation under the same CA, for negative tests (e.g. the certificate's org.nr
@@ -126,18 +137,45 @@ impl LeafOptions {
 impl TestCa {
     /// A fresh self-signed RSA 2048 CA named [`LOCAL_CA_NAME`], valid from yesterday for 10 years.
     pub fn new() -> anyhow::Result<Self> {
+        Self::named(LOCAL_CA_NAME)
+    }
+
+    /// As [`TestCa::new`], with another common name: tests use real CA names (e.g. Buypass')
+    /// to see what `kfr doctor` says about them. The key is still our own, of course.
+    pub fn named(common_name: &str) -> anyhow::Result<Self> {
+        Self::build(common_name, None, 0)
+    }
+
+    /// A self-signed root that may have one CA below it (SEID 2.0 issues from an intermediate).
+    pub fn root(common_name: &str) -> anyhow::Result<Self> {
+        Self::build(common_name, None, 1)
+    }
+
+    /// An issuing CA below `root`, as Buypass' and Commfides' business CAs sit below their roots.
+    pub fn intermediate(root: &TestCa, common_name: &str) -> anyhow::Result<Self> {
+        Self::build(common_name, Some(root), 0)
+    }
+
+    fn build(common_name: &str, parent: Option<&TestCa>, path_len: u8) -> anyhow::Result<Self> {
         let key = KeyPair::generate_for(&PKCS_RSA_SHA256).context("generating the test CA's RSA key")?;
         let today = Utc::now().date_naive();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, printable("NO")?);
         dn.push(DnType::OrganizationName, "KFR Local Test");
-        dn.push(DnType::CommonName, LOCAL_CA_NAME);
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         set_validity(&mut params, today - Days::new(1), today + Days::new(3650));
-        let cert = params.self_signed(&key).context("self-signing the test CA")?;
+        let cert = match parent {
+            None => params.self_signed(&key).context("self-signing the test CA")?,
+            Some(p) => {
+                params.use_authority_key_identifier_extension = true;
+                let issuer = rcgen::Issuer::from_params(&p.params, &p.key);
+                params.signed_by(&key, &issuer).context("signing the intermediate CA")?
+            }
+        };
         Ok(Self {
             cert_der: cert.der().to_vec(),
             cert_pem: cert.pem(),
@@ -166,8 +204,15 @@ pub fn issue(ca: &TestCa, org_number: &str, name: &str, opts: &LeafOptions) -> a
     dn.push(DnType::CommonName, format!("{name} TEST"));
     // X.520 wants serialNumber as a PrintableString; digits always fit.
     dn.push(DnType::CustomDnType(OID_SERIAL_NUMBER.to_vec()), printable(org_number)?);
+    // SEID 2.0 certificates name the organisation as organizationIdentifier NTRNO-<org.nr>.
+    dn.push(
+        DnType::CustomDnType(OID_ORGANIZATION_IDENTIFIER.to_vec()),
+        printable(&format!("NTRNO-{org_number}"))?,
+    );
     params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
+    // No BasicConstraints at all rather than an explicit cA=FALSE: DER forbids encoding a
+    // DEFAULT value (X.690 §11.5), and strict parsers refuse a leaf that does.
+    params.is_ca = IsCa::NoCa;
     params.key_usages = if opts.digital_signature {
         vec![KeyUsagePurpose::DigitalSignature]
     } else {
@@ -195,13 +240,16 @@ pub fn generate(org_number: &str, name: &str) -> anyhow::Result<LocalPki> {
     if !valid_org_number(org_number) {
         bail!("{org_number:?} is not a valid organisation number (9 digits with a mod-11 check digit)");
     }
-    let ca = TestCa::new()?;
+    let root = TestCa::root(LOCAL_ROOT_NAME)?;
+    let ca = TestCa::intermediate(&root, LOCAL_CA_NAME)?;
     let opts = LeafOptions::standard();
     let client = ca.issue(org_number, name, &opts)?;
     let other = ca.issue(&other_org_number(org_number), "KFR OTHER ORG AS", &opts)?;
     Ok(LocalPki {
         ca_cert_der: ca.cert_der.clone(),
         ca_cert_pem: ca.cert_pem.clone(),
+        root_cert_der: root.cert_der.clone(),
+        root_cert_pem: root.cert_pem.clone(),
         client,
         other,
         ca,

@@ -109,7 +109,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "resource",
         default: None,
-        doc: "audience-restricted token: resource claim",
+        doc: "audience-restricted token: resource claim; several audiences separated by commas or spaces, sent as a JSON array",
     },
     KeyDef {
         name: "maskinporten_issuer",

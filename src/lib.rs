@@ -23,6 +23,7 @@ mod architecture;
 pub mod certs;
 pub mod checklist;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod env_vars;
 pub mod environment;

@@ -6,7 +6,7 @@
 
 use super::runner::{CaseResult, Cleanup, Verdict};
 use crate::environment::Environment;
-use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -119,31 +119,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// The Europe/Oslo calendar date of `utc`. Norway follows the EU rule: CET (UTC+1), and CEST
-/// (UTC+2) from 01:00 UTC on the last Sunday of March to 01:00 UTC on the last Sunday of
-/// October. Written out here rather than pulling a time-zone database in for one date.
-pub fn oslo_date(utc: DateTime<Utc>) -> NaiveDate {
-    let y = utc.year();
-    let switch = |month| {
-        last_sunday(y, month)
-            .and_hms_opt(1, 0, 0)
-            .expect("01:00 exists")
-            .and_utc()
-    };
-    let hours = if utc >= switch(3) && utc < switch(10) { 2 } else { 1 };
-    (utc + chrono::Duration::hours(hours)).date_naive()
-}
-
-fn last_sunday(year: i32, month: u32) -> NaiveDate {
-    let next = if month == 12 {
-        NaiveDate::from_ymd_opt(year + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(year, month + 1, 1)
-    }
-    .expect("valid month");
-    let last = next.pred_opt().expect("not the first day ever");
-    last - chrono::Duration::days(i64::from(last.weekday().num_days_from_sunday()))
-}
+/// The Europe/Oslo calendar date of `utc` (the report's date is Bits' day, not the host's).
+pub use crate::clock::oslo_date;
 
 fn first_correlation_id(c: &CaseResult) -> String {
     c.correlation_ids.first().map(|u| u.to_string()).unwrap_or_default()
@@ -418,21 +395,6 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn oslo_date_follows_cet_and_cest() {
-        // Winter: 23:30 UTC is already the next day in Oslo (UTC+1).
-        assert_eq!(oslo_date(at("2026-12-01T23:30:00Z")).to_string(), "2026-12-02");
-        assert_eq!(oslo_date(at("2026-12-01T22:59:59Z")).to_string(), "2026-12-01");
-        // Summer (UTC+2): 22:00 UTC is midnight.
-        assert_eq!(oslo_date(at("2026-07-01T22:00:00Z")).to_string(), "2026-07-02");
-        assert_eq!(oslo_date(at("2026-07-01T21:59:59Z")).to_string(), "2026-07-01");
-        // 2026: summer time from 29 March 01:00 UTC to 25 October 01:00 UTC.
-        assert_eq!(last_sunday(2026, 3).to_string(), "2026-03-29");
-        assert_eq!(last_sunday(2026, 10).to_string(), "2026-10-25");
-        assert_eq!(oslo_date(at("2026-03-28T22:30:00Z")).to_string(), "2026-03-28");
-        assert_eq!(oslo_date(at("2026-10-24T22:30:00Z")).to_string(), "2026-10-25");
     }
 
     #[test]

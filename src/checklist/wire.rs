@@ -100,6 +100,9 @@ impl Wire {
             builder = builder
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes.clone());
+        } else if req.operation != Operation::Lookup {
+            // RFC 9110 §8.6, as the KFR client does: a strict front end answers 411 otherwise.
+            builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
         }
         let resp = builder.send().await.map_err(|e| crate::http::describe(&e).0)?;
         let status = resp.status().as_u16();

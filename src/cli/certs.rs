@@ -7,7 +7,7 @@
 //! files are created with mode 0600. Nothing here is fit for Maskinporten test or production:
 //! those need a Buypass or Commfides certificate (see certs/README.md).
 
-use crate::certs::{self, IssuedCert, LOCAL_CA_NAME};
+use crate::certs::{self, IssuedCert, LOCAL_CA_NAME, LOCAL_ROOT_NAME};
 use crate::error::UsageError;
 use crate::maskinporten::CertInfo;
 use anyhow::Context as _;
@@ -45,7 +45,12 @@ pub fn run(args: &super::CertsLocalArgs) -> anyhow::Result<()> {
     let overwriting = out.join("kfr.toml").exists();
     let pki = certs::generate(&args.org_number, &args.name)?;
 
-    write_public(&out.join("ca.pem"), pki.ca_cert_pem.as_bytes())?;
+    // Issuing CA and root, as Digdir trusts both: a leaf-only x5c (KFR's FAQ) then chains to the
+    // issuing CA, and an x5c with the chain reaches the root.
+    write_public(
+        &out.join("ca.pem"),
+        format!("{}{}", pki.ca_cert_pem, pki.root_cert_pem).as_bytes(),
+    )?;
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -54,7 +59,7 @@ pub fn run(args: &super::CertsLocalArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         report,
-        "  ca.pem               test CA \"{LOCAL_CA_NAME}\" (the mock must trust it)"
+        "  ca.pem               test CA \"{LOCAL_CA_NAME}\" and its root \"{LOCAL_ROOT_NAME}\" (the mock must trust them)"
     );
     for (prefix, config, cert, role) in [
         ("client", "kfr.toml", &pki.client, "the institution"),
@@ -65,7 +70,14 @@ pub fn run(args: &super::CertsLocalArgs) -> anyhow::Result<()> {
             "a second organisation, for negative tests",
         ),
     ] {
-        write_organisation(out, prefix, config, cert, &pki.ca_cert_der, mock_url)?;
+        write_organisation(
+            out,
+            prefix,
+            config,
+            cert,
+            &[&pki.ca_cert_der, &pki.root_cert_der],
+            mock_url,
+        )?;
         let info = CertInfo::from_der(&cert.cert_der)?;
         let _ = writeln!(report, "  {config:<20} org.nr {} ({role})", cert.org_number);
         let _ = writeln!(
@@ -95,13 +107,13 @@ fn write_organisation(
     prefix: &str,
     config: &str,
     cert: &IssuedCert,
-    ca_der: &[u8],
+    chain: &[&[u8]],
     mock_url: &str,
 ) -> anyhow::Result<()> {
     // A fresh random password per file: nobody should be tempted to reuse it, and tests read
     // it from the password file like an operator would (certificate_password_file).
     let password = Zeroizing::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
-    let p12 = certs::to_pkcs12(cert, &[ca_der], &password)?;
+    let p12 = certs::to_pkcs12(cert, chain, &password)?;
     let p12_name = format!("{prefix}.p12");
     let password_name = format!("{p12_name}.password");
     write_secret(&out.join(&p12_name), &p12)?;

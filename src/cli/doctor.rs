@@ -3,7 +3,7 @@
 //! when any check failed (warnings alone exit 0).
 
 use crate::config::{Environment, Settings};
-use crate::maskinporten::{Credential, TokenClient};
+use crate::maskinporten::{Credential, IssuingCa, TokenClient};
 use chrono::Utc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +177,8 @@ fn check_certificate(r: &mut Report, settings: &Settings, c: &Credential) {
         ),
     }
 
+    check_issuing_ca(r, settings.env, i.issuer_cn.as_deref().unwrap_or(""));
+
     // Maskinporten refuses production certificates in test and vice versa (kfr-notes §2).
     let kind = if i.test_issuer { "test" } else { "production" };
     let (verdict, hint) = match (settings.env, i.test_issuer) {
@@ -193,6 +195,50 @@ fn check_certificate(r: &mut Report, settings: &Settings, c: &Credential) {
         format!("{kind} certificate, env {}", settings.env),
         hint,
     );
+}
+
+/// Names the CA that issued the certificate and says whether Maskinporten trusts it in the
+/// configured environment (Digdir's list of SEID 2.0 CAs per environment).
+fn check_issuing_ca(r: &mut Report, env: Environment, cn: &str) {
+    let named = if cn.is_empty() { "(issuer without a CN)" } else { cn };
+    let (verdict, detail, hint) = match (IssuingCa::from_cn(cn), env) {
+        (_, Environment::Local) => (
+            Verdict::Ok,
+            format!("{named}; env local trusts whatever `kfr mock --trust` names"),
+            None,
+        ),
+        (IssuingCa::Seid2Test, Environment::Test) | (IssuingCa::Seid2Prod, Environment::Prod) => (
+            Verdict::Ok,
+            format!("{named}: a SEID 2.0 CA Maskinporten trusts in env {env}"),
+            None,
+        ),
+        (IssuingCa::Seid2Test, _) | (IssuingCa::BuypassCa3 { test: true }, Environment::Prod) => (
+            Verdict::Fail,
+            format!("{named} is a test CA; env {env} needs a production certificate"),
+            Some("use the production business certificate in env prod".into()),
+        ),
+        (IssuingCa::Seid2Prod, _) | (IssuingCa::BuypassCa3 { test: false }, Environment::Test) => (
+            Verdict::Fail,
+            format!("{named} is a production CA; env {env} needs a test certificate"),
+            Some("order a test business certificate from Buypass or Commfides for env test".into()),
+        ),
+        (IssuingCa::BuypassCa3 { .. }, _) => (
+            Verdict::Warn,
+            format!("{named}: an older Buypass CA, not SEID 2.0"),
+            Some("it still works; order a SEID 2.0 certificate (Buypass G2 Business) at the next renewal".into()),
+        ),
+        (IssuingCa::CommfidesSeid1, _) => (
+            Verdict::Fail,
+            format!("{named}: a Commfides SEID 1 CA, whose certificates stopped working on 31.12.2024"),
+            Some("order a SEID 2.0 certificate (Commfides Legal Person - G3)".into()),
+        ),
+        (IssuingCa::Unknown, _) => (
+            Verdict::Warn,
+            format!("{named}: not a CA Maskinporten is known to trust in env {env}"),
+            Some("Maskinporten accepts business certificates from Buypass and Commfides (SEID 2.0)".into()),
+        ),
+    };
+    r.line(verdict, "issuer CA", detail, hint);
 }
 
 async fn check_maskinporten(r: &mut Report, settings: &Settings, client: &TokenClient) {

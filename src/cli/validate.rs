@@ -67,7 +67,7 @@ fn validate(settings: &crate::config::Settings, args: &super::ValidateArgs) -> a
         let opts = ReadOptions {
             policy,
             // As `kfr load` decides "in the future" for a new job.
-            today: chrono::Local::now().date_naive(),
+            today: crate::clock::oslo_today(),
             hash: false,
         };
         let read = reader::read_with(input, None, opts, Keep::Counts, |r, _raw| report.line(&name, &r));

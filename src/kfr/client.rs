@@ -391,6 +391,11 @@ impl KfrClient {
                 b = b
                     .header(reqwest::header::CONTENT_TYPE, content_type)
                     .body(bytes.to_vec());
+            } else if req.method != Method::GET {
+                // RFC 9110 §8.6: a POST or DELETE without a body should still say so, and the API
+                // gateway in front of KFR may answer 411 Length Required when it does not; the
+                // HTTP client leaves the header out for a bodiless request.
+                b = b.header(reqwest::header::CONTENT_LENGTH, "0");
             }
             meta.requests += 1;
             let sent = Instant::now();

@@ -410,6 +410,7 @@ mod tests {
             error: error.into(),
             description: mp.map(|c| format!("refused ({c})")),
             mp_code: mp.map(String::from),
+            error_uri: None,
             env: "test".into(),
         }
     }

@@ -159,7 +159,7 @@ pub async fn execute(
 /// True when sending `b` today would exceed `max_per_day` (counting batches accepted today).
 fn paused_for_today(store: &mut Store, job: i64, b: &BatchRecord, opts: &ExecOptions) -> anyhow::Result<bool> {
     let Some(max) = opts.max_per_day else { return Ok(false) };
-    let today = chrono::Local::now().date_naive();
+    let today = crate::clock::oslo_today();
     let sent_today: u64 = store
         .batches(job)?
         .iter()
@@ -167,7 +167,7 @@ fn paused_for_today(store: &mut Store, job: i64, b: &BatchRecord, opts: &ExecOpt
             x.accepted_at
                 .as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| t.with_timezone(&chrono::Local).date_naive() == today)
+                .is_some_and(|t| crate::clock::oslo_date(t.with_timezone(&chrono::Utc)) == today)
         })
         .map(|x| x.entry_count)
         .sum();

@@ -111,7 +111,7 @@ struct JobSettings {
 impl JobSettings {
     fn new(opts: &LoadOptions) -> Self {
         JobSettings {
-            today: chrono::Local::now().date_naive(),
+            today: crate::clock::oslo_today(),
             boundary: Layout::new().boundary().to_string(),
             max_batch_bytes: opts.max_batch_bytes,
             ingest_rate: opts.ingest_rate,

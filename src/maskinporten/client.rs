@@ -24,6 +24,10 @@ use futures::future::{BoxFuture, Shared};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Maskinporten accepts `iat` less than 10 s from its clock; an offset this large breaks every
+/// grant, so an uncoded `invalid_grant` that arrives with it is taken as a clock refusal.
+const CLOCK_REFUSAL_OFFSET_SECS: i64 = 10;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use url::Url;
@@ -308,8 +312,15 @@ impl Inner {
             match self.request_once(meta, req).await {
                 Ok(token) => return Ok(token),
                 // A refusal for time reasons that came with a new offset measurement: try once
-                // more with corrected iat/exp rather than failing a skewed host.
-                Err((e, offset_changed)) if e.is_clock_problem() && offset_changed && !clock_retry_used => {
+                // more with corrected iat/exp rather than failing a skewed host. An uncoded
+                // invalid_grant counts when the new offset alone would break the grant (10 s).
+                Err((e, offset_changed))
+                    if offset_changed
+                        && !clock_retry_used
+                        && (e.is_clock_problem()
+                            || (e.is_uncoded_invalid_grant()
+                                && self.offset.load(Ordering::Relaxed).abs() >= CLOCK_REFUSAL_OFFSET_SECS)) =>
+                {
                     tracing::info!(
                         offset_secs = self.offset.load(Ordering::Relaxed),
                         "grant refused for its time claims; retrying with the measured clock offset"
@@ -369,6 +380,7 @@ impl Inner {
         struct OAuthError {
             error: String,
             error_description: Option<String>,
+            error_uri: Option<String>,
         }
         let err = match serde_json::from_str::<OAuthError>(&body) {
             Ok(o) if status.is_client_error() && status.as_u16() != 429 => TokenError::Rejected {
@@ -376,6 +388,7 @@ impl Inner {
                 mp_code: o.error_description.as_deref().and_then(super::error::find_mp_code),
                 error: o.error,
                 description: o.error_description,
+                error_uri: o.error_uri.map(String::into_boxed_str),
                 env: self.cfg.env.to_string(),
             },
             _ => TokenError::Status {

@@ -141,6 +141,8 @@ pub struct CertInfo {
     /// Subject DN as text, e.g. `C=NO, O=BITS AS, CN=BITS AS TEST, serialNumber=916960190`.
     pub subject: String,
     pub issuer: String,
+    /// The issuer's common name, e.g. `Buypass Class 3 Test4 CA G2 ST Business`.
+    pub issuer_cn: Option<String>,
     /// The organisation number from the subject: the serialNumber attribute when it is 9 digits
     /// (Buypass/Commfides, kfr-notes §3), else an organizationIdentifier `NTRNO-<9 digits>`.
     pub org_number: Option<String>,
@@ -190,6 +192,11 @@ fn cert_info(der: &[u8], path: &Path) -> Result<CertInfo, CredentialError> {
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
+        issuer_cn: cert
+            .issuer()
+            .iter_common_name()
+            .find_map(|a| a.as_str().ok())
+            .map(str::to_string),
         org_number: org_number(cert.subject()),
         not_before: timestamp(cert.validity().not_before)?,
         not_after: timestamp(cert.validity().not_after)?,
@@ -198,6 +205,39 @@ fn cert_info(der: &[u8], path: &Path) -> Result<CertInfo, CredentialError> {
         test_issuer: looks_like_test_issuer(cert.issuer()),
         sha256_fingerprint: fingerprint(der),
     })
+}
+
+/// What Digdir's trust list says about a business certificate's issuing CA, by the CA's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuingCa {
+    /// A SEID 2.0 CA Maskinporten trusts in test (Buypass Test4 G2 ST Business, Commfides G3 TEST).
+    Seid2Test,
+    /// A SEID 2.0 CA Maskinporten trusts in production (Buypass G2 ST/HT Business, Commfides G3).
+    Seid2Prod,
+    /// Buypass' older Class 3 (Test4) CA 3: still issued from, but on its way out for SEID 2.0.
+    /// `test` says which environment it belongs to.
+    BuypassCa3 { test: bool },
+    /// Commfides' SEID 1 CAs, whose certificates stopped working on 31.12.2024.
+    CommfidesSeid1,
+    /// A name Digdir's list does not hold (our local test CA, or something else).
+    Unknown,
+}
+
+impl IssuingCa {
+    /// Classifies an issuer common name. Exact names for the SEID 2.0 CAs; Commfides' SEID 1
+    /// CAs all carry "CPN" in their names.
+    pub fn from_cn(cn: &str) -> Self {
+        match cn.trim() {
+            "Buypass Class 3 Test4 CA G2 ST Business" | "Commfides Legal Person - G3 - TEST" => IssuingCa::Seid2Test,
+            "Buypass Class 3 CA G2 ST Business"
+            | "Buypass Class 3 CA G2 HT Business"
+            | "Commfides Legal Person - G3" => IssuingCa::Seid2Prod,
+            "Buypass Class 3 Test4 CA 3" => IssuingCa::BuypassCa3 { test: true },
+            "Buypass Class 3 CA 3" => IssuingCa::BuypassCa3 { test: false },
+            other if other.starts_with("Commfides") && other.contains("CPN") => IssuingCa::CommfidesSeid1,
+            _ => IssuingCa::Unknown,
+        }
+    }
 }
 
 fn org_number(subject: &X509Name<'_>) -> Option<String> {

@@ -14,12 +14,15 @@ pub enum TokenError {
     #[error("cannot load the business certificate: {0}")]
     Credential(String),
     /// Maskinporten answered with an OAuth2 error (kfr-notes §3, §9).
-    #[error("Maskinporten refused the grant: {error}{}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(), .mp_code.as_deref().filter(|c| !.description.as_deref().unwrap_or_default().contains(*c)).map(|c| format!(" [{c}]")).unwrap_or_default())]
+    #[error("Maskinporten refused the grant: {error}{}{}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(), .mp_code.as_deref().filter(|c| !.description.as_deref().unwrap_or_default().contains(*c)).map(|c| format!(" [{c}]")).unwrap_or_default(), .error_uri.as_deref().map(|u| format!(" (see {u})")).unwrap_or_default())]
     Rejected {
         status: u16,
         error: String,
         description: Option<String>,
         mp_code: Option<String>,
+        /// RFC 6749 §5.2 `error_uri`: Digdir's page about this error, shown when present.
+        /// Boxed to keep the error (and every `Result` carrying it) small.
+        error_uri: Option<Box<str>>,
         env: String,
     },
     /// No HTTP answer: connect failure, timeout, TLS.
@@ -81,20 +84,39 @@ impl TokenError {
         }
     }
 
-    /// The grant was refused because of its time claims (the clock-skew family).
+    /// The grant was refused because of its time claims (the clock-skew family): MP-130, or,
+    /// without any MP-code, a description about the grant's times (Maskinporten has answered
+    /// "Issue time is after now" without a code). Another MP-code names another cause, so the
+    /// words alone do not count then ("certificate expired" is MP-120, not a clock problem).
     pub fn is_clock_problem(&self) -> bool {
         match self {
             TokenError::Rejected {
                 mp_code, description, ..
-            } => {
-                mp_code.as_deref() == Some("MP-130")
-                    || description.as_deref().is_some_and(|d| {
-                        let d = d.to_ascii_lowercase();
-                        d.contains("iat") || d.contains("clock") || d.contains("expired")
-                    })
-            }
+            } => match mp_code.as_deref() {
+                Some(code) => code == "MP-130",
+                None => description.as_deref().is_some_and(|d| {
+                    let d = d.to_ascii_lowercase();
+                    [
+                        "iat",
+                        "clock",
+                        "issue time",
+                        "issued at",
+                        "expired",
+                        "not yet valid",
+                        "exp ",
+                    ]
+                    .iter()
+                    .any(|w| d.contains(w))
+                }),
+            },
             _ => false,
         }
+    }
+
+    /// An `invalid_grant` without an MP-code: with a clock offset measured at the same time,
+    /// the likeliest cause is the grant's time claims, whatever the description says.
+    pub fn is_uncoded_invalid_grant(&self) -> bool {
+        matches!(self, TokenError::Rejected { error, mp_code: None, .. } if error == "invalid_grant")
     }
 }
 
@@ -178,7 +200,10 @@ fn rejection_hint(error: &str, mp_code: Option<&str>, description: &str, env: &s
         Some("MP-123") => "x5c must be a JSON array of base64 DER certificates; this is a client bug, please report it".into(),
         Some("MP-130") => "the grant's iat/exp were outside Maskinporten's window: synchronise this host's clock (NTP); `kfr doctor` shows the measured offset".into(),
         Some("MP-012") => "a grant id (jti) was reused; each request must use a fresh grant. If this repeats, report it".into(),
-        Some("MP-200") | Some("MP-201") => "the scope is not granted to this client: ask Bits to grant bits:kundeforhold.write and add the scope to the client in Digdir's self-service".into(),
+        Some("MP-200") => "the scope is not registered on this Maskinporten client: add bits:kundeforhold.write to the client in Digdir's self-service (Bits must have granted it to your organisation first)".into(),
+        Some("MP-201") => "the scope may not be used by this kind of client (integration type): create a Maskinporten client in Digdir's self-service and use its client_id".into(),
+        Some("MP-250") => "Bits has not granted bits:kundeforhold.write to your organisation yet: ask Bits to give your organisation access to the scope (usual for a new institution)".into(),
+        Some("MP-251") => "the organisation in consumer_org has not delegated the scope to yours in Altinn: have it delegate the scope, or remove consumer_org to act for your own organisation".into(),
         _ => match error {
             "invalid_client" => format!("client_id is not a valid Maskinporten client in env {env}"),
             "invalid_scope" => "the requested scope is not granted to this client (check `scope` and the client's scopes in Digdir's self-service)".into(),
@@ -200,6 +225,7 @@ mod tests {
             error: error.into(),
             description: Some(description.into()),
             mp_code: find_mp_code(description),
+            error_uri: None,
             env: "test".into(),
         }
     }
@@ -233,8 +259,10 @@ mod tests {
             ("invalid_request", "MP-123", "JSON array"),
             ("invalid_grant", "MP-130", "synchronise this host's clock"),
             ("invalid_grant", "MP-012", "jti"),
-            ("invalid_scope", "MP-200", "scope is not granted"),
-            ("invalid_scope", "MP-201", "scope is not granted"),
+            ("invalid_scope", "MP-200", "add bits:kundeforhold.write to the client"),
+            ("invalid_scope", "MP-201", "create a Maskinporten client"),
+            ("invalid_scope", "MP-250", "ask Bits"),
+            ("invalid_grant", "MP-251", "delegate the scope"),
         ];
         for (error, code, expect) in cases {
             let e = rejected(error, &format!("refused ({code})"));

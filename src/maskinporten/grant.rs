@@ -33,6 +33,8 @@ pub struct GrantParams {
     /// Space-separated scopes.
     pub scope: String,
     pub consumer_org: Option<String>,
+    /// Audience(s) of the token, comma- or space-separated; sent as a JSON array (see
+    /// [`resource_list`]).
     pub resource: Option<String>,
     pub x5c: X5cMode,
     pub kid: Option<String>,
@@ -49,7 +51,18 @@ struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer_org: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<&'a str>,
+    resource: Option<Vec<&'a str>>,
+}
+
+/// The `resource` claim's values. Digdir's grant takes `resource` as an array of audiences
+/// (RFC 8707 allows several), and a strict Maskinporten refuses a bare string, so even one
+/// audience travels as a one-element array. Configuration holds them in one string separated by
+/// commas or whitespace; an empty list means no claim at all.
+pub fn resource_list(resource: &str) -> Vec<&str> {
+    resource
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 /// The `x5c` header value: standard base64 (RFC 7515 §4.1.6 — not base64url) of each DER.
@@ -82,7 +95,7 @@ pub fn sign(
         exp: now + GRANT_LIFETIME_SECS,
         jti: jti.to_string(),
         consumer_org: params.consumer_org.as_deref(),
-        resource: params.resource.as_deref(),
+        resource: params.resource.as_deref().map(resource_list).filter(|r| !r.is_empty()),
     };
     jsonwebtoken::encode(&header, &claims, credential.encoding_key())
         .map(SecretString::from)
@@ -163,7 +176,7 @@ mod tests {
             json!([b.encode(&pki.client.cert_der), b.encode(&pki.ca_cert_der)])
         );
         assert_eq!(claims["consumer_org"], "999999999");
-        assert_eq!(claims["resource"], "https://api.example/");
+        assert_eq!(claims["resource"], json!(["https://api.example/"]));
 
         let p = GrantParams {
             kid: Some("registered-key-1".into()),

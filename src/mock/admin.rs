@@ -3,7 +3,7 @@
 //! collide with Maskinporten or KFR paths. Loopback test surface with synthetic data: the
 //! register dump shows full identifiers on purpose (tests compare them).
 
-use super::config::{KfrFaults, check_fail_rate, check_ingest_rate};
+use super::config::{Delegation, KfrFaults, check_fail_rate, check_ingest_rate};
 use super::state::{MockState, TokenFaults};
 use axum::Router;
 use axum::extract::State;
@@ -59,6 +59,8 @@ struct FaultsUpdate {
     /// Starts an outage of this many seconds now; 0 ends one.
     outage_secs: Option<u64>,
     ingest_rate: Option<u64>,
+    /// Replaces the declared delegations: `["CONSUMER=SUPPLIER[:SCOPE]", …]`.
+    delegations: Option<Vec<String>>,
 }
 
 async fn faults(
@@ -86,7 +88,19 @@ async fn faults(
     if let Some(Err(e)) = update.ingest_rate.map(check_ingest_rate) {
         return bad_request(e.message);
     }
+    let delegations = match update
+        .delegations
+        .as_deref()
+        .map(|ds| ds.iter().map(|d| Delegation::parse(d)).collect::<Result<Vec<_>, _>>())
+    {
+        Some(Err(e)) => return bad_request(e.message),
+        Some(Ok(ds)) => Some(ds),
+        None => None,
+    };
     // Everything is checked: apply all or nothing.
+    if let Some(ds) = delegations {
+        state.set_delegations(ds);
+    }
     state.set_kfr_faults(kfr);
     if let Some(secs) = update.outage_secs {
         state.set_outage_secs(secs);

@@ -24,9 +24,14 @@ pub const OTHER_SCOPE: &str = "kfr-mock:other";
 /// Flags of `kfr mock`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MockFlags {
-    /// Address to listen on.
+    /// Address to listen on. Loopback only, unless --allow-remote.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Listen on a non-loopback address too. The mock accepts any client id and its admin
+    /// surface shows full identifiers, so this is for isolated test networks only.
+    #[arg(long)]
+    pub allow_remote: bool,
 
     /// PEM file with one or more CA certificates whose client certificates the fake Maskinporten
     /// accepts (repeatable). `kfr certs local` writes one.
@@ -61,6 +66,17 @@ pub struct MockFlags {
     /// (repeatable). When given, only these clients exist.
     #[arg(long = "client", value_name = "ID=SCOPE[,SCOPE...][@ORGNR]")]
     pub clients: Vec<String>,
+
+    /// A delegation declared in Altinn (repeatable): CONSUMER lets SUPPLIER (the certificate's
+    /// org.nr) use SCOPE on its behalf (default bits:kundeforhold.write). A grant with
+    /// `consumer_org` needs one (MP-251).
+    #[arg(long = "delegation", value_name = "CONSUMER=SUPPLIER[:SCOPE]")]
+    pub delegations: Vec<String>,
+
+    /// The organisations the API owner (Bits) has given a scope to (repeatable). Once a scope is
+    /// named here, a token for it goes only to these organisations; others get MP-250.
+    #[arg(long = "scope-access", value_name = "SCOPE=ORGNR[,ORGNR...]")]
+    pub scope_access: Vec<String>,
 
     /// Which identifier policy the fake KFR applies (KFR-005): `test` also accepts synthetic
     /// identities (Tenor +80, 2/3-prefixed organisations), `prod` only real ones.
@@ -159,12 +175,69 @@ impl KfrFaults {
 }
 
 /// A client registered with the fake Maskinporten.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MockClient {
     /// Scopes the client may request.
     pub scopes: Vec<String>,
     /// When set, the business certificate's org.nr must equal it (MP-122).
     pub owner_org: Option<String>,
+    /// How the client proves itself. Digdir fixes this per client: a business-certificate client
+    /// sends `x5c`, a key client `kid`, and the other header is refused.
+    pub keys: ClientKeys,
+    /// `expires_in` of this client's tokens (1..=7200 s); `None`: the server's default. The API
+    /// owner sets it per scope at Digdir, so a client must read it, never assume it.
+    pub expires_in: Option<u64>,
+}
+
+/// The key mode of a registered client.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientKeys {
+    /// A business-certificate (`x5c`) client: the default, and what KFR's onboarding uses.
+    #[default]
+    Certificate,
+    /// A client with pre-registered keys: `kid` → DER of a certificate holding the public key.
+    /// The certificate is only a key container here; the registration is what is trusted.
+    Keys(BTreeMap<String, Vec<u8>>),
+}
+
+/// Longest token lifetime a client may be given (Digdir's self-service allows up to two hours).
+pub const MAX_EXPIRES_IN_SECS: u64 = 7200;
+
+/// A delegation as Altinn would hold it: `consumer` lets `supplier` use `scope` for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Delegation {
+    pub consumer: String,
+    pub supplier: String,
+    pub scope: String,
+}
+
+impl Delegation {
+    /// Parses `CONSUMER=SUPPLIER[:SCOPE]` (the `--delegation` flag and `POST /_mock/faults`).
+    pub fn parse(spec: &str) -> Result<Self, UsageError> {
+        let bad = |why: &str| {
+            UsageError::new(format!("--delegation {spec:?}: {why}"))
+                .with_hint("expected CONSUMER=SUPPLIER[:SCOPE], e.g. 910000000=916960190:bits:kundeforhold.write")
+        };
+        let (consumer, rest) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+        let (supplier, scope) = match rest.split_once(':') {
+            Some((supplier, scope)) => (supplier, scope),
+            None => (rest, DEFAULT_SCOPE),
+        };
+        if !is_org_number(consumer) || !is_org_number(supplier) {
+            return Err(bad("consumer and supplier must be 9-digit org.nrs"));
+        }
+        if consumer == supplier {
+            return Err(bad("an organisation cannot delegate to itself"));
+        }
+        if scope.is_empty() || scope.contains(char::is_whitespace) {
+            return Err(bad("the scope must be non-empty without spaces"));
+        }
+        Ok(Self {
+            consumer: consumer.to_string(),
+            supplier: supplier.to_string(),
+            scope: scope.to_string(),
+        })
+    }
 }
 
 /// Everything [`super::MockServer::start`] needs.
@@ -186,6 +259,11 @@ pub struct MockConfig {
     pub token_fail_first: u32,
     /// `None`: any client id exists and is granted [`DEFAULT_SCOPE`].
     pub clients: Option<BTreeMap<String, MockClient>>,
+    /// Delegations the fake Maskinporten knows (`consumer_org` needs one); changeable at runtime.
+    pub delegations: Vec<Delegation>,
+    /// Scope → organisations the API owner granted it to. A scope not named here is open to
+    /// every organisation (the default, so the mock works out of the box).
+    pub scope_access: BTreeMap<String, Vec<String>>,
     /// Identifier policy of the fake KFR.
     pub env: MockEnv,
     /// Relationships ingested per second from accepted batches (at least 1).
@@ -198,6 +276,8 @@ pub struct MockConfig {
     pub outage_secs: u64,
     /// Deliberate defects (`--quirk`); empty for a faithful mock.
     pub quirks: super::Quirks,
+    /// Whether a non-loopback listen address is allowed (`--allow-remote`).
+    pub allow_remote: bool,
 }
 
 impl MockConfig {
@@ -212,17 +292,21 @@ impl MockConfig {
             token_fail_rate: 0.0,
             token_fail_first: 0,
             clients: None,
+            delegations: Vec::new(),
+            scope_access: BTreeMap::new(),
             env: MockEnv::Test,
             ingest_rate: DEFAULT_INGEST_RATE,
             max_batch_bytes: crate::kfr::batch::DEFAULT_MAX_BYTES,
             kfr_faults: KfrFaults::NONE,
             outage_secs: 0,
             quirks: super::Quirks::new(),
+            allow_remote: false,
         }
     }
 
     /// Resolves the flags: reads the `--trust` PEM files and checks every value.
     pub fn from_flags(flags: &MockFlags) -> anyhow::Result<Self> {
+        check_listen(flags.listen, flags.allow_remote)?;
         let mut trusted = Vec::new();
         for path in &flags.trust {
             trusted.extend(read_trust_pem(path)?);
@@ -246,6 +330,16 @@ impl MockConfig {
             }
             Some(map)
         };
+        let delegations = flags
+            .delegations
+            .iter()
+            .map(|d| Delegation::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut scope_access = BTreeMap::new();
+        for spec in &flags.scope_access {
+            let (scope, orgs) = parse_scope_access(spec)?;
+            scope_access.entry(scope).or_insert_with(Vec::new).extend(orgs);
+        }
         let kfr_faults = KfrFaults {
             error_rate: flags.error_rate,
             rate_limit_rate: flags.rate_limit_rate,
@@ -267,12 +361,15 @@ impl MockConfig {
             token_fail_rate: flags.token_fail_rate,
             token_fail_first: flags.token_fail_first,
             clients,
+            delegations,
+            scope_access,
             env: flags.env,
             ingest_rate: flags.ingest_rate,
             max_batch_bytes: flags.max_batch_bytes,
             kfr_faults,
             outage_secs: flags.outage_secs,
             quirks: flags.quirks.iter().copied().collect(),
+            allow_remote: flags.allow_remote,
         })
     }
 }
@@ -298,6 +395,18 @@ fn read_trust_pem(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
         return Err(UsageError::new(format!("--trust {}: no CERTIFICATE block found", path.display())).into());
     }
     Ok(out)
+}
+
+/// The mock accepts any client id without `--client` and its admin surface (`/_mock/*`) shows
+/// full identifiers and resets state, so it listens on loopback only unless told otherwise.
+pub(crate) fn check_listen(addr: SocketAddr, allow_remote: bool) -> Result<(), UsageError> {
+    if addr.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    Err(
+        UsageError::new(format!("--listen {addr} is not a loopback address"))
+            .with_hint("listen on 127.0.0.1 or [::1]; pass --allow-remote only on an isolated test network (the mock accepts any client and its admin surface shows full identifiers)"),
+    )
 }
 
 /// The issuer is compared byte for byte with `aud` (kfr-notes §9), so it must look like Digdir's:
@@ -363,7 +472,31 @@ fn parse_client(spec: &str) -> Result<(String, MockClient), UsageError> {
     if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
         return Err(bad("scopes must be non-empty and contain no spaces"));
     }
-    Ok((id.to_string(), MockClient { scopes, owner_org }))
+    Ok((
+        id.to_string(),
+        MockClient {
+            scopes,
+            owner_org,
+            ..MockClient::default()
+        },
+    ))
+}
+
+/// Parses `SCOPE=ORGNR[,ORGNR...]`.
+fn parse_scope_access(spec: &str) -> Result<(String, Vec<String>), UsageError> {
+    let bad = |why: &str| {
+        UsageError::new(format!("--scope-access {spec:?}: {why}"))
+            .with_hint("expected SCOPE=ORGNR[,ORGNR...], e.g. bits:kundeforhold.write=916960190")
+    };
+    let (scope, orgs) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
+    if scope.is_empty() || scope.contains(char::is_whitespace) {
+        return Err(bad("the scope must be non-empty without spaces"));
+    }
+    let orgs: Vec<String> = orgs.split(',').map(str::to_string).collect();
+    if !orgs.iter().all(|o| is_org_number(o)) {
+        return Err(bad("organisations must be 9-digit org.nrs"));
+    }
+    Ok((scope.to_string(), orgs))
 }
 
 /// Nine ASCII digits: the shape of an organisasjonsnummer. The checksum is deliberately not
@@ -411,6 +544,7 @@ mod tests {
     fn from_flags_reports_unreadable_trust_file_as_usage_error() {
         let flags = MockFlags {
             listen: "127.0.0.1:0".parse().unwrap(),
+            allow_remote: false,
             trust: vec!["/nonexistent/ca.pem".into()],
             issuer: None,
             clock_skew_secs: 0,
@@ -419,6 +553,8 @@ mod tests {
             token_fail_rate: 0.0,
             token_fail_first: 0,
             clients: vec![],
+            delegations: vec![],
+            scope_access: vec![],
             env: MockEnv::Test,
             ingest_rate: 250,
             max_batch_bytes: 10_000_000,

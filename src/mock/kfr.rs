@@ -43,11 +43,28 @@ pub(crate) fn routes() -> Router<Arc<MockState>> {
             post(add).delete(remove),
         )
         // The trailing slash is part of the spec's path; without it the route does not exist.
-        .route("/kar-ws/api/v1/customers/financialInstitutions/{fid}/", get(lookup))
+        .route(
+            "/kar-ws/api/v1/customers/financialInstitutions/{fid}/",
+            get(lookup).fallback(method_not_allowed),
+        )
         .route(
             "/kar-ws/api/v1/customers/financialInstitutions/{fid}/batch",
             post(batch),
         )
+}
+
+/// The spec lists 405 for the own lookup with its `ErrorResponse` body, but names no code; the
+/// mock's `MOCK-405` is its own, so a client must key on the status, not the code.
+async fn method_not_allowed(State(state): State<Arc<MockState>>) -> Response {
+    let body = json!({
+        "errorCode": "MOCK-405",
+        "errorMessage": "Method is not allowed (the own lookup is GET only)",
+        "timestamp": timestamp(&state),
+    });
+    let mut resp = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+    resp
 }
 
 /// The four operations, by the names `/_mock/state` counts them under.
@@ -91,6 +108,7 @@ impl Op {
         use Failure::*;
         match self {
             Op::Add => &[
+                LengthRequired,
                 Unauthenticated,
                 NoAccess,
                 WrongInstitution,
@@ -103,6 +121,7 @@ impl Op {
                 Outage,
             ],
             Op::Remove => &[
+                LengthRequired,
                 Unauthenticated,
                 NoAccess,
                 WrongInstitution,
@@ -180,6 +199,9 @@ pub(crate) enum Failure {
     RateLimited,
     /// Injected outage: 503 with `Retry-After`; not in the spec (fault injection only).
     Outage,
+    /// A bodiless POST/DELETE without `Content-Length` (or `Transfer-Encoding`): 411, as a
+    /// strict front end answers (RFC 9110 §15.5.12); not in the spec, from the gateway.
+    LengthRequired,
 }
 
 /// The parts of an error answer.
@@ -233,6 +255,11 @@ impl Failure {
                 status: 503,
                 code: None,
                 message: "Service unavailable",
+            },
+            LengthRequired => ErrorAnswer {
+                status: 411,
+                code: None,
+                message: "Length Required",
             },
         }
     }
@@ -399,6 +426,19 @@ async fn gate(state: &MockState, op: Op, fid: &str, headers: &HeaderMap) -> Resu
             format!("the token's scope lacks {DEFAULT_SCOPE}"),
         ));
     }
+    // A delegated token serves its consumer only while the delegation stands: the grant was
+    // checked at issue, but a revoked delegation must not live on for the token's lifetime.
+    if let Some(supplier) = &claims.supplier_org {
+        if !state.is_delegated(&claims.consumer_org, supplier, DEFAULT_SCOPE) {
+            return Err(Refusal::because(
+                Failure::WrongInstitution,
+                format!(
+                    "no delegation from {} to {supplier} backs this token",
+                    claims.consumer_org
+                ),
+            ));
+        }
+    }
     if claims.consumer_org != fid && !state.has_quirk(Quirk::ForeignFidAccepted) {
         return Err(Refusal::because(
             Failure::WrongInstitution,
@@ -409,22 +449,51 @@ async fn gate(state: &MockState, op: Op, fid: &str, headers: &HeaderMap) -> Resu
 }
 
 /// Spec: `CorrelationID` is a required UUID on add, delete and batch.
+/// Only the hyphenated 8-4-4-4-12 form counts: the spec's example and format are that form, and
+/// `uuid` would also take the simple, braced and URN spellings, which KFR is not documented to.
 fn require_correlation_id(headers: &HeaderMap) -> Result<(), Refusal> {
-    let value = headers
-        .get("CorrelationID")
+    let value = single(headers, "CorrelationID", Failure::InvalidRequest)?
         .ok_or_else(|| Refusal::because(Failure::InvalidRequest, "CorrelationID header is missing"))?;
     value
         .to_str()
         .ok()
-        .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        .filter(|v| is_hyphenated_uuid(v))
         .map(|_| ())
-        .ok_or_else(|| Refusal::because(Failure::InvalidRequest, "CorrelationID is not a UUID"))
+        .ok_or_else(|| {
+            Refusal::because(
+                Failure::InvalidRequest,
+                "CorrelationID is not a UUID in the 8-4-4-4-12 form",
+            )
+        })
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hex digits either case.
+pub(crate) fn is_hyphenated_uuid(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A header that must appear at most once. Two values would leave it to chance which one counts
+/// (a proxy may join them, a framework take the first), so a repeat is refused as `failure`.
+fn single<'h>(headers: &'h HeaderMap, name: &str, failure: Failure) -> Result<Option<&'h HeaderValue>, Refusal> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Refusal::because(
+            failure,
+            format!("{name} header is given more than once"),
+        ));
+    }
+    Ok(first)
 }
 
 /// The `CustomerID` header, validated with `crate::ids` under the mock's environment.
 fn customer_id(state: &MockState, headers: &HeaderMap) -> Result<CustomerId, Refusal> {
-    let raw = headers
-        .get("CustomerID")
+    let raw = single(headers, "CustomerID", Failure::MissingCustomerId)?
         .ok_or_else(|| Refusal::because(Failure::MissingCustomerId, "CustomerID header is missing"))?
         .to_str()
         .map_err(|_| Refusal::because(Failure::InvalidCustomerId, "CustomerID is not ASCII"))?;
@@ -494,11 +563,28 @@ async fn gated(
     headers: &HeaderMap,
     handle: fn(&MockState, &str, &str, &HeaderMap) -> Result<Response, Refusal>,
 ) -> Response {
-    let result = match gate(state, op, fid, headers).await {
-        Ok(()) => handle(state, fid, ty, headers),
+    let result = match require_length(headers) {
+        Ok(()) => match gate(state, op, fid, headers).await {
+            Ok(()) => handle(state, fid, ty, headers),
+            Err(r) => Err(r),
+        },
         Err(r) => Err(r),
     };
     finish(state, op, headers, result)
+}
+
+/// RFC 9110 §8.6: a POST or DELETE whose body is empty should carry `Content-Length: 0`. KFR sits
+/// behind an API gateway we cannot test; a strict one answers 411 before anything else, so the
+/// mock does too.
+fn require_length(headers: &HeaderMap) -> Result<(), Refusal> {
+    if headers.contains_key(header::CONTENT_LENGTH) || headers.contains_key(header::TRANSFER_ENCODING) {
+        Ok(())
+    } else {
+        Err(Refusal::because(
+            Failure::LengthRequired,
+            "a POST or DELETE without a body must send Content-Length: 0",
+        ))
+    }
 }
 
 /// What add and remove both check first: CorrelationID, relationship type, the identifier.
@@ -665,6 +751,10 @@ async fn handle_batch(state: &MockState, fid: &str, headers: &HeaderMap, body: B
             "parts customer_type and customers are both required",
         ));
     };
+    // Bits' own batch example (KFR FAQ) has a blank line after DSOPBANK, so its part content is
+    // DSOPBANK plus one CRLF; the real service documents that request, so it must pass here.
+    // Nothing else around the type is forgiven.
+    let customer_type = customer_type.strip_suffix(b"\r\n").unwrap_or(customer_type);
     if customer_type != RELATIONSHIP_TYPE.as_bytes() {
         return Err(Refusal::because(
             Failure::InvalidType,
@@ -815,7 +905,12 @@ mod tests {
 
     /// Statuses the mock answers only when a fault is injected, deliberately outside the spec:
     /// a gateway's rate limit and outage, which a client must survive (kfr-notes §6).
-    const FAULT_ONLY: &[(Failure, u16)] = &[(Failure::RateLimited, 429), (Failure::Outage, 503)];
+    /// The 411 of a bodiless write without `Content-Length` is the front end's, not KFR's.
+    const FAULT_ONLY: &[(Failure, u16)] = &[
+        (Failure::RateLimited, 429),
+        (Failure::Outage, 503),
+        (Failure::LengthRequired, 411),
+    ];
 
     fn spec_for(op: Op) -> &'static [SpecResponse] {
         SPEC.iter()

@@ -7,7 +7,7 @@
 //! fixed order (documented in docs/mock.md) and the first failure answers 400 with Digdir's body,
 //! `{"error": …, "error_description": "… (MP-nnn)"}`. The assertion and the token are never logged.
 
-use super::config::{DEFAULT_SCOPE, is_org_number};
+use super::config::{ClientKeys, DEFAULT_SCOPE, is_org_number};
 use super::state::{MockState, lock};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::KeyPair as _;
@@ -37,7 +37,7 @@ const ALLOWED_CLAIMS: [&str; 8] = ["aud", "iss", "scope", "iat", "exp", "jti", "
 /// `exp - iat` may not exceed this (kfr-notes §3).
 const MAX_GRANT_LIFETIME_SECS: i64 = 120;
 
-/// `iat` may be this far from the Maskinporten clock either way (kfr-notes §3).
+/// `iat` must be less than this far from the Maskinporten clock either way (Digdir's grant page).
 const MAX_IAT_OFFSET_SECS: i64 = 10;
 
 /// OID 2.5.4.5 (serialNumber): where Norwegian business certificates carry the org.nr.
@@ -143,7 +143,7 @@ async fn token(State(state): State<Arc<MockState>>, headers: HeaderMap, body: By
                 axum::Json(json!({
                     "access_token": issued.access_token,
                     "token_type": "Bearer",
-                    "expires_in": state.mp.token_lifetime_secs,
+                    "expires_in": issued.lifetime_secs,
                     "scope": issued.scope,
                 }))
                 .into_response(),
@@ -161,6 +161,7 @@ struct Issued {
     access_token: String,
     client_id: String,
     scope: String,
+    lifetime_secs: u64,
 }
 
 fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> Result<Issued, Refusal> {
@@ -170,6 +171,7 @@ fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> 
     remember_jti(state, &grant.jti, grant.exp, now)?;
 
     let mp = &state.mp;
+    let lifetime_secs = grant.expires_in.unwrap_or(mp.token_lifetime_secs);
     let consumer = grant.consumer_org.as_deref().unwrap_or(&grant.cert_org);
     let scope = grant.scopes.join(" ");
     let mut claims = json!({
@@ -180,7 +182,7 @@ fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> 
         "scope": scope,
         "consumer": iso6523(consumer),
         "iat": now,
-        "exp": now.saturating_add(i64::try_from(mp.token_lifetime_secs).unwrap_or(i64::MAX)),
+        "exp": now.saturating_add(i64::try_from(lifetime_secs).unwrap_or(i64::MAX)),
         "jti": uuid::Uuid::new_v4().to_string(),
     });
     if grant.consumer_org.is_some() {
@@ -188,12 +190,17 @@ fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> 
         claims["supplier"] = iso6523(&grant.cert_org);
     }
     if let Some(resource) = grant.resource {
-        claims["aud"] = resource;
+        // One audience is a string in the token, several an array (RFC 7519 §4.1.3).
+        claims["aud"] = match resource {
+            Value::Array(mut rs) if rs.len() == 1 => rs.remove(0),
+            other => other,
+        };
     }
     Ok(Issued {
         access_token: mp.key.sign_jwt(&claims),
         client_id: grant.client_id,
         scope,
+        lifetime_secs,
     })
 }
 
@@ -253,6 +260,8 @@ pub(crate) struct Grant {
     pub resource: Option<Value>,
     pub jti: String,
     pub exp: i64,
+    /// The client's own token lifetime, when registered with one.
+    pub expires_in: Option<u64>,
 }
 
 /// One compact-JWS segment decoded as a JSON object. Base64url without padding, as RFC 7515 says.
@@ -298,7 +307,25 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
             ));
         }
     }
-    let chain = match (header.get("x5c"), header.get("kid")) {
+    // RFC 7515 §4.1.11: a recipient must refuse a `crit` it does not understand; Maskinporten
+    // defines no extension, so any `crit` is refused.
+    if header.contains_key("crit") {
+        return Err(Refusal::grant(
+            "MP-002",
+            "header crit names extensions this Maskinporten does not understand; leave crit out",
+        ));
+    }
+    // The key mode is fixed per client at Digdir, so the client is looked up before the key is.
+    let registered = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .and_then(|iss| mp.clients.as_ref()?.get(iss));
+    let registered_keys = match registered.map(|c| &c.keys) {
+        Some(ClientKeys::Keys(keys)) => Some(keys),
+        _ => None,
+    };
+    // Either the x5c chain (leaf first) or the key registered under `kid`.
+    let (chain, by_kid) = match (header.get("x5c"), header.get("kid")) {
         (Some(_), Some(_)) => {
             return Err(Refusal::grant(
                 "MP-123",
@@ -311,16 +338,39 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
                 "header carries neither x5c nor kid; send x5c with the business certificate",
             ));
         }
-        (None, Some(kid)) => {
+        (None, Some(kid)) => match (registered, registered_keys) {
+            (_, Some(keys)) => match kid.as_str().and_then(|k| keys.get(k)) {
+                Some(der) => (vec![CertificateDer::from(der.clone())], true),
+                None => {
+                    return Err(Refusal::grant(
+                        "MP-124",
+                        format!("kid {} is not a key registered for this client", describe(Some(kid))),
+                    ));
+                }
+            },
+            (Some(_), None) => {
+                return Err(Refusal::grant(
+                    "MP-124",
+                    "this client is registered for a business certificate: send x5c, not kid",
+                ));
+            }
+            (None, None) => {
+                return Err(Refusal::grant(
+                    "MP-124",
+                    format!(
+                        "kid {} is not a key registered for any client (this mock has no pre-registered keys; send x5c)",
+                        describe(Some(kid))
+                    ),
+                ));
+            }
+        },
+        (Some(_), None) if registered_keys.is_some() => {
             return Err(Refusal::grant(
-                "MP-124",
-                format!(
-                    "kid {} is not a key registered for any client (this mock has no pre-registered keys; send x5c)",
-                    describe(Some(kid))
-                ),
+                "MP-123",
+                "this client is registered with keys: send kid, not x5c",
             ));
         }
-        (Some(x5c), None) => parse_x5c(x5c)?,
+        (Some(x5c), None) => (parse_x5c(x5c)?, false),
     };
     let leaf = webpki::EndEntityCert::try_from(&chain[0])
         .map_err(|_| Refusal::grant("MP-123", "x5c[0] is not a usable X.509 certificate"))?;
@@ -342,15 +392,19 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         Refusal::grant("MP-124", why)
     })?;
 
-    // Trust and validity at the mock's clock: a real path check, not a name comparison.
-    verify_chain(&leaf, &chain[1..], &mp.trusted_ca_der, now)?;
-    // webpki does not look at an end-entity's KeyUsage; a certificate whose KeyUsage leaves out
-    // digitalSignature may not sign grants (RFC 5280 §4.2.1.3), so refuse it like a bad certificate.
-    if !key_usage_allows_signing(chain[0].as_ref()) {
-        return Err(Refusal::grant(
-            "MP-120",
-            "certificate key usage does not include digitalSignature, so it cannot sign grants",
-        ));
+    // A registered key is trusted by its registration; a certificate must chain to a trusted CA.
+    if !by_kid {
+        // Trust and validity at the mock's clock: a real path check, not a name comparison.
+        verify_chain(&leaf, &chain[1..], &mp.trusted_ca_der, now)?;
+        // webpki does not look at an end-entity's KeyUsage; a certificate whose KeyUsage leaves
+        // out digitalSignature may not sign grants (RFC 5280 §4.2.1.3), so refuse it like a bad
+        // certificate.
+        if !key_usage_allows_signing(chain[0].as_ref()) {
+            return Err(Refusal::grant(
+                "MP-120",
+                "certificate key usage does not include digitalSignature, so it cannot sign grants",
+            ));
+        }
     }
 
     // Claims: only Digdir's list.
@@ -408,12 +462,13 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         ));
     }
     let offset = iat - now;
-    if offset.abs() > MAX_IAT_OFFSET_SECS {
+    // Digdir: iat must be *less than* 10 s from its clock, so 10 s itself is already too far.
+    if offset.abs() >= MAX_IAT_OFFSET_SECS {
         let side = if offset < 0 { "behind" } else { "ahead of" };
         return Err(Refusal::grant(
             "MP-130",
             format!(
-                "iat is {} s {side} the Maskinporten clock (allowed: ±{MAX_IAT_OFFSET_SECS} s); check the client's clock (NTP)",
+                "iat is {} s {side} the Maskinporten clock (allowed: less than {MAX_IAT_OFFSET_SECS} s either way); check the client's clock (NTP)",
                 offset.abs()
             ),
         ));
@@ -459,12 +514,16 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         },
     };
 
-    let cert_org = org_number(chain[0].as_ref()).ok_or_else(|| {
-        Refusal::grant(
-            "MP-122",
-            "the certificate's subject carries no organisation number (serialNumber)",
-        )
-    })?;
+    let cert_org = by_kid
+        .then(|| client.and_then(|c| c.owner_org.clone()))
+        .flatten()
+        .or_else(|| org_number(chain[0].as_ref()))
+        .ok_or_else(|| {
+            Refusal::grant(
+                "MP-122",
+                "the certificate's subject carries no organisation number (serialNumber)",
+            )
+        })?;
     // Without let-chains: the crate's rust-version (1.85) predates them.
     let owner = client.and_then(|c| c.owner_org.as_deref());
     if let Some(owner) = owner.filter(|o| *o != cert_org) {
@@ -479,9 +538,10 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         _ => Vec::new(),
     };
     if scopes.is_empty() {
+        // The mock's own code: Digdir's MP-201 means something else (the integration type).
         return Err(Refusal::new(
             "invalid_scope",
-            "MP-201",
+            "MP-004",
             "scope is missing: request at least one scope as a space-separated string",
         ));
     }
@@ -498,13 +558,17 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         return Err(Refusal::new(
             "invalid_scope",
             "MP-200",
-            format!("scope {} is not granted to client {client_id:?}", refused.join(" ")),
+            format!(
+                "scope {} is not registered on client {client_id:?} (add it in the self-service)",
+                refused.join(" ")
+            ),
         ));
     }
 
     let resource = match claims.get("resource") {
         None => None,
-        Some(Value::String(r)) if !r.is_empty() => Some(Value::String(r.clone())),
+        // Digdir documents `resource` as an array; a bare string is refused (stricter than a
+        // server that might coerce it, so a client sending one is caught here).
         Some(Value::Array(rs)) if !rs.is_empty() && rs.iter().all(|r| r.as_str().is_some_and(|r| !r.is_empty())) => {
             Some(Value::Array(rs.clone()))
         }
@@ -512,7 +576,7 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
             return Err(Refusal::grant(
                 "MP-002",
                 format!(
-                    "resource must be a string or an array of strings, got {}",
+                    "resource must be a non-empty JSON array of non-empty strings, got {}",
                     describe(Some(other))
                 ),
             ));
@@ -532,6 +596,42 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         }
     };
 
+    // Delegation (Digdir: a supplier acts for a consumer only through a delegation in Altinn).
+    // Acting for oneself is not a delegation, and Maskinporten refuses it the same way.
+    if let Some(consumer) = &consumer_org {
+        if *consumer == cert_org {
+            return Err(Refusal::grant(
+                "MP-251",
+                format!(
+                    "consumer_org {consumer} is the certificate's own organisation; leave consumer_org out to act for yourself"
+                ),
+            ));
+        }
+        if let Some(scope) = scopes.iter().find(|s| !state.is_delegated(consumer, &cert_org, s)) {
+            return Err(Refusal::grant(
+                "MP-251",
+                format!(
+                    "consumer {consumer} has not delegated scope {scope} to supplier {cert_org} (no delegation in Altinn)"
+                ),
+            ));
+        }
+    }
+
+    // The API owner (Bits) gives a scope to organisations; the organisation the token is for
+    // must have it, whoever signs.
+    let acting_for = consumer_org.as_deref().unwrap_or(&cert_org);
+    if let Some(scope) = scopes.iter().find(|s| {
+        mp.scope_access
+            .get(s.as_str())
+            .is_some_and(|orgs| !orgs.iter().any(|o| o == acting_for))
+    }) {
+        return Err(Refusal::new(
+            "invalid_scope",
+            "MP-250",
+            format!("the API owner has not given scope {scope} to organisation {acting_for}"),
+        ));
+    }
+
     Ok(Grant {
         client_id,
         scopes,
@@ -540,6 +640,7 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
         resource,
         jti,
         exp,
+        expires_in: client.and_then(|c| c.expires_in),
     })
 }
 
@@ -566,12 +667,21 @@ fn parse_x5c(x5c: &Value) -> Result<Vec<CertificateDer<'static>>, Refusal> {
                 return Err(Refusal::grant("MP-123", format!("x5c[{i}] is not a string")));
             };
             // STANDARD requires the +/ alphabet and canonical padding, so base64url is refused.
-            STANDARD.decode(b64).map(CertificateDer::from).map_err(|_| {
+            let der = STANDARD.decode(b64).map_err(|_| {
                 Refusal::grant(
                     "MP-123",
                     format!("x5c[{i}] is not standard base64 (RFC 7515 §4.1.6: base64, not base64url)"),
                 )
-            })
+            })?;
+            // RFC 7515 §4.1.6: every element is a DER certificate, not only the first; a chain
+            // with garbage in it is refused rather than the garbage skipped.
+            match x509_parser::parse_x509_certificate(&der) {
+                Ok((&[], _)) => Ok(CertificateDer::from(der)),
+                _ => Err(Refusal::grant(
+                    "MP-123",
+                    format!("x5c[{i}] is not a DER X.509 certificate"),
+                )),
+            }
         })
         .collect()
 }
@@ -767,6 +877,8 @@ impl SigningKey {
 pub struct AccessClaims {
     /// The org.nr the token was issued to (`consumer`), 9 digits.
     pub consumer_org: String,
+    /// The certificate holder acting for `consumer_org` (`supplier`), when the token is delegated.
+    pub supplier_org: Option<String>,
     pub scope: Vec<String>,
     pub client_id: String,
     pub exp: i64,
@@ -830,6 +942,16 @@ impl MockState {
             .and_then(|id| id.strip_prefix("0192:"))
             .ok_or(TokenRejection::Malformed("consumer"))?
             .to_string();
+        let supplier_org = match claims.get("supplier") {
+            None => None,
+            Some(s) => Some(
+                s.get("ID")
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.strip_prefix("0192:"))
+                    .ok_or(TokenRejection::Malformed("supplier"))?
+                    .to_string(),
+            ),
+        };
         let scope = claims
             .get("scope")
             .and_then(Value::as_str)
@@ -844,6 +966,7 @@ impl MockState {
             .to_string();
         Ok(AccessClaims {
             consumer_org,
+            supplier_org,
             scope,
             client_id,
             exp,
@@ -864,7 +987,9 @@ mod tests {
         // '-' and '_' belong to base64url only; a missing '=' is not canonical base64.
         assert!(parse_x5c(&json!(["ab-_"])).is_err());
         assert!(parse_x5c(&json!(["YWI"])).is_err());
-        assert_eq!(parse_x5c(&json!(["YWI="])).unwrap()[0].as_ref(), b"ab");
+        // Good base64 that is not a certificate is refused too, at any position.
+        let e = parse_x5c(&json!(["YWI="])).unwrap_err();
+        assert!(e.description.contains("x5c[0] is not a DER X.509 certificate"), "{e:?}");
     }
 
     #[test]

@@ -27,7 +27,8 @@ mod register;
 mod state;
 
 pub use config::{
-    DEFAULT_INGEST_RATE, DEFAULT_SCOPE, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags, OTHER_SCOPE,
+    ClientKeys, DEFAULT_INGEST_RATE, DEFAULT_SCOPE, Delegation, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags,
+    OTHER_SCOPE,
 };
 pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
@@ -89,6 +90,7 @@ impl MockServer {
     /// Serves the mock on an already bound listener (tests bind `127.0.0.1:0`).
     pub async fn start(listener: tokio::net::TcpListener, cfg: MockConfig) -> anyhow::Result<MockServer> {
         let addr = listener.local_addr().context("reading the mock's listen address")?;
+        config::check_listen(addr, cfg.allow_remote)?;
         if !cfg.quirks.is_empty() {
             let names: Vec<&str> = cfg.quirks.iter().map(|q| q.name()).collect();
             tracing::warn!(

@@ -5,7 +5,7 @@
 //! to [`MaskinportenState`]; the clock and the admin surface stay shared so that a skewed clock
 //! affects token issuance, token checking and the fake KFR's "today" alike.
 
-use super::config::{KfrFaults, MockClient, MockConfig, MockEnv};
+use super::config::{Delegation, KfrFaults, MockClient, MockConfig, MockEnv};
 use super::maskinporten::SigningKey;
 use super::register::{Register, RelationshipRow};
 use crate::ids::IdPolicy;
@@ -51,10 +51,11 @@ impl MockClock {
         self.skew_secs.load(Ordering::Relaxed)
     }
 
-    /// The mock's today (UTC): the default start of a relationship, the day of a deletion and
-    /// the default lookup period of the fake KFR.
+    /// The mock's today, the Europe/Oslo date of its clock (KFR is a Norwegian register): the
+    /// default start of a relationship, the day of a deletion and the default lookup period of
+    /// the fake KFR.
     pub fn today(&self) -> NaiveDate {
-        chrono::DateTime::<chrono::Utc>::from(self.now()).date_naive()
+        crate::clock::oslo_date(chrono::DateTime::<chrono::Utc>::from(self.now()))
     }
 }
 
@@ -87,6 +88,11 @@ pub struct MaskinportenState {
     /// state free of borrowed data).
     pub(crate) trusted_ca_der: Vec<Vec<u8>>,
     pub(crate) clients: Option<BTreeMap<String, MockClient>>,
+    /// Delegations declared "in Altinn": `consumer_org` in a grant needs one (MP-251), and the
+    /// fake KFR serves a delegated token only while its delegation stands.
+    pub(crate) delegations: Mutex<Vec<Delegation>>,
+    /// Scope → organisations the API owner gave it to (MP-250); unnamed scopes are open.
+    pub(crate) scope_access: BTreeMap<String, Vec<String>>,
     pub(crate) key: SigningKey,
     pub(crate) faults: Mutex<TokenFaults>,
     pub(crate) stats: TokenStats,
@@ -160,6 +166,15 @@ impl MockState {
             super::config::check_issuer(issuer)?;
         }
         super::config::check_fail_rate(cfg.token_fail_rate)?;
+        for (id, client) in cfg.clients.iter().flatten() {
+            if let Some(secs) = client.expires_in {
+                anyhow::ensure!(
+                    (1..=super::config::MAX_EXPIRES_IN_SECS).contains(&secs),
+                    "client {id:?}: expires_in {secs} must be between 1 and {}",
+                    super::config::MAX_EXPIRES_IN_SECS
+                );
+            }
+        }
         cfg.kfr_faults.check()?;
         super::config::check_ingest_rate(cfg.ingest_rate)?;
         anyhow::ensure!(cfg.max_batch_bytes > 0, "max_batch_bytes must be at least 1");
@@ -176,6 +191,8 @@ impl MockState {
                 token_lifetime_secs: cfg.token_lifetime_secs,
                 trusted_ca_der: cfg.trusted_ca_der,
                 clients: cfg.clients,
+                delegations: Mutex::new(cfg.delegations),
+                scope_access: cfg.scope_access,
                 key: SigningKey::generate()?,
                 faults: Mutex::new(TokenFaults {
                     latency_ms: cfg.token_latency_ms,
@@ -220,6 +237,24 @@ impl MockState {
 
     pub fn set_clock_skew_secs(&self, secs: i64) {
         self.clock.skew_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// The declared delegations.
+    pub fn delegations(&self) -> Vec<Delegation> {
+        lock(&self.mp.delegations).clone()
+    }
+
+    /// Replaces the declared delegations (a revoked one also stops the fake KFR serving tokens
+    /// issued under it).
+    pub fn set_delegations(&self, delegations: Vec<Delegation>) {
+        *lock(&self.mp.delegations) = delegations;
+    }
+
+    /// Whether `consumer` has delegated `scope` to `supplier`.
+    pub(crate) fn is_delegated(&self, consumer: &str, supplier: &str, scope: &str) -> bool {
+        lock(&self.mp.delegations)
+            .iter()
+            .any(|d| d.consumer == consumer && d.supplier == supplier && d.scope == scope)
     }
 
     pub fn token_faults(&self) -> TokenFaults {
@@ -364,6 +399,7 @@ impl MockState {
             token_lifetime_secs: self.mp.token_lifetime_secs,
             faults: self.token_faults(),
             clients: self.mp.clients.as_ref().map(|c| c.keys().cloned().collect()),
+            delegations: self.delegations(),
         };
         let kfr = self.kfr_snapshot();
         StateSnapshot {
@@ -443,6 +479,8 @@ pub struct MaskinportenSnapshot {
     pub faults: TokenFaults,
     /// Known client ids; `null` when any client id is accepted.
     pub clients: Option<Vec<String>>,
+    /// Declared delegations (`consumer_org` needs one).
+    pub delegations: Vec<Delegation>,
 }
 
 #[cfg(test)]
