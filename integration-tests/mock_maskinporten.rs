@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ORG: &str = "916960190";
 const CLIENT: &str = "0f6c8e5a-7c1d-4a4b-9a57-2e3b1c9d8f10";
