@@ -22,11 +22,11 @@ async fn unmapped_date_columns_refuse_the_load_naming_them() {
     assert!(stderr.contains("hint: "), "{stderr}");
     assert_eq!(env.batches_accepted(), 0, "nothing uploaded");
     // A column with a neutral name holding dates is refused too.
-    env.write("opened.csv", &format!("kundeid;opened\n{};15.01.2020\n", id[0]));
+    env.write("opened.csv", &format!("kundeid;merknad\n{};15.01.2020\n", id[0]));
     let out = env.load("opened.csv", "s.db", &[], &[]).await;
     let (_, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("opened") && stderr.contains("line 2"), "{stderr}");
+    assert!(stderr.contains("merknad") && stderr.contains("line 2"), "{stderr}");
     // `kfr validate --file` reads the same grammar and refuses it the same way.
     let out = env.run(&["validate", "--file", "fra.csv"], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out).1);

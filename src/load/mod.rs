@@ -193,7 +193,14 @@ fn read_input(
             kept.push(r);
         }
     })
-    .with_context(|| format!("reading {}", opts.file.display()))?;
+    .map_err(|e| {
+        // A header error carries its own hint; keep it findable in the chain.
+        let e = match e {
+            reader::ReadError::Header(h) => anyhow::Error::new(h),
+            other => anyhow::Error::new(other),
+        };
+        e.context(format!("reading {}", opts.file.display()))
+    })?;
     if let Some(mut w) = rejects_out {
         w.flush().context("writing the rejects file")?;
     }
