@@ -40,3 +40,108 @@ async fn unmapped_date_columns_refuse_the_load_naming_them() {
     assert_eq!(active.len(), 1, "{active:?}");
     assert_eq!(active.get(&id[1]).map(String::as_str), Some("2018-05-02"));
 }
+
+/// Nothing to load is not a successful load: an empty, header-only, BOM-only or CR-only file is
+/// refused (exit 1, no job) unless `--allow-empty`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_nothing_to_load_is_refused_unless_allowed() {
+    let env = setup().await;
+    let id = ids(92, 3);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.csv", vec![], "nothing to load"),
+        ("header.csv", b"kundeid;startdato\n".to_vec(), "nothing to load"),
+        ("bom.csv", b"\xEF\xBB\xBF".to_vec(), "nothing to load"),
+        ("cr.csv", format!("{}\r{}\r{}\r", id[0], id[1], id[2]).into_bytes(), "CR"),
+    ];
+    for (name, bytes, want) in &cases {
+        std::fs::write(env.dir.join(name), bytes).unwrap();
+        let out = env.load(name, "s.db", &[], &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains("hint: "), "{name}: {stderr}");
+        assert!(!stderr.contains(&id[0]), "{name}: masked: {stderr}");
+    }
+    // No job was created: a resume finds nothing.
+    let out = env.load("empty.csv", "s.db", &["--resume"], &[]).await;
+    assert!(output_text(&out).1.contains("nothing to resume"), "{}", output_text(&out).1);
+    let (stdout, _) = assert_ok(&env.load("empty.csv", "s.db", &["--allow-empty"], &[]).await);
+    assert!(stdout.contains("0 relationships"), "{stdout}");
+    assert_eq!(env.batches_accepted(), 0);
+}
+
+/// A second mock (same CA) and a config for it next to the first one.
+async fn other_kfr(env: &crate::load::Env) -> (kfr::mock::MockServer, std::path::PathBuf) {
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = std::fs::read(env.dir.join("ca.pem")).unwrap();
+    let ders: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let mut cfg = kfr::mock::MockConfig::new(ders);
+    cfg.ingest_rate = crate::load::RATE;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mock = kfr::mock::MockServer::start(listener, cfg).await.unwrap();
+    let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
+    let old = env.mock.base_url();
+    assert!(toml.contains(&old), "{toml}");
+    let path = env.dir.join("kfr2.toml");
+    std::fs::write(&path, toml.replace(&old, &url)).unwrap();
+    (mock, path)
+}
+
+/// A job belongs to the KFR it was started against: resuming a crashed rehearsal against another
+/// KFR would skip the batches confirmed elsewhere and call the load complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_against_another_kfr_is_refused() {
+    let env = setup().await;
+    let id = ids(93, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env.load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")]).await;
+    assert_ne!(out.status.code(), Some(0));
+    let (other, cfg2) = other_kfr(&env).await;
+    let rate = crate::load::RATE.to_string();
+    let args = [
+        "--config", cfg2.to_str().unwrap(), "load", "c.csv", "--state", "s.db", "--resume", "--ingest-rate", &rate,
+        "--max-batch-bytes", "1024",
+    ];
+    let out = crate::util::kfr(&env.dir).args(args).output().unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains(&env.mock.base_url()) && stderr.contains(&other.base_url()), "{stderr}");
+    assert_eq!(other.state().snapshot().batches_accepted, 0, "nothing sent to the other KFR");
+    // The KFR it belongs to finishes it.
+    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    assert_eq!(env.active().len(), 80);
+}
+
+/// One writer per store: a second load or resume while a load runs on the store is refused at
+/// once, naming the running job (before: every batch was uploaded twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_load_on_a_busy_store_is_refused_at_once() {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(150);
+    let id = ids(94, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move { env.load("c.csv", "s.db", &[], &[]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let started = std::time::Instant::now();
+    for extra in [&["--resume"][..], &[][..]] {
+        let out = env.load("c.csv", "s.db", extra, &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains("load job 1") && stderr.contains("running"), "{stderr}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "refused at once");
+    let out = first.await.unwrap();
+    let (stdout, _) = assert_ok(&out);
+    let batches = stdout
+        .split("relationships in ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("summary names the batches");
+    assert_eq!(env.batches_accepted(), batches, "no batch uploaded twice");
+}
