@@ -49,6 +49,9 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         sample: args.sample,
         org_number: settings.require_org_number()?.to_string(),
         kfr_base_url: settings.kfr_base_url.to_string(),
+        environment: settings.env.as_str().to_string(),
+        allow_empty: args.allow_empty,
+        outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
         id_policy: super::build::id_policy(&settings),
     };
     let sink = |e: LoadEvent| present(&printer, &opts, e);

@@ -178,6 +178,16 @@ pub struct LoadArgs {
     /// Random entries checked by own lookup per batch, besides its last entry.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub sample: usize,
+
+    /// Accept a file with nothing to load (empty, header only, every line closed or rejected):
+    /// without it such a file is refused, since a load of nothing proves nothing.
+    #[arg(long)]
+    pub allow_empty: bool,
+
+    /// How long transient failures, 429s and outages are waited out during the load before it
+    /// stops (resumable).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub outage_wait_secs: u64,
     /// Progress and the result as JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,

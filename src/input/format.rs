@@ -61,8 +61,23 @@ pub fn looks_like_date(name: &str) -> bool {
     let n = normalise(name);
     const WORDS: &[&str] = &["dato", "date"];
     const WHOLE: &[&str] = &[
-        "start", "end", "slutt", "fra", "til", "from", "to", "fom", "tom", "opened", "closed", "opprettet",
-        "avsluttet", "startet", "sluttet", "since", "until",
+        "start",
+        "end",
+        "slutt",
+        "fra",
+        "til",
+        "from",
+        "to",
+        "fom",
+        "tom",
+        "opened",
+        "closed",
+        "opprettet",
+        "avsluttet",
+        "startet",
+        "sluttet",
+        "since",
+        "until",
     ];
     WORDS.iter().any(|w| n.contains(w))
         || WHOLE.contains(&n.as_str())

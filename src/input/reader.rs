@@ -35,6 +35,10 @@ const _: () = assert!(CHUNK > MAX_LINE_BYTES + 2);
 pub enum ReadError {
     #[error(transparent)]
     Header(#[from] HeaderError),
+    #[error(
+        "line {line}: the line ends are CR only (old Mac style): the file reads as one line, so no relationship in it can be read"
+    )]
+    CrLineEnds { line: u64 },
     #[error("line {line}: the first line is longer than {max} bytes, so the file's format cannot be read")]
     FirstLineTooLong { line: u64, max: usize },
     /// The rejected-line callback failed (e.g. its output was closed); reading stopped.
@@ -42,6 +46,21 @@ pub enum ReadError {
     Callback(#[source] std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl crate::error::Hinted for ReadError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ReadError::CrLineEnds { .. } => {
+                Some("convert the file to LF or CRLF line ends (e.g. `tr '\\r' '\\n' < in > out`) and run again".into())
+            }
+            ReadError::FirstLineTooLong { .. } => Some(
+                "check that the file is a text export with one relationship per line (LF or CRLF line ends)".into(),
+            ),
+            ReadError::Header(h) => h.hint(),
+            ReadError::Callback(_) | ReadError::Io(_) => None,
+        }
+    }
 }
 
 /// One unique relationship packed into a `u64`, so 10 M of them take 80 MB and sort as integers:
@@ -572,6 +591,11 @@ impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
             return Ok(());
         }
         if self.format == Format::Empty {
+            // A CR inside the first line (its line-end CR is already stripped) means CR-only
+            // line ends: every relationship would run into one line (issue 9).
+            if memchr::memchr(b'\r', line).is_some() {
+                return Err(ReadError::CrLineEnds { line: self.line });
+            }
             if grammar::check_length(line).is_err() {
                 return Err(ReadError::FirstLineTooLong {
                     line: self.line,

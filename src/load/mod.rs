@@ -81,7 +81,14 @@ pub struct LoadOptions {
     /// The KFR the client talks to, for the list of running loads (a remove against another KFR
     /// is not held by this load).
     pub kfr_base_url: String,
+    /// `local`, `test` or `prod`: fixed in the job with the KFR base URL and org.nr, so a job is
+    /// only ever resumed against the KFR it was started against.
+    pub environment: String,
     pub id_policy: IdPolicy,
+    /// A file with nothing to load is accepted (`--allow-empty`).
+    pub allow_empty: bool,
+    /// How long transient failures and outages are waited out before the load stops.
+    pub outage_wait: Duration,
 }
 
 /// How a load ended without an error.
@@ -106,6 +113,11 @@ struct JobSettings {
     ingest_rate: u32,
     max_per_day: Option<u64>,
     org_number: String,
+    /// The KFR the job belongs to; empty in jobs planned before kfr recorded it.
+    #[serde(default)]
+    kfr_base_url: String,
+    #[serde(default)]
+    environment: String,
 }
 
 impl JobSettings {
@@ -117,6 +129,8 @@ impl JobSettings {
             ingest_rate: opts.ingest_rate,
             max_per_day: opts.max_per_day,
             org_number: opts.org_number.clone(),
+            kfr_base_url: opts.kfr_base_url.clone(),
+            environment: opts.environment.clone(),
         }
     }
 }
@@ -263,6 +277,14 @@ fn prepare(
         on,
     )?;
     check(&read)?;
+    if read.entries.is_empty() && !opts.allow_empty {
+        return Err(LoadError::NothingToLoad {
+            file: opts.file.clone(),
+            data_lines: read.data_lines,
+            closed: read.closed,
+            rejected: read.rejected,
+        });
+    }
     let plan = plan::plan(
         &read.entries,
         &layout,
@@ -319,6 +341,20 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
     let started = Instant::now();
     let started_at = crate::store::now_text();
     let mut store = Store::open(&opts.state)?;
+    // One writer per store (issue 9): held until this function returns, released by the OS if
+    // the process dies.
+    let _writer = match crate::store::lock::WriterLock::acquire(&opts.state)? {
+        Ok(lock) => lock,
+        Err(holder) => {
+            let job = store.unconfirmed_job()?;
+            return Err(LoadError::StoreBusy {
+                state: opts.state.clone(),
+                job: job.as_ref().map(|j| j.id),
+                input: job.map(|j| j.input_path),
+                holder,
+            });
+        }
+    };
 
     // A resumed job keeps the settings it was planned with (same "today", same boundary and
     // limit), so it plans the very same batches.
@@ -355,6 +391,21 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
                 job: job.id,
                 job_org: job_settings.org_number,
                 org: opts.org_number.clone(),
+            });
+        }
+        // A job belongs to one KFR: resuming it against another would skip the batches
+        // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
+        // recorded the KFR (empty fields) cannot be checked.
+        let other_kfr = !job_settings.kfr_base_url.is_empty()
+            && !crate::store::registry::same_register(&job_settings.kfr_base_url, &opts.kfr_base_url);
+        let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
+        if other_kfr || other_env {
+            return Err(LoadError::OtherKfr {
+                job: job.id,
+                job_env: job_settings.environment.clone(),
+                job_url: job_settings.kfr_base_url.clone(),
+                env: opts.environment.clone(),
+                url: opts.kfr_base_url.clone(),
             });
         }
     }

@@ -26,6 +26,7 @@
 
 pub mod jobs;
 pub mod ledger;
+pub mod lock;
 pub mod queue;
 pub mod registry;
 
