@@ -178,3 +178,68 @@ async fn a_second_load_on_a_busy_store_is_refused_at_once() {
         .expect("summary names the batches");
     assert_eq!(env.batches_accepted(), batches, "no batch uploaded twice");
 }
+
+/// Batch POSTs the mock answered, whatever the status.
+fn batch_posts(env: &crate::load::Env) -> u64 {
+    env.mock
+        .state()
+        .snapshot()
+        .kfr_requests_by_operation
+        .get("batch")
+        .map(|m| m.values().sum())
+        .unwrap_or(0)
+}
+
+fn fail_everything(env: &crate::load::Env, on: bool) {
+    env.mock.state().set_kfr_faults(kfr::mock::KfrFaults {
+        error_rate: if on { 1.0 } else { 0.0 },
+        ..kfr::mock::KfrFaults::NONE
+    });
+}
+
+/// A batch whose upload got a 5xx (the body went out: KFR may have taken it) is never re-POSTed
+/// in-process. The load waits, then stops naming the batch and the resume command; the resume
+/// probes for the batch's entries first, re-sends it only when absent, and counts the re-send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_upload_is_never_repeated_blindly() {
+    let env = setup().await;
+    let id = ids(95, 30);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    fail_everything(&env, true);
+    let out = env.load("c.csv", "s.db", &["--outage-wait-secs", "2"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(batch_posts(&env), 1, "one POST of the batch, no in-process repeat\n{stderr}");
+    assert!(stderr.contains("batch 1"), "{stderr}");
+    assert!(stderr.contains("kfr load c.csv --resume --state s.db"), "the exact resume command: {stderr}");
+    fail_everything(&env, false);
+    let out = env.load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert_eq!(env.batches_accepted(), 1, "{stderr}");
+    assert_eq!(env.active().len(), 30);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["batches_resent"], 1, "{report}");
+}
+
+/// Transient failures during the load are waited out between steps (here 3 s of 500s on every
+/// request, longer than the client's own retries last): the load completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_kfr_is_waited_out_and_the_load_completes() {
+    let env = std::sync::Arc::new(setup().await);
+    let id = ids(96, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    fail_everything(&env, true);
+    let healer = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            fail_everything(&env, false);
+        })
+    };
+    let out = env.load("c.csv", "s.db", &["--report", "r.json"], &[]).await;
+    healer.await.unwrap();
+    let (_, stderr) = assert_ok(&out);
+    assert_eq!(env.active().len(), 80, "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(env.batches_accepted() as usize, report["batches"].as_array().unwrap().len());
+}
