@@ -205,15 +205,45 @@ async fn an_ambiguous_upload_is_never_repeated_blindly() {
     let env = setup().await;
     let id = ids(95, 30);
     env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
-    fail_everything(&env, true);
+    // KFR starts failing right after the check that precedes the upload (one own lookup), so
+    // the upload itself meets the 500.
+    let state = env.mock.state();
+    let trigger = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(20) {
+            let lookups: u64 = state
+                .snapshot()
+                .kfr_requests_by_operation
+                .get("lookup")
+                .map(|m| m.values().sum())
+                .unwrap_or(0);
+            if lookups >= 1 {
+                state.set_kfr_faults(kfr::mock::KfrFaults {
+                    error_rate: 1.0,
+                    ..kfr::mock::KfrFaults::NONE
+                });
+                return;
+            }
+        }
+    });
     let out = env.load("c.csv", "s.db", &["--outage-wait-secs", "2"], &[]).await;
+    trigger.join().unwrap();
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert_eq!(batch_posts(&env), 1, "one POST of the batch, no in-process repeat\n{stderr}");
+    assert_eq!(
+        batch_posts(&env),
+        1,
+        "one POST of the batch, no in-process repeat\n{stderr}"
+    );
     assert!(stderr.contains("batch 1"), "{stderr}");
-    assert!(stderr.contains("kfr load c.csv --resume --state s.db"), "the exact resume command: {stderr}");
+    assert!(
+        stderr.contains("kfr load c.csv --resume --state s.db"),
+        "the exact resume command: {stderr}"
+    );
     fail_everything(&env, false);
-    let out = env.load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[]).await;
+    let out = env
+        .load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[])
+        .await;
     let (_, stderr) = assert_ok(&out);
     assert_eq!(env.batches_accepted(), 1, "{stderr}");
     assert_eq!(env.active().len(), 30);
@@ -241,5 +271,8 @@ async fn a_failing_kfr_is_waited_out_and_the_load_completes() {
     let (_, stderr) = assert_ok(&out);
     assert_eq!(env.active().len(), 80, "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
-    assert_eq!(env.batches_accepted() as usize, report["batches"].as_array().unwrap().len());
+    assert_eq!(
+        env.batches_accepted() as usize,
+        report["batches"].as_array().unwrap().len()
+    );
 }

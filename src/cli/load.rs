@@ -52,6 +52,15 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         environment: settings.env.as_str().to_string(),
         allow_empty: args.allow_empty,
         outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
+        retry_after_cap: settings.retry.retry_after_cap,
+        resume_command: format!(
+            "kfr load {} --resume --state {}",
+            args.file.display(),
+            args.state
+                .clone()
+                .unwrap_or_else(|| settings.state_file.clone())
+                .display()
+        ),
         id_policy: super::build::id_policy(&settings),
     };
     let sink = |e: LoadEvent| present(&printer, &opts, e);
@@ -164,12 +173,32 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
             entries,
             correlation_id,
             ingested,
+            by,
         } => {
             p.set_progress(ingested);
+            let how = match by.as_str() {
+                "witness" => "by own lookup of an entry new in this batch",
+                "witness+time" => "by own lookup of an entry new in this batch, plus the expected time for later entries KFR already held",
+                _ => "by time only: every entry checked was registered before the upload, so the expected ingestion time plus a margin was waited",
+            };
             p.message(format_args!(
-                "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id})"
+                "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id}; {how})"
             ))
         }
+        LoadEvent::KfrUnavailable {
+            step,
+            error,
+            retry_in_secs,
+            waited_secs,
+        } => p.warning(format_args!(
+            "{step}: {error}; trying again in {retry_in_secs:.1} s (waiting since {waited_secs} s)"
+        )),
+        LoadEvent::UploadUnknown { batch, error } => p.warning(format_args!(
+            "batch {batch}: no usable answer after the body was sent ({error}); KFR may have taken it, so its entries are looked up before anything is sent again"
+        )),
+        LoadEvent::BatchResent { batch, resends } => p.message(format_args!(
+            "batch {batch}: not found in KFR after its expected ingestion time; sending it again (re-send {resends}, same CorrelationID)"
+        )),
         LoadEvent::Finished => p.finish_progress(),
         LoadEvent::HeldOperationSent(s) => p.message(format_args!(
             "held {} sent: {}: {} (CorrelationID {})",

@@ -89,6 +89,10 @@ pub struct LoadOptions {
     pub allow_empty: bool,
     /// How long transient failures and outages are waited out before the load stops.
     pub outage_wait: Duration,
+    /// Longest `Retry-After` honoured in full (`[retry] retry_after_cap_secs`).
+    pub retry_after_cap: Duration,
+    /// The exact command that resumes this load (real file and state path), for messages.
+    pub resume_command: String,
 }
 
 /// How a load ended without an error.
@@ -490,6 +494,9 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         confirm_timeout: opts.confirm_timeout,
         sample: opts.sample,
         max_per_day: job_settings.max_per_day,
+        outage_wait: opts.outage_wait,
+        retry_after_cap: opts.retry_after_cap,
+        resume_command: opts.resume_command.clone(),
     };
     let outcome = exec::execute(&mut store, client, job, &read.entries, &layout, &exec_opts, on).await;
     on(LoadEvent::Finished);
@@ -642,6 +649,7 @@ fn write_report(
     on: EventSink<'_>,
 ) -> Result<(LoadReport, Option<(PathBuf, PathBuf)>), LoadError> {
     let record = store.job(job)?;
+    let batches = store.batches(job)?;
     let report = LoadReport {
         org_number: opts.org_number.clone(),
         input: opts.file.display().to_string(),
@@ -655,7 +663,8 @@ fn write_report(
         duration_secs: started.elapsed().as_secs_f64(),
         ingest_rate: opts.ingest_rate,
         counts: counts(read),
-        batches: store.batches(job)?,
+        batches_resent: batches.iter().map(|b| b.resends).sum(),
+        batches,
         rejects,
         rejects_file,
         held_operations_sent: sent,

@@ -52,6 +52,9 @@ pub struct LoadReport {
     pub ingest_rate: u32,
     pub counts: Counts,
     pub batches: Vec<BatchRecord>,
+    /// Uploads repeated because an earlier upload's fate was unknown and its entries were not
+    /// found (issue 9 item 5); 0 in a load without such trouble.
+    pub batches_resent: u32,
     pub rejects: Vec<Rejected>,
     pub rejects_file: Option<PathBuf>,
     /// In the order they were sent: per customer, the order they were issued.
