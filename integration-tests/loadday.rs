@@ -276,3 +276,30 @@ async fn a_failing_kfr_is_waited_out_and_the_load_completes() {
         report["batches"].as_array().unwrap().len()
     );
 }
+
+/// "The last entry is visible" proves nothing when KFR held that customer before the upload (a
+/// parallel add, D-3 step 3): the batch is confirmed only by an entry that was new, and the
+/// register holds every entry when the load says it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_registered_before_the_upload_does_not_confirm_the_batch() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(40);
+    let mut id = ids(97, 30);
+    id.sort_by_key(|s| (s.len(), s.clone()));
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    // The batch's last entry (entries go in numeric identifier order) is registered in parallel first.
+    assert_ok(&env.run(&["add", id.last().unwrap()], &[]).await);
+    let out = env.load("c.csv", "s.db", &["--sample", "0"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    let active = env.active();
+    assert_eq!(
+        active.len(),
+        30,
+        "complete means every entry is stored; missing: {}",
+        30 - active.len()
+    );
+    assert!(
+        stderr.contains("by own lookup of an entry new in this batch"),
+        "{stderr}"
+    );
+}
