@@ -303,3 +303,36 @@ async fn an_entry_registered_before_the_upload_does_not_confirm_the_batch() {
         "{stderr}"
     );
 }
+
+/// A file still being written is refused: its size and modification time are compared before
+/// and after reading, so a load never plans from half an export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_still_being_written_is_refused() {
+    let env = setup().await;
+    let id = ids(98, 100_000);
+    let path = env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path, more) = (stop.clone(), path.clone(), ids(99, 1)[0].clone());
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(f, "{more}").unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let out = env.load("c.csv", "s.db", &["--dry-run"], &[]).await;
+    let out2 = env.load("c.csv", "s.db", &[], &[]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    for out in [out, out2] {
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("changed while it was read"), "{stderr}");
+        assert!(stderr.contains("hint: "), "{stderr}");
+    }
+    assert_eq!(env.batches_accepted(), 0);
+}
