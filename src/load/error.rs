@@ -84,6 +84,12 @@ pub enum LoadError {
         holder: String,
     },
 
+    #[error(
+        "{} changed while it was read ({before} bytes when opened, {after} bytes after reading): it is probably still being written",
+        file.display()
+    )]
+    ChangedWhileRead { file: PathBuf, before: u64, after: u64 },
+
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -127,6 +133,7 @@ impl Hinted for LoadError {
             LoadError::OtherKfr { .. } => "resume with the configuration (env, kfr_base_url) the job was started with; to load into this KFR, use another state store (--state) once you have decided what to do with the job (`kfr load status`)".into(),
             LoadError::NothingToLoad { .. } => "check that this is the right export, complete and written through; pass --allow-empty if the institution really has no active relationship to register".into(),
             LoadError::StoreBusy { .. } => "one load at a time per state store: wait for the running one to finish, or stop it (Ctrl-C) and run `kfr load FILE --resume`".into(),
+            LoadError::ChangedWhileRead { .. } => "wait until the export is completely written (or copy it to a place nothing writes to) and run again; nothing was uploaded".into(),
             LoadError::Other(_) => return None,
         })
     }

@@ -171,7 +171,13 @@ fn read_input(
         path: opts.file.clone(),
         source,
     })?;
-    let size = file.metadata().ok().map(|m| m.len());
+    // The file must not change under us (issue 9 item 7): size and modification time before
+    // and after the read; a file still being written is refused rather than half loaded.
+    let before = file.metadata().map_err(|source| LoadError::OpenInput {
+        path: opts.file.clone(),
+        source,
+    })?;
+    let size = Some(before.len());
     let mut kept: Vec<Rejected> = vec![];
     let rejects_path = opts
         .skip_invalid
@@ -219,6 +225,17 @@ fn read_input(
         };
         e.context(format!("reading {}", opts.file.display()))
     })?;
+    let after = std::fs::metadata(&opts.file).map_err(|source| LoadError::OpenInput {
+        path: opts.file.clone(),
+        source,
+    })?;
+    if after.len() != before.len() || after.modified().ok() != before.modified().ok() {
+        return Err(LoadError::ChangedWhileRead {
+            file: opts.file.clone(),
+            before: before.len(),
+            after: after.len(),
+        });
+    }
     if let Some(mut w) = rejects_out {
         w.flush().context("writing the rejects file")?;
     }
