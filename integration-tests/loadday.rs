@@ -336,3 +336,47 @@ async fn a_file_still_being_written_is_refused() {
     }
     assert_eq!(env.batches_accepted(), 0);
 }
+
+/// A gateway or KFR that echoes the customer identifier in an answer kfr cannot read: the
+/// message shows it masked, never in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_echoed_by_a_server_is_masked() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let env = setup().await;
+    let person = ids(100, 1)[0].clone();
+    // A fake KFR: every request gets a 200 whose body holds the identifier where the list of
+    // banks should be.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = format!("http://{}", listener.local_addr().unwrap());
+    let echoed = person.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let echoed = echoed.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let body = format!("{{\"banks\":\"{echoed}\"}}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
+    let kfr_line = toml.lines().find(|l| l.starts_with("kfr_base_url")).unwrap().to_string();
+    let cfg = env.dir.join("fake.toml");
+    std::fs::write(&cfg, toml.replace(&kfr_line, &format!("kfr_base_url = \"{fake}/kar-ws/api/v1\""))).unwrap();
+    let out = crate::util::kfr(&env.dir)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["lookup", &person])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(!stderr.contains(&person) && !stdout.contains(&person), "{stdout}{stderr}");
+    assert!(stderr.contains(&person[9..]), "the masked form is shown: {stderr}");
+}
