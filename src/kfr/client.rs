@@ -18,7 +18,7 @@
 //! Person identifiers are only ever logged as pseudonyms (`CustomerId::log`).
 
 use super::batch::{BatchBody, RELATIONSHIP_TYPE};
-use super::error::{KfrError, decode_body};
+use super::error::{KfrError, decode_body, scrub};
 use super::verdict::{Attempt, AttemptMeta, Delivery, Operation, classify};
 use crate::http::RetryPolicy;
 use crate::ids::CustomerId;
@@ -475,7 +475,8 @@ fn judge<D>(
             };
             deliver(delivery, &text).map_err(|reason| KfrError::InvalidResponse {
                 status,
-                reason,
+                // A parser's message quotes the body, which may echo a customer identifier.
+                reason: scrub(&reason),
                 correlation_id,
             })
         }
