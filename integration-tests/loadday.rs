@@ -380,3 +380,45 @@ async fn an_identifier_echoed_by_a_server_is_masked() {
     assert!(!stderr.contains(&person) && !stdout.contains(&person), "{stdout}{stderr}");
     assert!(stderr.contains(&person[9..]), "the masked form is shown: {stderr}");
 }
+
+/// SIGTERM (as from systemd or `kill`) stops the load after the current step: the report is
+/// written, the exact resume command printed, exit 143; the resume completes the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(100);
+    let id = ids(101, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KFR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .current_dir(&env.dir)
+        .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+        .args(["--config", "kfr.toml", "load", "c.csv", "--state", "s.db", "--report", "r.json"])
+        .args(["--ingest-rate", "200000", "--max-batch-bytes", "1024"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(143), "{stdout}{stderr}");
+    assert!(stderr.contains("kfr load c.csv --resume --state s.db"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["job_status"], "running");
+    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    assert_eq!(env.active().len(), 240);
+    assert_eq!(env.batches_accepted() as usize, report["batches"].as_array().unwrap().len());
+}
