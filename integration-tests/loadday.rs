@@ -351,7 +351,9 @@ async fn an_identifier_echoed_by_a_server_is_masked() {
     let echoed = person.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let echoed = echoed.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
@@ -366,9 +368,17 @@ async fn an_identifier_echoed_by_a_server_is_masked() {
         }
     });
     let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
-    let kfr_line = toml.lines().find(|l| l.starts_with("kfr_base_url")).unwrap().to_string();
+    let kfr_line = toml
+        .lines()
+        .find(|l| l.starts_with("kfr_base_url"))
+        .unwrap()
+        .to_string();
     let cfg = env.dir.join("fake.toml");
-    std::fs::write(&cfg, toml.replace(&kfr_line, &format!("kfr_base_url = \"{fake}/kar-ws/api/v1\""))).unwrap();
+    std::fs::write(
+        &cfg,
+        toml.replace(&kfr_line, &format!("kfr_base_url = \"{fake}/kar-ws/api/v1\"")),
+    )
+    .unwrap();
     let out = crate::util::kfr(&env.dir)
         .arg("--config")
         .arg(&cfg)
@@ -377,7 +387,10 @@ async fn an_identifier_echoed_by_a_server_is_masked() {
         .unwrap();
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(!stderr.contains(&person) && !stdout.contains(&person), "{stdout}{stderr}");
+    assert!(
+        !stderr.contains(&person) && !stdout.contains(&person),
+        "{stdout}{stderr}"
+    );
     assert!(stderr.contains(&person[9..]), "the masked form is shown: {stderr}");
 }
 
@@ -400,7 +413,9 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
         .current_dir(&env.dir)
         .env("NO_COLOR", "1")
         .env(kfr::env_vars::KFR_STATE_HOME, home.path())
-        .args(["--config", "kfr.toml", "load", "c.csv", "--state", "s.db", "--report", "r.json"])
+        .args([
+            "--config", "kfr.toml", "load", "c.csv", "--state", "s.db", "--report", "r.json",
+        ])
         .args(["--ingest-rate", "200000", "--max-batch-bytes", "1024"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -412,7 +427,9 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(143), "{stdout}{stderr}");
     assert!(stderr.contains("kfr load c.csv --resume --state s.db"), "{stderr}");
@@ -420,5 +437,8 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
     assert_eq!(report["job_status"], "running");
     assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
     assert_eq!(env.active().len(), 240);
-    assert_eq!(env.batches_accepted() as usize, report["batches"].as_array().unwrap().len());
+    assert_eq!(
+        env.batches_accepted() as usize,
+        report["batches"].as_array().unwrap().len()
+    );
 }

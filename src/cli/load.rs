@@ -61,6 +61,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
                 .unwrap_or_else(|| settings.state_file.clone())
                 .display()
         ),
+        stop: None,
         id_policy: super::build::id_policy(&settings),
     };
     let sink = |e: LoadEvent| present(&printer, &opts, e);
@@ -72,17 +73,68 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
+    let mut opts = opts;
+    opts.stop = Some(listen_for_stop());
+    let sink = |e: LoadEvent| present(&printer, &opts, e);
     let outcome = match crate::load::run(&opts, &client, &sink).await {
         Ok(o) => o,
         Err(e) => return Err(failure(e)),
     };
     summary(&printer, &opts, &outcome);
+    if let Some(sig) = outcome.interrupted {
+        let name = if sig == 15 { "SIGTERM" } else { "Ctrl-C (SIGINT)" };
+        printer.problem(format_args!(
+            "load stopped by {name} after its current step; every step so far is recorded{}. Resume with: {}",
+            outcome
+                .report_files
+                .as_ref()
+                .map(|(j, _)| format!(" and the report written to {}", j.display()))
+                .unwrap_or_default(),
+            opts.resume_command
+        ));
+        // 128 + the signal number, as a shell reports a process the signal ended (README).
+        std::process::exit(128 + sig);
+    }
     if outcome.held_operations_failed > 0 {
         return Err(failure(LoadError::HeldOperationsNotSent {
             failed: outcome.held_operations_failed,
         }));
     }
     Ok(())
+}
+
+/// Listens for Ctrl-C and SIGTERM while the load runs: the first asks the load to stop after its
+/// current step (it then writes its report and exits 130 or 143); a second Ctrl-C ends the
+/// process at once (every step is committed before it is acted on, so `--resume` still works).
+fn listen_for_stop() -> crate::load::exec::StopFlag {
+    use std::sync::atomic::Ordering;
+    let flag: crate::load::exec::StopFlag = Default::default();
+    let set = flag.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        loop {
+            #[cfg(unix)]
+            let sig = tokio::select! {
+                r = tokio::signal::ctrl_c() => { if r.is_err() { return } 2 }
+                _ = term.recv() => 15,
+            };
+            #[cfg(not(unix))]
+            let sig = {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                2
+            };
+            if set.swap(sig, Ordering::SeqCst) != 0 {
+                std::process::exit(128 + sig);
+            }
+        }
+    });
+    flag
 }
 
 /// Turns a load error into what `main` renders: `LoadError` carries its own hint and exit code
@@ -335,13 +387,19 @@ fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
     if p.format() == Format::JsonLines {
         let _ = p.json(&serde_json::json!({
             "event": "done", "job_id": r.job_id, "status": r.job_status,
-            "paused_for_today": o.paused_for_today, "counts": r.counts, "batches": r.batches.len(),
+            "paused_for_today": o.paused_for_today, "interrupted_by_signal": o.interrupted, "counts": r.counts, "batches": r.batches.len(),
             "duration_secs": r.duration_secs, "held_operations_sent": r.held_operations_sent,
         }));
         return;
     }
     let confirmed = r.batches.iter().filter(|b| b.status == BatchStatus::Confirmed).count();
-    let mut out = if o.paused_for_today {
+    let mut out = if o.interrupted.is_some() {
+        format!(
+            "load job {}: stopped after {confirmed} of {} batches confirmed",
+            r.job_id,
+            r.batches.len()
+        )
+    } else if o.paused_for_today {
         format!(
             "load job {}: paused for today after {confirmed} of {} batches (max per day); continue tomorrow with `kfr load {} --resume`",
             r.job_id,

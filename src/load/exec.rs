@@ -83,6 +83,24 @@ pub struct ExecOptions {
     pub retry_after_cap: Duration,
     /// The exact command that resumes this load, for messages when it stops.
     pub resume_command: String,
+    /// Set by a signal: stop after the current step (issue 9 item 13).
+    pub stop: Option<StopFlag>,
+}
+
+/// A stop asked for by a signal (Ctrl-C: 2, SIGTERM: 15), shared between the command that
+/// listens for it and the executor, which looks at it between steps and during waits.
+pub type StopFlag = std::sync::Arc<std::sync::atomic::AtomicI32>;
+
+/// The executor stopped because a signal asked it to; every step so far is committed.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by signal {0}")]
+pub struct Interrupted(pub i32);
+
+fn check_stop(opts: &ExecOptions) -> Result<(), Interrupted> {
+    match opts.stop.as_ref().map(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+        Some(sig) if sig != 0 => Err(Interrupted(sig)),
+        _ => Ok(()),
+    }
 }
 
 /// How a run of the executor ended.
@@ -92,6 +110,8 @@ pub enum ExecEnd {
     Complete,
     /// `max_per_day` reached; resume on a later day.
     PausedForToday,
+    /// A signal asked the load to stop; resume with `--resume`.
+    Interrupted(i32),
 }
 
 /// Uploads and confirms the job's batches that are not confirmed yet.
@@ -118,6 +138,7 @@ pub async fn execute(
         if b.status == BatchStatus::Confirmed {
             continue;
         }
+        check_stop(opts)?;
         let slice = &entries[b.first_entry as usize..(b.first_entry + b.entry_count) as usize];
         let mut status = b.status;
         if status == BatchStatus::Planned && paused_for_today(store, job, &b, opts)? {
@@ -352,7 +373,11 @@ impl Waited {
             retry_in_secs: delay.as_secs_f64(),
             waited_secs: waited.as_secs(),
         });
-        tokio::time::sleep(delay).await;
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            check_stop(opts)?;
+            tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(200))).await;
+        }
         Ok(())
     }
 }
@@ -492,6 +517,8 @@ async fn wait_for_ingestion(
     let mut probe_every = Duration::from_millis(500);
     let mut next_probe = Instant::now() + probe_every;
     while Instant::now() < end {
+        // The batch is recorded accepted: stopping in the wait is safe, the resume waits on.
+        check_stop(opts)?;
         let done = ((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64;
         on(LoadEvent::Ingesting {
             ingested: before + done.min(count),
@@ -582,6 +609,7 @@ async fn confirm(
                 names.join(", ")
             );
         }
+        check_stop(opts)?;
         if !reported {
             reported = true;
             on(LoadEvent::WaitingForIngestion {

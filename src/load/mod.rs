@@ -93,6 +93,8 @@ pub struct LoadOptions {
     pub retry_after_cap: Duration,
     /// The exact command that resumes this load (real file and state path), for messages.
     pub resume_command: String,
+    /// Set by the command when a signal asks the load to stop (Ctrl-C, SIGTERM).
+    pub stop: Option<exec::StopFlag>,
 }
 
 /// How a load ended without an error.
@@ -106,6 +108,8 @@ pub struct LoadOutcome {
     pub report_files: Option<(PathBuf, PathBuf)>,
     /// Held operations that could not be sent (they stay queued; exit 1 after the summary).
     pub held_operations_failed: usize,
+    /// A signal stopped the load after its current step (2: Ctrl-C, 15: SIGTERM).
+    pub interrupted: Option<i32>,
 }
 
 /// The settings that shape a job's batches, stored with the job.
@@ -514,13 +518,17 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         outage_wait: opts.outage_wait,
         retry_after_cap: opts.retry_after_cap,
         resume_command: opts.resume_command.clone(),
+        stop: opts.stop.clone(),
     };
     let outcome = exec::execute(&mut store, client, job, &read.entries, &layout, &exec_opts, on).await;
     on(LoadEvent::Finished);
     // A failed run still writes its report: it says which batches were accepted before the stop.
     let (end, failure) = match outcome {
         Ok(end) => (Some(end), None),
-        Err(e) => (None, Some(e)),
+        Err(e) => match e.downcast_ref::<exec::Interrupted>() {
+            Some(i) => (Some(ExecEnd::Interrupted(i.0)), None),
+            None => (None, Some(e)),
+        },
     };
     let mut sent = vec![];
     let mut failed = 0;
@@ -559,6 +567,10 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         plan: summary,
         report,
         paused_for_today: end == Some(ExecEnd::PausedForToday),
+        interrupted: match end {
+            Some(ExecEnd::Interrupted(sig)) => Some(sig),
+            _ => None,
+        },
         report_files,
         held_operations_failed: failed,
     })
