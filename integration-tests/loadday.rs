@@ -442,3 +442,41 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
         report["batches"].as_array().unwrap().len()
     );
 }
+
+/// `kfr load status` shows the jobs of a store (file, hash, KFR, batches by state, held
+/// operations) and `--resume` without a file finds the unconfirmed job's file itself; a missing
+/// store is reported with its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_status_shows_the_job_and_resume_finds_it() {
+    let env = setup().await;
+    let id = ids(103, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env.load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")]).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert_ok(&env.run(&["remove", &id[0], "--state", "s.db"], &[]).await);
+    let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["id"], 1);
+    assert_eq!(job["status"], "running");
+    assert_eq!(job["input"], "c.csv");
+    assert_eq!(job["kfr_base_url"], env.mock.kfr_base_url());
+    assert_eq!(job["batches"]["confirmed"], 1);
+    assert_eq!(v["held_operations"]["remove"], 1);
+    assert!(!stdout.contains(&id[0]), "no identifier in full: {stdout}");
+    let (text, _) = assert_ok(&env.run(&["load", "status", "--state", "s.db"], &[]).await);
+    assert!(text.contains("job 1") && text.contains("running") && text.contains("c.csv"), "{text}");
+    // --resume without the file: the job's file is used.
+    let rate = crate::load::RATE.to_string();
+    let out = env
+        .run(&["load", "--resume", "--state", "s.db", "--ingest-rate", &rate, "--max-batch-bytes", "1024"], &[])
+        .await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert!(stdout.contains("complete"), "{stdout}{stderr}");
+    assert_eq!(env.active().len(), 79, "all loaded, the held remove sent");
+    let out = env.run(&["load", "status", "--state", "nowhere.db"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nowhere.db"), "{stderr}");
+}
