@@ -451,7 +451,9 @@ async fn load_status_shows_the_job_and_resume_finds_it() {
     let env = setup().await;
     let id = ids(103, 80);
     env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
-    let out = env.load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")]).await;
+    let out = env
+        .load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")])
+        .await;
     assert_ne!(out.status.code(), Some(0));
     assert_ok(&env.run(&["remove", &id[0], "--state", "s.db"], &[]).await);
     let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
@@ -466,11 +468,26 @@ async fn load_status_shows_the_job_and_resume_finds_it() {
     assert_eq!(v["held_operations"]["remove"], 1);
     assert!(!stdout.contains(&id[0]), "no identifier in full: {stdout}");
     let (text, _) = assert_ok(&env.run(&["load", "status", "--state", "s.db"], &[]).await);
-    assert!(text.contains("job 1") && text.contains("running") && text.contains("c.csv"), "{text}");
+    assert!(
+        text.contains("job 1") && text.contains("running") && text.contains("c.csv"),
+        "{text}"
+    );
     // --resume without the file: the job's file is used.
     let rate = crate::load::RATE.to_string();
     let out = env
-        .run(&["load", "--resume", "--state", "s.db", "--ingest-rate", &rate, "--max-batch-bytes", "1024"], &[])
+        .run(
+            &[
+                "load",
+                "--resume",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                &rate,
+                "--max-batch-bytes",
+                "1024",
+            ],
+            &[],
+        )
         .await;
     let (stdout, stderr) = assert_ok(&out);
     assert!(stdout.contains("complete"), "{stdout}{stderr}");

@@ -13,9 +13,35 @@ use crate::error::UsageError;
 use crate::load::plan::{self, human_duration};
 use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
 use crate::store::BatchStatus;
+use anyhow::Context as _;
 use std::fmt::Write as _;
 
 pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyhow::Result<()> {
+    if let Some(super::LoadAction::Status { state, json }) = &args.action {
+        let state = state.clone().unwrap_or_else(|| settings.state_file.clone());
+        return status(&state, *json, &printer);
+    }
+    let state_path = args.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    // `--resume` without a file: the unconfirmed job knows its file (issue 9 item 11).
+    let file = match &args.file {
+        Some(f) => f.clone(),
+        None => {
+            let job = crate::store::Store::open_existing(&state_path)?
+                .map(|mut s| s.unconfirmed_job())
+                .transpose()?
+                .flatten();
+            match job {
+                Some(job) => std::path::PathBuf::from(job.input_path),
+                None => {
+                    return Err(UsageError::new(format!(
+                        "--resume without a file: the state store {} has no unconfirmed load job",
+                        state_path.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+    };
     let printer = printer.with_format(if args.json { Format::JsonLines } else { Format::Human });
     let max_batch_bytes = args.max_batch_bytes.unwrap_or(settings.max_batch_bytes);
     if !(MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&max_batch_bytes) {
@@ -36,9 +62,9 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         return Err(UsageError::new("--dry-run and --resume cannot be combined").into());
     }
     let opts = LoadOptions {
-        file: args.file.clone(),
+        file: file.clone(),
         resume: args.resume,
-        state: args.state.clone().unwrap_or_else(|| settings.state_file.clone()),
+        state: state_path.clone(),
         report: args.report.clone(),
         skip_invalid: args.skip_invalid,
         rejects: args.rejects.clone(),
@@ -53,14 +79,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         allow_empty: args.allow_empty,
         outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
         retry_after_cap: settings.retry.retry_after_cap,
-        resume_command: format!(
-            "kfr load {} --resume --state {}",
-            args.file.display(),
-            args.state
-                .clone()
-                .unwrap_or_else(|| settings.state_file.clone())
-                .display()
-        ),
+        resume_command: format!("kfr load {} --resume --state {}", file.display(), state_path.display()),
         stop: None,
         id_policy: super::build::id_policy(&settings),
     };
@@ -100,6 +119,87 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
             failed: outcome.held_operations_failed,
         }));
     }
+    Ok(())
+}
+
+/// `kfr load status`: what a store holds, for an operator (no identifier in full: held
+/// operations are counted, not listed).
+fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let Some(mut store) = crate::store::Store::open_existing(state)
+        .with_context(|| format!("opening the state store {}", state.display()))?
+    else {
+        anyhow::bail!("no state store at {}", state.display());
+    };
+    let running = match crate::store::lock::WriterLock::acquire(state)? {
+        Ok(_free) => None,
+        Err(holder) => Some(holder),
+    };
+    let mut jobs = vec![];
+    for job in store.jobs()? {
+        let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
+        let batches = store.batches(job.id)?;
+        let mut by_state = serde_json::Map::new();
+        for st in ["planned", "uploading", "accepted", "confirmed"] {
+            let n = batches.iter().filter(|b| b.status.as_str() == st).count();
+            by_state.insert(st.into(), n.into());
+        }
+        jobs.push(serde_json::json!({
+            "id": job.id, "status": job.status, "input": job.input_path, "sha256": job.content_hash,
+            "entries": job.entries, "created_at": job.created_at, "confirmed_at": job.confirmed_at,
+            "environment": settings.get("environment"), "kfr_base_url": settings.get("kfr_base_url"),
+            "org_number": settings.get("org_number"), "batches": by_state,
+            "batches_resent": batches.iter().map(|b| b.resends).sum::<u32>(),
+        }));
+    }
+    let waiting = {
+        use crate::store::CustomerQueue as _;
+        store.waiting()?
+    };
+    let mut held = serde_json::Map::new();
+    for op in ["add", "remove"] {
+        let n = waiting.iter().filter(|w| w.operation.as_str() == op).count();
+        held.insert(op.into(), n.into());
+    }
+    let v = serde_json::json!({
+        "state": state, "running": running, "jobs": jobs, "held_operations": held,
+    });
+    if json {
+        p.data(serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let mut out = format!("state store {}", state.display());
+    let _ = write!(
+        out,
+        "\n  {}",
+        match &running {
+            Some(h) => format!("a load is running on it now ({h})"),
+            None => "no load running on it now".into(),
+        }
+    );
+    for j in &jobs {
+        let _ = write!(
+            out,
+            "\n  job {} {}: {} (sha256 {}…), {} relationships, {} KFR {} org {}\n    batches: {}",
+            j["id"],
+            j["status"].as_str().unwrap_or(""),
+            j["input"].as_str().unwrap_or(""),
+            &j["sha256"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+            j["entries"],
+            j["environment"].as_str().unwrap_or("?"),
+            j["kfr_base_url"].as_str().unwrap_or("(not recorded)"),
+            j["org_number"].as_str().unwrap_or("?"),
+            j["batches"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+    }
+    let _ = write!(
+        out,
+        "\n  held operations waiting: {} add(s), {} remove(s)",
+        held["add"], held["remove"]
+    );
+    p.data(out)?;
     Ok(())
 }
 

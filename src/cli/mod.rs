@@ -140,11 +140,16 @@ pub struct RelationshipArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadArgs {
+    #[command(subcommand)]
+    pub action: Option<LoadAction>,
     /// The export: one relationship per line (`ID`, `ID;YYYY-MM-DD`, `ID,YYYY-MM-DD`,
     /// `ID#YYYY-MM-DD`) or delimited with a header row (customer_id/kundeid, start_date/startdato,
-    /// end_date/sluttdato).
-    pub file: PathBuf,
+    /// end_date/sluttdato). With `--resume` it may be left out: the unconfirmed job's file is used.
+    /// (A file named like a subcommand, e.g. `status`, is given as `./status`.)
+    #[arg(required_unless_present = "resume")]
+    pub file: Option<PathBuf>,
     /// Print the plan (counts, batches with exact sizes, ingestion time, schedule) and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -191,6 +196,20 @@ pub struct LoadArgs {
     /// Progress and the result as JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What else `kfr load` does besides loading a file.
+#[derive(Debug, Subcommand)]
+pub enum LoadAction {
+    /// The jobs of a state store: file, sha256, KFR, batches by state, held operations, and
+    /// whether a load is running on it now. Reads only.
+    Status {
+        /// State store (default: `state_file`).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

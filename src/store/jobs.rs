@@ -200,6 +200,14 @@ impl Store {
         Ok(self.conn().query_row(&sql, [], job_row).optional()?)
     }
 
+    /// Every job, oldest first.
+    pub fn jobs(&mut self) -> anyhow::Result<Vec<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs ORDER BY id");
+        let mut stmt = self.conn().prepare(&sql)?;
+        let rows = stmt.query_map([], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The most recent job of any state.
     pub fn latest_job(&mut self) -> anyhow::Result<Option<JobRecord>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs ORDER BY id DESC LIMIT 1");
