@@ -130,10 +130,7 @@ fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()
     else {
         anyhow::bail!("no state store at {}", state.display());
     };
-    let running = match crate::store::lock::WriterLock::acquire(state)? {
-        Ok(_free) => None,
-        Err(holder) => Some(holder),
-    };
+    let running = crate::store::lock::WriterLock::acquire(state)?.err();
     let mut jobs = vec![];
     for job in store.jobs()? {
         let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();

@@ -38,9 +38,9 @@ impl WriterLock {
         let mut file = o
             .open(&path)
             .map_err(|e| anyhow::anyhow!("opening the store's lock file {}: {e}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        match try_lock(&file) {
+            Ok(true) => {}
+            Ok(false) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 let holder = text.trim();
@@ -50,9 +50,7 @@ impl WriterLock {
                     holder.to_string()
                 }));
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(anyhow::anyhow!("locking {}: {e}", path.display()));
-            }
+            Err(e) => return Err(anyhow::anyhow!("locking {}: {e}", path.display())),
         }
         file.set_len(0)?;
         file.rewind()?;
@@ -64,6 +62,29 @@ impl WriterLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// An exclusive `flock` without waiting: `Ok(false)` when another open file holds it.
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd as _;
+    // SAFETY: flock on a descriptor this `File` owns; no memory is passed.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Elsewhere no lock is taken (kfr is run on Linux; docs/load.md).
+#[cfg(not(unix))]
+fn try_lock(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
 }
 
 #[cfg(test)]
