@@ -497,3 +497,37 @@ async fn load_status_shows_the_job_and_resume_finds_it() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nowhere.db"), "{stderr}");
 }
+
+/// Reports for Bits: `--report x.md` is Markdown and `--report x.json` JSON (each with the other
+/// beside it), they name the environment, KFR and kfr version, are 0600 even when the file was
+/// there with wider rights, and a report path that is a symlink is refused before anything is
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_what_their_name_says_private_and_checked_first() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = setup().await;
+    let id = ids(104, 20);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    env.write("elsewhere.json", "");
+    std::os::unix::fs::symlink(env.dir.join("elsewhere.json"), env.dir.join("link.json")).unwrap();
+    let out = env.load("c.csv", "s.db", &["--report", "link.json"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("link.json") && stderr.contains("symlink"), "{stderr}");
+    assert_eq!(env.batches_accepted(), 0, "refused before the load started");
+    assert_eq!(std::fs::read_to_string(env.dir.join("elsewhere.json")).unwrap(), "");
+
+    let md = env.write("r.md", "old");
+    std::fs::set_permissions(&md, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_ok(&env.load("c.csv", "s.db", &["--report", "r.md"], &[]).await);
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.starts_with("# KFR initial load report"), "{text}");
+    assert!(text.contains(&env.mock.kfr_base_url()) && text.contains("local"), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(json["environment"], "local");
+    assert_eq!(json["kfr_version"], env!("CARGO_PKG_VERSION"));
+    for f in ["r.md", "r.json"] {
+        let mode = std::fs::metadata(env.dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+}
