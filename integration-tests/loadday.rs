@@ -522,7 +522,10 @@ async fn reports_are_what_their_name_says_private_and_checked_first() {
     assert_ok(&env.load("c.csv", "s.db", &["--report", "r.md"], &[]).await);
     let text = std::fs::read_to_string(&md).unwrap();
     assert!(text.starts_with("# KFR initial load report"), "{text}");
-    assert!(text.contains(&env.mock.kfr_base_url()) && text.contains("local"), "{text}");
+    assert!(
+        text.contains(&env.mock.kfr_base_url()) && text.contains("local"),
+        "{text}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
     assert_eq!(json["environment"], "local");
     assert_eq!(json["kfr_version"], env!("CARGO_PKG_VERSION"));

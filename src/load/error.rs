@@ -90,6 +90,9 @@ pub enum LoadError {
     )]
     ChangedWhileRead { file: PathBuf, before: u64, after: u64 },
 
+    #[error("--report: {message}")]
+    BadReportPath { message: String },
+
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -104,6 +107,7 @@ impl LoadError {
                 | LoadError::JobComplete { .. }
                 | LoadError::OtherOrganisation { .. }
                 | LoadError::OtherKfr { .. }
+                | LoadError::BadReportPath { .. }
         )
     }
 }
@@ -134,6 +138,7 @@ impl Hinted for LoadError {
             LoadError::NothingToLoad { .. } => "check that this is the right export, complete and written through; pass --allow-empty if the institution really has no active relationship to register".into(),
             LoadError::StoreBusy { .. } => "one load at a time per state store: wait for the running one to finish, or stop it (Ctrl-C) and run `kfr load FILE --resume`".into(),
             LoadError::ChangedWhileRead { .. } => "wait until the export is completely written (or copy it to a place nothing writes to) and run again; nothing was uploaded".into(),
+            LoadError::BadReportPath { .. } => "give a report path in an existing directory that is not a symlink; nothing was sent".into(),
             LoadError::Other(_) => return None,
         })
     }

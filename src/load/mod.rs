@@ -260,15 +260,24 @@ fn read_input(
     Ok((out, kept, written))
 }
 
+/// Opens a file for writing that holds identifiers (rejects) or facts about them (reports):
+/// mode 0600 whatever the umask and whatever rights a file already there had, never through a
+/// symlink (`O_NOFOLLOW`: a planted link cannot redirect the data).
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
-        o.mode(0o600);
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    o.open(path)
+    let f = o.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
 }
 
 fn counts(read: &ReadOutcome) -> Counts {
@@ -365,6 +374,9 @@ pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, Loa
 pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
     let started = Instant::now();
     let started_at = crate::store::now_text();
+    if let Some(r) = &opts.report {
+        report::check_report_path(r).map_err(|message| LoadError::BadReportPath { message })?;
+    }
     let mut store = Store::open(&opts.state)?;
     // One writer per store (issue 9): held until this function returns, released by the OS if
     // the process dies.
@@ -681,6 +693,9 @@ fn write_report(
     let batches = store.batches(job)?;
     let report = LoadReport {
         org_number: opts.org_number.clone(),
+        environment: opts.environment.clone(),
+        kfr_base_url: opts.kfr_base_url.clone(),
+        kfr_version: env!("CARGO_PKG_VERSION").to_string(),
         input: opts.file.display().to_string(),
         content_hash: read.content_hash.clone(),
         format: read.format.clone(),
@@ -701,11 +716,12 @@ fn write_report(
     let files = match &opts.report {
         Some(path) => {
             let md = report.write(path)?;
+            let json = LoadReport::paths(path).0;
             on(LoadEvent::ReportWritten {
-                json: path.clone(),
+                json: json.clone(),
                 markdown: md.clone(),
             });
-            Some((path.clone(), md))
+            Some((json, md))
         }
         None => None,
     };
