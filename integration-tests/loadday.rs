@@ -541,13 +541,31 @@ async fn reports_are_what_their_name_says_private_and_checked_first() {
 async fn doctor_checks_kfr_with_an_own_lookup() {
     let env = setup().await;
     let (stdout, stderr) = assert_ok(&env.run(&["doctor"], &[]).await);
-    let line = stdout.lines().find(|l| l.contains(" kfr ")).unwrap_or_default().to_string();
-    assert!(line.starts_with("ok") && line.contains("own lookup"), "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" kfr "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with("ok") && line.contains("own lookup"),
+        "{stdout}{stderr}"
+    );
     let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
-    std::fs::write(env.dir.join("bad.toml"), toml.replace("/kar-ws/api/v1", "/kar-ws/api/v9")).unwrap();
-    let out = crate::util::kfr(&env.dir).args(["--config", "bad.toml", "doctor"]).output().unwrap();
+    std::fs::write(
+        env.dir.join("bad.toml"),
+        toml.replace("/kar-ws/api/v1", "/kar-ws/api/v9"),
+    )
+    .unwrap();
+    let out = crate::util::kfr(&env.dir)
+        .args(["--config", "bad.toml", "doctor"])
+        .output()
+        .unwrap();
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    let line = stdout.lines().find(|l| l.contains(" kfr ")).unwrap_or_default().to_string();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" kfr "))
+        .unwrap_or_default()
+        .to_string();
     assert!(line.starts_with("FAIL"), "{stdout}");
 }
