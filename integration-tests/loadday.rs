@@ -569,3 +569,19 @@ async fn doctor_checks_kfr_with_an_own_lookup() {
         .to_string();
     assert!(line.starts_with("FAIL"), "{stdout}");
 }
+
+/// With stderr not a terminal (`kfr load F 2>log`) a plain progress line with the phase and the
+/// count is written at a fixed interval (30 s by default; 1 s here), however long a step takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_progress_line_is_written_when_stderr_is_not_a_terminal() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(100);
+    let id = ids(105, 300);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env.load("c.csv", "s.db", &["--progress-every-secs", "1"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(lines.iter().all(|l| l.contains("/300 ingested")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("batch")), "a phase is named: {lines:?}");
+}
