@@ -43,6 +43,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         }
     };
     let printer = printer.with_format(if args.json { Format::JsonLines } else { Format::Human });
+    let every = std::time::Duration::from_secs(args.progress_every_secs);
     let max_batch_bytes = args.max_batch_bytes.unwrap_or(settings.max_batch_bytes);
     if !(MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&max_batch_bytes) {
         return Err(UsageError::new(format!(
@@ -83,7 +84,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         stop: None,
         id_policy: super::build::id_policy(&settings),
     };
-    let sink = |e: LoadEvent| present(&printer, &opts, e);
+    let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     if args.dry_run {
         return match crate::load::dry_run(&opts, &sink) {
             Ok(_) => Ok(()),
@@ -94,7 +95,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     let client = super::build::kfr_client(&settings)?;
     let mut opts = opts;
     opts.stop = Some(listen_for_stop());
-    let sink = |e: LoadEvent| present(&printer, &opts, e);
+    let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     let outcome = match crate::load::run(&opts, &client, &sink).await {
         Ok(o) => o,
         Err(e) => return Err(failure(e)),
@@ -245,7 +246,7 @@ fn failure(e: LoadError) -> anyhow::Error {
 
 /// Presents one event: a JSON line in `--json` mode for the events that have one, otherwise a
 /// message on stderr (or the bar), and the plan on stdout.
-fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
+fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadEvent) {
     let file = opts.file.display();
     if p.format() == Format::JsonLines && e.is_json() {
         let _ = p.json(&e);
@@ -287,11 +288,15 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
         } => p.message(format_args!(
             "resuming load job {job} ({batches} batches, {confirmed} confirmed)"
         )),
-        LoadEvent::Started { total, ingested } => p.start_progress(
-            total,
-            ingested,
-            "{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}",
-        ),
+        LoadEvent::Started { total, ingested } => {
+            p.start_progress(
+                total,
+                ingested,
+                "{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}",
+            );
+            p.set_phase("uploading");
+            p.progress_lines(every);
+        }
         LoadEvent::Ingesting { ingested } => p.set_progress(ingested),
         LoadEvent::Paused { batch, max_per_day } => p.message(format_args!(
             "daily limit of {} relationships reached before batch {batch}",
@@ -311,12 +316,18 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
             entries,
             bytes,
             correlation_id,
-        } => p.message(format_args!(
-            "batch {batch} accepted: {entries} relationships, {bytes} bytes (CorrelationID {correlation_id})"
-        )),
-        LoadEvent::WaitingForIngestion { batch, missing } => p.message(format_args!(
-            "batch {batch}: {missing} checked entr(y/ies) not visible yet; waiting"
-        )),
+        } => {
+            p.set_phase(format!("waiting for KFR to ingest batch {batch} (count estimated at the ingest rate)"));
+            p.message(format_args!(
+                "batch {batch} accepted: {entries} relationships, {bytes} bytes (CorrelationID {correlation_id})"
+            ))
+        }
+        LoadEvent::WaitingForIngestion { batch, missing } => {
+            p.set_phase(format!("confirming batch {batch}: KFR slower than planned"));
+            p.message(format_args!(
+                "batch {batch}: {missing} checked entr(y/ies) not visible yet; waiting (KFR is slower than the planned rate)"
+            ))
+        }
         LoadEvent::BatchConfirmed {
             batch,
             entries,
@@ -325,6 +336,7 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
             by,
         } => {
             p.set_progress(ingested);
+            p.set_phase(format!("uploading the batch after {batch}"));
             let how = match by.as_str() {
                 "witness" => "by own lookup of an entry new in this batch",
                 "witness+time" => "by own lookup of an entry new in this batch, plus the expected time for later entries KFR already held",

@@ -193,6 +193,10 @@ pub struct LoadArgs {
     /// stops (resumable).
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub outage_wait_secs: u64,
+
+    /// When stderr is not a terminal: a plain progress line this often.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_every_secs: u64,
     /// Progress and the result as JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
