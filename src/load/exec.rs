@@ -171,6 +171,14 @@ pub async fn execute(
                     store.set_batch_witness(job, b.seq, b.witness)?;
                 }
                 status = upload(store, client, job, &b, slice, layout, opts, on).await?;
+                if status == BatchStatus::Uploading {
+                    // The probe counts from this upload's start, not an earlier one's.
+                    b.uploading_at = store
+                        .batches(job)?
+                        .into_iter()
+                        .find(|x| x.seq == b.seq)
+                        .and_then(|x| x.uploading_at);
+                }
             }
             if status == BatchStatus::Accepted {
                 break;
@@ -267,7 +275,7 @@ async fn upload(
         body.bytes.len(),
         b.bytes
     );
-    let mut waited = Waited::new(opts);
+    let mut waited = Waited::new();
     loop {
         store.set_batch_status(job, b.seq, BatchStatus::Uploading)?;
         abort_point("uploading", Some(b.seq));
@@ -329,7 +337,7 @@ struct Waited {
 }
 
 impl Waited {
-    fn new(_opts: &ExecOptions) -> Self {
+    fn new() -> Self {
         Waited {
             since: None,
             step_delay: FIRST_WAIT_STEP,
@@ -555,7 +563,7 @@ async fn visible(
     step: &str,
 ) -> anyhow::Result<bool> {
     let e = p.to_entry();
-    let mut waited = Waited::new(opts);
+    let mut waited = Waited::new();
     loop {
         match client
             .lookup_once(&e.id, e.start, None, uuid::Uuid::new_v4())
