@@ -178,26 +178,21 @@ async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
         .load("c.csv", "s.db", &["--resume"], &[("KFR_TEST_ABORT_AT", "deletes")])
         .await;
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out).1);
-    // Sent to a path where KFR is not (a bare 404, an error): every held operation fails.
-    let wrong = format!("{}/kar-ws/api/v2", env.mock.base_url());
+    // KFR fails every request (500): every held operation fails. (A job is only resumed against
+    // the KFR it belongs to, so the failure comes from that KFR.)
+    env.mock.state().set_kfr_faults(kfr::mock::KfrFaults {
+        error_rate: 1.0,
+        ..kfr::mock::KfrFaults::NONE
+    });
     let rate = crate::load::RATE.to_string();
-    let args = [
-        "--kfr-base-url",
-        &wrong,
-        "load",
-        "c.csv",
-        "--state",
-        "s.db",
-        "--resume",
-        "--ingest-rate",
-        &rate,
-    ];
+    let args = ["load", "c.csv", "--state", "s.db", "--resume", "--ingest-rate", &rate];
     let out = env.run(&args, &[]).await;
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("could not be sent"), "{stderr}");
     assert!(stderr.contains("hint: "), "{stderr}");
     assert!(env.ended().is_empty());
+    env.mock.state().set_kfr_faults(kfr::mock::KfrFaults::NONE);
     // While they wait, a later add on a is still queued behind them, though no load is running.
     let out = env.run(&["add", a, "--state", "s.db"], &[]).await;
     assert!(assert_ok(&out).0.starts_with("queued: "));

@@ -11,6 +11,7 @@ mod ids;
 mod input;
 mod kfr_cli;
 mod load;
+mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
 mod token;

@@ -104,6 +104,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ),
     }
 
+    if client.is_some() {
+        check_kfr(&mut r, &settings).await;
+    }
+
     if r.failed {
         return Err(crate::error::Reported("kfr doctor found problems".into()).into());
     }
@@ -286,5 +290,44 @@ async fn check_maskinporten(r: &mut Report, settings: &Settings, client: &TokenC
                 settings.maskinporten_issuer
             )),
         );
+    }
+}
+
+/// KFR itself (issue 9 item 15): an own lookup of the institution's own org.nr, one attempt. It
+/// reads nothing private and changes nothing, yet proves the network path to KFR, that KFR
+/// accepts the token, and that `fid` (the org.nr) is the token's institution (KFR-003 otherwise).
+async fn check_kfr(r: &mut Report, settings: &Settings) {
+    let client = match super::build::kfr_client(settings) {
+        Ok(c) => c,
+        Err(e) => {
+            r.line(Verdict::Fail, "kfr", format!("{e:#}"), super::report::find_hint(&e));
+            return;
+        }
+    };
+    let org = client.config().org_number.clone();
+    let id = match crate::ids::CustomerId::parse(&org, &super::build::id_policy(settings)) {
+        Ok(id) => id,
+        Err(e) => {
+            r.line(Verdict::Fail, "kfr", format!("org_number {org}: {e}"), None);
+            return;
+        }
+    };
+    let attempt = client.lookup_once(&id, None, None, uuid::Uuid::new_v4()).await;
+    let ms = attempt.latency.as_millis();
+    match attempt.into_result() {
+        Ok(banks) => r.line(
+            Verdict::Ok,
+            "kfr",
+            format!(
+                "own lookup of {org} at {} answered in {ms} ms ({} relationship(s) registered to it): token and fid accepted",
+                settings.kfr_base_url,
+                banks.len()
+            ),
+            None,
+        ),
+        Err(e) => {
+            let hint = crate::error::Hinted::hint(&e);
+            r.line(Verdict::Fail, "kfr", format!("own lookup of {org}: {e}"), hint);
+        }
     }
 }

@@ -13,10 +13,37 @@ use crate::error::UsageError;
 use crate::load::plan::{self, human_duration};
 use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
 use crate::store::BatchStatus;
+use anyhow::Context as _;
 use std::fmt::Write as _;
 
 pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyhow::Result<()> {
+    if let Some(super::LoadAction::Status { state, json }) = &args.action {
+        let state = state.clone().unwrap_or_else(|| settings.state_file.clone());
+        return status(&state, *json, &printer);
+    }
+    let state_path = args.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    // `--resume` without a file: the unconfirmed job knows its file (issue 9 item 11).
+    let file = match &args.file {
+        Some(f) => f.clone(),
+        None => {
+            let job = crate::store::Store::open_existing(&state_path)?
+                .map(|mut s| s.unconfirmed_job())
+                .transpose()?
+                .flatten();
+            match job {
+                Some(job) => std::path::PathBuf::from(job.input_path),
+                None => {
+                    return Err(UsageError::new(format!(
+                        "--resume without a file: the state store {} has no unconfirmed load job",
+                        state_path.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+    };
     let printer = printer.with_format(if args.json { Format::JsonLines } else { Format::Human });
+    let every = std::time::Duration::from_secs(args.progress_every_secs);
     let max_batch_bytes = args.max_batch_bytes.unwrap_or(settings.max_batch_bytes);
     if !(MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&max_batch_bytes) {
         return Err(UsageError::new(format!(
@@ -36,9 +63,9 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         return Err(UsageError::new("--dry-run and --resume cannot be combined").into());
     }
     let opts = LoadOptions {
-        file: args.file.clone(),
+        file: file.clone(),
         resume: args.resume,
-        state: args.state.clone().unwrap_or_else(|| settings.state_file.clone()),
+        state: state_path.clone(),
         report: args.report.clone(),
         skip_invalid: args.skip_invalid,
         rejects: args.rejects.clone(),
@@ -49,9 +76,15 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         sample: args.sample,
         org_number: settings.require_org_number()?.to_string(),
         kfr_base_url: settings.kfr_base_url.to_string(),
+        environment: settings.env.as_str().to_string(),
+        allow_empty: args.allow_empty,
+        outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
+        retry_after_cap: settings.retry.retry_after_cap,
+        resume_command: format!("kfr load {} --resume --state {}", file.display(), state_path.display()),
+        stop: None,
         id_policy: super::build::id_policy(&settings),
     };
-    let sink = |e: LoadEvent| present(&printer, &opts, e);
+    let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     if args.dry_run {
         return match crate::load::dry_run(&opts, &sink) {
             Ok(_) => Ok(()),
@@ -60,17 +93,146 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
+    let mut opts = opts;
+    opts.stop = Some(listen_for_stop());
+    let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     let outcome = match crate::load::run(&opts, &client, &sink).await {
         Ok(o) => o,
         Err(e) => return Err(failure(e)),
     };
     summary(&printer, &opts, &outcome);
+    if let Some(sig) = outcome.interrupted {
+        let name = if sig == 15 { "SIGTERM" } else { "Ctrl-C (SIGINT)" };
+        printer.problem(format_args!(
+            "load stopped by {name} after its current step; every step so far is recorded{}. Resume with: {}",
+            outcome
+                .report_files
+                .as_ref()
+                .map(|(j, _)| format!(" and the report written to {}", j.display()))
+                .unwrap_or_default(),
+            opts.resume_command
+        ));
+        // 128 + the signal number, as a shell reports a process the signal ended (README).
+        std::process::exit(128 + sig);
+    }
     if outcome.held_operations_failed > 0 {
         return Err(failure(LoadError::HeldOperationsNotSent {
             failed: outcome.held_operations_failed,
         }));
     }
     Ok(())
+}
+
+/// `kfr load status`: what a store holds, for an operator (no identifier in full: held
+/// operations are counted, not listed).
+fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let Some(mut store) = crate::store::Store::open_existing(state)
+        .with_context(|| format!("opening the state store {}", state.display()))?
+    else {
+        anyhow::bail!("no state store at {}", state.display());
+    };
+    let running = crate::store::lock::WriterLock::acquire(state)?.err();
+    let mut jobs = vec![];
+    for job in store.jobs()? {
+        let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
+        let batches = store.batches(job.id)?;
+        let mut by_state = serde_json::Map::new();
+        for st in ["planned", "uploading", "accepted", "confirmed"] {
+            let n = batches.iter().filter(|b| b.status.as_str() == st).count();
+            by_state.insert(st.into(), n.into());
+        }
+        jobs.push(serde_json::json!({
+            "id": job.id, "status": job.status, "input": job.input_path, "sha256": job.content_hash,
+            "entries": job.entries, "created_at": job.created_at, "confirmed_at": job.confirmed_at,
+            "environment": settings.get("environment"), "kfr_base_url": settings.get("kfr_base_url"),
+            "org_number": settings.get("org_number"), "batches": by_state,
+            "batches_resent": batches.iter().map(|b| b.resends).sum::<u32>(),
+        }));
+    }
+    let waiting = {
+        use crate::store::CustomerQueue as _;
+        store.waiting()?
+    };
+    let mut held = serde_json::Map::new();
+    for op in ["add", "remove"] {
+        let n = waiting.iter().filter(|w| w.operation.as_str() == op).count();
+        held.insert(op.into(), n.into());
+    }
+    let v = serde_json::json!({
+        "state": state, "running": running, "jobs": jobs, "held_operations": held,
+    });
+    if json {
+        p.data(serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let mut out = format!("state store {}", state.display());
+    let _ = write!(
+        out,
+        "\n  {}",
+        match &running {
+            Some(h) => format!("a load is running on it now ({h})"),
+            None => "no load running on it now".into(),
+        }
+    );
+    for j in &jobs {
+        let _ = write!(
+            out,
+            "\n  job {} {}: {} (sha256 {}…), {} relationships, {} KFR {} org {}\n    batches: {}",
+            j["id"],
+            j["status"].as_str().unwrap_or(""),
+            j["input"].as_str().unwrap_or(""),
+            &j["sha256"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+            j["entries"],
+            j["environment"].as_str().unwrap_or("?"),
+            j["kfr_base_url"].as_str().unwrap_or("(not recorded)"),
+            j["org_number"].as_str().unwrap_or("?"),
+            j["batches"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+    }
+    let _ = write!(
+        out,
+        "\n  held operations waiting: {} add(s), {} remove(s)",
+        held["add"], held["remove"]
+    );
+    p.data(out)?;
+    Ok(())
+}
+
+/// Listens for Ctrl-C and SIGTERM while the load runs: the first asks the load to stop after its
+/// current step (it then writes its report and exits 130 or 143); a second Ctrl-C ends the
+/// process at once (every step is committed before it is acted on, so `--resume` still works).
+fn listen_for_stop() -> crate::load::exec::StopFlag {
+    use std::sync::atomic::Ordering;
+    let flag: crate::load::exec::StopFlag = Default::default();
+    let set = flag.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        loop {
+            #[cfg(unix)]
+            let sig = tokio::select! {
+                r = tokio::signal::ctrl_c() => { if r.is_err() { return } 2 }
+                _ = term.recv() => 15,
+            };
+            #[cfg(not(unix))]
+            let sig = {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                2
+            };
+            if set.swap(sig, Ordering::SeqCst) != 0 {
+                std::process::exit(128 + sig);
+            }
+        }
+    });
+    flag
 }
 
 /// Turns a load error into what `main` renders: `LoadError` carries its own hint and exit code
@@ -84,7 +246,7 @@ fn failure(e: LoadError) -> anyhow::Error {
 
 /// Presents one event: a JSON line in `--json` mode for the events that have one, otherwise a
 /// message on stderr (or the bar), and the plan on stdout.
-fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
+fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadEvent) {
     let file = opts.file.display();
     if p.format() == Format::JsonLines && e.is_json() {
         let _ = p.json(&e);
@@ -126,11 +288,15 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
         } => p.message(format_args!(
             "resuming load job {job} ({batches} batches, {confirmed} confirmed)"
         )),
-        LoadEvent::Started { total, ingested } => p.start_progress(
-            total,
-            ingested,
-            "{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}",
-        ),
+        LoadEvent::Started { total, ingested } => {
+            p.start_progress(
+                total,
+                ingested,
+                "{spinner} {pos}/{len} ingested ({per_sec}, ETA {eta}) {msg}",
+            );
+            p.set_phase("uploading");
+            p.progress_lines(every);
+        }
         LoadEvent::Ingesting { ingested } => p.set_progress(ingested),
         LoadEvent::Paused { batch, max_per_day } => p.message(format_args!(
             "daily limit of {} relationships reached before batch {batch}",
@@ -150,23 +316,50 @@ fn present(p: &Printer, opts: &LoadOptions, e: LoadEvent) {
             entries,
             bytes,
             correlation_id,
-        } => p.message(format_args!(
-            "batch {batch} accepted: {entries} relationships, {bytes} bytes (CorrelationID {correlation_id})"
-        )),
-        LoadEvent::WaitingForIngestion { batch, missing } => p.message(format_args!(
-            "batch {batch}: {missing} checked entr(y/ies) not visible yet; waiting"
-        )),
+        } => {
+            p.set_phase(format!("waiting for KFR to ingest batch {batch} (count estimated at the ingest rate)"));
+            p.message(format_args!(
+                "batch {batch} accepted: {entries} relationships, {bytes} bytes (CorrelationID {correlation_id})"
+            ))
+        }
+        LoadEvent::WaitingForIngestion { batch, missing } => {
+            p.set_phase(format!("confirming batch {batch}: KFR slower than planned"));
+            p.message(format_args!(
+                "batch {batch}: {missing} checked entr(y/ies) not visible yet; waiting (KFR is slower than the planned rate)"
+            ))
+        }
         LoadEvent::BatchConfirmed {
             batch,
             entries,
             correlation_id,
             ingested,
+            by,
         } => {
             p.set_progress(ingested);
+            p.set_phase(format!("uploading the batch after {batch}"));
+            let how = match by.as_str() {
+                "witness" => "by own lookup of an entry new in this batch",
+                "witness+time" => "by own lookup of an entry new in this batch, plus the expected time for later entries KFR already held",
+                _ => "by time only: every entry checked was registered before the upload, so the expected ingestion time plus a margin was waited",
+            };
             p.message(format_args!(
-                "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id})"
+                "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id}; {how})"
             ))
         }
+        LoadEvent::KfrUnavailable {
+            step,
+            error,
+            retry_in_secs,
+            waited_secs,
+        } => p.warning(format_args!(
+            "{step}: {error}; trying again in {retry_in_secs:.1} s (waiting since {waited_secs} s)"
+        )),
+        LoadEvent::UploadUnknown { batch, error } => p.warning(format_args!(
+            "batch {batch}: no usable answer after the body was sent ({error}); KFR may have taken it, so its entries are looked up before anything is sent again"
+        )),
+        LoadEvent::BatchResent { batch, resends } => p.message(format_args!(
+            "batch {batch}: not found in KFR after its expected ingestion time; sending it again (re-send {resends}, same CorrelationID)"
+        )),
         LoadEvent::Finished => p.finish_progress(),
         LoadEvent::HeldOperationSent(s) => p.message(format_args!(
             "held {} sent: {}: {} (CorrelationID {})",
@@ -320,13 +513,19 @@ fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
     if p.format() == Format::JsonLines {
         let _ = p.json(&serde_json::json!({
             "event": "done", "job_id": r.job_id, "status": r.job_status,
-            "paused_for_today": o.paused_for_today, "counts": r.counts, "batches": r.batches.len(),
+            "paused_for_today": o.paused_for_today, "interrupted_by_signal": o.interrupted, "counts": r.counts, "batches": r.batches.len(),
             "duration_secs": r.duration_secs, "held_operations_sent": r.held_operations_sent,
         }));
         return;
     }
     let confirmed = r.batches.iter().filter(|b| b.status == BatchStatus::Confirmed).count();
-    let mut out = if o.paused_for_today {
+    let mut out = if o.interrupted.is_some() {
+        format!(
+            "load job {}: stopped after {confirmed} of {} batches confirmed",
+            r.job_id,
+            r.batches.len()
+        )
+    } else if o.paused_for_today {
         format!(
             "load job {}: paused for today after {confirmed} of {} batches (max per day); continue tomorrow with `kfr load {} --resume`",
             r.job_id,

@@ -140,11 +140,16 @@ pub struct RelationshipArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadArgs {
+    #[command(subcommand)]
+    pub action: Option<LoadAction>,
     /// The export: one relationship per line (`ID`, `ID;YYYY-MM-DD`, `ID,YYYY-MM-DD`,
     /// `ID#YYYY-MM-DD`) or delimited with a header row (customer_id/kundeid, start_date/startdato,
-    /// end_date/sluttdato).
-    pub file: PathBuf,
+    /// end_date/sluttdato). With `--resume` it may be left out: the unconfirmed job's file is used.
+    /// (A file named like a subcommand, e.g. `status`, is given as `./status`.)
+    #[arg(required_unless_present = "resume")]
+    pub file: Option<PathBuf>,
     /// Print the plan (counts, batches with exact sizes, ingestion time, schedule) and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -178,9 +183,37 @@ pub struct LoadArgs {
     /// Random entries checked by own lookup per batch, besides its last entry.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub sample: usize,
+
+    /// Accept a file with nothing to load (empty, header only, every line closed or rejected):
+    /// without it such a file is refused, since a load of nothing proves nothing.
+    #[arg(long)]
+    pub allow_empty: bool,
+
+    /// How long transient failures, 429s and outages are waited out during the load before it
+    /// stops (resumable).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub outage_wait_secs: u64,
+
+    /// When stderr is not a terminal: a plain progress line this often.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_every_secs: u64,
     /// Progress and the result as JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What else `kfr load` does besides loading a file.
+#[derive(Debug, Subcommand)]
+pub enum LoadAction {
+    /// The jobs of a state store: file, sha256, KFR, batches by state, held operations, and
+    /// whether a load is running on it now. Reads only.
+    Status {
+        /// State store (default: `state_file`).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

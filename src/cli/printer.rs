@@ -163,9 +163,58 @@ impl Printer {
         }
         bar.set_position(position);
         bar.reset_eta();
+        if shown {
+            // The spinner turns on its own, so it never looks frozen during a long wait.
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        }
         if let Ok(mut b) = self.bar.lock() {
             if let Some(old) = b.replace(bar) {
                 old.finish_and_clear();
+            }
+        }
+    }
+
+    /// Off a terminal (human, not quiet): a plain line with the bar's count and message every
+    /// `every`, from a thread of its own so a long step never silences it (issue 9 item 12:
+    /// `kfr load F 2>log`). Ends with [`Self::finish_progress`].
+    pub fn progress_lines(&self, every: std::time::Duration) {
+        if self.stderr_terminal || self.verbosity == Verbosity::Quiet || self.format != Format::Human {
+            return;
+        }
+        let Some(bar) = self.bar.lock().ok().and_then(|b| b.clone()) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let start_pos = bar.position();
+            loop {
+                std::thread::sleep(every);
+                if bar.is_finished() {
+                    return;
+                }
+                let pos = bar.position();
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let rate = (pos.saturating_sub(start_pos)) as f64 / secs;
+                let msg = bar.message();
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "progress: {pos}/{} ingested ({rate:.0}/s){}",
+                    bar.length().unwrap_or(0),
+                    if msg.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {msg}")
+                    }
+                );
+            }
+        });
+    }
+
+    /// The phase shown with the bar and in the plain progress lines.
+    pub fn set_phase(&self, phase: impl Into<String>) {
+        if let Ok(b) = self.bar.lock() {
+            if let Some(bar) = b.as_ref() {
+                bar.set_message(phase.into());
             }
         }
     }

@@ -28,6 +28,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::load::LoadError,
         crate::checklist::ChecklistError,
         crate::input::format::HeaderError,
+        crate::input::reader::ReadError,
     );
     None
 }

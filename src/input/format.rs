@@ -53,6 +53,40 @@ fn normalise(name: &str) -> String {
         .collect()
 }
 
+/// Whether a header name the aliases do not know reads like a date column (`fra_dato`, `til_dato`,
+/// `start`, `opened`, …). Such a column is refused rather than ignored: if it held the start or
+/// end of the relationship, ignoring it would load closed relationships as active and replace
+/// every start date with the day of the load (issue 9; docs/specs/input.md §5).
+pub fn looks_like_date(name: &str) -> bool {
+    let n = normalise(name);
+    const WORDS: &[&str] = &["dato", "date"];
+    const WHOLE: &[&str] = &[
+        "start",
+        "end",
+        "slutt",
+        "fra",
+        "til",
+        "from",
+        "to",
+        "fom",
+        "tom",
+        "opened",
+        "closed",
+        "opprettet",
+        "avsluttet",
+        "startet",
+        "sluttet",
+        "since",
+        "until",
+    ];
+    WORDS.iter().any(|w| n.contains(w))
+        || WHOLE.contains(&n.as_str())
+        || n.starts_with("start")
+        || n.starts_with("slutt")
+        || n.starts_with("gyldig")
+        || n.starts_with("valid")
+}
+
 /// The role of a header column, if it has one.
 pub fn column_of(name: &str) -> Option<Column> {
     let n = normalise(name);
@@ -130,6 +164,17 @@ impl Format {
                 columns: columns.iter().map(|c| mask(c)).collect::<Vec<_>>().join(", "),
             });
         };
+        let unmapped: Vec<String> = columns
+            .iter()
+            .filter(|c| column_of(c).is_none() && looks_like_date(c))
+            .cloned()
+            .collect();
+        if !unmapped.is_empty() {
+            return Err(HeaderError::UnmappedDateColumns {
+                line,
+                columns: unmapped.iter().map(|c| mask(c)).collect::<Vec<_>>().join(", "),
+            });
+        }
         Ok(Format::Header {
             delimiter: char::from(delimiter),
             columns,
@@ -196,6 +241,14 @@ pub enum HeaderError {
         first: String,
         second: String,
     },
+    #[error(
+        "line {line}: the header row has date column(s) kfr does not read: {columns}; their dates would be lost (closed relationships loaded as active, start dates replaced by the load day)"
+    )]
+    UnmappedDateColumns { line: u64, columns: String },
+    #[error(
+        "line {line}: column {column} holds a date ({value}) but is not a start or end date column kfr reads; its dates would be lost"
+    )]
+    DateValues { line: u64, column: String, value: String },
     #[error("line {line}: the header row cannot be read: {source}")]
     Grammar { line: u64, source: GrammarError },
 }
@@ -208,6 +261,9 @@ impl crate::error::Hinted for HeaderError {
             }
             HeaderError::Ambiguous { .. } => "keep one column per role, or rename the one kfr should not read".into(),
             HeaderError::Grammar { .. } => "the first non-blank line must be a header row or a data line".into(),
+            HeaderError::UnmappedDateColumns { .. } | HeaderError::DateValues { .. } => {
+                "rename the column in the header: start_date (or startdato) for the day the relationship began, end_date (or sluttdato) for the day it ended; if it holds neither, rename it to something that is not a date name (e.g. x_registrert) or drop the column".into()
+            }
         })
     }
 }

@@ -35,6 +35,10 @@ const _: () = assert!(CHUNK > MAX_LINE_BYTES + 2);
 pub enum ReadError {
     #[error(transparent)]
     Header(#[from] HeaderError),
+    #[error(
+        "line {line}: the line ends are CR only (old Mac style): the file reads as one line, so no relationship in it can be read"
+    )]
+    CrLineEnds { line: u64 },
     #[error("line {line}: the first line is longer than {max} bytes, so the file's format cannot be read")]
     FirstLineTooLong { line: u64, max: usize },
     /// The rejected-line callback failed (e.g. its output was closed); reading stopped.
@@ -42,6 +46,21 @@ pub enum ReadError {
     Callback(#[source] std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl crate::error::Hinted for ReadError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ReadError::CrLineEnds { .. } => {
+                Some("convert the file to LF or CRLF line ends (e.g. `tr '\\r' '\\n' < in > out`) and run again".into())
+            }
+            ReadError::FirstLineTooLong { .. } => Some(
+                "check that the file is a text export with one relationship per line (LF or CRLF line ends)".into(),
+            ),
+            ReadError::Header(h) => h.hint(),
+            ReadError::Callback(_) | ReadError::Io(_) => None,
+        }
+    }
 }
 
 /// One unique relationship packed into a `u64`, so 10 M of them take 80 MB and sort as integers:
@@ -165,6 +184,8 @@ struct State<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> {
     entries: Vec<Packed>,
     kinds: [u64; IdKind::ALL.len()],
     crlf: bool,
+    /// The next data line is the first under a header: look at the columns kfr does not read.
+    probe_values: bool,
     on_reject: &'a mut F,
 }
 
@@ -478,6 +499,39 @@ pub fn read_with(
     })
 }
 
+/// The first data line under a header: a column kfr does not read that holds a date refuses the
+/// file (issue 9: a start or end date under an unknown name would silently vanish). The first
+/// data line is always read on this thread (the format is fixed by the header in the same chunk),
+/// so the check does not depend on how the file is split.
+fn check_unread_dates(format: &Format, line: &[u8], number: u64) -> Result<(), ReadError> {
+    let Format::Header {
+        delimiter,
+        columns,
+        id,
+        start,
+        end,
+    } = format
+    else {
+        return Ok(());
+    };
+    for (i, field) in grammar::fields(line, *delimiter as u8).enumerate() {
+        let Ok(field) = field else { return Ok(()) };
+        if i == *id || Some(i) == *start || Some(i) == *end || i >= columns.len() {
+            continue;
+        }
+        let value = field.value();
+        if grammar::parse_date(&value).is_some() {
+            return Err(HeaderError::DateValues {
+                line: number,
+                column: crate::ids::mask(&columns[i]),
+                value: String::from_utf8_lossy(&value).trim().to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
     fn new(rules: record::Rules, keep: Keep, format: Format, on_reject: &'a mut F) -> Self {
         State {
@@ -492,6 +546,7 @@ impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
             entries: Vec::new(),
             kinds: [0; IdKind::ALL.len()],
             crlf: false,
+            probe_values: false,
             on_reject,
         }
     }
@@ -536,6 +591,11 @@ impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
             return Ok(());
         }
         if self.format == Format::Empty {
+            // A CR inside the first line (its line-end CR is already stripped) means CR-only
+            // line ends: every relationship would run into one line (issue 9).
+            if memchr::memchr(b'\r', line).is_some() {
+                return Err(ReadError::CrLineEnds { line: self.line });
+            }
             if grammar::check_length(line).is_err() {
                 return Err(ReadError::FirstLineTooLong {
                     line: self.line,
@@ -544,10 +604,14 @@ impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
             }
             self.format = Format::detect(line, self.line)?;
             if matches!(self.format, Format::Header { .. }) {
+                self.probe_values = true;
                 return Ok(());
             }
         }
         self.data_lines += 1;
+        if std::mem::take(&mut self.probe_values) {
+            check_unread_dates(&self.format, line, self.line)?;
+        }
         let rec = match record::parse(&mut self.format, line, &self.rules) {
             Ok(rec) => rec,
             Err(e) => return self.reject(line, e),

@@ -22,6 +22,7 @@ use super::error::{KfrError, decode_body};
 use super::verdict::{Attempt, AttemptMeta, Delivery, Operation, classify};
 use crate::http::RetryPolicy;
 use crate::ids::CustomerId;
+use crate::ids::scrub;
 use crate::maskinporten::TokenClient;
 use chrono::NaiveDate;
 use reqwest::Method;
@@ -480,7 +481,8 @@ fn judge<D>(
             };
             deliver(delivery, &text).map_err(|reason| KfrError::InvalidResponse {
                 status,
-                reason,
+                // A parser's message quotes the body, which may echo a customer identifier.
+                reason: scrub(&reason),
                 correlation_id,
             })
         }

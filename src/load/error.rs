@@ -48,6 +48,51 @@ pub enum LoadError {
 
     /// The state store, KFR or the input failed; the chain says where (and may carry its own
     /// hint, e.g. a KFR error code).
+    #[error(
+        "load job {job} was started against KFR {job_url} (env {job_env}), but this run talks to {url} (env {env}); refusing to resume it there"
+    )]
+    OtherKfr {
+        job: i64,
+        job_env: String,
+        job_url: String,
+        env: String,
+        url: String,
+    },
+
+    #[error(
+        "{}: nothing to load ({data_lines} data line(s), {closed} closed, {rejected} rejected, 0 active relationships)",
+        file.display()
+    )]
+    NothingToLoad {
+        file: PathBuf,
+        data_lines: u64,
+        closed: u64,
+        rejected: u64,
+    },
+
+    #[error(
+        "{}load job {} is running in another process ({holder}) on the state store {}",
+        input.as_deref().map(|i| format!("{i}: ")).unwrap_or_default(),
+        job.map(|j| j.to_string()).unwrap_or_else(|| "(new)".into()),
+        state.display()
+    )]
+    StoreBusy {
+        state: PathBuf,
+        job: Option<i64>,
+        input: Option<String>,
+        /// What the lock file says about the process holding it.
+        holder: String,
+    },
+
+    #[error(
+        "{} changed while it was read ({before} bytes when opened, {after} bytes after reading): it is probably still being written",
+        file.display()
+    )]
+    ChangedWhileRead { file: PathBuf, before: u64, after: u64 },
+
+    #[error("--report: {message}")]
+    BadReportPath { message: String },
+
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -61,6 +106,8 @@ impl LoadError {
                 | LoadError::JobUnconfirmed { .. }
                 | LoadError::JobComplete { .. }
                 | LoadError::OtherOrganisation { .. }
+                | LoadError::OtherKfr { .. }
+                | LoadError::BadReportPath { .. }
         )
     }
 }
@@ -87,6 +134,11 @@ impl Hinted for LoadError {
             LoadError::BadLines { .. } => "fix the lines, or pass --skip-invalid to load the valid ones and write the bad ones to a rejects file".into(),
             LoadError::OpenInput { .. } => return None,
             LoadError::HeldOperationsNotSent { .. } => "`kfr load FILE --resume` sends them again, in order, once KFR can be reached".into(),
+            LoadError::OtherKfr { .. } => "resume with the configuration (env, kfr_base_url) the job was started with; to load into this KFR, use another state store (--state) once you have decided what to do with the job (`kfr load status`)".into(),
+            LoadError::NothingToLoad { .. } => "check that this is the right export, complete and written through; pass --allow-empty if the institution really has no active relationship to register".into(),
+            LoadError::StoreBusy { .. } => "one load at a time per state store: wait for the running one to finish, or stop it (Ctrl-C) and run `kfr load FILE --resume`".into(),
+            LoadError::ChangedWhileRead { .. } => "wait until the export is completely written (or copy it to a place nothing writes to) and run again; nothing was uploaded".into(),
+            LoadError::BadReportPath { .. } => "give a report path in an existing directory that is not a symlink; nothing was sent".into(),
             LoadError::Other(_) => return None,
         })
     }

@@ -110,6 +110,28 @@ pub enum LoadEvent {
         entries: u64,
         correlation_id: Uuid,
         ingested: u64,
+        /// How: `witness` (own lookup of an entry not visible before the upload), `witness+time`
+        /// (that, plus the expected time for the entries after it, which were visible already),
+        /// or `time` (no entry of the batch was new: the expected ingestion time plus a margin).
+        by: String,
+    },
+    /// KFR failed transiently, rate limited or was out; the step is tried again after `retry_in`.
+    KfrUnavailable {
+        step: String,
+        error: String,
+        retry_in_secs: f64,
+        waited_secs: u64,
+    },
+    /// A batch upload got no usable answer after its body went out (timeout, 5xx): KFR may or
+    /// may not have taken it. Its entries are probed before anything is sent again.
+    UploadUnknown {
+        batch: u32,
+        error: String,
+    },
+    /// A batch whose earlier upload was not found in KFR is sent again (counted in the report).
+    BatchResent {
+        batch: u32,
+        resends: u32,
     },
     /// Uploading is over (the bar can go).
     Finished,
@@ -166,12 +188,13 @@ mod tests {
             entries: 35,
             correlation_id: cid,
             ingested: 70,
+            by: "witness".into(),
         })
         .unwrap();
         assert_eq!(
             v,
             serde_json::json!({"event": "batch_confirmed", "batch": 2, "entries": 35,
-                "correlation_id": cid, "ingested": 70})
+                "correlation_id": cid, "ingested": 70, "by": "witness"})
         );
         let sent = SentOperation {
             customer: "fødselsnummer p-0123456789ab".into(),

@@ -30,7 +30,7 @@ use super::event::{EventSink, LoadEvent};
 use super::reader::Packed;
 use crate::env_vars;
 use crate::ids::CustomerId;
-use crate::kfr::{KfrClient, Layout};
+use crate::kfr::{KfrClient, KfrError, Layout};
 use crate::store::{BatchRecord, BatchStatus, Store};
 use anyhow::Context as _;
 use rand::seq::IndexedRandom as _;
@@ -76,6 +76,31 @@ pub struct ExecOptions {
     pub sample: usize,
     /// Relationships per day, if capped: the executor pauses when today's share is sent.
     pub max_per_day: Option<u64>,
+    /// How long transient failures, 429s and outages are waited out, per step, before the load
+    /// stops (issue 9: default 30 min).
+    pub outage_wait: Duration,
+    /// Longest `Retry-After` honoured in full.
+    pub retry_after_cap: Duration,
+    /// The exact command that resumes this load, for messages when it stops.
+    pub resume_command: String,
+    /// Set by a signal: stop after the current step (issue 9 item 13).
+    pub stop: Option<StopFlag>,
+}
+
+/// A stop asked for by a signal (Ctrl-C: 2, SIGTERM: 15), shared between the command that
+/// listens for it and the executor, which looks at it between steps and during waits.
+pub type StopFlag = std::sync::Arc<std::sync::atomic::AtomicI32>;
+
+/// The executor stopped because a signal asked it to; every step so far is committed.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by signal {0}")]
+pub struct Interrupted(pub i32);
+
+fn check_stop(opts: &ExecOptions) -> Result<(), Interrupted> {
+    match opts.stop.as_ref().map(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+        Some(sig) if sig != 0 => Err(Interrupted(sig)),
+        _ => Ok(()),
+    }
 }
 
 /// How a run of the executor ended.
@@ -85,6 +110,8 @@ pub enum ExecEnd {
     Complete,
     /// `max_per_day` reached; resume on a later day.
     PausedForToday,
+    /// A signal asked the load to stop; resume with `--resume`.
+    Interrupted(i32),
 }
 
 /// Uploads and confirms the job's batches that are not confirmed yet.
@@ -111,6 +138,7 @@ pub async fn execute(
         if b.status == BatchStatus::Confirmed {
             continue;
         }
+        check_stop(opts)?;
         let slice = &entries[b.first_entry as usize..(b.first_entry + b.entry_count) as usize];
         let mut status = b.status;
         if status == BatchStatus::Planned && paused_for_today(store, job, &b, opts)? {
@@ -120,12 +148,41 @@ pub async fn execute(
             });
             return Ok(ExecEnd::PausedForToday);
         }
-        if status == BatchStatus::Uploading {
-            status = probe_unknown_upload(store, client, job, &b, slice, opts, on).await?;
-        }
-        if status == BatchStatus::Planned {
-            upload(store, client, job, &b, slice, layout, on).await?;
-            status = BatchStatus::Accepted;
+        let mut b = b.clone();
+        // Until KFR is known to hold the batch: resolve an upload of unknown fate before
+        // anything is sent again (issue 9: never a blind re-POST), check which entry will
+        // confirm it, upload once.
+        loop {
+            if status == BatchStatus::Uploading {
+                status = probe_unknown_upload(store, client, job, &b, slice, opts, on).await?;
+                if status == BatchStatus::Planned {
+                    store.count_batch_resend(job, b.seq)?;
+                    b.resends += 1;
+                    on(LoadEvent::BatchResent {
+                        batch: b.seq,
+                        resends: b.resends,
+                    });
+                }
+            }
+            if status == BatchStatus::Planned {
+                if !b.witness_checked {
+                    b.witness = choose_witness(client, slice, opts, on, b.seq).await?;
+                    b.witness_checked = true;
+                    store.set_batch_witness(job, b.seq, b.witness)?;
+                }
+                status = upload(store, client, job, &b, slice, layout, opts, on).await?;
+                if status == BatchStatus::Uploading {
+                    // The probe counts from this upload's start, not an earlier one's.
+                    b.uploading_at = store
+                        .batches(job)?
+                        .into_iter()
+                        .find(|x| x.seq == b.seq)
+                        .and_then(|x| x.uploading_at);
+                }
+            }
+            if status == BatchStatus::Accepted {
+                break;
+            }
         }
         debug_assert_eq!(status, BatchStatus::Accepted);
         if store.ledger_count(Some((job, b.seq)))? != b.entry_count {
@@ -140,9 +197,29 @@ pub async fn execute(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
             .unwrap_or_else(chrono::Utc::now);
-        let last = *slice.last().expect("batches are not empty");
-        wait_for_ingestion(client, last, accepted_at, b.entry_count, ingested, opts, on).await?;
-        confirm(client, &b, slice, opts, on).await?;
+        let by = match witness_of(&b, slice) {
+            Some(w) => {
+                wait_for_ingestion(client, Some(slice[w]), accepted_at, b.entry_count, ingested, opts, on).await?;
+                confirm(client, &b, &slice[..=w], opts, on).await?;
+                // The entries after the witness were visible before the upload, so their own
+                // lookups prove nothing: give KFR their share of the time too (ingestion follows
+                // file order), plus the margin, so a held delete cannot be overtaken by them.
+                let tail = (slice.len() - 1 - w) as u64;
+                if tail == 0 {
+                    "witness"
+                } else {
+                    tokio::time::sleep(expected_time(tail, opts.ingest_rate) + CONFIRM_MARGIN).await;
+                    "witness+time"
+                }
+            }
+            None => {
+                // No entry of the batch was new: nothing a lookup shows can prove ingestion.
+                wait_for_ingestion(client, None, accepted_at, b.entry_count, ingested, opts, on).await?;
+                tokio::time::sleep(CONFIRM_MARGIN).await;
+                "time"
+            }
+        };
+        store.set_batch_confirmed_by(job, b.seq, by)?;
         store.set_batch_status(job, b.seq, BatchStatus::Confirmed)?;
         ingested += b.entry_count;
         on(LoadEvent::BatchConfirmed {
@@ -150,6 +227,7 @@ pub async fn execute(
             entries: b.entry_count,
             correlation_id: b.correlation_id,
             ingested,
+            by: by.to_string(),
         });
         abort_point("confirmed", Some(b.seq));
     }
@@ -174,6 +252,11 @@ fn paused_for_today(store: &mut Store, job: i64, b: &BatchRecord, opts: &ExecOpt
     Ok(sent_today > 0 && sent_today + b.entry_count > max)
 }
 
+/// Uploads a batch once (`batch_once`: no in-process repeat of a body that went out). Returns the
+/// batch's new state: `Accepted` on 201; `Uploading` when the body went out and no usable answer
+/// came (timeout, 5xx), so KFR may have taken it and the caller must probe before re-sending;
+/// `Planned` never (a refusal before sending is waited out here, a final refusal is an error).
+#[allow(clippy::too_many_arguments)]
 async fn upload(
     store: &mut Store,
     client: &KfrClient,
@@ -181,8 +264,9 @@ async fn upload(
     b: &BatchRecord,
     slice: &[Packed],
     layout: &Layout,
+    opts: &ExecOptions,
     on: EventSink<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BatchStatus> {
     let body = layout.encode(&slice.iter().map(|p| p.to_entry()).collect::<Vec<_>>());
     anyhow::ensure!(
         body.bytes.len() as u64 == b.bytes,
@@ -191,39 +275,164 @@ async fn upload(
         body.bytes.len(),
         b.bytes
     );
-    store.set_batch_status(job, b.seq, BatchStatus::Uploading)?;
-    abort_point("uploading", Some(b.seq));
-    match client.batch(&body, Some(b.correlation_id)).await {
-        Ok(out) => {
-            abort_point("sent", Some(b.seq));
-            store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
-            on(LoadEvent::BatchAccepted {
-                batch: b.seq,
-                entries: b.entry_count,
-                bytes: b.bytes,
-                correlation_id: out.correlation_id,
-            });
-            Ok(())
-        }
-        Err(e) => {
-            // An answer from KFR (not a lost connection) means the batch was not accepted: it
-            // can go back to planned. Without an answer its fate is unknown and it stays
-            // `uploading` for the resume check.
-            // A token failure or a size refusal happens before anything is sent.
-            if matches!(
-                e,
-                crate::kfr::KfrError::Api { .. }
-                    | crate::kfr::KfrError::Token(_)
-                    | crate::kfr::KfrError::BatchTooLarge { .. }
-            ) {
-                store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
+    let mut waited = Waited::new();
+    loop {
+        store.set_batch_status(job, b.seq, BatchStatus::Uploading)?;
+        abort_point("uploading", Some(b.seq));
+        let e = match client.batch_once(&body, b.correlation_id).await.into_result() {
+            Ok(()) => {
+                abort_point("sent", Some(b.seq));
+                store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
+                on(LoadEvent::BatchAccepted {
+                    batch: b.seq,
+                    entries: b.entry_count,
+                    bytes: b.bytes,
+                    correlation_id: b.correlation_id,
+                });
+                return Ok(BatchStatus::Accepted);
             }
-            Err(anyhow::Error::new(e).context(format!(
-                "uploading batch {} ({} relationships, CorrelationID {}); nothing after it was sent; `kfr load FILE --resume` continues",
+            Err(e) => e,
+        };
+        // Whether the body can have reached KFR's ingestion: no for a token failure or a size
+        // refusal (nothing was sent), a 429 (the gateway turned it away) or a 4xx (KFR refused
+        // it); maybe for a timeout, a lost connection or a 5xx.
+        let maybe_taken = match &e {
+            KfrError::Transport { .. } => true,
+            KfrError::Api { status, .. } => *status >= 500,
+            KfrError::InvalidResponse { .. } => true,
+            KfrError::Token(_) | KfrError::BatchTooLarge { .. } => false,
+        };
+        if maybe_taken {
+            on(LoadEvent::UploadUnknown {
+                batch: b.seq,
+                error: e.to_string(),
+            });
+            return Ok(BatchStatus::Uploading);
+        }
+        store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
+        let step = format!("uploading batch {}", b.seq);
+        waited.wait_or_stop(&e, &step, opts, on).await.map_err(|e| {
+            e.context(format!(
+                "batch {} ({} relationships, CorrelationID {}) was not accepted; nothing after it was sent",
                 b.seq, b.entry_count, b.correlation_id
-            )))
+            ))
+        })?;
+    }
+}
+
+/// The first delay when KFR fails and gives no `Retry-After`; doubles up to [`MAX_WAIT_STEP`].
+const FIRST_WAIT_STEP: Duration = Duration::from_millis(500);
+const MAX_WAIT_STEP: Duration = Duration::from_secs(30);
+
+/// Time added after the expected ingestion time when no lookup can prove a batch stored.
+pub const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
+
+/// Patience with a failing KFR for one step (issue 9 item 8): transient failures, 429s and
+/// outages are waited out (a `Retry-After` honoured in full up to its cap, else a backoff of
+/// 0.5 s doubling to 30 s) for `outage_wait` from the first failure; anything else, or running out
+/// of time, stops the load with the exact resume command.
+struct Waited {
+    since: Option<Instant>,
+    step_delay: Duration,
+}
+
+impl Waited {
+    fn new() -> Self {
+        Waited {
+            since: None,
+            step_delay: FIRST_WAIT_STEP,
         }
     }
+
+    async fn wait_or_stop(
+        &mut self,
+        e: &KfrError,
+        step: &str,
+        opts: &ExecOptions,
+        on: EventSink<'_>,
+    ) -> anyhow::Result<()> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let waited = since.elapsed();
+        if !e.class().is_retryable() || waited >= opts.outage_wait {
+            let why = if e.class().is_retryable() {
+                format!("KFR still failing after {} s of waiting", waited.as_secs())
+            } else {
+                "KFR refused it".to_string()
+            };
+            return Err(anyhow::Error::new(e.clone()).context(format!(
+                "{step}: {why}; the load stopped here and is resumable with `{}`",
+                opts.resume_command
+            )));
+        }
+        let delay = match e.retry_after() {
+            Some(d) => d.min(opts.retry_after_cap),
+            None => {
+                let d = self.step_delay;
+                self.step_delay = (self.step_delay * 2).min(MAX_WAIT_STEP);
+                d
+            }
+        };
+        let delay = delay
+            .min(opts.outage_wait.saturating_sub(waited))
+            .max(Duration::from_millis(50));
+        on(LoadEvent::KfrUnavailable {
+            step: step.to_string(),
+            error: e.to_string(),
+            retry_in_secs: delay.as_secs_f64(),
+            waited_secs: waited.as_secs(),
+        });
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            check_stop(opts)?;
+            tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(200))).await;
+        }
+        Ok(())
+    }
+}
+
+fn expected_time(entries: u64, rate: u32) -> Duration {
+    Duration::from_secs_f64(entries as f64 / f64::from(rate))
+}
+
+/// The entry that confirms a batch: the chosen witness, or for a batch planned before witnesses
+/// were recorded, its last entry (the old rule).
+fn witness_of(b: &BatchRecord, slice: &[Packed]) -> Option<usize> {
+    if b.witness_checked {
+        b.witness.map(|w| w as usize)
+    } else {
+        Some(slice.len() - 1)
+    }
+}
+
+/// Entries looked at, from the end of the batch backwards, for one not registered yet.
+pub const WITNESS_CANDIDATES: usize = 8;
+
+/// Before a batch is sent: the last entry (in file order) that KFR does not show yet, looked for
+/// among the last [`WITNESS_CANDIDATES`]. An entry that was visible before the upload (a
+/// parallel add, D-3 step 3, or an earlier partial load) proves nothing when it is visible
+/// afterwards, so only a new one may confirm the batch (issue 9 item 3). `None` when all the
+/// candidates are registered already.
+async fn choose_witness(
+    client: &KfrClient,
+    slice: &[Packed],
+    opts: &ExecOptions,
+    on: EventSink<'_>,
+    seq: u32,
+) -> anyhow::Result<Option<u64>> {
+    for i in (0..slice.len()).rev().take(WITNESS_CANDIDATES) {
+        if !visible(
+            client,
+            slice[i],
+            opts,
+            on,
+            &format!("checking batch {seq} before its upload"),
+        )
+        .await?
+        {
+            return Ok(Some(i as u64));
+        }
+    }
+    Ok(None)
 }
 
 fn record_ledger(store: &mut Store, job: i64, b: &BatchRecord, slice: &[Packed]) -> anyhow::Result<()> {
@@ -247,7 +456,7 @@ async fn probe_unknown_upload(
     opts: &ExecOptions,
     on: EventSink<'_>,
 ) -> anyhow::Result<BatchStatus> {
-    let last = *slice.last().expect("batches are not empty");
+    let witness = witness_of(b, slice).map(|w| slice[w]);
     let began = b
         .uploading_at
         .as_deref()
@@ -265,8 +474,16 @@ async fn probe_unknown_upload(
         correlation_id: b.correlation_id,
     });
     let mut backoff = FIRST_BACKOFF;
+    let step = format!("checking whether batch {} reached KFR", b.seq);
     loop {
-        if visible(client, last).await? {
+        // Without a witness (every candidate was registered already) nothing can show the
+        // upload arrived: it counts as absent once its time is up (a re-send then repeats
+        // relationships KFR holds, which changes nothing).
+        let seen = match witness {
+            Some(w) => visible(client, w, opts, on, &step).await?,
+            None => false,
+        };
+        if seen {
             store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
             on(LoadEvent::UnknownUploadFound { batch: b.seq });
             return Ok(BatchStatus::Accepted);
@@ -287,7 +504,7 @@ async fn probe_unknown_upload(
 /// full confirmation follows either way.
 async fn wait_for_ingestion(
     client: &KfrClient,
-    last: Packed,
+    last: Option<Packed>,
     accepted_at: chrono::DateTime<chrono::Utc>,
     count: u64,
     before: u64,
@@ -308,13 +525,17 @@ async fn wait_for_ingestion(
     let mut probe_every = Duration::from_millis(500);
     let mut next_probe = Instant::now() + probe_every;
     while Instant::now() < end {
+        // The batch is recorded accepted: stopping in the wait is safe, the resume waits on.
+        check_stop(opts)?;
         let done = ((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64;
         on(LoadEvent::Ingesting {
             ingested: before + done.min(count),
         });
         tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(200))).await;
         if Instant::now() >= next_probe && Instant::now() < end {
-            if visible(client, last).await? {
+            if let Some(last) = last
+                && visible(client, last, opts, on, "waiting for KFR to ingest").await?
+            {
                 break;
             }
             probe_every = (probe_every * 2).min(max_probe);
@@ -332,16 +553,30 @@ fn checked_entries(slice: &[Packed], sample: usize) -> Vec<Packed> {
     out
 }
 
-async fn visible(client: &KfrClient, p: Packed) -> anyhow::Result<bool> {
+/// Whether KFR shows `p` registered for us (own lookup with `fromDate` = its start date, so a
+/// relationship stored with history is found), waiting out transient failures (item 8).
+async fn visible(
+    client: &KfrClient,
+    p: Packed,
+    opts: &ExecOptions,
+    on: EventSink<'_>,
+    step: &str,
+) -> anyhow::Result<bool> {
     let e = p.to_entry();
-    let out = client
-        .lookup(&e.id, e.start, None, None)
-        .await
-        .with_context(|| format!("own lookup of {} {}", e.id.kind().label(), e.id.log()))?;
-    Ok(out
-        .value
-        .iter()
-        .any(|b| b.organization_id == client.config().org_number))
+    let mut waited = Waited::new();
+    loop {
+        match client
+            .lookup_once(&e.id, e.start, None, uuid::Uuid::new_v4())
+            .await
+            .into_result()
+        {
+            Ok(banks) => return Ok(banks.iter().any(|b| b.organization_id == client.config().org_number)),
+            Err(err) => waited
+                .wait_or_stop(&err, step, opts, on)
+                .await
+                .with_context(|| format!("own lookup of {} {}", e.id.kind().label(), e.id.log()))?,
+        }
+    }
 }
 
 async fn confirm(
@@ -358,7 +593,7 @@ async fn confirm(
     loop {
         let mut still = vec![];
         for p in &missing {
-            if !visible(client, *p).await? {
+            if !visible(client, *p, opts, on, &format!("confirming batch {}", b.seq)).await? {
                 still.push(*p);
             }
         }
@@ -382,6 +617,7 @@ async fn confirm(
                 names.join(", ")
             );
         }
+        check_stop(opts)?;
         if !reported {
             reported = true;
             on(LoadEvent::WaitingForIngestion {

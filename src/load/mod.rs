@@ -81,7 +81,20 @@ pub struct LoadOptions {
     /// The KFR the client talks to, for the list of running loads (a remove against another KFR
     /// is not held by this load).
     pub kfr_base_url: String,
+    /// `local`, `test` or `prod`: fixed in the job with the KFR base URL and org.nr, so a job is
+    /// only ever resumed against the KFR it was started against.
+    pub environment: String,
     pub id_policy: IdPolicy,
+    /// A file with nothing to load is accepted (`--allow-empty`).
+    pub allow_empty: bool,
+    /// How long transient failures and outages are waited out before the load stops.
+    pub outage_wait: Duration,
+    /// Longest `Retry-After` honoured in full (`[retry] retry_after_cap_secs`).
+    pub retry_after_cap: Duration,
+    /// The exact command that resumes this load (real file and state path), for messages.
+    pub resume_command: String,
+    /// Set by the command when a signal asks the load to stop (Ctrl-C, SIGTERM).
+    pub stop: Option<exec::StopFlag>,
 }
 
 /// How a load ended without an error.
@@ -95,6 +108,8 @@ pub struct LoadOutcome {
     pub report_files: Option<(PathBuf, PathBuf)>,
     /// Held operations that could not be sent (they stay queued; exit 1 after the summary).
     pub held_operations_failed: usize,
+    /// A signal stopped the load after its current step (2: Ctrl-C, 15: SIGTERM).
+    pub interrupted: Option<i32>,
 }
 
 /// The settings that shape a job's batches, stored with the job.
@@ -106,6 +121,11 @@ struct JobSettings {
     ingest_rate: u32,
     max_per_day: Option<u64>,
     org_number: String,
+    /// The KFR the job belongs to; empty in jobs planned before kfr recorded it.
+    #[serde(default)]
+    kfr_base_url: String,
+    #[serde(default)]
+    environment: String,
 }
 
 impl JobSettings {
@@ -117,6 +137,8 @@ impl JobSettings {
             ingest_rate: opts.ingest_rate,
             max_per_day: opts.max_per_day,
             org_number: opts.org_number.clone(),
+            kfr_base_url: opts.kfr_base_url.clone(),
+            environment: opts.environment.clone(),
         }
     }
 }
@@ -153,7 +175,13 @@ fn read_input(
         path: opts.file.clone(),
         source,
     })?;
-    let size = file.metadata().ok().map(|m| m.len());
+    // The file must not change under us (issue 9 item 7): size and modification time before
+    // and after the read; a file still being written is refused rather than half loaded.
+    let before = file.metadata().map_err(|source| LoadError::OpenInput {
+        path: opts.file.clone(),
+        source,
+    })?;
+    let size = Some(before.len());
     let mut kept: Vec<Rejected> = vec![];
     let rejects_path = opts
         .skip_invalid
@@ -193,7 +221,25 @@ fn read_input(
             kept.push(r);
         }
     })
-    .with_context(|| format!("reading {}", opts.file.display()))?;
+    .map_err(|e| {
+        // A header error carries its own hint; keep it findable in the chain.
+        let e = match e {
+            reader::ReadError::Header(h) => anyhow::Error::new(h),
+            other => anyhow::Error::new(other),
+        };
+        e.context(format!("reading {}", opts.file.display()))
+    })?;
+    let after = std::fs::metadata(&opts.file).map_err(|source| LoadError::OpenInput {
+        path: opts.file.clone(),
+        source,
+    })?;
+    if after.len() != before.len() || after.modified().ok() != before.modified().ok() {
+        return Err(LoadError::ChangedWhileRead {
+            file: opts.file.clone(),
+            before: before.len(),
+            after: after.len(),
+        });
+    }
     if let Some(mut w) = rejects_out {
         w.flush().context("writing the rejects file")?;
     }
@@ -214,15 +260,24 @@ fn read_input(
     Ok((out, kept, written))
 }
 
+/// Opens a file for writing that holds identifiers (rejects) or facts about them (reports):
+/// mode 0600 whatever the umask and whatever rights a file already there had, never through a
+/// symlink (`O_NOFOLLOW`: a planted link cannot redirect the data).
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
-        o.mode(0o600);
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    o.open(path)
+    let f = o.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
 }
 
 fn counts(read: &ReadOutcome) -> Counts {
@@ -256,6 +311,14 @@ fn prepare(
         on,
     )?;
     check(&read)?;
+    if read.entries.is_empty() && !opts.allow_empty {
+        return Err(LoadError::NothingToLoad {
+            file: opts.file.clone(),
+            data_lines: read.data_lines,
+            closed: read.closed,
+            rejected: read.rejected,
+        });
+    }
     let plan = plan::plan(
         &read.entries,
         &layout,
@@ -311,7 +374,24 @@ pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, Loa
 pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
     let started = Instant::now();
     let started_at = crate::store::now_text();
+    if let Some(r) = &opts.report {
+        report::check_report_path(r).map_err(|message| LoadError::BadReportPath { message })?;
+    }
     let mut store = Store::open(&opts.state)?;
+    // One writer per store (issue 9): held until this function returns, released by the OS if
+    // the process dies.
+    let _writer = match crate::store::lock::WriterLock::acquire(&opts.state)? {
+        Ok(lock) => lock,
+        Err(holder) => {
+            let job = store.unconfirmed_job()?;
+            return Err(LoadError::StoreBusy {
+                state: opts.state.clone(),
+                job: job.as_ref().map(|j| j.id),
+                input: job.map(|j| j.input_path),
+                holder,
+            });
+        }
+    };
 
     // A resumed job keeps the settings it was planned with (same "today", same boundary and
     // limit), so it plans the very same batches.
@@ -348,6 +428,21 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
                 job: job.id,
                 job_org: job_settings.org_number,
                 org: opts.org_number.clone(),
+            });
+        }
+        // A job belongs to one KFR: resuming it against another would skip the batches
+        // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
+        // recorded the KFR (empty fields) cannot be checked.
+        let other_kfr = !job_settings.kfr_base_url.is_empty()
+            && !crate::store::registry::same_register(&job_settings.kfr_base_url, &opts.kfr_base_url);
+        let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
+        if other_kfr || other_env {
+            return Err(LoadError::OtherKfr {
+                job: job.id,
+                job_env: job_settings.environment.clone(),
+                job_url: job_settings.kfr_base_url.clone(),
+                env: opts.environment.clone(),
+                url: opts.kfr_base_url.clone(),
             });
         }
     }
@@ -432,13 +527,20 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         confirm_timeout: opts.confirm_timeout,
         sample: opts.sample,
         max_per_day: job_settings.max_per_day,
+        outage_wait: opts.outage_wait,
+        retry_after_cap: opts.retry_after_cap,
+        resume_command: opts.resume_command.clone(),
+        stop: opts.stop.clone(),
     };
     let outcome = exec::execute(&mut store, client, job, &read.entries, &layout, &exec_opts, on).await;
     on(LoadEvent::Finished);
     // A failed run still writes its report: it says which batches were accepted before the stop.
     let (end, failure) = match outcome {
         Ok(end) => (Some(end), None),
-        Err(e) => (None, Some(e)),
+        Err(e) => match e.downcast_ref::<exec::Interrupted>() {
+            Some(i) => (Some(ExecEnd::Interrupted(i.0)), None),
+            None => (None, Some(e)),
+        },
     };
     let mut sent = vec![];
     let mut failed = 0;
@@ -477,6 +579,10 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         plan: summary,
         report,
         paused_for_today: end == Some(ExecEnd::PausedForToday),
+        interrupted: match end {
+            Some(ExecEnd::Interrupted(sig)) => Some(sig),
+            _ => None,
+        },
         report_files,
         held_operations_failed: failed,
     })
@@ -584,8 +690,12 @@ fn write_report(
     on: EventSink<'_>,
 ) -> Result<(LoadReport, Option<(PathBuf, PathBuf)>), LoadError> {
     let record = store.job(job)?;
+    let batches = store.batches(job)?;
     let report = LoadReport {
         org_number: opts.org_number.clone(),
+        environment: opts.environment.clone(),
+        kfr_base_url: opts.kfr_base_url.clone(),
+        kfr_version: env!("CARGO_PKG_VERSION").to_string(),
         input: opts.file.display().to_string(),
         content_hash: read.content_hash.clone(),
         format: read.format.clone(),
@@ -597,7 +707,8 @@ fn write_report(
         duration_secs: started.elapsed().as_secs_f64(),
         ingest_rate: opts.ingest_rate,
         counts: counts(read),
-        batches: store.batches(job)?,
+        batches_resent: batches.iter().map(|b| b.resends).sum(),
+        batches,
         rejects,
         rejects_file,
         held_operations_sent: sent,
@@ -605,11 +716,12 @@ fn write_report(
     let files = match &opts.report {
         Some(path) => {
             let md = report.write(path)?;
+            let json = LoadReport::paths(path).0;
             on(LoadEvent::ReportWritten {
-                json: path.clone(),
+                json: json.clone(),
                 markdown: md.clone(),
             });
-            Some((path.clone(), md))
+            Some((json, md))
         }
         None => None,
     };

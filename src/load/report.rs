@@ -40,6 +40,10 @@ pub struct SentOperation {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
     pub org_number: String,
+    /// `local`, `test` or `prod`.
+    pub environment: String,
+    pub kfr_base_url: String,
+    pub kfr_version: String,
     pub input: String,
     pub content_hash: String,
     pub format: Format,
@@ -52,6 +56,9 @@ pub struct LoadReport {
     pub ingest_rate: u32,
     pub counts: Counts,
     pub batches: Vec<BatchRecord>,
+    /// Uploads repeated because an earlier upload's fate was unknown and its entries were not
+    /// found (issue 9 item 5); 0 in a load without such trouble.
+    pub batches_resent: u32,
     pub rejects: Vec<Rejected>,
     pub rejects_file: Option<PathBuf>,
     /// In the order they were sent: per customer, the order they were issued.
@@ -59,15 +66,27 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// The two files of a `--report` path: the one named is in the format its extension says
+    /// (`.md` Markdown, anything else JSON) and the other goes beside it. Returns (JSON, Markdown).
+    pub fn paths(named: &Path) -> (PathBuf, PathBuf) {
+        if named.extension().is_some_and(|e| e.eq_ignore_ascii_case("md")) {
+            (named.with_extension("json"), named.to_path_buf())
+        } else {
+            (named.to_path_buf(), named.with_extension("md"))
+        }
+    }
+
     /// The Markdown file written next to the JSON one.
     pub fn markdown_path(json: &Path) -> PathBuf {
-        json.with_extension("md")
+        Self::paths(json).1
     }
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# KFR initial load report\n");
         let _ = writeln!(s, "- Institution: {}", self.org_number);
+        let _ = writeln!(s, "- KFR: {} (environment {})", self.kfr_base_url, self.environment);
+        let _ = writeln!(s, "- kfr version: {}", self.kfr_version);
         let _ = writeln!(s, "- Input: `{}` (sha256 `{}`)", self.input, self.content_hash);
         let _ = writeln!(s, "- Format: {}", self.format);
         let _ = writeln!(
@@ -147,12 +166,46 @@ impl LoadReport {
     }
 
     /// Writes `path` (JSON) and the Markdown next to it.
+    /// Writes both files (see [`Self::paths`]); returns the Markdown path.
     pub fn write(&self, path: &Path) -> anyhow::Result<PathBuf> {
         use anyhow::Context as _;
+        let (json_path, md) = Self::paths(path);
         let json = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing the report {}", path.display()))?;
-        let md = Self::markdown_path(path);
-        std::fs::write(&md, self.markdown()).with_context(|| format!("writing the report {}", md.display()))?;
+        write_private(&json_path, (json + "\n").as_bytes())
+            .with_context(|| format!("writing the report {}", json_path.display()))?;
+        write_private(&md, self.markdown().as_bytes())
+            .with_context(|| format!("writing the report {}", md.display()))?;
         Ok(md)
     }
+}
+
+/// Refuses a report path before the load starts (issue 9 item 14): either file a symlink, or a
+/// directory that does not exist.
+pub fn check_report_path(named: &Path) -> Result<(), String> {
+    let (json, md) = LoadReport::paths(named);
+    for p in [&json, &md] {
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "{} is a symlink; a report is never written through one",
+                p.display()
+            ));
+        }
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!("the directory of {} does not exist", p.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file that may hold masked identifiers and counts: mode 0600 whatever the umask or the
+/// rights of a file already there, never through a symlink.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = super::private_file(path)?;
+    f.write_all(bytes)?;
+    f.flush()
 }

@@ -127,6 +127,17 @@ pub struct BatchRecord {
     pub uploading_at: Option<String>,
     pub accepted_at: Option<String>,
     pub confirmed_at: Option<String>,
+    /// Offset in the batch of the entry not visible before the upload, which confirms it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witness: Option<u64>,
+    /// Whether the entries were checked before the upload (a witness chosen, or none found).
+    #[serde(skip)]
+    pub witness_checked: bool,
+    /// How the batch was confirmed: `witness`, `witness+time` or `time`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
+    /// Uploads repeated after one whose fate was unknown and whose entries were not found.
+    pub resends: u32,
 }
 
 const JOB_COLUMNS: &str = "id, input_path, content_hash, settings, status, entries, created_at, confirmed_at";
@@ -189,6 +200,14 @@ impl Store {
         Ok(self.conn().query_row(&sql, [], job_row).optional()?)
     }
 
+    /// Every job, oldest first.
+    pub fn jobs(&mut self) -> anyhow::Result<Vec<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs ORDER BY id");
+        let mut stmt = self.conn().prepare(&sql)?;
+        let rows = stmt.query_map([], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The most recent job of any state.
     pub fn latest_job(&mut self) -> anyhow::Result<Option<JobRecord>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs ORDER BY id DESC LIMIT 1");
@@ -203,7 +222,8 @@ impl Store {
     /// A job's batches in upload order.
     pub fn batches(&mut self, job: i64) -> anyhow::Result<Vec<BatchRecord>> {
         let mut stmt = self.conn().prepare(
-            "SELECT seq, first_entry, entry_count, bytes, correlation_id, status, uploading_at, accepted_at, confirmed_at
+            "SELECT seq, first_entry, entry_count, bytes, correlation_id, status, uploading_at, accepted_at, confirmed_at,
+                    witness, witness_checked, confirmed_by, resends
              FROM load_batches WHERE job_id = ?1 ORDER BY seq",
         )?;
         let rows = stmt.query_map([job], |r| {
@@ -218,9 +238,42 @@ impl Store {
                 uploading_at: r.get(6)?,
                 accepted_at: r.get(7)?,
                 confirmed_at: r.get(8)?,
+                witness: r.get(9)?,
+                witness_checked: r.get::<_, i64>(10)? != 0,
+                confirmed_by: r.get(11)?,
+                resends: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records the entry that will confirm a batch (checked not visible before its upload), or
+    /// that none was found (`None`). Committed before the upload, so a resume knows it.
+    pub fn set_batch_witness(&mut self, job: i64, seq: u32, witness: Option<u64>) -> anyhow::Result<()> {
+        let n = self.conn().execute(
+            "UPDATE load_batches SET witness = ?1, witness_checked = 1 WHERE job_id = ?2 AND seq = ?3",
+            params![witness, job, seq],
+        )?;
+        anyhow::ensure!(n == 1, "load job {job} has no batch {seq}");
+        Ok(())
+    }
+
+    /// Records how a batch was confirmed (`witness`, `witness+time`, `time`).
+    pub fn set_batch_confirmed_by(&mut self, job: i64, seq: u32, by: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE load_batches SET confirmed_by = ?1 WHERE job_id = ?2 AND seq = ?3",
+            params![by, job, seq],
+        )?;
+        Ok(())
+    }
+
+    /// Counts one more upload of a batch after an upload whose fate was unknown.
+    pub fn count_batch_resend(&mut self, job: i64, seq: u32) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE load_batches SET resends = resends + 1 WHERE job_id = ?1 AND seq = ?2",
+            params![job, seq],
+        )?;
+        Ok(())
     }
 
     /// Moves a batch to `status`, stamping the state's time column (`planned` clears nothing: a

@@ -26,6 +26,7 @@
 
 pub mod jobs;
 pub mod ledger;
+pub mod lock;
 pub mod queue;
 pub mod registry;
 
@@ -112,6 +113,16 @@ pub const MIGRATIONS: &[&str] = &[
                CASE WHEN sent_at IS NULL THEN 'queued' ELSE 'settled' END, sent_at, outcome
         FROM held_deletes ORDER BY id;
     DROP TABLE held_deletes;
+    "#,
+    // 3: what confirms a batch and what it cost (issue 9). `witness` is the offset in the batch
+    // of the entry chosen before the upload because it was not visible then (NULL: none was
+    // found, or a batch planned before this version); `confirmed_by` says how the batch was
+    // confirmed; `resends` counts uploads repeated after an upload whose fate was unknown.
+    r#"
+    ALTER TABLE load_batches ADD COLUMN witness INTEGER;
+    ALTER TABLE load_batches ADD COLUMN witness_checked INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE load_batches ADD COLUMN confirmed_by TEXT;
+    ALTER TABLE load_batches ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 

@@ -1,0 +1,587 @@
+//! Load day you can trust (issue 9): each test reproduces a way `kfr load` could end with KFR in
+//! the wrong state while reporting success, or leave an operator stuck, and shows it fixed. The
+//! built binary runs against the in-process mock (see `load.rs` for the shared set-up).
+
+use crate::load::{assert_ok, ids, setup};
+use crate::util::output_text;
+
+/// A header whose date columns kfr does not know would load closed relationships as active and
+/// every start date as the load day: such a file is refused, naming the columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmapped_date_columns_refuse_the_load_naming_them() {
+    let env = setup().await;
+    let id = ids(91, 2);
+    env.write(
+        "fra.csv",
+        &format!(
+            "customer_id;fra_dato;til_dato\n{};2019-03-01;2020-01-01\n{};2018-05-02;\n",
+            id[0], id[1]
+        ),
+    );
+    let out = env.load("fra.csv", "s.db", &[], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("fra_dato") && stderr.contains("til_dato"), "{stderr}");
+    assert!(stderr.contains("hint: "), "{stderr}");
+    assert_eq!(env.batches_accepted(), 0, "nothing uploaded");
+    // A column with a neutral name holding dates is refused too.
+    env.write("opened.csv", &format!("kundeid;merknad\n{};15.01.2020\n", id[0]));
+    let out = env.load("opened.csv", "s.db", &[], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("merknad") && stderr.contains("line 2"), "{stderr}");
+    // `kfr validate --file` reads the same grammar and refuses it the same way.
+    let out = env.run(&["validate", "--file", "fra.csv"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out).1);
+    // The recognised spellings load with their dates: a closed relationship stays out.
+    env.write(
+        "ok.csv",
+        &format!(
+            "customer_id;StartDate;enddate;navn\n{};2019-03-01;2020-01-01;Ola\n{};2018-05-02;;Kari\n",
+            id[0], id[1]
+        ),
+    );
+    assert_ok(&env.load("ok.csv", "s.db", &[], &[]).await);
+    let active = env.active();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active.get(&id[1]).map(String::as_str), Some("2018-05-02"));
+}
+
+/// Nothing to load is not a successful load: an empty, header-only, BOM-only or CR-only file is
+/// refused (exit 1, no job) unless `--allow-empty`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_nothing_to_load_is_refused_unless_allowed() {
+    let env = setup().await;
+    let id = ids(92, 3);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.csv", vec![], "nothing to load"),
+        ("header.csv", b"kundeid;startdato\n".to_vec(), "nothing to load"),
+        ("bom.csv", b"\xEF\xBB\xBF".to_vec(), "nothing to load"),
+        (
+            "cr.csv",
+            format!("{}\r{}\r{}\r", id[0], id[1], id[2]).into_bytes(),
+            "CR",
+        ),
+    ];
+    for (name, bytes, want) in &cases {
+        std::fs::write(env.dir.join(name), bytes).unwrap();
+        let out = env.load(name, "s.db", &[], &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains("hint: "), "{name}: {stderr}");
+        assert!(!stderr.contains(&id[0]), "{name}: masked: {stderr}");
+    }
+    // No job was created: a resume finds nothing.
+    let out = env.load("empty.csv", "s.db", &["--resume"], &[]).await;
+    assert!(
+        output_text(&out).1.contains("nothing to resume"),
+        "{}",
+        output_text(&out).1
+    );
+    let (stdout, _) = assert_ok(&env.load("empty.csv", "s.db", &["--allow-empty"], &[]).await);
+    assert!(stdout.contains("0 relationships"), "{stdout}");
+    assert_eq!(env.batches_accepted(), 0);
+}
+
+/// A second mock (same CA) and a config for it next to the first one.
+async fn other_kfr(env: &crate::load::Env) -> (kfr::mock::MockServer, std::path::PathBuf) {
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = std::fs::read(env.dir.join("ca.pem")).unwrap();
+    let ders: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let mut cfg = kfr::mock::MockConfig::new(ders);
+    cfg.ingest_rate = crate::load::RATE;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mock = kfr::mock::MockServer::start(listener, cfg).await.unwrap();
+    let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
+    let old = env.mock.base_url();
+    assert!(toml.contains(&old), "{toml}");
+    let path = env.dir.join("kfr2.toml");
+    std::fs::write(&path, toml.replace(&old, &url)).unwrap();
+    (mock, path)
+}
+
+/// A job belongs to the KFR it was started against: resuming a crashed rehearsal against another
+/// KFR would skip the batches confirmed elsewhere and call the load complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_against_another_kfr_is_refused() {
+    let env = setup().await;
+    let id = ids(93, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env
+        .load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")])
+        .await;
+    assert_ne!(out.status.code(), Some(0));
+    let (other, cfg2) = other_kfr(&env).await;
+    let rate = crate::load::RATE.to_string();
+    let args = [
+        "--config",
+        cfg2.to_str().unwrap(),
+        "load",
+        "c.csv",
+        "--state",
+        "s.db",
+        "--resume",
+        "--ingest-rate",
+        &rate,
+        "--max-batch-bytes",
+        "1024",
+    ];
+    let out = crate::util::kfr(&env.dir).args(args).output().unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&env.mock.base_url()) && stderr.contains(&other.base_url()),
+        "{stderr}"
+    );
+    assert_eq!(
+        other.state().snapshot().batches_accepted,
+        0,
+        "nothing sent to the other KFR"
+    );
+    // The KFR it belongs to finishes it.
+    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    assert_eq!(env.active().len(), 80);
+}
+
+/// One writer per store: a second load or resume while a load runs on the store is refused at
+/// once, naming the running job (before: every batch was uploaded twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_load_on_a_busy_store_is_refused_at_once() {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(150);
+    let id = ids(94, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move { env.load("c.csv", "s.db", &[], &[]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let started = std::time::Instant::now();
+    for extra in [&["--resume"][..], &[][..]] {
+        let out = env.load("c.csv", "s.db", extra, &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains("load job 1") && stderr.contains("running"), "{stderr}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "refused at once");
+    let out = first.await.unwrap();
+    let (stdout, _) = assert_ok(&out);
+    let batches = stdout
+        .split(" complete: ")
+        .nth(1)
+        .and_then(|s| s.split("relationships in ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("summary names the batches");
+    assert_eq!(env.batches_accepted(), batches, "no batch uploaded twice");
+}
+
+/// Batch POSTs the mock answered, whatever the status.
+fn batch_posts(env: &crate::load::Env) -> u64 {
+    env.mock
+        .state()
+        .snapshot()
+        .kfr_requests_by_operation
+        .get("batch")
+        .map(|m| m.values().sum())
+        .unwrap_or(0)
+}
+
+fn fail_everything(env: &crate::load::Env, on: bool) {
+    env.mock.state().set_kfr_faults(kfr::mock::KfrFaults {
+        error_rate: if on { 1.0 } else { 0.0 },
+        ..kfr::mock::KfrFaults::NONE
+    });
+}
+
+/// A batch whose upload got a 5xx (the body went out: KFR may have taken it) is never re-POSTed
+/// in-process. The load waits, then stops naming the batch and the resume command; the resume
+/// probes for the batch's entries first, re-sends it only when absent, and counts the re-send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_upload_is_never_repeated_blindly() {
+    let env = setup().await;
+    let id = ids(95, 30);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    // KFR starts failing right after the check that precedes the upload (one own lookup), so
+    // the upload itself meets the 500.
+    let state = env.mock.state();
+    let trigger = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(20) {
+            let lookups: u64 = state
+                .snapshot()
+                .kfr_requests_by_operation
+                .get("lookup")
+                .map(|m| m.values().sum())
+                .unwrap_or(0);
+            if lookups >= 1 {
+                state.set_kfr_faults(kfr::mock::KfrFaults {
+                    error_rate: 1.0,
+                    ..kfr::mock::KfrFaults::NONE
+                });
+                return;
+            }
+        }
+    });
+    let out = env.load("c.csv", "s.db", &["--outage-wait-secs", "2"], &[]).await;
+    trigger.join().unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        batch_posts(&env),
+        1,
+        "one POST of the batch, no in-process repeat\n{stderr}"
+    );
+    assert!(stderr.contains("batch 1"), "{stderr}");
+    assert!(
+        stderr.contains("kfr load c.csv --resume --state s.db"),
+        "the exact resume command: {stderr}"
+    );
+    fail_everything(&env, false);
+    let out = env
+        .load("c.csv", "s.db", &["--resume", "--report", "r.json"], &[])
+        .await;
+    let (_, stderr) = assert_ok(&out);
+    assert_eq!(env.batches_accepted(), 1, "{stderr}");
+    assert_eq!(env.active().len(), 30);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["batches_resent"], 1, "{report}");
+}
+
+/// Transient failures during the load are waited out between steps (here 3 s of 500s on every
+/// request, longer than the client's own retries last): the load completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_kfr_is_waited_out_and_the_load_completes() {
+    let env = std::sync::Arc::new(setup().await);
+    let id = ids(96, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    fail_everything(&env, true);
+    let healer = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            fail_everything(&env, false);
+        })
+    };
+    let out = env.load("c.csv", "s.db", &["--report", "r.json"], &[]).await;
+    healer.await.unwrap();
+    let (_, stderr) = assert_ok(&out);
+    assert_eq!(env.active().len(), 80, "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        env.batches_accepted() as usize,
+        report["batches"].as_array().unwrap().len()
+    );
+}
+
+/// "The last entry is visible" proves nothing when KFR held that customer before the upload (a
+/// parallel add, D-3 step 3): the batch is confirmed only by an entry that was new, and the
+/// register holds every entry when the load says it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_registered_before_the_upload_does_not_confirm_the_batch() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(40);
+    let mut id = ids(97, 30);
+    id.sort_by_key(|s| (s.len(), s.clone()));
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    // The batch's last entry (entries go in numeric identifier order) is registered in parallel first.
+    assert_ok(&env.run(&["add", id.last().unwrap()], &[]).await);
+    let out = env.load("c.csv", "s.db", &["--sample", "0"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    let active = env.active();
+    assert_eq!(
+        active.len(),
+        30,
+        "complete means every entry is stored; missing: {}",
+        30 - active.len()
+    );
+    assert!(
+        stderr.contains("by own lookup of an entry new in this batch"),
+        "{stderr}"
+    );
+}
+
+/// A file still being written is refused: its size and modification time are compared before
+/// and after reading, so a load never plans from half an export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_still_being_written_is_refused() {
+    let env = setup().await;
+    let id = ids(98, 100_000);
+    let path = env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path, more) = (stop.clone(), path.clone(), ids(99, 1)[0].clone());
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(f, "{more}").unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let out = env.load("c.csv", "s.db", &["--dry-run"], &[]).await;
+    let out2 = env.load("c.csv", "s.db", &[], &[]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    for out in [out, out2] {
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("changed while it was read"), "{stderr}");
+        assert!(stderr.contains("hint: "), "{stderr}");
+    }
+    assert_eq!(env.batches_accepted(), 0);
+}
+
+/// A gateway or KFR that echoes the customer identifier in an answer kfr cannot read: the
+/// message shows it masked, never in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_echoed_by_a_server_is_masked() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let env = setup().await;
+    let person = ids(100, 1)[0].clone();
+    // A fake KFR: every request gets a 200 whose body holds the identifier where the list of
+    // banks should be.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = format!("http://{}", listener.local_addr().unwrap());
+    let echoed = person.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let echoed = echoed.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let body = format!("{{\"banks\":\"{echoed}\"}}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
+    let kfr_line = toml
+        .lines()
+        .find(|l| l.starts_with("kfr_base_url"))
+        .unwrap()
+        .to_string();
+    let cfg = env.dir.join("fake.toml");
+    std::fs::write(
+        &cfg,
+        toml.replace(&kfr_line, &format!("kfr_base_url = \"{fake}/kar-ws/api/v1\"")),
+    )
+    .unwrap();
+    let out = crate::util::kfr(&env.dir)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["lookup", &person])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        !stderr.contains(&person) && !stdout.contains(&person),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains(&person[9..]), "the masked form is shown: {stderr}");
+}
+
+/// SIGTERM (as from systemd or `kill`) stops the load after the current step: the report is
+/// written, the exact resume command printed, exit 143; the resume completes the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(100);
+    let id = ids(101, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KFR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .current_dir(&env.dir)
+        .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+        .args([
+            "--config", "kfr.toml", "load", "c.csv", "--state", "s.db", "--report", "r.json",
+        ])
+        .args(["--ingest-rate", "200000", "--max-batch-bytes", "1024"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(143), "{stdout}{stderr}");
+    assert!(stderr.contains("kfr load c.csv --resume --state s.db"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["job_status"], "running");
+    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    assert_eq!(env.active().len(), 240);
+    assert_eq!(
+        env.batches_accepted() as usize,
+        report["batches"].as_array().unwrap().len()
+    );
+}
+
+/// `kfr load status` shows the jobs of a store (file, hash, KFR, batches by state, held
+/// operations) and `--resume` without a file finds the unconfirmed job's file itself; a missing
+/// store is reported with its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_status_shows_the_job_and_resume_finds_it() {
+    let env = setup().await;
+    let id = ids(103, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env
+        .load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")])
+        .await;
+    assert_ne!(out.status.code(), Some(0));
+    assert_ok(&env.run(&["remove", &id[0], "--state", "s.db"], &[]).await);
+    let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["id"], 1);
+    assert_eq!(job["status"], "running");
+    assert_eq!(job["input"], "c.csv");
+    assert_eq!(job["kfr_base_url"], env.mock.kfr_base_url());
+    assert_eq!(job["batches"]["confirmed"], 1);
+    assert_eq!(v["held_operations"]["remove"], 1);
+    assert!(!stdout.contains(&id[0]), "no identifier in full: {stdout}");
+    let (text, _) = assert_ok(&env.run(&["load", "status", "--state", "s.db"], &[]).await);
+    assert!(
+        text.contains("job 1") && text.contains("running") && text.contains("c.csv"),
+        "{text}"
+    );
+    // --resume without the file: the job's file is used.
+    let rate = crate::load::RATE.to_string();
+    let out = env
+        .run(
+            &[
+                "load",
+                "--resume",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                &rate,
+                "--max-batch-bytes",
+                "1024",
+            ],
+            &[],
+        )
+        .await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert!(stdout.contains("complete"), "{stdout}{stderr}");
+    assert_eq!(env.active().len(), 79, "all loaded, the held remove sent");
+    let out = env.run(&["load", "status", "--state", "nowhere.db"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nowhere.db"), "{stderr}");
+}
+
+/// Reports for Bits: `--report x.md` is Markdown and `--report x.json` JSON (each with the other
+/// beside it), they name the environment, KFR and kfr version, are 0600 even when the file was
+/// there with wider rights, and a report path that is a symlink is refused before anything is
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_what_their_name_says_private_and_checked_first() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = setup().await;
+    let id = ids(104, 20);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    env.write("elsewhere.json", "");
+    std::os::unix::fs::symlink(env.dir.join("elsewhere.json"), env.dir.join("link.json")).unwrap();
+    let out = env.load("c.csv", "s.db", &["--report", "link.json"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("link.json") && stderr.contains("symlink"), "{stderr}");
+    assert_eq!(env.batches_accepted(), 0, "refused before the load started");
+    assert_eq!(std::fs::read_to_string(env.dir.join("elsewhere.json")).unwrap(), "");
+
+    let md = env.write("r.md", "old");
+    std::fs::set_permissions(&md, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_ok(&env.load("c.csv", "s.db", &["--report", "r.md"], &[]).await);
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.starts_with("# KFR initial load report"), "{text}");
+    assert!(
+        text.contains(&env.mock.kfr_base_url()) && text.contains("local"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(json["environment"], "local");
+    assert_eq!(json["kfr_version"], env!("CARGO_PKG_VERSION"));
+    for f in ["r.md", "r.json"] {
+        let mode = std::fs::metadata(env.dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+}
+
+/// `kfr doctor` checks KFR too: an own lookup of the institution's own org.nr (harmless) proves
+/// the network path, the token's acceptance and `fid`; a wrong base URL fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_kfr_with_an_own_lookup() {
+    let env = setup().await;
+    let (stdout, stderr) = assert_ok(&env.run(&["doctor"], &[]).await);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" kfr "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with("ok") && line.contains("own lookup"),
+        "{stdout}{stderr}"
+    );
+    let toml = std::fs::read_to_string(env.dir.join("kfr.toml")).unwrap();
+    std::fs::write(
+        env.dir.join("bad.toml"),
+        toml.replace("/kar-ws/api/v1", "/kar-ws/api/v9"),
+    )
+    .unwrap();
+    let out = crate::util::kfr(&env.dir)
+        .args(["--config", "bad.toml", "doctor"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" kfr "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.starts_with("FAIL"), "{stdout}");
+}
+
+/// With stderr not a terminal (`kfr load F 2>log`) a plain progress line with the phase and the
+/// count is written at a fixed interval (30 s by default; 1 s here), however long a step takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_progress_line_is_written_when_stderr_is_not_a_terminal() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(100);
+    let id = ids(105, 300);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env.load("c.csv", "s.db", &["--progress-every-secs", "1"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(lines.iter().all(|l| l.contains("/300 ingested")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("batch")), "a phase is named: {lines:?}");
+}
