@@ -36,4 +36,5 @@ pub mod load;
 pub mod maskinporten;
 pub mod mock;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

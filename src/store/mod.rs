@@ -27,6 +27,7 @@
 pub mod jobs;
 pub mod ledger;
 pub mod lock;
+pub mod outbox;
 pub mod queue;
 pub mod registry;
 
