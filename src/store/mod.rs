@@ -24,6 +24,7 @@
 //! version `i` to `i + 1`. Migrations are append-only; an edited migration would leave existing
 //! stores behind.
 
+pub mod handle;
 pub mod jobs;
 pub mod ledger;
 pub mod lock;
@@ -31,6 +32,7 @@ pub mod outbox;
 pub mod queue;
 pub mod registry;
 
+pub use handle::OutboxHandle;
 pub use jobs::{BatchRecord, BatchStatus, JobRecord, JobStatus};
 pub use queue::{CustomerQueue, HeldOp, HoldReason, OpState, Operation, Queued};
 
