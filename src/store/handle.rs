@@ -20,12 +20,13 @@ use uuid::Uuid;
 const MAX_GROUP: usize = 256;
 
 type Job = Box<dyn FnOnce(&mut dyn OutboxBackend) + Send>;
+type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
 
 enum Request {
     Enqueue {
         register: String,
         events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+        reply: EnqueueReply,
     },
     Other(Job),
 }
@@ -177,11 +178,7 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
 }
 
 /// One transaction for the whole group; each caller gets its own slice of the answer.
-fn commit_group(
-    backend: &mut dyn OutboxBackend,
-    register: &str,
-    group: Vec<(Vec<NewEvent>, oneshot::Sender<Result<Vec<Enqueued>, StoreError>>)>,
-) {
+fn commit_group(backend: &mut dyn OutboxBackend, register: &str, group: Vec<(Vec<NewEvent>, EnqueueReply)>) {
     let sizes: Vec<usize> = group.iter().map(|(e, _)| e.len()).collect();
     let (all, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
     let all: Vec<NewEvent> = all.into_iter().flatten().collect();
