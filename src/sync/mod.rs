@@ -4,3 +4,5 @@
 //!
 //! Data flows one way: source → outbox (`store::outbox`) → dispatcher → KFR → ledger. The agent
 //! never prints: it reports through metrics, health and [`tracing`]; the CLI presents the rest.
+
+pub mod health;

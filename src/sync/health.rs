@@ -1,0 +1,113 @@
+//! The agent's readiness, shared by the parts that know (the dispatcher pauses, the store fails,
+//! shutdown drains) and the part that tells (`/readyz`).
+//!
+//! Ready means "events given to the agent now will be delivered without someone acting": not
+//! draining, the store writable, and no pause on a systemic verdict. A pause for a rate limit or a
+//! transient outage is not unready: it ends by itself.
+
+use std::sync::{Arc, Mutex};
+
+/// Why the agent is not ready. The text is for `/readyz`'s body and logs: no personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unready {
+    /// Shutdown has begun: intake is closed.
+    Draining,
+    /// The state store refused a write; the text says how.
+    StoreNotWritable(String),
+    /// Delivery is paused on a systemic verdict (credentials, permission, institution, endpoint).
+    Paused(String),
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unready::Draining => f.write_str("draining: shutting down, not taking events"),
+            Unready::StoreNotWritable(d) => write!(f, "state store not writable: {d}"),
+            Unready::Paused(d) => write!(f, "delivery paused: {d}"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    draining: bool,
+    store: Option<String>,
+    paused: Option<String>,
+}
+
+/// Cloneable; every clone sees the same state.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    state: Arc<Mutex<State>>,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic while holding this lock cannot leave it inconsistent (plain field writes).
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// Shutdown has begun (never undone).
+    pub fn set_draining(&self) {
+        self.with(|s| s.draining = true)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.with(|s| s.draining)
+    }
+
+    /// `Some(detail)`: the store refused a write; `None`: it works again.
+    pub fn set_store_problem(&self, detail: Option<String>) {
+        self.with(|s| s.store = detail)
+    }
+
+    /// `Some(reason)`: delivery paused on a systemic verdict; `None`: resumed.
+    pub fn set_paused(&self, reason: Option<String>) {
+        self.with(|s| s.paused = reason)
+    }
+
+    /// Every reason the agent is not ready, most fundamental first; empty when ready.
+    pub fn unready(&self) -> Vec<Unready> {
+        self.with(|s| {
+            let mut out = vec![];
+            if s.draining {
+                out.push(Unready::Draining);
+            }
+            if let Some(d) = &s.store {
+                out.push(Unready::StoreNotWritable(d.clone()));
+            }
+            if let Some(d) = &s.paused {
+                out.push(Unready::Paused(d.clone()));
+            }
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_lists_every_reason_and_recovers_from_a_pause() {
+        let h = Health::new();
+        assert!(h.unready().is_empty());
+        let seen_elsewhere = h.clone();
+        h.set_paused(Some("credentials: grant refused".into()));
+        assert_eq!(
+            seen_elsewhere.unready(),
+            vec![Unready::Paused("credentials: grant refused".into())]
+        );
+        h.set_paused(None);
+        assert!(seen_elsewhere.unready().is_empty());
+        h.set_store_problem(Some("disk full".into()));
+        h.set_draining();
+        assert_eq!(h.unready()[0], Unready::Draining);
+        assert_eq!(h.unready().len(), 2);
+    }
+}
