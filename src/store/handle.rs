@@ -98,6 +98,9 @@ impl OutboxHandle {
     pub async fn batch_accepted(&self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.call(move |b| b.batch_accepted(batch_correlation_id, at)).await
     }
+    pub async fn batch_unknown(&self, batch_correlation_id: Uuid) -> Result<(), StoreError> {
+        self.call(move |b| b.batch_unknown(batch_correlation_id)).await
+    }
     pub async fn accepted(&self, register: String) -> Result<Vec<OutboxEvent>, StoreError> {
         self.call(move |b| b.accepted(&register)).await
     }

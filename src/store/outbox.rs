@@ -334,6 +334,10 @@ pub trait OutboxBackend: Send {
     /// KFR accepted the batch (201): its events become `Accepted` at `at`.
     fn batch_accepted(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
 
+    /// The batch upload's answer never came (timeout, connection lost, 5xx after the body went
+    /// out): its events become `Accepted` with no `accepted_at`, to be probed before any resend.
+    fn batch_unknown(&mut self, batch_correlation_id: Uuid) -> Result<(), StoreError>;
+
     /// Events in `Accepted` (waiting to be seen ingested, or of unknown fate).
     fn accepted(&mut self, register: &str) -> Result<Vec<OutboxEvent>, StoreError>;
 
