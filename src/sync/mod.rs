@@ -6,3 +6,4 @@
 //! never prints: it reports through metrics, health and [`tracing`]; the CLI presents the rest.
 
 pub mod health;
+pub mod reconcile;
