@@ -1,0 +1,303 @@
+//! `kfr enqueue`, `kfr outbox status`, `kfr dlq list|retry|drop` and `kfr reconcile`: the
+//! operator's hands on the outbox the sync agent delivers from.
+//!
+//! They work on the installation's state store directly (one short transaction each), so they
+//! work whether or not `kfr sync` is running; an agent that runs picks up what they enqueue or
+//! put back. Output names customers by mask or pseudonym only.
+
+use super::printer::Printer;
+use crate::config::Settings;
+use crate::ids::CustomerId;
+use crate::store::Store;
+use crate::store::outbox::{DeadLetters, Enqueued, NewEvent, OutboxBackend as _, Register};
+use crate::store::queue::Operation;
+use anyhow::Context as _;
+use chrono::{NaiveDate, Utc};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// The register (KFR + institution) this configuration writes to.
+pub(crate) fn register(settings: &Settings) -> anyhow::Result<Register> {
+    Ok(Register {
+        environment: settings.environment.to_string(),
+        base_url: settings.kfr_base_url.to_string(),
+        org_number: settings.require_org_number()?.to_string(),
+    })
+}
+
+fn open(path: &Path) -> anyhow::Result<Store> {
+    Store::open(path).with_context(|| format!("opening the state store {}", path.display()))
+}
+
+fn open_existing(path: &Path) -> anyhow::Result<Store> {
+    Store::open_existing(path)?.ok_or_else(|| {
+        anyhow::Error::new(
+            crate::error::UsageError::new(format!("there is no state store at {}", path.display()))
+                .with_hint("give the store `kfr sync` uses (--state, or `state` in the configuration)"),
+        )
+    })
+}
+
+/// `kfr enqueue add|remove ID [--start-date D] [--event-id X]`.
+pub fn enqueue(
+    settings: &Settings,
+    state: &Path,
+    op: Operation,
+    raw_id: &str,
+    start_date: Option<NaiveDate>,
+    event_id: Option<String>,
+    json: bool,
+    p: &Printer,
+) -> anyhow::Result<()> {
+    super::install_pseudonyms(settings)?;
+    let id = CustomerId::parse(raw_id, &super::build::id_policy(settings)).with_context(|| {
+        format!(
+            "customer identifier {} refused; nothing was stored",
+            crate::ids::mask(raw_id)
+        )
+    })?;
+    if let Some(d) = start_date {
+        let today = crate::clock::oslo_today();
+        if op == Operation::Remove {
+            return Err(crate::error::UsageError::new("--start-date is for `add` only").into());
+        }
+        if d > today {
+            return Err(crate::error::UsageError::new(format!(
+                "--start-date {d} is after today ({today}, Europe/Oslo); KFR does not take future start dates"
+            ))
+            .into());
+        }
+        if d < NaiveDate::from_ymd_opt(1900, 1, 1).expect("a valid date") {
+            return Err(crate::error::UsageError::new(format!("--start-date {d} is before 1900")).into());
+        }
+    }
+    if let Some(e) = &event_id {
+        if e.is_empty() || e.len() > 128 || !e.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(crate::error::UsageError::new(
+                "--event-id must be 1 to 128 printable ASCII characters without spaces",
+            )
+            .into());
+        }
+    }
+    let register = register(settings)?;
+    let event = NewEvent {
+        event_id: event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        op,
+        customer_id: id.as_str().to_string(),
+        start_date,
+        occurred_at: Utc::now(),
+        source: "kfr enqueue".into(),
+    };
+    let mut store = open(state)?;
+    let result = store.enqueue(&register.key(), std::slice::from_ref(&event))?;
+    let (seq, dup) = match result.first() {
+        Some(Enqueued::Stored { seq }) => (*seq, false),
+        Some(Enqueued::Duplicate { seq }) => (*seq, true),
+        None => anyhow::bail!("the store answered nothing for the event"),
+    };
+    if json {
+        let _ = p.json(&serde_json::json!({
+            "operation": op, "seq": seq, "event_id": event.event_id, "duplicate": dup,
+            "customer": id.log().to_string(), "kind": id.kind(), "state": state.display().to_string(),
+        }));
+    } else if dup {
+        let _ = p.data(format!(
+            "already stored: event {} is outbox entry {seq}; nothing was added",
+            event.event_id
+        ));
+    } else {
+        let _ = p.data(format!(
+            "stored: {} of {} {} as outbox entry {seq} (event {}); `kfr sync` delivers it in order",
+            op.as_str(),
+            id.kind().label(),
+            id.log(),
+            event.event_id
+        ));
+    }
+    Ok(())
+}
+
+/// `kfr outbox status`.
+pub fn status(settings: &Settings, state: &Path, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let mut store = open_existing(state)?;
+    let register = register(settings).ok().map(|r| r.key());
+    let s = store.status(register.as_deref())?;
+    if json {
+        let _ = p.json(&serde_json::json!({
+            "state": state.display().to_string(), "register": register, "status": s,
+        }));
+        return Ok(());
+    }
+    let age = s
+        .oldest_unfinished
+        .map(|t| format!(", oldest unfinished since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+        .unwrap_or_default();
+    let _ = p.data(format!("outbox {}{}", state.display(), age));
+    let _ = p.data(format!(
+        "  pending {}  in flight {}  awaiting ingestion {}  delivered {}  dead-lettered {}  dropped {}",
+        s.pending, s.in_flight, s.accepted, s.delivered, s.dead_lettered, s.dropped
+    ));
+    let _ = p.data(format!(
+        "  parked customers {} (events waiting behind them {})",
+        s.parked_customers, s.parked_events
+    ));
+    if let Some(job) = s.barrier {
+        let _ = p.data(format!(
+            "  removes held: initial load job {job} is not confirmed ingested (onboarding D-3)"
+        ));
+    }
+    Ok(())
+}
+
+/// `kfr dlq list`.
+pub fn dlq_list(state: &Path, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let mut store = open_existing(state)?;
+    let dead = store.dead_letters(None)?;
+    if json {
+        for d in &dead {
+            let _ = p.json(&serde_json::json!({
+                "seq": d.event.seq, "event_id": d.event.event_id, "operation": d.event.op,
+                "customer": crate::ids::mask(&d.event.customer_id), "start_date": d.event.start_date,
+                "source": d.event.source, "correlation_id": d.event.correlation_id,
+                "attempts": d.event.attempts, "dead_at": d.dead_at, "rejection": d.rejection,
+                "parked_behind": d.parked_behind,
+            }));
+        }
+        return Ok(());
+    }
+    if dead.is_empty() {
+        let _ = p.data("the dead-letter queue is empty");
+        return Ok(());
+    }
+    for d in &dead {
+        let _ = p.data(format!(
+            "{}  {} {}  {}  HTTP {} {}  {} waiting behind  (event {}, CorrelationID {})",
+            d.event.seq,
+            d.event.op.as_str(),
+            crate::ids::mask(&d.event.customer_id),
+            d.dead_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            d.rejection.status.map_or("-".into(), |s| s.to_string()),
+            d.rejection.code.as_deref().unwrap_or(""),
+            d.parked_behind,
+            d.event.event_id,
+            d.event.correlation_id
+        ));
+        let _ = p.data(format!("      {}", d.rejection.reason));
+    }
+    let _ = p.data(format!(
+        "{} dead letter(s): `kfr dlq retry SEQ|--all` puts them back in line, `kfr dlq drop SEQ` gives up on one",
+        dead.len()
+    ));
+    Ok(())
+}
+
+/// `kfr dlq retry SEQ|--all` and `kfr dlq drop SEQ`.
+pub fn dlq_act(state: &Path, which: DeadLetters, retry: bool, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let mut store = open_existing(state)?;
+    let n = if retry {
+        store.retry_dead(which)?
+    } else {
+        store.drop_dead(which, Utc::now())?
+    };
+    if let (0, DeadLetters::One(seq)) = (n, which) {
+        return Err(anyhow::Error::new(
+            crate::error::UsageError::new(format!("outbox entry {seq} is not in the dead-letter queue"))
+                .with_hint("`kfr dlq list` shows the dead letters and their numbers"),
+        ));
+    }
+    let verb = if retry { "retried" } else { "dropped" };
+    if json {
+        let _ = p.json(&serde_json::json!({ "action": verb, "count": n }));
+    } else if retry {
+        let _ = p.data(format!(
+            "{n} dead letter(s) back in line; `kfr sync` sends them next for their customers"
+        ));
+    } else {
+        let _ = p.data(format!(
+            "{n} dead letter(s) dropped (never sent); their customers' later events go on"
+        ));
+    }
+    Ok(())
+}
+
+/// `kfr reconcile FILE [--dry-run] [--allow-mass-delete]`.
+pub fn reconcile(
+    settings: &Settings,
+    state: &Path,
+    file: &PathBuf,
+    dry_run: bool,
+    allow_mass_delete: bool,
+    json: bool,
+    p: &Printer,
+) -> anyhow::Result<()> {
+    super::install_pseudonyms(settings)?;
+    let register = register(settings)?.key();
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let size = f.metadata().ok().map(|m| m.len());
+    let opts = crate::input::reader::ReadOptions {
+        policy: super::build::id_policy(settings),
+        today: crate::clock::oslo_today(),
+        hash: false,
+    };
+    let mut first_rejects = vec![];
+    let export = crate::input::reader::read(std::io::BufReader::new(f), size, opts, |r, _raw| {
+        if first_rejects.len() < 5 {
+            first_rejects.push(r);
+        }
+    })
+    .with_context(|| format!("reading {}", file.display()))?;
+    for r in &first_rejects {
+        p.problem(format!("{}:{}: {} ({}): {}", file.display(), r.line, r.message, r.rule, r.text));
+    }
+    let mut store = if dry_run { open_existing(state)? } else { open(state)? };
+    let ledger = store.ledger(&register)?;
+    let busy: HashSet<String> = store.unfinished_customers(&register)?;
+    let diff = crate::sync::reconcile::diff(&export, &ledger, &busy)
+        .with_context(|| format!("cannot reconcile {}", file.display()))?;
+    let summary = diff.summary();
+    if !dry_run {
+        diff.check_mass_delete(allow_mass_delete)
+            .with_context(|| format!("reconcile of {} refused; nothing was enqueued", file.display()))?;
+    }
+    let enqueued = if dry_run {
+        0
+    } else {
+        let events = diff.events(Utc::now());
+        store.enqueue(&register, &events)?.len()
+    };
+    if json {
+        let _ = p.json(&serde_json::json!({
+            "file": file.display().to_string(), "dry_run": dry_run, "summary": summary, "enqueued": enqueued,
+            "mass_delete_refused": dry_run && diff.check_mass_delete(allow_mass_delete).is_err(),
+        }));
+        return Ok(());
+    }
+    let _ = p.data(format!(
+        "export: {} active; ledger: {} active; to add {}, to remove {}, unchanged {} ({} with another start date: KFR keeps its own), left for later {} (events still in the outbox)",
+        summary.export_active,
+        summary.ledger_active,
+        summary.adds,
+        summary.removes,
+        summary.unchanged,
+        summary.start_date_differs,
+        summary.busy
+    ));
+    if !summary.add_examples.is_empty() {
+        let _ = p.data(format!("  adds, e.g.: {}", summary.add_examples.join(", ")));
+    }
+    if !summary.remove_examples.is_empty() {
+        let _ = p.data(format!("  removes, e.g.: {}", summary.remove_examples.join(", ")));
+    }
+    if dry_run {
+        if let Err(e) = diff.check_mass_delete(allow_mass_delete) {
+            p.warning(format!("a real run would be refused: {e}"));
+        }
+        let _ = p.data("dry run: nothing was enqueued");
+    } else {
+        let _ = p.data(format!(
+            "enqueued {enqueued} event(s) in {}; `kfr sync` delivers them",
+            state.display()
+        ));
+    }
+    Ok(())
+}
