@@ -21,12 +21,17 @@ const MAX_GROUP: usize = 256;
 
 type Job = Box<dyn FnOnce(&mut dyn OutboxBackend) + Send>;
 type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
+type SettleReply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Request {
     Enqueue {
         register: String,
         events: Vec<NewEvent>,
         reply: EnqueueReply,
+    },
+    Settle {
+        settlements: Vec<Settlement>,
+        reply: SettleReply,
     },
     Other(Job),
 }
@@ -104,8 +109,13 @@ impl OutboxHandle {
     pub async fn accepted(&self, register: String) -> Result<Vec<OutboxEvent>, StoreError> {
         self.call(move |b| b.accepted(&register)).await
     }
+    /// See [`OutboxBackend::settle`]; settlements of concurrent callers share one transaction.
     pub async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), StoreError> {
-        self.call(move |b| b.settle(&settlements)).await
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Settle { settlements, reply })
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
     }
     pub async fn retry_later(&self, seq: Seq, at: DateTime<Utc>, error: String) -> Result<(), StoreError> {
         self.call(move |b| b.retry_later(seq, at, &error)).await
@@ -152,6 +162,20 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
         };
         match first {
             Request::Other(job) => job(backend.as_mut()),
+            Request::Settle { settlements, reply } => {
+                let mut group = vec![(settlements, reply)];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(Request::Settle { settlements, reply }) => group.push((settlements, reply)),
+                        Ok(other) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                settle_group(backend.as_mut(), group);
+            }
             Request::Enqueue {
                 register,
                 events,
@@ -177,6 +201,26 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
                 commit_group(backend.as_mut(), &register, group);
             }
         }
+    }
+}
+
+/// One transaction for every caller's settlements. If it fails, each caller's settlements are
+/// tried alone, so one caller's bad seq never fails another's good ones.
+fn settle_group(backend: &mut dyn OutboxBackend, group: Vec<(Vec<Settlement>, SettleReply)>) {
+    if group.len() == 1 {
+        let (s, reply) = group.into_iter().next().expect("one");
+        let _ = reply.send(backend.settle(&s));
+        return;
+    }
+    let all: Vec<Settlement> = group.iter().flat_map(|(s, _)| s.iter().cloned()).collect();
+    if backend.settle(&all).is_ok() {
+        for (_, reply) in group {
+            let _ = reply.send(Ok(()));
+        }
+        return;
+    }
+    for (s, reply) in group {
+        let _ = reply.send(backend.settle(&s));
     }
 }
 
