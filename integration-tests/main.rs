@@ -5,6 +5,7 @@ mod barrier;
 mod certs;
 mod checklist;
 mod config;
+mod conventions;
 mod doctor;
 mod fidelity;
 mod ids;

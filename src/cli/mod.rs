@@ -12,9 +12,11 @@ use std::path::PathBuf;
 pub(crate) mod build;
 mod certs;
 mod checklist;
+mod completions;
 mod config_show;
 mod doctor;
 mod load;
+mod man;
 mod mock;
 pub mod printer;
 mod pseudonym;
@@ -23,8 +25,12 @@ pub(crate) mod report;
 mod token;
 mod validate;
 
+/// `kfr --version`: the package version and the commit it was built from (`build.rs`: short
+/// hash, `-dirty` for a modified tree, `unknown` outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KFR_GIT_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
-#[command(name = "kfr", version, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None)]
+#[command(name = "kfr", version = VERSION, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None)]
 pub struct Cli {
     /// Configuration file (default: ./kfr.toml when present; also KFR_CONFIG).
     #[arg(long, global = true, value_name = "PATH")]
@@ -73,6 +79,10 @@ pub enum Command {
     Pseudonym(PseudonymArgs),
     /// Run Bits' integration-test cases against KFR and write the report to mail Bits (onboarding C-2, C-3).
     Checklist(ChecklistArgs),
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish or powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout, or write one page per command with --dir.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +281,20 @@ pub struct ChecklistArgs {
     pub ingest_timeout_secs: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write kfr.1 and a page per subcommand (kfr-load.1, …) into DIR instead of printing kfr.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 /// Entry point used by `main`: parse, run, render errors, map to the exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -331,5 +355,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(args) => validate::run(&load()?, args),
         Command::Pseudonym(args) => pseudonym::run(&load()?, args),
         Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args)),
+        // Neither reads the configuration: a broken kfr.toml must not stop shell set-up.
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
     }
 }
