@@ -223,7 +223,7 @@ async fn a_rate_limit_pauses_every_delivery_then_they_go_on() {
         .collect();
     r.enqueue(evs).await;
     for _ in 0..200 {
-        if r.ops("add").get("429").is_some() {
+        if r.ops("add").contains_key("429") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
