@@ -61,6 +61,8 @@ struct FaultsUpdate {
     ingest_rate: Option<u64>,
     /// Replaces the declared delegations: `["CONSUMER=SUPPLIER[:SCOPE]", …]`.
     delegations: Option<Vec<String>>,
+    /// Replaces the customers refused with 400 KFR-005 on add, delete and batch.
+    reject_customers: Option<Vec<String>>,
 }
 
 async fn faults(
@@ -100,6 +102,9 @@ async fn faults(
     // Everything is checked: apply all or nothing.
     if let Some(ds) = delegations {
         state.set_delegations(ds);
+    }
+    if let Some(ids) = update.reject_customers {
+        state.set_reject_customers(ids);
     }
     state.set_kfr_faults(kfr);
     if let Some(secs) = update.outage_secs {

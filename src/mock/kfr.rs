@@ -513,6 +513,17 @@ fn parse_id(state: &MockState, raw: &str) -> Result<CustomerId, Refusal> {
         .map_err(|e| Refusal::because(Failure::InvalidCustomerId, format!("{}: {e}", mask(raw))))
 }
 
+/// The `reject_customers` switch: a customer refused as KFR refuses an invalid identifier.
+fn refuse_if_listed(state: &MockState, id: &CustomerId) -> Result<(), Refusal> {
+    if state.is_rejected_customer(id.as_str()) {
+        return Err(Refusal::because(
+            Failure::InvalidCustomerId,
+            format!("{}: kfr mock: refused by reject_customers", mask(id.as_str())),
+        ));
+    }
+    Ok(())
+}
+
 /// `YYYY-MM-DD` exactly (zero-padded), a real calendar day.
 pub(crate) fn parse_date(s: &str) -> Option<NaiveDate> {
     let b = s.as_bytes();
@@ -602,6 +613,7 @@ fn relationship_target(state: &MockState, ty: &str, headers: &HeaderMap) -> Resu
             r
         }
     })?;
+    refuse_if_listed(state, &id)?;
     let key = IdKey::pack(id.as_str()).expect("validated identifiers are 9 or 11 digits");
     Ok((id, key, day(state.clock().today())))
 }
@@ -789,10 +801,12 @@ fn parse_entries(state: &MockState, customers: &[u8]) -> Result<Vec<PendingEntry
             Some((id, date)) => (id, Some(date)),
             None => (entry, None),
         };
-        let id = parse_id(state, id).map_err(|r| Refusal {
-            detail: r.detail.map(|d| format!("entry {n}: {d}")),
-            ..r
-        })?;
+        let id = parse_id(state, id)
+            .and_then(|id| refuse_if_listed(state, &id).map(|()| id))
+            .map_err(|r| Refusal {
+                detail: r.detail.map(|d| format!("entry {n}: {d}")),
+                ..r
+            })?;
         let start = match date {
             None => None,
             Some(d) => Some(parse_date(d).ok_or_else(|| {

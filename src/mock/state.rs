@@ -132,6 +132,10 @@ pub struct KfrState {
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Deliberate defects (`--quirk`), fixed at start.
     pub(crate) quirks: super::Quirks,
+    /// Customers every add, delete and batch entry is refused for (400 KFR-005), as if KFR
+    /// judged their identifier invalid: a permanent per-customer rejection for tests of the
+    /// dead-letter path. Runtime only (`POST /_mock/faults`).
+    pub(crate) reject_customers: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Everything the mock knows; shared by all handlers behind an `Arc`.
@@ -215,6 +219,7 @@ impl MockState {
                 stats: KfrStats::default(),
                 stopping: tokio::sync::watch::channel(false).0,
                 quirks: cfg.quirks,
+                reject_customers: Mutex::new(Default::default()),
             },
             base_url,
         })
@@ -335,6 +340,15 @@ impl MockState {
     /// Changes the ingestion rate at runtime (at least 1 a second).
     pub fn set_ingest_rate(&self, rate: u64) {
         self.kfr.ingest_rate.store(rate.max(1), Ordering::Relaxed);
+    }
+
+    /// Replaces the customers the fake KFR refuses with 400 KFR-005 (see `KfrState`).
+    pub fn set_reject_customers(&self, ids: impl IntoIterator<Item = String>) {
+        *lock(&self.kfr.reject_customers) = ids.into_iter().collect();
+    }
+
+    pub(crate) fn is_rejected_customer(&self, id: &str) -> bool {
+        lock(&self.kfr.reject_customers).contains(id)
     }
 
     /// Every period in the fake KFR's register (`GET /_mock/relationships`).

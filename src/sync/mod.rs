@@ -5,5 +5,8 @@
 //! Data flows one way: source → outbox (`store::outbox`) → dispatcher → KFR → ledger. The agent
 //! never prints: it reports through metrics, health and [`tracing`]; the CLI presents the rest.
 
+pub mod dispatch;
 pub mod health;
 pub mod reconcile;
+#[cfg(test)]
+pub mod testing;

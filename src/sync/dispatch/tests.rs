@@ -1,0 +1,459 @@
+//! The dispatcher against the in-process mock (loopback, port 0), with the in-memory outbox and a
+//! wall clock the test moves. Waits poll the observable state; none asserts a duration.
+
+use super::*;
+use crate::kfr::Layout;
+use crate::mock::{KfrFaults, MockServer};
+use crate::store::outbox::{DeadLetters, EventState, NewEvent, OutboxBackend, Register};
+use crate::sync::testing::{CONSUMER, ManualClock, ORG, SharedOutbox, client, start_mock, synthetic_people};
+
+struct Rig {
+    mock: MockServer,
+    outbox: SharedOutbox,
+    handle: OutboxHandle,
+    clock: Arc<ManualClock>,
+    health: Health,
+    register: String,
+    stop: watch::Sender<bool>,
+    run: tokio::task::JoinHandle<Result<DispatchSummary, StoreError>>,
+}
+
+fn fast() -> DispatchConfig {
+    DispatchConfig {
+        rate: 1000.0,
+        max_in_flight: 4,
+        retry: crate::http::RetryPolicy {
+            max_attempts: u32::MAX,
+            base_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(60),
+            retry_after_cap: Duration::from_millis(150),
+        },
+        probe_interval: Duration::from_millis(20),
+        batch_window: Duration::from_millis(10),
+        ingest_margin: Duration::ZERO,
+        confirm_interval: Duration::from_millis(10),
+        poll_interval: Duration::from_millis(5),
+        status_interval: Duration::from_millis(50),
+        shutdown_grace: Duration::from_secs(1),
+        ..DispatchConfig::default()
+    }
+}
+
+async fn rig(
+    tweak_mock: impl FnOnce(&mut crate::mock::MockConfig),
+    org: &str,
+    cfg: DispatchConfig,
+    before: impl FnOnce(&SharedOutbox, &str),
+) -> Rig {
+    let mock = start_mock(tweak_mock).await;
+    let kfr = client(&mock, org);
+    let register = Register {
+        environment: "local".into(),
+        base_url: mock.kfr_base_url(),
+        org_number: org.into(),
+    }
+    .key();
+    let outbox = SharedOutbox::default();
+    before(&outbox, &register);
+    let handle = OutboxHandle::spawn(Box::new(outbox.clone())).unwrap();
+    let clock = ManualClock::new(Utc::now());
+    let health = Health::new();
+    let (stop, rx) = watch::channel(false);
+    let d = Dispatcher::new(handle.clone(), kfr, register.clone(), cfg, health.clone()).with_clock(clock.clone());
+    let run = tokio::spawn(d.run(rx));
+    Rig {
+        mock,
+        outbox,
+        handle,
+        clock,
+        health,
+        register,
+        stop,
+        run,
+    }
+}
+
+fn event(n: usize, op: Operation, customer: &str, start: Option<NaiveDate>) -> NewEvent {
+    NewEvent {
+        event_id: format!("ev-{n}"),
+        op,
+        customer_id: customer.into(),
+        start_date: start,
+        occurred_at: Utc::now(),
+        source: "test".into(),
+    }
+}
+
+impl Rig {
+    async fn enqueue(&self, events: Vec<NewEvent>) {
+        self.handle.enqueue(self.register.clone(), events).await.unwrap();
+    }
+
+    /// Polls `cond` on the outbox until it holds (at most 2.5 s, then fails with `what`).
+    async fn until(&self, what: &str, cond: impl Fn(&crate::sync::testing::MemoryOutbox) -> bool) {
+        for _ in 0..500 {
+            if self.outbox.with(|m| cond(m)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "timed out waiting until {what}: {:#?}",
+            self.outbox.with(|m| m.events.clone())
+        );
+    }
+
+    fn ops(&self, op: &str) -> std::collections::BTreeMap<String, u64> {
+        self.mock
+            .state()
+            .snapshot()
+            .kfr
+            .requests
+            .get(op)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn stop(self) -> DispatchSummary {
+        self.stop.send(true).unwrap();
+        self.run.await.unwrap().unwrap()
+    }
+}
+
+fn all_delivered(m: &crate::sync::testing::MemoryOutbox) -> bool {
+    !m.events.is_empty() && m.events.iter().all(|e| e.state == EventState::Delivered)
+}
+
+#[tokio::test]
+async fn each_customer_keeps_its_order_with_one_request_in_flight_while_customers_go_in_parallel() {
+    // Latency makes overlapping requests of one customer visible: a remove overtaking its add
+    // would answer 404 and leave the relationship open.
+    let r = rig(|c| c.kfr_faults.latency_ms = 15, ORG, fast(), |_, _| {}).await;
+    let people = synthetic_people(5);
+    let mut evs = vec![];
+    for (round, op) in [Operation::Add, Operation::Remove, Operation::Add]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, p) in people.iter().enumerate() {
+            evs.push(event(round * 10 + i, op, p, None));
+        }
+    }
+    r.enqueue(evs).await;
+    r.until("every event is delivered", all_delivered).await;
+    let rows = r.mock.state().relationships();
+    for p in &people {
+        let mine: Vec<_> = rows.iter().filter(|row| &row.customer_id == p).collect();
+        assert_eq!(mine.len(), 2, "add, remove, add: an ended period and an open one");
+        assert!(mine.iter().filter(|row| row.end_date.is_none()).count() == 1);
+    }
+    assert_eq!(r.ops("add").get("201"), Some(&10));
+    assert_eq!(r.ops("remove").get("204"), Some(&5));
+    assert_eq!(r.ops("remove").get("404"), None, "no remove overtook its add");
+    let s = r.stop().await;
+    assert_eq!((s.delivered, s.idempotent, s.dead_lettered), (15, 0, 0));
+}
+
+#[tokio::test]
+async fn a_transient_failure_waits_for_its_persisted_time_and_keeps_its_correlation_id() {
+    let r = rig(|c| c.kfr_faults.error_rate = 1.0, ORG, fast(), |_, _| {}).await;
+    let p = synthetic_people(1).remove(0);
+    r.enqueue(vec![event(1, Operation::Add, &p, None)]).await;
+    r.until("one failed attempt is recorded", |m| m.events[0].attempts == 1)
+        .await;
+    let ev = r.outbox.event(1);
+    assert_eq!(ev.state, EventState::Pending);
+    let at = ev.next_attempt_at.expect("the next attempt time is persisted");
+    assert!(at > r.clock.now(), "backoff lies ahead: {at}");
+    assert!(ev.failing_since.is_some() && ev.last_error.as_deref().unwrap_or("").contains("500"));
+    // Not before its time: a few polls later nothing more was sent.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(r.ops("add").get("500"), Some(&1));
+    r.mock.state().set_kfr_faults(KfrFaults::NONE);
+    r.clock.advance(chrono::Duration::seconds(61));
+    r.until("the retry is delivered", all_delivered).await;
+    assert_eq!(r.outbox.event(1).correlation_id, ev.correlation_id);
+    let s = r.stop().await;
+    assert_eq!((s.retries_scheduled, s.delivered), (1, 1));
+}
+
+#[tokio::test]
+async fn a_transient_failure_past_the_time_bound_is_dead_lettered_saying_so() {
+    let cfg = DispatchConfig {
+        give_up_after: Duration::from_secs(3600),
+        ..fast()
+    };
+    let r = rig(|c| c.kfr_faults.error_rate = 1.0, ORG, cfg, |_, _| {}).await;
+    let p = synthetic_people(1).remove(0);
+    r.enqueue(vec![event(1, Operation::Remove, &p, None)]).await;
+    r.until("one failed attempt", |m| m.events[0].attempts == 1).await;
+    r.clock.advance(chrono::Duration::hours(2));
+    r.until("dead-lettered", |m| m.events[0].state == EventState::DeadLettered)
+        .await;
+    let dead = r.handle.dead_letters(None).await.unwrap();
+    assert!(
+        dead[0].rejection.reason.starts_with("transient failures for 1 h"),
+        "{:?}",
+        dead[0].rejection
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_pauses_every_delivery_then_they_go_on() {
+    let cfg = DispatchConfig {
+        max_in_flight: 1,
+        ..fast()
+    };
+    let r = rig(
+        |c| {
+            c.kfr_faults.rate_limit_rate = 1.0;
+            c.kfr_faults.retry_after_secs = 1;
+        },
+        ORG,
+        cfg,
+        |_, _| {},
+    )
+    .await;
+    let people = synthetic_people(3);
+    let evs = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| event(i, Operation::Add, p, None))
+        .collect();
+    r.enqueue(evs).await;
+    for _ in 0..200 {
+        if r.ops("add").contains_key("429") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Paused (Retry-After 1 s, capped at 150 ms here): nobody is sent meanwhile.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(r.ops("add").get("429"), Some(&1), "one refusal, then the pause");
+    assert!(r.health.unready().is_empty(), "a rate limit is not unready");
+    r.outbox.with(|m| {
+        assert!(
+            m.events
+                .iter()
+                .all(|e| e.attempts == 0 && e.state != EventState::DeadLettered)
+        )
+    });
+    r.mock.state().set_kfr_faults(KfrFaults::NONE);
+    r.until("all delivered after the pause", all_delivered).await;
+    let s = r.stop().await;
+    assert!(s.pauses >= 1);
+}
+
+#[tokio::test]
+async fn a_systemic_refusal_pauses_reports_unready_dead_letters_nothing_and_resumes() {
+    // We act for CONSUMER through an Altinn delegation; withdrawing it makes every request fail
+    // for the institution, whatever the event.
+    let r = rig(|_| {}, CONSUMER, fast(), |_, _| {}).await;
+    r.mock.state().set_delegations(vec![]);
+    let people = synthetic_people(2);
+    let evs = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| event(i, Operation::Add, p, None))
+        .collect();
+    r.enqueue(evs).await;
+    for _ in 0..400 {
+        if !r.health.unready().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let unready = r.health.unready();
+    assert!(
+        matches!(unready.as_slice(), [crate::sync::health::Unready::Paused(why)] if why.starts_with("institution")),
+        "{unready:?}"
+    );
+    // Probes come and fail; nothing is dead-lettered and no attempt is held against the events.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    r.outbox.with(|m| {
+        assert!(m.dead.is_empty());
+        assert!(
+            m.events
+                .iter()
+                .all(|e| e.state == EventState::Pending && e.attempts == 0)
+        );
+    });
+    r.mock.state().set_delegations(vec![
+        crate::mock::Delegation::parse(&format!("{CONSUMER}={ORG}")).unwrap(),
+    ]);
+    r.until("delivered after the probe succeeds", all_delivered).await;
+    assert!(r.health.unready().is_empty());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_event_is_dead_lettered_and_parks_only_its_customer() {
+    let r = rig(|_| {}, ORG, fast(), |_, _| {}).await;
+    let people = synthetic_people(2);
+    let (bad, good) = (&people[0], &people[1]);
+    r.mock.state().set_reject_customers([bad.clone()]);
+    r.enqueue(vec![
+        event(1, Operation::Add, bad, None),
+        event(2, Operation::Remove, bad, None),
+        event(3, Operation::Add, good, None),
+    ])
+    .await;
+    r.until("the other customer is delivered and the rejected one dead", |m| {
+        m.events[2].state == EventState::Delivered && m.events[0].state == EventState::DeadLettered
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(r.outbox.event(2).state, EventState::Pending, "parked behind its head");
+    let dead = r.handle.dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let rej = &dead[0].rejection;
+    assert_eq!((rej.status, rej.code.as_deref()), (Some(400), Some("KFR-005")));
+    assert!(
+        !rej.body.contains(bad.as_str()) && !rej.reason.contains(bad.as_str()),
+        "masked: {rej:?}"
+    );
+    assert_eq!(dead[0].parked_behind, 1);
+    // The operator fixes it and retries: the customer moves on, in order.
+    r.mock.state().set_reject_customers([]);
+    r.handle.retry_dead(DeadLetters::All).await.unwrap();
+    r.until("all delivered", all_delivered).await;
+    assert_eq!(r.ops("remove").get("204"), Some(&1));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_back_dated_add_goes_by_batch_with_its_date_and_its_customer_waits_for_ingestion() {
+    // Slow ingestion, so a remove sent before the entry is stored would answer 404 and the
+    // entry would then open a relationship that should have ended.
+    let r = rig(|c| c.ingest_rate = 20, ORG, fast(), |_, _| {}).await;
+    let p = synthetic_people(1).remove(0);
+    let start = crate::clock::oslo_date(r.clock.now()) - chrono::Days::new(10);
+    r.enqueue(vec![
+        event(1, Operation::Add, &p, Some(start)),
+        event(2, Operation::Remove, &p, None),
+    ])
+    .await;
+    r.until("both delivered", all_delivered).await;
+    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedSeen);
+    assert_eq!(r.ops("batch").get("201"), Some(&1));
+    assert_eq!(r.ops("add").len(), 0, "no single add: it would lose the date");
+    assert_eq!(r.ops("remove").get("204"), Some(&1), "the remove waited for the entry");
+    let rows = r.mock.state().relationships();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].start_date, start, "the start date is true");
+    assert!(rows[0].end_date.is_some());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_back_dated_add_already_visible_is_confirmed_by_time_not_by_a_lookup() {
+    let r = rig(|_| {}, ORG, fast(), |_, _| {}).await;
+    let p = synthetic_people(1).remove(0);
+    let start = crate::clock::oslo_date(r.clock.now()) - chrono::Days::new(3);
+    // KFR already shows a relationship over that day (an earlier period of ours).
+    let kfr = client(&r.mock, ORG);
+    let id = CustomerId::parse(&p, &IdPolicy::test()).unwrap();
+    let body = Layout::new().encode(&[crate::kfr::BatchEntry {
+        id: id.clone(),
+        start: Some(start - chrono::Days::new(5)),
+    }]);
+    assert!(kfr.batch_once(&body, uuid::Uuid::new_v4()).await.verdict.is_delivered());
+    for _ in 0..200 {
+        if r.mock.state().relationships().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.enqueue(vec![event(1, Operation::Add, &p, Some(start))]).await;
+    r.until("accepted", |m| m.events[0].state == EventState::Accepted).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(
+        r.outbox.event(1).state,
+        EventState::Accepted,
+        "a lookup alone proves nothing"
+    );
+    r.clock.advance(chrono::Duration::seconds(5));
+    r.until("confirmed by time", all_delivered).await;
+    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedByTime);
+    r.stop().await;
+}
+
+/// An upload cut mid-way (the process stopped after `begin_batch`): the next start recovers it as
+/// of unknown fate, probes, and never sends it again when KFR has it; when KFR does not, it goes
+/// again.
+#[tokio::test]
+async fn after_a_restart_mid_upload_the_batch_is_probed_not_resent() {
+    let people = synthetic_people(2);
+    let start = crate::clock::oslo_date(Utc::now()) - chrono::Days::new(7);
+    let (reached, lost) = (people[0].clone(), people[1].clone());
+    // The body of the upload that reached KFR before the crash.
+    let body = Layout::new().encode(&[crate::kfr::BatchEntry {
+        id: CustomerId::parse(&reached, &IdPolicy::test()).unwrap(),
+        start: Some(start),
+    }]);
+
+    let (r2, l2) = (reached.clone(), lost.clone());
+    let r = rig(
+        |_| {},
+        ORG,
+        DispatchConfig {
+            ingest_margin: Duration::from_secs(1),
+            ..fast()
+        },
+        move |outbox, register| {
+            let mut o = outbox.clone();
+            o.enqueue(
+                register,
+                &[
+                    event(1, Operation::Add, &r2, Some(start)),
+                    event(2, Operation::Add, &l2, Some(start)),
+                ],
+            )
+            .unwrap();
+            let claimed = o.claim_ready(register, Utc::now(), 10).unwrap();
+            assert_eq!(claimed.len(), 2);
+            o.begin_batch(&[1, 2], uuid::Uuid::new_v4()).unwrap();
+        },
+    )
+    .await;
+    // This mock is new: re-create what the lost process's upload did to KFR for `reached`.
+    let kfr = client(&r.mock, ORG);
+    assert!(kfr.batch_once(&body, uuid::Uuid::new_v4()).await.verdict.is_delivered());
+    r.until("recovered as unknown fate", |m| {
+        m.events
+            .iter()
+            .all(|e| e.state == EventState::Accepted && e.accepted_at.is_none())
+    })
+    .await;
+    r.clock.advance(chrono::Duration::seconds(5));
+    r.until("both delivered", all_delivered).await;
+    // One batch from the test (the crashed upload), one from the dispatcher for `lost` only.
+    assert_eq!(r.ops("batch").get("201"), Some(&2));
+    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedByTime);
+    let rows = r.mock.state().relationships();
+    assert!(
+        rows.iter()
+            .any(|row| row.customer_id == lost && row.start_date == start)
+    );
+    let s = r.stop().await;
+    assert_eq!(s.recovered.unknown_uploads, 2);
+}
+
+#[tokio::test]
+async fn shutdown_hands_back_what_did_not_finish_in_time() {
+    let cfg = DispatchConfig {
+        shutdown_grace: Duration::from_millis(30),
+        ..fast()
+    };
+    let r = rig(|c| c.kfr_faults.latency_ms = 2_000, ORG, cfg, |_, _| {}).await;
+    let p = synthetic_people(1).remove(0);
+    r.enqueue(vec![event(1, Operation::Add, &p, None)]).await;
+    r.until("in flight", |m| m.events[0].state == EventState::InFlight)
+        .await;
+    let outbox = r.outbox.clone();
+    let s = r.stop().await;
+    assert!(s.cut_at_deadline);
+    assert_eq!(s.released_at_shutdown, 1);
+    assert_eq!(outbox.event(1).state, EventState::Pending);
+}
