@@ -29,6 +29,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::checklist::ChecklistError,
         crate::input::format::HeaderError,
         crate::input::reader::ReadError,
+        crate::store::outbox::StoreError,
     );
     None
 }
