@@ -5,11 +5,10 @@
 //! the interface deliberately does not offer (starting and ending a load, making a write fail) —
 //! and expands [`outbox_conformance_tests!`] to get one `#[test]` per property.
 
-use super::outbox::{
-    Delivery, Enqueued, EventState, LedgerState, NewEvent, OutboxBackend, OutboxEvent, Recovered, Rejection,
-    Settlement,
-};
 use super::outbox::{DeadLetters, Seq};
+use super::outbox::{
+    Delivery, Enqueued, EventState, LedgerState, NewEvent, OutboxBackend, OutboxEvent, Recovered, Rejection, Settlement,
+};
 use super::queue::Operation;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone as _, Utc};
 use uuid::Uuid;
@@ -133,9 +132,18 @@ fn drain(b: &mut dyn OutboxBackend, register: &str, at: i64) -> Vec<String> {
 pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     let b = h.backend();
     let r = b
-        .enqueue(R, &[ev("e1", A, Operation::Add), ev("e2", B, Operation::Add), ev("e1", A, Operation::Add)])
+        .enqueue(
+            R,
+            &[
+                ev("e1", A, Operation::Add),
+                ev("e2", B, Operation::Add),
+                ev("e1", A, Operation::Add),
+            ],
+        )
         .unwrap();
-    let Enqueued::Stored { seq: first } = r[0] else { panic!("{r:?}") };
+    let Enqueued::Stored { seq: first } = r[0] else {
+        panic!("{r:?}")
+    };
     assert!(matches!(r[1], Enqueued::Stored { .. }));
     assert_eq!(r[2], Enqueued::Duplicate { seq: first }, "a duplicate within one call");
     assert_eq!(
@@ -146,7 +154,10 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     // Still a duplicate once delivered: the id stays known until purged.
     let got = claim(b, R, 0, 10);
     b.settle(&[delivered(got[0].seq, Operation::Add, 0)]).unwrap();
-    assert_eq!(b.enqueue(R, &[ev("e1", A, Operation::Add)]).unwrap(), [Enqueued::Duplicate { seq: first }]);
+    assert_eq!(
+        b.enqueue(R, &[ev("e1", A, Operation::Add)]).unwrap(),
+        [Enqueued::Duplicate { seq: first }]
+    );
     let st = b.status(Some(R)).unwrap();
     assert_eq!((st.pending, st.in_flight, st.delivered), (0, 1, 1));
 }
@@ -154,16 +165,33 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
 pub fn nothing_stored_from_a_failed_call(h: &mut dyn Harness) {
     h.poison("bad");
     let b = h.backend();
-    assert!(b.enqueue(R, &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)]).is_err());
-    assert_eq!(b.status(None).unwrap().pending, 0, "the first event of the failed call is not stored");
-    assert_eq!(put(b, R, &[ev("ok", A, Operation::Add)]).len(), 1, "its id was not taken either");
+    assert!(
+        b.enqueue(R, &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)])
+            .is_err()
+    );
+    assert_eq!(
+        b.status(None).unwrap().pending,
+        0,
+        "the first event of the failed call is not stored"
+    );
+    assert_eq!(
+        put(b, R, &[ev("ok", A, Operation::Add)]).len(),
+        1,
+        "its id was not taken either"
+    );
 
     // A settlement batch with one bad seq records none of them.
     put(b, R, &[ev("c1", C, Operation::Add)]);
     let got = claim(b, R, 0, 10);
     assert_eq!(got.len(), 2);
     let bad = got.iter().map(|e| e.seq).max().unwrap() + 1000;
-    assert!(b.settle(&[delivered(got[0].seq, Operation::Add, 1), delivered(bad, Operation::Add, 1)]).is_err());
+    assert!(
+        b.settle(&[
+            delivered(got[0].seq, Operation::Add, 1),
+            delivered(bad, Operation::Add, 1)
+        ])
+        .is_err()
+    );
     assert_eq!(b.status(Some(R)).unwrap().in_flight, 2);
     assert!(b.ledger(R).unwrap().is_empty());
 }
@@ -185,7 +213,10 @@ pub fn per_customer_fifo(h: &mut dyn Harness) {
     assert!(first.iter().all(|e| e.state == EventState::InFlight));
     assert!(claim(b, R, 0, 10).is_empty(), "one in flight per customer");
     put(b, R, &[ev("a4", A, Operation::Remove)]);
-    assert!(claim(b, R, 0, 10).is_empty(), "a new event queues behind the one in flight");
+    assert!(
+        claim(b, R, 0, 10).is_empty(),
+        "a new event queues behind the one in flight"
+    );
     b.settle(&[delivered(first[0].seq, Operation::Add, 1)]).unwrap();
     assert_eq!(ids(&claim(b, R, 1, 10)), ["a2"]);
     assert!(claim(b, R, 1, 10).is_empty());
@@ -200,7 +231,14 @@ pub fn parallel_across_customers_up_to_the_limit(h: &mut dyn Harness) {
     let b = h.backend();
     let customers: Vec<String> = (0..6).map(|i| format!("customer-{i}")).collect();
     for (i, c) in customers.iter().enumerate() {
-        put(b, R, &[ev(&format!("{i}-1"), c, Operation::Add), ev(&format!("{i}-2"), c, Operation::Remove)]);
+        put(
+            b,
+            R,
+            &[
+                ev(&format!("{i}-1"), c, Operation::Add),
+                ev(&format!("{i}-2"), c, Operation::Remove),
+            ],
+        );
     }
     let mut fl = claim(b, R, 0, 4);
     assert_eq!(ids(&fl), ["0-1", "1-1", "2-1", "3-1"]);
@@ -227,11 +265,23 @@ pub fn parallel_across_customers_up_to_the_limit(h: &mut dyn Harness) {
 
 pub fn retry_later_keeps_the_head_and_honours_next_attempt_at(h: &mut dyn Harness) {
     let b = h.backend();
-    put(b, R, &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Remove), ev("b1", B, Operation::Add)]);
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("b1", B, Operation::Add),
+        ],
+    );
     let got = claim(b, R, 0, 1);
     assert_eq!(ids(&got), ["a1"]);
     b.retry_later(got[0].seq, t(60), "HTTP 503").unwrap();
-    assert_eq!(ids(&claim(b, R, 10, 10)), ["b1"], "a2 does not overtake its waiting head");
+    assert_eq!(
+        ids(&claim(b, R, 10, 10)),
+        ["b1"],
+        "a2 does not overtake its waiting head"
+    );
     assert!(claim(b, R, 59, 10).is_empty());
     let again = claim(b, R, 60, 10);
     assert_eq!(ids(&again), ["a1"]);
@@ -242,7 +292,11 @@ pub fn retry_later_keeps_the_head_and_honours_next_attempt_at(h: &mut dyn Harnes
     let since = e.failing_since.expect("failing_since set by the first failure");
     b.retry_later(e.seq, t(120), "HTTP 503").unwrap();
     let third = claim(b, R, 120, 10);
-    assert_eq!((third[0].attempts, third[0].failing_since), (2, Some(since)), "the run of failures keeps its start");
+    assert_eq!(
+        (third[0].attempts, third[0].failing_since),
+        (2, Some(since)),
+        "the run of failures keeps its start"
+    );
     b.settle(&[delivered(third[0].seq, Operation::Add, 121)]).unwrap();
     assert_eq!(ids(&claim(b, R, 121, 10)), ["a2"]);
 }
@@ -255,7 +309,10 @@ pub fn release_does_not_count_an_attempt(h: &mut dyn Harness) {
     let again = claim(b, R, 0, 10);
     assert_eq!(ids(&again), ["a1"], "released back to its place at the head");
     assert_eq!((again[0].attempts, again[0].next_attempt_at), (0, None));
-    assert!(b.release(&[again[0].seq + 1]).is_err(), "a pending event cannot be released");
+    assert!(
+        b.release(&[again[0].seq + 1]).is_err(),
+        "a pending event cannot be released"
+    );
 }
 
 pub fn dead_letter_parks_only_that_customer(h: &mut dyn Harness) {
@@ -263,7 +320,12 @@ pub fn dead_letter_parks_only_that_customer(h: &mut dyn Harness) {
     put(
         b,
         R,
-        &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Remove), ev("a3", A, Operation::Add), ev("b1", B, Operation::Add)],
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("a3", A, Operation::Add),
+            ev("b1", B, Operation::Add),
+        ],
     );
     let got = claim(b, R, 0, 10);
     assert_eq!(ids(&got), ["a1", "b1"]);
@@ -275,7 +337,10 @@ pub fn dead_letter_parks_only_that_customer(h: &mut dyn Harness) {
     assert_eq!((st.dead_lettered, st.parked_customers, st.parked_events), (1, 1, 2));
     let dl = b.dead_letters(Some(R)).unwrap();
     assert_eq!(dl.len(), 1);
-    assert_eq!((dl[0].event.event_id.as_str(), dl[0].parked_behind, dl[0].dead_at), ("a1", 2, t(5)));
+    assert_eq!(
+        (dl[0].event.event_id.as_str(), dl[0].parked_behind, dl[0].dead_at),
+        ("a1", 2, t(5))
+    );
     assert_eq!(dl[0].rejection, rejection());
     assert_eq!(dl[0].event.attempts, 1);
     assert!(b.dead_letters(Some(R2)).unwrap().is_empty());
@@ -284,12 +349,23 @@ pub fn dead_letter_parks_only_that_customer(h: &mut dyn Harness) {
 
 pub fn retry_dead_and_drop_dead_unpark(h: &mut dyn Harness) {
     let b = h.backend();
-    put(b, R, &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Remove), ev("c1", C, Operation::Add)]);
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("c1", C, Operation::Add),
+        ],
+    );
     let got = claim(b, R, 0, 10);
     for e in &got {
         b.dead_letter(e.seq, &rejection(), t(1)).unwrap();
     }
-    assert!(b.retry_dead(DeadLetters::One(got[0].seq + 1)).is_err(), "a2 is not a dead letter");
+    assert!(
+        b.retry_dead(DeadLetters::One(got[0].seq + 1)).is_err(),
+        "a2 is not a dead letter"
+    );
     assert_eq!(b.retry_dead(DeadLetters::One(got[0].seq)).unwrap(), 1);
     let again = claim(b, R, 2, 10);
     assert_eq!(ids(&again), ["a1"], "back at its customer's head, attempts kept");
@@ -297,12 +373,22 @@ pub fn retry_dead_and_drop_dead_unpark(h: &mut dyn Harness) {
     b.dead_letter(again[0].seq, &rejection(), t(3)).unwrap();
 
     assert_eq!(b.drop_dead(DeadLetters::One(got[0].seq), t(4)).unwrap(), 1);
-    assert_eq!(ids(&claim(b, R, 4, 10)), ["a2"], "dropping the head unparks the customer");
-    assert!(b.ledger(R).unwrap().is_empty(), "a dropped event changes nothing in the ledger");
+    assert_eq!(
+        ids(&claim(b, R, 4, 10)),
+        ["a2"],
+        "dropping the head unparks the customer"
+    );
+    assert!(
+        b.ledger(R).unwrap().is_empty(),
+        "a dropped event changes nothing in the ledger"
+    );
     assert_eq!(b.retry_dead(DeadLetters::All).unwrap(), 1);
     assert_eq!(ids(&claim(b, R, 4, 10)), ["c1"]);
     let st = b.status(Some(R)).unwrap();
-    assert_eq!((st.dropped, st.dead_lettered, st.parked_customers, st.in_flight), (1, 0, 0, 2));
+    assert_eq!(
+        (st.dropped, st.dead_lettered, st.parked_customers, st.in_flight),
+        (1, 0, 0, 2)
+    );
     assert_eq!(b.drop_dead(DeadLetters::All, t(5)).unwrap(), 0);
 }
 
@@ -312,7 +398,11 @@ pub fn barrier_holds_removes_and_what_is_behind_them_not_free_adds(h: &mut dyn H
     h.end_load(other);
     let b = h.backend();
     assert_eq!(b.barrier(R).unwrap(), Some(job));
-    assert_eq!(b.barrier(R2).unwrap(), None, "a load of another register holds nothing here");
+    assert_eq!(
+        b.barrier(R2).unwrap(),
+        None,
+        "a load of another register holds nothing here"
+    );
     put(
         b,
         R,
@@ -326,7 +416,11 @@ pub fn barrier_holds_removes_and_what_is_behind_them_not_free_adds(h: &mut dyn H
     );
     put(b, R2, &[ev("r2-remove", A, Operation::Remove)]);
     assert_eq!(ids(&claim(b, R2, 0, 10)), ["r2-remove"]);
-    assert_eq!(drain(b, R, 0), ["b-add", "c-add"], "adds with nothing ahead go; removes and what follows wait");
+    assert_eq!(
+        drain(b, R, 0),
+        ["b-add", "c-add"],
+        "adds with nothing ahead go; removes and what follows wait"
+    );
     assert_eq!(b.status(Some(R)).unwrap().barrier, Some(job));
     h.end_load(job);
     let b = h.backend();
@@ -336,7 +430,15 @@ pub fn barrier_holds_removes_and_what_is_behind_them_not_free_adds(h: &mut dyn H
 
 pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut dyn Harness) {
     let b = h.backend();
-    put(b, R, &[ev("single", A, Operation::Remove), ev("batch-1", B, Operation::Add), ev("batch-2", C, Operation::Add)]);
+    put(
+        b,
+        R,
+        &[
+            ev("single", A, Operation::Remove),
+            ev("batch-1", B, Operation::Add),
+            ev("batch-2", C, Operation::Add),
+        ],
+    );
     put(b, R2, &[ev("elsewhere", A, Operation::Add)]);
     let got = claim(b, R, 0, 10);
     let other = claim(b, R2, 0, 10);
@@ -351,9 +453,21 @@ pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut d
     );
     let unknown = b.accepted(R).unwrap();
     assert_eq!(ids(&unknown), ["batch-1", "batch-2"]);
-    assert!(unknown.iter().all(|e| e.accepted_at.is_none() && e.batch_correlation_id == Some(upload)));
-    assert_eq!(ids(&claim(b, R, 1, 10)), ["single"], "batch events are not resent before a probe");
-    assert_eq!(b.status(Some(R2)).unwrap().in_flight, 1, "recovering one register leaves another alone");
+    assert!(
+        unknown
+            .iter()
+            .all(|e| e.accepted_at.is_none() && e.batch_correlation_id == Some(upload))
+    );
+    assert_eq!(
+        ids(&claim(b, R, 1, 10)),
+        ["single"],
+        "batch events are not resent before a probe"
+    );
+    assert_eq!(
+        b.status(Some(R2)).unwrap().in_flight,
+        1,
+        "recovering one register leaves another alone"
+    );
     // A probe that finds the upload not ingested releases the events for a new attempt.
     b.release(&[unknown[0].seq]).unwrap();
     let again = claim(b, R, 2, 10);
@@ -367,7 +481,11 @@ pub fn batch_accepted_then_ingested(h: &mut dyn Harness) {
     let day = NaiveDate::from_ymd_opt(2029, 12, 1).unwrap();
     let mut e1 = ev("b1", A, Operation::Add);
     e1.start_date = Some(day);
-    put(b, R, &[e1, ev("b2", B, Operation::Add), ev("a-next", A, Operation::Remove)]);
+    put(
+        b,
+        R,
+        &[e1, ev("b2", B, Operation::Add), ev("a-next", A, Operation::Remove)],
+    );
     let got = claim(b, R, 0, 2);
     let upload = Uuid::new_v4();
     b.begin_batch(&[got[0].seq, got[1].seq], upload).unwrap();
@@ -375,8 +493,14 @@ pub fn batch_accepted_then_ingested(h: &mut dyn Harness) {
     b.batch_accepted(upload, t(1)).unwrap();
     let acc = b.accepted(R).unwrap();
     assert_eq!(ids(&acc), ["b1", "b2"]);
-    assert!(acc.iter().all(|e| e.state == EventState::Accepted && e.accepted_at == Some(t(1)) && e.attempts == 1));
-    assert!(claim(b, R, 2, 10).is_empty(), "an accepted event is still its customer's head");
+    assert!(
+        acc.iter()
+            .all(|e| e.state == EventState::Accepted && e.accepted_at == Some(t(1)) && e.attempts == 1)
+    );
+    assert!(
+        claim(b, R, 2, 10).is_empty(),
+        "an accepted event is still its customer's head"
+    );
     b.settle(&[Settlement {
         seq: acc[0].seq,
         delivery: Delivery::IngestedSeen,
@@ -386,13 +510,25 @@ pub fn batch_accepted_then_ingested(h: &mut dyn Harness) {
     .unwrap();
     let ledger = b.ledger(R).unwrap();
     assert_eq!(ledger.len(), 1);
-    assert_eq!((ledger[0].state, ledger[0].start_date, ledger[0].since), (LedgerState::Active, Some(day), t(3)));
+    assert_eq!(
+        (ledger[0].state, ledger[0].start_date, ledger[0].since),
+        (LedgerState::Active, Some(day), t(3))
+    );
     assert_eq!(ids(&claim(b, R, 3, 10)), ["a-next"]);
 }
 
 pub fn settle_updates_the_ledger(h: &mut dyn Harness) {
     let b = h.backend();
-    put(b, R, &[ev("a-add", A, Operation::Add), ev("b-add", B, Operation::Add), ev("a-rm", A, Operation::Remove), ev("c-rm", C, Operation::Remove)]);
+    put(
+        b,
+        R,
+        &[
+            ev("a-add", A, Operation::Add),
+            ev("b-add", B, Operation::Add),
+            ev("a-rm", A, Operation::Remove),
+            ev("c-rm", C, Operation::Remove),
+        ],
+    );
     let got = claim(b, R, 0, 10);
     assert_eq!(ids(&got), ["a-add", "b-add", "c-rm"]);
     let wrong = Settlement {
@@ -413,22 +549,42 @@ pub fn settle_updates_the_ledger(h: &mut dyn Harness) {
     ])
     .unwrap();
     let state = |b: &mut dyn OutboxBackend| -> Vec<(String, LedgerState)> {
-        b.ledger(R).unwrap().into_iter().map(|e| (e.customer_id, e.state)).collect()
+        b.ledger(R)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.customer_id, e.state))
+            .collect()
     };
     assert_eq!(
         state(b),
-        [(A.into(), LedgerState::Active), (B.into(), LedgerState::Active), (C.into(), LedgerState::Ended)]
+        [
+            (A.into(), LedgerState::Active),
+            (B.into(), LedgerState::Active),
+            (C.into(), LedgerState::Ended)
+        ]
     );
     let rm = claim(b, R, 2, 10);
     b.settle(&[with(rm[0].seq, Delivery::Removed, 2)]).unwrap();
     let entries = b.ledger(R).unwrap();
-    assert_eq!((entries[0].state, entries[0].since, entries[0].correlation_id), (LedgerState::Ended, t(2), rm[0].correlation_id));
+    assert_eq!(
+        (entries[0].state, entries[0].since, entries[0].correlation_id),
+        (LedgerState::Ended, t(2), rm[0].correlation_id)
+    );
     assert!(b.ledger(R2).unwrap().is_empty());
 }
 
 pub fn purge_removes_only_finished_events_before_the_cutoff(h: &mut dyn Harness) {
     let b = h.backend();
-    put(b, R, &[ev("old", A, Operation::Add), ev("dropped", B, Operation::Add), ev("new", C, Operation::Add), ev("open", A, Operation::Remove)]);
+    put(
+        b,
+        R,
+        &[
+            ev("old", A, Operation::Add),
+            ev("dropped", B, Operation::Add),
+            ev("new", C, Operation::Add),
+            ev("open", A, Operation::Remove),
+        ],
+    );
     let got = claim(b, R, 0, 10);
     b.settle(&[delivered(got[0].seq, Operation::Add, 10)]).unwrap();
     b.dead_letter(got[1].seq, &rejection(), t(10)).unwrap();
@@ -450,14 +606,30 @@ pub fn status_counts(h: &mut dyn Harness) {
     let before = Utc::now();
     let b = h.backend();
     assert_eq!(b.status(None).unwrap(), Default::default());
-    put(b, R, &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Add), ev("b1", B, Operation::Add), ev("c1", C, Operation::Add)]);
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Add),
+            ev("b1", B, Operation::Add),
+            ev("c1", C, Operation::Add),
+        ],
+    );
     put(b, R2, &[ev("x", A, Operation::Add)]);
     let got = claim(b, R, 0, 10);
     b.settle(&[delivered(got[0].seq, Operation::Add, 1)]).unwrap();
     b.dead_letter(got[1].seq, &rejection(), t(1)).unwrap();
     let st = b.status(Some(R)).unwrap();
     assert_eq!(
-        (st.pending, st.in_flight, st.accepted, st.delivered, st.dead_lettered, st.dropped),
+        (
+            st.pending,
+            st.in_flight,
+            st.accepted,
+            st.delivered,
+            st.dead_lettered,
+            st.dropped
+        ),
         (1, 1, 0, 1, 1, 0)
     );
     assert_eq!((st.parked_customers, st.parked_events, st.barrier), (1, 0, None));
@@ -469,18 +641,30 @@ pub fn status_counts(h: &mut dyn Harness) {
     b.settle(&[delivered(a2[0].seq, Operation::Add, 2)]).unwrap();
     b.settle(&[delivered(got[2].seq, Operation::Add, 2)]).unwrap();
     b.drop_dead(DeadLetters::All, t(3)).unwrap();
-    assert_eq!(b.status(Some(R)).unwrap().oldest_unfinished, None, "everything in R finished");
+    assert_eq!(
+        b.status(Some(R)).unwrap().oldest_unfinished,
+        None,
+        "everything in R finished"
+    );
 }
 
 pub fn registers_are_isolated(h: &mut dyn Harness) {
     let b = h.backend();
-    put(b, R, &[ev("r1", A, Operation::Add), ev("r1-next", A, Operation::Remove)]);
+    put(
+        b,
+        R,
+        &[ev("r1", A, Operation::Add), ev("r1-next", A, Operation::Remove)],
+    );
     put(b, R2, &[ev("r2", A, Operation::Add)]);
     let one = claim(b, R, 0, 10);
     assert_eq!(ids(&one), ["r1"]);
     assert!(one.iter().all(|e| e.register == R));
     let two = claim(b, R2, 0, 10);
-    assert_eq!(ids(&two), ["r2"], "the same customer in another register is another queue");
+    assert_eq!(
+        ids(&two),
+        ["r2"],
+        "the same customer in another register is another queue"
+    );
     b.dead_letter(two[0].seq, &rejection(), t(1)).unwrap();
     b.settle(&[delivered(one[0].seq, Operation::Add, 1)]).unwrap();
     assert_eq!(ids(&claim(b, R, 1, 10)), ["r1-next"], "parked in R2 does not park R");

@@ -173,7 +173,12 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
 /// it names all three.
 pub(super) fn register_of_settings(settings: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(settings).ok()?;
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).map(str::to_string);
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+    };
     Some(
         super::outbox::Register {
             environment: field("environment")?,
@@ -195,7 +200,10 @@ pub(super) fn fill_registers(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result
     };
     for (id, settings) in jobs {
         if let Some(register) = register_of_settings(&settings) {
-            tx.execute("UPDATE load_jobs SET register = ?1 WHERE id = ?2", params![register, id])?;
+            tx.execute(
+                "UPDATE load_jobs SET register = ?1 WHERE id = ?2",
+                params![register, id],
+            )?;
         }
     }
     let running: Option<Option<String>> = tx
@@ -364,7 +372,10 @@ impl Store {
              WHERE id = ?2 AND status = 'running'",
             params![now, id],
         )?;
-        anyhow::ensure!(n == 1, "load job {id} is not running (only a running job can be abandoned)");
+        anyhow::ensure!(
+            n == 1,
+            "load job {id} is not running (only a running job can be abandoned)"
+        );
         Ok(())
     }
 

@@ -13,9 +13,9 @@
 //! a single add's is the store's queue register ([`Store::queue_register`]) unless the caller
 //! names one ([`Store::record_add_in_ledger_for`]).
 
+use super::Store;
 use super::outbox::LedgerState;
 use super::outbox_sqlite::set_ledger;
-use super::Store;
 use chrono::{NaiveDate, Utc};
 use rusqlite::params;
 use uuid::Uuid;
@@ -85,7 +85,15 @@ impl Store {
                 correlation_id.to_string()
             ],
         )?;
-        set_ledger(&tx, register, customer_id, LedgerState::Active, start, at, correlation_id)?;
+        set_ledger(
+            &tx,
+            register,
+            customer_id,
+            LedgerState::Active,
+            start,
+            at,
+            correlation_id,
+        )?;
         tx.commit()?;
         Ok(())
     }

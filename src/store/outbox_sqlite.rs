@@ -105,7 +105,10 @@ pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEvent> 
         },
         customer_id: r.get(4)?,
         start_date: start
-            .map(|d| d.parse::<NaiveDate>().map_err(|_| super::jobs::bad_value("outbox.start_date", &d)))
+            .map(|d| {
+                d.parse::<NaiveDate>()
+                    .map_err(|_| super::jobs::bad_value("outbox.start_date", &d))
+            })
             .transpose()?,
         occurred_at: parse_ts(&r.get::<_, String>(6)?)?,
         source: r.get(7)?,
@@ -322,7 +325,11 @@ impl Store {
     }
 }
 
-fn dead_letters_where(tx: &Transaction<'_>, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<DeadLetter>, Fault> {
+fn dead_letters_where(
+    tx: &Transaction<'_>,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<DeadLetter>, Fault> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS}, rejection, dead_at FROM outbox WHERE head = 1 AND state = 'dead_lettered' {filter} ORDER BY seq"
     );
@@ -451,7 +458,10 @@ impl OutboxBackend for Store {
                 params![ts(at), batch_correlation_id.to_string()],
             )?;
             if n == 0 {
-                return Err(wrong(0, format!("batch {batch_correlation_id} carries no event in flight")));
+                return Err(wrong(
+                    0,
+                    format!("batch {batch_correlation_id} carries no event in flight"),
+                ));
             }
             Ok(())
         })
@@ -481,7 +491,11 @@ impl OutboxBackend for Store {
                 if ledger_state(s.delivery) != wanted {
                     return Err(wrong(
                         s.seq,
-                        format!("is {} and cannot be settled as {}", ev.op.as_str(), delivery_str(s.delivery)),
+                        format!(
+                            "is {} and cannot be settled as {}",
+                            ev.op.as_str(),
+                            delivery_str(s.delivery)
+                        ),
                     ));
                 }
                 // A single's answer is an attempt recorded now; a batch event's was counted when
@@ -494,8 +508,20 @@ impl OutboxBackend for Store {
                     params![ts(s.at), delivery_str(s.delivery), s.echoed_correlation_id, answered, s.seq],
                 )?;
                 finish_head(tx, s.seq, &ev.register, &ev.customer_id)?;
-                let start = if wanted == LedgerState::Active { ev.start_date } else { None };
-                set_ledger(tx, &ev.register, &ev.customer_id, wanted, start, s.at, ev.correlation_id)?;
+                let start = if wanted == LedgerState::Active {
+                    ev.start_date
+                } else {
+                    None
+                };
+                set_ledger(
+                    tx,
+                    &ev.register,
+                    &ev.customer_id,
+                    wanted,
+                    start,
+                    s.at,
+                    ev.correlation_id,
+                )?;
             }
             Ok(())
         })
@@ -504,7 +530,11 @@ impl OutboxBackend for Store {
     fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
         let now = Utc::now();
         self.outbox_tx(true, |tx| {
-            require(&event(tx, seq)?, &[EventState::InFlight, EventState::Accepted], "retried later")?;
+            require(
+                &event(tx, seq)?,
+                &[EventState::InFlight, EventState::Accepted],
+                "retried later",
+            )?;
             tx.execute(
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?1,
                      failing_since = COALESCE(failing_since, ?2), last_error = ?3,
@@ -533,7 +563,11 @@ impl OutboxBackend for Store {
     fn dead_letter(&mut self, seq: Seq, rejection: &Rejection, at: DateTime<Utc>) -> Result<(), StoreError> {
         let json = serde_json::to_string(rejection).map_err(|e| StoreError::Other(e.to_string()))?;
         self.outbox_tx(true, |tx| {
-            require(&event(tx, seq)?, &[EventState::InFlight, EventState::Accepted], "dead-lettered")?;
+            require(
+                &event(tx, seq)?,
+                &[EventState::InFlight, EventState::Accepted],
+                "dead-lettered",
+            )?;
             tx.execute(
                 "UPDATE outbox SET state = 'dead_lettered', attempts = attempts + 1, rejection = ?1, dead_at = ?2,
                      last_error = ?3, batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL
@@ -556,10 +590,16 @@ impl OutboxBackend for Store {
             const SET: &str = "UPDATE outbox SET state = 'pending', next_attempt_at = NULL, failing_since = NULL";
             Ok(match which {
                 DeadLetters::One(seq) => {
-                    require(&event(tx, seq)?, &[EventState::DeadLettered], "retried from the dead letters")?;
+                    require(
+                        &event(tx, seq)?,
+                        &[EventState::DeadLettered],
+                        "retried from the dead letters",
+                    )?;
                     tx.execute(&format!("{SET} WHERE seq = ?1"), [seq])? as u64
                 }
-                DeadLetters::All => tx.execute(&format!("{SET} WHERE head = 1 AND state = 'dead_lettered'"), [])? as u64,
+                DeadLetters::All => {
+                    tx.execute(&format!("{SET} WHERE head = 1 AND state = 'dead_lettered'"), [])? as u64
+                }
             })
         })
     }
@@ -626,9 +666,7 @@ impl OutboxBackend for Store {
                 // heads of each unfinished state (each an index lookup).
                 for state in ["pending", "in_flight", "accepted", "dead_lettered"] {
                     let min: Option<Seq> = tx
-                        .prepare_cached(
-                            "SELECT MIN(seq) FROM outbox WHERE head = 1 AND register = ?1 AND state = ?2",
-                        )?
+                        .prepare_cached("SELECT MIN(seq) FROM outbox WHERE head = 1 AND register = ?1 AND state = ?2")?
                         .query_row(params![reg, state], |r| r.get(0))?;
                     oldest = match (oldest, min) {
                         (Some(a), Some(b)) => Some(a.min(b)),
@@ -725,7 +763,10 @@ mod tests {
             let job = self.store.create_job("in.txt", "00", "{}", 0, &[]).unwrap();
             self.store
                 .conn()
-                .execute("UPDATE load_jobs SET register = ?1 WHERE id = ?2", params![register, job])
+                .execute(
+                    "UPDATE load_jobs SET register = ?1 WHERE id = ?2",
+                    params![register, job],
+                )
                 .unwrap();
             job
         }
@@ -749,6 +790,170 @@ mod tests {
     }
 
     conformance::outbox_conformance_tests!(harness());
+
+    mod random {
+        use super::*;
+        use crate::store::conformance::{R, ev, t};
+        use proptest::prelude::*;
+        use std::collections::{HashMap, VecDeque};
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Enqueue { customer: u8, add: bool },
+            Claim { limit: u8 },
+            Settle(u8),
+            Retry(u8),
+            DeadLetter(u8),
+            Release(u8),
+            RetryDead,
+            DropDead,
+            Recover,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0u8..5, any::<bool>()).prop_map(|(customer, add)| Step::Enqueue { customer, add }),
+                3 => (1u8..6).prop_map(|limit| Step::Claim { limit }),
+                2 => any::<u8>().prop_map(Step::Settle),
+                1 => any::<u8>().prop_map(Step::Retry),
+                1 => any::<u8>().prop_map(Step::DeadLetter),
+                1 => any::<u8>().prop_map(Step::Release),
+                1 => Just(Step::RetryDead),
+                1 => Just(Step::DropDead),
+                1 => Just(Step::Recover),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+            /// Whatever happens to a store, a claim hands out only a customer's oldest unfinished
+            /// event, and never a second one of a customer while one is out.
+            #[test]
+            fn random_histories_hand_out_only_heads_one_per_customer(steps in proptest::collection::vec(step(), 1..60)) {
+                let (_d, mut s) = store();
+                // Durability is not what this checks; fsyncs would only slow it down.
+                s.conn().execute_batch("PRAGMA synchronous = OFF").unwrap();
+                let mut open: HashMap<String, VecDeque<Seq>> = HashMap::new();
+                let mut out: Vec<OutboxEvent> = vec![];
+                let mut n = 0;
+                for step in steps {
+                    let take = |out: &mut Vec<OutboxEvent>, i: u8| (!out.is_empty()).then(|| out.remove(i as usize % out.len()));
+                    match step {
+                        Step::Enqueue { customer, add } => {
+                            n += 1;
+                            let c = format!("customer-{customer}");
+                            let op = if add { Operation::Add } else { Operation::Remove };
+                            let r = s.enqueue(R, &[ev(&format!("e{n}"), &c, op)]).unwrap();
+                            let Enqueued::Stored { seq } = r[0] else { panic!("{r:?}") };
+                            open.entry(c).or_default().push_back(seq);
+                        }
+                        Step::Claim { limit } => {
+                            let got = s.claim_ready(R, t(10), limit as usize).unwrap();
+                            prop_assert!(got.len() <= limit as usize);
+                            for e in got {
+                                prop_assert_eq!(open[&e.customer_id].front(), Some(&e.seq), "not the head");
+                                prop_assert!(out.iter().all(|o| o.customer_id != e.customer_id), "two out for one customer");
+                                out.push(e);
+                            }
+                        }
+                        Step::Settle(i) => if let Some(e) = take(&mut out, i) {
+                            let delivery = if e.op == Operation::Add { Delivery::Added } else { Delivery::Removed };
+                            s.settle(&[Settlement { seq: e.seq, delivery, echoed_correlation_id: None, at: t(10) }]).unwrap();
+                            open.get_mut(&e.customer_id).unwrap().pop_front();
+                        },
+                        Step::Retry(i) => if let Some(e) = take(&mut out, i) {
+                            s.retry_later(e.seq, t(5), "HTTP 503").unwrap();
+                        },
+                        Step::DeadLetter(i) => if let Some(e) = take(&mut out, i) {
+                            let rej = Rejection { status: Some(400), code: None, body: String::new(), reason: "refused".into() };
+                            s.dead_letter(e.seq, &rej, t(10)).unwrap();
+                        },
+                        Step::Release(i) => if let Some(e) = take(&mut out, i) {
+                            s.release(&[e.seq]).unwrap();
+                        },
+                        Step::RetryDead => { s.retry_dead(DeadLetters::All).unwrap(); }
+                        Step::DropDead => {
+                            let dead = s.dead_letters(Some(R)).unwrap();
+                            prop_assert_eq!(s.drop_dead(DeadLetters::All, t(10)).unwrap(), dead.len() as u64);
+                            for d in dead {
+                                prop_assert_eq!(open.get_mut(&d.event.customer_id).unwrap().pop_front(), Some(d.event.seq));
+                            }
+                        }
+                        Step::Recover => {
+                            s.recover(R).unwrap();
+                            out.clear();
+                        }
+                    }
+                }
+                let st = s.status(Some(R)).unwrap();
+                let unfinished: usize = open.values().map(VecDeque::len).sum();
+                prop_assert_eq!((st.pending + st.in_flight + st.dead_lettered) as usize, unfinished);
+                prop_assert_eq!(st.in_flight as usize, out.len());
+            }
+        }
+    }
+
+    /// `OutboxHandle`: enqueues that arrive while the store thread is busy are committed together,
+    /// every caller is answered, and an event id sent by several callers is stored once.
+    #[tokio::test]
+    async fn the_handle_group_commits_concurrent_enqueues() {
+        use crate::store::OutboxHandle;
+        use crate::store::conformance::{R, ev};
+        let (d, s) = store();
+        let path = s.path().to_path_buf();
+        let h = OutboxHandle::spawn(Box::new(s)).unwrap();
+        // Hold the store thread until every enqueue is waiting in its queue.
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let blocked = h.call(move |_| {
+            let _ = gate.recv();
+            Ok(())
+        });
+        futures::pin_mut!(blocked);
+        assert!(futures::poll!(&mut blocked).is_pending());
+        let callers: Vec<_> = (0..30)
+            .map(|i| {
+                let h = h.clone();
+                async move {
+                    let c = format!("customer-{i}");
+                    let events = vec![
+                        ev(&format!("{i}-add"), &c, Operation::Add),
+                        ev(&format!("{i}-remove"), &c, Operation::Remove),
+                        ev("sent-by-everyone", "customer-shared", Operation::Add),
+                    ];
+                    h.enqueue(R.to_string(), events).await
+                }
+            })
+            .collect();
+        let all = futures::future::join_all(callers);
+        futures::pin_mut!(all);
+        assert!(futures::poll!(&mut all).is_pending());
+        open.send(()).unwrap();
+        blocked.await.unwrap();
+        let answers: Vec<Vec<Enqueued>> = all.await.into_iter().map(Result::unwrap).collect();
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.len() == 3 && matches!(a[0], Enqueued::Stored { .. }))
+        );
+        let shared: Vec<Enqueued> = answers.iter().map(|a| a[2]).collect();
+        let Enqueued::Stored { seq } = shared[0] else {
+            panic!("{shared:?}")
+        };
+        assert!(
+            shared[1..].iter().all(|e| *e == Enqueued::Duplicate { seq }),
+            "{shared:?}"
+        );
+        assert_eq!(h.status(Some(R.to_string())).await.unwrap().pending, 61);
+        // One transaction for all 30 callers: every event carries the one reception time.
+        let mut other = Store::open(&path).unwrap();
+        let times: i64 = other
+            .conn()
+            .query_row("SELECT COUNT(DISTINCT received_at) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(times, 1, "one group commit");
+        drop(d);
+    }
 
     /// The query plans that keep a 1,000,000-event backlog cheap: a claim reads heads by index,
     /// never the outbox table row by row.
@@ -775,7 +980,9 @@ mod tests {
         ] {
             let p = plan(&mut s, sql);
             // Only the partial index of held operations (a handful of rows) may be read whole.
-            let scans = p.lines().filter(|l| l.starts_with("SCAN outbox") && !l.ends_with("INDEX outbox_held"));
+            let scans = p
+                .lines()
+                .filter(|l| l.starts_with("SCAN outbox") && !l.ends_with("INDEX outbox_held"));
             assert_eq!(scans.count(), 0, "{sql}\n{p}");
             assert!(!p.contains("TEMP B-TREE"), "sorts in memory: {sql}\n{p}");
         }
@@ -785,10 +992,24 @@ mod tests {
     fn sqlite_failures_map_to_what_an_operator_can_act_on() {
         use rusqlite::ffi;
         let err = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
-        assert!(matches!(store_error("/s.db", err(ffi::SQLITE_BUSY)), StoreError::Busy { .. }));
-        assert!(matches!(store_error("/s.db", err(ffi::SQLITE_CORRUPT)), StoreError::Corrupt { .. }));
-        assert!(matches!(store_error("/s.db", err(ffi::SQLITE_NOTADB)), StoreError::Corrupt { .. }));
-        for code in [ffi::SQLITE_FULL, ffi::SQLITE_READONLY, ffi::SQLITE_IOERR, ffi::SQLITE_CANTOPEN] {
+        assert!(matches!(
+            store_error("/s.db", err(ffi::SQLITE_BUSY)),
+            StoreError::Busy { .. }
+        ));
+        assert!(matches!(
+            store_error("/s.db", err(ffi::SQLITE_CORRUPT)),
+            StoreError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            store_error("/s.db", err(ffi::SQLITE_NOTADB)),
+            StoreError::Corrupt { .. }
+        ));
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_CANTOPEN,
+        ] {
             match store_error("/s.db", err(code)) {
                 StoreError::NotWritable { path, .. } => assert_eq!(path, "/s.db"),
                 other => panic!("{code}: {other:?}"),
@@ -796,7 +1017,19 @@ mod tests {
         }
         use crate::error::Hinted as _;
         let e = anyhow::Error::new(StoreError::Busy { path: "/s.db".into() }).context("enqueueing");
-        assert!(crate::cli::report::find_hint(&e).unwrap().contains("another kfr process"));
-        assert!(StoreError::Corrupt { path: "/s.db".into(), detail: "x".into() }.hint().unwrap().contains("/s.db"));
+        assert!(
+            crate::cli::report::find_hint(&e)
+                .unwrap()
+                .contains("another kfr process")
+        );
+        assert!(
+            StoreError::Corrupt {
+                path: "/s.db".into(),
+                detail: "x".into()
+            }
+            .hint()
+            .unwrap()
+            .contains("/s.db")
+        );
     }
 }

@@ -33,9 +33,9 @@
 //! a next-attempt time no clock reaches, so neither the load nor the sync agent sends it again
 //! before [`CustomerQueue::release`] (the next `kfr load --resume`).
 
+use super::Store;
 use super::outbox::{LedgerState, NewEvent};
 use super::outbox_sqlite::{finish_head, insert_event, set_ledger, ts};
-use super::Store;
 use chrono::Utc;
 use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use uuid::Uuid;
