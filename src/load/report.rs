@@ -96,6 +96,7 @@ impl LoadReport {
             match self.job_status {
                 JobStatus::Confirmed => "all batches confirmed stored in KFR",
                 JobStatus::Running => "NOT complete",
+                JobStatus::Abandoned => "abandoned by an operator (NOT complete)",
             },
             if self.resumed { " (resumed)" } else { "" }
         );

@@ -13,7 +13,13 @@
 //! that state is "maybe sent": the executor looks up its last entry before deciding to send it
 //! again. `accepted` means KFR answered 201 (valid, not yet stored, kfr-notes §5); `confirmed`
 //! means own-lookups saw it stored. A job is `confirmed` when all its batches are: that is what
-//! lifts the delete barrier.
+//! lifts the delete barrier. An operator may instead declare a job `abandoned`
+//! ([`Store::abandon_job`]): it will never be confirmed, and the barrier lifts all the same.
+//!
+//! A job belongs to one register ([`super::outbox::Register::key`]), stored in `register` from
+//! the job's settings (environment, KFR base URL, org.nr) when it is created; a job whose settings
+//! do not name all three (planned before kfr recorded them) has none, and then holds removes of
+//! every register — the safe reading of not knowing.
 
 use super::{Store, now_text};
 use rusqlite::{OptionalExtension as _, params};
@@ -27,6 +33,8 @@ pub enum JobStatus {
     Running,
     /// Every batch confirmed ingested.
     Confirmed,
+    /// Given up by an operator: never confirmed, no longer holds removes back.
+    Abandoned,
 }
 
 impl JobStatus {
@@ -34,12 +42,14 @@ impl JobStatus {
         match self {
             JobStatus::Running => "running",
             JobStatus::Confirmed => "confirmed",
+            JobStatus::Abandoned => "abandoned",
         }
     }
     fn parse(s: &str) -> rusqlite::Result<Self> {
         match s {
             "running" => Ok(JobStatus::Running),
             "confirmed" => Ok(JobStatus::Confirmed),
+            "abandoned" => Ok(JobStatus::Abandoned),
             other => Err(bad_value("load_jobs.status", other)),
         }
     }
@@ -104,6 +114,9 @@ pub struct JobRecord {
     pub entries: u64,
     pub created_at: String,
     pub confirmed_at: Option<String>,
+    /// The register the job loads ([`super::outbox::Register::key`]); `None`: unknown, so it
+    /// holds removes of every register while running.
+    pub register: Option<String>,
 }
 
 /// A batch to create with its job.
@@ -140,7 +153,7 @@ pub struct BatchRecord {
     pub resends: u32,
 }
 
-const JOB_COLUMNS: &str = "id, input_path, content_hash, settings, status, entries, created_at, confirmed_at";
+const JOB_COLUMNS: &str = "id, input_path, content_hash, settings, status, entries, created_at, confirmed_at, register";
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -152,7 +165,58 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         entries: r.get(5)?,
         created_at: r.get(6)?,
         confirmed_at: r.get(7)?,
+        register: r.get(8)?,
     })
+}
+
+/// The register named by a job's settings JSON (`environment`, `kfr_base_url`, `org_number`), if
+/// it names all three.
+pub(super) fn register_of_settings(settings: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(settings).ok()?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+    };
+    Some(
+        super::outbox::Register {
+            environment: field("environment")?,
+            base_url: field("kfr_base_url")?,
+            org_number: field("org_number")?,
+        }
+        .key(),
+    )
+}
+
+/// Migration 4's part SQL cannot do: the register of every job planned before it, from its
+/// settings; then held operations moved into the outbox without a register take the running
+/// job's (they were held by it). What stays unknown stays NULL / ''.
+pub(super) fn fill_registers(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let jobs: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare("SELECT id, settings FROM load_jobs WHERE register IS NULL")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (id, settings) in jobs {
+        if let Some(register) = register_of_settings(&settings) {
+            tx.execute(
+                "UPDATE load_jobs SET register = ?1 WHERE id = ?2",
+                params![register, id],
+            )?;
+        }
+    }
+    let running: Option<Option<String>> = tx
+        .query_row(
+            "SELECT register FROM load_jobs WHERE status = 'running' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(Some(register)) = running {
+        tx.execute("UPDATE outbox SET register = ?1 WHERE register = ''", [register])?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -168,9 +232,16 @@ impl Store {
         let now = now_text();
         let tx = self.conn().transaction()?;
         tx.execute(
-            "INSERT INTO load_jobs (input_path, content_hash, settings, status, entries, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)",
-            params![input_path, content_hash, settings, entries, now],
+            "INSERT INTO load_jobs (input_path, content_hash, settings, status, entries, created_at, updated_at, register)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5, ?6)",
+            params![
+                input_path,
+                content_hash,
+                settings,
+                entries,
+                now,
+                register_of_settings(settings)
+            ],
         )?;
         let job = tx.last_insert_rowid();
         {
@@ -292,6 +363,22 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up a running job: it will never be confirmed, and the barrier it held lifts (its
+    /// held removes may then go). Refused for a job that is not running.
+    pub fn abandon_job(&mut self, id: i64) -> anyhow::Result<()> {
+        let now = now_text();
+        let n = self.conn().execute(
+            "UPDATE load_jobs SET status = 'abandoned', abandoned_at = ?1, updated_at = ?1
+             WHERE id = ?2 AND status = 'running'",
+            params![now, id],
+        )?;
+        anyhow::ensure!(
+            n == 1,
+            "load job {id} is not running (only a running job can be abandoned)"
+        );
+        Ok(())
+    }
+
     /// Marks the job confirmed when every batch is; returns whether it now is.
     pub fn confirm_job_if_complete(&mut self, job: i64) -> anyhow::Result<bool> {
         let now = now_text();
@@ -363,5 +450,25 @@ mod tests {
         assert!(s.unconfirmed_job().unwrap().is_none());
         assert_eq!(s.latest_job().unwrap().unwrap().status, JobStatus::Confirmed);
         assert!(s.set_batch_status(job, 9, BatchStatus::Accepted).is_err());
+    }
+
+    #[test]
+    fn a_job_knows_its_register_and_can_be_abandoned() {
+        let (_d, mut s) = store();
+        let settings = r#"{"environment":"test","kfr_base_url":"https://kfr.example/api/","org_number":"923609016"}"#;
+        let job = s.create_job("c.csv", "abc", settings, 1, &[batch(0, 1)]).unwrap();
+        let reg = crate::store::outbox::Register {
+            environment: "test".into(),
+            base_url: "https://kfr.example:443/api".into(),
+            org_number: "923609016".into(),
+        };
+        assert_eq!(s.job(job).unwrap().register, Some(reg.key()));
+        let old = s.create_job("d.csv", "abd", "{}", 1, &[]).unwrap();
+        assert_eq!(s.job(old).unwrap().register, None, "unknown: holds every register");
+
+        s.abandon_job(job).unwrap();
+        assert_eq!(s.job(job).unwrap().status, JobStatus::Abandoned);
+        assert_eq!(s.unconfirmed_job().unwrap().map(|j| j.id), Some(old));
+        assert!(s.abandon_job(job).is_err(), "only a running job");
     }
 }

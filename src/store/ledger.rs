@@ -5,9 +5,18 @@
 //! KFR accepted the batch; whether it is also confirmed stored is the batch's status in
 //! [`super::jobs`] (rows of a batch are replaced as a whole, so a resumed batch never appears
 //! twice). Operations held back by the load barrier live in [`super::queue`].
+//!
+//! Beside that history, `ledger_current` holds one row per register and customer: what KFR holds
+//! now as far as this tool knows (active with its start date, or ended). The outbox changes it in
+//! the same transaction as the outcome (docs/specs/outbox.md); the load's batches and `kfr add`
+//! change it here, in the transaction of their history rows. A batch row's register is its job's;
+//! a single add's is the store's queue register ([`Store::queue_register`]) unless the caller
+//! names one ([`Store::record_add_in_ledger_for`]).
 
-use super::{Store, now_text};
-use chrono::NaiveDate;
+use super::Store;
+use super::outbox::LedgerState;
+use super::outbox_sqlite::set_ledger;
+use chrono::{NaiveDate, Utc};
 use rusqlite::params;
 use uuid::Uuid;
 
@@ -20,9 +29,13 @@ impl Store {
         correlation_id: Uuid,
         entries: impl IntoIterator<Item = (&'a str, Option<NaiveDate>)>,
     ) -> anyhow::Result<()> {
-        let now = now_text();
+        let at = Utc::now();
+        let now = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let cid = correlation_id.to_string();
         let tx = self.conn().transaction()?;
+        let register: Option<String> =
+            tx.query_row("SELECT register FROM load_jobs WHERE id = ?1", [job], |r| r.get(0))?;
+        let register = register.unwrap_or_default();
         tx.execute(
             "DELETE FROM ledger WHERE job_id = ?1 AND batch_seq = ?2",
             params![job, seq],
@@ -34,28 +47,54 @@ impl Store {
             )?;
             for (id, start) in entries {
                 stmt.execute(params![id, start.map(|d| d.to_string()), now, cid, job, seq])?;
+                set_ledger(&tx, &register, id, LedgerState::Active, start, at, correlation_id)?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Records a single add (`kfr add`, later the sync agent).
+    /// Records a single add (`kfr add`, a held add the load sent) in the store's queue register.
     pub fn record_add_in_ledger(
         &mut self,
         customer_id: &str,
         start: Option<NaiveDate>,
         correlation_id: Uuid,
     ) -> anyhow::Result<()> {
-        self.conn().execute(
+        let register = self.queue_register()?;
+        self.record_add_in_ledger_for(&register, customer_id, start, correlation_id)
+    }
+
+    /// Records a single add in `register` ([`super::outbox::Register::key`]): a history row and
+    /// the customer's current state, in one transaction.
+    pub fn record_add_in_ledger_for(
+        &mut self,
+        register: &str,
+        customer_id: &str,
+        start: Option<NaiveDate>,
+        correlation_id: Uuid,
+    ) -> anyhow::Result<()> {
+        let at = Utc::now();
+        let tx = self.conn().transaction()?;
+        tx.execute(
             "INSERT INTO ledger (customer_id, start_date, how, at, correlation_id) VALUES (?1, ?2, 'add', ?3, ?4)",
             params![
                 customer_id,
                 start.map(|d| d.to_string()),
-                now_text(),
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 correlation_id.to_string()
             ],
         )?;
+        set_ledger(
+            &tx,
+            register,
+            customer_id,
+            LedgerState::Active,
+            start,
+            at,
+            correlation_id,
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -90,5 +129,34 @@ mod tests {
         assert_eq!(s.ledger_count(Some((job, 1))).unwrap(), 2);
         s.record_add_in_ledger("916960190", None, cid).unwrap();
         assert_eq!(s.ledger_count(None).unwrap(), 3);
+    }
+
+    #[test]
+    fn batches_and_single_adds_keep_the_current_ledger() {
+        use crate::store::outbox::{LedgerState, OutboxBackend as _};
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&d.path().join("s.db")).unwrap();
+        let settings = r#"{"environment":"test","kfr_base_url":"https://kfr.example/api","org_number":"923609016"}"#;
+        let job = s.create_job("f", "h", settings, 2, &[]).unwrap();
+        let register = s.job(job).unwrap().register.unwrap();
+        let day = NaiveDate::from_ymd_opt(2020, 1, 2);
+        let cid = Uuid::new_v4();
+        s.record_batch_in_ledger(job, 1, cid, [("customer-a", day), ("customer-b", None)])
+            .unwrap();
+        s.record_add_in_ledger("customer-c", None, Uuid::new_v4()).unwrap();
+        let current = s.ledger(&register).unwrap();
+        let got: Vec<(&str, LedgerState, Option<NaiveDate>)> = current
+            .iter()
+            .map(|e| (e.customer_id.as_str(), e.state, e.start_date))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("customer-a", LedgerState::Active, day),
+                ("customer-b", LedgerState::Active, None),
+                ("customer-c", LedgerState::Active, None)
+            ]
+        );
+        assert_eq!(current[0].correlation_id, cid);
     }
 }

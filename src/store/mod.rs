@@ -29,8 +29,12 @@ pub mod jobs;
 pub mod ledger;
 pub mod lock;
 pub mod outbox;
+mod outbox_sqlite;
 pub mod queue;
 pub mod registry;
+
+#[cfg(test)]
+pub mod conformance;
 
 pub use handle::OutboxHandle;
 pub use jobs::{BatchRecord, BatchStatus, JobRecord, JobStatus};
@@ -127,6 +131,110 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE load_batches ADD COLUMN confirmed_by TEXT;
     ALTER TABLE load_batches ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4: the outbox (docs/specs/outbox.md). Load jobs get their register (NULL: a job planned
+    // before this version, which holds removes of every register, the safe reading) and the
+    // status `abandoned`; SQLite cannot alter a CHECK, so the table is rebuilt the documented
+    // way (new table, copy, drop, rename; foreign keys are off during migrations, see
+    // `Store::migrate`). Unsettled held operations move into the outbox, keeping their ids as
+    // seq so issue order survives; settled ones stay in `held_operations` as history.
+    r#"
+    CREATE TABLE load_jobs_v4 (
+        id            INTEGER PRIMARY KEY,
+        input_path    TEXT NOT NULL,
+        content_hash  TEXT NOT NULL,
+        settings      TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN ('running', 'confirmed', 'abandoned')),
+        entries       INTEGER NOT NULL,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        confirmed_at  TEXT,
+        register      TEXT,               -- Register::key; NULL: every register
+        abandoned_at  TEXT
+    );
+    INSERT INTO load_jobs_v4 (id, input_path, content_hash, settings, status, entries, created_at, updated_at, confirmed_at)
+        SELECT id, input_path, content_hash, settings, status, entries, created_at, updated_at, confirmed_at
+        FROM load_jobs ORDER BY id;
+    DROP TABLE load_jobs;
+    ALTER TABLE load_jobs_v4 RENAME TO load_jobs;
+    CREATE INDEX load_jobs_status ON load_jobs(status, register);
+
+    CREATE TABLE outbox (
+        seq                    INTEGER PRIMARY KEY AUTOINCREMENT,  -- issue order; never reused
+        register               TEXT NOT NULL,    -- Register::key ('' : a held operation of a job of unknown register)
+        event_id               TEXT NOT NULL UNIQUE,
+        op                     TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+        customer_id            TEXT NOT NULL,    -- in full: the institution's own store (mode 0600)
+        start_date             TEXT,
+        occurred_at            TEXT NOT NULL,
+        source                 TEXT NOT NULL,
+        received_at            TEXT NOT NULL,
+        correlation_id         TEXT NOT NULL,
+        state                  TEXT NOT NULL CHECK (state IN
+                                   ('pending', 'in_flight', 'accepted', 'delivered', 'dead_lettered', 'dropped')),
+        head                   INTEGER CHECK (head = 1),  -- 1: its customer's oldest unfinished event
+        claimer                TEXT,             -- who holds it in flight: 'queue' (kfr load) or NULL
+        attempts               INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at        TEXT,
+        failing_since          TEXT,
+        last_error             TEXT,
+        batch_correlation_id   TEXT,
+        accepted_at            TEXT,
+        finished_at            TEXT,
+        delivery               TEXT,             -- how it reached the wanted state
+        echoed_correlation_id  TEXT,
+        rejection              TEXT,             -- JSON: KFR's answer when dead-lettered
+        dead_at                TEXT
+    );
+    -- A customer's queue, and its next event when the head finishes.
+    CREATE INDEX outbox_customer ON outbox(register, customer_id, seq);
+    -- Heads by state: claim_ready, accepted, recover, dead letters, parked counts.
+    CREATE INDEX outbox_heads ON outbox(register, state, seq) WHERE head = 1;
+    CREATE INDEX outbox_batch ON outbox(batch_correlation_id) WHERE batch_correlation_id IS NOT NULL;
+    CREATE INDEX outbox_finished ON outbox(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX outbox_held ON outbox(seq)
+        WHERE source IN ('kfr remove', 'kfr add') AND finished_at IS NULL;
+
+    -- Counts per register and state, kept by triggers so `status` reads a few rows, not the table.
+    CREATE TABLE outbox_counts (
+        register  TEXT NOT NULL,
+        state     TEXT NOT NULL,
+        n         INTEGER NOT NULL,
+        PRIMARY KEY (register, state)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER outbox_count_insert AFTER INSERT ON outbox BEGIN
+        INSERT INTO outbox_counts (register, state, n) VALUES (new.register, new.state, 1)
+            ON CONFLICT (register, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER outbox_count_update AFTER UPDATE OF state, register ON outbox
+        WHEN old.state != new.state OR old.register != new.register BEGIN
+        UPDATE outbox_counts SET n = n - 1 WHERE register = old.register AND state = old.state;
+        INSERT INTO outbox_counts (register, state, n) VALUES (new.register, new.state, 1)
+            ON CONFLICT (register, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER outbox_count_delete AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_counts SET n = n - 1 WHERE register = old.register AND state = old.state;
+    END;
+
+    -- What this tool last made KFR hold, per register and customer; changed in the same
+    -- transaction as the outcome that changed it.
+    CREATE TABLE ledger_current (
+        register        TEXT NOT NULL,
+        customer_id     TEXT NOT NULL,     -- in full: the institution's own store (mode 0600)
+        state           TEXT NOT NULL CHECK (state IN ('active', 'ended')),
+        start_date      TEXT,
+        since           TEXT NOT NULL,
+        correlation_id  TEXT NOT NULL,
+        PRIMARY KEY (register, customer_id)
+    ) WITHOUT ROWID;
+
+    INSERT INTO outbox (seq, register, event_id, op, customer_id, occurred_at, source, received_at,
+                        correlation_id, state, attempts, last_error)
+        SELECT id, '', 'held-' || id || '-' || correlation_id, operation, customer_id, queued_at,
+               'kfr ' || operation, queued_at, correlation_id, 'pending', attempts, last_error
+        FROM held_operations WHERE state != 'settled' ORDER BY id;
+    UPDATE outbox SET head = 1 WHERE seq IN (SELECT MIN(seq) FROM outbox GROUP BY register, customer_id);
+    DELETE FROM held_operations WHERE state != 'settled';
+    "#,
 ];
 
 /// An open state store.
@@ -190,6 +298,18 @@ impl Store {
     }
 
     fn migrate(&mut self) -> anyhow::Result<()> {
+        // Foreign keys off while migrating: rebuilding a referenced table (migration 4) would
+        // otherwise cascade its drop into the tables that point at it. They are checked before
+        // the commit and switched on again whatever happens (SQLite's documented procedure for
+        // schema changes ALTER TABLE cannot make). The pragma is a no-op inside a transaction,
+        // hence before it.
+        self.conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
+        let result = self.migrate_inner();
+        self.conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        result
+    }
+
+    fn migrate_inner(&mut self) -> anyhow::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -204,6 +324,11 @@ impl Store {
             tx.execute_batch(sql)
                 .with_context(|| format!("schema migration {}", i + 1))?;
         }
+        if version < 4 {
+            jobs::fill_registers(&tx).context("schema migration 4: the registers of load jobs")?;
+        }
+        let broken: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+        anyhow::ensure!(broken == 0, "{broken} rows break a foreign key after migrating");
         tx.pragma_update(None, "user_version", Self::current_version())?;
         tx.commit()?;
         Ok(())

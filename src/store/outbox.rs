@@ -315,7 +315,8 @@ pub enum StoreError {
 /// happen whole or not at all. `register` is a [`Register::key`].
 pub trait OutboxBackend: Send {
     /// Stores `events` in order, skipping event ids already stored, all in one transaction
-    /// (group commit); nothing of a failed call is stored.
+    /// (group commit); nothing of a failed call is stored. An event id is known until its
+    /// finished event is purged. Each stored event gets a new CorrelationID, fixed for life.
     fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError>;
 
     /// After a restart: in-flight single events back to pending, in-flight batch events to
@@ -342,6 +343,9 @@ pub trait OutboxBackend: Send {
     fn accepted(&mut self, register: &str) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// Records deliveries, and the ledger's new state for each customer, in one transaction.
+    /// Each event must be in flight or accepted, and the delivery must fit its operation (an add
+    /// is not `Removed`); otherwise nothing of the call is recorded. The customer's next event
+    /// becomes its head.
     fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError>;
 
     /// A failed attempt (transient): back to pending not before `at`, attempts + 1,
@@ -349,7 +353,8 @@ pub trait OutboxBackend: Send {
     fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str) -> Result<(), StoreError>;
 
     /// Hands claimed or accepted events back without counting an attempt (rate limit, systemic
-    /// pause, shutdown, an unknown upload found not ingested).
+    /// pause, shutdown, an unknown upload found not ingested). They forget their batch, and stay
+    /// at their customers' heads.
     fn release(&mut self, seqs: &[Seq]) -> Result<(), StoreError>;
 
     /// Refused for its content: the event is dead-lettered with KFR's answer and its customer
@@ -370,6 +375,7 @@ pub trait OutboxBackend: Send {
     fn status(&mut self, register: Option<&str>) -> Result<OutboxStatus, StoreError>;
 
     /// Deletes finished events (delivered, dropped) finished before `before`; returns how many.
+    /// Never anything unfinished; seqs are not reused afterwards.
     fn purge(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// The ledger's current state per customer of `register`.

@@ -22,9 +22,21 @@
 //! - [`CustomerQueue::park`] records a failed attempt; the operation keeps its place at the head
 //!   and everything behind it keeps waiting until it is settled.
 //!
-//! Ids are issue order: `INTEGER PRIMARY KEY` rowids only grow (held rows are never deleted).
+//! Storage: the outbox (docs/specs/outbox.md). A held operation is an outbox event whose source is
+//! `kfr remove` or `kfr add`, so `kfr remove` during a load, the load's release of held
+//! operations and the sync agent share one queue per customer: an operation held here waits
+//! behind the sync agent's earlier events on the customer, and the other way round. Its register
+//! is the store's load job's (the running one, else the latest; `''` when that job predates
+//! registers). Ids are outbox seqs: issue order, never reused.
+//!
+//! A failed attempt ([`CustomerQueue::park`]) keeps the event pending at its customer's head with
+//! a next-attempt time no clock reaches, so neither the load nor the sync agent sends it again
+//! before [`CustomerQueue::release`] (the next `kfr load --resume`).
 
-use super::{Store, now_text};
+use super::Store;
+use super::outbox::{LedgerState, NewEvent};
+use super::outbox_sqlite::{finish_head, insert_event, set_ledger, ts};
+use chrono::Utc;
 use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use uuid::Uuid;
 
@@ -49,7 +61,7 @@ impl Operation {
         match s {
             "add" => Ok(Operation::Add),
             "remove" => Ok(Operation::Remove),
-            other => Err(super::jobs::bad_value("held_operations.operation", other)),
+            other => Err(super::jobs::bad_value("outbox.op", other)),
         }
     }
 }
@@ -66,18 +78,6 @@ pub enum OpState {
     Parked,
     /// KFR answered; done.
     Settled,
-}
-
-impl OpState {
-    fn parse(s: &str) -> rusqlite::Result<Self> {
-        match s {
-            "queued" => Ok(OpState::Queued),
-            "claimed" => Ok(OpState::Claimed),
-            "parked" => Ok(OpState::Parked),
-            "settled" => Ok(OpState::Settled),
-            other => Err(super::jobs::bad_value("held_operations.state", other)),
-        }
-    }
 }
 
 /// One held operation.
@@ -137,22 +137,50 @@ pub trait CustomerQueue {
     fn waiting(&mut self) -> anyhow::Result<Vec<HeldOp>>;
 }
 
-const COLUMNS: &str =
-    "id, customer_id, operation, correlation_id, queued_at, state, attempts, last_error, settled_at, outcome";
+/// The `next_attempt_at` of a parked operation: later than any claim's "now".
+const PARKED: &str = "9999-12-31T23:59:59.999999999Z";
+
+/// Held operations are the outbox events of these sources. The exact text matters: it is the
+/// condition of the partial index `outbox_held`, which SQLite uses only for the same terms.
+const HELD: &str = "source IN ('kfr remove', 'kfr add') AND finished_at IS NULL";
+
+const COLUMNS: &str = "seq, customer_id, op, correlation_id, received_at, state, attempts, last_error, finished_at, \
+     delivery, next_attempt_at";
+
+/// A stored time as the rest of the store writes it (milliseconds).
+fn millis(t: String) -> String {
+    chrono::DateTime::parse_from_rfc3339(&t)
+        .map(|d| {
+            d.with_timezone(&Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .unwrap_or(t)
+}
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldOp> {
     let cid: String = r.get(3)?;
+    let state: String = r.get(5)?;
+    let next: Option<String> = r.get(10)?;
+    let state = match state.as_str() {
+        "pending" if next.as_deref() == Some(PARKED) => OpState::Parked,
+        "pending" => OpState::Queued,
+        "in_flight" | "accepted" => OpState::Claimed,
+        "dead_lettered" => OpState::Parked,
+        "delivered" | "dropped" => OpState::Settled,
+        other => return Err(super::jobs::bad_value("outbox.state", other)),
+    };
+    let recorded: u32 = r.get(6)?;
     Ok(HeldOp {
         id: r.get(0)?,
         customer_id: r.get(1)?,
         operation: Operation::parse(&r.get::<_, String>(2)?)?,
-        correlation_id: Uuid::parse_str(&cid)
-            .map_err(|_| super::jobs::bad_value("held_operations.correlation_id", &cid))?,
-        queued_at: r.get(4)?,
-        state: OpState::parse(&r.get::<_, String>(5)?)?,
-        attempts: r.get(6)?,
+        correlation_id: Uuid::parse_str(&cid).map_err(|_| super::jobs::bad_value("outbox.correlation_id", &cid))?,
+        queued_at: millis(r.get(4)?),
+        // The attempt under way counts, as it did when held operations had their own table.
+        attempts: recorded + u32::from(state == OpState::Claimed),
+        state,
         last_error: r.get(7)?,
-        settled_at: r.get(8)?,
+        settled_at: r.get::<_, Option<String>>(8)?.map(millis),
         outcome: r.get(9)?,
     })
 }
@@ -164,6 +192,27 @@ fn running_job(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Option<i64>> 
         |r| r.get(0),
     )
     .optional()
+}
+
+/// The register of this store's queue: its running load job's, else its latest job's; `''` when
+/// that job predates registers (or there is none).
+fn queue_register(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<String> {
+    let reg: Option<Option<String>> = tx
+        .query_row(
+            "SELECT register FROM load_jobs ORDER BY status = 'running' DESC, id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(reg.flatten().unwrap_or_default())
+}
+
+impl Store {
+    /// The register held operations of this store belong to (see the module docs).
+    pub fn queue_register(&mut self) -> anyhow::Result<String> {
+        let tx = self.conn().transaction()?;
+        Ok(queue_register(&tx)?)
+    }
 }
 
 impl CustomerQueue for Store {
@@ -178,9 +227,10 @@ impl CustomerQueue for Store {
         // insert.
         let tx = self.conn().transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = running_job(&tx)?;
+        let register = queue_register(&tx)?;
         let ahead: u64 = tx.query_row(
-            "SELECT COUNT(*) FROM held_operations WHERE customer_id = ?1 AND state != 'settled'",
-            [customer],
+            "SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND finished_at IS NULL",
+            params![register, customer],
             |r| r.get(0),
         )?;
         let reason = match (ahead, job, op) {
@@ -188,13 +238,16 @@ impl CustomerQueue for Store {
             (0, Some(job), Operation::Remove) => HoldReason::Barrier { job },
             _ => return Ok(None),
         };
-        let now = now_text();
-        tx.execute(
-            "INSERT INTO held_operations (customer_id, operation, correlation_id, queued_at, state)
-             VALUES (?1, ?2, ?3, ?4, 'queued')",
-            params![customer, op.as_str(), correlation_id.to_string(), now],
-        )?;
-        let id = tx.last_insert_rowid();
+        let now = Utc::now();
+        let event = NewEvent {
+            event_id: format!("held-{}", Uuid::new_v4()),
+            op,
+            customer_id: customer.to_string(),
+            start_date: None,
+            occurred_at: now,
+            source: format!("kfr {}", op.as_str()),
+        };
+        let id = insert_event(&tx, &register, &event, correlation_id, now)?;
         tx.commit()?;
         Ok(Some(Queued {
             op: HeldOp {
@@ -202,7 +255,7 @@ impl CustomerQueue for Store {
                 customer_id: customer.to_string(),
                 operation: op,
                 correlation_id,
-                queued_at: now,
+                queued_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 state: OpState::Queued,
                 attempts: 0,
                 last_error: None,
@@ -218,18 +271,21 @@ impl CustomerQueue for Store {
         if running_job(&tx)?.is_some() {
             return Ok(None);
         }
+        let register = queue_register(&tx)?;
+        // Heads only: an operation behind anything on its customer (held or the sync agent's)
+        // waits for it.
         let sql = format!(
-            "SELECT {COLUMNS} FROM held_operations o WHERE o.state = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM held_operations p
-                               WHERE p.customer_id = o.customer_id AND p.id < o.id AND p.state != 'settled')
-             ORDER BY o.id LIMIT 1"
+            "SELECT {COLUMNS} FROM outbox
+             WHERE head = 1 AND register = ?1 AND state = 'pending' AND source IN ('kfr remove', 'kfr add')
+               AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
+             ORDER BY seq LIMIT 1"
         );
-        let Some(mut op) = tx.query_row(&sql, [], row).optional()? else {
+        let Some(mut op) = tx.query_row(&sql, params![register, ts(Utc::now())], row).optional()? else {
             return Ok(None);
         };
         tx.execute(
-            "UPDATE held_operations SET state = 'claimed', claimed_at = ?1, attempts = attempts + 1 WHERE id = ?2",
-            params![now_text(), op.id],
+            "UPDATE outbox SET state = 'in_flight', claimer = 'queue' WHERE seq = ?1",
+            [op.id],
         )?;
         tx.commit()?;
         op.state = OpState::Claimed;
@@ -238,34 +294,60 @@ impl CustomerQueue for Store {
     }
 
     fn settle(&mut self, id: i64, outcome: &str) -> anyhow::Result<String> {
-        let now = now_text();
-        let n = self.conn().execute(
-            "UPDATE held_operations SET state = 'settled', settled_at = ?1, outcome = ?2, last_error = NULL
-             WHERE id = ?3 AND state = 'claimed'",
-            params![now, outcome, id],
+        let now = Utc::now();
+        let tx = self.conn().transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<(String, String, String, String)> = tx
+            .query_row(
+                "SELECT register, customer_id, op, correlation_id FROM outbox
+                 WHERE seq = ?1 AND state = 'in_flight' AND source IN ('kfr remove', 'kfr add')",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((register, customer, op, cid)) = found else {
+            anyhow::bail!("held operation {id} is not claimed");
+        };
+        tx.execute(
+            "UPDATE outbox SET state = 'delivered', finished_at = ?1, delivery = ?2, attempts = attempts + 1,
+                 last_error = NULL, failing_since = NULL, next_attempt_at = NULL, claimer = NULL
+             WHERE seq = ?3",
+            params![ts(now), outcome, id],
         )?;
-        anyhow::ensure!(n == 1, "held operation {id} is not claimed");
-        Ok(now)
+        finish_head(&tx, id, &register, &customer)?;
+        // KFR answered with success (idempotent outcomes included): an add leaves the
+        // relationship active, a remove ends it — recorded with the outcome, in its transaction.
+        let state = match Operation::parse(&op)? {
+            Operation::Add => LedgerState::Active,
+            Operation::Remove => LedgerState::Ended,
+        };
+        let cid = Uuid::parse_str(&cid).map_err(|_| super::jobs::bad_value("outbox.correlation_id", &cid))?;
+        set_ledger(&tx, &register, &customer, state, None, now, cid)?;
+        tx.commit()?;
+        Ok(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     }
 
     fn park(&mut self, id: i64, error: &str) -> anyhow::Result<()> {
         let n = self.conn().execute(
-            "UPDATE held_operations SET state = 'parked', last_error = ?1 WHERE id = ?2 AND state = 'claimed'",
-            params![error, id],
+            "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2,
+                 failing_since = COALESCE(failing_since, ?3), claimer = NULL
+             WHERE seq = ?4 AND state = 'in_flight' AND source IN ('kfr remove', 'kfr add')",
+            params![error, PARKED, ts(Utc::now()), id],
         )?;
         anyhow::ensure!(n == 1, "held operation {id} is not claimed");
         Ok(())
     }
 
     fn release(&mut self) -> anyhow::Result<u64> {
-        Ok(self.conn().execute(
-            "UPDATE held_operations SET state = 'queued' WHERE state IN ('parked', 'claimed')",
-            [],
-        )? as u64)
+        // Only what this queue parked or claimed: events the sync agent holds in flight are its own.
+        let sql = format!(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = NULL, claimer = NULL
+             WHERE {HELD} AND ((state = 'in_flight' AND claimer = 'queue') OR (state = 'pending' AND next_attempt_at = ?1))"
+        );
+        Ok(self.conn().execute(&sql, [PARKED])? as u64)
     }
 
     fn waiting(&mut self) -> anyhow::Result<Vec<HeldOp>> {
-        let sql = format!("SELECT {COLUMNS} FROM held_operations WHERE state != 'settled' ORDER BY id");
+        let sql = format!("SELECT {COLUMNS} FROM outbox WHERE {HELD} ORDER BY seq");
         let mut stmt = self.conn().prepare(&sql)?;
         let rows = stmt.query_map([], row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -322,7 +322,10 @@ mod tests {
         assert_eq!(announced_in(&reg, ORG).len(), 1);
         // Once nothing waits, the entry is stale: the remove is sent and the entry goes.
         s.conn()
-            .execute("UPDATE held_operations SET state = 'settled'", [])
+            .execute(
+                "UPDATE outbox SET state = 'delivered', finished_at = '2030-01-01T00:00:00.000000000Z', head = NULL",
+                [],
+            )
             .unwrap();
         assert!(hold_remove(&reg, &own, ORG, URL).is_none());
         assert!(announced_in(&reg, ORG).is_empty());

@@ -1,0 +1,715 @@
+//! The outbox conformance suite: the properties every [`OutboxBackend`] must have, stated once and
+//! run against each backend (docs/specs/outbox.md names the test behind each invariant).
+//!
+//! A backend's test module provides a [`Harness`] — a fresh, empty backend plus the few things
+//! the interface deliberately does not offer (starting and ending a load, making a write fail) —
+//! and expands [`outbox_conformance_tests!`] to get one `#[test]` per property.
+
+use super::outbox::{DeadLetters, Seq};
+use super::outbox::{
+    Delivery, Enqueued, EventState, LedgerState, NewEvent, OutboxBackend, OutboxEvent, Recovered, Rejection, Settlement,
+};
+use super::queue::Operation;
+use chrono::{DateTime, Duration, NaiveDate, TimeZone as _, Utc};
+use uuid::Uuid;
+
+/// A fresh backend and the operations around it that the outbox interface leaves to others.
+pub trait Harness {
+    fn backend(&mut self) -> &mut dyn OutboxBackend;
+    /// Starts an initial load of `register` (raising its barrier); returns the job id.
+    fn start_load(&mut self, register: &str) -> i64;
+    /// Ends that load (confirmed or abandoned): the barrier lifts.
+    fn end_load(&mut self, job: i64);
+    /// Makes storing the event `event_id` fail from now on, whatever else the call holds.
+    fn poison(&mut self, event_id: &str);
+}
+
+/// One `#[test]` per property for the harness built by `$make` (an expression giving a
+/// `Box<dyn Harness>`).
+macro_rules! outbox_conformance_tests {
+    ($make:expr) => {
+        $crate::store::conformance::outbox_conformance_tests!(@each $make;
+            dedupe_by_event_id, nothing_stored_from_a_failed_call, per_customer_fifo,
+            parallel_across_customers_up_to_the_limit, retry_later_keeps_the_head_and_honours_next_attempt_at,
+            release_does_not_count_an_attempt, dead_letter_parks_only_that_customer, retry_dead_and_drop_dead_unpark,
+            barrier_holds_removes_and_what_is_behind_them_not_free_adds,
+            recover_requeues_singles_and_marks_batch_events_of_unknown_fate, batch_accepted_then_ingested,
+            settle_updates_the_ledger, purge_removes_only_finished_events_before_the_cutoff, status_counts,
+            registers_are_isolated, correlation_id_is_stable_across_claims_and_recover);
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let mut h = $make;
+                $crate::store::conformance::$name(&mut *h);
+            }
+        )*
+    };
+}
+pub(crate) use outbox_conformance_tests;
+
+pub const R: &str = "test|https://kfr.example:443/api|923609016";
+pub const R2: &str = "test|https://kfr.example:443/api|974760673";
+const A: &str = "customer-a";
+const B: &str = "customer-b";
+const C: &str = "customer-c";
+
+/// A fixed instant plus `secs` (tests never read the wall clock for decisions).
+pub fn t(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap() + Duration::seconds(secs)
+}
+
+pub fn ev(id: &str, customer: &str, op: Operation) -> NewEvent {
+    NewEvent {
+        event_id: id.to_string(),
+        op,
+        customer_id: customer.to_string(),
+        start_date: None,
+        occurred_at: t(0),
+        source: "conformance".into(),
+    }
+}
+
+fn stored(r: &[Enqueued]) -> Vec<Seq> {
+    r.iter()
+        .map(|e| match e {
+            Enqueued::Stored { seq } => *seq,
+            Enqueued::Duplicate { seq } => panic!("event {seq} was a duplicate"),
+        })
+        .collect()
+}
+
+fn put(b: &mut dyn OutboxBackend, register: &str, events: &[NewEvent]) -> Vec<Seq> {
+    stored(&b.enqueue(register, events).unwrap())
+}
+
+fn claim(b: &mut dyn OutboxBackend, register: &str, at: i64, limit: usize) -> Vec<OutboxEvent> {
+    b.claim_ready(register, t(at), limit).unwrap()
+}
+
+fn ids(events: &[OutboxEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event_id.as_str()).collect()
+}
+
+fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
+    Settlement {
+        seq,
+        delivery: match op {
+            Operation::Add => Delivery::Added,
+            Operation::Remove => Delivery::Removed,
+        },
+        echoed_correlation_id: None,
+        at: t(at),
+    }
+}
+
+fn rejection() -> Rejection {
+    Rejection {
+        status: Some(400),
+        code: Some("KFR-005".into()),
+        body: "{\"code\":\"KFR-005\"}".into(),
+        reason: "KFR-005: invalid identifier".into(),
+    }
+}
+
+/// Claims everything ready and settles it, repeatedly, returning the event ids in the order
+/// they were delivered.
+fn drain(b: &mut dyn OutboxBackend, register: &str, at: i64) -> Vec<String> {
+    let mut order = vec![];
+    loop {
+        let got = claim(b, register, at, 100);
+        if got.is_empty() {
+            return order;
+        }
+        for e in got {
+            b.settle(&[delivered(e.seq, e.op, at)]).unwrap();
+            order.push(e.event_id);
+        }
+    }
+}
+
+pub fn dedupe_by_event_id(h: &mut dyn Harness) {
+    let b = h.backend();
+    let r = b
+        .enqueue(
+            R,
+            &[
+                ev("e1", A, Operation::Add),
+                ev("e2", B, Operation::Add),
+                ev("e1", A, Operation::Add),
+            ],
+        )
+        .unwrap();
+    let Enqueued::Stored { seq: first } = r[0] else {
+        panic!("{r:?}")
+    };
+    assert!(matches!(r[1], Enqueued::Stored { .. }));
+    assert_eq!(r[2], Enqueued::Duplicate { seq: first }, "a duplicate within one call");
+    assert_eq!(
+        b.enqueue(R, &[ev("e1", A, Operation::Remove)]).unwrap(),
+        [Enqueued::Duplicate { seq: first }],
+        "a duplicate in a later call, whatever it carries"
+    );
+    // Still a duplicate once delivered: the id stays known until purged.
+    let got = claim(b, R, 0, 10);
+    b.settle(&[delivered(got[0].seq, Operation::Add, 0)]).unwrap();
+    assert_eq!(
+        b.enqueue(R, &[ev("e1", A, Operation::Add)]).unwrap(),
+        [Enqueued::Duplicate { seq: first }]
+    );
+    let st = b.status(Some(R)).unwrap();
+    assert_eq!((st.pending, st.in_flight, st.delivered), (0, 1, 1));
+}
+
+pub fn nothing_stored_from_a_failed_call(h: &mut dyn Harness) {
+    h.poison("bad");
+    let b = h.backend();
+    assert!(
+        b.enqueue(R, &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)])
+            .is_err()
+    );
+    assert_eq!(
+        b.status(None).unwrap().pending,
+        0,
+        "the first event of the failed call is not stored"
+    );
+    assert_eq!(
+        put(b, R, &[ev("ok", A, Operation::Add)]).len(),
+        1,
+        "its id was not taken either"
+    );
+
+    // A settlement batch with one bad seq records none of them.
+    put(b, R, &[ev("c1", C, Operation::Add)]);
+    let got = claim(b, R, 0, 10);
+    assert_eq!(got.len(), 2);
+    let bad = got.iter().map(|e| e.seq).max().unwrap() + 1000;
+    assert!(
+        b.settle(&[
+            delivered(got[0].seq, Operation::Add, 1),
+            delivered(bad, Operation::Add, 1)
+        ])
+        .is_err()
+    );
+    assert_eq!(b.status(Some(R)).unwrap().in_flight, 2);
+    assert!(b.ledger(R).unwrap().is_empty());
+}
+
+pub fn per_customer_fifo(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("b1", B, Operation::Remove),
+            ev("a3", A, Operation::Add),
+        ],
+    );
+    let first = claim(b, R, 0, 10);
+    assert_eq!(ids(&first), ["a1", "b1"], "only heads, oldest first");
+    assert!(first.iter().all(|e| e.state == EventState::InFlight));
+    assert!(claim(b, R, 0, 10).is_empty(), "one in flight per customer");
+    put(b, R, &[ev("a4", A, Operation::Remove)]);
+    assert!(
+        claim(b, R, 0, 10).is_empty(),
+        "a new event queues behind the one in flight"
+    );
+    b.settle(&[delivered(first[0].seq, Operation::Add, 1)]).unwrap();
+    assert_eq!(ids(&claim(b, R, 1, 10)), ["a2"]);
+    assert!(claim(b, R, 1, 10).is_empty());
+    b.settle(&[delivered(first[1].seq, Operation::Remove, 1)]).unwrap();
+    let a2 = b.status(Some(R)).unwrap();
+    assert_eq!((a2.in_flight, a2.pending, a2.delivered), (1, 2, 2));
+    let in_flight = b.accepted(R).unwrap();
+    assert!(in_flight.is_empty());
+}
+
+pub fn parallel_across_customers_up_to_the_limit(h: &mut dyn Harness) {
+    let b = h.backend();
+    let customers: Vec<String> = (0..6).map(|i| format!("customer-{i}")).collect();
+    for (i, c) in customers.iter().enumerate() {
+        put(
+            b,
+            R,
+            &[
+                ev(&format!("{i}-1"), c, Operation::Add),
+                ev(&format!("{i}-2"), c, Operation::Remove),
+            ],
+        );
+    }
+    let mut fl = claim(b, R, 0, 4);
+    assert_eq!(ids(&fl), ["0-1", "1-1", "2-1", "3-1"]);
+    let more = claim(b, R, 0, 4);
+    assert_eq!(ids(&more), ["4-1", "5-1"]);
+    assert!(claim(b, R, 0, 4).is_empty());
+    fl.extend(more);
+    // Deliveries in any order across customers (newest first here); each customer in its own.
+    let mut order = vec![];
+    while let Some(e) = fl.pop() {
+        b.settle(&[delivered(e.seq, e.op, 0)]).unwrap();
+        order.push(e.event_id);
+        if fl.is_empty() {
+            fl = claim(b, R, 0, 100);
+        }
+    }
+    assert_eq!(order.len(), 12);
+    for i in 0..6 {
+        let first = order.iter().position(|x| *x == format!("{i}-1"));
+        let second = order.iter().position(|x| *x == format!("{i}-2"));
+        assert!(second.is_some() && first < second, "{order:?}");
+    }
+}
+
+pub fn retry_later_keeps_the_head_and_honours_next_attempt_at(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("b1", B, Operation::Add),
+        ],
+    );
+    let got = claim(b, R, 0, 1);
+    assert_eq!(ids(&got), ["a1"]);
+    b.retry_later(got[0].seq, t(60), "HTTP 503").unwrap();
+    assert_eq!(
+        ids(&claim(b, R, 10, 10)),
+        ["b1"],
+        "a2 does not overtake its waiting head"
+    );
+    assert!(claim(b, R, 59, 10).is_empty());
+    let again = claim(b, R, 60, 10);
+    assert_eq!(ids(&again), ["a1"]);
+    let e = &again[0];
+    assert_eq!(e.attempts, 1);
+    assert_eq!(e.next_attempt_at, Some(t(60)));
+    assert_eq!(e.last_error.as_deref(), Some("HTTP 503"));
+    let since = e.failing_since.expect("failing_since set by the first failure");
+    b.retry_later(e.seq, t(120), "HTTP 503").unwrap();
+    let third = claim(b, R, 120, 10);
+    assert_eq!(
+        (third[0].attempts, third[0].failing_since),
+        (2, Some(since)),
+        "the run of failures keeps its start"
+    );
+    b.settle(&[delivered(third[0].seq, Operation::Add, 121)]).unwrap();
+    assert_eq!(ids(&claim(b, R, 121, 10)), ["a2"]);
+}
+
+pub fn release_does_not_count_an_attempt(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(b, R, &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Add)]);
+    let got = claim(b, R, 0, 10);
+    b.release(&[got[0].seq]).unwrap();
+    let again = claim(b, R, 0, 10);
+    assert_eq!(ids(&again), ["a1"], "released back to its place at the head");
+    assert_eq!((again[0].attempts, again[0].next_attempt_at), (0, None));
+    assert!(
+        b.release(&[again[0].seq + 1]).is_err(),
+        "a pending event cannot be released"
+    );
+}
+
+pub fn dead_letter_parks_only_that_customer(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("a3", A, Operation::Add),
+            ev("b1", B, Operation::Add),
+        ],
+    );
+    let got = claim(b, R, 0, 10);
+    assert_eq!(ids(&got), ["a1", "b1"]);
+    b.dead_letter(got[0].seq, &rejection(), t(5)).unwrap();
+    b.settle(&[delivered(got[1].seq, Operation::Add, 5)]).unwrap();
+    put(b, R, &[ev("b2", B, Operation::Remove)]);
+    assert_eq!(ids(&claim(b, R, 100, 10)), ["b2"], "the other customer goes on");
+    let st = b.status(Some(R)).unwrap();
+    assert_eq!((st.dead_lettered, st.parked_customers, st.parked_events), (1, 1, 2));
+    let dl = b.dead_letters(Some(R)).unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        (dl[0].event.event_id.as_str(), dl[0].parked_behind, dl[0].dead_at),
+        ("a1", 2, t(5))
+    );
+    assert_eq!(dl[0].rejection, rejection());
+    assert_eq!(dl[0].event.attempts, 1);
+    assert!(b.dead_letters(Some(R2)).unwrap().is_empty());
+    assert_eq!(b.dead_letters(None).unwrap().len(), 1);
+}
+
+pub fn retry_dead_and_drop_dead_unpark(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Remove),
+            ev("c1", C, Operation::Add),
+        ],
+    );
+    let got = claim(b, R, 0, 10);
+    for e in &got {
+        b.dead_letter(e.seq, &rejection(), t(1)).unwrap();
+    }
+    assert!(
+        b.retry_dead(DeadLetters::One(got[0].seq + 1)).is_err(),
+        "a2 is not a dead letter"
+    );
+    assert_eq!(b.retry_dead(DeadLetters::One(got[0].seq)).unwrap(), 1);
+    let again = claim(b, R, 2, 10);
+    assert_eq!(ids(&again), ["a1"], "back at its customer's head, attempts kept");
+    assert_eq!(again[0].attempts, 1);
+    b.dead_letter(again[0].seq, &rejection(), t(3)).unwrap();
+
+    assert_eq!(b.drop_dead(DeadLetters::One(got[0].seq), t(4)).unwrap(), 1);
+    assert_eq!(
+        ids(&claim(b, R, 4, 10)),
+        ["a2"],
+        "dropping the head unparks the customer"
+    );
+    assert!(
+        b.ledger(R).unwrap().is_empty(),
+        "a dropped event changes nothing in the ledger"
+    );
+    assert_eq!(b.retry_dead(DeadLetters::All).unwrap(), 1);
+    assert_eq!(ids(&claim(b, R, 4, 10)), ["c1"]);
+    let st = b.status(Some(R)).unwrap();
+    assert_eq!(
+        (st.dropped, st.dead_lettered, st.parked_customers, st.in_flight),
+        (1, 0, 0, 2)
+    );
+    assert_eq!(b.drop_dead(DeadLetters::All, t(5)).unwrap(), 0);
+}
+
+pub fn barrier_holds_removes_and_what_is_behind_them_not_free_adds(h: &mut dyn Harness) {
+    let job = h.start_load(R);
+    let other = h.start_load(R2);
+    h.end_load(other);
+    let b = h.backend();
+    assert_eq!(b.barrier(R).unwrap(), Some(job));
+    assert_eq!(
+        b.barrier(R2).unwrap(),
+        None,
+        "a load of another register holds nothing here"
+    );
+    put(
+        b,
+        R,
+        &[
+            ev("a-remove", A, Operation::Remove),
+            ev("a-add", A, Operation::Add),
+            ev("b-add", B, Operation::Add),
+            ev("c-add", C, Operation::Add),
+            ev("c-remove", C, Operation::Remove),
+        ],
+    );
+    put(b, R2, &[ev("r2-remove", A, Operation::Remove)]);
+    assert_eq!(ids(&claim(b, R2, 0, 10)), ["r2-remove"]);
+    assert_eq!(
+        drain(b, R, 0),
+        ["b-add", "c-add"],
+        "adds with nothing ahead go; removes and what follows wait"
+    );
+    assert_eq!(b.status(Some(R)).unwrap().barrier, Some(job));
+    h.end_load(job);
+    let b = h.backend();
+    assert_eq!(b.barrier(R).unwrap(), None);
+    assert_eq!(drain(b, R, 1), ["a-remove", "c-remove", "a-add"]);
+}
+
+pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("single", A, Operation::Remove),
+            ev("batch-1", B, Operation::Add),
+            ev("batch-2", C, Operation::Add),
+        ],
+    );
+    put(b, R2, &[ev("elsewhere", A, Operation::Add)]);
+    let got = claim(b, R, 0, 10);
+    let other = claim(b, R2, 0, 10);
+    let upload = Uuid::new_v4();
+    b.begin_batch(&[got[1].seq, got[2].seq], upload).unwrap();
+    assert_eq!(
+        b.recover(R).unwrap(),
+        Recovered {
+            requeued: 1,
+            unknown_uploads: 2
+        }
+    );
+    let unknown = b.accepted(R).unwrap();
+    assert_eq!(ids(&unknown), ["batch-1", "batch-2"]);
+    assert!(
+        unknown
+            .iter()
+            .all(|e| e.accepted_at.is_none() && e.batch_correlation_id == Some(upload))
+    );
+    assert_eq!(
+        ids(&claim(b, R, 1, 10)),
+        ["single"],
+        "batch events are not resent before a probe"
+    );
+    assert_eq!(
+        b.status(Some(R2)).unwrap().in_flight,
+        1,
+        "recovering one register leaves another alone"
+    );
+    // A probe that finds the upload not ingested releases the events for a new attempt.
+    b.release(&[unknown[0].seq]).unwrap();
+    let again = claim(b, R, 2, 10);
+    assert_eq!(ids(&again), ["batch-1"]);
+    assert_eq!((again[0].batch_correlation_id, again[0].attempts), (None, 0));
+    let _ = other;
+}
+
+pub fn batch_accepted_then_ingested(h: &mut dyn Harness) {
+    let b = h.backend();
+    let day = NaiveDate::from_ymd_opt(2029, 12, 1).unwrap();
+    let mut e1 = ev("b1", A, Operation::Add);
+    e1.start_date = Some(day);
+    put(
+        b,
+        R,
+        &[e1, ev("b2", B, Operation::Add), ev("a-next", A, Operation::Remove)],
+    );
+    let got = claim(b, R, 0, 2);
+    let upload = Uuid::new_v4();
+    b.begin_batch(&[got[0].seq, got[1].seq], upload).unwrap();
+    assert!(b.batch_accepted(Uuid::new_v4(), t(1)).is_err(), "an unknown batch");
+    b.batch_accepted(upload, t(1)).unwrap();
+    let acc = b.accepted(R).unwrap();
+    assert_eq!(ids(&acc), ["b1", "b2"]);
+    assert!(
+        acc.iter()
+            .all(|e| e.state == EventState::Accepted && e.accepted_at == Some(t(1)) && e.attempts == 1)
+    );
+    assert!(
+        claim(b, R, 2, 10).is_empty(),
+        "an accepted event is still its customer's head"
+    );
+    b.settle(&[Settlement {
+        seq: acc[0].seq,
+        delivery: Delivery::IngestedSeen,
+        echoed_correlation_id: Some(upload.to_string()),
+        at: t(3),
+    }])
+    .unwrap();
+    let ledger = b.ledger(R).unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        (ledger[0].state, ledger[0].start_date, ledger[0].since),
+        (LedgerState::Active, Some(day), t(3))
+    );
+    assert_eq!(ids(&claim(b, R, 3, 10)), ["a-next"]);
+}
+
+pub fn settle_updates_the_ledger(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("a-add", A, Operation::Add),
+            ev("b-add", B, Operation::Add),
+            ev("a-rm", A, Operation::Remove),
+            ev("c-rm", C, Operation::Remove),
+        ],
+    );
+    let got = claim(b, R, 0, 10);
+    assert_eq!(ids(&got), ["a-add", "b-add", "c-rm"]);
+    let wrong = Settlement {
+        delivery: Delivery::Removed,
+        ..delivered(got[0].seq, Operation::Add, 1)
+    };
+    assert!(b.settle(&[wrong]).is_err(), "an add cannot be delivered as removed");
+    let with = |seq, delivery, at| Settlement {
+        seq,
+        delivery,
+        echoed_correlation_id: None,
+        at: t(at),
+    };
+    b.settle(&[
+        with(got[0].seq, Delivery::Added, 1),
+        with(got[1].seq, Delivery::AlreadyPresent, 1),
+        with(got[2].seq, Delivery::NotFound, 1),
+    ])
+    .unwrap();
+    let state = |b: &mut dyn OutboxBackend| -> Vec<(String, LedgerState)> {
+        b.ledger(R)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.customer_id, e.state))
+            .collect()
+    };
+    assert_eq!(
+        state(b),
+        [
+            (A.into(), LedgerState::Active),
+            (B.into(), LedgerState::Active),
+            (C.into(), LedgerState::Ended)
+        ]
+    );
+    let rm = claim(b, R, 2, 10);
+    b.settle(&[with(rm[0].seq, Delivery::Removed, 2)]).unwrap();
+    let entries = b.ledger(R).unwrap();
+    assert_eq!(
+        (entries[0].state, entries[0].since, entries[0].correlation_id),
+        (LedgerState::Ended, t(2), rm[0].correlation_id)
+    );
+    assert!(b.ledger(R2).unwrap().is_empty());
+}
+
+pub fn purge_removes_only_finished_events_before_the_cutoff(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("old", A, Operation::Add),
+            ev("dropped", B, Operation::Add),
+            ev("new", C, Operation::Add),
+            ev("open", A, Operation::Remove),
+        ],
+    );
+    let got = claim(b, R, 0, 10);
+    b.settle(&[delivered(got[0].seq, Operation::Add, 10)]).unwrap();
+    b.dead_letter(got[1].seq, &rejection(), t(10)).unwrap();
+    b.drop_dead(DeadLetters::One(got[1].seq), t(11)).unwrap();
+    b.settle(&[delivered(got[2].seq, Operation::Add, 100)]).unwrap();
+    put(b, R, &[ev("pending", C, Operation::Remove)]);
+    assert_eq!(b.purge(t(50)).unwrap(), 2);
+    let st = b.status(Some(R)).unwrap();
+    assert_eq!((st.delivered, st.dropped, st.pending), (1, 0, 2));
+    assert_eq!(b.purge(t(50)).unwrap(), 0);
+    assert_eq!(b.purge(t(1_000_000)).unwrap(), 1, "unfinished events are never purged");
+    assert_eq!(drain(b, R, 2_000_000), ["open", "pending"]);
+    // After a purge, seq still grows: a new event never takes an old one's place.
+    let next = put(b, R, &[ev("later", A, Operation::Add)]);
+    assert!(next[0] > got[2].seq);
+}
+
+pub fn status_counts(h: &mut dyn Harness) {
+    let before = Utc::now();
+    let b = h.backend();
+    assert_eq!(b.status(None).unwrap(), Default::default());
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("a2", A, Operation::Add),
+            ev("b1", B, Operation::Add),
+            ev("c1", C, Operation::Add),
+        ],
+    );
+    put(b, R2, &[ev("x", A, Operation::Add)]);
+    let got = claim(b, R, 0, 10);
+    b.settle(&[delivered(got[0].seq, Operation::Add, 1)]).unwrap();
+    b.dead_letter(got[1].seq, &rejection(), t(1)).unwrap();
+    let st = b.status(Some(R)).unwrap();
+    assert_eq!(
+        (
+            st.pending,
+            st.in_flight,
+            st.accepted,
+            st.delivered,
+            st.dead_lettered,
+            st.dropped
+        ),
+        (1, 1, 0, 1, 1, 0)
+    );
+    assert_eq!((st.parked_customers, st.parked_events, st.barrier), (1, 0, None));
+    let oldest = st.oldest_unfinished.expect("unfinished events exist");
+    assert!(oldest >= before - Duration::seconds(1) && oldest <= Utc::now() + Duration::seconds(1));
+    let all = b.status(None).unwrap();
+    assert_eq!((all.pending, all.in_flight, all.delivered), (2, 1, 1));
+    let a2 = claim(b, R, 2, 10);
+    b.settle(&[delivered(a2[0].seq, Operation::Add, 2)]).unwrap();
+    b.settle(&[delivered(got[2].seq, Operation::Add, 2)]).unwrap();
+    b.drop_dead(DeadLetters::All, t(3)).unwrap();
+    assert_eq!(
+        b.status(Some(R)).unwrap().oldest_unfinished,
+        None,
+        "everything in R finished"
+    );
+}
+
+pub fn registers_are_isolated(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[ev("r1", A, Operation::Add), ev("r1-next", A, Operation::Remove)],
+    );
+    put(b, R2, &[ev("r2", A, Operation::Add)]);
+    let one = claim(b, R, 0, 10);
+    assert_eq!(ids(&one), ["r1"]);
+    assert!(one.iter().all(|e| e.register == R));
+    let two = claim(b, R2, 0, 10);
+    assert_eq!(
+        ids(&two),
+        ["r2"],
+        "the same customer in another register is another queue"
+    );
+    b.dead_letter(two[0].seq, &rejection(), t(1)).unwrap();
+    b.settle(&[delivered(one[0].seq, Operation::Add, 1)]).unwrap();
+    assert_eq!(ids(&claim(b, R, 1, 10)), ["r1-next"], "parked in R2 does not park R");
+    assert_eq!(b.ledger(R).unwrap().len(), 1);
+    assert!(b.ledger(R2).unwrap().is_empty());
+    assert_eq!(b.status(Some(R)).unwrap().parked_customers, 0);
+    assert_eq!(b.status(Some(R2)).unwrap().parked_customers, 1);
+}
+
+pub fn correlation_id_is_stable_across_claims_and_recover(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(b, R, &[ev("a1", A, Operation::Add), ev("b1", B, Operation::Add)]);
+    let first = claim(b, R, 0, 10);
+    assert_ne!(first[0].correlation_id, first[1].correlation_id);
+    b.retry_later(first[0].seq, t(1), "timeout").unwrap();
+    b.recover(R).unwrap();
+    let again = claim(b, R, 1, 10);
+    assert_eq!(again.len(), 2);
+    for e in &again {
+        let was = first.iter().find(|f| f.seq == e.seq).unwrap();
+        assert_eq!(e.correlation_id, was.correlation_id);
+    }
+}
+
+/// Every property in turn, each on a fresh harness (for a backend that prefers one test).
+pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
+    let props: &[fn(&mut dyn Harness)] = &[
+        dedupe_by_event_id,
+        nothing_stored_from_a_failed_call,
+        per_customer_fifo,
+        parallel_across_customers_up_to_the_limit,
+        retry_later_keeps_the_head_and_honours_next_attempt_at,
+        release_does_not_count_an_attempt,
+        dead_letter_parks_only_that_customer,
+        retry_dead_and_drop_dead_unpark,
+        barrier_holds_removes_and_what_is_behind_them_not_free_adds,
+        recover_requeues_singles_and_marks_batch_events_of_unknown_fate,
+        batch_accepted_then_ingested,
+        settle_updates_the_ledger,
+        purge_removes_only_finished_events_before_the_cutoff,
+        status_counts,
+        registers_are_isolated,
+        correlation_id_is_stable_across_claims_and_recover,
+    ];
+    for p in props {
+        p(&mut *make());
+    }
+}
