@@ -5,4 +5,8 @@
 //! Data flows one way: source → outbox (`store::outbox`) → dispatcher → KFR → ledger. The agent
 //! never prints: it reports through metrics, health and [`tracing`]; the CLI presents the rest.
 
+pub mod event;
 pub mod health;
+pub mod metrics;
+pub mod ops_server;
+pub mod source;
