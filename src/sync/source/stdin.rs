@@ -147,8 +147,29 @@ mod tests {
     use super::*;
     use crate::sync::source::testkit::{MemOutbox, person};
 
+    /// A `tracing` writer into a shared buffer, to read what was logged.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[tokio::test]
     async fn refused_lines_are_counted_and_the_rest_are_committed_until_eof() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
         let mem = MemOutbox::default();
         let input = format!(
             "{{\"op\":\"add\",\"customer_id\":\"{}\",\"event_id\":\"s-1\"}}\n\
@@ -168,6 +189,14 @@ mod tests {
         assert_eq!((report.stored, report.duplicates, report.refused), (2, 1, 2));
         let ids: Vec<_> = mem.stored().into_iter().map(|e| e.event_id).collect();
         assert_eq!(ids, vec!["s-1", "s-2"]);
+        // Each refused line is logged with its line number, and no identifier in full.
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("pipe:3: customer_id:"), "{logged}");
+        assert!(logged.contains("pipe:4: event: not valid JSON"), "{logged}");
+        for n in 0..4 {
+            assert!(!logged.contains(&person(n)), "{logged}");
+        }
+        assert!(!logged.contains(&person(1)[..10]), "{logged}");
     }
 
     #[tokio::test]
