@@ -6,7 +6,11 @@
 //! never prints: it reports through metrics, health and [`tracing`]; the CLI presents the rest.
 
 pub mod dispatch;
+pub mod event;
 pub mod health;
+pub mod metrics;
+pub mod ops_server;
 pub mod reconcile;
+pub mod source;
 #[cfg(test)]
 pub mod testing;

@@ -1,0 +1,324 @@
+//! HTTP ingest over loopback with a real client, against the in-memory outbox.
+
+use super::*;
+use crate::sync::source::testkit::{MemOutbox, person};
+use serde_json::json;
+
+const KEY: &str = "test-ingest-key-0123456789abcdef";
+
+struct Running {
+    url: String,
+    mem: MemOutbox,
+    intake: Intake,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<SourceReport, IngestError>>,
+    client: reqwest::Client,
+}
+
+fn key() -> IngestKey {
+    IngestKey::new(SecretString::from(KEY.to_string())).unwrap()
+}
+
+async fn start_with(tweak: impl FnOnce(&mut IngestOptions)) -> Running {
+    let mem = MemOutbox::default();
+    let intake = mem.intake();
+    let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
+    tweak(&mut opts);
+    let bound = IngestServer::bind(opts, intake.clone()).await.unwrap();
+    assert!(!bound.is_tls());
+    let url = format!("http://{}/events", bound.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
+    Running {
+        url,
+        mem,
+        intake,
+        shutdown,
+        task,
+        client: reqwest::Client::new(),
+    }
+}
+
+async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+impl Running {
+    async fn post(&self, content_type: &str, body: String) -> (u16, Value) {
+        let r = self
+            .client
+            .post(&self.url)
+            .bearer_auth(KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn stop(self) -> SourceReport {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+fn add(n: usize, id: &str) -> Value {
+    json!({"op":"add","customer_id":person(n),"event_id":id})
+}
+
+#[tokio::test]
+async fn an_object_an_array_and_ndjson_are_taken_and_duplicates_counted() {
+    let s = start().await;
+    let (st, body) = s.post("application/json", add(0, "o-1").to_string()).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(body["stored"], 1);
+    assert_eq!(body["events"][0], json!({"event_id":"o-1","result":"stored"}));
+
+    let arr = json!([add(1, "a-1"), add(0, "o-1"), {"op":"remove","customer_id":person(2)}]);
+    let (st, body) = s.post("application/json; charset=utf-8", arr.to_string()).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(
+        (body["stored"].clone(), body["duplicate"].clone()),
+        (json!(2), json!(1))
+    );
+    assert_eq!(body["events"][1]["result"], "duplicate");
+    let generated = body["events"][2]["event_id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok());
+
+    let nd = format!("{}\r\n\n{}\n", add(3, "n-1"), add(4, "n-2"));
+    let (st, body) = s.post("application/x-ndjson", nd.clone()).await;
+    assert_eq!((st, body["stored"].clone()), (202, json!(2)));
+    // text/plain is read as NDJSON too; the same ids again are duplicates only.
+    let (st, body) = s.post("text/plain", nd).await;
+    assert_eq!(
+        (st, body["stored"].clone(), body["duplicate"].clone()),
+        (202, json!(0), json!(2))
+    );
+
+    assert_eq!(s.mem.stored().len(), 5);
+    assert!(s.mem.stored().iter().all(|e| e.source == "http"));
+    let report = s.stop().await;
+    assert_eq!((report.stored, report.duplicates), (5, 3));
+}
+
+#[tokio::test]
+async fn one_bad_event_refuses_the_whole_request_and_lists_every_reason_masked() {
+    let s = start().await;
+    let p = person(1);
+    let bad = format!("{}{}", &p[..10], (p.as_bytes()[10] - b'0' + 1) % 10);
+    let arr = json!([
+        add(0, "ok-1"),
+        {"op":"add","customer_id":bad,"event_id":format!("ev-{p}")},
+        {"op":"remove","customer_id":person(2),"start_date":"2020-01-01"},
+    ]);
+    let (st, body) = s.post("application/json", arr.to_string()).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(s.mem.stored().is_empty(), "nothing of a refused request is stored");
+    let refused = body["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[0]["index"], 1);
+    assert_eq!(refused[0]["field"], "customer_id");
+    assert_eq!(refused[0]["rule"], "customer_id.second_check_digit");
+    assert!(refused[0]["event_id"].as_str().unwrap().starts_with("ev-*********"));
+    assert_eq!(refused[1]["index"], 2);
+    assert_eq!(refused[1]["rule"], "start_date.not_on_remove");
+    let text = body.to_string();
+    for id in [person(0), person(1), person(2), bad] {
+        assert!(!text.contains(&id), "{text}");
+    }
+
+    // NDJSON refusals carry the line; a broken JSON line is refused without echoing it.
+    let nd = format!("{}\n\n{{\"op\":\"add\",\"customer_id\":{}\n", add(0, "ok-1"), person(3));
+    let (st, body) = s.post("application/x-ndjson", nd).await;
+    assert_eq!(st, 400);
+    assert_eq!(body["refused"][0]["line"], 3);
+    assert_eq!(body["refused"][0]["rule"], "event.json");
+    assert!(!body.to_string().contains(&person(3)));
+
+    for (ct, b, rule) in [
+        ("application/json", "{".to_string(), "body.json"),
+        ("application/json", "17".to_string(), "body.shape"),
+        ("application/json", "[]".to_string(), "body.empty"),
+        ("application/x-ndjson", "\n\n".to_string(), "body.empty"),
+    ] {
+        let (st, body) = s.post(ct, b.clone()).await;
+        assert_eq!((st, body["refused"][0]["rule"].as_str()), (400, Some(rule)), "{b}");
+    }
+    assert!(s.mem.stored().is_empty());
+    assert_eq!(s.stop().await.refused, 7);
+}
+
+#[tokio::test]
+async fn wrong_key_size_and_media_type_are_refused_before_anything_is_read() {
+    let s = start_with(|o| o.max_body_bytes = 1024).await;
+    let body = add(0, "k-1").to_string();
+    let no_key = s
+        .client
+        .post(&s.url)
+        .header("content-type", "application/json")
+        .body(body.clone());
+    let r = no_key.send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    for wrong in ["x", &KEY[..KEY.len() - 1], &format!("{KEY}x")] {
+        let r = s
+            .client
+            .post(&s.url)
+            .bearer_auth(wrong)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{wrong}");
+    }
+    let r = s
+        .client
+        .post(&s.url)
+        .header("authorization", format!("bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "the scheme name is case-insensitive");
+
+    let big = format!("[{}]", vec![add(1, "big").to_string(); 40].join(","));
+    assert!(big.len() > 1024);
+    assert_eq!(s.post("application/json", big.clone()).await.0, 413);
+    // Without a Content-Length (chunked), the limit still holds.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = s.url.trim_start_matches("http://").trim_end_matches("/events");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             {:x}\r\n{big}\r\n0\r\n\r\n",
+            big.len()
+        );
+        // The server may answer and close before reading it all.
+        let _ = tcp.write_all(req.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    assert_eq!(s.post("application/xml", body).await.0, 415);
+    assert_eq!(s.mem.stored().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn draining_and_a_failing_store_answer_503_and_store_nothing() {
+    let s = start().await;
+    s.mem.set_failing(true);
+    let (st, body) = s.post("application/json", add(0, "f-1").to_string()).await;
+    assert_eq!((st, body["error"].as_str()), (503, Some("store")));
+    assert!(
+        matches!(
+            s.intake.health.unready()[..],
+            [crate::sync::health::Unready::StoreNotWritable(_)]
+        ),
+        "the store problem makes the agent not ready"
+    );
+    s.mem.set_failing(false);
+    assert_eq!(s.post("application/json", add(0, "f-1").to_string()).await.0, 202);
+    assert!(s.intake.health.unready().is_empty(), "a commit that works clears it");
+
+    s.intake.health.set_draining();
+    let (st, body) = s.post("application/json", add(1, "d-1").to_string()).await;
+    assert_eq!((st, body["error"].as_str()), (503, Some("draining")));
+    assert_eq!(s.mem.stored().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_off_loopback_needs_an_explicit_option() {
+    let mem = MemOutbox::default();
+    let opts = IngestOptions::new("0.0.0.0:0".parse().unwrap(), key());
+    let err = IngestServer::bind(opts.clone(), mem.intake()).await.err().unwrap();
+    assert!(matches!(err, IngestError::PlainHttpNotLoopback { .. }), "{err}");
+    assert!(err.to_string().contains("allow_plain_http"));
+    let allowed = IngestOptions {
+        allow_plain_http: true,
+        ..opts
+    };
+    assert!(IngestServer::bind(allowed, mem.intake()).await.is_ok());
+}
+
+#[test]
+fn the_key_file_must_be_private_and_long_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    std::fs::write(&path, format!("{KEY}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = IngestKey::from_file(&path).unwrap_err();
+        assert!(
+            matches!(err, IngestError::KeyFilePermissions { mode: 0o640, .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(KEY));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let k = IngestKey::from_file(&path).unwrap();
+    assert!(k.matches(KEY.as_bytes()), "the final newline is not part of the key");
+    assert!(!format!("{k:?}").contains(KEY));
+    std::fs::write(&path, "short\n").unwrap();
+    assert!(matches!(
+        IngestKey::from_file(&path),
+        Err(IngestError::KeyTooShort { .. })
+    ));
+}
+
+#[tokio::test]
+async fn tls_serves_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let keyf = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&keyf, ck.signing_key.serialize_pem()).unwrap();
+    let mem = MemOutbox::default();
+    let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
+    opts.tls = Some(TlsFiles {
+        cert: cert.clone(),
+        key: keyf,
+    });
+    let bound = IngestServer::bind(opts, mem.intake()).await.unwrap();
+    assert!(bound.is_tls());
+    let url = format!("https://localhost:{}/events", bound.local_addr().port());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
+    let client = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(ck.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", "127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth(KEY)
+        .json(&add(0, "t-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(mem.stored().len(), 1);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    // A key that does not fit the certificate is refused at bind.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, other.serialize_pem()).unwrap();
+    let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
+    opts.tls = Some(TlsFiles { cert, key: wrong });
+    let err = IngestServer::bind(opts, mem.intake()).await.err().unwrap();
+    assert!(matches!(err, IngestError::Tls { .. }), "{err}");
+}

@@ -1,0 +1,214 @@
+//! The stdin source: NDJSON, one event per line, for a core system that pipes events into the
+//! agent (docs/sync.md, "Sources").
+//!
+//! Lines are committed in small groups: whatever lines are already buffered (up to
+//! [`MAX_GROUP`]) go in one commit, so a fast producer gets group commit and a slow one gets each
+//! line committed as it arrives. A refused line is logged (masked, with its line number) and
+//! counted, and the rest go on — unlike HTTP and spool, there is no sender to answer and nothing
+//! to resend whole. End of input ends this source, not the agent. If the store fails, the group
+//! is retried (backing off up to 30 s) until it commits or shutdown comes; events without an
+//! `event_id` get a new UUID, so a producer that may replay lines should send its own ids.
+
+use super::{Intake, Source, SourceError, SourceReport, counts};
+use crate::store::outbox::NewEvent;
+use crate::sync::event::{self, Location};
+use futures::future::BoxFuture;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// Most lines in one commit.
+pub const MAX_GROUP: usize = 64;
+
+/// NDJSON events from any reader (standard input in the agent; [`Stdin::stdin`]).
+pub struct LineSource<R> {
+    name: String,
+    reader: BufReader<R>,
+    intake: Intake,
+}
+
+/// The agent's stdin source.
+pub type Stdin = LineSource<tokio::io::Stdin>;
+
+impl Stdin {
+    /// Reads the process's standard input; events carry source `stdin`.
+    pub fn stdin(intake: Intake) -> Stdin {
+        LineSource::new("stdin", tokio::io::stdin(), intake)
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> LineSource<R> {
+    pub fn new(name: impl Into<String>, reader: R, intake: Intake) -> Self {
+        LineSource {
+            name: name.into(),
+            reader: BufReader::new(reader),
+            intake,
+        }
+    }
+
+    /// Reads and commits until end of input or `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<SourceReport, SourceError> {
+        let mut report = SourceReport {
+            name: self.name.clone(),
+            ..Default::default()
+        };
+        let mut line_no = 0u64;
+        let mut buf = Vec::new();
+        loop {
+            let mut group: Vec<NewEvent> = vec![];
+            let mut eof = false;
+            // The first line waits for input; the next ones only while already buffered.
+            loop {
+                buf.clear();
+                let n = tokio::select! {
+                    _ = shutdown.cancelled() => { eof = true; 0 }
+                    r = self.reader.read_until(b'\n', &mut buf) => r.map_err(SourceError::Stdin)?,
+                };
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+                line_no += 1;
+                let at = Location::Line {
+                    file: self.name.clone(),
+                    line: line_no,
+                };
+                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    let cx = self.intake.context(&self.name);
+                    let parsed = match std::str::from_utf8(line) {
+                        Ok(text) => event::from_json_text(text, at, &cx),
+                        Err(_) => Err(event::Broken::new("event", "encoding", "the line is not UTF-8").at(at, None)),
+                    };
+                    match parsed {
+                        Ok(e) => group.push(e),
+                        Err(r) => {
+                            report.refused += 1;
+                            self.intake.refused(&self.name, &r);
+                        }
+                    }
+                }
+                if group.len() >= MAX_GROUP || !self.reader.buffer().contains(&b'\n') {
+                    break;
+                }
+            }
+            if !group.is_empty() {
+                match commit(&self.intake, &self.name, group, &shutdown).await {
+                    Some((stored, dup)) => {
+                        report.stored += stored;
+                        report.duplicates += dup;
+                    }
+                    None => return Ok(report),
+                }
+            }
+            if eof {
+                tracing::info!(source = %self.name, lines = line_no, "end of input: source finished");
+                return Ok(report);
+            }
+        }
+    }
+}
+
+/// Commits one group, retrying a store failure until it works; `None` if shutdown came first
+/// (the group is then lost to this process, and logged as such). A free function: borrowing the
+/// whole source across the await would need the reader to be `Sync`.
+async fn commit(intake: &Intake, name: &str, group: Vec<NewEvent>, shutdown: &CancellationToken) -> Option<(u64, u64)> {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match intake.commit(name, group.clone()).await {
+            Ok(results) => return Some(counts(&results)),
+            Err(_) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        tracing::error!(source = %name, events = group.len(),
+                            "shutdown while the store fails: these events were read but not stored");
+                        return None;
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> Source for LineSource<R> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<SourceReport, SourceError>> {
+        Box::pin(LineSource::run(*self, shutdown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::source::testkit::{MemOutbox, person};
+
+    /// A `tracing` writer into a shared buffer, to read what was logged.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_lines_are_counted_and_the_rest_are_committed_until_eof() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mem = MemOutbox::default();
+        let input = format!(
+            "{{\"op\":\"add\",\"customer_id\":\"{}\",\"event_id\":\"s-1\"}}\n\
+             \n\
+             {{\"op\":\"add\",\"customer_id\":\"{}0\"}}\n\
+             not json {}\r\n\
+             {{\"op\":\"remove\",\"customer_id\":\"{}\",\"event_id\":\"s-2\"}}\n\
+             {{\"op\":\"add\",\"customer_id\":\"{}\",\"event_id\":\"s-1\"}}",
+            person(0),
+            &person(1)[..10],
+            person(2),
+            person(3),
+            person(0),
+        );
+        let source = LineSource::new("pipe", std::io::Cursor::new(input.into_bytes()), mem.intake());
+        let report = source.run(CancellationToken::new()).await.unwrap();
+        assert_eq!((report.stored, report.duplicates, report.refused), (2, 1, 2));
+        let ids: Vec<_> = mem.stored().into_iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, vec!["s-1", "s-2"]);
+        // Each refused line is logged with its line number, and no identifier in full.
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("pipe:3: customer_id:"), "{logged}");
+        assert!(logged.contains("pipe:4: event: not valid JSON"), "{logged}");
+        for n in 0..4 {
+            assert!(!logged.contains(&person(n)), "{logged}");
+        }
+        assert!(!logged.contains(&person(1)[..10]), "{logged}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_source_waiting_for_input() {
+        let mem = MemOutbox::default();
+        // A pipe whose writer stays open: the source waits for the next line.
+        let (_writer, reader) = tokio::io::duplex(64);
+        let source = LineSource::new("pipe", reader, mem.intake());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(source.run(shutdown.clone()));
+        shutdown.cancel();
+        let report = task.await.unwrap().unwrap();
+        assert_eq!(report.stored, 0);
+    }
+}
