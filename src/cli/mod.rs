@@ -18,10 +18,12 @@ mod doctor;
 mod load;
 mod man;
 mod mock;
+mod outbox;
 pub mod printer;
 mod pseudonym;
 mod relationship;
 pub(crate) mod report;
+mod sync;
 mod token;
 mod validate;
 
@@ -83,6 +85,133 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on stdout, or write one page per command with --dir.
     Man(ManArgs),
+    /// Run the sync agent: take events from the core system and deliver them to KFR, in order per customer.
+    Sync(SyncArgs),
+    /// Put one add or remove in the outbox for the sync agent to deliver.
+    Enqueue(EnqueueArgs),
+    /// Inspect the sync agent's outbox.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+    /// The dead-letter queue: events KFR refused for their content, and the customers they park.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Compare a full export with the ledger and enqueue the adds and removes that differ.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// State store (default: the installation's, `state` in the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Address of the HTTP ingest endpoint (default: sync.listen, 127.0.0.1:8090).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer key the core system sends (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub ingest_key_file: Option<PathBuf>,
+    /// Serve /metrics, /livez and /readyz on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// TLS certificate (PEM chain) for the ingest endpoint.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the ingest endpoint.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on an address other than loopback (events carry personal data).
+    #[arg(long)]
+    pub allow_plain_http: bool,
+    /// Requests a second to KFR, all operations together (default: sync.rate).
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u32>,
+    /// Requests in flight at once (default: sync.max_in_flight).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Also take NDJSON events on standard input.
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// add or remove.
+    #[arg(value_enum)]
+    pub op: EnqueueOp,
+    /// Customer identifier.
+    pub id: String,
+    /// Start date of an add (YYYY-MM-DD); before today it goes by batch so KFR keeps it.
+    #[arg(long, value_name = "DATE")]
+    pub start_date: Option<chrono::NaiveDate>,
+    /// Dedupe key (default: a fresh UUID).
+    #[arg(long, value_name = "ID")]
+    pub event_id: Option<String>,
+    /// State store (default: the installation's).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EnqueueOp {
+    Add,
+    Remove,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// State store (default: the installation's).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Counts by state, parked customers, the oldest unfinished event, the load barrier.
+    Status(StoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// The dead letters, oldest first, with KFR's answer (identifiers masked).
+    List(StoreArgs),
+    /// Put dead letters back at the head of their customers' queues.
+    Retry {
+        /// The outbox entry number (from `kfr dlq list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        seq: Option<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Give up on a dead letter: never sent; its customer's later events go on.
+    Drop {
+        /// The outbox entry number (from `kfr dlq list`).
+        seq: i64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// A full export of active relationships (the formats `kfr load` reads).
+    pub file: PathBuf,
+    /// Print the differences as counts; enqueue nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow removing more than 5 % of the ledger's active customers.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -358,5 +487,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // Neither reads the configuration: a broken kfr.toml must not stop shell set-up.
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
+        Command::Sync(args) => runtime()?.block_on(sync::run(load()?, args, printer())),
+        Command::Enqueue(a) => outbox::enqueue(&load()?, a, &printer()),
+        Command::Outbox(OutboxCommand::Status(a)) => {
+            let settings = load()?;
+            let state = a.state.clone().unwrap_or_else(|| settings.state_file.clone());
+            outbox::status(&settings, &state, a.json, &printer())
+        }
+        Command::Dlq(cmd) => {
+            let settings = load()?;
+            let state_of = |s: &StoreArgs| s.state.clone().unwrap_or_else(|| settings.state_file.clone());
+            match cmd {
+                DlqCommand::List(a) => outbox::dlq_list(&state_of(a), a.json, &printer()),
+                DlqCommand::Retry { seq, all, store } => {
+                    let which = match (seq, all) {
+                        (Some(s), false) => crate::store::outbox::DeadLetters::One(*s),
+                        _ => crate::store::outbox::DeadLetters::All,
+                    };
+                    outbox::dlq_act(&state_of(store), which, true, store.json, &printer())
+                }
+                DlqCommand::Drop { seq, store } => outbox::dlq_act(
+                    &state_of(store),
+                    crate::store::outbox::DeadLetters::One(*seq),
+                    false,
+                    store.json,
+                    &printer(),
+                ),
+            }
+        }
+        Command::Reconcile(a) => outbox::reconcile(&load()?, a, &printer()),
     }
 }

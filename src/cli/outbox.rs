@@ -14,12 +14,12 @@ use crate::store::queue::Operation;
 use anyhow::Context as _;
 use chrono::{NaiveDate, Utc};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The register (KFR + institution) this configuration writes to.
 pub(crate) fn register(settings: &Settings) -> anyhow::Result<Register> {
     Ok(Register {
-        environment: settings.environment.to_string(),
+        environment: settings.env.as_str().to_string(),
         base_url: settings.kfr_base_url.to_string(),
         org_number: settings.require_org_number()?.to_string(),
     })
@@ -39,16 +39,13 @@ fn open_existing(path: &Path) -> anyhow::Result<Store> {
 }
 
 /// `kfr enqueue add|remove ID [--start-date D] [--event-id X]`.
-pub fn enqueue(
-    settings: &Settings,
-    state: &Path,
-    op: Operation,
-    raw_id: &str,
-    start_date: Option<NaiveDate>,
-    event_id: Option<String>,
-    json: bool,
-    p: &Printer,
-) -> anyhow::Result<()> {
+pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> anyhow::Result<()> {
+    let op = match args.op {
+        super::EnqueueOp::Add => Operation::Add,
+        super::EnqueueOp::Remove => Operation::Remove,
+    };
+    let state = &args.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    let (raw_id, start_date, event_id, json) = (&args.id, args.start_date, args.event_id.clone(), args.json);
     super::install_pseudonyms(settings)?;
     let id = CustomerId::parse(raw_id, &super::build::id_policy(settings)).with_context(|| {
         format!(
@@ -221,15 +218,9 @@ pub fn dlq_act(state: &Path, which: DeadLetters, retry: bool, json: bool, p: &Pr
 }
 
 /// `kfr reconcile FILE [--dry-run] [--allow-mass-delete]`.
-pub fn reconcile(
-    settings: &Settings,
-    state: &Path,
-    file: &PathBuf,
-    dry_run: bool,
-    allow_mass_delete: bool,
-    json: bool,
-    p: &Printer,
-) -> anyhow::Result<()> {
+pub fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) -> anyhow::Result<()> {
+    let state = &args.store.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    let (file, dry_run, allow_mass_delete, json) = (&args.file, args.dry_run, args.allow_mass_delete, args.store.json);
     super::install_pseudonyms(settings)?;
     let register = register(settings)?.key();
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
@@ -247,7 +238,14 @@ pub fn reconcile(
     })
     .with_context(|| format!("reading {}", file.display()))?;
     for r in &first_rejects {
-        p.problem(format!("{}:{}: {} ({}): {}", file.display(), r.line, r.message, r.rule, r.text));
+        p.problem(format!(
+            "{}:{}: {} ({}): {}",
+            file.display(),
+            r.line,
+            r.message,
+            r.rule,
+            r.text
+        ));
     }
     let mut store = if dry_run { open_existing(state)? } else { open(state)? };
     let ledger = store.ledger(&register)?;

@@ -381,6 +381,9 @@ pub trait OutboxBackend: Send {
     /// The ledger's current state per customer of `register`.
     fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError>;
 
+    /// Customers of `register` with an unfinished event (what a reconcile must leave alone).
+    fn unfinished_customers(&mut self, register: &str) -> Result<std::collections::HashSet<String>, StoreError>;
+
     /// The load job of `register` that holds removes back, if one is not confirmed yet.
     fn barrier(&mut self, register: &str) -> Result<Option<i64>, StoreError>;
 }

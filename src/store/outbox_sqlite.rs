@@ -721,6 +721,17 @@ impl OutboxBackend for Store {
         })
     }
 
+    fn unfinished_customers(&mut self, register: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.outbox_tx(false, |tx| {
+            // Every customer with an unfinished event has exactly one head row.
+            let mut stmt = tx.prepare("SELECT customer_id FROM outbox WHERE head = 1 AND register = ?1")?;
+            let out = stmt
+                .query_map([register], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(out)
+        })
+    }
+
     fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError> {
         self.outbox_tx(false, |tx| {
             let mut stmt = tx.prepare(

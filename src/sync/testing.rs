@@ -377,6 +377,10 @@ impl OutboxBackend for SharedOutbox {
         })
     }
 
+    fn unfinished_customers(&mut self, _: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+        Err(StoreError::Other("not in this test double".into()))
+    }
+
     fn ledger(&mut self, _register: &str) -> Result<Vec<LedgerEntry>, StoreError> {
         self.with(|m| Ok(m.ledger.values().cloned().collect()))
     }

@@ -63,6 +63,8 @@ pub struct Intake {
     pub register: String,
     pub health: Health,
     pub policy: IdPolicy,
+    /// Woken after each commit, so the dispatcher looks at once instead of at its next poll.
+    pub waker: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Intake {
@@ -72,7 +74,14 @@ impl Intake {
             register,
             health,
             policy,
+            waker: None,
         }
+    }
+
+    /// Wakes `waker` after every commit (the dispatcher's [`crate::sync::dispatch::Dispatcher::waker`]).
+    pub fn with_waker(mut self, waker: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.waker = Some(waker);
+        self
     }
 
     /// The validation context for events of `source` received now.
@@ -88,6 +97,9 @@ impl Intake {
         match self.handle.enqueue(self.register.clone(), events).await {
             Ok(results) => {
                 self.health.set_store_problem(None);
+                if let Some(w) = &self.waker {
+                    w.notify_one();
+                }
                 for (op, r) in ops.into_iter().zip(&results) {
                     match r {
                         Enqueued::Stored { .. } => metrics::event_received(source, op),
@@ -242,6 +254,10 @@ pub(crate) mod testkit {
         fn purge(&mut self, _: DateTime<Utc>) -> Result<u64, StoreError> {
             absent()
         }
+        fn unfinished_customers(&mut self, _: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+            Err(StoreError::Other("not in this test double".into()))
+        }
+
         fn ledger(&mut self, _: &str) -> Result<Vec<LedgerEntry>, StoreError> {
             absent()
         }
