@@ -133,8 +133,8 @@ pub struct RelationshipArgs {
     /// Machine-readable output (JSON on stdout).
     #[arg(long)]
     pub json: bool,
-    /// State store (default: `state_file`, ./kfr-state.db). `remove` queues the delete there while
-    /// an initial load is not confirmed; `add` records in its ledger when it exists.
+    /// State store (default: the installation's, `state`: kfr-state.db in the state home). `remove`
+    /// queues the delete there while an initial load is not confirmed; `add` records in its ledger.
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
 }
@@ -156,7 +156,7 @@ pub struct LoadArgs {
     /// Continue the unfinished load job in the state store (the file must be unchanged).
     #[arg(long)]
     pub resume: bool,
-    /// State store (default: `state_file`, ./kfr-state.db).
+    /// State store (default: the installation's, `state`: kfr-state.db in the state home).
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
     /// Write the report as JSON to PATH and as Markdown next to it (PATH with .md).
@@ -208,7 +208,7 @@ pub enum LoadAction {
     /// The jobs of a state store: file, sha256, KFR, batches by state, held operations, and
     /// whether a load is running on it now. Reads only.
     Status {
-        /// State store (default: `state_file`).
+        /// State store (default: the installation's, `state`).
         #[arg(long, value_name = "PATH")]
         state: Option<PathBuf>,
         #[arg(long)]

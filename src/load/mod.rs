@@ -48,7 +48,7 @@ impl ToEntry for reader::Packed {
 
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{AddOutcome, KfrClient, Layout, RemoveOutcome};
-use crate::store::{CustomerQueue as _, Operation, Store, jobs::NewBatch, registry};
+use crate::store::{CustomerQueue as _, Operation, Store, jobs::NewBatch};
 use anyhow::Context as _;
 use chrono::NaiveDate;
 use exec::{ExecEnd, ExecOptions, abort_point};
@@ -76,10 +76,10 @@ pub struct LoadOptions {
     pub max_per_day: Option<u64>,
     pub confirm_timeout: Duration,
     pub sample: usize,
-    /// The institution: fixed in the job, and the key of its entry in the list of running loads.
+    /// The institution: fixed in the job.
     pub org_number: String,
-    /// The KFR the client talks to, for the list of running loads (a remove against another KFR
-    /// is not held by this load).
+    /// The KFR the client talks to: fixed in the job (a remove against another KFR is not held
+    /// by this load, and the job is never resumed against another).
     pub kfr_base_url: String,
     /// `local`, `test` or `prod`: fixed in the job with the KFR base URL and org.nr, so a job is
     /// only ever resumed against the KFR it was started against.
@@ -434,7 +434,8 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
         // recorded the KFR (empty fields) cannot be checked.
         let other_kfr = !job_settings.kfr_base_url.is_empty()
-            && !crate::store::registry::same_register(&job_settings.kfr_base_url, &opts.kfr_base_url);
+            && crate::store::outbox::canonical_url(&job_settings.kfr_base_url)
+                != crate::store::outbox::canonical_url(&opts.kfr_base_url);
         let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
         if other_kfr || other_env {
             return Err(LoadError::OtherKfr {
@@ -519,7 +520,6 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
             id
         }
     };
-    announce(&mut store, opts, job, on)?;
     abort_point("planned", None);
 
     let exec_opts = ExecOptions {
@@ -548,16 +548,6 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         // The barrier is down: the held operations go, per customer in issue order.
         abort_point("deletes", None);
         (sent, failed) = send_held_operations(&mut store, client, on).await?;
-        // Once nothing waits here, later operations go straight to KFR from anywhere.
-        if !registry::holds_anything(&mut store)? {
-            if let Err(e) = registry::withdraw(&opts.state) {
-                on(LoadEvent::Warning {
-                    message: format!(
-                        "could not withdraw the load from the list of running loads ({e:#}); the next `kfr remove` does"
-                    ),
-                });
-            }
-        }
     }
     let (report, report_files) = write_report(
         &mut store,
@@ -586,25 +576,6 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         report_files,
         held_operations_failed: failed,
     })
-}
-
-/// Puts the store on the machine-wide list of running loads while its job is unconfirmed or
-/// operations wait in it, so a `kfr remove` or `kfr add` given another state store still finds
-/// them (D-3, docs/specs/barrier.md). Failing to write the list is a warning: the barrier in this
-/// store still works for commands given `--state`, which the warning says.
-fn announce(store: &mut Store, opts: &LoadOptions, job: i64, on: EventSink<'_>) -> Result<(), LoadError> {
-    if !registry::holds_anything(store)? {
-        return Ok(());
-    }
-    if let Err(e) = registry::announce(&opts.state, &opts.org_number, &opts.kfr_base_url, job) {
-        on(LoadEvent::Warning {
-            message: format!(
-                "could not add load job {job} to the list of running loads ({e:#}); until it is confirmed, run `kfr remove` and `kfr add` with --state {}",
-                opts.state.display()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Sends the operations held while the load ran (onboarding D-3 step 4, docs/specs/barrier.md):
