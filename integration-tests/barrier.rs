@@ -207,13 +207,22 @@ async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
 // ---- Issue 9 item 10: one state store per installation ------------------------------------
 
 /// `kfr --config kfr.toml <args>` run in `cwd` with the installation's state home `home`.
-async fn run_in(env: &Env, cwd: &std::path::Path, home: &std::path::Path, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+async fn run_in(
+    env: &Env,
+    cwd: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> std::process::Output {
     let (cwd, home, config) = (cwd.to_owned(), home.to_owned(), env.dir.join("kfr.toml"));
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         let mut c = kfr(&cwd);
-        c.env(kfr::env_vars::KFR_STATE_HOME, &home).arg("--config").arg(config).args(&args);
+        c.env(kfr::env_vars::KFR_STATE_HOME, &home)
+            .arg("--config")
+            .arg(config)
+            .args(&args);
         for (k, v) in vars {
             c.env(k, v);
         }
@@ -234,9 +243,19 @@ async fn a_remove_from_another_directory_without_state_is_held_by_the_installati
     let home = tempfile::tempdir().unwrap();
     let rate = crate::load::RATE.to_string();
     let load = ["load", "c.csv", "--ingest-rate", &rate, "--max-batch-bytes", "1024"];
-    let out = run_in(&env, &env.dir, home.path(), &load, &[("KFR_TEST_ABORT_AT", "accepted:2")]).await;
+    let out = run_in(
+        &env,
+        &env.dir,
+        home.path(),
+        &load,
+        &[("KFR_TEST_ABORT_AT", "accepted:2")],
+    )
+    .await;
     assert_ne!(out.status.code(), Some(0));
-    assert!(!env.dir.join("kfr-state.db").exists(), "no store in the working directory");
+    assert!(
+        !env.dir.join("kfr-state.db").exists(),
+        "no store in the working directory"
+    );
     let store = home.path().join("kfr-state.db");
     assert!(store.exists(), "the store is in the state home");
 
@@ -244,13 +263,34 @@ async fn a_remove_from_another_directory_without_state_is_held_by_the_installati
     let out = run_in(&env, elsewhere.path(), home.path(), &["remove", &ids[0]], &[]).await;
     let (stdout, _) = assert_ok(&out);
     assert!(stdout.starts_with("held: "), "{stdout}");
-    assert!(stdout.contains(&store.display().to_string()), "names the store: {stdout}");
+    assert!(
+        stdout.contains(&store.display().to_string()),
+        "names the store: {stdout}"
+    );
     assert!(env.ended().is_empty());
 
-    let out = run_in(&env, elsewhere.path(), home.path(), &["load", "--resume", "--ingest-rate", &rate], &[]).await;
+    let out = run_in(
+        &env,
+        elsewhere.path(),
+        home.path(),
+        &["load", "--resume", "--ingest-rate", &rate],
+        &[],
+    )
+    .await;
     // The job names its file as given (c.csv, relative): resumed from the load's directory.
-    assert_ne!(out.status.code(), Some(0), "the file is relative to the load's directory");
-    let out = run_in(&env, &env.dir, home.path(), &["load", "--resume", "--ingest-rate", &rate], &[]).await;
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the file is relative to the load's directory"
+    );
+    let out = run_in(
+        &env,
+        &env.dir,
+        home.path(),
+        &["load", "--resume", "--ingest-rate", &rate],
+        &[],
+    )
+    .await;
     let (stdout, _) = assert_ok(&out);
     assert!(stdout.contains("held operation sent: remove"), "{stdout}");
     assert_eq!(env.ended(), vec![ids[0].clone()]);

@@ -529,7 +529,10 @@ async fn a_remove_during_the_load_is_held_until_the_load_is_confirmed() {
     // The same KFR spelt another way (localhost, trailing slash) is the same register.
     let respelt = format!("{}/", env.mock.kfr_base_url().replace("127.0.0.1", "localhost"));
     let out = env
-        .run(&["remove", &ids[5], "--state", "s.db"], &[("KFR_KFR_BASE_URL", &respelt)])
+        .run(
+            &["remove", &ids[5], "--state", "s.db"],
+            &[("KFR_KFR_BASE_URL", &respelt)],
+        )
         .await;
     assert!(assert_ok(&out).0.starts_with("held: "));
     assert!(env.ended().is_empty(), "nothing deleted while the load runs");

@@ -294,29 +294,29 @@ const PATH_KEYS: &[&str] = &[
 /// planner could not fill files to 95 % (one entry is at most 23 bytes).
 pub const MIN_BATCH_BYTES: usize = 1024;
 
-/// Settings given as command-line flags (placed before the subcommand).
+/// Settings given as command-line flags, before or after the subcommand (clap `global`).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct FlagOverrides {
     /// Environment: local, test or prod.
-    #[arg(long = "env", value_name = "ENV")]
+    #[arg(long = "env", value_name = "ENV", global = true)]
     pub env: Option<String>,
     /// The institution's organisation number.
-    #[arg(long = "org-number", value_name = "ORGNR")]
+    #[arg(long = "org-number", value_name = "ORGNR", global = true)]
     pub org_number: Option<String>,
     /// Maskinporten client id.
-    #[arg(long = "client-id", value_name = "ID")]
+    #[arg(long = "client-id", value_name = "ID", global = true)]
     pub client_id: Option<String>,
     /// Scope to request.
-    #[arg(long = "scope", value_name = "SCOPE")]
+    #[arg(long = "scope", value_name = "SCOPE", global = true)]
     pub scope: Option<String>,
     /// PKCS#12 certificate file (its password comes from KFR_CERTIFICATE_PASSWORD or a file).
-    #[arg(long = "certificate", value_name = "P12")]
+    #[arg(long = "certificate", value_name = "P12", global = true)]
     pub certificate: Option<PathBuf>,
     /// Maskinporten issuer URL.
-    #[arg(long = "maskinporten-issuer", value_name = "URL")]
+    #[arg(long = "maskinporten-issuer", value_name = "URL", global = true)]
     pub maskinporten_issuer: Option<String>,
     /// KFR base URL.
-    #[arg(long = "kfr-base-url", value_name = "URL")]
+    #[arg(long = "kfr-base-url", value_name = "URL", global = true)]
     pub kfr_base_url: Option<String>,
 }
 
@@ -1368,7 +1368,10 @@ mod tests {
         // No state home: only commands that need the store fail, naming the variables.
         let s = Settings::load_from(None, &env(&[]), &f).unwrap();
         let err = s.require_state(None).unwrap_err();
-        assert!(err.to_string().contains("KFR_STATE_HOME") && err.to_string().contains("HOME"), "{err}");
+        assert!(
+            err.to_string().contains("KFR_STATE_HOME") && err.to_string().contains("HOME"),
+            "{err}"
+        );
         assert!(err.hint().unwrap().contains("`state`"), "{:?}", err.hint());
         assert_eq!(err.exit(), crate::error::Exit::Usage);
         // A flag wins; `state` from the environment wins over the state home.
@@ -1382,7 +1385,10 @@ mod tests {
     fn state_and_its_aliases_are_one_key() {
         let s = load("state = \"st/kfr.db\"\n").unwrap();
         let p = s.state.unwrap();
-        assert!(p.is_absolute() && p.ends_with("st/kfr.db"), "relative to the file: {p:?}");
+        assert!(
+            p.is_absolute() && p.ends_with("st/kfr.db"),
+            "relative to the file: {p:?}"
+        );
         let s = load("state_file = \"/old.db\"\n").unwrap();
         assert_eq!(s.state, Ok(PathBuf::from("/old.db")));
         for two in [

@@ -24,7 +24,10 @@ pub fn create_state_dir(state: &std::path::Path) -> anyhow::Result<()> {
     let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
-    let missing: Vec<&std::path::Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    let missing: Vec<&std::path::Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

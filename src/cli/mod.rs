@@ -50,7 +50,7 @@ pub enum Command {
     /// Get a Maskinporten access token and show its expiry, scope and consumer organisation.
     Token(TokenArgs),
     /// Check certificate, configuration, connectivity and clock, one line per check.
-    Doctor,
+    Doctor(DoctorArgs),
     /// Generate certificates for local testing against `kfr mock`.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -85,16 +85,24 @@ pub struct TokenArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// One JSON object on stdout: every check with its name, verdict (ok/warn/fail), detail and hint.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// A throwaway test CA, a business-certificate-shaped client certificate and a ready kfr.toml.
     Local(CertsLocalArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CertsLocalArgs {
-    /// The organisation number put in the certificate's serialNumber.
-    #[arg(long, value_name = "ORGNR")]
+    /// The organisation number put in the certificate's serialNumber: the global `--org-number`
+    /// (one flag, one meaning: the institution's org.nr; before or after `certs local`).
+    #[arg(skip)]
     pub org_number: String,
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -320,8 +328,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let printer = || printer::Printer::new(cli.quiet, cli.verbose);
     match &cli.command {
         Command::Token(args) => runtime()?.block_on(token::run(load()?, args)),
-        Command::Doctor => runtime()?.block_on(doctor::run(load()?)),
-        Command::Certs(CertsCommand::Local(args)) => certs::run(args),
+        Command::Doctor(args) => runtime()?.block_on(doctor::run(load()?, args.json)),
+        Command::Certs(CertsCommand::Local(args)) => {
+            let org_number = cli.overrides.org_number.clone().ok_or_else(|| {
+                error::UsageError::new(
+                    "`certs local` needs --org-number ORGNR: the organisation number put in the certificate",
+                )
+            })?;
+            certs::run(&CertsLocalArgs {
+                org_number,
+                ..args.clone()
+            })
+        }
         Command::Mock(args) => runtime()?.block_on(mock::run(args)),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
         Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
