@@ -267,8 +267,18 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             // Without --skip-invalid these lines are why the load is refused: part of the error.
             if skipped { p.message(line) } else { p.problem(line) }
         }
-        LoadEvent::MoreRejected { count } => {
-            let line = format!("{file}: … and {count} more bad lines");
+        LoadEvent::MoreRejected { count, by_rule } => {
+            let rules: Vec<String> = by_rule.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let full = if opts.skip_invalid {
+                "every one is in the rejects file"
+            } else {
+                "`kfr validate --file` lists every one"
+            };
+            let line = format!(
+                "{file}: … and {count} more bad lines (the first {} of each rule are shown); by rule: {}; {full}",
+                crate::load::EXAMPLES_PER_RULE,
+                rules.join(", ")
+            );
             if opts.skip_invalid {
                 p.message(line)
             } else {
@@ -382,6 +392,9 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             "held {} of {customer} failed: {error}; it stays first in its customer's queue",
             operation.as_str()
         )),
+        LoadEvent::PlanReportWritten { path } => {
+            p.message(format_args!("plan report written to {}", path.display()))
+        }
         LoadEvent::ReportWritten { json, markdown } => p.message(format_args!(
             "report written to {} and {}",
             json.display(),

@@ -41,9 +41,15 @@ pub enum LoadEvent {
         rejected: Rejected,
         skipped: bool,
     },
-    /// Bad lines beyond those reported one by one.
+    /// Bad lines beyond the first few examples of each rule, and every bad line counted by rule
+    /// (the full list is only in the rejects file).
     MoreRejected {
         count: u64,
+        by_rule: std::collections::BTreeMap<String, u64>,
+    },
+    /// `--dry-run --report`: the plan report was written.
+    PlanReportWritten {
+        path: PathBuf,
     },
     /// The bad lines went to the rejects file (identifiers in full, mode 0600).
     RejectsWritten {
@@ -169,6 +175,7 @@ impl LoadEvent {
                 | LoadEvent::Ingesting { .. }
                 | LoadEvent::Finished
                 | LoadEvent::ReportWritten { .. }
+                | LoadEvent::PlanReportWritten { .. }
                 | LoadEvent::Warning { .. }
         )
     }

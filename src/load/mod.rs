@@ -58,8 +58,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Rejected lines reported one by one; the rest are counted (and all go to the rejects file).
-pub const MAX_REJECTS_REPORTED: usize = 1_000;
+/// Rejected lines shown one by one per rule (line number and masked text); the rest are counted
+/// by rule, and all go to the rejects file.
+pub const EXAMPLES_PER_RULE: u64 = 3;
 
 /// Everything a load needs, as values: the CLI builds it from flags and configuration.
 #[derive(Debug, Clone)]
@@ -159,18 +160,38 @@ pub fn default_rejects_path(input: &Path) -> PathBuf {
 /// The file read and planned.
 struct Prepared {
     read: ReadOutcome,
+    by_rule: std::collections::BTreeMap<String, u64>,
     rejects: Vec<Rejected>,
     rejects_file: Option<PathBuf>,
     summary: PlanSummary,
     layout: Layout,
 }
 
-/// Reads the input, reporting each bad line and writing it to the rejects file when asked.
-fn read_input(
-    opts: &LoadOptions,
-    ro: ReadOptions,
-    on: EventSink<'_>,
-) -> Result<(ReadOutcome, Vec<Rejected>, Option<PathBuf>), LoadError> {
+/// What [`read_input`] gives back: the outcome, the rejects kept for the report, the rejects file
+/// written, and the bad lines counted by rule.
+type Read = (
+    ReadOutcome,
+    Vec<Rejected>,
+    Option<PathBuf>,
+    std::collections::BTreeMap<String, u64>,
+);
+
+/// Refuses a rejects file that is a symlink before anything is read (it gets identifiers in
+/// full: a planted link must not redirect them; the open also refuses to follow one).
+fn check_rejects_path(opts: &LoadOptions) -> Result<(), LoadError> {
+    if !opts.skip_invalid {
+        return Ok(());
+    }
+    let path = opts.rejects.clone().unwrap_or_else(|| default_rejects_path(&opts.file));
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LoadError::RejectsSymlink { path });
+    }
+    Ok(())
+}
+
+/// Reads the input, showing the first few bad lines of each rule and writing every one to the
+/// rejects file when asked.
+fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<Read, LoadError> {
     let file = std::fs::File::open(&opts.file).map_err(|source| LoadError::OpenInput {
         path: opts.file.clone(),
         source,
@@ -188,9 +209,12 @@ fn read_input(
         .then(|| opts.rejects.clone().unwrap_or_else(|| default_rejects_path(&opts.file)));
     let mut rejects_out: Option<std::io::BufWriter<std::fs::File>> = None;
     let mut write_err: Option<std::io::Error> = None;
-    let mut reported = 0usize;
+    let mut reported = 0u64;
+    let mut by_rule: std::collections::BTreeMap<String, u64> = Default::default();
     let out = reader::read(std::io::BufReader::with_capacity(0, file), size, ro, |r, raw| {
-        if reported < MAX_REJECTS_REPORTED {
+        let seen = by_rule.entry(r.rule.to_string()).or_default();
+        *seen += 1;
+        if *seen <= EXAMPLES_PER_RULE {
             on(LoadEvent::LineRejected {
                 rejected: r.clone(),
                 skipped: opts.skip_invalid,
@@ -251,13 +275,14 @@ fn read_input(
             ))
             .into());
     }
-    if out.rejected as usize > reported {
+    if out.rejected > reported {
         on(LoadEvent::MoreRejected {
-            count: out.rejected - reported as u64,
+            count: out.rejected - reported,
+            by_rule: by_rule.clone(),
         });
     }
     let written = rejects_path.filter(|_| out.rejected > 0);
-    Ok((out, kept, written))
+    Ok((out, kept, written, by_rule))
 }
 
 /// Opens a file for writing that holds identifiers (rejects) or facts about them (reports):
@@ -301,7 +326,8 @@ fn prepare(
     resumed: bool,
 ) -> Result<Prepared, LoadError> {
     let layout = Layout::with_boundary(settings.boundary.clone());
-    let (read, rejects, rejects_file) = read_input(
+    check_rejects_path(opts)?;
+    let (read, rejects, rejects_file, by_rule) = read_input(
         opts,
         ReadOptions {
             policy: opts.id_policy,
@@ -356,6 +382,7 @@ fn prepare(
     }
     Ok(Prepared {
         read,
+        by_rule,
         rejects,
         rejects_file,
         summary,
@@ -363,10 +390,61 @@ fn prepare(
     })
 }
 
-/// `kfr load --dry-run`: reads and plans; sends nothing and writes no state.
+/// `kfr load --dry-run`: reads and plans; sends nothing and writes no state. With `--report`,
+/// writes the plan report to mail Bits before the load (issue 9 item 14): the report file is
+/// checked and opened (0600, never through a symlink) before anything is read, so a bad path
+/// fails at once; a plan that fails leaves no report behind.
 pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, LoadError> {
+    let made_at = crate::store::now_text();
+    let out = match &opts.report {
+        Some(path) => {
+            report::check_plan_report_path(path).map_err(|message| LoadError::BadReportPath { message })?;
+            let file = private_file(path).map_err(|e| LoadError::BadReportPath {
+                message: format!("cannot write {}: {e}", path.display()),
+            })?;
+            Some((path.clone(), file))
+        }
+        None => None,
+    };
     let settings = JobSettings::new(opts);
-    Ok(prepare(opts, &settings, false, on, |_| Ok(()), false)?.summary)
+    let prepared = match prepare(opts, &settings, out.is_some(), on, |_| Ok(()), false) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some((path, file)) = out {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some((path, mut file)) = out {
+        let r = report::PlanReport {
+            report: "plan",
+            org_number: opts.org_number.clone(),
+            environment: opts.environment.clone(),
+            kfr_base_url: opts.kfr_base_url.clone(),
+            kfr_version: env!("CARGO_PKG_VERSION").to_string(),
+            input: opts.file.display().to_string(),
+            content_hash: prepared.read.content_hash.clone(),
+            format: prepared.summary.format_text.clone(),
+            made_at,
+            counts: prepared.summary.counts.clone(),
+            rejected_by_rule: prepared.by_rule.clone(),
+            rejects_file: prepared.rejects_file.clone(),
+            plan: prepared.summary.plan.clone(),
+            notify_bits_above_per_day: plan::NOTIFY_BITS_ABOVE_PER_DAY,
+        };
+        let bytes = if report::is_markdown(&path) {
+            r.markdown().into_bytes()
+        } else {
+            serde_json::to_vec_pretty(&r).context("encoding the plan report")?
+        };
+        file.write_all(&bytes)
+            .and_then(|()| file.flush())
+            .with_context(|| format!("writing the plan report {}", path.display()))?;
+        on(LoadEvent::PlanReportWritten { path });
+    }
+    Ok(prepared.summary)
 }
 
 /// `kfr load`: plans (or resumes) the job, uploads and confirms it batch by batch, then sends the
@@ -468,6 +546,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
     };
     let Prepared {
         read,
+        by_rule: _,
         rejects,
         rejects_file,
         summary,
