@@ -694,3 +694,38 @@ async fn rejected_lines_are_summarised_by_rule_and_the_rejects_file_is_never_a_s
     assert!(stderr.contains("symlink"), "{stderr}");
     assert!(!env.dir.join("elsewhere.csv").exists());
 }
+
+/// Item 9: entries KFR already held before the upload with a later start date than the file's
+/// (here: added today, the file says 2019) are counted and named, masked, in the report; KFR keeps
+/// its own date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_kfr_already_held_with_a_later_start_are_named_masked_in_the_report() {
+    let env = setup().await;
+    let persons: Vec<String> = ids(122, 6).into_iter().step_by(2).collect();
+    for p in &persons {
+        assert_ok(&env.run(&["add", p], &[]).await);
+    }
+    env.write(
+        "c.csv",
+        &persons.iter().map(|i| format!("{i};2019-01-01\n")).collect::<String>(),
+    );
+    let out = env.load("c.csv", "s.db", &["--report", "r.json"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(stderr.contains("KFR keeps its own date"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    let kept = report["kfr_keeps_its_own_date"].as_array().unwrap();
+    assert_eq!(kept.len(), 3, "{report}");
+    assert!(kept.iter().all(|k| k["file_start"] == "2019-01-01"));
+    let md = std::fs::read_to_string(env.dir.join("r.md")).unwrap();
+    assert!(md.contains("KFR keeps its own date"), "{md}");
+    for p in &persons {
+        assert!(
+            !report.to_string().contains(p.as_str()) && !md.contains(p.as_str()),
+            "masked"
+        );
+        assert!(!stderr.contains(p.as_str()));
+    }
+    // The later date stays in KFR.
+    let today = env.mock.state().clock().today().to_string();
+    assert!(persons.iter().all(|p| env.active()[p] == today), "{:?}", env.active());
+}

@@ -392,6 +392,9 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             "held {} of {customer} failed: {error}; it stays first in its customer's queue",
             operation.as_str()
         )),
+        LoadEvent::KfrKeepsItsDate { customer, file_start } => p.warning(format_args!(
+            "{customer} was already registered in KFR with a start date later than the file's {file_start}; KFR keeps its own date (listed in the report)"
+        )),
         LoadEvent::PlanReportWritten { path } => {
             p.message(format_args!("plan report written to {}", path.display()))
         }

@@ -47,6 +47,12 @@ pub enum LoadEvent {
         count: u64,
         by_rule: std::collections::BTreeMap<String, u64>,
     },
+    /// An entry KFR already held before its batch went out, with a later start date than the
+    /// file's: KFR keeps its own date (issue 9 item 9). `customer`: kind and masked identifier.
+    KfrKeepsItsDate {
+        customer: String,
+        file_start: chrono::NaiveDate,
+    },
     /// `--dry-run --report`: the plan report was written.
     PlanReportWritten {
         path: PathBuf,

@@ -449,7 +449,23 @@ pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, Loa
 
 /// `kfr load`: plans (or resumes) the job, uploads and confirms it batch by batch, then sends the
 /// operations held while it ran.
-pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
+pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
+    // Entries KFR already held with a later start date are collected for the report as the
+    // executor meets them (issue 9 item 9).
+    let later_starts: std::sync::Mutex<Vec<report::KeptDate>> = Default::default();
+    let collect = |e: LoadEvent| {
+        if let LoadEvent::KfrKeepsItsDate { customer, file_start } = &e {
+            later_starts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(report::KeptDate {
+                    customer: customer.clone(),
+                    file_start: *file_start,
+                });
+        }
+        outer(e)
+    };
+    let on: EventSink<'_> = &collect;
     let started = Instant::now();
     let started_at = crate::store::now_text();
     if let Some(r) = &opts.report {
@@ -639,6 +655,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         &started_at,
         started,
         sent,
+        std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner())),
         on,
     )?;
     if let Some(e) = failure {
@@ -737,6 +754,7 @@ fn write_report(
     started_at: &str,
     started: Instant,
     sent: Vec<SentOperation>,
+    kfr_keeps_its_own_date: Vec<report::KeptDate>,
     on: EventSink<'_>,
 ) -> Result<(LoadReport, Option<(PathBuf, PathBuf)>), LoadError> {
     let record = store.job(job)?;
@@ -762,6 +780,7 @@ fn write_report(
         rejects,
         rejects_file,
         held_operations_sent: sent,
+        kfr_keeps_its_own_date,
     };
     let files = match &opts.report {
         Some(path) => {

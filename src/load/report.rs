@@ -63,6 +63,18 @@ pub struct LoadReport {
     pub rejects_file: Option<PathBuf>,
     /// In the order they were sent: per customer, the order they were issued.
     pub held_operations_sent: Vec<SentOperation>,
+    /// Entries KFR already held before their batch went out, with a later start date than the
+    /// file's: KFR keeps its own date (issue 9 item 9; an open question for Bits). Only the
+    /// entries probed before an upload in this run are checked (docs/load.md).
+    pub kfr_keeps_its_own_date: Vec<KeptDate>,
+}
+
+/// One entry whose start date in KFR is later than the file's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptDate {
+    /// Kind and masked identifier.
+    pub customer: String,
+    pub file_start: chrono::NaiveDate,
 }
 
 impl LoadReport {
@@ -142,6 +154,16 @@ impl LoadReport {
             }
             if (self.rejects.len() as u64) < c.rejected {
                 let _ = writeln!(s, "\n… and {} more.", c.rejected - self.rejects.len() as u64);
+            }
+        }
+        if !self.kfr_keeps_its_own_date.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Already registered with a later start date (KFR keeps its own date)\n\n{} entr(y/ies) among those checked before upload; only those are checked.\n\n| customer | start date in the file |\n|---|---|",
+                self.kfr_keeps_its_own_date.len()
+            );
+            for k in &self.kfr_keeps_its_own_date {
+                let _ = writeln!(s, "| {} | {} |", k.customer, k.file_start);
             }
         }
         if !self.held_operations_sent.is_empty() {
