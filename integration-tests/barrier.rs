@@ -8,7 +8,7 @@
 //! test needs without waiting for anything.
 
 use crate::load::{Env, assert_ok, date, ids, setup, setup_with_rate};
-use crate::util::{ORG, output_text};
+use crate::util::{ORG, kfr, output_text};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -202,4 +202,193 @@ async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
     assert_eq!(stdout.matches("held operation sent").count(), 4, "{stdout}{stderr}");
     assert!(is_active(&env, a).await, "{:?}", periods(&env, a).await);
     assert!(!is_active(&env, b).await);
+}
+
+// ---- Issue 9 item 10: one state store per installation ------------------------------------
+
+/// `kfr --config kfr.toml <args>` run in `cwd` with the installation's state home `home`.
+async fn run_in(
+    env: &Env,
+    cwd: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> std::process::Output {
+    let (cwd, home, config) = (cwd.to_owned(), home.to_owned(), env.dir.join("kfr.toml"));
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut c = kfr(&cwd);
+        c.env(kfr::env_vars::KFR_STATE_HOME, &home)
+            .arg("--config")
+            .arg(config)
+            .args(&args);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A load started without `--state` keeps its job in the installation's store (in the state
+/// home, not the working directory), so a `kfr remove` from any other directory, also without
+/// `--state`, finds the barrier there and is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remove_from_another_directory_without_state_is_held_by_the_installation_store() {
+    let env = setup().await;
+    let ids = ids(104, 80);
+    env.write("c.csv", &ids.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let home = tempfile::tempdir().unwrap();
+    let rate = crate::load::RATE.to_string();
+    let load = ["load", "c.csv", "--ingest-rate", &rate, "--max-batch-bytes", "1024"];
+    let out = run_in(
+        &env,
+        &env.dir,
+        home.path(),
+        &load,
+        &[("KFR_TEST_ABORT_AT", "accepted:2")],
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        !env.dir.join("kfr-state.db").exists(),
+        "no store in the working directory"
+    );
+    let store = home.path().join("kfr-state.db");
+    assert!(store.exists(), "the store is in the state home");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run_in(&env, elsewhere.path(), home.path(), &["remove", &ids[0]], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(stdout.starts_with("held: "), "{stdout}");
+    assert!(
+        stdout.contains(&store.display().to_string()),
+        "names the store: {stdout}"
+    );
+    assert!(env.ended().is_empty());
+
+    let out = run_in(
+        &env,
+        elsewhere.path(),
+        home.path(),
+        &["load", "--resume", "--ingest-rate", &rate],
+        &[],
+    )
+    .await;
+    // The job names its file as given (c.csv, relative): resumed from the load's directory.
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the file is relative to the load's directory"
+    );
+    let out = run_in(
+        &env,
+        &env.dir,
+        home.path(),
+        &["load", "--resume", "--ingest-rate", &rate],
+        &[],
+    )
+    .await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(stdout.contains("held operation sent: remove"), "{stdout}");
+    assert_eq!(env.ended(), vec![ids[0].clone()]);
+}
+
+/// The machine-wide list of running loads is gone: a file planted where it used to be (pointing
+/// at a store with a running job) neither holds a delete nor is read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_entry_in_the_old_list_of_running_loads_has_no_effect() {
+    let env = setup().await;
+    let ids = ids(105, 80);
+    env.write("c.csv", &ids.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env
+        .load("c.csv", "other.db", &[], &[("KFR_TEST_ABORT_AT", "accepted:2")])
+        .await;
+    assert_ne!(out.status.code(), Some(0));
+    let home = tempfile::tempdir().unwrap();
+    let list = home.path().join("active-loads");
+    std::fs::create_dir_all(&list).unwrap();
+    let entry = serde_json::json!({
+        "state": std::fs::canonicalize(env.dir.join("other.db")).unwrap(),
+        "org_number": ORG, "kfr_base_url": env.mock.kfr_base_url(), "job": 1,
+        "announced_at": "2025-01-01T00:00:00Z",
+    });
+    std::fs::write(list.join("planted.json"), entry.to_string()).unwrap();
+
+    let out = run_in(&env, &env.dir, home.path(), &["remove", &ids[0]], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(stdout.starts_with("removed: "), "sent, not swallowed: {stdout}");
+    assert_eq!(env.ended(), vec![ids[0].clone()]);
+    let held = env.run(&["load", "status", "--state", "other.db", "--json"], &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&held).0).unwrap();
+    assert_eq!(v["held_operations"]["remove"], 0, "{v}");
+}
+
+/// No `state` and no state home (no KFR_STATE_HOME, XDG_STATE_HOME or HOME): a clear error that
+/// names the variables, never a store in the working directory and never a delete sent past a
+/// barrier it could not see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_home_is_an_error_naming_the_variables() {
+    let env = setup().await;
+    let ids = ids(106, 2);
+    for args in [vec!["remove", ids[0].as_str()], vec!["load", "status"]] {
+        let (dir, argv) = (env.dir.clone(), args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let out = tokio::task::spawn_blocking(move || {
+            kfr(&dir)
+                .env_remove(kfr::env_vars::KFR_STATE_HOME)
+                .env_remove(kfr::env_vars::XDG_STATE_HOME)
+                .env_remove("HOME")
+                .arg("--config")
+                .arg(dir.join("kfr.toml"))
+                .args(&argv)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let (stdout, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        for want in ["KFR_STATE_HOME", "XDG_STATE_HOME", "HOME", "`state`", "hint: "] {
+            assert!(stderr.contains(want), "{args:?} lacks {want}: {stderr}");
+        }
+    }
+    assert!(env.ended().is_empty(), "nothing was sent");
+    assert!(!env.dir.join("kfr-state.db").exists());
+}
+
+/// The state home and the store in it are private whatever the umask: directories 0700, the
+/// store 0600 (it holds identifiers in full).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installation_store_is_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = setup().await;
+    let ids = ids(107, 10);
+    env.write("c.csv", &ids.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("state/kfr");
+    let (dir, h) = (env.dir.clone(), home.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg("umask 000 && exec \"$0\" \"$@\"");
+        c.arg(assert_cmd::cargo::cargo_bin("kfr"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KFR_")) {
+            c.env_remove(k);
+        }
+        c.current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .env(kfr::env_vars::KFR_STATE_HOME, &h)
+            .args(["--config", "kfr.toml", "load", "c.csv", "--ingest-rate", "200000"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_ok(&out);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700, "state home");
+    assert_eq!(mode(home.parent().unwrap()), 0o700, "created parent");
+    assert_eq!(mode(&home.join("kfr-state.db")), 0o600, "store");
 }

@@ -116,3 +116,57 @@ async fn doctor_names_the_issuing_ca_and_knows_which_digdir_trusts() {
         );
     }
 }
+
+/// Issue 9 item 15: `kfr doctor --json` prints one JSON object (each check with its name,
+/// verdict and detail) and exits as the human form does; global flags work after the subcommand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_json_is_one_object_with_the_human_exit_codes() {
+    let mock = start_mock(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(dir.path(), &pki().client, &mock.base_url(), ORG);
+    let run = |extra: Vec<&'static str>| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            // Every flag after the subcommand: --config and --org-number are global.
+            let out = kfr(cfg.parent().unwrap())
+                .arg("doctor")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--json")
+                .args(extra)
+                .output()
+                .unwrap();
+            let (stdout, stderr) = output_text(&out);
+            (out.status.code(), stdout, stderr)
+        })
+    };
+    let (code, stdout, stderr) = run(vec![]).await.unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["ok"], true, "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in ["config", "certificate", "token", "kfr"] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    assert!(
+        checks
+            .iter()
+            .all(|c| ["ok", "warn", "fail"].contains(&c["verdict"].as_str().unwrap()))
+    );
+    assert!(checks.iter().all(|c| c["detail"].is_string()));
+
+    // Another org.nr given after the subcommand: the certificate no longer matches → exit 1.
+    let (code, stdout, _) = run(vec!["--org-number", "910000004"]).await.unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["ok"], false);
+    let org = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "org number")
+        .expect("org number check");
+    assert_eq!(org["verdict"], "fail", "{v}");
+    assert!(org["hint"].is_string() || org["detail"].as_str().unwrap().contains("910000004"));
+}

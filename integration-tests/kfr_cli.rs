@@ -163,3 +163,72 @@ async fn remove_against_a_wrong_base_url_fails_instead_of_claiming_not_registere
     assert!(!r.stdout.contains("not registered"), "{}", r.stdout);
     mock.shutdown().await;
 }
+
+/// Issue 9 item 15: the global flags (`--env`, `--config`, `--kfr-base-url`, `-q`, …) work after
+/// the subcommand as before it, with the same meaning.
+#[test]
+fn global_flags_work_before_and_after_the_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec![
+            "--env",
+            "prod",
+            "--kfr-base-url",
+            "https://kfr.example/api",
+            "config",
+            "show",
+            "--json",
+        ],
+        vec![
+            "config",
+            "show",
+            "--json",
+            "--env",
+            "prod",
+            "--kfr-base-url",
+            "https://kfr.example/api",
+        ],
+        vec![
+            "config",
+            "--env",
+            "prod",
+            "show",
+            "--kfr-base-url",
+            "https://kfr.example/api",
+            "--json",
+        ],
+    ] {
+        let out = kfr(dir.path()).args(&args).output().unwrap();
+        let (stdout, stderr) = output_text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stdout.contains("https://kfr.example/api"), "{args:?}: {stdout}");
+        assert!(
+            stdout.contains("\"prod\"") && stdout.contains("--env"),
+            "{args:?}: {stdout}"
+        );
+    }
+}
+
+/// `certs local --org-number` and the global `--org-number` are one flag with one meaning (the
+/// institution's org.nr), accepted in either position; without it, a usage error.
+#[test]
+fn certs_local_takes_the_org_number_before_or_after_the_subcommand() {
+    for (i, args) in [
+        vec!["--org-number", "916960190", "certs", "local", "--out"],
+        vec!["certs", "local", "--org-number", "916960190", "--out"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let out = kfr(dir.path()).args(&args).arg(format!("out{i}")).output().unwrap();
+        let (_, stderr) = output_text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let toml = std::fs::read_to_string(dir.path().join(format!("out{i}/kfr.toml"))).unwrap();
+        assert!(toml.contains("916960190"), "{toml}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = kfr(dir.path()).args(["certs", "local", "--out", "o"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(output_text(&out).1.contains("--org-number"));
+}

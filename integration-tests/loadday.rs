@@ -585,3 +585,147 @@ async fn a_plain_progress_line_is_written_when_stderr_is_not_a_terminal() {
     assert!(lines.iter().all(|l| l.contains("/300 ingested")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("batch")), "a phase is named: {lines:?}");
 }
+
+// ---- Item 14: the plan report and the rejected-lines summary -----------------------------
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `kfr load F --dry-run --report R` writes the plan to mail Bits, in the format R's extension
+/// says, mode 0600, naming the environment, KFR, org.nr and kfr version; nothing is sent and no
+/// state is written. A report path that is a symlink or in a missing directory refuses the dry
+/// run before the file is read (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_report_is_the_plan_for_bits_in_the_format_its_extension_says() {
+    let env = setup().await;
+    let id = ids(120, 90);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let dry = ["load", "c.csv", "--dry-run", "--max-batch-bytes", "1024", "--report"];
+    let out = env.run(&[&dry[..], &["plan.json"]].concat(), &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(stderr.contains("plan report written to plan.json"), "{stderr}");
+    let path = env.dir.join("plan.json");
+    assert_eq!(mode(&path), 0o600);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["report"], "plan");
+    assert_eq!(v["org_number"], crate::util::ORG);
+    assert_eq!(v["environment"], "local");
+    assert!(
+        v["kfr_base_url"].as_str().unwrap().starts_with(&env.mock.base_url()),
+        "{v}"
+    );
+    assert_eq!(v["kfr_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["counts"]["valid_unique"], 90);
+    assert!(v["plan"]["batches"].as_array().unwrap().len() >= 2, "{v}");
+    assert!(v["plan"]["ingestion_secs"].as_f64().is_some());
+    assert_eq!(v["plan"]["notify_bits"], false);
+    assert!(v["made_at"].is_string() && v["content_hash"].as_str().unwrap().len() == 64);
+
+    let out = env.run(&[&dry[..], &["plan.md"]].concat(), &[]).await;
+    assert_ok(&out);
+    let md = std::fs::read_to_string(env.dir.join("plan.md")).unwrap();
+    assert!(md.starts_with("# KFR initial load plan"), "{md}");
+    for want in [
+        crate::util::ORG,
+        "environment local",
+        "No advance notice to Bits",
+        "| 1 |",
+    ] {
+        assert!(md.contains(want), "{want}: {md}");
+    }
+    assert!(!id.iter().any(|i| md.contains(i.as_str())), "no identifier in the plan");
+    assert_eq!(env.batches_accepted(), 0);
+
+    // Refused before the file is read: a symlinked report, a missing directory.
+    std::os::unix::fs::symlink(env.dir.join("target.json"), env.dir.join("link.json")).unwrap();
+    for bad in ["link.json", "nowhere/plan.json"] {
+        let out = env.run(&[&dry[..], &[bad]].concat(), &[]).await;
+        let (stdout, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stdout.is_empty(), "no plan printed: {stdout}");
+    }
+    assert!(
+        !env.dir.join("target.json").exists(),
+        "nothing written through the link"
+    );
+}
+
+/// Bad lines are summarised on screen by rule with the first few examples (line number and
+/// masked identifier); the full list goes only to the rejects file, 0600, and never through a
+/// symlink (an existing one refuses the run, exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_lines_are_summarised_by_rule_and_the_rejects_file_is_never_a_symlink() {
+    let env = setup().await;
+    let good = ids(121, 20);
+    // Persons (even positions) with a broken last check digit.
+    let bad: Vec<String> = good
+        .iter()
+        .step_by(2)
+        .map(|i| {
+            let last = i.as_bytes()[10] - b'0';
+            format!("{}{}", &i[..10], (last + 1) % 10)
+        })
+        .collect();
+    let text: String = good.iter().chain(&bad).map(|i| format!("{i}\n")).collect();
+    env.write("c.csv", &text);
+    let out = env.run(&["load", "c.csv", "--dry-run", "--skip-invalid"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    let shown: Vec<&str> = stderr.lines().filter(|l| l.starts_with("c.csv:")).collect();
+    assert_eq!(shown.len(), 3 + 1, "three examples and the summary: {stderr}");
+    assert!(
+        shown[3].contains("and 7 more bad lines") && shown[3].contains("by rule: "),
+        "{stderr}"
+    );
+    assert!(shown[3].contains(" 10"), "all ten counted under their rule: {stderr}");
+    assert!(shown[0].starts_with("c.csv:21: "), "line number: {stderr}");
+    assert!(!bad.iter().any(|b| stderr.contains(b.as_str())), "masked: {stderr}");
+    let rejects = env.dir.join("c.rejects.csv");
+    assert_eq!(mode(&rejects), 0o600);
+    let full = std::fs::read_to_string(&rejects).unwrap();
+    assert_eq!(full.lines().count(), 1 + 10, "every bad line, in full: {full}");
+
+    std::fs::remove_file(&rejects).unwrap();
+    std::os::unix::fs::symlink(env.dir.join("elsewhere.csv"), &rejects).unwrap();
+    let out = env.run(&["load", "c.csv", "--dry-run", "--skip-invalid"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert!(!env.dir.join("elsewhere.csv").exists());
+}
+
+/// Item 9: entries KFR already held before the upload with a later start date than the file's
+/// (here: added today, the file says 2019) are counted and named, masked, in the report; KFR keeps
+/// its own date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_kfr_already_held_with_a_later_start_are_named_masked_in_the_report() {
+    let env = setup().await;
+    let persons: Vec<String> = ids(122, 6).into_iter().step_by(2).collect();
+    for p in &persons {
+        assert_ok(&env.run(&["add", p], &[]).await);
+    }
+    env.write(
+        "c.csv",
+        &persons.iter().map(|i| format!("{i};2019-01-01\n")).collect::<String>(),
+    );
+    let out = env.load("c.csv", "s.db", &["--report", "r.json"], &[]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(stderr.contains("KFR keeps its own date"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    let kept = report["kfr_keeps_its_own_date"].as_array().unwrap();
+    assert_eq!(kept.len(), 3, "{report}");
+    assert!(kept.iter().all(|k| k["file_start"] == "2019-01-01"));
+    let md = std::fs::read_to_string(env.dir.join("r.md")).unwrap();
+    assert!(md.contains("KFR keeps its own date"), "{md}");
+    for p in &persons {
+        assert!(
+            !report.to_string().contains(p.as_str()) && !md.contains(p.as_str()),
+            "masked"
+        );
+        assert!(!stderr.contains(p.as_str()));
+    }
+    // The later date stays in KFR.
+    let today = env.mock.state().clock().today().to_string();
+    assert!(persons.iter().all(|p| env.active()[p] == today), "{:?}", env.active());
+}

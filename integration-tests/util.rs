@@ -12,13 +12,17 @@ pub fn kfr(cwd: &Path) -> Command {
             cmd.env_remove(k);
         }
     }
-    // The list of running loads (the delete barrier's, see kfr::store::registry) goes to one
-    // directory per test process, never the developer's home.
+    // The installation's state home (its default state store and pseudonym key) is never the
+    // developer's: one per test directory, outside it, so tests running at once share nothing.
     static STATE_HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let home = STATE_HOME.get_or_init(|| tempfile::tempdir().expect("state home"));
+    let per_dir = {
+        use sha2::Digest as _;
+        hex::encode(&sha2::Sha256::digest(cwd.as_os_str().as_encoded_bytes())[..8])
+    };
     cmd.current_dir(cwd)
         .env("NO_COLOR", "1")
-        .env(kfr::env_vars::KFR_STATE_HOME, home.path());
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path().join(per_dir));
     cmd
 }
 

@@ -162,9 +162,14 @@ pub const KEYS: &[KeyDef] = &[
         doc: "accept H-/NAV (+40) and FH numbers (test runs only)",
     },
     KeyDef {
+        name: "state",
+        default: None,
+        doc: "the installation's state store (load jobs, ledger, held operations); default: kfr-state.db in the state home",
+    },
+    KeyDef {
         name: "state_file",
-        default: Some("kfr-state.db"),
-        doc: "SQLite state store: load jobs, ledger, held deletes",
+        default: None,
+        doc: "older spelling of `state`",
     },
     KeyDef {
         name: "ingest_rate",
@@ -179,7 +184,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "store.url",
         default: None,
-        doc: "the state store: a path or sqlite:///path (instead of state_file)",
+        doc: "the state store as a path or sqlite:///path (instead of `state`)",
     },
     KeyDef {
         name: "retry.max_attempts",
@@ -277,6 +282,7 @@ const PATH_KEYS: &[&str] = &[
     "certificate_pem",
     "extra_ca_bundle",
     "pseudonym_key_file",
+    "state",
     "state_file",
     "sync.ingest_key_file",
     "sync.tls_cert",
@@ -288,29 +294,29 @@ const PATH_KEYS: &[&str] = &[
 /// planner could not fill files to 95 % (one entry is at most 23 bytes).
 pub const MIN_BATCH_BYTES: usize = 1024;
 
-/// Settings given as command-line flags (placed before the subcommand).
+/// Settings given as command-line flags, before or after the subcommand (clap `global`).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct FlagOverrides {
     /// Environment: local, test or prod.
-    #[arg(long = "env", value_name = "ENV")]
+    #[arg(long = "env", value_name = "ENV", global = true)]
     pub env: Option<String>,
     /// The institution's organisation number.
-    #[arg(long = "org-number", value_name = "ORGNR")]
+    #[arg(long = "org-number", value_name = "ORGNR", global = true)]
     pub org_number: Option<String>,
     /// Maskinporten client id.
-    #[arg(long = "client-id", value_name = "ID")]
+    #[arg(long = "client-id", value_name = "ID", global = true)]
     pub client_id: Option<String>,
     /// Scope to request.
-    #[arg(long = "scope", value_name = "SCOPE")]
+    #[arg(long = "scope", value_name = "SCOPE", global = true)]
     pub scope: Option<String>,
     /// PKCS#12 certificate file (its password comes from KFR_CERTIFICATE_PASSWORD or a file).
-    #[arg(long = "certificate", value_name = "P12")]
+    #[arg(long = "certificate", value_name = "P12", global = true)]
     pub certificate: Option<PathBuf>,
     /// Maskinporten issuer URL.
-    #[arg(long = "maskinporten-issuer", value_name = "URL")]
+    #[arg(long = "maskinporten-issuer", value_name = "URL", global = true)]
     pub maskinporten_issuer: Option<String>,
     /// KFR base URL.
-    #[arg(long = "kfr-base-url", value_name = "URL")]
+    #[arg(long = "kfr-base-url", value_name = "URL", global = true)]
     pub kfr_base_url: Option<String>,
 }
 
@@ -365,6 +371,8 @@ pub enum ConfigError {
     Missing { key: &'static str, why: &'static str },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NoStateHome(NoStateHome),
     #[error("cannot read {what} {path}: {source}")]
     ReadSecret {
         what: &'static str,
@@ -389,6 +397,12 @@ impl Hinted for ConfigError {
                 env_vars::CONFIG_PREFIX,
                 key.to_uppercase()
             )),
+            ConfigError::NoStateHome(_) => Some(format!(
+                "set `state` in kfr.toml (or {}) to the installation's state store, or set {} (or {}, or HOME); every kfr command of this installation must use the same store",
+                env_vars::CONFIG_PREFIX.to_string() + "STATE",
+                env_vars::KFR_STATE_HOME,
+                env_vars::XDG_STATE_HOME
+            )),
             ConfigError::Invalid { key, .. } if key.ends_with("url") || *key == "maskinporten_issuer" => {
                 Some("plain http:// is only allowed with env = \"local\" (the bundled mock)".into())
             }
@@ -396,6 +410,18 @@ impl Hinted for ConfigError {
         }
     }
 }
+
+/// No state store was configured and there is no state home to put the default in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no state store: `state` is not set and there is no state home ({}, {} and HOME are all unset)",
+    env_vars::KFR_STATE_HOME,
+    env_vars::XDG_STATE_HOME
+)]
+pub struct NoStateHome;
+
+/// The file name of the default state store in the state home.
+pub const DEFAULT_STATE_FILE: &str = "kfr-state.db";
 
 /// A resolved value and its origin.
 #[derive(Debug, Clone)]
@@ -428,8 +454,9 @@ pub struct Settings {
     pub pseudonym_key_file: PathBuf,
     pub allow_synthetic_ids: bool,
     pub allow_h_numbers: bool,
-    /// The SQLite state store (`kfr load`, the delete barrier of `kfr remove`).
-    pub state_file: PathBuf,
+    /// The installation's SQLite state store (`kfr load`, the delete barrier of `kfr remove`),
+    /// or why there is none (no `state` and no state home): see [`Settings::require_state`].
+    pub state: Result<PathBuf, NoStateHome>,
     /// Relationships per second KFR ingests (onboarding D-3: about 250).
     pub ingest_rate: u32,
     /// Upper bound on a batch body (KFR: at most 10 MB a file).
@@ -546,11 +573,17 @@ impl Settings {
             let file = home.map_or_else(|| PathBuf::from(FALLBACK_PSEUDONYM_KEY), |h| h.join("pseudonym.key"));
             (file.display().to_string(), Source::Default)
         });
+        // One state store per installation (issue 9 item 10), like the pseudonym key: the delete
+        // barrier is a property of that store, so every command must find the same one wherever
+        // it runs. Never the working directory.
+        let default_state = state_home(|k| env.get(k).cloned())
+            .map(|h| h.join(DEFAULT_STATE_FILE))
+            .ok_or(NoStateHome);
         let password = env.get(env_vars::KFR_CERTIFICATE_PASSWORD).map(|p| Sourced {
             value: SecretString::from(p.clone()),
             source: Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into()),
         });
-        resolve(path, raw, password)
+        resolve(path, raw, password, default_state)
     }
 
     /// The organisation number, or a configuration error saying why it is needed.
@@ -559,6 +592,18 @@ impl Settings {
             key: "org_number",
             why: "it is the institution's identity towards KFR and Maskinporten",
         })
+    }
+
+    /// The state store: the one given (a `--state` flag, then `state`/`store.url`), else the
+    /// installation's default in the state home. With neither, a configuration error naming the
+    /// variables: a store in the working directory would split the delete barrier between
+    /// directories (issue 9 item 10), so there is no silent fallback.
+    pub fn require_state(&self, flag: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        match (flag, &self.state) {
+            (Some(p), _) => Ok(p.to_path_buf()),
+            (None, Ok(p)) => Ok(p.clone()),
+            (None, Err(e)) => Err(ConfigError::NoStateHome(e.clone())),
+        }
     }
 
     /// The Maskinporten client id, or a configuration error.
@@ -839,6 +884,7 @@ fn resolve(
     config_file: Option<PathBuf>,
     mut raw: RawMap,
     password_env: Option<Sourced<SecretString>>,
+    default_state: Result<PathBuf, NoStateHome>,
 ) -> Result<Settings, ConfigError> {
     let env_raw = Resolver { raw: raw.clone() }.defaulted("env")?;
     let env = match env_raw.0.as_str() {
@@ -936,7 +982,10 @@ fn resolve(
         }
     };
 
-    let state_file = resolve_store(&r)?;
+    let state = match resolve_store(&r)? {
+        Some(p) => Ok(p),
+        None => default_state,
+    };
     let retry = RetrySettings {
         max_attempts: r.number("retry.max_attempts", 1, 100, "attempts")?,
         base_delay: std::time::Duration::from_millis(r.number("retry.base_delay_ms", 0, 60_000, "milliseconds")?),
@@ -965,6 +1014,13 @@ fn resolve(
     }
     for (key, value) in r.raw.iter().filter(|(k, _)| k.contains('[')) {
         origins.insert(key.clone(), value.clone());
+    }
+    if !origins.contains_key("state") && !origins.contains_key("state_file") && !origins.contains_key("store.url") {
+        let shown = match &state {
+            Ok(p) => p.display().to_string(),
+            Err(e) => format!("(none: {e})"),
+        };
+        origins.insert("state".into(), (shown, Source::Default));
     }
     if password.is_some() {
         let src = match origins.get("certificate_password_file") {
@@ -995,7 +1051,7 @@ fn resolve(
         pseudonym_key_file: PathBuf::from(r.defaulted("pseudonym_key_file")?.0),
         allow_synthetic_ids: r.boolean("allow_synthetic_ids")?,
         allow_h_numbers: r.boolean("allow_h_numbers")?,
-        state_file,
+        state,
         ingest_rate: r.number("ingest_rate", 1, u32::MAX, "relationships per second")?,
         max_batch_bytes: r.number(
             "max_batch_bytes",
@@ -1009,36 +1065,46 @@ fn resolve(
     })
 }
 
-/// The state store: `store.url` (a path, or `sqlite://` + path) or the older `state_file`, not
-/// both. Only SQLite exists today; a PostgreSQL URL is refused by name so the error is clear.
-fn resolve_store(r: &Resolver) -> Result<PathBuf, ConfigError> {
-    let legacy = r.raw.get("state_file").cloned();
-    match (r.get("store.url"), legacy) {
-        (Some(_), Some(_)) => Err(ConfigError::Conflict(
-            "both `store.url` and `state_file` are set; keep only `store.url`".into(),
-        )),
-        (Some(v), None) => {
-            let text = v.0.trim();
-            if let Some(rest) = text.strip_prefix("sqlite://") {
-                if rest.is_empty() {
-                    return Err(r.invalid(
-                        "store.url",
-                        &v,
-                        "sqlite:// needs a path, e.g. sqlite:///var/lib/kfr/state.db".into(),
-                    ));
-                }
-                Ok(PathBuf::from(rest))
-            } else if text.contains("://") {
-                Err(r.invalid(
-                    "store.url",
-                    &v,
-                    "only SQLite state stores exist in this version: a path or sqlite:///path".into(),
-                ))
-            } else {
-                Ok(PathBuf::from(text))
-            }
+/// The state store as configured: `state`, its older spelling `state_file`, or `store.url` (a
+/// path, or `sqlite://` + path), at most one of them. `None`: not configured (the default in
+/// the state home applies). Only SQLite exists today; a PostgreSQL URL is refused by name.
+fn resolve_store(r: &Resolver) -> Result<Option<PathBuf>, ConfigError> {
+    let given: Vec<&str> = ["state", "state_file", "store.url"]
+        .into_iter()
+        .filter(|k| r.raw.contains_key(*k))
+        .collect();
+    if given.len() > 1 {
+        return Err(ConfigError::Conflict(format!(
+            "{} are all set; they name the same state store, keep only `state`",
+            given.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
+        )));
+    }
+    let Some(key) = given.first() else { return Ok(None) };
+    let v = r.raw[*key].clone();
+    let text = v.0.trim();
+    if text.is_empty() {
+        return Err(r.invalid(key, &v, "expected a path".into()));
+    }
+    if *key != "store.url" {
+        return Ok(Some(PathBuf::from(text)));
+    }
+    if let Some(rest) = text.strip_prefix("sqlite://") {
+        if rest.is_empty() {
+            return Err(r.invalid(
+                "store.url",
+                &v,
+                "sqlite:// needs a path, e.g. sqlite:///var/lib/kfr/state.db".into(),
+            ));
         }
-        (None, _) => Ok(PathBuf::from(r.defaulted("state_file")?.0)),
+        Ok(Some(PathBuf::from(rest)))
+    } else if text.contains("://") {
+        Err(r.invalid(
+            "store.url",
+            &v,
+            "only SQLite state stores exist in this version: a path or sqlite:///path".into(),
+        ))
+    } else {
+        Ok(Some(PathBuf::from(text)))
     }
 }
 
@@ -1234,7 +1300,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.retry.retry_after_cap, std::time::Duration::from_secs(600));
-        assert_eq!(s.state_file, PathBuf::from("/var/lib/kfr/state.db"));
+        assert_eq!(s.state, Ok(PathBuf::from("/var/lib/kfr/state.db")));
         assert!(matches!(s.origins["sync.rate"].1, Source::File(_)));
         assert_eq!(s.origins["sync.max_in_flight"].1, Source::Default);
         assert_eq!(s.origins["sync.sources[1].kind"].0, "spool");
@@ -1277,11 +1343,62 @@ mod tests {
         let err = load("[store]\nurl = \"postgres://db/kfr\"\n").unwrap_err();
         assert!(err.to_string().contains("only SQLite"), "{err}");
         let err = load("state_file = \"a.db\"\n[store]\nurl = \"b.db\"\n").unwrap_err();
-        assert!(err.to_string().contains("keep only `store.url`"), "{err}");
+        assert!(err.to_string().contains("keep only `state`"), "{err}");
         let err = load("[retry]\nmax_attempts = 0\n").unwrap_err();
         assert!(err.to_string().contains("from 1 to 100"), "{err}");
         let err = load("[sync]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(err.to_string().contains("127.0.0.1:8090"), "{err}");
+    }
+
+    #[test]
+    fn the_state_store_defaults_to_the_state_home_and_is_never_silently_the_working_directory() {
+        let env = |vars: &[(&str, &str)]| -> BTreeMap<String, String> {
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let f = FlagOverrides::default();
+        let s = Settings::load_from(None, &env(&[("KFR_STATE_HOME", "/srv/kfr")]), &f).unwrap();
+        assert_eq!(s.require_state(None).unwrap(), PathBuf::from("/srv/kfr/kfr-state.db"));
+        let s = Settings::load_from(None, &env(&[("XDG_STATE_HOME", "/x")]), &f).unwrap();
+        assert_eq!(s.require_state(None).unwrap(), PathBuf::from("/x/kfr/kfr-state.db"));
+        let s = Settings::load_from(None, &env(&[("HOME", "/home/o")]), &f).unwrap();
+        assert_eq!(
+            s.require_state(None).unwrap(),
+            PathBuf::from("/home/o/.local/state/kfr/kfr-state.db")
+        );
+        // No state home: only commands that need the store fail, naming the variables.
+        let s = Settings::load_from(None, &env(&[]), &f).unwrap();
+        let err = s.require_state(None).unwrap_err();
+        assert!(
+            err.to_string().contains("KFR_STATE_HOME") && err.to_string().contains("HOME"),
+            "{err}"
+        );
+        assert!(err.hint().unwrap().contains("`state`"), "{:?}", err.hint());
+        assert_eq!(err.exit(), crate::error::Exit::Usage);
+        // A flag wins; `state` from the environment wins over the state home.
+        assert_eq!(s.require_state(Some(Path::new("a.db"))).unwrap(), PathBuf::from("a.db"));
+        let s = Settings::load_from(None, &env(&[("KFR_STATE", "/k.db"), ("HOME", "/h")]), &f).unwrap();
+        assert_eq!(s.require_state(None).unwrap(), PathBuf::from("/k.db"));
+        assert_eq!(s.origins["state"].1, Source::Env("KFR_STATE".into()));
+    }
+
+    #[test]
+    fn state_and_its_aliases_are_one_key() {
+        let s = load("state = \"st/kfr.db\"\n").unwrap();
+        let p = s.state.unwrap();
+        assert!(
+            p.is_absolute() && p.ends_with("st/kfr.db"),
+            "relative to the file: {p:?}"
+        );
+        let s = load("state_file = \"/old.db\"\n").unwrap();
+        assert_eq!(s.state, Ok(PathBuf::from("/old.db")));
+        for two in [
+            "state = \"a.db\"\nstate_file = \"b.db\"\n",
+            "state = \"a.db\"\n[store]\nurl = \"b.db\"\n",
+        ] {
+            let err = load(two).unwrap_err();
+            assert!(err.to_string().contains("keep only `state`"), "{err}");
+            assert_eq!(err.exit(), crate::error::Exit::Usage);
+        }
     }
 
     #[test]

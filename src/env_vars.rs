@@ -19,17 +19,16 @@ pub const CONFIG_PREFIX: &str = "KFR_";
 /// `confirmed`, `deletes`, optionally `:N` for batch N) to rehearse `kill -9` and `--resume`.
 /// Never set in production.
 pub const KFR_TEST_ABORT_AT: &str = "KFR_TEST_ABORT_AT";
-/// Directory for `kfr`'s per-installation state: the default pseudonym key, and the list of
-/// initial loads in progress that every `kfr remove` consults for the delete barrier
-/// (onboarding D-3). Default `$XDG_STATE_HOME/kfr`, else `$HOME/.local/state/kfr`.
+/// Directory for `kfr`'s per-installation state: the default pseudonym key and the default state
+/// store (`kfr-state.db`, which holds the delete barrier of onboarding D-3).
+/// Default `$XDG_STATE_HOME/kfr`, else `$HOME/.local/state/kfr`.
 pub const KFR_STATE_HOME: &str = "KFR_STATE_HOME";
 /// XDG base directory for state; `kfr` uses `$XDG_STATE_HOME/kfr` when `KFR_STATE_HOME` is unset.
 pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
 
 use std::path::PathBuf;
 
-/// The directory for `kfr`'s per-installation state outside any one state store (the pseudonym
-/// key, the list of running loads): `$KFR_STATE_HOME`, else `$XDG_STATE_HOME/kfr`, else
+/// The directory for `kfr`'s per-installation state (the pseudonym key, the default state store): `$KFR_STATE_HOME`, else `$XDG_STATE_HOME/kfr`, else
 /// `$HOME/.local/state/kfr` (XDG base directory layout). `var` reads the environment.
 pub fn state_home(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let get = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);

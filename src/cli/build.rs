@@ -11,6 +11,44 @@ use crate::kfr::{KfrClient, KfrClientConfig};
 use crate::maskinporten::{Credential, TokenClient, TokenClientConfig, TokenRequest};
 use anyhow::Context as _;
 
+/// The state store a command uses: `--state` when given, else the installation's (`state`, or
+/// `kfr-state.db` in the state home). An error when there is neither (never the working directory).
+pub fn state_path(s: &Settings, flag: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    Ok(s.require_state(flag)?)
+}
+
+/// Creates the missing directories above a state store about to be written, mode 0700 whatever
+/// the umask: the store holds identifiers in full (the file itself is made 0600 by the store).
+/// Directories that exist already are left as they are (they may be shared on purpose).
+pub fn create_state_dir(state: &std::path::Path) -> anyhow::Result<()> {
+    let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let missing: Vec<&std::path::Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .with_context(|| format!("creating the state store's directory {}", dir.display()))?;
+    #[cfg(unix)]
+    for d in missing {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (0700)", d.display()))?;
+    }
+    Ok(())
+}
+
 /// The outgoing HTTP client settings.
 pub fn http_config(s: &Settings) -> HttpConfig {
     HttpConfig {

@@ -1,6 +1,8 @@
 //! `kfr doctor`: one line per check (ok / warn / fail) with a hint for anything not ok. It keeps
 //! going past a failed check where later checks still tell the operator something, and exits 1
-//! when any check failed (warnings alone exit 0).
+//! when any check failed (warnings alone exit 0). `--json` prints the same checks as one JSON
+//! object on stdout (`{"ok": …, "checks": [{"name", "verdict", "detail", "hint"}]}`), same exit
+//! codes.
 
 use crate::config::{Environment, Settings};
 use crate::maskinporten::{Credential, IssuingCa, TokenClient};
@@ -15,6 +17,8 @@ enum Verdict {
 
 struct Report {
     failed: bool,
+    /// `--json`: the checks are collected and printed as one object at the end.
+    json: Option<Vec<serde_json::Value>>,
 }
 
 impl Report {
@@ -25,6 +29,15 @@ impl Report {
             Verdict::Fail => "FAIL",
         };
         self.failed |= verdict == Verdict::Fail;
+        if let Some(checks) = self.json.as_mut() {
+            checks.push(serde_json::json!({
+                "name": check,
+                "verdict": tag.trim().to_ascii_lowercase(),
+                "detail": detail.to_string(),
+                "hint": hint.filter(|_| verdict != Verdict::Ok),
+            }));
+            return;
+        }
         println!("{tag}  {check:<13} {detail}");
         if let Some(h) = hint.filter(|_| verdict != Verdict::Ok) {
             println!("      {:<13} hint: {h}", "");
@@ -35,8 +48,11 @@ impl Report {
 /// Days before expiry from which the certificate check warns (renewal takes time, onboarding A-3).
 const EXPIRY_WARNING_DAYS: i64 = 30;
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let mut r = Report { failed: false };
+pub async fn run(settings: Settings, json: bool) -> anyhow::Result<()> {
+    let mut r = Report {
+        failed: false,
+        json: json.then(Vec::new),
+    };
     let file = settings
         .config_file
         .as_ref()
@@ -108,6 +124,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         check_kfr(&mut r, &settings).await;
     }
 
+    if let Some(checks) = r.json.take() {
+        println!("{}", serde_json::json!({ "ok": !r.failed, "checks": checks }));
+    }
     if r.failed {
         return Err(crate::error::Reported("kfr doctor found problems".into()).into());
     }

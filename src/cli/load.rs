@@ -1,7 +1,7 @@
 //! `kfr load FILE`: flags and configuration → [`LoadOptions`], the KFR client, and the printer
 //! that presents what the load reports ([`LoadEvent`]s while it runs, then its outcome or error).
 //!
-//! Flag values win over the configuration (`state_file`, `ingest_rate`, `max_batch_bytes`), which
+//! Flag values win over the configuration (`state`, `ingest_rate`, `max_batch_bytes`), which
 //! wins over the built-in defaults; a value out of range is a usage error (exit 2). The load
 //! itself prints nothing: the plan, the progress bar, the summary and the `--json` lines are all
 //! written here.
@@ -18,10 +18,15 @@ use std::fmt::Write as _;
 
 pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyhow::Result<()> {
     if let Some(super::LoadAction::Status { state, json }) = &args.action {
-        let state = state.clone().unwrap_or_else(|| settings.state_file.clone());
+        let state = super::build::state_path(&settings, state.as_deref())?;
         return status(&state, *json, &printer);
     }
-    let state_path = args.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    // A dry run writes no state, so it needs no store (nor a state home).
+    let state_path = match super::build::state_path(&settings, args.state.as_deref()) {
+        Ok(p) => p,
+        Err(_) if args.dry_run => std::path::PathBuf::new(),
+        Err(e) => return Err(e),
+    };
     // `--resume` without a file: the unconfirmed job knows its file (issue 9 item 11).
     let file = match &args.file {
         Some(f) => f.clone(),
@@ -93,6 +98,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
+    super::build::create_state_dir(&state_path)?;
     let mut opts = opts;
     opts.stop = Some(listen_for_stop());
     let sink = |e: LoadEvent| present(&printer, &opts, every, e);
@@ -261,8 +267,18 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             // Without --skip-invalid these lines are why the load is refused: part of the error.
             if skipped { p.message(line) } else { p.problem(line) }
         }
-        LoadEvent::MoreRejected { count } => {
-            let line = format!("{file}: … and {count} more bad lines");
+        LoadEvent::MoreRejected { count, by_rule } => {
+            let rules: Vec<String> = by_rule.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let full = if opts.skip_invalid {
+                "every one is in the rejects file"
+            } else {
+                "`kfr validate --file` lists every one"
+            };
+            let line = format!(
+                "{file}: … and {count} more bad lines (the first {} of each rule are shown); by rule: {}; {full}",
+                crate::load::EXAMPLES_PER_RULE,
+                rules.join(", ")
+            );
             if opts.skip_invalid {
                 p.message(line)
             } else {
@@ -376,6 +392,12 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             "held {} of {customer} failed: {error}; it stays first in its customer's queue",
             operation.as_str()
         )),
+        LoadEvent::KfrKeepsItsDate { customer, file_start } => p.warning(format_args!(
+            "{customer} was already registered in KFR with a start date later than the file's {file_start}; KFR keeps its own date (listed in the report)"
+        )),
+        LoadEvent::PlanReportWritten { path } => {
+            p.message(format_args!("plan report written to {}", path.display()))
+        }
         LoadEvent::ReportWritten { json, markdown } => p.message(format_args!(
             "report written to {} and {}",
             json.display(),

@@ -58,7 +58,7 @@ pub enum Command {
     /// Get a Maskinporten access token and show its expiry, scope and consumer organisation.
     Token(TokenArgs),
     /// Check certificate, configuration, connectivity and clock, one line per check.
-    Doctor,
+    Doctor(DoctorArgs),
     /// Generate certificates for local testing against `kfr mock`.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -224,16 +224,24 @@ pub struct TokenArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// One JSON object on stdout: every check with its name, verdict (ok/warn/fail), detail and hint.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// A throwaway test CA, a business-certificate-shaped client certificate and a ready kfr.toml.
     Local(CertsLocalArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CertsLocalArgs {
-    /// The organisation number put in the certificate's serialNumber.
-    #[arg(long, value_name = "ORGNR")]
+    /// The organisation number put in the certificate's serialNumber: the global `--org-number`
+    /// (one flag, one meaning: the institution's org.nr; before or after `certs local`).
+    #[arg(skip)]
     pub org_number: String,
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -272,8 +280,8 @@ pub struct RelationshipArgs {
     /// Machine-readable output (JSON on stdout).
     #[arg(long)]
     pub json: bool,
-    /// State store (default: `state_file`, ./kfr-state.db). `remove` queues the delete there while
-    /// an initial load is not confirmed; `add` records in its ledger when it exists.
+    /// State store (default: the installation's, `state`: kfr-state.db in the state home). `remove`
+    /// queues the delete there while an initial load is not confirmed; `add` records in its ledger.
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
 }
@@ -295,7 +303,7 @@ pub struct LoadArgs {
     /// Continue the unfinished load job in the state store (the file must be unchanged).
     #[arg(long)]
     pub resume: bool,
-    /// State store (default: `state_file`, ./kfr-state.db).
+    /// State store (default: the installation's, `state`: kfr-state.db in the state home).
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
     /// Write the report as JSON to PATH and as Markdown next to it (PATH with .md).
@@ -347,7 +355,7 @@ pub enum LoadAction {
     /// The jobs of a state store: file, sha256, KFR, batches by state, held operations, and
     /// whether a load is running on it now. Reads only.
     Status {
-        /// State store (default: `state_file`).
+        /// State store (default: the installation's, `state`).
         #[arg(long, value_name = "PATH")]
         state: Option<PathBuf>,
         #[arg(long)]
@@ -473,8 +481,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let printer = || printer::Printer::new(cli.quiet, cli.verbose);
     match &cli.command {
         Command::Token(args) => runtime()?.block_on(token::run(load()?, args)),
-        Command::Doctor => runtime()?.block_on(doctor::run(load()?)),
-        Command::Certs(CertsCommand::Local(args)) => certs::run(args),
+        Command::Doctor(args) => runtime()?.block_on(doctor::run(load()?, args.json)),
+        Command::Certs(CertsCommand::Local(args)) => {
+            let org_number = cli.overrides.org_number.clone().ok_or_else(|| {
+                error::UsageError::new(
+                    "`certs local` needs --org-number ORGNR: the organisation number put in the certificate",
+                )
+            })?;
+            certs::run(&CertsLocalArgs {
+                org_number,
+                ..args.clone()
+            })
+        }
         Command::Mock(args) => runtime()?.block_on(mock::run(args)),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
         Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
@@ -491,23 +509,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(a) => outbox::enqueue(&load()?, a, &printer()),
         Command::Outbox(OutboxCommand::Status(a)) => {
             let settings = load()?;
-            let state = a.state.clone().unwrap_or_else(|| settings.state_file.clone());
+            let state = settings.require_state(a.state.as_deref())?;
             outbox::status(&settings, &state, a.json, &printer())
         }
         Command::Dlq(cmd) => {
             let settings = load()?;
-            let state_of = |s: &StoreArgs| s.state.clone().unwrap_or_else(|| settings.state_file.clone());
+            let state_of = |s: &StoreArgs| settings.require_state(s.state.as_deref());
             match cmd {
-                DlqCommand::List(a) => outbox::dlq_list(&state_of(a), a.json, &printer()),
+                DlqCommand::List(a) => outbox::dlq_list(&state_of(a)?, a.json, &printer()),
                 DlqCommand::Retry { seq, all, store } => {
                     let which = match (seq, all) {
                         (Some(s), false) => crate::store::outbox::DeadLetters::One(*s),
                         _ => crate::store::outbox::DeadLetters::All,
                     };
-                    outbox::dlq_act(&state_of(store), which, true, store.json, &printer())
+                    outbox::dlq_act(&state_of(store)?, which, true, store.json, &printer())
                 }
                 DlqCommand::Drop { seq, store } => outbox::dlq_act(
-                    &state_of(store),
+                    &state_of(store)?,
                     crate::store::outbox::DeadLetters::One(*seq),
                     false,
                     store.json,

@@ -26,6 +26,7 @@ pub(crate) fn register(settings: &Settings) -> anyhow::Result<Register> {
 }
 
 fn open(path: &Path) -> anyhow::Result<Store> {
+    super::build::create_state_dir(path)?;
     Store::open(path).with_context(|| format!("opening the state store {}", path.display()))
 }
 
@@ -44,7 +45,7 @@ pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> a
         super::EnqueueOp::Add => Operation::Add,
         super::EnqueueOp::Remove => Operation::Remove,
     };
-    let state = &args.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    let state = &settings.require_state(args.state.as_deref())?;
     let (raw_id, start_date, event_id, json) = (&args.id, args.start_date, args.event_id.clone(), args.json);
     super::install_pseudonyms(settings)?;
     let id = CustomerId::parse(raw_id, &super::build::id_policy(settings)).with_context(|| {
@@ -219,7 +220,7 @@ pub fn dlq_act(state: &Path, which: DeadLetters, retry: bool, json: bool, p: &Pr
 
 /// `kfr reconcile FILE [--dry-run] [--allow-mass-delete]`.
 pub fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) -> anyhow::Result<()> {
-    let state = &args.store.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    let state = &settings.require_state(args.store.state.as_deref())?;
     let (file, dry_run, allow_mass_delete, json) = (&args.file, args.dry_run, args.allow_mass_delete, args.store.json);
     super::install_pseudonyms(settings)?;
     let register = register(settings)?.key();

@@ -9,9 +9,12 @@
 //! initial load job is not confirmed ingested, `remove` does not send; it queues the delete in the
 //! load's store (exit 0) and `kfr load` sends it once the last batch is confirmed. While anything
 //! on a customer waits there, a later `add` or `remove` of that customer waits behind it (exit 0,
-//! "queued"), so KFR gets them in the order they were issued. The load is found in the store the
-//! command was given or in the machine-wide list of running loads ([`registry`]), so a forgotten
-//! `--state` cannot slip an operation past it. An `add` with nothing ahead of it is never held
+//! "queued"), so KFR gets them in the order they were issued. The barrier is a property of the
+//! installation's one state store (`state`, default in the state home, issue 9 item 10): every
+//! command of the installation finds the same store wherever it runs, so a forgotten `--state`
+//! cannot slip an operation past a load. A load in that store against another KFR (another
+//! environment, URL or org.nr) does not hold this command's operation: its held operations are
+//! sent by that load's client, to that KFR. An `add` with nothing ahead of it is never held
 //! (D-3 step 3: new relationships go in parallel with the load) and is recorded in the ledger
 //! when a store exists.
 
@@ -20,8 +23,7 @@ use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::CustomerId;
 use crate::kfr::{AddOutcome, RemoveOutcome};
-use crate::store::registry::{self, HeldAt};
-use crate::store::{HoldReason, Operation, Store};
+use crate::store::{CustomerQueue as _, HoldReason, Operation, Store};
 use anyhow::Context as _;
 
 fn parse_id(settings: &Settings, raw: &str) -> anyhow::Result<CustomerId> {
@@ -38,8 +40,20 @@ fn who(id: &CustomerId) -> String {
     format!("{} {}", id.kind().label(), id.log())
 }
 
-fn state_path(settings: &Settings, args: &RelationshipArgs) -> std::path::PathBuf {
-    args.state.clone().unwrap_or_else(|| settings.state_file.clone())
+fn state_path(settings: &Settings, args: &RelationshipArgs) -> anyhow::Result<std::path::PathBuf> {
+    super::build::state_path(settings, args.state.as_deref())
+}
+
+/// Whether a load job's recorded register (environment, KFR base URL, org.nr) is the one this
+/// command talks to. URLs are compared by scheme, host, port and path.
+fn same_register(job_settings: &str, settings: &Settings, org: &str) -> bool {
+    let v: serde_json::Value = serde_json::from_str(job_settings).unwrap_or_default();
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let (env, url, job_org) = (text("environment"), text("kfr_base_url"), text("org_number"));
+    use crate::store::outbox::canonical_url;
+    (env.is_empty() || env == settings.env.as_str())
+        && (url.is_empty() || canonical_url(&url) == canonical_url(settings.kfr_base_url.as_str()))
+        && (job_org.is_empty() || job_org == org)
 }
 
 /// Queues the operation where a held one on the same customer (or, for a remove, a running load)
@@ -52,11 +66,24 @@ fn hold(
     op: Operation,
     cid: uuid::Uuid,
 ) -> anyhow::Result<bool> {
-    let state = state_path(settings, args);
+    let state = state_path(settings, args)?;
     let org = settings.require_org_number()?;
-    let Some(HeldAt { state, queued }) =
-        registry::hold(&state, org, settings.kfr_base_url.as_str(), id.as_str(), op, cid)?
-    else {
+    // `remove` must not create a store just to look.
+    let Some(mut store) = Store::open_existing(&state)? else {
+        return Ok(false);
+    };
+    if let Some(job) = store.unconfirmed_job()?
+        && !same_register(&job.settings, settings, org)
+    {
+        p.warning(format_args!(
+            "load job {} in {} runs against another KFR (environment, URL or org.nr), so it does not hold this {}; sending it now",
+            job.id,
+            state.display(),
+            op.as_str()
+        ));
+        return Ok(false);
+    }
+    let Some(queued) = store.enqueue(id.as_str(), op, cid)? else {
         return Ok(false);
     };
     let (reason, ahead, job) = match queued.reason {
@@ -102,7 +129,7 @@ pub async fn add(settings: Settings, args: &RelationshipArgs, p: Printer) -> any
         .add(&id, Some(cid))
         .await
         .with_context(|| format!("cannot add {}", who(&id)))?;
-    if let Some(mut store) = Store::open_existing(&state_path(&settings, args))? {
+    if let Some(mut store) = Store::open_existing(&state_path(&settings, args)?)? {
         store.record_add_in_ledger(id.as_str(), None, out.correlation_id)?;
     }
     let outcome = match out.value {

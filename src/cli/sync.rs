@@ -26,12 +26,13 @@ type Task = (String, tokio::task::JoinHandle<anyhow::Result<()>>);
 pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer) -> anyhow::Result<()> {
     super::install_pseudonyms(&settings)?;
     let sync = &settings.sync;
-    let state = args.state.clone().unwrap_or_else(|| settings.state_file.clone());
+    let state = settings.require_state(args.state.as_deref())?;
     let register = super::outbox::register(&settings)?;
     let register_key = register.key();
     let client = super::build::kfr_client(&settings)?;
     let policy = super::build::id_policy(&settings);
 
+    super::build::create_state_dir(&state)?;
     let store = Store::open(&state).with_context(|| format!("opening the state store {}", state.display()))?;
     let handle = OutboxHandle::spawn(Box::new(store)).context("starting the state store's thread")?;
     let health = Health::new();

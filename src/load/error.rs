@@ -93,6 +93,9 @@ pub enum LoadError {
     #[error("--report: {message}")]
     BadReportPath { message: String },
 
+    #[error("the rejects file {} is a symlink; identifiers are never written through one", path.display())]
+    RejectsSymlink { path: PathBuf },
+
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -108,6 +111,7 @@ impl LoadError {
                 | LoadError::OtherOrganisation { .. }
                 | LoadError::OtherKfr { .. }
                 | LoadError::BadReportPath { .. }
+                | LoadError::RejectsSymlink { .. }
         )
     }
 }
@@ -139,6 +143,7 @@ impl Hinted for LoadError {
             LoadError::StoreBusy { .. } => "one load at a time per state store: wait for the running one to finish, or stop it (Ctrl-C) and run `kfr load FILE --resume`".into(),
             LoadError::ChangedWhileRead { .. } => "wait until the export is completely written (or copy it to a place nothing writes to) and run again; nothing was uploaded".into(),
             LoadError::BadReportPath { .. } => "give a report path in an existing directory that is not a symlink; nothing was sent".into(),
+            LoadError::RejectsSymlink { .. } => "remove the link or give another path with --rejects; nothing was read or sent".into(),
             LoadError::Other(_) => return None,
         })
     }

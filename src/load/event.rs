@@ -41,9 +41,21 @@ pub enum LoadEvent {
         rejected: Rejected,
         skipped: bool,
     },
-    /// Bad lines beyond those reported one by one.
+    /// Bad lines beyond the first few examples of each rule, and every bad line counted by rule
+    /// (the full list is only in the rejects file).
     MoreRejected {
         count: u64,
+        by_rule: std::collections::BTreeMap<String, u64>,
+    },
+    /// An entry KFR already held before its batch went out, with a later start date than the
+    /// file's: KFR keeps its own date (issue 9 item 9). `customer`: kind and masked identifier.
+    KfrKeepsItsDate {
+        customer: String,
+        file_start: chrono::NaiveDate,
+    },
+    /// `--dry-run --report`: the plan report was written.
+    PlanReportWritten {
+        path: PathBuf,
     },
     /// The bad lines went to the rejects file (identifiers in full, mode 0600).
     RejectsWritten {
@@ -169,6 +181,7 @@ impl LoadEvent {
                 | LoadEvent::Ingesting { .. }
                 | LoadEvent::Finished
                 | LoadEvent::ReportWritten { .. }
+                | LoadEvent::PlanReportWritten { .. }
                 | LoadEvent::Warning { .. }
         )
     }

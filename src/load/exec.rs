@@ -408,7 +408,10 @@ fn witness_of(b: &BatchRecord, slice: &[Packed]) -> Option<usize> {
 pub const WITNESS_CANDIDATES: usize = 8;
 
 /// Before a batch is sent: the last entry (in file order) that KFR does not show yet, looked for
-/// among the last [`WITNESS_CANDIDATES`]. An entry that was visible before the upload (a
+/// among the last [`WITNESS_CANDIDATES`]. A candidate KFR already shows, with a start date in the
+/// file, is looked up once more on that very day: absent then means KFR holds a later start for
+/// it and keeps its own date (issue 9 item 9), which is reported ([`LoadEvent::KfrKeepsItsDate`]).
+/// Only these probed entries are checked. An entry that was visible before the upload (a
 /// parallel add, D-3 step 3, or an earlier partial load) proves nothing when it is visible
 /// afterwards, so only a new one may confirm the batch (issue 9 item 3). `None` when all the
 /// candidates are registered already.
@@ -419,17 +422,19 @@ async fn choose_witness(
     on: EventSink<'_>,
     seq: u32,
 ) -> anyhow::Result<Option<u64>> {
+    let step = format!("checking batch {seq} before its upload");
     for i in (0..slice.len()).rev().take(WITNESS_CANDIDATES) {
-        if !visible(
-            client,
-            slice[i],
-            opts,
-            on,
-            &format!("checking batch {seq} before its upload"),
-        )
-        .await?
-        {
+        if !visible(client, slice[i], opts, on, &step).await? {
             return Ok(Some(i as u64));
+        }
+        let e = slice[i].to_entry();
+        if let Some(start) = e.start
+            && !visible_on(client, slice[i], start, opts, on, &step).await?
+        {
+            on(LoadEvent::KfrKeepsItsDate {
+                customer: format!("{} {}", e.id.kind().label(), crate::ids::mask(e.id.as_str())),
+                file_start: start,
+            });
         }
     }
     Ok(None)
@@ -567,6 +572,32 @@ async fn visible(
     loop {
         match client
             .lookup_once(&e.id, e.start, None, uuid::Uuid::new_v4())
+            .await
+            .into_result()
+        {
+            Ok(banks) => return Ok(banks.iter().any(|b| b.organization_id == client.config().org_number)),
+            Err(err) => waited
+                .wait_or_stop(&err, step, opts, on)
+                .await
+                .with_context(|| format!("own lookup of {} {}", e.id.kind().label(), e.id.log()))?,
+        }
+    }
+}
+
+/// Whether KFR shows `p` registered for us on the day `on_day` (own lookup of that one day).
+async fn visible_on(
+    client: &KfrClient,
+    p: Packed,
+    on_day: chrono::NaiveDate,
+    opts: &ExecOptions,
+    on: EventSink<'_>,
+    step: &str,
+) -> anyhow::Result<bool> {
+    let e = p.to_entry();
+    let mut waited = Waited::new();
+    loop {
+        match client
+            .lookup_once(&e.id, Some(on_day), Some(on_day), uuid::Uuid::new_v4())
             .await
             .into_result()
         {

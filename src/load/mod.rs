@@ -48,7 +48,7 @@ impl ToEntry for reader::Packed {
 
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::{AddOutcome, KfrClient, Layout, RemoveOutcome};
-use crate::store::{CustomerQueue as _, Operation, Store, jobs::NewBatch, registry};
+use crate::store::{CustomerQueue as _, Operation, Store, jobs::NewBatch};
 use anyhow::Context as _;
 use chrono::NaiveDate;
 use exec::{ExecEnd, ExecOptions, abort_point};
@@ -58,8 +58,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Rejected lines reported one by one; the rest are counted (and all go to the rejects file).
-pub const MAX_REJECTS_REPORTED: usize = 1_000;
+/// Rejected lines shown one by one per rule (line number and masked text); the rest are counted
+/// by rule, and all go to the rejects file.
+pub const EXAMPLES_PER_RULE: u64 = 3;
 
 /// Everything a load needs, as values: the CLI builds it from flags and configuration.
 #[derive(Debug, Clone)]
@@ -76,10 +77,10 @@ pub struct LoadOptions {
     pub max_per_day: Option<u64>,
     pub confirm_timeout: Duration,
     pub sample: usize,
-    /// The institution: fixed in the job, and the key of its entry in the list of running loads.
+    /// The institution: fixed in the job.
     pub org_number: String,
-    /// The KFR the client talks to, for the list of running loads (a remove against another KFR
-    /// is not held by this load).
+    /// The KFR the client talks to: fixed in the job (a remove against another KFR is not held
+    /// by this load, and the job is never resumed against another).
     pub kfr_base_url: String,
     /// `local`, `test` or `prod`: fixed in the job with the KFR base URL and org.nr, so a job is
     /// only ever resumed against the KFR it was started against.
@@ -159,18 +160,38 @@ pub fn default_rejects_path(input: &Path) -> PathBuf {
 /// The file read and planned.
 struct Prepared {
     read: ReadOutcome,
+    by_rule: std::collections::BTreeMap<String, u64>,
     rejects: Vec<Rejected>,
     rejects_file: Option<PathBuf>,
     summary: PlanSummary,
     layout: Layout,
 }
 
-/// Reads the input, reporting each bad line and writing it to the rejects file when asked.
-fn read_input(
-    opts: &LoadOptions,
-    ro: ReadOptions,
-    on: EventSink<'_>,
-) -> Result<(ReadOutcome, Vec<Rejected>, Option<PathBuf>), LoadError> {
+/// What [`read_input`] gives back: the outcome, the rejects kept for the report, the rejects file
+/// written, and the bad lines counted by rule.
+type Read = (
+    ReadOutcome,
+    Vec<Rejected>,
+    Option<PathBuf>,
+    std::collections::BTreeMap<String, u64>,
+);
+
+/// Refuses a rejects file that is a symlink before anything is read (it gets identifiers in
+/// full: a planted link must not redirect them; the open also refuses to follow one).
+fn check_rejects_path(opts: &LoadOptions) -> Result<(), LoadError> {
+    if !opts.skip_invalid {
+        return Ok(());
+    }
+    let path = opts.rejects.clone().unwrap_or_else(|| default_rejects_path(&opts.file));
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LoadError::RejectsSymlink { path });
+    }
+    Ok(())
+}
+
+/// Reads the input, showing the first few bad lines of each rule and writing every one to the
+/// rejects file when asked.
+fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<Read, LoadError> {
     let file = std::fs::File::open(&opts.file).map_err(|source| LoadError::OpenInput {
         path: opts.file.clone(),
         source,
@@ -188,9 +209,12 @@ fn read_input(
         .then(|| opts.rejects.clone().unwrap_or_else(|| default_rejects_path(&opts.file)));
     let mut rejects_out: Option<std::io::BufWriter<std::fs::File>> = None;
     let mut write_err: Option<std::io::Error> = None;
-    let mut reported = 0usize;
+    let mut reported = 0u64;
+    let mut by_rule: std::collections::BTreeMap<String, u64> = Default::default();
     let out = reader::read(std::io::BufReader::with_capacity(0, file), size, ro, |r, raw| {
-        if reported < MAX_REJECTS_REPORTED {
+        let seen = by_rule.entry(r.rule.to_string()).or_default();
+        *seen += 1;
+        if *seen <= EXAMPLES_PER_RULE {
             on(LoadEvent::LineRejected {
                 rejected: r.clone(),
                 skipped: opts.skip_invalid,
@@ -251,13 +275,14 @@ fn read_input(
             ))
             .into());
     }
-    if out.rejected as usize > reported {
+    if out.rejected > reported {
         on(LoadEvent::MoreRejected {
-            count: out.rejected - reported as u64,
+            count: out.rejected - reported,
+            by_rule: by_rule.clone(),
         });
     }
     let written = rejects_path.filter(|_| out.rejected > 0);
-    Ok((out, kept, written))
+    Ok((out, kept, written, by_rule))
 }
 
 /// Opens a file for writing that holds identifiers (rejects) or facts about them (reports):
@@ -301,7 +326,8 @@ fn prepare(
     resumed: bool,
 ) -> Result<Prepared, LoadError> {
     let layout = Layout::with_boundary(settings.boundary.clone());
-    let (read, rejects, rejects_file) = read_input(
+    check_rejects_path(opts)?;
+    let (read, rejects, rejects_file, by_rule) = read_input(
         opts,
         ReadOptions {
             policy: opts.id_policy,
@@ -356,6 +382,7 @@ fn prepare(
     }
     Ok(Prepared {
         read,
+        by_rule,
         rejects,
         rejects_file,
         summary,
@@ -363,15 +390,82 @@ fn prepare(
     })
 }
 
-/// `kfr load --dry-run`: reads and plans; sends nothing and writes no state.
+/// `kfr load --dry-run`: reads and plans; sends nothing and writes no state. With `--report`,
+/// writes the plan report to mail Bits before the load (issue 9 item 14): the report file is
+/// checked and opened (0600, never through a symlink) before anything is read, so a bad path
+/// fails at once; a plan that fails leaves no report behind.
 pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, LoadError> {
+    let made_at = crate::store::now_text();
+    let out = match &opts.report {
+        Some(path) => {
+            report::check_plan_report_path(path).map_err(|message| LoadError::BadReportPath { message })?;
+            let file = private_file(path).map_err(|e| LoadError::BadReportPath {
+                message: format!("cannot write {}: {e}", path.display()),
+            })?;
+            Some((path.clone(), file))
+        }
+        None => None,
+    };
     let settings = JobSettings::new(opts);
-    Ok(prepare(opts, &settings, false, on, |_| Ok(()), false)?.summary)
+    let prepared = match prepare(opts, &settings, out.is_some(), on, |_| Ok(()), false) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some((path, file)) = out {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some((path, mut file)) = out {
+        let r = report::PlanReport {
+            report: "plan",
+            org_number: opts.org_number.clone(),
+            environment: opts.environment.clone(),
+            kfr_base_url: opts.kfr_base_url.clone(),
+            kfr_version: env!("CARGO_PKG_VERSION").to_string(),
+            input: opts.file.display().to_string(),
+            content_hash: prepared.read.content_hash.clone(),
+            format: prepared.summary.format_text.clone(),
+            made_at,
+            counts: prepared.summary.counts.clone(),
+            rejected_by_rule: prepared.by_rule.clone(),
+            rejects_file: prepared.rejects_file.clone(),
+            plan: prepared.summary.plan.clone(),
+            notify_bits_above_per_day: plan::NOTIFY_BITS_ABOVE_PER_DAY,
+        };
+        let bytes = if report::is_markdown(&path) {
+            r.markdown().into_bytes()
+        } else {
+            serde_json::to_vec_pretty(&r).context("encoding the plan report")?
+        };
+        file.write_all(&bytes)
+            .and_then(|()| file.flush())
+            .with_context(|| format!("writing the plan report {}", path.display()))?;
+        on(LoadEvent::PlanReportWritten { path });
+    }
+    Ok(prepared.summary)
 }
 
 /// `kfr load`: plans (or resumes) the job, uploads and confirms it batch by batch, then sends the
 /// operations held while it ran.
-pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
+pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
+    // Entries KFR already held with a later start date are collected for the report as the
+    // executor meets them (issue 9 item 9).
+    let later_starts: std::sync::Mutex<Vec<report::KeptDate>> = Default::default();
+    let collect = |e: LoadEvent| {
+        if let LoadEvent::KfrKeepsItsDate { customer, file_start } = &e {
+            later_starts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(report::KeptDate {
+                    customer: customer.clone(),
+                    file_start: *file_start,
+                });
+        }
+        outer(e)
+    };
+    let on: EventSink<'_> = &collect;
     let started = Instant::now();
     let started_at = crate::store::now_text();
     if let Some(r) = &opts.report {
@@ -434,7 +528,8 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
         // recorded the KFR (empty fields) cannot be checked.
         let other_kfr = !job_settings.kfr_base_url.is_empty()
-            && !crate::store::registry::same_register(&job_settings.kfr_base_url, &opts.kfr_base_url);
+            && crate::store::outbox::canonical_url(&job_settings.kfr_base_url)
+                != crate::store::outbox::canonical_url(&opts.kfr_base_url);
         let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
         if other_kfr || other_env {
             return Err(LoadError::OtherKfr {
@@ -467,6 +562,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
     };
     let Prepared {
         read,
+        by_rule: _,
         rejects,
         rejects_file,
         summary,
@@ -519,7 +615,6 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
             id
         }
     };
-    announce(&mut store, opts, job, on)?;
     abort_point("planned", None);
 
     let exec_opts = ExecOptions {
@@ -548,16 +643,6 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         // The barrier is down: the held operations go, per customer in issue order.
         abort_point("deletes", None);
         (sent, failed) = send_held_operations(&mut store, client, on).await?;
-        // Once nothing waits here, later operations go straight to KFR from anywhere.
-        if !registry::holds_anything(&mut store)? {
-            if let Err(e) = registry::withdraw(&opts.state) {
-                on(LoadEvent::Warning {
-                    message: format!(
-                        "could not withdraw the load from the list of running loads ({e:#}); the next `kfr remove` does"
-                    ),
-                });
-            }
-        }
     }
     let (report, report_files) = write_report(
         &mut store,
@@ -570,6 +655,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         &started_at,
         started,
         sent,
+        std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner())),
         on,
     )?;
     if let Some(e) = failure {
@@ -586,25 +672,6 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, on: EventSink<'_>) -> R
         report_files,
         held_operations_failed: failed,
     })
-}
-
-/// Puts the store on the machine-wide list of running loads while its job is unconfirmed or
-/// operations wait in it, so a `kfr remove` or `kfr add` given another state store still finds
-/// them (D-3, docs/specs/barrier.md). Failing to write the list is a warning: the barrier in this
-/// store still works for commands given `--state`, which the warning says.
-fn announce(store: &mut Store, opts: &LoadOptions, job: i64, on: EventSink<'_>) -> Result<(), LoadError> {
-    if !registry::holds_anything(store)? {
-        return Ok(());
-    }
-    if let Err(e) = registry::announce(&opts.state, &opts.org_number, &opts.kfr_base_url, job) {
-        on(LoadEvent::Warning {
-            message: format!(
-                "could not add load job {job} to the list of running loads ({e:#}); until it is confirmed, run `kfr remove` and `kfr add` with --state {}",
-                opts.state.display()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Sends the operations held while the load ran (onboarding D-3 step 4, docs/specs/barrier.md):
@@ -687,6 +754,7 @@ fn write_report(
     started_at: &str,
     started: Instant,
     sent: Vec<SentOperation>,
+    kfr_keeps_its_own_date: Vec<report::KeptDate>,
     on: EventSink<'_>,
 ) -> Result<(LoadReport, Option<(PathBuf, PathBuf)>), LoadError> {
     let record = store.job(job)?;
@@ -712,6 +780,7 @@ fn write_report(
         rejects,
         rejects_file,
         held_operations_sent: sent,
+        kfr_keeps_its_own_date,
     };
     let files = match &opts.report {
         Some(path) => {

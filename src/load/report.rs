@@ -63,6 +63,18 @@ pub struct LoadReport {
     pub rejects_file: Option<PathBuf>,
     /// In the order they were sent: per customer, the order they were issued.
     pub held_operations_sent: Vec<SentOperation>,
+    /// Entries KFR already held before their batch went out, with a later start date than the
+    /// file's: KFR keeps its own date (issue 9 item 9; an open question for Bits). Only the
+    /// entries probed before an upload in this run are checked (docs/load.md).
+    pub kfr_keeps_its_own_date: Vec<KeptDate>,
+}
+
+/// One entry whose start date in KFR is later than the file's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptDate {
+    /// Kind and masked identifier.
+    pub customer: String,
+    pub file_start: chrono::NaiveDate,
 }
 
 impl LoadReport {
@@ -145,6 +157,16 @@ impl LoadReport {
                 let _ = writeln!(s, "\n… and {} more.", c.rejected - self.rejects.len() as u64);
             }
         }
+        if !self.kfr_keeps_its_own_date.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Already registered with a later start date (KFR keeps its own date)\n\n{} entr(y/ies) among those checked before upload; only those are checked.\n\n| customer | start date in the file |\n|---|---|",
+                self.kfr_keeps_its_own_date.len()
+            );
+            for k in &self.kfr_keeps_its_own_date {
+                let _ = writeln!(s, "| {} | {} |", k.customer, k.file_start);
+            }
+        }
         if !self.held_operations_sent.is_empty() {
             let _ = writeln!(
                 s,
@@ -178,6 +200,145 @@ impl LoadReport {
             .with_context(|| format!("writing the report {}", md.display()))?;
         Ok(md)
     }
+}
+
+/// Whether a report path names Markdown (`.md`); anything else is JSON.
+pub fn is_markdown(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("md"))
+}
+
+/// `kfr load --dry-run --report F`: the plan to mail Bits before the load (onboarding D-3 step 5
+/// when more than 100,000 relationships go in on one day). Counts and batches only: no
+/// identifier, not even masked (rejected lines are counted by rule).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanReport {
+    /// Always `plan` (a load report has a `job_id` instead).
+    pub report: &'static str,
+    pub org_number: String,
+    pub environment: String,
+    pub kfr_base_url: String,
+    pub kfr_version: String,
+    pub input: String,
+    pub content_hash: String,
+    pub format: String,
+    /// When the plan was made (UTC, RFC 3339).
+    pub made_at: String,
+    pub counts: Counts,
+    pub rejected_by_rule: BTreeMap<String, u64>,
+    pub rejects_file: Option<PathBuf>,
+    pub plan: super::plan::Plan,
+    pub notify_bits_above_per_day: u64,
+}
+
+impl PlanReport {
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let p = &self.plan;
+        let _ = writeln!(
+            s,
+            "# KFR initial load plan
+"
+        );
+        let _ = writeln!(s, "- Institution: {}", self.org_number);
+        let _ = writeln!(s, "- KFR: {} (environment {})", self.kfr_base_url, self.environment);
+        let _ = writeln!(s, "- kfr version: {}", self.kfr_version);
+        let _ = writeln!(s, "- Input: `{}` (sha256 `{}`)", self.input, self.content_hash);
+        let _ = writeln!(s, "- Format: {}", self.format);
+        let _ = writeln!(
+            s,
+            "- Plan made: {}
+",
+            self.made_at
+        );
+        let _ = writeln!(
+            s,
+            "## Expected ingestion
+
+{} relationships in {} batches; at {} a second KFR needs about {}.
+",
+            p.entries,
+            p.batches.len(),
+            p.ingest_rate,
+            human_duration(p.ingestion_secs)
+        );
+        if p.notify_bits {
+            let _ = writeln!(
+                s,
+                "**Tell Bits in advance** (DSOP@bits.no, onboarding D-3): up to {} relationships in one day, more than {}.
+",
+                p.peak_per_day, self.notify_bits_above_per_day
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "No advance notice to Bits needed: at most {} relationships in one day (limit {}).
+",
+                p.peak_per_day, self.notify_bits_above_per_day
+            );
+        }
+        let c = &self.counts;
+        let _ = writeln!(
+            s,
+            "## Counts
+
+| | relationships |
+|---|---:|"
+        );
+        let _ = writeln!(s, "| lines read | {} |", c.data_lines);
+        let _ = writeln!(s, "| to load (unique, active) | {} |", c.valid_unique);
+        for (k, n) in &c.by_kind {
+            let _ = writeln!(s, "| — {} | {} |", k.label(), n);
+        }
+        let _ = writeln!(s, "| duplicates folded | {} |", c.duplicates);
+        let _ = writeln!(s, "| closed (not loaded) | {} |", c.closed);
+        let _ = writeln!(s, "| rejected | {} |", c.rejected);
+        for (rule, n) in &self.rejected_by_rule {
+            let _ = writeln!(s, "| — {rule} | {n} |");
+        }
+        let _ = writeln!(
+            s,
+            "
+## Batches
+
+| # | entries | bytes |
+|---:|---:|---:|"
+        );
+        for b in &p.batches {
+            let _ = writeln!(s, "| {} | {} | {} |", b.seq, b.count, b.bytes);
+        }
+        if let Some(m) = p.max_per_day {
+            let _ = writeln!(
+                s,
+                "
+## Schedule (at most {m} a day)
+
+| day | batches | relationships |
+|---:|---|---:|"
+            );
+            for d in &p.days {
+                let _ = writeln!(s, "| {} | {}-{} | {} |", d.day, d.first_batch, d.last_batch, d.entries);
+            }
+        }
+        s
+    }
+}
+
+/// Refuses a plan report path before anything is read: a symlink, or a missing directory.
+pub fn check_plan_report_path(path: &Path) -> Result<(), String> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "{} is a symlink; a report is never written through one",
+            path.display()
+        ));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("the directory of {} does not exist", path.display()));
+    }
+    Ok(())
 }
 
 /// Refuses a report path before the load starts (issue 9 item 14): either file a symlink, or a

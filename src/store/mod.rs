@@ -5,8 +5,6 @@
 //! - [`ledger`]: the ledger of relationships this tool registered.
 //! - [`queue`]: operations held back, one queue per customer: removes behind the initial-load
 //!   barrier (onboarding D-3 step 4) and whatever the bank issued on that customer after them.
-//! - [`registry`]: not a table — the machine-wide list of loads in progress, so a delete is held
-//!   whichever store the command that issues it was given.
 //!
 //! The sync agent's outbox is meant to grow out of [`queue`] (its interface is the one a later
 //! backend implements); nothing here assumes `kfr load` is the only user.
@@ -31,7 +29,6 @@ pub mod lock;
 pub mod outbox;
 mod outbox_sqlite;
 pub mod queue;
-pub mod registry;
 
 #[cfg(test)]
 pub mod conformance;
