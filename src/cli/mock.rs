@@ -6,9 +6,20 @@
 use crate::mock::{MockConfig, MockServer};
 use anyhow::Context as _;
 
-pub async fn run(args: &super::MockArgs) -> anyhow::Result<()> {
+pub async fn run(args: &super::MockArgs, env: Option<&str>) -> anyhow::Result<()> {
     let flags = &args.mock;
-    let cfg = MockConfig::from_flags(flags)?;
+    let mut cfg = MockConfig::from_flags(flags)?;
+    // The global `--env` chooses the identifier rules the fake KFR applies.
+    cfg.env = match env {
+        None | Some("test") | Some("local") => crate::mock::MockEnv::Test,
+        Some("prod") => crate::mock::MockEnv::Prod,
+        Some(other) => {
+            return Err(crate::error::UsageError::new(format!(
+                "invalid value '{other}' for '--env': the mock imitates `test` (the default) or `prod`"
+            ))
+            .into());
+        }
+    };
     let (cfg_env, cfg_rate) = (cfg.env, cfg.ingest_rate);
     let listener = tokio::net::TcpListener::bind(flags.listen)
         .await

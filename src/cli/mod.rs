@@ -493,7 +493,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..args.clone()
             })
         }
-        Command::Mock(args) => runtime()?.block_on(mock::run(args)),
+        Command::Mock(args) => runtime()?.block_on(mock::run(args, cli.overrides.env.as_deref())),
         Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
         Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
         Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args, printer())),

@@ -79,8 +79,9 @@ pub struct MockFlags {
     pub scope_access: Vec<String>,
 
     /// Which identifier policy the fake KFR applies (KFR-005): `test` also accepts synthetic
-    /// identities (Tenor +80, 2/3-prefixed organisations), `prod` only real ones.
-    #[arg(long = "env", value_name = "ENV", value_enum, default_value_t = MockEnv::Test)]
+    /// identities (Tenor +80, 2/3-prefixed organisations), `prod` only real ones. Set from the
+    /// global `--env` (`test`, the default, or `prod`) by the CLI: one flag, one meaning.
+    #[arg(skip = MockEnv::Test)]
     pub env: MockEnv,
 
     /// Relationships the fake KFR ingests per second from accepted batches (kfr-notes §5: ~250).
