@@ -6,8 +6,18 @@
 use crate::env_vars;
 use tracing_subscriber::{EnvFilter, fmt};
 
+/// Log line format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 default (warn), 1 info, 2 debug, 3+ trace.
-pub fn init(verbosity: i8) {
+/// `format`: the `--log-format` flag; without it `KFR_LOG_FORMAT=json` chooses JSON.
+pub fn init(verbosity: i8, format: Option<LogFormat>) {
     let default = match verbosity {
         i8::MIN..=-1 => "error",
         0 => "warn",
@@ -19,7 +29,10 @@ pub fn init(verbosity: i8) {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let json = std::env::var(env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json");
+    let json = match format {
+        Some(f) => f == LogFormat::Json,
+        None => std::env::var(env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json"),
+    };
     let ansi = std::env::var_os(env_vars::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)

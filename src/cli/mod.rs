@@ -46,6 +46,10 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Log lines on stderr as `human` text or `json` objects (default: human; also KFR_LOG_FORMAT).
+    #[arg(long, global = true, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<crate::telemetry::LogFormat>,
+
     #[command(flatten)]
     pub overrides: FlagOverrides,
 
@@ -443,7 +447,15 @@ pub fn main() -> std::process::ExitCode {
             return code.into();
         }
     };
-    crate::telemetry::init(if cli.quiet { -1 } else { cli.verbose.min(10) as i8 });
+    // The agent runs unattended: its default log level is info (what it delivered, pauses),
+    // where a one-shot command's is warn.
+    let agent = matches!(cli.command, Command::Sync(_));
+    let verbosity = if cli.quiet {
+        -1
+    } else {
+        (cli.verbose.min(10) + u8::from(agent)) as i8
+    };
+    crate::telemetry::init(verbosity, cli.log_format);
     match run(cli) {
         Ok(()) => Exit::Success.into(),
         Err(err) => {
