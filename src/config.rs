@@ -247,6 +247,26 @@ pub const KEYS: &[KeyDef] = &[
         doc: "days delivered events are kept in the outbox",
     },
     KeyDef {
+        name: "sync.allow_plain_http",
+        default: Some("false"),
+        doc: "let the intake take plain HTTP on an address other than loopback",
+    },
+    KeyDef {
+        name: "sync.drain_secs",
+        default: Some("30"),
+        doc: "on SIGTERM, how long in-flight KFR calls may take to finish",
+    },
+    KeyDef {
+        name: "sync.give_up_after_hours",
+        default: Some("24"),
+        doc: "hours of transient failures after which an event is dead-lettered",
+    },
+    KeyDef {
+        name: "sync.backdated_by_batch",
+        default: Some("true"),
+        doc: "send adds dated before today by batch, so KFR keeps their start date",
+    },
+    KeyDef {
         name: "sync.sources[].kind",
         default: None,
         doc: "an event source: http, spool or stdin",
@@ -490,6 +510,14 @@ pub struct SyncSettings {
     pub rate: u32,
     pub max_in_flight: u32,
     pub retention_days: u32,
+    /// Plain HTTP intake beyond loopback (events carry personal data: off by default).
+    pub allow_plain_http: bool,
+    /// Shutdown deadline for in-flight calls.
+    pub drain: std::time::Duration,
+    /// Transient failures are retried this long before the event is dead-lettered.
+    pub give_up_after: std::time::Duration,
+    /// Adds dated before today go by batch with their date (else as single adds, date lost).
+    pub backdated_by_batch: bool,
     pub sources: Vec<SourceSettings>,
 }
 
@@ -1153,6 +1181,12 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
         rate: r.number("sync.rate", 1, 10_000, "requests per second")?,
         max_in_flight: r.number("sync.max_in_flight", 1, 1_000, "requests")?,
         retention_days: r.number("sync.retention_days", 1, 3_650, "days")?,
+        allow_plain_http: r.boolean("sync.allow_plain_http")?,
+        drain: std::time::Duration::from_secs(r.number("sync.drain_secs", 1, 3_600, "seconds")?),
+        give_up_after: std::time::Duration::from_secs(
+            3_600 * r.number::<u64>("sync.give_up_after_hours", 1, 24 * 90, "hours")?,
+        ),
+        backdated_by_batch: r.boolean("sync.backdated_by_batch")?,
         sources,
     })
 }

@@ -43,6 +43,9 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
         max_in_flight: args.max_in_flight.unwrap_or(sync.max_in_flight) as usize,
         retry: super::build::retry_policy(&settings),
         retention_days: sync.retention_days,
+        give_up_after: sync.give_up_after,
+        backdated_by_batch: sync.backdated_by_batch,
+        shutdown_grace: sync.drain,
         ..DispatchConfig::default()
     };
     // Retries of the agent are bounded by time (`give_up_after`), not by count.
@@ -101,7 +104,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
                 let listen = args.listen.unwrap_or(sync.listen);
                 let mut opts = IngestOptions::new(listen, key);
                 opts.name = name.clone();
-                opts.allow_plain_http = args.allow_plain_http;
+                opts.allow_plain_http = args.allow_plain_http || sync.allow_plain_http;
                 let cert = args.tls_cert.clone().or_else(|| sync.tls_cert.clone());
                 let key = args.tls_key.clone().or_else(|| sync.tls_key.clone());
                 opts.tls = match (cert, key) {
