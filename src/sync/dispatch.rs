@@ -696,17 +696,12 @@ impl Shared {
     }
 
     async fn refresh_gauges(&self) {
+        // Token requests are counted by the token client; the counter follows its total.
+        metrics::counter!(crate::sync::metrics::TOKEN_REFRESHES).absolute(self.client.tokens().token_requests());
         let Ok(st) = self.store.status(Some(self.register.clone())).await else {
             return;
         };
-        metrics::gauge!("kfr_sync_outbox_depth").set((st.pending + st.in_flight + st.accepted) as f64);
-        metrics::gauge!("kfr_sync_dlq_size").set(st.dead_lettered as f64);
-        metrics::gauge!("kfr_sync_parked_customers").set(st.parked_customers as f64);
-        let age = st
-            .oldest_unfinished
-            .map(|t| (self.clock.now() - t).num_seconds().max(0) as f64)
-            .unwrap_or(0.0);
-        metrics::gauge!("kfr_sync_outbox_oldest_pending_age_seconds").set(age);
+        crate::sync::metrics::refresh_outbox(&st, self.clock.now());
     }
 }
 
