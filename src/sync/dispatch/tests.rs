@@ -91,7 +91,10 @@ impl Rig {
 
     /// Polls `cond` on the outbox until it holds (at most 2.5 s, then fails with `what`).
     async fn until(&self, what: &str, cond: impl Fn(&crate::sync::testing::MemoryOutbox) -> bool) {
-        for _ in 0..500 {
+        // A generous deadline: the suite shares 2 cores with other test binaries; only a real
+        // failure waits it out.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             if self.outbox.with(|m| cond(m)) {
                 return;
             }
@@ -222,7 +225,8 @@ async fn a_rate_limit_pauses_every_delivery_then_they_go_on() {
         .map(|(i, p)| event(i, Operation::Add, p, None))
         .collect();
     r.enqueue(evs).await;
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if r.ops("add").contains_key("429") {
             break;
         }
@@ -258,7 +262,8 @@ async fn a_systemic_refusal_pauses_reports_unready_dead_letters_nothing_and_resu
         .map(|(i, p)| event(i, Operation::Add, p, None))
         .collect();
     r.enqueue(evs).await;
-    for _ in 0..400 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if !r.health.unready().is_empty() {
             break;
         }
@@ -276,7 +281,8 @@ async fn a_systemic_refusal_pauses_reports_unready_dead_letters_nothing_and_resu
         assert!(
             m.events
                 .iter()
-                .all(|e| e.state == EventState::Pending && e.attempts == 0)
+                // A probe may be in flight at this moment; nothing is counted against any event.
+                .all(|e| matches!(e.state, EventState::Pending | EventState::InFlight) && e.attempts == 0)
         );
     });
     r.mock.state().set_delegations(vec![
@@ -359,7 +365,8 @@ async fn a_back_dated_add_already_visible_is_confirmed_by_time_not_by_a_lookup()
         start: Some(start - chrono::Days::new(5)),
     }]);
     assert!(kfr.batch_once(&body, uuid::Uuid::new_v4()).await.verdict.is_delivered());
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if r.mock.state().relationships().len() == 1 {
             break;
         }
