@@ -144,9 +144,9 @@ pub struct EnqueueArgs {
     pub op: EnqueueOp,
     /// Customer identifier.
     pub id: String,
-    /// Start date of an add (YYYY-MM-DD); before today it goes by batch so KFR keeps it.
+    /// Start date of an add (YYYY-MM-DD or DD.MM.YYYY); before today it goes by batch so KFR keeps it.
     #[arg(long, value_name = "DATE")]
-    pub start_date: Option<chrono::NaiveDate>,
+    pub start_date: Option<String>,
     /// Dedupe key (default: a fresh UUID).
     #[arg(long, value_name = "ID")]
     pub event_id: Option<String>,

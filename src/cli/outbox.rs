@@ -9,10 +9,10 @@ use super::printer::Printer;
 use crate::config::Settings;
 use crate::ids::CustomerId;
 use crate::store::Store;
-use crate::store::outbox::{DeadLetters, Enqueued, NewEvent, OutboxBackend as _, Register};
+use crate::store::outbox::{DeadLetters, Enqueued, OutboxBackend as _, Register};
 use crate::store::queue::Operation;
 use anyhow::Context as _;
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -46,46 +46,24 @@ pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> a
         super::EnqueueOp::Remove => Operation::Remove,
     };
     let state = &settings.require_state(args.state.as_deref())?;
-    let (raw_id, start_date, event_id, json) = (&args.id, args.start_date, args.event_id.clone(), args.json);
+    let (raw_id, start_date, event_id, json) = (&args.id, args.start_date.clone(), args.event_id.clone(), args.json);
     super::install_pseudonyms(settings)?;
-    let id = CustomerId::parse(raw_id, &super::build::id_policy(settings)).with_context(|| {
-        format!(
-            "customer identifier {} refused; nothing was stored",
-            crate::ids::mask(raw_id)
-        )
-    })?;
-    if let Some(d) = start_date {
-        let today = crate::clock::oslo_today();
-        if op == Operation::Remove {
-            return Err(crate::error::UsageError::new("--start-date is for `add` only").into());
-        }
-        if d > today {
-            return Err(crate::error::UsageError::new(format!(
-                "--start-date {d} is after today ({today}, Europe/Oslo); KFR does not take future start dates"
-            ))
-            .into());
-        }
-        if d < NaiveDate::from_ymd_opt(1900, 1, 1).expect("a valid date") {
-            return Err(crate::error::UsageError::new(format!("--start-date {d} is before 1900")).into());
-        }
-    }
-    if let Some(e) = &event_id {
-        if e.is_empty() || e.len() > 128 || !e.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(crate::error::UsageError::new(
-                "--event-id must be 1 to 128 printable ASCII characters without spaces",
-            )
-            .into());
-        }
-    }
-    let register = register(settings)?;
-    let event = NewEvent {
-        event_id: event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    // The same rules as every source of the agent (`sync::event`): one door, one verdict.
+    let mut event = crate::sync::event::enqueue_event(
         op,
-        customer_id: id.as_str().to_string(),
-        start_date,
-        occurred_at: Utc::now(),
-        source: "kfr enqueue".into(),
-    };
+        raw_id,
+        start_date.as_deref(),
+        &super::build::id_policy(settings),
+        Utc::now(),
+    )
+    .context("the event was refused; nothing was stored")?;
+    if let Some(e) = event_id {
+        event.event_id = crate::sync::event::check_event_id(&e)
+            .map_err(|b| b.at(crate::sync::event::Location::Index { index: 0, line: None }, None))
+            .context("the event was refused; nothing was stored")?;
+    }
+    let id = CustomerId::parse(&event.customer_id, &super::build::id_policy(settings))?;
+    let register = register(settings)?;
     let mut store = open(state)?;
     let result = store.enqueue(&register.key(), std::slice::from_ref(&event))?;
     let (seq, dup) = match result.first() {

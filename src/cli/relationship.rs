@@ -129,8 +129,10 @@ pub async fn add(settings: Settings, args: &RelationshipArgs, p: Printer) -> any
         .add(&id, Some(cid))
         .await
         .with_context(|| format!("cannot add {}", who(&id)))?;
+    // The ledger is per register: the sync agent's reconcile compares against this one.
     if let Some(mut store) = Store::open_existing(&state_path(&settings, args)?)? {
-        store.record_add_in_ledger(id.as_str(), None, out.correlation_id)?;
+        let register = super::outbox::register(&settings)?.key();
+        store.record_add_in_ledger_for(&register, id.as_str(), None, out.correlation_id)?;
     }
     let outcome = match out.value {
         AddOutcome::Added => "added",
@@ -165,6 +167,10 @@ pub async fn remove(settings: Settings, args: &RelationshipArgs, p: Printer) -> 
         .remove(&id, Some(cid))
         .await
         .with_context(|| format!("cannot remove {}", who(&id)))?;
+    if let Some(mut store) = Store::open_existing(&state_path(&settings, args)?)? {
+        let register = super::outbox::register(&settings)?.key();
+        store.record_remove_in_ledger_for(&register, id.as_str(), out.correlation_id)?;
+    }
     let outcome = match out.value {
         RemoveOutcome::Removed => "removed",
         RemoveOutcome::NotFound => "not registered (nothing to remove)",

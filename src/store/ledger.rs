@@ -98,6 +98,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records a single remove in `register`: the customer's current state becomes ended (the
+    /// history table keeps registrations only).
+    pub fn record_remove_in_ledger_for(
+        &mut self,
+        register: &str,
+        customer_id: &str,
+        correlation_id: Uuid,
+    ) -> anyhow::Result<()> {
+        let tx = self.conn().transaction()?;
+        set_ledger(
+            &tx,
+            register,
+            customer_id,
+            LedgerState::Ended,
+            None,
+            Utc::now(),
+            correlation_id,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Number of ledger rows (all, or of one batch).
     pub fn ledger_count(&mut self, batch: Option<(i64, u32)>) -> anyhow::Result<u64> {
         Ok(match batch {
