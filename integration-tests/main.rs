@@ -15,6 +15,7 @@ mod load;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
+mod sync_cli;
 mod token;
 mod util;
 mod verdicts;

@@ -130,7 +130,12 @@ pub async fn add(settings: Settings, args: &RelationshipArgs, p: Printer) -> any
         .await
         .with_context(|| format!("cannot add {}", who(&id)))?;
     // The ledger is per register: the sync agent's reconcile compares against this one.
-    if let Some(mut store) = Store::open_existing(&state_path(&settings, args)?)? {
+    {
+        // The installation's store keeps the ledger (what reconcile compares against), so it is
+        // created if this is the first command to write it.
+        let state = state_path(&settings, args)?;
+        super::build::create_state_dir(&state)?;
+        let mut store = Store::open(&state)?;
         let register = super::outbox::register(&settings)?.key();
         store.record_add_in_ledger_for(&register, id.as_str(), None, out.correlation_id)?;
     }
@@ -167,7 +172,12 @@ pub async fn remove(settings: Settings, args: &RelationshipArgs, p: Printer) -> 
         .remove(&id, Some(cid))
         .await
         .with_context(|| format!("cannot remove {}", who(&id)))?;
-    if let Some(mut store) = Store::open_existing(&state_path(&settings, args)?)? {
+    {
+        // The installation's store keeps the ledger (what reconcile compares against), so it is
+        // created if this is the first command to write it.
+        let state = state_path(&settings, args)?;
+        super::build::create_state_dir(&state)?;
+        let mut store = Store::open(&state)?;
         let register = super::outbox::register(&settings)?.key();
         store.record_remove_in_ledger_for(&register, id.as_str(), out.correlation_id)?;
     }
