@@ -15,6 +15,7 @@ mod load;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
+mod sync_reliability;
 mod token;
 mod util;
 mod verdicts;
