@@ -174,10 +174,7 @@ fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> 
         return Err(Refusal::new(
             "invalid_client",
             "MP-100",
-            format!(
-                "client {:?} is refused (kfr mock: token_refuse is on)",
-                grant.client_id
-            ),
+            format!("client {:?} is refused (kfr mock: token_refuse is on)", grant.client_id),
         ));
     }
     remember_jti(state, &grant.jti, grant.exp, now)?;

@@ -35,7 +35,8 @@ pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
 pub use quirks::{Quirk, Quirks};
 pub use register::RelationshipRow;
 pub use state::{
-    KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, REQUEST_LOG_CAP, RequestLogEntry, StateSnapshot, TokenFaults,
+    KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, REQUEST_LOG_CAP, RequestLogEntry, StateSnapshot,
+    TokenFaults,
 };
 
 use anyhow::Context as _;
