@@ -16,6 +16,7 @@ mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
 mod sync_cli;
+mod sync_reliability;
 mod token;
 mod util;
 mod verdicts;

@@ -250,7 +250,10 @@ async fn reconcile_enqueues_the_differences_the_agent_delivers_them_and_drains_o
     assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
     // Person identifiers never appear (organisation numbers may).
     for id in [a, b, c].into_iter().filter(|id| id.len() == 11) {
-        assert!(!log.contains(id.as_str()), "no person identifier in the agent's log: {log}");
+        assert!(
+            !log.contains(id.as_str()),
+            "no person identifier in the agent's log: {log}"
+        );
     }
     assert_eq!(active(&env).await, expected);
 }

@@ -135,6 +135,10 @@ pub struct SyncArgs {
     /// Also take NDJSON events on standard input.
     #[arg(long)]
     pub stdin: bool,
+    /// Between recovery probes while delivery is paused on a systemic failure (default 60 s).
+    /// Hidden: for tests that rehearse a credentials outage in seconds.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub probe_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,9 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     };
     // Retries of the agent are bounded by time (`give_up_after`), not by count.
     config.retry.max_attempts = u32::MAX;
+    if let Some(ms) = args.probe_interval_ms {
+        config.probe_interval = Duration::from_millis(ms.max(1));
+    }
     let grace = config.shutdown_grace;
     let dispatcher = Dispatcher::new(handle.clone(), client, register_key.clone(), config, health.clone());
     let intake = Intake::new(handle.clone(), register_key, health.clone(), policy).with_waker(dispatcher.waker());

@@ -22,6 +22,13 @@ pub(crate) fn routes() -> Router<Arc<MockState>> {
         .route("/_mock/reset", post(reset))
         .route("/_mock/faults", post(faults))
         .route("/_mock/relationships", get(relationships))
+        .route("/_mock/requests", get(requests))
+}
+
+/// The fake KFR's write requests in arrival order: `[{n, op, customer_id, correlation_id,
+/// status, start_date}]` (full identifiers, like the register dump).
+async fn requests(State(state): State<Arc<MockState>>) -> Response {
+    axum::Json(state.requests()).into_response()
 }
 
 /// Every period of the fake KFR's register: `[{organization_id, customer_id, start_date,
@@ -50,6 +57,8 @@ struct FaultsUpdate {
     token_latency_ms: Option<u64>,
     token_fail_rate: Option<f64>,
     token_fail_first: Option<u32>,
+    /// Refuse every grant with `invalid_client` (MP-100) while on.
+    token_refuse: Option<bool>,
     // The fake KFR's switches, named like the `kfr mock` flags.
     error_rate: Option<f64>,
     rate_limit_rate: Option<f64>,
@@ -119,6 +128,9 @@ async fn faults(
         fail_rate: update.token_fail_rate.unwrap_or(current.fail_rate),
         fail_first: update.token_fail_first.unwrap_or(current.fail_first),
     });
+    if let Some(on) = update.token_refuse {
+        state.set_token_refuse(on);
+    }
     if let Some(skew) = update.clock_skew_secs {
         state.set_clock_skew_secs(skew);
     }

@@ -17,7 +17,7 @@ use super::config::DEFAULT_SCOPE;
 use super::multipart;
 use super::quirks::Quirk;
 use super::register::{Added, Day, IdKey, PendingEntry, day};
-use super::state::{MockState, lock};
+use super::state::{MockState, RequestLogEntry, lock};
 use crate::ids::{CustomerId, mask};
 use crate::kfr::batch::RELATIONSHIP_TYPE;
 use axum::Router;
@@ -346,11 +346,35 @@ fn finish(state: &MockState, op: Op, headers: &HeaderMap, result: Result<Respons
             refusal.into_response(op, state)
         }
     };
+    if op != Op::Lookup && !(op == Op::Batch && resp.status() == StatusCode::CREATED) {
+        // An accepted batch logged its entries itself ([`handle_batch`]).
+        log_write(state, op, headers, resp.status().as_str(), None, None);
+    }
     if let Some(c) = correlation {
         resp.headers_mut().insert("CorrelationID", c);
     }
     record(state, op, resp.status().as_str());
     resp
+}
+
+/// One entry of the write-request log (`GET /_mock/requests`).
+fn log_write(
+    state: &MockState,
+    op: Op,
+    headers: &HeaderMap,
+    status: &str,
+    customer_id: Option<String>,
+    start_date: Option<NaiveDate>,
+) {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    state.log_request(RequestLogEntry {
+        n: 0,
+        op: op.name(),
+        customer_id: customer_id.or_else(|| text("CustomerID")),
+        correlation_id: text("CorrelationID"),
+        status: status.to_string(),
+        start_date,
+    });
 }
 
 fn record(state: &MockState, op: Op, status: &str) {
@@ -388,6 +412,9 @@ async fn gate(state: &MockState, op: Op, fid: &str, headers: &HeaderMap) -> Resu
     if hit(faults.timeout_rate) {
         count_fault(state, "timeout");
         record(state, op, "timeout");
+        if op != Op::Lookup {
+            log_write(state, op, headers, "timeout", None, None);
+        }
         tracing::info!(operation = op.name(), "KFR request: injected timeout, holding it open");
         // Held until the server stops (then released with a 503 so graceful shutdown ends) or a
         // day has passed; the client's own timeout is what this rehearses.
@@ -775,6 +802,14 @@ async fn handle_batch(state: &MockState, fid: &str, headers: &HeaderMap, body: B
     }
     let entries = parse_entries(state, customers)?;
     let count = entries.len();
+    // Valid UTF-8 and well-formed: parse_entries checked every entry.
+    for entry in String::from_utf8_lossy(customers).split(',') {
+        let (id, date) = match entry.split_once('#') {
+            Some((id, d)) => (id, parse_date(d)),
+            None => (entry, None),
+        };
+        log_write(state, Op::Batch, headers, "201", Some(id.to_string()), date);
+    }
     lock(&state.kfr.register).enqueue(fid, entries);
     state.kfr.stats.batches_accepted.fetch_add(1, Ordering::Relaxed);
     tracing::info!(

@@ -168,6 +168,15 @@ fn handle_token_request(state: &MockState, headers: &HeaderMap, body: &[u8]) -> 
     let assertion = read_form(headers, body)?;
     let now = state.clock.now_unix();
     let grant = check_grant(state, &assertion, now)?;
+    // `token_refuse` judges after every check, so a grant that is wrong in itself still gets its
+    // own code; the refused grant's jti is not remembered (it obtained no token).
+    if state.token_refuse() {
+        return Err(Refusal::new(
+            "invalid_client",
+            "MP-100",
+            format!("client {:?} is refused (kfr mock: token_refuse is on)", grant.client_id),
+        ));
+    }
     remember_jti(state, &grant.jti, grant.exp, now)?;
 
     let mp = &state.mp;

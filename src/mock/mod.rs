@@ -34,7 +34,10 @@ pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
 pub use quirks::{Quirk, Quirks};
 pub use register::RelationshipRow;
-pub use state::{KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, StateSnapshot, TokenFaults};
+pub use state::{
+    KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, REQUEST_LOG_CAP, RequestLogEntry, StateSnapshot,
+    TokenFaults,
+};
 
 use anyhow::Context as _;
 use axum::Router;

@@ -98,6 +98,10 @@ pub struct MaskinportenState {
     pub(crate) stats: TokenStats,
     /// jti → grant `exp`, of every grant that obtained a token (MP-012).
     pub(crate) seen_jtis: Mutex<HashMap<String, i64>>,
+    /// `token_refuse`: every well-formed grant is refused as `invalid_client` (MP-100), as
+    /// Maskinporten does once a client is deleted or its certificate withdrawn, until switched
+    /// off. Runtime only (`POST /_mock/faults`).
+    pub(crate) refuse: std::sync::atomic::AtomicBool,
 }
 
 /// Counters of the KFR half.
@@ -136,6 +140,29 @@ pub struct KfrState {
     /// judged their identifier invalid: a permanent per-customer rejection for tests of the
     /// dead-letter path. Runtime only (`POST /_mock/faults`).
     pub(crate) reject_customers: Mutex<std::collections::BTreeSet<String>>,
+    /// The write requests (add, remove, batch entries) in arrival order, for tests of delivery
+    /// order (`GET /_mock/requests`); the oldest go first beyond [`REQUEST_LOG_CAP`].
+    pub(crate) request_log: Mutex<std::collections::VecDeque<RequestLogEntry>>,
+}
+
+/// How many write requests `GET /_mock/requests` remembers (about 100 MB at most).
+pub const REQUEST_LOG_CAP: usize = 1_000_000;
+
+/// One write request as the fake KFR answered it. Full identifiers: a loopback test surface
+/// with synthetic data, like `/_mock/relationships`; never logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestLogEntry {
+    /// 1-based arrival number since start or reset (gaps mean the oldest were dropped).
+    pub n: u64,
+    /// `add`, `remove` or `batch` (one entry per customer of an accepted batch).
+    pub op: &'static str,
+    /// The `CustomerID` header as sent (or the batch entry's identifier); `None` when absent.
+    pub customer_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// The status answered (`"201"`, …), or `"timeout"` for a request held open.
+    pub status: String,
+    /// A batch entry's start date, when it names one.
+    pub start_date: Option<NaiveDate>,
 }
 
 /// Everything the mock knows; shared by all handlers behind an `Arc`.
@@ -205,6 +232,7 @@ impl MockState {
                 }),
                 stats: TokenStats::default(),
                 seen_jtis: Mutex::new(HashMap::new()),
+                refuse: Default::default(),
             },
             kfr: KfrState {
                 env: cfg.env,
@@ -220,6 +248,7 @@ impl MockState {
                 stopping: tokio::sync::watch::channel(false).0,
                 quirks: cfg.quirks,
                 reject_customers: Mutex::new(Default::default()),
+                request_log: Mutex::new(Default::default()),
             },
             base_url,
         })
@@ -293,8 +322,8 @@ impl MockState {
         self.mp.stats.faults_injected.load(Ordering::Relaxed) + self.kfr.stats.faults_injected.load(Ordering::Relaxed)
     }
 
-    /// Zeroes every counter and forgets every jti; empties the fake KFR's register and ingest
-    /// queue. Settings (skew, faults, outage, clients, ingest rate) stay.
+    /// Zeroes every counter and forgets every jti; empties the fake KFR's register, ingest
+    /// queue and request log. Settings (skew, faults, outage, clients, ingest rate) stay.
     pub fn reset(&self) {
         let s = &self.mp.stats;
         s.requests.store(0, Ordering::Relaxed);
@@ -303,6 +332,7 @@ impl MockState {
         lock(&s.errors).clear();
         lock(&self.mp.seen_jtis).clear();
         lock(&self.kfr.register).clear();
+        lock(&self.kfr.request_log).clear();
         let k = &self.kfr.stats;
         k.requests.store(0, Ordering::Relaxed);
         k.batches_accepted.store(0, Ordering::Relaxed);
@@ -345,6 +375,30 @@ impl MockState {
     /// Replaces the customers the fake KFR refuses with 400 KFR-005 (see `KfrState`).
     pub fn set_reject_customers(&self, ids: impl IntoIterator<Item = String>) {
         *lock(&self.kfr.reject_customers) = ids.into_iter().collect();
+    }
+
+    /// Switches `token_refuse` (see `MaskinportenState::refuse`).
+    pub fn set_token_refuse(&self, on: bool) {
+        self.mp.refuse.store(on, Ordering::Relaxed);
+    }
+
+    pub fn token_refuse(&self) -> bool {
+        self.mp.refuse.load(Ordering::Relaxed)
+    }
+
+    /// Appends to the write-request log, dropping the oldest beyond [`REQUEST_LOG_CAP`].
+    pub(crate) fn log_request(&self, mut entry: RequestLogEntry) {
+        let mut log = lock(&self.kfr.request_log);
+        entry.n = log.back().map_or(1, |e| e.n + 1);
+        if log.len() >= REQUEST_LOG_CAP {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
+
+    /// The write requests in arrival order (`GET /_mock/requests`).
+    pub fn requests(&self) -> Vec<RequestLogEntry> {
+        lock(&self.kfr.request_log).iter().cloned().collect()
     }
 
     pub(crate) fn is_rejected_customer(&self, id: &str) -> bool {
@@ -414,6 +468,7 @@ impl MockState {
             faults: self.token_faults(),
             clients: self.mp.clients.as_ref().map(|c| c.keys().cloned().collect()),
             delegations: self.delegations(),
+            token_refuse: self.token_refuse(),
         };
         let kfr = self.kfr_snapshot();
         StateSnapshot {
@@ -495,6 +550,8 @@ pub struct MaskinportenSnapshot {
     pub clients: Option<Vec<String>>,
     /// Declared delegations (`consumer_org` needs one).
     pub delegations: Vec<Delegation>,
+    /// Whether `token_refuse` is on.
+    pub token_refuse: bool,
 }
 
 #[cfg(test)]
