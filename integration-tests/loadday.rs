@@ -729,3 +729,212 @@ async fn entries_kfr_already_held_with_a_later_start_are_named_masked_in_the_rep
     let today = env.mock.state().clock().today().to_string();
     assert!(persons.iter().all(|p| env.active()[p] == today), "{:?}", env.active());
 }
+
+// ---- Item 11: `kfr load abandon` ---------------------------------------------------------
+
+/// A job left running after batch 1 of 3 was confirmed, with `removes` held behind it.
+async fn abandoned_candidate(env: &crate::load::Env, seed: u32) -> Vec<String> {
+    let id = ids(seed, 80);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env
+        .load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")])
+        .await;
+    assert_ne!(out.status.code(), Some(0));
+    id
+}
+
+/// Ids, sorted as the load sends them: batch 1 holds the first ones.
+fn in_load_order(mut id: Vec<String>) -> Vec<String> {
+    id.sort_by_key(|s| (s.len(), s.clone()));
+    id
+}
+
+/// Abandoning a job while operations are held behind it is refused (exit 2, nothing changed);
+/// `--drop-held` abandons it and lists the held operations masked, and they never reach KFR.
+/// The barrier is down afterwards, `kfr load status` shows the job abandoned, and `--resume`
+/// never picks it up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_refuses_while_operations_are_held_and_drop_held_lists_them_unsent() {
+    let env = setup().await;
+    let id = in_load_order(abandoned_candidate(&env, 130).await);
+    for i in [&id[0], &id[1]] {
+        let (stdout, _) = assert_ok(&env.run(&["remove", i, "--state", "s.db"], &[]).await);
+        assert!(stdout.starts_with("held: "), "{stdout}");
+    }
+    let out = env.run(&["load", "abandon", "1", "--state", "s.db"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("2 remove(s)") && stderr.contains("--send-held"), "{stderr}");
+    let status = |env: &crate::load::Env| {
+        let env_dir = env.dir.clone();
+        async move {
+            let out = crate::util::kfr(&env_dir)
+                .args(["--config", "kfr.toml", "load", "status", "--state", "s.db", "--json"])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    assert_eq!(status(&env).await["jobs"][0]["status"], "running", "nothing changed");
+
+    let out = env
+        .run(&["load", "abandon", "1", "--state", "s.db", "--drop-held", "--json"], &[])
+        .await;
+    let (stdout, stderr) = assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["status"], "abandoned", "{v}");
+    let dropped = v["held_operations"]["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 2, "{v}");
+    assert!(dropped.iter().all(|d| d["operation"] == "remove"));
+    assert_eq!(v["batches"]["confirmed"]["batches"], 1, "{v}");
+    assert!(v["ledger_rows"].as_u64().unwrap() >= 1, "the ledger keeps batch 1: {v}");
+    assert!(
+        !id.iter().any(|i| i.len() == 11 && (stdout.contains(i.as_str()) || stderr.contains(i.as_str()))),
+        "masked: {stdout}{stderr}"
+    );
+    assert!(env.ended().is_empty(), "dropped removes are never sent");
+    assert!(env.active().contains_key(&id[0]), "batch 1 stays in KFR");
+    let st = status(&env).await;
+    assert_eq!(st["jobs"][0]["status"], "abandoned", "{st}");
+    assert_eq!(st["held_operations"]["remove"], 0, "{st}");
+
+    // The barrier is down: a remove goes straight to KFR.
+    let (stdout, _) = assert_ok(&env.run(&["remove", &id[0], "--state", "s.db"], &[]).await);
+    assert!(stdout.starts_with("removed"), "{stdout}");
+    // --resume never picks an abandoned job, with or without the file.
+    for args in [&["c.csv", "--resume"][..], &["--resume"][..]] {
+        let out = env.run(&[&["load"][..], args, &["--state", "s.db"]].concat(), &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+    assert_eq!(env.batches_accepted(), 1, "nothing more uploaded");
+}
+
+/// `--send-held` abandons the job and sends what it held, each customer's in the order issued:
+/// a remove then an add on the same customer leave it registered (the other order would end it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_with_send_held_sends_the_held_operations_in_order() {
+    let env = setup().await;
+    let id = in_load_order(abandoned_candidate(&env, 131).await);
+    for (op, i) in [("remove", &id[0]), ("add", &id[0]), ("remove", &id[2])] {
+        let (stdout, _) = assert_ok(&env.run(&[op, i, "--state", "s.db"], &[]).await);
+        assert!(stdout.starts_with("held: ") || stdout.starts_with("queued: "), "{stdout}");
+    }
+    let out = env
+        .run(&["load", "abandon", "1", "--state", "s.db", "--send-held"], &[])
+        .await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert!(stdout.contains("load job 1 (c.csv) abandoned"), "{stdout}");
+    assert!(stdout.contains("stays in KFR") && stdout.contains("ledger"), "{stdout}");
+    let sent: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("held operation sent: "))
+        .collect();
+    assert_eq!(sent.len(), 3, "{stdout}{stderr}");
+    let first_of = |op: &str| sent.iter().position(|s| s.starts_with(op)).unwrap();
+    assert!(first_of("remove") < first_of("add"), "{sent:?}");
+    assert!(env.ended().contains(&id[2]), "{sent:?}");
+    assert!(
+        env.active().contains_key(&id[0]),
+        "remove, then add: registered again (the other order would have ended it)"
+    );
+    let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(v["held_operations"]["add"], 0, "{v}");
+    assert_eq!(v["held_operations"]["remove"], 0, "{v}");
+}
+
+/// Only a running job can be abandoned: a confirmed one, an abandoned one with nothing held and
+/// an id the store does not have are each a clear error (exit 2, nothing changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoning_a_confirmed_or_unknown_job_is_a_clear_error() {
+    let env = setup().await;
+    let id = ids(132, 20);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    assert_ok(&env.load("c.csv", "s.db", &[], &[]).await);
+    for (job, want) in [("1", "load job 1 is confirmed"), ("7", "has no load job 7")] {
+        let out = env.run(&["load", "abandon", job, "--state", "s.db"], &[]).await;
+        let (stdout, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+        assert!(stderr.contains(want) && stderr.contains("hint: "), "{stderr}");
+    }
+    let out = env.run(&["load", "abandon", "1", "--state", "none.db"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("none.db"), "{stderr}");
+    assert!(!env.dir.join("none.db").exists(), "no store created");
+}
+
+// ---- Item 12: the ingested count measured ------------------------------------------------
+
+/// KFR slower than planned (the mock ingests 60/s, the load plans 100/s): the JSON progress
+/// events carry the ingested count with its basis, measured by own lookups of entries new in the
+/// batch (each a lower bound), and the notice that KFR is slower gives the measured count, below
+/// what the plan expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingested_count_is_measured_and_says_so() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(60);
+    let id = ids(133, 120);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env
+        .run(
+            &["load", "c.csv", "--state", "s.db", "--ingest-rate", "100", "--json"],
+            &[],
+        )
+        .await;
+    let (stdout, _) = assert_ok(&out);
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let progress: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "progress").collect();
+    assert!(!progress.is_empty(), "{stdout}");
+    assert!(progress.iter().all(|p| p["ingested"].as_u64().unwrap() <= 120 && p["total"] == 120));
+    let measured: Vec<u64> = progress
+        .iter()
+        .filter(|p| p["ingested_basis"] == "measured")
+        .map(|p| p["ingested"].as_u64().unwrap())
+        .collect();
+    assert!(!measured.is_empty(), "{stdout}");
+    assert!(measured.windows(2).all(|w| w[0] <= w[1]), "a lower bound only grows: {measured:?}");
+    assert!(
+        progress.iter().all(|p| ["measured", "estimate"].contains(&p["ingested_basis"].as_str().unwrap())),
+        "{stdout}"
+    );
+    let waiting = events
+        .iter()
+        .find(|e| e["event"] == "waiting_for_ingestion")
+        .expect("KFR is slower than planned");
+    assert_eq!(waiting["expected"], 120, "{waiting}");
+    assert!(
+        waiting["ingested"].as_u64().unwrap() < 120,
+        "the measured figure, not the plan's: {waiting}"
+    );
+    assert_eq!(env.active().len(), 120);
+}
+
+/// On screen (stderr not a terminal: the plain progress line) the count is labelled as measured
+/// or as an estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_line_labels_the_ingested_count() {
+    let env = setup().await;
+    env.mock.state().set_ingest_rate(80);
+    let id = ids(134, 120);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let out = env
+        .run(
+            &["load", "c.csv", "--state", "s.db", "--ingest-rate", "80", "--progress-every-secs", "1"],
+            &[],
+        )
+        .await;
+    let (_, stderr) = assert_ok(&out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ingested (measured)") || l.contains("ingested (estimate)")),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("(estimated at")),
+        "{lines:?}"
+    );
+}
