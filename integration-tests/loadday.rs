@@ -156,7 +156,17 @@ async fn a_second_load_on_a_busy_store_is_refused_at_once() {
     env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
     let first = {
         let env = env.clone();
-        tokio::spawn(async move { env.load("c.csv", "s.db", &[], &[]).await })
+        // Bounded, so a failed assertion below (the mock then gone) cannot leave it retrying
+        // for the default 30 minutes while the runtime waits for it.
+        tokio::spawn(async move {
+            env.load(
+                "c.csv",
+                "s.db",
+                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "20"],
+                &[],
+            )
+            .await
+        })
     };
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let started = std::time::Instant::now();
@@ -764,21 +774,21 @@ async fn abandon_refuses_while_operations_are_held_and_drop_held_lists_them_unse
     let out = env.run(&["load", "abandon", "1", "--state", "s.db"], &[]).await;
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
-    assert!(stderr.contains("2 remove(s)") && stderr.contains("--send-held"), "{stderr}");
-    let status = |env: &crate::load::Env| {
-        let env_dir = env.dir.clone();
-        async move {
-            let out = crate::util::kfr(&env_dir)
-                .args(["--config", "kfr.toml", "load", "status", "--state", "s.db", "--json"])
-                .output()
-                .unwrap();
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-        }
-    };
+    assert!(
+        stderr.contains("2 remove(s)") && stderr.contains("--send-held"),
+        "{stderr}"
+    );
+    async fn status(env: &crate::load::Env) -> serde_json::Value {
+        let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+        serde_json::from_str(&assert_ok(&out).0).unwrap()
+    }
     assert_eq!(status(&env).await["jobs"][0]["status"], "running", "nothing changed");
 
     let out = env
-        .run(&["load", "abandon", "1", "--state", "s.db", "--drop-held", "--json"], &[])
+        .run(
+            &["load", "abandon", "1", "--state", "s.db", "--drop-held", "--json"],
+            &[],
+        )
         .await;
     let (stdout, stderr) = assert_ok(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -789,7 +799,8 @@ async fn abandon_refuses_while_operations_are_held_and_drop_held_lists_them_unse
     assert_eq!(v["batches"]["confirmed"]["batches"], 1, "{v}");
     assert!(v["ledger_rows"].as_u64().unwrap() >= 1, "the ledger keeps batch 1: {v}");
     assert!(
-        !id.iter().any(|i| i.len() == 11 && (stdout.contains(i.as_str()) || stderr.contains(i.as_str()))),
+        !id.iter()
+            .any(|i| i.len() == 11 && (stdout.contains(i.as_str()) || stderr.contains(i.as_str()))),
         "masked: {stdout}{stderr}"
     );
     assert!(env.ended().is_empty(), "dropped removes are never sent");
@@ -803,7 +814,9 @@ async fn abandon_refuses_while_operations_are_held_and_drop_held_lists_them_unse
     assert!(stdout.starts_with("removed"), "{stdout}");
     // --resume never picks an abandoned job, with or without the file.
     for args in [&["c.csv", "--resume"][..], &["--resume"][..]] {
-        let out = env.run(&[&["load"][..], args, &["--state", "s.db"]].concat(), &[]).await;
+        let out = env
+            .run(&[&["load"][..], args, &["--state", "s.db"]].concat(), &[])
+            .await;
         let (_, stderr) = output_text(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     }
@@ -818,7 +831,10 @@ async fn abandon_with_send_held_sends_the_held_operations_in_order() {
     let id = in_load_order(abandoned_candidate(&env, 131).await);
     for (op, i) in [("remove", &id[0]), ("add", &id[0]), ("remove", &id[2])] {
         let (stdout, _) = assert_ok(&env.run(&[op, i, "--state", "s.db"], &[]).await);
-        assert!(stdout.starts_with("held: ") || stdout.starts_with("queued: "), "{stdout}");
+        assert!(
+            stdout.starts_with("held: ") || stdout.starts_with("queued: "),
+            "{stdout}"
+        );
     }
     let out = env
         .run(&["load", "abandon", "1", "--state", "s.db", "--send-held"], &[])
@@ -887,16 +903,25 @@ async fn the_ingested_count_is_measured_and_says_so() {
     let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let progress: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "progress").collect();
     assert!(!progress.is_empty(), "{stdout}");
-    assert!(progress.iter().all(|p| p["ingested"].as_u64().unwrap() <= 120 && p["total"] == 120));
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["ingested"].as_u64().unwrap() <= 120 && p["total"] == 120)
+    );
     let measured: Vec<u64> = progress
         .iter()
         .filter(|p| p["ingested_basis"] == "measured")
         .map(|p| p["ingested"].as_u64().unwrap())
         .collect();
     assert!(!measured.is_empty(), "{stdout}");
-    assert!(measured.windows(2).all(|w| w[0] <= w[1]), "a lower bound only grows: {measured:?}");
     assert!(
-        progress.iter().all(|p| ["measured", "estimate"].contains(&p["ingested_basis"].as_str().unwrap())),
+        measured.windows(2).all(|w| w[0] <= w[1]),
+        "a lower bound only grows: {measured:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .all(|p| ["measured", "estimate"].contains(&p["ingested_basis"].as_str().unwrap())),
         "{stdout}"
     );
     let waiting = events
@@ -921,7 +946,16 @@ async fn the_progress_line_labels_the_ingested_count() {
     env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
     let out = env
         .run(
-            &["load", "c.csv", "--state", "s.db", "--ingest-rate", "80", "--progress-every-secs", "1"],
+            &[
+                "load",
+                "c.csv",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                "80",
+                "--progress-every-secs",
+                "1",
+            ],
             &[],
         )
         .await;
@@ -933,8 +967,5 @@ async fn the_progress_line_labels_the_ingested_count() {
             .any(|l| l.contains("ingested (measured)") || l.contains("ingested (estimate)")),
         "{stderr}"
     );
-    assert!(
-        lines.iter().all(|l| !l.contains("(estimated at")),
-        "{lines:?}"
-    );
+    assert!(lines.iter().all(|l| !l.contains("(estimated at")), "{lines:?}");
 }

@@ -10,8 +10,8 @@ use super::LoadArgs;
 use super::printer::{Format, Printer};
 use crate::config::{MIN_BATCH_BYTES, Settings};
 use crate::error::UsageError;
-use crate::load::plan::{self, human_duration};
 use crate::load::event::IngestedBasis;
+use crate::load::plan::{self, human_duration};
 use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
 use crate::store::BatchStatus;
 use anyhow::Context as _;
@@ -289,7 +289,10 @@ async fn abandon(
         }))?)?;
     } else {
         let mut out = if o.abandoned_now {
-            format!("load job {} ({}) abandoned: it will never be confirmed, and it holds no remove back any more", o.job, o.input)
+            format!(
+                "load job {} ({}) abandoned: it will never be confirmed, and it holds no remove back any more",
+                o.job, o.input
+            )
         } else {
             format!("load job {} ({}) was abandoned before", o.job, o.input)
         };

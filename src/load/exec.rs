@@ -635,7 +635,8 @@ struct Meter {
 
 impl Meter {
     fn new(b: &BatchRecord, batches: u32, before: u64, total: u64, points: Vec<usize>, rate: u32) -> Self {
-        let every = (expected_time(b.entry_count, rate) / 10).clamp(Duration::from_millis(500), Duration::from_secs(10));
+        let every =
+            (expected_time(b.entry_count, rate) / 10).clamp(Duration::from_millis(500), Duration::from_secs(10));
         Meter {
             batch: b.seq,
             batches,

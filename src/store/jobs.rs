@@ -137,13 +137,20 @@ pub enum Abandonment {
     /// Confirmed jobs are complete: nothing to abandon (nothing changed).
     Confirmed,
     /// Held operations wait and the rule was [`HeldAtAbandon::Refuse`]: nothing changed.
-    HeldWaiting { held: Vec<HeldOp> },
+    HeldWaiting {
+        held: Vec<HeldOp>,
+    },
     /// The job was abandoned before and there is nothing (more) to do: nothing changed. `held`:
     /// what still waits in its register (with `Refuse`).
-    AlreadyAbandoned { held: Vec<HeldOp> },
+    AlreadyAbandoned {
+        held: Vec<HeldOp>,
+    },
     /// Abandoned now (`was_running`), or abandoned before and its held operations settled now.
     /// `held`: the operations that waited, in issue order (dropped ones marked so).
-    Abandoned { was_running: bool, held: Vec<HeldOp> },
+    Abandoned {
+        was_running: bool,
+        held: Vec<HeldOp>,
+    },
 }
 
 /// A batch to create with its job.
@@ -435,7 +442,8 @@ impl Store {
                 let op: String = r.get(2)?;
                 let state: String = r.get(5)?;
                 let claimer: Option<String> = r.get(8)?;
-                let elsewhere = matches!(state.as_str(), "in_flight" | "accepted") && claimer.as_deref() != Some("queue");
+                let elsewhere =
+                    matches!(state.as_str(), "in_flight" | "accepted") && claimer.as_deref() != Some("queue");
                 Ok((
                     HeldOp {
                         id: r.get(0)?,
@@ -596,5 +604,70 @@ mod tests {
         assert_eq!(s.job(job).unwrap().status, JobStatus::Abandoned);
         assert_eq!(s.unconfirmed_job().unwrap().map(|j| j.id), Some(old));
         assert!(s.abandon_job(job).is_err(), "only a running job");
+    }
+
+    /// Abandoning decides about held operations in the same transaction: refused while any
+    /// waits (nothing changes), dropped ones are finished unsent and the customer's next event
+    /// becomes its head, released ones stay queued with the barrier down.
+    #[test]
+    fn abandoning_settles_held_operations_in_one_step() {
+        use crate::store::{CustomerQueue as _, Operation};
+        let x = "02013299997";
+        let (_d, mut s) = store();
+        let settings = r#"{"environment":"test","kfr_base_url":"https://kfr.example/api","org_number":"923609016"}"#;
+        let job = s.create_job("c.csv", "abc", settings, 1, &[batch(0, 1)]).unwrap();
+        s.enqueue(x, Operation::Remove, Uuid::new_v4()).unwrap().unwrap();
+        s.enqueue(x, Operation::Add, Uuid::new_v4()).unwrap().unwrap();
+
+        let held = |a: Abandonment| match a {
+            Abandonment::HeldWaiting { held } => held.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(held(s.abandon_job_with(job, HeldAtAbandon::Refuse).unwrap()), 2);
+        assert_eq!(s.job(job).unwrap().status, JobStatus::Running, "nothing changed");
+        assert!(matches!(
+            s.abandon_job_with(job + 1, HeldAtAbandon::Drop).unwrap(),
+            Abandonment::NoSuchJob
+        ));
+
+        match s.abandon_job_with(job, HeldAtAbandon::Drop).unwrap() {
+            Abandonment::Abandoned { was_running, held } => {
+                assert!(was_running);
+                let ops: Vec<_> = held.iter().map(|h| (h.operation, h.outcome.as_deref())).collect();
+                assert_eq!(
+                    ops,
+                    [(Operation::Remove, Some("dropped")), (Operation::Add, Some("dropped"))]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.job(job).unwrap().status, JobStatus::Abandoned);
+        assert!(s.waiting().unwrap().is_empty(), "dropped: finished");
+        assert!(s.claim().unwrap().is_none(), "never sent");
+        assert!(matches!(
+            s.abandon_job_with(job, HeldAtAbandon::Refuse).unwrap(),
+            Abandonment::AlreadyAbandoned { held } if held.is_empty()
+        ));
+        // The customer's queue moved on: a new remove goes straight out (no barrier, no head).
+        assert!(s.enqueue(x, Operation::Remove, Uuid::new_v4()).unwrap().is_none());
+
+        // Release: abandoned, and the held operation is handed out in order.
+        let (_d2, mut s) = store();
+        let job = s.create_job("c.csv", "abc", settings, 1, &[batch(0, 1)]).unwrap();
+        s.enqueue(x, Operation::Remove, Uuid::new_v4()).unwrap().unwrap();
+        assert!(s.claim().unwrap().is_none(), "barrier up");
+        assert!(matches!(
+            s.abandon_job_with(job, HeldAtAbandon::Release).unwrap(),
+            Abandonment::Abandoned { was_running: true, ref held } if held.len() == 1
+        ));
+        assert_eq!(s.claim().unwrap().unwrap().operation, Operation::Remove);
+        s.set_batch_status(job, 1, BatchStatus::Confirmed).unwrap();
+        assert!(
+            matches!(
+                s.abandon_job_with(job, HeldAtAbandon::Drop).unwrap(),
+                Abandonment::Abandoned { was_running: false, .. }
+            ),
+            "abandoned before: what it held may still be settled"
+        );
     }
 }
