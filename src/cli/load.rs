@@ -10,6 +10,7 @@ use super::LoadArgs;
 use super::printer::{Format, Printer};
 use crate::config::{MIN_BATCH_BYTES, Settings};
 use crate::error::UsageError;
+use crate::load::event::IngestedBasis;
 use crate::load::plan::{self, human_duration};
 use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
 use crate::store::BatchStatus;
@@ -20,6 +21,16 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     if let Some(super::LoadAction::Status { state, json }) = &args.action {
         let state = super::build::state_path(&settings, state.as_deref())?;
         return status(&state, *json, &printer);
+    }
+    if let Some(super::LoadAction::Abandon {
+        job,
+        state,
+        send_held,
+        drop_held,
+        json,
+    }) = &args.action
+    {
+        return abandon(settings, *job, state.as_deref(), *send_held, *drop_held, *json, printer).await;
     }
     // A dry run writes no state, so it needs no store (nor a state home).
     let state_path = match super::build::state_path(&settings, args.state.as_deref()) {
@@ -207,6 +218,146 @@ fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()
     Ok(())
 }
 
+/// `kfr load abandon JOB`: ends a job that will not be completed (rule in `load::abandon` and
+/// docs/load.md), then says what KFR holds of it and what became of the held operations.
+async fn abandon(
+    settings: Settings,
+    job: i64,
+    state: Option<&std::path::Path>,
+    send_held: bool,
+    drop_held: bool,
+    json: bool,
+    printer: Printer,
+) -> anyhow::Result<()> {
+    use crate::load::abandon::{AbandonOptions, HeldChoice};
+    let state = super::build::state_path(&settings, state)?;
+    let held = match (send_held, drop_held) {
+        (true, _) => HeldChoice::Send,
+        (_, true) => HeldChoice::Drop,
+        _ => HeldChoice::None,
+    };
+    let opts = AbandonOptions {
+        state,
+        job,
+        held,
+        org_number: settings.require_org_number()?.to_string(),
+        kfr_base_url: settings.kfr_base_url.to_string(),
+        environment: settings.env.as_str().to_string(),
+    };
+    // Only sending needs KFR (and a token); the other paths work offline.
+    let client = if held == HeldChoice::Send {
+        super::install_pseudonyms(&settings)?;
+        Some(super::build::kfr_client(&settings)?)
+    } else {
+        None
+    };
+    let printer = printer.with_format(if json { Format::JsonLines } else { Format::Human });
+    let sink = |e: LoadEvent| {
+        if json {
+            return;
+        }
+        match e {
+            LoadEvent::HeldOperationSent(s) => printer.message(format_args!(
+                "held {} sent: {}: {} (CorrelationID {})",
+                s.operation.as_str(),
+                s.customer,
+                s.outcome,
+                s.correlation_id
+            )),
+            LoadEvent::HeldOperationFailed {
+                customer,
+                operation,
+                error,
+            } => printer.problem(format_args!(
+                "held {} of {customer} failed: {error}; it stays first in its customer's queue",
+                operation.as_str()
+            )),
+            LoadEvent::KfrUnavailable { step, error, .. } => printer.warning(format_args!("{step}: {error}")),
+            _ => {}
+        }
+    };
+    let o = crate::load::abandon::abandon(&opts, client.as_ref(), &sink)
+        .await
+        .map_err(failure)?;
+    if json {
+        printer.data(serde_json::to_string_pretty(&serde_json::json!({
+            "job": o.job, "status": "abandoned", "input": o.input, "abandoned_now": o.abandoned_now,
+            "batches": {"confirmed": o.confirmed, "accepted": o.accepted, "uploading": o.uploading, "planned": o.planned},
+            "ledger_rows": o.ledger_rows,
+            "held_operations": {"sent": o.held_sent, "dropped": o.held_dropped, "failed": o.held_failed,
+                "still_waiting": o.held_still_waiting},
+        }))?)?;
+    } else {
+        let mut out = if o.abandoned_now {
+            format!(
+                "load job {} ({}) abandoned: it will never be confirmed, and it holds no remove back any more",
+                o.job, o.input
+            )
+        } else {
+            format!("load job {} ({}) was abandoned before", o.job, o.input)
+        };
+        let in_kfr = o.confirmed.relationships + o.accepted.relationships;
+        let _ = write!(
+            out,
+            "\n  stays in KFR: {} relationship(s) in {} batch(es) ({} confirmed stored, {} accepted by KFR and registered as it ingests them); KFR has no undo, and the state store's ledger keeps them ({} row(s))",
+            num(in_kfr),
+            o.confirmed.batches + o.accepted.batches,
+            num(o.confirmed.relationships),
+            num(o.accepted.relationships),
+            num(o.ledger_rows)
+        );
+        if o.uploading.batches > 0 {
+            let _ = write!(
+                out,
+                "\n  fate unknown: {} relationship(s) in {} batch(es) sent without a recorded answer; KFR may hold them",
+                num(o.uploading.relationships),
+                o.uploading.batches
+            );
+        }
+        let _ = write!(
+            out,
+            "\n  never sent: {} relationship(s) in {} batch(es)",
+            num(o.planned.relationships),
+            o.planned.batches
+        );
+        for s in &o.held_sent {
+            let _ = write!(
+                out,
+                "\n  held operation sent: {} {}: {} (CorrelationID {})",
+                s.operation.as_str(),
+                s.customer,
+                s.outcome,
+                s.correlation_id
+            );
+        }
+        for d in &o.held_dropped {
+            let _ = write!(
+                out,
+                "\n  held operation dropped, not sent: {} {} (queued {}, CorrelationID {})",
+                d.operation.as_str(),
+                d.customer,
+                d.queued_at,
+                d.correlation_id
+            );
+        }
+        if !o.held_dropped.is_empty() {
+            let _ = write!(
+                out,
+                "\n  the {} dropped operation(s) did not reach KFR: issue them again (`kfr remove`, `kfr add`) if they still apply",
+                o.held_dropped.len()
+            );
+        }
+        printer.data(out)?;
+    }
+    if o.held_still_waiting > 0 {
+        return Err(failure(LoadError::AbandonedHeldLeft {
+            job: o.job,
+            left: o.held_still_waiting,
+        }));
+    }
+    Ok(())
+}
+
 /// Listens for Ctrl-C and SIGTERM while the load runs: the first asks the load to stop after its
 /// current step (it then writes its report and exits 130 or 143); a second Ctrl-C ends the
 /// process at once (every step is committed before it is acted on, so `--resume` still works).
@@ -313,7 +464,34 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             p.set_phase("uploading");
             p.progress_lines(every);
         }
-        LoadEvent::Ingesting { ingested } => p.set_progress(ingested),
+        LoadEvent::Ingesting {
+            batch,
+            batches,
+            ingested,
+            ingested_basis,
+            slower,
+        } => {
+            p.set_progress(ingested);
+            // The count says what it is (issue 9 item 12): proved by own lookups, or predicted.
+            let figure = match ingested_basis {
+                IngestedBasis::Measured => format!("≥ {} ingested (measured)", num(ingested)),
+                IngestedBasis::Estimate => format!("≈ {} ingested (estimate)", num(ingested)),
+            };
+            p.set_phase(format!(
+                "waiting for KFR to ingest batch {batch}/{batches}: {figure}{}",
+                if slower { "; KFR slower than planned" } else { "" }
+            ));
+        }
+        LoadEvent::Progress { .. } => {}
+        LoadEvent::KfrSlowerThanPlanned {
+            batch,
+            ingested,
+            expected,
+        } => p.warning(format_args!(
+            "batch {batch}: KFR is slower than planned: {} relationships ingested by own lookup where {} were expected by now",
+            num(ingested),
+            num(expected)
+        )),
         LoadEvent::Paused { batch, max_per_day } => p.message(format_args!(
             "daily limit of {} relationships reached before batch {batch}",
             max_per_day.unwrap_or(0)
@@ -333,15 +511,25 @@ fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadE
             bytes,
             correlation_id,
         } => {
-            p.set_phase(format!("waiting for KFR to ingest batch {batch} (count estimated at the ingest rate)"));
+            p.set_phase(format!("waiting for KFR to ingest batch {batch}"));
             p.message(format_args!(
                 "batch {batch} accepted: {entries} relationships, {bytes} bytes (CorrelationID {correlation_id})"
             ))
         }
-        LoadEvent::WaitingForIngestion { batch, missing } => {
-            p.set_phase(format!("confirming batch {batch}: KFR slower than planned"));
+        LoadEvent::WaitingForIngestion {
+            batch,
+            missing,
+            ingested,
+            expected,
+        } => {
+            p.set_phase(format!(
+                "confirming batch {batch}: KFR slower than planned, ≥ {} ingested (measured)",
+                num(ingested)
+            ));
             p.message(format_args!(
-                "batch {batch}: {missing} checked entr(y/ies) not visible yet; waiting (KFR is slower than the planned rate)"
+                "batch {batch}: KFR is slower than planned: {} relationships ingested by own lookup where all {} were expected by now; {missing} checked entr(y/ies) not visible yet, waiting",
+                num(ingested),
+                num(expected)
             ))
         }
         LoadEvent::BatchConfirmed {

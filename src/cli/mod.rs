@@ -369,6 +369,24 @@ pub enum LoadAction {
         #[arg(long)]
         json: bool,
     },
+    /// End a load job that will not be completed: it is marked abandoned and lifts the delete
+    /// barrier; batches KFR accepted stay registered (the ledger keeps them). Refused while
+    /// operations are held, unless --send-held or --drop-held says what becomes of them.
+    Abandon {
+        /// The job's id (`kfr load status`).
+        job: i64,
+        /// State store (default: the installation's, `state`).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        /// Send the held operations to KFR now, each customer's in the order issued.
+        #[arg(long, conflicts_with = "drop_held")]
+        send_held: bool,
+        /// Drop the held operations unsent; they are listed (masked) to be issued again by hand.
+        #[arg(long)]
+        drop_held: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -96,6 +96,28 @@ pub enum LoadError {
     #[error("the rejects file {} is a symlink; identifiers are never written through one", path.display())]
     RejectsSymlink { path: PathBuf },
 
+    #[error("no state store at {}", state.display())]
+    NoStore { state: PathBuf },
+
+    #[error("the state store {} has no load job {job}", state.display())]
+    NoSuchJob { job: i64, state: PathBuf },
+
+    #[error("load job {job} is {status}: only a running job can be abandoned")]
+    JobNotRunning { job: i64, status: &'static str },
+
+    #[error(
+        "load job {job} holds {removes} remove(s) and {adds} add(s) back; abandoning it would leave them without a sender"
+    )]
+    HeldOperationsWait { job: i64, adds: usize, removes: usize },
+
+    #[error(
+        "load job {job} is abandoned, but {left} of its held operation(s) could not be sent; they and whatever was issued after them on the same customers still wait"
+    )]
+    AbandonedHeldLeft { job: i64, left: usize },
+
+    #[error("the last load job ({job}, from {input}) was abandoned: there is nothing to resume")]
+    JobAbandoned { job: i64, input: String },
+
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -112,6 +134,10 @@ impl LoadError {
                 | LoadError::OtherKfr { .. }
                 | LoadError::BadReportPath { .. }
                 | LoadError::RejectsSymlink { .. }
+                | LoadError::NoSuchJob { .. }
+                | LoadError::JobNotRunning { .. }
+                | LoadError::HeldOperationsWait { .. }
+                | LoadError::JobAbandoned { .. }
         )
     }
 }
@@ -144,6 +170,20 @@ impl Hinted for LoadError {
             LoadError::ChangedWhileRead { .. } => "wait until the export is completely written (or copy it to a place nothing writes to) and run again; nothing was uploaded".into(),
             LoadError::BadReportPath { .. } => "give a report path in an existing directory that is not a symlink; nothing was sent".into(),
             LoadError::RejectsSymlink { .. } => "remove the link or give another path with --rejects; nothing was read or sent".into(),
+            LoadError::NoStore { .. } => "check --state or `state` in the configuration: `kfr load status` shows the store's jobs".into(),
+            LoadError::NoSuchJob { .. } => "`kfr load status` lists the store's jobs and their ids".into(),
+            LoadError::JobNotRunning { status, .. } => if *status == "confirmed" {
+                "a confirmed job is complete: its held operations were sent by the load (`kfr load --resume` sends any that failed)".into()
+            } else {
+                "it is abandoned already and holds nothing back; `kfr load status` shows it".into()
+            },
+            LoadError::HeldOperationsWait { job, .. } => format!(
+                "choose what becomes of them: `kfr load abandon {job} --send-held` sends them to KFR now (each customer's in the order issued), `--drop-held` drops them unsent and lists them (masked) so they can be issued again; or finish the load with `kfr load --resume`"
+            ),
+            LoadError::AbandonedHeldLeft { job, .. } => format!(
+                "`kfr load abandon {job} --send-held` sends them again, in order, once KFR can be reached"
+            ),
+            LoadError::JobAbandoned { .. } => "start a new load without --resume (`kfr load status` shows the abandoned job)".into(),
             LoadError::Other(_) => return None,
         })
     }

@@ -31,6 +31,16 @@ pub struct PlanSummary {
     pub plan: Plan,
 }
 
+/// Where an ingested count comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestedBasis {
+    /// Own lookups proved at least this many stored.
+    Measured,
+    /// Predicted at the ingest rate; nothing proved yet.
+    Estimate,
+}
+
 /// One thing that happened during a load.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -84,9 +94,35 @@ pub enum LoadEvent {
         total: u64,
         ingested: u64,
     },
-    /// Relationships KFR should have ingested by now (moves a progress bar).
+    /// Relationships KFR has ingested, for the progress bar (a tick every 200 ms while a batch
+    /// is ingested): a lower bound own lookups proved (`measured`), or the count the ingest rate
+    /// predicts (`estimate`) until a lookup proves one.
     Ingesting {
+        batch: u32,
+        batches: u32,
         ingested: u64,
+        ingested_basis: IngestedBasis,
+        /// A lookup found KFR behind the planned rate on this batch.
+        slower: bool,
+    },
+    /// The ingested count after a measuring lookup (a few per 30 s, at most two a second):
+    /// `ingested` is measured (a lower bound: ingestion follows file order, so an entry new in
+    /// the batch being visible proves every entry before it ingested) or an estimate at the
+    /// ingest rate; `expected` is what the plan predicts by now.
+    Progress {
+        batch: u32,
+        batches: u32,
+        ingested: u64,
+        ingested_basis: IngestedBasis,
+        expected: u64,
+        total: u64,
+    },
+    /// A measuring lookup found KFR behind the planned rate on this batch (told once a batch):
+    /// `ingested` is the measured count, `expected` the plan's.
+    KfrSlowerThanPlanned {
+        batch: u32,
+        ingested: u64,
+        expected: u64,
     },
     /// `--max-per-day` is reached before `batch`.
     Paused {
@@ -111,10 +147,14 @@ pub enum LoadEvent {
         bytes: u64,
         correlation_id: Uuid,
     },
-    /// Checked entries of a batch are not visible yet.
+    /// Checked entries of a batch are not visible yet after its expected ingestion time: KFR is
+    /// slower than planned. `ingested` is the measured count (confirmed batches, plus the part
+    /// of this one a lookup proved), `expected` the plan's (this batch complete).
     WaitingForIngestion {
         batch: u32,
         missing: usize,
+        ingested: u64,
+        expected: u64,
     },
     /// Own lookups saw the batch stored.
     BatchConfirmed {
@@ -235,8 +275,37 @@ mod tests {
             .is_json()
         );
         assert!(
-            !LoadEvent::Ingesting { ingested: 1 }.is_json(),
+            !LoadEvent::Ingesting {
+                batch: 1,
+                batches: 1,
+                ingested: 1,
+                ingested_basis: IngestedBasis::Estimate,
+                slower: false
+            }
+            .is_json(),
             "bar ticks are not lines"
+        );
+        let v = serde_json::to_value(LoadEvent::Progress {
+            batch: 1,
+            batches: 2,
+            ingested: 41,
+            ingested_basis: IngestedBasis::Measured,
+            expected: 50,
+            total: 400,
+        })
+        .unwrap();
+        assert_eq!(v["event"], "progress");
+        assert_eq!(v["ingested_basis"], "measured");
+        assert!(
+            LoadEvent::Progress {
+                batch: 1,
+                batches: 2,
+                ingested: 41,
+                ingested_basis: IngestedBasis::Estimate,
+                expected: 50,
+                total: 400,
+            }
+            .is_json()
         );
         assert!(
             !LoadEvent::Warning { message: "x".into() }.is_json(),

@@ -26,7 +26,7 @@
 //! named point so tests can prove every resume path.
 
 use super::ToEntry as _;
-use super::event::{EventSink, LoadEvent};
+use super::event::{EventSink, IngestedBasis, LoadEvent};
 use super::reader::Packed;
 use crate::env_vars;
 use crate::ids::CustomerId;
@@ -130,10 +130,9 @@ pub async fn execute(
         .filter(|b| b.status == BatchStatus::Confirmed)
         .map(|b| b.entry_count)
         .sum();
-    on(LoadEvent::Started {
-        total: batches.iter().map(|b| b.entry_count).sum(),
-        ingested,
-    });
+    let total: u64 = batches.iter().map(|b| b.entry_count).sum();
+    let count = batches.len() as u32;
+    on(LoadEvent::Started { total, ingested });
     for b in batches {
         if b.status == BatchStatus::Confirmed {
             continue;
@@ -149,6 +148,10 @@ pub async fn execute(
             return Ok(ExecEnd::PausedForToday);
         }
         let mut b = b.clone();
+        // Entries new in the batch (not visible before its upload) that measure its ingestion:
+        // chosen in this run before the upload; a batch accepted in an earlier run has only its
+        // witness, so its count is mostly an estimate.
+        let mut points: Option<Vec<usize>> = None;
         // Until KFR is known to hold the batch: resolve an upload of unknown fate before
         // anything is sent again (issue 9: never a blind re-POST), check which entry will
         // confirm it, upload once.
@@ -169,6 +172,9 @@ pub async fn execute(
                     b.witness = choose_witness(client, slice, opts, on, b.seq).await?;
                     b.witness_checked = true;
                     store.set_batch_witness(job, b.seq, b.witness)?;
+                }
+                if points.is_none() {
+                    points = Some(choose_measuring_points(client, slice, b.witness, opts, on, b.seq).await?);
                 }
                 status = upload(store, client, job, &b, slice, layout, opts, on).await?;
                 if status == BatchStatus::Uploading {
@@ -197,10 +203,15 @@ pub async fn execute(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
             .unwrap_or_else(chrono::Utc::now);
+        let points = points.unwrap_or_else(|| match (b.witness_checked, b.witness) {
+            (true, Some(w)) => vec![w as usize],
+            _ => vec![],
+        });
+        let mut meter = Meter::new(&b, count, ingested, total, points, opts.ingest_rate);
         let by = match witness_of(&b, slice) {
             Some(w) => {
-                wait_for_ingestion(client, Some(slice[w]), accepted_at, b.entry_count, ingested, opts, on).await?;
-                confirm(client, &b, &slice[..=w], opts, on).await?;
+                wait_for_ingestion(client, slice, Some(w), accepted_at, &mut meter, opts, on).await?;
+                confirm(client, &b, &slice[..=w], slice, &mut meter, opts, on).await?;
                 // The entries after the witness were visible before the upload, so their own
                 // lookups prove nothing: give KFR their share of the time too (ingestion follows
                 // file order), plus the margin, so a held delete cannot be overtaken by them.
@@ -214,7 +225,7 @@ pub async fn execute(
             }
             None => {
                 // No entry of the batch was new: nothing a lookup shows can prove ingestion.
-                wait_for_ingestion(client, None, accepted_at, b.entry_count, ingested, opts, on).await?;
+                wait_for_ingestion(client, slice, None, accepted_at, &mut meter, opts, on).await?;
                 tokio::time::sleep(CONFIRM_MARGIN).await;
                 "time"
             }
@@ -503,20 +514,22 @@ async fn probe_unknown_upload(
     }
 }
 
-/// Waits until the batch should be ingested, moving the bar at the ingest rate meanwhile. The
-/// batch's last entry is looked up now and then during the wait (see below), so a
-/// KFR faster than the configured rate does not make the load slower than it needs to be; the
-/// full confirmation follows either way.
+/// Waits until the batch should be ingested, moving the bar meanwhile. The batch's witness is
+/// looked up now and then during the wait (see below), so a KFR faster than the configured rate
+/// does not make the load slower than it needs to be; the full confirmation follows either way.
+/// The count shown is measured by the [`Meter`] where its lookups prove one, else an estimate at
+/// the ingest rate, labelled as such (issue 9 item 12).
 async fn wait_for_ingestion(
     client: &KfrClient,
-    last: Option<Packed>,
+    slice: &[Packed],
+    witness: Option<usize>,
     accepted_at: chrono::DateTime<chrono::Utc>,
-    count: u64,
-    before: u64,
+    meter: &mut Meter,
     opts: &ExecOptions,
     on: EventSink<'_>,
 ) -> anyhow::Result<()> {
-    let expected = Duration::from_secs_f64(count as f64 / f64::from(opts.ingest_rate));
+    let count = meter.count;
+    let expected = expected_time(count, opts.ingest_rate);
     let elapsed = chrono::Utc::now()
         .signed_duration_since(accepted_at)
         .to_std()
@@ -532,15 +545,19 @@ async fn wait_for_ingestion(
     while Instant::now() < end {
         // The batch is recorded accepted: stopping in the wait is safe, the resume waits on.
         check_stop(opts)?;
-        let done = ((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64;
-        on(LoadEvent::Ingesting {
-            ingested: before + done.min(count),
-        });
+        let done = (((Instant::now() - start).as_secs_f64() * f64::from(opts.ingest_rate)) as u64).min(count);
+        if meter.due() {
+            meter.probe(client, slice, done, opts, on).await?;
+        }
+        meter.tick(Some(done), on);
         tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(200))).await;
         if Instant::now() >= next_probe && Instant::now() < end {
-            if let Some(last) = last
-                && visible(client, last, opts, on, "waiting for KFR to ingest").await?
+            if let Some(w) = witness
+                && visible(client, slice[w], opts, on, "waiting for KFR to ingest").await?
             {
+                meter.saw(w);
+                meter.tick(None, on);
+                meter.report(done, on);
                 break;
             }
             probe_every = (probe_every * 2).min(max_probe);
@@ -548,6 +565,194 @@ async fn wait_for_ingestion(
         }
     }
     Ok(())
+}
+
+/// Measuring points per batch besides its witness (issue 9 item 12): enough to bound the count
+/// usefully, few enough to cost nothing next to a batch of thousands.
+pub const MEASURING_POINTS: usize = 4;
+
+/// Batches shorter than this to ingest (at the configured rate) are not measured: their wait is
+/// over before a measuring lookup would be due.
+pub const MEASURE_FROM: Duration = Duration::from_secs(1);
+
+/// Before a batch is sent: entries spread evenly before its witness that KFR does not show yet,
+/// and the witness itself (checked by [`choose_witness`]). An entry visible before the upload
+/// would prove nothing about this batch's ingestion, so it is left out.
+async fn choose_measuring_points(
+    client: &KfrClient,
+    slice: &[Packed],
+    witness: Option<u64>,
+    opts: &ExecOptions,
+    on: EventSink<'_>,
+    seq: u32,
+) -> anyhow::Result<Vec<usize>> {
+    let Some(w) = witness.map(|w| w as usize) else {
+        return Ok(vec![]);
+    };
+    if expected_time(slice.len() as u64, opts.ingest_rate) < MEASURE_FROM {
+        return Ok(vec![w]);
+    }
+    let step = format!("checking batch {seq} before its upload");
+    let mut out: Vec<usize> = vec![];
+    for i in 1..=MEASURING_POINTS {
+        let k = i * w / (MEASURING_POINTS + 1);
+        if k >= w || out.last() == Some(&k) {
+            continue;
+        }
+        if !visible(client, slice[k], opts, on, &step).await? {
+            out.push(k);
+        }
+    }
+    out.push(w);
+    Ok(out)
+}
+
+/// The ingested count of one batch while KFR ingests it (issue 9 item 12). Ingestion follows file
+/// order (kfr-notes §6), so when an entry new in the batch (a measuring point) is visible, every
+/// entry before it is ingested: the count is at least its offset + 1. Lookups are few (at most
+/// one per `every`: a tenth of the batch's expected time, between 0.5 s and 10 s, so about three
+/// per 30 s on a long batch) and bisect towards KFR's progress.
+struct Meter {
+    batch: u32,
+    batches: u32,
+    /// Relationships of the batches confirmed before this one.
+    before: u64,
+    count: u64,
+    total: u64,
+    /// Offsets in the batch of entries not visible before the upload, ascending.
+    points: Vec<usize>,
+    /// Entries of this batch proved ingested.
+    known: u64,
+    /// The lowest point last seen absent: the next lookup aims below it.
+    absent_at: Option<usize>,
+    every: Duration,
+    next: Instant,
+    slower: bool,
+    /// Past the batch's expected time (confirming): the plan's count is known wrong, only what
+    /// lookups prove is shown.
+    past_expected: bool,
+}
+
+impl Meter {
+    fn new(b: &BatchRecord, batches: u32, before: u64, total: u64, points: Vec<usize>, rate: u32) -> Self {
+        let every =
+            (expected_time(b.entry_count, rate) / 10).clamp(Duration::from_millis(500), Duration::from_secs(10));
+        Meter {
+            batch: b.seq,
+            batches,
+            before,
+            count: b.entry_count,
+            total,
+            points,
+            known: 0,
+            absent_at: None,
+            every,
+            next: Instant::now() + every,
+            slower: false,
+            past_expected: false,
+        }
+    }
+
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// Point `k` was seen visible.
+    fn saw(&mut self, k: usize) {
+        self.known = self.known.max(k as u64 + 1);
+    }
+
+    /// The count to show: measured once a lookup proved part of the batch (or when no estimate
+    /// applies any more), else `estimate` (entries of this batch predicted at the rate).
+    fn figure(&self, estimate: Option<u64>) -> (u64, IngestedBasis) {
+        match estimate.filter(|_| !self.past_expected) {
+            Some(e) if self.known == 0 => (self.before + e, IngestedBasis::Estimate),
+            _ => (self.before + self.known, IngestedBasis::Measured),
+        }
+    }
+
+    fn tick(&self, estimate: Option<u64>, on: EventSink<'_>) {
+        let (ingested, ingested_basis) = self.figure(estimate);
+        on(LoadEvent::Ingesting {
+            batch: self.batch,
+            batches: self.batches,
+            ingested,
+            ingested_basis,
+            slower: self.slower,
+        });
+    }
+
+    /// The point to look up next: the highest not yet proved below `estimate` and below the
+    /// point last seen absent, else the lowest not yet proved.
+    fn next_point(&mut self, estimate: u64) -> Option<usize> {
+        let open = |absent_at: Option<usize>, known: u64| -> Vec<usize> {
+            self.points
+                .iter()
+                .copied()
+                .filter(|&k| k as u64 >= known && absent_at.is_none_or(|a| k < a))
+                .collect()
+        };
+        let mut candidates = open(self.absent_at, self.known);
+        if candidates.is_empty() && self.absent_at.is_some() {
+            // Everything below the point last seen absent is proved: look at it again.
+            self.absent_at = None;
+            candidates = open(None, self.known);
+        }
+        candidates
+            .iter()
+            .rev()
+            .find(|&&k| (k as u64) < estimate)
+            .or(candidates.first())
+            .copied()
+    }
+
+    /// One measuring lookup. `estimate`: entries of the batch the plan predicts by now; the point
+    /// looked up is the highest below it not yet proved (bounded by one last seen absent), so a
+    /// KFR on plan is confirmed there and a slower one is bisected towards.
+    async fn probe(
+        &mut self,
+        client: &KfrClient,
+        slice: &[Packed],
+        estimate: u64,
+        opts: &ExecOptions,
+        on: EventSink<'_>,
+    ) -> anyhow::Result<()> {
+        self.next = Instant::now() + self.every;
+        if let Some(k) = self.next_point(estimate) {
+            let step = format!("measuring the ingestion of batch {}", self.batch);
+            if visible(client, slice[k], opts, on, &step).await? {
+                self.saw(k);
+            } else {
+                self.absent_at = Some(k);
+                // Behind the plan by more than a tenth of the batch (or 2 s of ingestion,
+                // whichever is more): a lookup's latency is not a slow KFR.
+                let slack = (self.count / 10).max(2 * u64::from(opts.ingest_rate));
+                if !self.slower && estimate > k as u64 + slack {
+                    self.slower = true;
+                    on(LoadEvent::KfrSlowerThanPlanned {
+                        batch: self.batch,
+                        ingested: self.before + self.known,
+                        expected: self.before + estimate,
+                    });
+                }
+            }
+        }
+        self.report(estimate, on);
+        Ok(())
+    }
+
+    /// The `progress` event: the figure now and what the plan predicts.
+    fn report(&self, estimate: u64, on: EventSink<'_>) {
+        let (ingested, ingested_basis) = self.figure(Some(estimate));
+        on(LoadEvent::Progress {
+            batch: self.batch,
+            batches: self.batches,
+            ingested,
+            ingested_basis,
+            expected: self.before + estimate.min(self.count),
+            total: self.total,
+        });
+    }
 }
 
 /// The entries a confirmation checks: the last one and up to `sample` others at random.
@@ -614,6 +819,8 @@ async fn confirm(
     client: &KfrClient,
     b: &BatchRecord,
     slice: &[Packed],
+    batch: &[Packed],
+    meter: &mut Meter,
     opts: &ExecOptions,
     on: EventSink<'_>,
 ) -> anyhow::Result<()> {
@@ -649,14 +856,77 @@ async fn confirm(
             );
         }
         check_stop(opts)?;
+        // Past the expected time the plan's count is known wrong: the figure shown from here is
+        // what lookups prove, and the notice that KFR is slower than planned gives it.
+        meter.past_expected = true;
+        meter.slower = true;
+        if !reported || meter.due() {
+            meter.probe(client, batch, meter.count, opts, on).await?;
+            meter.tick(None, on);
+        }
         if !reported {
             reported = true;
             on(LoadEvent::WaitingForIngestion {
                 batch: b.seq,
                 missing: missing.len(),
+                ingested: meter.figure(None).0,
+                expected: meter.before + meter.count,
             });
         }
         tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter(points: Vec<usize>) -> Meter {
+        let b = BatchRecord {
+            seq: 2,
+            first_entry: 100,
+            entry_count: 100,
+            bytes: 1,
+            correlation_id: uuid::Uuid::nil(),
+            status: BatchStatus::Accepted,
+            uploading_at: None,
+            accepted_at: None,
+            confirmed_at: None,
+            witness: Some(99),
+            witness_checked: true,
+            confirmed_by: None,
+            resends: 0,
+        };
+        Meter::new(&b, 3, 100, 300, points, 50)
+    }
+
+    /// The count is an estimate until a lookup proves part of the batch, then the proved lower
+    /// bound; past the expected time only what is proved is shown.
+    #[test]
+    fn the_figure_is_an_estimate_until_a_lookup_proves_one() {
+        let mut m = meter(vec![19, 39, 59, 79, 99]);
+        assert_eq!(m.figure(Some(30)), (130, IngestedBasis::Estimate));
+        m.saw(19);
+        assert_eq!(m.figure(Some(30)), (120, IngestedBasis::Measured));
+        m.past_expected = true;
+        m.known = 0;
+        assert_eq!(m.figure(Some(100)), (100, IngestedBasis::Measured));
+    }
+
+    /// Lookups aim at the highest point the plan says should be ingested, then bisect below a
+    /// point seen absent, and come back to it once everything below it is proved.
+    #[test]
+    fn measuring_points_are_picked_towards_kfrs_progress() {
+        let mut m = meter(vec![19, 39, 59, 79, 99]);
+        assert_eq!(m.next_point(65), Some(59));
+        m.absent_at = Some(59);
+        assert_eq!(m.next_point(65), Some(39));
+        m.saw(39);
+        assert_eq!(m.next_point(65), Some(59), "nothing open below 59: look again");
+        assert_eq!(m.next_point(5), Some(59), "below every open point: the lowest");
+        m.saw(99);
+        assert_eq!(m.next_point(100), None, "all proved");
+        assert_eq!(meter(vec![]).next_point(50), None);
     }
 }

@@ -20,6 +20,7 @@
 //! built by the CLI from the configuration), reports progress as [`LoadEvent`]s to a sink the
 //! caller supplies, and ends with a [`LoadOutcome`] or a [`LoadError`].
 
+pub mod abandon;
 pub mod error;
 pub mod event;
 pub mod exec;
@@ -493,6 +494,13 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
         match store.unconfirmed_job()? {
             Some(job) => Some(job),
             None => match store.latest_job()? {
+                // An operator ended it (`kfr load abandon`): never picked up again.
+                Some(job) if job.status == crate::store::JobStatus::Abandoned => {
+                    return Err(LoadError::JobAbandoned {
+                        job: job.id,
+                        input: job.input_path,
+                    });
+                }
                 Some(job) => Some(job), // confirmed: only held operations may remain
                 None => {
                     return Err(LoadError::NothingToResume {

@@ -21,7 +21,7 @@
 //! do not name all three (planned before kfr recorded them) has none, and then holds removes of
 //! every register — the safe reading of not knowing.
 
-use super::{Store, now_text};
+use super::{HeldOp, Store, now_text};
 use rusqlite::{OptionalExtension as _, params};
 use uuid::Uuid;
 
@@ -117,6 +117,40 @@ pub struct JobRecord {
     /// The register the job loads ([`super::outbox::Register::key`]); `None`: unknown, so it
     /// holds removes of every register while running.
     pub register: Option<String>,
+}
+
+/// What [`Store::abandon_job_with`] does with the operations held in the job's register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldAtAbandon {
+    /// Abandon only if none waits.
+    Refuse,
+    /// Abandon and leave them queued, the barrier down: the caller sends them now.
+    Release,
+    /// Abandon and finish them as dropped, never sent.
+    Drop,
+}
+
+/// The answer of [`Store::abandon_job_with`].
+#[derive(Debug)]
+pub enum Abandonment {
+    NoSuchJob,
+    /// Confirmed jobs are complete: nothing to abandon (nothing changed).
+    Confirmed,
+    /// Held operations wait and the rule was [`HeldAtAbandon::Refuse`]: nothing changed.
+    HeldWaiting {
+        held: Vec<HeldOp>,
+    },
+    /// The job was abandoned before and there is nothing (more) to do: nothing changed. `held`:
+    /// what still waits in its register (with `Refuse`).
+    AlreadyAbandoned {
+        held: Vec<HeldOp>,
+    },
+    /// Abandoned now (`was_running`), or abandoned before and its held operations settled now.
+    /// `held`: the operations that waited, in issue order (dropped ones marked so).
+    Abandoned {
+        was_running: bool,
+        held: Vec<HeldOp>,
+    },
 }
 
 /// A batch to create with its job.
@@ -379,6 +413,106 @@ impl Store {
         Ok(())
     }
 
+    /// Abandons job `id` (`kfr load abandon`) deciding, in the same transaction, what becomes of
+    /// the operations held in its register (docs/load.md): none may be lost silently, and none
+    /// may slip out between the barrier lifting and the decision. See [`Abandonment`] for the
+    /// answers. A job already abandoned may be asked again, to settle what it left held.
+    pub fn abandon_job_with(&mut self, id: i64, rule: HeldAtAbandon) -> anyhow::Result<Abandonment> {
+        let now = now_text();
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs WHERE id = ?1");
+        let Some(job) = tx.query_row(&sql, [id], job_row).optional()? else {
+            return Ok(Abandonment::NoSuchJob);
+        };
+        if job.status == JobStatus::Confirmed {
+            return Ok(Abandonment::Confirmed);
+        }
+        let register = job.register.clone().unwrap_or_default();
+        // Held operations are the outbox events of `kfr remove` / `kfr add` (store::queue).
+        let held: Vec<(HeldOp, bool)> = {
+            let mut stmt = tx.prepare(
+                "SELECT seq, customer_id, op, correlation_id, received_at, state, attempts, last_error, claimer
+                 FROM outbox WHERE source IN ('kfr remove', 'kfr add') AND finished_at IS NULL AND register = ?1
+                 ORDER BY seq",
+            )?;
+            stmt.query_map([&register], |r| {
+                let cid: String = r.get(3)?;
+                let op: String = r.get(2)?;
+                let state: String = r.get(5)?;
+                let claimer: Option<String> = r.get(8)?;
+                let elsewhere =
+                    matches!(state.as_str(), "in_flight" | "accepted") && claimer.as_deref() != Some("queue");
+                Ok((
+                    HeldOp {
+                        id: r.get(0)?,
+                        customer_id: r.get(1)?,
+                        operation: match op.as_str() {
+                            "add" => super::Operation::Add,
+                            "remove" => super::Operation::Remove,
+                            other => return Err(bad_value("outbox.op", other)),
+                        },
+                        correlation_id: Uuid::parse_str(&cid).map_err(|_| bad_value("outbox.correlation_id", &cid))?,
+                        queued_at: r.get(4)?,
+                        state: super::OpState::Queued,
+                        attempts: r.get(6)?,
+                        last_error: r.get(7)?,
+                        settled_at: None,
+                        outcome: None,
+                    },
+                    elsewhere,
+                ))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let running = job.status == JobStatus::Running;
+        if held.is_empty() && !running || !held.is_empty() && rule == HeldAtAbandon::Refuse {
+            let held = held.into_iter().map(|(op, _)| op).collect();
+            return Ok(if running {
+                Abandonment::HeldWaiting { held }
+            } else {
+                Abandonment::AlreadyAbandoned { held }
+            });
+        }
+        if rule == HeldAtAbandon::Drop && held.iter().any(|(_, elsewhere)| *elsewhere) {
+            anyhow::bail!(
+                "a held operation of load job {id} is being sent by another process (the sync agent) right now; run the command again when it has been answered"
+            );
+        }
+        if running {
+            tx.execute(
+                "UPDATE load_jobs SET status = 'abandoned', abandoned_at = ?1, updated_at = ?1 WHERE id = ?2",
+                params![now, id],
+            )?;
+        }
+        let mut ops = vec![];
+        for (mut op, _) in held {
+            if rule == HeldAtAbandon::Drop {
+                // Finished without being sent, like a dropped dead letter: the ledger is not
+                // touched, and the customer's next event (if any) becomes its head.
+                tx.execute(
+                    "UPDATE outbox SET state = 'dropped', finished_at = ?1, claimer = NULL, next_attempt_at = NULL,
+                         last_error = ?2 WHERE seq = ?3",
+                    params![
+                        super::outbox_sqlite::ts(chrono::Utc::now()),
+                        format!("dropped: load job {id} abandoned by an operator (kfr load abandon --drop-held)"),
+                        op.id
+                    ],
+                )?;
+                super::outbox_sqlite::finish_head(&tx, op.id, &register, &op.customer_id)?;
+                op.state = super::OpState::Settled;
+                op.outcome = Some("dropped".into());
+            }
+            ops.push(op);
+        }
+        tx.commit()?;
+        Ok(Abandonment::Abandoned {
+            was_running: running,
+            held: ops,
+        })
+    }
+
     /// Marks the job confirmed when every batch is; returns whether it now is.
     pub fn confirm_job_if_complete(&mut self, job: i64) -> anyhow::Result<bool> {
         let now = now_text();
@@ -470,5 +604,70 @@ mod tests {
         assert_eq!(s.job(job).unwrap().status, JobStatus::Abandoned);
         assert_eq!(s.unconfirmed_job().unwrap().map(|j| j.id), Some(old));
         assert!(s.abandon_job(job).is_err(), "only a running job");
+    }
+
+    /// Abandoning decides about held operations in the same transaction: refused while any
+    /// waits (nothing changes), dropped ones are finished unsent and the customer's next event
+    /// becomes its head, released ones stay queued with the barrier down.
+    #[test]
+    fn abandoning_settles_held_operations_in_one_step() {
+        use crate::store::{CustomerQueue as _, Operation};
+        let x = "02013299997";
+        let (_d, mut s) = store();
+        let settings = r#"{"environment":"test","kfr_base_url":"https://kfr.example/api","org_number":"923609016"}"#;
+        let job = s.create_job("c.csv", "abc", settings, 1, &[batch(0, 1)]).unwrap();
+        s.enqueue(x, Operation::Remove, Uuid::new_v4()).unwrap().unwrap();
+        s.enqueue(x, Operation::Add, Uuid::new_v4()).unwrap().unwrap();
+
+        let held = |a: Abandonment| match a {
+            Abandonment::HeldWaiting { held } => held.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(held(s.abandon_job_with(job, HeldAtAbandon::Refuse).unwrap()), 2);
+        assert_eq!(s.job(job).unwrap().status, JobStatus::Running, "nothing changed");
+        assert!(matches!(
+            s.abandon_job_with(job + 1, HeldAtAbandon::Drop).unwrap(),
+            Abandonment::NoSuchJob
+        ));
+
+        match s.abandon_job_with(job, HeldAtAbandon::Drop).unwrap() {
+            Abandonment::Abandoned { was_running, held } => {
+                assert!(was_running);
+                let ops: Vec<_> = held.iter().map(|h| (h.operation, h.outcome.as_deref())).collect();
+                assert_eq!(
+                    ops,
+                    [(Operation::Remove, Some("dropped")), (Operation::Add, Some("dropped"))]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.job(job).unwrap().status, JobStatus::Abandoned);
+        assert!(s.waiting().unwrap().is_empty(), "dropped: finished");
+        assert!(s.claim().unwrap().is_none(), "never sent");
+        assert!(matches!(
+            s.abandon_job_with(job, HeldAtAbandon::Refuse).unwrap(),
+            Abandonment::AlreadyAbandoned { held } if held.is_empty()
+        ));
+        // The customer's queue moved on: a new remove goes straight out (no barrier, no head).
+        assert!(s.enqueue(x, Operation::Remove, Uuid::new_v4()).unwrap().is_none());
+
+        // Release: abandoned, and the held operation is handed out in order.
+        let (_d2, mut s) = store();
+        let job = s.create_job("c.csv", "abc", settings, 1, &[batch(0, 1)]).unwrap();
+        s.enqueue(x, Operation::Remove, Uuid::new_v4()).unwrap().unwrap();
+        assert!(s.claim().unwrap().is_none(), "barrier up");
+        assert!(matches!(
+            s.abandon_job_with(job, HeldAtAbandon::Release).unwrap(),
+            Abandonment::Abandoned { was_running: true, ref held } if held.len() == 1
+        ));
+        assert_eq!(s.claim().unwrap().unwrap().operation, Operation::Remove);
+        s.set_batch_status(job, 1, BatchStatus::Confirmed).unwrap();
+        assert!(
+            matches!(
+                s.abandon_job_with(job, HeldAtAbandon::Drop).unwrap(),
+                Abandonment::Abandoned { was_running: false, .. }
+            ),
+            "abandoned before: what it held may still be settled"
+        );
     }
 }

@@ -1,0 +1,237 @@
+//! `kfr load abandon JOB`: an operator ends a load job that will not be completed, under a rule
+//! that loses nothing silently (issue 9 item 11, docs/load.md "Abandoning a job").
+//!
+//! - **Batches already sent stay in KFR.** KFR has no batch undo; what it accepted is (or will be)
+//!   registered, and the store's ledger keeps the record of every accepted batch's entries. The
+//!   outcome counts them by state so the operator can say what KFR holds.
+//! - **Held operations are never left behind unannounced.** While any waits in the job's register
+//!   the job is not abandoned unless the operator chooses: `--send-held` sends them now, each
+//!   customer's in issue order, by the same path the load uses after confirmation; `--drop-held`
+//!   finishes them as dropped (never sent), listed masked so they can be issued again by hand.
+//!   The choice and the abandonment are one transaction in the store.
+//! - **The barrier lifts** (an abandoned job holds no remove back) and `--resume` never picks the
+//!   job up again.
+//!
+//! Like the load, this prints nothing: it returns an [`AbandonOutcome`] (and reports held
+//! operations sent as [`super::LoadEvent`]s).
+
+use super::report::SentOperation;
+use super::{EventSink, LoadError};
+use crate::ids::{CustomerId, IdPolicy};
+use crate::kfr::KfrClient;
+use crate::store::jobs::{Abandonment, HeldAtAbandon};
+use crate::store::{BatchStatus, CustomerQueue as _, HeldOp, Operation, Store};
+use std::path::PathBuf;
+
+/// What to do with the operations held in the job's register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldChoice {
+    /// Refuse while any waits (no flag).
+    None,
+    /// `--send-held`.
+    Send,
+    /// `--drop-held`.
+    Drop,
+}
+
+/// Everything `kfr load abandon` needs, as values.
+#[derive(Debug, Clone)]
+pub struct AbandonOptions {
+    pub state: PathBuf,
+    pub job: i64,
+    pub held: HeldChoice,
+    /// The KFR this run talks to: held operations are sent only to the job's own.
+    pub org_number: String,
+    pub kfr_base_url: String,
+    pub environment: String,
+}
+
+/// Batches of one state and the relationships in them.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct BatchCount {
+    pub batches: u64,
+    pub relationships: u64,
+}
+
+/// A held operation dropped with the job: kind and masked identifier, never in full.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DroppedOperation {
+    pub customer: String,
+    pub operation: Operation,
+    pub correlation_id: uuid::Uuid,
+    pub queued_at: String,
+}
+
+/// What abandoning did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AbandonOutcome {
+    pub job: i64,
+    pub input: String,
+    /// False when the job was abandoned before and only its held operations were settled now.
+    pub abandoned_now: bool,
+    /// Confirmed stored in KFR.
+    pub confirmed: BatchCount,
+    /// Accepted by KFR (201), not confirmed: KFR registers them all the same.
+    pub accepted: BatchCount,
+    /// Sent, answer never recorded: KFR may hold them.
+    pub uploading: BatchCount,
+    /// Never sent.
+    pub planned: BatchCount,
+    /// The store's ledger rows of the job: relationships recorded as sent in accepted batches.
+    pub ledger_rows: u64,
+    pub held_sent: Vec<SentOperation>,
+    pub held_dropped: Vec<DroppedOperation>,
+    /// Held operations whose sending failed: they stay first in their customer's queue.
+    pub held_failed: usize,
+    /// Held operations of the job still waiting after `--send-held` (the failed ones and those
+    /// behind them on the same customer); `kfr load abandon JOB --send-held` tries them again.
+    pub held_still_waiting: usize,
+}
+
+/// How an operation is named to people: kind and masked identifier (docs/ids.md).
+fn masked(op: &HeldOp) -> String {
+    let all = IdPolicy {
+        allow_synthetic: true,
+        allow_h_numbers: true,
+    };
+    match CustomerId::parse(&op.customer_id, &all) {
+        Ok(id) => format!("{} {}", id.kind().label(), crate::ids::mask(id.as_str())),
+        Err(_) => crate::ids::mask(&op.customer_id),
+    }
+}
+
+/// `kfr load abandon`: see the module docs for the rule.
+pub async fn abandon(
+    opts: &AbandonOptions,
+    client: Option<&KfrClient>,
+    on: EventSink<'_>,
+) -> Result<AbandonOutcome, LoadError> {
+    let Some(mut store) = Store::open_existing(&opts.state)? else {
+        return Err(LoadError::NoStore {
+            state: opts.state.clone(),
+        });
+    };
+    // A running load owns the job: abandoning under it would race its next step.
+    let _writer = match crate::store::lock::WriterLock::acquire(&opts.state)? {
+        Ok(lock) => lock,
+        Err(holder) => {
+            return Err(LoadError::StoreBusy {
+                state: opts.state.clone(),
+                job: Some(opts.job),
+                input: None,
+                holder,
+            });
+        }
+    };
+    // Held operations go to the job's own KFR or nowhere (a job belongs to one KFR).
+    if opts.held == HeldChoice::Send
+        && let Some(job) = store.jobs()?.into_iter().find(|j| j.id == opts.job)
+    {
+        let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
+        let field = |k: &str| settings.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let (env, url, org) = (field("environment"), field("kfr_base_url"), field("org_number"));
+        let other = (!url.is_empty()
+            && crate::store::outbox::canonical_url(&url) != crate::store::outbox::canonical_url(&opts.kfr_base_url))
+            || (!env.is_empty() && env != opts.environment)
+            || (!org.is_empty() && org != opts.org_number);
+        if other {
+            return Err(LoadError::OtherKfr {
+                job: job.id,
+                job_env: env,
+                job_url: url,
+                env: opts.environment.clone(),
+                url: opts.kfr_base_url.clone(),
+            });
+        }
+    }
+    let rule = match opts.held {
+        HeldChoice::None => HeldAtAbandon::Refuse,
+        HeldChoice::Send => HeldAtAbandon::Release,
+        HeldChoice::Drop => HeldAtAbandon::Drop,
+    };
+    let (was_running, held) = match store.abandon_job_with(opts.job, rule)? {
+        Abandonment::NoSuchJob => {
+            return Err(LoadError::NoSuchJob {
+                job: opts.job,
+                state: opts.state.clone(),
+            });
+        }
+        Abandonment::Confirmed => {
+            return Err(LoadError::JobNotRunning {
+                job: opts.job,
+                status: "confirmed",
+            });
+        }
+        Abandonment::AlreadyAbandoned { held } if held.is_empty() => {
+            return Err(LoadError::JobNotRunning {
+                job: opts.job,
+                status: "abandoned",
+            });
+        }
+        Abandonment::HeldWaiting { held } | Abandonment::AlreadyAbandoned { held } => {
+            let n = |o: Operation| held.iter().filter(|h| h.operation == o).count();
+            return Err(LoadError::HeldOperationsWait {
+                job: opts.job,
+                adds: n(Operation::Add),
+                removes: n(Operation::Remove),
+            });
+        }
+        Abandonment::Abandoned { was_running, held } => (was_running, held),
+    };
+    let mut sent = vec![];
+    let mut failed = 0;
+    let mut dropped = vec![];
+    match opts.held {
+        HeldChoice::Send if !held.is_empty() => {
+            let client = client.expect("--send-held comes with a KFR client");
+            (sent, failed) = super::send_held_operations(&mut store, client, on).await?;
+        }
+        HeldChoice::Drop => {
+            dropped = held
+                .iter()
+                .map(|op| DroppedOperation {
+                    customer: masked(op),
+                    operation: op.operation,
+                    correlation_id: op.correlation_id,
+                    queued_at: op.queued_at.clone(),
+                })
+                .collect();
+        }
+        _ => {}
+    }
+    // What the sending left (a failure, and whatever waits behind it on that customer) is
+    // counted, so nothing hides in the queue.
+    let still_held = if opts.held == HeldChoice::Send {
+        let left: std::collections::BTreeSet<i64> = store.waiting()?.iter().map(|w| w.id).collect();
+        held.iter().filter(|h| left.contains(&h.id)).count()
+    } else {
+        0
+    };
+    let job = store.job(opts.job)?;
+    let batches = store.batches(opts.job)?;
+    let count = |st: BatchStatus| {
+        let of: Vec<_> = batches.iter().filter(|b| b.status == st).collect();
+        BatchCount {
+            batches: of.len() as u64,
+            relationships: of.iter().map(|b| b.entry_count).sum(),
+        }
+    };
+    let mut ledger_rows = 0;
+    for b in &batches {
+        ledger_rows += store.ledger_count(Some((opts.job, b.seq)))?;
+    }
+    Ok(AbandonOutcome {
+        job: opts.job,
+        input: job.input_path,
+        abandoned_now: was_running,
+        confirmed: count(BatchStatus::Confirmed),
+        accepted: count(BatchStatus::Accepted),
+        uploading: count(BatchStatus::Uploading),
+        planned: count(BatchStatus::Planned),
+        ledger_rows,
+        held_sent: sent,
+        held_dropped: dropped,
+        held_failed: failed,
+        held_still_waiting: still_held,
+    })
+}
