@@ -67,7 +67,11 @@ impl Log<'_> {
     }
     fn write(&self, text: &str) {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(f, "{} {text}", Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        let _ = writeln!(
+            f,
+            "{} {text}",
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
     }
 }
 
@@ -112,12 +116,11 @@ fn home(keep: Option<&Path>) -> anyhow::Result<Home> {
         return Ok(Home::Temp(dir));
     };
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        return Err(crate::error::UsageError::new(format!(
-            "--keep {}: the directory is not empty",
-            dir.display()
-        ))
-        .with_hint("give a new or empty directory: the demo starts from nothing each time")
-        .into());
+        return Err(
+            crate::error::UsageError::new(format!("--keep {}: the directory is not empty", dir.display()))
+                .with_hint("give a new or empty directory: the demo starts from nothing each time")
+                .into(),
+        );
     }
     if !dir.exists() {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -154,8 +157,8 @@ pub fn tenor_people(n: usize, exclude: &HashSet<String>) -> Vec<String> {
                     d.push(k1);
                     let Some(k2) = check(&d, &K2) else { continue };
                     let id = format!("{head}{k1}{k2}");
-                    let synthetic = CustomerId::parse(&id, &policy)
-                        .is_ok_and(|c| c.kind() == IdKind::SyntheticFodselsnummer);
+                    let synthetic =
+                        CustomerId::parse(&id, &policy).is_ok_and(|c| c.kind() == IdKind::SyntheticFodselsnummer);
                     if synthetic && !exclude.contains(&id) {
                         out.push(id);
                     }
@@ -210,7 +213,12 @@ fn burst(loaded: &[String], fresh: &[String]) -> Burst {
         start_date: None,
     };
     let mut first: Vec<Sent> = new[..adds].iter().map(|i| add(i, None)).collect();
-    first.extend(new[adds..].iter().enumerate().map(|(i, id)| add(id, Some(start_date(i)))));
+    first.extend(
+        new[adds..]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| add(id, Some(start_date(i)))),
+    );
     first.extend(flicker.iter().map(|i| add(i, None)));
     let second: Vec<Sent> = removed.iter().chain(flicker).map(remove).collect();
     let third: Vec<Sent> = removed[..readds].iter().map(|i| add(i, None)).collect();
@@ -249,7 +257,10 @@ fn write_setup(dir: &Path, pki: &crate::certs::LocalPki, mock_url: &str, ingest_
     // A fresh pseudonym key for this installation, written here so that `kfr pseudonym` with the
     // demo's kfr.toml gives the pseudonyms its logs and reports carry.
     let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
-    w("pseudonym.key", zeroize::Zeroizing::new(format!("{}\n", hex::encode(&*key))).as_bytes())?;
+    w(
+        "pseudonym.key",
+        zeroize::Zeroizing::new(format!("{}\n", hex::encode(&*key))).as_bytes(),
+    )?;
     let s = |v: &str| toml::Value::String(v.to_string()).to_string();
     let toml = format!(
         "# written by `kfr demo`: throwaway material for its in-process mock only\n\
@@ -344,7 +355,10 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     // 2. Token.
     log.step("Maskinporten token");
     let tokens = super::build::token_client(&settings)?;
-    let token = tokens.token().await.context("getting a token from the mock Maskinporten")?;
+    let token = tokens
+        .token()
+        .await
+        .context("getting a token from the mock Maskinporten")?;
     let expires: DateTime<Utc> = token.expires_at.into();
     log.say(format_args!(
         "token for scope {} (consumer org {}), expires {} (the token itself is never printed)",
@@ -359,7 +373,11 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let theirs: HashSet<String> = cases.identifiers.values().cloned().collect();
     let extra = (args.size / 250).clamp(4, 200) * 2;
     let mut people = tenor_people(args.size + extra, &theirs);
-    anyhow::ensure!(people.len() == args.size + extra, "--size {} is more than the generator makes", args.size);
+    anyhow::ensure!(
+        people.len() == args.size + extra,
+        "--size {} is more than the generator makes",
+        args.size
+    );
     let fresh = people.split_off(args.size);
     let loaded = people;
     let export = dir.join("customers.csv");
@@ -392,8 +410,13 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         dcfg,
         health.clone(),
     );
-    let intake = Intake::new(handle.clone(), register_key.clone(), health.clone(), super::build::id_policy(&settings))
-        .with_waker(dispatcher.waker());
+    let intake = Intake::new(
+        handle.clone(),
+        register_key.clone(),
+        health.clone(),
+        super::build::id_policy(&settings),
+    )
+    .with_waker(dispatcher.waker());
     let key = uuid::Uuid::new_v4().simple().to_string();
     let ingest_key = IngestKey::new(key.clone().into()).map_err(|()| anyhow::anyhow!("ingest key too short"))?;
     let bound = IngestServer::bind(IngestOptions::new("127.0.0.1:0".parse()?, ingest_key), intake).await?;
@@ -421,7 +444,8 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         rejects: None,
         ingest_rate: ingest_rate as u32,
         // About five batches, so the screen shows the batch-by-batch rhythm of a real load.
-        max_batch_bytes: (args.size * 24 / 5).clamp(crate::config::MIN_BATCH_BYTES, crate::kfr::batch::DEFAULT_MAX_BYTES),
+        max_batch_bytes: (args.size * 24 / 5)
+            .clamp(crate::config::MIN_BATCH_BYTES, crate::kfr::batch::DEFAULT_MAX_BYTES),
         max_per_day: None,
         confirm_timeout: Duration::from_secs(120),
         sample: 3,
@@ -432,11 +456,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         allow_empty: false,
         outage_wait: Duration::from_secs(60),
         retry_after_cap: settings.retry.retry_after_cap,
-        resume_command: format!(
-            "kfr --config {} load {} --resume",
-            config.display(),
-            export.display()
-        ),
+        resume_command: format!("kfr --config {} load {} --resume", config.display(), export.display()),
         stop: None,
     };
     let (job_tx, mut job_rx) = tokio::sync::watch::channel(None::<i64>);
@@ -496,7 +516,11 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
             if *what == "customers leaving" {
                 held = Some((barrier == Some(job), events.len()));
             }
-            log.write(&format!("POST /events: {} {what}: 202, stored {}", events.len(), events.len()));
+            log.write(&format!(
+                "POST /events: {} {what}: 202, stored {}",
+                events.len(),
+                events.len()
+            ));
         }
         Ok::<_, anyhow::Error>(held.map(|h| (job, h)))
     };
@@ -623,8 +647,8 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         poll_interval: Duration::from_millis(20),
     };
     let http_cl = crate::http::client(&super::build::http_config(&settings))?;
-    let mut runner = Runner::new(http_cl, super::build::token_client(&settings)?, cfg, &cases, &[])
-        .map_err(anyhow::Error::new)?;
+    let mut runner =
+        Runner::new(http_cl, super::build::token_client(&settings)?, cfg, &cases, &[]).map_err(anyhow::Error::new)?;
     runner.preflight().await.map_err(anyhow::Error::new)?;
     let total = cases.cases.len();
     let started = Utc::now();
@@ -692,7 +716,10 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         status.dead_lettered,
         secs(sync_took),
         match barrier_kept {
-            Some(true) => format!("; {} removes held by the barrier until the load was confirmed", burst.removes + burst.add_then_remove),
+            Some(true) => format!(
+                "; {} removes held by the barrier until the load was confirmed",
+                burst.removes + burst.add_then_remove
+            ),
             Some(false) => "; the barrier did NOT hold every remove until the confirmation".into(),
             None => "; no remove was held (they arrived after the confirmation)".into(),
         }
@@ -715,12 +742,18 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let _ = writeln!(out, "total          {}", secs(began.elapsed()));
     let _ = writeln!(out, "files in {}:", dir.display());
     for (f, what) in [
-        ("kfr-state.db", "state store: load job, outbox, ledger (`kfr --config DIR/kfr.toml outbox status`)"),
+        (
+            "kfr-state.db",
+            "state store: load job, outbox, ledger (`kfr --config DIR/kfr.toml outbox status`)",
+        ),
         ("load-report.json", "load report for Bits (and load-report.md)"),
         ("checklist/", "checklist reports (Markdown, JSON, JUnit, XLSX)"),
         ("demo.log", "this run's log"),
         ("customers.csv", "the generated export (synthetic identities)"),
-        ("kfr.toml", "the configuration used (its mock is gone when the demo ends)"),
+        (
+            "kfr.toml",
+            "the configuration used (its mock is gone when the demo ends)",
+        ),
     ] {
         let _ = writeln!(out, "  {f:<17} {what}");
     }
@@ -748,7 +781,11 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         problems.push("a held remove reached KFR before the load was confirmed".into());
     }
     if !report.all_passed() {
-        problems.push(format!("{} of {} checklist cases failed", report.failed, report.cases.len()));
+        problems.push(format!(
+            "{} of {} checklist cases failed",
+            report.failed,
+            report.cases.len()
+        ));
     }
     if problems.is_empty() {
         log.say("kfr demo: OK, the register is exactly what the bank sent");
