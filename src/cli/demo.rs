@@ -259,7 +259,7 @@ fn write_setup(dir: &Path, pki: &crate::certs::LocalPki, mock_url: &str, ingest_
     let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
     w(
         "pseudonym.key",
-        zeroize::Zeroizing::new(format!("{}\n", hex::encode(&*key))).as_bytes(),
+        zeroize::Zeroizing::new(format!("{}\n", hex::encode(*key))).as_bytes(),
     )?;
     let s = |v: &str| toml::Value::String(v.to_string()).to_string();
     let toml = format!(
