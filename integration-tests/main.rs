@@ -6,6 +6,7 @@ mod certs;
 mod checklist;
 mod config;
 mod conventions;
+mod demo;
 mod doctor;
 mod fidelity;
 mod ids;

@@ -403,7 +403,7 @@ fn failure(e: LoadError) -> anyhow::Error {
 
 /// Presents one event: a JSON line in `--json` mode for the events that have one, otherwise a
 /// message on stderr (or the bar), and the plan on stdout.
-fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadEvent) {
+pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duration, e: LoadEvent) {
     let file = opts.file.display();
     if p.format() == Format::JsonLines && e.is_json() {
         let _ = p.json(&e);
@@ -718,7 +718,7 @@ pub fn plan_text(s: &PlanSummary) -> String {
 }
 
 /// The end of a run: a `done` JSON line, or the summary on stdout.
-fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
+pub(super) fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
     let r = &o.report;
     if p.format() == Format::JsonLines {
         let _ = p.json(&serde_json::json!({

@@ -14,6 +14,7 @@ mod certs;
 mod checklist;
 mod completions;
 mod config_show;
+mod demo;
 mod doctor;
 mod load;
 mod man;
@@ -101,6 +102,23 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Compare a full export with the ledger and enqueue the adds and removes that differ.
     Reconcile(ReconcileArgs),
+    /// The whole product in about a minute, nothing to set up: mock, token, initial load, sync
+    /// agent, checklist, and the register checked against what was sent.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the state store, reports, logs and configuration in DIR (new or empty) instead of
+    /// removing them at exit.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Relationships in the generated export (tests use a small one).
+    #[arg(long, value_name = "N", default_value_t = demo::DEFAULT_SIZE, hide = true)]
+    pub size: usize,
+    /// Relationships a second the mock ingests (default: the export's size / 25).
+    #[arg(long, value_name = "N", hide = true)]
+    pub ingest_rate: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -568,5 +586,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Reconcile(a) => outbox::reconcile(&load()?, a, &printer()),
+        // Its own configuration, written next to its throwaway certificates: nothing to set up.
+        Command::Demo(args) => runtime()?.block_on(demo::run(args, printer())),
     }
 }
