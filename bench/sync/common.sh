@@ -4,8 +4,12 @@
 # Expects HERE, ROOT and WORK; kfr's state home goes under $WORK (nothing in the user's home).
 echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//'), $(uname -sr), $(rustc --version), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-(cd "$ROOT" && cargo build --release --quiet)
-KFR="$ROOT/target/release/kfr"
+# KFR_BIN=path measures another build (e.g. a copy of an earlier one) instead of building.
+if [ -n "${KFR_BIN:-}" ]; then KFR=$KFR_BIN; else
+  (cd "$ROOT" && cargo build --release --quiet)
+  KFR="$ROOT/target/release/kfr"
+fi
+echo "== kfr: $("$KFR" --version)"
 DRIVE="$HERE/drive.py"
 export KFR_STATE_HOME="$WORK/state"
 unset KFR_CONFIG KFR_LOG
@@ -54,6 +58,9 @@ outbox_unfinished() {
 wait_empty() {
   while [ "$(outbox_unfinished)" != 0 ]; do sleep "${1:-0.5}"; done
 }
+
+# cpu_of PID: user + system CPU seconds the process used so far.
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 
 # vm KEY: VmHWM or VmRSS of the agent in MB.
 vm() { awk -v k="$1:" '$1==k {printf "%.1f", $2/1024}' "/proc/$AGENT_PID/status"; }

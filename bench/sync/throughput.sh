@@ -7,6 +7,7 @@
 # nothing is unfinished, and reports N / (last finished_at - first 202). Everything under /tmp.
 #
 # Usage: bench/sync/throughput.sh [N] [RATE] [MAX_IN_FLIGHT]   (defaults 50000 100000 32)
+#        KFR_BIN=path uses that binary instead of building; KEEP_WORK=1 keeps the work directory.
 set -euo pipefail
 N=${1:-50000}
 RATE=${2:-100000}
@@ -22,6 +23,7 @@ python3 "$DRIVE" preload "$N" "$URL" "$WORK/key" 5000 >"$WORK/preload.out"
 grep intake "$WORK/preload.out"
 first=$(awk '/first_202/ {print $2}' "$WORK/preload.out")
 wait_empty 0.5
+echo "CPU used: agent $(cpu_of "$AGENT_PID") s, mock $(cpu_of "$MOCK_PID") s (both processes' totals so far); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$DRIVE" span "$STATE" >"$WORK/span.out"
 last=$(awk '/last_finished/ {print $2}' "$WORK/span.out")
 grep states "$WORK/span.out"
