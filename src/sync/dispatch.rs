@@ -1,5 +1,5 @@
 //! The dispatcher: takes customer heads from the outbox and delivers them to KFR (issue 11 items 4
-//! and 5; docs/sync-delivery.md is the operator's description).
+//! and 5; docs/sync.md "Delivery" is the operator's description).
 //!
 //! - **Order.** The outbox hands out only customer heads, one at a time per customer
 //!   (`OutboxBackend::claim_ready`), so a customer's events reach KFR in issue order while
@@ -249,7 +249,14 @@ impl Dispatcher {
             let now = Instant::now();
             let gate = lock(&sh.pause).gate(now);
             let held = singles + uploading + gathered.len();
-            if gate != Gate::Closed && held < hold_cap {
+            // Claim in groups, not one event per finished request: a claim is a write transaction
+            // with its own commit, and refilling one freed place at a time under a backlog cost
+            // a commit per delivered event (docs/benchmarks.md, "Sync agent"). So claim when the
+            // requests could run short (fewer held than may be in flight) or when at least an
+            // in-flight cap's worth of room is free; a probe always goes.
+            let step = cfg.max_in_flight.max(1);
+            let worth_claiming = held < step || hold_cap.saturating_sub(held) >= step;
+            if gate != Gate::Closed && held < hold_cap && (worth_claiming || gate == Gate::Probe) {
                 let limit = if gate == Gate::Probe { 1 } else { hold_cap - held };
                 match sh.store.claim_ready(sh.register.clone(), sh.clock.now(), limit).await {
                     Ok(events) => {

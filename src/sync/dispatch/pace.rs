@@ -1,65 +1,54 @@
-//! The dispatcher's pace: the one global rate limit every KFR request passes (GCRA from
-//! `governor`, on tokio's clock so paused-time tests drive it), and the pause that stops all
-//! claiming after a 429, an outage's `Retry-After`, or a systemic verdict (issue 11 item 4).
+//! The dispatcher's pace: the one global rate limit every KFR request passes (on tokio's clock,
+//! so paused-time tests drive it), and the pause that stops all claiming after a 429, an
+//! outage's `Retry-After`, or a systemic verdict (issue 11 item 4).
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// governor's clock as tokio's: elapsed time since the limiter was made. Under
-/// `#[tokio::test(start_paused = true)]` it moves only when tokio's time does.
-#[derive(Debug, Clone)]
-pub(crate) struct TokioClock {
-    start: Instant,
-}
+/// Added to the spacing so that a late wake-up of one request and a punctual one of the request
+/// `rate` places after it still lie a full second apart: tokio's timer wakes on whole
+/// milliseconds, plus scheduling. It costs 0.5 % of the rate at any rate.
+const JITTER_MARGIN: Duration = Duration::from_millis(5);
 
-impl Clock for TokioClock {
-    type Instant = Duration;
-    fn now(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
-
-/// The global rate limit: at most `rate` requests a second, spaced evenly (burst 1), so no window
-/// of one second ever holds more than `rate` requests plus the one at its edge.
+/// The global rate limit: at most `rate` requests in any one second, spaced evenly (no burst).
+///
+/// Each caller reserves the next free slot when it asks and sleeps until it, so the schedule
+/// does not drift when a sleeper wakes late. (A check-then-sleep limiter, as this was with
+/// `governor`'s GCRA and burst 1, restarts the spacing from each late wake-up: at 250/s that
+/// lost ~1 ms of every 4 and delivered 196/s; docs/benchmarks.md "Sync agent".) Slots are
+/// `(1 s + JITTER_MARGIN) / rate` apart, so even with wake-ups up to that margin late, request
+/// `i + rate` goes at least one second after request `i`. A reserved slot whose caller gave up
+/// (shutdown) stays used: the rate only errs low.
 #[derive(Debug)]
 pub(crate) struct RateGate {
-    limiter: Limiter,
-    clock: TokioClock,
+    period: Duration,
+    /// The next free slot.
+    next: Mutex<Option<Instant>>,
 }
 
 impl RateGate {
     /// `rate` requests a second (at least one a day; non-finite or non-positive means one a second).
     pub(crate) fn new(rate: f64) -> Self {
         let rate = if rate.is_finite() && rate > 0.0 { rate } else { 1.0 };
-        let period = Duration::from_secs_f64((1.0 / rate).min(86_400.0)).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)
-            .expect("period is positive")
-            .allow_burst(NonZeroU32::MIN);
-        let clock = TokioClock { start: Instant::now() };
+        let secs = (1.0 + JITTER_MARGIN.as_secs_f64()) / rate;
+        let period = Duration::from_secs_f64(secs.min(86_400.0)).max(Duration::from_nanos(1));
         Self {
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
+            period,
+            next: Mutex::new(None),
         }
     }
 
     /// Waits (tokio time) until a request may go.
     pub(crate) async fn until_ready(&self) {
-        loop {
-            match self.limiter.check() {
-                Ok(()) => return,
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(self.clock.now());
-                    tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
-                }
-            }
-        }
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let at = next.map_or(now, |n| n.max(now));
+            *next = Some(at + self.period);
+            at
+        };
+        tokio::time::sleep_until(at).await;
     }
 }
 
