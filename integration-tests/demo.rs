@@ -181,6 +181,7 @@ fn the_readme_names_the_demo_first_and_the_ci_test_command() {
     let dev = &readme[readme.find("\n## Development").expect("a development section")..];
     let dev = &dev[dev.find("```sh\n").unwrap() + 6..];
     assert_eq!(dev[..dev.find("```").unwrap()].trim(), ci_test);
+    assert_eq!(ci_test, first[1], "the quick test command is the one CI runs");
     for doc in [
         "load",
         "sync",
