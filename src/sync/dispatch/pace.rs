@@ -14,8 +14,8 @@ const JITTER_MARGIN: Duration = Duration::from_millis(5);
 /// The global rate limit: at most `rate` requests in any one second, spaced evenly (no burst).
 ///
 /// Each caller reserves the next free slot when it asks and sleeps until it, so the schedule
-/// does not drift when a sleeper wakes late. (A check-then-sleep limiter, as this was with
-/// `governor`'s GCRA and burst 1, restarts the spacing from each late wake-up: at 250/s that
+/// does not drift when a sleeper wakes late. (A check-then-sleep GCRA limiter with burst 1, as
+/// this was with the `governor` crate, restarts the spacing from each late wake-up: at 250/s that
 /// lost ~1 ms of every 4 and delivered 196/s; docs/benchmarks.md "Sync agent".) Slots are
 /// `(1 s + JITTER_MARGIN) / rate` apart, so even with wake-ups up to that margin late, request
 /// `i + rate` goes at least one second after request `i`. A reserved slot whose caller gave up
