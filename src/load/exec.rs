@@ -56,9 +56,9 @@ pub fn abort_point(stage: &str, seq: Option<u32>) {
         None => (want.as_str(), None),
     };
     if s == stage && (n.is_none() || n == seq) {
-        // The one line the load writes itself: the process dies next, so there is no caller
-        // left to tell, and the tests look for it to know the hook fired.
-        eprintln!(
+        // Logged, not returned: the process dies next, so there is no caller left to tell, and
+        // the tests look for this line to know the hook fired (error level: shown even with -q).
+        tracing::error!(
             "kfr: test abort at {stage}{}",
             seq.map(|s| format!(" (batch {s})")).unwrap_or_default()
         );
