@@ -11,7 +11,7 @@ use super::config::{ClientKeys, DEFAULT_SCOPE, is_org_number};
 use super::state::{MockState, lock};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::KeyPair as _;
-use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, UnparsedPublicKey};
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -833,6 +833,9 @@ fn remember_jti(state: &MockState, jti: &str, exp: i64, now: i64) -> Result<(), 
 /// The mock's own RSA key, which signs access tokens.
 pub(crate) struct SigningKey {
     pair: KeyPair,
+    /// The public half, parsed once: the KFR side checks a token on every request, and parsing
+    /// the key each time was a quarter of the mock's CPU under load (docs/benchmarks.md).
+    public: ParsedPublicKey,
     kid: String,
     n: String,
     e: String,
@@ -856,7 +859,15 @@ impl SigningKey {
         let thumbprint_input = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, thumbprint_input.as_bytes());
         let kid = URL_SAFE_NO_PAD.encode(digest.as_ref());
-        Ok(Self { pair, kid, n, e })
+        let public = ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref())
+            .map_err(|_| anyhow::anyhow!("parsing the mock's own public key"))?;
+        Ok(Self {
+            pair,
+            public,
+            kid,
+            n,
+            e,
+        })
     }
 
     fn jwk(&self) -> Value {
@@ -911,6 +922,26 @@ impl MockState {
     /// and `exp` in the future at the mock's clock. `bearer` is the token itself, without the
     /// `Bearer ` scheme.
     pub fn verify_access_token(&self, bearer: &str) -> Result<AccessClaims, TokenRejection> {
+        // The same bytes were verified before: only their expiry can have changed. A real gateway
+        // caches too; re-checking the RSA signature on every call was a sixth of the mock's CPU
+        // in the sync benchmark (docs/benchmarks.md).
+        if let Some(claims) = lock(&self.mp.verified).get(bearer).cloned() {
+            let now = self.clock.now_unix();
+            if claims.exp <= now {
+                return Err(TokenRejection::Expired { exp: claims.exp, now });
+            }
+            return Ok(claims);
+        }
+        let claims = self.verify_access_token_fully(bearer)?;
+        let mut verified = lock(&self.mp.verified);
+        if verified.len() >= 64 {
+            verified.clear();
+        }
+        verified.insert(bearer.to_string(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_access_token_fully(&self, bearer: &str) -> Result<AccessClaims, TokenRejection> {
         let (input, sig) = bearer
             .rsplit_once('.')
             .ok_or(TokenRejection::Malformed("no signature"))?;
@@ -929,9 +960,10 @@ impl MockState {
         if header.get("alg").and_then(Value::as_str) != Some("RS256") {
             return Err(TokenRejection::BadSignature);
         }
-        let public = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, self.mp.key.pair.public_key().as_ref());
-        public
-            .verify(input.as_bytes(), &sig)
+        self.mp
+            .key
+            .public
+            .verify_sig(input.as_bytes(), &sig)
             .map_err(|_| TokenRejection::BadSignature)?;
         if claims.get("iss").and_then(Value::as_str) != Some(self.mp.issuer.as_str()) {
             return Err(TokenRejection::WrongIssuer);
@@ -986,6 +1018,7 @@ impl MockState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::signature::UnparsedPublicKey;
 
     #[test]
     fn x5c_must_be_an_array_of_standard_base64() {

@@ -98,6 +98,9 @@ pub struct MaskinportenState {
     pub(crate) stats: TokenStats,
     /// jti → grant `exp`, of every grant that obtained a token (MP-012).
     pub(crate) seen_jtis: Mutex<HashMap<String, i64>>,
+    /// Access tokens whose signature and issuer were already checked, with their claims (a few:
+    /// cleared when full). Expiry is still checked on every request.
+    pub(crate) verified: Mutex<HashMap<String, super::maskinporten::AccessClaims>>,
     /// `token_refuse`: every well-formed grant is refused as `invalid_client` (MP-100), as
     /// Maskinporten does once a client is deleted or its certificate withdrawn, until switched
     /// off. Runtime only (`POST /_mock/faults`).
@@ -232,6 +235,7 @@ impl MockState {
                 }),
                 stats: TokenStats::default(),
                 seen_jtis: Mutex::new(HashMap::new()),
+                verified: Mutex::new(HashMap::new()),
                 refuse: Default::default(),
             },
             kfr: KfrState {

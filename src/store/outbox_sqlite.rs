@@ -190,6 +190,11 @@ pub(super) fn finish_head(tx: &Transaction<'_>, seq: Seq, register: &str, custom
     // compiling them each time was a measurable share of the agent's CPU (docs/benchmarks.md).
     tx.prepare_cached("UPDATE outbox SET head = NULL WHERE seq = ?1")?
         .execute([seq])?;
+    promote_next(tx, seq, register, customer)
+}
+
+/// Makes the customer's next event after `seq` its head (the head `seq` has just finished).
+fn promote_next(tx: &Transaction<'_>, seq: Seq, register: &str, customer: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE outbox SET head = 1 WHERE seq = (SELECT seq FROM outbox
              WHERE register = ?1 AND customer_id = ?2 AND seq > ?3 ORDER BY seq LIMIT 1)",
@@ -291,6 +296,26 @@ fn event(tx: &Transaction<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
         .ok_or_else(|| wrong(seq, "does not exist"))
 }
 
+/// Why `s` matched no event that may be settled: the event is missing, in another state, or of
+/// the other operation. Only reached on a caller's mistake, so it may read the whole row.
+fn unsettleable(tx: &Transaction<'_>, s: &Settlement) -> Fault {
+    let ev = match event(tx, s.seq) {
+        Ok(ev) => ev,
+        Err(f) => return f,
+    };
+    if let Err(f) = require(&ev, &[EventState::InFlight, EventState::Accepted], "settled") {
+        return f;
+    }
+    wrong(
+        s.seq,
+        format!(
+            "is {} and cannot be settled as {}",
+            ev.op.as_str(),
+            delivery_str(s.delivery)
+        ),
+    )
+}
+
 fn require(ev: &OutboxEvent, states: &[EventState], doing: &str) -> Result<(), Fault> {
     if states.contains(&ev.state) {
         Ok(())
@@ -374,16 +399,44 @@ impl OutboxBackend for Store {
     fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
         let now = Utc::now();
         self.outbox_tx(true, |tx| {
+            // One statement per new event (the agent's intake path): the insert decides the head
+            // itself (no unfinished event of the customer before it) and a known event_id is
+            // left alone, then looked up to answer with its seq.
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
+                                     correlation_id, state, head)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending',
+                         CASE WHEN COALESCE((SELECT state IN ('delivered', 'dropped') FROM outbox
+                                             WHERE register = ?1 AND customer_id = ?4 ORDER BY seq DESC LIMIT 1), 1)
+                              THEN 1 END)
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING seq",
+            )?;
+            let received = ts(now);
             let mut out = Vec::with_capacity(events.len());
             for ev in events {
-                let known: Option<Seq> = tx
-                    .prepare_cached("SELECT seq FROM outbox WHERE event_id = ?1")?
-                    .query_row([&ev.event_id], |r| r.get(0))
+                let stored: Option<Seq> = insert
+                    .query_row(
+                        params![
+                            register,
+                            ev.event_id,
+                            ev.op.as_str(),
+                            ev.customer_id,
+                            ev.start_date.map(|d| d.to_string()),
+                            ts(ev.occurred_at),
+                            ev.source,
+                            received,
+                            Uuid::new_v4().to_string(),
+                        ],
+                        |r| r.get(0),
+                    )
                     .optional()?;
-                out.push(match known {
-                    Some(seq) => Enqueued::Duplicate { seq },
-                    None => Enqueued::Stored {
-                        seq: insert_event(tx, register, ev, Uuid::new_v4(), now)?,
+                out.push(match stored {
+                    Some(seq) => Enqueued::Stored { seq },
+                    None => Enqueued::Duplicate {
+                        seq: tx
+                            .prepare_cached("SELECT seq FROM outbox WHERE event_id = ?1")?
+                            .query_row([&ev.event_id], |r| r.get(0))?,
                     },
                 });
             }
@@ -418,22 +471,22 @@ impl OutboxBackend for Store {
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         self.outbox_tx(true, |tx| {
             let removes_may_go = barrier_in(tx, register)?.is_none();
+            // One statement marks the oldest ready heads and returns them (RETURNING gives no
+            // order, so they are sorted here).
             let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM outbox
-                 WHERE head = 1 AND register = ?1 AND state = 'pending'
-                   AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
-                   AND (?3 OR op = 'add')
-                 ORDER BY seq LIMIT ?4"
+                "UPDATE outbox SET state = 'in_flight', claimer = NULL WHERE seq IN (
+                     SELECT seq FROM outbox
+                     WHERE head = 1 AND register = ?1 AND state = 'pending'
+                       AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
+                       AND (?3 OR op = 'add')
+                     ORDER BY seq LIMIT ?4)
+                 RETURNING {EVENT_COLUMNS}"
             );
             let mut events: Vec<OutboxEvent> = tx
                 .prepare_cached(&sql)?
                 .query_map(params![register, ts(now), removes_may_go, limit as i64], event_row)?
                 .collect::<Result<_, _>>()?;
-            let mut mark = tx.prepare_cached("UPDATE outbox SET state = 'in_flight', claimer = NULL WHERE seq = ?1")?;
-            for ev in &mut events {
-                mark.execute([ev.seq])?;
-                ev.state = EventState::InFlight;
-            }
+            events.sort_unstable_by_key(|e| e.seq);
             Ok(events)
         })
     }
@@ -504,45 +557,60 @@ impl OutboxBackend for Store {
     fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError> {
         self.outbox_tx(true, |tx| {
             for s in settlements {
-                let ev = event(tx, s.seq)?;
-                require(&ev, &[EventState::InFlight, EventState::Accepted], "settled")?;
-                let wanted = match ev.op {
-                    Operation::Add => LedgerState::Active,
-                    Operation::Remove => LedgerState::Ended,
+                let wanted = ledger_state(s.delivery);
+                let op = match wanted {
+                    LedgerState::Active => Operation::Add,
+                    LedgerState::Ended => Operation::Remove,
                 };
-                if ledger_state(s.delivery) != wanted {
-                    return Err(wrong(
-                        s.seq,
-                        format!(
-                            "is {} and cannot be settled as {}",
-                            ev.op.as_str(),
-                            delivery_str(s.delivery)
-                        ),
-                    ));
-                }
-                // A single's answer is an attempt recorded now; a batch event's was counted when
+                // One statement checks the state and the operation, records the outcome, ends the
+                // head and returns what the ledger needs; the hot path of every delivery. A
+                // single's answer is an attempt recorded now; a batch event's was counted when
                 // the batch was accepted.
-                let answered = i64::from(ev.state == EventState::InFlight);
-                tx.prepare_cached(
-                    "UPDATE outbox SET state = 'delivered', finished_at = ?1, delivery = ?2, echoed_correlation_id = ?3,
-                         attempts = attempts + ?4, failing_since = NULL, next_attempt_at = NULL, claimer = NULL
-                     WHERE seq = ?5",
-                )?
-                .execute(params![ts(s.at), delivery_str(s.delivery), s.echoed_correlation_id, answered, s.seq])?;
-                finish_head(tx, s.seq, &ev.register, &ev.customer_id)?;
-                let start = if wanted == LedgerState::Active {
-                    ev.start_date
-                } else {
-                    None
+                let row = tx
+                    .prepare_cached(
+                        "UPDATE outbox SET state = 'delivered', finished_at = ?1, delivery = ?2,
+                             echoed_correlation_id = ?3, attempts = attempts + (state = 'in_flight'),
+                             failing_since = NULL, next_attempt_at = NULL, claimer = NULL, head = NULL
+                         WHERE seq = ?4 AND state IN ('in_flight', 'accepted') AND op = ?5
+                         RETURNING register, customer_id, start_date, correlation_id",
+                    )?
+                    .query_row(
+                        params![
+                            ts(s.at),
+                            delivery_str(s.delivery),
+                            s.echoed_correlation_id,
+                            s.seq,
+                            op.as_str()
+                        ],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, Option<String>>(2)?,
+                                r.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((register, customer, start, correlation_id)) = row else {
+                    return Err(unsettleable(tx, s));
+                };
+                promote_next(tx, s.seq, &register, &customer)?;
+                let start = match (wanted, start) {
+                    (LedgerState::Active, Some(d)) => Some(
+                        d.parse::<NaiveDate>()
+                            .map_err(|_| super::jobs::bad_value("outbox.start_date", &d))?,
+                    ),
+                    _ => None,
                 };
                 set_ledger(
                     tx,
-                    &ev.register,
-                    &ev.customer_id,
+                    &register,
+                    &customer,
                     wanted,
                     start,
                     s.at,
-                    ev.correlation_id,
+                    parse_uuid(&correlation_id)?,
                 )?;
             }
             Ok(())
@@ -999,8 +1067,10 @@ mod tests {
             rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
         };
         let claim = format!(
-            "SELECT {EVENT_COLUMNS} FROM outbox WHERE head = 1 AND register = 'r' AND state = 'pending'
-               AND (next_attempt_at IS NULL OR next_attempt_at <= 'z') AND (1 OR op = 'add') ORDER BY seq LIMIT 10"
+            "UPDATE outbox SET state = 'in_flight' WHERE seq IN (
+               SELECT seq FROM outbox WHERE head = 1 AND register = 'r' AND state = 'pending'
+               AND (next_attempt_at IS NULL OR next_attempt_at <= 'z') AND (1 OR op = 'add') ORDER BY seq LIMIT 10)
+             RETURNING {EVENT_COLUMNS}"
         );
         for sql in [
             claim.as_str(),

@@ -31,7 +31,8 @@ use crate::store::queue::Operation;
 use crate::sync::health::Health;
 use chrono::{DateTime, NaiveDate, Utc};
 use pace::{Gate, Pause, RateGate};
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -223,6 +224,7 @@ impl Dispatcher {
             }),
             unsettled: Mutex::new(HashSet::new()),
             book: Mutex::new(backdated::Book::default()),
+            retries_due: Mutex::new(BinaryHeap::new()),
             store: self.store,
             client: self.client,
             register: self.register,
@@ -310,6 +312,12 @@ impl Dispatcher {
                 next_status = now + cfg.status_interval;
                 sh.refresh_gauges().await;
             }
+            // Sleep until the next poll, or sooner when a scheduled retry falls due or a pause
+            // ends: a transient failure then costs its backoff, not a poll interval on top.
+            let wake = [lock(&sh.pause).changes_at(), sh.next_retry_due(now)]
+                .into_iter()
+                .flatten()
+                .fold(now + cfg.poll_interval, Instant::min);
             tokio::select! {
                 _ = shutdown.changed() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -326,7 +334,7 @@ impl Dispatcher {
                         }
                     }
                 }
-                _ = tokio::time::sleep(cfg.poll_interval) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = self.waker.notified() => {}
             }
         }
@@ -399,6 +407,8 @@ struct Shared {
     /// Claimed events whose outcome is not recorded yet: handed back at shutdown.
     unsettled: Mutex<HashSet<Seq>>,
     book: Mutex<backdated::Book>,
+    /// When scheduled retries fall due (tokio time), earliest first; the main loop wakes then.
+    retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
 }
 
 /// The operation label of metrics and logs.
@@ -449,6 +459,16 @@ impl Shared {
         if matches!(e, StoreError::NotWritable { .. } | StoreError::Busy { .. }) {
             self.health.set_store_problem(Some(e.to_string()));
         }
+    }
+
+    /// The earliest scheduled retry still ahead of `now` (those due are forgotten: the claim
+    /// this wake-up leads to takes them).
+    fn next_retry_due(&self, now: Instant) -> Option<Instant> {
+        let mut due = lock(&self.retries_due);
+        while due.peek().is_some_and(|Reverse(t)| *t <= now) {
+            due.pop();
+        }
+        due.peek().map(|Reverse(t)| *t)
     }
 
     /// Records that `seq`'s outcome is in the store.
@@ -660,6 +680,7 @@ impl Shared {
         match self.store.retry_later(ev.seq, at, scrub(reason)).await {
             Ok(()) => {
                 self.settled(ev.seq);
+                lock(&self.retries_due).push(Reverse(Instant::now() + delay));
                 metrics::counter!("kfr_sync_retries_scheduled_total", "op" => op_label(ev.op)).increment(1);
                 lock(&self.tally).retries_scheduled += 1;
             }

@@ -97,6 +97,17 @@ impl Pause {
         Gate::Open
     }
 
+    /// When the gate may change by itself: a timed pause ends or a probe falls due. The main
+    /// loop wakes then instead of at its next poll.
+    pub(crate) fn changes_at(&self) -> Option<Instant> {
+        let until = self.until.map(|(u, _)| u);
+        let probe = self.systemic.as_ref().and(self.next_probe);
+        match (until, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether a request not sent as a probe must wait: any pause is on.
     pub(crate) fn blocks(&self, now: Instant) -> bool {
         self.systemic.is_some() || self.until.is_some_and(|(u, _)| now < u)
@@ -197,11 +208,18 @@ mod tests {
             Gate::Closed,
             "the longer pause holds"
         );
+        assert_eq!(p.changes_at(), Some(now + Duration::from_secs(10)));
         assert_eq!(p.gate(now + Duration::from_secs(10)), Gate::Open);
+        assert_eq!(p.changes_at(), None);
 
         p.systemic(now, Duration::from_secs(60), "credentials", "grant refused".into());
         assert!(p.blocks(now + Duration::from_secs(3600)));
         assert_eq!(p.gate(now + Duration::from_secs(59)), Gate::Closed);
+        assert_eq!(
+            p.changes_at(),
+            Some(now + Duration::from_secs(60)),
+            "the probe is due then"
+        );
         assert_eq!(p.gate(now + Duration::from_secs(60)), Gate::Probe);
         assert_eq!(
             p.gate(now + Duration::from_secs(61)),
