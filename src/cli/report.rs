@@ -31,6 +31,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::input::reader::ReadError,
         crate::sync::reconcile::ReconcileError,
         crate::store::outbox::StoreError,
+        crate::sync::dispatch::DispatchError,
     );
     None
 }
