@@ -508,8 +508,14 @@ async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_
         main: std::sync::OnceLock::new(),
     });
     let (_stop, rx) = watch::channel(false);
-    let d = Dispatcher::new(handle.clone(), client(&mock, ORG), register.clone(), fast(), Health::new())
-        .with_clock(clock.clone());
+    let d = Dispatcher::new(
+        handle.clone(),
+        client(&mock, ORG),
+        register.clone(),
+        fast(),
+        Health::new(),
+    )
+    .with_clock(clock.clone());
     let run = tokio::spawn(d.run(rx));
     clock.main.set(run.id()).unwrap();
     let p = synthetic_people(1).remove(0);
@@ -527,5 +533,9 @@ async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_
         matches!(&err, DispatchError::TaskFailed { detail } if detail.contains("the wall clock fails inside a delivery task")),
         "{err}"
     );
-    assert_eq!(outbox.event(1).state, EventState::Pending, "handed back for the next start");
+    assert_eq!(
+        outbox.event(1).state,
+        EventState::Pending,
+        "handed back for the next start"
+    );
 }
