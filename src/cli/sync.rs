@@ -375,3 +375,129 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
         Ok("Ctrl-C")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The wait for the agent's end with fake parts: which endings stop the agent, which do not.
+    //! Time is tokio's paused clock, so "nothing ended" is observed without waiting.
+
+    use super::*;
+
+    fn part(name: &str, finite: bool, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) -> Part {
+        Part {
+            name: name.into(),
+            finite,
+            task: tokio::spawn(task),
+        }
+    }
+
+    fn never() -> JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
+    async fn no_signal() -> anyhow::Result<&'static str> {
+        std::future::pending().await
+    }
+
+    /// `first_ending` when it ends within an hour of paused time; `None` if nothing ended.
+    async fn within_an_hour<T>(parts: &mut Vec<Part>, dispatcher: &mut JoinHandle<T>) -> Option<Ending<T>> {
+        tokio::time::timeout(Duration::from_secs(3600), first_ending(no_signal(), parts, dispatcher))
+            .await
+            .ok()
+    }
+
+    fn failed<T>(e: Option<Ending<T>>) -> PartFailed {
+        match e {
+            Some(Ending::Part(f)) => f,
+            _ => panic!("expected a part's failure"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_fails_ends_the_wait_naming_it_and_its_cause() {
+        let mut parts = vec![
+            part("the metrics and health endpoint", false, std::future::pending()),
+            part("the source `core`", false, async {
+                Err(anyhow::anyhow!("spool directory gone"))
+            }),
+        ];
+        let f = failed(within_an_hour(&mut parts, &mut never()).await);
+        assert_eq!(f.part, "the source `core`");
+        assert_eq!(f.cause.to_string(), "spool directory gone");
+        assert_eq!(
+            parts.len(),
+            1,
+            "the failed part is taken out; the others are left to stop"
+        );
+        let e = anyhow::Error::new(f);
+        assert_eq!(super::super::report::exit_code(&e), crate::error::Exit::Failure);
+        let text = super::super::report::render(&e);
+        assert!(
+            text.starts_with(
+                "error: kfr sync stopped: the source `core` failed\nCaused by:\n  spool directory gone\nhint: "
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stdin_at_end_of_input_ends_only_itself_but_a_server_that_returns_is_a_failure() {
+        let mut parts = vec![part("the source `stdin`", true, async { Ok(()) })];
+        assert!(
+            within_an_hour(&mut parts, &mut never()).await.is_none(),
+            "the agent goes on"
+        );
+        assert!(parts.is_empty(), "the finished source is no longer watched");
+
+        let mut parts = vec![part("the source `http`", false, async { Ok(()) })];
+        let f = failed(within_an_hour(&mut parts, &mut never()).await);
+        assert_eq!(f.part, "the source `http`");
+        assert!(f.cause.to_string().contains("without being asked"), "{}", f.cause);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_part_is_a_failure_with_its_message_masked() {
+        // A synthetic (Tenor) fødselsnummer in the panic text must not reach the output whole.
+        let fnr = crate::sync::source::testkit::person(0);
+        let text = format!("bad customer {fnr}");
+        let mut parts = vec![part("the source `stdin`", true, async move { panic!("{text}") })];
+        let f = failed(within_an_hour(&mut parts, &mut never()).await);
+        let shown = format!("{:#}", anyhow::Error::new(f));
+        assert!(shown.contains("panicked") && shown.contains("bad customer"), "{shown}");
+        assert!(!shown.contains(fnr.as_str()), "{shown}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_dispatcher_stopping_by_itself_ends_the_wait_and_is_a_failure() {
+        let mut parts = vec![part("the source `http`", false, std::future::pending())];
+        let mut dispatcher = tokio::spawn(async {
+            Err::<DispatchSummary, _>(DispatchError::Store(crate::store::outbox::StoreError::Stopped))
+        });
+        let Some(Ending::Dispatcher(result)) = within_an_hour(&mut parts, &mut dispatcher).await else {
+            panic!("the dispatcher's end ends the wait");
+        };
+        let f = dispatcher_outcome(result, false).unwrap_err();
+        assert_eq!(f.part, DISPATCHER);
+        let e = anyhow::Error::new(f);
+        let text = super::super::report::render(&e);
+        // The store's own hint is the more useful one, and wins over the fallback.
+        assert!(text.contains("the state store's thread has stopped"), "{text}");
+        assert!(
+            text.contains("hint: the state store's thread stopped after an earlier error"),
+            "{text}"
+        );
+
+        // Even a clean end counts when nobody asked for it; asked, it is the summary.
+        let clean = || Ok(Ok(DispatchSummary::default()));
+        assert!(dispatcher_outcome(clean(), false).is_err());
+        assert_eq!(dispatcher_outcome(clean(), true).unwrap(), DispatchSummary::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_ends_the_wait_while_every_part_runs() {
+        let mut parts = vec![part("the source `http`", false, std::future::pending())];
+        let ending = first_ending(async { Ok("SIGTERM") }, &mut parts, &mut never()).await;
+        assert!(matches!(ending, Ending::Signal("SIGTERM")));
+        assert_eq!(parts.len(), 1);
+    }
+}
