@@ -384,7 +384,7 @@ impl Dispatcher {
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     /// The store's thread is gone: nothing can be claimed or recorded.
-    #[error("the dispatcher cannot reach the state store")]
+    #[error("the dispatcher could not use the state store")]
     Store(#[from] StoreError),
     /// A delivery, upload or confirmation task panicked (a bug in kfr).
     #[error("a delivery task failed: {detail}")]
