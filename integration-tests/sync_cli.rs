@@ -47,33 +47,26 @@ struct Agent {
 }
 
 impl Agent {
+    /// The agent with the HTTP source (a private key file written here) and the metrics endpoint.
     fn start(env: &Env) -> Agent {
         let key = env.dir.join("ingest.key");
         std::fs::write(&key, "a-long-random-test-key-0123456789").unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Agent::spawn(env, &["--listen", "127.0.0.1:0", "--ingest-key-file", "ingest.key"])
+    }
+
+    /// `kfr sync --state s.db --metrics-listen 127.0.0.1:0 --rate 1000 <args>`, returned once it
+    /// said it delivers (its sources and endpoints are up by then).
+    fn spawn(env: &Env, args: &[&str]) -> Agent {
         // A plain std Command: the agent runs in the background while the test talks to it.
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kfr"))
             .current_dir(&env.dir)
             .env("NO_COLOR", "1")
             .env(kfr::env_vars::KFR_STATE_HOME, env.dir.join("state-home"))
-            .args([
-                "--config",
-                "kfr.toml",
-                "sync",
-                "--state",
-                "s.db",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--ingest-key-file",
-                "ingest.key",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--rate",
-                "1000",
-            ])
+            .args(["--config", "kfr.toml", "sync", "--state", "s.db"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--rate", "1000"])
+            .args(args)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -87,14 +80,14 @@ impl Agent {
                 l.lock().unwrap().push(line);
             }
         });
-        let (mut events_url, mut ops_url) = (None, None);
+        let (mut events_url, mut ops_url) = (String::new(), None);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while events_url.is_none() || ops_url.is_none() {
+        loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the agent printed its addresses");
+                .unwrap_or_else(|_| panic!("the agent started: {}", log.lock().unwrap().join("\n")));
             if let Some(u) = line.strip_prefix("kfr sync: taking events on ") {
-                events_url = Some(u.to_string());
+                events_url = u.to_string();
             }
             if let Some(rest) = line.strip_prefix("kfr sync: metrics and health on ") {
                 ops_url = Some(
@@ -105,13 +98,37 @@ impl Agent {
                         .to_string(),
                 );
             }
+            if line.starts_with("kfr sync: delivering to ") {
+                break;
+            }
         }
         Agent {
             child,
-            events_url: events_url.unwrap(),
-            ops_url: ops_url.unwrap(),
+            events_url,
+            ops_url: ops_url.expect("the agent printed its metrics address"),
             log,
         }
+    }
+
+    /// Waits for the agent to exit by itself; its exit code and log. Killed (and the test fails)
+    /// if it is still running after a generous bound: that is the bug this guards against.
+    async fn exited(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the agent kept running: {}", self.log.lock().unwrap().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The reader thread may still hold the last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let log = self.log.lock().unwrap().join("\n");
+        (code, log)
     }
 
     /// SIGTERM, then the exit code.
@@ -256,4 +273,97 @@ async fn reconcile_enqueues_the_differences_the_agent_delivers_them_and_drains_o
         );
     }
     assert_eq!(active(&env).await, expected);
+}
+
+/// A part of the agent that dies under it (here the spool source, whose directory is removed)
+/// stops the whole agent at once with exit code 1 and a message naming the part, so a supervisor
+/// restarts it — instead of an agent that answers its probes and takes nothing in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_exits_1_naming_its_spool_source_when_the_directory_disappears() {
+    let env = setup().await;
+    let spool = env.dir.join("in");
+    std::fs::create_dir(&spool).unwrap();
+    let config = env.dir.join("kfr.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[[sync.sources]]\nkind = \"spool\"\ndir = \"in\"\nname = \"core\"\n");
+    std::fs::write(&config, toml).unwrap();
+
+    let agent = Agent::spawn(&env, &[]);
+    let ready = reqwest::get(format!("{}/readyz", agent.ops_url)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    std::fs::remove_dir_all(&spool).unwrap();
+    let (code, log) = agent.exited().await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("error: kfr sync stopped: the source `core` failed"),
+        "{log}"
+    );
+    assert!(log.contains("Caused by:") && log.contains("spool directory"), "{log}");
+    assert!(log.contains("hint: "), "{log}");
+    assert!(
+        log.contains("kfr sync: stopped;"),
+        "it drained and reported before exiting: {log}"
+    );
+}
+
+/// The HTTP source's start-up refusals each end with a `hint:` saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_source_s_setup_errors_say_what_to_do() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = setup().await;
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = env.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("open.key", "a-long-random-test-key-0123456789", 0o644);
+    write("short.key", "short", 0o600);
+    write("good.key", "a-long-random-test-key-0123456789", 0o600);
+    write("broken.pem", "not a certificate", 0o600);
+    let cases: [(&[&str], &str, &str); 5] = [
+        (
+            &["--ingest-key-file", "missing.key"],
+            "cannot read the ingest key file",
+            "hint: ",
+        ),
+        (
+            &["--ingest-key-file", "open.key"],
+            "accessible to group or others",
+            "chmod 600",
+        ),
+        (&["--ingest-key-file", "short.key"], "shorter than 16", "hint: "),
+        (
+            &["--ingest-key-file", "good.key", "--listen", "0.0.0.0:0"],
+            "refusing plain HTTP",
+            "--tls-cert",
+        ),
+        (
+            &[
+                "--ingest-key-file",
+                "good.key",
+                "--tls-cert",
+                "broken.pem",
+                "--tls-key",
+                "broken.pem",
+            ],
+            "cannot use the TLS certificate",
+            "hint: ",
+        ),
+    ];
+    for (args, error, hint) in cases {
+        let mut all = vec!["sync", "--state", "s.db"];
+        all.extend_from_slice(args);
+        if !args.contains(&"--listen") {
+            all.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let out = run(&env, &all);
+        let (o, e) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {o}{e}");
+        assert!(e.contains(error), "{args:?}: {e}");
+        let hint_line = e
+            .lines()
+            .find(|l| l.starts_with("hint: "))
+            .unwrap_or_else(|| panic!("{args:?}: no hint: {e}"));
+        assert!(hint_line.contains(hint), "{args:?}: {e}");
+    }
 }

@@ -31,6 +31,9 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::input::reader::ReadError,
         crate::sync::reconcile::ReconcileError,
         crate::store::outbox::StoreError,
+        crate::sync::dispatch::DispatchError,
+        crate::sync::source::http::IngestError,
+        super::sync::PartFailed,
     );
     None
 }

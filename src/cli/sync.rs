@@ -1,27 +1,148 @@
 //! `kfr sync`: the long-running agent. Builds the store thread, the sources, the dispatcher and
-//! the operations endpoints from the configuration, runs them until SIGTERM/SIGINT, then drains.
+//! the operations endpoints from the configuration, runs them until SIGTERM/SIGINT or until one of
+//! them fails, then drains.
 //!
 //! Shutdown order (docs/sync.md "Running the agent"): readiness goes 503 and intake closes first
 //! (a source that answered 202 has committed; one that had not yet answered answers 503), then
 //! the dispatcher stops claiming, lets in-flight calls finish up to `sync.drain_secs`, and hands
-//! back the rest; the process exits 0. Nothing acknowledged is lost at any point: it is in the
-//! store, and the next start delivers it.
+//! back the rest. Nothing acknowledged is lost at any point: it is in the store, and the next
+//! start delivers it.
+//!
+//! After a signal the process exits 0. When a part stops by itself instead (the dispatcher, a
+//! source, the operations endpoint: an error, a panic, or simply ending when it should run until
+//! stopped), the agent drains the same way and exits 1 with an error naming the part
+//! ([`PartFailed`]). An agent missing a part would go on answering `/livez` and taking events while
+//! delivering nothing; exiting lets its supervisor restart it, which is safe because the next
+//! start's `recover` puts what was in flight back in line. The one part that may end by itself
+//! is the stdin source at end of input: that ends the source, not the agent.
 
 use super::SyncArgs;
 use crate::config::{Settings, SourceKind};
 use crate::store::{OutboxHandle, Store};
-use crate::sync::dispatch::{DispatchConfig, Dispatcher};
+use crate::sync::dispatch::{DispatchConfig, DispatchError, DispatchSummary, Dispatcher};
 use crate::sync::health::Health;
 use crate::sync::source::http::{IngestKey, IngestOptions, IngestServer, TlsFiles};
 use crate::sync::source::spool::{Spool, SpoolOptions};
 use crate::sync::source::stdin::Stdin;
 use crate::sync::source::{Intake, Source as _};
 use anyhow::Context as _;
+use std::future::Future;
 use std::time::Duration;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-/// One running part of the agent, named for logs.
-type Task = (String, tokio::task::JoinHandle<anyhow::Result<()>>);
+/// How the dispatcher is named when it fails.
+const DISPATCHER: &str = "the dispatcher (delivery to KFR)";
+
+/// One running part of the agent besides the dispatcher: a source or the operations endpoint.
+struct Part {
+    /// How messages name it, e.g. "the source `core`".
+    name: String,
+    /// Whether it may end by itself with nothing wrong: the stdin source at end of input
+    /// (docs/sync.md "Standard input"). Every other part runs until it is stopped.
+    finite: bool,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A part of the agent stopped by itself, so the agent stopped too (exit code 1): an agent
+/// without it would look alive and take events in while delivering nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("kfr sync stopped: {part} failed")]
+pub struct PartFailed {
+    part: String,
+    #[source]
+    cause: anyhow::Error,
+}
+
+impl PartFailed {
+    fn new(part: impl Into<String>, cause: anyhow::Error) -> Self {
+        PartFailed {
+            part: part.into(),
+            cause,
+        }
+    }
+
+    /// A task that panicked or was cancelled; the panic text is masked (it may quote a value).
+    fn joined(part: impl Into<String>, e: JoinError) -> Self {
+        Self::new(part, anyhow::anyhow!(crate::ids::scrub(&e.to_string())))
+    }
+}
+
+impl crate::error::Hinted for PartFailed {
+    fn hint(&self) -> Option<String> {
+        // The cause's own hint says more (a store's, an ingest error's); this one is the fallback.
+        super::report::find_hint(&self.cause).or_else(|| {
+            Some(
+                "see the log above for what happened; the agent exits so that its supervisor (systemd Restart=on-failure, Kubernetes) starts it again, which is safe: what was in flight is put back in line at start".into(),
+            )
+        })
+    }
+}
+
+/// What ended the wait of [`first_ending`].
+enum Ending<T> {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// The dispatcher ended (it is never asked to before this), with its task's result.
+    Dispatcher(Result<T, JoinError>),
+    /// A part failed, or ended when it should run until stopped; it is removed from the list.
+    Part(PartFailed),
+}
+
+/// Waits for the first of: `signal`, the dispatcher ending, a part failing. A finite part that
+/// ends cleanly is logged and dropped from `parts`, and the wait goes on. Nothing is stopped
+/// here; the caller drains.
+async fn first_ending<T>(
+    signal: impl Future<Output = anyhow::Result<&'static str>>,
+    parts: &mut Vec<Part>,
+    dispatcher: &mut JoinHandle<T>,
+) -> Ending<T> {
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let part_ended = async {
+            if parts.is_empty() {
+                return std::future::pending().await;
+            }
+            let (result, i, _) = futures::future::select_all(parts.iter_mut().map(|p| &mut p.task)).await;
+            (i, result)
+        };
+        let (i, result) = tokio::select! {
+            s = &mut signal => return match s {
+                Ok(name) => Ending::Signal(name),
+                Err(e) => Ending::Part(PartFailed::new("the signal handler", e)),
+            },
+            d = &mut *dispatcher => return Ending::Dispatcher(d),
+            ended = part_ended => ended,
+        };
+        let part = parts.remove(i);
+        return Ending::Part(match result {
+            Ok(Ok(())) if part.finite => {
+                tracing::info!(part = %part.name, "finished; the agent goes on");
+                continue;
+            }
+            Ok(Ok(())) => PartFailed::new(part.name, anyhow::anyhow!("it stopped without being asked to")),
+            Ok(Err(e)) => PartFailed::new(part.name, e),
+            Err(e) => PartFailed::joined(part.name, e),
+        });
+    }
+}
+
+/// The dispatcher's end as the agent sees it: its summary, or the failure to report. `asked`:
+/// whether the agent had told it to stop (ending without that is a failure too).
+fn dispatcher_outcome(
+    result: Result<Result<DispatchSummary, DispatchError>, JoinError>,
+    asked: bool,
+) -> Result<DispatchSummary, PartFailed> {
+    match result {
+        Ok(Ok(summary)) if asked => Ok(summary),
+        Ok(Ok(_)) => Err(PartFailed::new(
+            DISPATCHER,
+            anyhow::anyhow!("it stopped without being asked to"),
+        )),
+        Ok(Err(e)) => Err(PartFailed::new(DISPATCHER, e.into())),
+        Err(e) => Err(PartFailed::joined(DISPATCHER, e)),
+    }
+}
 
 pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer) -> anyhow::Result<()> {
     super::install_pseudonyms(&settings)?;
@@ -55,10 +176,11 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     }
     let grace = config.shutdown_grace;
     let dispatcher = Dispatcher::new(handle.clone(), client, register_key.clone(), config, health.clone());
-    let intake = Intake::new(handle.clone(), register_key, health.clone(), policy).with_waker(dispatcher.waker());
+    let intake =
+        Intake::new(handle.clone(), register_key.clone(), health.clone(), policy).with_waker(dispatcher.waker());
 
     let cancel = CancellationToken::new();
-    let mut tasks: Vec<Task> = vec![];
+    let mut parts: Vec<Part> = vec![];
 
     // The operations endpoints come up first, so a probe sees the agent from its first moment.
     let metrics_listen = args.metrics_listen.or(sync.metrics_listen);
@@ -72,10 +194,11 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
             ops.local_addr()
         ));
         let (h, c, p) = (health.clone(), cancel.clone(), prometheus.clone());
-        tasks.push((
-            "metrics".into(),
-            tokio::spawn(async move { ops.run(p, h, c).await.map_err(anyhow::Error::from) }),
-        ));
+        parts.push(Part {
+            name: "the metrics and health endpoint".into(),
+            finite: false,
+            task: tokio::spawn(async move { ops.run(p, h, c).await.map_err(anyhow::Error::from) }),
+        });
     }
 
     // Sources: those configured in [[sync.sources]]; with none, the HTTP ingest endpoint.
@@ -144,11 +267,15 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
                 tokio::spawn(async move { Box::new(stdin).run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
         };
-        tasks.push((name, task));
+        parts.push(Part {
+            name: format!("the source `{name}`"),
+            finite: matches!(s.kind, SourceKind::Stdin),
+            task,
+        });
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let delivering = tokio::spawn(dispatcher.run(stop_rx));
+    let mut delivering = tokio::spawn(dispatcher.run(stop_rx));
     crate::sync::metrics::set_ready(true);
     p.message(format!(
         "kfr sync: delivering to {} for {} with store {}",
@@ -157,35 +284,78 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
         state.display()
     ));
 
-    let signal = wait_for_signal().await?;
-    tracing::info!(signal, "shutting down: intake closed, draining in-flight calls");
-    p.message(format!(
-        "kfr sync: {signal}: intake closed, draining (up to {} s)",
-        grace.as_secs()
-    ));
+    // Until a signal, or until a part stops by itself: either way the same drain follows.
+    let mut failure: Option<PartFailed> = None;
+    // Whether the wait above saw the dispatcher end (its handle must not be awaited again).
+    let mut dispatcher_ended = false;
+    match first_ending(wait_for_signal(), &mut parts, &mut delivering).await {
+        Ending::Signal(signal) => {
+            tracing::info!(signal, "shutting down: intake closed, draining in-flight calls");
+            p.message(format!(
+                "kfr sync: {signal}: intake closed, draining (up to {} s)",
+                grace.as_secs()
+            ));
+        }
+        Ending::Dispatcher(result) => {
+            dispatcher_ended = true;
+            failure = dispatcher_outcome(result, false).err();
+        }
+        Ending::Part(f) => failure = Some(f),
+    }
+    if let Some(f) = &failure {
+        let cause = format!("{:#}", f.cause);
+        tracing::error!(part = %f.part, error = %cause, "a part of the agent failed: intake closed, draining, then exiting");
+        p.message(format!(
+            "kfr sync: {} failed: intake closed, draining (up to {} s), then exiting",
+            f.part,
+            grace.as_secs()
+        ));
+    }
     health.set_draining();
     crate::sync::metrics::set_ready(false);
     cancel.cancel();
-    for (name, t) in tasks {
-        match tokio::time::timeout(Duration::from_secs(10), t).await {
+    for part in parts {
+        match tokio::time::timeout(Duration::from_secs(10), part.task).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(part = %name, error = %format!("{e:#}"), "stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(part = %name, error = %e, "stopped abnormally"),
-            Err(_) => tracing::warn!(part = %name, "did not stop in time"),
+            Ok(Ok(Err(e))) => tracing::warn!(part = %part.name, error = %format!("{e:#}"), "stopped with an error"),
+            Ok(Err(e)) => {
+                tracing::warn!(part = %part.name, error = %crate::ids::scrub(&e.to_string()), "stopped abnormally")
+            }
+            Err(_) => tracing::warn!(part = %part.name, "did not stop in time"),
         }
     }
     let _ = stop_tx.send(true);
-    let summary = delivering
-        .await
-        .context("the dispatcher stopped abnormally")?
-        .context("the dispatcher stopped")?;
-    let status = handle.status(Some(super::outbox::register(&settings)?.key())).await?;
-    p.message(format!(
-        "kfr sync: stopped; delivered {} this run; {} unfinished in the outbox (delivered by the next start)",
-        summary.delivered,
-        status.pending + status.in_flight + status.accepted
-    ));
-    Ok(())
+    let summary = if dispatcher_ended {
+        None
+    } else {
+        match dispatcher_outcome(delivering.await, true) {
+            Ok(s) => Some(s),
+            Err(f) => {
+                // A failure that came first stays the one reported; this one is logged.
+                tracing::error!(error = %format!("{:#}", f.cause), "the dispatcher failed while stopping");
+                failure.get_or_insert(f);
+                None
+            }
+        }
+    };
+    let unfinished = match handle.status(Some(register_key)).await {
+        Ok(st) => Some(st.pending + st.in_flight + st.accepted),
+        // The failure reported below says why; the count is not worth hiding it.
+        Err(_) if failure.is_some() => None,
+        Err(e) => return Err(e).context("reading the outbox status after the drain"),
+    };
+    match (summary, unfinished) {
+        (Some(summary), Some(n)) => p.message(format!(
+            "kfr sync: stopped; delivered {} this run; {n} unfinished in the outbox (delivered by the next start)",
+            summary.delivered,
+        )),
+        (Some(summary), None) => p.message(format!("kfr sync: stopped; delivered {} this run", summary.delivered)),
+        (None, _) => p.message("kfr sync: stopped"),
+    }
+    match failure {
+        Some(f) => Err(f.into()),
+        None => Ok(()),
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; returns its name.
@@ -203,5 +373,131 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     {
         tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The wait for the agent's end with fake parts: which endings stop the agent, which do not.
+    //! Time is tokio's paused clock, so "nothing ended" is observed without waiting.
+
+    use super::*;
+
+    fn part(name: &str, finite: bool, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) -> Part {
+        Part {
+            name: name.into(),
+            finite,
+            task: tokio::spawn(task),
+        }
+    }
+
+    fn never() -> JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
+    async fn no_signal() -> anyhow::Result<&'static str> {
+        std::future::pending().await
+    }
+
+    /// `first_ending` when it ends within an hour of paused time; `None` if nothing ended.
+    async fn within_an_hour<T>(parts: &mut Vec<Part>, dispatcher: &mut JoinHandle<T>) -> Option<Ending<T>> {
+        tokio::time::timeout(Duration::from_secs(3600), first_ending(no_signal(), parts, dispatcher))
+            .await
+            .ok()
+    }
+
+    fn failed<T>(e: Option<Ending<T>>) -> PartFailed {
+        match e {
+            Some(Ending::Part(f)) => f,
+            _ => panic!("expected a part's failure"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_fails_ends_the_wait_naming_it_and_its_cause() {
+        let mut parts = vec![
+            part("the metrics and health endpoint", false, std::future::pending()),
+            part("the source `core`", false, async {
+                Err(anyhow::anyhow!("spool directory gone"))
+            }),
+        ];
+        let f = failed(within_an_hour(&mut parts, &mut never()).await);
+        assert_eq!(f.part, "the source `core`");
+        assert_eq!(f.cause.to_string(), "spool directory gone");
+        assert_eq!(
+            parts.len(),
+            1,
+            "the failed part is taken out; the others are left to stop"
+        );
+        let e = anyhow::Error::new(f);
+        assert_eq!(super::super::report::exit_code(&e), crate::error::Exit::Failure);
+        let text = super::super::report::render(&e);
+        assert!(
+            text.starts_with(
+                "error: kfr sync stopped: the source `core` failed\nCaused by:\n  spool directory gone\nhint: "
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stdin_at_end_of_input_ends_only_itself_but_a_server_that_returns_is_a_failure() {
+        let mut parts = vec![part("the source `stdin`", true, async { Ok(()) })];
+        assert!(
+            within_an_hour(&mut parts, &mut never()).await.is_none(),
+            "the agent goes on"
+        );
+        assert!(parts.is_empty(), "the finished source is no longer watched");
+
+        let mut parts = vec![part("the source `http`", false, async { Ok(()) })];
+        let f = failed(within_an_hour(&mut parts, &mut never()).await);
+        assert_eq!(f.part, "the source `http`");
+        assert!(f.cause.to_string().contains("without being asked"), "{}", f.cause);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_part_is_a_failure_with_its_message_masked() {
+        // A synthetic (Tenor) fødselsnummer in the panic text must not reach the output whole.
+        let fnr = crate::sync::source::testkit::person(0);
+        let text = format!("bad customer {fnr}");
+        let mut parts = vec![part("the source `stdin`", true, async move { panic!("{text}") })];
+        let f = failed(within_an_hour(&mut parts, &mut never()).await);
+        let shown = format!("{:#}", anyhow::Error::new(f));
+        assert!(shown.contains("panicked") && shown.contains("bad customer"), "{shown}");
+        assert!(!shown.contains(fnr.as_str()), "{shown}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_dispatcher_stopping_by_itself_ends_the_wait_and_is_a_failure() {
+        let mut parts = vec![part("the source `http`", false, std::future::pending())];
+        let mut dispatcher = tokio::spawn(async {
+            Err::<DispatchSummary, _>(DispatchError::Store(crate::store::outbox::StoreError::Stopped))
+        });
+        let Some(Ending::Dispatcher(result)) = within_an_hour(&mut parts, &mut dispatcher).await else {
+            panic!("the dispatcher's end ends the wait");
+        };
+        let f = dispatcher_outcome(result, false).unwrap_err();
+        assert_eq!(f.part, DISPATCHER);
+        let e = anyhow::Error::new(f);
+        let text = super::super::report::render(&e);
+        // The store's own hint is the more useful one, and wins over the fallback.
+        assert!(text.contains("the state store's thread has stopped"), "{text}");
+        assert!(
+            text.contains("hint: the state store's thread stopped after an earlier error"),
+            "{text}"
+        );
+
+        // Even a clean end counts when nobody asked for it; asked, it is the summary.
+        let clean = || Ok(Ok(DispatchSummary::default()));
+        assert!(dispatcher_outcome(clean(), false).is_err());
+        assert_eq!(dispatcher_outcome(clean(), true).unwrap(), DispatchSummary::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_ends_the_wait_while_every_part_runs() {
+        let mut parts = vec![part("the source `http`", false, std::future::pending())];
+        let ending = first_ending(async { Ok("SIGTERM") }, &mut parts, &mut never()).await;
+        assert!(matches!(ending, Ending::Signal("SIGTERM")));
+        assert_eq!(parts.len(), 1);
     }
 }

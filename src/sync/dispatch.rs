@@ -203,8 +203,10 @@ impl Dispatcher {
 
     /// Delivers until `shutdown` turns `true` (or its sender is dropped), then stops claiming,
     /// lets in-flight requests finish up to `shutdown_grace`, hands back what is left and
-    /// returns the summary. An error only when the store's thread is gone.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<DispatchSummary, StoreError> {
+    /// returns the summary. An error when it stopped by itself: the store's thread is gone, or a
+    /// task panicked (then after handing back what it held, as on shutdown). Either way it can no
+    /// longer deliver, and its caller must not go on looking alive.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<DispatchSummary, DispatchError> {
         let recovered = self.store.recover(self.register.clone()).await?;
         if recovered != Recovered::default() {
             tracing::info!(
@@ -243,6 +245,7 @@ impl Dispatcher {
         let start = Instant::now();
         let (mut next_confirm, mut next_purge, mut next_status) = (start, start, start);
         let hold_cap = cfg.max_in_flight.max(1) + cfg.batch_max_entries.max(1);
+        let mut failed: Option<String> = None;
 
         loop {
             if *shutdown.borrow() {
@@ -285,7 +288,7 @@ impl Dispatcher {
                             }
                         }
                     }
-                    Err(StoreError::Stopped) => return Err(StoreError::Stopped),
+                    Err(StoreError::Stopped) => return Err(StoreError::Stopped.into()),
                     Err(e) => sh.store_problem("claiming events", &e),
                 }
             }
@@ -326,10 +329,13 @@ impl Dispatcher {
                         Ok(Done::Upload) => uploading = 0,
                         Ok(Done::Confirm) => confirming = false,
                         Err(e) => {
-                            // A panicked task: its events stay in flight until the next start's
-                            // recover; the counts must not leak, so the loop recounts nothing and
-                            // stops to let the operator see it.
-                            tracing::error!(error = %e, "a delivery task failed; stopping");
+                            // A panicked task (a bug): the counts can no longer be trusted, so
+                            // the loop stops; its events are still unsettled and go back below
+                            // with the rest, and the caller gets an error, because an agent that
+                            // goes on without its dispatcher looks alive and delivers nothing.
+                            let detail = task_failure(e);
+                            tracing::error!(error = %detail, "a delivery task failed; stopping");
+                            failed = Some(detail);
                             break;
                         }
                     }
@@ -374,7 +380,49 @@ impl Dispatcher {
         summary.released_at_shutdown = released;
         summary.cut_at_deadline = cut;
         tracing::info!(?summary, "dispatcher stopped");
-        Ok(summary)
+        match failed {
+            Some(detail) => Err(DispatchError::TaskFailed { detail }),
+            None => Ok(summary),
+        }
+    }
+}
+
+/// Why [`Dispatcher::run`] stopped without being asked to. A restart is safe either way: the next
+/// start's `recover` puts what was in flight back in line.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The store's thread is gone: nothing can be claimed or recorded.
+    #[error("the dispatcher could not use the state store")]
+    Store(#[from] StoreError),
+    /// A delivery, upload or confirmation task panicked (a bug in kfr).
+    #[error("a delivery task failed: {detail}")]
+    TaskFailed { detail: String },
+}
+
+impl crate::error::Hinted for DispatchError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            // The store's own hint says more.
+            DispatchError::Store(_) => None,
+            DispatchError::TaskFailed { .. } => Some(
+                "this is a bug in kfr: keep the log and report it; restarting the agent is safe (what was in flight is put back in line at start)".into(),
+            ),
+        }
+    }
+}
+
+/// A failed task's panic message, masked (it may quote a value the task held).
+fn task_failure(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => {
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            format!("panicked: {}", scrub(&text))
+        }
+        Err(e) => scrub(&e.to_string()),
     }
 }
 

@@ -15,7 +15,7 @@ struct Rig {
     health: Health,
     register: String,
     stop: watch::Sender<bool>,
-    run: tokio::task::JoinHandle<Result<DispatchSummary, StoreError>>,
+    run: tokio::task::JoinHandle<Result<DispatchSummary, DispatchError>>,
 }
 
 fn fast() -> DispatchConfig {
@@ -469,4 +469,73 @@ async fn shutdown_hands_back_what_did_not_finish_in_time() {
     assert!(s.cut_at_deadline);
     assert_eq!(s.released_at_shutdown, 1);
     assert_eq!(outbox.event(1).state, EventState::Pending);
+}
+
+/// A wall clock that panics when read from any task but the dispatcher's own loop: a stand-in for
+/// a bug in a delivery task (the settle path reads the clock for the settlement's time).
+#[derive(Debug)]
+struct FailsInTasks {
+    inner: Arc<ManualClock>,
+    main: std::sync::OnceLock<tokio::task::Id>,
+}
+
+impl WallClock for FailsInTasks {
+    fn now(&self) -> DateTime<Utc> {
+        if let (Some(main), Some(here)) = (self.main.get(), tokio::task::try_id())
+            && *main != here
+        {
+            panic!("test: the wall clock fails inside a delivery task");
+        }
+        self.inner.now()
+    }
+}
+
+/// A delivery task that panics must not leave a dispatcher that looks alive and delivers nothing:
+/// `run` stops by itself with an error, after handing back the event the task held.
+#[tokio::test]
+async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_its_event_back() {
+    let mock = start_mock(|_| {}).await;
+    let register = Register {
+        environment: "local".into(),
+        base_url: mock.kfr_base_url(),
+        org_number: ORG.into(),
+    }
+    .key();
+    let outbox = SharedOutbox::default();
+    let handle = OutboxHandle::spawn(Box::new(outbox.clone())).unwrap();
+    let clock = Arc::new(FailsInTasks {
+        inner: ManualClock::new(Utc::now()),
+        main: std::sync::OnceLock::new(),
+    });
+    let (_stop, rx) = watch::channel(false);
+    let d = Dispatcher::new(
+        handle.clone(),
+        client(&mock, ORG),
+        register.clone(),
+        fast(),
+        Health::new(),
+    )
+    .with_clock(clock.clone());
+    let run = tokio::spawn(d.run(rx));
+    clock.main.set(run.id()).unwrap();
+    let p = synthetic_people(1).remove(0);
+    handle
+        .enqueue(register, vec![event(1, Operation::Add, &p, None)])
+        .await
+        .unwrap();
+    // A guard against hanging only: the dispatcher is expected to stop at once.
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the dispatcher stops by itself when a task panics")
+        .expect("run itself does not panic");
+    let err = result.expect_err("a panicked task is an error, not a clean stop");
+    assert!(
+        matches!(&err, DispatchError::TaskFailed { detail } if detail.contains("the wall clock fails inside a delivery task")),
+        "{err}"
+    );
+    assert_eq!(
+        outbox.event(1).state,
+        EventState::Pending,
+        "handed back for the next start"
+    );
 }

@@ -58,21 +58,21 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in progress.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why ingest could not start. Each message says what to change.
+/// Why ingest could not start. Each message says what is wrong; its [`Hinted`] hint says what
+/// to change.
+///
+/// [`Hinted`]: crate::error::Hinted
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("cannot read the ingest key file {path}: {source}")]
+    #[error("cannot read the ingest key file {path}")]
     KeyFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "the ingest key file {path} is accessible to group or others (mode {mode:04o}); \
-         run `chmod 600 {path}` so only the agent's user can read it"
-    )]
+    #[error("the ingest key file {path} is accessible to group or others (mode {mode:04o})")]
     KeyFilePermissions { path: PathBuf, mode: u32 },
-    #[error("the ingest key in {path} is shorter than {MIN_KEY_LEN} characters; generate a longer random key")]
+    #[error("the ingest key in {path} is shorter than {MIN_KEY_LEN} characters")]
     KeyTooShort { path: PathBuf },
     #[error("cannot use the TLS {what} {path}: {detail}")]
     Tls {
@@ -81,16 +81,40 @@ pub enum IngestError {
         detail: String,
     },
     #[error(
-        "refusing plain HTTP on {addr}: events carry customer identifiers; set tls_cert and tls_key, \
-         listen on a loopback address, or set allow_plain_http if a trusted proxy terminates TLS"
+        "refusing plain HTTP on {addr}: events carry customer identifiers, so without TLS only a \
+         loopback address is allowed (or allow_plain_http behind a trusted proxy)"
     )]
     PlainHttpNotLoopback { addr: SocketAddr },
-    #[error("cannot listen for events on {addr}: {source}")]
+    #[error("cannot listen for events on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl crate::error::Hinted for IngestError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            IngestError::KeyFile { path, .. } => format!(
+                "check the path given by --ingest-key-file or sync.ingest_key_file ({}), and that the agent's user may read it",
+                path.display()
+            ),
+            IngestError::KeyFilePermissions { path, .. } => format!(
+                "run `chmod 600 {}` and make the agent's user its owner, so no other local user can read the key",
+                path.display()
+            ),
+            IngestError::KeyTooShort { path } => format!(
+                "write a random key of at least {MIN_KEY_LEN} characters, e.g. `(umask 077; head -c 24 /dev/urandom | base64 > {})`, and give the core system the same key",
+                path.display()
+            ),
+            IngestError::Tls { .. } => "--tls-cert (sync.tls_cert) must be the PEM certificate chain and --tls-key (sync.tls_key) its PEM private key, both readable by the agent's user and belonging together".into(),
+            IngestError::PlainHttpNotLoopback { .. } => "give the endpoint TLS (--tls-cert and --tls-key), listen on loopback (--listen 127.0.0.1:8090), or, only if a trusted proxy in front terminates TLS, pass --allow-plain-http (sync.allow_plain_http)".into(),
+            IngestError::Bind { addr, .. } => format!(
+                "another process may be listening on {addr} (a second agent?), or it is not an address of this host: stop it or choose another --listen (sync.listen)"
+            ),
+        })
+    }
 }
 
 /// The bearer key senders must present. Never printed.
