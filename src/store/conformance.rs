@@ -724,7 +724,8 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
 pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &mut dyn Harness) {
     const CLI: &str = "cli:conformance";
     let own = |b: &mut dyn OutboxBackend, id: &str, customer: &str, op: Operation| {
-        b.enqueue_and_claim(R, &ev(id, customer, op), CLI, t(0)).unwrap()
+        b.enqueue_and_claim(R, &ev(id, customer, op), Uuid::new_v4(), CLI, t(0))
+            .unwrap()
     };
     let b = h.backend();
 
@@ -858,6 +859,31 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         own(b, "own-a5", A, Operation::Add),
         OwnEvent::Queued { ahead: 1, .. }
     ));
+
+    // A rerun behind its own earlier operation sends that one first; not an agent's event, not
+    // one still waiting for its retry time.
+    b.retry_dead(DeadLetters::All).unwrap();
+    let mut mine = ev("own-a6", A, Operation::Remove);
+    mine.source = "kfr remove".into();
+    assert!(matches!(
+        b.enqueue_and_claim(R, &mine, Uuid::new_v4(), CLI, t(30)).unwrap(),
+        OwnEvent::Queued { ahead: 2, .. }
+    ));
+    let sources = ["kfr add", "kfr remove"];
+    assert_eq!(b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap(), None, "own-a4 is the conformance source's");
+    for want in ["own-a4", "own-a5"] {
+        let got = claim(b, R, 30, 10);
+        assert_eq!(ids(&got), [want]);
+        b.settle(&[delivered(got[0].seq, Operation::Add, 30)]).unwrap();
+    }
+    let head = b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap().unwrap();
+    assert_eq!((head.event_id.as_str(), head.state), ("own-a6", EventState::InFlight));
+    assert!(claim(b, R, 30, 10).is_empty(), "held for the caller");
+    let gone = ClaimEnd::Delivered {
+        delivery: Delivery::NotFound,
+        echoed_correlation_id: None,
+    };
+    assert_eq!(b.finish_claim(head.seq, CLI, &gone, t(30)).unwrap(), ClaimFinished::Recorded);
 
     // A sync agent's restart takes back a claim left in flight; the claimer then records nothing.
     let OwnEvent::Claimed(z) = own(b, "own-b-add", B, Operation::Add) else {

@@ -393,15 +393,17 @@ pub trait OutboxBackend: Send {
     /// `claimer`. Nothing else hands out a claimed event or anything behind it until the claimer
     /// finishes it ([`OutboxBackend::finish_claim`]), so the caller's request is its customer's
     /// only one in flight. Otherwise the event waits in the queue like any other and whoever
-    /// delivers the queue sends it in turn. The event's CorrelationID is fixed as by `enqueue`.
+    /// delivers the queue sends it in turn. `correlation_id` is the event's for life (the caller
+    /// may have been given one to use).
     fn enqueue_and_claim(
         &mut self,
         register: &str,
         event: &NewEvent,
+        correlation_id: Uuid,
         claimer: &str,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        let _ = (register, event, claimer, now);
+        let _ = (register, event, correlation_id, claimer, now);
         Err(StoreError::Other(
             "this store backend cannot claim a caller's own event".into(),
         ))
@@ -422,6 +424,25 @@ pub trait OutboxBackend: Send {
         let _ = (seq, claimer, end, at);
         Err(StoreError::Other(
             "this store backend cannot finish a caller's own claim".into(),
+        ))
+    }
+
+    /// Claims `customer`'s head in `register` for `claimer` if it is pending and due
+    /// (`next_attempt_at` passed), not a remove held by the barrier, and from one of `sources`;
+    /// `None` otherwise. A caller queued behind its own earlier operations (a rerun of `kfr add`
+    /// after a failure) sends them first, in order, with no sync agent running. Finished with
+    /// [`OutboxBackend::finish_claim`].
+    fn claim_head_of(
+        &mut self,
+        register: &str,
+        customer: &str,
+        sources: &[&str],
+        claimer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OutboxEvent>, StoreError> {
+        let _ = (register, customer, sources, claimer, now);
+        Err(StoreError::Other(
+            "this store backend cannot claim one customer's head".into(),
         ))
     }
 }

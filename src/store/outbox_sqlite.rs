@@ -774,10 +774,11 @@ impl OutboxBackend for Store {
         &mut self,
         register: &str,
         event: &NewEvent,
+        correlation_id: Uuid,
         claimer: &str,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        self.outbox_tx(true, |tx| enqueue_and_claim_in(tx, register, event, claimer, now))
+        self.outbox_tx(true, |tx| enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now))
     }
 
     fn finish_claim(
@@ -788,6 +789,35 @@ impl OutboxBackend for Store {
         at: DateTime<Utc>,
     ) -> Result<ClaimFinished, StoreError> {
         self.outbox_tx(true, |tx| finish_claim_in(tx, seq, claimer, end, at))
+    }
+
+    fn claim_head_of(
+        &mut self,
+        register: &str,
+        customer: &str,
+        sources: &[&str],
+        claimer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OutboxEvent>, StoreError> {
+        self.outbox_tx(true, |tx| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND customer_id = ?2 AND head = 1"
+            );
+            let Some(mut head) = tx.query_row(&sql, params![register, customer], event_row).optional()? else {
+                return Ok(None);
+            };
+            let due = head.next_attempt_at.is_none_or(|t| t <= now);
+            let barred = head.op == Operation::Remove && barrier_in(tx, register)?.is_some();
+            if head.state != EventState::Pending || !due || barred || !sources.contains(&head.source.as_str()) {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE outbox SET state = 'in_flight', claimer = ?1 WHERE seq = ?2",
+                params![claimer, head.seq],
+            )?;
+            head.state = EventState::InFlight;
+            Ok(Some(head))
+        })
     }
 }
 
@@ -804,6 +834,7 @@ fn enqueue_and_claim_in(
     tx: &Transaction<'_>,
     register: &str,
     ev: &NewEvent,
+    correlation_id: Uuid,
     claimer: &str,
     now: DateTime<Utc>,
 ) -> Result<OwnEvent, Fault> {
@@ -821,7 +852,6 @@ fn enqueue_and_claim_in(
         |r| r.get(0),
     )?;
     let barrier = barrier_in(tx, register)?;
-    let correlation_id = Uuid::new_v4();
     let seq = insert_event(tx, register, ev, correlation_id, now)?;
     // The barrier holds a remove at a head (D-3 step 4); an add with nothing ahead goes in
     // parallel with the load (step 3), as `claim_ready` decides for the dispatcher.
