@@ -870,7 +870,11 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         OwnEvent::Queued { ahead: 2, .. }
     ));
     let sources = ["kfr add", "kfr remove"];
-    assert_eq!(b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap(), None, "own-a4 is the conformance source's");
+    assert_eq!(
+        b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap(),
+        None,
+        "own-a4 is the conformance source's"
+    );
     for want in ["own-a4", "own-a5"] {
         let got = claim(b, R, 30, 10);
         assert_eq!(ids(&got), [want]);
@@ -883,7 +887,10 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         delivery: Delivery::NotFound,
         echoed_correlation_id: None,
     };
-    assert_eq!(b.finish_claim(head.seq, CLI, &gone, t(30)).unwrap(), ClaimFinished::Recorded);
+    assert_eq!(
+        b.finish_claim(head.seq, CLI, &gone, t(30)).unwrap(),
+        ClaimFinished::Recorded
+    );
 
     // A sync agent's restart takes back a claim left in flight; the claimer then records nothing.
     let OwnEvent::Claimed(z) = own(b, "own-b-add", B, Operation::Add) else {

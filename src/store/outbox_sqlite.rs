@@ -778,7 +778,9 @@ impl OutboxBackend for Store {
         claimer: &str,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        self.outbox_tx(true, |tx| enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now))
+        self.outbox_tx(true, |tx| {
+            enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now)
+        })
     }
 
     fn finish_claim(
@@ -800,9 +802,8 @@ impl OutboxBackend for Store {
         now: DateTime<Utc>,
     ) -> Result<Option<OutboxEvent>, StoreError> {
         self.outbox_tx(true, |tx| {
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND customer_id = ?2 AND head = 1"
-            );
+            let sql =
+                format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND customer_id = ?2 AND head = 1");
             let Some(mut head) = tx.query_row(&sql, params![register, customer], event_row).optional()? else {
                 return Ok(None);
             };
