@@ -108,6 +108,7 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
         claimer: &claimer,
         client: &client,
         org: &org,
+        own_op: op,
     };
     let (seq, ahead, barrier) = match store.enqueue_and_claim(&register, &event, cid, &claimer, now)? {
         OwnEvent::Claimed(ev) => return ctx.send(&mut store, &ev, true).await,
@@ -170,6 +171,8 @@ struct Ctx<'a> {
     claimer: &'a str,
     client: &'a crate::kfr::KfrClient,
     org: &'a str,
+    /// This command's own operation.
+    own_op: Operation,
 }
 
 impl Ctx<'_> {
@@ -233,6 +236,9 @@ impl Ctx<'_> {
                     ));
                 }
                 if !ours {
+                    if self.args.json {
+                        return Ok(());
+                    }
                     let _ = self.p.data(format!(
                         "sent first: the earlier {} of {} queued in {} ({text}, HTTP {status}, CorrelationID {cid})",
                         ev.op.as_str(),
@@ -294,8 +300,19 @@ impl Ctx<'_> {
                         format!("{where_} was taken over by a sync agent that started meanwhile; it sends it again")
                     }
                 };
-                let what = if ours { "" } else { "the earlier " };
-                Err(anyhow::Error::new(e).context(format!("cannot {} {}{}: {then}", ev.op.as_str(), what, who(&id))))
+                let (what, behind) = if ours {
+                    ("", String::new())
+                } else {
+                    (
+                        "the earlier ",
+                        format!("; this {} waits behind it", self.own_op.as_str()),
+                    )
+                };
+                Err(anyhow::Error::new(e).context(format!(
+                    "cannot {} {what}{}: {then}{behind}",
+                    ev.op.as_str(),
+                    who(&id)
+                )))
             }
         }
     }
