@@ -16,6 +16,7 @@ mod load;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
+mod relationship_order;
 mod sync_cli;
 mod sync_reliability;
 mod token;

@@ -5,7 +5,7 @@
 //! the interface deliberately does not offer (starting and ending a load, making a write fail) —
 //! and expands [`outbox_conformance_tests!`] to get one `#[test]` per property.
 
-use super::outbox::{DeadLetters, Seq};
+use super::outbox::{ClaimEnd, ClaimFinished, DeadLetters, OwnEvent, Seq};
 use super::outbox::{
     Delivery, Enqueued, EventState, LedgerState, NewEvent, OutboxBackend, OutboxEvent, Recovered, Rejection, Settlement,
 };
@@ -35,7 +35,8 @@ macro_rules! outbox_conformance_tests {
             barrier_holds_removes_and_what_is_behind_them_not_free_adds,
             recover_requeues_singles_and_marks_batch_events_of_unknown_fate, batch_accepted_then_ingested,
             settle_updates_the_ledger, purge_removes_only_finished_events_before_the_cutoff, status_counts,
-            registers_are_isolated, correlation_id_is_stable_across_claims_and_recover);
+            registers_are_isolated, correlation_id_is_stable_across_claims_and_recover,
+            a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -708,8 +709,206 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
         status_counts,
         registers_are_isolated,
         correlation_id_is_stable_across_claims_and_recover,
+        a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer,
     ];
     for p in props {
         p(&mut *make());
     }
+}
+
+/// `enqueue_and_claim` / `finish_claim`: a caller that sends its own event (`kfr add`, `kfr
+/// remove`) gets it in flight only when it is its customer's head and may go now; while it holds
+/// it nothing else of that customer is handed out; anything ahead (pending or in flight, or the
+/// barrier for a remove) queues it instead; a claim taken back by `recover` is not the caller's
+/// to record any more.
+pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &mut dyn Harness) {
+    const CLI: &str = "cli:conformance";
+    let own = |b: &mut dyn OutboxBackend, id: &str, customer: &str, op: Operation| {
+        b.enqueue_and_claim(R, &ev(id, customer, op), Uuid::new_v4(), CLI, t(0))
+            .unwrap()
+    };
+    let b = h.backend();
+
+    // Nothing ahead: in flight for the caller at once, and its customer is closed to claims.
+    let OwnEvent::Claimed(mine) = own(b, "own-a", A, Operation::Add) else {
+        panic!("a free head is claimed")
+    };
+    assert_eq!((mine.state, mine.customer_id.as_str()), (EventState::InFlight, A));
+    assert_eq!(
+        own(b, "own-a", A, Operation::Add),
+        OwnEvent::Duplicate { seq: mine.seq },
+        "stored once"
+    );
+    put(
+        b,
+        R,
+        &[ev("later-a", A, Operation::Remove), ev("b1", B, Operation::Add)],
+    );
+    let b1 = claim(b, R, 0, 10);
+    assert_eq!(ids(&b1), ["b1"], "nothing of A while the caller holds it");
+    b.settle(&[delivered(b1[0].seq, Operation::Add, 0)]).unwrap();
+    assert_eq!(
+        b.finish_claim(
+            mine.seq,
+            "cli:someone-else",
+            &ClaimEnd::Release { error: "x".into() },
+            t(1)
+        )
+        .unwrap(),
+        ClaimFinished::TakenOver {
+            state: EventState::InFlight
+        },
+        "only the claimer finishes its claim"
+    );
+    let done = ClaimEnd::Delivered {
+        delivery: Delivery::Added,
+        echoed_correlation_id: Some(mine.correlation_id.to_string()),
+    };
+    assert_eq!(
+        b.finish_claim(mine.seq, CLI, &done, t(1)).unwrap(),
+        ClaimFinished::Recorded
+    );
+    let ledger = b.ledger(R).unwrap();
+    assert_eq!(
+        (
+            ledger[0].customer_id.as_str(),
+            ledger[0].state,
+            ledger[0].correlation_id
+        ),
+        (A, LedgerState::Active, mine.correlation_id)
+    );
+    assert!(
+        b.finish_claim(mine.seq, CLI, &done, t(1)).unwrap() != ClaimFinished::Recorded,
+        "recorded once"
+    );
+
+    // Something ahead, pending (later-a) or in flight (handed to the dispatcher now): queued.
+    let out = claim(b, R, 2, 10);
+    assert_eq!(ids(&out), ["later-a"]);
+    let OwnEvent::Queued { ahead, barrier, .. } = own(b, "own-a2", A, Operation::Add) else {
+        panic!("queued behind the dispatcher's event in flight")
+    };
+    assert_eq!((ahead, barrier), (1, None));
+    put(b, R, &[ev("c1", C, Operation::Remove)]);
+    assert!(matches!(
+        own(b, "own-c", C, Operation::Add),
+        OwnEvent::Queued { ahead: 1, .. }
+    ));
+    b.settle(&[delivered(out[0].seq, Operation::Remove, 3)]).unwrap();
+    assert_eq!(
+        drain(b, R, 3),
+        ["own-a2", "c1", "own-c"],
+        "queued own events go in turn, through the dispatcher"
+    );
+
+    // The barrier holds an own remove with nothing ahead, not an own add.
+    let job = h.start_load(R);
+    let b = h.backend();
+    let OwnEvent::Queued { ahead, barrier, .. } = own(b, "own-b-remove", B, Operation::Remove) else {
+        panic!("the barrier holds a remove")
+    };
+    assert_eq!((ahead, barrier), (0, Some(job)));
+    assert!(claim(b, R, 4, 10).is_empty(), "nor does the dispatcher send it");
+    let OwnEvent::Claimed(free_add) = own(b, "own-c-add", C, Operation::Add) else {
+        panic!("an add with nothing ahead goes during a load (D-3 step 3)")
+    };
+
+    // Failed attempts keep the head, as the dispatcher's do.
+    b.finish_claim(
+        free_add.seq,
+        CLI,
+        &ClaimEnd::RetryLater {
+            not_before: t(20),
+            error: "HTTP 503".into(),
+        },
+        t(4),
+    )
+    .unwrap();
+    put(b, R, &[ev("c-after", C, Operation::Add)]);
+    assert!(ids(&claim(b, R, 10, 10)).is_empty(), "C waits for its retry time");
+    let again = claim(b, R, 20, 10);
+    assert_eq!((ids(&again), again[0].attempts), (vec!["own-c-add"], 1));
+    b.settle(&[delivered(again[0].seq, Operation::Add, 20)]).unwrap();
+    h.end_load(job);
+    let b = h.backend();
+    assert_eq!(drain(b, R, 21), ["own-b-remove", "c-after"]);
+
+    // Released (systemic): no attempt counted. Dead-lettered: the customer is parked.
+    let OwnEvent::Claimed(x) = own(b, "own-a3", A, Operation::Remove) else {
+        panic!()
+    };
+    b.finish_claim(
+        x.seq,
+        CLI,
+        &ClaimEnd::Release {
+            error: "KFR-002".into(),
+        },
+        t(22),
+    )
+    .unwrap();
+    let back = claim(b, R, 22, 10);
+    assert_eq!((ids(&back), back[0].attempts), (vec!["own-a3"], 0));
+    b.settle(&[delivered(back[0].seq, Operation::Remove, 22)]).unwrap();
+    let OwnEvent::Claimed(y) = own(b, "own-a4", A, Operation::Add) else {
+        panic!()
+    };
+    b.finish_claim(y.seq, CLI, &ClaimEnd::DeadLetter(rejection()), t(23))
+        .unwrap();
+    assert_eq!(b.dead_letters(Some(R)).unwrap()[0].event.event_id, "own-a4");
+    assert!(matches!(
+        own(b, "own-a5", A, Operation::Add),
+        OwnEvent::Queued { ahead: 1, .. }
+    ));
+
+    // A rerun behind its own earlier operation sends that one first; not an agent's event, not
+    // one still waiting for its retry time.
+    b.retry_dead(DeadLetters::All).unwrap();
+    let mut mine = ev("own-a6", A, Operation::Remove);
+    mine.source = "kfr remove".into();
+    assert!(matches!(
+        b.enqueue_and_claim(R, &mine, Uuid::new_v4(), CLI, t(30)).unwrap(),
+        OwnEvent::Queued { ahead: 2, .. }
+    ));
+    let sources = ["kfr add", "kfr remove"];
+    assert_eq!(
+        b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap(),
+        None,
+        "own-a4 is the conformance source's"
+    );
+    for want in ["own-a4", "own-a5"] {
+        let got = claim(b, R, 30, 10);
+        assert_eq!(ids(&got), [want]);
+        b.settle(&[delivered(got[0].seq, Operation::Add, 30)]).unwrap();
+    }
+    let head = b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap().unwrap();
+    assert_eq!((head.event_id.as_str(), head.state), ("own-a6", EventState::InFlight));
+    assert!(claim(b, R, 30, 10).is_empty(), "held for the caller");
+    let gone = ClaimEnd::Delivered {
+        delivery: Delivery::NotFound,
+        echoed_correlation_id: None,
+    };
+    assert_eq!(
+        b.finish_claim(head.seq, CLI, &gone, t(30)).unwrap(),
+        ClaimFinished::Recorded
+    );
+
+    // A sync agent's restart takes back a claim left in flight; the claimer then records nothing.
+    let OwnEvent::Claimed(z) = own(b, "own-b-add", B, Operation::Add) else {
+        panic!()
+    };
+    assert_eq!(b.recover(R).unwrap().requeued, 1);
+    let resent = claim(b, R, 24, 10);
+    assert_eq!(ids(&resent), ["own-b-add"]);
+    assert_eq!(resent[0].correlation_id, z.correlation_id, "the same request again");
+    let done = ClaimEnd::Delivered {
+        delivery: Delivery::AlreadyPresent,
+        echoed_correlation_id: None,
+    };
+    assert_eq!(
+        b.finish_claim(z.seq, CLI, &done, t(24)).unwrap(),
+        ClaimFinished::TakenOver {
+            state: EventState::InFlight
+        }
+    );
+    b.settle(&[delivered(resent[0].seq, Operation::Add, 25)]).unwrap();
 }

@@ -386,4 +386,109 @@ pub trait OutboxBackend: Send {
 
     /// The load job of `register` that holds removes back, if one is not confirmed yet.
     fn barrier(&mut self, register: &str) -> Result<Option<i64>, StoreError>;
+
+    /// For a caller that sends its own event itself (`kfr add`, `kfr remove`): stores `event` at
+    /// the end of its customer's queue and, in the same transaction, if it is the customer's head
+    /// and may go now (an add, or a remove with the barrier down), marks it in flight for
+    /// `claimer`. Nothing else hands out a claimed event or anything behind it until the claimer
+    /// finishes it ([`OutboxBackend::finish_claim`]), so the caller's request is its customer's
+    /// only one in flight. Otherwise the event waits in the queue like any other and whoever
+    /// delivers the queue sends it in turn. `correlation_id` is the event's for life (the caller
+    /// may have been given one to use).
+    fn enqueue_and_claim(
+        &mut self,
+        register: &str,
+        event: &NewEvent,
+        correlation_id: Uuid,
+        claimer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OwnEvent, StoreError> {
+        let _ = (register, event, correlation_id, claimer, now);
+        Err(StoreError::Other(
+            "this store backend cannot claim a caller's own event".into(),
+        ))
+    }
+
+    /// Records how `claimer`'s attempt on its claimed event `seq` ended, in one transaction, as
+    /// `settle`, `retry_later`, `release` or `dead_letter` would (the ledger moves with a
+    /// delivery). If the event is no longer in flight for `claimer` (a sync agent's `recover`
+    /// took it back, so the agent sends it again), nothing is recorded and the answer says so:
+    /// the one who holds it now records its own answer.
+    fn finish_claim(
+        &mut self,
+        seq: Seq,
+        claimer: &str,
+        end: &ClaimEnd,
+        at: DateTime<Utc>,
+    ) -> Result<ClaimFinished, StoreError> {
+        let _ = (seq, claimer, end, at);
+        Err(StoreError::Other(
+            "this store backend cannot finish a caller's own claim".into(),
+        ))
+    }
+
+    /// Claims `customer`'s head in `register` for `claimer` if it is pending and due
+    /// (`next_attempt_at` passed), not a remove held by the barrier, and from one of `sources`;
+    /// `None` otherwise. A caller queued behind its own earlier operations (a rerun of `kfr add`
+    /// after a failure) sends them first, in order, with no sync agent running. Finished with
+    /// [`OutboxBackend::finish_claim`].
+    fn claim_head_of(
+        &mut self,
+        register: &str,
+        customer: &str,
+        sources: &[&str],
+        claimer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OutboxEvent>, StoreError> {
+        let _ = (register, customer, sources, claimer, now);
+        Err(StoreError::Other(
+            "this store backend cannot claim one customer's head".into(),
+        ))
+    }
+}
+
+/// What [`OutboxBackend::enqueue_and_claim`] did with a caller's own event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnEvent {
+    /// Stored as its customer's head and in flight for the caller alone: send it now.
+    Claimed(OutboxEvent),
+    /// Stored behind `ahead` unfinished events of its customer, or (`ahead` 0) a remove held by
+    /// the barrier of load job `barrier`; `barrier` is that job whenever one holds removes of
+    /// the register. Whoever delivers the queue (the sync agent, a load) sends it in turn.
+    Queued {
+        seq: Seq,
+        correlation_id: Uuid,
+        ahead: u64,
+        barrier: Option<i64>,
+    },
+    /// The event id was already stored as `seq`; nothing was written or claimed.
+    Duplicate { seq: Seq },
+}
+
+/// How a caller's attempt on its own claimed event ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimEnd {
+    /// KFR is in the wanted state (as [`OutboxBackend::settle`]).
+    Delivered {
+        delivery: Delivery,
+        echoed_correlation_id: Option<String>,
+    },
+    /// A failed attempt (transient): pending again, not before `not_before`, attempt counted
+    /// (as [`OutboxBackend::retry_later`]).
+    RetryLater { not_before: DateTime<Utc>, error: String },
+    /// Handed back without counting an attempt (systemic failure, or never sent), as
+    /// [`OutboxBackend::release`]; `error` is kept for the operator.
+    Release { error: String },
+    /// Refused for its content (as [`OutboxBackend::dead_letter`]).
+    DeadLetter(Rejection),
+}
+
+/// Whether [`OutboxBackend::finish_claim`] recorded the caller's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimFinished {
+    Recorded,
+    /// The event was no longer the caller's claim (it is now in `state`); nothing was recorded.
+    TakenOver {
+        state: EventState,
+    },
 }

@@ -13,6 +13,7 @@
 //! RFC 3339 UTC with nanoseconds (fixed width, so they sort as text).
 
 use super::Store;
+use super::outbox::{ClaimEnd, ClaimFinished, OwnEvent};
 use super::outbox::{
     DeadLetter, DeadLetters, Delivery, Enqueued, EventState, LedgerEntry, LedgerState, NewEvent, OutboxBackend,
     OutboxEvent, OutboxStatus, Recovered, Rejection, Seq, Settlement, StoreError,
@@ -836,6 +837,178 @@ impl OutboxBackend for Store {
     fn barrier(&mut self, register: &str) -> Result<Option<i64>, StoreError> {
         self.outbox_tx(false, |tx| Ok(barrier_in(tx, register)?))
     }
+
+    fn enqueue_and_claim(
+        &mut self,
+        register: &str,
+        event: &NewEvent,
+        correlation_id: Uuid,
+        claimer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OwnEvent, StoreError> {
+        self.outbox_tx(true, |tx| {
+            enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now)
+        })
+    }
+
+    fn finish_claim(
+        &mut self,
+        seq: Seq,
+        claimer: &str,
+        end: &ClaimEnd,
+        at: DateTime<Utc>,
+    ) -> Result<ClaimFinished, StoreError> {
+        self.outbox_tx(true, |tx| finish_claim_in(tx, seq, claimer, end, at))
+    }
+
+    fn claim_head_of(
+        &mut self,
+        register: &str,
+        customer: &str,
+        sources: &[&str],
+        claimer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OutboxEvent>, StoreError> {
+        self.outbox_tx(true, |tx| {
+            let sql =
+                format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND customer_id = ?2 AND head = 1");
+            let Some(mut head) = tx.query_row(&sql, params![register, customer], event_row).optional()? else {
+                return Ok(None);
+            };
+            let due = head.next_attempt_at.is_none_or(|t| t <= now);
+            let barred = head.op == Operation::Remove && barrier_in(tx, register)?.is_some();
+            if head.state != EventState::Pending || !due || barred || !sources.contains(&head.source.as_str()) {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE outbox SET state = 'in_flight', claimer = ?1 WHERE seq = ?2",
+                params![claimer, head.seq],
+            )?;
+            head.state = EventState::InFlight;
+            Ok(Some(head))
+        })
+    }
+}
+
+// ---- A caller's own claim (`kfr add`, `kfr remove`) ------------------------------------------
+//
+// Kept apart from the dispatcher's paths above: these run once per command, so they favour
+// plain statements over cached ones, and share only the helpers (`insert_event`, `finish_head`,
+// `set_ledger`) with them.
+
+/// [`OutboxBackend::enqueue_and_claim`] inside its write transaction: the look at the customer's
+/// queue, the insert and the claim happen under one write lock, so no dispatcher's `claim_ready`
+/// can see the event pending in between.
+fn enqueue_and_claim_in(
+    tx: &Transaction<'_>,
+    register: &str,
+    ev: &NewEvent,
+    correlation_id: Uuid,
+    claimer: &str,
+    now: DateTime<Utc>,
+) -> Result<OwnEvent, Fault> {
+    let known: Option<Seq> = tx
+        .query_row("SELECT seq FROM outbox WHERE event_id = ?1", [&ev.event_id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(seq) = known {
+        return Ok(OwnEvent::Duplicate { seq });
+    }
+    let ahead: u64 = tx.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND state NOT IN ('delivered', 'dropped')",
+        params![register, ev.customer_id],
+        |r| r.get(0),
+    )?;
+    let barrier = barrier_in(tx, register)?;
+    let seq = insert_event(tx, register, ev, correlation_id, now)?;
+    // The barrier holds a remove at a head (D-3 step 4); an add with nothing ahead goes in
+    // parallel with the load (step 3), as `claim_ready` decides for the dispatcher.
+    if ahead > 0 || (ev.op == Operation::Remove && barrier.is_some()) {
+        return Ok(OwnEvent::Queued {
+            seq,
+            correlation_id,
+            ahead,
+            barrier,
+        });
+    }
+    tx.execute(
+        "UPDATE outbox SET state = 'in_flight', claimer = ?1 WHERE seq = ?2 AND head = 1 AND state = 'pending'",
+        params![claimer, seq],
+    )?;
+    let claimed = event(tx, seq)?;
+    require(&claimed, &[EventState::InFlight], "claimed")?;
+    Ok(OwnEvent::Claimed(claimed))
+}
+
+/// [`OutboxBackend::finish_claim`] inside its write transaction.
+fn finish_claim_in(
+    tx: &Transaction<'_>,
+    seq: Seq,
+    claimer: &str,
+    end: &ClaimEnd,
+    at: DateTime<Utc>,
+) -> Result<ClaimFinished, Fault> {
+    let ev = event(tx, seq)?;
+    let holder: Option<String> = tx.query_row("SELECT claimer FROM outbox WHERE seq = ?1", [seq], |r| r.get(0))?;
+    if ev.state != EventState::InFlight || holder.as_deref() != Some(claimer) {
+        return Ok(ClaimFinished::TakenOver { state: ev.state });
+    }
+    match end {
+        ClaimEnd::Delivered {
+            delivery,
+            echoed_correlation_id,
+        } => {
+            let wanted = match ev.op {
+                Operation::Add => LedgerState::Active,
+                Operation::Remove => LedgerState::Ended,
+            };
+            if ledger_state(*delivery) != wanted {
+                return Err(wrong(
+                    seq,
+                    format!(
+                        "is {} and cannot be settled as {}",
+                        ev.op.as_str(),
+                        delivery_str(*delivery)
+                    ),
+                ));
+            }
+            tx.execute(
+                "UPDATE outbox SET state = 'delivered', finished_at = ?1, delivery = ?2, echoed_correlation_id = ?3,
+                     attempts = attempts + 1, failing_since = NULL, next_attempt_at = NULL, last_error = NULL,
+                     claimer = NULL
+                 WHERE seq = ?4",
+                params![ts(at), delivery_str(*delivery), echoed_correlation_id, seq],
+            )?;
+            finish_head(tx, seq, &ev.register, &ev.customer_id)?;
+            let start = (wanted == LedgerState::Active).then_some(ev.start_date).flatten();
+            set_ledger(tx, &ev.register, &ev.customer_id, wanted, start, at, ev.correlation_id)?;
+        }
+        ClaimEnd::RetryLater { not_before, error } => {
+            tx.execute(
+                "UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?1,
+                     failing_since = COALESCE(failing_since, ?2), last_error = ?3, claimer = NULL
+                 WHERE seq = ?4",
+                params![ts(*not_before), ts(at), error, seq],
+            )?;
+        }
+        ClaimEnd::Release { error } => {
+            tx.execute(
+                "UPDATE outbox SET state = 'pending', last_error = ?1, claimer = NULL WHERE seq = ?2",
+                params![error, seq],
+            )?;
+        }
+        ClaimEnd::DeadLetter(rejection) => {
+            let json = serde_json::to_string(rejection).map_err(|e| Fault::Store(StoreError::Other(e.to_string())))?;
+            tx.execute(
+                "UPDATE outbox SET state = 'dead_lettered', attempts = attempts + 1, rejection = ?1, dead_at = ?2,
+                     last_error = ?3, claimer = NULL
+                 WHERE seq = ?4",
+                params![json, ts(at), rejection.reason, seq],
+            )?;
+        }
+    }
+    Ok(ClaimFinished::Recorded)
 }
 
 #[cfg(test)]

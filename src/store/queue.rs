@@ -29,6 +29,11 @@
 //! is the store's load job's (the running one, else the latest; `''` when that job predates
 //! registers). Ids are outbox seqs: issue order, never reused.
 //!
+//! `kfr add` / `kfr remove` no longer call [`CustomerQueue::enqueue`]: they store and claim
+//! through the outbox (`OutboxBackend::enqueue_and_claim`), which applies the same two rules
+//! against the sync agent's events of their register as well. What they queue is held here like
+//! before (same sources), so the load sends it once confirmed.
+//!
 //! A failed attempt ([`CustomerQueue::park`]) keeps the event pending at its customer's head with
 //! a next-attempt time no clock reaches, so neither the load nor the sync agent sends it again
 //! before [`CustomerQueue::release`] (the next `kfr load --resume`).
