@@ -349,14 +349,14 @@ fn assert_no_identifier(log: &Path, ids: &[String]) {
     }
 }
 
-/// The outage of test (a). Issue 11 asks for 30 s; with the agent's debug-build throughput on
-/// two cores (a durable commit per settled event) that would push this file past its time
-/// budget, so 15 s, still far longer than any backoff (1 s) and several Retry-After rounds.
-const OUTAGE_SECS: u64 = 15;
+/// The outage of test (a), as issue 11 item 8 asks: far longer than any backoff (1 s here) and
+/// many Retry-After rounds, with a restart of the agent in the middle of it.
+const OUTAGE_SECS: u64 = 30;
 
-/// Events of test (a): enough for every fault kind to hit many customers several times over,
-/// small enough for the time budget (see [`OUTAGE_SECS`]).
-const EVENTS_A: usize = 1200;
+/// Events of test (a), as issue 11 item 8 asks, over [`CUSTOMERS_A`] customers: about eight
+/// each, so every fault kind hits many customers several times over.
+const EVENTS_A: usize = 5000;
+const CUSTOMERS_A: usize = 600;
 
 /// Posts `events` in chunks; each chunk must be acknowledged (202).
 async fn post_all(r: &Rig, ingest: &str, events: &[Event], chunk: usize) {
@@ -375,7 +375,7 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, within: Durati
 }
 
 /// (a) and (e): 10 % 500s, 5 % timeouts, a burst of 429s, an outage and a graceful restart in
-/// the middle of it; 1,200 events over 150 customers. Everything is delivered, in order per
+/// the middle of it; 5,000 events over 600 customers. Everything is delivered, in order per
 /// customer, nothing is dead-lettered, and neither log form (JSON before the restart, text after)
 /// holds a full identifier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +389,7 @@ async fn faults_and_an_outage_lose_nothing_and_keep_each_customers_order() {
     })
     .await;
     let mock = r.mock.state();
-    let customers = tenor_persons(11, 150);
+    let customers = tenor_persons(11, CUSTOMERS_A);
     let evs = events(&mut Rng(0x005e_ed0a), &customers, EVENTS_A, "a");
     let (json_log, text_log) = (r.dir.join("agent.json.log"), r.dir.join("agent.log"));
     let agent = r.agent(&json_log, true, &[]);
@@ -432,7 +432,7 @@ async fn faults_and_an_outage_lose_nothing_and_keep_each_customers_order() {
         "the events were meant to arrive during the outage"
     );
 
-    let status = r.settled(EVENTS_A as u64, Duration::from_secs(OUTAGE_SECS + 60)).await;
+    let status = r.settled(EVENTS_A as u64, Duration::from_secs(OUTAGE_SECS + 120)).await;
     assert_eq!(status["delivered"], EVENTS_A as u64, "{status}");
     assert_eq!(status["dead_lettered"], 0, "{status}");
     assert!(status["oldest_unfinished"].is_null(), "{status}");
