@@ -306,6 +306,34 @@ async fn the_agent_exits_1_naming_its_spool_source_when_the_directory_disappears
     );
 }
 
+/// The state file deleted under a running agent: what it acknowledged would go to a file no one
+/// opens again. It refuses events (503, or no answer once stopped: the core system keeps them)
+/// and exits 1 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_events_and_exits_1_when_its_state_file_is_deleted() {
+    let env = setup().await;
+    let agent = Agent::start(&env);
+    for f in ["s.db", "s.db-wal", "s.db-shm"] {
+        let _ = std::fs::remove_file(env.dir.join(f));
+    }
+    let post = reqwest::Client::new()
+        .post(&agent.events_url)
+        .bearer_auth("a-long-random-test-key-0123456789")
+        .header("Content-Type", "application/json")
+        .body(r#"{"op":"remove","customer_id":"15108695088"}"#)
+        .send()
+        .await;
+    // Refused, or the agent already stopped (its dispatcher noticed first): never a 202.
+    if let Ok(r) = post {
+        assert_eq!(r.status(), 503, "an event was acknowledged into a deleted file");
+    }
+    let (code, log) = agent.exited().await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("was removed or replaced while kfr had it open"), "{log}");
+    assert!(log.contains("hint: put the store back"), "{log}");
+    assert!(!log.contains("15108695088"), "{log}");
+}
+
 /// The HTTP source's start-up refusals each end with a `hint:` saying what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_source_s_setup_errors_say_what_to_do() {

@@ -19,6 +19,13 @@ use uuid::Uuid;
 /// Most requests taken into one group commit (bounds a transaction's size and latency).
 const MAX_GROUP: usize = 256;
 
+/// How long a settlement may wait for others to share its commit, and how many end the wait
+/// early. Settlements come from many requests finishing close together; a commit (a WAL write
+/// and an fsync) per few of them was the largest single cost of a delivered event
+/// (docs/benchmarks.md, "Sync agent"). A request of another kind ends the wait at once.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+const SETTLE_ENOUGH: usize = 64;
+
 type Job = Box<dyn FnOnce(&mut dyn OutboxBackend) + Send>;
 type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
 type SettleReply = oneshot::Sender<Result<(), StoreError>>;
@@ -164,14 +171,32 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
             Request::Other(job) => job(backend.as_mut()),
             Request::Settle { settlements, reply } => {
                 let mut group = vec![(settlements, reply)];
+                let mut count = group[0].0.len();
+                let until = std::time::Instant::now() + SETTLE_WAIT;
                 while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(Request::Settle { settlements, reply }) => group.push((settlements, reply)),
-                        Ok(other) => {
+                    let next = match rx.try_recv() {
+                        Ok(r) => r,
+                        Err(mpsc::TryRecvError::Disconnected) => break,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            let left = until.saturating_duration_since(std::time::Instant::now());
+                            if count >= SETTLE_ENOUGH || left.is_zero() {
+                                break;
+                            }
+                            match rx.recv_timeout(left) {
+                                Ok(r) => r,
+                                Err(_) => break,
+                            }
+                        }
+                    };
+                    match next {
+                        Request::Settle { settlements, reply } => {
+                            count += settlements.len();
+                            group.push((settlements, reply));
+                        }
+                        other => {
                             carried = Some(other);
                             break;
                         }
-                        Err(_) => break,
                     }
                 }
                 settle_group(backend.as_mut(), group);

@@ -239,6 +239,21 @@ pub const MIGRATIONS: &[&str] = &[
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Device and inode of the file opened, to notice it deleted or replaced under us.
+    identity: Option<(u64, u64)>,
+}
+
+/// Device and inode of the file at `path` (`None` when there is none, or off Unix).
+pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        path.exists().then_some((0, 0))
+    }
 }
 
 /// Now, as stored: RFC 3339 UTC with milliseconds (sorts as text).
@@ -278,9 +293,15 @@ impl Store {
             );
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // The sync agent touches a customer's queue, head and ledger pages at random: a 32 MiB
+        // page cache (default 2 MiB) keeps them in memory, and checkpointing the WAL every 10,000
+        // pages (default 1,000) writes a page changed by many commits back once. Together about
+        // 8 % more delivered events a second (docs/benchmarks.md, "Sync agent").
+        conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 10000;")?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            identity: file_identity(path),
         })
     }
 

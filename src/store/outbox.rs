@@ -300,6 +300,10 @@ pub enum StoreError {
     /// The disk refused the write (full, read-only, permissions).
     #[error("the state store {path} cannot be written: {detail}")]
     NotWritable { path: String, detail: String },
+    /// The file at the store's path is no longer the one kfr opened (deleted, moved or
+    /// replaced): anything written now would be lost, so nothing is.
+    #[error("the state store {path} was removed or replaced while kfr had it open; nothing more is written to it")]
+    Replaced { path: String },
     /// A seq that does not exist, or is not in the state the operation needs.
     #[error("event {seq} {problem}")]
     WrongState { seq: Seq, problem: String },

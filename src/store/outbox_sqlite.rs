@@ -177,6 +177,9 @@ impl crate::error::Hinted for StoreError {
             StoreError::NotWritable { path, .. } => format!(
                 "free disk space or fix the permissions of {path} and its directory (kfr needs to write it, its -wal and -shm files)"
             ),
+            StoreError::Replaced { path } => format!(
+                "put the store back at {path} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the file kfr had open"
+            ),
             StoreError::WrongState { .. } => return None,
             StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
             StoreError::Other(_) => return None,
@@ -341,9 +344,25 @@ impl Store {
         } else {
             TransactionBehavior::Deferred
         };
+        let identity = self.identity;
+        let file = self.path.clone();
+        // A write goes only to the file that is still at the store's path: one written to a
+        // deleted or replaced file would be acknowledged and then lost. Checked before (a
+        // replacement can also confuse SQLite's shared WAL index, whose errors say less) and
+        // again just before the commit.
+        let still_ours = || -> Result<(), Fault> {
+            if write && super::file_identity(&file) != identity {
+                return Err(Fault::Store(StoreError::Replaced {
+                    path: file.display().to_string(),
+                }));
+            }
+            Ok(())
+        };
         let run = |conn: &mut Connection| -> Result<T, Fault> {
+            still_ours()?;
             let tx = conn.transaction_with_behavior(behavior)?;
             let out = f(&tx)?;
+            still_ours()?;
             tx.commit()?;
             Ok(out)
         };
@@ -1262,6 +1281,32 @@ mod tests {
             assert_eq!(scans.count(), 0, "{sql}\n{p}");
             assert!(!p.contains("TEMP B-TREE"), "sorts in memory: {sql}\n{p}");
         }
+    }
+
+    /// The state file deleted or replaced under a running agent: an enqueue must fail (so its
+    /// source answers 503) rather than commit into a file nobody will open again.
+    #[test]
+    fn nothing_is_committed_once_the_file_at_the_path_is_not_the_one_opened() {
+        use crate::error::Hinted as _;
+        use conformance::ev;
+        let (d, mut s) = store();
+        let path = d.path().join("s.db");
+        let reg = "env|http://kfr|916960190";
+        s.enqueue(reg, &[ev("e1", "c1", Operation::Add)]).unwrap();
+        // Moved away and a fresh file put in its place (a restore over a running agent, say).
+        std::fs::rename(&path, d.path().join("moved.db")).unwrap();
+        let err = s.enqueue(reg, &[ev("e2", "c1", Operation::Add)]).unwrap_err();
+        assert!(matches!(err, StoreError::Replaced { .. }), "{err:?}");
+        assert!(err.hint().unwrap().contains("restart kfr"));
+        Store::open(&path).unwrap();
+        let r = s.enqueue(reg, &[ev("e3", "c1", Operation::Add)]);
+        assert!(matches!(r, Err(StoreError::Replaced { .. })), "{r:?}");
+        // Deleted outright.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            s.enqueue(reg, &[ev("e4", "c1", Operation::Add)]),
+            Err(StoreError::Replaced { .. })
+        ));
     }
 
     #[test]

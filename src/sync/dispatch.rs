@@ -288,7 +288,11 @@ impl Dispatcher {
                             }
                         }
                     }
-                    Err(StoreError::Stopped) => return Err(StoreError::Stopped.into()),
+                    // No store to write to: stop, so the agent exits and a supervisor sees it.
+                    Err(e @ (StoreError::Stopped | StoreError::Replaced { .. })) => {
+                        sh.health.set_store_problem(Some(e.to_string()));
+                        return Err(e.into());
+                    }
                     Err(e) => sh.store_problem("claiming events", &e),
                 }
             }
@@ -504,7 +508,10 @@ impl Shared {
 
     fn store_problem(&self, doing: &str, e: &StoreError) {
         tracing::error!(error = %e, "state store failed while {doing}");
-        if matches!(e, StoreError::NotWritable { .. } | StoreError::Busy { .. }) {
+        if matches!(
+            e,
+            StoreError::NotWritable { .. } | StoreError::Busy { .. } | StoreError::Replaced { .. }
+        ) {
             self.health.set_store_problem(Some(e.to_string()));
         }
     }
@@ -558,7 +565,7 @@ impl Shared {
                 return Done::Single;
             }
         };
-        let _slot = self.slot().await;
+        let slot = self.slot().await;
         if !probe && lock(&self.pause).blocks(Instant::now()) {
             // Paused while waiting for a slot: hand it back untouched (no attempt counted).
             self.release(&[ev.seq]).await;
@@ -587,10 +594,17 @@ impl Shared {
         };
         match (delivered, failure) {
             (Some((delivery, echoed)), _) => {
+                // Delivered: the place goes to the next request while the outcome is recorded
+                // (settlements are group-committed; a slot must not wait for the commit). A
+                // failure keeps it until its pause, if any, is in force.
+                drop(slot);
                 tracing::info!(seq = ev.seq, op, customer = %id.log(), correlation_id = %ev.correlation_id, outcome = ?delivery, "delivered");
                 self.settle(&ev, delivery, echoed).await;
             }
-            (None, Some(f)) => self.failed(&ev, f, probe).await,
+            (None, Some(f)) => {
+                self.failed(&ev, f, probe).await;
+                drop(slot);
+            }
             (None, None) => unreachable!("an attempt is delivered or has a failure"),
         }
         Done::Single
