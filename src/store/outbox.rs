@@ -406,12 +406,7 @@ pub trait OutboxBackend: Send {
         correlation_id: Uuid,
         claimer: &str,
         now: DateTime<Utc>,
-    ) -> Result<OwnEvent, StoreError> {
-        let _ = (register, event, correlation_id, claimer, now);
-        Err(StoreError::Other(
-            "this store backend cannot claim a caller's own event".into(),
-        ))
-    }
+    ) -> Result<OwnEvent, StoreError>;
 
     /// Records how `claimer`'s attempt on its claimed event `seq` ended, in one transaction, as
     /// `settle`, `retry_later`, `release` or `dead_letter` would (the ledger moves with a
@@ -424,12 +419,7 @@ pub trait OutboxBackend: Send {
         claimer: &str,
         end: &ClaimEnd,
         at: DateTime<Utc>,
-    ) -> Result<ClaimFinished, StoreError> {
-        let _ = (seq, claimer, end, at);
-        Err(StoreError::Other(
-            "this store backend cannot finish a caller's own claim".into(),
-        ))
-    }
+    ) -> Result<ClaimFinished, StoreError>;
 
     /// Claims `customer`'s head in `register` for `claimer` if it is pending and due
     /// (`next_attempt_at` passed), not a remove held by the barrier, and from one of `sources`;
@@ -443,12 +433,7 @@ pub trait OutboxBackend: Send {
         sources: &[&str],
         claimer: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<OutboxEvent>, StoreError> {
-        let _ = (register, customer, sources, claimer, now);
-        Err(StoreError::Other(
-            "this store backend cannot claim one customer's head".into(),
-        ))
-    }
+    ) -> Result<Option<OutboxEvent>, StoreError>;
 }
 
 /// What [`OutboxBackend::enqueue_and_claim`] did with a caller's own event.

@@ -388,6 +388,38 @@ impl OutboxBackend for SharedOutbox {
     fn barrier(&mut self, _register: &str) -> Result<Option<i64>, StoreError> {
         self.with(|m| Ok(m.barrier))
     }
+
+    fn enqueue_and_claim(
+        &mut self,
+        _: &str,
+        _: &NewEvent,
+        _: Uuid,
+        _: &str,
+        _: DateTime<Utc>,
+    ) -> Result<crate::store::outbox::OwnEvent, StoreError> {
+        Err(StoreError::Other("not in this test double".into()))
+    }
+
+    fn finish_claim(
+        &mut self,
+        _: Seq,
+        _: &str,
+        _: &crate::store::outbox::ClaimEnd,
+        _: DateTime<Utc>,
+    ) -> Result<crate::store::outbox::ClaimFinished, StoreError> {
+        Err(StoreError::Other("not in this test double".into()))
+    }
+
+    fn claim_head_of(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &[&str],
+        _: &str,
+        _: DateTime<Utc>,
+    ) -> Result<Option<OutboxEvent>, StoreError> {
+        Err(StoreError::Other("not in this test double".into()))
+    }
 }
 
 /// A wall clock that moves only when told.

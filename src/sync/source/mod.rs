@@ -264,5 +264,37 @@ pub(crate) mod testkit {
         fn barrier(&mut self, _: &str) -> Result<Option<i64>, StoreError> {
             absent()
         }
+
+        fn enqueue_and_claim(
+            &mut self,
+            _: &str,
+            _: &NewEvent,
+            _: uuid::Uuid,
+            _: &str,
+            _: DateTime<Utc>,
+        ) -> Result<crate::store::outbox::OwnEvent, StoreError> {
+            absent()
+        }
+
+        fn finish_claim(
+            &mut self,
+            _: Seq,
+            _: &str,
+            _: &crate::store::outbox::ClaimEnd,
+            _: DateTime<Utc>,
+        ) -> Result<crate::store::outbox::ClaimFinished, StoreError> {
+            absent()
+        }
+
+        fn claim_head_of(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: &[&str],
+            _: &str,
+            _: DateTime<Utc>,
+        ) -> Result<Option<OutboxEvent>, StoreError> {
+            absent()
+        }
     }
 }
