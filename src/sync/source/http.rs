@@ -6,7 +6,9 @@
 //! - 401 without the right `Authorization: Bearer <key>` — before the body is read;
 //! - 413 over the size limit (8 MiB by default);
 //! - 415 for a body that is neither `application/json` (one object or an array of objects) nor
-//!   NDJSON (`application/x-ndjson`, or `text/plain`, which line-oriented tools send);
+//!   NDJSON (`application/x-ndjson`, or `text/plain`, which line-oriented tools send); a body
+//!   without a type, or with curl's default `application/x-www-form-urlencoded`, is read by its
+//!   first character (`[`: an array, else NDJSON);
 //! - 400 when any event breaks a rule: every refusal listed, and **nothing** of the request
 //!   stored (a sender fixes and resends the whole request; half-taken requests would make that
 //!   resend ambiguous);
@@ -415,13 +417,36 @@ enum Shape {
     Ndjson,
 }
 
-fn shape(headers: &HeaderMap) -> Option<Shape> {
-    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+/// The body's shape from its declared type: `Ok(None)` when the body itself must tell (no type,
+/// or `application/x-www-form-urlencoded`: what `curl --data-binary @events.ndjson` sends unless
+/// told otherwise, and nothing a form would post here); `Err` for any other type (415: a sender
+/// that names a type means it).
+fn declared_shape(headers: &HeaderMap) -> Result<Option<Shape>, ()> {
+    let mime = match headers.get(header::CONTENT_TYPE) {
+        None => String::new(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ())?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    };
     match mime.as_str() {
-        "application/json" => Some(Shape::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "text/plain" => Some(Shape::Ndjson),
-        _ => None,
+        "application/json" => Ok(Some(Shape::Json)),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "text/plain" => Ok(Some(Shape::Ndjson)),
+        "" | "application/x-www-form-urlencoded" => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// An undeclared body by its first character: `[` an array of events, else NDJSON (a single
+/// object on one line is one line of NDJSON).
+fn sniffed_shape(body: &[u8]) -> Shape {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => Shape::Json,
+        _ => Shape::Ndjson,
     }
 }
 
@@ -461,7 +486,7 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
     if declared.is_some_and(|n| n > st.max_body as u64) {
         return too_large();
     }
-    let Some(shape) = shape(req.headers()) else {
+    let Ok(declared) = declared_shape(req.headers()) else {
         return problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -481,6 +506,7 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
             return problem(StatusCode::BAD_REQUEST, "body", "the request body could not be read");
         }
     };
+    let shape = declared.unwrap_or_else(|| sniffed_shape(&body));
     let cx = st.intake.context(&st.name);
     let (events, refusals) = parse_body(&body, shape, &cx);
     if !refusals.is_empty() {

@@ -208,7 +208,16 @@ async fn wrong_key_size_and_media_type_are_refused_before_anything_is_read() {
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     }
     assert_eq!(s.post("application/xml", body).await.0, 415);
-    assert_eq!(s.mem.stored().len(), 1);
+    assert_eq!(s.mem.stored().len(), 1, "nothing refused was stored");
+    // What `curl --data-binary @file` sends when not told a type (form-urlencoded), and no type
+    // at all: read by the body's first character, NDJSON or an array.
+    let nd = format!("{}\n{}\n", add(5, "curl-1"), add(6, "curl-2"));
+    let (st, answer) = s.post("application/x-www-form-urlencoded", nd).await;
+    assert_eq!((st, answer["stored"].as_u64()), (202, Some(2)), "{answer}");
+    let arr = format!("[{}]", add(7, "bare-1"));
+    let r = s.client.post(&s.url).bearer_auth(KEY).body(arr).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(s.mem.stored().len(), 4);
     s.stop().await;
 }
 
