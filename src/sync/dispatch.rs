@@ -87,7 +87,8 @@ pub struct DispatchConfig {
     /// Added to the expected ingestion time before confirming by time or probing an unknown
     /// upload (wall).
     pub ingest_margin: Duration,
-    /// How often accepted batch entries are looked up.
+    /// How often accepted batch entries are looked up (and once more an expected ingestion time
+    /// after each upload, at least a second).
     pub confirm_interval: Duration,
     /// Finished events older than this many days are purged…
     pub retention_days: u32,
@@ -330,7 +331,16 @@ impl Dispatcher {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     match done {
                         Ok(Done::Single) => singles -= 1,
-                        Ok(Done::Upload) => uploading = 0,
+                        Ok(Done::Upload) => {
+                            // Look for the entries once KFR should have ingested them (at the
+                            // assumed rate, at least a second on), not at the next regular pass:
+                            // their customers wait until they are seen.
+                            let expected = Duration::from_secs_f64(
+                                (uploading as f64 / cfg.ingest_rate.max(1.0)).max(1.0),
+                            );
+                            next_confirm = next_confirm.min(Instant::now() + expected);
+                            uploading = 0;
+                        }
                         Ok(Done::Confirm) => confirming = false,
                         Err(e) => {
                             // A panicked task (a bug): the counts can no longer be trusted, so

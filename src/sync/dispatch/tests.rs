@@ -352,6 +352,28 @@ async fn a_back_dated_add_goes_by_batch_with_its_date_and_its_customer_waits_for
     r.stop().await;
 }
 
+/// After an upload the entries are looked up once KFR should have them (here: a second), not at
+/// the next regular pass (here: an hour away), so the customer's next event is not held for it.
+#[tokio::test]
+async fn an_upload_is_looked_up_after_its_expected_ingestion_not_at_the_next_regular_pass() {
+    let cfg = DispatchConfig {
+        confirm_interval: Duration::from_secs(3600),
+        ingest_rate: 1000.0,
+        ..fast()
+    };
+    let r = rig(|c| c.ingest_rate = 1000, ORG, cfg, |_, _| {}).await;
+    let p = synthetic_people(1).remove(0);
+    let start = crate::clock::oslo_date(r.clock.now()) - chrono::Days::new(3);
+    r.enqueue(vec![
+        event(1, Operation::Add, &p, Some(start)),
+        event(2, Operation::Remove, &p, None),
+    ])
+    .await;
+    r.until("both delivered", all_delivered).await;
+    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedSeen);
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn a_back_dated_add_already_visible_is_confirmed_by_time_not_by_a_lookup() {
     let r = rig(|_| {}, ORG, fast(), |_, _| {}).await;
