@@ -207,20 +207,46 @@ fn promote_next(tx: &Transaction<'_>, seq: Seq, register: &str, customer: &str) 
     Ok(())
 }
 
-/// Whether the customer has an unfinished event in `register`: its newest event tells, since
-/// events finish only in order.
-fn has_unfinished(tx: &Transaction<'_>, register: &str, customer: &str) -> rusqlite::Result<bool> {
-    let newest: Option<String> = tx
-        .query_row(
-            "SELECT state FROM outbox WHERE register = ?1 AND customer_id = ?2 ORDER BY seq DESC LIMIT 1",
-            params![register, customer],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(newest.is_some_and(|s| s != "delivered" && s != "dropped"))
+/// Stores one event at the end of its customer's queue (the head if the queue was empty);
+/// `None` when its event id is stored already (nothing written). One statement: the agent's
+/// intake runs it for every event, so it decides the head itself (no unfinished event of the
+/// customer before it) and leaves a known event id alone.
+pub(super) fn try_insert_event(
+    tx: &Transaction<'_>,
+    register: &str,
+    ev: &NewEvent,
+    correlation_id: Uuid,
+    received_at: DateTime<Utc>,
+) -> rusqlite::Result<Option<Seq>> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
+                             correlation_id, state, head)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending',
+                 CASE WHEN COALESCE((SELECT state IN ('delivered', 'dropped') FROM outbox
+                                     WHERE register = ?1 AND customer_id = ?4 ORDER BY seq DESC LIMIT 1), 1)
+                      THEN 1 END)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING seq",
+    )?
+    .query_row(
+        params![
+            register,
+            ev.event_id,
+            ev.op.as_str(),
+            ev.customer_id,
+            ev.start_date.map(|d| d.to_string()),
+            ts(ev.occurred_at),
+            ev.source,
+            ts(received_at),
+            correlation_id.to_string(),
+        ],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
-/// Stores one event at the end of its customer's queue (the head if the queue was empty).
+/// [`try_insert_event`] for an event id the caller knows is new; a known one is the unique
+/// constraint's failure, as a plain insert would report it.
 pub(super) fn insert_event(
     tx: &Transaction<'_>,
     register: &str,
@@ -228,25 +254,12 @@ pub(super) fn insert_event(
     correlation_id: Uuid,
     received_at: DateTime<Utc>,
 ) -> rusqlite::Result<Seq> {
-    let head = (!has_unfinished(tx, register, &ev.customer_id)?).then_some(1);
-    tx.prepare_cached(
-        "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
-                             correlation_id, state, head)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10)",
-    )?
-    .execute(params![
-        register,
-        ev.event_id,
-        ev.op.as_str(),
-        ev.customer_id,
-        ev.start_date.map(|d| d.to_string()),
-        ts(ev.occurred_at),
-        ev.source,
-        ts(received_at),
-        correlation_id.to_string(),
-        head
-    ])?;
-    Ok(tx.last_insert_rowid())
+    try_insert_event(tx, register, ev, correlation_id, received_at)?.ok_or_else(|| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE),
+            Some(format!("event id {} is stored already", ev.event_id)),
+        )
+    })
 }
 
 /// The load job holding removes of `register` back: a running job of that register, or of an
@@ -419,38 +432,9 @@ impl OutboxBackend for Store {
     fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
         let now = Utc::now();
         self.outbox_tx(true, |tx| {
-            // One statement per new event (the agent's intake path): the insert decides the head
-            // itself (no unfinished event of the customer before it) and a known event_id is
-            // left alone, then looked up to answer with its seq.
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
-                                     correlation_id, state, head)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending',
-                         CASE WHEN COALESCE((SELECT state IN ('delivered', 'dropped') FROM outbox
-                                             WHERE register = ?1 AND customer_id = ?4 ORDER BY seq DESC LIMIT 1), 1)
-                              THEN 1 END)
-                 ON CONFLICT (event_id) DO NOTHING
-                 RETURNING seq",
-            )?;
-            let received = ts(now);
             let mut out = Vec::with_capacity(events.len());
             for ev in events {
-                let stored: Option<Seq> = insert
-                    .query_row(
-                        params![
-                            register,
-                            ev.event_id,
-                            ev.op.as_str(),
-                            ev.customer_id,
-                            ev.start_date.map(|d| d.to_string()),
-                            ts(ev.occurred_at),
-                            ev.source,
-                            received,
-                            Uuid::new_v4().to_string(),
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
                 out.push(match stored {
                     Some(seq) => Enqueued::Stored { seq },
                     None => Enqueued::Duplicate {
