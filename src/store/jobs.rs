@@ -264,7 +264,9 @@ impl Store {
         batches: &[NewBatch],
     ) -> anyhow::Result<i64> {
         let now = now_text();
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO load_jobs (input_path, content_hash, settings, status, entries, created_at, updated_at, register)
              VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5, ?6)",
@@ -385,7 +387,9 @@ impl Store {
     /// batch sent back to planned keeps its history of attempts in `uploading_at`).
     pub fn set_batch_status(&mut self, job: i64, seq: u32, status: BatchStatus) -> anyhow::Result<()> {
         let now = now_text();
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let sql = match status.time_column() {
             Some(col) => format!("UPDATE load_batches SET status = ?1, {col} = ?4 WHERE job_id = ?2 AND seq = ?3"),
             None => "UPDATE load_batches SET status = ?1 WHERE job_id = ?2 AND seq = ?3 AND ?4 IS NOT NULL".to_string(),

@@ -32,7 +32,9 @@ impl Store {
         let at = Utc::now();
         let now = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let cid = correlation_id.to_string();
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let register: Option<String> =
             tx.query_row("SELECT register FROM load_jobs WHERE id = ?1", [job], |r| r.get(0))?;
         let register = register.unwrap_or_default();
@@ -75,7 +77,9 @@ impl Store {
         correlation_id: Uuid,
     ) -> anyhow::Result<()> {
         let at = Utc::now();
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO ledger (customer_id, start_date, how, at, correlation_id) VALUES (?1, ?2, 'add', ?3, ?4)",
             params![
@@ -106,7 +110,9 @@ impl Store {
         customer_id: &str,
         correlation_id: Uuid,
     ) -> anyhow::Result<()> {
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         set_ledger(
             &tx,
             register,
