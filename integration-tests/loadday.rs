@@ -436,7 +436,12 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
     // then, however slowly the machine started the process.
     let t = std::time::Instant::now();
     loop {
-        let store = kfr::store::Store::open_existing(&env.dir.join("s.db")).ok().flatten();
+        use kfr::store::backend::Jobs as _;
+        let path = env.dir.join("s.db");
+        let store = path
+            .exists()
+            .then(|| kfr::store::sqlite::SqliteBackend::open(&path).ok())
+            .flatten();
         let busy = store
             .and_then(|mut s| s.batches(1).ok())
             .is_some_and(|b| b.iter().any(|b| b.status != kfr::store::BatchStatus::Planned));

@@ -6,8 +6,8 @@
 
 use crate::load::{Env, assert_ok, ids, setup};
 use crate::util::kfr;
-use kfr::store::Store;
-use kfr::store::outbox::OutboxBackend as _;
+use kfr::store::backend::{Ledger as _, Outbox as _};
+use kfr::store::sqlite::SqliteBackend;
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
 
@@ -142,8 +142,13 @@ async fn remove_waits_while_the_agent_has_the_customers_event_in_flight() {
     assert_ok(&run(&env, &["enqueue", "add", &x, "--state", "s.db"]));
     let (register, _) = status(&env);
     // What the agent's dispatcher does when it takes the event: claimed, in flight.
-    let mut store = Store::open(&env.dir.join("s.db")).unwrap();
-    let claimed = store.claim_ready(&register, chrono::Utc::now(), 10).unwrap();
+    let mut store = SqliteBackend::open(&env.dir.join("s.db")).unwrap();
+    let agent = kfr::store::Claimer {
+        name: "sync:test".into(),
+        epoch: None,
+        ttl: chrono::Duration::minutes(5),
+    };
+    let claimed = store.claim_ready(&register, &agent, chrono::Utc::now(), 10).unwrap();
     assert_eq!(claimed.len(), 1);
     drop(store);
 
@@ -200,7 +205,7 @@ async fn with_nothing_ahead_it_is_sent_at_once_and_recorded_delivered() {
         ("delivered", cid.as_str(), "added", "kfr add")
     );
     // The ledger moved with it (reconcile compares against it).
-    let mut store = Store::open(&env.dir.join("s.db")).unwrap();
+    let mut store = SqliteBackend::open(&env.dir.join("s.db")).unwrap();
     let ledger = store.ledger(&register).unwrap();
     assert_eq!((ledger.len(), ledger[0].correlation_id.to_string()), (1, cid));
 }

@@ -44,6 +44,11 @@ const SAME_LAYER: &[(&str, &str, &str)] = &[
         "every KFR call carries a Maskinporten token; the KFR client owns a token client",
     ),
     (
+        "load",
+        "sync",
+        "sync::outcome: the load's held operations are outbox events, their verdicts recorded by the one verdict-to-outcome rule the agent uses",
+    ),
+    (
         "sync",
         "mock",
         "tests only: src/sync/testing.rs (cfg(test)) runs the dispatcher against the in-process mock",

@@ -17,6 +17,55 @@ pub fn state_path(s: &Settings, flag: Option<&std::path::Path>) -> anyhow::Resul
     Ok(s.require_state(flag)?)
 }
 
+/// Whether a command may create the store or only open one that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Create it (with its private directory) when missing: commands that write.
+    Create,
+    /// Only an existing store: commands that look (nothing is created to answer them).
+    Existing,
+}
+
+/// The one place a state store is opened: from the configuration's store location (`--state`
+/// when given), for every command and the agent alike. `Ok(None)` only with
+/// [`StoreMode::Existing`] when there is no store yet.
+pub fn store(
+    s: &Settings,
+    flag: Option<&std::path::Path>,
+    mode: StoreMode,
+) -> anyhow::Result<Option<(crate::store::Store, crate::store::Location)>> {
+    let location = crate::store::Location::Sqlite(state_path(s, flag)?);
+    let crate::store::Location::Sqlite(path) = &location;
+    if mode == StoreMode::Existing && !location.exists() {
+        return Ok(None);
+    }
+    create_state_dir(path)?;
+    let store = crate::store::Store::open(&location).map_err(anyhow::Error::new)?;
+    Ok(Some((store, location)))
+}
+
+/// [`store`] for a command that needs one to exist: a usage error naming it otherwise.
+pub fn existing_store(
+    s: &Settings,
+    flag: Option<&std::path::Path>,
+) -> anyhow::Result<(crate::store::Store, crate::store::Location)> {
+    match store(s, flag, StoreMode::Existing)? {
+        Some(found) => Ok(found),
+        None => Err(anyhow::Error::new(
+            crate::error::UsageError::new(format!("there is no state store at {}", state_path(s, flag)?.display()))
+                .with_hint("give the store `kfr sync` uses (--state, or `state` in the configuration)"),
+        )),
+    }
+}
+
+/// [`store`] for a command that writes: created when missing.
+pub fn writable_store(
+    s: &Settings,
+    flag: Option<&std::path::Path>,
+) -> anyhow::Result<(crate::store::Store, crate::store::Location)> {
+    Ok(store(s, flag, StoreMode::Create)?.expect("Create always opens a store"))
+}
+
 /// Creates the missing directories above a state store about to be written, mode 0700 whatever
 /// the umask: the store holds identifiers in full (the file itself is made 0600 by the store).
 /// Directories that exist already are left as they are (they may be shared on purpose).
@@ -47,6 +96,13 @@ pub fn create_state_dir(state: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("making {} private (0700)", d.display()))?;
     }
     Ok(())
+}
+
+/// The longest one KFR attempt may take: a token fetch, the request, and the one retry with a
+/// fresh token after a 401, each bounded by the connect and request timeouts. A claim on an event
+/// outlasts this, so a request always ends inside its claim.
+pub fn request_budget(s: &Settings) -> std::time::Duration {
+    (s.connect_timeout + s.request_timeout) * 3
 }
 
 /// The outgoing HTTP client settings.

@@ -21,8 +21,7 @@ use crate::error::Reported;
 use crate::ids::{self, CustomerId, IdKind, IdPolicy};
 use crate::load::{LoadEvent, LoadOptions};
 use crate::mock::{MockConfig, MockServer};
-use crate::store::outbox::LedgerState;
-use crate::store::{OutboxHandle, Store};
+use crate::store::LedgerState;
 use crate::sync::dispatch::{DispatchConfig, Dispatcher};
 use crate::sync::health::Health;
 use crate::sync::source::Intake;
@@ -388,8 +387,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let state = settings.require_state(None)?;
     let register = super::outbox::register(&settings)?;
     let register_key = register.key();
-    let store = Store::open(&state).with_context(|| format!("opening the state store {}", state.display()))?;
-    let handle = OutboxHandle::spawn(Box::new(store)).context("starting the state store's thread")?;
+    let (handle, _) = super::build::writable_store(&settings, None)?;
     let health = Health::new();
     let mut dcfg = DispatchConfig {
         rate: SYNC_RATE,
@@ -424,7 +422,16 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let cancel = CancellationToken::new();
     let source = tokio::spawn(bound.run(cancel.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let delivering = tokio::spawn(dispatcher.run(stop_rx));
+    let lease = handle
+        .take_lease(
+            register_key.clone(),
+            format!("sync:demo:{}", std::process::id()),
+            Utc::now(),
+            chrono::Duration::seconds(30),
+        )
+        .await?
+        .context("the demo's fresh store has its delivery lease taken")?;
+    let delivering = tokio::spawn(dispatcher.run(stop_rx, lease));
 
     // 4. The load, and the burst sent while its job is unconfirmed.
     log.step(format_args!(
@@ -458,6 +465,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         retry_after_cap: settings.retry.retry_after_cap,
         resume_command: format!("kfr --config {} load {} --resume", config.display(), export.display()),
         stop: None,
+        request_budget: super::build::request_budget(&settings),
     };
     let (job_tx, mut job_rx) = tokio::sync::watch::channel(None::<i64>);
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
@@ -471,7 +479,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let client = super::build::kfr_client(&settings)?;
     let load_started = Instant::now();
     let load = async {
-        let r = crate::load::run(&opts, &client, &sink).await;
+        let r = crate::load::run(&opts, &handle, &client, &sink).await;
         done_tx.send_replace(true);
         r
     };
@@ -604,9 +612,9 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     // The barrier's promise, checked: every held remove reached KFR after the load's confirmation.
     let mut barrier_kept = None;
     if held {
-        let confirmed_at = Store::open_existing(&state)?
-            .map(|mut s| s.job(outcome.report.job_id))
-            .transpose()?
+        let confirmed_at = handle
+            .job(outcome.report.job_id)
+            .await?
             .and_then(|j| j.confirmed_at)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc));

@@ -14,13 +14,11 @@ use crate::load::event::IngestedBasis;
 use crate::load::plan::{self, human_duration};
 use crate::load::{LoadError, LoadEvent, LoadOptions, LoadOutcome, PlanSummary};
 use crate::store::BatchStatus;
-use anyhow::Context as _;
 use std::fmt::Write as _;
 
 pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyhow::Result<()> {
     if let Some(super::LoadAction::Status { state, json }) = &args.action {
-        let state = super::build::state_path(&settings, state.as_deref())?;
-        return status(&state, *json, &printer);
+        return status(&settings, state.as_deref(), *json, &printer).await;
     }
     if let Some(super::LoadAction::Abandon {
         job,
@@ -28,9 +26,20 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         send_held,
         drop_held,
         json,
+        who,
     }) = &args.action
     {
-        return abandon(settings, *job, state.as_deref(), *send_held, *drop_held, *json, printer).await;
+        let action = super::outbox::operator(who.actor.as_deref(), who.reason.as_deref());
+        return abandon(
+            settings,
+            *job,
+            state.as_deref(),
+            (*send_held, *drop_held),
+            action,
+            *json,
+            printer,
+        )
+        .await;
     }
     // A dry run writes no state, so it needs no store (nor a state home).
     let state_path = match super::build::state_path(&settings, args.state.as_deref()) {
@@ -42,10 +51,10 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     let file = match &args.file {
         Some(f) => f.clone(),
         None => {
-            let job = crate::store::Store::open_existing(&state_path)?
-                .map(|mut s| s.unconfirmed_job())
-                .transpose()?
-                .flatten();
+            let job = match super::build::store(&settings, args.state.as_deref(), super::build::StoreMode::Existing)? {
+                Some((store, _)) => store.unconfirmed_job().await?,
+                None => None,
+            };
             match job {
                 Some(job) => std::path::PathBuf::from(job.input_path),
                 None => {
@@ -99,6 +108,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         resume_command: format!("kfr load {} --resume --state {}", file.display(), state_path.display()),
         stop: None,
         id_policy: super::build::id_policy(&settings),
+        request_budget: super::build::request_budget(&settings),
     };
     let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     if args.dry_run {
@@ -109,11 +119,11 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
-    super::build::create_state_dir(&state_path)?;
+    let (store, _) = super::build::writable_store(&settings, args.state.as_deref())?;
     let mut opts = opts;
     opts.stop = Some(listen_for_stop());
     let sink = |e: LoadEvent| present(&printer, &opts, every, e);
-    let outcome = match crate::load::run(&opts, &client, &sink).await {
+    let outcome = match crate::load::run(&opts, &store, &client, &sink).await {
         Ok(o) => o,
         Err(e) => return Err(failure(e)),
     };
@@ -142,17 +152,24 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
 
 /// `kfr load status`: what a store holds, for an operator (no identifier in full: held
 /// operations are counted, not listed).
-fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()> {
-    let Some(mut store) = crate::store::Store::open_existing(state)
-        .with_context(|| format!("opening the state store {}", state.display()))?
-    else {
+async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let state = super::build::state_path(settings, flag)?;
+    let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::Existing)? else {
         anyhow::bail!("no state store at {}", state.display());
     };
-    let running = crate::store::lock::WriterLock::acquire(state)?.err();
+    // Whether a load holds the store: try its writer lock and let go at once.
+    let running = store
+        .take_writer(format!("pid {} (kfr load status)", std::process::id()))
+        .await?;
+    if running.is_none() {
+        store.release_writer().await?;
+    }
     let mut jobs = vec![];
-    for job in store.jobs()? {
+    let mut registers = std::collections::BTreeSet::new();
+    for job in store.jobs().await? {
+        registers.insert(job.register.clone().unwrap_or_default());
         let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
-        let batches = store.batches(job.id)?;
+        let batches = store.batches(job.id).await?;
         let mut by_state = serde_json::Map::new();
         for st in ["planned", "uploading", "accepted", "confirmed"] {
             let n = batches.iter().filter(|b| b.status.as_str() == st).count();
@@ -166,13 +183,14 @@ fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()
             "batches_resent": batches.iter().map(|b| b.resends).sum::<u32>(),
         }));
     }
-    let waiting = {
-        use crate::store::CustomerQueue as _;
-        store.waiting()?
-    };
+    let mut waiting = vec![];
+    for register in registers {
+        let sources = crate::store::OWN_SOURCES.iter().map(|s| s.to_string()).collect();
+        waiting.extend(store.unfinished_of(register, sources).await?);
+    }
     let mut held = serde_json::Map::new();
     for op in ["add", "remove"] {
-        let n = waiting.iter().filter(|w| w.operation.as_str() == op).count();
+        let n = waiting.iter().filter(|w| w.op.as_str() == op).count();
         held.insert(op.into(), n.into());
     }
     let v = serde_json::json!({
@@ -223,14 +241,14 @@ fn status(state: &std::path::Path, json: bool, p: &Printer) -> anyhow::Result<()
 async fn abandon(
     settings: Settings,
     job: i64,
-    state: Option<&std::path::Path>,
-    send_held: bool,
-    drop_held: bool,
+    flag: Option<&std::path::Path>,
+    (send_held, drop_held): (bool, bool),
+    action: crate::store::OperatorAction,
     json: bool,
     printer: Printer,
 ) -> anyhow::Result<()> {
     use crate::load::abandon::{AbandonOptions, HeldChoice};
-    let state = super::build::state_path(&settings, state)?;
+    let state = super::build::state_path(&settings, flag)?;
     let held = match (send_held, drop_held) {
         (true, _) => HeldChoice::Send,
         (_, true) => HeldChoice::Drop,
@@ -238,6 +256,8 @@ async fn abandon(
     };
     let opts = AbandonOptions {
         state,
+        action,
+        request_budget: super::build::request_budget(&settings),
         job,
         held,
         org_number: settings.require_org_number()?.to_string(),
@@ -276,7 +296,8 @@ async fn abandon(
             _ => {}
         }
     };
-    let o = crate::load::abandon::abandon(&opts, client.as_ref(), &sink)
+    let store = super::build::store(&settings, flag, super::build::StoreMode::Existing)?.map(|(s, _)| s);
+    let o = crate::load::abandon::abandon(&opts, store.as_ref(), client.as_ref(), &sink)
         .await
         .map_err(failure)?;
     if json {

@@ -16,6 +16,7 @@ mod completions;
 mod config_show;
 mod demo;
 mod doctor;
+mod history;
 mod load;
 mod man;
 mod mock;
@@ -100,6 +101,9 @@ pub enum Command {
     /// The dead-letter queue: events KFR refused for their content, and the customers they park.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// What was reported for one customer: its events, every attempt and KFR's answer, and
+    /// operators' actions, kept after the outbox purged them (identifier masked unless asked).
+    History(HistoryArgs),
     /// Compare a full export with the ledger and enqueue the adds and removes that differ.
     Reconcile(ReconcileArgs),
     /// The whole product in about a minute, nothing to set up: mock, token, initial load, sync
@@ -216,6 +220,8 @@ pub enum DlqCommand {
         all: bool,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        who: ActorArgs,
     },
     /// Give up on a dead letter: never sent; its customer's later events go on.
     Drop {
@@ -223,7 +229,31 @@ pub enum DlqCommand {
         seq: i64,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        who: ActorArgs,
     },
+}
+
+/// Who does an operator's action and why: recorded in the history (`kfr history`).
+#[derive(Debug, Args)]
+pub struct ActorArgs {
+    /// Who acts (default: the OS user running the command).
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
+    /// Why, for the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The customer (fødselsnummer, D-number or org.nr), in full.
+    pub id: String,
+    /// Show the identifier in full in the output (it is masked otherwise).
+    #[arg(long)]
+    pub show_id: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -404,6 +434,8 @@ pub enum LoadAction {
         drop_held: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        who: ActorArgs,
     },
 }
 
@@ -558,34 +590,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
         Command::Sync(args) => runtime()?.block_on(sync::run(load()?, args, printer())),
-        Command::Enqueue(a) => outbox::enqueue(&load()?, a, &printer()),
+        Command::Enqueue(a) => runtime()?.block_on(outbox::enqueue(&load()?, a, &printer())),
         Command::Outbox(OutboxCommand::Status(a)) => {
             let settings = load()?;
-            let state = settings.require_state(a.state.as_deref())?;
-            outbox::status(&settings, &state, a.json, &printer())
+            runtime()?.block_on(outbox::status(&settings, a.state.as_deref(), a.json, &printer()))
         }
         Command::Dlq(cmd) => {
             let settings = load()?;
-            let state_of = |s: &StoreArgs| settings.require_state(s.state.as_deref());
+            let rt = runtime()?;
             match cmd {
-                DlqCommand::List(a) => outbox::dlq_list(&state_of(a)?, a.json, &printer()),
-                DlqCommand::Retry { seq, all, store } => {
+                DlqCommand::List(a) => rt.block_on(outbox::dlq_list(&settings, a.state.as_deref(), a.json, &printer())),
+                DlqCommand::Retry { seq, all, store, who } => {
                     let which = match (seq, all) {
-                        (Some(s), false) => crate::store::outbox::DeadLetters::One(*s),
-                        _ => crate::store::outbox::DeadLetters::All,
+                        (Some(s), false) => crate::store::DeadLetters::One(*s),
+                        _ => crate::store::DeadLetters::All,
                     };
-                    outbox::dlq_act(&state_of(store)?, which, true, store.json, &printer())
+                    let action = outbox::operator(who.actor.as_deref(), who.reason.as_deref());
+                    rt.block_on(outbox::dlq_act(
+                        &settings,
+                        store.state.as_deref(),
+                        which,
+                        true,
+                        action,
+                        store.json,
+                        &printer(),
+                    ))
                 }
-                DlqCommand::Drop { seq, store } => outbox::dlq_act(
-                    &state_of(store)?,
-                    crate::store::outbox::DeadLetters::One(*seq),
-                    false,
-                    store.json,
-                    &printer(),
-                ),
+                DlqCommand::Drop { seq, store, who } => {
+                    let action = outbox::operator(who.actor.as_deref(), who.reason.as_deref());
+                    rt.block_on(outbox::dlq_act(
+                        &settings,
+                        store.state.as_deref(),
+                        crate::store::DeadLetters::One(*seq),
+                        false,
+                        action,
+                        store.json,
+                        &printer(),
+                    ))
+                }
             }
         }
-        Command::Reconcile(a) => outbox::reconcile(&load()?, a, &printer()),
+        Command::History(a) => runtime()?.block_on(history::run(&load()?, a, &printer())),
+        Command::Reconcile(a) => runtime()?.block_on(outbox::reconcile(&load()?, a, &printer())),
         // Its own configuration, written next to its throwaway certificates: nothing to set up.
         Command::Demo(args) => runtime()?.block_on(demo::run(args, printer())),
     }

@@ -8,9 +8,8 @@
 use super::printer::Printer;
 use crate::config::Settings;
 use crate::ids::CustomerId;
-use crate::store::Store;
-use crate::store::outbox::{DeadLetters, Enqueued, OutboxBackend as _, Register};
-use crate::store::queue::Operation;
+use crate::store::Operation;
+use crate::store::{DeadLetters, Enqueued, OperatorAction, Register};
 use anyhow::Context as _;
 use chrono::Utc;
 use std::collections::HashSet;
@@ -25,27 +24,28 @@ pub(crate) fn register(settings: &Settings) -> anyhow::Result<Register> {
     })
 }
 
-fn open(path: &Path) -> anyhow::Result<Store> {
-    super::build::create_state_dir(path)?;
-    Store::open(path).with_context(|| format!("opening the state store {}", path.display()))
-}
-
-fn open_existing(path: &Path) -> anyhow::Result<Store> {
-    Store::open_existing(path)?.ok_or_else(|| {
-        anyhow::Error::new(
-            crate::error::UsageError::new(format!("there is no state store at {}", path.display()))
-                .with_hint("give the store `kfr sync` uses (--state, or `state` in the configuration)"),
-        )
-    })
+/// Who did an operator's action, for the history: `--actor`, else the OS user.
+pub(crate) fn operator(actor: Option<&str>, reason: Option<&str>) -> OperatorAction {
+    let actor = actor
+        .map(str::to_string)
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        });
+    OperatorAction {
+        actor,
+        reason: reason.map(str::to_string),
+    }
 }
 
 /// `kfr enqueue add|remove ID [--start-date D] [--event-id X]`.
-pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> anyhow::Result<()> {
+pub async fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> anyhow::Result<()> {
     let op = match args.op {
         super::EnqueueOp::Add => Operation::Add,
         super::EnqueueOp::Remove => Operation::Remove,
     };
-    let state = &settings.require_state(args.state.as_deref())?;
     let (raw_id, start_date, event_id, json) = (&args.id, args.start_date.clone(), args.event_id.clone(), args.json);
     super::install_pseudonyms(settings)?;
     // The same rules as every source of the agent (`sync::event`): one door, one verdict.
@@ -64,8 +64,8 @@ pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> a
     }
     let id = CustomerId::parse(&event.customer_id, &super::build::id_policy(settings))?;
     let register = register(settings)?;
-    let mut store = open(state)?;
-    let result = store.enqueue(&register.key(), std::slice::from_ref(&event))?;
+    let (store, location) = super::build::writable_store(settings, args.state.as_deref())?;
+    let result = store.enqueue(register.key(), vec![event.clone()], Utc::now()).await?;
     let (seq, dup) = match result.first() {
         Some(Enqueued::Stored { seq }) => (*seq, false),
         Some(Enqueued::Duplicate { seq }) => (*seq, true),
@@ -74,7 +74,7 @@ pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> a
     if json {
         let _ = p.json(&serde_json::json!({
             "operation": op, "seq": seq, "event_id": event.event_id, "duplicate": dup,
-            "customer": id.log().to_string(), "kind": id.kind(), "state": state.display().to_string(),
+            "customer": id.log().to_string(), "kind": id.kind(), "state": location.describe(),
         }));
     } else if dup {
         let _ = p.data(format!(
@@ -94,13 +94,13 @@ pub fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer) -> a
 }
 
 /// `kfr outbox status`.
-pub fn status(settings: &Settings, state: &Path, json: bool, p: &Printer) -> anyhow::Result<()> {
-    let mut store = open_existing(state)?;
+pub async fn status(settings: &Settings, state: Option<&Path>, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let (store, location) = super::build::existing_store(settings, state)?;
     let register = register(settings).ok().map(|r| r.key());
-    let s = store.status(register.as_deref())?;
+    let s = store.status(register.clone()).await?;
     if json {
         let _ = p.json(&serde_json::json!({
-            "state": state.display().to_string(), "register": register, "status": s,
+            "state": location.describe(), "register": register, "status": s,
         }));
         return Ok(());
     }
@@ -108,7 +108,7 @@ pub fn status(settings: &Settings, state: &Path, json: bool, p: &Printer) -> any
         .oldest_unfinished
         .map(|t| format!(", oldest unfinished since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
         .unwrap_or_default();
-    let _ = p.data(format!("outbox {}{}", state.display(), age));
+    let _ = p.data(format!("outbox {location}{age}"));
     let _ = p.data(format!(
         "  pending {}  in flight {}  awaiting ingestion {}  delivered {}  dead-lettered {}  dropped {}",
         s.pending, s.in_flight, s.accepted, s.delivered, s.dead_lettered, s.dropped
@@ -126,9 +126,9 @@ pub fn status(settings: &Settings, state: &Path, json: bool, p: &Printer) -> any
 }
 
 /// `kfr dlq list`.
-pub fn dlq_list(state: &Path, json: bool, p: &Printer) -> anyhow::Result<()> {
-    let mut store = open_existing(state)?;
-    let dead = store.dead_letters(None)?;
+pub async fn dlq_list(settings: &Settings, state: Option<&Path>, json: bool, p: &Printer) -> anyhow::Result<()> {
+    let (store, _) = super::build::existing_store(settings, state)?;
+    let dead = store.dead_letters(None).await?;
     if json {
         for d in &dead {
             let _ = p.json(&serde_json::json!({
@@ -168,12 +168,20 @@ pub fn dlq_list(state: &Path, json: bool, p: &Printer) -> anyhow::Result<()> {
 }
 
 /// `kfr dlq retry SEQ|--all` and `kfr dlq drop SEQ`.
-pub fn dlq_act(state: &Path, which: DeadLetters, retry: bool, json: bool, p: &Printer) -> anyhow::Result<()> {
-    let mut store = open_existing(state)?;
+pub async fn dlq_act(
+    settings: &Settings,
+    state: Option<&Path>,
+    which: DeadLetters,
+    retry: bool,
+    action: OperatorAction,
+    json: bool,
+    p: &Printer,
+) -> anyhow::Result<()> {
+    let (store, _) = super::build::existing_store(settings, state)?;
     let n = if retry {
-        store.retry_dead(which)?
+        store.retry_dead(which, action, Utc::now()).await?
     } else {
-        store.drop_dead(which, Utc::now())?
+        store.drop_dead(which, action, Utc::now()).await?
     };
     if let (0, DeadLetters::One(seq)) = (n, which) {
         return Err(anyhow::Error::new(
@@ -197,8 +205,7 @@ pub fn dlq_act(state: &Path, which: DeadLetters, retry: bool, json: bool, p: &Pr
 }
 
 /// `kfr reconcile FILE [--dry-run] [--allow-mass-delete]`.
-pub fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) -> anyhow::Result<()> {
-    let state = &settings.require_state(args.store.state.as_deref())?;
+pub async fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) -> anyhow::Result<()> {
     let (file, dry_run, allow_mass_delete, json) = (&args.file, args.dry_run, args.allow_mass_delete, args.store.json);
     super::install_pseudonyms(settings)?;
     let register = register(settings)?.key();
@@ -226,9 +233,14 @@ pub fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) 
             r.text
         ));
     }
-    let mut store = if dry_run { open_existing(state)? } else { open(state)? };
-    let ledger = store.ledger(&register)?;
-    let busy: HashSet<String> = store.unfinished_customers(&register)?;
+    let state = args.store.state.as_deref();
+    let (store, location) = if dry_run {
+        super::build::existing_store(settings, state)?
+    } else {
+        super::build::writable_store(settings, state)?
+    };
+    let ledger = store.ledger(register.clone()).await?;
+    let busy: HashSet<String> = store.unfinished_customers(register.clone()).await?;
     let diff = crate::sync::reconcile::diff(&export, &ledger, &busy)
         .with_context(|| format!("cannot reconcile {}", file.display()))?;
     let summary = diff.summary();
@@ -240,7 +252,7 @@ pub fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) 
         0
     } else {
         let events = diff.events(Utc::now());
-        store.enqueue(&register, &events)?.len()
+        store.enqueue(register.clone(), events, Utc::now()).await?.len()
     };
     if json {
         let _ = p.json(&serde_json::json!({
@@ -272,8 +284,7 @@ pub fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Printer) 
         let _ = p.data("dry run: nothing was enqueued");
     } else {
         let _ = p.data(format!(
-            "enqueued {enqueued} event(s) in {}; `kfr sync` delivers them",
-            state.display()
+            "enqueued {enqueued} event(s) in {location}; `kfr sync` delivers them"
         ));
     }
     Ok(())

@@ -25,11 +25,9 @@ use super::printer::Printer;
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
 use crate::ids::CustomerId;
-use crate::kfr::{AddOutcome, RemoveOutcome, VerdictClass};
-use crate::store::outbox::{
-    ClaimEnd, ClaimFinished, Delivery, NewEvent, OutboxBackend as _, OutboxEvent, OwnEvent, Rejection,
-};
+use crate::store::{ClaimEnd, ClaimFinished, Claimer, Delivery, NewEvent, OWN_SOURCES, OutboxEvent, OwnEvent};
 use crate::store::{Operation, Store};
+use crate::sync::outcome::{Effect, Outcome, Rules, decide};
 use anyhow::Context as _;
 use chrono::Utc;
 
@@ -47,25 +45,21 @@ fn who(id: &CustomerId) -> String {
     format!("{} {}", id.kind().label(), id.log())
 }
 
-fn state_path(settings: &Settings, args: &RelationshipArgs) -> anyhow::Result<std::path::PathBuf> {
-    super::build::state_path(settings, args.state.as_deref())
-}
-
 /// Whether a load job's recorded register (environment, KFR base URL, org.nr) is the one this
 /// command talks to. URLs are compared by scheme, host, port and path.
 fn same_register(job_settings: &str, settings: &Settings, org: &str) -> bool {
     let v: serde_json::Value = serde_json::from_str(job_settings).unwrap_or_default();
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let (env, url, job_org) = (text("environment"), text("kfr_base_url"), text("org_number"));
-    use crate::store::outbox::canonical_url;
+    use crate::store::canonical_url;
     (env.is_empty() || env == settings.env.as_str())
         && (url.is_empty() || canonical_url(&url) == canonical_url(settings.kfr_base_url.as_str()))
         && (job_org.is_empty() || job_org == org)
 }
 
-/// The sources of operations issued by `kfr add` / `kfr remove` (and held by a load): what a
-/// run of either may send itself, ahead of its own operation on the same customer.
-const OWN_SOURCES: [&str; 2] = ["kfr add", "kfr remove"];
+/// How long transient failures of an operation queued by this command are retried (by the
+/// agent, or a rerun) before it is dead-lettered for an operator, as the agent's own events are.
+const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// One `kfr add` / `kfr remove`: through the outbox, so it never overtakes anything issued
 /// earlier on the customer (the sync agent's events, a load's held operations, an earlier run).
@@ -76,21 +70,25 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
     let register = super::outbox::register(&settings)?.key();
     // Built before anything is stored: a configuration problem leaves nothing behind.
     let client = super::build::kfr_client(&settings)?;
-    let state = state_path(&settings, args)?;
-    super::build::create_state_dir(&state)?;
-    let mut store = Store::open(&state)?;
-    if let Some(job) = store.unconfirmed_job()?
+    let (store, location) = super::build::writable_store(&settings, args.state.as_deref())?;
+    let state = location.describe();
+    if let Some(job) = store.unconfirmed_job().await?
         && !same_register(&job.settings, &settings, &org)
     {
         p.warning(format_args!(
-            "load job {} in {} runs against another KFR (environment, URL or org.nr), so it does not hold this {}",
+            "load job {} in {state} runs against another KFR (environment, URL or org.nr), so it does not hold this {}",
             job.id,
-            state.display(),
             op.as_str()
         ));
     }
-    // One claimer name per run: only this run may record the answer to what it claimed.
-    let claimer = format!("cli:{}", uuid::Uuid::new_v4());
+    // One claimer name per run: only this run may record the answer to what it claimed. Its
+    // claims outlast one attempt, so a sync agent never takes one back while its request is out.
+    let claimer = Claimer {
+        name: format!("cli:{}", uuid::Uuid::new_v4()),
+        epoch: None,
+        ttl: chrono::Duration::from_std(super::build::request_budget(&settings) * 2)
+            .unwrap_or(chrono::Duration::minutes(5)),
+    };
     let now = Utc::now();
     let event = NewEvent {
         event_id: format!("cli-{}", uuid::Uuid::new_v4()),
@@ -104,14 +102,21 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
         p: &p,
         args,
         state: &state,
-        register: &register,
+        store: &store,
         claimer: &claimer,
         client: &client,
         org: &org,
         own_op: op,
+        rules: Rules {
+            retry: super::build::retry_policy(&settings),
+            give_up_after: GIVE_UP_AFTER,
+        },
     };
-    let (seq, ahead, barrier) = match store.enqueue_and_claim(&register, &event, cid, &claimer, now)? {
-        OwnEvent::Claimed(ev) => return ctx.send(&mut store, &ev, true).await,
+    let (seq, ahead, barrier) = match store
+        .enqueue_and_claim(register.clone(), event, cid, claimer.clone(), now)
+        .await?
+    {
+        OwnEvent::Claimed(ev) => return ctx.send(ev, true).await,
         OwnEvent::Queued {
             seq, ahead, barrier, ..
         } => (seq, ahead, barrier),
@@ -122,9 +127,19 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
     // anything else ahead (the sync agent's events, an operation in flight elsewhere, a dead
     // letter, the barrier) keeps it queued for whoever delivers that queue.
     let mut sent_ahead = 0;
-    while let Some(head) = store.claim_head_of(&register, id.as_str(), &OWN_SOURCES, &claimer, Utc::now())? {
+    let sources: Vec<String> = OWN_SOURCES.iter().map(|s| s.to_string()).collect();
+    while let Some(head) = store
+        .claim_head_of(
+            register.clone(),
+            id.as_str().to_string(),
+            sources.clone(),
+            claimer.clone(),
+            Utc::now(),
+        )
+        .await?
+    {
         let ours = head.seq == seq;
-        ctx.send(&mut store, &head, ours).await?;
+        ctx.send(head, ours).await?;
         if ours {
             return Ok(());
         }
@@ -136,15 +151,14 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
             "operation": op, "outcome": "held",
             "reason": if ahead == 0 { "barrier" } else { "behind" }, "behind": ahead,
             "customer": id.log().to_string(), "kind": id.kind(), "correlation_id": cid,
-            "load_job": barrier, "state": state.display().to_string(), "seq": seq,
+            "load_job": barrier, "state": state, "seq": seq,
         }));
         return Ok(());
     }
     let _ = match (ahead, barrier) {
         (0, Some(job)) => p.data(format!(
-            "held: {} is queued in {}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
+            "held: {} is queued in {state}, not sent: initial load job {job} is not confirmed ingested yet (onboarding D-3); `kfr load` sends it when the load is confirmed (CorrelationID {cid})",
             who(&id),
-            state.display()
         )),
         _ => {
             let when = match barrier {
@@ -152,34 +166,71 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
                 None => "`kfr sync` sends it once they have gone (or `kfr load FILE --resume`, for operations a load held)".to_string(),
             };
             p.data(format!(
-                "queued: {} of {} waits in {} behind {ahead} earlier operation(s) on this customer, so KFR gets them in the order they were issued; {when} (CorrelationID {cid})",
+                "queued: {} of {} waits in {state} behind {ahead} earlier operation(s) on this customer, so KFR gets them in the order they were issued; {when} (CorrelationID {cid})",
                 op.as_str(),
                 who(&id),
-                state.display()
             ))
         }
     };
     Ok(())
 }
 
+/// One attempt's result: the outcome recorded (or not: taken over), and what KFR said.
+struct Tried {
+    outcome: Outcome,
+    finished: ClaimFinished,
+    status: Option<u16>,
+    error: Option<crate::kfr::KfrError>,
+}
+
 /// What sending one claimed operation needs.
 struct Ctx<'a> {
     p: &'a Printer,
     args: &'a RelationshipArgs,
-    state: &'a std::path::Path,
-    register: &'a str,
-    claimer: &'a str,
+    state: &'a str,
+    store: &'a Store,
+    claimer: &'a Claimer,
     client: &'a crate::kfr::KfrClient,
     org: &'a str,
     /// This command's own operation.
     own_op: Operation,
+    rules: Rules,
 }
 
 impl Ctx<'_> {
+    /// One attempt at the claimed `ev`, its verdict recorded by the rule every sender uses
+    /// ([`decide`]).
+    async fn attempt(&self, id: &CustomerId, ev: &OutboxEvent) -> anyhow::Result<Tried> {
+        let (outcome, status, error) = match ev.op {
+            Operation::Add => {
+                let a = self.client.add_once(id, ev.correlation_id).await;
+                let outcome = decide(&a, ev, &self.rules, Utc::now());
+                (outcome, a.status, a.into_result().err())
+            }
+            Operation::Remove => {
+                let a = self.client.remove_once(id, ev.correlation_id).await;
+                let outcome = decide(&a, ev, &self.rules, Utc::now());
+                (outcome, a.status, a.into_result().err())
+            }
+        };
+        let finished = self
+            .store
+            .finish_claim(ev.seq, self.claimer.name.clone(), outcome.end.clone(), Utc::now())
+            .await?;
+        Ok(Tried {
+            outcome,
+            finished,
+            status,
+            error,
+        })
+    }
+
     /// Sends the claimed `ev` and records the answer (delivered, retry later, handed back, or
-    /// dead-lettered, as the sync agent would). `ours`: it is this command's own operation (what
-    /// it prints and its exit status are about it); otherwise an earlier one sent ahead of it.
-    async fn send(&self, store: &mut Store, ev: &OutboxEvent, ours: bool) -> anyhow::Result<()> {
+    /// dead-lettered, as the sync agent would). A transient failure is tried again here, as the
+    /// retry policy allows, each time under a new claim; what is left stays queued. `ours`: it
+    /// is this command's own operation (what it prints and its exit status are about it);
+    /// otherwise an earlier one sent ahead of it.
+    async fn send(&self, mut ev: OutboxEvent, ours: bool) -> anyhow::Result<()> {
         // Stored by this command's rules (or a load's): valid when issued, so not refused now.
         let all = crate::ids::IdPolicy {
             allow_synthetic: true,
@@ -187,54 +238,69 @@ impl Ctx<'_> {
         };
         let id = CustomerId::parse(&ev.customer_id, &all).context("an operation's identifier in the state store")?;
         let cid = ev.correlation_id;
-        let answer = match ev.op {
-            Operation::Add => self.client.add(&id, Some(cid)).await.map(|o| {
-                let (d, text) = match o.value {
-                    AddOutcome::Added => (Delivery::Added, "added"),
-                    AddOutcome::AlreadyPresent => (Delivery::AlreadyPresent, "already present"),
-                };
-                (
-                    d,
-                    text,
-                    serde_json::to_value(o.value).unwrap_or_default(),
-                    o.status,
-                    o.echoed_correlation_id,
+        let where_ = format!("outbox entry {} in {}", ev.seq, self.state);
+        let mut tries = 1;
+        let Tried {
+            outcome,
+            finished,
+            status,
+            error,
+        } = loop {
+            let tried = self.attempt(&id, &ev).await?;
+            let again = match (&tried.outcome.end, &tried.finished) {
+                (ClaimEnd::RetryLater { not_before, .. }, ClaimFinished::Recorded)
+                    if tries < self.rules.retry.max_attempts.max(1) =>
+                {
+                    Some(*not_before)
+                }
+                _ => None,
+            };
+            let Some(not_before) = again else {
+                break tried;
+            };
+            tokio::time::sleep((not_before - Utc::now()).to_std().unwrap_or_default()).await;
+            tries += 1;
+            let sources = vec![ev.source.clone()];
+            match self
+                .store
+                .claim_head_of(
+                    ev.register.clone(),
+                    ev.customer_id.clone(),
+                    sources,
+                    self.claimer.clone(),
+                    Utc::now(),
                 )
-            }),
-            Operation::Remove => self.client.remove(&id, Some(cid)).await.map(|o| {
-                let (d, text) = match o.value {
-                    RemoveOutcome::Removed => (Delivery::Removed, "removed"),
-                    RemoveOutcome::NotFound => (Delivery::NotFound, "not registered (nothing to remove)"),
-                };
-                (
-                    d,
-                    text,
-                    serde_json::to_value(o.value).unwrap_or_default(),
-                    o.status,
-                    o.echoed_correlation_id,
-                )
-            }),
+                .await?
+            {
+                Some(again) if again.seq == ev.seq => ev = again,
+                // Someone else (a sync agent) has it now: it sends it.
+                _ => break tried,
+            }
         };
-        let now = Utc::now();
-        let where_ = format!("outbox entry {} in {}", ev.seq, self.state.display());
-        match answer {
-            Ok((delivery, text, value, status, echoed)) => {
-                let end = ClaimEnd::Delivered {
-                    delivery,
-                    echoed_correlation_id: echoed,
+        if let ClaimFinished::TakenOver { .. } = finished {
+            // Its claim ran out and a sync agent took it back: it sends it again with the same
+            // CorrelationID and records its own answer (KFR's answer to a repeat is the same
+            // state).
+            self.p.warning(format_args!(
+                "{where_} was taken over by a sync agent while this request was out; it records its own answer"
+            ));
+        }
+        match outcome.end {
+            ClaimEnd::Delivered { delivery, .. } => {
+                let (value, text) = match delivery {
+                    Delivery::Added => (serde_json::to_value(crate::kfr::AddOutcome::Added), "added"),
+                    Delivery::AlreadyPresent => (
+                        serde_json::to_value(crate::kfr::AddOutcome::AlreadyPresent),
+                        "already present",
+                    ),
+                    Delivery::Removed => (serde_json::to_value(crate::kfr::RemoveOutcome::Removed), "removed"),
+                    _ => (
+                        serde_json::to_value(crate::kfr::RemoveOutcome::NotFound),
+                        "not registered (nothing to remove)",
+                    ),
                 };
-                let finished = store.finish_claim(ev.seq, self.claimer, &end, now)?;
-                if finished == ClaimFinished::Recorded && ev.op == Operation::Add {
-                    // The ledger's history of single adds, as before the outbox carried them.
-                    store.record_add_in_ledger_for(self.register, &ev.customer_id, None, cid)?;
-                }
-                if let ClaimFinished::TakenOver { .. } = finished {
-                    // A sync agent that started meanwhile took the entry back and sends it again
-                    // with the same CorrelationID; KFR's answer to a repeat is the same state.
-                    self.p.warning(format_args!(
-                        "{where_} was taken over by a sync agent that started while this request was out; it records its own answer"
-                    ));
-                }
+                let value = value.unwrap_or_default();
+                let status = status.map_or("-".to_string(), |s| s.to_string());
                 if !ours {
                     if self.args.json {
                         return Ok(());
@@ -243,13 +309,13 @@ impl Ctx<'_> {
                         "sent first: the earlier {} of {} queued in {} ({text}, HTTP {status}, CorrelationID {cid})",
                         ev.op.as_str(),
                         who(&id),
-                        self.state.display()
+                        self.state
                     ));
                     return Ok(());
                 }
                 if self.args.json {
                     let _ = self.p.json(&serde_json::json!({
-                        "operation": ev.op, "outcome": value, "status": status,
+                        "operation": ev.op, "outcome": value, "status": status.parse::<u16>().ok(),
                         "customer": id.log().to_string(), "kind": id.kind(),
                         "correlation_id": cid, "org_number": self.org, "seq": ev.seq,
                     }));
@@ -263,42 +329,29 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            Err(e) => {
-                let error = crate::ids::scrub(&e.to_string());
-                let (end, then) = match e.class() {
-                    VerdictClass::Rejected => (
-                        ClaimEnd::DeadLetter(Rejection {
-                            status: e.status(),
-                            code: e.code().map(String::from),
-                            body: error.clone(),
-                            reason: format!("KFR refused it: {error}"),
-                        }),
-                        format!(
-                            "it is dead-lettered as {where_}, and later operations on the customer wait behind it (`kfr dlq list`, then `kfr dlq retry` or `kfr dlq drop`)"
-                        ),
+            end => {
+                let then = match (&end, &finished) {
+                    (_, ClaimFinished::TakenOver { .. }) => {
+                        format!("{where_} was taken over by a sync agent meanwhile; it sends it again")
+                    }
+                    (ClaimEnd::DeadLetter(_), _) => format!(
+                        "it is dead-lettered as {where_}, and later operations on the customer wait behind it (`kfr dlq list`, then `kfr dlq retry` or `kfr dlq drop`)"
                     ),
-                    VerdictClass::Transient | VerdictClass::RateLimited => (
-                        ClaimEnd::RetryLater {
-                            not_before: now + e.retry_after().unwrap_or_default(),
-                            error: error.clone(),
-                        },
-                        format!(
-                            "it stays first in the customer's queue as {where_}; `kfr sync`, or this command run again, sends it with the same CorrelationID"
-                        ),
+                    (_, _) if matches!(outcome.effect, Effect::Systemic { .. }) => format!(
+                        "it stays first in the customer's queue as {where_}; once the cause is fixed, `kfr sync`, or this command run again, sends it with the same CorrelationID"
                     ),
-                    VerdictClass::Systemic(_) => (
-                        ClaimEnd::Release { error: error.clone() },
-                        format!(
-                            "it stays first in the customer's queue as {where_}; once the cause is fixed, `kfr sync`, or this command run again, sends it with the same CorrelationID"
-                        ),
+                    _ => format!(
+                        "it stays first in the customer's queue as {where_}; `kfr sync`, or this command run again, sends it with the same CorrelationID"
                     ),
                 };
-                let finished = store.finish_claim(ev.seq, self.claimer, &end, now)?;
-                let then = match finished {
-                    ClaimFinished::Recorded => then,
-                    ClaimFinished::TakenOver { .. } => {
-                        format!("{where_} was taken over by a sync agent that started meanwhile; it sends it again")
+                // KFR's error itself (with its hint); the recorded text when there is none.
+                let error = match (error, &end) {
+                    (Some(e), _) => anyhow::Error::new(e),
+                    (None, ClaimEnd::DeadLetter(r)) => anyhow::anyhow!("{}", r.reason),
+                    (None, ClaimEnd::RetryLater { error, .. } | ClaimEnd::Release { error }) => {
+                        anyhow::anyhow!("{error}")
                     }
+                    (None, ClaimEnd::Delivered { .. }) => unreachable!("handled above"),
                 };
                 let (what, behind) = if ours {
                     ("", String::new())
@@ -308,11 +361,7 @@ impl Ctx<'_> {
                         format!("; this {} waits behind it", self.own_op.as_str()),
                     )
                 };
-                Err(anyhow::Error::new(e).context(format!(
-                    "cannot {} {what}{}: {then}{behind}",
-                    ev.op.as_str(),
-                    who(&id)
-                )))
+                Err(error.context(format!("cannot {} {what}{}: {then}{behind}", ev.op.as_str(), who(&id))))
             }
         }
     }

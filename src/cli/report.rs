@@ -30,7 +30,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::input::format::HeaderError,
         crate::input::reader::ReadError,
         crate::sync::reconcile::ReconcileError,
-        crate::store::outbox::StoreError,
+        crate::store::StoreError,
         crate::sync::dispatch::DispatchError,
         crate::sync::source::http::IngestError,
         super::sync::PartFailed,

@@ -18,7 +18,7 @@
 
 use super::SyncArgs;
 use crate::config::{Settings, SourceKind};
-use crate::store::{OutboxHandle, Store};
+use crate::store::{Lease, Store};
 use crate::sync::dispatch::{DispatchConfig, DispatchError, DispatchSummary, Dispatcher};
 use crate::sync::health::Health;
 use crate::sync::source::http::{IngestKey, IngestOptions, IngestServer, TlsFiles};
@@ -147,15 +147,12 @@ fn dispatcher_outcome(
 pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer) -> anyhow::Result<()> {
     super::install_pseudonyms(&settings)?;
     let sync = &settings.sync;
-    let state = settings.require_state(args.state.as_deref())?;
     let register = super::outbox::register(&settings)?;
     let register_key = register.key();
     let client = super::build::kfr_client(&settings)?;
     let policy = super::build::id_policy(&settings);
 
-    super::build::create_state_dir(&state)?;
-    let store = Store::open(&state).with_context(|| format!("opening the state store {}", state.display()))?;
-    let handle = OutboxHandle::spawn(Box::new(store)).context("starting the state store's thread")?;
+    let (handle, location) = super::build::writable_store(&settings, args.state.as_deref())?;
     let health = Health::new();
     let prometheus = crate::sync::metrics::install()?;
 
@@ -171,10 +168,14 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     };
     // Retries of the agent are bounded by time (`give_up_after`), not by count.
     config.retry.max_attempts = u32::MAX;
+    // Claims outlast the longest attempt, with room for a wait in the rate gate (issue 18).
+    config.request_budget = super::build::request_budget(&settings);
+    config.claim_ttl = config.request_budget * 3;
     if let Some(ms) = args.probe_interval_ms {
         config.probe_interval = Duration::from_millis(ms.max(1));
     }
     let grace = config.shutdown_grace;
+    let config_lease_ttl = config.lease_ttl;
     let dispatcher = Dispatcher::new(handle.clone(), client, register_key.clone(), config, health.clone());
     let intake =
         Intake::new(handle.clone(), register_key.clone(), health.clone(), policy).with_waker(dispatcher.waker());
@@ -275,13 +276,27 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut delivering = tokio::spawn(dispatcher.run(stop_rx));
-    crate::sync::metrics::set_ready(true);
+    let lease_ttl = chrono::Duration::from_std(config_lease_ttl).unwrap_or(chrono::Duration::seconds(30));
+    let holder = format!(
+        "sync:{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().to_string()[..8]
+    );
+    let standing_by = {
+        let (store, register_key, health) = (handle.clone(), register_key.clone(), health.clone());
+        let stop = stop_rx.clone();
+        async move { lease_or_stop(&store, &register_key, &holder, lease_ttl, &health, stop).await }
+    };
+    let mut delivering = tokio::spawn(async move {
+        match standing_by.await {
+            Some(lease) => dispatcher.run(stop_rx, lease).await,
+            None => Ok(DispatchSummary::default()),
+        }
+    });
     p.message(format!(
-        "kfr sync: delivering to {} for {} with store {}",
-        register.base_url,
-        register.org_number,
-        state.display()
+        "kfr sync: delivering to {} for {} with store {location} (or standing by while another agent holds its lease)",
+        register.base_url, register.org_number,
     ));
 
     // Until a signal, or until a part stops by itself: either way the same drain follows.
@@ -470,9 +485,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_dispatcher_stopping_by_itself_ends_the_wait_and_is_a_failure() {
         let mut parts = vec![part("the source `http`", false, std::future::pending())];
-        let mut dispatcher = tokio::spawn(async {
-            Err::<DispatchSummary, _>(DispatchError::Store(crate::store::outbox::StoreError::Stopped))
-        });
+        let mut dispatcher =
+            tokio::spawn(async { Err::<DispatchSummary, _>(DispatchError::Store(crate::store::StoreError::Stopped)) });
         let Some(Ending::Dispatcher(result)) = within_an_hour(&mut parts, &mut dispatcher).await else {
             panic!("the dispatcher's end ends the wait");
         };
@@ -499,5 +513,66 @@ mod tests {
         let ending = first_ending(async { Ok("SIGTERM") }, &mut parts, &mut never()).await;
         assert!(matches!(ending, Ending::Signal("SIGTERM")));
         assert_eq!(parts.len(), 1);
+    }
+}
+
+/// This host's name, for the lease holder's description (who delivers, seen by a standby).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// How often a standby looks whether the lease is free.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// Takes the register's delivery lease, standing by (`/readyz` 503 `standby`, the gauge
+/// `kfr_sync_standby` 1) while another agent holds it; `None` when asked to stop first. Intake
+/// runs meanwhile: events go into the shared outbox for whoever delivers.
+async fn lease_or_stop(
+    store: &Store,
+    register: &str,
+    holder: &str,
+    ttl: chrono::Duration,
+    health: &Health,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<Lease> {
+    let mut announced = false;
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        match store
+            .take_lease(register.to_string(), holder.to_string(), chrono::Utc::now(), ttl)
+            .await
+        {
+            Ok(Some(lease)) => {
+                health.set_standby(None);
+                crate::sync::metrics::set_standby(false);
+                crate::sync::metrics::set_ready(health.unready().is_empty());
+                tracing::info!(epoch = lease.epoch, holder, "holding the delivery lease: delivering");
+                return Some(lease);
+            }
+            Ok(None) => {
+                if !announced {
+                    announced = true;
+                    let other = match store.lease_holder(register.to_string()).await {
+                        Ok(Some(h)) => format!("{} (epoch {})", h.holder, h.epoch),
+                        _ => "another kfr sync".into(),
+                    };
+                    tracing::warn!(holder = %other, "another agent delivers for this register: standing by, taking events into the shared outbox");
+                    health.set_standby(Some(format!("{other} delivers; this agent takes over when it stops")));
+                    crate::sync::metrics::set_standby(true);
+                    crate::sync::metrics::set_ready(false);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not check the delivery lease; trying again"),
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+        }
     }
 }

@@ -19,8 +19,9 @@ use super::report::SentOperation;
 use super::{EventSink, LoadError};
 use crate::ids::{CustomerId, IdPolicy};
 use crate::kfr::KfrClient;
-use crate::store::jobs::{Abandonment, HeldAtAbandon};
-use crate::store::{BatchStatus, CustomerQueue as _, HeldOp, Operation, Store};
+use crate::store::{
+    Abandonment, BatchStatus, HeldAtAbandon, OWN_SOURCES, Operation, OperatorAction, OutboxEvent, Store,
+};
 use std::path::PathBuf;
 
 /// What to do with the operations held in the job's register.
@@ -37,7 +38,12 @@ pub enum HeldChoice {
 /// Everything `kfr load abandon` needs, as values.
 #[derive(Debug, Clone)]
 pub struct AbandonOptions {
+    /// Where the state store is, for messages (the store itself is passed to [`abandon`]).
     pub state: PathBuf,
+    /// Who abandons and why, for the history.
+    pub action: OperatorAction,
+    /// As [`super::LoadOptions::request_budget`].
+    pub request_budget: std::time::Duration,
     pub job: i64,
     pub held: HeldChoice,
     /// The KFR this run talks to: held operations are sent only to the job's own.
@@ -89,7 +95,7 @@ pub struct AbandonOutcome {
 }
 
 /// How an operation is named to people: kind and masked identifier (docs/ids.md).
-fn masked(op: &HeldOp) -> String {
+fn masked(op: &OutboxEvent) -> String {
     let all = IdPolicy {
         allow_synthetic: true,
         allow_h_numbers: true,
@@ -103,35 +109,47 @@ fn masked(op: &HeldOp) -> String {
 /// `kfr load abandon`: see the module docs for the rule.
 pub async fn abandon(
     opts: &AbandonOptions,
+    store: Option<&Store>,
     client: Option<&KfrClient>,
     on: EventSink<'_>,
 ) -> Result<AbandonOutcome, LoadError> {
-    let Some(mut store) = Store::open_existing(&opts.state)? else {
+    let Some(store) = store else {
         return Err(LoadError::NoStore {
             state: opts.state.clone(),
         });
     };
     // A running load owns the job: abandoning under it would race its next step.
-    let _writer = match crate::store::lock::WriterLock::acquire(&opts.state)? {
-        Ok(lock) => lock,
-        Err(holder) => {
-            return Err(LoadError::StoreBusy {
-                state: opts.state.clone(),
-                job: Some(opts.job),
-                input: None,
-                holder,
-            });
-        }
-    };
+    let me = format!("pid {} (kfr load abandon)", std::process::id());
+    if let Some(holder) = store.take_writer(me).await? {
+        return Err(LoadError::StoreBusy {
+            state: opts.state.clone(),
+            job: Some(opts.job),
+            input: None,
+            holder,
+        });
+    }
+    let result = abandon_as_writer(opts, store, client, on).await;
+    if let Err(e) = store.release_writer().await {
+        tracing::warn!(error = %e, "could not let go of the store's writer lock; it goes when this process ends");
+    }
+    result
+}
+
+async fn abandon_as_writer(
+    opts: &AbandonOptions,
+    store: &Store,
+    client: Option<&KfrClient>,
+    on: EventSink<'_>,
+) -> Result<AbandonOutcome, LoadError> {
     // Held operations go to the job's own KFR or nowhere (a job belongs to one KFR).
     if opts.held == HeldChoice::Send
-        && let Some(job) = store.jobs()?.into_iter().find(|j| j.id == opts.job)
+        && let Some(job) = store.job(opts.job).await?
     {
         let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
         let field = |k: &str| settings.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let (env, url, org) = (field("environment"), field("kfr_base_url"), field("org_number"));
         let other = (!url.is_empty()
-            && crate::store::outbox::canonical_url(&url) != crate::store::outbox::canonical_url(&opts.kfr_base_url))
+            && crate::store::canonical_url(&url) != crate::store::canonical_url(&opts.kfr_base_url))
             || (!env.is_empty() && env != opts.environment)
             || (!org.is_empty() && org != opts.org_number);
         if other {
@@ -149,7 +167,10 @@ pub async fn abandon(
         HeldChoice::Send => HeldAtAbandon::Release,
         HeldChoice::Drop => HeldAtAbandon::Drop,
     };
-    let (was_running, held) = match store.abandon_job_with(opts.job, rule)? {
+    let (was_running, held) = match store
+        .abandon_job(opts.job, rule, opts.action.clone(), chrono::Utc::now())
+        .await?
+    {
         Abandonment::NoSuchJob => {
             return Err(LoadError::NoSuchJob {
                 job: opts.job,
@@ -169,7 +190,7 @@ pub async fn abandon(
             });
         }
         Abandonment::HeldWaiting { held } | Abandonment::AlreadyAbandoned { held } => {
-            let n = |o: Operation| held.iter().filter(|h| h.operation == o).count();
+            let n = |o: Operation| held.iter().filter(|h| h.op == o).count();
             return Err(LoadError::HeldOperationsWait {
                 job: opts.job,
                 adds: n(Operation::Add),
@@ -178,22 +199,23 @@ pub async fn abandon(
         }
         Abandonment::Abandoned { was_running, held } => (was_running, held),
     };
+    let register = held.first().map(|h| h.register.clone()).unwrap_or_default();
     let mut sent = vec![];
     let mut failed = 0;
     let mut dropped = vec![];
     match opts.held {
         HeldChoice::Send if !held.is_empty() => {
             let client = client.expect("--send-held comes with a KFR client");
-            (sent, failed) = super::send_held_operations(&mut store, client, on).await?;
+            (sent, failed) = super::send_held_operations(store, client, &register, opts.request_budget, on).await?;
         }
         HeldChoice::Drop => {
             dropped = held
                 .iter()
                 .map(|op| DroppedOperation {
                     customer: masked(op),
-                    operation: op.operation,
+                    operation: op.op,
                     correlation_id: op.correlation_id,
-                    queued_at: op.queued_at.clone(),
+                    queued_at: crate::store::time_text(op.received_at),
                 })
                 .collect();
         }
@@ -202,13 +224,22 @@ pub async fn abandon(
     // What the sending left (a failure, and whatever waits behind it on that customer) is
     // counted, so nothing hides in the queue.
     let still_held = if opts.held == HeldChoice::Send {
-        let left: std::collections::BTreeSet<i64> = store.waiting()?.iter().map(|w| w.id).collect();
-        held.iter().filter(|h| left.contains(&h.id)).count()
+        let sources = OWN_SOURCES.iter().map(|s| s.to_string()).collect();
+        let left: std::collections::BTreeSet<i64> = store
+            .unfinished_of(register.clone(), sources)
+            .await?
+            .iter()
+            .map(|w| w.seq)
+            .collect();
+        held.iter().filter(|h| left.contains(&h.seq)).count()
     } else {
         0
     };
-    let job = store.job(opts.job)?;
-    let batches = store.batches(opts.job)?;
+    let job = store
+        .job(opts.job)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("load job {} is gone from the state store", opts.job))?;
+    let batches = store.batches(opts.job).await?;
     let count = |st: BatchStatus| {
         let of: Vec<_> = batches.iter().filter(|b| b.status == st).collect();
         BatchCount {
@@ -218,7 +249,7 @@ pub async fn abandon(
     };
     let mut ledger_rows = 0;
     for b in &batches {
-        ledger_rows += store.ledger_count(Some((opts.job, b.seq)))?;
+        ledger_rows += store.ledger_count(Some((opts.job, b.seq))).await?;
     }
     Ok(AbandonOutcome {
         job: opts.job,

@@ -118,6 +118,10 @@ pub enum LoadError {
     #[error("the last load job ({job}, from {input}) was abandoned: there is nothing to resume")]
     JobAbandoned { job: i64, input: String },
 
+    /// The state store failed (its own error says what an operator can do).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -184,6 +188,7 @@ impl Hinted for LoadError {
                 "`kfr load abandon {job} --send-held` sends them again, in order, once KFR can be reached"
             ),
             LoadError::JobAbandoned { .. } => "start a new load without --resume (`kfr load status` shows the abandoned job)".into(),
+            LoadError::Store(e) => return crate::error::Hinted::hint(e),
             LoadError::Other(_) => return None,
         })
     }

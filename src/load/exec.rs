@@ -31,7 +31,7 @@ use super::reader::Packed;
 use crate::env_vars;
 use crate::ids::CustomerId;
 use crate::kfr::{KfrClient, KfrError, Layout};
-use crate::store::{BatchRecord, BatchStatus, Store};
+use crate::store::{BatchChange, BatchRecord, BatchStatus, Store};
 use anyhow::Context as _;
 use rand::seq::IndexedRandom as _;
 use std::time::{Duration, Instant};
@@ -116,7 +116,7 @@ pub enum ExecEnd {
 
 /// Uploads and confirms the job's batches that are not confirmed yet.
 pub async fn execute(
-    store: &mut Store,
+    store: &Store,
     client: &KfrClient,
     job: i64,
     entries: &[Packed],
@@ -124,7 +124,7 @@ pub async fn execute(
     opts: &ExecOptions,
     on: EventSink<'_>,
 ) -> anyhow::Result<ExecEnd> {
-    let batches = store.batches(job)?;
+    let batches = store.batches(job).await?;
     let mut ingested: u64 = batches
         .iter()
         .filter(|b| b.status == BatchStatus::Confirmed)
@@ -140,7 +140,7 @@ pub async fn execute(
         check_stop(opts)?;
         let slice = &entries[b.first_entry as usize..(b.first_entry + b.entry_count) as usize];
         let mut status = b.status;
-        if status == BatchStatus::Planned && paused_for_today(store, job, &b, opts)? {
+        if status == BatchStatus::Planned && paused_for_today(store, job, &b, opts).await? {
             on(LoadEvent::Paused {
                 batch: b.seq,
                 max_per_day: opts.max_per_day,
@@ -159,7 +159,9 @@ pub async fn execute(
             if status == BatchStatus::Uploading {
                 status = probe_unknown_upload(store, client, job, &b, slice, opts, on).await?;
                 if status == BatchStatus::Planned {
-                    store.count_batch_resend(job, b.seq)?;
+                    store
+                        .update_batch(job, b.seq, BatchChange::Resent, chrono::Utc::now())
+                        .await?;
                     b.resends += 1;
                     on(LoadEvent::BatchResent {
                         batch: b.seq,
@@ -171,7 +173,9 @@ pub async fn execute(
                 if !b.witness_checked {
                     b.witness = choose_witness(client, slice, opts, on, b.seq).await?;
                     b.witness_checked = true;
-                    store.set_batch_witness(job, b.seq, b.witness)?;
+                    store
+                        .update_batch(job, b.seq, BatchChange::Witness(b.witness), chrono::Utc::now())
+                        .await?;
                 }
                 if points.is_none() {
                     points = Some(choose_measuring_points(client, slice, b.witness, opts, on, b.seq).await?);
@@ -180,7 +184,8 @@ pub async fn execute(
                 if status == BatchStatus::Uploading {
                     // The probe counts from this upload's start, not an earlier one's.
                     b.uploading_at = store
-                        .batches(job)?
+                        .batches(job)
+                        .await?
                         .into_iter()
                         .find(|x| x.seq == b.seq)
                         .and_then(|x| x.uploading_at);
@@ -191,12 +196,13 @@ pub async fn execute(
             }
         }
         debug_assert_eq!(status, BatchStatus::Accepted);
-        if store.ledger_count(Some((job, b.seq)))? != b.entry_count {
-            record_ledger(store, job, &b, slice)?;
+        if store.ledger_count(Some((job, b.seq))).await? != b.entry_count {
+            record_ledger(store, job, &b, slice).await?;
         }
         abort_point("accepted", Some(b.seq));
         let accepted_at = store
-            .batches(job)?
+            .batches(job)
+            .await?
             .into_iter()
             .find(|x| x.seq == b.seq)
             .and_then(|x| x.accepted_at)
@@ -230,8 +236,17 @@ pub async fn execute(
                 "time"
             }
         };
-        store.set_batch_confirmed_by(job, b.seq, by)?;
-        store.set_batch_status(job, b.seq, BatchStatus::Confirmed)?;
+        store
+            .update_batch(job, b.seq, BatchChange::ConfirmedBy(by.to_string()), chrono::Utc::now())
+            .await?;
+        store
+            .update_batch(
+                job,
+                b.seq,
+                BatchChange::Status(BatchStatus::Confirmed),
+                chrono::Utc::now(),
+            )
+            .await?;
         ingested += b.entry_count;
         on(LoadEvent::BatchConfirmed {
             batch: b.seq,
@@ -246,11 +261,12 @@ pub async fn execute(
 }
 
 /// True when sending `b` today would exceed `max_per_day` (counting batches accepted today).
-fn paused_for_today(store: &mut Store, job: i64, b: &BatchRecord, opts: &ExecOptions) -> anyhow::Result<bool> {
+async fn paused_for_today(store: &Store, job: i64, b: &BatchRecord, opts: &ExecOptions) -> anyhow::Result<bool> {
     let Some(max) = opts.max_per_day else { return Ok(false) };
     let today = crate::clock::oslo_today();
     let sent_today: u64 = store
-        .batches(job)?
+        .batches(job)
+        .await?
         .iter()
         .filter(|x| {
             x.accepted_at
@@ -269,7 +285,7 @@ fn paused_for_today(store: &mut Store, job: i64, b: &BatchRecord, opts: &ExecOpt
 /// `Planned` never (a refusal before sending is waited out here, a final refusal is an error).
 #[allow(clippy::too_many_arguments)]
 async fn upload(
-    store: &mut Store,
+    store: &Store,
     client: &KfrClient,
     job: i64,
     b: &BatchRecord,
@@ -288,12 +304,26 @@ async fn upload(
     );
     let mut waited = Waited::new();
     loop {
-        store.set_batch_status(job, b.seq, BatchStatus::Uploading)?;
+        store
+            .update_batch(
+                job,
+                b.seq,
+                BatchChange::Status(BatchStatus::Uploading),
+                chrono::Utc::now(),
+            )
+            .await?;
         abort_point("uploading", Some(b.seq));
         let e = match client.batch_once(&body, b.correlation_id).await.into_result() {
             Ok(()) => {
                 abort_point("sent", Some(b.seq));
-                store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
+                store
+                    .update_batch(
+                        job,
+                        b.seq,
+                        BatchChange::Status(BatchStatus::Accepted),
+                        chrono::Utc::now(),
+                    )
+                    .await?;
                 on(LoadEvent::BatchAccepted {
                     batch: b.seq,
                     entries: b.entry_count,
@@ -320,7 +350,14 @@ async fn upload(
             });
             return Ok(BatchStatus::Uploading);
         }
-        store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
+        store
+            .update_batch(
+                job,
+                b.seq,
+                BatchChange::Status(BatchStatus::Planned),
+                chrono::Utc::now(),
+            )
+            .await?;
         let step = format!("uploading batch {}", b.seq);
         waited.wait_or_stop(&e, &step, opts, on).await.map_err(|e| {
             e.context(format!(
@@ -451,20 +488,18 @@ async fn choose_witness(
     Ok(None)
 }
 
-fn record_ledger(store: &mut Store, job: i64, b: &BatchRecord, slice: &[Packed]) -> anyhow::Result<()> {
-    let texts: Vec<(String, Option<chrono::NaiveDate>)> = slice.iter().map(|p| (p.id_text(), p.start())).collect();
-    store.record_batch_in_ledger(
-        job,
-        b.seq,
-        b.correlation_id,
-        texts.iter().map(|(t, d)| (t.as_str(), *d)),
-    )
+async fn record_ledger(store: &Store, job: i64, b: &BatchRecord, slice: &[Packed]) -> anyhow::Result<()> {
+    let entries: Vec<(String, Option<chrono::NaiveDate>)> = slice.iter().map(|p| (p.id_text(), p.start())).collect();
+    store
+        .record_batch(job, b.seq, b.correlation_id, entries, chrono::Utc::now())
+        .await?;
+    Ok(())
 }
 
 /// Decides the fate of a batch whose upload outcome was not recorded. Returns `Accepted` when its
 /// last entry is visible, `Planned` (already stored) when it must be sent again.
 async fn probe_unknown_upload(
-    store: &mut Store,
+    store: &Store,
     client: &KfrClient,
     job: i64,
     b: &BatchRecord,
@@ -500,12 +535,26 @@ async fn probe_unknown_upload(
             None => false,
         };
         if seen {
-            store.set_batch_status(job, b.seq, BatchStatus::Accepted)?;
+            store
+                .update_batch(
+                    job,
+                    b.seq,
+                    BatchChange::Status(BatchStatus::Accepted),
+                    chrono::Utc::now(),
+                )
+                .await?;
             on(LoadEvent::UnknownUploadFound { batch: b.seq });
             return Ok(BatchStatus::Accepted);
         }
         if Instant::now() >= deadline {
-            store.set_batch_status(job, b.seq, BatchStatus::Planned)?;
+            store
+                .update_batch(
+                    job,
+                    b.seq,
+                    BatchChange::Status(BatchStatus::Planned),
+                    chrono::Utc::now(),
+                )
+                .await?;
             on(LoadEvent::UnknownUploadAbsent { batch: b.seq });
             return Ok(BatchStatus::Planned);
         }

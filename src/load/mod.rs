@@ -48,8 +48,9 @@ impl ToEntry for reader::Packed {
 }
 
 use crate::ids::{CustomerId, IdPolicy};
-use crate::kfr::{AddOutcome, KfrClient, Layout, RemoveOutcome};
-use crate::store::{CustomerQueue as _, Operation, Store, jobs::NewBatch};
+use crate::kfr::{KfrClient, Layout};
+use crate::store::{ClaimEnd, ClaimFinished, Claimer, NewBatch, NewJob, OWN_SOURCES, Operation, Store, time_text};
+use crate::sync::outcome::{Effect, Rules, decide};
 use anyhow::Context as _;
 use chrono::NaiveDate;
 use exec::{ExecEnd, ExecOptions, abort_point};
@@ -68,7 +69,8 @@ pub const EXAMPLES_PER_RULE: u64 = 3;
 pub struct LoadOptions {
     pub file: PathBuf,
     pub resume: bool,
-    /// The state store (jobs, batches, ledger, held operations).
+    /// Where the state store is (jobs, batches, ledger, held operations), for messages; the
+    /// store itself is opened by the caller and passed to [`run`].
     pub state: PathBuf,
     pub report: Option<PathBuf>,
     pub skip_invalid: bool,
@@ -97,6 +99,9 @@ pub struct LoadOptions {
     pub resume_command: String,
     /// Set by the command when a signal asks the load to stop (Ctrl-C, SIGTERM).
     pub stop: Option<exec::StopFlag>,
+    /// The longest one KFR request may take (request timeout, a token fetch, a 401 retry): a
+    /// held operation's claim lasts longer, so its request always ends inside its claim.
+    pub request_budget: Duration,
 }
 
 /// How a load ended without an error.
@@ -396,7 +401,7 @@ fn prepare(
 /// checked and opened (0600, never through a symlink) before anything is read, so a bad path
 /// fails at once; a plan that fails leaves no report behind.
 pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, LoadError> {
-    let made_at = crate::store::now_text();
+    let made_at = time_text(chrono::Utc::now());
     let out = match &opts.report {
         Some(path) => {
             report::check_plan_report_path(path).map_err(|message| LoadError::BadReportPath { message })?;
@@ -450,7 +455,12 @@ pub fn dry_run(opts: &LoadOptions, on: EventSink<'_>) -> Result<PlanSummary, Loa
 
 /// `kfr load`: plans (or resumes) the job, uploads and confirms it batch by batch, then sends the
 /// operations held while it ran.
-pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -> Result<LoadOutcome, LoadError> {
+pub async fn run(
+    opts: &LoadOptions,
+    store: &Store,
+    client: &KfrClient,
+    outer: EventSink<'_>,
+) -> Result<LoadOutcome, LoadError> {
     // Entries KFR already held with a later start date are collected for the report as the
     // executor meets them (issue 9 item 9).
     let later_starts: std::sync::Mutex<Vec<report::KeptDate>> = Default::default();
@@ -468,32 +478,45 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
     };
     let on: EventSink<'_> = &collect;
     let started = Instant::now();
-    let started_at = crate::store::now_text();
+    let started_at = time_text(chrono::Utc::now());
     if let Some(r) = &opts.report {
         report::check_report_path(r).map_err(|message| LoadError::BadReportPath { message })?;
     }
-    let mut store = Store::open(&opts.state)?;
-    // One writer per store (issue 9): held until this function returns, released by the OS if
-    // the process dies.
-    let _writer = match crate::store::lock::WriterLock::acquire(&opts.state)? {
-        Ok(lock) => lock,
-        Err(holder) => {
-            let job = store.unconfirmed_job()?;
-            return Err(LoadError::StoreBusy {
-                state: opts.state.clone(),
-                job: job.as_ref().map(|j| j.id),
-                input: job.map(|j| j.input_path),
-                holder,
-            });
-        }
-    };
+    // One writer per store (issue 9), whatever the path's spelling: held until this function
+    // returns, released by the OS if the process dies.
+    let me = format!("pid {}, since {}", std::process::id(), time_text(chrono::Utc::now()));
+    if let Some(holder) = store.take_writer(me).await? {
+        let job = store.unconfirmed_job().await?;
+        return Err(LoadError::StoreBusy {
+            state: opts.state.clone(),
+            job: job.as_ref().map(|j| j.id),
+            input: job.map(|j| j.input_path),
+            holder,
+        });
+    }
+    let result = run_as_writer(opts, store, client, on, started, started_at, &later_starts).await;
+    if let Err(e) = store.release_writer().await {
+        tracing::warn!(error = %e, "could not let go of the store's writer lock; it goes when this process ends");
+    }
+    result
+}
 
+/// [`run`] once this process is the store's one load writer.
+async fn run_as_writer(
+    opts: &LoadOptions,
+    store: &Store,
+    client: &KfrClient,
+    on: EventSink<'_>,
+    started: Instant,
+    started_at: String,
+    later_starts: &std::sync::Mutex<Vec<report::KeptDate>>,
+) -> Result<LoadOutcome, LoadError> {
     // A resumed job keeps the settings it was planned with (same "today", same boundary and
     // limit), so it plans the very same batches.
     let resuming = if opts.resume {
-        match store.unconfirmed_job()? {
+        match store.unconfirmed_job().await? {
             Some(job) => Some(job),
-            None => match store.latest_job()? {
+            None => match store.latest_job().await? {
                 // An operator ended it (`kfr load abandon`): never picked up again.
                 Some(job) if job.status == crate::store::JobStatus::Abandoned => {
                     return Err(LoadError::JobAbandoned {
@@ -510,7 +533,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
             },
         }
     } else {
-        if let Some(job) = store.unconfirmed_job()? {
+        if let Some(job) = store.unconfirmed_job().await? {
             return Err(LoadError::JobUnconfirmed {
                 job: job.id,
                 input: job.input_path,
@@ -536,8 +559,8 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
         // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
         // recorded the KFR (empty fields) cannot be checked.
         let other_kfr = !job_settings.kfr_base_url.is_empty()
-            && crate::store::outbox::canonical_url(&job_settings.kfr_base_url)
-                != crate::store::outbox::canonical_url(&opts.kfr_base_url);
+            && crate::store::canonical_url(&job_settings.kfr_base_url)
+                != crate::store::canonical_url(&opts.kfr_base_url);
         let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
         if other_kfr || other_env {
             return Err(LoadError::OtherKfr {
@@ -579,7 +602,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
 
     let job = match &resuming {
         Some(job) => {
-            let stored = store.batches(job.id)?;
+            let stored = store.batches(job.id).await?;
             let same = stored.len() == summary.plan.batches.len()
                 && stored.iter().zip(&summary.plan.batches).all(|(s, p)| {
                     s.first_entry == p.first as u64 && s.entry_count == p.count as u64 && s.bytes == p.bytes as u64
@@ -609,13 +632,14 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
                     correlation_id: uuid::Uuid::new_v4(),
                 })
                 .collect();
-            let id = store.create_job(
-                &opts.file.display().to_string(),
-                &read.content_hash,
-                &serde_json::to_string(&job_settings).context("storing the job's settings")?,
-                read.entries.len() as u64,
-                &batches,
-            )?;
+            let new = NewJob {
+                input_path: opts.file.display().to_string(),
+                content_hash: read.content_hash.clone(),
+                settings: serde_json::to_string(&job_settings).context("storing the job's settings")?,
+                entries: read.entries.len() as u64,
+                batches,
+            };
+            let id = store.create_job(new, chrono::Utc::now()).await?;
             on(LoadEvent::JobCreated {
                 job: id,
                 state: opts.state.clone(),
@@ -635,7 +659,7 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
         resume_command: opts.resume_command.clone(),
         stop: opts.stop.clone(),
     };
-    let outcome = exec::execute(&mut store, client, job, &read.entries, &layout, &exec_opts, on).await;
+    let outcome = exec::execute(store, client, job, &read.entries, &layout, &exec_opts, on).await;
     on(LoadEvent::Finished);
     // A failed run still writes its report: it says which batches were accepted before the stop.
     let (end, failure) = match outcome {
@@ -647,13 +671,14 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
     };
     let mut sent = vec![];
     let mut failed = 0;
-    if end == Some(ExecEnd::Complete) && store.confirm_job_if_complete(job)? {
+    if end == Some(ExecEnd::Complete) && store.confirm_job_if_complete(job, chrono::Utc::now()).await? {
         // The barrier is down: the held operations go, per customer in issue order.
         abort_point("deletes", None);
-        (sent, failed) = send_held_operations(&mut store, client, on).await?;
+        let register = store.job(job).await?.and_then(|j| j.register).unwrap_or_default();
+        (sent, failed) = send_held_operations(store, client, &register, opts.request_budget, on).await?;
     }
     let (report, report_files) = write_report(
-        &mut store,
+        store,
         opts,
         &read,
         rejects,
@@ -665,7 +690,8 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
         sent,
         std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner())),
         on,
-    )?;
+    )
+    .await?;
     if let Some(e) = failure {
         return Err(e.into());
     }
@@ -682,13 +708,22 @@ pub async fn run(opts: &LoadOptions, client: &KfrClient, outer: EventSink<'_>) -
     })
 }
 
+/// How long transient failures of a held operation are retried (by the sync agent, or the next
+/// `--resume`) before it is dead-lettered for an operator, as the agent's own events are.
+const HELD_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Sends the operations held while the load ran (onboarding D-3 step 4, docs/specs/barrier.md):
-/// whatever the queue hands out, one at a time, so each customer's operations go in issue order.
-/// A failed one is parked at the head of its customer's queue (that customer's later operations
-/// wait behind it; other customers go on). Returns what was sent and how many failed.
+/// whatever the outbox hands out of `register`'s held operations, one at a time, so each
+/// customer's operations go in issue order. Each attempt's verdict is recorded by the one rule
+/// every sender uses ([`decide`]): a refusal dead-letters it (visible in `kfr dlq list`, only its
+/// customer parked), a transient failure schedules it again (the agent or a resume sends it), and
+/// a refused token, a missing permission or a rate limit stops the sending at once without
+/// touching the rest. Returns what was sent and how many were not.
 async fn send_held_operations(
-    store: &mut Store,
+    store: &Store,
     client: &KfrClient,
+    register: &str,
+    request_budget: Duration,
     on: EventSink<'_>,
 ) -> Result<(Vec<SentOperation>, usize), LoadError> {
     // Identifiers were checked when the operation was issued; the policy of this run must not
@@ -697,62 +732,100 @@ async fn send_held_operations(
         allow_synthetic: true,
         allow_h_numbers: true,
     };
-    // This load is now the one sender: whatever an earlier run left parked or claimed goes back
-    // in line, in its old place.
-    store.release()?;
+    let rules = Rules {
+        retry: client.config().retry.clone(),
+        give_up_after: HELD_GIVE_UP_AFTER,
+    };
+    // The claim outlasts the request: nobody else sends the customer meanwhile, and a load that
+    // dies with a request out leaves a claim the agent takes back only once it ran out.
+    let claimer = Claimer {
+        name: format!("load:{}:{}", std::process::id(), uuid::Uuid::new_v4()),
+        epoch: None,
+        ttl: chrono::Duration::from_std(request_budget * 2).unwrap_or(chrono::Duration::minutes(5)),
+    };
+    let sources: Vec<String> = OWN_SOURCES.iter().map(|s| s.to_string()).collect();
     let mut sent = vec![];
     let mut failed = 0;
-    while let Some(op) = store.claim()? {
-        let id =
-            CustomerId::parse(&op.customer_id, &all).context("a held operation's identifier in the state store")?;
-        let who = format!("{} {}", id.kind().label(), id.log());
-        let answer = match op.operation {
-            Operation::Remove => client
-                .remove(&id, Some(op.correlation_id))
-                .await
-                .map(|o| match o.value {
-                    RemoveOutcome::Removed => "removed",
-                    RemoveOutcome::NotFound => "not_found",
-                }),
-            Operation::Add => client.add(&id, Some(op.correlation_id)).await.map(|o| match o.value {
-                AddOutcome::Added => "added",
-                AddOutcome::AlreadyPresent => "already_present",
-            }),
+    loop {
+        let Some(ev) = store
+            .claim_next_of(
+                register.to_string(),
+                sources.clone(),
+                claimer.clone(),
+                chrono::Utc::now(),
+            )
+            .await?
+        else {
+            break;
         };
-        let outcome = match answer {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                failed += 1;
-                store.park(op.id, &e.to_string())?;
-                on(LoadEvent::HeldOperationFailed {
+        let id =
+            CustomerId::parse(&ev.customer_id, &all).context("a held operation's identifier in the state store")?;
+        let who = format!("{} {}", id.kind().label(), id.log());
+        let outcome = match ev.op {
+            Operation::Remove => decide(
+                &client.remove_once(&id, ev.correlation_id).await,
+                &ev,
+                &rules,
+                chrono::Utc::now(),
+            ),
+            Operation::Add => decide(
+                &client.add_once(&id, ev.correlation_id).await,
+                &ev,
+                &rules,
+                chrono::Utc::now(),
+            ),
+        };
+        let at = chrono::Utc::now();
+        let finished = store
+            .finish_claim(ev.seq, claimer.name.clone(), outcome.end.clone(), at)
+            .await?;
+        if let ClaimFinished::TakenOver { .. } = finished {
+            // Its claim ran out and the agent took it: the agent records the answer.
+            continue;
+        }
+        let text = match &outcome.end {
+            ClaimEnd::Delivered { delivery, .. } => {
+                let s = SentOperation {
                     customer: who,
-                    operation: op.operation,
-                    error: e.to_string(),
-                });
+                    operation: ev.op,
+                    queued_at: time_text(ev.received_at),
+                    sent_at: time_text(at),
+                    outcome: serde_json::to_value(delivery)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    correlation_id: ev.correlation_id,
+                };
+                on(LoadEvent::HeldOperationSent(s.clone()));
+                sent.push(s);
                 continue;
             }
+            ClaimEnd::DeadLetter(r) => format!("{} (dead-lettered: `kfr dlq list`)", r.reason),
+            ClaimEnd::RetryLater { error, not_before } => {
+                format!("{error} (tried again after {not_before} by `kfr sync` or `kfr load --resume`)")
+            }
+            ClaimEnd::Release { error } => error.clone(),
         };
-        let at = store.settle(op.id, outcome)?;
-        if op.operation == Operation::Add {
-            store.record_add_in_ledger(&op.customer_id, None, op.correlation_id)?;
-        }
-        let s = SentOperation {
+        failed += 1;
+        on(LoadEvent::HeldOperationFailed {
             customer: who,
-            operation: op.operation,
-            queued_at: op.queued_at,
-            sent_at: at,
-            outcome: outcome.to_string(),
-            correlation_id: op.correlation_id,
-        };
-        on(LoadEvent::HeldOperationSent(s.clone()));
-        sent.push(s);
+            operation: ev.op,
+            error: text,
+        });
+        if matches!(outcome.effect, Effect::Systemic { .. } | Effect::RateLimited { .. }) {
+            // Nothing else can succeed now either: stop without touching the rest (they stay
+            // queued, in order, for the agent or the next `--resume`).
+            let left = store.unfinished_of(register.to_string(), sources.clone()).await?.len();
+            failed += left.saturating_sub(1);
+            break;
+        }
     }
     Ok((sent, failed))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_report(
-    store: &mut Store,
+async fn write_report(
+    store: &Store,
     opts: &LoadOptions,
     read: &ReadOutcome,
     rejects: Vec<Rejected>,
@@ -765,8 +838,11 @@ fn write_report(
     kfr_keeps_its_own_date: Vec<report::KeptDate>,
     on: EventSink<'_>,
 ) -> Result<(LoadReport, Option<(PathBuf, PathBuf)>), LoadError> {
-    let record = store.job(job)?;
-    let batches = store.batches(job)?;
+    let record = store
+        .job(job)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("load job {job} is gone from the state store"))?;
+    let batches = store.batches(job).await?;
     let report = LoadReport {
         org_number: opts.org_number.clone(),
         environment: opts.environment.clone(),
@@ -779,7 +855,7 @@ fn write_report(
         job_status: record.status,
         resumed,
         started_at: started_at.to_string(),
-        finished_at: crate::store::now_text(),
+        finished_at: time_text(chrono::Utc::now()),
         duration_secs: started.elapsed().as_secs_f64(),
         ingest_rate: opts.ingest_rate,
         counts: counts(read),

@@ -5,24 +5,69 @@
 //! the interface deliberately does not offer (starting and ending a load, making a write fail) —
 //! and expands [`outbox_conformance_tests!`] to get one `#[test]` per property.
 
-use super::outbox::{ClaimEnd, ClaimFinished, DeadLetters, OwnEvent, Seq};
-use super::outbox::{
-    Delivery, Enqueued, EventState, LedgerState, NewEvent, OutboxBackend, OutboxEvent, Recovered, Rejection, Settlement,
-};
-use super::queue::Operation;
+use super::backend::Backend;
+use super::types::*;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone as _, Utc};
 use uuid::Uuid;
 
-/// A fresh backend and the operations around it that the outbox interface leaves to others.
+/// A fresh backend and what the interface deliberately does not offer.
 pub trait Harness {
-    fn backend(&mut self) -> &mut dyn OutboxBackend;
-    /// Starts an initial load of `register` (raising its barrier); returns the job id.
-    fn start_load(&mut self, register: &str) -> i64;
-    /// Ends that load (confirmed or abandoned): the barrier lifts.
-    fn end_load(&mut self, job: i64);
+    fn backend(&mut self) -> &mut dyn Backend;
+    /// A second, independent handle on the same store: what another process (another host, for
+    /// a server backend) sees and does. The concurrency section runs the two side by side.
+    fn second(&mut self) -> Box<dyn Backend>;
     /// Makes storing the event `event_id` fail from now on, whatever else the call holds.
     fn poison(&mut self, event_id: &str);
 }
+
+/// Starts an initial load of `register` (a job whose settings name it, raising its barrier);
+/// returns the job id.
+pub fn start_load(h: &mut dyn Harness, register: &str) -> i64 {
+    let mut parts = register.splitn(3, '|');
+    let (env, url, org) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let job = NewJob {
+        input_path: "in.txt".into(),
+        content_hash: "00".into(),
+        settings: serde_json::json!({"environment": env, "kfr_base_url": url, "org_number": org}).to_string(),
+        entries: 0,
+        batches: vec![],
+    };
+    let id = h.backend().create_job(&job, t(0)).unwrap();
+    assert_eq!(
+        h.backend().job(id).unwrap().unwrap().register.as_deref(),
+        Some(register)
+    );
+    id
+}
+
+/// Ends that load (abandoned, its held operations left queued): the barrier lifts.
+pub fn end_load(h: &mut dyn Harness, job: i64) {
+    let r = h
+        .backend()
+        .abandon_job(job, HeldAtAbandon::Release, &operator(), t(0))
+        .unwrap();
+    assert!(matches!(r, Abandonment::Abandoned { .. }), "{r:?}");
+}
+
+/// An operator's action in the tests.
+pub fn operator() -> OperatorAction {
+    OperatorAction {
+        actor: "conformance".into(),
+        reason: None,
+    }
+}
+
+/// The dispatcher's claimer in the tests: no lease, claims last a minute.
+pub fn agent() -> Claimer {
+    Claimer {
+        name: "sync:conformance".into(),
+        epoch: None,
+        ttl: chrono::Duration::seconds(60),
+    }
+}
+
+/// Far past every claim the tests make: `recover` then takes back whatever is in flight.
+const LATER: i64 = 100_000;
 
 /// One `#[test]` per property for the harness built by `$make` (an expression giving a
 /// `Box<dyn Harness>`).
@@ -36,7 +81,13 @@ macro_rules! outbox_conformance_tests {
             recover_requeues_singles_and_marks_batch_events_of_unknown_fate, batch_accepted_then_ingested,
             settle_updates_the_ledger, purge_removes_only_finished_events_before_the_cutoff, status_counts,
             registers_are_isolated, correlation_id_is_stable_across_claims_and_recover,
-            a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer);
+            a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer,
+            jobs_raise_and_lower_the_barrier_and_an_abandoned_job_takes_no_writes,
+            batch_unknown_keeps_the_events_at_their_heads_until_probed, unfinished_customers_are_those_with_a_head,
+            a_load_claims_only_its_held_operations_in_turn, history_outlives_the_outbox_and_names_who,
+            concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
+            concurrency_same_customer_enqueues_from_two_handles_give_one_head,
+            concurrency_claims_from_two_handles_never_give_two_of_one_customer);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -81,12 +132,12 @@ fn stored(r: &[Enqueued]) -> Vec<Seq> {
         .collect()
 }
 
-fn put(b: &mut dyn OutboxBackend, register: &str, events: &[NewEvent]) -> Vec<Seq> {
-    stored(&b.enqueue(register, events).unwrap())
+fn put(b: &mut dyn Backend, register: &str, events: &[NewEvent]) -> Vec<Seq> {
+    stored(&b.enqueue(register, events, t(0)).unwrap())
 }
 
-fn claim(b: &mut dyn OutboxBackend, register: &str, at: i64, limit: usize) -> Vec<OutboxEvent> {
-    b.claim_ready(register, t(at), limit).unwrap()
+fn claim(b: &mut dyn Backend, register: &str, at: i64, limit: usize) -> Vec<OutboxEvent> {
+    b.claim_ready(register, &agent(), t(at), limit).unwrap()
 }
 
 fn ids(events: &[OutboxEvent]) -> Vec<&str> {
@@ -116,7 +167,7 @@ fn rejection() -> Rejection {
 
 /// Claims everything ready and settles it, repeatedly, returning the event ids in the order
 /// they were delivered.
-fn drain(b: &mut dyn OutboxBackend, register: &str, at: i64) -> Vec<String> {
+fn drain(b: &mut dyn Backend, register: &str, at: i64) -> Vec<String> {
     let mut order = vec![];
     loop {
         let got = claim(b, register, at, 100);
@@ -140,6 +191,7 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
                 ev("e2", B, Operation::Add),
                 ev("e1", A, Operation::Add),
             ],
+            t(0),
         )
         .unwrap();
     let Enqueued::Stored { seq: first } = r[0] else {
@@ -148,7 +200,7 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     assert!(matches!(r[1], Enqueued::Stored { .. }));
     assert_eq!(r[2], Enqueued::Duplicate { seq: first }, "a duplicate within one call");
     assert_eq!(
-        b.enqueue(R, &[ev("e1", A, Operation::Remove)]).unwrap(),
+        b.enqueue(R, &[ev("e1", A, Operation::Remove)], t(0)).unwrap(),
         [Enqueued::Duplicate { seq: first }],
         "a duplicate in a later call, whatever it carries"
     );
@@ -156,7 +208,7 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     let got = claim(b, R, 0, 10);
     b.settle(&[delivered(got[0].seq, Operation::Add, 0)]).unwrap();
     assert_eq!(
-        b.enqueue(R, &[ev("e1", A, Operation::Add)]).unwrap(),
+        b.enqueue(R, &[ev("e1", A, Operation::Add)], t(0)).unwrap(),
         [Enqueued::Duplicate { seq: first }]
     );
     let st = b.status(Some(R)).unwrap();
@@ -167,7 +219,7 @@ pub fn nothing_stored_from_a_failed_call(h: &mut dyn Harness) {
     h.poison("bad");
     let b = h.backend();
     assert!(
-        b.enqueue(R, &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)])
+        b.enqueue(R, &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)], t(0))
             .is_err()
     );
     assert_eq!(
@@ -277,7 +329,7 @@ pub fn retry_later_keeps_the_head_and_honours_next_attempt_at(h: &mut dyn Harnes
     );
     let got = claim(b, R, 0, 1);
     assert_eq!(ids(&got), ["a1"]);
-    b.retry_later(got[0].seq, t(60), "HTTP 503").unwrap();
+    b.retry_later(got[0].seq, t(60), "HTTP 503", t(0)).unwrap();
     assert_eq!(
         ids(&claim(b, R, 10, 10)),
         ["b1"],
@@ -291,7 +343,7 @@ pub fn retry_later_keeps_the_head_and_honours_next_attempt_at(h: &mut dyn Harnes
     assert_eq!(e.next_attempt_at, Some(t(60)));
     assert_eq!(e.last_error.as_deref(), Some("HTTP 503"));
     let since = e.failing_since.expect("failing_since set by the first failure");
-    b.retry_later(e.seq, t(120), "HTTP 503").unwrap();
+    b.retry_later(e.seq, t(120), "HTTP 503", t(0)).unwrap();
     let third = claim(b, R, 120, 10);
     assert_eq!(
         (third[0].attempts, third[0].failing_since),
@@ -306,12 +358,12 @@ pub fn release_does_not_count_an_attempt(h: &mut dyn Harness) {
     let b = h.backend();
     put(b, R, &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Add)]);
     let got = claim(b, R, 0, 10);
-    b.release(&[got[0].seq]).unwrap();
+    b.release(&[got[0].seq], t(0)).unwrap();
     let again = claim(b, R, 0, 10);
     assert_eq!(ids(&again), ["a1"], "released back to its place at the head");
     assert_eq!((again[0].attempts, again[0].next_attempt_at), (0, None));
     assert!(
-        b.release(&[again[0].seq + 1]).is_err(),
+        b.release(&[again[0].seq + 1], t(0)).is_err(),
         "a pending event cannot be released"
     );
 }
@@ -364,16 +416,20 @@ pub fn retry_dead_and_drop_dead_unpark(h: &mut dyn Harness) {
         b.dead_letter(e.seq, &rejection(), t(1)).unwrap();
     }
     assert!(
-        b.retry_dead(DeadLetters::One(got[0].seq + 1)).is_err(),
+        b.retry_dead(DeadLetters::One(got[0].seq + 1), &operator(), t(0))
+            .is_err(),
         "a2 is not a dead letter"
     );
-    assert_eq!(b.retry_dead(DeadLetters::One(got[0].seq)).unwrap(), 1);
+    assert_eq!(
+        b.retry_dead(DeadLetters::One(got[0].seq), &operator(), t(0)).unwrap(),
+        1
+    );
     let again = claim(b, R, 2, 10);
     assert_eq!(ids(&again), ["a1"], "back at its customer's head, attempts kept");
     assert_eq!(again[0].attempts, 1);
     b.dead_letter(again[0].seq, &rejection(), t(3)).unwrap();
 
-    assert_eq!(b.drop_dead(DeadLetters::One(got[0].seq), t(4)).unwrap(), 1);
+    assert_eq!(b.drop_dead(DeadLetters::One(got[0].seq), &operator(), t(4)).unwrap(), 1);
     assert_eq!(
         ids(&claim(b, R, 4, 10)),
         ["a2"],
@@ -383,20 +439,20 @@ pub fn retry_dead_and_drop_dead_unpark(h: &mut dyn Harness) {
         b.ledger(R).unwrap().is_empty(),
         "a dropped event changes nothing in the ledger"
     );
-    assert_eq!(b.retry_dead(DeadLetters::All).unwrap(), 1);
+    assert_eq!(b.retry_dead(DeadLetters::All, &operator(), t(0)).unwrap(), 1);
     assert_eq!(ids(&claim(b, R, 4, 10)), ["c1"]);
     let st = b.status(Some(R)).unwrap();
     assert_eq!(
         (st.dropped, st.dead_lettered, st.parked_customers, st.in_flight),
         (1, 0, 0, 2)
     );
-    assert_eq!(b.drop_dead(DeadLetters::All, t(5)).unwrap(), 0);
+    assert_eq!(b.drop_dead(DeadLetters::All, &operator(), t(5)).unwrap(), 0);
 }
 
 pub fn barrier_holds_removes_and_what_is_behind_them_not_free_adds(h: &mut dyn Harness) {
-    let job = h.start_load(R);
-    let other = h.start_load(R2);
-    h.end_load(other);
+    let job = start_load(h, R);
+    let other = start_load(h, R2);
+    end_load(h, other);
     let b = h.backend();
     assert_eq!(b.barrier(R).unwrap(), Some(job));
     assert_eq!(
@@ -423,7 +479,7 @@ pub fn barrier_holds_removes_and_what_is_behind_them_not_free_adds(h: &mut dyn H
         "adds with nothing ahead go; removes and what follows wait"
     );
     assert_eq!(b.status(Some(R)).unwrap().barrier, Some(job));
-    h.end_load(job);
+    end_load(h, job);
     let b = h.backend();
     assert_eq!(b.barrier(R).unwrap(), None);
     assert_eq!(drain(b, R, 1), ["a-remove", "c-remove", "a-add"]);
@@ -446,7 +502,7 @@ pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut d
     let upload = Uuid::new_v4();
     b.begin_batch(&[got[1].seq, got[2].seq], upload).unwrap();
     assert_eq!(
-        b.recover(R).unwrap(),
+        b.recover(R, 1, t(LATER)).unwrap(),
         Recovered {
             requeued: 1,
             unknown_uploads: 2
@@ -470,7 +526,7 @@ pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut d
         "recovering one register leaves another alone"
     );
     // A probe that finds the upload not ingested releases the events for a new attempt.
-    b.release(&[unknown[0].seq]).unwrap();
+    b.release(&[unknown[0].seq], t(0)).unwrap();
     let again = claim(b, R, 2, 10);
     assert_eq!(ids(&again), ["batch-1"]);
     assert_eq!((again[0].batch_correlation_id, again[0].attempts), (None, 0));
@@ -549,7 +605,7 @@ pub fn settle_updates_the_ledger(h: &mut dyn Harness) {
         with(got[2].seq, Delivery::NotFound, 1),
     ])
     .unwrap();
-    let state = |b: &mut dyn OutboxBackend| -> Vec<(String, LedgerState)> {
+    let state = |b: &mut dyn Backend| -> Vec<(String, LedgerState)> {
         b.ledger(R)
             .unwrap()
             .into_iter()
@@ -589,7 +645,7 @@ pub fn purge_removes_only_finished_events_before_the_cutoff(h: &mut dyn Harness)
     let got = claim(b, R, 0, 10);
     b.settle(&[delivered(got[0].seq, Operation::Add, 10)]).unwrap();
     b.dead_letter(got[1].seq, &rejection(), t(10)).unwrap();
-    b.drop_dead(DeadLetters::One(got[1].seq), t(11)).unwrap();
+    b.drop_dead(DeadLetters::One(got[1].seq), &operator(), t(11)).unwrap();
     b.settle(&[delivered(got[2].seq, Operation::Add, 100)]).unwrap();
     put(b, R, &[ev("pending", C, Operation::Remove)]);
     assert_eq!(b.purge(t(50)).unwrap(), 2);
@@ -604,7 +660,6 @@ pub fn purge_removes_only_finished_events_before_the_cutoff(h: &mut dyn Harness)
 }
 
 pub fn status_counts(h: &mut dyn Harness) {
-    let before = Utc::now();
     let b = h.backend();
     assert_eq!(b.status(None).unwrap(), Default::default());
     put(
@@ -635,13 +690,17 @@ pub fn status_counts(h: &mut dyn Harness) {
     );
     assert_eq!((st.parked_customers, st.parked_events, st.barrier), (1, 0, None));
     let oldest = st.oldest_unfinished.expect("unfinished events exist");
-    assert!(oldest >= before - Duration::seconds(1) && oldest <= Utc::now() + Duration::seconds(1));
+    assert_eq!(
+        oldest,
+        t(0),
+        "the reception time the caller passed in, not the backend's clock"
+    );
     let all = b.status(None).unwrap();
     assert_eq!((all.pending, all.in_flight, all.delivered), (2, 1, 1));
     let a2 = claim(b, R, 2, 10);
     b.settle(&[delivered(a2[0].seq, Operation::Add, 2)]).unwrap();
     b.settle(&[delivered(got[2].seq, Operation::Add, 2)]).unwrap();
-    b.drop_dead(DeadLetters::All, t(3)).unwrap();
+    b.drop_dead(DeadLetters::All, &operator(), t(3)).unwrap();
     assert_eq!(
         b.status(Some(R)).unwrap().oldest_unfinished,
         None,
@@ -680,8 +739,8 @@ pub fn correlation_id_is_stable_across_claims_and_recover(h: &mut dyn Harness) {
     put(b, R, &[ev("a1", A, Operation::Add), ev("b1", B, Operation::Add)]);
     let first = claim(b, R, 0, 10);
     assert_ne!(first[0].correlation_id, first[1].correlation_id);
-    b.retry_later(first[0].seq, t(1), "timeout").unwrap();
-    b.recover(R).unwrap();
+    b.retry_later(first[0].seq, t(1), "timeout", t(0)).unwrap();
+    b.recover(R, 1, t(LATER)).unwrap();
     let again = claim(b, R, 1, 10);
     assert_eq!(again.len(), 2);
     for e in &again {
@@ -710,6 +769,14 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
         registers_are_isolated,
         correlation_id_is_stable_across_claims_and_recover,
         a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer,
+        jobs_raise_and_lower_the_barrier_and_an_abandoned_job_takes_no_writes,
+        batch_unknown_keeps_the_events_at_their_heads_until_probed,
+        unfinished_customers_are_those_with_a_head,
+        a_load_claims_only_its_held_operations_in_turn,
+        history_outlives_the_outbox_and_names_who,
+        concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
+        concurrency_same_customer_enqueues_from_two_handles_give_one_head,
+        concurrency_claims_from_two_handles_never_give_two_of_one_customer,
     ];
     for p in props {
         p(&mut *make());
@@ -723,8 +790,13 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
 /// to record any more.
 pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &mut dyn Harness) {
     const CLI: &str = "cli:conformance";
-    let own = |b: &mut dyn OutboxBackend, id: &str, customer: &str, op: Operation| {
-        b.enqueue_and_claim(R, &ev(id, customer, op), Uuid::new_v4(), CLI, t(0))
+    let cli = Claimer {
+        name: CLI.into(),
+        epoch: None,
+        ttl: chrono::Duration::seconds(60),
+    };
+    let own = |b: &mut dyn Backend, id: &str, customer: &str, op: Operation| {
+        b.enqueue_and_claim(R, &ev(id, customer, op), Uuid::new_v4(), &cli, t(0))
             .unwrap()
     };
     let b = h.backend();
@@ -802,7 +874,7 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
     );
 
     // The barrier holds an own remove with nothing ahead, not an own add.
-    let job = h.start_load(R);
+    let job = start_load(h, R);
     let b = h.backend();
     let OwnEvent::Queued { ahead, barrier, .. } = own(b, "own-b-remove", B, Operation::Remove) else {
         panic!("the barrier holds a remove")
@@ -829,7 +901,7 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
     let again = claim(b, R, 20, 10);
     assert_eq!((ids(&again), again[0].attempts), (vec!["own-c-add"], 1));
     b.settle(&[delivered(again[0].seq, Operation::Add, 20)]).unwrap();
-    h.end_load(job);
+    end_load(h, job);
     let b = h.backend();
     assert_eq!(drain(b, R, 21), ["own-b-remove", "c-after"]);
 
@@ -862,16 +934,16 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
 
     // A rerun behind its own earlier operation sends that one first; not an agent's event, not
     // one still waiting for its retry time.
-    b.retry_dead(DeadLetters::All).unwrap();
+    b.retry_dead(DeadLetters::All, &operator(), t(0)).unwrap();
     let mut mine = ev("own-a6", A, Operation::Remove);
     mine.source = "kfr remove".into();
     assert!(matches!(
-        b.enqueue_and_claim(R, &mine, Uuid::new_v4(), CLI, t(30)).unwrap(),
+        b.enqueue_and_claim(R, &mine, Uuid::new_v4(), &cli, t(30)).unwrap(),
         OwnEvent::Queued { ahead: 2, .. }
     ));
     let sources = ["kfr add", "kfr remove"];
     assert_eq!(
-        b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap(),
+        b.claim_head_of(R, A, &sources, &cli, t(30)).unwrap(),
         None,
         "own-a4 is the conformance source's"
     );
@@ -880,7 +952,7 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         assert_eq!(ids(&got), [want]);
         b.settle(&[delivered(got[0].seq, Operation::Add, 30)]).unwrap();
     }
-    let head = b.claim_head_of(R, A, &sources, CLI, t(30)).unwrap().unwrap();
+    let head = b.claim_head_of(R, A, &sources, &cli, t(30)).unwrap().unwrap();
     assert_eq!((head.event_id.as_str(), head.state), ("own-a6", EventState::InFlight));
     assert!(claim(b, R, 30, 10).is_empty(), "held for the caller");
     let gone = ClaimEnd::Delivered {
@@ -892,11 +964,18 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         ClaimFinished::Recorded
     );
 
-    // A sync agent's restart takes back a claim left in flight; the claimer then records nothing.
+    // A sync agent's restart leaves a claim alone while it may still be on the wire, and takes
+    // it back once it ran out; the claimer then records nothing.
     let OwnEvent::Claimed(z) = own(b, "own-b-add", B, Operation::Add) else {
         panic!()
     };
-    assert_eq!(b.recover(R).unwrap().requeued, 1);
+    assert_eq!(
+        b.recover(R, 1, t(59)).unwrap().requeued,
+        0,
+        "the claim holds for its ttl"
+    );
+    assert!(claim(b, R, 59, 10).is_empty());
+    assert_eq!(b.recover(R, 1, t(60)).unwrap().requeued, 1);
     let resent = claim(b, R, 24, 10);
     assert_eq!(ids(&resent), ["own-b-add"]);
     assert_eq!(resent[0].correlation_id, z.correlation_id, "the same request again");
@@ -911,4 +990,444 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         }
     );
     b.settle(&[delivered(resent[0].seq, Operation::Add, 25)]).unwrap();
+}
+
+/// Jobs: creating a running job raises its register's barrier, confirming (every batch
+/// confirmed) or abandoning lowers it; a load's batch writes stop once its job is abandoned.
+pub fn jobs_raise_and_lower_the_barrier_and_an_abandoned_job_takes_no_writes(h: &mut dyn Harness) {
+    let settings = serde_json::json!({"environment": "test", "kfr_base_url": "https://kfr.example:443/api", "org_number": "923609016"});
+    let batch = |first| NewBatch {
+        first_entry: first,
+        entry_count: 1,
+        bytes: 10,
+        correlation_id: Uuid::new_v4(),
+    };
+    let job = NewJob {
+        input_path: "in.csv".into(),
+        content_hash: "ab".into(),
+        settings: settings.to_string(),
+        entries: 2,
+        batches: vec![batch(0), batch(1)],
+    };
+    let b = h.backend();
+    assert_eq!(b.barrier(R).unwrap(), None);
+    let id = b.create_job(&job, t(0)).unwrap();
+    assert_eq!(b.barrier(R).unwrap(), Some(id));
+    assert_eq!(b.barrier(R2).unwrap(), None, "another register is not held");
+    assert_eq!(b.unconfirmed_job().unwrap().map(|j| j.id), Some(id));
+    for seq in [1, 2] {
+        for st in [BatchStatus::Uploading, BatchStatus::Accepted] {
+            b.update_batch(id, seq, &BatchChange::Status(st), t(1)).unwrap();
+        }
+    }
+    b.update_batch(id, 1, &BatchChange::Status(BatchStatus::Confirmed), t(2))
+        .unwrap();
+    b.update_batch(id, 1, &BatchChange::ConfirmedBy("witness".into()), t(2))
+        .unwrap();
+    b.update_batch(id, 2, &BatchChange::Witness(Some(0)), t(2)).unwrap();
+    b.update_batch(id, 2, &BatchChange::Resent, t(2)).unwrap();
+    assert!(
+        b.update_batch(id, 3, &BatchChange::Resent, t(2)).is_err(),
+        "no such batch"
+    );
+    assert!(
+        !b.confirm_job_if_complete(id, t(3)).unwrap(),
+        "batch 2 is not confirmed"
+    );
+    assert_eq!(b.barrier(R).unwrap(), Some(id));
+    b.update_batch(id, 2, &BatchChange::Status(BatchStatus::Confirmed), t(4))
+        .unwrap();
+    assert!(b.confirm_job_if_complete(id, t(4)).unwrap());
+    assert_eq!(b.barrier(R).unwrap(), None, "confirmed: the barrier is down");
+    let batches = b.batches(id).unwrap();
+    assert_eq!(
+        (
+            batches[0].confirmed_by.as_deref(),
+            batches[1].witness,
+            batches[1].resends
+        ),
+        (Some("witness"), Some(0), 1)
+    );
+    assert_eq!(b.job(id).unwrap().unwrap().status, JobStatus::Confirmed);
+
+    // A second job, abandoned under its load.
+    let id2 = b.create_job(&job, t(5)).unwrap();
+    assert_eq!(b.barrier(R).unwrap(), Some(id2));
+    assert!(matches!(
+        b.abandon_job(id2, HeldAtAbandon::Refuse, &operator(), t(6)).unwrap(),
+        Abandonment::Abandoned { was_running: true, .. }
+    ));
+    assert_eq!(b.barrier(R).unwrap(), None, "abandoned: the barrier is down");
+    assert!(
+        b.update_batch(id2, 1, &BatchChange::Status(BatchStatus::Uploading), t(7))
+            .is_err(),
+        "the load under an abandoned job writes nothing more"
+    );
+    assert!(!b.confirm_job_if_complete(id2, t(7)).unwrap());
+    assert_eq!(b.latest_job().unwrap().unwrap().status, JobStatus::Abandoned);
+    assert_eq!(b.jobs().unwrap().len(), 2);
+    assert!(matches!(
+        b.abandon_job(id, HeldAtAbandon::Refuse, &operator(), t(8)).unwrap(),
+        Abandonment::Confirmed
+    ));
+}
+
+/// An upload whose answer never came: its events stay their customers' heads, `Accepted` with
+/// no `accepted_at`, and nothing behind them goes until a probe settles or releases them.
+pub fn batch_unknown_keeps_the_events_at_their_heads_until_probed(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(b, R, &[ev("b1", A, Operation::Add), ev("a-next", A, Operation::Remove)]);
+    let got = claim(b, R, 0, 10);
+    let upload = Uuid::new_v4();
+    b.begin_batch(&[got[0].seq], upload).unwrap();
+    assert!(b.batch_unknown(Uuid::new_v4(), t(1)).is_err(), "an unknown batch");
+    b.batch_unknown(upload, t(1)).unwrap();
+    let unknown = b.accepted(R).unwrap();
+    assert_eq!(ids(&unknown), ["b1"]);
+    assert_eq!(
+        (unknown[0].accepted_at, unknown[0].batch_correlation_id),
+        (None, Some(upload))
+    );
+    assert!(
+        claim(b, R, 2, 10).is_empty(),
+        "nothing behind an upload of unknown fate"
+    );
+    b.settle(&[Settlement {
+        seq: unknown[0].seq,
+        delivery: Delivery::IngestedSeen,
+        echoed_correlation_id: None,
+        at: t(3),
+    }])
+    .unwrap();
+    assert_eq!(ids(&claim(b, R, 4, 10)), ["a-next"]);
+}
+
+/// `unfinished_customers`: every customer with an event not yet finished, whatever its state.
+pub fn unfinished_customers_are_those_with_a_head(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("a1", A, Operation::Add),
+            ev("b1", B, Operation::Add),
+            ev("c1", C, Operation::Add),
+        ],
+    );
+    put(b, R2, &[ev("other", "customer-d", Operation::Add)]);
+    let got = claim(b, R, 0, 10);
+    b.settle(&[delivered(got[0].seq, Operation::Add, 1)]).unwrap();
+    b.dead_letter(got[1].seq, &rejection(), t(1)).unwrap();
+    let mut busy: Vec<String> = b.unfinished_customers(R).unwrap().into_iter().collect();
+    busy.sort();
+    assert_eq!(busy, [B, C], "A is done; B is parked, C in flight");
+}
+
+/// A load sends what its barrier held through `claim_next_of`: only events of the given sources,
+/// only heads, a remove only with the barrier down, one customer's events in turn.
+pub fn a_load_claims_only_its_held_operations_in_turn(h: &mut dyn Harness) {
+    let job = start_load(h, R);
+    let held = |id: &str, customer: &str, op: Operation| NewEvent {
+        source: format!("kfr {}", op.as_str()),
+        ..ev(id, customer, op)
+    };
+    let load = Claimer {
+        name: "load:conformance".into(),
+        epoch: None,
+        ttl: chrono::Duration::seconds(60),
+    };
+    let b = h.backend();
+    put(
+        b,
+        R,
+        &[
+            ev("agent-b", B, Operation::Add),
+            held("held-a-remove", A, Operation::Remove),
+            held("held-a-add", A, Operation::Add),
+        ],
+    );
+    assert_eq!(
+        b.unfinished_of(R, &OWN_SOURCES).unwrap().len(),
+        2,
+        "the agent's event is not a held operation"
+    );
+    assert!(
+        b.claim_next_of(R, &OWN_SOURCES, &load, t(0)).unwrap().is_none(),
+        "barrier up"
+    );
+    end_load(h, job);
+    let b = h.backend();
+    let first = b.claim_next_of(R, &OWN_SOURCES, &load, t(1)).unwrap().unwrap();
+    assert_eq!(
+        (first.event_id.as_str(), first.claimer.as_deref()),
+        ("held-a-remove", Some("load:conformance"))
+    );
+    assert!(
+        b.claim_next_of(R, &OWN_SOURCES, &load, t(1)).unwrap().is_none(),
+        "A is in flight"
+    );
+    let gone = ClaimEnd::Delivered {
+        delivery: Delivery::Removed,
+        echoed_correlation_id: None,
+    };
+    assert_eq!(
+        b.finish_claim(first.seq, "load:conformance", &gone, t(2)).unwrap(),
+        ClaimFinished::Recorded
+    );
+    let next = b.claim_next_of(R, &OWN_SOURCES, &load, t(2)).unwrap().unwrap();
+    assert_eq!(next.event_id, "held-a-add");
+    // Refused: dead-lettered like any event, visible to an operator, only A parked.
+    b.finish_claim(next.seq, "load:conformance", &ClaimEnd::DeadLetter(rejection()), t(3))
+        .unwrap();
+    assert_eq!(b.dead_letters(Some(R)).unwrap()[0].event.event_id, "held-a-add");
+    assert_eq!(ids(&claim(b, R, 4, 10)), ["agent-b"]);
+}
+
+/// The history: every attempt's outcome and every operator action, with who, kept after the
+/// outbox purged the events.
+pub fn history_outlives_the_outbox_and_names_who(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(b, R, &[ev("a1", A, Operation::Add), ev("b1", B, Operation::Remove)]);
+    let got = claim(b, R, 0, 10);
+    b.retry_later(got[0].seq, t(1), "HTTP 503", t(0)).unwrap();
+    b.dead_letter(got[1].seq, &rejection(), t(0)).unwrap();
+    let again = claim(b, R, 1, 10);
+    b.settle(&[delivered(again[0].seq, Operation::Add, 2)]).unwrap();
+    let action = OperatorAction {
+        actor: "ola".into(),
+        reason: Some("customer asked".into()),
+    };
+    b.drop_dead(DeadLetters::All, &action, t(3)).unwrap();
+    assert_eq!(b.purge(t(10)).unwrap(), 2, "both finished events purged");
+    assert!(b.events_of(Some(R), Some(A)).unwrap().is_empty());
+
+    let a = b.history(Some(A), None, None).unwrap();
+    let got: Vec<(&str, Option<u16>, Option<&str>)> = a
+        .iter()
+        .map(|l| (l.outcome.as_str(), l.status, l.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("retry_later", None, Some("sync:conformance")),
+            ("delivered:added", Some(201), Some("sync:conformance"))
+        ]
+    );
+    assert!(
+        a.iter()
+            .all(|l| l.event_id.as_deref() == Some("a1") && l.kind == HistoryKind::Attempt)
+    );
+    assert_eq!(a[0].correlation_id, Some(got_cid(&got_first(&a))));
+    let bl = b.history(Some(B), None, None).unwrap();
+    let kinds: Vec<(HistoryKind, &str, Option<&str>, Option<&str>)> = bl
+        .iter()
+        .map(|l| (l.kind, l.outcome.as_str(), l.code.as_deref(), l.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                HistoryKind::Attempt,
+                "dead_lettered",
+                Some("KFR-005"),
+                Some("sync:conformance")
+            ),
+            (HistoryKind::Operator, "dlq_drop", None, Some("ola"))
+        ]
+    );
+    assert_eq!(bl[1].detail.as_deref(), Some("customer asked"));
+    assert_eq!(b.history(None, Some(t(2)), Some(t(3))).unwrap().len(), 1, "by time");
+    assert_eq!(b.purge_history(t(3)).unwrap(), 3);
+    assert_eq!(b.history(None, None, None).unwrap().len(), 1);
+}
+
+fn got_first(lines: &[HistoryRecord]) -> HistoryRecord {
+    lines[0].clone()
+}
+
+fn got_cid(line: &HistoryRecord) -> Uuid {
+    line.correlation_id.expect("an attempt carries its CorrelationID")
+}
+
+// ---- Concurrency: two handles on one store -----------------------------------------------------
+
+/// One delivery lease per register: a second taker waits while the first holds it; the lease
+/// moves when the holder gives it up or lets it run out, with a higher epoch; the deposed holder's
+/// deliverer writes fail with `Fenced`, and it cannot renew.
+pub fn concurrency_one_lease_holder_and_a_deposed_one_is_fenced(h: &mut dyn Harness) {
+    let ttl = chrono::Duration::seconds(10);
+    let mut second = h.second();
+    let a = h.backend();
+    let la = a
+        .take_lease(R, "sync:a", t(0), ttl)
+        .unwrap()
+        .expect("a free lease is taken");
+    assert!(
+        second.take_lease(R, "sync:b", t(5), ttl).unwrap().is_none(),
+        "held by a"
+    );
+    assert!(
+        second.take_lease(R2, "sync:b", t(5), ttl).unwrap().is_some(),
+        "another register is free"
+    );
+    let la = a.renew_lease(&la, t(8), ttl).unwrap();
+    assert!(
+        second.take_lease(R, "sync:b", t(15), ttl).unwrap().is_none(),
+        "renewed until 18"
+    );
+    assert_eq!(second.lease_holder(R).unwrap().unwrap().holder, "sync:a");
+
+    put(a, R, &[ev("a1", A, Operation::Add), ev("b1", B, Operation::Add)]);
+    let fenced_claimer = Claimer {
+        epoch: Some(la.epoch),
+        ..agent()
+    };
+    let out = a.claim_ready(R, &fenced_claimer, t(16), 1).unwrap();
+    assert_eq!(out.len(), 1);
+
+    // a stops renewing (hung): after its lease ran out b takes over with a higher epoch.
+    let lb = second
+        .take_lease(R, "sync:b", t(19), ttl)
+        .unwrap()
+        .expect("a's lease ran out");
+    assert!(lb.epoch > la.epoch);
+    let a = h.backend();
+    assert!(matches!(
+        a.renew_lease(&la, t(20), ttl),
+        Err(crate::store::StoreError::Fenced { .. })
+    ));
+    let r = a.settle(&[delivered(out[0].seq, Operation::Add, 20)]);
+    assert!(matches!(r, Err(crate::store::StoreError::Fenced { .. })), "{r:?}");
+    let r = a.claim_ready(R, &fenced_claimer, t(20), 10);
+    assert!(matches!(r, Err(crate::store::StoreError::Fenced { .. })), "{r:?}");
+    // b takes back a's claim only once it ran out (t(16) + 60 s), then delivers it.
+    let b_claimer = Claimer {
+        name: "sync:b".into(),
+        epoch: Some(lb.epoch),
+        ..agent()
+    };
+    assert_eq!(
+        second.recover(R, lb.epoch, t(21)).unwrap().requeued,
+        0,
+        "a's request may be on the wire"
+    );
+    let next = second.claim_ready(R, &b_claimer, t(21), 10).unwrap();
+    assert_eq!(ids(&next), ["b1"], "not a1: it is still a's claim");
+    assert_eq!(second.recover(R, lb.epoch, t(76)).unwrap().requeued, 1);
+    let taken = second.claim_ready(R, &b_claimer, t(76), 10).unwrap();
+    assert_eq!(ids(&taken), ["a1"]);
+    second.release_lease(&lb).unwrap();
+    assert!(
+        h.backend().take_lease(R, "sync:c", t(77), ttl).unwrap().is_some(),
+        "released: free at once"
+    );
+}
+
+/// Two handles storing events of the same customers at once: every event stored once, each
+/// customer with exactly one head, so claims still hand them out one at a time in issue order.
+pub fn concurrency_same_customer_enqueues_from_two_handles_give_one_head(h: &mut dyn Harness) {
+    const N: usize = 40;
+    let second = h.second();
+    let first = h.second();
+    let run = |mut b: Box<dyn Backend>, tag: &'static str| {
+        std::thread::spawn(move || {
+            for i in 0..N {
+                let op = if i % 2 == 0 { Operation::Add } else { Operation::Remove };
+                b.enqueue(
+                    R,
+                    &[ev(&format!("{tag}-{i}"), &format!("customer-{}", i % 4), op)],
+                    t(0),
+                )
+                .unwrap();
+            }
+        })
+    };
+    let (x, y) = (run(first, "x"), run(second, "y"));
+    x.join().unwrap();
+    y.join().unwrap();
+    let b = h.backend();
+    assert_eq!(b.status(Some(R)).unwrap().pending, 2 * N as u64);
+    let mut order: std::collections::HashMap<String, Vec<Seq>> = Default::default();
+    loop {
+        let got = claim(b, R, 0, 100);
+        if got.is_empty() {
+            break;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &got {
+            assert!(
+                seen.insert(e.customer_id.clone()),
+                "two heads of {} handed out",
+                e.customer_id
+            );
+            order.entry(e.customer_id.clone()).or_default().push(e.seq);
+        }
+        let done: Vec<Settlement> = got.iter().map(|e| delivered(e.seq, e.op, 1)).collect();
+        b.settle(&done).unwrap();
+    }
+    assert_eq!(order.values().map(Vec::len).sum::<usize>(), 2 * N);
+    for seqs in order.values() {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "issue order: {seqs:?}");
+    }
+}
+
+/// Two handles claiming from one register at once never hold two events of one customer.
+pub fn concurrency_claims_from_two_handles_never_give_two_of_one_customer(h: &mut dyn Harness) {
+    const CUSTOMERS: usize = 6;
+    const EACH: usize = 8;
+    {
+        let b = h.backend();
+        let mut evs = vec![];
+        for i in 0..EACH {
+            for c in 0..CUSTOMERS {
+                let op = if i % 2 == 0 { Operation::Add } else { Operation::Remove };
+                evs.push(ev(&format!("e-{c}-{i}"), &format!("customer-{c}"), op));
+            }
+        }
+        put(b, R, &evs);
+    }
+    let out: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
+    let delivered_order: std::sync::Arc<std::sync::Mutex<Vec<(String, Seq)>>> = Default::default();
+    let run = |mut b: Box<dyn Backend>, name: &'static str| {
+        let (out, log) = (out.clone(), delivered_order.clone());
+        std::thread::spawn(move || {
+            let claimer = Claimer {
+                name: name.into(),
+                ..agent()
+            };
+            let mut idle = 0;
+            while idle < 50 {
+                let got = b.claim_ready(R, &claimer, t(0), 3).unwrap();
+                if got.is_empty() {
+                    idle += 1;
+                    std::thread::yield_now();
+                    continue;
+                }
+                idle = 0;
+                for e in &got {
+                    assert!(
+                        out.lock().unwrap().insert(e.customer_id.clone()),
+                        "{} twice in flight",
+                        e.customer_id
+                    );
+                }
+                for e in &got {
+                    out.lock().unwrap().remove(&e.customer_id);
+                    log.lock().unwrap().push((e.customer_id.clone(), e.seq));
+                    b.settle(&[delivered(e.seq, e.op, 1)]).unwrap();
+                }
+            }
+        })
+    };
+    let (x, y) = (run(h.second(), "sync:x"), run(h.second(), "sync:y"));
+    x.join().unwrap();
+    y.join().unwrap();
+    let log = delivered_order.lock().unwrap();
+    assert_eq!(log.len(), CUSTOMERS * EACH, "everything delivered once");
+    let mut last: std::collections::HashMap<&str, Seq> = Default::default();
+    for (c, seq) in log.iter() {
+        if let Some(prev) = last.insert(c, *seq) {
+            assert!(prev < *seq, "{c} out of order: {prev} then {seq}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! [`OutboxHandle`]: an outbox backend on its own thread behind an async facade, so a durable
-//! commit (an fsync under `synchronous=FULL`) never blocks the async runtime.
+//! [`Store`]: a backend on its own thread behind an async facade, so a durable commit (an fsync
+//! under `synchronous=FULL`) never blocks the async runtime, and every caller (agent, load,
+//! commands) shares one interface.
 //!
 //! **Group commit.** Enqueue requests that arrive while the thread is busy are taken together and
 //! committed in one transaction (one fsync for many events, however many sources and connections
@@ -7,12 +8,13 @@
 //! caller in it gets the error and nothing of theirs is stored (events of one request are never
 //! split across transactions). Other operations run one at a time, in arrival order.
 
-use super::outbox::{
-    DeadLetter, DeadLetters, Enqueued, LedgerEntry, NewEvent, OutboxBackend, OutboxEvent, OutboxStatus, Recovered,
-    Rejection, Seq, Settlement, StoreError,
-};
-use chrono::{DateTime, Utc};
-use std::sync::mpsc;
+use super::Location;
+use super::backend::Backend;
+use super::error::StoreError;
+use super::types::*;
+use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::HashSet;
+use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -26,7 +28,7 @@ const MAX_GROUP: usize = 256;
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 const SETTLE_ENOUGH: usize = 64;
 
-type Job = Box<dyn FnOnce(&mut dyn OutboxBackend) + Send>;
+type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
 type SettleReply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -34,6 +36,7 @@ enum Request {
     Enqueue {
         register: String,
         events: Vec<NewEvent>,
+        now: DateTime<Utc>,
         reply: EnqueueReply,
     },
     Settle {
@@ -43,36 +46,78 @@ enum Request {
     Other(Job),
 }
 
-/// A cloneable async handle to an outbox backend running on its own thread. The thread ends when
-/// the last handle is dropped.
+/// The state store as every caller sees it: a cloneable async handle to a backend running on its
+/// own thread. The thread ends when the last handle is dropped (and with it any lease or writer
+/// lock the backend held).
 #[derive(Clone)]
-pub struct OutboxHandle {
+pub struct Store {
     tx: mpsc::Sender<Request>,
+    describe: Arc<str>,
 }
 
-impl std::fmt::Debug for OutboxHandle {
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OutboxHandle")
+        write!(f, "Store({})", self.describe)
     }
 }
 
-impl OutboxHandle {
+/// Typed wrappers: each runs one backend call on the store thread.
+macro_rules! calls {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => |$b:ident| $body:expr; )*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                self.call(move |$b| $body).await
+            }
+        )*
+    };
+}
+
+impl Store {
+    /// Opens (creating when missing) the store at `location` and starts its thread.
+    pub fn open(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::spawn(Box::new(super::sqlite::SqliteBackend::open(path)?)),
+        }
+    }
+
+    /// Opens the store only if it exists (a command that only looks must not create one).
+    pub fn open_existing(location: &Location) -> Result<Option<Store>, StoreError> {
+        if !location.exists() {
+            return Ok(None);
+        }
+        Self::open(location).map(Some)
+    }
+
     /// Moves `backend` onto a new thread named `kfr-store`.
-    pub fn spawn(backend: Box<dyn OutboxBackend>) -> std::io::Result<OutboxHandle> {
+    pub fn spawn(backend: Box<dyn Backend>) -> Result<Store, StoreError> {
+        let describe: Arc<str> = backend.describe().into();
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("kfr-store".into())
-            .spawn(move || serve(backend, rx))?;
-        Ok(OutboxHandle { tx })
+            .spawn(move || serve(backend, rx))
+            .map_err(|e| StoreError::Other(format!("starting the state store's thread: {e}")))?;
+        Ok(Store { tx, describe })
     }
 
-    /// See [`OutboxBackend::enqueue`]; answered once the group commit holding it is durable.
-    pub async fn enqueue(&self, register: String, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+    /// What the store is, for messages.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// See [`Outbox::enqueue`]; answered once the group commit holding it is durable.
+    pub async fn enqueue(
+        &self,
+        register: String,
+        events: Vec<NewEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Enqueue {
                 register,
                 events,
+                now,
                 reply,
             })
             .map_err(|_| StoreError::Stopped)?;
@@ -83,7 +128,7 @@ impl OutboxHandle {
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn OutboxBackend) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |b| {
@@ -93,30 +138,7 @@ impl OutboxHandle {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    pub async fn recover(&self, register: String) -> Result<Recovered, StoreError> {
-        self.call(move |b| b.recover(&register)).await
-    }
-    pub async fn claim_ready(
-        &self,
-        register: String,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.call(move |b| b.claim_ready(&register, now, limit)).await
-    }
-    pub async fn begin_batch(&self, seqs: Vec<Seq>, batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        self.call(move |b| b.begin_batch(&seqs, batch_correlation_id)).await
-    }
-    pub async fn batch_accepted(&self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.call(move |b| b.batch_accepted(batch_correlation_id, at)).await
-    }
-    pub async fn batch_unknown(&self, batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        self.call(move |b| b.batch_unknown(batch_correlation_id)).await
-    }
-    pub async fn accepted(&self, register: String) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.call(move |b| b.accepted(&register)).await
-    }
-    /// See [`OutboxBackend::settle`]; settlements of concurrent callers share one transaction.
+    /// See [`Outbox::settle`]; settlements of concurrent callers share one transaction.
     pub async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -124,40 +146,72 @@ impl OutboxHandle {
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
-    pub async fn retry_later(&self, seq: Seq, at: DateTime<Utc>, error: String) -> Result<(), StoreError> {
-        self.call(move |b| b.retry_later(seq, at, &error)).await
-    }
-    pub async fn release(&self, seqs: Vec<Seq>) -> Result<(), StoreError> {
-        self.call(move |b| b.release(&seqs)).await
-    }
-    pub async fn dead_letter(&self, seq: Seq, rejection: Rejection, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.call(move |b| b.dead_letter(seq, &rejection, at)).await
-    }
-    pub async fn dead_letters(&self, register: Option<String>) -> Result<Vec<DeadLetter>, StoreError> {
-        self.call(move |b| b.dead_letters(register.as_deref())).await
-    }
-    pub async fn retry_dead(&self, which: DeadLetters) -> Result<u64, StoreError> {
-        self.call(move |b| b.retry_dead(which)).await
-    }
-    pub async fn drop_dead(&self, which: DeadLetters, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.call(move |b| b.drop_dead(which, at)).await
-    }
-    pub async fn status(&self, register: Option<String>) -> Result<OutboxStatus, StoreError> {
-        self.call(move |b| b.status(register.as_deref())).await
-    }
-    pub async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.call(move |b| b.purge(before)).await
-    }
-    pub async fn ledger(&self, register: String) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.call(move |b| b.ledger(&register)).await
-    }
-    pub async fn barrier(&self, register: String) -> Result<Option<i64>, StoreError> {
-        self.call(move |b| b.barrier(&register)).await
+
+    calls! {
+        // ---- outbox
+        fn recover(register: String, epoch: i64, now: DateTime<Utc>) -> Recovered => |b| b.recover(&register, epoch, now);
+        fn claim_ready(register: String, claimer: Claimer, now: DateTime<Utc>, limit: usize) -> Vec<OutboxEvent>
+            => |b| b.claim_ready(&register, &claimer, now, limit);
+        fn begin_batch(seqs: Vec<Seq>, batch: Uuid) -> () => |b| b.begin_batch(&seqs, batch);
+        fn batch_accepted(batch: Uuid, at: DateTime<Utc>) -> () => |b| b.batch_accepted(batch, at);
+        fn batch_unknown(batch: Uuid, at: DateTime<Utc>) -> () => |b| b.batch_unknown(batch, at);
+        fn accepted(register: String) -> Vec<OutboxEvent> => |b| b.accepted(&register);
+        fn retry_later(seq: Seq, at: DateTime<Utc>, error: String, now: DateTime<Utc>) -> ()
+            => |b| b.retry_later(seq, at, &error, now);
+        fn release(seqs: Vec<Seq>, now: DateTime<Utc>) -> () => |b| b.release(&seqs, now);
+        fn dead_letter(seq: Seq, rejection: Rejection, at: DateTime<Utc>) -> () => |b| b.dead_letter(seq, &rejection, at);
+        fn dead_letters(register: Option<String>) -> Vec<DeadLetter> => |b| b.dead_letters(register.as_deref());
+        fn retry_dead(which: DeadLetters, action: OperatorAction, now: DateTime<Utc>) -> u64 => |b| b.retry_dead(which, &action, now);
+        fn drop_dead(which: DeadLetters, action: OperatorAction, now: DateTime<Utc>) -> u64 => |b| b.drop_dead(which, &action, now);
+        fn status(register: Option<String>) -> OutboxStatus => |b| b.status(register.as_deref());
+        fn purge(before: DateTime<Utc>) -> u64 => |b| b.purge(before);
+        fn barrier(register: String) -> Option<i64> => |b| b.barrier(&register);
+        fn enqueue_and_claim(register: String, event: NewEvent, correlation_id: Uuid, claimer: Claimer, now: DateTime<Utc>) -> OwnEvent
+            => |b| b.enqueue_and_claim(&register, &event, correlation_id, &claimer, now);
+        fn finish_claim(seq: Seq, claimer: String, end: ClaimEnd, at: DateTime<Utc>) -> ClaimFinished
+            => |b| b.finish_claim(seq, &claimer, &end, at);
+        fn claim_head_of(register: String, customer: String, sources: Vec<String>, claimer: Claimer, now: DateTime<Utc>) -> Option<OutboxEvent>
+            => |b| b.claim_head_of(&register, &customer, &sources.iter().map(String::as_str).collect::<Vec<_>>(), &claimer, now);
+        fn claim_next_of(register: String, sources: Vec<String>, claimer: Claimer, now: DateTime<Utc>) -> Option<OutboxEvent>
+            => |b| b.claim_next_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>(), &claimer, now);
+        fn unfinished_of(register: String, sources: Vec<String>) -> Vec<OutboxEvent>
+            => |b| b.unfinished_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>());
+        fn events_of(register: Option<String>, customer: Option<String>) -> Vec<OutboxEvent>
+            => |b| b.events_of(register.as_deref(), customer.as_deref());
+        // ---- jobs
+        fn create_job(job: NewJob, now: DateTime<Utc>) -> i64 => |b| b.create_job(&job, now);
+        fn unconfirmed_job() -> Option<JobRecord> => |b| b.unconfirmed_job();
+        fn jobs() -> Vec<JobRecord> => |b| b.jobs();
+        fn latest_job() -> Option<JobRecord> => |b| b.latest_job();
+        fn job(id: i64) -> Option<JobRecord> => |b| b.job(id);
+        fn batches(job: i64) -> Vec<BatchRecord> => |b| b.batches(job);
+        fn update_batch(job: i64, seq: u32, change: BatchChange, now: DateTime<Utc>) -> () => |b| b.update_batch(job, seq, &change, now);
+        fn abandon_job(id: i64, rule: HeldAtAbandon, action: OperatorAction, now: DateTime<Utc>) -> Abandonment
+            => |b| b.abandon_job(id, rule, &action, now);
+        fn confirm_job_if_complete(job: i64, now: DateTime<Utc>) -> bool => |b| b.confirm_job_if_complete(job, now);
+        // ---- ledger
+        fn ledger(register: String) -> Vec<LedgerEntry> => |b| b.ledger(&register);
+        fn unfinished_customers(register: String) -> HashSet<String> => |b| b.unfinished_customers(&register);
+        fn record_batch(job: i64, seq: u32, correlation_id: Uuid, entries: Vec<(String, Option<NaiveDate>)>, now: DateTime<Utc>) -> ()
+            => |b| b.record_batch(job, seq, correlation_id, &entries, now);
+        fn ledger_count(batch: Option<(i64, u32)>) -> u64 => |b| b.ledger_count(batch);
+        // ---- leases
+        fn take_lease(register: String, holder: String, now: DateTime<Utc>, ttl: chrono::Duration) -> Option<Lease>
+            => |b| b.take_lease(&register, &holder, now, ttl);
+        fn renew_lease(lease: Lease, now: DateTime<Utc>, ttl: chrono::Duration) -> Lease => |b| b.renew_lease(&lease, now, ttl);
+        fn release_lease(lease: Lease) -> () => |b| b.release_lease(&lease);
+        fn lease_holder(register: String) -> Option<LeaseHolder> => |b| b.lease_holder(&register);
+        fn take_writer(holder: String) -> Option<String> => |b| b.take_writer(&holder);
+        fn release_writer() -> () => |b| b.release_writer();
+        // ---- history
+        fn history(customer: Option<String>, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Vec<HistoryRecord>
+            => |b| b.history(customer.as_deref(), from, to);
+        fn purge_history(before: DateTime<Utc>) -> u64 => |b| b.purge_history(before);
     }
 }
 
 /// The store thread: takes requests until every handle is gone.
-fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
+fn serve(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Request>) {
     let mut carried: Option<Request> = None;
     loop {
         let first = match carried.take() {
@@ -204,6 +258,7 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
             Request::Enqueue {
                 register,
                 events,
+                now,
                 reply,
             } => {
                 // Take every enqueue already waiting for the same register into this commit; stop
@@ -215,6 +270,7 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
                             register: r,
                             events,
                             reply,
+                            ..
                         }) if r == register => group.push((events, reply)),
                         Ok(other) => {
                             carried = Some(other);
@@ -223,7 +279,7 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
                         Err(_) => break,
                     }
                 }
-                commit_group(backend.as_mut(), &register, group);
+                commit_group(backend.as_mut(), &register, now, group);
             }
         }
     }
@@ -231,7 +287,7 @@ fn serve(mut backend: Box<dyn OutboxBackend>, rx: mpsc::Receiver<Request>) {
 
 /// One transaction for every caller's settlements. If it fails, each caller's settlements are
 /// tried alone, so one caller's bad seq never fails another's good ones.
-fn settle_group(backend: &mut dyn OutboxBackend, group: Vec<(Vec<Settlement>, SettleReply)>) {
+fn settle_group(backend: &mut dyn Backend, group: Vec<(Vec<Settlement>, SettleReply)>) {
     if group.len() == 1 {
         let (s, reply) = group.into_iter().next().expect("one");
         let _ = reply.send(backend.settle(&s));
@@ -250,11 +306,16 @@ fn settle_group(backend: &mut dyn OutboxBackend, group: Vec<(Vec<Settlement>, Se
 }
 
 /// One transaction for the whole group; each caller gets its own slice of the answer.
-fn commit_group(backend: &mut dyn OutboxBackend, register: &str, group: Vec<(Vec<NewEvent>, EnqueueReply)>) {
+fn commit_group(
+    backend: &mut dyn Backend,
+    register: &str,
+    now: DateTime<Utc>,
+    group: Vec<(Vec<NewEvent>, EnqueueReply)>,
+) {
     let sizes: Vec<usize> = group.iter().map(|(e, _)| e.len()).collect();
     let (all, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
     let all: Vec<NewEvent> = all.into_iter().flatten().collect();
-    match backend.enqueue(register, &all) {
+    match backend.enqueue(register, &all, now) {
         Ok(results) => {
             let mut rest = results.into_iter();
             for (n, reply) in sizes.into_iter().zip(replies) {

@@ -2,12 +2,18 @@
 //! and 5; docs/sync.md "Delivery" is the operator's description).
 //!
 //! - **Order.** The outbox hands out only customer heads, one at a time per customer
-//!   (`OutboxBackend::claim_ready`), so a customer's events reach KFR in issue order while
+//!   (`Outbox::claim_ready`), so a customer's events reach KFR in issue order while
 //!   different customers go in parallel.
+//! - **Lease.** It delivers under the register's lease, taken by its caller: every claim carries
+//!   the lease's epoch and an expiry, the lease is renewed while it runs, and a deposed holder's
+//!   writes fail (`Fenced`), which stops it at once. A request is never started on a claim that
+//!   could run out before the request ends; claims of a dead predecessor are taken back only
+//!   once they ran out (`recover`, at start and every `recover_interval`).
 //! - **Pace.** Every KFR request (add, remove, lookup, batch) passes one global rate limit and a
 //!   cap on requests in flight; the outbox is asked only for as many events as the dispatcher
 //!   may hold, so memory stays bounded however long the backlog.
-//! - **Verdicts.** The verdict's scope decides (docs/specs/verdicts.md): transient → the event
+//! - **Verdicts.** The verdict's scope decides ([`crate::sync::outcome::decide`], shared with
+//!   `kfr add/remove` and the load; docs/specs/verdicts.md): transient → the event
 //!   is retried after a persisted, jittered backoff, bounded by time; rate limited → everything
 //!   pauses; systemic → everything pauses, the agent reports unready, a slow probe tests for
 //!   recovery, nothing is dead-lettered; rejected → the event is dead-lettered with KFR's answer
@@ -24,11 +30,13 @@ mod pace;
 mod tests;
 
 use crate::ids::{CustomerId, IdPolicy, scrub};
-use crate::kfr::{AddOutcome, Attempt, KfrClient, RemoveOutcome, Scope, Verdict};
-use crate::store::OutboxHandle;
-use crate::store::outbox::{Delivery, OutboxEvent, Recovered, Rejection, Seq, Settlement, StoreError};
-use crate::store::queue::Operation;
+use crate::kfr::{Attempt, KfrClient, Scope};
+use crate::store::{
+    ClaimEnd, Claimer, Delivery, Lease, OutboxEvent, Recovered, Rejection, Seq, Settlement, StoreError,
+};
+use crate::store::{Operation, Store};
 use crate::sync::health::Health;
+use crate::sync::outcome::{Effect, Outcome, Rules, decide};
 use chrono::{DateTime, NaiveDate, Utc};
 use pace::{Gate, Pause, RateGate};
 use std::cmp::Reverse;
@@ -101,6 +109,17 @@ pub struct DispatchConfig {
     pub status_interval: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// How long a claim lasts (wall): longer than `request_budget`, so a claimed event waits a
+    /// while for its rate slot and still starts its request inside the claim.
+    pub claim_ttl: Duration,
+    /// The longest one attempt may take (request timeout, a token fetch and a 401 retry): a
+    /// request is not started on a claim with less time left.
+    pub request_budget: Duration,
+    /// The register's lease is renewed this often (tokio) for `lease_ttl` (wall) each time.
+    pub lease_renew: Duration,
+    pub lease_ttl: Duration,
+    /// How often claims that ran out (a dead predecessor's, a killed `kfr add`'s) are taken back.
+    pub recover_interval: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -127,6 +146,21 @@ impl Default for DispatchConfig {
             poll_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
+            claim_ttl: Duration::from_secs(300),
+            request_budget: Duration::from_secs(100),
+            lease_renew: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
+            recover_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// The verdict rules of [`decide`].
+    pub fn rules(&self) -> Rules {
+        Rules {
+            retry: self.retry.clone(),
+            give_up_after: self.give_up_after,
         }
     }
 }
@@ -160,7 +194,7 @@ pub struct DispatchSummary {
 /// The sync agent's delivery loop for one register.
 #[derive(Debug)]
 pub struct Dispatcher {
-    store: OutboxHandle,
+    store: Store,
     client: KfrClient,
     register: String,
     cfg: DispatchConfig,
@@ -170,15 +204,9 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// `register_key` is the [`crate::store::outbox::Register::key`] the events were stored under;
+    /// `register_key` is the [`crate::store::Register::key`] the events were stored under;
     /// `client` must write to that register (same base URL and org.nr).
-    pub fn new(
-        handle: OutboxHandle,
-        client: KfrClient,
-        register_key: String,
-        config: DispatchConfig,
-        health: Health,
-    ) -> Self {
+    pub fn new(handle: Store, client: KfrClient, register_key: String, config: DispatchConfig, health: Health) -> Self {
         Self {
             store: handle,
             client,
@@ -207,8 +235,19 @@ impl Dispatcher {
     /// returns the summary. An error when it stopped by itself: the store's thread is gone, or a
     /// task panicked (then after handing back what it held, as on shutdown). Either way it can no
     /// longer deliver, and its caller must not go on looking alive.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<DispatchSummary, DispatchError> {
-        let recovered = self.store.recover(self.register.clone()).await?;
+    ///
+    /// It delivers under `lease` (the register's, taken by the caller), renews it while it runs
+    /// and gives it up at the end; [`DispatchError::Store`] with [`StoreError::Fenced`] when
+    /// another process took it over meanwhile (this one then delivers nothing more).
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        lease: Lease,
+    ) -> Result<DispatchSummary, DispatchError> {
+        let recovered = self
+            .store
+            .recover(self.register.clone(), lease.epoch, self.clock.now())
+            .await?;
         if recovered != Recovered::default() {
             tracing::info!(
                 requeued = recovered.requeued,
@@ -228,6 +267,11 @@ impl Dispatcher {
             unsettled: Mutex::new(HashSet::new()),
             book: Mutex::new(backdated::Book::default()),
             retries_due: Mutex::new(BinaryHeap::new()),
+            claimer: Claimer {
+                name: lease.holder.clone(),
+                epoch: Some(lease.epoch),
+                ttl: chrono::Duration::from_std(self.cfg.claim_ttl).unwrap_or(chrono::Duration::minutes(5)),
+            },
             store: self.store,
             client: self.client,
             register: self.register,
@@ -245,8 +289,12 @@ impl Dispatcher {
         let mut flush_now = false;
         let start = Instant::now();
         let (mut next_confirm, mut next_purge, mut next_status) = (start, start, start);
+        let (mut next_renew, mut next_recover) = (start + cfg.lease_renew, start + cfg.recover_interval);
+        let mut lease = lease;
+        let lease_ttl = chrono::Duration::from_std(cfg.lease_ttl).unwrap_or(chrono::Duration::seconds(30));
         let hold_cap = cfg.max_in_flight.max(1) + cfg.batch_max_entries.max(1);
         let mut failed: Option<String> = None;
+        let mut failed_store: Option<StoreError> = None;
 
         loop {
             if *shutdown.borrow() {
@@ -264,7 +312,11 @@ impl Dispatcher {
             let worth_claiming = held < step || hold_cap.saturating_sub(held) >= step;
             if gate != Gate::Closed && held < hold_cap && (worth_claiming || gate == Gate::Probe) {
                 let limit = if gate == Gate::Probe { 1 } else { hold_cap - held };
-                match sh.store.claim_ready(sh.register.clone(), sh.clock.now(), limit).await {
+                match sh
+                    .store
+                    .claim_ready(sh.register.clone(), sh.claimer.clone(), sh.clock.now(), limit)
+                    .await
+                {
                     Ok(events) => {
                         sh.health.set_store_problem(None);
                         if gate == Gate::Probe && events.is_empty() {
@@ -289,12 +341,42 @@ impl Dispatcher {
                             }
                         }
                     }
-                    // No store to write to: stop, so the agent exits and a supervisor sees it.
-                    Err(e @ (StoreError::Stopped | StoreError::Replaced { .. })) => {
+                    // No store to write to, or deposed: stop, so the agent exits (or stands by) and
+                    // a supervisor sees it.
+                    Err(e @ (StoreError::Stopped | StoreError::Lost { .. } | StoreError::Fenced { .. })) => {
                         sh.health.set_store_problem(Some(e.to_string()));
-                        return Err(e.into());
+                        failed_store = Some(e);
+                        break;
                     }
                     Err(e) => sh.store_problem("claiming events", &e),
+                }
+            }
+            if now >= next_renew {
+                next_renew = now + cfg.lease_renew;
+                match sh.store.renew_lease(lease.clone(), sh.clock.now(), lease_ttl).await {
+                    Ok(renewed) => lease = renewed,
+                    Err(e @ StoreError::Fenced { .. }) => {
+                        tracing::error!(error = %e, "the delivery lease was taken over: this agent stops delivering");
+                        failed_store = Some(e);
+                        break;
+                    }
+                    Err(e) => sh.store_problem("renewing the delivery lease", &e),
+                }
+            }
+            if now >= next_recover {
+                next_recover = now + cfg.recover_interval;
+                match sh.store.recover(sh.register.clone(), lease.epoch, sh.clock.now()).await {
+                    Ok(r) if r != Recovered::default() => tracing::info!(
+                        requeued = r.requeued,
+                        unknown_uploads = r.unknown_uploads,
+                        "took back claims that ran out (a stopped sender's)"
+                    ),
+                    Ok(_) => {}
+                    Err(e @ StoreError::Fenced { .. }) => {
+                        failed_store = Some(e);
+                        break;
+                    }
+                    Err(e) => sh.store_problem("taking back claims that ran out", &e),
                 }
             }
             // One upload at a time: the gathered adds go when the window passed or they are many.
@@ -386,17 +468,31 @@ impl Dispatcher {
         };
         let released = left.len() as u64;
         if !left.is_empty() {
-            if let Err(e) = sh.store.release(left).await {
-                tracing::warn!(error = %e, "could not hand back events at shutdown; the next start recovers them");
+            if let Err(e) = sh.store.release(left, sh.clock.now()).await {
+                tracing::warn!(error = %e, "could not hand back events at shutdown; the next holder recovers them once their claims ran out");
+            }
+        }
+        // Given up so a standby takes over at once (a deposed holder has nothing to give up).
+        if failed_store.is_none() {
+            if let Err(e) = sh.store.release_lease(lease).await {
+                tracing::warn!(error = %e, "could not give up the delivery lease; a standby takes over once it ran out");
             }
         }
         let mut summary = lock(&sh.tally).clone();
         summary.released_at_shutdown = released;
         summary.cut_at_deadline = cut;
-        tracing::info!(?summary, "dispatcher stopped");
-        match failed {
-            Some(detail) => Err(DispatchError::TaskFailed { detail }),
-            None => Ok(summary),
+        tracing::info!(
+            delivered = summary.delivered,
+            dead_lettered = summary.dead_lettered,
+            retries_scheduled = summary.retries_scheduled,
+            released_at_shutdown = summary.released_at_shutdown,
+            cut_at_deadline = summary.cut_at_deadline,
+            "dispatcher stopped"
+        );
+        match (failed, failed_store) {
+            (_, Some(e)) => Err(DispatchError::Store(e)),
+            (Some(detail), None) => Err(DispatchError::TaskFailed { detail }),
+            (None, None) => Ok(summary),
         }
     }
 }
@@ -455,7 +551,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the tasks share.
 #[derive(Debug)]
 struct Shared {
-    store: OutboxHandle,
+    store: Store,
+    /// Who claims: the lease's holder and epoch.
+    claimer: Claimer,
     client: KfrClient,
     register: String,
     org: String,
@@ -520,7 +618,7 @@ impl Shared {
         tracing::error!(error = %e, "state store failed while {doing}");
         if matches!(
             e,
-            StoreError::NotWritable { .. } | StoreError::Busy { .. } | StoreError::Replaced { .. }
+            StoreError::NotWritable { .. } | StoreError::Busy { .. } | StoreError::Lost { .. }
         ) {
             self.health.set_store_problem(Some(e.to_string()));
         }
@@ -581,43 +679,52 @@ impl Shared {
             self.release(&[ev.seq]).await;
             return Done::Single;
         }
+        if !self.claim_lasts(&ev) {
+            // The claim could run out while the request is out, and a successor could then send
+            // the customer's next event ahead of it: hand it back instead (claimed afresh soon).
+            tracing::info!(
+                seq = ev.seq,
+                "claim too close to its end to start a request; handed back"
+            );
+            self.release(&[ev.seq]).await;
+            return Done::Single;
+        }
         let op = op_label(ev.op);
-        let (delivered, failure) = match ev.op {
+        let rules = self.cfg.rules();
+        let outcome = match ev.op {
             Operation::Add => {
                 let a = self.client.add_once(&id, ev.correlation_id).await;
                 self.observe(op, &a);
-                let d = a.verdict.delivered().map(|o| match o {
-                    AddOutcome::Added => Delivery::Added,
-                    AddOutcome::AlreadyPresent => Delivery::AlreadyPresent,
-                });
-                (d.map(|d| (d, a.echoed_correlation_id.clone())), Failed::of(&a))
+                decide(&a, &ev, &rules, self.clock.now())
             }
             Operation::Remove => {
                 let a = self.client.remove_once(&id, ev.correlation_id).await;
                 self.observe(op, &a);
-                let d = a.verdict.delivered().map(|o| match o {
-                    RemoveOutcome::Removed => Delivery::Removed,
-                    RemoveOutcome::NotFound => Delivery::NotFound,
-                });
-                (d.map(|d| (d, a.echoed_correlation_id.clone())), Failed::of(&a))
+                decide(&a, &ev, &rules, self.clock.now())
             }
         };
-        match (delivered, failure) {
-            (Some((delivery, echoed)), _) => {
-                // Delivered: the place goes to the next request while the outcome is recorded
-                // (settlements are group-committed; a slot must not wait for the commit). A
-                // failure keeps it until its pause, if any, is in force.
-                drop(slot);
-                tracing::info!(seq = ev.seq, op, customer = %id.log(), correlation_id = %ev.correlation_id, outcome = ?delivery, "delivered");
-                self.settle(&ev, delivery, echoed).await;
-            }
-            (None, Some(f)) => {
-                self.failed(&ev, f, probe).await;
-                drop(slot);
-            }
-            (None, None) => unreachable!("an attempt is delivered or has a failure"),
+        if let ClaimEnd::Delivered {
+            delivery,
+            echoed_correlation_id,
+        } = outcome.end
+        {
+            // Delivered: the place goes to the next request while the outcome is recorded
+            // (settlements are group-committed; a slot must not wait for the commit). A
+            // failure keeps it until its pause, if any, is in force.
+            drop(slot);
+            tracing::info!(seq = ev.seq, op, customer = %id.log(), correlation_id = %ev.correlation_id, outcome = ?delivery, "delivered");
+            self.settle(&ev, delivery, echoed_correlation_id).await;
+        } else {
+            self.failed(&ev, outcome, probe).await;
+            drop(slot);
         }
         Done::Single
+    }
+
+    /// Whether `ev`'s claim leaves room for a whole attempt from now.
+    fn claim_lasts(&self, ev: &OutboxEvent) -> bool {
+        let budget = chrono::Duration::from_std(self.cfg.request_budget).unwrap_or(chrono::Duration::MAX);
+        ev.claimed_until.is_none_or(|until| until - self.clock.now() >= budget)
     }
 
     async fn settle(&self, ev: &OutboxEvent, delivery: Delivery, echoed: Option<String>) {
@@ -658,7 +765,7 @@ impl Shared {
     }
 
     async fn release(&self, seqs: &[Seq]) {
-        match self.store.release(seqs.to_vec()).await {
+        match self.store.release(seqs.to_vec(), self.clock.now()).await {
             Ok(()) => seqs.iter().for_each(|s| self.settled(*s)),
             Err(e) => self.store_problem("handing events back", &e),
         }
@@ -681,22 +788,13 @@ impl Shared {
         lock(&self.tally).dead_lettered += 1;
     }
 
-    /// A failed attempt for one event, by the verdict's scope.
-    async fn failed(&self, ev: &OutboxEvent, f: Failed, probe: bool) {
+    /// An attempt that did not deliver: its outcome recorded, its effect on every sender applied.
+    async fn failed(&self, ev: &OutboxEvent, outcome: Outcome, probe: bool) {
         let now_i = Instant::now();
-        match f {
-            Failed::Transient { reason, server_delay } => {
-                if let Some(d) = server_delay {
-                    // The service named a time to come back: nobody goes before then.
-                    self.pause_for(d.min(self.cfg.retry.retry_after_cap), "outage");
-                }
-                if probe {
-                    lock(&self.pause).probe_later(now_i, self.cfg.probe_interval);
-                }
-                self.retry_or_give_up(ev, &reason, server_delay).await;
-            }
-            Failed::RateLimited { retry_after } => {
-                self.release(&[ev.seq]).await;
+        match outcome.effect {
+            Effect::None => {}
+            Effect::Outage { wait } => self.pause_for(wait, "outage"),
+            Effect::RateLimited { retry_after } => {
                 let wait = {
                     let mut p = lock(&self.pause);
                     p.rate_limited_streak += 1;
@@ -710,46 +808,27 @@ impl Shared {
                     "KFR rate limit: every delivery pauses"
                 );
                 self.pause_for(wait, "rate_limited");
-                if probe {
-                    lock(&self.pause).probe_later(now_i, self.cfg.probe_interval);
-                }
             }
-            Failed::Systemic { scope, reason } => {
-                self.release(&[ev.seq]).await;
-                self.systemic(scope, reason);
-            }
-            Failed::Rejected(r) => {
-                if probe {
-                    lock(&self.pause).probe_later(now_i, self.cfg.probe_interval);
-                }
-                self.dead_letter(ev, r).await
-            }
+            Effect::Systemic { scope, ref reason } => self.systemic(scope, reason.clone()),
+        }
+        let systemic = matches!(outcome.effect, Effect::Systemic { .. });
+        if probe && !systemic {
+            lock(&self.pause).probe_later(now_i, self.cfg.probe_interval);
+        }
+        match outcome.end {
+            ClaimEnd::Delivered { .. } => unreachable!("a delivery is settled by the caller"),
+            ClaimEnd::Release { .. } => self.release(&[ev.seq]).await,
+            ClaimEnd::DeadLetter(r) => self.dead_letter(ev, r).await,
+            ClaimEnd::RetryLater { not_before, error } => self.retry_later(ev, not_before, error).await,
         }
     }
 
-    /// Transient: a persisted next attempt, or at the time bound a dead letter that says so.
-    async fn retry_or_give_up(&self, ev: &OutboxEvent, reason: &str, server_delay: Option<Duration>) {
+    /// Transient: a persisted next attempt.
+    async fn retry_later(&self, ev: &OutboxEvent, at: DateTime<Utc>, error: String) {
         let now = self.clock.now();
-        let since = ev.failing_since.unwrap_or(now);
-        let bound = chrono::Duration::from_std(self.cfg.give_up_after).unwrap_or(chrono::Duration::MAX);
-        if now - since >= bound {
-            let hours = self.cfg.give_up_after.as_secs_f64() / 3600.0;
-            let r = Rejection {
-                status: None,
-                code: None,
-                body: scrub(reason),
-                reason: format!(
-                    "transient failures for {hours:.0} h (since {since}); last: {}",
-                    scrub(reason)
-                ),
-            };
-            self.dead_letter(ev, r).await;
-            return;
-        }
-        let delay = self.cfg.retry.delay(ev.attempts + 1, server_delay);
-        let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-        tracing::info!(seq = ev.seq, op = op_label(ev.op), customer = %self.masked(ev), correlation_id = %ev.correlation_id, %at, error = %scrub(reason), "transient failure; next attempt scheduled");
-        match self.store.retry_later(ev.seq, at, scrub(reason)).await {
+        let delay = (at - now).to_std().unwrap_or_default();
+        tracing::info!(seq = ev.seq, op = op_label(ev.op), customer = %self.masked(ev), correlation_id = %ev.correlation_id, %at, error = %error, "transient failure; next attempt scheduled");
+        match self.store.retry_later(ev.seq, at, error, now).await {
             Ok(()) => {
                 self.settled(ev.seq);
                 lock(&self.retries_due).push(Reverse(Instant::now() + delay));
@@ -802,61 +881,5 @@ impl Shared {
             return;
         };
         crate::sync::metrics::refresh_outbox(&st, self.clock.now());
-    }
-}
-
-/// An undelivered verdict, reduced to what the dispatcher acts on.
-#[derive(Debug)]
-enum Failed {
-    Transient {
-        reason: String,
-        server_delay: Option<Duration>,
-    },
-    RateLimited {
-        retry_after: Option<Duration>,
-    },
-    Systemic {
-        scope: Scope,
-        reason: String,
-    },
-    Rejected(Rejection),
-}
-
-impl Failed {
-    /// `None` when delivered.
-    fn of<D>(a: &Attempt<D>) -> Option<Failed> {
-        Some(match &a.verdict {
-            Verdict::Delivered(_) => return None,
-            Verdict::Transient { reason, server_delay } => Failed::Transient {
-                reason: reason.clone(),
-                server_delay: *server_delay,
-            },
-            Verdict::RateLimited { retry_after } => Failed::RateLimited {
-                retry_after: *retry_after,
-            },
-            Verdict::Systemic { scope, reason, .. } => Failed::Systemic {
-                scope: *scope,
-                reason: reason.clone(),
-            },
-            Verdict::Rejected { code, message } => {
-                // The whole answer as the client decoded it (server text already masked).
-                let body = a.error().map(|e| scrub(&e.to_string())).unwrap_or_default();
-                Failed::Rejected(Rejection {
-                    status: a.status,
-                    code: code.clone(),
-                    reason: format!(
-                        "KFR refused it{}{}: {}",
-                        a.status.map(|s| format!(" ({s}")).unwrap_or_default(),
-                        match (a.status, code) {
-                            (Some(_), Some(c)) => format!(" {c})"),
-                            (Some(_), None) => ")".into(),
-                            _ => String::new(),
-                        },
-                        scrub(message)
-                    ),
-                    body,
-                })
-            }
-        })
     }
 }

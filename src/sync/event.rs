@@ -18,8 +18,8 @@
 //! event id is [`ids::scrub`]bed in refusals, since a sender may build ids from customer numbers.
 
 use crate::ids::{self, CustomerId, IdError, IdPolicy};
+use crate::store::NewEvent;
 use crate::store::Operation;
-use crate::store::outbox::NewEvent;
 use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
 use serde_json::{Map, Value};
 use std::fmt;

@@ -16,6 +16,9 @@ pub enum Unready {
     StoreNotWritable(String),
     /// Delivery is paused on a systemic verdict (credentials, permission, institution, endpoint).
     Paused(String),
+    /// Another `kfr sync` holds the register's delivery lease: this one takes events into the
+    /// shared outbox and stands by to take over; the text names the holder.
+    Standby(String),
 }
 
 impl std::fmt::Display for Unready {
@@ -24,6 +27,7 @@ impl std::fmt::Display for Unready {
             Unready::Draining => f.write_str("draining: shutting down, not taking events"),
             Unready::StoreNotWritable(d) => write!(f, "state store not writable: {d}"),
             Unready::Paused(d) => write!(f, "delivery paused: {d}"),
+            Unready::Standby(d) => write!(f, "standby: {d}"),
         }
     }
 }
@@ -33,6 +37,7 @@ struct State {
     draining: bool,
     store: Option<String>,
     paused: Option<String>,
+    standby: Option<String>,
 }
 
 /// Cloneable; every clone sees the same state.
@@ -71,6 +76,11 @@ impl Health {
         self.with(|s| s.paused = reason)
     }
 
+    /// `Some(holder)`: standing by while another agent delivers; `None`: this one delivers.
+    pub fn set_standby(&self, holder: Option<String>) {
+        self.with(|s| s.standby = holder)
+    }
+
     /// Every reason the agent is not ready, most fundamental first; empty when ready.
     pub fn unready(&self) -> Vec<Unready> {
         self.with(|s| {
@@ -83,6 +93,9 @@ impl Health {
             }
             if let Some(d) = &s.paused {
                 out.push(Unready::Paused(d.clone()));
+            }
+            if let Some(d) = &s.standby {
+                out.push(Unready::Standby(d.clone()));
             }
             out
         })

@@ -6,7 +6,7 @@
 //! rule names, outcomes and causes (the personal-data rule).
 
 use crate::store::Operation;
-use crate::store::outbox::OutboxStatus;
+use crate::store::OutboxStatus;
 use chrono::{DateTime, Utc};
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -31,6 +31,7 @@ pub const PAUSED: &str = "kfr_sync_paused";
 pub const RETRIES_SCHEDULED: &str = "kfr_sync_retries_scheduled_total";
 pub const TOKEN_REFRESHES: &str = "kfr_sync_token_refreshes_total";
 pub const READY: &str = "kfr_sync_ready";
+pub const STANDBY: &str = "kfr_sync_standby";
 
 /// Bucket bounds of the KFR request latency histogram, in seconds (a single add is typically
 /// tens of milliseconds; a batch upload or a slow gateway seconds).
@@ -105,6 +106,10 @@ pub fn describe() {
     describe_counter!(RETRIES_SCHEDULED, "Transient backoffs persisted, by op.");
     describe_counter!(TOKEN_REFRESHES, "Maskinporten token refreshes.");
     describe_gauge!(READY, "1 when the agent is ready (see /readyz), else 0.");
+    describe_gauge!(
+        STANDBY,
+        "1 while another agent holds the delivery lease and this one stands by, else 0."
+    );
 }
 
 /// An event committed as new.
@@ -120,6 +125,11 @@ pub fn event_duplicate(source: &str) {
 /// An event refused at the door; `rule` is its rule name (`customer_id.length`).
 pub fn event_refused(source: &str, rule: &str) {
     counter!(EVENTS_REFUSED, "source" => source.to_string(), "reason" => rule.to_string()).increment(1);
+}
+
+/// 1 while this agent stands by (another holds the register's delivery lease), else 0.
+pub fn set_standby(standby: bool) {
+    gauge!(STANDBY).set(if standby { 1.0 } else { 0.0 });
 }
 
 /// The agent's readiness as a 0/1 gauge.

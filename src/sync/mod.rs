@@ -10,6 +10,7 @@ pub mod event;
 pub mod health;
 pub mod metrics;
 pub mod ops_server;
+pub mod outcome;
 pub mod reconcile;
 pub mod source;
 #[cfg(test)]

@@ -16,8 +16,8 @@
 
 use crate::ids::mask;
 use crate::input::reader::ReadOutcome;
-use crate::store::outbox::{LedgerEntry, LedgerState, NewEvent};
-use crate::store::queue::Operation;
+use crate::store::Operation;
+use crate::store::{LedgerEntry, LedgerState, NewEvent};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{HashMap, HashSet};
 

@@ -1,424 +1,64 @@
-//! Test support for the sync agent: a compact in-memory [`OutboxBackend`] that follows the
-//! trait's documented semantics (heads only, one in flight per customer, parked customers, the
-//! barrier on removes), a wall clock tests move by hand, and the in-process mock with a KFR
-//! client pointed at it. Compiled for tests only.
+//! Test support for the sync agent: a real (SQLite) state store in a temporary directory that a
+//! test looks into through a second handle, a wall clock tests move by hand, and the in-process
+//! mock with a KFR client pointed at it. Compiled for tests only.
+//!
+//! There is no in-memory outbox: a test double that does not pass the conformance suite would
+//! prove the dispatcher right against something else than what it runs on.
 
-use crate::store::outbox::{
-    DeadLetter, DeadLetters, Delivery, Enqueued, EventState, LedgerEntry, LedgerState, NewEvent, OutboxBackend,
-    OutboxEvent, OutboxStatus, Recovered, Rejection, Seq, Settlement, StoreError,
-};
-use crate::store::queue::Operation;
+use crate::store::backend::{Jobs as _, Outbox as _};
+use crate::store::sqlite::SqliteBackend;
+use crate::store::{NewJob, OutboxEvent, Seq, Store};
 use crate::sync::dispatch::WallClock;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
-use uuid::Uuid;
 
-/// The outbox in memory. `barrier` holds removes back while set, as an unconfirmed load would.
-#[derive(Debug, Default)]
-pub struct MemoryOutbox {
-    pub events: Vec<OutboxEvent>,
-    pub dead: BTreeMap<Seq, (Rejection, DateTime<Utc>)>,
-    pub ledger: BTreeMap<String, LedgerEntry>,
-    pub finished_at: BTreeMap<Seq, DateTime<Utc>>,
-    /// How each delivered event was settled.
-    pub deliveries: BTreeMap<Seq, Delivery>,
-    pub barrier: Option<i64>,
+/// A state store for one test: the agent gets [`TestStore::store`], the test looks with
+/// [`TestStore::events`] (a second connection, as an operator's command would).
+#[derive(Clone)]
+pub struct TestStore {
+    dir: Arc<tempfile::TempDir>,
 }
 
-/// A [`MemoryOutbox`] shared between the store thread and the test, which inspects it.
-#[derive(Debug, Clone, Default)]
-pub struct SharedOutbox(pub Arc<Mutex<MemoryOutbox>>);
+impl Default for TestStore {
+    fn default() -> Self {
+        TestStore {
+            dir: Arc::new(tempfile::tempdir().unwrap()),
+        }
+    }
+}
 
-impl SharedOutbox {
-    pub fn with<T>(&self, f: impl FnOnce(&mut MemoryOutbox) -> T) -> T {
-        f(&mut self.0.lock().unwrap())
+impl TestStore {
+    /// A direct handle (synchronous, on the caller's thread): to set a scene or look at it.
+    pub fn backend(&self) -> SqliteBackend {
+        SqliteBackend::open(&self.dir.path().join("s.db")).unwrap()
+    }
+
+    /// The agent's async handle (its own thread).
+    pub fn store(&self) -> Store {
+        Store::spawn(Box::new(self.backend())).unwrap()
+    }
+
+    /// Every event still in the outbox, in issue order.
+    pub fn events(&self) -> Vec<OutboxEvent> {
+        self.backend().events_of(None, None).unwrap()
     }
 
     pub fn event(&self, seq: Seq) -> OutboxEvent {
-        self.with(|m| m.events.iter().find(|e| e.seq == seq).cloned().expect("seq exists"))
-    }
-}
-
-fn unfinished(s: EventState) -> bool {
-    matches!(
-        s,
-        EventState::Pending | EventState::InFlight | EventState::Accepted | EventState::DeadLettered
-    )
-}
-
-impl MemoryOutbox {
-    fn get(&mut self, seq: Seq) -> Result<&mut OutboxEvent, StoreError> {
-        self.events
-            .iter_mut()
-            .find(|e| e.seq == seq)
-            .ok_or(StoreError::WrongState {
-                seq,
-                problem: "does not exist".into(),
-            })
+        self.events().into_iter().find(|e| e.seq == seq).expect("seq exists")
     }
 
-    /// The head of every customer of `register`: its oldest unfinished event.
-    fn heads(&self, register: &str) -> Vec<usize> {
-        let mut seen = HashSet::new();
-        let mut out = vec![];
-        for (i, e) in self.events.iter().enumerate() {
-            if e.register == register && unfinished(e.state) && seen.insert(e.customer_id.clone()) {
-                out.push(i);
-            }
-        }
-        out
-    }
-}
-
-impl OutboxBackend for SharedOutbox {
-    fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
-        self.with(|m| {
-            let mut out = vec![];
-            for n in events {
-                if let Some(e) = m.events.iter().find(|e| e.event_id == n.event_id) {
-                    out.push(Enqueued::Duplicate { seq: e.seq });
-                    continue;
-                }
-                let seq = m.events.len() as Seq + 1;
-                m.events.push(OutboxEvent {
-                    seq,
-                    register: register.into(),
-                    event_id: n.event_id.clone(),
-                    op: n.op,
-                    customer_id: n.customer_id.clone(),
-                    start_date: n.start_date,
-                    occurred_at: n.occurred_at,
-                    source: n.source.clone(),
-                    received_at: n.occurred_at,
-                    correlation_id: Uuid::new_v4(),
-                    state: EventState::Pending,
-                    attempts: 0,
-                    next_attempt_at: None,
-                    failing_since: None,
-                    last_error: None,
-                    batch_correlation_id: None,
-                    accepted_at: None,
-                });
-                out.push(Enqueued::Stored { seq });
-            }
-            Ok(out)
-        })
-    }
-
-    fn recover(&mut self, register: &str) -> Result<Recovered, StoreError> {
-        self.with(|m| {
-            let mut r = Recovered::default();
-            for e in m.events.iter_mut().filter(|e| e.register == register) {
-                if e.state != EventState::InFlight {
-                    continue;
-                }
-                if e.batch_correlation_id.is_some() {
-                    e.state = EventState::Accepted;
-                    e.accepted_at = None;
-                    r.unknown_uploads += 1;
-                } else {
-                    e.state = EventState::Pending;
-                    r.requeued += 1;
-                }
-            }
-            Ok(r)
-        })
-    }
-
-    fn claim_ready(
-        &mut self,
-        register: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.with(|m| {
-            let barrier = m.barrier.is_some();
-            let mut out = vec![];
-            for i in m.heads(register) {
-                if out.len() >= limit {
-                    break;
-                }
-                let e = &mut m.events[i];
-                let ready = e.state == EventState::Pending
-                    && e.next_attempt_at.is_none_or(|t| t <= now)
-                    && !(barrier && e.op == Operation::Remove);
-                if ready {
-                    e.state = EventState::InFlight;
-                    out.push(e.clone());
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    fn begin_batch(&mut self, seqs: &[Seq], batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        self.with(|m| {
-            for s in seqs {
-                let e = m.get(*s)?;
-                if e.state != EventState::InFlight {
-                    return Err(StoreError::WrongState {
-                        seq: *s,
-                        problem: "is not in flight".into(),
-                    });
-                }
-                e.batch_correlation_id = Some(batch_correlation_id);
-            }
-            Ok(())
-        })
-    }
-
-    fn batch_accepted(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.with(|m| {
-            for e in m.events.iter_mut() {
-                if e.batch_correlation_id == Some(batch_correlation_id) && e.state == EventState::InFlight {
-                    e.state = EventState::Accepted;
-                    e.accepted_at = Some(at);
-                    e.attempts += 1;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn batch_unknown(&mut self, batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        self.with(|m| {
-            for e in m.events.iter_mut() {
-                if e.batch_correlation_id == Some(batch_correlation_id) && e.state == EventState::InFlight {
-                    e.state = EventState::Accepted;
-                    e.accepted_at = None;
-                    e.attempts += 1;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn accepted(&mut self, register: &str) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.with(|m| {
-            Ok(m.events
-                .iter()
-                .filter(|e| e.register == register && e.state == EventState::Accepted)
-                .cloned()
-                .collect())
-        })
-    }
-
-    fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError> {
-        self.with(|m| {
-            for s in settlements {
-                let e = m.get(s.seq)?;
-                if !matches!(e.state, EventState::InFlight | EventState::Accepted) {
-                    return Err(StoreError::WrongState {
-                        seq: s.seq,
-                        problem: format!("is {:?}, not in flight or accepted", e.state),
-                    });
-                }
-                e.state = EventState::Delivered;
-                if !matches!(s.delivery, Delivery::IngestedSeen | Delivery::IngestedByTime) {
-                    e.attempts += 1;
-                }
-                let (customer, op, start, cid) = (e.customer_id.clone(), e.op, e.start_date, e.correlation_id);
-                m.finished_at.insert(s.seq, s.at);
-                m.deliveries.insert(s.seq, s.delivery);
-                m.ledger.insert(
-                    customer.clone(),
-                    LedgerEntry {
-                        customer_id: customer,
-                        state: if op == Operation::Add {
-                            LedgerState::Active
-                        } else {
-                            LedgerState::Ended
-                        },
-                        start_date: start,
-                        since: s.at,
-                        correlation_id: cid,
-                    },
-                );
-            }
-            Ok(())
-        })
-    }
-
-    fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
-        self.with(|m| {
-            let e = m.get(seq)?;
-            e.state = EventState::Pending;
-            e.attempts += 1;
-            e.next_attempt_at = Some(at);
-            e.failing_since.get_or_insert(Utc::now());
-            e.last_error = Some(error.into());
-            Ok(())
-        })
-    }
-
-    fn release(&mut self, seqs: &[Seq]) -> Result<(), StoreError> {
-        self.with(|m| {
-            for s in seqs {
-                let e = m.get(*s)?;
-                if matches!(e.state, EventState::InFlight | EventState::Accepted) {
-                    e.state = EventState::Pending;
-                    e.batch_correlation_id = None;
-                    e.accepted_at = None;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn dead_letter(&mut self, seq: Seq, rejection: &Rejection, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.with(|m| {
-            let e = m.get(seq)?;
-            e.state = EventState::DeadLettered;
-            e.attempts += 1;
-            e.last_error = Some(rejection.reason.clone());
-            m.dead.insert(seq, (rejection.clone(), at));
-            Ok(())
-        })
-    }
-
-    fn dead_letters(&mut self, register: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        self.with(|m| {
-            let mut out = vec![];
-            for (seq, (rejection, at)) in &m.dead {
-                let e = m.events.iter().find(|e| e.seq == *seq).expect("dead seq exists");
-                if e.state != EventState::DeadLettered || register.is_some_and(|r| r != e.register) {
-                    continue;
-                }
-                let behind = m
-                    .events
-                    .iter()
-                    .filter(|o| o.customer_id == e.customer_id && o.seq > e.seq && unfinished(o.state))
-                    .count() as u64;
-                out.push(DeadLetter {
-                    event: e.clone(),
-                    rejection: rejection.clone(),
-                    dead_at: *at,
-                    parked_behind: behind,
-                });
-            }
-            Ok(out)
-        })
-    }
-
-    fn retry_dead(&mut self, which: DeadLetters) -> Result<u64, StoreError> {
-        self.with(|m| {
-            let mut n = 0;
-            for e in m.events.iter_mut().filter(|e| e.state == EventState::DeadLettered) {
-                if matches!(which, DeadLetters::One(s) if s != e.seq) {
-                    continue;
-                }
-                e.state = EventState::Pending;
-                e.next_attempt_at = None;
-                e.failing_since = None;
-                n += 1;
-            }
-            Ok(n)
-        })
-    }
-
-    fn drop_dead(&mut self, which: DeadLetters, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.with(|m| {
-            let mut dropped = vec![];
-            for e in m.events.iter_mut().filter(|e| e.state == EventState::DeadLettered) {
-                if matches!(which, DeadLetters::One(s) if s != e.seq) {
-                    continue;
-                }
-                e.state = EventState::Dropped;
-                dropped.push(e.seq);
-            }
-            for s in &dropped {
-                m.finished_at.insert(*s, at);
-            }
-            Ok(dropped.len() as u64)
-        })
-    }
-
-    fn status(&mut self, register: Option<&str>) -> Result<OutboxStatus, StoreError> {
-        self.with(|m| {
-            let mut st = OutboxStatus::default();
-            let mut parked = HashSet::new();
-            for e in m.events.iter().filter(|e| register.is_none_or(|r| r == e.register)) {
-                match e.state {
-                    EventState::Pending => st.pending += 1,
-                    EventState::InFlight => st.in_flight += 1,
-                    EventState::Accepted => st.accepted += 1,
-                    EventState::Delivered => st.delivered += 1,
-                    EventState::DeadLettered => {
-                        st.dead_lettered += 1;
-                        parked.insert(e.customer_id.clone());
-                    }
-                    EventState::Dropped => st.dropped += 1,
-                }
-                if unfinished(e.state) && e.state != EventState::DeadLettered {
-                    st.oldest_unfinished = Some(st.oldest_unfinished.map_or(e.received_at, |o| o.min(e.received_at)));
-                    if parked.contains(&e.customer_id) {
-                        st.parked_events += 1;
-                    }
-                }
-            }
-            st.parked_customers = parked.len() as u64;
-            st.barrier = m.barrier;
-            Ok(st)
-        })
-    }
-
-    fn purge(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.with(|m| {
-            let old: HashSet<Seq> = m
-                .finished_at
-                .iter()
-                .filter(|(_, at)| **at < before)
-                .map(|(s, _)| *s)
-                .collect();
-            m.events.retain(|e| !old.contains(&e.seq));
-            m.finished_at.retain(|s, _| !old.contains(s));
-            Ok(old.len() as u64)
-        })
-    }
-
-    fn unfinished_customers(&mut self, _: &str) -> Result<std::collections::HashSet<String>, StoreError> {
-        Err(StoreError::Other("not in this test double".into()))
-    }
-
-    fn ledger(&mut self, _register: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.with(|m| Ok(m.ledger.values().cloned().collect()))
-    }
-
-    fn barrier(&mut self, _register: &str) -> Result<Option<i64>, StoreError> {
-        self.with(|m| Ok(m.barrier))
-    }
-
-    fn enqueue_and_claim(
-        &mut self,
-        _: &str,
-        _: &NewEvent,
-        _: Uuid,
-        _: &str,
-        _: DateTime<Utc>,
-    ) -> Result<crate::store::outbox::OwnEvent, StoreError> {
-        Err(StoreError::Other("not in this test double".into()))
-    }
-
-    fn finish_claim(
-        &mut self,
-        _: Seq,
-        _: &str,
-        _: &crate::store::outbox::ClaimEnd,
-        _: DateTime<Utc>,
-    ) -> Result<crate::store::outbox::ClaimFinished, StoreError> {
-        Err(StoreError::Other("not in this test double".into()))
-    }
-
-    fn claim_head_of(
-        &mut self,
-        _: &str,
-        _: &str,
-        _: &[&str],
-        _: &str,
-        _: DateTime<Utc>,
-    ) -> Result<Option<OutboxEvent>, StoreError> {
-        Err(StoreError::Other("not in this test double".into()))
+    /// Raises `register`'s barrier, as an unconfirmed initial load does.
+    pub fn start_load(&self, register: &str) -> i64 {
+        let mut parts = register.splitn(3, '|');
+        let (env, url, org) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let job = NewJob {
+            input_path: "in.csv".into(),
+            content_hash: "00".into(),
+            settings: serde_json::json!({"environment": env, "kfr_base_url": url, "org_number": org}).to_string(),
+            entries: 0,
+            batches: vec![],
+        };
+        self.backend().create_job(&job, Utc::now()).unwrap()
     }
 }
 

@@ -13,9 +13,9 @@
 //! - **After a restart** what was seen before the upload is not known (it lives in memory):
 //!   accepted entries are confirmed by time and a lookup; unknown uploads seen ⇒ settled by time.
 
-use super::{Done, Failed, Shared, lock};
+use super::{Done, Shared, lock};
 use crate::kfr::{BatchEntry, Layout, Verdict};
-use crate::store::outbox::{Delivery, OutboxEvent, Rejection, Seq};
+use crate::store::{Delivery, OutboxEvent, Rejection, Seq};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -68,21 +68,25 @@ impl Shared {
             }
             return if visible { Seen::Yes } else { Seen::No };
         }
-        let Some(f) = Failed::of(&a) else {
+        let Some(f) = crate::sync::outcome::undelivered(&a, ev, &self.cfg.rules(), self.clock.now()) else {
             return Seen::Unknown;
         };
         if fail_event {
             self.failed(ev, f, false).await;
             return Seen::Unknown;
         }
-        match f {
-            Failed::Transient { .. } => {}
-            Failed::RateLimited { retry_after } => {
+        // A lookup while confirming an accepted entry: the event stays accepted; only what the
+        // verdict means for every sender applies (a refusal parks it).
+        match f.effect {
+            crate::sync::outcome::Effect::RateLimited { retry_after } => {
                 let wait = self.cfg.retry.delay(1, retry_after).min(self.cfg.retry.retry_after_cap);
                 self.pause_for(wait, "rate_limited");
             }
-            Failed::Systemic { scope, reason } => self.systemic(scope, reason),
-            Failed::Rejected(r) => self.dead_letter(ev, r).await,
+            crate::sync::outcome::Effect::Systemic { scope, reason } => self.systemic(scope, reason),
+            crate::sync::outcome::Effect::None | crate::sync::outcome::Effect::Outage { .. } => {}
+        }
+        if let crate::store::ClaimEnd::DeadLetter(r) = f.end {
+            self.dead_letter(ev, r).await;
         }
         Seen::Unknown
     }
@@ -150,8 +154,11 @@ impl Shared {
         };
         self.observe("batch", &a);
         let now = self.clock.now();
-        let result = match Failed::of(&a) {
-            None => {
+        // A batch's verdict, as `outcome::decide` reads a single's, except that a transient
+        // failure after the body went out leaves the upload's fate unknown (probed, never
+        // re-sent blindly) and a refusal parks every entry of it.
+        let result = match &a.verdict {
+            Verdict::Delivered(()) => {
                 tracing::info!(batch_correlation_id = %bcid, entries = ok.len(), "batch accepted; confirming ingestion");
                 lock(&self.tally).batches_accepted += 1;
                 if lock(&self.pause).delivered() {
@@ -160,28 +167,33 @@ impl Shared {
                 self.store.batch_accepted(bcid, now).await
             }
             // Nothing went out (no token): safe to hand back.
-            Some(Failed::Transient { .. }) if a.requests == 0 => self.store.release(seqs.clone()).await,
-            Some(Failed::Transient { reason, server_delay }) => {
+            Verdict::Transient { .. } if a.requests == 0 => self.store.release(seqs.clone(), now).await,
+            Verdict::Transient { reason, server_delay } => {
                 tracing::warn!(batch_correlation_id = %bcid, error = %crate::ids::scrub(&reason), "batch upload's answer never came: its fate is unknown; probing before anything is sent again");
                 lock(&self.tally).batches_unknown += 1;
                 lock(&self.book).unknown_since.insert(bcid, now);
                 if let Some(d) = server_delay {
-                    self.pause_for(d.min(self.cfg.retry.retry_after_cap), "outage");
+                    self.pause_for((*d).min(self.cfg.retry.retry_after_cap), "outage");
                 }
-                self.store.batch_unknown(bcid).await
+                self.store.batch_unknown(bcid, now).await
             }
-            Some(Failed::RateLimited { retry_after }) => {
-                let wait = self.cfg.retry.delay(1, retry_after).min(self.cfg.retry.retry_after_cap);
+            Verdict::RateLimited { retry_after } => {
+                let wait = self
+                    .cfg
+                    .retry
+                    .delay(1, *retry_after)
+                    .min(self.cfg.retry.retry_after_cap);
                 metrics::counter!("kfr_sync_rate_limit_waits_total").increment(1);
                 metrics::counter!("kfr_sync_rate_limit_wait_seconds_total").increment(wait.as_secs());
                 self.pause_for(wait, "rate_limited");
-                self.store.release(seqs.clone()).await
+                self.store.release(seqs.clone(), now).await
             }
-            Some(Failed::Systemic { scope, reason }) => {
-                self.systemic(scope, reason);
-                self.store.release(seqs.clone()).await
+            Verdict::Systemic { scope, reason, .. } => {
+                self.systemic(*scope, reason.clone());
+                self.store.release(seqs.clone(), now).await
             }
-            Some(Failed::Rejected(r)) => {
+            Verdict::Rejected { code, message } => {
+                let r = crate::sync::outcome::rejection(&a, code, message);
                 // Refused for content: every entry of it goes to the dead letters with the answer.
                 for ev in &ok {
                     lock(&self.unsettled).insert(ev.seq);
@@ -272,7 +284,7 @@ impl Shared {
                         // again. Sending an entry KFR already holds changes nothing.
                         (Seen::Yes, Some(true)) | (Seen::No, _) => {
                             tracing::info!(seq = ev.seq, customer = %self.masked(&ev), "upload of unknown fate not confirmed: the add goes again");
-                            if let Err(e) = self.store.release(vec![ev.seq]).await {
+                            if let Err(e) = self.store.release(vec![ev.seq], self.clock.now()).await {
                                 self.store_problem("handing back an unconfirmed upload", &e);
                             }
                             lock(&self.book).visible_before.remove(&ev.seq);

@@ -1,16 +1,18 @@
-//! The dispatcher against the in-process mock (loopback, port 0), with the in-memory outbox and a
-//! wall clock the test moves. Waits poll the observable state; none asserts a duration.
+//! The dispatcher against the in-process mock (loopback, port 0), on a temporary SQLite store and
+//! a wall clock the test moves. Waits poll the observable state; none asserts a duration.
 
 use super::*;
 use crate::kfr::Layout;
 use crate::mock::{KfrFaults, MockServer};
-use crate::store::outbox::{DeadLetters, EventState, NewEvent, OutboxBackend, Register};
-use crate::sync::testing::{CONSUMER, ManualClock, ORG, SharedOutbox, client, start_mock, synthetic_people};
+use crate::store::backend::Outbox as _;
+use crate::store::sqlite::SqliteBackend;
+use crate::store::{DeadLetters, EventState, NewEvent, Register};
+use crate::sync::testing::{CONSUMER, ManualClock, ORG, TestStore, client, start_mock, synthetic_people};
 
 struct Rig {
     mock: MockServer,
-    outbox: SharedOutbox,
-    handle: OutboxHandle,
+    outbox: TestStore,
+    handle: Store,
     clock: Arc<ManualClock>,
     health: Health,
     register: String,
@@ -43,7 +45,7 @@ async fn rig(
     tweak_mock: impl FnOnce(&mut crate::mock::MockConfig),
     org: &str,
     cfg: DispatchConfig,
-    before: impl FnOnce(&SharedOutbox, &str),
+    before: impl FnOnce(&mut SqliteBackend, &str),
 ) -> Rig {
     let mock = start_mock(tweak_mock).await;
     let kfr = client(&mock, org);
@@ -53,14 +55,15 @@ async fn rig(
         org_number: org.into(),
     }
     .key();
-    let outbox = SharedOutbox::default();
-    before(&outbox, &register);
-    let handle = OutboxHandle::spawn(Box::new(outbox.clone())).unwrap();
+    let outbox = TestStore::default();
+    before(&mut outbox.backend(), &register);
+    let handle = outbox.store();
     let clock = ManualClock::new(Utc::now());
     let health = Health::new();
     let (stop, rx) = watch::channel(false);
+    let lease = lease(&handle, &register).await;
     let d = Dispatcher::new(handle.clone(), kfr, register.clone(), cfg, health.clone()).with_clock(clock.clone());
-    let run = tokio::spawn(d.run(rx));
+    let run = tokio::spawn(d.run(rx, lease));
     Rig {
         mock,
         outbox,
@@ -71,6 +74,20 @@ async fn rig(
         stop,
         run,
     }
+}
+
+/// The register's delivery lease, as `kfr sync` takes it before delivering.
+async fn lease(store: &Store, register: &str) -> Lease {
+    store
+        .take_lease(
+            register.into(),
+            "sync:test".into(),
+            Utc::now(),
+            chrono::Duration::seconds(30),
+        )
+        .await
+        .unwrap()
+        .expect("a fresh store's lease is free")
 }
 
 fn event(n: usize, op: Operation, customer: &str, start: Option<NaiveDate>) -> NewEvent {
@@ -86,24 +103,24 @@ fn event(n: usize, op: Operation, customer: &str, start: Option<NaiveDate>) -> N
 
 impl Rig {
     async fn enqueue(&self, events: Vec<NewEvent>) {
-        self.handle.enqueue(self.register.clone(), events).await.unwrap();
+        self.handle
+            .enqueue(self.register.clone(), events, Utc::now())
+            .await
+            .unwrap();
     }
 
     /// Polls `cond` on the outbox until it holds (at most 2.5 s, then fails with `what`).
-    async fn until(&self, what: &str, cond: impl Fn(&crate::sync::testing::MemoryOutbox) -> bool) {
+    async fn until(&self, what: &str, cond: impl Fn(&[OutboxEvent]) -> bool) {
         // A generous deadline: the suite shares 2 cores with other test binaries; only a real
         // failure waits it out.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
-            if self.outbox.with(|m| cond(m)) {
+            if cond(&self.outbox.events()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!(
-            "timed out waiting until {what}: {:#?}",
-            self.outbox.with(|m| m.events.clone())
-        );
+        panic!("timed out waiting until {what}: {:#?}", self.outbox.events());
     }
 
     fn ops(&self, op: &str) -> std::collections::BTreeMap<String, u64> {
@@ -123,8 +140,8 @@ impl Rig {
     }
 }
 
-fn all_delivered(m: &crate::sync::testing::MemoryOutbox) -> bool {
-    !m.events.is_empty() && m.events.iter().all(|e| e.state == EventState::Delivered)
+fn all_delivered(m: &[OutboxEvent]) -> bool {
+    !m.is_empty() && m.iter().all(|e| e.state == EventState::Delivered)
 }
 
 #[tokio::test]
@@ -162,8 +179,7 @@ async fn a_transient_failure_waits_for_its_persisted_time_and_keeps_its_correlat
     let r = rig(|c| c.kfr_faults.error_rate = 1.0, ORG, fast(), |_, _| {}).await;
     let p = synthetic_people(1).remove(0);
     r.enqueue(vec![event(1, Operation::Add, &p, None)]).await;
-    r.until("one failed attempt is recorded", |m| m.events[0].attempts == 1)
-        .await;
+    r.until("one failed attempt is recorded", |m| m[0].attempts == 1).await;
     let ev = r.outbox.event(1);
     assert_eq!(ev.state, EventState::Pending);
     let at = ev.next_attempt_at.expect("the next attempt time is persisted");
@@ -189,9 +205,9 @@ async fn a_transient_failure_past_the_time_bound_is_dead_lettered_saying_so() {
     let r = rig(|c| c.kfr_faults.error_rate = 1.0, ORG, cfg, |_, _| {}).await;
     let p = synthetic_people(1).remove(0);
     r.enqueue(vec![event(1, Operation::Remove, &p, None)]).await;
-    r.until("one failed attempt", |m| m.events[0].attempts == 1).await;
+    r.until("one failed attempt", |m| m[0].attempts == 1).await;
     r.clock.advance(chrono::Duration::hours(2));
-    r.until("dead-lettered", |m| m.events[0].state == EventState::DeadLettered)
+    r.until("dead-lettered", |m| m[0].state == EventState::DeadLettered)
         .await;
     let dead = r.handle.dead_letters(None).await.unwrap();
     assert!(
@@ -236,13 +252,12 @@ async fn a_rate_limit_pauses_every_delivery_then_they_go_on() {
     tokio::time::sleep(Duration::from_millis(40)).await;
     assert_eq!(r.ops("add").get("429"), Some(&1), "one refusal, then the pause");
     assert!(r.health.unready().is_empty(), "a rate limit is not unready");
-    r.outbox.with(|m| {
-        assert!(
-            m.events
-                .iter()
-                .all(|e| e.attempts == 0 && e.state != EventState::DeadLettered)
-        )
-    });
+    assert!(
+        r.outbox
+            .events()
+            .iter()
+            .all(|e| e.attempts == 0 && e.state != EventState::DeadLettered)
+    );
     r.mock.state().set_kfr_faults(KfrFaults::NONE);
     r.until("all delivered after the pause", all_delivered).await;
     let s = r.stop().await;
@@ -276,15 +291,14 @@ async fn a_systemic_refusal_pauses_reports_unready_dead_letters_nothing_and_resu
     );
     // Probes come and fail; nothing is dead-lettered and no attempt is held against the events.
     tokio::time::sleep(Duration::from_millis(60)).await;
-    r.outbox.with(|m| {
-        assert!(m.dead.is_empty());
-        assert!(
-            m.events
-                .iter()
-                // A probe may be in flight at this moment; nothing is counted against any event.
-                .all(|e| matches!(e.state, EventState::Pending | EventState::InFlight) && e.attempts == 0)
-        );
-    });
+    assert!(r.handle.dead_letters(None).await.unwrap().is_empty());
+    assert!(
+        r.outbox
+            .events()
+            .iter()
+            // A probe may be in flight at this moment; nothing is counted against any event.
+            .all(|e| matches!(e.state, EventState::Pending | EventState::InFlight) && e.attempts == 0)
+    );
     r.mock.state().set_delegations(vec![
         crate::mock::Delegation::parse(&format!("{CONSUMER}={ORG}")).unwrap(),
     ]);
@@ -306,7 +320,7 @@ async fn a_rejected_event_is_dead_lettered_and_parks_only_its_customer() {
     ])
     .await;
     r.until("the other customer is delivered and the rejected one dead", |m| {
-        m.events[2].state == EventState::Delivered && m.events[0].state == EventState::DeadLettered
+        m[2].state == EventState::Delivered && m[0].state == EventState::DeadLettered
     })
     .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -322,7 +336,14 @@ async fn a_rejected_event_is_dead_lettered_and_parks_only_its_customer() {
     assert_eq!(dead[0].parked_behind, 1);
     // The operator fixes it and retries: the customer moves on, in order.
     r.mock.state().set_reject_customers([]);
-    r.handle.retry_dead(DeadLetters::All).await.unwrap();
+    let operator = crate::store::OperatorAction {
+        actor: "test".into(),
+        reason: None,
+    };
+    r.handle
+        .retry_dead(DeadLetters::All, operator, Utc::now())
+        .await
+        .unwrap();
     r.until("all delivered", all_delivered).await;
     assert_eq!(r.ops("remove").get("204"), Some(&1));
     r.stop().await;
@@ -341,7 +362,7 @@ async fn a_back_dated_add_goes_by_batch_with_its_date_and_its_customer_waits_for
     ])
     .await;
     r.until("both delivered", all_delivered).await;
-    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedSeen);
+    assert_eq!(r.outbox.event(1).delivery.unwrap(), Delivery::IngestedSeen);
     assert_eq!(r.ops("batch").get("201"), Some(&1));
     assert_eq!(r.ops("add").len(), 0, "no single add: it would lose the date");
     assert_eq!(r.ops("remove").get("204"), Some(&1), "the remove waited for the entry");
@@ -370,7 +391,7 @@ async fn an_upload_is_looked_up_after_its_expected_ingestion_not_at_the_next_reg
     ])
     .await;
     r.until("both delivered", all_delivered).await;
-    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedSeen);
+    assert_eq!(r.outbox.event(1).delivery.unwrap(), Delivery::IngestedSeen);
     r.stop().await;
 }
 
@@ -395,7 +416,7 @@ async fn a_back_dated_add_already_visible_is_confirmed_by_time_not_by_a_lookup()
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     r.enqueue(vec![event(1, Operation::Add, &p, Some(start))]).await;
-    r.until("accepted", |m| m.events[0].state == EventState::Accepted).await;
+    r.until("accepted", |m| m[0].state == EventState::Accepted).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
     assert_eq!(
         r.outbox.event(1).state,
@@ -404,7 +425,7 @@ async fn a_back_dated_add_already_visible_is_confirmed_by_time_not_by_a_lookup()
     );
     r.clock.advance(chrono::Duration::seconds(5));
     r.until("confirmed by time", all_delivered).await;
-    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedByTime);
+    assert_eq!(r.outbox.event(1).delivery.unwrap(), Delivery::IngestedByTime);
     r.stop().await;
 }
 
@@ -430,17 +451,23 @@ async fn after_a_restart_mid_upload_the_batch_is_probed_not_resent() {
             ingest_margin: Duration::from_secs(1),
             ..fast()
         },
-        move |outbox, register| {
-            let mut o = outbox.clone();
+        move |o, register| {
             o.enqueue(
                 register,
                 &[
                     event(1, Operation::Add, &r2, Some(start)),
                     event(2, Operation::Add, &l2, Some(start)),
                 ],
+                Utc::now(),
             )
             .unwrap();
-            let claimed = o.claim_ready(register, Utc::now(), 10).unwrap();
+            // The crashed process's claims: they ran out by the time the new agent starts.
+            let gone = crate::store::Claimer {
+                name: "sync:crashed".into(),
+                epoch: None,
+                ttl: chrono::Duration::seconds(-1),
+            };
+            let claimed = o.claim_ready(register, &gone, Utc::now(), 10).unwrap();
             assert_eq!(claimed.len(), 2);
             o.begin_batch(&[1, 2], uuid::Uuid::new_v4()).unwrap();
         },
@@ -450,22 +477,21 @@ async fn after_a_restart_mid_upload_the_batch_is_probed_not_resent() {
     let kfr = client(&r.mock, ORG);
     assert!(kfr.batch_once(&body, uuid::Uuid::new_v4()).await.verdict.is_delivered());
     r.until("recovered as unknown fate", |m| {
-        m.events
-            .iter()
+        m.iter()
             .all(|e| e.state == EventState::Accepted && e.accepted_at.is_none())
     })
     .await;
     // The dispatcher starts timing an unknown upload at its first look, which may come after
     // any single move of the clock: keep the clock moving until both are delivered.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !r.outbox.with(|m| all_delivered(m)) {
+    while !all_delivered(&r.outbox.events()) {
         assert!(std::time::Instant::now() < deadline, "both delivered in time");
         r.clock.advance(chrono::Duration::seconds(2));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // One batch from the test (the crashed upload), one from the dispatcher for `lost` only.
     assert_eq!(r.ops("batch").get("201"), Some(&2));
-    assert_eq!(r.outbox.with(|m| m.deliveries[&1]), Delivery::IngestedByTime);
+    assert_eq!(r.outbox.event(1).delivery.unwrap(), Delivery::IngestedByTime);
     let rows = r.mock.state().relationships();
     assert!(
         rows.iter()
@@ -484,8 +510,7 @@ async fn shutdown_hands_back_what_did_not_finish_in_time() {
     let r = rig(|c| c.kfr_faults.latency_ms = 2_000, ORG, cfg, |_, _| {}).await;
     let p = synthetic_people(1).remove(0);
     r.enqueue(vec![event(1, Operation::Add, &p, None)]).await;
-    r.until("in flight", |m| m.events[0].state == EventState::InFlight)
-        .await;
+    r.until("in flight", |m| m[0].state == EventState::InFlight).await;
     let outbox = r.outbox.clone();
     let s = r.stop().await;
     assert!(s.cut_at_deadline);
@@ -523,8 +548,8 @@ async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_
         org_number: ORG.into(),
     }
     .key();
-    let outbox = SharedOutbox::default();
-    let handle = OutboxHandle::spawn(Box::new(outbox.clone())).unwrap();
+    let outbox = TestStore::default();
+    let handle = outbox.store();
     let clock = Arc::new(FailsInTasks {
         inner: ManualClock::new(Utc::now()),
         main: std::sync::OnceLock::new(),
@@ -538,11 +563,12 @@ async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_
         Health::new(),
     )
     .with_clock(clock.clone());
-    let run = tokio::spawn(d.run(rx));
+    let lease = lease(&handle, &register).await;
+    let run = tokio::spawn(d.run(rx, lease));
     clock.main.set(run.id()).unwrap();
     let p = synthetic_people(1).remove(0);
     handle
-        .enqueue(register, vec![event(1, Operation::Add, &p, None)])
+        .enqueue(register, vec![event(1, Operation::Add, &p, None)], Utc::now())
         .await
         .unwrap();
     // A guard against hanging only: the dispatcher is expected to stop at once.

@@ -26,7 +26,7 @@
 //!   (e.g. a TLS-terminating sidecar); otherwise the server refuses to start.
 
 use super::{Intake, Source, SourceError, SourceReport, counts};
-use crate::store::outbox::{Enqueued, NewEvent};
+use crate::store::{Enqueued, NewEvent};
 use crate::sync::event::{self, Broken, Location, Refusal};
 use axum::Router;
 use axum::extract::{Request, State};

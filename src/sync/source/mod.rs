@@ -14,8 +14,8 @@ use super::event::{Context, Refusal};
 use super::health::Health;
 use super::metrics;
 use crate::ids::IdPolicy;
-use crate::store::OutboxHandle;
-use crate::store::outbox::{Enqueued, NewEvent, StoreError};
+use crate::store::Store;
+use crate::store::{Enqueued, NewEvent, StoreError};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -58,8 +58,8 @@ pub enum SourceError {
 /// readiness, and the identifier policy of the environment.
 #[derive(Debug, Clone)]
 pub struct Intake {
-    pub handle: OutboxHandle,
-    /// [`crate::store::outbox::Register::key`] of the KFR the agent delivers to.
+    pub handle: Store,
+    /// [`crate::store::Register::key`] of the KFR the agent delivers to.
     pub register: String,
     pub health: Health,
     pub policy: IdPolicy,
@@ -68,7 +68,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(handle: OutboxHandle, register: String, health: Health, policy: IdPolicy) -> Self {
+    pub fn new(handle: Store, register: String, health: Health, policy: IdPolicy) -> Self {
         Intake {
             handle,
             register,
@@ -94,7 +94,11 @@ impl Intake {
     /// proves the store writable again.
     pub async fn commit(&self, source: &str, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
         let ops: Vec<_> = events.iter().map(|e| e.op).collect();
-        match self.handle.enqueue(self.register.clone(), events).await {
+        match self
+            .handle
+            .enqueue(self.register.clone(), events, chrono::Utc::now())
+            .await
+        {
             Ok(results) => {
                 self.health.set_store_problem(None);
                 if let Some(w) = &self.waker {
@@ -131,16 +135,10 @@ pub fn counts(results: &[Enqueued]) -> (u64, u64) {
 
 #[cfg(test)]
 pub(crate) mod testkit {
-    //! Test doubles shared by the source tests: synthetic identifiers and an in-memory outbox.
+    //! What the source tests share: synthetic identifiers and a temporary SQLite store.
 
     use super::*;
-    use crate::store::outbox::{
-        DeadLetter, DeadLetters, LedgerEntry, OutboxBackend, OutboxEvent, OutboxStatus, Recovered, Rejection, Seq,
-        Settlement,
-    };
-    use chrono::{DateTime, Utc};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     /// The `n`th synthetic (Tenor, month + 80) fødselsnummer: valid under the test policy,
     /// refused by the prod policy.
@@ -163,138 +161,74 @@ pub(crate) mod testkit {
             .expect("enough synthetic persons")
     }
 
-    /// The outbox's enqueue and nothing else: event-id dedupe, all-or-nothing, a switch to fail.
-    #[derive(Clone, Default)]
-    pub struct MemOutbox {
-        pub events: Arc<Mutex<Vec<(String, NewEvent)>>>,
-        pub fail: Arc<AtomicBool>,
+    /// A real (SQLite) store in a temporary directory for the source tests, with what they look
+    /// at: the events stored, and a switch that makes every insert fail (a full disk, say).
+    #[derive(Clone)]
+    pub struct TestOutbox {
+        dir: Arc<tempfile::TempDir>,
+        store: Store,
     }
 
-    impl MemOutbox {
+    impl Default for TestOutbox {
+        fn default() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = crate::store::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap();
+            TestOutbox {
+                dir: Arc::new(dir),
+                store: Store::spawn(Box::new(backend)).unwrap(),
+            }
+        }
+    }
+
+    impl TestOutbox {
+        fn conn(&self) -> rusqlite::Connection {
+            rusqlite::Connection::open(self.dir.path().join("s.db")).unwrap()
+        }
+
+        /// Every event stored, in issue order.
         pub fn stored(&self) -> Vec<NewEvent> {
-            self.events.lock().unwrap().iter().map(|(_, e)| e.clone()).collect()
+            let c = self.conn();
+            let mut stmt = c
+                .prepare("SELECT event_id, op, customer_id, start_date, occurred_at, source FROM outbox ORDER BY seq")
+                .unwrap();
+            stmt.query_map([], |r| {
+                let op: String = r.get(1)?;
+                let start: Option<String> = r.get(3)?;
+                let at: String = r.get(4)?;
+                Ok(NewEvent {
+                    event_id: r.get(0)?,
+                    op: if op == "add" {
+                        crate::store::Operation::Add
+                    } else {
+                        crate::store::Operation::Remove
+                    },
+                    customer_id: r.get(2)?,
+                    start_date: start.map(|d| d.parse().unwrap()),
+                    occurred_at: chrono::DateTime::parse_from_rfc3339(&at)
+                        .unwrap()
+                        .with_timezone(&chrono::Utc),
+                    source: r.get(5)?,
+                })
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
         }
+
+        /// From now on every insert fails (`on`), or works again.
         pub fn set_failing(&self, on: bool) {
-            self.fail.store(on, Ordering::SeqCst)
+            let sql = if on {
+                "CREATE TRIGGER IF NOT EXISTS test_fail BEFORE INSERT ON outbox
+                 BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;"
+            } else {
+                "DROP TRIGGER IF EXISTS test_fail;"
+            };
+            self.conn().execute_batch(sql).unwrap();
         }
-        /// An intake over a fresh handle to this outbox, register `test|reg`, test policy.
+
+        /// An intake over this store, register `test|reg`, test policy.
         pub fn intake(&self) -> Intake {
-            let handle = OutboxHandle::spawn(Box::new(self.clone())).unwrap();
-            Intake::new(handle, "test|reg".into(), Health::new(), IdPolicy::test())
-        }
-    }
-
-    fn absent<T>() -> Result<T, StoreError> {
-        Err(StoreError::Other("not in this test double".into()))
-    }
-
-    impl OutboxBackend for MemOutbox {
-        fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::NotWritable {
-                    path: "mem".into(),
-                    detail: "disk full (test)".into(),
-                });
-            }
-            let mut all = self.events.lock().unwrap();
-            let mut out = vec![];
-            for e in events {
-                match all.iter().position(|(_, s)| s.event_id == e.event_id) {
-                    Some(i) => out.push(Enqueued::Duplicate { seq: i as Seq + 1 }),
-                    None => {
-                        all.push((register.to_string(), e.clone()));
-                        out.push(Enqueued::Stored { seq: all.len() as Seq });
-                    }
-                }
-            }
-            Ok(out)
-        }
-        fn recover(&mut self, _: &str) -> Result<Recovered, StoreError> {
-            absent()
-        }
-        fn claim_ready(&mut self, _: &str, _: DateTime<Utc>, _: usize) -> Result<Vec<OutboxEvent>, StoreError> {
-            absent()
-        }
-        fn begin_batch(&mut self, _: &[Seq], _: uuid::Uuid) -> Result<(), StoreError> {
-            absent()
-        }
-        fn batch_accepted(&mut self, _: uuid::Uuid, _: DateTime<Utc>) -> Result<(), StoreError> {
-            absent()
-        }
-        fn batch_unknown(&mut self, _: uuid::Uuid) -> Result<(), StoreError> {
-            absent()
-        }
-        fn accepted(&mut self, _: &str) -> Result<Vec<OutboxEvent>, StoreError> {
-            absent()
-        }
-        fn settle(&mut self, _: &[Settlement]) -> Result<(), StoreError> {
-            absent()
-        }
-        fn retry_later(&mut self, _: Seq, _: DateTime<Utc>, _: &str) -> Result<(), StoreError> {
-            absent()
-        }
-        fn release(&mut self, _: &[Seq]) -> Result<(), StoreError> {
-            absent()
-        }
-        fn dead_letter(&mut self, _: Seq, _: &Rejection, _: DateTime<Utc>) -> Result<(), StoreError> {
-            absent()
-        }
-        fn dead_letters(&mut self, _: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-            absent()
-        }
-        fn retry_dead(&mut self, _: DeadLetters) -> Result<u64, StoreError> {
-            absent()
-        }
-        fn drop_dead(&mut self, _: DeadLetters, _: DateTime<Utc>) -> Result<u64, StoreError> {
-            absent()
-        }
-        fn status(&mut self, _: Option<&str>) -> Result<OutboxStatus, StoreError> {
-            absent()
-        }
-        fn purge(&mut self, _: DateTime<Utc>) -> Result<u64, StoreError> {
-            absent()
-        }
-        fn unfinished_customers(&mut self, _: &str) -> Result<std::collections::HashSet<String>, StoreError> {
-            Err(StoreError::Other("not in this test double".into()))
-        }
-
-        fn ledger(&mut self, _: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-            absent()
-        }
-        fn barrier(&mut self, _: &str) -> Result<Option<i64>, StoreError> {
-            absent()
-        }
-
-        fn enqueue_and_claim(
-            &mut self,
-            _: &str,
-            _: &NewEvent,
-            _: uuid::Uuid,
-            _: &str,
-            _: DateTime<Utc>,
-        ) -> Result<crate::store::outbox::OwnEvent, StoreError> {
-            absent()
-        }
-
-        fn finish_claim(
-            &mut self,
-            _: Seq,
-            _: &str,
-            _: &crate::store::outbox::ClaimEnd,
-            _: DateTime<Utc>,
-        ) -> Result<crate::store::outbox::ClaimFinished, StoreError> {
-            absent()
-        }
-
-        fn claim_head_of(
-            &mut self,
-            _: &str,
-            _: &str,
-            _: &[&str],
-            _: &str,
-            _: DateTime<Utc>,
-        ) -> Result<Option<OutboxEvent>, StoreError> {
-            absent()
+            Intake::new(self.store.clone(), "test|reg".into(), Health::new(), IdPolicy::test())
         }
     }
 }

@@ -19,7 +19,7 @@
 
 use super::{Intake, Source, SourceError, SourceReport, counts};
 use crate::input::grammar;
-use crate::store::outbox::NewEvent;
+use crate::store::NewEvent;
 use crate::sync::event::{self, Broken, Context, Location, Refusal};
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -342,10 +342,10 @@ fn csv_line(text: &str, own_id: String, cx: &Context) -> Result<NewEvent, Broken
 mod tests {
     use super::*;
     use crate::store::Operation;
-    use crate::sync::source::testkit::{MemOutbox, person};
+    use crate::sync::source::testkit::{TestOutbox, person};
 
-    fn spool(dir: &Path) -> (Spool, MemOutbox) {
-        let mem = MemOutbox::default();
+    fn spool(dir: &Path) -> (Spool, TestOutbox) {
+        let mem = TestOutbox::default();
         let s = Spool::new(SpoolOptions::new(dir, "core"), mem.intake()).unwrap();
         (s, mem)
     }
@@ -486,7 +486,7 @@ mod tests {
     #[tokio::test]
     async fn run_polls_until_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        let mem = MemOutbox::default();
+        let mem = TestOutbox::default();
         let opts = SpoolOptions {
             poll_interval: Duration::from_millis(5),
             ..SpoolOptions::new(dir.path(), "core")

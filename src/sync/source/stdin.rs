@@ -10,7 +10,7 @@
 //! `event_id` get a new UUID, so a producer that may replay lines should send its own ids.
 
 use super::{Intake, Source, SourceError, SourceReport, counts};
-use crate::store::outbox::NewEvent;
+use crate::store::NewEvent;
 use crate::sync::event::{self, Location};
 use futures::future::BoxFuture;
 use std::time::Duration;
@@ -145,7 +145,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Source for LineSource<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::source::testkit::{MemOutbox, person};
+    use crate::sync::source::testkit::{TestOutbox, person};
 
     /// A `tracing` writer into a shared buffer, to read what was logged.
     #[derive(Clone, Default)]
@@ -170,7 +170,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let mem = MemOutbox::default();
+        let mem = TestOutbox::default();
         let input = format!(
             "{{\"op\":\"add\",\"customer_id\":\"{}\",\"event_id\":\"s-1\"}}\n\
              \n\
@@ -201,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_ends_a_source_waiting_for_input() {
-        let mem = MemOutbox::default();
+        let mem = TestOutbox::default();
         // A pipe whose writer stays open: the source waits for the next line.
         let (_writer, reader) = tokio::io::duplex(64);
         let source = LineSource::new("pipe", reader, mem.intake());

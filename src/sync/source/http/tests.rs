@@ -1,14 +1,14 @@
 //! HTTP ingest over loopback with a real client, against the in-memory outbox.
 
 use super::*;
-use crate::sync::source::testkit::{MemOutbox, person};
+use crate::sync::source::testkit::{TestOutbox, person};
 use serde_json::json;
 
 const KEY: &str = "test-ingest-key-0123456789abcdef";
 
 struct Running {
     url: String,
-    mem: MemOutbox,
+    mem: TestOutbox,
     intake: Intake,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<SourceReport, IngestError>>,
@@ -20,7 +20,7 @@ fn key() -> IngestKey {
 }
 
 async fn start_with(tweak: impl FnOnce(&mut IngestOptions)) -> Running {
-    let mem = MemOutbox::default();
+    let mem = TestOutbox::default();
     let intake = mem.intake();
     let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
     tweak(&mut opts);
@@ -247,7 +247,7 @@ async fn draining_and_a_failing_store_answer_503_and_store_nothing() {
 
 #[tokio::test]
 async fn plain_http_off_loopback_needs_an_explicit_option() {
-    let mem = MemOutbox::default();
+    let mem = TestOutbox::default();
     let opts = IngestOptions::new("0.0.0.0:0".parse().unwrap(), key());
     let err = IngestServer::bind(opts.clone(), mem.intake()).await.err().unwrap();
     assert!(matches!(err, IngestError::PlainHttpNotLoopback { .. }), "{err}");
@@ -294,7 +294,7 @@ async fn tls_serves_with_the_configured_certificate() {
     let keyf = dir.path().join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&keyf, ck.signing_key.serialize_pem()).unwrap();
-    let mem = MemOutbox::default();
+    let mem = TestOutbox::default();
     let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
     opts.tls = Some(TlsFiles {
         cert: cert.clone(),

@@ -1,10 +1,6 @@
-//! The outbox: every relationship event `kfr` has accepted and not yet finished with, one queue per
-//! customer, durable before anyone is told it was taken (docs/specs/outbox.md).
-//!
-//! This file states the interface in domain terms — enqueue, claim, settle, retry later, park
-//! (dead-letter), barrier — so a second backend (PostgreSQL) can implement it with the same
-//! guarantees; `conformance` holds the tests any backend must pass. The SQLite backend is
-//! [`super::Store`]; [`OutboxHandle`] runs a backend on its own thread behind an async facade.
+//! The store's vocabulary, the same for every backend: events and their states, load jobs and
+//! batches, the ledger, leases and the audit history (docs/specs/outbox.md). Nothing here names a
+//! backend; [`super::backend`] states the operations on these types.
 //!
 //! Vocabulary:
 //! - A **register** is one KFR as seen by one institution: environment, KFR base URL and org.nr
@@ -13,15 +9,43 @@
 //! - An event's **seq** is issue order within the store: it only grows.
 //! - A customer's **head** is its oldest event that is not finished (delivered, dropped). Only a
 //!   head is ever handed out, and only one at a time, so a customer's events reach KFR in the
-//!   order they were issued.
+//!   order they were issued. The schema allows one head per (register, customer), no more.
 //! - A customer is **parked** while its head is dead-lettered: its later events wait until an
 //!   operator retries or drops the head. Other customers are not affected.
 //! - The **barrier**: while an initial load of the same register is not confirmed ingested, a
 //!   remove at the head of its queue waits (onboarding D-3 step 4), and so does everything behind it.
+//! - A **claim** is an event handed to one sender: it names the claimer, the claimer's lease
+//!   epoch (if it holds one) and the time the claim ends (`claimed_until`). Nobody else sends the
+//!   event, or anything behind it, before the claim is finished or has expired.
+//! - A **lease** makes one process the deliverer of a register; its **epoch** grows on every
+//!   takeover, and a write by an older epoch is refused ([`super::StoreError::Fenced`]).
 
-use super::queue::Operation;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
+
+/// What the bank asked for on one customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Register the relationship (POST).
+    Add,
+    /// End the relationship (DELETE).
+    Remove,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Add => "add",
+            Operation::Remove => "remove",
+        }
+    }
+}
+
+/// The sources of operations issued by `kfr add` / `kfr remove`. What one of them leaves queued
+/// (held by a load's barrier, or behind earlier events) a load sends once confirmed, and a rerun
+/// of either command sends ahead of its own operation.
+pub const OWN_SOURCES: [&str; 2] = ["kfr add", "kfr remove"];
 
 /// Issue order of an event in the store.
 pub type Seq = i64;
@@ -178,6 +202,11 @@ pub struct OutboxEvent {
     pub batch_correlation_id: Option<Uuid>,
     /// When KFR accepted that batch; `None` while its fate is unknown.
     pub accepted_at: Option<DateTime<Utc>>,
+    /// Who holds it in flight, and until when (see the module docs on claims).
+    pub claimer: Option<String>,
+    pub claimed_until: Option<DateTime<Utc>>,
+    /// How it reached the wanted state, once delivered.
+    pub delivery: Option<Delivery>,
 }
 
 /// How an event reached the wanted state.
@@ -288,154 +317,6 @@ pub struct LedgerEntry {
     pub correlation_id: Uuid,
 }
 
-/// What a store operation could not do. Each says what an operator can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Another process holds the write lock longer than the busy timeout.
-    #[error("the state store {path} is busy (another kfr process is writing)")]
-    Busy { path: String },
-    /// The file is not a kfr store, or is damaged.
-    #[error("the state store {path} is unreadable or damaged: {detail}")]
-    Corrupt { path: String, detail: String },
-    /// The disk refused the write (full, read-only, permissions).
-    #[error("the state store {path} cannot be written: {detail}")]
-    NotWritable { path: String, detail: String },
-    /// The file at the store's path is no longer the one kfr opened (deleted, moved or
-    /// replaced): anything written now would be lost, so nothing is.
-    #[error("the state store {path} was removed or replaced while kfr had it open; nothing more is written to it")]
-    Replaced { path: String },
-    /// A seq that does not exist, or is not in the state the operation needs.
-    #[error("event {seq} {problem}")]
-    WrongState { seq: Seq, problem: String },
-    /// The store thread is gone (it panicked or the handle outlived it).
-    #[error("the state store's thread has stopped")]
-    Stopped,
-    /// Anything else from the backend, with its detail.
-    #[error("state store error: {0}")]
-    Other(String),
-}
-
-/// The outbox as any backend implements it. All methods are one transaction each: they either
-/// happen whole or not at all. `register` is a [`Register::key`].
-pub trait OutboxBackend: Send {
-    /// Stores `events` in order, skipping event ids already stored, all in one transaction
-    /// (group commit); nothing of a failed call is stored. An event id is known until its
-    /// finished event is purged. Each stored event gets a new CorrelationID, fixed for life.
-    fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError>;
-
-    /// After a restart: in-flight single events back to pending, in-flight batch events to
-    /// `Accepted` with unknown fate (see [`Recovered`]).
-    fn recover(&mut self, register: &str) -> Result<Recovered, StoreError>;
-
-    /// Up to `limit` customer heads that may be sent now, oldest first, marked in flight: pending,
-    /// `next_attempt_at` passed, customer not parked, and for a remove the barrier down.
-    fn claim_ready(&mut self, register: &str, now: DateTime<Utc>, limit: usize)
-    -> Result<Vec<OutboxEvent>, StoreError>;
-
-    /// Marks claimed events as carried by the batch upload `batch_correlation_id`, before its
-    /// first byte is sent.
-    fn begin_batch(&mut self, seqs: &[Seq], batch_correlation_id: Uuid) -> Result<(), StoreError>;
-
-    /// KFR accepted the batch (201): its events become `Accepted` at `at`.
-    fn batch_accepted(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
-
-    /// The batch upload's answer never came (timeout, connection lost, 5xx after the body went
-    /// out): its events become `Accepted` with no `accepted_at`, to be probed before any resend.
-    fn batch_unknown(&mut self, batch_correlation_id: Uuid) -> Result<(), StoreError>;
-
-    /// Events in `Accepted` (waiting to be seen ingested, or of unknown fate).
-    fn accepted(&mut self, register: &str) -> Result<Vec<OutboxEvent>, StoreError>;
-
-    /// Records deliveries, and the ledger's new state for each customer, in one transaction.
-    /// Each event must be in flight or accepted, and the delivery must fit its operation (an add
-    /// is not `Removed`); otherwise nothing of the call is recorded. The customer's next event
-    /// becomes its head.
-    fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError>;
-
-    /// A failed attempt (transient): back to pending not before `at`, attempts + 1,
-    /// `failing_since` set if not yet; keeps its place at its customer's head.
-    fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str) -> Result<(), StoreError>;
-
-    /// Hands claimed or accepted events back without counting an attempt (rate limit, systemic
-    /// pause, shutdown, an unknown upload found not ingested). They forget their batch, and stay
-    /// at their customers' heads.
-    fn release(&mut self, seqs: &[Seq]) -> Result<(), StoreError>;
-
-    /// Refused for its content: the event is dead-lettered with KFR's answer and its customer
-    /// parked.
-    fn dead_letter(&mut self, seq: Seq, rejection: &Rejection, at: DateTime<Utc>) -> Result<(), StoreError>;
-
-    /// The dead-letter queue, oldest first (`None`: every register).
-    fn dead_letters(&mut self, register: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
-
-    /// Puts dead letters back as pending at the head of their customers (attempts kept);
-    /// returns how many.
-    fn retry_dead(&mut self, which: DeadLetters) -> Result<u64, StoreError>;
-
-    /// Drops dead letters (never sent; the ledger is unchanged); their customers move on.
-    fn drop_dead(&mut self, which: DeadLetters, at: DateTime<Utc>) -> Result<u64, StoreError>;
-
-    /// Counts; `None`: every register.
-    fn status(&mut self, register: Option<&str>) -> Result<OutboxStatus, StoreError>;
-
-    /// Deletes finished events (delivered, dropped) finished before `before`; returns how many.
-    /// Never anything unfinished; seqs are not reused afterwards.
-    fn purge(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError>;
-
-    /// The ledger's current state per customer of `register`.
-    fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError>;
-
-    /// Customers of `register` with an unfinished event (what a reconcile must leave alone).
-    fn unfinished_customers(&mut self, register: &str) -> Result<std::collections::HashSet<String>, StoreError>;
-
-    /// The load job of `register` that holds removes back, if one is not confirmed yet.
-    fn barrier(&mut self, register: &str) -> Result<Option<i64>, StoreError>;
-
-    /// For a caller that sends its own event itself (`kfr add`, `kfr remove`): stores `event` at
-    /// the end of its customer's queue and, in the same transaction, if it is the customer's head
-    /// and may go now (an add, or a remove with the barrier down), marks it in flight for
-    /// `claimer`. Nothing else hands out a claimed event or anything behind it until the claimer
-    /// finishes it ([`OutboxBackend::finish_claim`]), so the caller's request is its customer's
-    /// only one in flight. Otherwise the event waits in the queue like any other and whoever
-    /// delivers the queue sends it in turn. `correlation_id` is the event's for life (the caller
-    /// may have been given one to use).
-    fn enqueue_and_claim(
-        &mut self,
-        register: &str,
-        event: &NewEvent,
-        correlation_id: Uuid,
-        claimer: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OwnEvent, StoreError>;
-
-    /// Records how `claimer`'s attempt on its claimed event `seq` ended, in one transaction, as
-    /// `settle`, `retry_later`, `release` or `dead_letter` would (the ledger moves with a
-    /// delivery). If the event is no longer in flight for `claimer` (a sync agent's `recover`
-    /// took it back, so the agent sends it again), nothing is recorded and the answer says so:
-    /// the one who holds it now records its own answer.
-    fn finish_claim(
-        &mut self,
-        seq: Seq,
-        claimer: &str,
-        end: &ClaimEnd,
-        at: DateTime<Utc>,
-    ) -> Result<ClaimFinished, StoreError>;
-
-    /// Claims `customer`'s head in `register` for `claimer` if it is pending and due
-    /// (`next_attempt_at` passed), not a remove held by the barrier, and from one of `sources`;
-    /// `None` otherwise. A caller queued behind its own earlier operations (a rerun of `kfr add`
-    /// after a failure) sends them first, in order, with no sync agent running. Finished with
-    /// [`OutboxBackend::finish_claim`].
-    fn claim_head_of(
-        &mut self,
-        register: &str,
-        customer: &str,
-        sources: &[&str],
-        claimer: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<OutboxEvent>, StoreError>;
-}
-
 /// What [`OutboxBackend::enqueue_and_claim`] did with a caller's own event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnEvent {
@@ -480,4 +361,248 @@ pub enum ClaimFinished {
     TakenOver {
         state: EventState,
     },
+}
+
+// ---- Load jobs ---------------------------------------------------------------------------------
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Planned, partly uploaded or not yet confirmed: deletes are held.
+    Running,
+    /// Every batch confirmed ingested.
+    Confirmed,
+    /// Given up by an operator: never confirmed, no longer holds removes back.
+    Abandoned,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Confirmed => "confirmed",
+            JobStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A batch's state. Moves only forward (planned → uploading → accepted → confirmed), except
+/// uploading → planned when KFR definitely refused the upload or a lookup proved it absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Planned,
+    Uploading,
+    Accepted,
+    Confirmed,
+}
+
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Planned => "planned",
+            BatchStatus::Uploading => "uploading",
+            BatchStatus::Accepted => "accepted",
+            BatchStatus::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// A stored job.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRecord {
+    pub id: i64,
+    pub input_path: String,
+    pub content_hash: String,
+    /// JSON written by the load module: the settings that shaped the batches.
+    pub settings: String,
+    pub status: JobStatus,
+    pub entries: u64,
+    pub created_at: String,
+    pub confirmed_at: Option<String>,
+    /// The register the job loads ([`Register::key`]); `None`: unknown, so it holds removes of
+    /// every register while running.
+    pub register: Option<String>,
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub input_path: String,
+    pub content_hash: String,
+    /// JSON: the settings that shape the batches (and name the register).
+    pub settings: String,
+    pub entries: u64,
+    pub batches: Vec<NewBatch>,
+}
+
+/// What [`super::backend::Jobs::abandon_job`] does with the operations held in the job's register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldAtAbandon {
+    /// Abandon only if none waits.
+    Refuse,
+    /// Abandon and leave them queued, the barrier down: the caller sends them now.
+    Release,
+    /// Abandon and finish them as dropped, never sent.
+    Drop,
+}
+
+/// The answer of [`super::backend::Jobs::abandon_job`].
+#[derive(Debug)]
+pub enum Abandonment {
+    NoSuchJob,
+    /// Confirmed jobs are complete: nothing to abandon (nothing changed).
+    Confirmed,
+    /// Held operations wait and the rule was [`HeldAtAbandon::Refuse`]: nothing changed.
+    HeldWaiting {
+        held: Vec<OutboxEvent>,
+    },
+    /// The job was abandoned before and there is nothing (more) to do: nothing changed. `held`:
+    /// what still waits in its register (with `Refuse`).
+    AlreadyAbandoned {
+        held: Vec<OutboxEvent>,
+    },
+    /// Abandoned now (`was_running`), or abandoned before and its held operations settled now.
+    /// `held`: the operations that waited, in issue order (dropped ones are `Dropped`).
+    Abandoned {
+        was_running: bool,
+        held: Vec<OutboxEvent>,
+    },
+}
+
+/// A batch to create with its job.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub first_entry: u64,
+    pub entry_count: u64,
+    pub bytes: u64,
+    pub correlation_id: Uuid,
+}
+
+/// A stored batch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchRecord {
+    pub seq: u32,
+    pub first_entry: u64,
+    pub entry_count: u64,
+    pub bytes: u64,
+    pub correlation_id: Uuid,
+    pub status: BatchStatus,
+    pub uploading_at: Option<String>,
+    pub accepted_at: Option<String>,
+    pub confirmed_at: Option<String>,
+    /// Offset in the batch of the entry not visible before the upload, which confirms it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witness: Option<u64>,
+    /// Whether the entries were checked before the upload (a witness chosen, or none found).
+    #[serde(skip)]
+    pub witness_checked: bool,
+    /// How the batch was confirmed: `witness`, `witness+time` or `time`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
+    /// Uploads repeated after one whose fate was unknown and whose entries were not found.
+    pub resends: u32,
+}
+
+/// A change to one batch (one transaction each; see [`super::backend::Jobs::update_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchChange {
+    /// Moves the batch to this status, stamping the status's time.
+    Status(BatchStatus),
+    /// The entry that will confirm the batch (checked not visible before the upload), or none.
+    Witness(Option<u64>),
+    /// How the batch was confirmed (`witness`, `witness+time`, `time`).
+    ConfirmedBy(String),
+    /// One more upload after an upload whose fate was unknown.
+    Resent,
+}
+
+// ---- Leases ------------------------------------------------------------------------------------
+
+/// The right to deliver one register's events, held by one process at a time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lease {
+    pub register: String,
+    /// Who holds it (`sync:<host>:<pid>:<uuid>`), written into every claim it makes.
+    pub holder: String,
+    /// Grows on every takeover; a write carrying an older epoch is [`super::StoreError::Fenced`].
+    pub epoch: i64,
+    /// Until when the lease holds without a renewal.
+    pub until: DateTime<Utc>,
+}
+
+/// Who holds a register's lease, as anyone may read it (`kfr status`, a standby).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseHolder {
+    pub holder: String,
+    pub epoch: i64,
+    pub until: DateTime<Utc>,
+}
+
+/// Who claims an event for sending, and for how long (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimer {
+    /// `sync:…` for the agent, `cli:…` for one `kfr add/remove`, `load:…` for a load.
+    pub name: String,
+    /// The lease epoch the claimer delivers under; `None` for a claimer without a lease (one
+    /// `kfr add/remove`, a load's held operations), fenced by its name alone.
+    pub epoch: Option<i64>,
+    /// How long a claim lasts: longer than any request the claimer starts under it.
+    pub ttl: chrono::Duration,
+}
+
+// ---- History -----------------------------------------------------------------------------------
+
+/// One line of the append-only history: an attempt and how it ended, or an operator's action.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryRecord {
+    pub at: DateTime<Utc>,
+    pub register: String,
+    /// In full: for the store and for an operator who asks for it only.
+    #[serde(skip)]
+    pub customer_id: String,
+    pub seq: Option<Seq>,
+    pub event_id: Option<String>,
+    pub op: Option<Operation>,
+    pub correlation_id: Option<Uuid>,
+    pub kind: HistoryKind,
+    /// What happened: `delivered:added`, `retry`, `released`, `dead_lettered`,
+    /// `dlq_retry`, `dlq_drop`, `abandon`…
+    pub outcome: String,
+    pub status: Option<u16>,
+    /// KFR's code (`KFR-005`), if any.
+    pub code: Option<String>,
+    /// Masked detail (an error's text, an operator's reason).
+    pub detail: Option<String>,
+    /// Who: the claimer of an attempt, the OS user or `--actor` of an operator action.
+    pub actor: Option<String>,
+}
+
+/// What kind of line a [`HistoryRecord`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// One attempt at KFR and how it ended.
+    Attempt,
+    /// An operator's action (dlq retry/drop, load abandon, cancel).
+    Operator,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Attempt => "attempt",
+            HistoryKind::Operator => "operator",
+        }
+    }
+}
+
+/// An operator's action to record with what it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorAction {
+    /// The OS user, or `--actor`.
+    pub actor: String,
+    /// `--reason`, if given.
+    pub reason: Option<String>,
 }

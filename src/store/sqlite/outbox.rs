@@ -1,389 +1,42 @@
-//! The SQLite backend of the outbox: [`OutboxBackend`] for [`Store`] (docs/specs/outbox.md).
+//! The outbox on SQLite: [`Outbox`] for [`SqliteBackend`] (docs/specs/outbox.md).
 //!
-//! Layout (migration 4): one `outbox` row per event, `seq` its issue order (AUTOINCREMENT, so a
-//! purge never lets a seq be reused). The column `head` is 1 on each customer's oldest
-//! unfinished event and NULL elsewhere; it moves only when a head finishes (delivered, dropped),
-//! to the customer's next event. So `claim_ready` reads the index of heads by state — the
-//! customers that may go, oldest first, `limit` of them — and never the backlog behind them,
-//! whatever its size. Only a head is ever in flight, accepted or dead-lettered, so every rule
-//! about one customer's queue is a rule about its head row.
+//! Layout (migrations 4 and 5): one `outbox` row per event, `seq` its issue order (AUTOINCREMENT,
+//! so a purge never lets a seq be reused). The column `head` is 1 on each customer's oldest
+//! unfinished event and NULL elsewhere — a unique partial index allows one per (register,
+//! customer) — and moves only when a head finishes (delivered, dropped), to the customer's next
+//! event. So `claim_ready` reads the index of heads by state — the customers that may go, oldest
+//! first, `limit` of them — and never the backlog behind them, whatever its size. Only a head is
+//! ever in flight, accepted or dead-lettered, so every rule about one customer's queue is a rule
+//! about its head row.
 //!
-//! Every method is one transaction; those that read and then write take the write lock first
-//! (IMMEDIATE), so two processes on one file cannot both see a head as free. Times are stored as
-//! RFC 3339 UTC with nanoseconds (fixed width, so they sort as text).
+//! A claim writes `claimer`, `claim_epoch` (the deliverer's lease epoch, if any) and
+//! `claimed_until`; `recover` takes back only claims that ran out and were made under an older
+//! epoch (or none). Every method is one transaction; those that read and then write take the
+//! write lock first (IMMEDIATE), so two processes on one file cannot both see a head as free.
+//! The deliverer's writes are fenced by its lease epoch ([`Tx::Fenced`]). Every outcome writes
+//! its history line in the same transaction.
 
-use super::Store;
-use super::outbox::{ClaimEnd, ClaimFinished, OwnEvent};
-use super::outbox::{
-    DeadLetter, DeadLetters, Delivery, Enqueued, EventState, LedgerEntry, LedgerState, NewEvent, OutboxBackend,
-    OutboxEvent, OutboxStatus, Recovered, Rejection, Seq, Settlement, StoreError,
-};
-use super::queue::Operation;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior, params};
+use super::rows::*;
+use super::{SqliteBackend, Tx};
+use crate::store::backend::Outbox;
+use crate::store::error::StoreError;
+use crate::store::types::*;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension as _, Transaction, params};
 use uuid::Uuid;
 
-/// A time as stored.
-pub(super) fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+/// The claim columns' values for `claimer` at `now`.
+fn claim_of(claimer: &Claimer, now: DateTime<Utc>) -> (String, Option<i64>, String) {
+    (claimer.name.clone(), claimer.epoch, ts(now + claimer.ttl))
 }
 
-fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| super::jobs::bad_value("outbox time", s))
-}
-
-fn opt_ts(s: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
-    s.as_deref().map(parse_ts).transpose()
-}
-
-fn parse_uuid(s: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(s).map_err(|_| super::jobs::bad_value("outbox correlation id", s))
-}
-
-pub(super) fn state_str(s: EventState) -> &'static str {
-    match s {
-        EventState::Pending => "pending",
-        EventState::InFlight => "in_flight",
-        EventState::Accepted => "accepted",
-        EventState::Delivered => "delivered",
-        EventState::DeadLettered => "dead_lettered",
-        EventState::Dropped => "dropped",
-    }
-}
-
-pub(super) fn parse_state(s: &str) -> rusqlite::Result<EventState> {
-    Ok(match s {
-        "pending" => EventState::Pending,
-        "in_flight" => EventState::InFlight,
-        "accepted" => EventState::Accepted,
-        "delivered" => EventState::Delivered,
-        "dead_lettered" => EventState::DeadLettered,
-        "dropped" => EventState::Dropped,
-        other => return Err(super::jobs::bad_value("outbox.state", other)),
-    })
-}
-
-fn delivery_str(d: Delivery) -> &'static str {
-    match d {
-        Delivery::Added => "added",
-        Delivery::AlreadyPresent => "already_present",
-        Delivery::Removed => "removed",
-        Delivery::NotFound => "not_found",
-        Delivery::IngestedSeen => "ingested_seen",
-        Delivery::IngestedByTime => "ingested_by_time",
-    }
-}
-
-/// What a delivery leaves KFR holding for the customer.
-fn ledger_state(d: Delivery) -> LedgerState {
-    match d {
-        Delivery::Added | Delivery::AlreadyPresent | Delivery::IngestedSeen | Delivery::IngestedByTime => {
-            LedgerState::Active
-        }
-        Delivery::Removed | Delivery::NotFound => LedgerState::Ended,
-    }
-}
-
-/// The columns of [`event_row`], in its order.
-pub(super) const EVENT_COLUMNS: &str = "seq, register, event_id, op, customer_id, start_date, occurred_at, source, \
-     received_at, correlation_id, state, attempts, next_attempt_at, failing_since, last_error, \
-     batch_correlation_id, accepted_at";
-
-pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEvent> {
-    let op: String = r.get(3)?;
-    let start: Option<String> = r.get(5)?;
-    let bcid: Option<String> = r.get(15)?;
-    Ok(OutboxEvent {
-        seq: r.get(0)?,
-        register: r.get(1)?,
-        event_id: r.get(2)?,
-        op: match op.as_str() {
-            "add" => Operation::Add,
-            "remove" => Operation::Remove,
-            other => return Err(super::jobs::bad_value("outbox.op", other)),
-        },
-        customer_id: r.get(4)?,
-        start_date: start
-            .map(|d| {
-                d.parse::<NaiveDate>()
-                    .map_err(|_| super::jobs::bad_value("outbox.start_date", &d))
-            })
-            .transpose()?,
-        occurred_at: parse_ts(&r.get::<_, String>(6)?)?,
-        source: r.get(7)?,
-        received_at: parse_ts(&r.get::<_, String>(8)?)?,
-        correlation_id: parse_uuid(&r.get::<_, String>(9)?)?,
-        state: parse_state(&r.get::<_, String>(10)?)?,
-        attempts: r.get(11)?,
-        next_attempt_at: opt_ts(r.get(12)?)?,
-        failing_since: opt_ts(r.get(13)?)?,
-        last_error: r.get(14)?,
-        batch_correlation_id: bcid.as_deref().map(parse_uuid).transpose()?,
-        accepted_at: opt_ts(r.get(16)?)?,
-    })
-}
-
-/// An operation's failure before its store path is known.
-pub(super) enum Fault {
-    Sql(rusqlite::Error),
-    Store(StoreError),
-}
-
-impl From<rusqlite::Error> for Fault {
-    fn from(e: rusqlite::Error) -> Self {
-        Fault::Sql(e)
-    }
-}
-
-fn wrong(seq: Seq, problem: impl Into<String>) -> Fault {
-    Fault::Store(StoreError::WrongState {
-        seq,
-        problem: problem.into(),
-    })
-}
-
-/// SQLite's answer in the terms an operator acts on (busy: wait or stop the other process;
-/// corrupt: restore; not writable: free the disk or fix permissions).
-pub(super) fn store_error(path: &str, e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode as C;
-    let detail = e.to_string();
-    match e.sqlite_error_code() {
-        Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy { path: path.into() },
-        Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt {
-            path: path.into(),
-            detail,
-        },
-        Some(C::DiskFull | C::ReadOnly | C::SystemIoFailure | C::CannotOpen | C::PermissionDenied) => {
-            StoreError::NotWritable {
-                path: path.into(),
-                detail,
-            }
-        }
-        _ => StoreError::Other(detail),
-    }
-}
-
-impl crate::error::Hinted for StoreError {
-    fn hint(&self) -> Option<String> {
-        Some(match self {
-            StoreError::Busy { .. } => {
-                "another kfr process holds the state store's write lock; wait for it to finish, or stop it, and run the command again".into()
-            }
-            StoreError::Corrupt { path, .. } => format!(
-                "{path} is damaged or not a kfr state store; restore it from a backup (it is the record of what kfr sent) or point kfr at the right file"
-            ),
-            StoreError::NotWritable { path, .. } => format!(
-                "free disk space or fix the permissions of {path} and its directory (kfr needs to write it, its -wal and -shm files)"
-            ),
-            StoreError::Replaced { path } => format!(
-                "put the store back at {path} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the file kfr had open"
-            ),
-            StoreError::WrongState { .. } => return None,
-            StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
-            StoreError::Other(_) => return None,
-        })
-    }
-}
-
-/// Where a later head comes from when a head finishes: the customer's next event, if any (only
-/// heads finish, so every later event of the customer is unfinished).
-pub(super) fn finish_head(tx: &Transaction<'_>, seq: Seq, register: &str, customer: &str) -> rusqlite::Result<()> {
-    // Cached statements here and in the settle path: they run once per delivered event, and
-    // compiling them each time was a measurable share of the agent's CPU (docs/benchmarks.md).
-    tx.prepare_cached("UPDATE outbox SET head = NULL WHERE seq = ?1")?
-        .execute([seq])?;
-    promote_next(tx, seq, register, customer)
-}
-
-/// Makes the customer's next event after `seq` its head (the head `seq` has just finished).
-fn promote_next(tx: &Transaction<'_>, seq: Seq, register: &str, customer: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "UPDATE outbox SET head = 1 WHERE seq = (SELECT seq FROM outbox
-             WHERE register = ?1 AND customer_id = ?2 AND seq > ?3 ORDER BY seq LIMIT 1)",
-    )?
-    .execute(params![register, customer, seq])?;
-    Ok(())
-}
-
-/// Stores one event at the end of its customer's queue (the head if the queue was empty);
-/// `None` when its event id is stored already (nothing written). One statement: the agent's
-/// intake runs it for every event, so it decides the head itself (no unfinished event of the
-/// customer before it) and leaves a known event id alone.
-pub(super) fn try_insert_event(
-    tx: &Transaction<'_>,
-    register: &str,
-    ev: &NewEvent,
-    correlation_id: Uuid,
-    received_at: DateTime<Utc>,
-) -> rusqlite::Result<Option<Seq>> {
-    tx.prepare_cached(
-        "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
-                             correlation_id, state, head)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending',
-                 CASE WHEN COALESCE((SELECT state IN ('delivered', 'dropped') FROM outbox
-                                     WHERE register = ?1 AND customer_id = ?4 ORDER BY seq DESC LIMIT 1), 1)
-                      THEN 1 END)
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING seq",
-    )?
-    .query_row(
-        params![
-            register,
-            ev.event_id,
-            ev.op.as_str(),
-            ev.customer_id,
-            ev.start_date.map(|d| d.to_string()),
-            ts(ev.occurred_at),
-            ev.source,
-            ts(received_at),
-            correlation_id.to_string(),
-        ],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
-/// [`try_insert_event`] for an event id the caller knows is new; a known one is the unique
-/// constraint's failure, as a plain insert would report it.
-pub(super) fn insert_event(
-    tx: &Transaction<'_>,
-    register: &str,
-    ev: &NewEvent,
-    correlation_id: Uuid,
-    received_at: DateTime<Utc>,
-) -> rusqlite::Result<Seq> {
-    try_insert_event(tx, register, ev, correlation_id, received_at)?.ok_or_else(|| {
-        rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE),
-            Some(format!("event id {} is stored already", ev.event_id)),
-        )
-    })
-}
-
-/// The load job holding removes of `register` back: a running job of that register, or of an
-/// unknown one (NULL: the safe reading).
-pub(super) fn barrier_in(conn: &Connection, register: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT id FROM load_jobs WHERE status = 'running' AND (register = ?1 OR register IS NULL)
-         ORDER BY id LIMIT 1",
-    )?
-    .query_row([register], |r| r.get(0))
-    .optional()
-}
-
-/// Records that KFR now holds (or no longer holds) the customer's relationship.
-pub(super) fn set_ledger(
-    tx: &Transaction<'_>,
-    register: &str,
-    customer: &str,
-    state: LedgerState,
-    start_date: Option<NaiveDate>,
-    since: DateTime<Utc>,
-    correlation_id: Uuid,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO ledger_current (register, customer_id, state, start_date, since, correlation_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (register, customer_id) DO UPDATE SET
-             state = excluded.state, start_date = excluded.start_date, since = excluded.since,
-             correlation_id = excluded.correlation_id",
-    )?
-    .execute(params![
-        register,
-        customer,
-        match state {
-            LedgerState::Active => "active",
-            LedgerState::Ended => "ended",
-        },
-        start_date.map(|d| d.to_string()),
-        ts(since),
-        correlation_id.to_string()
-    ])?;
-    Ok(())
-}
-
-/// One event by seq.
-fn event(tx: &Transaction<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE seq = ?1");
-    tx.prepare_cached(&sql)?
-        .query_row([seq], event_row)
-        .optional()?
-        .ok_or_else(|| wrong(seq, "does not exist"))
-}
-
-/// Why `s` matched no event that may be settled: the event is missing, in another state, or of
-/// the other operation. Only reached on a caller's mistake, so it may read the whole row.
-fn unsettleable(tx: &Transaction<'_>, s: &Settlement) -> Fault {
-    let ev = match event(tx, s.seq) {
-        Ok(ev) => ev,
-        Err(f) => return f,
-    };
-    if let Err(f) = require(&ev, &[EventState::InFlight, EventState::Accepted], "settled") {
-        return f;
-    }
-    wrong(
-        s.seq,
-        format!(
-            "is {} and cannot be settled as {}",
-            ev.op.as_str(),
-            delivery_str(s.delivery)
-        ),
-    )
-}
-
-fn require(ev: &OutboxEvent, states: &[EventState], doing: &str) -> Result<(), Fault> {
-    if states.contains(&ev.state) {
-        Ok(())
-    } else {
-        Err(wrong(
-            ev.seq,
-            format!("is {} and cannot be {doing}", state_str(ev.state)),
-        ))
-    }
-}
-
-impl Store {
-    /// Runs `f` in one transaction (IMMEDIATE when `write`), committing if it succeeds.
-    fn outbox_tx<T>(
-        &mut self,
-        write: bool,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Fault>,
-    ) -> Result<T, StoreError> {
-        let path = self.path.display().to_string();
-        let behavior = if write {
-            TransactionBehavior::Immediate
-        } else {
-            TransactionBehavior::Deferred
-        };
-        let identity = self.identity;
-        let file = self.path.clone();
-        // A write goes only to the file that is still at the store's path: one written to a
-        // deleted or replaced file would be acknowledged and then lost. Checked before (a
-        // replacement can also confuse SQLite's shared WAL index, whose errors say less) and
-        // again just before the commit.
-        let still_ours = || -> Result<(), Fault> {
-            if write && super::file_identity(&file) != identity {
-                return Err(Fault::Store(StoreError::Replaced {
-                    path: file.display().to_string(),
-                }));
-            }
-            Ok(())
-        };
-        let run = |conn: &mut Connection| -> Result<T, Fault> {
-            still_ours()?;
-            let tx = conn.transaction_with_behavior(behavior)?;
-            let out = f(&tx)?;
-            still_ours()?;
-            tx.commit()?;
-            Ok(out)
-        };
-        run(&mut self.conn).map_err(|e| match e {
-            Fault::Sql(e) => store_error(&path, e),
-            Fault::Store(e) => e,
-        })
-    }
+/// Sources as an SQL list literal for `IN (…)`; they are kfr's own constants, quoted safely.
+fn sources_sql(sources: &[&str]) -> String {
+    sources
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn dead_letters_where(
@@ -397,8 +50,8 @@ fn dead_letters_where(
     let mut stmt = tx.prepare(&sql)?;
     let rows = stmt.query_map(args, |r| {
         let ev = event_row(r)?;
-        let rejection: Option<String> = r.get(17)?;
-        let dead_at: Option<String> = r.get(18)?;
+        let rejection: Option<String> = r.get(20)?;
+        let dead_at: Option<String> = r.get(21)?;
         Ok((ev, rejection, dead_at))
     })?;
     let mut out = vec![];
@@ -428,10 +81,14 @@ fn dead_letters_where(
     Ok(out)
 }
 
-impl OutboxBackend for Store {
-    fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
-        let now = Utc::now();
-        self.outbox_tx(true, |tx| {
+impl Outbox for SqliteBackend {
+    fn enqueue(
+        &mut self,
+        register: &str,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.tx(Tx::Write, |tx| {
             let mut out = Vec::with_capacity(events.len());
             for ev in events {
                 let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
@@ -448,17 +105,28 @@ impl OutboxBackend for Store {
         })
     }
 
-    fn recover(&mut self, register: &str) -> Result<Recovered, StoreError> {
-        self.outbox_tx(true, |tx| {
+    fn recover(&mut self, register: &str, epoch: i64, now: DateTime<Utc>) -> Result<Recovered, StoreError> {
+        self.tx(Tx::Fenced, |tx| {
+            // Only claims that ran out (a request under them can no longer be on the wire) and
+            // that are not this deliverer's own (older epoch, or a claimer with none). A claim
+            // from before claims had an expiry (NULL) counts as run out.
+            const TAKEN: &str = "head = 1 AND register = ?1 AND state = 'in_flight'
+                 AND (claimed_until IS NULL OR claimed_until <= ?2)
+                 AND (claim_epoch IS NULL OR claim_epoch < ?3)";
             let requeued = tx.execute(
-                "UPDATE outbox SET state = 'pending', claimer = NULL
-                 WHERE head = 1 AND register = ?1 AND state = 'in_flight' AND batch_correlation_id IS NULL",
-                [register],
+                &format!(
+                    "UPDATE outbox SET state = 'pending', claimer = NULL, claim_epoch = NULL, claimed_until = NULL
+                     WHERE {TAKEN} AND batch_correlation_id IS NULL"
+                ),
+                params![register, ts(now), epoch],
             )? as u64;
             let unknown_uploads = tx.execute(
-                "UPDATE outbox SET state = 'accepted', accepted_at = NULL, claimer = NULL
-                 WHERE head = 1 AND register = ?1 AND state = 'in_flight' AND batch_correlation_id IS NOT NULL",
-                [register],
+                &format!(
+                    "UPDATE outbox SET state = 'accepted', accepted_at = NULL, claimer = NULL, claim_epoch = NULL,
+                         claimed_until = NULL
+                     WHERE {TAKEN} AND batch_correlation_id IS NOT NULL"
+                ),
+                params![register, ts(now), epoch],
             )? as u64;
             Ok(Recovered {
                 requeued,
@@ -470,15 +138,18 @@ impl OutboxBackend for Store {
     fn claim_ready(
         &mut self,
         register: &str,
+        claimer: &Claimer,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.outbox_tx(true, |tx| {
+        let (name, epoch, until) = claim_of(claimer, now);
+        self.tx(Tx::Fenced, |tx| {
             let removes_may_go = barrier_in(tx, register)?.is_none();
             // One statement marks the oldest ready heads and returns them (RETURNING gives no
             // order, so they are sorted here).
             let sql = format!(
-                "UPDATE outbox SET state = 'in_flight', claimer = NULL WHERE seq IN (
+                "UPDATE outbox SET state = 'in_flight', claimer = ?5, claim_epoch = ?6, claimed_until = ?7
+                 WHERE seq IN (
                      SELECT seq FROM outbox
                      WHERE head = 1 AND register = ?1 AND state = 'pending'
                        AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
@@ -488,7 +159,10 @@ impl OutboxBackend for Store {
             );
             let mut events: Vec<OutboxEvent> = tx
                 .prepare_cached(&sql)?
-                .query_map(params![register, ts(now), removes_may_go, limit as i64], event_row)?
+                .query_map(
+                    params![register, ts(now), removes_may_go, limit as i64, name, epoch, until],
+                    event_row,
+                )?
                 .collect::<Result<_, _>>()?;
             events.sort_unstable_by_key(|e| e.seq);
             Ok(events)
@@ -496,7 +170,7 @@ impl OutboxBackend for Store {
     }
 
     fn begin_batch(&mut self, seqs: &[Seq], batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        self.outbox_tx(true, |tx| {
+        self.tx(Tx::Fenced, |tx| {
             for &seq in seqs {
                 require(&event(tx, seq)?, &[EventState::InFlight], "put in a batch")?;
                 tx.execute(
@@ -509,45 +183,61 @@ impl OutboxBackend for Store {
     }
 
     fn batch_accepted(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.outbox_tx(true, |tx| {
+        self.tx(Tx::Fenced, |tx| {
             // The upload's answer is recorded now: one attempt, unless a probe of an unknown
             // upload is what found it accepted (its attempt was never answered, so it counts now).
-            let n = tx.execute(
-                "UPDATE outbox SET attempts = attempts + (accepted_at IS NULL), state = 'accepted', accepted_at = ?1
-                 WHERE batch_correlation_id = ?2 AND state IN ('in_flight', 'accepted')",
-                params![ts(at), batch_correlation_id.to_string()],
-            )?;
-            if n == 0 {
+            let events: Vec<OutboxEvent> = tx
+                .prepare_cached(&format!(
+                    "UPDATE outbox SET attempts = attempts + (accepted_at IS NULL), state = 'accepted', accepted_at = ?1
+                     WHERE batch_correlation_id = ?2 AND state IN ('in_flight', 'accepted')
+                     RETURNING {EVENT_COLUMNS}"
+                ))?
+                .query_map(params![ts(at), batch_correlation_id.to_string()], event_row)?
+                .collect::<Result<_, _>>()?;
+            if events.is_empty() {
                 return Err(wrong(
                     0,
                     format!("batch {batch_correlation_id} carries no event in flight"),
                 ));
             }
+            for ev in &events {
+                Line {
+                    status: Some(201),
+                    ..Line::attempt(ev, at, "batch_accepted")
+                }
+                .write(tx)?;
+            }
             Ok(())
         })
     }
 
-    fn batch_unknown(&mut self, batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        self.outbox_tx(true, |tx| {
+    fn batch_unknown(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(Tx::Fenced, |tx| {
             // No answer: the events stay their customers' heads as `accepted` with no
             // `accepted_at`, so nothing resends them before a probe says KFR does not have them.
-            let n = tx.execute(
-                "UPDATE outbox SET state = 'accepted', accepted_at = NULL, claimer = NULL
-                 WHERE batch_correlation_id = ?1 AND state = 'in_flight'",
-                [batch_correlation_id.to_string()],
-            )?;
-            if n == 0 {
+            let events: Vec<OutboxEvent> = tx
+                .prepare_cached(&format!(
+                    "UPDATE outbox SET state = 'accepted', accepted_at = NULL
+                     WHERE batch_correlation_id = ?1 AND state = 'in_flight'
+                     RETURNING {EVENT_COLUMNS}"
+                ))?
+                .query_map([batch_correlation_id.to_string()], event_row)?
+                .collect::<Result<_, _>>()?;
+            if events.is_empty() {
                 return Err(wrong(
                     0,
                     format!("batch {batch_correlation_id} carries no event in flight"),
                 ));
+            }
+            for ev in &events {
+                Line::attempt(ev, at, "batch_unknown").write(tx)?;
             }
             Ok(())
         })
     }
 
     fn accepted(&mut self, register: &str) -> Result<Vec<OutboxEvent>, StoreError> {
-        self.outbox_tx(false, |tx| {
+        self.tx(Tx::Read, |tx| {
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM outbox WHERE head = 1 AND register = ?1 AND state = 'accepted' ORDER BY seq"
             );
@@ -559,7 +249,7 @@ impl OutboxBackend for Store {
     }
 
     fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError> {
-        self.outbox_tx(true, |tx| {
+        self.tx(Tx::Fenced, |tx| {
             for s in settlements {
                 let wanted = ledger_state(s.delivery);
                 let op = match wanted {
@@ -567,17 +257,17 @@ impl OutboxBackend for Store {
                     LedgerState::Ended => Operation::Remove,
                 };
                 // One statement checks the state and the operation, records the outcome, ends the
-                // head and returns what the ledger needs; the hot path of every delivery. A
-                // single's answer is an attempt recorded now; a batch event's was counted when
-                // the batch was accepted.
-                let row = tx
-                    .prepare_cached(
+                // head and returns what the ledger and the history need; the hot path of every
+                // delivery. A single's answer is an attempt recorded now; a batch event's was
+                // counted when the batch was accepted.
+                let ev = tx
+                    .prepare_cached(&format!(
                         "UPDATE outbox SET state = 'delivered', finished_at = ?1, delivery = ?2,
                              echoed_correlation_id = ?3, attempts = attempts + (state = 'in_flight'),
-                             failing_since = NULL, next_attempt_at = NULL, claimer = NULL, head = NULL
+                             failing_since = NULL, next_attempt_at = NULL, head = NULL
                          WHERE seq = ?4 AND state IN ('in_flight', 'accepted') AND op = ?5
-                         RETURNING register, customer_id, start_date, correlation_id",
-                    )?
+                         RETURNING {EVENT_COLUMNS}"
+                    ))?
                     .query_row(
                         params![
                             ts(s.at),
@@ -586,69 +276,70 @@ impl OutboxBackend for Store {
                             s.seq,
                             op.as_str()
                         ],
-                        |r| {
-                            Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, Option<String>>(2)?,
-                                r.get::<_, String>(3)?,
-                            ))
-                        },
+                        event_row,
                     )
                     .optional()?;
-                let Some((register, customer, start, correlation_id)) = row else {
+                let Some(ev) = ev else {
                     return Err(unsettleable(tx, s));
                 };
-                promote_next(tx, s.seq, &register, &customer)?;
-                let start = match (wanted, start) {
-                    (LedgerState::Active, Some(d)) => Some(
-                        d.parse::<NaiveDate>()
-                            .map_err(|_| super::jobs::bad_value("outbox.start_date", &d))?,
-                    ),
-                    _ => None,
+                promote_next(tx, s.seq, &ev.register, &ev.customer_id)?;
+                let start = match wanted {
+                    LedgerState::Active => ev.start_date,
+                    LedgerState::Ended => None,
                 };
                 set_ledger(
                     tx,
-                    &register,
-                    &customer,
+                    &ev.register,
+                    &ev.customer_id,
                     wanted,
                     start,
                     s.at,
-                    parse_uuid(&correlation_id)?,
+                    ev.correlation_id,
                 )?;
+                let outcome = format!("delivered:{}", delivery_str(s.delivery));
+                Line {
+                    status: delivery_status(s.delivery),
+                    ..Line::attempt(&ev, s.at, &outcome)
+                }
+                .write(tx)?;
             }
             Ok(())
         })
     }
 
-    fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
-        let now = Utc::now();
-        self.outbox_tx(true, |tx| {
-            require(
-                &event(tx, seq)?,
-                &[EventState::InFlight, EventState::Accepted],
-                "retried later",
-            )?;
+    fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(Tx::Fenced, |tx| {
+            let ev = event(tx, seq)?;
+            require(&ev, &[EventState::InFlight, EventState::Accepted], "retried later")?;
             tx.execute(
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?1,
                      failing_since = COALESCE(failing_since, ?2), last_error = ?3,
-                     batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL
+                     batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL, claim_epoch = NULL,
+                     claimed_until = NULL
                  WHERE seq = ?4",
                 params![ts(at), ts(now), error, seq],
             )?;
+            Line {
+                detail: Some(error),
+                ..Line::attempt(&ev, now, "retry_later")
+            }
+            .write(tx)?;
             Ok(())
         })
     }
 
-    fn release(&mut self, seqs: &[Seq]) -> Result<(), StoreError> {
-        self.outbox_tx(true, |tx| {
+    fn release(&mut self, seqs: &[Seq], now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(Tx::Fenced, |tx| {
             for &seq in seqs {
-                require(&event(tx, seq)?, &[EventState::InFlight, EventState::Accepted], "released")?;
+                let ev = event(tx, seq)?;
+                require(&ev, &[EventState::InFlight, EventState::Accepted], "released")?;
                 tx.execute(
-                    "UPDATE outbox SET state = 'pending', batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL
+                    "UPDATE outbox SET state = 'pending', batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL,
+                         claim_epoch = NULL, claimed_until = NULL
                      WHERE seq = ?1",
                     [seq],
                 )?;
+                Line::attempt(&ev, now, "released").write(tx)?;
             }
             Ok(())
         })
@@ -656,74 +347,61 @@ impl OutboxBackend for Store {
 
     fn dead_letter(&mut self, seq: Seq, rejection: &Rejection, at: DateTime<Utc>) -> Result<(), StoreError> {
         let json = serde_json::to_string(rejection).map_err(|e| StoreError::Other(e.to_string()))?;
-        self.outbox_tx(true, |tx| {
-            require(
-                &event(tx, seq)?,
-                &[EventState::InFlight, EventState::Accepted],
-                "dead-lettered",
-            )?;
-            tx.execute(
-                "UPDATE outbox SET state = 'dead_lettered', attempts = attempts + 1, rejection = ?1, dead_at = ?2,
-                     last_error = ?3, batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL
-                 WHERE seq = ?4",
-                params![json, ts(at), rejection.reason, seq],
-            )?;
-            Ok(())
+        self.tx(Tx::Fenced, |tx| {
+            let ev = event(tx, seq)?;
+            require(&ev, &[EventState::InFlight, EventState::Accepted], "dead-lettered")?;
+            park(tx, &ev, rejection, &json, at)
         })
     }
 
     fn dead_letters(&mut self, register: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        self.outbox_tx(false, |tx| match register {
+        self.tx(Tx::Read, |tx| match register {
             Some(r) => dead_letters_where(tx, "AND register = ?1", &[&r]),
             None => dead_letters_where(tx, "", &[]),
         })
     }
 
-    fn retry_dead(&mut self, which: DeadLetters) -> Result<u64, StoreError> {
-        self.outbox_tx(true, |tx| {
-            const SET: &str = "UPDATE outbox SET state = 'pending', next_attempt_at = NULL, failing_since = NULL";
-            Ok(match which {
-                DeadLetters::One(seq) => {
-                    require(
-                        &event(tx, seq)?,
-                        &[EventState::DeadLettered],
-                        "retried from the dead letters",
-                    )?;
-                    tx.execute(&format!("{SET} WHERE seq = ?1"), [seq])? as u64
-                }
-                DeadLetters::All => {
-                    tx.execute(&format!("{SET} WHERE head = 1 AND state = 'dead_lettered'"), [])? as u64
-                }
-            })
+    fn retry_dead(
+        &mut self,
+        which: DeadLetters,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.tx(Tx::Write, |tx| {
+            let targets = dead_targets(tx, which, "retried from the dead letters")?;
+            for ev in &targets {
+                tx.execute(
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = NULL, failing_since = NULL WHERE seq = ?1",
+                    [ev.seq],
+                )?;
+                operator_line(ev, action, now, "dlq_retry").write(tx)?;
+            }
+            Ok(targets.len() as u64)
         })
     }
 
-    fn drop_dead(&mut self, which: DeadLetters, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.outbox_tx(true, |tx| {
-            let targets: Vec<OutboxEvent> = match which {
-                DeadLetters::One(seq) => {
-                    let ev = event(tx, seq)?;
-                    require(&ev, &[EventState::DeadLettered], "dropped")?;
-                    vec![ev]
-                }
-                DeadLetters::All => {
-                    let sql = format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE head = 1 AND state = 'dead_lettered'");
-                    tx.prepare(&sql)?.query_map([], event_row)?.collect::<Result<_, _>>()?
-                }
-            };
+    fn drop_dead(
+        &mut self,
+        which: DeadLetters,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.tx(Tx::Write, |tx| {
+            let targets = dead_targets(tx, which, "dropped")?;
             for ev in &targets {
                 tx.execute(
                     "UPDATE outbox SET state = 'dropped', finished_at = ?1 WHERE seq = ?2",
-                    params![ts(at), ev.seq],
+                    params![ts(now), ev.seq],
                 )?;
                 finish_head(tx, ev.seq, &ev.register, &ev.customer_id)?;
+                operator_line(ev, action, now, "dlq_drop").write(tx)?;
             }
             Ok(targets.len() as u64)
         })
     }
 
     fn status(&mut self, register: Option<&str>) -> Result<OutboxStatus, StoreError> {
-        self.outbox_tx(false, |tx| {
+        self.tx(Tx::Read, |tx| {
             let registers: Vec<String> = match register {
                 Some(r) => vec![r.to_string()],
                 None => tx
@@ -788,7 +466,7 @@ impl OutboxBackend for Store {
     }
 
     fn purge(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.outbox_tx(true, |tx| {
+        self.tx(Tx::Write, |tx| {
             Ok(tx.execute(
                 "DELETE FROM outbox WHERE finished_at < ?1 AND state IN ('delivered', 'dropped')",
                 [ts(before)],
@@ -796,49 +474,8 @@ impl OutboxBackend for Store {
         })
     }
 
-    fn unfinished_customers(&mut self, register: &str) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.outbox_tx(false, |tx| {
-            // Every customer with an unfinished event has exactly one head row.
-            let mut stmt = tx.prepare("SELECT customer_id FROM outbox WHERE head = 1 AND register = ?1")?;
-            let out = stmt
-                .query_map([register], |r| r.get::<_, String>(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(out)
-        })
-    }
-
-    fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.outbox_tx(false, |tx| {
-            let mut stmt = tx.prepare(
-                "SELECT customer_id, state, start_date, since, correlation_id FROM ledger_current
-                 WHERE register = ?1 ORDER BY customer_id",
-            )?;
-            let rows = stmt.query_map([register], |r| {
-                let state: String = r.get(1)?;
-                let start: Option<String> = r.get(2)?;
-                Ok(LedgerEntry {
-                    customer_id: r.get(0)?,
-                    state: match state.as_str() {
-                        "active" => LedgerState::Active,
-                        "ended" => LedgerState::Ended,
-                        other => return Err(super::jobs::bad_value("ledger_current.state", other)),
-                    },
-                    start_date: start
-                        .map(|d| {
-                            d.parse::<NaiveDate>()
-                                .map_err(|_| super::jobs::bad_value("ledger_current.start_date", &d))
-                        })
-                        .transpose()?,
-                    since: parse_ts(&r.get::<_, String>(3)?)?,
-                    correlation_id: parse_uuid(&r.get::<_, String>(4)?)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
     fn barrier(&mut self, register: &str) -> Result<Option<i64>, StoreError> {
-        self.outbox_tx(false, |tx| Ok(barrier_in(tx, register)?))
+        self.tx(Tx::Read, |tx| Ok(barrier_in(tx, register)?))
     }
 
     fn enqueue_and_claim(
@@ -846,10 +483,10 @@ impl OutboxBackend for Store {
         register: &str,
         event: &NewEvent,
         correlation_id: Uuid,
-        claimer: &str,
+        claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        self.outbox_tx(true, |tx| {
+        self.tx(Tx::Write, |tx| {
             enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now)
         })
     }
@@ -861,7 +498,7 @@ impl OutboxBackend for Store {
         end: &ClaimEnd,
         at: DateTime<Utc>,
     ) -> Result<ClaimFinished, StoreError> {
-        self.outbox_tx(true, |tx| finish_claim_in(tx, seq, claimer, end, at))
+        self.tx(Tx::Write, |tx| finish_claim_in(tx, seq, claimer, end, at))
     }
 
     fn claim_head_of(
@@ -869,13 +506,13 @@ impl OutboxBackend for Store {
         register: &str,
         customer: &str,
         sources: &[&str],
-        claimer: &str,
+        claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<Option<OutboxEvent>, StoreError> {
-        self.outbox_tx(true, |tx| {
+        self.tx(Tx::Write, |tx| {
             let sql =
                 format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND customer_id = ?2 AND head = 1");
-            let Some(mut head) = tx.query_row(&sql, params![register, customer], event_row).optional()? else {
+            let Some(head) = tx.query_row(&sql, params![register, customer], event_row).optional()? else {
                 return Ok(None);
             };
             let due = head.next_attempt_at.is_none_or(|t| t <= now);
@@ -883,13 +520,130 @@ impl OutboxBackend for Store {
             if head.state != EventState::Pending || !due || barred || !sources.contains(&head.source.as_str()) {
                 return Ok(None);
             }
-            tx.execute(
-                "UPDATE outbox SET state = 'in_flight', claimer = ?1 WHERE seq = ?2",
-                params![claimer, head.seq],
-            )?;
-            head.state = EventState::InFlight;
-            Ok(Some(head))
+            claim_one(tx, head.seq, claimer, now)
         })
+    }
+
+    fn claim_next_of(
+        &mut self,
+        register: &str,
+        sources: &[&str],
+        claimer: &Claimer,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OutboxEvent>, StoreError> {
+        self.tx(Tx::Write, |tx| {
+            let removes_may_go = barrier_in(tx, register)?.is_none();
+            let sql = format!(
+                "SELECT seq FROM outbox
+                 WHERE head = 1 AND register = ?1 AND state = 'pending' AND source IN ({})
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= ?2) AND (?3 OR op = 'add')
+                 ORDER BY seq LIMIT 1",
+                sources_sql(sources)
+            );
+            let next: Option<Seq> = tx
+                .query_row(&sql, params![register, ts(now), removes_may_go], |r| r.get(0))
+                .optional()?;
+            match next {
+                Some(seq) => claim_one(tx, seq, claimer, now),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn events_of(&mut self, register: Option<&str>, customer: Option<&str>) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.tx(Tx::Read, |tx| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM outbox WHERE (?1 IS NULL OR register = ?1) AND (?2 IS NULL OR customer_id = ?2)
+                 ORDER BY seq"
+            );
+            Ok(tx
+                .prepare(&sql)?
+                .query_map(params![register, customer], event_row)?
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn unfinished_of(&mut self, register: &str, sources: &[&str]) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.tx(Tx::Read, |tx| {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND finished_at IS NULL AND source IN ({})
+                 ORDER BY seq",
+                sources_sql(sources)
+            );
+            Ok(tx
+                .prepare(&sql)?
+                .query_map([register], event_row)?
+                .collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+/// Claims the pending head `seq` for `claimer` (the caller checked it may go).
+fn claim_one(
+    tx: &Transaction<'_>,
+    seq: Seq,
+    claimer: &Claimer,
+    now: DateTime<Utc>,
+) -> Result<Option<OutboxEvent>, Fault> {
+    let (name, epoch, until) = claim_of(claimer, now);
+    let sql = format!(
+        "UPDATE outbox SET state = 'in_flight', claimer = ?1, claim_epoch = ?2, claimed_until = ?3
+         WHERE seq = ?4 AND head = 1 AND state = 'pending'
+         RETURNING {EVENT_COLUMNS}"
+    );
+    Ok(tx
+        .query_row(&sql, params![name, epoch, until, seq], event_row)
+        .optional()?)
+}
+
+/// Dead-letters `ev` (the caller checked its state) and writes its history line.
+fn park(
+    tx: &Transaction<'_>,
+    ev: &OutboxEvent,
+    rejection: &Rejection,
+    json: &str,
+    at: DateTime<Utc>,
+) -> Result<(), Fault> {
+    tx.execute(
+        "UPDATE outbox SET state = 'dead_lettered', attempts = attempts + 1, rejection = ?1, dead_at = ?2,
+             last_error = ?3, batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL, claim_epoch = NULL,
+             claimed_until = NULL
+         WHERE seq = ?4",
+        params![json, ts(at), rejection.reason, ev.seq],
+    )?;
+    Line {
+        status: rejection.status,
+        code: rejection.code.as_deref(),
+        detail: Some(&rejection.reason),
+        ..Line::attempt(ev, at, "dead_lettered")
+    }
+    .write(tx)?;
+    Ok(())
+}
+
+/// The dead letters an operator's action applies to.
+fn dead_targets(tx: &Transaction<'_>, which: DeadLetters, doing: &str) -> Result<Vec<OutboxEvent>, Fault> {
+    Ok(match which {
+        DeadLetters::One(seq) => {
+            let ev = event(tx, seq)?;
+            require(&ev, &[EventState::DeadLettered], doing)?;
+            vec![ev]
+        }
+        DeadLetters::All => {
+            let sql =
+                format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE head = 1 AND state = 'dead_lettered' ORDER BY seq");
+            tx.prepare(&sql)?.query_map([], event_row)?.collect::<Result<_, _>>()?
+        }
+    })
+}
+
+/// An operator's action on `ev`, for the history.
+fn operator_line<'a>(ev: &'a OutboxEvent, action: &'a OperatorAction, now: DateTime<Utc>, what: &'a str) -> Line<'a> {
+    Line {
+        kind: HistoryKind::Operator,
+        actor: Some(&action.actor),
+        detail: action.reason.as_deref(),
+        ..Line::attempt(ev, now, what)
     }
 }
 
@@ -899,7 +653,7 @@ impl OutboxBackend for Store {
 // plain statements over cached ones, and share only the helpers (`insert_event`, `finish_head`,
 // `set_ledger`) with them.
 
-/// [`OutboxBackend::enqueue_and_claim`] inside its write transaction: the look at the customer's
+/// [`Outbox::enqueue_and_claim`] inside its write transaction: the look at the customer's
 /// queue, the insert and the claim happen under one write lock, so no dispatcher's `claim_ready`
 /// can see the event pending in between.
 fn enqueue_and_claim_in(
@@ -907,7 +661,7 @@ fn enqueue_and_claim_in(
     register: &str,
     ev: &NewEvent,
     correlation_id: Uuid,
-    claimer: &str,
+    claimer: &Claimer,
     now: DateTime<Utc>,
 ) -> Result<OwnEvent, Fault> {
     let known: Option<Seq> = tx
@@ -935,16 +689,13 @@ fn enqueue_and_claim_in(
             barrier,
         });
     }
-    tx.execute(
-        "UPDATE outbox SET state = 'in_flight', claimer = ?1 WHERE seq = ?2 AND head = 1 AND state = 'pending'",
-        params![claimer, seq],
-    )?;
-    let claimed = event(tx, seq)?;
-    require(&claimed, &[EventState::InFlight], "claimed")?;
-    Ok(OwnEvent::Claimed(claimed))
+    match claim_one(tx, seq, claimer, now)? {
+        Some(claimed) => Ok(OwnEvent::Claimed(claimed)),
+        None => Err(wrong(seq, "was stored as its customer's head but could not be claimed")),
+    }
 }
 
-/// [`OutboxBackend::finish_claim`] inside its write transaction.
+/// [`Outbox::finish_claim`] inside its write transaction.
 fn finish_claim_in(
     tx: &Transaction<'_>,
     seq: Seq,
@@ -953,8 +704,7 @@ fn finish_claim_in(
     at: DateTime<Utc>,
 ) -> Result<ClaimFinished, Fault> {
     let ev = event(tx, seq)?;
-    let holder: Option<String> = tx.query_row("SELECT claimer FROM outbox WHERE seq = ?1", [seq], |r| r.get(0))?;
-    if ev.state != EventState::InFlight || holder.as_deref() != Some(claimer) {
+    if ev.state != EventState::InFlight || ev.claimer.as_deref() != Some(claimer) {
         return Ok(ClaimFinished::TakenOver { state: ev.state });
     }
     match end {
@@ -978,37 +728,50 @@ fn finish_claim_in(
             }
             tx.execute(
                 "UPDATE outbox SET state = 'delivered', finished_at = ?1, delivery = ?2, echoed_correlation_id = ?3,
-                     attempts = attempts + 1, failing_since = NULL, next_attempt_at = NULL, last_error = NULL,
-                     claimer = NULL
+                     attempts = attempts + 1, failing_since = NULL, next_attempt_at = NULL, last_error = NULL
                  WHERE seq = ?4",
                 params![ts(at), delivery_str(*delivery), echoed_correlation_id, seq],
             )?;
             finish_head(tx, seq, &ev.register, &ev.customer_id)?;
             let start = (wanted == LedgerState::Active).then_some(ev.start_date).flatten();
             set_ledger(tx, &ev.register, &ev.customer_id, wanted, start, at, ev.correlation_id)?;
+            let outcome = format!("delivered:{}", delivery_str(*delivery));
+            Line {
+                status: delivery_status(*delivery),
+                ..Line::attempt(&ev, at, &outcome)
+            }
+            .write(tx)?;
         }
         ClaimEnd::RetryLater { not_before, error } => {
             tx.execute(
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?1,
-                     failing_since = COALESCE(failing_since, ?2), last_error = ?3, claimer = NULL
+                     failing_since = COALESCE(failing_since, ?2), last_error = ?3, claimer = NULL, claim_epoch = NULL,
+                     claimed_until = NULL
                  WHERE seq = ?4",
                 params![ts(*not_before), ts(at), error, seq],
             )?;
+            Line {
+                detail: Some(error),
+                ..Line::attempt(&ev, at, "retry_later")
+            }
+            .write(tx)?;
         }
         ClaimEnd::Release { error } => {
             tx.execute(
-                "UPDATE outbox SET state = 'pending', last_error = ?1, claimer = NULL WHERE seq = ?2",
+                "UPDATE outbox SET state = 'pending', last_error = ?1, claimer = NULL, claim_epoch = NULL,
+                     claimed_until = NULL
+                 WHERE seq = ?2",
                 params![error, seq],
             )?;
+            Line {
+                detail: Some(error),
+                ..Line::attempt(&ev, at, "released")
+            }
+            .write(tx)?;
         }
         ClaimEnd::DeadLetter(rejection) => {
             let json = serde_json::to_string(rejection).map_err(|e| Fault::Store(StoreError::Other(e.to_string())))?;
-            tx.execute(
-                "UPDATE outbox SET state = 'dead_lettered', attempts = attempts + 1, rejection = ?1, dead_at = ?2,
-                     last_error = ?3, claimer = NULL
-                 WHERE seq = ?4",
-                params![json, ts(at), rejection.reason, seq],
-            )?;
+            park(tx, &ev, rejection, &json, at)?;
         }
     }
     Ok(ClaimFinished::Recorded)
@@ -1019,36 +782,26 @@ mod tests {
     use super::*;
     use crate::store::conformance;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, SqliteBackend) {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("s.db")).unwrap();
+        let s = SqliteBackend::open(&d.path().join("s.db")).unwrap();
         (d, s)
     }
 
     /// The SQLite backend under the conformance suite: a fresh store in a temporary directory;
-    /// loads are jobs in `load_jobs`; a poisoned event id fails its insert by a temporary trigger.
+    /// a second handle is a second connection to the file (what another process has); a
+    /// poisoned event id fails its insert by a temporary trigger on the first connection.
     struct Sqlite {
-        _dir: tempfile::TempDir,
-        store: Store,
+        dir: tempfile::TempDir,
+        store: SqliteBackend,
     }
 
     impl conformance::Harness for Sqlite {
-        fn backend(&mut self) -> &mut dyn OutboxBackend {
+        fn backend(&mut self) -> &mut dyn crate::store::backend::Backend {
             &mut self.store
         }
-        fn start_load(&mut self, register: &str) -> i64 {
-            let job = self.store.create_job("in.txt", "00", "{}", 0, &[]).unwrap();
-            self.store
-                .conn()
-                .execute(
-                    "UPDATE load_jobs SET register = ?1 WHERE id = ?2",
-                    params![register, job],
-                )
-                .unwrap();
-            job
-        }
-        fn end_load(&mut self, job: i64) {
-            self.store.abandon_job(job).unwrap();
+        fn second(&mut self) -> Box<dyn crate::store::backend::Backend> {
+            Box::new(SqliteBackend::open(&self.dir.path().join("s.db")).unwrap())
         }
         fn poison(&mut self, event_id: &str) {
             self.store
@@ -1063,7 +816,7 @@ mod tests {
 
     fn harness() -> Box<dyn conformance::Harness> {
         let (dir, store) = store();
-        Box::new(Sqlite { _dir: dir, store })
+        Box::new(Sqlite { dir, store })
     }
 
     conformance::outbox_conformance_tests!(harness());
@@ -1121,12 +874,12 @@ mod tests {
                             n += 1;
                             let c = format!("customer-{customer}");
                             let op = if add { Operation::Add } else { Operation::Remove };
-                            let r = s.enqueue(R, &[ev(&format!("e{n}"), &c, op)]).unwrap();
+                            let r = s.enqueue(R, &[ev(&format!("e{n}"), &c, op)], t(0)).unwrap();
                             let Enqueued::Stored { seq } = r[0] else { panic!("{r:?}") };
                             open.entry(c).or_default().push_back(seq);
                         }
                         Step::Claim { limit } => {
-                            let got = s.claim_ready(R, t(10), limit as usize).unwrap();
+                            let got = s.claim_ready(R, &conformance::agent(), t(10), limit as usize).unwrap();
                             prop_assert!(got.len() <= limit as usize);
                             for e in got {
                                 prop_assert_eq!(open[&e.customer_id].front(), Some(&e.seq), "not the head");
@@ -1140,25 +893,25 @@ mod tests {
                             open.get_mut(&e.customer_id).unwrap().pop_front();
                         },
                         Step::Retry(i) => if let Some(e) = take(&mut out, i) {
-                            s.retry_later(e.seq, t(5), "HTTP 503").unwrap();
+                            s.retry_later(e.seq, t(5), "HTTP 503", t(0)).unwrap();
                         },
                         Step::DeadLetter(i) => if let Some(e) = take(&mut out, i) {
                             let rej = Rejection { status: Some(400), code: None, body: String::new(), reason: "refused".into() };
                             s.dead_letter(e.seq, &rej, t(10)).unwrap();
                         },
                         Step::Release(i) => if let Some(e) = take(&mut out, i) {
-                            s.release(&[e.seq]).unwrap();
+                            s.release(&[e.seq], t(0)).unwrap();
                         },
-                        Step::RetryDead => { s.retry_dead(DeadLetters::All).unwrap(); }
+                        Step::RetryDead => { s.retry_dead(DeadLetters::All, &conformance::operator(), t(10)).unwrap(); }
                         Step::DropDead => {
                             let dead = s.dead_letters(Some(R)).unwrap();
-                            prop_assert_eq!(s.drop_dead(DeadLetters::All, t(10)).unwrap(), dead.len() as u64);
+                            prop_assert_eq!(s.drop_dead(DeadLetters::All, &conformance::operator(), t(10)).unwrap(), dead.len() as u64);
                             for d in dead {
                                 prop_assert_eq!(open.get_mut(&d.event.customer_id).unwrap().pop_front(), Some(d.event.seq));
                             }
                         }
                         Step::Recover => {
-                            s.recover(R).unwrap();
+                            s.recover(R, 1, t(100_000)).unwrap();
                             out.clear();
                         }
                     }
@@ -1171,15 +924,15 @@ mod tests {
         }
     }
 
-    /// `OutboxHandle`: enqueues that arrive while the store thread is busy are committed together,
+    /// `Store`: enqueues that arrive while the store thread is busy are committed together,
     /// every caller is answered, and an event id sent by several callers is stored once.
     #[tokio::test]
     async fn the_handle_group_commits_concurrent_enqueues() {
-        use crate::store::OutboxHandle;
-        use crate::store::conformance::{R, ev};
+        use crate::store::Store;
+        use crate::store::conformance::{R, ev, t};
         let (d, s) = store();
-        let path = s.path().to_path_buf();
-        let h = OutboxHandle::spawn(Box::new(s)).unwrap();
+        let path = d.path().join("s.db");
+        let h = Store::spawn(Box::new(s)).unwrap();
         // Hold the store thread until every enqueue is waiting in its queue.
         let (open, gate) = std::sync::mpsc::channel::<()>();
         let blocked = h.call(move |_| {
@@ -1198,7 +951,7 @@ mod tests {
                         ev(&format!("{i}-remove"), &c, Operation::Remove),
                         ev("sent-by-everyone", "customer-shared", Operation::Add),
                     ];
-                    h.enqueue(R.to_string(), events).await
+                    h.enqueue(R.to_string(), events, t(0)).await
                 }
             })
             .collect();
@@ -1223,7 +976,7 @@ mod tests {
         );
         assert_eq!(h.status(Some(R.to_string())).await.unwrap().pending, 61);
         // One transaction for all 30 callers: every event carries the one reception time.
-        let mut other = Store::open(&path).unwrap();
+        let mut other = SqliteBackend::open(&path).unwrap();
         let times: i64 = other
             .conn()
             .query_row("SELECT COUNT(DISTINCT received_at) FROM outbox", [], |r| r.get(0))
@@ -1237,7 +990,7 @@ mod tests {
     #[test]
     fn claims_and_counts_use_indexes_not_scans() {
         let (_d, mut s) = store();
-        let plan = |s: &mut Store, sql: &str| -> String {
+        let plan = |s: &mut SqliteBackend, sql: &str| -> String {
             let mut stmt = s.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
             rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
@@ -1272,24 +1025,24 @@ mod tests {
     #[test]
     fn nothing_is_committed_once_the_file_at_the_path_is_not_the_one_opened() {
         use crate::error::Hinted as _;
-        use conformance::ev;
+        use conformance::{ev, t};
         let (d, mut s) = store();
         let path = d.path().join("s.db");
         let reg = "env|http://kfr|916960190";
-        s.enqueue(reg, &[ev("e1", "c1", Operation::Add)]).unwrap();
+        s.enqueue(reg, &[ev("e1", "c1", Operation::Add)], t(0)).unwrap();
         // Moved away and a fresh file put in its place (a restore over a running agent, say).
         std::fs::rename(&path, d.path().join("moved.db")).unwrap();
-        let err = s.enqueue(reg, &[ev("e2", "c1", Operation::Add)]).unwrap_err();
-        assert!(matches!(err, StoreError::Replaced { .. }), "{err:?}");
+        let err = s.enqueue(reg, &[ev("e2", "c1", Operation::Add)], t(0)).unwrap_err();
+        assert!(matches!(err, StoreError::Lost { .. }), "{err:?}");
         assert!(err.hint().unwrap().contains("restart kfr"));
-        Store::open(&path).unwrap();
-        let r = s.enqueue(reg, &[ev("e3", "c1", Operation::Add)]);
-        assert!(matches!(r, Err(StoreError::Replaced { .. })), "{r:?}");
+        SqliteBackend::open(&path).unwrap();
+        let r = s.enqueue(reg, &[ev("e3", "c1", Operation::Add)], t(0));
+        assert!(matches!(r, Err(StoreError::Lost { .. })), "{r:?}");
         // Deleted outright.
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
-            s.enqueue(reg, &[ev("e4", "c1", Operation::Add)]),
-            Err(StoreError::Replaced { .. })
+            s.enqueue(reg, &[ev("e4", "c1", Operation::Add)], t(0)),
+            Err(StoreError::Lost { .. })
         ));
     }
 
@@ -1316,21 +1069,21 @@ mod tests {
             ffi::SQLITE_CANTOPEN,
         ] {
             match store_error("/s.db", err(code)) {
-                StoreError::NotWritable { path, .. } => assert_eq!(path, "/s.db"),
+                StoreError::NotWritable { store, .. } => assert_eq!(store, "/s.db"),
                 other => panic!("{code}: {other:?}"),
             }
         }
         use crate::error::Hinted as _;
         // (cli::report::diagnose lists StoreError; its own test keeps that honest.)
         assert!(
-            StoreError::Busy { path: "/s.db".into() }
+            StoreError::Busy { store: "/s.db".into() }
                 .hint()
                 .unwrap()
                 .contains("another kfr process")
         );
         assert!(
             StoreError::Corrupt {
-                path: "/s.db".into(),
+                store: "/s.db".into(),
                 detail: "x".into()
             }
             .hint()

@@ -1,0 +1,85 @@
+//! The one error of the state store, whatever the backend: what went wrong in terms an operator
+//! (and a caller deciding what to do next) can act on. It names the store by its [`Location`]'s
+//! description, never a backend's error type, so callers branch the same way on SQLite and on
+//! PostgreSQL.
+//!
+//! [`Location`]: super::Location
+
+use super::types::Seq;
+
+/// What a store operation could not do. Each variant says what an operator can act on, and
+/// [`crate::error::Hinted`] gives the next step.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the write lock longer than the busy timeout.
+    #[error("the state store {store} is busy (another kfr process is writing)")]
+    Busy { store: String },
+    /// The store cannot be reached at all (a server down, a file that cannot be opened).
+    #[error("the state store {store} is unavailable: {detail}")]
+    Unavailable { store: String, detail: String },
+    /// The store is not a kfr store, or is damaged (a truncated file, a broken schema).
+    #[error("the state store {store} is unreadable or damaged: {detail}")]
+    Corrupt { store: String, detail: String },
+    /// The store refused the write (disk full, read-only, permissions).
+    #[error("the state store {store} cannot be written: {detail}")]
+    NotWritable { store: String, detail: String },
+    /// The store is no longer the one kfr opened (deleted, moved or replaced): anything written
+    /// now would be lost, so nothing is.
+    #[error("the state store {store} was removed or replaced while kfr had it open; nothing more is written to it")]
+    Lost { store: String },
+    /// This process's lease on delivering `register` was taken over (epoch `held` is older than
+    /// the store's `current`): a deposed holder writes nothing more.
+    #[error(
+        "this process no longer holds the delivery lease of {register} (its epoch {held}, the store's {current}); another kfr process delivers now"
+    )]
+    Fenced { register: String, held: i64, current: i64 },
+    /// A concurrent change made the operation impossible as asked (e.g. a unique head); nothing
+    /// of it was stored, and trying again decides afresh.
+    #[error("a concurrent change conflicts with this one: {0}")]
+    Conflict(String),
+    /// A seq (or job) that does not exist, or is not in the state the operation needs.
+    #[error("event {seq} {problem}")]
+    WrongState { seq: Seq, problem: String },
+    /// The store thread is gone (it panicked or the handle outlived it).
+    #[error("the state store's thread has stopped")]
+    Stopped,
+    /// Anything else from the backend, with its detail.
+    #[error("state store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// A caller's mistake about a load job (no such job, not in the state asked for).
+    pub fn job(job: i64, problem: impl std::fmt::Display) -> StoreError {
+        StoreError::Other(format!("load job {job} {problem}"))
+    }
+}
+
+impl crate::error::Hinted for StoreError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            StoreError::Busy { .. } => {
+                "another kfr process holds the state store's write lock; wait for it to finish, or stop it, and run the command again".into()
+            }
+            StoreError::Unavailable { store, .. } => format!(
+                "check that {store} exists and that kfr's user may open it (for a file: the directory's permissions)"
+            ),
+            StoreError::Corrupt { store, .. } => format!(
+                "{store} is damaged or not a kfr state store; restore it from a backup (it is the record of what kfr sent) or point kfr at the right store"
+            ),
+            StoreError::NotWritable { store, .. } => format!(
+                "free disk space or fix the permissions of {store} (for a file: also its directory, its -wal and -shm files)"
+            ),
+            StoreError::Lost { store } => format!(
+                "put the store back at {store} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the store kfr had open"
+            ),
+            StoreError::Fenced { .. } => {
+                "another `kfr sync` took over delivery (this one was stopped or too slow to renew its lease); this process stops delivering, its unfinished claims are taken back by the new holder".into()
+            }
+            StoreError::Conflict(_) => "run the command again: it decides afresh on what the store holds now".into(),
+            StoreError::WrongState { .. } => return None,
+            StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
+            StoreError::Other(_) => return None,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! One attempt, one verdict, one outcome: the single function that turns KFR's verdict on an
+//! attempt at an outbox event into what the outbox records ([`ClaimEnd`]) and what the sender
+//! must do besides ([`Effect`]). The sync agent's dispatcher, `kfr add/remove` and the load's
+//! held operations all call [`decide`], so a verdict means the same whoever sent the request
+//! (docs/specs/verdicts.md):
+//!
+//! - delivered → the event is settled (200 and 404 on a remove count as delivered: idempotent);
+//! - rejected → dead-lettered: only its customer is parked, visible in `kfr dlq list`;
+//! - transient → retried later with backoff, until `give_up_after` since the first failure of
+//!   the run, then dead-lettered saying so;
+//! - rate-limited → handed back without counting an attempt; every sender pauses;
+//! - systemic (credentials, permission, institution, endpoint) → handed back untouched; the
+//!   sender stops (an agent pauses and probes, a command or a load ends) — it never parks an
+//!   event, since nothing about the event is wrong.
+
+use crate::http::RetryPolicy;
+use crate::ids::scrub;
+use crate::kfr::{AddOutcome, Attempt, RemoveOutcome, Scope, Verdict};
+use crate::store::{ClaimEnd, Delivery, OutboxEvent, Rejection};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// How transient failures are retried.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub retry: RetryPolicy,
+    /// Transient failures are retried for this long after the first one of a run, then the event
+    /// is dead-lettered (bounded by time, not count).
+    pub give_up_after: Duration,
+}
+
+/// What the sender does besides recording the outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Nothing: go on with the next event.
+    None,
+    /// The service named a time to come back (`Retry-After` on a 5xx): nobody sends before then.
+    Outage { wait: Duration },
+    /// 429: every sender pauses; the server's `Retry-After`, if it sent one.
+    RateLimited { retry_after: Option<Duration> },
+    /// Nothing can succeed in `scope` until someone acts: stop sending (an agent pauses and
+    /// probes).
+    Systemic { scope: Scope, reason: String },
+}
+
+/// What one attempt means for its event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub end: ClaimEnd,
+    pub effect: Effect,
+}
+
+/// A delivered answer as the outbox records it.
+pub trait AsDelivery {
+    fn delivery(&self) -> Delivery;
+}
+
+impl AsDelivery for AddOutcome {
+    fn delivery(&self) -> Delivery {
+        match self {
+            AddOutcome::Added => Delivery::Added,
+            AddOutcome::AlreadyPresent => Delivery::AlreadyPresent,
+        }
+    }
+}
+
+impl AsDelivery for RemoveOutcome {
+    fn delivery(&self) -> Delivery {
+        match self {
+            RemoveOutcome::Removed => Delivery::Removed,
+            RemoveOutcome::NotFound => Delivery::NotFound,
+        }
+    }
+}
+
+/// The outcome of attempt `a` at event `ev`, at `now`.
+pub fn decide<D: AsDelivery>(a: &Attempt<D>, ev: &OutboxEvent, rules: &Rules, now: DateTime<Utc>) -> Outcome {
+    match &a.verdict {
+        Verdict::Delivered(d) => Outcome {
+            end: ClaimEnd::Delivered {
+                delivery: d.delivery(),
+                echoed_correlation_id: a.echoed_correlation_id.clone(),
+            },
+            effect: Effect::None,
+        },
+        _ => undelivered(a, ev, rules, now).expect("a verdict other than delivered"),
+    }
+}
+
+/// The outcome for `ev` of an attempt that did not deliver (any request made for the event: its
+/// add or remove, or a lookup it needed); `None` when it was delivered.
+pub fn undelivered<D>(a: &Attempt<D>, ev: &OutboxEvent, rules: &Rules, now: DateTime<Utc>) -> Option<Outcome> {
+    let (end, effect) = match &a.verdict {
+        Verdict::Delivered(_) => return None,
+        Verdict::Transient { reason, server_delay } => {
+            let effect = server_delay.map_or(Effect::None, |d| Effect::Outage {
+                wait: d.min(rules.retry.retry_after_cap),
+            });
+            (transient(ev, reason, *server_delay, rules, now), effect)
+        }
+        Verdict::RateLimited { retry_after } => (
+            ClaimEnd::Release {
+                error: "rate limited (429)".into(),
+            },
+            Effect::RateLimited {
+                retry_after: *retry_after,
+            },
+        ),
+        Verdict::Systemic { scope, reason, .. } => (
+            ClaimEnd::Release { error: scrub(reason) },
+            Effect::Systemic {
+                scope: *scope,
+                reason: reason.clone(),
+            },
+        ),
+        Verdict::Rejected { code, message } => (ClaimEnd::DeadLetter(rejection(a, code, message)), Effect::None),
+    };
+    Some(Outcome { end, effect })
+}
+
+/// A transient failure: the next attempt's time, or a dead letter once the run of failures has
+/// lasted `give_up_after`.
+fn transient(
+    ev: &OutboxEvent,
+    reason: &str,
+    server_delay: Option<Duration>,
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> ClaimEnd {
+    let since = ev.failing_since.unwrap_or(now);
+    let bound = chrono::Duration::from_std(rules.give_up_after).unwrap_or(chrono::Duration::MAX);
+    if now - since >= bound {
+        let hours = rules.give_up_after.as_secs_f64() / 3600.0;
+        return ClaimEnd::DeadLetter(Rejection {
+            status: None,
+            code: None,
+            body: scrub(reason),
+            reason: format!(
+                "transient failures for {hours:.0} h (since {since}); last: {}",
+                scrub(reason)
+            ),
+        });
+    }
+    let delay = rules.retry.delay(ev.attempts + 1, server_delay);
+    ClaimEnd::RetryLater {
+        not_before: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()),
+        error: scrub(reason),
+    }
+}
+
+/// KFR's refusal, kept whole for the operator (server text masked).
+pub(crate) fn rejection<D>(a: &Attempt<D>, code: &Option<String>, message: &str) -> Rejection {
+    let body = a.error().map(|e| scrub(&e.to_string())).unwrap_or_default();
+    Rejection {
+        status: a.status,
+        code: code.clone(),
+        reason: format!(
+            "KFR refused it{}{}: {}",
+            a.status.map(|s| format!(" ({s}")).unwrap_or_default(),
+            match (a.status, code) {
+                (Some(_), Some(c)) => format!(" {c})"),
+                (Some(_), None) => ")".into(),
+                _ => String::new(),
+            },
+            scrub(message)
+        ),
+        body,
+    }
+}
