@@ -157,27 +157,16 @@ async fn every_later_operation_on_a_held_customer_is_sent_in_issue_order() {
     assert!(assert_ok(&out).0.starts_with("removed: "));
 }
 
-/// A held operation that cannot be sent stays at the head of its customer's queue, and what came
-/// after it on that customer keeps waiting (exit 1, resumable), even once no load is running.
+/// A held operation that cannot be sent (KFR answers 500) stays at the head of its customer's
+/// queue for a later attempt — not parked, not dead-lettered: a transient failure is nobody's
+/// refusal — and what came after it on that customer waits behind it (exit 1, resumable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
     let env = setup().await;
-    let ids = ids(102, 40);
-    let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    env.write("c.csv", &text);
-    let out = env
-        .load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "planned")])
-        .await;
-    assert_ne!(out.status.code(), Some(0));
-    let (a, b) = (&ids[0], &ids[2]);
-    for args in [["remove", a.as_str()], ["add", a], ["remove", b]] {
-        assert_ok(&env.run(&[args[0], args[1], "--state", "s.db"], &[]).await);
-    }
-    // The batches go in and the job is confirmed; the run stops before the held operations.
-    let out = env
-        .load("c.csv", "s.db", &["--resume"], &[("KFR_TEST_ABORT_AT", "deletes")])
-        .await;
-    assert_ne!(out.status.code(), Some(0), "{}", output_text(&out).1);
+    // Customers of the load: its batches register them, the held removes end them.
+    let people = ids(103, 40);
+    let (a, b) = (&people[0], &people[2]);
+    confirmed_with_held(&env, 103, &[["remove", a], ["add", a], ["remove", b]]).await;
     // KFR fails every request (500): every held operation fails. (A job is only resumed against
     // the KFR it belongs to, so the failure comes from that KFR.)
     env.mock.state().set_kfr_faults(kfr::mock::KfrFaults {
@@ -193,14 +182,102 @@ async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
     assert!(stderr.contains("hint: "), "{stderr}");
     assert!(env.ended().is_empty());
     env.mock.state().set_kfr_faults(kfr::mock::KfrFaults::NONE);
-    // While they wait, a later add on a is still queued behind them, though no load is running.
-    let out = env.run(&["add", a, "--state", "s.db"], &[]).await;
-    assert!(assert_ok(&out).0.starts_with("queued: "));
+    // All three still wait, in order; none is a dead letter.
+    assert!(dead_letters(&env).await.is_empty());
+    let out = env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await;
+    let status: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(status["status"]["pending"], 3, "{status}");
 
     let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
     let (stdout, stderr) = assert_ok(&out);
-    assert_eq!(stdout.matches("held operation sent").count(), 4, "{stdout}{stderr}");
+    assert_eq!(stdout.matches("held operation sent").count(), 3, "{stdout}{stderr}");
     assert!(is_active(&env, a).await, "{:?}", periods(&env, a).await);
+    assert!(!is_active(&env, b).await);
+}
+
+/// A load whose job is confirmed and whose held operations are left for the next run: the
+/// batches go in, the run stops before the held operations (test-only abort hook).
+async fn confirmed_with_held(env: &Env, seed: u32, held: &[[&str; 2]]) {
+    let ids = ids(seed, 40);
+    env.write("c.csv", &ids.iter().map(|id| format!("{id}\n")).collect::<String>());
+    let out = env
+        .load("c.csv", "s.db", &[], &[("KFR_TEST_ABORT_AT", "planned")])
+        .await;
+    assert_ne!(out.status.code(), Some(0));
+    for args in held {
+        assert_ok(&env.run(&[args[0], args[1], "--state", "s.db"], &[]).await);
+    }
+    let out = env
+        .load("c.csv", "s.db", &["--resume"], &[("KFR_TEST_ABORT_AT", "deletes")])
+        .await;
+    assert_ne!(out.status.code(), Some(0), "{}", output_text(&out).1);
+}
+
+/// `kfr dlq list --json`, one value per dead letter.
+async fn dead_letters(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.run(&["dlq", "list", "--state", "s.db", "--json"], &[]).await;
+    assert_ok(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Issue 18: a held remove KFR refuses for its content is dead-lettered like any event — shown
+/// by `kfr dlq list` — and parks only its customer; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_remove_refused_by_kfr_is_a_dead_letter_and_parks_only_its_customer() {
+    let env = setup().await;
+    let people = ids(106, 40);
+    let (a, b) = (&people[0], &people[1]);
+    confirmed_with_held(&env, 106, &[["remove", a], ["remove", b]]).await;
+    env.mock.state().set_reject_customers([a.clone()]);
+    let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("dead-lettered"), "{stderr}");
+    let dead = dead_letters(&env).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["operation"], "remove");
+    assert_eq!(dead[0]["rejection"]["code"], "KFR-005", "{dead:?}");
+    assert!(!dead[0].to_string().contains(a.as_str()), "masked: {dead:?}");
+    // Only a is parked: a later add of a waits behind its dead letter, one of b goes out.
+    let (queued, _) = assert_ok(&env.run(&["add", a, "--state", "s.db"], &[]).await);
+    assert!(queued.starts_with("queued: "), "{queued}");
+    let (added, _) = assert_ok(&env.run(&["add", b, "--state", "s.db"], &[]).await);
+    assert!(added.starts_with("added: "), "{added}");
+    env.mock.state().set_reject_customers([]);
+    assert!(is_active(&env, b).await);
+}
+
+/// Issue 18: a refused token while the load sends its held operations is the institution's
+/// problem, not the operations': the sending stops at once, nothing is dead-lettered and no
+/// attempt is counted; once the token works, a resume sends them all, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_stops_the_held_operations_without_parking_any() {
+    let env = setup().await;
+    let people = ids(108, 40);
+    let (a, b) = (&people[0], &people[1]);
+    confirmed_with_held(&env, 108, &[["remove", a], ["remove", b], ["add", a]]).await;
+    env.mock.state().set_token_refuse(true);
+    let before = env.mock.state().snapshot().kfr.requests_total;
+    let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        env.mock.state().snapshot().kfr.requests_total,
+        before,
+        "no request reached KFR without a token"
+    );
+    assert!(dead_letters(&env).await.is_empty(), "nothing parked");
+    let out = env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await;
+    let status: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(status["status"]["pending"], 3, "{status}");
+    env.mock.state().set_token_refuse(false);
+    let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert_eq!(stdout.matches("held operation sent").count(), 3, "{stdout}{stderr}");
+    assert!(is_active(&env, a).await);
     assert!(!is_active(&env, b).await);
 }
 

@@ -9,6 +9,7 @@ mod conventions;
 mod demo;
 mod doctor;
 mod fidelity;
+mod history;
 mod ids;
 mod input;
 mod kfr_cli;

@@ -141,12 +141,13 @@ async fn remove_waits_while_the_agent_has_the_customers_event_in_flight() {
     let x = ids(112, 1).remove(0);
     assert_ok(&run(&env, &["enqueue", "add", &x, "--state", "s.db"]));
     let (register, _) = status(&env);
-    // What the agent's dispatcher does when it takes the event: claimed, in flight.
+    // What the agent's dispatcher does when it takes the event: claimed, in flight. The claim
+    // runs out soon, as a killed agent's does; until then nobody else sends X.
     let mut store = SqliteBackend::open(&env.dir.join("s.db")).unwrap();
     let agent = kfr::store::Claimer {
         name: "sync:test".into(),
         epoch: None,
-        ttl: chrono::Duration::minutes(5),
+        ttl: chrono::Duration::seconds(2),
     };
     let claimed = store.claim_ready(&register, &agent, chrono::Utc::now(), 10).unwrap();
     assert_eq!(claimed.len(), 1);
@@ -168,7 +169,8 @@ async fn remove_waits_while_the_agent_has_the_customers_event_in_flight() {
         "{s}"
     );
 
-    // The agent (restarted: its recover resends the add it held) delivers both, add first.
+    // The agent (restarted: once the claim ran out its recover resends the add it held) delivers
+    // both, add first.
     run_agent_until_delivered(&env).await;
     let ops: Vec<String> = requests(&env, &x).into_iter().map(|(op, _)| op).collect();
     assert_eq!(ops, ["add", "remove"]);

@@ -697,3 +697,82 @@ async fn refused_tokens_pause_everything_without_dead_letters_until_tokens_work_
     let st = tokio::task::spawn_blocking(move || terminate(agent)).await.unwrap();
     assert!(st.success(), "{st:?}");
 }
+
+/// (f) Two agents on one store (issue 18): the first delivers, the second stands by — `/readyz`
+/// 503 `standby`, `kfr_sync_standby 1` — while taking events into the shared outbox. After
+/// `kill -9` of the first, the second takes over once the first's claims ran out and delivers the
+/// rest. KFR sees every customer's writes in issue order and never two writes of one customer at
+/// once; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_one_store_deliver_one_request_per_customer_and_the_standby_takes_over() {
+    // Requests take a while: a second request for a customer during one would overlap in the mock.
+    let r = rig(|c| c.kfr_faults.latency_ms = 100).await;
+    let mock = r.mock.state();
+    let customers = tenor_persons(17, 500);
+    let mut evs = vec![];
+    for round in 0..5 {
+        for (i, c) in customers.iter().enumerate() {
+            evs.push(Event {
+                id: c.clone(),
+                add: round % 2 == 0,
+                event_id: format!("f-{round}-{i}"),
+            });
+        }
+    }
+    let a = r.agent(&r.dir.join("a.log"), false, &[]);
+    let b = r.agent(&r.dir.join("b.log"), false, &[]);
+    until("the second agent stands by", Duration::from_secs(20), || async {
+        let (code, body) = r.readyz(&b.ops).await;
+        code == 503 && body.contains("standby")
+    })
+    .await;
+    assert_eq!(r.readyz(&a.ops).await.0, 200, "the first delivers");
+    let metrics = r
+        .http
+        .get(format!("http://{}/metrics", b.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("kfr_sync_standby 1"), "{metrics}");
+
+    // Half the events to each agent, alternating chunks: both take them into one outbox.
+    let (first, second) = evs.split_at(evs.len() / 2);
+    for (i, chunk) in first.chunks(125).enumerate() {
+        let ingest = if i % 2 == 0 { &a.ingest } else { &b.ingest };
+        assert_eq!(r.post(ingest, chunk).await, Some(202));
+    }
+    let m = mock.clone();
+    until("the first agent is delivering", Duration::from_secs(30), || {
+        let n = m.requests().len();
+        async move { n >= 200 }
+    })
+    .await;
+    let (code, body) = r.readyz(&b.ops).await;
+    assert!(
+        code == 503 && body.contains("standby"),
+        "still standing by: {code} {body}"
+    );
+    // kill -9: no drain, its claims stay in the store until they run out.
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    post_all(&r, &b.ingest, second, 125).await;
+    until("the second agent takes over", Duration::from_secs(30), || async {
+        r.readyz(&b.ops).await.0 == 200
+    })
+    .await;
+    let status = r.settled(evs.len() as u64, Duration::from_secs(120)).await;
+    assert_eq!(status["delivered"], evs.len() as u64, "{status}");
+    assert_in_order(&mock.requests(), &evs);
+    assert_eq!(
+        mock.snapshot().kfr.overlapping_writes,
+        0,
+        "two writes of one customer were out at once"
+    );
+    assert_eq!(r.active(), expected_active(&evs));
+    let st = tokio::task::spawn_blocking(move || terminate(b)).await.unwrap();
+    assert!(st.success(), "{st:?}");
+}

@@ -247,6 +247,11 @@ pub const KEYS: &[KeyDef] = &[
         doc: "days delivered events are kept in the outbox",
     },
     KeyDef {
+        name: "sync.history_retention_days",
+        default: Some("1827"),
+        doc: "days the history of attempts and operator actions is kept (`kfr history`)",
+    },
+    KeyDef {
         name: "sync.allow_plain_http",
         default: Some("false"),
         doc: "let the intake take plain HTTP on an address other than loopback",
@@ -510,6 +515,9 @@ pub struct SyncSettings {
     pub rate: u32,
     pub max_in_flight: u32,
     pub retention_days: u32,
+    /// Days the history (every attempt, every operator action) is kept: five years by default,
+    /// what a bank keeps its customer-due-diligence records for.
+    pub history_retention_days: u32,
     /// Plain HTTP intake beyond loopback (events carry personal data: off by default).
     pub allow_plain_http: bool,
     /// Shutdown deadline for in-flight calls.
@@ -1181,6 +1189,7 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
         rate: r.number("sync.rate", 1, 10_000, "requests per second")?,
         max_in_flight: r.number("sync.max_in_flight", 1, 1_000, "requests")?,
         retention_days: r.number("sync.retention_days", 1, 3_650, "days")?,
+        history_retention_days: r.number("sync.history_retention_days", 1, 36_500, "days")?,
         allow_plain_http: r.boolean("sync.allow_plain_http")?,
         drain: std::time::Duration::from_secs(r.number("sync.drain_secs", 1, 3_600, "seconds")?),
         give_up_after: std::time::Duration::from_secs(

@@ -116,7 +116,7 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
         .enqueue_and_claim(register.clone(), event, cid, claimer.clone(), now)
         .await?
     {
-        OwnEvent::Claimed(ev) => return ctx.send(ev, true).await,
+        OwnEvent::Claimed(ev) => return ctx.send(*ev, true).await,
         OwnEvent::Queued {
             seq, ahead, barrier, ..
         } => (seq, ahead, barrier),

@@ -161,6 +161,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
         max_in_flight: args.max_in_flight.unwrap_or(sync.max_in_flight) as usize,
         retry: super::build::retry_policy(&settings),
         retention_days: sync.retention_days,
+        history_retention_days: sync.history_retention_days,
         give_up_after: sync.give_up_after,
         backdated_by_batch: sync.backdated_by_batch,
         shutdown_grace: sync.drain,
@@ -289,7 +290,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
         async move { lease_or_stop(&store, &register_key, &holder, lease_ttl, &health, stop).await }
     };
     let mut delivering = tokio::spawn(async move {
-        match standing_by.await {
+        match standing_by.await? {
             Some(lease) => dispatcher.run(stop_rx, lease).await,
             None => Ok(DispatchSummary::default()),
         }
@@ -388,6 +389,73 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     {
         tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
+    }
+}
+
+/// This host's name, for the lease holder's description (who delivers, seen by a standby).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// How often a standby looks whether the lease is free.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// Takes the register's delivery lease, standing by (`/readyz` 503 `standby`, the gauge
+/// `kfr_sync_standby` 1) while another agent holds it; `None` when asked to stop first, an
+/// error when the store is gone. Intake runs meanwhile: events go into the shared outbox for
+/// whoever delivers.
+async fn lease_or_stop(
+    store: &Store,
+    register: &str,
+    holder: &str,
+    ttl: chrono::Duration,
+    health: &Health,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Lease>, DispatchError> {
+    let mut announced = false;
+    loop {
+        if *stop.borrow() {
+            return Ok(None);
+        }
+        match store
+            .take_lease(register.to_string(), holder.to_string(), chrono::Utc::now(), ttl)
+            .await
+        {
+            Ok(Some(lease)) => {
+                health.set_standby(None);
+                crate::sync::metrics::set_standby(false);
+                crate::sync::metrics::set_ready(health.unready().is_empty());
+                tracing::info!(epoch = lease.epoch, holder, "holding the delivery lease: delivering");
+                return Ok(Some(lease));
+            }
+            Ok(None) => {
+                if !announced {
+                    announced = true;
+                    let other = match store.lease_holder(register.to_string()).await {
+                        Ok(Some(h)) => format!("{} (epoch {})", h.holder, h.epoch),
+                        _ => "another kfr sync".into(),
+                    };
+                    tracing::warn!(holder = %other, "another agent delivers for this register: standing by, taking events into the shared outbox");
+                    health.set_standby(Some(format!("{other} delivers; this agent takes over when it stops")));
+                    crate::sync::metrics::set_standby(true);
+                    crate::sync::metrics::set_ready(false);
+                }
+            }
+            // No store to write to: the agent stops, as it does when delivering.
+            Err(e @ (crate::store::StoreError::Lost { .. } | crate::store::StoreError::Stopped)) => {
+                health.set_store_problem(Some(e.to_string()));
+                return Err(e.into());
+            }
+            Err(e) => tracing::error!(error = %e, "could not check the delivery lease; trying again"),
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+        }
     }
 }
 
@@ -513,66 +581,5 @@ mod tests {
         let ending = first_ending(async { Ok("SIGTERM") }, &mut parts, &mut never()).await;
         assert!(matches!(ending, Ending::Signal("SIGTERM")));
         assert_eq!(parts.len(), 1);
-    }
-}
-
-/// This host's name, for the lease holder's description (who delivers, seen by a standby).
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into())
-}
-
-/// How often a standby looks whether the lease is free.
-const STANDBY_POLL: Duration = Duration::from_secs(1);
-
-/// Takes the register's delivery lease, standing by (`/readyz` 503 `standby`, the gauge
-/// `kfr_sync_standby` 1) while another agent holds it; `None` when asked to stop first. Intake
-/// runs meanwhile: events go into the shared outbox for whoever delivers.
-async fn lease_or_stop(
-    store: &Store,
-    register: &str,
-    holder: &str,
-    ttl: chrono::Duration,
-    health: &Health,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Option<Lease> {
-    let mut announced = false;
-    loop {
-        if *stop.borrow() {
-            return None;
-        }
-        match store
-            .take_lease(register.to_string(), holder.to_string(), chrono::Utc::now(), ttl)
-            .await
-        {
-            Ok(Some(lease)) => {
-                health.set_standby(None);
-                crate::sync::metrics::set_standby(false);
-                crate::sync::metrics::set_ready(health.unready().is_empty());
-                tracing::info!(epoch = lease.epoch, holder, "holding the delivery lease: delivering");
-                return Some(lease);
-            }
-            Ok(None) => {
-                if !announced {
-                    announced = true;
-                    let other = match store.lease_holder(register.to_string()).await {
-                        Ok(Some(h)) => format!("{} (epoch {})", h.holder, h.epoch),
-                        _ => "another kfr sync".into(),
-                    };
-                    tracing::warn!(holder = %other, "another agent delivers for this register: standing by, taking events into the shared outbox");
-                    health.set_standby(Some(format!("{other} delivers; this agent takes over when it stops")));
-                    crate::sync::metrics::set_standby(true);
-                    crate::sync::metrics::set_ready(false);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not check the delivery lease; trying again"),
-        }
-        tokio::select! {
-            _ = stop.changed() => {}
-            _ = tokio::time::sleep(STANDBY_POLL) => {}
-        }
     }
 }

@@ -677,6 +677,7 @@ async fn run_as_writer(
         let register = store.job(job).await?.and_then(|j| j.register).unwrap_or_default();
         (sent, failed) = send_held_operations(store, client, &register, opts.request_budget, on).await?;
     }
+    let kept_dates = std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner()));
     let (report, report_files) = write_report(
         store,
         opts,
@@ -688,7 +689,7 @@ async fn run_as_writer(
         &started_at,
         started,
         sent,
-        std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner())),
+        kept_dates,
         on,
     )
     .await?;

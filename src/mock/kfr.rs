@@ -601,6 +601,7 @@ async fn gated(
     headers: &HeaderMap,
     handle: fn(&MockState, &str, &str, &HeaderMap) -> Result<Response, Refusal>,
 ) -> Response {
+    let _writing = WriteInFlight::enter(state, headers);
     let result = match require_length(headers) {
         Ok(()) => match gate(state, op, fid, headers).await {
             Ok(()) => handle(state, fid, ty, headers),
@@ -609,6 +610,46 @@ async fn gated(
         Err(r) => Err(r),
     };
     finish(state, op, headers, result)
+}
+
+/// An add or remove being answered, by customer, while it lives: a second write of the same
+/// customer arriving meanwhile is counted as overlapping (`overlapping_writes`).
+struct WriteInFlight<'a> {
+    state: &'a MockState,
+    customer: Option<String>,
+}
+
+impl<'a> WriteInFlight<'a> {
+    fn enter(state: &'a MockState, headers: &HeaderMap) -> Self {
+        let customer = headers
+            .get("CustomerID")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(c) = &customer {
+            let mut w = lock(&state.kfr.stats.writes_in_flight);
+            let n = w.entry(c.clone()).or_default();
+            if *n > 0 {
+                state.kfr.stats.overlapping_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("KFR write: a second write of a customer arrived while the first was being answered");
+            }
+            *n += 1;
+        }
+        WriteInFlight { state, customer }
+    }
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = &self.customer {
+            let mut w = lock(&self.state.kfr.stats.writes_in_flight);
+            if let Some(n) = w.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(c);
+                }
+            }
+        }
+    }
 }
 
 /// RFC 9110 §8.6: a POST or DELETE whose body is empty should carry `Content-Length: 0`. KFR sits

@@ -118,6 +118,12 @@ pub(crate) struct KfrStats {
     pub faults_injected: AtomicU64,
     /// Injected faults by kind (`error`, `rate_limit`, `timeout`, `outage`).
     pub faults_by_kind: Mutex<BTreeMap<&'static str, u64>>,
+    /// Adds and removes that arrived while another add or remove of the same customer was still
+    /// being answered: KFR does not promise which of two concurrent writes wins, so a client that
+    /// sends them has lost control of the customer's order. A correct client keeps this at 0.
+    pub overlapping_writes: AtomicU64,
+    /// Add/remove requests being answered now, by customer.
+    pub writes_in_flight: Mutex<BTreeMap<String, u32>>,
 }
 
 /// The fake KFR's part of the state.
@@ -343,6 +349,7 @@ impl MockState {
         k.faults_injected.store(0, Ordering::Relaxed);
         lock(&k.by_operation).clear();
         lock(&k.faults_by_kind).clear();
+        k.overlapping_writes.store(0, Ordering::Relaxed);
     }
 
     pub fn kfr_faults(&self) -> KfrFaults {
@@ -445,6 +452,7 @@ impl MockState {
             ingested_total: ingested,
             batches_accepted: k.batches_accepted.load(Ordering::Relaxed),
             faults_injected: k.faults_injected.load(Ordering::Relaxed),
+            overlapping_writes: k.overlapping_writes.load(Ordering::Relaxed),
             faults_by_kind: lock(&k.faults_by_kind)
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
@@ -529,6 +537,9 @@ pub struct KfrSnapshot {
     /// Injected faults of the KFR half only.
     pub faults_injected: u64,
     pub faults_by_kind: BTreeMap<String, u64>,
+    /// Adds/removes of a customer that arrived while another of the same customer was being
+    /// answered (see `KfrStats::overlapping_writes`).
+    pub overlapping_writes: u64,
     pub faults: KfrFaults,
     pub outage_remaining_secs: Option<u64>,
     pub env: MockEnv,

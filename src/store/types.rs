@@ -321,7 +321,7 @@ pub struct LedgerEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnEvent {
     /// Stored as its customer's head and in flight for the caller alone: send it now.
-    Claimed(OutboxEvent),
+    Claimed(Box<OutboxEvent>),
     /// Stored behind `ahead` unfinished events of its customer, or (`ahead` 0) a remove held by
     /// the barrier of load job `barrier`; `barrier` is that job whenever one holds removes of
     /// the register. Whoever delivers the queue (the sync agent, a load) sends it in turn.

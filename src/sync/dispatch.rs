@@ -100,6 +100,8 @@ pub struct DispatchConfig {
     pub confirm_interval: Duration,
     /// Finished events older than this many days are purged…
     pub retention_days: u32,
+    /// …and history lines older than this many days (kept apart, far longer)…
+    pub history_retention_days: u32,
     /// …this often.
     pub purge_interval: Duration,
     /// Idle wait between looks at the outbox (new events can also wake the dispatcher at once,
@@ -142,6 +144,7 @@ impl Default for DispatchConfig {
             ingest_margin: Duration::from_secs(600),
             confirm_interval: Duration::from_secs(30),
             retention_days: 30,
+            history_retention_days: 1827,
             purge_interval: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(15),
@@ -871,6 +874,12 @@ impl Shared {
                 lock(&self.tally).purged += n;
             }
             Err(e) => self.store_problem("purging", &e),
+        }
+        let days = chrono::Duration::days(i64::from(self.cfg.history_retention_days));
+        match self.store.purge_history(self.clock.now() - days).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "purged history lines past their retention"),
+            Ok(_) => {}
+            Err(e) => self.store_problem("purging the history", &e),
         }
     }
 

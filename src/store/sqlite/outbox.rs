@@ -690,7 +690,7 @@ fn enqueue_and_claim_in(
         });
     }
     match claim_one(tx, seq, claimer, now)? {
-        Some(claimed) => Ok(OwnEvent::Claimed(claimed)),
+        Some(claimed) => Ok(OwnEvent::Claimed(Box::new(claimed))),
         None => Err(wrong(seq, "was stored as its customer's head but could not be claimed")),
     }
 }

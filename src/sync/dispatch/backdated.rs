@@ -169,7 +169,7 @@ impl Shared {
             // Nothing went out (no token): safe to hand back.
             Verdict::Transient { .. } if a.requests == 0 => self.store.release(seqs.clone(), now).await,
             Verdict::Transient { reason, server_delay } => {
-                tracing::warn!(batch_correlation_id = %bcid, error = %crate::ids::scrub(&reason), "batch upload's answer never came: its fate is unknown; probing before anything is sent again");
+                tracing::warn!(batch_correlation_id = %bcid, error = %crate::ids::scrub(reason), "batch upload's answer never came: its fate is unknown; probing before anything is sent again");
                 lock(&self.tally).batches_unknown += 1;
                 lock(&self.book).unknown_since.insert(bcid, now);
                 if let Some(d) = server_delay {
