@@ -13,7 +13,9 @@ use crate::ids::CustomerId;
 pub async fn run(settings: &Settings, args: &HistoryArgs, p: &Printer) -> anyhow::Result<()> {
     let id = CustomerId::parse(args.id.trim(), &super::build::id_policy(settings))?;
     let (store, location) = super::build::existing_store(settings, args.store.state.as_deref())?;
-    let events = store.events_of(None, Some(id.as_str().to_string())).await?;
+    // The events of this configuration's register (read by index); the history of every one.
+    let register = super::outbox::register(settings)?.key();
+    let events = store.events_of(Some(register), Some(id.as_str().to_string())).await?;
     let lines = store.history(Some(id.as_str().to_string()), None, None).await?;
     let shown = if args.show_id {
         id.as_str().to_string()

@@ -8,7 +8,6 @@
 //! caller in it gets the error and nothing of theirs is stored (events of one request are never
 //! split across transactions). Other operations run one at a time, in arrival order.
 
-use super::Location;
 use super::backend::Backend;
 use super::error::StoreError;
 use super::types::*;

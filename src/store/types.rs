@@ -21,7 +21,42 @@
 //!   takeover, and a write by an older epoch is refused ([`super::StoreError::Fenced`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
+use std::path::PathBuf;
 use uuid::Uuid;
+
+/// Where a store lives. Today a SQLite file; a second backend adds its own kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (created 0600 with its directory when missing).
+    Sqlite(PathBuf),
+}
+
+impl Location {
+    /// For messages: the path, or a URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+        }
+    }
+
+    /// Whether the store exists already (opening it would not create it).
+    pub fn exists(&self) -> bool {
+        match self {
+            Location::Sqlite(p) => p.exists(),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Now, as job and batch records carry it: RFC 3339 UTC with milliseconds (sorts as text).
+pub fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
 /// What the bank asked for on one customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -3,8 +3,8 @@
 //! ([`super::rows::Line`]); here they are read back and purged after
 //! `sync.history_retention_days`, apart from the outbox's own purge.
 
+use super::db::{SqliteBackend, Tx};
 use super::rows::{Fault, bad_value, parse_op, parse_ts, ts};
-use super::{SqliteBackend, Tx};
 use crate::store::backend::History;
 use crate::store::error::StoreError;
 use crate::store::types::{HistoryKind, HistoryRecord};
@@ -18,14 +18,22 @@ impl History for SqliteBackend {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
+        // A customer's lines through `history_customer`, every customer's by time through
+        // `history_at`: the table holds years of attempts.
+        let by = if customer.is_some() {
+            "customer_id = ?1"
+        } else {
+            "?1 IS NULL"
+        };
+        let sql = format!(
+            "SELECT at, register, customer_id, seq, event_id, op, correlation_id, kind, outcome, status, code,
+                    detail, actor
+             FROM history
+             WHERE {by} AND at >= COALESCE(?2, '') AND at < COALESCE(?3, 'z')
+             ORDER BY at, id"
+        );
         self.tx(Tx::Read, |tx| {
-            let mut stmt = tx.prepare(
-                "SELECT at, register, customer_id, seq, event_id, op, correlation_id, kind, outcome, status, code,
-                        detail, actor
-                 FROM history
-                 WHERE (?1 IS NULL OR customer_id = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
-                 ORDER BY at, id",
-            )?;
+            let mut stmt = tx.prepare(&sql)?;
             let rows = stmt.query_map(rusqlite::params![customer, from.map(ts), to.map(ts)], |r| {
                 let kind: String = r.get(7)?;
                 let cid: Option<String> = r.get(6)?;

@@ -21,8 +21,9 @@
 //! do not name all three (planned before kfr recorded them) has none, and then holds removes of
 //! every register — the safe reading of not knowing.
 
+use super::db::{SqliteBackend, Tx};
+use super::migrations::register_of_settings;
 use super::rows::{EVENT_COLUMNS, Fault, Line, bad_value, event_row, finish_head, ts};
-use super::{SqliteBackend, Tx};
 use crate::store::backend::Jobs;
 use crate::store::error::StoreError;
 use crate::store::time_text;
@@ -45,56 +46,6 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         confirmed_at: r.get(7)?,
         register: r.get(8)?,
     })
-}
-
-/// The register named by a job's settings JSON (`environment`, `kfr_base_url`, `org_number`), if
-/// it names all three.
-pub(crate) fn register_of_settings(settings: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(settings).ok()?;
-    let field = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .filter(|x| !x.is_empty())
-            .map(str::to_string)
-    };
-    Some(
-        crate::store::Register {
-            environment: field("environment")?,
-            base_url: field("kfr_base_url")?,
-            org_number: field("org_number")?,
-        }
-        .key(),
-    )
-}
-
-/// Migration 4's part SQL cannot do: the register of every job planned before it, from its
-/// settings; then held operations moved into the outbox without a register take the running
-/// job's (they were held by it). What stays unknown stays NULL / ''.
-pub(crate) fn fill_registers(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    let jobs: Vec<(i64, String)> = {
-        let mut stmt = tx.prepare("SELECT id, settings FROM load_jobs WHERE register IS NULL")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?
-    };
-    for (id, settings) in jobs {
-        if let Some(register) = register_of_settings(&settings) {
-            tx.execute(
-                "UPDATE load_jobs SET register = ?1 WHERE id = ?2",
-                params![register, id],
-            )?;
-        }
-    }
-    let running: Option<Option<String>> = tx
-        .query_row(
-            "SELECT register FROM load_jobs WHERE status = 'running' ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(Some(register)) = running {
-        tx.execute("UPDATE outbox SET register = ?1 WHERE register = ''", [register])?;
-    }
-    Ok(())
 }
 
 fn parse_job_status(s: &str) -> rusqlite::Result<JobStatus> {

@@ -3,7 +3,7 @@
 //! A delivery lease is two things: an OS lock on `<store>.lease-<register hash>` (held while the
 //! process lives, released by the kernel when it dies, so a standby takes over after `kill -9`)
 //! and a row in `leases` whose `epoch` grows on every takeover. The backend remembers the lease
-//! it holds and checks that epoch inside every deliverer's write transaction ([`check_epoch`]),
+//! it holds and checks that epoch inside every deliverer's write transaction (`db::check_epoch`),
 //! so a holder whose lock was lost (its lock file deleted and another process took a new one)
 //! writes nothing more: [`StoreError::Fenced`]. A free lock means the last holder is dead, so a
 //! standby takes over at once; a lock still held moves only once its holder stopped renewing
@@ -12,39 +12,15 @@
 //! The load writer is the lock file `<store>.lock` alone: two loads on one store would upload
 //! every batch twice (issue 9).
 
+use super::db::{Held, SqliteBackend, Tx, check_epoch};
 use super::lock::{FileLock, lock_path};
-use super::rows::{Fault, parse_ts, ts};
-use super::{SqliteBackend, Tx};
+use super::rows::{parse_ts, ts};
 use crate::store::backend::Leases;
 use crate::store::error::StoreError;
 use crate::store::types::{Lease, LeaseHolder};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension as _, Transaction, params};
+use rusqlite::{OptionalExtension as _, params};
 use sha2::Digest as _;
-
-/// The lease this backend holds, and the lock under it.
-pub(crate) struct Held {
-    pub lease: Lease,
-    /// `None` when the lease was taken over from a holder that stopped renewing it but still
-    /// holds the lock (see `take_lease`).
-    _lock: Option<FileLock>,
-}
-
-/// Fails with [`StoreError::Fenced`] unless `register`'s lease is still at epoch `held`.
-pub(crate) fn check_epoch(tx: &Transaction<'_>, register: &str, held: i64) -> Result<(), Fault> {
-    let current: Option<i64> = tx
-        .prepare_cached("SELECT epoch FROM leases WHERE register = ?1")?
-        .query_row([register], |r| r.get(0))
-        .optional()?;
-    if current == Some(held) {
-        return Ok(());
-    }
-    Err(Fault::Store(StoreError::Fenced {
-        register: register.to_string(),
-        held,
-        current: current.unwrap_or(0),
-    }))
-}
 
 /// The lock file suffix of `register`'s lease: a hash, since a register key holds a URL.
 fn lease_suffix(register: &str) -> String {

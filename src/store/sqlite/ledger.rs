@@ -8,8 +8,8 @@
 //! the same transaction as each outcome (docs/specs/outbox.md); a batch changes it here, in the
 //! transaction of its rows.
 
+use super::db::{SqliteBackend, Tx};
 use super::rows::{bad_value, parse_ts, parse_uuid, set_ledger};
-use super::{SqliteBackend, Tx};
 use crate::store::backend::Ledger;
 use crate::store::error::StoreError;
 use crate::store::types::{LedgerEntry, LedgerState};

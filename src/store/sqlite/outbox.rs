@@ -16,8 +16,8 @@
 //! The deliverer's writes are fenced by its lease epoch ([`Tx::Fenced`]). Every outcome writes
 //! its history line in the same transaction.
 
+use super::db::{SqliteBackend, Tx};
 use super::rows::*;
-use super::{SqliteBackend, Tx};
 use crate::store::backend::Outbox;
 use crate::store::error::StoreError;
 use crate::store::types::*;
@@ -551,14 +551,28 @@ impl Outbox for SqliteBackend {
     }
 
     fn events_of(&mut self, register: Option<&str>, customer: Option<&str>) -> Result<Vec<OutboxEvent>, StoreError> {
+        // Only the predicates asked for, so a customer's events of a register are read through
+        // the index `outbox_customer` rather than the table.
+        let mut filters = vec![];
+        let mut args: Vec<&str> = vec![];
+        if let Some(r) = register {
+            filters.push(format!("register = ?{}", args.len() + 1));
+            args.push(r);
+        }
+        if let Some(c) = customer {
+            filters.push(format!("customer_id = ?{}", args.len() + 1));
+            args.push(c);
+        }
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", filters.join(" AND "))
+        };
         self.tx(Tx::Read, |tx| {
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM outbox WHERE (?1 IS NULL OR register = ?1) AND (?2 IS NULL OR customer_id = ?2)
-                 ORDER BY seq"
-            );
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM outbox {filter} ORDER BY seq");
             Ok(tx
                 .prepare(&sql)?
-                .query_map(params![register, customer], event_row)?
+                .query_map(rusqlite::params_from_iter(args.iter()), event_row)?
                 .collect::<Result<_, _>>()?)
         })
     }
@@ -1009,12 +1023,18 @@ mod tests {
             "SELECT seq FROM outbox WHERE event_id = 'e'",
             "DELETE FROM outbox WHERE finished_at < 'x' AND state IN ('delivered', 'dropped')",
             "SELECT seq FROM outbox WHERE source IN ('kfr remove', 'kfr add') AND finished_at IS NULL ORDER BY seq",
+            // A customer's events (`kfr history`) and history lines.
+            "SELECT seq FROM outbox WHERE register = 'r' AND customer_id = 'c' ORDER BY seq",
+            "SELECT outcome FROM history WHERE customer_id = 'c' AND at >= COALESCE(NULL, '') AND at < COALESCE(NULL, 'z') ORDER BY at, id",
+            // Claims that ran out (`recover`) are heads in flight: the index of heads.
+            "UPDATE outbox SET state = 'pending' WHERE head = 1 AND register = 'r' AND state = 'in_flight'
+               AND (claimed_until IS NULL OR claimed_until <= 'x') AND (claim_epoch IS NULL OR claim_epoch < 2)",
         ] {
             let p = plan(&mut s, sql);
             // Only the partial index of held operations (a handful of rows) may be read whole.
-            let scans = p
-                .lines()
-                .filter(|l| l.starts_with("SCAN outbox") && !l.ends_with("INDEX outbox_held"));
+            let scans = p.lines().filter(|l| {
+                (l.starts_with("SCAN outbox") && !l.ends_with("INDEX outbox_held")) || l.starts_with("SCAN history")
+            });
             assert_eq!(scans.count(), 0, "{sql}\n{p}");
             assert!(!p.contains("TEMP B-TREE"), "sorts in memory: {sql}\n{p}");
         }
