@@ -11,6 +11,7 @@ mod doctor;
 mod fidelity;
 mod ids;
 mod input;
+mod installation;
 mod kfr_cli;
 mod load;
 mod loadday;

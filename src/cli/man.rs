@@ -85,6 +85,11 @@ pub(crate) fn page() -> anyhow::Result<Vec<u8>> {
     item(&mut extra, v::KFR_CONFIG, "configuration file, as --config");
     item(
         &mut extra,
+        v::KFR_SYSTEM_CONFIG,
+        "where the installation's configuration is (default /etc/kfr/kfr.toml; empty: none); for tests and packagers",
+    );
+    item(
+        &mut extra,
         v::KFR_CERTIFICATE_PASSWORD,
         "password of the PKCS#12 file or the encrypted PKCS#8 key (never a flag)",
     );
@@ -104,8 +109,13 @@ pub(crate) fn page() -> anyhow::Result<Vec<u8>> {
     extra.control("SH", ["FILES"]);
     item(
         &mut extra,
+        "/etc/kfr/kfr.toml",
+        "the installation's configuration, read by every command when no --config and no KFR_CONFIG is given",
+    );
+    item(
+        &mut extra,
         "./kfr.toml",
-        "configuration, when present and no other is named",
+        "configuration, when present and neither of the above applies",
     );
     item(
         &mut extra,

@@ -35,7 +35,8 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KFR_GIT
 #[derive(Debug, Parser)]
 #[command(name = "kfr", version = VERSION, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None)]
 pub struct Cli {
-    /// Configuration file (default: ./kfr.toml when present; also KFR_CONFIG).
+    /// Configuration file. Without it: KFR_CONFIG, else the installation's /etc/kfr/kfr.toml when
+    /// present, else ./kfr.toml when present (docs/configuration.md).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -498,13 +499,34 @@ pub fn main() -> std::process::ExitCode {
     crate::telemetry::init(verbosity, cli.log_format);
     match run(cli) {
         Ok(()) => Exit::Success.into(),
+        // The reader of stdout went away (`kfr token | head -1`): it has what it wanted, and
+        // there is nobody to tell. Every command's data goes through the printer, which turns
+        // the broken pipe into this error; it is recognised here, once, and is not a failure.
+        Err(err) if stdout_closed(&err) => Exit::Success.into(),
         Err(err) => {
             if err.downcast_ref::<error::Reported>().is_none() {
-                eprint!("{}", report::render(&err));
+                if crate::telemetry::json() {
+                    // A log shipper reading JSON lines gets the error as one more JSON line.
+                    tracing::error!(
+                        error = %err,
+                        causes = ?err.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>(),
+                        hint = report::find_hint(&err).unwrap_or_default(),
+                        exit_code = report::exit_code(&err) as u8,
+                        "kfr stopped with an error"
+                    );
+                } else {
+                    eprint!("{}", report::render(&err));
+                }
             }
             report::exit_code(&err).into()
         }
     }
+}
+
+/// Whether an error is stdout being closed under the command ([`printer::StdoutClosed`]). Only
+/// the printer's: a broken pipe elsewhere (a connection to KFR) is a real failure.
+fn stdout_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<printer::StdoutClosed>().is_some())
 }
 
 /// Loads (or creates) the installation's pseudonym key and installs it, so person identifiers in
@@ -528,32 +550,46 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let load = || config::Settings::load(cli.config.as_deref(), &cli.overrides);
+    let load = || {
+        let settings = config::Settings::load(cli.config.as_deref(), &cli.overrides)?;
+        if let (Some(local), Some(used)) = (&settings.shadowed_local_config, &settings.config_file) {
+            tracing::warn!(
+                "{} is not read: this host's installation configuration {} is; give --config {} to use the other",
+                local.display(),
+                used.display(),
+                local.display()
+            );
+        }
+        Ok::<_, config::ConfigError>(settings)
+    };
     // Every command's output goes through one printer, which honours -q, -v and NO_COLOR.
     let printer = || printer::Printer::new(cli.quiet, cli.verbose);
     match &cli.command {
-        Command::Token(args) => runtime()?.block_on(token::run(load()?, args)),
-        Command::Doctor(args) => runtime()?.block_on(doctor::run(load()?, args.json)),
+        Command::Token(args) => runtime()?.block_on(token::run(load()?, args, printer())),
+        Command::Doctor(args) => runtime()?.block_on(doctor::run(load()?, args.json, printer())),
         Command::Certs(CertsCommand::Local(args)) => {
             let org_number = cli.overrides.org_number.clone().ok_or_else(|| {
                 error::UsageError::new(
                     "`certs local` needs --org-number ORGNR: the organisation number put in the certificate",
                 )
             })?;
-            certs::run(&CertsLocalArgs {
-                org_number,
-                ..args.clone()
-            })
+            certs::run(
+                &CertsLocalArgs {
+                    org_number,
+                    ..args.clone()
+                },
+                &printer(),
+            )
         }
         Command::Mock(args) => runtime()?.block_on(mock::run(args, cli.overrides.env.as_deref())),
-        Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
+        Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json, &printer()),
         Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
         Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args, printer())),
         Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args, printer())),
         Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args, printer())),
         Command::Validate(args) => validate::run(&load()?, args),
-        Command::Pseudonym(args) => pseudonym::run(&load()?, args),
-        Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args)),
+        Command::Pseudonym(args) => pseudonym::run(&load()?, args, &printer()),
+        Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args, printer())),
         // Neither reads the configuration: a broken kfr.toml must not stop shell set-up.
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),

@@ -144,7 +144,11 @@ fn dispatcher_outcome(
     }
 }
 
-pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::Printer) -> anyhow::Result<()> {
+    let p = Status {
+        printer,
+        json: crate::telemetry::json(),
+    };
     super::install_pseudonyms(&settings)?;
     let sync = &settings.sync;
     let state = settings.require_state(args.state.as_deref())?;
@@ -358,14 +362,36 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     }
 }
 
-/// Waits for SIGTERM or SIGINT; returns its name.
+/// The agent's own status lines on stderr ("taking events on …", "stopped; delivered …"): plain
+/// lines through the printer, or, with JSON logs, info events like every other line, so that a
+/// log shipper reading one JSON object a line never meets plain text.
+struct Status {
+    printer: super::printer::Printer,
+    json: bool,
+}
+
+impl Status {
+    fn message(&self, text: impl std::fmt::Display) {
+        if self.json {
+            tracing::info!("{text}");
+        } else {
+            self.printer.message(text);
+        }
+    }
+}
+
+/// Waits for SIGTERM, SIGINT or SIGHUP; returns its name. SIGHUP drains like SIGTERM: its default
+/// action would kill the agent mid-call (a closed terminal, `kill -HUP` expecting a reload), and
+/// a drained stop loses nothing while the supervisor starts it again.
 async fn wait_for_signal() -> anyhow::Result<&'static str> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
         tokio::select! {
             _ = term.recv() => Ok("SIGTERM"),
+            _ = hup.recv() => Ok("SIGHUP"),
             r = tokio::signal::ctrl_c() => { r.context("cannot listen for SIGINT")?; Ok("SIGINT") }
         }
     }
