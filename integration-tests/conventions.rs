@@ -356,7 +356,11 @@ fn the_systemd_unit_runs_the_agent_hardened_on_the_installation_configuration() 
         assert!(known_var(&var), "Environment={var}: kfr does not read it");
     }
     assert!(env.is_empty(), "the unit sets {env:?}");
-    assert_eq!(values("LoadCredential").count(), 0, "secrets are files named in kfr.toml");
+    assert_eq!(
+        values("LoadCredential").count(),
+        0,
+        "secrets are files named in kfr.toml"
+    );
 
     for (key, want) in [
         ("User", "kfr"),

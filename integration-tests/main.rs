@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module exercises `kfr` end to end, as a library or as
 //! the built binary, against the bundled mock on a loopback port chosen by the OS.
 
+mod agent_output;
 mod barrier;
 mod certs;
 mod checklist;

@@ -16,6 +16,7 @@ mod completions;
 mod config_show;
 mod demo;
 mod doctor;
+mod examples;
 mod load;
 mod man;
 mod mock;
@@ -33,7 +34,7 @@ mod validate;
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KFR_GIT_COMMIT"), ")");
 
 #[derive(Debug, Parser)]
-#[command(name = "kfr", version = VERSION, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None)]
+#[command(name = "kfr", version = VERSION, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None, after_help = examples::KFR)]
 pub struct Cli {
     /// Configuration file. Without it: KFR_CONFIG, else the installation's /etc/kfr/kfr.toml when
     /// present, else ./kfr.toml when present (docs/configuration.md).
@@ -62,8 +63,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Get a Maskinporten access token and show its expiry, scope and consumer organisation.
+    #[command(after_help = examples::TOKEN)]
     Token(TokenArgs),
     /// Check certificate, configuration, connectivity and clock, one line per check.
+    #[command(after_help = examples::DOCTOR)]
     Doctor(DoctorArgs),
     /// Generate certificates for local testing against `kfr mock`.
     #[command(subcommand)]
@@ -74,10 +77,13 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Initial load: plan, upload and confirm every active relationship in an export (onboarding D-3).
+    #[command(after_help = examples::LOAD)]
     Load(LoadArgs),
     /// Register a customer relationship in KFR.
+    #[command(after_help = examples::ADD)]
     Add(RelationshipArgs),
     /// End a customer relationship in KFR (held while an initial load is being ingested).
+    #[command(after_help = examples::REMOVE)]
     Remove(RelationshipArgs),
     /// Own lookup: is the customer registered with this institution (for a period)?
     Lookup(LookupArgs),
@@ -86,12 +92,14 @@ pub enum Command {
     /// Print the log pseudonym of a customer identifier, to find it in logs.
     Pseudonym(PseudonymArgs),
     /// Run Bits' integration-test cases against KFR and write the report to mail Bits (onboarding C-2, C-3).
+    #[command(after_help = examples::CHECKLIST)]
     Checklist(ChecklistArgs),
     /// Print a shell completion script on stdout (bash, zsh, fish, elvish or powershell).
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on stdout, or write one page per command with --dir.
     Man(ManArgs),
     /// Run the sync agent: take events from the core system and deliver them to KFR, in order per customer.
+    #[command(after_help = examples::SYNC)]
     Sync(SyncArgs),
     /// Put one add or remove in the outbox for the sync agent to deliver.
     Enqueue(EnqueueArgs),
@@ -200,12 +208,14 @@ pub struct StoreArgs {
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
     /// Counts by state, parked customers, the oldest unfinished event, the load barrier.
+    #[command(after_help = examples::OUTBOX_STATUS)]
     Status(StoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// The dead letters, oldest first, with KFR's answer (identifiers masked).
+    #[command(after_help = examples::DLQ_LIST)]
     List(StoreArgs),
     /// Put dead letters back at the head of their customers' queues.
     Retry {
@@ -261,6 +271,7 @@ pub struct DoctorArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// A throwaway test CA, a business-certificate-shaped client certificate and a ready kfr.toml.
+    #[command(after_help = examples::CERTS_LOCAL)]
     Local(CertsLocalArgs),
 }
 
@@ -284,6 +295,7 @@ pub struct CertsLocalArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the effective settings, secrets redacted, with where each value came from.
+    #[command(after_help = examples::CONFIG_SHOW)]
     Show {
         /// Machine-readable output (JSON on stdout).
         #[arg(long)]
