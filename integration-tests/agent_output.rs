@@ -154,7 +154,12 @@ fn a_closed_stdout_is_a_clean_exit() {
         "env = \"test\"\norg_number = \"916960190\"\nstate = \"s.db\"\n",
     )
     .unwrap();
-    for args in [&["config", "show"][..], &["config", "show", "--json"][..]] {
+    for args in [
+        &["config", "show"][..],
+        &["config", "show", "--json"][..],
+        &["completions", "bash"][..],
+        &["man"][..],
+    ] {
         let mut child = kfr_process(dir.path(), &dir.path().join("home"))
             .args(["--config", "kfr.toml"])
             .args(args)

@@ -7,17 +7,13 @@
 use super::{Cli, ManArgs};
 use anyhow::Context as _;
 use clap::CommandFactory;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-pub(super) fn run(args: &ManArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: &ManArgs, p: &super::printer::Printer) -> anyhow::Result<()> {
     match &args.dir {
         None => {
             let page = page()?;
-            std::io::stdout()
-                .lock()
-                .write_all(&page)
-                .context("cannot write the manual page to standard output")
+            p.raw(&page).context("cannot write the manual page to standard output")
         }
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -28,9 +24,8 @@ pub(super) fn run(args: &ManArgs) -> anyhow::Result<()> {
             write_pages(&cmd, dir, &mut written)
                 .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
             // The pages written, one path a line, for a packaging script to pick up.
-            let mut out = std::io::stdout().lock();
             for path in written {
-                writeln!(out, "{}", path.display())?;
+                p.data(path.display())?;
             }
             Ok(())
         }

@@ -603,8 +603,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pseudonym(args) => pseudonym::run(&load()?, args, &printer()),
         Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args, printer())),
         // Neither reads the configuration: a broken kfr.toml must not stop shell set-up.
-        Command::Completions(args) => completions::run(args),
-        Command::Man(args) => man::run(args),
+        Command::Completions(args) => completions::run(args, &printer()),
+        Command::Man(args) => man::run(args, &printer()),
         Command::Sync(args) => runtime()?.block_on(sync::run(load()?, args, printer())),
         Command::Enqueue(a) => outbox::enqueue(&load()?, a, &printer()),
         Command::Outbox(OutboxCommand::Status(a)) => {
