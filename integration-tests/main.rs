@@ -18,6 +18,7 @@ mod load;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
+mod packaging;
 mod relationship_order;
 mod sync_cli;
 mod sync_reliability;
