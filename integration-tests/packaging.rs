@@ -120,6 +120,33 @@ fn package_sh_builds_a_deb_an_archive_sums_and_an_sbom_that_check_out() {
         assert!(files.lines().any(|l| l == format!("{dir}/{name}")), "{name}:\n{files}");
     }
 
+    // operations.md's "Container image" block names this archive and the image the manifest
+    // runs, and the Containerfile copies only what the archive holds. (Building the image needs
+    // a registry and the network: not here.)
+    let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let block = ops
+        .split("## Container image")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("a command block under Container image");
+    assert!(block.contains(&format!("tar -xzf {archive}\n")), "{block}");
+    assert!(block.contains(&format!("-f {dir}/Containerfile {dir}\n")), "{block}");
+    let manifest = std::fs::read_to_string(root.join("deploy/kubernetes/statefulset.yaml")).unwrap();
+    let image = block
+        .split("docker build -t ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    assert!(
+        manifest.contains(&format!("image: {image}")),
+        "the manifest runs {image}"
+    );
+    let containerfile = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+    for copied in containerfile.lines().filter_map(|l| l.strip_prefix("COPY ")) {
+        let source = copied.split_whitespace().next().unwrap();
+        assert!(files.lines().any(|l| l == format!("{dir}/{source}")), "COPY {source}");
+    }
+
     // The SBOM: CycloneDX, the crates the binary links with the versions and checksums of
     // Cargo.lock, and no test-only crate.
     let bom: serde_json::Value =
