@@ -1522,6 +1522,72 @@ mod tests {
         assert_eq!(s.origins["state"].1, Source::Env("KFR_STATE".into()));
     }
 
+    /// `--config` > `KFR_CONFIG` > the installation's file (when it exists) > none here (the
+    /// working directory's `./kfr.toml` is tested end to end: it depends on the process's cwd).
+    #[test]
+    fn the_configuration_file_is_found_in_precedence_order() {
+        let d = tempfile::tempdir().unwrap();
+        let system = write(d.path(), "env = \"test\"\n");
+        let mut env = BTreeMap::new();
+        env.insert(env_vars::KFR_SYSTEM_CONFIG.to_string(), system.display().to_string());
+        assert_eq!(
+            find_config_file(None, &env),
+            Some((system.clone(), ConfigOrigin::System))
+        );
+        env.insert(env_vars::KFR_CONFIG.to_string(), "/k.toml".to_string());
+        assert_eq!(
+            find_config_file(None, &env),
+            Some((PathBuf::from("/k.toml"), ConfigOrigin::Env))
+        );
+        assert_eq!(
+            find_config_file(Some(Path::new("f.toml")), &env),
+            Some((PathBuf::from("f.toml"), ConfigOrigin::Flag))
+        );
+        // An empty KFR_CONFIG is unset; a missing system file is no system file; an empty
+        // KFR_SYSTEM_CONFIG means there is none.
+        env.insert(env_vars::KFR_CONFIG.to_string(), String::new());
+        assert_eq!(find_config_file(None, &env).map(|f| f.1), Some(ConfigOrigin::System));
+        env.insert(
+            env_vars::KFR_SYSTEM_CONFIG.to_string(),
+            d.path().join("absent.toml").display().to_string(),
+        );
+        assert_ne!(find_config_file(None, &env).map(|f| f.1), Some(ConfigOrigin::System));
+        env.insert(env_vars::KFR_SYSTEM_CONFIG.to_string(), String::new());
+        assert_eq!(system_config_path(&env), None);
+        assert_eq!(system_config_path(&BTreeMap::new()), Some(PathBuf::from(SYSTEM_CONFIG)));
+
+        // Settings::load_from reads the system file and says so.
+        let system = write(d.path(), "state = \"/var/lib/kfr/kfr-state.db\"\n");
+        let env = BTreeMap::from([(env_vars::KFR_SYSTEM_CONFIG.to_string(), system.display().to_string())]);
+        let s = Settings::load_from(None, &env, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.config_file, Some(system));
+        assert_eq!(s.config_origin, Some(ConfigOrigin::System));
+        assert_eq!(
+            s.require_state(None).unwrap(),
+            PathBuf::from("/var/lib/kfr/kfr-state.db")
+        );
+    }
+
+    /// A store key in the environment replaces the file's, whatever the spellings (the old unit's
+    /// `KFR_STORE_URL` with the example's `state` exited 2); `config show` shows only the one in
+    /// effect; a flag-level `--state` is handled by the commands.
+    #[test]
+    fn a_store_key_from_the_environment_replaces_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "state = \"/file.db\"\n");
+        let env = BTreeMap::from([("KFR_STORE_URL".to_string(), "sqlite:///env.db".to_string())]);
+        let s = Settings::load_from(Some(&p), &env, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.state, Ok(PathBuf::from("/env.db")));
+        assert!(!s.origins.contains_key("state"), "{:?}", s.origins);
+        assert_eq!(s.origins["store.url"].1, Source::Env("KFR_STORE_URL".into()));
+        let env = BTreeMap::from([
+            ("KFR_STORE_URL".to_string(), "/a.db".to_string()),
+            ("KFR_STATE".to_string(), "/b.db".to_string()),
+        ]);
+        let err = Settings::load_from(Some(&p), &env, &FlagOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("keep only `state`"), "{err}");
+    }
+
     #[test]
     fn state_and_its_aliases_are_one_key() {
         let s = load("state = \"st/kfr.db\"\n").unwrap();
