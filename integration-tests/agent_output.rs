@@ -26,9 +26,14 @@ fn start_agent(env: &Env, global: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-/// Sends `signal` once the agent said it delivers (its signal handler is installed right after),
-/// then waits for the exit: its code and everything it wrote on stderr.
-fn signal_and_collect(mut child: std::process::Child, signal: i32) -> (Option<i32>, String) {
+/// Sends `signal` once the agent said it delivers (its signal handler is installed right after)
+/// and `work` (given the lines so far) is done, then waits for the exit: its code and everything
+/// it wrote on stderr.
+fn signal_and_collect(
+    mut child: std::process::Child,
+    signal: i32,
+    work: impl FnOnce(&[String]),
+) -> (Option<i32>, String) {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -41,16 +46,18 @@ fn signal_and_collect(mut child: std::process::Child, signal: i32) -> (Option<i3
         all
     });
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = vec![];
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) if line.contains("kfr sync: delivering to ") => break,
-            Ok(_) => {}
+            Ok(line) => seen.push(line),
             Err(_) => {
                 let _ = child.kill();
                 panic!("the agent did not start: {}", reader.join().unwrap());
             }
         }
     }
+    work(&seen);
     // The handler is installed just after that line: ask until the process reacts, so a signal
     // that came a moment early is repeated rather than the test hanging.
     let code = loop {
@@ -72,14 +79,48 @@ fn signal_and_collect(mut child: std::process::Child, signal: i32) -> (Option<i3
 }
 
 /// `--log-format json`: every line the agent writes on stderr parses as a JSON object, from its
-/// start to the end of the drain, including its own status lines.
+/// start through a delivery to the end of the drain, including its own status lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_json_logs_every_agent_line_is_json() {
-    let env = setup().await;
+    let env = std::sync::Arc::new(setup().await);
     let child = start_agent(&env, &["--log-format", "json"]);
-    let (code, log) = tokio::task::spawn_blocking(move || signal_and_collect(child, libc::SIGTERM))
-        .await
-        .unwrap();
+    let customer = crate::load::ids(150, 1).remove(0);
+    let (e, c) = (env.clone(), customer.clone());
+    let rt = tokio::runtime::Handle::current();
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        signal_and_collect(child, libc::SIGTERM, |lines| {
+            // One add through the intake, delivered before the signal.
+            let url = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    v["fields"]["message"]
+                        .as_str()
+                        .and_then(|m| m.strip_prefix("kfr sync: taking events on "))
+                        .map(str::to_string)
+                })
+                .expect("the intake's address in the log");
+            let body = format!("{{\"op\":\"add\",\"customer_id\":\"{c}\",\"event_id\":\"e-1\"}}\n");
+            let status = rt.block_on(async {
+                reqwest::Client::new()
+                    .post(&url)
+                    .bearer_auth("a-long-random-test-key-0123456789")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            });
+            assert_eq!(status, 202);
+            let t = Instant::now();
+            while !e.active().contains_key(&c) {
+                assert!(t.elapsed() < Duration::from_secs(30), "the add was not delivered");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    })
+    .await
+    .unwrap();
     assert_eq!(code, Some(0), "{log}");
     let lines: Vec<&str> = log.lines().collect();
     for line in &lines {
@@ -107,7 +148,7 @@ async fn with_json_logs_every_agent_line_is_json() {
 async fn sighup_drains_the_agent_like_sigterm() {
     let env = setup().await;
     let child = start_agent(&env, &[]);
-    let (code, log) = tokio::task::spawn_blocking(move || signal_and_collect(child, libc::SIGHUP))
+    let (code, log) = tokio::task::spawn_blocking(move || signal_and_collect(child, libc::SIGHUP, |_| ()))
         .await
         .unwrap();
     assert_eq!(code, Some(0), "{log}");

@@ -145,6 +145,7 @@ fn dispatcher_outcome(
 }
 
 pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::Printer) -> anyhow::Result<()> {
+    let signals = StopSignals::install()?;
     let p = Status {
         printer,
         json: crate::telemetry::json(),
@@ -292,7 +293,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     let mut failure: Option<PartFailed> = None;
     // Whether the wait above saw the dispatcher end (its handle must not be awaited again).
     let mut dispatcher_ended = false;
-    match first_ending(wait_for_signal(), &mut parts, &mut delivering).await {
+    match first_ending(signals.wait(), &mut parts, &mut delivering).await {
         Ending::Signal(signal) => {
             tracing::info!(signal, "shutting down: intake closed, draining in-flight calls");
             p.message(format!(
@@ -380,23 +381,50 @@ impl Status {
     }
 }
 
-/// Waits for SIGTERM, SIGINT or SIGHUP; returns its name. SIGHUP drains like SIGTERM: its default
-/// action would kill the agent mid-call (a closed terminal, `kill -HUP` expecting a reload), and
-/// a drained stop loses nothing while the supervisor starts it again.
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
+/// The signals that stop the agent: SIGTERM, SIGINT and SIGHUP. SIGHUP drains like SIGTERM: its
+/// default action would kill the agent mid-call (a closed terminal, `kill -HUP` expecting a
+/// reload), and a drained stop loses nothing while the supervisor starts it again.
+///
+/// Installed when created, at the very start of the agent, so that a signal sent as soon as the
+/// agent has announced itself (or while it starts) is a drained stop, never the default action.
+#[cfg(unix)]
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for the first of them; returns its name.
+    async fn wait(mut self) -> anyhow::Result<&'static str> {
         tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = hup.recv() => Ok("SIGHUP"),
-            r = tokio::signal::ctrl_c() => { r.context("cannot listen for SIGINT")?; Ok("SIGINT") }
+            _ = self.term.recv() => Ok("SIGTERM"),
+            _ = self.int.recv() => Ok("SIGINT"),
+            _ = self.hup.recv() => Ok("SIGHUP"),
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+#[cfg(not(unix))]
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals)
+    }
+
+    async fn wait(self) -> anyhow::Result<&'static str> {
         tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
     }
