@@ -239,9 +239,21 @@ async fn a_remove_posted_to_the_agent_during_a_shell_load_is_held_by_its_barrier
         assert!(t.elapsed() < Duration::from_secs(30), "the held remove was never sent");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(env.ended(), vec![leaver]);
+    assert_eq!(env.ended(), vec![leaver.clone()]);
+
+    // The pseudonym an operator looks up from the shell is the one in the agent's log: one key.
+    let (pseudonym, _) = assert_ok(&inst.shell(elsewhere.path(), &["pseudonym", &leaver], &[]));
+    let pseudonym = pseudonym.trim().to_string();
+    assert!(pseudonym.starts_with("p-"), "{pseudonym}");
+    let log = agent.log.clone();
     let code = tokio::task::spawn_blocking(move || agent.stop()).await.unwrap();
     assert_eq!(code, Some(0));
+    let log = log.lock().unwrap().join("\n");
+    assert!(
+        log.contains(&format!("\"customer\":\"{pseudonym}\"")),
+        "the agent logged the customer as {pseudonym}: {log}"
+    );
+    assert!(!log.contains(&leaver), "no identifier in full in the log");
 }
 
 /// The unit sets nothing a shell would not see: no store, no state home, no configuration key
