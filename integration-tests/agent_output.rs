@@ -234,6 +234,13 @@ fn help_shows_examples_for_the_main_commands() {
         &["checklist"][..],
         &["certs", "local"][..],
         &["config", "show"][..],
+        &["mock"][..],
+        &["lookup"][..],
+        &["validate"][..],
+        &["pseudonym"][..],
+        &["enqueue"][..],
+        &["reconcile"][..],
+        &["demo"][..],
     ] {
         let out = kfr(dir.path()).args(cmd).arg("--help").output().unwrap();
         let (stdout, _) = assert_ok(&out);

@@ -67,3 +67,37 @@ pub const CONFIG_SHOW: &str = "\
 Examples:
   kfr config show                             every value and where it came from
   kfr config show --json                      the same as JSON";
+
+pub const MOCK: &str = "\
+Examples:
+  kfr mock --trust local/ca.pem                          fake Maskinporten and KFR on 127.0.0.1:8080
+  kfr mock --trust local/ca.pem --listen 127.0.0.1:18080 --ingest-rate 1000";
+
+pub const LOOKUP: &str = "\
+Examples:
+  kfr lookup 02887510019                      is the customer registered today?
+  kfr lookup 02887510019 --from 2024-01-01 --to 2024-12-31";
+
+pub const VALIDATE: &str = "\
+Examples:
+  kfr validate 02887510019 916960190          check identifiers offline
+  kfr validate --file customers.csv           every line of an export, as the load reads it";
+
+pub const PSEUDONYM: &str = "\
+Examples:
+  kfr pseudonym 02887510019                   the name the customer has in this host's logs";
+
+pub const ENQUEUE: &str = "\
+Examples:
+  kfr enqueue add 02887510019                 queue an add for the sync agent
+  kfr enqueue remove 02887510019 --event-id core-4712";
+
+pub const RECONCILE: &str = "\
+Examples:
+  kfr reconcile customers.csv --dry-run       what differs from the ledger, as counts
+  kfr reconcile customers.csv                 queue the adds and removes that differ";
+
+pub const DEMO: &str = "\
+Examples:
+  kfr demo                                    the whole product in about a minute
+  kfr demo --keep demo-dir                    keep the store, reports and logs to look at";

@@ -72,6 +72,7 @@ pub enum Command {
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Run the bundled fake Maskinporten and fake KFR on loopback.
+    #[command(after_help = examples::MOCK)]
     Mock(MockArgs),
     /// Inspect the effective configuration.
     #[command(subcommand)]
@@ -86,10 +87,13 @@ pub enum Command {
     #[command(after_help = examples::REMOVE)]
     Remove(RelationshipArgs),
     /// Own lookup: is the customer registered with this institution (for a period)?
+    #[command(after_help = examples::LOOKUP)]
     Lookup(LookupArgs),
     /// Validate customer identifiers offline (no request is sent).
+    #[command(after_help = examples::VALIDATE)]
     Validate(ValidateArgs),
     /// Print the log pseudonym of a customer identifier, to find it in logs.
+    #[command(after_help = examples::PSEUDONYM)]
     Pseudonym(PseudonymArgs),
     /// Run Bits' integration-test cases against KFR and write the report to mail Bits (onboarding C-2, C-3).
     #[command(after_help = examples::CHECKLIST)]
@@ -102,6 +106,7 @@ pub enum Command {
     #[command(after_help = examples::SYNC)]
     Sync(SyncArgs),
     /// Put one add or remove in the outbox for the sync agent to deliver.
+    #[command(after_help = examples::ENQUEUE)]
     Enqueue(EnqueueArgs),
     /// Inspect the sync agent's outbox.
     #[command(subcommand)]
@@ -110,9 +115,11 @@ pub enum Command {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Compare a full export with the ledger and enqueue the adds and removes that differ.
+    #[command(after_help = examples::RECONCILE)]
     Reconcile(ReconcileArgs),
     /// The whole product in about a minute, nothing to set up: mock, token, initial load, sync
     /// agent, checklist, and the register checked against what was sent.
+    #[command(after_help = examples::DEMO)]
     Demo(DemoArgs),
 }
 
