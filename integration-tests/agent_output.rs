@@ -183,6 +183,23 @@ fn with_json_logs_the_final_error_is_a_json_line() {
         "{last}"
     );
     assert_eq!(last["fields"]["exit_code"], 2);
+
+    // A command line clap refuses: also one JSON line, still exit 2.
+    let out = kfr(dir.path())
+        .args(["--log-format", "json", "sync", "--no-such-flag"])
+        .output()
+        .unwrap();
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0]["fields"]["error"].as_str().unwrap().contains("--no-such-flag"),
+        "{stderr}"
+    );
 }
 
 /// `kfr … | head -1`: the reader closes the pipe after one line. Each printing command exits 0

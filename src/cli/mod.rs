@@ -503,7 +503,17 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             // clap prints help/version on stdout (exit 0) and usage errors on stderr (exit 2).
             let code = if e.use_stderr() { Exit::Usage } else { Exit::Success };
-            let _ = e.print();
+            if e.use_stderr() && json_logs_asked() {
+                // A unit whose command line is wrong still writes JSON lines only.
+                crate::telemetry::init(0, Some(crate::telemetry::LogFormat::Json));
+                tracing::error!(
+                    error = %e.to_string().trim_end(),
+                    exit_code = code as u8,
+                    "kfr stopped with an error"
+                );
+            } else {
+                let _ = e.print();
+            }
             return code.into();
         }
     };
@@ -540,6 +550,15 @@ pub fn main() -> std::process::ExitCode {
             report::exit_code(&err).into()
         }
     }
+}
+
+/// Whether JSON log lines were asked for, read from the raw command line and the environment
+/// (for an error before the command line could be parsed).
+fn json_logs_asked() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json");
+    flag || std::env::var(crate::env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json")
 }
 
 /// Whether an error is stdout being closed under the command ([`printer::StdoutClosed`]). Only
