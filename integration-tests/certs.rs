@@ -182,3 +182,71 @@ fn certs_local_makes_a_root_issuing_ca_leaf_chain() {
     let (_, leaf) = x509_parser::parse_x509_certificate(&leaf.contents).unwrap();
     assert_eq!(leaf.issuer(), issuing.subject());
 }
+
+/// Issue 21 finding 3: the "Next:" steps work as printed. The mock command carries the
+/// `--listen` of the URL the generated kfr.toml points at (without it the mock took its default
+/// port and the suggested `kfr token` was refused), and the token command then succeeds.
+#[test]
+fn the_next_steps_printed_by_certs_local_work_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("local");
+    // A free loopback port, not the mock's default 8080.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let printed = certs_local(&out, &["--mock-url", &url])
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let printed = String::from_utf8(printed).unwrap();
+    let next: Vec<Vec<String>> = printed
+        .split("Next:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Next: section: {printed}"))
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    let (mock, token) = (&next[0], &next[1]);
+    assert_eq!(mock[..2], ["kfr", "mock"], "{printed}");
+    assert!(
+        mock.windows(2)
+            .any(|w| w[0] == "--listen" && w[1] == format!("127.0.0.1:{port}")),
+        "the mock command listens where kfr.toml points: {printed}"
+    );
+
+    let mut server = crate::util::kfr_process(dir.path(), &dir.path().join("home"))
+        .args(&mock[1..])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "the mock did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let got = crate::util::kfr(dir.path()).args(&token[1..]).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let (stdout, stderr) = crate::util::output_text(&got);
+    assert!(got.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("token obtained from"), "{stdout}");
+}
+
+/// A host name in --mock-url: the mock listens on loopback and is told the issuer by that name,
+/// which a token's `iss` must match byte for byte.
+#[test]
+fn a_localhost_mock_url_gets_the_listen_address_and_the_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    certs_local(&dir.path().join("l"), &["--mock-url", "http://localhost:18123/"])
+        .success()
+        .stdout(predicate::str::contains(
+            "--listen 127.0.0.1:18123 --issuer http://localhost:18123/maskinporten/",
+        ));
+}

@@ -325,6 +325,7 @@ fn known_var(var: &str) -> bool {
         v::KFR_LOG,
         v::KFR_LOG_FORMAT,
         v::KFR_STATE_HOME,
+        v::KFR_SYSTEM_CONFIG,
     ]
     .contains(&var)
         || kfr::config::KEYS
@@ -338,7 +339,7 @@ fn unit_values<'a>(directives: &'a [(&'a str, &'a str)], key: &'a str) -> impl I
 }
 
 #[test]
-fn the_systemd_unit_sets_only_variables_kfr_reads_and_loads_every_credential_it_names() {
+fn the_systemd_unit_runs_the_agent_hardened_on_the_installation_configuration() {
     let unit = read("deploy/kfr-sync.service");
     let directives: Vec<(&str, &str)> = unit
         .lines()
@@ -348,41 +349,24 @@ fn the_systemd_unit_sets_only_variables_kfr_reads_and_loads_every_credential_it_
         .collect();
     let values = |key: &'static str| unit_values(&directives, key);
 
+    // Whatever the unit would set, a shell would not see (issue 21 finding 1): its configuration
+    // is /etc/kfr/kfr.toml, which every command finds (integration-tests/installation.rs).
     let env: Vec<&str> = values("Environment").collect();
     for var in env.iter().flat_map(|e| kfr_vars(e.split('=').next().unwrap())) {
         assert!(known_var(&var), "Environment={var}: kfr does not read it");
     }
-    let set = |var: &str| env.iter().find_map(|e| e.strip_prefix(&format!("{var}=")));
+    assert!(env.is_empty(), "the unit sets {env:?}");
     assert_eq!(
-        set("KFR_STATE_HOME"),
-        Some("%S/kfr"),
-        "the state home is the StateDirectory"
+        values("LoadCredential").count(),
+        0,
+        "secrets are files named in kfr.toml"
     );
-    for var in ["KFR_CERTIFICATE_PASSWORD_FILE", "KFR_SYNC_INGEST_KEY_FILE"] {
-        assert!(
-            set(var).is_some_and(|v| v.starts_with("%d/")),
-            "{var} must come from a credential"
-        );
-    }
-
-    // Each %d/NAME is a LoadCredential=NAME:…, and each credential is used.
-    let loaded: Vec<&str> = values("LoadCredential").map(|v| v.split(':').next().unwrap()).collect();
-    let used: Vec<&str> = env
-        .iter()
-        .chain(values("ExecStart").collect::<Vec<_>>().iter())
-        .flat_map(|v| v.split(['=', ' ']))
-        .filter_map(|w| w.strip_prefix("%d/"))
-        .collect();
-    for name in &used {
-        assert!(loaded.contains(name), "%d/{name} is not loaded");
-    }
-    for name in &loaded {
-        assert!(used.contains(name), "credential {name} is loaded but unused");
-    }
 
     for (key, want) in [
-        ("DynamicUser", "yes"),
+        ("User", "kfr"),
         ("StateDirectory", "kfr"),
+        ("StateDirectoryMode", "0700"),
+        ("UMask", "0077"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
@@ -394,11 +378,17 @@ fn the_systemd_unit_sets_only_variables_kfr_reads_and_loads_every_credential_it_
         assert!(values(key).any(|v| v == want), "{key}={want} missing");
     }
     let exec = values("ExecStart").next().expect("ExecStart");
-    assert!(exec.contains(" sync "), "{exec}");
-    // Plain HTTP listeners stay on loopback (the agent refuses plain HTTP elsewhere).
-    for flag in ["--listen", "--metrics-listen"] {
-        let addr = exec.split(&format!("{flag} ")).nth(1).and_then(|r| r.split(' ').next());
-        assert!(addr.is_some_and(|a| a.starts_with("127.0.0.1:")), "{flag}: {addr:?}");
+    assert!(exec.starts_with("/usr/bin/kfr ") && exec.ends_with(" sync"), "{exec}");
+    assert!(exec.contains("--log-format json"), "{exec}");
+    // Plain HTTP listeners stay on loopback (the agent refuses plain HTTP elsewhere): they are in
+    // the installation's kfr.toml now.
+    let toml = read("deploy/kfr.toml");
+    for key in ["listen", "metrics_listen"] {
+        let addr = toml
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+            .and_then(|r| r.split('"').next());
+        assert!(addr.is_some_and(|a| a.starts_with("127.0.0.1:")), "{key}: {addr:?}");
     }
 }
 
@@ -412,7 +402,7 @@ fn the_systemd_unit_passes_systemd_analyze_when_available() {
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("kfr-sync.service");
     // verify checks that ExecStart's binary exists: point it at the one cargo built.
-    let text = read("deploy/kfr-sync.service").replace("/usr/local/bin/kfr", env!("CARGO_BIN_EXE_kfr"));
+    let text = read("deploy/kfr-sync.service").replace("/usr/bin/kfr", env!("CARGO_BIN_EXE_kfr"));
     std::fs::write(&unit, text).unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -426,7 +416,7 @@ fn the_systemd_unit_passes_systemd_analyze_when_available() {
 #[test]
 fn the_kubernetes_example_is_one_replica_with_probes_and_known_variables() {
     let mut kinds = Vec::new();
-    for file in ["secret.yaml", "service.yaml", "statefulset.yaml"] {
+    for file in ["configmap.yaml", "secret.yaml", "service.yaml", "statefulset.yaml"] {
         let text = read(&format!("deploy/kubernetes/{file}"));
         for doc in YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}")) {
             let kind = doc["kind"]
@@ -440,7 +430,7 @@ fn the_kubernetes_example_is_one_replica_with_probes_and_known_variables() {
         }
     }
     kinds.sort();
-    assert_eq!(kinds, ["Secret", "Service", "Service", "StatefulSet"]);
+    assert_eq!(kinds, ["ConfigMap", "Secret", "Service", "Service", "StatefulSet"]);
 }
 
 fn check_statefulset(doc: &Yaml) {
@@ -459,8 +449,9 @@ fn check_statefulset(doc: &Yaml) {
         .iter()
         .filter_map(Yaml::as_str)
         .collect();
-    assert_eq!(args.first(), Some(&"sync"));
-    for env in container["env"].as_vec().unwrap() {
+    assert_eq!(args.last(), Some(&"sync"));
+    // The configuration is the ConfigMap's kfr.toml, not the environment (as the systemd unit).
+    for env in container["env"].as_vec().into_iter().flatten() {
         let name = env["name"].as_str().unwrap();
         assert!(known_var(name), "env {name}: kfr does not read it");
     }

@@ -247,9 +247,13 @@ async fn an_ambiguous_upload_is_never_repeated_blindly() {
         "one POST of the batch, no in-process repeat\n{stderr}"
     );
     assert!(stderr.contains("batch 1"), "{stderr}");
+    let resume = format!(
+        "kfr --config {} load c.csv --resume --state s.db",
+        env.dir.join("kfr.toml").display()
+    );
     assert!(
-        stderr.contains("kfr load c.csv --resume --state s.db"),
-        "the exact resume command: {stderr}"
+        stderr.contains(&resume),
+        "the exact resume command, with the configuration it ran with: {stderr}"
     );
     fail_everything(&env, false);
     let out = env
@@ -460,10 +464,26 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
         .unwrap();
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(143), "{stdout}{stderr}");
-    assert!(stderr.contains("kfr load c.csv --resume --state s.db"), "{stderr}");
+    // Issue 21 finding 3: the command is printed with the --config the load ran with, and run
+    // exactly as printed (from the same directory) it finishes the job.
+    let printed = stderr
+        .split("Resume with: ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap_or_else(|| panic!("no resume command: {stderr}"))
+        .to_string();
+    assert_eq!(printed, "kfr --config kfr.toml load c.csv --resume --state s.db");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
     assert_eq!(report["job_status"], "running");
-    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    let dir = env.dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let words: Vec<&str> = printed.split_whitespace().collect();
+        assert_eq!(words[0], "kfr");
+        crate::util::kfr(&dir).args(&words[1..]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_ok(&out);
     assert_eq!(env.active().len(), 240);
     assert_eq!(
         env.batches_accepted() as usize,

@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module exercises `kfr` end to end, as a library or as
 //! the built binary, against the bundled mock on a loopback port chosen by the OS.
 
+mod agent_output;
 mod barrier;
 mod certs;
 mod checklist;
@@ -12,11 +13,13 @@ mod fidelity;
 mod history;
 mod ids;
 mod input;
+mod installation;
 mod kfr_cli;
 mod load;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
+mod packaging;
 mod relationship_order;
 mod sync_cli;
 mod sync_reliability;

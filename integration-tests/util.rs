@@ -20,8 +20,10 @@ pub fn kfr(cwd: &Path) -> Command {
         use sha2::Digest as _;
         hex::encode(&sha2::Sha256::digest(cwd.as_os_str().as_encoded_bytes())[..8])
     };
+    // Nor the host's installation configuration (/etc/kfr/kfr.toml), should this machine have one.
     cmd.current_dir(cwd)
         .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_SYSTEM_CONFIG, "")
         .env(kfr::env_vars::KFR_STATE_HOME, home.path().join(per_dir));
     cmd
 }
@@ -135,6 +137,7 @@ pub fn kfr_process(cwd: &Path, state_home: &Path) -> std::process::Command {
     }
     cmd.current_dir(cwd)
         .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_SYSTEM_CONFIG, "")
         .env(kfr::env_vars::KFR_STATE_HOME, state_home);
     cmd
 }

@@ -28,6 +28,21 @@ pub enum Source {
     Flag(String),
 }
 
+impl Source {
+    /// Precedence of the layer a value came from: a higher one wins.
+    fn layer(&self) -> u8 {
+        match self {
+            Source::Default => 0,
+            Source::File(_) => 1,
+            Source::Env(_) => 2,
+            Source::Flag(_) => 3,
+        }
+    }
+}
+
+/// The three spellings of the state store, which are one key.
+const STORE_KEYS: [&str; 3] = ["state", "state_file", "store.url"];
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -460,6 +475,10 @@ pub struct Sourced<T> {
 pub struct Settings {
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// How [`Settings::config_file`] was found.
+    pub config_origin: Option<ConfigOrigin>,
+    /// A `./kfr.toml` that was not read because the installation's file was (the caller warns).
+    pub shadowed_local_config: Option<PathBuf>,
     pub env: Environment,
     pub org_number: Option<String>,
     pub client_id: Option<String>,
@@ -551,12 +570,80 @@ pub enum SourceKind {
 /// the working directory.
 const FALLBACK_PSEUDONYM_KEY: &str = "kfr-pseudonym.key";
 
+/// The installation's configuration file: what every command of a host reads when it is not
+/// told otherwise (the systemd unit, the Debian package and an operator's shell alike).
+pub const SYSTEM_CONFIG: &str = "/etc/kfr/kfr.toml";
+
+/// The configuration file in the working directory, read when nothing else names one.
+const LOCAL_CONFIG: &str = "kfr.toml";
+
+/// How the configuration file in use was found; `kfr config show` says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// `--config PATH`.
+    Flag,
+    /// `KFR_CONFIG`.
+    Env,
+    /// The installation's file ([`SYSTEM_CONFIG`], or `KFR_SYSTEM_CONFIG`).
+    System,
+    /// `./kfr.toml`, with no installation file on this host.
+    WorkingDirectory,
+}
+
+impl fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfigOrigin::Flag => "given with --config",
+            ConfigOrigin::Env => "named by KFR_CONFIG",
+            ConfigOrigin::System => "the installation's configuration",
+            ConfigOrigin::WorkingDirectory => "found in the working directory",
+        })
+    }
+}
+
+/// The installation's configuration file on this host: `KFR_SYSTEM_CONFIG` when set (empty:
+/// none; for tests and packagers that install elsewhere), else [`SYSTEM_CONFIG`].
+pub fn system_config_path(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    match env.get(env_vars::KFR_SYSTEM_CONFIG) {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(PathBuf::from(SYSTEM_CONFIG)),
+    }
+}
+
+/// Which configuration file a run reads, highest precedence first: `--config PATH`, `KFR_CONFIG`,
+/// the installation's file when it exists, `./kfr.toml` when it exists, else none.
+///
+/// The installation's file comes before the working directory's so that every command on a host
+/// finds the store, the pseudonym key and the certificate the agent uses, wherever the operator's
+/// shell happens to be (issue 21 finding 1: a second store lost a load's delete barrier).
+pub fn find_config_file(flag: Option<&Path>, env: &BTreeMap<String, String>) -> Option<(PathBuf, ConfigOrigin)> {
+    if let Some(p) = flag {
+        return Some((p.to_path_buf(), ConfigOrigin::Flag));
+    }
+    if let Some(p) = env.get(env_vars::KFR_CONFIG).filter(|p| !p.is_empty()) {
+        return Some((PathBuf::from(p), ConfigOrigin::Env));
+    }
+    // Present but unreadable (an operator who is not in the agent's group) is still "present":
+    // reading it then fails with an error naming the file, instead of quietly using another.
+    let present = |p: &Path| match std::fs::metadata(p) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
+    if let Some(p) = system_config_path(env).filter(|p| present(p)) {
+        return Some((p, ConfigOrigin::System));
+    }
+    Some(PathBuf::from(LOCAL_CONFIG))
+        .filter(|p| p.is_file())
+        .map(|p| (p, ConfigOrigin::WorkingDirectory))
+}
+
 /// Raw key → (value, source) before typing.
 type RawMap = BTreeMap<String, (String, Source)>;
 
 impl Settings {
-    /// Reads the file (explicit path, `KFR_CONFIG`, or `./kfr.toml` when present), the process
-    /// environment and the flags, and resolves them.
+    /// Reads the file (see [`find_config_file`] for which), the process environment and the
+    /// flags, and resolves them.
     pub fn load(config: Option<&Path>, flags: &FlagOverrides) -> Result<Settings, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
         Self::load_from(config, &env, flags)
@@ -568,12 +655,10 @@ impl Settings {
         env: &BTreeMap<String, String>,
         flags: &FlagOverrides,
     ) -> Result<Settings, ConfigError> {
-        let path = match config {
-            Some(p) => Some(p.to_path_buf()),
-            None => match env.get(env_vars::KFR_CONFIG) {
-                Some(p) => Some(PathBuf::from(p)),
-                None => Some(PathBuf::from("kfr.toml")).filter(|p| p.is_file()),
-            },
+        let found = find_config_file(config, env);
+        let (path, config_origin) = match &found {
+            Some((p, o)) => (Some(p.clone()), Some(*o)),
+            None => (None, None),
         };
         let mut raw = RawMap::new();
         let base_dir = match &path {
@@ -619,7 +704,14 @@ impl Settings {
             value: SecretString::from(p.clone()),
             source: Source::Env(env_vars::KFR_CERTIFICATE_PASSWORD.into()),
         });
-        resolve(path, raw, password, default_state)
+        let mut settings = resolve(path, raw, password, default_state)?;
+        settings.config_origin = config_origin;
+        // A `./kfr.toml` next to an installation's file is most likely the copy the operator
+        // installed from: say it is not the one in use rather than silently read either.
+        if config_origin == Some(ConfigOrigin::System) && Path::new(LOCAL_CONFIG).is_file() {
+            settings.shadowed_local_config = Some(PathBuf::from(LOCAL_CONFIG));
+        }
+        Ok(settings)
     }
 
     /// The organisation number, or a configuration error saying why it is needed.
@@ -1051,6 +1143,12 @@ fn resolve(
     for (key, value) in r.raw.iter().filter(|(k, _)| k.contains('[')) {
         origins.insert(key.clone(), value.clone());
     }
+    // Only the store key in use is shown: one the environment replaced is not in effect.
+    let top = STORE_KEYS
+        .iter()
+        .filter_map(|k| origins.get(*k).map(|v| v.1.layer()))
+        .max();
+    origins.retain(|k, v| !STORE_KEYS.contains(&k.as_str()) || Some(v.1.layer()) == top);
     if !origins.contains_key("state") && !origins.contains_key("state_file") && !origins.contains_key("store.url") {
         let shown = match &state {
             Ok(p) => p.display().to_string(),
@@ -1068,6 +1166,8 @@ fn resolve(
 
     Ok(Settings {
         config_file,
+        config_origin: None,
+        shadowed_local_config: None,
         env,
         org_number,
         client_id: r.string("client_id"),
@@ -1102,12 +1202,19 @@ fn resolve(
 }
 
 /// The state store as configured: `state`, its older spelling `state_file`, or `store.url` (a
-/// path, or `sqlite://` + path), at most one of them. `None`: not configured (the default in
-/// the state home applies). Only SQLite exists today; a PostgreSQL URL is refused by name.
+/// path, or `sqlite://` + path). `None`: not configured (the default in the state home applies).
+/// Only SQLite exists today; a PostgreSQL URL is refused by name.
+///
+/// The three spellings are one key, so they follow the usual precedence: one given in the
+/// environment replaces one written in the file, whatever its spelling. Two spellings in the same
+/// layer (both in the file, or both in the environment) are refused, since nothing says which
+/// was meant.
 fn resolve_store(r: &Resolver) -> Result<Option<PathBuf>, ConfigError> {
-    let given: Vec<&str> = ["state", "state_file", "store.url"]
+    let layer = |k: &str| r.raw.get(k).map_or(0, |v| v.1.layer());
+    let top = STORE_KEYS.iter().map(|k| layer(k)).max().unwrap_or(0);
+    let given: Vec<&str> = STORE_KEYS
         .into_iter()
-        .filter(|k| r.raw.contains_key(*k))
+        .filter(|k| r.raw.contains_key(*k) && layer(k) == top)
         .collect();
     if given.len() > 1 {
         return Err(ConfigError::Conflict(format!(
@@ -1422,6 +1529,72 @@ mod tests {
         let s = Settings::load_from(None, &env(&[("KFR_STATE", "/k.db"), ("HOME", "/h")]), &f).unwrap();
         assert_eq!(s.require_state(None).unwrap(), PathBuf::from("/k.db"));
         assert_eq!(s.origins["state"].1, Source::Env("KFR_STATE".into()));
+    }
+
+    /// `--config` > `KFR_CONFIG` > the installation's file (when it exists) > none here (the
+    /// working directory's `./kfr.toml` is tested end to end: it depends on the process's cwd).
+    #[test]
+    fn the_configuration_file_is_found_in_precedence_order() {
+        let d = tempfile::tempdir().unwrap();
+        let system = write(d.path(), "env = \"test\"\n");
+        let mut env = BTreeMap::new();
+        env.insert(env_vars::KFR_SYSTEM_CONFIG.to_string(), system.display().to_string());
+        assert_eq!(
+            find_config_file(None, &env),
+            Some((system.clone(), ConfigOrigin::System))
+        );
+        env.insert(env_vars::KFR_CONFIG.to_string(), "/k.toml".to_string());
+        assert_eq!(
+            find_config_file(None, &env),
+            Some((PathBuf::from("/k.toml"), ConfigOrigin::Env))
+        );
+        assert_eq!(
+            find_config_file(Some(Path::new("f.toml")), &env),
+            Some((PathBuf::from("f.toml"), ConfigOrigin::Flag))
+        );
+        // An empty KFR_CONFIG is unset; a missing system file is no system file; an empty
+        // KFR_SYSTEM_CONFIG means there is none.
+        env.insert(env_vars::KFR_CONFIG.to_string(), String::new());
+        assert_eq!(find_config_file(None, &env).map(|f| f.1), Some(ConfigOrigin::System));
+        env.insert(
+            env_vars::KFR_SYSTEM_CONFIG.to_string(),
+            d.path().join("absent.toml").display().to_string(),
+        );
+        assert_ne!(find_config_file(None, &env).map(|f| f.1), Some(ConfigOrigin::System));
+        env.insert(env_vars::KFR_SYSTEM_CONFIG.to_string(), String::new());
+        assert_eq!(system_config_path(&env), None);
+        assert_eq!(system_config_path(&BTreeMap::new()), Some(PathBuf::from(SYSTEM_CONFIG)));
+
+        // Settings::load_from reads the system file and says so.
+        let system = write(d.path(), "state = \"/var/lib/kfr/kfr-state.db\"\n");
+        let env = BTreeMap::from([(env_vars::KFR_SYSTEM_CONFIG.to_string(), system.display().to_string())]);
+        let s = Settings::load_from(None, &env, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.config_file, Some(system));
+        assert_eq!(s.config_origin, Some(ConfigOrigin::System));
+        assert_eq!(
+            s.require_state(None).unwrap(),
+            PathBuf::from("/var/lib/kfr/kfr-state.db")
+        );
+    }
+
+    /// A store key in the environment replaces the file's, whatever the spellings (the old unit's
+    /// `KFR_STORE_URL` with the example's `state` exited 2); `config show` shows only the one in
+    /// effect; a flag-level `--state` is handled by the commands.
+    #[test]
+    fn a_store_key_from_the_environment_replaces_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "state = \"/file.db\"\n");
+        let env = BTreeMap::from([("KFR_STORE_URL".to_string(), "sqlite:///env.db".to_string())]);
+        let s = Settings::load_from(Some(&p), &env, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.state, Ok(PathBuf::from("/env.db")));
+        assert!(!s.origins.contains_key("state"), "{:?}", s.origins);
+        assert_eq!(s.origins["store.url"].1, Source::Env("KFR_STORE_URL".into()));
+        let env = BTreeMap::from([
+            ("KFR_STORE_URL".to_string(), "/a.db".to_string()),
+            ("KFR_STATE".to_string(), "/b.db".to_string()),
+        ]);
+        let err = Settings::load_from(Some(&p), &env, &FlagOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("keep only `state`"), "{err}");
     }
 
     #[test]

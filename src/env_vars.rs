@@ -5,6 +5,9 @@
 
 /// Path of the configuration file (same as `--config`).
 pub const KFR_CONFIG: &str = "KFR_CONFIG";
+/// Where the installation's configuration file is (default `/etc/kfr/kfr.toml`); empty: none.
+/// For tests and for packagers who install elsewhere; operators use the default.
+pub const KFR_SYSTEM_CONFIG: &str = "KFR_SYSTEM_CONFIG";
 /// Password of the PKCS#12 file or of the encrypted PKCS#8 key. Never accepted as a flag.
 pub const KFR_CERTIFICATE_PASSWORD: &str = "KFR_CERTIFICATE_PASSWORD";
 /// Log filter (tracing `EnvFilter` syntax), e.g. `kfr=debug`. Overrides `-v`.

@@ -15,6 +15,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether log lines are JSON objects (set once by [`init`]): a command that writes status
+/// lines of its own on stderr (the sync agent) logs them instead, so a log shipper reading JSON
+/// lines never meets plain text.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`init`] chose JSON log lines.
+pub fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 default (warn), 1 info, 2 debug, 3+ trace.
 /// `format`: the `--log-format` flag; without it `KFR_LOG_FORMAT=json` chooses JSON.
 pub fn init(verbosity: i8, format: Option<LogFormat>) {
@@ -33,6 +43,7 @@ pub fn init(verbosity: i8, format: Option<LogFormat>) {
         Some(f) => f == LogFormat::Json,
         None => std::env::var(env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json"),
     };
+    JSON.store(json, std::sync::atomic::Ordering::Relaxed);
     let ansi = std::env::var_os(env_vars::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)

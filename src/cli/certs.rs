@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use zeroize::Zeroizing;
 
-pub fn run(args: &super::CertsLocalArgs) -> anyhow::Result<()> {
+pub fn run(args: &super::CertsLocalArgs, p: &super::printer::Printer) -> anyhow::Result<()> {
     if !certs::valid_org_number(&args.org_number) {
         return Err(UsageError::new(format!(
             "--org-number {:?} is not a valid organisation number",
@@ -88,16 +88,35 @@ pub fn run(args: &super::CertsLocalArgs) -> anyhow::Result<()> {
         let _ = writeln!(report, "    expires {}", info.not_after.format("%Y-%m-%d"));
     }
     let _ = writeln!(report, "Next:");
-    let _ = writeln!(report, "  kfr mock --trust {}", out.join("ca.pem").display());
+    let _ = writeln!(report, "  {}", mock_command(mock_url, &out.join("ca.pem")));
     let _ = writeln!(report, "  kfr --config {} token", out.join("kfr.toml").display());
-    print!("{report}");
+    p.data(report.trim_end())?;
     if overwriting {
-        eprintln!(
+        p.message(format_args!(
             "note: {} existed and was overwritten, together with the certificates and keys next to it",
             out.join("kfr.toml").display()
-        );
+        ));
     }
     Ok(())
+}
+
+/// The `kfr mock` command that serves what the generated kfr.toml points at: the mock listens on
+/// 127.0.0.1:8080 unless told otherwise, so any other URL needs its `--listen`, and a host name
+/// needs `--issuer` too (the mock's issuer is named after its listen address, and a token's
+/// issuer must match the configured one byte for byte).
+fn mock_command(mock_url: &str, ca: &Path) -> String {
+    let mut cmd = format!("kfr mock --trust {}", ca.display());
+    let Ok(url) = url::Url::parse(mock_url) else { return cmd };
+    let port = url.port_or_known_default().unwrap_or(8080);
+    let issuer = format!(" --issuer {mock_url}/maskinporten/");
+    let _ = match url.host() {
+        Some(url::Host::Ipv4(ip)) => write!(cmd, " --listen {}", std::net::SocketAddr::from((ip, port))),
+        Some(url::Host::Ipv6(ip)) => write!(cmd, " --listen {}", std::net::SocketAddr::from((ip, port))),
+        Some(url::Host::Domain("localhost")) => write!(cmd, " --listen 127.0.0.1:{port}{issuer}"),
+        // Another host's name: the mock must listen where that name points, off loopback.
+        _ => write!(cmd, " --listen 0.0.0.0:{port} --allow-remote{issuer}"),
+    };
+    cmd
 }
 
 /// Writes `<prefix>.p12` (+ password file), `<prefix>-cert.pem`, `<prefix>-key.pem` and the

@@ -46,7 +46,7 @@ fn id_overrides(args: &ChecklistArgs) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-pub async fn run(settings: Settings, args: &ChecklistArgs) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, args: &ChecklistArgs, p: super::printer::Printer) -> anyhow::Result<()> {
     if settings.env == Environment::Prod {
         return Err(fail(ChecklistError::Production));
     }
@@ -70,13 +70,13 @@ pub async fn run(settings: Settings, args: &ChecklistArgs) -> anyhow::Result<()>
     let mut runner = Runner::new(http, tokens, cfg, &file, &overrides).map_err(fail)?;
     runner.preflight().await.map_err(fail)?;
 
-    eprintln!(
+    p.message(format_args!(
         "kfr checklist: {} case(s) from {} against {} ({}), institution {org}",
         file.cases.len(),
         file.source,
         settings.kfr_base_url,
         settings.env
-    );
+    ));
     let started = chrono::Utc::now();
     let total = file.cases.len();
     let results = runner
@@ -87,18 +87,18 @@ pub async fn run(settings: Settings, args: &ChecklistArgs) -> anyhow::Result<()>
                 .find(|s| !s.passed)
                 .map(|s| format!(" — step {}: {}", s.n, s.actual))
                 .unwrap_or_default();
-            eprintln!(
+            p.message(format_args!(
                 "[{i:>2}/{total}] {} {:<6} {} ({} ms){why}",
                 r.verdict.as_str(),
                 r.id,
                 r.title,
                 r.duration_ms
-            );
+            ));
         })
         .await;
     let cleanup = runner.cleanup().await;
     for l in &cleanup.leftovers {
-        eprintln!("warning: left in the register: {l}");
+        p.warning(format_args!("left in the register: {l}"));
     }
     let report = Report::new(
         org,
@@ -111,10 +111,11 @@ pub async fn run(settings: Settings, args: &ChecklistArgs) -> anyhow::Result<()>
     );
     let paths = checklist::write_reports(&args.report_dir, &report)
         .with_context(|| format!("writing the reports to {}", args.report_dir.display()))?;
-    for p in &paths {
-        println!("{}", p.display());
+    for path in &paths {
+        // A closed stdout (`| head -1`) must not hide the summary or the verdict below.
+        let _ = p.data(path.display());
     }
-    eprintln!(
+    p.message(format_args!(
         "kfr checklist: {} of {} passed{}; reports in {}",
         report.passed,
         report.cases.len(),
@@ -124,7 +125,7 @@ pub async fn run(settings: Settings, args: &ChecklistArgs) -> anyhow::Result<()>
             format!(", {} leftover(s) in the register", report.cleanup.leftovers.len())
         },
         args.report_dir.display()
-    );
+    ));
     if report.all_passed() {
         Ok(())
     } else {

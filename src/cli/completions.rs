@@ -7,14 +7,11 @@
 use super::{Cli, CompletionsArgs};
 use anyhow::Context as _;
 use clap::CommandFactory;
-use std::io::Write as _;
 
-pub(super) fn run(args: &CompletionsArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: &CompletionsArgs, p: &super::printer::Printer) -> anyhow::Result<()> {
     let script = script(args.shell);
-    // Written whole, with the error returned: the generator itself would panic on a closed pipe.
-    std::io::stdout()
-        .lock()
-        .write_all(&script)
+    // Written whole through the printer: the generator itself would panic on a closed pipe.
+    p.raw(&script)
         .context("cannot write the completion script to standard output")
 }
 

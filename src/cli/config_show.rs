@@ -2,8 +2,9 @@
 
 use crate::config::{KEYS, Settings};
 
-pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
+pub fn run(settings: &Settings, json: bool, p: &super::printer::Printer) -> anyhow::Result<()> {
     let file = settings.config_file.as_ref().map(|p| p.display().to_string());
+    let found = settings.config_origin.map(|o| o.to_string());
     if json {
         let mut values = serde_json::Map::new();
         for (key, (value, source)) in &settings.origins {
@@ -12,10 +13,14 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 serde_json::json!({ "value": value, "source": source.to_string() }),
             );
         }
-        println!("{}", serde_json::json!({ "config_file": file, "settings": values }));
+        p.data(serde_json::json!({ "config_file": file, "config_file_found": found, "settings": values }))?;
         return Ok(());
     }
-    println!("# configuration file: {}", file.as_deref().unwrap_or("(none)"));
+    match (&file, &found) {
+        (Some(f), Some(how)) => p.data(format_args!("# configuration file: {f} ({how})"))?,
+        (Some(f), None) => p.data(format_args!("# configuration file: {f}"))?,
+        _ => p.data("# configuration file: (none)")?,
+    }
     // KEYS order (the documented order), then derived entries such as the password and each
     // `[[sync.sources]]` entry's keys. Keys inside arrays are shown per entry, not as a schema.
     let names: Vec<&str> = KEYS
@@ -31,8 +36,8 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             continue;
         }
         match settings.origins.get(name) {
-            Some((value, source)) => println!("{name:<width$} = {value:<45} # {source}"),
-            None => println!("{name:<width$}   (unset)"),
+            Some((value, source)) => p.data(format_args!("{name:<width$} = {value:<45} # {source}"))?,
+            None => p.data(format_args!("{name:<width$}   (unset)"))?,
         }
     }
     Ok(())

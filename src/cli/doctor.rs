@@ -19,6 +19,8 @@ struct Report {
     failed: bool,
     /// `--json`: the checks are collected and printed as one object at the end.
     json: Option<Vec<serde_json::Value>>,
+    /// Where the lines go (a closed stdout ends the output, not the checks).
+    out: super::printer::Printer,
 }
 
 impl Report {
@@ -38,9 +40,9 @@ impl Report {
             }));
             return;
         }
-        println!("{tag}  {check:<13} {detail}");
+        let _ = self.out.data(format_args!("{tag}  {check:<13} {detail}"));
         if let Some(h) = hint.filter(|_| verdict != Verdict::Ok) {
-            println!("      {:<13} hint: {h}", "");
+            let _ = self.out.data(format_args!("      {:<13} hint: {h}", ""));
         }
     }
 }
@@ -48,10 +50,11 @@ impl Report {
 /// Days before expiry from which the certificate check warns (renewal takes time, onboarding A-3).
 const EXPIRY_WARNING_DAYS: i64 = 30;
 
-pub async fn run(settings: Settings, json: bool) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, json: bool, out: super::printer::Printer) -> anyhow::Result<()> {
     let mut r = Report {
         failed: false,
         json: json.then(Vec::new),
+        out,
     };
     let file = settings
         .config_file
@@ -125,7 +128,7 @@ pub async fn run(settings: Settings, json: bool) -> anyhow::Result<()> {
     }
 
     if let Some(checks) = r.json.take() {
-        println!("{}", serde_json::json!({ "ok": !r.failed, "checks": checks }));
+        r.out.data(serde_json::json!({ "ok": !r.failed, "checks": checks }))?;
     }
     if r.failed {
         return Err(crate::error::Reported("kfr doctor found problems".into()).into());

@@ -105,7 +105,18 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         allow_empty: args.allow_empty,
         outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
         retry_after_cap: settings.retry.retry_after_cap,
-        resume_command: format!("kfr load {} --resume --state {}", file.display(), state_path.display()),
+        // Run as printed, it must reach the same configuration: a file given with --config or
+        // KFR_CONFIG is not found again by itself in another shell.
+        resume_command: format!(
+            "kfr {}load {} --resume --state {}",
+            settings
+                .config_file
+                .as_ref()
+                .map(|c| format!("--config {} ", shell_word(&c.display().to_string())))
+                .unwrap_or_default(),
+            shell_word(&file.display().to_string()),
+            shell_word(&state_path.display().to_string())
+        ),
         stop: None,
         id_policy: super::build::id_policy(&settings),
         request_budget: super::build::request_budget(&settings),
@@ -758,10 +769,10 @@ pub(super) fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
         )
     } else if o.paused_for_today {
         format!(
-            "load job {}: paused for today after {confirmed} of {} batches (max per day); continue tomorrow with `kfr load {} --resume`",
+            "load job {}: paused for today after {confirmed} of {} batches (max per day); continue tomorrow with `{}`",
             r.job_id,
             r.batches.len(),
-            opts.file.display()
+            opts.resume_command
         )
     } else {
         format!(
@@ -784,4 +795,17 @@ pub(super) fn summary(p: &Printer, opts: &LoadOptions, o: &LoadOutcome) {
         );
     }
     let _ = p.data(out);
+}
+
+/// A path as one shell word: as it is when it is plain, else in single quotes, so a printed
+/// command can be pasted as it stands.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

@@ -7,17 +7,13 @@
 use super::{Cli, ManArgs};
 use anyhow::Context as _;
 use clap::CommandFactory;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-pub(super) fn run(args: &ManArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: &ManArgs, p: &super::printer::Printer) -> anyhow::Result<()> {
     match &args.dir {
         None => {
             let page = page()?;
-            std::io::stdout()
-                .lock()
-                .write_all(&page)
-                .context("cannot write the manual page to standard output")
+            p.raw(&page).context("cannot write the manual page to standard output")
         }
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -28,9 +24,8 @@ pub(super) fn run(args: &ManArgs) -> anyhow::Result<()> {
             write_pages(&cmd, dir, &mut written)
                 .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
             // The pages written, one path a line, for a packaging script to pick up.
-            let mut out = std::io::stdout().lock();
             for path in written {
-                writeln!(out, "{}", path.display())?;
+                p.data(path.display())?;
             }
             Ok(())
         }
@@ -85,6 +80,11 @@ pub(crate) fn page() -> anyhow::Result<Vec<u8>> {
     item(&mut extra, v::KFR_CONFIG, "configuration file, as --config");
     item(
         &mut extra,
+        v::KFR_SYSTEM_CONFIG,
+        "where the installation's configuration is (default /etc/kfr/kfr.toml; empty: none); for tests and packagers",
+    );
+    item(
+        &mut extra,
         v::KFR_CERTIFICATE_PASSWORD,
         "password of the PKCS#12 file or the encrypted PKCS#8 key (never a flag)",
     );
@@ -104,8 +104,13 @@ pub(crate) fn page() -> anyhow::Result<Vec<u8>> {
     extra.control("SH", ["FILES"]);
     item(
         &mut extra,
+        "/etc/kfr/kfr.toml",
+        "the installation's configuration, read by every command when no --config and no KFR_CONFIG is given",
+    );
+    item(
+        &mut extra,
         "./kfr.toml",
-        "configuration, when present and no other is named",
+        "configuration, when present and neither of the above applies",
     );
     item(
         &mut extra,

@@ -16,6 +16,7 @@ mod completions;
 mod config_show;
 mod demo;
 mod doctor;
+mod examples;
 mod history;
 mod load;
 mod man;
@@ -34,9 +35,10 @@ mod validate;
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KFR_GIT_COMMIT"), ")");
 
 #[derive(Debug, Parser)]
-#[command(name = "kfr", version = VERSION, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None)]
+#[command(name = "kfr", version = VERSION, about = "Keeps Bits AS' Kundeforholdsregister (KFR) current", long_about = None, after_help = examples::KFR)]
 pub struct Cli {
-    /// Configuration file (default: ./kfr.toml when present; also KFR_CONFIG).
+    /// Configuration file. Without it: KFR_CONFIG, else the installation's /etc/kfr/kfr.toml when
+    /// present, else ./kfr.toml when present (docs/configuration.md).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -62,38 +64,50 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Get a Maskinporten access token and show its expiry, scope and consumer organisation.
+    #[command(after_help = examples::TOKEN)]
     Token(TokenArgs),
     /// Check certificate, configuration, connectivity and clock, one line per check.
+    #[command(after_help = examples::DOCTOR)]
     Doctor(DoctorArgs),
     /// Generate certificates for local testing against `kfr mock`.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Run the bundled fake Maskinporten and fake KFR on loopback.
+    #[command(after_help = examples::MOCK)]
     Mock(MockArgs),
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Initial load: plan, upload and confirm every active relationship in an export (onboarding D-3).
+    #[command(after_help = examples::LOAD)]
     Load(LoadArgs),
     /// Register a customer relationship in KFR.
+    #[command(after_help = examples::ADD)]
     Add(RelationshipArgs),
     /// End a customer relationship in KFR (held while an initial load is being ingested).
+    #[command(after_help = examples::REMOVE)]
     Remove(RelationshipArgs),
     /// Own lookup: is the customer registered with this institution (for a period)?
+    #[command(after_help = examples::LOOKUP)]
     Lookup(LookupArgs),
     /// Validate customer identifiers offline (no request is sent).
+    #[command(after_help = examples::VALIDATE)]
     Validate(ValidateArgs),
     /// Print the log pseudonym of a customer identifier, to find it in logs.
+    #[command(after_help = examples::PSEUDONYM)]
     Pseudonym(PseudonymArgs),
     /// Run Bits' integration-test cases against KFR and write the report to mail Bits (onboarding C-2, C-3).
+    #[command(after_help = examples::CHECKLIST)]
     Checklist(ChecklistArgs),
     /// Print a shell completion script on stdout (bash, zsh, fish, elvish or powershell).
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on stdout, or write one page per command with --dir.
     Man(ManArgs),
     /// Run the sync agent: take events from the core system and deliver them to KFR, in order per customer.
+    #[command(after_help = examples::SYNC)]
     Sync(SyncArgs),
     /// Put one add or remove in the outbox for the sync agent to deliver.
+    #[command(after_help = examples::ENQUEUE)]
     Enqueue(EnqueueArgs),
     /// Inspect the sync agent's outbox.
     #[command(subcommand)]
@@ -105,9 +119,11 @@ pub enum Command {
     /// operators' actions, kept after the outbox purged them (identifier masked unless asked).
     History(HistoryArgs),
     /// Compare a full export with the ledger and enqueue the adds and removes that differ.
+    #[command(after_help = examples::RECONCILE)]
     Reconcile(ReconcileArgs),
     /// The whole product in about a minute, nothing to set up: mock, token, initial load, sync
     /// agent, checklist, and the register checked against what was sent.
+    #[command(after_help = examples::DEMO)]
     Demo(DemoArgs),
 }
 
@@ -203,12 +219,14 @@ pub struct StoreArgs {
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
     /// Counts by state, parked customers, the oldest unfinished event, the load barrier.
+    #[command(after_help = examples::OUTBOX_STATUS)]
     Status(StoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// The dead letters, oldest first, with KFR's answer (identifiers masked).
+    #[command(after_help = examples::DLQ_LIST)]
     List(StoreArgs),
     /// Put dead letters back at the head of their customers' queues.
     Retry {
@@ -290,6 +308,7 @@ pub struct DoctorArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// A throwaway test CA, a business-certificate-shaped client certificate and a ready kfr.toml.
+    #[command(after_help = examples::CERTS_LOCAL)]
     Local(CertsLocalArgs),
 }
 
@@ -313,6 +332,7 @@ pub struct CertsLocalArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the effective settings, secrets redacted, with where each value came from.
+    #[command(after_help = examples::CONFIG_SHOW)]
     Show {
         /// Machine-readable output (JSON on stdout).
         #[arg(long)]
@@ -515,7 +535,17 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             // clap prints help/version on stdout (exit 0) and usage errors on stderr (exit 2).
             let code = if e.use_stderr() { Exit::Usage } else { Exit::Success };
-            let _ = e.print();
+            if e.use_stderr() && json_logs_asked() {
+                // A unit whose command line is wrong still writes JSON lines only.
+                crate::telemetry::init(0, Some(crate::telemetry::LogFormat::Json));
+                tracing::error!(
+                    error = %e.to_string().trim_end(),
+                    exit_code = code as u8,
+                    "kfr stopped with an error"
+                );
+            } else {
+                let _ = e.print();
+            }
             return code.into();
         }
     };
@@ -530,13 +560,43 @@ pub fn main() -> std::process::ExitCode {
     crate::telemetry::init(verbosity, cli.log_format);
     match run(cli) {
         Ok(()) => Exit::Success.into(),
+        // The reader of stdout went away (`kfr token | head -1`): it has what it wanted, and
+        // there is nobody to tell. Every command's data goes through the printer, which turns
+        // the broken pipe into this error; it is recognised here, once, and is not a failure.
+        Err(err) if stdout_closed(&err) => Exit::Success.into(),
         Err(err) => {
             if err.downcast_ref::<error::Reported>().is_none() {
-                eprint!("{}", report::render(&err));
+                if crate::telemetry::json() {
+                    // A log shipper reading JSON lines gets the error as one more JSON line.
+                    tracing::error!(
+                        error = %err,
+                        causes = ?err.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>(),
+                        hint = report::find_hint(&err).unwrap_or_default(),
+                        exit_code = report::exit_code(&err) as u8,
+                        "kfr stopped with an error"
+                    );
+                } else {
+                    eprint!("{}", report::render(&err));
+                }
             }
             report::exit_code(&err).into()
         }
     }
+}
+
+/// Whether JSON log lines were asked for, read from the raw command line and the environment
+/// (for an error before the command line could be parsed).
+fn json_logs_asked() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json");
+    flag || std::env::var(crate::env_vars::KFR_LOG_FORMAT).is_ok_and(|v| v == "json")
+}
+
+/// Whether an error is stdout being closed under the command ([`printer::StdoutClosed`]). Only
+/// the printer's: a broken pipe elsewhere (a connection to KFR) is a real failure.
+fn stdout_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<printer::StdoutClosed>().is_some())
 }
 
 /// Loads (or creates) the installation's pseudonym key and installs it, so person identifiers in
@@ -560,35 +620,49 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let load = || config::Settings::load(cli.config.as_deref(), &cli.overrides);
+    let load = || {
+        let settings = config::Settings::load(cli.config.as_deref(), &cli.overrides)?;
+        if let (Some(local), Some(used)) = (&settings.shadowed_local_config, &settings.config_file) {
+            tracing::warn!(
+                "{} is not read: this host's installation configuration {} is; give --config {} to use the other",
+                local.display(),
+                used.display(),
+                local.display()
+            );
+        }
+        Ok::<_, config::ConfigError>(settings)
+    };
     // Every command's output goes through one printer, which honours -q, -v and NO_COLOR.
     let printer = || printer::Printer::new(cli.quiet, cli.verbose);
     match &cli.command {
-        Command::Token(args) => runtime()?.block_on(token::run(load()?, args)),
-        Command::Doctor(args) => runtime()?.block_on(doctor::run(load()?, args.json)),
+        Command::Token(args) => runtime()?.block_on(token::run(load()?, args, printer())),
+        Command::Doctor(args) => runtime()?.block_on(doctor::run(load()?, args.json, printer())),
         Command::Certs(CertsCommand::Local(args)) => {
             let org_number = cli.overrides.org_number.clone().ok_or_else(|| {
                 error::UsageError::new(
                     "`certs local` needs --org-number ORGNR: the organisation number put in the certificate",
                 )
             })?;
-            certs::run(&CertsLocalArgs {
-                org_number,
-                ..args.clone()
-            })
+            certs::run(
+                &CertsLocalArgs {
+                    org_number,
+                    ..args.clone()
+                },
+                &printer(),
+            )
         }
         Command::Mock(args) => runtime()?.block_on(mock::run(args, cli.overrides.env.as_deref())),
-        Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json),
+        Command::Config(ConfigCommand::Show { json }) => config_show::run(&load()?, *json, &printer()),
         Command::Load(args) => runtime()?.block_on(load::run(load()?, args, printer())),
         Command::Add(args) => runtime()?.block_on(relationship::add(load()?, args, printer())),
         Command::Remove(args) => runtime()?.block_on(relationship::remove(load()?, args, printer())),
         Command::Lookup(args) => runtime()?.block_on(relationship::lookup(load()?, args, printer())),
         Command::Validate(args) => validate::run(&load()?, args),
-        Command::Pseudonym(args) => pseudonym::run(&load()?, args),
-        Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args)),
+        Command::Pseudonym(args) => pseudonym::run(&load()?, args, &printer()),
+        Command::Checklist(args) => runtime()?.block_on(checklist::run(load()?, args, printer())),
         // Neither reads the configuration: a broken kfr.toml must not stop shell set-up.
-        Command::Completions(args) => completions::run(args),
-        Command::Man(args) => man::run(args),
+        Command::Completions(args) => completions::run(args, &printer()),
+        Command::Man(args) => man::run(args, &printer()),
         Command::Sync(args) => runtime()?.block_on(sync::run(load()?, args, printer())),
         Command::Enqueue(a) => runtime()?.block_on(outbox::enqueue(&load()?, a, &printer())),
         Command::Outbox(OutboxCommand::Status(a)) => {

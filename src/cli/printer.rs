@@ -109,6 +109,22 @@ impl Printer {
         }
     }
 
+    /// Bytes on stdout as they are (a generated script or manual page). `Err` once stdout is
+    /// closed; any other write failure is returned as it is, since the output is the whole point.
+    pub fn raw(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        if self.stdout_closed.load(Ordering::Relaxed) {
+            return Err(StdoutClosed.into());
+        }
+        let mut out = std::io::stdout().lock();
+        match out.write_all(bytes).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.stdout_closed.store(true, Ordering::Relaxed);
+                Err(StdoutClosed.into())
+            }
+            r => Ok(r?),
+        }
+    }
+
     /// One JSON value as a line on stdout.
     pub fn json(&self, value: &impl serde::Serialize) -> Result<(), StdoutClosed> {
         match serde_json::to_string(value) {

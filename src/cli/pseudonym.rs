@@ -10,10 +10,14 @@
 use crate::ids::{CustomerId, mask};
 use anyhow::Context as _;
 
-pub fn run(settings: &crate::config::Settings, args: &super::PseudonymArgs) -> anyhow::Result<()> {
+pub fn run(
+    settings: &crate::config::Settings,
+    args: &super::PseudonymArgs,
+    p: &super::printer::Printer,
+) -> anyhow::Result<()> {
     let id = CustomerId::parse(&args.id, &super::build::id_policy(settings))
         .with_context(|| format!("{} is not a valid customer identifier", mask(&args.id)))?;
     super::install_pseudonyms(settings)?;
-    println!("{}", id.log());
+    p.data(id.log())?;
     Ok(())
 }

@@ -144,7 +144,12 @@ fn dispatcher_outcome(
     }
 }
 
-pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::Printer) -> anyhow::Result<()> {
+    let signals = StopSignals::install()?;
+    let p = Status {
+        printer,
+        json: crate::telemetry::json(),
+    };
     super::install_pseudonyms(&settings)?;
     let sync = &settings.sync;
     let register = super::outbox::register(&settings)?;
@@ -304,7 +309,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     let mut failure: Option<PartFailed> = None;
     // Whether the wait above saw the dispatcher end (its handle must not be awaited again).
     let mut dispatcher_ended = false;
-    match first_ending(wait_for_signal(), &mut parts, &mut delivering).await {
+    match first_ending(signals.wait(), &mut parts, &mut delivering).await {
         Ending::Signal(signal) => {
             tracing::info!(signal, "shutting down: intake closed, draining in-flight calls");
             p.message(format!(
@@ -374,19 +379,68 @@ pub async fn run(settings: Settings, args: &SyncArgs, p: super::printer::Printer
     }
 }
 
-/// Waits for SIGTERM or SIGINT; returns its name.
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            r = tokio::signal::ctrl_c() => { r.context("cannot listen for SIGINT")?; Ok("SIGINT") }
+/// The agent's own status lines on stderr ("taking events on …", "stopped; delivered …"): plain
+/// lines through the printer, or, with JSON logs, info events like every other line, so that a
+/// log shipper reading one JSON object a line never meets plain text.
+struct Status {
+    printer: super::printer::Printer,
+    json: bool,
+}
+
+impl Status {
+    fn message(&self, text: impl std::fmt::Display) {
+        if self.json {
+            tracing::info!("{text}");
+        } else {
+            self.printer.message(text);
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// The signals that stop the agent: SIGTERM, SIGINT and SIGHUP. SIGHUP drains like SIGTERM: its
+/// default action would kill the agent mid-call (a closed terminal, `kill -HUP` expecting a
+/// reload), and a drained stop loses nothing while the supervisor starts it again.
+///
+/// Installed when created, at the very start of the agent, so that a signal sent as soon as the
+/// agent has announced itself (or while it starts) is a drained stop, never the default action.
+#[cfg(unix)]
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for the first of them; returns its name.
+    async fn wait(mut self) -> anyhow::Result<&'static str> {
+        tokio::select! {
+            _ = self.term.recv() => Ok("SIGTERM"),
+            _ = self.int.recv() => Ok("SIGINT"),
+            _ = self.hup.recv() => Ok("SIGHUP"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals)
+    }
+
+    async fn wait(self) -> anyhow::Result<&'static str> {
         tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
     }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use secrecy::ExposeSecret as _;
 
-pub async fn run(settings: Settings, args: &super::TokenArgs) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, args: &super::TokenArgs, p: super::printer::Printer) -> anyhow::Result<()> {
     let client = super::build::token_client(&settings)?;
     let token = client.token().await.with_context(|| {
         format!(
@@ -30,14 +30,17 @@ pub async fn run(settings: Settings, args: &super::TokenArgs) -> anyhow::Result<
         if args.show_token {
             v["access_token"] = token.secret().expose_secret().into();
         }
-        println!("{v}");
+        p.data(v)?;
     } else {
-        println!("token obtained from {}", settings.maskinporten_issuer);
-        println!("  expires at    {expires_at} (in {} s)", token.expires_in.as_secs());
-        println!("  scope         {}", token.scope);
-        println!("  consumer org  {consumer}");
+        p.data(format_args!("token obtained from {}", settings.maskinporten_issuer))?;
+        p.data(format_args!(
+            "  expires at    {expires_at} (in {} s)",
+            token.expires_in.as_secs()
+        ))?;
+        p.data(format_args!("  scope         {}", token.scope))?;
+        p.data(format_args!("  consumer org  {consumer}"))?;
         if args.show_token {
-            println!("  access token  {}", token.secret().expose_secret());
+            p.data(format_args!("  access token  {}", token.secret().expose_secret()))?;
         }
     }
     Ok(())
