@@ -248,6 +248,7 @@ fn help_shows_examples_for_the_main_commands() {
         &["doctor"][..],
         &["outbox", "status"][..],
         &["dlq", "list"][..],
+        &["history"][..],
         &["checklist"][..],
         &["certs", "local"][..],
         &["config", "show"][..],

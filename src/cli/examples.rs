@@ -56,7 +56,13 @@ Examples:
 pub const DLQ_LIST: &str = "\
 Examples:
   kfr dlq list                                the dead letters with KFR's answer
-  kfr dlq retry 42                            put entry 42 back at the head of its queue";
+  kfr dlq retry 42                            put entry 42 back at the head of its queue
+  kfr dlq drop 42 --reason duplicate          give up on it; who and why go to the history";
+
+pub const HISTORY: &str = "\
+Examples:
+  kfr history 02887510019                     attempts, KFR's answers and operator actions
+  kfr history 02887510019 --json              the same as JSON (identifier masked)";
 
 pub const CERTS_LOCAL: &str = "\
 Examples:

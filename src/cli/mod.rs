@@ -117,6 +117,7 @@ pub enum Command {
     Dlq(DlqCommand),
     /// What was reported for one customer: its events, every attempt and KFR's answer, and
     /// operators' actions, kept after the outbox purged them (identifier masked unless asked).
+    #[command(after_help = examples::HISTORY)]
     History(HistoryArgs),
     /// Compare a full export with the ledger and enqueue the adds and removes that differ.
     #[command(after_help = examples::RECONCILE)]
