@@ -249,6 +249,7 @@ fn help_shows_examples_for_the_main_commands() {
         &["outbox", "status"][..],
         &["dlq", "list"][..],
         &["history"][..],
+        &["verify"][..],
         &["checklist"][..],
         &["certs", "local"][..],
         &["config", "show"][..],

@@ -26,3 +26,4 @@ mod sync_reliability;
 mod token;
 mod util;
 mod verdicts;
+mod verify;

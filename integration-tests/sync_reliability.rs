@@ -61,7 +61,8 @@ async fn rig(tweak: impl FnOnce(&mut MockConfig)) -> Rig {
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(
         "request_timeout_secs = 1\nconnect_timeout_secs = 1\ntoken_refresh_ahead_secs = 1\n\
-         [retry]\nbase_delay_ms = 20\nmax_delay_secs = 1\nretry_after_cap_secs = 1\n",
+         [retry]\nbase_delay_ms = 20\nmax_delay_secs = 1\nretry_after_cap_secs = 1\n\
+         [sync]\nin_doubt_secs = 2\n",
     );
     std::fs::write(&cfg, text).unwrap();
     let key = dir.join("ingest.key");
@@ -774,5 +775,55 @@ async fn two_agents_on_one_store_deliver_one_request_per_customer_and_the_standb
     );
     assert_eq!(r.active(), expected_active(&evs));
     let st = tokio::task::spawn_blocking(move || terminate(b)).await.unwrap();
+    assert!(st.success(), "{st:?}");
+}
+
+/// (g) In doubt means hold (issue 19 item 1): KFR answers a remove 500 and carries it out later.
+/// Without a hold the agent would retry the remove, send the customer's next add, and then the
+/// late remove would end the relationship the bank had just re-opened. The agent holds the
+/// customer for `sync.in_doubt_secs`, so the late remove lands before the retry: the customer
+/// ends as the bank's last event says, and `kfr verify --all` finds the register right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_carried_out_late_cannot_overtake_the_customers_next_event() {
+    let r = rig(|_| {}).await;
+    let mock = r.mock.state();
+    let x = tenor_persons(19, 1).remove(0);
+    let agent = r.agent(&r.dir.join("g.log"), false, &[]);
+    mock.set_late_apply("remove", 1, Duration::from_millis(1500)).unwrap();
+    let evs: Vec<Event> = [true, false, true]
+        .into_iter()
+        .enumerate()
+        .map(|(i, add)| Event {
+            id: x.clone(),
+            add,
+            event_id: format!("g-{i}"),
+        })
+        .collect();
+    post_all(&r, &agent.ingest, &evs, 3).await;
+    r.settled(3, Duration::from_secs(30)).await;
+    let m = mock.clone();
+    until("the late remove was carried out", Duration::from_secs(10), || {
+        let n = m
+            .snapshot()
+            .kfr
+            .faults_by_kind
+            .get("late_applied")
+            .copied()
+            .unwrap_or(0);
+        async move { n == 1 }
+    })
+    .await;
+    assert!(
+        r.active().contains(&x),
+        "the customer ends active, as the last event says"
+    );
+    let out = r.cli(&["verify", "--all", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["checked"].as_u64(), v["mismatches"].as_array().map(Vec::len)),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    let st = tokio::task::spawn_blocking(move || terminate(agent)).await.unwrap();
     assert!(st.success(), "{st:?}");
 }

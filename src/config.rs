@@ -282,6 +282,11 @@ pub const KEYS: &[KeyDef] = &[
         doc: "hours of transient failures after which an event is dead-lettered",
     },
     KeyDef {
+        name: "sync.in_doubt_secs",
+        default: Some("120"),
+        doc: "seconds a request may still be carried out after kfr gave up on it: its customer waits that long",
+    },
+    KeyDef {
         name: "sync.backdated_by_batch",
         default: Some("true"),
         doc: "send adds dated before today by batch, so KFR keeps their start date",
@@ -543,6 +548,10 @@ pub struct SyncSettings {
     pub drain: std::time::Duration,
     /// Transient failures are retried this long before the event is dead-lettered.
     pub give_up_after: std::time::Duration,
+    /// How long a request whose fate is unknown (no answer, a 5xx, a sender killed with it out)
+    /// may still be carried out between kfr and KFR: its customer waits that long (in doubt
+    /// means hold).
+    pub in_doubt: std::time::Duration,
     /// Adds dated before today go by batch with their date (else as single adds, date lost).
     pub backdated_by_batch: bool,
     pub sources: Vec<SourceSettings>,
@@ -1302,6 +1311,7 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
         give_up_after: std::time::Duration::from_secs(
             3_600 * r.number::<u64>("sync.give_up_after_hours", 1, 24 * 90, "hours")?,
         ),
+        in_doubt: std::time::Duration::from_secs(r.number::<u64>("sync.in_doubt_secs", 1, 3_600, "seconds")?),
         backdated_by_batch: r.boolean("sync.backdated_by_batch")?,
         sources,
     })

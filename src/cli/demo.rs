@@ -466,6 +466,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         resume_command: format!("kfr --config {} load {} --resume", config.display(), export.display()),
         stop: None,
         request_budget: super::build::request_budget(&settings),
+        in_doubt: settings.sync.in_doubt,
     };
     let (job_tx, mut job_rx) = tokio::sync::watch::channel(None::<i64>);
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);

@@ -59,6 +59,12 @@ Examples:
   kfr dlq retry 42                            put entry 42 back at the head of its queue
   kfr dlq drop 42 --reason duplicate          give up on it; who and why go to the history";
 
+pub const VERIFY: &str = "\
+Examples:
+  kfr verify                                  100 customers of the ledger, looked up in KFR
+  kfr verify --all --json                     every customer; the differences as JSON
+  kfr verify --all --repair                   and queue the corrections for the agent";
+
 pub const HISTORY: &str = "\
 Examples:
   kfr history 02887510019                     attempts, KFR's answers and operator actions

@@ -120,6 +120,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         stop: None,
         id_policy: super::build::id_policy(&settings),
         request_budget: super::build::request_budget(&settings),
+        in_doubt: settings.sync.in_doubt,
     };
     let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     if args.dry_run {
@@ -269,6 +270,7 @@ async fn abandon(
         state,
         action,
         request_budget: super::build::request_budget(&settings),
+        in_doubt: settings.sync.in_doubt,
         job,
         held,
         org_number: settings.require_org_number()?.to_string(),

@@ -29,6 +29,7 @@ pub(crate) mod report;
 mod sync;
 mod token;
 mod validate;
+mod verify;
 
 /// `kfr --version`: the package version and the commit it was built from (`build.rs`: short
 /// hash, `-dirty` for a modified tree, `unknown` outside a git checkout).
@@ -119,6 +120,9 @@ pub enum Command {
     /// operators' actions, kept after the outbox purged them (identifier masked unless asked).
     #[command(after_help = examples::HISTORY)]
     History(HistoryArgs),
+    /// Check the ledger against KFR by own lookups: every customer, or a random sample.
+    #[command(after_help = examples::VERIFY)]
+    Verify(VerifyArgs),
     /// Compare a full export with the ledger and enqueue the adds and removes that differ.
     #[command(after_help = examples::RECONCILE)]
     Reconcile(ReconcileArgs),
@@ -262,6 +266,28 @@ pub struct ActorArgs {
     /// Why, for the audit trail.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Look up this many customers of the ledger, chosen at random (default 100).
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub sample: Option<usize>,
+    /// Look up every customer of the ledger.
+    #[arg(long)]
+    pub all: bool,
+    /// Enqueue the corrections (the ledger's state) for the sync agent.
+    #[arg(long)]
+    pub repair: bool,
+    /// Let --repair correct more than 5 % of the customers checked.
+    #[arg(long, requires = "repair")]
+    pub allow_mass_change: bool,
+    /// State store (default: the installation's).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -706,6 +732,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::History(a) => runtime()?.block_on(history::run(&load()?, a, &printer())),
+        Command::Verify(a) => runtime()?.block_on(verify::run(&load()?, a, &printer())),
         Command::Reconcile(a) => runtime()?.block_on(outbox::reconcile(&load()?, a, &printer())),
         // Its own configuration, written next to its throwaway certificates: nothing to set up.
         Command::Demo(args) => runtime()?.block_on(demo::run(args, printer())),

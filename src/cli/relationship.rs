@@ -110,6 +110,7 @@ async fn change(settings: Settings, args: &RelationshipArgs, p: Printer, op: Ope
         rules: Rules {
             retry: super::build::retry_policy(&settings),
             give_up_after: GIVE_UP_AFTER,
+            in_doubt: settings.sync.in_doubt,
         },
     };
     let (seq, ahead, barrier) = match store
@@ -247,9 +248,12 @@ impl Ctx<'_> {
             error,
         } = loop {
             let tried = self.attempt(&id, &ev).await?;
+            // Tried again here only after a short wait: an attempt in doubt holds its customer
+            // for minutes (`sync.in_doubt_secs`), which the agent or a rerun waits out instead.
             let again = match (&tried.outcome.end, &tried.finished) {
                 (ClaimEnd::RetryLater { not_before, .. }, ClaimFinished::Recorded)
-                    if tries < self.rules.retry.max_attempts.max(1) =>
+                    if tries < self.rules.retry.max_attempts.max(1)
+                        && *not_before - Utc::now() <= chrono::Duration::seconds(10) =>
                 {
                     Some(*not_before)
                 }

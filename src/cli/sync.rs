@@ -168,6 +168,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         retention_days: sync.retention_days,
         history_retention_days: sync.history_retention_days,
         give_up_after: sync.give_up_after,
+        in_doubt: sync.in_doubt,
         backdated_by_batch: sync.backdated_by_batch,
         shutdown_grace: sync.drain,
         ..DispatchConfig::default()
@@ -501,7 +502,7 @@ async fn lease_or_stop(
             }
             // No store to write to: the agent stops, as it does when delivering.
             Err(e @ (crate::store::StoreError::Lost { .. } | crate::store::StoreError::Stopped)) => {
-                health.set_store_problem(Some(e.to_string()));
+                health.set_delivery_store_problem(Some(e.to_string()));
                 return Err(e.into());
             }
             Err(e) => tracing::error!(error = %e, "could not check the delivery lease; trying again"),

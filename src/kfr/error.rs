@@ -52,6 +52,20 @@ pub enum KfrError {
 }
 
 impl KfrError {
+    /// Whether the request may still be carried out after this answer: no answer came (a
+    /// timeout, a lost connection), or a 5xx, which a gateway gives while the request may still
+    /// reach KFR, or a success whose body did not parse. Such an attempt is **in doubt**: the
+    /// customer's next event must not be sent before it can no longer be applied
+    /// (docs/specs/outbox.md, "In doubt means hold"). A token failure, a refused size, a 4xx
+    /// and a 429 are definite: nothing was (or will be) done.
+    pub fn fate_unknown(&self) -> bool {
+        match self {
+            KfrError::Transport { .. } | KfrError::InvalidResponse { .. } => true,
+            KfrError::Api { status, .. } => *status >= 500,
+            KfrError::Token(_) | KfrError::BatchTooLarge { .. } => false,
+        }
+    }
+
     /// The class of the verdict this error stands for.
     pub fn class(&self) -> VerdictClass {
         match self {

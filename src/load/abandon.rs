@@ -42,8 +42,9 @@ pub struct AbandonOptions {
     pub state: PathBuf,
     /// Who abandons and why, for the history.
     pub action: OperatorAction,
-    /// As [`super::LoadOptions::request_budget`].
+    /// As [`super::LoadOptions::request_budget`] and [`super::LoadOptions::in_doubt`].
     pub request_budget: std::time::Duration,
+    pub in_doubt: std::time::Duration,
     pub job: i64,
     pub held: HeldChoice,
     /// The KFR this run talks to: held operations are sent only to the job's own.
@@ -206,7 +207,8 @@ async fn abandon_as_writer(
     match opts.held {
         HeldChoice::Send if !held.is_empty() => {
             let client = client.expect("--send-held comes with a KFR client");
-            (sent, failed) = super::send_held_operations(store, client, &register, opts.request_budget, on).await?;
+            (sent, failed) =
+                super::send_held_operations(store, client, &register, (opts.request_budget, opts.in_doubt), on).await?;
         }
         HeldChoice::Drop => {
             dropped = held

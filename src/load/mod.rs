@@ -102,6 +102,9 @@ pub struct LoadOptions {
     /// The longest one KFR request may take (request timeout, a token fetch, a 401 retry): a
     /// held operation's claim lasts longer, so its request always ends inside its claim.
     pub request_budget: Duration,
+    /// How long a held operation's request of unknown fate may still be carried out
+    /// (`sync.in_doubt_secs`): its customer waits that long.
+    pub in_doubt: Duration,
 }
 
 /// How a load ended without an error.
@@ -675,7 +678,8 @@ async fn run_as_writer(
         // The barrier is down: the held operations go, per customer in issue order.
         abort_point("deletes", None);
         let register = store.job(job).await?.and_then(|j| j.register).unwrap_or_default();
-        (sent, failed) = send_held_operations(store, client, &register, opts.request_budget, on).await?;
+        (sent, failed) =
+            send_held_operations(store, client, &register, (opts.request_budget, opts.in_doubt), on).await?;
     }
     let kept_dates = std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner()));
     let (report, report_files) = write_report(
@@ -724,7 +728,7 @@ async fn send_held_operations(
     store: &Store,
     client: &KfrClient,
     register: &str,
-    request_budget: Duration,
+    (request_budget, in_doubt): (Duration, Duration),
     on: EventSink<'_>,
 ) -> Result<(Vec<SentOperation>, usize), LoadError> {
     // Identifiers were checked when the operation was issued; the policy of this run must not
@@ -736,6 +740,7 @@ async fn send_held_operations(
     let rules = Rules {
         retry: client.config().retry.clone(),
         give_up_after: HELD_GIVE_UP_AFTER,
+        in_doubt,
     };
     // The claim outlasts the request: nobody else sends the customer meanwhile, and a load that
     // dies with a request out leaves a claim the agent takes back only once it ran out.

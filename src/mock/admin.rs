@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub(crate) fn routes() -> Router<Arc<MockState>> {
     Router::new()
@@ -72,6 +73,16 @@ struct FaultsUpdate {
     delegations: Option<Vec<String>>,
     /// Replaces the customers refused with 400 KFR-005 on add, delete and batch.
     reject_customers: Option<Vec<String>>,
+    /// The next `count` writes of `op` are answered 500 and carried out `delay_ms` later.
+    late_apply: Option<LateApplyUpdate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LateApplyUpdate {
+    op: String,
+    count: u32,
+    delay_ms: u64,
 }
 
 async fn faults(
@@ -111,6 +122,11 @@ async fn faults(
     // Everything is checked: apply all or nothing.
     if let Some(ds) = delegations {
         state.set_delegations(ds);
+    }
+    if let Some(l) = &update.late_apply
+        && let Err(e) = state.set_late_apply(&l.op, l.count, Duration::from_millis(l.delay_ms))
+    {
+        return bad_request(e);
     }
     if let Some(ids) = update.reject_customers {
         state.set_reject_customers(ids);

@@ -594,7 +594,7 @@ async fn remove(
 
 /// Runs a single-relationship operation behind the gate (token, rate, faults), then records it.
 async fn gated(
-    state: &MockState,
+    state: &Arc<MockState>,
     op: Op,
     fid: &str,
     ty: &str,
@@ -604,7 +604,29 @@ async fn gated(
     let _writing = WriteInFlight::enter(state, headers);
     let result = match require_length(headers) {
         Ok(()) => match gate(state, op, fid, headers).await {
-            Ok(()) => handle(state, fid, ty, headers),
+            Ok(()) => match state.take_late_apply(op.name()) {
+                // Answered 500 now, carried out later: what a sender that gave up cannot see.
+                Some(delay) => {
+                    count_fault(state, "late_apply");
+                    let late = (state.clone(), fid.to_string(), ty.to_string(), headers.clone());
+                    tokio::spawn(async move {
+                        let (state, fid, ty, headers) = late;
+                        tokio::time::sleep(delay).await;
+                        let r = handle(&state, &fid, &ty, &headers);
+                        count_fault(&state, "late_applied");
+                        tracing::info!(
+                            operation = op.name(),
+                            carried_out = r.is_ok(),
+                            "KFR write carried out late (injected)"
+                        );
+                    });
+                    Err(Refusal::because(
+                        Failure::Internal,
+                        "kfr mock: injected fault, this write will be carried out later",
+                    ))
+                }
+                None => handle(state, fid, ty, headers),
+            },
             Err(r) => Err(r),
         },
         Err(r) => Err(r),

@@ -149,6 +149,10 @@ pub struct KfrState {
     /// judged their identifier invalid: a permanent per-customer rejection for tests of the
     /// dead-letter path. Runtime only (`POST /_mock/faults`).
     pub(crate) reject_customers: Mutex<std::collections::BTreeSet<String>>,
+    /// Writes answered 500 at once and carried out `delay` later, as a request a gateway or KFR
+    /// still processes after its sender gave up: `(operation, how many are left, delay)`.
+    /// Runtime only (`POST /_mock/faults` `late_apply`).
+    pub(crate) late_apply: Mutex<Option<(&'static str, u32, Duration)>>,
     /// The write requests (add, remove, batch entries) in arrival order, for tests of delivery
     /// order (`GET /_mock/requests`); the oldest go first beyond [`REQUEST_LOG_CAP`].
     pub(crate) request_log: Mutex<std::collections::VecDeque<RequestLogEntry>>,
@@ -258,6 +262,7 @@ impl MockState {
                 stopping: tokio::sync::watch::channel(false).0,
                 quirks: cfg.quirks,
                 reject_customers: Mutex::new(Default::default()),
+                late_apply: Mutex::new(None),
                 request_log: Mutex::new(Default::default()),
             },
             base_url,
@@ -386,6 +391,29 @@ impl MockState {
     /// Replaces the customers the fake KFR refuses with 400 KFR-005 (see `KfrState`).
     pub fn set_reject_customers(&self, ids: impl IntoIterator<Item = String>) {
         *lock(&self.kfr.reject_customers) = ids.into_iter().collect();
+    }
+
+    /// The next `count` writes of `op` (`add` or `remove`) are answered 500 at once and carried
+    /// out `delay` later (see `KfrState::late_apply`); `count` 0 switches it off.
+    pub fn set_late_apply(&self, op: &str, count: u32, delay: Duration) -> Result<(), String> {
+        let op = match op {
+            "add" => "add",
+            "remove" => "remove",
+            other => return Err(format!("late_apply.op must be add or remove, not {other:?}")),
+        };
+        *lock(&self.kfr.late_apply) = (count > 0).then_some((op, count, delay));
+        Ok(())
+    }
+
+    /// Whether this write of `op` is one to carry out late; counts it.
+    pub(crate) fn take_late_apply(&self, op: &str) -> Option<Duration> {
+        let mut late = lock(&self.kfr.late_apply);
+        let (want, left, delay) = (*late)?;
+        if want != op {
+            return None;
+        }
+        *late = (left > 1).then_some((want, left - 1, delay));
+        Some(delay)
     }
 
     /// Switches `token_refuse` (see `MaskinportenState::refuse`).

@@ -27,10 +27,17 @@ pub trait Outbox {
 
     /// Takes back claims whose holder can no longer be sending them: in-flight events whose
     /// claim expired (`claimed_until` passed) and was made under an older lease epoch than
-    /// `epoch` or under none. Singles go back to pending; batch events to `Accepted` with unknown
-    /// fate (see [`Recovered`]). A claim still within its time is left alone, whoever made it: its
-    /// request may be on the wire.
-    fn recover(&mut self, register: &str, epoch: i64, now: DateTime<Utc>) -> Result<Recovered, StoreError>;
+    /// `epoch` or under none. Singles go back to pending, not before `claimed_until + hold` (a
+    /// request sent under the claim may still be carried out until then: in doubt means hold);
+    /// batch events to `Accepted` with unknown fate (see [`Recovered`]). A claim still within its
+    /// time is left alone, whoever made it: its request may be on the wire.
+    fn recover(
+        &mut self,
+        register: &str,
+        epoch: i64,
+        now: DateTime<Utc>,
+        hold: chrono::Duration,
+    ) -> Result<Recovered, StoreError>;
 
     /// Up to `limit` customer heads that may be sent now, oldest first, claimed for `claimer`
     /// until `now + claimer.ttl`: pending, `next_attempt_at` passed, customer not parked, and for

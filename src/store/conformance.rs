@@ -502,7 +502,7 @@ pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut d
     let upload = Uuid::new_v4();
     b.begin_batch(&[got[1].seq, got[2].seq], upload).unwrap();
     assert_eq!(
-        b.recover(R, 1, t(LATER)).unwrap(),
+        b.recover(R, 1, t(LATER), Duration::zero()).unwrap(),
         Recovered {
             requeued: 1,
             unknown_uploads: 2
@@ -516,7 +516,7 @@ pub fn recover_requeues_singles_and_marks_batch_events_of_unknown_fate(h: &mut d
             .all(|e| e.accepted_at.is_none() && e.batch_correlation_id == Some(upload))
     );
     assert_eq!(
-        ids(&claim(b, R, 1, 10)),
+        ids(&claim(b, R, LATER, 10)),
         ["single"],
         "batch events are not resent before a probe"
     );
@@ -740,8 +740,8 @@ pub fn correlation_id_is_stable_across_claims_and_recover(h: &mut dyn Harness) {
     let first = claim(b, R, 0, 10);
     assert_ne!(first[0].correlation_id, first[1].correlation_id);
     b.retry_later(first[0].seq, t(1), "timeout", t(0)).unwrap();
-    b.recover(R, 1, t(LATER)).unwrap();
-    let again = claim(b, R, 1, 10);
+    b.recover(R, 1, t(LATER), Duration::zero()).unwrap();
+    let again = claim(b, R, LATER, 10);
     assert_eq!(again.len(), 2);
     for e in &again {
         let was = first.iter().find(|f| f.seq == e.seq).unwrap();
@@ -969,14 +969,21 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
     let OwnEvent::Claimed(z) = own(b, "own-b-add", B, Operation::Add) else {
         panic!()
     };
+    let hold = Duration::seconds(30);
     assert_eq!(
-        b.recover(R, 1, t(59)).unwrap().requeued,
+        b.recover(R, 1, t(59), hold).unwrap().requeued,
         0,
         "the claim holds for its ttl"
     );
     assert!(claim(b, R, 59, 10).is_empty());
-    assert_eq!(b.recover(R, 1, t(60)).unwrap().requeued, 1);
-    let resent = claim(b, R, 24, 10);
+    assert_eq!(b.recover(R, 1, t(60), hold).unwrap().requeued, 1);
+    // In doubt means hold: a request sent under the claim may still be carried out for `hold`
+    // after it ran out, so nothing of the customer goes before then, not even the same request.
+    assert!(
+        claim(b, R, 89, 10).is_empty(),
+        "held while its request may still be carried out"
+    );
+    let resent = claim(b, R, 90, 10);
     assert_eq!(ids(&resent), ["own-b-add"]);
     assert_eq!(resent[0].correlation_id, z.correlation_id, "the same request again");
     let done = ClaimEnd::Delivered {
@@ -1307,13 +1314,16 @@ pub fn concurrency_one_lease_holder_and_a_deposed_one_is_fenced(h: &mut dyn Harn
         ..agent()
     };
     assert_eq!(
-        second.recover(R, lb.epoch, t(21)).unwrap().requeued,
+        second.recover(R, lb.epoch, t(21), Duration::zero()).unwrap().requeued,
         0,
         "a's request may be on the wire"
     );
     let next = second.claim_ready(R, &b_claimer, t(21), 10).unwrap();
     assert_eq!(ids(&next), ["b1"], "not a1: it is still a's claim");
-    assert_eq!(second.recover(R, lb.epoch, t(76)).unwrap().requeued, 1);
+    assert_eq!(
+        second.recover(R, lb.epoch, t(76), Duration::zero()).unwrap().requeued,
+        1
+    );
     let taken = second.claim_ready(R, &b_claimer, t(76), 10).unwrap();
     assert_eq!(ids(&taken), ["a1"]);
     second.release_lease(&lb).unwrap();

@@ -148,7 +148,8 @@ impl Store {
 
     calls! {
         // ---- outbox
-        fn recover(register: String, epoch: i64, now: DateTime<Utc>) -> Recovered => |b| b.recover(&register, epoch, now);
+        fn recover(register: String, epoch: i64, now: DateTime<Utc>, hold: std::time::Duration) -> Recovered
+            => |b| b.recover(&register, epoch, now, chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::MAX));
         fn claim_ready(register: String, claimer: Claimer, now: DateTime<Utc>, limit: usize) -> Vec<OutboxEvent>
             => |b| b.claim_ready(&register, &claimer, now, limit);
         fn begin_batch(seqs: Vec<Seq>, batch: Uuid) -> () => |b| b.begin_batch(&seqs, batch);

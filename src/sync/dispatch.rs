@@ -122,6 +122,10 @@ pub struct DispatchConfig {
     pub lease_ttl: Duration,
     /// How often claims that ran out (a dead predecessor's, a killed `kfr add`'s) are taken back.
     pub recover_interval: Duration,
+    /// How long a request of unknown fate may still be carried out (wall): an event whose attempt
+    /// is in doubt — no answer, a 5xx, cut at shutdown, its sender killed — waits that long
+    /// before it is tried again, and its customer with it (in doubt means hold).
+    pub in_doubt: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -154,6 +158,7 @@ impl Default for DispatchConfig {
             lease_renew: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
             recover_interval: Duration::from_secs(10),
+            in_doubt: Duration::from_secs(120),
         }
     }
 }
@@ -164,6 +169,7 @@ impl DispatchConfig {
         Rules {
             retry: self.retry.clone(),
             give_up_after: self.give_up_after,
+            in_doubt: self.in_doubt,
         }
     }
 }
@@ -249,7 +255,7 @@ impl Dispatcher {
     ) -> Result<DispatchSummary, DispatchError> {
         let recovered = self
             .store
-            .recover(self.register.clone(), lease.epoch, self.clock.now())
+            .recover(self.register.clone(), lease.epoch, self.clock.now(), self.cfg.in_doubt)
             .await?;
         if recovered != Recovered::default() {
             tracing::info!(
@@ -268,6 +274,9 @@ impl Dispatcher {
                 ..Default::default()
             }),
             unsettled: Mutex::new(HashSet::new()),
+            sent: Mutex::new(HashSet::new()),
+            unrecorded: Mutex::new(vec![]),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             book: Mutex::new(backdated::Book::default()),
             retries_due: Mutex::new(BinaryHeap::new()),
             claimer: Claimer {
@@ -304,6 +313,7 @@ impl Dispatcher {
                 break;
             }
             let now = Instant::now();
+            sh.record_again().await;
             let gate = lock(&sh.pause).gate(now);
             let held = singles + uploading + gathered.len();
             // Claim in groups, not one event per finished request: a claim is a write transaction
@@ -321,7 +331,9 @@ impl Dispatcher {
                     .await
                 {
                     Ok(events) => {
-                        sh.health.set_store_problem(None);
+                        if lock(&sh.unrecorded).is_empty() {
+                            sh.health.set_delivery_store_problem(None);
+                        }
                         if gate == Gate::Probe && events.is_empty() {
                             lock(&sh.pause).probe_later(now, cfg.probe_interval);
                         }
@@ -347,7 +359,7 @@ impl Dispatcher {
                     // No store to write to, or deposed: stop, so the agent exits (or stands by) and
                     // a supervisor sees it.
                     Err(e @ (StoreError::Stopped | StoreError::Lost { .. } | StoreError::Fenced { .. })) => {
-                        sh.health.set_store_problem(Some(e.to_string()));
+                        sh.health.set_delivery_store_problem(Some(e.to_string()));
                         failed_store = Some(e);
                         break;
                     }
@@ -368,7 +380,11 @@ impl Dispatcher {
             }
             if now >= next_recover {
                 next_recover = now + cfg.recover_interval;
-                match sh.store.recover(sh.register.clone(), lease.epoch, sh.clock.now()).await {
+                match sh
+                    .store
+                    .recover(sh.register.clone(), lease.epoch, sh.clock.now(), cfg.in_doubt)
+                    .await
+                {
                     Ok(r) if r != Recovered::default() => tracing::info!(
                         requeued = r.requeued,
                         unknown_uploads = r.unknown_uploads,
@@ -444,7 +460,9 @@ impl Dispatcher {
             }
         }
 
-        // Shutdown: claim nothing more; what is gathered but not sent goes back now.
+        // Shutdown: claim nothing more, start no request more (tasks still waiting for a slot
+        // hand their event back); what is gathered but not sent goes back now.
+        sh.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(in_flight = singles + uploading, "dispatcher stopping");
         let unsent: Vec<Seq> = gathered.iter().map(|e| e.seq).collect();
         let deadline = Instant::now() + sh.cfg.shutdown_grace;
@@ -469,9 +487,25 @@ impl Dispatcher {
             });
             u.drain().collect()
         };
-        let released = left.len() as u64;
-        if !left.is_empty() {
-            if let Err(e) = sh.store.release(left, sh.clock.now()).await {
+        sh.record_again().await;
+        // A request cut mid-way may still be carried out: its event waits out `in_doubt` before
+        // it is tried again (in doubt means hold); one never sent goes back as it was.
+        let (cut_sent, unsent): (Vec<Seq>, Vec<Seq>) = {
+            let sent = lock(&sh.sent);
+            left.into_iter().partition(|s| sent.contains(s))
+        };
+        let released = (cut_sent.len() + unsent.len()) as u64;
+        let now = sh.clock.now();
+        let hold = chrono::Duration::from_std(sh.cfg.in_doubt).unwrap_or(chrono::Duration::minutes(2));
+        for seq in cut_sent {
+            let why =
+                "cut at shutdown while its request was out; in doubt until it can no longer be carried out".to_string();
+            if let Err(e) = sh.store.retry_later(seq, now + hold, why, now).await {
+                tracing::warn!(error = %e, "could not record a request cut at shutdown; the next holder recovers it once its claim ran out");
+            }
+        }
+        if !unsent.is_empty() {
+            if let Err(e) = sh.store.release(unsent, now).await {
                 tracing::warn!(error = %e, "could not hand back events at shutdown; the next holder recovers them once their claims ran out");
             }
         }
@@ -539,6 +573,15 @@ fn task_failure(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// An outcome the store could not record yet (see `Shared::unrecorded`).
+#[derive(Debug)]
+enum Unrecorded {
+    Settle(Settlement),
+    RetryLater(Seq, DateTime<Utc>, String, DateTime<Utc>),
+    Release(Vec<Seq>),
+    DeadLetter(Seq, Rejection, DateTime<Utc>),
+}
+
 /// Which kind of task ended.
 enum Done {
     Single,
@@ -569,6 +612,14 @@ struct Shared {
     tally: Mutex<DispatchSummary>,
     /// Claimed events whose outcome is not recorded yet: handed back at shutdown.
     unsettled: Mutex<HashSet<Seq>>,
+    /// Of those, the ones whose request went out: cut at shutdown, their fate is unknown.
+    sent: Mutex<HashSet<Seq>>,
+    /// Outcomes the store could not record (a full disk, say), recorded again at every turn of
+    /// the loop until it takes them; their events stay in flight (claimed) meanwhile, and the
+    /// agent is unready. Nothing is sent again for them.
+    unrecorded: Mutex<Vec<Unrecorded>>,
+    /// Set when shutdown begins: no new request starts after it (waiting tasks hand back).
+    stopping: std::sync::atomic::AtomicBool,
     book: Mutex<backdated::Book>,
     /// When scheduled retries fall due (tokio time), earliest first; the main loop wakes then.
     retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
@@ -623,7 +674,7 @@ impl Shared {
             e,
             StoreError::NotWritable { .. } | StoreError::Busy { .. } | StoreError::Lost { .. }
         ) {
-            self.health.set_store_problem(Some(e.to_string()));
+            self.health.set_delivery_store_problem(Some(e.to_string()));
         }
     }
 
@@ -640,6 +691,7 @@ impl Shared {
     /// Records that `seq`'s outcome is in the store.
     fn settled(&self, seq: Seq) {
         lock(&self.unsettled).remove(&seq);
+        lock(&self.sent).remove(&seq);
     }
 
     /// One request slot: the in-flight cap, then the global rate.
@@ -682,6 +734,11 @@ impl Shared {
             self.release(&[ev.seq]).await;
             return Done::Single;
         }
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            // Shutdown began while it waited for a slot: no new request during the drain.
+            self.release(&[ev.seq]).await;
+            return Done::Single;
+        }
         if !self.claim_lasts(&ev) {
             // The claim could run out while the request is out, and a successor could then send
             // the customer's next event ahead of it: hand it back instead (claimed afresh soon).
@@ -694,6 +751,7 @@ impl Shared {
         }
         let op = op_label(ev.op);
         let rules = self.cfg.rules();
+        lock(&self.sent).insert(ev.seq);
         let outcome = match ev.op {
             Operation::Add => {
                 let a = self.client.add_once(&id, ev.correlation_id).await;
@@ -724,6 +782,50 @@ impl Shared {
         Done::Single
     }
 
+    /// Records again the outcomes the store refused before, oldest first, until one fails again.
+    /// The agent stays unready while any is left: the events are claimed, not lost, and nothing
+    /// is sent again for them (their answers are known).
+    async fn record_again(&self) {
+        let pending: Vec<Unrecorded> = std::mem::take(&mut *lock(&self.unrecorded));
+        if pending.is_empty() {
+            return;
+        }
+        let mut left = pending.into_iter();
+        for u in left.by_ref() {
+            let result = match &u {
+                Unrecorded::Settle(s) => self.store.settle(vec![s.clone()]).await,
+                Unrecorded::RetryLater(seq, at, error, now) => {
+                    self.store.retry_later(*seq, *at, error.clone(), *now).await
+                }
+                Unrecorded::Release(seqs) => self.store.release(seqs.clone(), self.clock.now()).await,
+                Unrecorded::DeadLetter(seq, r, at) => self.store.dead_letter(*seq, r.clone(), *at).await,
+            };
+            match result {
+                Ok(()) => {
+                    match &u {
+                        Unrecorded::Settle(s) => {
+                            lock(&self.tally).delivered += 1;
+                            self.settled(s.seq);
+                        }
+                        Unrecorded::RetryLater(seq, ..) | Unrecorded::DeadLetter(seq, ..) => self.settled(*seq),
+                        Unrecorded::Release(seqs) => seqs.iter().for_each(|s| self.settled(*s)),
+                    }
+                    tracing::info!("recorded an outcome the store had refused before");
+                }
+                // An event the store no longer has in flight for us (taken over): nothing to do.
+                Err(StoreError::WrongState { .. }) => {}
+                Err(e) => {
+                    self.store_problem("recording an outcome again", &e);
+                    let mut rest: Vec<Unrecorded> = vec![u];
+                    rest.extend(left);
+                    lock(&self.unrecorded).splice(0..0, rest);
+                    return;
+                }
+            }
+        }
+        self.health.set_delivery_store_problem(None);
+    }
+
     /// Whether `ev`'s claim leaves room for a whole attempt from now.
     fn claim_lasts(&self, ev: &OutboxEvent) -> bool {
         let budget = chrono::Duration::from_std(self.cfg.request_budget).unwrap_or(chrono::Duration::MAX);
@@ -737,8 +839,9 @@ impl Shared {
             echoed_correlation_id: echoed,
             at: self.clock.now(),
         };
-        if let Err(e) = self.store.settle(vec![s]).await {
+        if let Err(e) = self.store.settle(vec![s.clone()]).await {
             self.store_problem("recording a delivery", &e);
+            lock(&self.unrecorded).push(Unrecorded::Settle(s));
             return;
         }
         self.settled(ev.seq);
@@ -770,7 +873,10 @@ impl Shared {
     async fn release(&self, seqs: &[Seq]) {
         match self.store.release(seqs.to_vec(), self.clock.now()).await {
             Ok(()) => seqs.iter().for_each(|s| self.settled(*s)),
-            Err(e) => self.store_problem("handing events back", &e),
+            Err(e) => {
+                self.store_problem("handing events back", &e);
+                lock(&self.unrecorded).push(Unrecorded::Release(seqs.to_vec()));
+            }
         }
     }
 
@@ -781,8 +887,10 @@ impl Shared {
             .or_else(|| r.status.map(|s| s.to_string()))
             .unwrap_or_else(|| "none".into());
         tracing::warn!(seq = ev.seq, op = op_label(ev.op), customer = %self.masked(ev), correlation_id = %ev.correlation_id, reason = %r.reason, "dead-lettered; this customer's later events wait for an operator");
-        if let Err(e) = self.store.dead_letter(ev.seq, r, self.clock.now()).await {
+        let at = self.clock.now();
+        if let Err(e) = self.store.dead_letter(ev.seq, r.clone(), at).await {
             self.store_problem("dead-lettering an event", &e);
+            lock(&self.unrecorded).push(Unrecorded::DeadLetter(ev.seq, r, at));
             return;
         }
         self.settled(ev.seq);
@@ -831,14 +939,17 @@ impl Shared {
         let now = self.clock.now();
         let delay = (at - now).to_std().unwrap_or_default();
         tracing::info!(seq = ev.seq, op = op_label(ev.op), customer = %self.masked(ev), correlation_id = %ev.correlation_id, %at, error = %error, "transient failure; next attempt scheduled");
-        match self.store.retry_later(ev.seq, at, error, now).await {
+        match self.store.retry_later(ev.seq, at, error.clone(), now).await {
             Ok(()) => {
                 self.settled(ev.seq);
                 lock(&self.retries_due).push(Reverse(Instant::now() + delay));
                 metrics::counter!("kfr_sync_retries_scheduled_total", "op" => op_label(ev.op)).increment(1);
                 lock(&self.tally).retries_scheduled += 1;
             }
-            Err(e) => self.store_problem("scheduling a retry", &e),
+            Err(e) => {
+                self.store_problem("scheduling a retry", &e);
+                lock(&self.unrecorded).push(Unrecorded::RetryLater(ev.seq, at, error, now));
+            }
         }
     }
 

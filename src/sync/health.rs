@@ -35,7 +35,13 @@ impl std::fmt::Display for Unready {
 #[derive(Debug, Default)]
 struct State {
     draining: bool,
+    /// The intake's last commit failed (cleared by the intake's next commit that works).
     store: Option<String>,
+    /// The dispatcher could not claim, or could not record an outcome (cleared by the
+    /// dispatcher once its writes work and nothing is left unrecorded). Kept apart from the
+    /// intake's: on a full disk a claim (an update in place) can work while every insert fails,
+    /// and one side's success must not make the agent look ready while the other fails.
+    delivery_store: Option<String>,
     paused: Option<String>,
     standby: Option<String>,
 }
@@ -66,9 +72,14 @@ impl Health {
         self.with(|s| s.draining)
     }
 
-    /// `Some(detail)`: the store refused a write; `None`: it works again.
+    /// `Some(detail)`: the store refused the intake's write; `None`: it works again.
     pub fn set_store_problem(&self, detail: Option<String>) {
         self.with(|s| s.store = detail)
+    }
+
+    /// `Some(detail)`: the store refused the dispatcher's write; `None`: it works again.
+    pub fn set_delivery_store_problem(&self, detail: Option<String>) {
+        self.with(|s| s.delivery_store = detail)
     }
 
     /// `Some(reason)`: delivery paused on a systemic verdict; `None`: resumed.
@@ -88,7 +99,7 @@ impl Health {
             if s.draining {
                 out.push(Unready::Draining);
             }
-            if let Some(d) = &s.store {
+            if let Some(d) = s.store.as_ref().or(s.delivery_store.as_ref()) {
                 out.push(Unready::StoreNotWritable(d.clone()));
             }
             if let Some(d) = &s.paused {
@@ -122,5 +133,20 @@ mod tests {
         h.set_draining();
         assert_eq!(h.unready()[0], Unready::Draining);
         assert_eq!(h.unready().len(), 2);
+    }
+
+    /// A full disk can let the dispatcher's claims (updates in place) work while every insert
+    /// of the intake fails: the dispatcher's success must not make the agent look ready.
+    #[test]
+    fn one_sides_working_store_does_not_clear_the_others_problem() {
+        let h = Health::new();
+        h.set_store_problem(Some("intake: disk full".into()));
+        h.set_delivery_store_problem(None);
+        assert_eq!(h.unready(), vec![Unready::StoreNotWritable("intake: disk full".into())]);
+        h.set_store_problem(None);
+        h.set_delivery_store_problem(Some("an outcome could not be recorded".into()));
+        assert_eq!(h.unready().len(), 1, "the dispatcher's problem alone is unready too");
+        h.set_delivery_store_problem(None);
+        assert!(h.unready().is_empty());
     }
 }

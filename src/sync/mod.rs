@@ -15,3 +15,4 @@ pub mod reconcile;
 pub mod source;
 #[cfg(test)]
 pub mod testing;
+pub mod verify;

@@ -7,7 +7,9 @@
 //! - delivered → the event is settled (200 and 404 on a remove count as delivered: idempotent);
 //! - rejected → dead-lettered: only its customer is parked, visible in `kfr dlq list`;
 //! - transient → retried later with backoff, until `give_up_after` since the first failure of
-//!   the run, then dead-lettered saying so;
+//!   the run, then dead-lettered saying so; when the request may still be carried out (no
+//!   answer, a 5xx: its fate is unknown) not before `in_doubt` has passed, so the customer's
+//!   next event cannot be overtaken by it (in doubt means hold);
 //! - rate-limited → handed back without counting an attempt; every sender pauses;
 //! - systemic (credentials, permission, institution, endpoint) → handed back untouched; the
 //!   sender stops (an agent pauses and probes, a command or a load ends) — it never parks an
@@ -27,6 +29,10 @@ pub struct Rules {
     /// Transient failures are retried for this long after the first one of a run, then the event
     /// is dead-lettered (bounded by time, not count).
     pub give_up_after: Duration,
+    /// How long a request may still be carried out after its sender gave up on it (between us
+    /// and KFR: a gateway's queue, KFR's own processing): an attempt whose fate is unknown holds
+    /// its customer at least this long before the same operation is tried again.
+    pub in_doubt: Duration,
 }
 
 /// What the sender does besides recording the outcome.
@@ -96,7 +102,8 @@ pub fn undelivered<D>(a: &Attempt<D>, ev: &OutboxEvent, rules: &Rules, now: Date
             let effect = server_delay.map_or(Effect::None, |d| Effect::Outage {
                 wait: d.min(rules.retry.retry_after_cap),
             });
-            (transient(ev, reason, *server_delay, rules, now), effect)
+            let in_doubt = a.error().is_some_and(crate::kfr::KfrError::fate_unknown);
+            (transient(ev, reason, *server_delay, in_doubt, rules, now), effect)
         }
         Verdict::RateLimited { retry_after } => (
             ClaimEnd::Release {
@@ -124,6 +131,7 @@ fn transient(
     ev: &OutboxEvent,
     reason: &str,
     server_delay: Option<Duration>,
+    in_doubt: bool,
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> ClaimEnd {
@@ -141,10 +149,17 @@ fn transient(
             ),
         });
     }
-    let delay = rules.retry.delay(ev.attempts + 1, server_delay);
+    let mut delay = rules.retry.delay(ev.attempts + 1, server_delay);
+    let mut error = scrub(reason);
+    if in_doubt {
+        // The request may still be carried out: nothing of this customer goes (not even this
+        // operation again) until it no longer can. The next attempt then settles it.
+        delay = delay.max(rules.in_doubt);
+        error = format!("{error} (in doubt: it may still be carried out, so its customer waits)");
+    }
     ClaimEnd::RetryLater {
         not_before: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()),
-        error: scrub(reason),
+        error,
     }
 }
 

@@ -105,33 +105,52 @@ impl Outbox for SqliteBackend {
         })
     }
 
-    fn recover(&mut self, register: &str, epoch: i64, now: DateTime<Utc>) -> Result<Recovered, StoreError> {
+    fn recover(
+        &mut self,
+        register: &str,
+        epoch: i64,
+        now: DateTime<Utc>,
+        hold: chrono::Duration,
+    ) -> Result<Recovered, StoreError> {
         self.tx(Tx::Fenced, |tx| {
             // Only claims that ran out (a request under them can no longer be on the wire) and
             // that are not this deliverer's own (older epoch, or a claimer with none). A claim
-            // from before claims had an expiry (NULL) counts as run out.
-            const TAKEN: &str = "head = 1 AND register = ?1 AND state = 'in_flight'
-                 AND (claimed_until IS NULL OR claimed_until <= ?2)
-                 AND (claim_epoch IS NULL OR claim_epoch < ?3)";
-            let requeued = tx.execute(
-                &format!(
-                    "UPDATE outbox SET state = 'pending', claimer = NULL, claim_epoch = NULL, claimed_until = NULL
-                     WHERE {TAKEN} AND batch_correlation_id IS NULL"
-                ),
-                params![register, ts(now), epoch],
-            )? as u64;
-            let unknown_uploads = tx.execute(
-                &format!(
-                    "UPDATE outbox SET state = 'accepted', accepted_at = NULL, claimer = NULL, claim_epoch = NULL,
-                         claimed_until = NULL
-                     WHERE {TAKEN} AND batch_correlation_id IS NOT NULL"
-                ),
-                params![register, ts(now), epoch],
-            )? as u64;
-            Ok(Recovered {
-                requeued,
-                unknown_uploads,
-            })
+            // from before claims had an expiry (NULL) counts as run out at `now`.
+            let taken: Vec<(Seq, Option<String>, bool)> = tx
+                .prepare_cached(
+                    "SELECT seq, claimed_until, batch_correlation_id IS NOT NULL FROM outbox
+                     WHERE head = 1 AND register = ?1 AND state = 'in_flight'
+                       AND (claimed_until IS NULL OR claimed_until <= ?2)
+                       AND (claim_epoch IS NULL OR claim_epoch < ?3)",
+                )?
+                .query_map(params![register, ts(now), epoch], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut out = Recovered::default();
+            for (seq, until, batch) in taken {
+                if batch {
+                    tx.execute(
+                        "UPDATE outbox SET state = 'accepted', accepted_at = NULL, claimer = NULL, claim_epoch = NULL,
+                             claimed_until = NULL
+                         WHERE seq = ?1",
+                        [seq],
+                    )?;
+                    out.unknown_uploads += 1;
+                } else {
+                    // A request sent under the claim may be carried out up to `hold` after the
+                    // claim ended: the event (and its customer) waits until then.
+                    let ended = until.as_deref().map(parse_ts).transpose()?.unwrap_or(now);
+                    tx.execute(
+                        "UPDATE outbox SET state = 'pending', claimer = NULL, claim_epoch = NULL, claimed_until = NULL,
+                             next_attempt_at = ?2
+                         WHERE seq = ?1",
+                        params![seq, ts(ended + hold)],
+                    )?;
+                    out.requeued += 1;
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -925,7 +944,7 @@ mod tests {
                             }
                         }
                         Step::Recover => {
-                            s.recover(R, 1, t(100_000)).unwrap();
+                            s.recover(R, 1, t(100_000), chrono::Duration::zero()).unwrap();
                             out.clear();
                         }
                     }

@@ -93,11 +93,23 @@ impl Shared {
 
     /// Uploads one batch of back-dated adds (all claimed, in flight).
     pub(super) async fn upload(self: std::sync::Arc<Self>, batch: Vec<OutboxEvent>) -> Done {
-        // 1. What KFR shows for each entry's date before we send anything.
+        // 1. What KFR shows for each entry's date before we send anything: the lookups in
+        // parallel, as many as the in-flight cap and the rate allow (each takes a request slot),
+        // in the batch's order.
+        use futures::StreamExt as _;
+        let this = &self;
+        let looked: Vec<(OutboxEvent, Seen)> = futures::stream::iter(batch)
+            .map(|ev| async move {
+                let date = ev.start_date.expect("back-dated adds have a start date");
+                let seen = this.seen(&ev, date, true).await;
+                (ev, seen)
+            })
+            .buffered(self.cfg.max_in_flight.max(1))
+            .collect()
+            .await;
         let mut going = vec![];
-        for ev in batch {
-            let date = ev.start_date.expect("back-dated adds have a start date");
-            match self.seen(&ev, date, true).await {
+        for (ev, seen) in looked {
+            match seen {
                 Seen::Yes => {
                     lock(&self.book).visible_before.insert(ev.seq, true);
                     going.push(ev);

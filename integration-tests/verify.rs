@@ -1,0 +1,55 @@
+//! `kfr verify` (issue 19 item 7): the ledger checked against KFR by own lookups. A customer
+//! changed behind kfr's back is reported — masked — and the command exits 1; `--repair` queues
+//! the correction only behind the mass-change guard.
+
+use crate::load::{Env, assert_ok, ids, setup};
+use crate::util::output_text;
+
+async fn verify(env: &Env, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut all = vec!["verify", "--state", "s.db", "--json"];
+    all.extend_from_slice(args);
+    let out = env.run(&all, &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), v, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_changed_behind_kfrs_back_is_reported_masked_and_exits_1() {
+    let env = setup().await;
+    let people = ids(130, 5);
+    for p in &people {
+        assert_ok(&env.run(&["add", p, "--state", "s.db"], &[]).await);
+    }
+    let (code, v, stderr) = verify(&env, &["--sample", "100"]).await;
+    assert_eq!(code, Some(0), "{v} {stderr}");
+    assert_eq!(
+        (v["checked"].as_u64(), v["matched"].as_u64()),
+        (Some(5), Some(5)),
+        "{v}"
+    );
+
+    // Behind kfr's back: removed through another store, so this ledger still says active.
+    let gone = &people[2];
+    assert_ok(&env.run(&["remove", gone, "--state", "elsewhere.db"], &[]).await);
+    let (code, v, stderr) = verify(&env, &["--sample", "100"]).await;
+    assert_eq!(code, Some(1), "{v} {stderr}");
+    let diff = v["mismatches"].as_array().unwrap();
+    assert_eq!(diff.len(), 1, "{v}");
+    assert_eq!(
+        (diff[0]["ledger"].as_str(), diff[0]["kfr_active"].as_bool()),
+        (Some("active"), Some(false))
+    );
+    assert!(!v.to_string().contains(gone.as_str()), "masked: {v}");
+    assert!(!stderr.contains(gone.as_str()), "masked: {stderr}");
+
+    // One of five differs (20 %): a repair needs --allow-mass-change, and then queues the add.
+    let (code, _, stderr) = verify(&env, &["--all", "--repair"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--allow-mass-change"), "{stderr}");
+    let (code, v, _) = verify(&env, &["--all", "--repair", "--allow-mass-change"]).await;
+    assert_eq!((code, v["enqueued"].as_u64()), (Some(1), Some(1)), "{v}");
+    let out = env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await;
+    let status: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(status["status"]["pending"], 1, "{status}");
+}
