@@ -182,3 +182,146 @@ pub(crate) fn rejection<D>(a: &Attempt<D>, code: &Option<String>, message: &str)
         body,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kfr::KfrError;
+    use crate::kfr::verdict::AttemptMeta;
+    use crate::store::{EventState, OutboxEvent};
+    use chrono::TimeZone as _;
+    use uuid::Uuid;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap()
+    }
+
+    fn event(failing_since: Option<DateTime<Utc>>) -> OutboxEvent {
+        OutboxEvent {
+            seq: 1,
+            register: "r".into(),
+            event_id: "e".into(),
+            op: crate::store::Operation::Remove,
+            customer_id: "c".into(),
+            start_date: None,
+            occurred_at: now(),
+            source: "test".into(),
+            received_at: now(),
+            correlation_id: Uuid::nil(),
+            state: EventState::InFlight,
+            attempts: 0,
+            next_attempt_at: None,
+            failing_since,
+            last_error: None,
+            batch_correlation_id: None,
+            accepted_at: None,
+            claimer: None,
+            claimed_until: None,
+            delivery: None,
+        }
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            retry: RetryPolicy::immediate(u32::MAX),
+            give_up_after: Duration::from_secs(3600),
+            in_doubt: Duration::from_secs(120),
+        }
+    }
+
+    fn failed(status: Option<u16>, e: KfrError) -> Attempt<RemoveOutcome> {
+        let meta = AttemptMeta {
+            status,
+            latency: Duration::ZERO,
+            correlation_id: Uuid::nil(),
+            echoed_correlation_id: None,
+            requests: 1,
+        };
+        Attempt::new(meta, Err(e))
+    }
+
+    fn api(status: u16, code: Option<&str>) -> KfrError {
+        let class = crate::kfr::verdict::classify(crate::kfr::Operation::Remove, status, code).unwrap_err();
+        KfrError::Api {
+            status,
+            code: code.map(str::to_string),
+            message: "m".into(),
+            correlation_id: Uuid::nil(),
+            retry_after: None,
+            class,
+        }
+    }
+
+    #[test]
+    fn an_attempt_of_unknown_fate_holds_its_customer_for_the_bound() {
+        let timeout = KfrError::Transport {
+            url: "u".into(),
+            reason: "timed out".into(),
+            timeout: true,
+            correlation_id: Uuid::nil(),
+        };
+        for a in [failed(None, timeout), failed(Some(502), api(502, None))] {
+            let o = decide(&a, &event(None), &rules(), now());
+            let ClaimEnd::RetryLater { not_before, error } = o.end else {
+                panic!("{o:?}")
+            };
+            assert!(not_before >= now() + chrono::Duration::seconds(120), "{not_before}");
+            assert!(error.contains("in doubt"), "{error}");
+        }
+    }
+
+    #[test]
+    fn each_verdict_has_its_one_outcome() {
+        // Refused for its content: a dead letter with KFR's code.
+        let o = decide(
+            &failed(Some(400), api(400, Some("KFR-005"))),
+            &event(None),
+            &rules(),
+            now(),
+        );
+        assert!(
+            matches!(&o.end, ClaimEnd::DeadLetter(r) if r.code.as_deref() == Some("KFR-005")),
+            "{o:?}"
+        );
+        // A rate limit: handed back, everyone pauses.
+        let o = decide(&failed(Some(429), api(429, None)), &event(None), &rules(), now());
+        assert!(matches!(o.end, ClaimEnd::Release { .. }) && matches!(o.effect, Effect::RateLimited { .. }));
+        // No access for the institution: handed back, never parked, the sender stops.
+        let o = decide(
+            &failed(Some(403), api(403, Some("KFR-002"))),
+            &event(None),
+            &rules(),
+            now(),
+        );
+        assert!(matches!(o.end, ClaimEnd::Release { .. }), "{o:?}");
+        assert!(matches!(o.effect, Effect::Systemic { .. }), "{o:?}");
+        // Transient for longer than give_up_after: dead-lettered saying so.
+        let since = now() - chrono::Duration::hours(2);
+        let o = decide(&failed(Some(503), api(503, None)), &event(Some(since)), &rules(), now());
+        assert!(
+            matches!(&o.end, ClaimEnd::DeadLetter(r) if r.reason.starts_with("transient failures")),
+            "{o:?}"
+        );
+        // Delivered: settled with what KFR answered.
+        let meta = AttemptMeta {
+            status: Some(404),
+            latency: Duration::ZERO,
+            correlation_id: Uuid::nil(),
+            echoed_correlation_id: Some("x".into()),
+            requests: 1,
+        };
+        let o = decide(
+            &Attempt::new(meta, Ok(RemoveOutcome::NotFound)),
+            &event(None),
+            &rules(),
+            now(),
+        );
+        assert_eq!(
+            o.end,
+            ClaimEnd::Delivered {
+                delivery: Delivery::NotFound,
+                echoed_correlation_id: Some("x".into())
+            }
+        );
+    }
+}
