@@ -301,8 +301,9 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
             None => Ok(DispatchSummary::default()),
         }
     });
+    // Said before the lease is known; a standby says so in its log and on /readyz.
     p.message(format!(
-        "kfr sync: delivering to {} for {} with store {location} (or standing by while another agent holds its lease)",
+        "kfr sync: delivering to {} for {} with store {location}",
         register.base_url, register.org_number,
     ));
 

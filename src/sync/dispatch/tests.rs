@@ -37,6 +37,9 @@ fn fast() -> DispatchConfig {
         poll_interval: Duration::from_millis(5),
         status_interval: Duration::from_millis(50),
         shutdown_grace: Duration::from_secs(1),
+        // A 500 leaves its request in doubt: held as long as the backoff here, so the tests that
+        // move the clock past the backoff see the retry.
+        in_doubt: Duration::from_secs(60),
         ..DispatchConfig::default()
     }
 }
