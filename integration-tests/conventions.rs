@@ -29,6 +29,8 @@ const METRICS: &[&str] = &[
     "kfr_sync_retries_scheduled_total",
     "kfr_sync_token_refreshes_total",
     "kfr_sync_ready",
+    "kfr_sync_standby",
+    "kfr_register_checks_total",
 ];
 
 /// Histograms also expose `_bucket`, `_sum` and `_count` series.
@@ -273,6 +275,7 @@ fn alert_rules_parse_and_name_only_the_agents_metrics() {
         "kfr_sync_paused",
         "kfr_sync_rate_limit_wait_seconds_total",
         "kfr_sync_events_delivered_total",
+        "kfr_register_checks_total",
     ] {
         assert!(
             alerts.iter().any(|(_, e)| metric_names(e).iter().any(|m| m == metric)),

@@ -282,6 +282,11 @@ pub const KEYS: &[KeyDef] = &[
         doc: "hours of transient failures after which an event is dead-lettered",
     },
     KeyDef {
+        name: "sync.register_checks_per_hour",
+        default: Some("720"),
+        doc: "customers of the ledger the agent looks up in KFR an hour to check the register (0: off)",
+    },
+    KeyDef {
         name: "sync.in_doubt_secs",
         default: Some("120"),
         doc: "seconds a request may still be carried out after kfr gave up on it: its customer waits that long",
@@ -552,6 +557,8 @@ pub struct SyncSettings {
     /// may still be carried out between kfr and KFR: its customer waits that long (in doubt
     /// means hold).
     pub in_doubt: std::time::Duration,
+    /// Customers of the ledger the agent checks in KFR an hour (0: off).
+    pub register_checks_per_hour: u32,
     /// Adds dated before today go by batch with their date (else as single adds, date lost).
     pub backdated_by_batch: bool,
     pub sources: Vec<SourceSettings>,
@@ -1312,6 +1319,7 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
             3_600 * r.number::<u64>("sync.give_up_after_hours", 1, 24 * 90, "hours")?,
         ),
         in_doubt: std::time::Duration::from_secs(r.number::<u64>("sync.in_doubt_secs", 1, 3_600, "seconds")?),
+        register_checks_per_hour: r.number("sync.register_checks_per_hour", 0, 3_600_000, "lookups an hour")?,
         backdated_by_batch: r.boolean("sync.backdated_by_batch")?,
         sources,
     })

@@ -169,6 +169,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         history_retention_days: sync.history_retention_days,
         give_up_after: sync.give_up_after,
         in_doubt: sync.in_doubt,
+        checks_per_hour: sync.register_checks_per_hour,
         backdated_by_batch: sync.backdated_by_batch,
         shutdown_grace: sync.drain,
         ..DispatchConfig::default()

@@ -202,8 +202,16 @@ pub trait Jobs {
 
 /// What this tool made KFR hold.
 pub trait Ledger {
-    /// The ledger's current state per customer of `register`.
+    /// The ledger's current state per customer of `register`, in customer order.
     fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// At most `limit` entries of `register`'s ledger after the customer `after` (from the start
+    /// when `None`), in customer order: a walk through a large ledger in small steps.
+    fn ledger_page(
+        &mut self,
+        register: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Customers of `register` with an unfinished event (what a reconcile must leave alone).
     fn unfinished_customers(&mut self, register: &str) -> Result<HashSet<String>, StoreError>;
     /// Replaces the ledger rows of one batch with `entries` (identifier, start date), in the

@@ -772,6 +772,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
         jobs_raise_and_lower_the_barrier_and_an_abandoned_job_takes_no_writes,
         batch_unknown_keeps_the_events_at_their_heads_until_probed,
         unfinished_customers_are_those_with_a_head,
+        the_ledger_can_be_walked_in_pages,
         a_load_claims_only_its_held_operations_in_turn,
         history_outlives_the_outbox_and_names_who,
         concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
@@ -1128,6 +1129,35 @@ pub fn unfinished_customers_are_those_with_a_head(h: &mut dyn Harness) {
     let mut busy: Vec<String> = b.unfinished_customers(R).unwrap().into_iter().collect();
     busy.sort();
     assert_eq!(busy, [B, C], "A is done; B is parked, C in flight");
+}
+
+/// `ledger_page` walks a register's ledger in customer order, a page at a time, and no further.
+pub fn the_ledger_can_be_walked_in_pages(h: &mut dyn Harness) {
+    let b = h.backend();
+    let customers: Vec<String> = (0..7).map(|i| format!("customer-{i}")).collect();
+    let evs: Vec<NewEvent> = customers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ev(&format!("e{i}"), c, Operation::Add))
+        .collect();
+    put(b, R, &evs);
+    put(b, R2, &[ev("other", "customer-9", Operation::Add)]);
+    let got = claim(b, R, 0, 10);
+    let done: Vec<Settlement> = got.iter().map(|e| delivered(e.seq, e.op, 1)).collect();
+    b.settle(&done).unwrap();
+    let mut walked = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let page = b.ledger_page(R, after.as_deref(), 3).unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.customer_id.clone());
+        walked.extend(page.into_iter().map(|e| e.customer_id));
+    }
+    assert_eq!(
+        walked, customers,
+        "every customer once, in order, nothing of another register"
+    );
 }
 
 /// A load sends what its barrier held through `claim_next_of`: only events of the given sources,

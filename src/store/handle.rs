@@ -191,6 +191,8 @@ impl Store {
         fn confirm_job_if_complete(job: i64, now: DateTime<Utc>) -> bool => |b| b.confirm_job_if_complete(job, now);
         // ---- ledger
         fn ledger(register: String) -> Vec<LedgerEntry> => |b| b.ledger(&register);
+        fn ledger_page(register: String, after: Option<String>, limit: usize) -> Vec<LedgerEntry>
+            => |b| b.ledger_page(&register, after.as_deref(), limit);
         fn unfinished_customers(register: String) -> HashSet<String> => |b| b.unfinished_customers(&register);
         fn record_batch(job: i64, seq: u32, correlation_id: Uuid, entries: Vec<(String, Option<NaiveDate>)>, now: DateTime<Utc>) -> ()
             => |b| b.record_batch(job, seq, correlation_id, &entries, now);

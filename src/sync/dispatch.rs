@@ -122,6 +122,10 @@ pub struct DispatchConfig {
     pub lease_ttl: Duration,
     /// How often claims that ran out (a dead predecessor's, a killed `kfr add`'s) are taken back.
     pub recover_interval: Duration,
+    /// Customers of the ledger looked up in KFR an hour by the agent's own register check,
+    /// walking the whole ledger over time (`kfr_register_checks_total`); within `rate` like any
+    /// request. 0 turns it off.
+    pub checks_per_hour: u32,
     /// How long a request of unknown fate may still be carried out (wall): an event whose attempt
     /// is in doubt — no answer, a 5xx, cut at shutdown, its sender killed — waits that long
     /// before it is tried again, and its customer with it (in doubt means hold).
@@ -159,6 +163,7 @@ impl Default for DispatchConfig {
             lease_ttl: Duration::from_secs(30),
             recover_interval: Duration::from_secs(10),
             in_doubt: Duration::from_secs(120),
+            checks_per_hour: 720,
         }
     }
 }
@@ -198,6 +203,9 @@ pub struct DispatchSummary {
     pub released_at_shutdown: u64,
     /// Whether in-flight work was cut at the shutdown deadline.
     pub cut_at_deadline: bool,
+    /// The register check: customers found as the ledger says, and found otherwise.
+    pub checks_matched: u64,
+    pub checks_mismatched: u64,
 }
 
 /// The sync agent's delivery loop for one register.
@@ -277,6 +285,7 @@ impl Dispatcher {
             sent: Mutex::new(HashSet::new()),
             unrecorded: Mutex::new(vec![]),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            check_walk: Mutex::new(Default::default()),
             book: Mutex::new(backdated::Book::default()),
             retries_due: Mutex::new(BinaryHeap::new()),
             claimer: Claimer {
@@ -302,6 +311,10 @@ impl Dispatcher {
         let start = Instant::now();
         let (mut next_confirm, mut next_purge, mut next_status) = (start, start, start);
         let (mut next_renew, mut next_recover) = (start + cfg.lease_renew, start + cfg.recover_interval);
+        let check_every =
+            (cfg.checks_per_hour > 0).then(|| Duration::from_secs_f64(3600.0 / f64::from(cfg.checks_per_hour)));
+        let mut next_check = start + check_every.unwrap_or_default();
+        let mut checking = false;
         let mut lease = lease;
         let lease_ttl = chrono::Duration::from_std(cfg.lease_ttl).unwrap_or(chrono::Duration::seconds(30));
         let hold_cap = cfg.max_in_flight.max(1) + cfg.batch_max_entries.max(1);
@@ -417,6 +430,15 @@ impl Dispatcher {
                 next_purge = now + cfg.purge_interval;
                 sh.purge().await;
             }
+            if let Some(every) = check_every
+                && !checking
+                && now >= next_check
+                && gate == Gate::Open
+            {
+                next_check = now + every;
+                checking = true;
+                tasks.spawn(sh.clone().check_one());
+            }
             if now >= next_status {
                 next_status = now + cfg.status_interval;
                 sh.refresh_gauges().await;
@@ -443,6 +465,7 @@ impl Dispatcher {
                             uploading = 0;
                         }
                         Ok(Done::Confirm) => confirming = false,
+                        Ok(Done::Check) => checking = false,
                         Err(e) => {
                             // A panicked task (a bug): the counts can no longer be trusted, so
                             // the loop stops; its events are still unsettled and go back below
@@ -584,6 +607,7 @@ enum Unrecorded {
 
 /// Which kind of task ended.
 enum Done {
+    Check,
     Single,
     Upload,
     Confirm,
@@ -620,6 +644,9 @@ struct Shared {
     unrecorded: Mutex<Vec<Unrecorded>>,
     /// Set when shutdown begins: no new request starts after it (waiting tasks hand back).
     stopping: std::sync::atomic::AtomicBool,
+    /// The register check's walk through the ledger: the entries fetched and not yet checked,
+    /// and the last customer fetched.
+    check_walk: Mutex<(std::collections::VecDeque<crate::store::LedgerEntry>, Option<String>)>,
     book: Mutex<backdated::Book>,
     /// When scheduled retries fall due (tokio time), earliest first; the main loop wakes then.
     retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
@@ -666,6 +693,15 @@ impl Shared {
             allow_h_numbers: true,
         };
         CustomerId::parse(&ev.customer_id, &any)
+    }
+
+    /// A stored identifier for a lookup (see [`Shared::customer`]).
+    fn customer_of(&self, raw: &str) -> Result<CustomerId, crate::ids::IdError> {
+        let any = IdPolicy {
+            allow_synthetic: true,
+            allow_h_numbers: true,
+        };
+        CustomerId::parse(raw, &any)
     }
 
     fn store_problem(&self, doing: &str, e: &StoreError) {
@@ -780,6 +816,101 @@ impl Shared {
             drop(slot);
         }
         Done::Single
+    }
+
+    /// The agent's own check of the register: the next customer of the ledger (walking it in
+    /// order, round and round) looked up in KFR, within the rate like any request, and counted
+    /// as `match`, `mismatch`, `unanswered` or `skipped` (an event of the customer is in the
+    /// outbox, or arrived while it was looked up: its state is moving). A mismatch is logged,
+    /// masked, never repaired here: `kfr verify --repair` is an operator's decision.
+    async fn check_one(self: Arc<Self>) -> Done {
+        let result = self.check_next().await;
+        metrics::counter!(crate::sync::metrics::REGISTER_CHECKS, "result" => result).increment(1);
+        match result {
+            "match" => lock(&self.tally).checks_matched += 1,
+            "mismatch" => lock(&self.tally).checks_mismatched += 1,
+            _ => {}
+        }
+        Done::Check
+    }
+
+    async fn check_next(&self) -> &'static str {
+        let next = {
+            let (buffered, _) = &mut *lock(&self.check_walk);
+            buffered.pop_front()
+        };
+        let entry = match next {
+            Some(e) => e,
+            None => {
+                let after = lock(&self.check_walk).1.clone();
+                let page = match self.store.ledger_page(self.register.clone(), after.clone(), 100).await {
+                    Ok(p) if p.is_empty() && after.is_some() => {
+                        // The end of the ledger: start over.
+                        lock(&self.check_walk).1 = None;
+                        return "skipped";
+                    }
+                    Ok(p) => p,
+                    Err(_) => return "skipped",
+                };
+                let mut walk = lock(&self.check_walk);
+                walk.1 = page.last().map(|e| e.customer_id.clone());
+                walk.0.extend(page);
+                match walk.0.pop_front() {
+                    Some(e) => e,
+                    None => return "skipped",
+                }
+            }
+        };
+        // The customer's events before the lookup: none unfinished (else its state is moving),
+        // and the newest seq, to notice one arriving during the lookup.
+        let settled_state = |events: Result<Vec<OutboxEvent>, StoreError>| -> Option<Option<Seq>> {
+            let events = events.ok()?;
+            let moving = events.iter().any(|e| {
+                !matches!(
+                    e.state,
+                    crate::store::EventState::Delivered | crate::store::EventState::Dropped
+                )
+            });
+            (!moving).then(|| events.iter().map(|e| e.seq).max())
+        };
+        let events = self
+            .store
+            .events_of(Some(self.register.clone()), Some(entry.customer_id.clone()))
+            .await;
+        let Some(before) = settled_state(events) else {
+            return "skipped";
+        };
+        let Ok(id) = self.customer_of(&entry.customer_id) else {
+            return "skipped";
+        };
+        let _slot = self.slot().await;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) || lock(&self.pause).blocks(Instant::now()) {
+            return "skipped";
+        }
+        let a = self.client.lookup_once(&id, None, None, uuid::Uuid::new_v4()).await;
+        self.observe("lookup", &a);
+        let Some(banks) = a.verdict.delivered() else {
+            return "unanswered";
+        };
+        let kfr_active = banks.iter().any(|b| b.organization_id == self.org);
+        // Something for the customer arrived while it was looked up: not comparable.
+        let events = self
+            .store
+            .events_of(Some(self.register.clone()), Some(entry.customer_id.clone()))
+            .await;
+        if settled_state(events) != Some(before) {
+            return "skipped";
+        }
+        if kfr_active == (entry.state == crate::store::LedgerState::Active) {
+            return "match";
+        }
+        tracing::warn!(
+            customer = %id.log(),
+            ledger = ?entry.state,
+            kfr_active,
+            "register check: KFR differs from the ledger (`kfr verify --all` lists every difference, `--repair` corrects them)"
+        );
+        "mismatch"
     }
 
     /// Records again the outcomes the store refused before, oldest first, until one fails again.

@@ -32,6 +32,7 @@ pub const RETRIES_SCHEDULED: &str = "kfr_sync_retries_scheduled_total";
 pub const TOKEN_REFRESHES: &str = "kfr_sync_token_refreshes_total";
 pub const READY: &str = "kfr_sync_ready";
 pub const STANDBY: &str = "kfr_sync_standby";
+pub const REGISTER_CHECKS: &str = "kfr_register_checks_total";
 
 /// Bucket bounds of the KFR request latency histogram, in seconds (a single add is typically
 /// tens of milliseconds; a batch upload or a slow gateway seconds).
@@ -105,6 +106,10 @@ pub fn describe() {
     describe_gauge!(PAUSED, "1 while delivery is paused for the cause, else 0.");
     describe_counter!(RETRIES_SCHEDULED, "Transient backoffs persisted, by op.");
     describe_counter!(TOKEN_REFRESHES, "Maskinporten token refreshes.");
+    describe_counter!(
+        REGISTER_CHECKS,
+        "Customers of the ledger looked up in KFR by the agent's own check, by result (match, mismatch, unanswered, skipped)."
+    );
     describe_gauge!(READY, "1 when the agent is ready (see /readyz), else 0.");
     describe_gauge!(
         STANDBY,

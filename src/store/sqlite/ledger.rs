@@ -17,25 +17,22 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::params;
 use uuid::Uuid;
 
-impl Ledger for SqliteBackend {
-    fn unfinished_customers(&mut self, register: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+impl SqliteBackend {
+    /// The current ledger of `register` in customer order: all of it, or `limit` rows after the
+    /// customer `after` (a range of the primary key, whatever the ledger's size).
+    fn ledger_rows(
+        &mut self,
+        register: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         self.tx(Tx::Read, |tx| {
-            // Every customer with an unfinished event has exactly one head row.
-            let mut stmt = tx.prepare("SELECT customer_id FROM outbox WHERE head = 1 AND register = ?1")?;
-            let out = stmt
-                .query_map([register], |r| r.get::<_, String>(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(out)
-        })
-    }
-
-    fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.tx(Tx::Read, |tx| {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT customer_id, state, start_date, since, correlation_id FROM ledger_current
-                 WHERE register = ?1 ORDER BY customer_id",
+                 WHERE register = ?1 AND customer_id > ?2 ORDER BY customer_id LIMIT ?3",
             )?;
-            let rows = stmt.query_map([register], |r| {
+            let limit = limit.map_or(-1, |n| n as i64);
+            let rows = stmt.query_map(rusqlite::params![register, after.unwrap_or(""), limit], |r| {
                 let state: String = r.get(1)?;
                 let start: Option<String> = r.get(2)?;
                 Ok(LedgerEntry {
@@ -57,6 +54,32 @@ impl Ledger for SqliteBackend {
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
+    }
+}
+
+impl Ledger for SqliteBackend {
+    fn unfinished_customers(&mut self, register: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.tx(Tx::Read, |tx| {
+            // Every customer with an unfinished event has exactly one head row.
+            let mut stmt = tx.prepare("SELECT customer_id FROM outbox WHERE head = 1 AND register = ?1")?;
+            let out = stmt
+                .query_map([register], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(out)
+        })
+    }
+
+    fn ledger(&mut self, register: &str) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.ledger_rows(register, None, None)
+    }
+
+    fn ledger_page(
+        &mut self,
+        register: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.ledger_rows(register, Some(after.unwrap_or("")), Some(limit))
     }
 
     fn record_batch(

@@ -40,6 +40,8 @@ fn fast() -> DispatchConfig {
         // A 500 leaves its request in doubt: held as long as the backoff here, so the tests that
         // move the clock past the backoff see the retry.
         in_doubt: Duration::from_secs(60),
+        // The register check's lookups would show in the mock's counts the tests assert.
+        checks_per_hour: 0,
         ..DispatchConfig::default()
     }
 }
@@ -589,4 +591,43 @@ async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_
         EventState::Pending,
         "handed back for the next start"
     );
+}
+
+/// The agent's own register check (issue 19 item 7): it walks the ledger, looks each customer up
+/// within its rate, and finds one changed behind its back — without repairing it.
+#[tokio::test]
+async fn the_register_check_finds_a_customer_changed_behind_its_back_and_repairs_nothing() {
+    let cfg = DispatchConfig {
+        checks_per_hour: 360_000,
+        ..fast()
+    };
+    let r = rig(|_| {}, ORG, cfg, |_, _| {}).await;
+    let people = synthetic_people(3);
+    let evs = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| event(i, Operation::Add, p, None))
+        .collect();
+    r.enqueue(evs).await;
+    r.until("all delivered", all_delivered).await;
+    // Removed in KFR by someone else: the ledger still says active.
+    let other = client(&r.mock, ORG);
+    let id = CustomerId::parse(&people[1], &IdPolicy::test()).unwrap();
+    assert!(
+        other
+            .remove_once(&id, uuid::Uuid::new_v4())
+            .await
+            .verdict
+            .is_delivered()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while r.ops("lookup").get("200").copied().unwrap_or(0) < 12 {
+        assert!(std::time::Instant::now() < deadline, "the check looks customers up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let adds = r.ops("add");
+    let s = r.stop().await;
+    assert!(s.checks_mismatched >= 1, "{s:?}");
+    assert!(s.checks_matched >= 2, "{s:?}");
+    assert_eq!(adds.get("201"), Some(&3), "nothing repaired");
 }
