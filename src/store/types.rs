@@ -208,6 +208,20 @@ pub enum EventState {
     Dropped,
 }
 
+impl EventState {
+    /// As stored and shown (`pending`, `in_flight`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Pending => "pending",
+            EventState::InFlight => "in_flight",
+            EventState::Accepted => "accepted",
+            EventState::Delivered => "delivered",
+            EventState::DeadLettered => "dead_lettered",
+            EventState::Dropped => "dropped",
+        }
+    }
+}
+
 /// One stored event.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OutboxEvent {

@@ -57,7 +57,7 @@ impl Operations for SqliteBackend {
                 let first = &left[0];
                 return Err(Fault::Store(StoreError::WrongState {
                     seq: first.seq,
-                    problem: format!("is {} and cannot be cancelled", state_name(first.state)),
+                    problem: format!("is {} and cannot be cancelled", first.state.as_str()),
                 }));
             }
             for ev in &pending {
@@ -203,10 +203,6 @@ impl Operations for SqliteBackend {
         }
         result
     }
-}
-
-fn state_name(s: EventState) -> &'static str {
-    super::rows::state_str(s)
 }
 
 /// Opens a copy read-only and checks it: SQLite's integrity check passes and its schema version
