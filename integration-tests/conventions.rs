@@ -284,12 +284,19 @@ fn alert_rules_parse_and_name_only_the_agents_metrics() {
     // `certificate` matcher), and one when the gauge is gone. promtool is not on every build
     // machine, so the rule's shape is checked here: the thresholds in seconds, as the agent
     // exports them.
-    for (alert, threshold) in [("KfrCertificateExpiresSoon", "30 * 86400"), ("KfrCertificateExpiresVerySoon", "7 * 86400")] {
+    for (alert, threshold) in [
+        ("KfrCertificateExpiresSoon", "30 * 86400"),
+        ("KfrCertificateExpiresVerySoon", "7 * 86400"),
+    ] {
         let (_, expr) = alerts
             .iter()
             .find(|(n, _)| n == alert)
             .unwrap_or_else(|| panic!("no {alert}"));
-        assert_eq!(expr, &format!("kfr_certificate_expiry_seconds < {threshold}"), "{alert}");
+        assert_eq!(
+            expr,
+            &format!("kfr_certificate_expiry_seconds < {threshold}"),
+            "{alert}"
+        );
     }
     let credentials = alerts
         .iter()

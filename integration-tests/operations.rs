@@ -44,7 +44,10 @@ async fn status_names_a_started_agent_alive_within_5_s_and_stopped_after() {
     assert_eq!(st["ok"], true, "{st}");
     assert!(st["config_file"].as_str().unwrap().ends_with("kfr.toml"), "{st}");
     assert!(st["state"].as_str().unwrap().ends_with("s.db"), "{st}");
-    assert_eq!(st["versions"]["kfr"].as_str().unwrap(), st["agents"][0]["version"].as_str().unwrap());
+    assert_eq!(
+        st["versions"]["kfr"].as_str().unwrap(),
+        st["agents"][0]["version"].as_str().unwrap()
+    );
     assert!(st["outbox"]["pending"].is_u64() && st["load_running"].is_null(), "{st}");
     let business = st["certificates"]
         .as_array()
@@ -61,7 +64,13 @@ async fn status_names_a_started_agent_alive_within_5_s_and_stopped_after() {
     assert_eq!(out.status.code(), Some(1), "no agent alive needs attention: {st}");
     assert_eq!(st["agents"][0]["role"], "stopped", "{st}");
     assert_eq!(st["agents"][0]["alive"], false, "{st}");
-    assert!(st["attention"][0].as_str().unwrap().contains("no kfr sync agent is alive"), "{st}");
+    assert!(
+        st["attention"][0]
+            .as_str()
+            .unwrap()
+            .contains("no kfr sync agent is alive"),
+        "{st}"
+    );
     // The plain view says the same in words.
     let out = env.run(&["status", "--state", "s.db"], &[]).await;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -77,14 +86,27 @@ async fn cancel_takes_a_pending_event_out_with_who_and_why_and_refuses_the_rest(
     let env = setup().await;
     let x = ids(130, 1).remove(0);
     let st = |o: &std::process::Output| json(o);
-    let add = st(&assert_ok_out(env.run(&["enqueue", "add", &x, "--state", "s.db", "--json"], &[]).await));
+    let add = st(&assert_ok_out(
+        env.run(&["enqueue", "add", &x, "--state", "s.db", "--json"], &[]).await,
+    ));
     assert_ok(&env.run(&["enqueue", "remove", &x, "--state", "s.db"], &[]).await);
     let seq = add["seq"].as_i64().unwrap().to_string();
     let args = [
-        "outbox", "cancel", &seq, "--state", "s.db", "--actor", "kari", "--reason", "sent by mistake",
+        "outbox",
+        "cancel",
+        &seq,
+        "--state",
+        "s.db",
+        "--actor",
+        "kari",
+        "--reason",
+        "sent by mistake",
     ];
     let out = assert_ok(&env.run(&args, &[]).await).0;
-    assert!(out.contains(&format!("cancelled 1 event(s) (#{seq})")) && out.contains("kari"), "{out}");
+    assert!(
+        out.contains(&format!("cancelled 1 event(s) (#{seq})")) && out.contains("kari"),
+        "{out}"
+    );
     let status = st(&env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await);
     assert_eq!(status["status"]["pending"], 1, "the remove is left: {status}");
     assert_eq!(status["status"]["dropped"], 1, "{status}");
@@ -104,8 +126,20 @@ async fn cancel_takes_a_pending_event_out_with_who_and_why_and_refuses_the_rest(
     assert_eq!(unknown.status.code(), Some(2));
     // By customer: the rest goes, the identifier never printed.
     let out = assert_ok(
-        &env.run(&["outbox", "cancel", "--customer", &x, "--state", "s.db", "--reason", "flood"], &[])
-            .await,
+        &env.run(
+            &[
+                "outbox",
+                "cancel",
+                "--customer",
+                &x,
+                "--state",
+                "s.db",
+                "--reason",
+                "flood",
+            ],
+            &[],
+        )
+        .await,
     );
     assert!(!out.0.contains(x.as_str()) && !out.1.contains(x.as_str()), "{out:?}");
     let status = st(&env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await);
@@ -160,8 +194,19 @@ async fn a_failed_add_that_stays_queued_exits_3_and_names_the_cancel_command() {
         .nth(1)
         .and_then(|r| r.lines().next())
         .unwrap_or_else(|| panic!("no cancel command: {err}"));
-    let seq = cmd.strip_prefix("kfr outbox cancel ").unwrap().split(' ').next().unwrap();
-    assert_ok(&env.run(&["outbox", "cancel", seq, "--state", "s.db", "--reason", "gave up"], &[]).await);
+    let seq = cmd
+        .strip_prefix("kfr outbox cancel ")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_ok(
+        &env.run(
+            &["outbox", "cancel", seq, "--state", "s.db", "--reason", "gave up"],
+            &[],
+        )
+        .await,
+    );
     let status = json(&env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await);
     assert_eq!(status["status"]["pending"], 0, "{status}");
 }
@@ -175,13 +220,31 @@ async fn backup_and_audit_export_are_private_and_readable() {
     let x = ids(133, 1).remove(0);
     assert_ok(&env.run(&["add", &x, "--state", "s.db"], &[]).await);
     assert_ok(&env.run(&["enqueue", "remove", &x, "--state", "s.db"], &[]).await);
-    assert_ok(&env.run(&["outbox", "cancel", "--customer", &x, "--state", "s.db", "--reason", "test"], &[]).await);
+    assert_ok(
+        &env.run(
+            &[
+                "outbox",
+                "cancel",
+                "--customer",
+                &x,
+                "--state",
+                "s.db",
+                "--reason",
+                "test",
+            ],
+            &[],
+        )
+        .await,
+    );
 
     let out = assert_ok(&env.run(&["backup", "backup.db", "--state", "s.db"], &[]).await).0;
     assert!(out.contains("opened and checked"), "{out}");
     #[cfg(unix)]
     assert_eq!(mode(&env.dir.join("backup.db")), 0o600);
-    let copy = json(&env.run(&["outbox", "status", "--state", "backup.db", "--json"], &[]).await);
+    let copy = json(
+        &env.run(&["outbox", "status", "--state", "backup.db", "--json"], &[])
+            .await,
+    );
     let orig = json(&env.run(&["outbox", "status", "--state", "s.db", "--json"], &[]).await);
     assert_eq!(copy["status"], orig["status"]);
     let again = env.run(&["backup", "backup.db", "--state", "s.db"], &[]).await;
@@ -206,8 +269,14 @@ async fn backup_and_audit_export_are_private_and_readable() {
     let rows: Vec<&str> = csv.lines().collect();
     assert!(rows[0].starts_with("at_utc,register,customer,kind,outcome"), "{csv}");
     assert_eq!(rows.len(), 3, "the delivered add and the cancel: {csv}");
-    assert!(rows[1].contains(",attempt,delivered:added,add,") && rows[1].contains(",201,"), "{csv}");
-    assert!(rows[2].contains(",operator,cancelled,remove,") && rows[2].contains(",test"), "{csv}");
+    assert!(
+        rows[1].contains(",attempt,delivered:added,add,") && rows[1].contains(",201,"),
+        "{csv}"
+    );
+    assert!(
+        rows[2].contains(",operator,cancelled,remove,") && rows[2].contains(",test"),
+        "{csv}"
+    );
     assert!(!csv.contains(x.as_str()), "masked: {csv}");
     #[cfg(unix)]
     assert_eq!(mode(&env.dir.join("audit.csv")), 0o600);

@@ -142,8 +142,12 @@ impl CertWatch {
             }
             if r.reread {
                 match (&r.error, r.not_after) {
-                    (Some(e), _) => tracing::error!(certificate = r.certificate, error = %e, "cannot read the certificate's expiry"),
-                    (None, Some(t)) => tracing::info!(certificate = r.certificate, not_after = %t.format("%Y-%m-%d"), "certificate read"),
+                    (Some(e), _) => {
+                        tracing::error!(certificate = r.certificate, error = %e, "cannot read the certificate's expiry")
+                    }
+                    (None, Some(t)) => {
+                        tracing::info!(certificate = r.certificate, not_after = %t.format("%Y-%m-%d"), "certificate read")
+                    }
                     _ => {}
                 }
             }
@@ -233,6 +237,9 @@ mod tests {
         // Removed: unreadable, which needs attention too.
         std::fs::remove_file(&path).unwrap();
         let gone = w.check(now + Duration::minutes(3));
-        assert!(gone[0].reread && gone[0].error.is_some() && gone[0].needs_attention(), "{gone:?}");
+        assert!(
+            gone[0].reread && gone[0].error.is_some() && gone[0].needs_attention(),
+            "{gone:?}"
+        );
     }
 }

@@ -20,9 +20,11 @@ use chrono::NaiveTime;
 /// `kfr backup DEST`.
 pub async fn backup(settings: &Settings, args: &BackupArgs, p: &Printer) -> anyhow::Result<()> {
     if args.dest.exists() {
-        return Err(crate::error::UsageError::new(format!("{} exists already", args.dest.display()))
-            .with_hint("a backup never overwrites a file: name a new one, e.g. with the date in it")
-            .into());
+        return Err(
+            crate::error::UsageError::new(format!("{} exists already", args.dest.display()))
+                .with_hint("a backup never overwrites a file: name a new one, e.g. with the date in it")
+                .into(),
+        );
     }
     let (store, location) = super::build::existing_store(settings, args.state.as_deref())?;
     let info = store
@@ -165,12 +167,10 @@ pub async fn audit_export(settings: &Settings, args: &AuditExportArgs, p: &Print
     let bytes = render(&lines, args.format, args.show_id).context("writing the export")?;
     crate::load::report::write_private(&args.output, &bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    let (attempts, actions) = lines
-        .iter()
-        .fold((0, 0), |(a, o), l| match l.kind {
-            crate::store::HistoryKind::Attempt => (a + 1, o),
-            crate::store::HistoryKind::Operator => (a, o + 1),
-        });
+    let (attempts, actions) = lines.iter().fold((0, 0), |(a, o), l| match l.kind {
+        crate::store::HistoryKind::Attempt => (a + 1, o),
+        crate::store::HistoryKind::Operator => (a, o + 1),
+    });
     p.data(format!(
         "wrote {} ({} attempt(s), {} operator action(s), {} to {} UTC, from {location}; mode 0600; identifiers {})",
         args.output.display(),

@@ -329,7 +329,9 @@ pub async fn cancel(settings: &Settings, args: &super::CancelArgs, p: &Printer) 
                 }
                 _ => "see `kfr history ID` or `kfr outbox status` for what the outbox holds",
             };
-            return Err(anyhow::Error::new(crate::error::UsageError::new(format!("cannot cancel {what}: {e}")).with_hint(hint)));
+            return Err(anyhow::Error::new(
+                crate::error::UsageError::new(format!("cannot cancel {what}: {e}")).with_hint(hint),
+            ));
         }
         Err(e) => return Err(e).with_context(|| format!("cancelling {what} in {location}")),
     };
@@ -376,20 +378,20 @@ pub(crate) async fn guard_flood(
         .unfinished_count(register.to_string(), id.as_str().to_string())
         .await?;
     if n >= max {
-        return Err(anyhow::Error::new(
-            FloodRefused {
-                customer: id.log().to_string(),
-                unfinished: n,
-                max,
-            },
-        ));
+        return Err(anyhow::Error::new(FloodRefused {
+            customer: id.log().to_string(),
+            unfinished: n,
+            max,
+        }));
     }
     Ok(())
 }
 
 /// More unfinished events for one customer than `sync.max_events_per_customer` allows.
 #[derive(Debug, thiserror::Error)]
-#[error("refused: {customer} has {unfinished} unfinished events in the outbox already (sync.max_events_per_customer = {max}); nothing was stored")]
+#[error(
+    "refused: {customer} has {unfinished} unfinished events in the outbox already (sync.max_events_per_customer = {max}); nothing was stored"
+)]
 pub struct FloodRefused {
     customer: String,
     unfinished: u64,

@@ -87,7 +87,9 @@ pub async fn run(settings: &Settings, args: &StatusArgs, p: &Printer) -> anyhow:
         let file = settings
             .config_file
             .as_ref()
-            .map_or("(no file: defaults and environment)".to_string(), |f| f.display().to_string());
+            .map_or("(no file: defaults and environment)".to_string(), |f| {
+                f.display().to_string()
+            });
         p.data(format!("configuration  {file}"))?;
         p.data(format!("state store    {location} (schema {schema})"))?;
         p.data(format!("kfr            {}", super::VERSION))?;
@@ -100,7 +102,11 @@ pub async fn run(settings: &Settings, args: &StatusArgs, p: &Printer) -> anyhow:
             } else if a["ready"] == true {
                 format!("alive, {}, ready", a["role"].as_str().unwrap_or("?"))
             } else {
-                format!("alive, {}, not ready: {}", a["role"].as_str().unwrap_or("?"), a["unready"])
+                format!(
+                    "alive, {}, not ready: {}",
+                    a["role"].as_str().unwrap_or("?"),
+                    a["unready"]
+                )
             };
             p.data(format!(
                 "agent          {} {state}; version {}",
@@ -123,7 +129,11 @@ pub async fn run(settings: &Settings, args: &StatusArgs, p: &Printer) -> anyhow:
         for c in &certs {
             p.data(match (&c.error, c.not_after, c.days_left) {
                 (Some(e), _, _) => format!("certificate    {}: unreadable: {e}", c.certificate),
-                (None, Some(t), Some(d)) => format!("certificate    {}: until {} ({d} days)", c.certificate, t.format("%Y-%m-%d")),
+                (None, Some(t), Some(d)) => format!(
+                    "certificate    {}: until {} ({d} days)",
+                    c.certificate,
+                    t.format("%Y-%m-%d")
+                ),
                 _ => format!("certificate    {}: unknown", c.certificate),
             })?;
         }

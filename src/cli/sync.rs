@@ -296,7 +296,10 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         register: register_key.clone(),
         holder: holder.clone(),
         health: health.clone(),
-        certs: super::certwatch::CertWatch::from_settings(&settings, args.tls_cert.clone().or_else(|| sync.tls_cert.clone())),
+        certs: super::certwatch::CertWatch::from_settings(
+            &settings,
+            args.tls_cert.clone().or_else(|| sync.tls_cert.clone()),
+        ),
     }
     .spawn(watch_stop.clone());
     let standing_by = {

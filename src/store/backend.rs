@@ -260,8 +260,12 @@ pub trait Operations {
     /// an operator line in the history with who and why, all in one transaction. For a customer,
     /// every pending event is cancelled and the rest left alone ([`Cancelled::left`]); none
     /// pending is `WrongState` too.
-    fn cancel(&mut self, which: &ToCancel, action: &OperatorAction, now: DateTime<Utc>)
-    -> Result<Cancelled, StoreError>;
+    fn cancel(
+        &mut self,
+        which: &ToCancel,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<Cancelled, StoreError>;
     /// How many unfinished events `customer` has in `register` (the flood guard's count).
     fn unfinished_count(&mut self, register: &str, customer: &str) -> Result<u64, StoreError>;
     /// Records an agent's heartbeat, replacing its previous one; heartbeats of the register

@@ -1459,7 +1459,11 @@ pub fn cancel_takes_only_pending_events_and_the_queue_moves_on(h: &mut dyn Harne
     put(
         b,
         R,
-        &[ev("b1", B, Operation::Add), ev("b2", B, Operation::Remove), ev("b3", B, Operation::Add)],
+        &[
+            ev("b1", B, Operation::Add),
+            ev("b2", B, Operation::Remove),
+            ev("b3", B, Operation::Add),
+        ],
     );
     let got = claim(b, R, 2, 10);
     assert_eq!(ids(&got), ["a2", "b1"], "a2 is A's head now");
@@ -1540,10 +1544,17 @@ pub fn heartbeats_and_the_last_delivery(h: &mut dyn Harness) {
     b.record_heartbeat(&beat("sync:y", AgentRole::Standby, 2)).unwrap();
     b.record_heartbeat(&beat("sync:x", AgentRole::Leader, 3)).unwrap();
     let got = b.heartbeats(Some(R)).unwrap();
-    assert_eq!(got, [beat("sync:x", AgentRole::Leader, 3), beat("sync:y", AgentRole::Standby, 2)]);
+    assert_eq!(
+        got,
+        [
+            beat("sync:x", AgentRole::Leader, 3),
+            beat("sync:y", AgentRole::Standby, 2)
+        ]
+    );
     assert!(b.heartbeats(Some(R2)).unwrap().is_empty());
     // A week later, the stale ones are gone.
-    b.record_heartbeat(&beat("sync:z", AgentRole::Leader, 8 * 86_400)).unwrap();
+    b.record_heartbeat(&beat("sync:z", AgentRole::Leader, 8 * 86_400))
+        .unwrap();
     assert_eq!(b.heartbeats(None).unwrap().len(), 1);
 
     assert_eq!(b.last_delivery(R).unwrap(), None);

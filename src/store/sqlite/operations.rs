@@ -16,7 +16,12 @@ use std::path::Path;
 const HEARTBEAT_KEPT_DAYS: i64 = 7;
 
 impl Operations for SqliteBackend {
-    fn cancel(&mut self, which: &ToCancel, action: &OperatorAction, now: DateTime<Utc>) -> Result<Cancelled, StoreError> {
+    fn cancel(
+        &mut self,
+        which: &ToCancel,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<Cancelled, StoreError> {
         self.tx(Tx::Write, |tx| {
             let candidates: Vec<OutboxEvent> = match which {
                 ToCancel::Seq(seq) => vec![event(tx, *seq)?],
@@ -67,9 +72,10 @@ impl Operations for SqliteBackend {
                 )?;
                 // Only the head's end moves the queue on; a cancelled event behind the head is
                 // skipped when the head finishes (`promote_next`).
-                let is_head: bool = tx.query_row("SELECT head IS NOT NULL FROM outbox WHERE seq = ?1", [ev.seq], |r| {
-                    r.get(0)
-                })?;
+                let is_head: bool =
+                    tx.query_row("SELECT head IS NOT NULL FROM outbox WHERE seq = ?1", [ev.seq], |r| {
+                        r.get(0)
+                    })?;
                 if is_head {
                     finish_head(tx, ev.seq, &ev.register, &ev.customer_id)?;
                 }
