@@ -120,7 +120,7 @@ Examples:
 pub const AUDIT_EXPORT: &str = "\
 Examples:
   kfr audit export --from 2026-01-01 --to 2026-12-31 --format xlsx --output kfr-audit-2026.xlsx
-  kfr audit export --from 2026-11-01 --to 2026-11-30 --customer 02887510019 --format csv --output c.csv";
+  kfr audit export --from 2026-11-01 --to 2026-11-30 --customer 02887510019 --output c.csv";
 
 pub const OUTBOX_CANCEL: &str = "\
 Examples:
