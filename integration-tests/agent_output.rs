@@ -260,6 +260,10 @@ fn help_shows_examples_for_the_main_commands() {
         &["enqueue"][..],
         &["reconcile"][..],
         &["demo"][..],
+        &["status"][..],
+        &["backup"][..],
+        &["audit", "export"][..],
+        &["outbox", "cancel"][..],
     ] {
         let out = kfr(dir.path()).args(cmd).arg("--help").output().unwrap();
         let (stdout, _) = assert_ok(&out);

@@ -31,6 +31,7 @@ const METRICS: &[&str] = &[
     "kfr_sync_ready",
     "kfr_sync_standby",
     "kfr_register_checks_total",
+    "kfr_certificate_expiry_seconds",
 ];
 
 /// Histograms also expose `_bucket`, `_sum` and `_count` series.
@@ -280,6 +281,24 @@ fn alert_rules_parse_and_name_only_the_agents_metrics() {
         assert!(
             alerts.iter().any(|(_, e)| metric_names(e).iter().any(|m| m == metric)),
             "no alert on {metric}"
+        );
+    }
+    // Certificate expiry: a ticket from 30 days, a page from 7, for every certificate (no
+    // `certificate` matcher), and one when the gauge is gone. promtool is not on every build
+    // machine, so the rule's shape is checked here: the thresholds in seconds, as the agent
+    // exports them.
+    for (alert, threshold) in [
+        ("KfrCertificateExpiresSoon", "30 * 86400"),
+        ("KfrCertificateExpiresVerySoon", "7 * 86400"),
+    ] {
+        let (_, expr) = alerts
+            .iter()
+            .find(|(n, _)| n == alert)
+            .unwrap_or_else(|| panic!("no {alert}"));
+        assert_eq!(
+            expr,
+            &format!("kfr_certificate_expiry_seconds < {threshold}"),
+            "{alert}"
         );
     }
     let credentials = alerts

@@ -140,12 +140,14 @@ async fn a_lookup_period_that_ends_before_it_starts_is_a_usage_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kfr_refusal_exits_one_with_the_code_and_correlation_id() {
+async fn a_kfr_refusal_exits_3_still_queued_with_the_code_and_correlation_id() {
     let mock = start_mock(|_| {}).await;
     let (_d, cfg) = setup(&mock.base_url());
     // Our token is for 916960190; asking about another institution's fid is KFR-003.
     let r = run(&cfg, &["--org-number", "910000004", "add", FNR]).await;
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    // A refusal of the institution pauses nothing here but leaves the add queued: exit 3.
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("kfr outbox cancel"), "{}", r.stderr);
     assert!(r.stderr.contains("KFR-003"), "{}", r.stderr);
     assert!(r.stderr.contains("CorrelationID"), "{}", r.stderr);
     mock.shutdown().await;
@@ -158,7 +160,7 @@ async fn remove_against_a_wrong_base_url_fails_instead_of_claiming_not_registere
     // The mock answers a bare 404 (no KFR-008 body) outside /kar-ws/api/v1.
     let wrong = format!("{}/kar-ws/api/v2", mock.base_url());
     let r = run(&cfg, &["--kfr-base-url", &wrong, "remove", FNR]).await;
-    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(3), "failed, still queued: {}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("404"), "{}", r.stderr);
     assert!(!r.stdout.contains("not registered"), "{}", r.stdout);
     mock.shutdown().await;

@@ -19,6 +19,7 @@ mod load;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;
+mod operations;
 mod packaging;
 mod relationship_order;
 mod sync_cli;

@@ -39,7 +39,7 @@ async fn active(env: &Env) -> std::collections::BTreeSet<String> {
 }
 
 /// A running `kfr sync` child and the addresses it printed.
-struct Agent {
+pub(crate) struct Agent {
     child: std::process::Child,
     events_url: String,
     ops_url: String,
@@ -48,7 +48,7 @@ struct Agent {
 
 impl Agent {
     /// The agent with the HTTP source (a private key file written here) and the metrics endpoint.
-    fn start(env: &Env) -> Agent {
+    pub(crate) fn start(env: &Env) -> Agent {
         let key = env.dir.join("ingest.key");
         std::fs::write(&key, "a-long-random-test-key-0123456789").unwrap();
         use std::os::unix::fs::PermissionsExt as _;
@@ -132,7 +132,7 @@ impl Agent {
     }
 
     /// SIGTERM, then the exit code.
-    fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) fn stop(mut self) -> (Option<i32>, String) {
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let code = self.child.wait().unwrap().code();

@@ -267,6 +267,11 @@ pub const KEYS: &[KeyDef] = &[
         doc: "days the history of attempts and operator actions is kept (`kfr history`)",
     },
     KeyDef {
+        name: "sync.max_events_per_customer",
+        default: Some("100"),
+        doc: "unfinished events one customer may have; more are refused at intake (a flood)",
+    },
+    KeyDef {
         name: "sync.allow_plain_http",
         default: Some("false"),
         doc: "let the intake take plain HTTP on an address other than loopback",
@@ -547,6 +552,9 @@ pub struct SyncSettings {
     /// Days the history (every attempt, every operator action) is kept: five years by default,
     /// what a bank keeps its customer-due-diligence records for.
     pub history_retention_days: u32,
+    /// Unfinished events one customer may have in the outbox; an event beyond is refused (a
+    /// runaway job's flood would otherwise hold that customer's queue for hours).
+    pub max_events_per_customer: u64,
     /// Plain HTTP intake beyond loopback (events carry personal data: off by default).
     pub allow_plain_http: bool,
     /// Shutdown deadline for in-flight calls.
@@ -1313,6 +1321,7 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
         max_in_flight: r.number("sync.max_in_flight", 1, 1_000, "requests")?,
         retention_days: r.number("sync.retention_days", 1, 3_650, "days")?,
         history_retention_days: r.number("sync.history_retention_days", 1, 36_500, "days")?,
+        max_events_per_customer: r.number("sync.max_events_per_customer", 1, 10_000_000, "events")?,
         allow_plain_http: r.boolean("sync.allow_plain_http")?,
         drain: std::time::Duration::from_secs(r.number("sync.drain_secs", 1, 3_600, "seconds")?),
         give_up_after: std::time::Duration::from_secs(

@@ -1,6 +1,6 @@
 //! Exit codes and the contract every operator-facing error implements.
 //!
-//! Every command returns `anyhow::Result`; `main` turns the outcome into one of three exit codes
+//! Every command returns `anyhow::Result`; `main` turns the outcome into one of four exit codes
 //! (the contract documented in README.md and tested end to end) and prints the error chain as
 //! `error:` / `Caused by:` lines followed by at most one `hint:` line.
 //!
@@ -15,8 +15,12 @@ pub enum Exit {
     Success = 0,
     /// The operation was attempted and failed (network, refused by a service, bad data).
     Failure = 1,
-    /// The command line or the configuration is wrong; nothing was attempted.
+    /// The command line or the configuration is wrong; nothing was attempted. Also an operator
+    /// action refused for the state of what it names (`kfr outbox cancel` of an event in flight).
     Usage = 2,
+    /// `kfr add`/`kfr remove` failed, and the operation stays queued: the sync agent (or the
+    /// command run again) sends it unless it is cancelled (`kfr outbox cancel`).
+    StillQueued = 3,
 }
 
 impl From<Exit> for std::process::ExitCode {

@@ -113,3 +113,23 @@ pub const DEMO: &str = "\
 Examples:
   kfr demo                                    the whole product in about a minute
   kfr demo --keep demo-dir                    keep the store, reports and logs to look at";
+
+pub const STATUS: &str = "\
+Examples:
+  kfr status                                  one screen: agent, outbox, load, certificates
+  kfr status --json                           the same as JSON; exit 1 when something needs attention";
+
+pub const BACKUP: &str = "\
+Examples:
+  kfr backup /var/backups/kfr/kfr-state-2026-12-07.db     a checked copy (0600) while the agent runs";
+
+pub const AUDIT_EXPORT: &str = "\
+Examples:
+  kfr audit export --from 2026-01-01 --to 2026-12-31 --format xlsx --output kfr-audit-2026.xlsx
+  kfr audit export --from 2026-11-01 --to 2026-11-30 --customer 02887510019 --output c.csv";
+
+pub const OUTBOX_CANCEL: &str = "\
+Examples:
+  kfr outbox cancel 42 --reason duplicate     cancel pending entry 42; who and why go to the history
+  kfr outbox cancel --customer 02887510019 --reason flood   every pending event of one customer
+  kfr outbox cancel --event-id core-4712 --actor kari --reason withdrawn";

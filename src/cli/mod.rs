@@ -9,8 +9,10 @@ use crate::error::{self, Exit};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+mod agent_watch;
 pub(crate) mod build;
 mod certs;
+mod certwatch;
 mod checklist;
 mod completions;
 mod config_show;
@@ -21,11 +23,13 @@ mod history;
 mod load;
 mod man;
 mod mock;
+mod ops;
 mod outbox;
 pub mod printer;
 mod pseudonym;
 mod relationship;
 pub(crate) mod report;
+mod status;
 mod sync;
 mod token;
 mod validate;
@@ -130,6 +134,79 @@ pub enum Command {
     /// agent, checklist, and the register checked against what was sent.
     #[command(after_help = examples::DEMO)]
     Demo(DemoArgs),
+    /// The installation at a glance: configuration, store, the agents' heartbeats, the outbox,
+    /// dead letters, a running load, the last delivery, certificates; exit 1 when something
+    /// needs attention.
+    #[command(after_help = examples::STATUS)]
+    Status(StatusArgs),
+    /// Writes a consistent, checked copy of the state store (mode 0600) while the agent runs.
+    #[command(after_help = examples::BACKUP)]
+    Backup(BackupArgs),
+    /// What was reported for whom, when, and what KFR answered: the history for compliance.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The state store (default: `state` of the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where the copy goes; must not exist.
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+    /// The state store (default: `state` of the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// The result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// One row per attempt and per operator action from the history, as CSV, JSON lines or a
+    /// spreadsheet (mode 0600); identifiers masked unless --show-id.
+    #[command(after_help = examples::AUDIT_EXPORT)]
+    Export(AuditExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditExportArgs {
+    /// First day included (UTC).
+    #[arg(long, value_name = "DATE")]
+    pub from: chrono::NaiveDate,
+    /// Last day included (UTC).
+    #[arg(long, value_name = "DATE")]
+    pub to: chrono::NaiveDate,
+    /// Only this customer's lines.
+    #[arg(long, value_name = "ID")]
+    pub customer: Option<String>,
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: AuditFormat,
+    /// The file to write; must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Identifiers in full (the file then holds personal data: keep it as such).
+    #[arg(long)]
+    pub show_id: bool,
+    /// The state store (default: `state` of the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditFormat {
+    Csv,
+    Jsonl,
+    Xlsx,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +303,27 @@ pub enum OutboxCommand {
     /// Counts by state, parked customers, the oldest unfinished event, the load barrier.
     #[command(after_help = examples::OUTBOX_STATUS)]
     Status(StoreArgs),
+    /// Cancels pending events: never one in flight or accepted by KFR (exit 2 naming its state).
+    /// The customer's next event becomes its head; who and why go to the history.
+    #[command(after_help = examples::OUTBOX_CANCEL)]
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["seq", "customer", "event_id"])))]
+pub struct CancelArgs {
+    /// The outbox entry (as `kfr outbox status`, `kfr history` and `kfr add` name it).
+    pub seq: Option<i64>,
+    /// Every pending event of this customer.
+    #[arg(long, value_name = "ID")]
+    pub customer: Option<String>,
+    /// The event with this event id.
+    #[arg(long, value_name = "ID")]
+    pub event_id: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub who: ActorArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -736,5 +834,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(a) => runtime()?.block_on(outbox::reconcile(&load()?, a, &printer())),
         // Its own configuration, written next to its throwaway certificates: nothing to set up.
         Command::Demo(args) => runtime()?.block_on(demo::run(args, printer())),
+        Command::Status(a) => runtime()?.block_on(status::run(&load()?, a, &printer())),
+        Command::Backup(a) => runtime()?.block_on(ops::backup(&load()?, a, &printer())),
+        Command::Audit(AuditCommand::Export(a)) => runtime()?.block_on(ops::audit_export(&load()?, a, &printer())),
+        Command::Outbox(OutboxCommand::Cancel(a)) => runtime()?.block_on(outbox::cancel(&load()?, a, &printer())),
     }
 }

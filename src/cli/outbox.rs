@@ -65,6 +65,7 @@ pub async fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer
     let id = CustomerId::parse(&event.customer_id, &super::build::id_policy(settings))?;
     let register = register(settings)?;
     let (store, location) = super::build::writable_store(settings, args.state.as_deref())?;
+    guard_flood(&store, settings, &register.key(), &id).await?;
     let result = store.enqueue(register.key(), vec![event.clone()], Utc::now()).await?;
     let (seq, dup) = match result.first() {
         Some(Enqueued::Stored { seq }) => (*seq, false),
@@ -288,4 +289,117 @@ pub async fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Pri
         ));
     }
     Ok(())
+}
+
+/// `kfr outbox cancel SEQ|--customer ID|--event-id ID`: cancels pending events, recorded in the
+/// history with who (`--actor`, else the OS user) and why, in one transaction. An event in
+/// flight, accepted, dead-lettered or finished is refused with exit 2 naming its state: its
+/// request may be on the wire, or KFR has it already.
+pub async fn cancel(settings: &Settings, args: &super::CancelArgs, p: &Printer) -> anyhow::Result<()> {
+    use crate::store::{StoreError, ToCancel};
+    super::install_pseudonyms(settings)?;
+    let register = register(settings)?.key();
+    let (which, what) = match (&args.seq, &args.customer, &args.event_id) {
+        (Some(seq), _, _) => (ToCancel::Seq(*seq), format!("outbox entry {seq}")),
+        (_, Some(raw), _) => {
+            let id = CustomerId::parse(raw.trim(), &super::build::id_policy(settings))?;
+            let what = format!("the pending events of {} {}", id.kind().label(), id.log());
+            (
+                ToCancel::Customer {
+                    register: register.clone(),
+                    customer_id: id.as_str().to_string(),
+                },
+                what,
+            )
+        }
+        (_, _, Some(e)) => (ToCancel::EventId(e.clone()), format!("event {}", crate::ids::scrub(e))),
+        _ => unreachable!("clap requires one of them"),
+    };
+    let action = operator(args.who.actor.as_deref(), args.who.reason.as_deref());
+    let (store, location) = super::build::existing_store(settings, args.store.state.as_deref())?;
+    let done = match store.cancel(which, action.clone(), Utc::now()).await {
+        Ok(done) => done,
+        Err(e @ (StoreError::WrongState { .. } | StoreError::NotFound(_))) => {
+            let hint = match &e {
+                StoreError::WrongState { problem, .. } if problem.contains("dead_lettered") => {
+                    "a dead letter is dropped with `kfr dlq drop SEQ --reason …`, not cancelled"
+                }
+                StoreError::WrongState { .. } => {
+                    "only a pending event can be cancelled: one in flight may be on the wire, one accepted or delivered is in KFR (undo it with the opposite operation); see `kfr history ID`"
+                }
+                _ => "see `kfr history ID` or `kfr outbox status` for what the outbox holds",
+            };
+            return Err(anyhow::Error::new(
+                crate::error::UsageError::new(format!("cannot cancel {what}: {e}")).with_hint(hint),
+            ));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cancelling {what} in {location}")),
+    };
+    let seqs: Vec<i64> = done.events.iter().map(|e| e.seq).collect();
+    if args.store.json {
+        let _ = p.json(&serde_json::json!({
+            "cancelled": done.events.iter().map(|e| serde_json::json!({
+                "seq": e.seq, "event_id": e.event_id, "operation": e.op,
+                "customer": crate::ids::mask(&e.customer_id), "correlation_id": e.correlation_id,
+            })).collect::<Vec<_>>(),
+            "left": done.left.iter().map(|(seq, state)| serde_json::json!({"seq": seq, "state": state})).collect::<Vec<_>>(),
+            "actor": action.actor, "reason": action.reason, "state": location.describe(),
+        }));
+        return Ok(());
+    }
+    let _ = p.data(format!(
+        "cancelled {} event(s) ({}) in {location}; recorded in the history as done by {}",
+        seqs.len(),
+        seqs.iter().map(|s| format!("#{s}")).collect::<Vec<_>>().join(", "),
+        action.actor
+    ));
+    for (seq, state) in &done.left {
+        let _ = p.data(format!(
+            "  left alone: #{seq} is {} (only pending events are cancelled)",
+            state.as_str()
+        ));
+    }
+    if action.reason.is_none() {
+        p.warning("no --reason given: the history records who, but not why");
+    }
+    Ok(())
+}
+
+/// Refuses an event for a customer who has `max` unfinished events already (a flood from a
+/// runaway core-system job): it would be delivered only after all of them.
+pub(crate) async fn guard_flood(
+    store: &crate::store::Store,
+    settings: &Settings,
+    register: &str,
+    id: &CustomerId,
+) -> anyhow::Result<()> {
+    let max = settings.sync.max_events_per_customer;
+    let n = store
+        .unfinished_count(register.to_string(), id.as_str().to_string())
+        .await?;
+    if n >= max {
+        return Err(anyhow::Error::new(FloodRefused {
+            customer: id.log().to_string(),
+            unfinished: n,
+            max,
+        }));
+    }
+    Ok(())
+}
+
+/// More unfinished events for one customer than `sync.max_events_per_customer` allows.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused: {customer} has {unfinished} unfinished events in the outbox already (sync.max_events_per_customer = {max}); nothing was stored"
+)]
+pub struct FloodRefused {
+    customer: String,
+    unfinished: u64,
+    max: u64,
+}
+
+impl crate::error::Hinted for FloodRefused {
+    fn hint(&self) -> Option<String> {
+        Some("look at the customer's queue (`kfr history ID`); cancel what was sent by mistake (`kfr outbox cancel --customer ID --reason …`), or raise sync.max_events_per_customer if the volume is real".into())
+    }
 }

@@ -34,6 +34,8 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::sync::dispatch::DispatchError,
         crate::sync::source::http::IngestError,
         super::sync::PartFailed,
+        super::outbox::FloodRefused,
+        super::relationship::StillQueued,
     );
     None
 }
@@ -44,7 +46,16 @@ pub fn exit_code(err: &anyhow::Error) -> Exit {
     let usage = err
         .chain()
         .any(|c| c.downcast_ref::<clap::Error>().is_some() || diagnose(c).is_some_and(|h| h.exit() == Exit::Usage));
-    if usage { Exit::Usage } else { Exit::Failure }
+    let queued = err
+        .chain()
+        .any(|c| diagnose(c).is_some_and(|h| h.exit() == Exit::StillQueued));
+    if usage {
+        Exit::Usage
+    } else if queued {
+        Exit::StillQueued
+    } else {
+        Exit::Failure
+    }
 }
 
 /// The first hint found walking the chain from the outermost error inwards.

@@ -291,6 +291,19 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         std::process::id(),
         &uuid::Uuid::new_v4().to_string()[..8]
     );
+    // The heartbeat `kfr status` reads, and the certificates' expiry (issue 21).
+    let watch_stop = CancellationToken::new();
+    let watch = super::agent_watch::Watch {
+        store: handle.clone(),
+        register: register_key.clone(),
+        holder: holder.clone(),
+        health: health.clone(),
+        certs: super::certwatch::CertWatch::from_settings(
+            &settings,
+            args.tls_cert.clone().or_else(|| sync.tls_cert.clone()),
+        ),
+    }
+    .spawn(watch_stop.clone());
     let standing_by = {
         let (store, register_key, health) = (handle.clone(), register_key.clone(), health.clone());
         let stop = stop_rx.clone();
@@ -376,6 +389,8 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         (Some(summary), None) => p.message(format!("kfr sync: stopped; delivered {} this run", summary.delivered)),
         (None, _) => p.message("kfr sync: stopped"),
     }
+    watch_stop.cancel();
+    let _ = watch.await;
     match failure {
         Some(f) => Err(f.into()),
         None => Ok(()),

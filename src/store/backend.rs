@@ -266,8 +266,40 @@ pub trait History {
     fn purge_history(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
+/// What an operator and an observer need beyond delivery: cancelling pending events, the
+/// flood guard's count, the agents' heartbeats, the last delivery, a consistent copy.
+pub trait Operations {
+    /// Cancels pending events (never one in flight, accepted, dead-lettered or finished: those
+    /// are [`StoreError::WrongState`] naming the state, and nothing is changed). A cancelled
+    /// event is finished as dropped, its customer's next event becomes its head, and each gets
+    /// an operator line in the history with who and why, all in one transaction. For a customer,
+    /// every pending event is cancelled and the rest left alone ([`Cancelled::left`]); none
+    /// pending is `WrongState` too.
+    fn cancel(
+        &mut self,
+        which: &ToCancel,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<Cancelled, StoreError>;
+    /// How many unfinished events `customer` has in `register` (the flood guard's count).
+    fn unfinished_count(&mut self, register: &str, customer: &str) -> Result<u64, StoreError>;
+    /// Records an agent's heartbeat, replacing its previous one; heartbeats of the register
+    /// older than a week before `beat.at` are deleted (agents that stopped long ago).
+    fn record_heartbeat(&mut self, beat: &Heartbeat) -> Result<(), StoreError>;
+    /// Every agent's latest heartbeat, newest first (`None`: every register).
+    fn heartbeats(&mut self, register: Option<&str>) -> Result<Vec<Heartbeat>, StoreError>;
+    /// When an event of `register` was last delivered (from the history).
+    fn last_delivery(&mut self, register: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// The schema version of the store.
+    fn schema_version(&mut self) -> Result<u32, StoreError>;
+    /// Writes a consistent copy of the store to `dest` while others keep writing, readable only
+    /// by its owner (0600, whatever the umask), then opens the copy and checks it. `dest` must
+    /// not exist; nothing is left at `dest` when it fails.
+    fn backup_to(&mut self, dest: &std::path::Path) -> Result<BackupInfo, StoreError>;
+}
+
 /// A whole backend: everything [`super::Store`] offers.
-pub trait Backend: Outbox + Jobs + Ledger + Leases + History + Send {
+pub trait Backend: Outbox + Jobs + Ledger + Leases + History + Operations + Send {
     /// What the store is, for messages (a path, a URL without its password).
     fn describe(&self) -> String;
 }

@@ -6,6 +6,7 @@
 //! and expands [`outbox_conformance_tests!`] to get one `#[test]` per property.
 
 use super::backend::Backend;
+use super::error::StoreError;
 use super::types::*;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone as _, Utc};
 use uuid::Uuid;
@@ -87,7 +88,9 @@ macro_rules! outbox_conformance_tests {
             a_load_claims_only_its_held_operations_in_turn, history_outlives_the_outbox_and_names_who,
             concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
             concurrency_same_customer_enqueues_from_two_handles_give_one_head,
-            concurrency_claims_from_two_handles_never_give_two_of_one_customer);
+            concurrency_claims_from_two_handles_never_give_two_of_one_customer,
+            cancel_takes_only_pending_events_and_the_queue_moves_on, heartbeats_and_the_last_delivery,
+            backup_is_a_private_checked_copy);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -778,6 +781,9 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
         concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
         concurrency_same_customer_enqueues_from_two_handles_give_one_head,
         concurrency_claims_from_two_handles_never_give_two_of_one_customer,
+        cancel_takes_only_pending_events_and_the_queue_moves_on,
+        heartbeats_and_the_last_delivery,
+        backup_is_a_private_checked_copy,
     ];
     for p in props {
         p(&mut *make());
@@ -1470,4 +1476,153 @@ pub fn concurrency_claims_from_two_handles_never_give_two_of_one_customer(h: &mu
             assert!(prev < *seq, "{c} out of order: {prev} then {seq}");
         }
     }
+}
+
+// ---- Operations: cancel, heartbeats, backup ----------------------------------------------------
+
+/// `cancel`: only pending events; the customer's next event becomes its head, a cancelled event
+/// behind the head is skipped when the head finishes, and a new event after a cancelled last one
+/// waits behind the head still in flight (never a second head). One in flight is refused naming
+/// its state, nothing changed; each cancel is an operator line with who and why.
+pub fn cancel_takes_only_pending_events_and_the_queue_moves_on(h: &mut dyn Harness) {
+    let b = h.backend();
+    let action = OperatorAction {
+        actor: "kari".into(),
+        reason: Some("sent twice by mistake".into()),
+    };
+    // A: a pending head cancelled; its next event becomes the head and goes.
+    let a = put(b, R, &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Remove)]);
+    let done = b.cancel(&ToCancel::Seq(a[0]), &action, t(1)).unwrap();
+    assert_eq!(ids(&done.events), ["a1"]);
+    assert_eq!(b.unfinished_count(R, A).unwrap(), 1);
+    // B: the head in flight is refused; the two behind it are cancelled by customer.
+    put(
+        b,
+        R,
+        &[
+            ev("b1", B, Operation::Add),
+            ev("b2", B, Operation::Remove),
+            ev("b3", B, Operation::Add),
+        ],
+    );
+    let got = claim(b, R, 2, 10);
+    assert_eq!(ids(&got), ["a2", "b1"], "a2 is A's head now");
+    let b1 = got[1].seq;
+    let err = b.cancel(&ToCancel::Seq(b1), &action, t(2)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::WrongState { seq, .. } if *seq == b1) && err.to_string().contains("in_flight"),
+        "{err}"
+    );
+    let err = b.cancel(&ToCancel::EventId("b1".into()), &action, t(2)).unwrap_err();
+    assert!(err.to_string().contains("in_flight"), "{err}");
+    let done = b
+        .cancel(
+            &ToCancel::Customer {
+                register: R.into(),
+                customer_id: B.into(),
+            },
+            &action,
+            t(3),
+        )
+        .unwrap();
+    assert_eq!(ids(&done.events), ["b2", "b3"]);
+    assert_eq!(done.left, [(b1, EventState::InFlight)]);
+    // A new event of B waits behind the head in flight, then goes once it is delivered.
+    put(b, R, &[ev("b4", B, Operation::Remove)]);
+    assert!(claim(b, R, 4, 10).is_empty(), "b4 waits behind b1");
+    b.settle(&[delivered(b1, Operation::Add, 4)]).unwrap();
+    b.settle(&[delivered(got[0].seq, Operation::Remove, 4)]).unwrap();
+    assert_eq!(drain(b, R, 5), ["b4"], "the cancelled b2 and b3 are skipped");
+    // Nothing pending left: refused; an unknown event id is not found.
+    let err = b.cancel(&ToCancel::Seq(a[1]), &action, t(6)).unwrap_err();
+    assert!(err.to_string().contains("delivered"), "{err}");
+    assert!(matches!(
+        b.cancel(&ToCancel::EventId("nope".into()), &action, t(6)),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.cancel(
+            &ToCancel::Customer {
+                register: R.into(),
+                customer_id: C.into()
+            },
+            &action,
+            t(6)
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    // Who and why, per cancelled event.
+    let bl = b.history(Some(B), None, None).unwrap();
+    let cancels: Vec<_> = bl.iter().filter(|l| l.outcome == "cancelled").collect();
+    assert_eq!(cancels.len(), 2);
+    assert!(cancels.iter().all(|l| l.kind == HistoryKind::Operator
+        && l.actor.as_deref() == Some("kari")
+        && l.detail.as_deref() == Some("sent twice by mistake")));
+    let st = b.status(Some(R)).unwrap();
+    assert_eq!((st.pending, st.in_flight, st.dropped), (0, 0, 3));
+}
+
+/// Heartbeats: one per agent, replaced by its next, newest first; the last delivery is the
+/// history's latest delivered line of the register.
+pub fn heartbeats_and_the_last_delivery(h: &mut dyn Harness) {
+    let b = h.backend();
+    let beat = |holder: &str, role: AgentRole, at: i64| Heartbeat {
+        register: R.into(),
+        holder: holder.into(),
+        role,
+        unready: if role == AgentRole::Standby {
+            vec!["standby: sync:x delivers".into()]
+        } else {
+            vec![]
+        },
+        version: "0.1.0 (test)".into(),
+        started_at: t(0),
+        at: t(at),
+    };
+    assert!(b.heartbeats(None).unwrap().is_empty());
+    b.record_heartbeat(&beat("sync:x", AgentRole::Leader, 1)).unwrap();
+    b.record_heartbeat(&beat("sync:y", AgentRole::Standby, 2)).unwrap();
+    b.record_heartbeat(&beat("sync:x", AgentRole::Leader, 3)).unwrap();
+    let got = b.heartbeats(Some(R)).unwrap();
+    assert_eq!(
+        got,
+        [
+            beat("sync:x", AgentRole::Leader, 3),
+            beat("sync:y", AgentRole::Standby, 2)
+        ]
+    );
+    assert!(b.heartbeats(Some(R2)).unwrap().is_empty());
+    // A week later, the stale ones are gone.
+    b.record_heartbeat(&beat("sync:z", AgentRole::Leader, 8 * 86_400))
+        .unwrap();
+    assert_eq!(b.heartbeats(None).unwrap().len(), 1);
+
+    assert_eq!(b.last_delivery(R).unwrap(), None);
+    put(b, R, &[ev("a1", A, Operation::Add)]);
+    let got = claim(b, R, 0, 1);
+    b.settle(&[delivered(got[0].seq, Operation::Add, 7)]).unwrap();
+    assert_eq!(b.last_delivery(R).unwrap(), Some(t(7)));
+    assert_eq!(b.last_delivery(R2).unwrap(), None);
+    assert!(b.schema_version().unwrap() > 0);
+}
+
+/// `backup_to`: a checked copy at the store's schema version, readable by its owner only, never
+/// over an existing file, nothing left behind when refused.
+pub fn backup_is_a_private_checked_copy(h: &mut dyn Harness) {
+    let b = h.backend();
+    put(b, R, &[ev("a1", A, Operation::Add)]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("copy.db");
+    let info = b.backup_to(&dest).unwrap();
+    assert!(info.bytes > 0);
+    assert_eq!(info.schema_version, b.schema_version().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let err = b.backup_to(&dest).unwrap_err();
+    assert!(err.to_string().contains("exists already"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no partial file left behind");
 }

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// A seq (or job) that does not exist, or is not in the state the operation needs.
     #[error("event {seq} {problem}")]
     WrongState { seq: Seq, problem: String },
+    /// What an operation names does not exist (an event id, a customer's pending events).
+    #[error("{0}")]
+    NotFound(String),
     /// The store thread is gone (it panicked or the handle outlived it).
     #[error("the state store's thread has stopped")]
     Stopped,
@@ -77,7 +80,7 @@ impl crate::error::Hinted for StoreError {
                 "another `kfr sync` took over delivery (this one was stopped or too slow to renew its lease); this process stops delivering, its unfinished claims are taken back by the new holder".into()
             }
             StoreError::Conflict(_) => "run the command again: it decides afresh on what the store holds now".into(),
-            StoreError::WrongState { .. } => return None,
+            StoreError::WrongState { .. } | StoreError::NotFound(_) => return None,
             StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
             StoreError::Other(_) => return None,
         })

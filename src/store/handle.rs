@@ -209,6 +209,14 @@ impl Store {
         fn history(customer: Option<String>, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Vec<HistoryRecord>
             => |b| b.history(customer.as_deref(), from, to);
         fn purge_history(before: DateTime<Utc>) -> u64 => |b| b.purge_history(before);
+        // ---- operations
+        fn cancel(which: ToCancel, action: OperatorAction, now: DateTime<Utc>) -> Cancelled => |b| b.cancel(&which, &action, now);
+        fn unfinished_count(register: String, customer: String) -> u64 => |b| b.unfinished_count(&register, &customer);
+        fn record_heartbeat(beat: Heartbeat) -> () => |b| b.record_heartbeat(&beat);
+        fn heartbeats(register: Option<String>) -> Vec<Heartbeat> => |b| b.heartbeats(register.as_deref());
+        fn last_delivery(register: String) -> Option<DateTime<Utc>> => |b| b.last_delivery(&register);
+        fn schema_version() -> u32 => |b| b.schema_version();
+        fn backup_to(dest: std::path::PathBuf) -> BackupInfo => |b| b.backup_to(&dest);
     }
 }
 

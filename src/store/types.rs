@@ -208,6 +208,20 @@ pub enum EventState {
     Dropped,
 }
 
+impl EventState {
+    /// As stored and shown (`pending`, `in_flight`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Pending => "pending",
+            EventState::InFlight => "in_flight",
+            EventState::Accepted => "accepted",
+            EventState::Delivered => "delivered",
+            EventState::DeadLettered => "dead_lettered",
+            EventState::Dropped => "dropped",
+        }
+    }
+}
+
 /// One stored event.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OutboxEvent {
@@ -640,4 +654,72 @@ pub struct OperatorAction {
     pub actor: String,
     /// `--reason`, if given.
     pub reason: Option<String>,
+}
+
+// ---- Operations: cancel, the agent's heartbeat, backups -----------------------------------------
+
+/// Which pending events an operator cancels (`kfr outbox cancel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToCancel {
+    /// One event by its outbox entry.
+    Seq(Seq),
+    /// One event by the event id its source gave it.
+    EventId(String),
+    /// Every pending event of one customer (identifier in full) in a register.
+    Customer { register: String, customer_id: String },
+}
+
+/// What a cancel did: the events it cancelled, in issue order (their state before: pending).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cancelled {
+    pub events: Vec<OutboxEvent>,
+    /// For a customer: its unfinished events left alone (in flight, accepted, dead-lettered),
+    /// as (seq, state).
+    pub left: Vec<(Seq, EventState)>,
+}
+
+/// Whether an agent delivers or stands by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRole {
+    /// Holds the register's delivery lease.
+    Leader,
+    /// Takes events into the shared outbox while another agent delivers.
+    Standby,
+    /// Has stopped (its last heartbeat, written while shutting down).
+    Stopped,
+}
+
+impl AgentRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentRole::Leader => "leader",
+            AgentRole::Standby => "standby",
+            AgentRole::Stopped => "stopped",
+        }
+    }
+}
+
+/// One agent's latest sign of life, recorded by `kfr sync` every few seconds (`kfr status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Heartbeat {
+    pub register: String,
+    /// The agent's lease-holder name (`sync:<host>:<pid>:<uuid>`).
+    pub holder: String,
+    pub role: AgentRole,
+    /// Every reason the agent is not ready (a pause with its cause, the store, draining);
+    /// empty when ready. No personal data.
+    pub unready: Vec<String>,
+    /// The agent's version (`kfr --version`).
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+/// A verified copy of the store (`kfr backup`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackupInfo {
+    /// The copy's schema version, read back from the copy.
+    pub schema_version: u32,
+    pub bytes: u64,
 }

@@ -33,6 +33,7 @@ pub const TOKEN_REFRESHES: &str = "kfr_sync_token_refreshes_total";
 pub const READY: &str = "kfr_sync_ready";
 pub const STANDBY: &str = "kfr_sync_standby";
 pub const REGISTER_CHECKS: &str = "kfr_register_checks_total";
+pub const CERTIFICATE_EXPIRY: &str = "kfr_certificate_expiry_seconds";
 
 /// Bucket bounds of the KFR request latency histogram, in seconds (a single add is typically
 /// tens of milliseconds; a batch upload or a slow gateway seconds).
@@ -112,6 +113,11 @@ pub fn describe() {
     );
     describe_gauge!(READY, "1 when the agent is ready (see /readyz), else 0.");
     describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "Seconds until a certificate expires (negative: expired), by certificate: business, intake_tls."
+    );
+    describe_gauge!(
         STANDBY,
         "1 while another agent holds the delivery lease and this one stands by, else 0."
     );
@@ -135,6 +141,11 @@ pub fn event_refused(source: &str, rule: &str) {
 /// 1 while this agent stands by (another holds the register's delivery lease), else 0.
 pub fn set_standby(standby: bool) {
     gauge!(STANDBY).set(if standby { 1.0 } else { 0.0 });
+}
+
+/// Seconds until `certificate` (`business`, `intake_tls`) expires.
+pub fn set_certificate_expiry(certificate: &'static str, seconds: f64) {
+    gauge!(CERTIFICATE_EXPIRY, "certificate" => certificate).set(seconds);
 }
 
 /// The agent's readiness as a 0/1 gauge.

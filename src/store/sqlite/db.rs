@@ -138,6 +138,11 @@ impl SqliteBackend {
         Ok(())
     }
 
+    /// The connection outside any transaction (`VACUUM INTO` cannot run inside one).
+    pub(crate) fn raw_conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The connection, for tests that look under the interface.
     #[cfg(test)]
     pub(crate) fn conn(&mut self) -> &mut Connection {

@@ -231,6 +231,21 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX history_customer ON history(customer_id, at);
     CREATE INDEX history_at ON history(at);
     "#,
+    // 6: operations (issue 21). Each agent's latest heartbeat, for `kfr status`; the history's
+    // last delivery of a register read by index, not by scanning years of lines.
+    r#"
+    CREATE TABLE heartbeats (
+        register    TEXT NOT NULL,
+        holder      TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('leader', 'standby', 'stopped')),
+        unready     TEXT NOT NULL,             -- JSON array of texts, empty when ready
+        version     TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        at          TEXT NOT NULL,
+        PRIMARY KEY (register, holder)
+    ) WITHOUT ROWID;
+    CREATE INDEX history_delivered ON history(register, at) WHERE outcome LIKE 'delivered%';
+    "#,
 ];
 
 /// The register named by a job's settings JSON (`environment`, `kfr_base_url`, `org_number`), if

@@ -8,6 +8,7 @@
 //! - `lease`: the delivery lease per register and the one load writer (lock files plus an epoch
 //!   row); `lock`: the OS file lock under both.
 //! - `history`: the append-only record of attempts and operator actions.
+//! - `operations`: cancel, the flood guard's count, heartbeats, the last delivery, backups.
 //! - `db`: the connection, opening, the transaction runner and the epoch fence;
 //!   `migrations`: the schema.
 //! - `rows`: how values are stored and read back, shared by the others.
@@ -33,6 +34,7 @@ mod lease;
 mod ledger;
 mod lock;
 mod migrations;
+mod operations;
 mod outbox;
 mod rows;
 

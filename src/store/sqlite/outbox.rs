@@ -67,7 +67,7 @@ fn dead_letters_where(
                 reason: event.last_error.clone().unwrap_or_default(),
             });
         let parked_behind: u64 = tx.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND seq > ?3",
+            "SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND seq > ?3 AND finished_at IS NULL",
             params![event.register, event.customer_id, event.seq],
             |r| r.get(0),
         )?;
@@ -450,6 +450,7 @@ impl Outbox for SqliteBackend {
                     .prepare_cached(
                         "SELECT COUNT(*) FROM outbox h JOIN outbox o
                            ON o.register = h.register AND o.customer_id = h.customer_id AND o.seq > h.seq
+                              AND o.finished_at IS NULL
                          WHERE h.head = 1 AND h.register = ?1 AND h.state = 'dead_lettered'",
                     )?
                     .query_row([reg], |r| r.get::<_, u64>(0))?;

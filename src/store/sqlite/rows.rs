@@ -191,11 +191,12 @@ pub(crate) fn finish_head(tx: &Transaction<'_>, seq: Seq, register: &str, custom
     promote_next(tx, seq, register, customer)
 }
 
-/// Makes the customer's next event after `seq` its head (the head `seq` has just finished).
+/// Makes the customer's next unfinished event after `seq` its head (the head `seq` has just
+/// finished). Skips finished ones: an operator may cancel a pending event behind the head.
 pub(crate) fn promote_next(tx: &Transaction<'_>, seq: Seq, register: &str, customer: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE outbox SET head = 1 WHERE seq = (SELECT seq FROM outbox
-             WHERE register = ?1 AND customer_id = ?2 AND seq > ?3 ORDER BY seq LIMIT 1)",
+             WHERE register = ?1 AND customer_id = ?2 AND seq > ?3 AND finished_at IS NULL ORDER BY seq LIMIT 1)",
     )?
     .execute(params![register, customer, seq])?;
     Ok(())
@@ -204,7 +205,8 @@ pub(crate) fn promote_next(tx: &Transaction<'_>, seq: Seq, register: &str, custo
 /// Stores one event at the end of its customer's queue (the head if the queue was empty);
 /// `None` when its event id is stored already (nothing written). One statement: the agent's
 /// intake runs it for every event, so it decides the head itself (no unfinished event of the
-/// customer before it) and leaves a known event id alone.
+/// customer before it: no head, since every customer with an unfinished event has one, even
+/// when an operator cancelled its latest event) and leaves a known event id alone.
 pub(crate) fn try_insert_event(
     tx: &Transaction<'_>,
     register: &str,
@@ -216,8 +218,7 @@ pub(crate) fn try_insert_event(
         "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
                              correlation_id, state, head)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending',
-                 CASE WHEN COALESCE((SELECT state IN ('delivered', 'dropped') FROM outbox
-                                     WHERE register = ?1 AND customer_id = ?4 ORDER BY seq DESC LIMIT 1), 1)
+                 CASE WHEN NOT EXISTS (SELECT 1 FROM outbox WHERE register = ?1 AND customer_id = ?4 AND head = 1)
                       THEN 1 END)
          ON CONFLICT (event_id) DO NOTHING
          RETURNING seq",
