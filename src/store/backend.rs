@@ -19,9 +19,11 @@ use uuid::Uuid;
 
 /// The outbox: one queue per customer, claims, outcomes, the dead letters, the barrier.
 pub trait Outbox {
-    /// Stores `events` in order, skipping event ids already stored, all in one transaction
-    /// (group commit); nothing of a failed call is stored. An event id is known until its
-    /// finished event is purged. Each stored event gets a new CorrelationID, fixed for life.
+    /// Stores `events` in order, skipping event ids already stored for the same event (same
+    /// register, operation, customer and start date), all in one transaction (group commit);
+    /// nothing of a failed call is stored. An id stored already for a *different* event fails the
+    /// whole call with [`StoreError::EventIdConflict`]. An event id is known until its finished
+    /// event is purged. Each stored event gets a new CorrelationID, fixed for life.
     fn enqueue(&mut self, register: &str, events: &[NewEvent], now: DateTime<Utc>)
     -> Result<Vec<Enqueued>, StoreError>;
 

@@ -203,9 +203,10 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     assert!(matches!(r[1], Enqueued::Stored { .. }));
     assert_eq!(r[2], Enqueued::Duplicate { seq: first }, "a duplicate within one call");
     assert_eq!(
-        b.enqueue(R, &[ev("e1", A, Operation::Remove)], t(0)).unwrap(),
+        b.enqueue(R, &[ev("e1", A, Operation::Add)], t(0)).unwrap(),
         [Enqueued::Duplicate { seq: first }],
-        "a duplicate in a later call, whatever it carries"
+        "a duplicate in a later call (the same event; another one under the id is refused: \
+         an_event_id_reused_for_another_event_is_refused_whole)"
     );
     // Still a duplicate once delivered: the id stays known until purged.
     let got = claim(b, R, 0, 10);
@@ -776,6 +777,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
         batch_unknown_keeps_the_events_at_their_heads_until_probed,
         unfinished_customers_are_those_with_a_head,
         the_ledger_can_be_walked_in_pages,
+        an_event_id_reused_for_another_event_is_refused_whole,
         a_load_claims_only_its_held_operations_in_turn,
         history_outlives_the_outbox_and_names_who,
         concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
@@ -1135,6 +1137,37 @@ pub fn unfinished_customers_are_those_with_a_head(h: &mut dyn Harness) {
     let mut busy: Vec<String> = b.unfinished_customers(R).unwrap().into_iter().collect();
     busy.sort();
     assert_eq!(busy, [B, C], "A is done; B is parked, C in flight");
+}
+
+/// An event id names one event for good: sent again with the same content it is a duplicate;
+/// reused for another operation, customer or start date the whole call is refused, naming the
+/// event's index and the stored seq, and nothing of it is stored.
+pub fn an_event_id_reused_for_another_event_is_refused_whole(h: &mut dyn Harness) {
+    let b = h.backend();
+    let first = put(b, R, &[ev("e1", A, Operation::Add)]);
+    let same = b.enqueue(R, &[ev("e1", A, Operation::Add)], t(1)).unwrap();
+    assert_eq!(same, [Enqueued::Duplicate { seq: first[0] }]);
+    for other in [
+        ev("e1", A, Operation::Remove),
+        ev("e1", B, Operation::Add),
+        NewEvent {
+            start_date: NaiveDate::from_ymd_opt(2029, 1, 1),
+            ..ev("e1", A, Operation::Add)
+        },
+    ] {
+        let err = b
+            .enqueue(R, &[ev("fresh", C, Operation::Add), other], t(2))
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::store::StoreError::EventIdConflict { index: 1, seq } if seq == first[0]),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        b.status(Some(R)).unwrap().pending,
+        1,
+        "nothing of a refused call is stored"
+    );
 }
 
 /// `ledger_page` walks a register's ledger in customer order, a page at a time, and no further.

@@ -37,6 +37,13 @@ pub enum StoreError {
     /// of it was stored, and trying again decides afresh.
     #[error("a concurrent change conflicts with this one: {0}")]
     Conflict(String),
+    /// The event at `index` of the call reuses an event id stored already (as outbox entry `seq`)
+    /// for a different event (another operation, customer or start date): nothing of the call
+    /// was stored. The id is not repeated here: it may be built from a customer's identifier.
+    #[error(
+        "event {index}: its event id is stored already, as outbox entry {seq}, for a different event (operation, customer or start date)"
+    )]
+    EventIdConflict { index: usize, seq: Seq },
     /// A seq (or job) that does not exist, or is not in the state the operation needs.
     #[error("event {seq} {problem}")]
     WrongState { seq: Seq, problem: String },
@@ -80,6 +87,7 @@ impl crate::error::Hinted for StoreError {
                 "another `kfr sync` took over delivery (this one was stopped or too slow to renew its lease); this process stops delivering, its unfinished claims are taken back by the new holder".into()
             }
             StoreError::Conflict(_) => "run the command again: it decides afresh on what the store holds now".into(),
+            StoreError::EventIdConflict { .. } => "an event id names one event for good: give the new event an id of its own (`kfr history` shows what the stored one was)".into(),
             StoreError::WrongState { .. } | StoreError::NotFound(_) => return None,
             StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
             StoreError::Other(_) => return None,

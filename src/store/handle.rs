@@ -332,6 +332,15 @@ fn commit_group(
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
             }
         }
+        // One caller reused an event id for another event: that caller's request alone is
+        // refused; the others are committed without it, each request whole or not at all.
+        Err(StoreError::EventIdConflict { .. }) if replies.len() > 1 => {
+            let mut at = 0;
+            for (n, reply) in sizes.into_iter().zip(replies) {
+                let _ = reply.send(backend.enqueue(register, &all[at..at + n], now));
+                at += n;
+            }
+        }
         Err(e) => {
             // The whole transaction failed: every caller hears it, nothing of theirs is stored.
             let text = e.to_string();

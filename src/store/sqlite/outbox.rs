@@ -90,15 +90,33 @@ impl Outbox for SqliteBackend {
     ) -> Result<Vec<Enqueued>, StoreError> {
         self.tx(Tx::Write, |tx| {
             let mut out = Vec::with_capacity(events.len());
-            for ev in events {
+            for (index, ev) in events.iter().enumerate() {
                 let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
                 out.push(match stored {
                     Some(seq) => Enqueued::Stored { seq },
-                    None => Enqueued::Duplicate {
-                        seq: tx
-                            .prepare_cached("SELECT seq FROM outbox WHERE event_id = ?1")?
-                            .query_row([&ev.event_id], |r| r.get(0))?,
-                    },
+                    None => {
+                        // A known id is a duplicate only if it names the same event; reused for
+                        // another one, the call fails whole (the transaction rolls back).
+                        let (seq, same) = tx
+                            .prepare_cached(
+                                "SELECT seq, register = ?2 AND op = ?3 AND customer_id = ?4 AND start_date IS ?5
+                                 FROM outbox WHERE event_id = ?1",
+                            )?
+                            .query_row(
+                                params![
+                                    ev.event_id,
+                                    register,
+                                    ev.op.as_str(),
+                                    ev.customer_id,
+                                    ev.start_date.map(|d| d.to_string())
+                                ],
+                                |r| Ok((r.get::<_, Seq>(0)?, r.get::<_, bool>(1)?)),
+                            )?;
+                        if !same {
+                            return Err(Fault::Store(StoreError::EventIdConflict { index, seq }));
+                        }
+                        Enqueued::Duplicate { seq }
+                    }
                 });
             }
             Ok(out)
@@ -1017,6 +1035,53 @@ mod tests {
             .unwrap();
         assert_eq!(times, 1, "one group commit");
         drop(d);
+    }
+
+    /// A group commit with one caller reusing an event id for another event refuses that caller
+    /// alone; the others' requests are stored whole.
+    #[tokio::test]
+    async fn a_conflicting_caller_in_a_group_commit_fails_alone() {
+        use crate::store::Store;
+        use crate::store::conformance::{R, ev, t};
+        let (_d, s) = store();
+        let h = Store::spawn(Box::new(s)).unwrap();
+        h.enqueue(R.to_string(), vec![ev("known", "c0", Operation::Add)], t(0))
+            .await
+            .unwrap();
+        // Hold the store thread so both requests meet in one group.
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let blocked = h.call(move |_| {
+            let _ = gate.recv();
+            Ok(())
+        });
+        futures::pin_mut!(blocked);
+        assert!(futures::poll!(&mut blocked).is_pending());
+        let good = h.enqueue(
+            R.to_string(),
+            vec![ev("g1", "c1", Operation::Add), ev("g2", "c2", Operation::Add)],
+            t(1),
+        );
+        let bad = h.enqueue(
+            R.to_string(),
+            vec![ev("b1", "c3", Operation::Add), ev("known", "c0", Operation::Remove)],
+            t(1),
+        );
+        let both = futures::future::join(good, bad);
+        futures::pin_mut!(both);
+        assert!(futures::poll!(&mut both).is_pending());
+        open.send(()).unwrap();
+        blocked.await.unwrap();
+        let (good, bad) = both.await;
+        assert_eq!(good.unwrap().len(), 2);
+        assert!(
+            matches!(bad, Err(StoreError::EventIdConflict { index: 1, .. })),
+            "{bad:?}"
+        );
+        assert_eq!(
+            h.status(Some(R.to_string())).await.unwrap().pending,
+            3,
+            "known, g1, g2; not b1"
+        );
     }
 
     /// The query plans that keep a 1,000,000-event backlog cheap: a claim reads heads by index,
