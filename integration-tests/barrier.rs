@@ -175,7 +175,8 @@ async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
     });
     let rate = crate::load::RATE.to_string();
     let args = ["load", "c.csv", "--state", "s.db", "--resume", "--ingest-rate", &rate];
-    let out = env.run(&args, &[]).await;
+    // A 500 leaves a request in doubt: its customer waits `sync.in_doubt_secs` (1 s here).
+    let out = env.run(&args, &[("KFR_SYNC_IN_DOUBT_SECS", "1")]).await;
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("could not be sent"), "{stderr}");
@@ -188,6 +189,8 @@ async fn a_failed_held_operation_keeps_later_ones_on_the_customer_behind_it() {
     let status: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
     assert_eq!(status["status"]["pending"], 3, "{status}");
 
+    // Once the hold is over, a resume sends all three, in order.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
     let (stdout, stderr) = assert_ok(&out);
     assert_eq!(stdout.matches("held operation sent").count(), 3, "{stdout}{stderr}");

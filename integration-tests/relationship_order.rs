@@ -53,6 +53,9 @@ async fn run_agent_until_delivered(env: &Env) {
         .current_dir(&env.dir)
         .env("NO_COLOR", "1")
         .env(kfr::env_vars::KFR_STATE_HOME, env.dir.join("state-home"))
+        // A claim taken back from a killed sender is in doubt: held this long (1 s here, not
+        // the 2 minutes of a real installation) before it is sent again.
+        .env("KFR_SYNC_IN_DOUBT_SECS", "1")
         .args([
             "--config",
             "kfr.toml",
