@@ -26,6 +26,7 @@
 //!   (e.g. a TLS-terminating sidecar); otherwise the server refuses to start.
 
 use super::{Intake, Source, SourceError, SourceReport, counts};
+use crate::store::StoreError;
 use crate::store::{Enqueued, NewEvent};
 use crate::sync::event::{self, Broken, Location, Refusal};
 use axum::Router;
@@ -547,6 +548,19 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
             )
                 .into_response()
         }
+        // An event id that names another stored event: the sender's mistake, not the store's.
+        Err(StoreError::EventIdConflict { index, seq }) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({
+                "error": "event_id_conflict",
+                "message": format!(
+                    "event {index}: its event_id is stored already, as outbox entry {seq}, for a different event (operation, customer or start date); an event id names one event for good; nothing of the request was stored"
+                ),
+                "index": index,
+                "seq": seq,
+            })),
+        )
+            .into_response(),
         Err(_) => {
             let mut r = problem(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -112,6 +112,12 @@ impl Intake {
                 }
                 Ok(results)
             }
+            // A sender's mistake (an event id reused for another event): refused, the store is fine.
+            Err(e @ StoreError::EventIdConflict { .. }) => {
+                metrics::event_refused(source, "event.event_id_conflict");
+                tracing::warn!(source, error = %e, "events refused: an event id names another stored event; nothing of them was stored");
+                Err(e)
+            }
             Err(e) => {
                 tracing::error!(source, error = %e, "the state store did not commit events; nothing of them was stored");
                 self.health.set_store_problem(Some(e.to_string()));
