@@ -163,11 +163,16 @@ pub(crate) mod testkit {
             .expect("enough synthetic persons")
     }
 
+    /// Something a test does inside the next commit, before it returns (another process acting
+    /// while the source waits for the store).
+    pub type Meanwhile = Box<dyn FnOnce() + Send>;
+
     /// The outbox's enqueue and nothing else: event-id dedupe, all-or-nothing, a switch to fail.
     #[derive(Clone, Default)]
     pub struct MemOutbox {
         pub events: Arc<Mutex<Vec<(String, NewEvent)>>>,
         pub fail: Arc<AtomicBool>,
+        pub meanwhile: Arc<Mutex<Option<Meanwhile>>>,
     }
 
     impl MemOutbox {
@@ -176,6 +181,10 @@ pub(crate) mod testkit {
         }
         pub fn set_failing(&self, on: bool) {
             self.fail.store(on, Ordering::SeqCst)
+        }
+        /// Runs `f` during the next commit.
+        pub fn during_next_commit(&self, f: impl FnOnce() + Send + 'static) {
+            *self.meanwhile.lock().unwrap() = Some(Box::new(f));
         }
         /// An intake over a fresh handle to this outbox, register `test|reg`, test policy.
         pub fn intake(&self) -> Intake {
@@ -190,6 +199,10 @@ pub(crate) mod testkit {
 
     impl OutboxBackend for MemOutbox {
         fn enqueue(&mut self, register: &str, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
+            let meanwhile = self.meanwhile.lock().unwrap().take();
+            if let Some(f) = meanwhile {
+                f();
+            }
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::NotWritable {
                     path: "mem".into(),
