@@ -507,6 +507,9 @@ pub fn line_id(name: &str, key: &FileKey, line_no: u64, line: &[u8]) -> String {
     format!("spool:{}:{line_no}", &digest[..16])
 }
 
+/// A file's events, or every refusal in it.
+pub type Parsed = Result<Vec<NewEvent>, Vec<Refusal>>;
+
 /// Reads a file's lines from `reader`: every event, or every refusal; and how many bytes were
 /// read. Lines are read one at a time (a line longer than the grammar's cap is refused without
 /// being held whole); once a line is refused, the events are no longer kept.
@@ -515,7 +518,7 @@ pub fn parse_lines(
     key: &FileKey,
     reader: &mut impl BufRead,
     cx: &Context,
-) -> std::io::Result<(Result<Vec<NewEvent>, Vec<Refusal>>, u64)> {
+) -> std::io::Result<(Parsed, u64)> {
     let csv = name.ends_with(".csv");
     let mut events = vec![];
     let mut refusals = vec![];
@@ -575,7 +578,7 @@ pub fn parse_lines(
 }
 
 /// Every event of a file held in memory, or every refusal in it (as [`parse_lines`]).
-pub fn parse_file(name: &str, key: &FileKey, bytes: &[u8], cx: &Context) -> Result<Vec<NewEvent>, Vec<Refusal>> {
+pub fn parse_file(name: &str, key: &FileKey, bytes: &[u8], cx: &Context) -> Parsed {
     let mut reader = bytes;
     parse_lines(name, key, &mut reader, cx)
         .expect("reading from memory does not fail")
