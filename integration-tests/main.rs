@@ -18,6 +18,7 @@ mod mock_kfr;
 mod mock_maskinporten;
 mod relationship_order;
 mod sync_cli;
+mod sync_intake;
 mod sync_reliability;
 mod token;
 mod util;
