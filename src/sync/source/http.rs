@@ -412,7 +412,7 @@ fn authorized(headers: &HeaderMap, key: &IngestKey) -> bool {
 
 /// How the body is to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     Json,
     Ndjson,
 }
@@ -561,7 +561,7 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 /// The events of a body, or every refusal in it (a request is taken whole or not at all).
-fn parse_body(body: &[u8], shape: Shape, cx: &event::Context) -> (Vec<NewEvent>, Vec<Refusal>) {
+pub(crate) fn parse_body(body: &[u8], shape: Shape, cx: &event::Context) -> (Vec<NewEvent>, Vec<Refusal>) {
     let whole = |b: Broken| (vec![], vec![b.at(Location::Index { index: 0, line: None }, None)]);
     let Ok(text) = std::str::from_utf8(body) else {
         return whole(Broken::new("body", "encoding", "the body is not UTF-8"));
