@@ -186,7 +186,8 @@ async fn sigterm_ends_the_agent_while_stdin_stays_open() {
     let stdin = agent.child.stdin.as_mut().unwrap();
     writeln!(stdin, "{{\"op\":\"add\",\"customer_id\":\"{x}\",\"event_id\":\"s-1\"}}").unwrap();
     stdin.flush().unwrap();
-    until_outbox_empty(&env).await;
+    // Delivered, not merely "nothing unfinished" (which also holds before the line is read).
+    until("the event to be delivered", || status(&env)["delivered"] == 1).await;
     assert!(active(&env).await.contains(&x));
     // The pipe stays open (the child keeps its stdin handle) while the agent is told to stop.
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
