@@ -23,6 +23,7 @@ mod operations;
 mod packaging;
 mod relationship_order;
 mod sync_cli;
+mod sync_intake;
 mod sync_reliability;
 mod token;
 mod util;

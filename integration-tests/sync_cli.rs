@@ -7,7 +7,7 @@ use crate::util::{ORG, kfr, output_text};
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
 
-fn status(env: &Env) -> serde_json::Value {
+pub(crate) fn status(env: &Env) -> serde_json::Value {
     let out = kfr(&env.dir)
         .args(["--config", "kfr.toml", "outbox", "status", "--state", "s.db", "--json"])
         .output()
@@ -16,7 +16,7 @@ fn status(env: &Env) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&o).unwrap()["status"].clone()
 }
 
-fn run(env: &Env, args: &[&str]) -> std::process::Output {
+pub(crate) fn run(env: &Env, args: &[&str]) -> std::process::Output {
     kfr(&env.dir)
         .args(["--config", "kfr.toml"])
         .args(args)
@@ -25,7 +25,7 @@ fn run(env: &Env, args: &[&str]) -> std::process::Output {
 }
 
 /// Active customers of our institution in the mock's register.
-async fn active(env: &Env) -> std::collections::BTreeSet<String> {
+pub(crate) async fn active(env: &Env) -> std::collections::BTreeSet<String> {
     let rows: Vec<serde_json::Value> = reqwest::get(format!("{}/_mock/relationships", env.mock.base_url()))
         .await
         .unwrap()
@@ -40,10 +40,10 @@ async fn active(env: &Env) -> std::collections::BTreeSet<String> {
 
 /// A running `kfr sync` child and the addresses it printed.
 pub(crate) struct Agent {
-    child: std::process::Child,
-    events_url: String,
-    ops_url: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) child: std::process::Child,
+    pub(crate) events_url: String,
+    pub(crate) ops_url: String,
+    pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Agent {
@@ -58,18 +58,23 @@ impl Agent {
 
     /// `kfr sync --state s.db --metrics-listen 127.0.0.1:0 --rate 1000 <args>`, returned once it
     /// said it delivers (its sources and endpoints are up by then).
-    fn spawn(env: &Env, args: &[&str]) -> Agent {
+    pub(crate) fn spawn(env: &Env, args: &[&str]) -> Agent {
+        Agent::spawn_with(env, args, |_| {})
+    }
+
+    /// [`Agent::spawn`], with `tweak` applied to the command first (e.g. a piped stdin).
+    pub(crate) fn spawn_with(env: &Env, args: &[&str], tweak: impl FnOnce(&mut std::process::Command)) -> Agent {
         // A plain std Command: the agent runs in the background while the test talks to it.
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kfr"))
-            .current_dir(&env.dir)
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kfr"));
+        cmd.current_dir(&env.dir)
             .env("NO_COLOR", "1")
             .env(kfr::env_vars::KFR_STATE_HOME, env.dir.join("state-home"))
             .args(["--config", "kfr.toml", "sync", "--state", "s.db"])
             .args(["--metrics-listen", "127.0.0.1:0", "--rate", "1000"])
             .args(args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::piped());
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -112,7 +117,7 @@ impl Agent {
 
     /// Waits for the agent to exit by itself; its exit code and log. Killed (and the test fails)
     /// if it is still running after a generous bound: that is the bug this guards against.
-    async fn exited(mut self) -> (Option<i32>, String) {
+    pub(crate) async fn exited(mut self) -> (Option<i32>, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let code = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -142,7 +147,7 @@ impl Agent {
     }
 }
 
-async fn until_outbox_empty(env: &Env) {
+pub(crate) async fn until_outbox_empty(env: &Env) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = status(env);

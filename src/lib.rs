@@ -28,6 +28,8 @@ pub mod config;
 pub mod env_vars;
 pub mod environment;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod input;

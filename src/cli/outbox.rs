@@ -72,15 +72,16 @@ pub async fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer
         Some(Enqueued::Duplicate { seq }) => (*seq, true),
         None => anyhow::bail!("the store answered nothing for the event"),
     };
+    // Event ids are shown as the logs show them: senders build them from customer numbers.
+    let shown_id = crate::ids::scrub(&event.event_id);
     if json {
         let _ = p.json(&serde_json::json!({
-            "operation": op, "seq": seq, "event_id": event.event_id, "duplicate": dup,
+            "operation": op, "seq": seq, "event_id": shown_id, "duplicate": dup,
             "customer": id.log().to_string(), "kind": id.kind(), "state": location.describe(),
         }));
     } else if dup {
         let _ = p.data(format!(
-            "already stored: event {} is outbox entry {seq}; nothing was added",
-            event.event_id
+            "already stored: event {shown_id} is outbox entry {seq}; nothing was added"
         ));
     } else {
         let _ = p.data(format!(
@@ -88,7 +89,7 @@ pub async fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer
             op.as_str(),
             id.kind().label(),
             id.log(),
-            event.event_id
+            shown_id
         ));
     }
     Ok(())
@@ -132,11 +133,16 @@ pub async fn dlq_list(settings: &Settings, state: Option<&Path>, json: bool, p: 
     let dead = store.dead_letters(None).await?;
     if json {
         for d in &dead {
+            // KFR's text is masked when stored; masked again here (idempotent) so this output
+            // never depends on how an older version stored it.
+            let mut rejection = d.rejection.clone();
+            rejection.reason = crate::ids::scrub(&rejection.reason);
+            rejection.body = crate::ids::scrub(&rejection.body);
             let _ = p.json(&serde_json::json!({
-                "seq": d.event.seq, "event_id": d.event.event_id, "operation": d.event.op,
+                "seq": d.event.seq, "event_id": crate::ids::scrub(&d.event.event_id), "operation": d.event.op,
                 "customer": crate::ids::mask(&d.event.customer_id), "start_date": d.event.start_date,
                 "source": d.event.source, "correlation_id": d.event.correlation_id,
-                "attempts": d.event.attempts, "dead_at": d.dead_at, "rejection": d.rejection,
+                "attempts": d.event.attempts, "dead_at": d.dead_at, "rejection": rejection,
                 "parked_behind": d.parked_behind,
             }));
         }
@@ -156,10 +162,10 @@ pub async fn dlq_list(settings: &Settings, state: Option<&Path>, json: bool, p: 
             d.rejection.status.map_or("-".into(), |s| s.to_string()),
             d.rejection.code.as_deref().unwrap_or(""),
             d.parked_behind,
-            d.event.event_id,
+            crate::ids::scrub(&d.event.event_id),
             d.event.correlation_id
         ));
-        let _ = p.data(format!("      {}", d.rejection.reason));
+        let _ = p.data(format!("      {}", crate::ids::scrub(&d.rejection.reason)));
     }
     let _ = p.data(format!(
         "{} dead letter(s): `kfr dlq retry SEQ|--all` puts them back in line, `kfr dlq drop SEQ` gives up on one",
@@ -180,9 +186,20 @@ pub async fn dlq_act(
 ) -> anyhow::Result<()> {
     let (store, _) = super::build::existing_store(settings, state)?;
     let n = if retry {
-        store.retry_dead(which, action, Utc::now()).await?
+        store.retry_dead(which, action, Utc::now()).await
     } else {
-        store.drop_dead(which, action, Utc::now()).await?
+        store.drop_dead(which, action, Utc::now()).await
+    };
+    // An entry that exists but is not a dead letter is the operator's mistake like an unknown
+    // number: a usage error, exit 2 (docs/sync.md "Dead letters").
+    let n = match (n, which) {
+        (Err(e @ crate::store::StoreError::WrongState { .. }), DeadLetters::One(seq)) => {
+            return Err(anyhow::Error::new(
+                crate::error::UsageError::new(format!("outbox entry {seq} is not in the dead-letter queue ({e})"))
+                    .with_hint("`kfr dlq list` shows the dead letters and their numbers"),
+            ));
+        }
+        (n, _) => n?,
     };
     if let (0, DeadLetters::One(seq)) = (n, which) {
         return Err(anyhow::Error::new(

@@ -41,6 +41,10 @@ struct Part {
     /// Whether it may end by itself with nothing wrong: the stdin source at end of input
     /// (docs/sync.md "Standard input"). Every other part runs until it is stopped.
     finite: bool,
+    /// Stopped only after the drain (the operations endpoint): a probe must see `/readyz` 503
+    /// `draining` and `/livez` up for as long as the agent drains, not a refused connection
+    /// (docs/sync.md "Shutdown and drain", step 1).
+    last: bool,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -189,6 +193,8 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         Intake::new(handle.clone(), register_key.clone(), health.clone(), policy).with_waker(dispatcher.waker());
 
     let cancel = CancellationToken::new();
+    // The operations endpoint's own: cancelled after the drain, not with the sources.
+    let ops_cancel = CancellationToken::new();
     let mut parts: Vec<Part> = vec![];
 
     // The operations endpoints come up first, so a probe sees the agent from its first moment.
@@ -202,10 +208,11 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
             "kfr sync: metrics and health on http://{}/ (metrics, livez, readyz)",
             ops.local_addr()
         ));
-        let (h, c, p) = (health.clone(), cancel.clone(), prometheus.clone());
+        let (h, c, p) = (health.clone(), ops_cancel.clone(), prometheus.clone());
         parts.push(Part {
             name: "the metrics and health endpoint".into(),
             finite: false,
+            last: true,
             task: tokio::spawn(async move { ops.run(p, h, c).await.map_err(anyhow::Error::from) }),
         });
     }
@@ -271,7 +278,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
                 tokio::spawn(async move { Box::new(spool).run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
             SourceKind::Stdin => {
-                let stdin = Stdin::stdin(intake.clone());
+                let stdin = Stdin::stdin(intake.clone()).context("cannot start reading standard input")?;
                 p.message("kfr sync: taking NDJSON events on standard input");
                 tokio::spawn(async move { Box::new(stdin).run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
@@ -279,6 +286,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         parts.push(Part {
             name: format!("the source `{name}`"),
             finite: matches!(s.kind, SourceKind::Stdin),
+            last: false,
             task,
         });
     }
@@ -351,16 +359,8 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     health.set_draining();
     crate::sync::metrics::set_ready(false);
     cancel.cancel();
-    for part in parts {
-        match tokio::time::timeout(Duration::from_secs(10), part.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(part = %part.name, error = %format!("{e:#}"), "stopped with an error"),
-            Ok(Err(e)) => {
-                tracing::warn!(part = %part.name, error = %crate::ids::scrub(&e.to_string()), "stopped abnormally")
-            }
-            Err(_) => tracing::warn!(part = %part.name, "did not stop in time"),
-        }
-    }
+    let (last, parts): (Vec<Part>, Vec<Part>) = parts.into_iter().partition(|p| p.last);
+    join_parts(parts).await;
     let _ = stop_tx.send(true);
     let summary = if dispatcher_ended {
         None
@@ -391,9 +391,25 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     }
     watch_stop.cancel();
     let _ = watch.await;
+    ops_cancel.cancel();
+    join_parts(last).await;
     match failure {
         Some(f) => Err(f.into()),
         None => Ok(()),
+    }
+}
+
+/// Waits up to 10 s for each of `parts` to stop (they have been told to), logging how each did.
+async fn join_parts(parts: Vec<Part>) {
+    for part in parts {
+        match tokio::time::timeout(Duration::from_secs(10), part.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(part = %part.name, error = %format!("{e:#}"), "stopped with an error"),
+            Ok(Err(e)) => {
+                tracing::warn!(part = %part.name, error = %crate::ids::scrub(&e.to_string()), "stopped abnormally")
+            }
+            Err(_) => tracing::warn!(part = %part.name, "did not stop in time"),
+        }
     }
 }
 
@@ -542,6 +558,7 @@ mod tests {
         Part {
             name: name.into(),
             finite,
+            last: false,
             task: tokio::spawn(task),
         }
     }

@@ -21,7 +21,8 @@ mod admin;
 mod config;
 mod kfr;
 mod maskinporten;
-mod multipart;
+// The batch encoder's fuzz target checks that the mock reads back what kfr sends (src/fuzzing.rs).
+pub(crate) mod multipart;
 mod quirks;
 mod register;
 mod state;

@@ -3,6 +3,8 @@
 //! which rule (docs/sync.md, "Events").
 //!
 //! Rules, checked per event; the first broken one is the event's verdict:
+//! - each key at most once (`event.duplicate_key`): JSON leaves the meaning of a repeated key
+//!   open, and serde_json would silently keep the last one ([`decode`]);
 //! - only the fields `op`, `customer_id`, `start_date`, `event_id`, `occurred_at` (an unknown field
 //!   is a mistake in the sender, not something to ignore silently);
 //! - `op` is `add` or `remove`;
@@ -144,11 +146,136 @@ pub fn from_json(value: &Value, at: Location, cx: &Context) -> Result<NewEvent, 
     fields(map, cx).map_err(|b| b.at(at, sent_id))
 }
 
-/// Parses one line of JSON text (NDJSON, JSONL): a syntax error is a refusal of that line.
+/// Parses one line of JSON text (NDJSON, JSONL): a syntax error, or an object naming a key
+/// twice, is a refusal of that line.
 pub fn from_json_text(text: &str, at: Location, cx: &Context) -> Result<NewEvent, Refusal> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(v) => from_json(&v, at, cx),
+    match decode(text) {
+        Ok(d) => match d.duplicates.first() {
+            Some((_, key)) => {
+                let sent_id = d.value.get("event_id").and_then(Value::as_str);
+                Err(duplicate_key(key).at(at, sent_id))
+            }
+            None => from_json(&d.value, at, cx),
+        },
         Err(e) => Err(json_syntax(&e).at(at, None)),
+    }
+}
+
+/// JSON text decoded as [`serde_json`] decodes it, plus the keys that some object in it names
+/// more than once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The value; a repeated key holds its last value (serde_json's own choice).
+    pub value: Value,
+    /// The first repeated key of each object that has one, in text order, with the position of
+    /// the top-level array item it is in (`None` when the text is not an array).
+    pub duplicates: Vec<(Option<usize>, String)>,
+}
+
+/// Decodes JSON text, noting repeated keys instead of silently keeping the last value: RFC 8259
+/// leaves the meaning of `{"op":"add","op":"remove"}` open, and a sender who wrote it meant one
+/// of the two; guessing could register the opposite of the bank's word (issue 19). The caller
+/// refuses such an event with [`duplicate_key`]. Nesting is bounded by serde_json's recursion
+/// limit, as for a plain decode.
+pub fn decode(text: &str) -> Result<Decoded, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut duplicates = vec![];
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Strict {
+        duplicates: &mut duplicates,
+        item: None,
+        top: true,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(Decoded { value, duplicates })
+}
+
+/// The refusal of an event object that names `key` twice.
+pub fn duplicate_key(key: &str) -> Broken {
+    Broken::new(
+        "event",
+        "duplicate_key",
+        format!(
+            "key \"{}\" appears more than once in the event; JSON does not say which value counts, so the event is refused rather than guessed",
+            ids::mask(key)
+        ),
+    )
+}
+
+/// [`decode`]'s visitor: builds a [`Value`] and records repeated keys.
+struct Strict<'a> {
+    duplicates: &'a mut Vec<(Option<usize>, String)>,
+    /// The top-level array item being decoded.
+    item: Option<usize>,
+    /// Whether this is the text's outermost value (its array items are the events).
+    top: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = vec![];
+        while let Some(v) = seq.next_element_seed(Strict {
+            duplicates: &mut *self.duplicates,
+            item: if self.top { Some(out.len()) } else { self.item },
+            top: false,
+        })? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        let mut repeated = false;
+        while let Some(key) = access.next_key::<String>()? {
+            let value = access.next_value_seed(Strict {
+                duplicates: &mut *self.duplicates,
+                item: self.item,
+                top: false,
+            })?;
+            if map.contains_key(&key) && !repeated {
+                repeated = true;
+                self.duplicates.push((self.item, key.clone()));
+            }
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -553,6 +680,56 @@ mod tests {
         assert_eq!(r.rule, "event.json");
         assert!(r.to_string().starts_with("a.jsonl:3: event: not valid JSON"), "{r}");
         assert!(!r.to_string().contains(&person(9)));
+    }
+
+    /// JSON leaves a repeated key's meaning open and serde_json keeps the last value, so
+    /// `"op":"add",…,"op":"remove"` would be stored as a remove: refused instead (issue 19).
+    #[test]
+    fn a_repeated_key_is_refused_naming_the_key() {
+        let at = Location::Line {
+            file: "a.jsonl".into(),
+            line: 2,
+        };
+        let line = format!("{{\"op\":\"add\",\"customer_id\":\"{}\",\"op\":\"remove\"}}", person(0));
+        let r = from_json_text(&line, at.clone(), &cx()).unwrap_err();
+        assert_eq!((r.field, r.rule.as_str()), ("event", "event.duplicate_key"), "{r}");
+        assert!(r.to_string().starts_with("a.jsonl:2: event: key \"op\" "), "{r}");
+        // A repeated identifier key is named masked, like any other unvalidated text.
+        let line = format!(
+            "{{\"op\":\"add\",\"customer_id\":\"{0}\",\"customer_id\":\"{0}\"}}",
+            person(9)
+        );
+        let r = from_json_text(&line, at.clone(), &cx()).unwrap_err();
+        assert_eq!(r.rule, "event.duplicate_key");
+        assert!(!r.to_string().contains(&person(9)), "{r}");
+        // Keys that differ only in case are different keys (and the unknown one is refused).
+        let line = format!("{{\"op\":\"add\",\"customer_id\":\"{}\",\"Op\":\"add\"}}", person(0));
+        assert_eq!(
+            from_json_text(&line, at.clone(), &cx()).unwrap_err().rule,
+            "event.unknown_field"
+        );
+        // The same text without the repeat is accepted.
+        let line = format!("{{\"op\":\"add\",\"customer_id\":\"{}\"}}", person(0));
+        assert!(from_json_text(&line, at, &cx()).is_ok());
+    }
+
+    #[test]
+    fn decode_names_the_array_item_holding_a_repeated_key() {
+        let text = r#"[{"op":"add"},{"a":1,"b":{"c":1,"c":2}},{"x":1,"x":2,"y":1,"y":2}]"#;
+        let d = decode(text).unwrap();
+        assert_eq!(
+            d.duplicates,
+            vec![(Some(1), "c".to_string()), (Some(2), "x".to_string())],
+            "the first repeat of each object"
+        );
+        assert_eq!(d.value[2]["x"], 2, "the value itself is decoded as serde_json would");
+        let d = decode(r#"{"op":"a","op":"b"}"#).unwrap();
+        assert_eq!(d.duplicates, vec![(None, "op".to_string())]);
+        assert!(decode(r#"{"op":"a"} x"#).is_err(), "trailing text is a syntax error");
+        assert_eq!(
+            decode("[1, 2.5, null, true, \"s\"]").unwrap().value,
+            json!([1, 2.5, null, true, "s"])
+        );
     }
 
     #[test]

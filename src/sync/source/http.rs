@@ -413,7 +413,7 @@ fn authorized(headers: &HeaderMap, key: &IngestKey) -> bool {
 
 /// How the body is to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     Json,
     Ndjson,
 }
@@ -575,7 +575,7 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 /// The events of a body, or every refusal in it (a request is taken whole or not at all).
-fn parse_body(body: &[u8], shape: Shape, cx: &event::Context) -> (Vec<NewEvent>, Vec<Refusal>) {
+pub(crate) fn parse_body(body: &[u8], shape: Shape, cx: &event::Context) -> (Vec<NewEvent>, Vec<Refusal>) {
     let whole = |b: Broken| (vec![], vec![b.at(Location::Index { index: 0, line: None }, None)]);
     let Ok(text) = std::str::from_utf8(body) else {
         return whole(Broken::new("body", "encoding", "the body is not UTF-8"));
@@ -588,20 +588,29 @@ fn parse_body(body: &[u8], shape: Shape, cx: &event::Context) -> (Vec<NewEvent>,
     };
     match shape {
         Shape::Json => {
-            let value: Value = match serde_json::from_str(text) {
-                Ok(v) => v,
+            let decoded = match event::decode(text) {
+                Ok(d) => d,
                 Err(e) => {
                     let b = event::json_syntax(&e);
                     return whole(Broken::new("body", "json", b.message));
                 }
             };
-            match value {
+            // An event naming a key twice is refused, whatever its other fields say.
+            let one = |index: usize, v: &Value| {
+                let at = Location::Index { index, line: None };
+                let repeated = decoded.duplicates.iter().find(|(i, _)| i.unwrap_or(0) == index);
+                match repeated {
+                    Some((_, key)) => Err(event::duplicate_key(key).at(at, v.get("event_id").and_then(Value::as_str))),
+                    None => event::from_json(v, at, cx),
+                }
+            };
+            match &decoded.value {
                 Value::Array(items) => {
                     for (index, v) in items.iter().enumerate() {
-                        take(event::from_json(v, Location::Index { index, line: None }, cx));
+                        take(one(index, v));
                     }
                 }
-                v @ Value::Object(_) => take(event::from_json(&v, Location::Index { index: 0, line: None }, cx)),
+                v @ Value::Object(_) => take(one(0, v)),
                 _ => {
                     return whole(Broken::new(
                         "body",

@@ -65,6 +65,9 @@ pub struct Intake {
     pub policy: IdPolicy,
     /// Woken after each commit, so the dispatcher looks at once instead of at its next poll.
     pub waker: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Tests only: something another process does while this commit waits for the store.
+    #[cfg(test)]
+    pub before_commit: Option<testkit::Hook>,
 }
 
 impl Intake {
@@ -75,6 +78,8 @@ impl Intake {
             health,
             policy,
             waker: None,
+            #[cfg(test)]
+            before_commit: None,
         }
     }
 
@@ -94,6 +99,10 @@ impl Intake {
     /// proves the store writable again.
     pub async fn commit(&self, source: &str, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
         let ops: Vec<_> = events.iter().map(|e| e.op).collect();
+        #[cfg(test)]
+        if let Some(f) = self.before_commit.as_ref().and_then(|m| m.0.lock().unwrap().take()) {
+            f();
+        }
         match self
             .handle
             .enqueue(self.register.clone(), events, chrono::Utc::now())
@@ -144,7 +153,7 @@ pub(crate) mod testkit {
     //! What the source tests share: synthetic identifiers and a temporary SQLite store.
 
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     /// The `n`th synthetic (Tenor, month + 80) fødselsnummer: valid under the test policy,
     /// refused by the prod policy.
@@ -167,12 +176,27 @@ pub(crate) mod testkit {
             .expect("enough synthetic persons")
     }
 
+    /// Something a test does inside the next commit, before it returns (another process acting
+    /// while the source waits for the store).
+    pub type Meanwhile = Box<dyn FnOnce() + Send>;
+
+    /// Where [`TestOutbox::during_next_commit`] leaves it for the intake.
+    #[derive(Clone, Default)]
+    pub struct Hook(pub Arc<Mutex<Option<Meanwhile>>>);
+
+    impl std::fmt::Debug for Hook {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Hook")
+        }
+    }
+
     /// A real (SQLite) store in a temporary directory for the source tests, with what they look
     /// at: the events stored, and a switch that makes every insert fail (a full disk, say).
     #[derive(Clone)]
     pub struct TestOutbox {
         dir: Arc<tempfile::TempDir>,
         store: Store,
+        meanwhile: Hook,
     }
 
     impl Default for TestOutbox {
@@ -182,6 +206,7 @@ pub(crate) mod testkit {
             TestOutbox {
                 dir: Arc::new(dir),
                 store: Store::spawn(Box::new(backend)).unwrap(),
+                meanwhile: Default::default(),
             }
         }
     }
@@ -234,7 +259,14 @@ pub(crate) mod testkit {
 
         /// An intake over this store, register `test|reg`, test policy.
         pub fn intake(&self) -> Intake {
-            Intake::new(self.store.clone(), "test|reg".into(), Health::new(), IdPolicy::test())
+            let mut intake = Intake::new(self.store.clone(), "test|reg".into(), Health::new(), IdPolicy::test());
+            intake.before_commit = Some(self.meanwhile.clone());
+            intake
+        }
+
+        /// Runs `f` during the next commit, before the store writes.
+        pub fn during_next_commit(&self, f: impl FnOnce() + Send + 'static) {
+            *self.meanwhile.0.lock().unwrap() = Some(Box::new(f));
         }
     }
 }

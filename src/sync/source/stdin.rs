@@ -8,6 +8,9 @@
 //! to resend whole. End of input ends this source, not the agent. If the store fails, the group
 //! is retried (backing off up to 30 s) until it commits or shutdown comes; events without an
 //! `event_id` get a new UUID, so a producer that may replay lines should send its own ids.
+//!
+//! Standard input is read by a thread of its own ([`ThreadReader`]), not tokio's stdin: see
+//! there for why (a producer that keeps the pipe open must not keep the agent from exiting).
 
 use super::{Intake, Source, SourceError, SourceReport, counts};
 use crate::store::NewEvent;
@@ -28,12 +31,87 @@ pub struct LineSource<R> {
 }
 
 /// The agent's stdin source.
-pub type Stdin = LineSource<tokio::io::Stdin>;
+pub type Stdin = LineSource<ThreadReader>;
 
 impl Stdin {
     /// Reads the process's standard input; events carry source `stdin`.
-    pub fn stdin(intake: Intake) -> Stdin {
-        LineSource::new("stdin", tokio::io::stdin(), intake)
+    pub fn stdin(intake: Intake) -> std::io::Result<Stdin> {
+        Ok(LineSource::new("stdin", ThreadReader::spawn(std::io::stdin())?, intake))
+    }
+}
+
+/// A blocking reader read by a plain thread of its own, its bytes handed over in chunks.
+///
+/// Why not `tokio::io::stdin`: tokio reads standard input with a blocking read on its blocking
+/// pool, which cannot be cancelled, and the runtime waits for its blocking tasks when it shuts
+/// down; with a producer that kept the pipe open and wrote nothing, the agent printed "stopped"
+/// and never exited (issue 19). A thread outside the runtime holds nothing up: the process exits
+/// with it still waiting in read(2). Nothing is lost by that: lines not yet read were never
+/// acknowledged (this source has no one to acknowledge to), and what was read and committed is
+/// in the store.
+pub struct ThreadReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ThreadReader {
+    /// Starts the thread reading `input` until its end or an error.
+    pub fn spawn(mut input: impl std::io::Read + Send + 'static) -> std::io::Result<ThreadReader> {
+        // A few chunks ahead at most: the thread waits while the source is busy committing.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        std::thread::Builder::new().name("kfr-stdin".into()).spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let sent = match input.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => tx.blocking_send(Ok(buf[..n].to_vec())),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                // The source is gone (shutdown): stop reading.
+                if sent.is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(ThreadReader {
+            rx,
+            chunk: vec![],
+            pos: 0,
+        })
+    }
+}
+
+impl AsyncRead for ThreadReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.chunk.len() {
+                let n = buf.remaining().min(this.chunk.len() - this.pos);
+                buf.put_slice(&this.chunk[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                // The thread ended: end of input.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -210,5 +288,61 @@ mod tests {
         shutdown.cancel();
         let report = task.await.unwrap().unwrap();
         assert_eq!(report.stored, 0);
+    }
+
+    /// A reader that blocks until its sender is dropped, as a pipe whose writer stays open.
+    struct Held(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Read for Held {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_reader_blocked_in_read_does_not_keep_the_runtime_from_shutting_down() {
+        let (_open, rx) = std::sync::mpsc::channel::<()>();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = rt.block_on(async {
+            let mem = TestOutbox::default();
+            let source = LineSource::new("stdin", ThreadReader::spawn(Held(rx)).unwrap(), mem.intake());
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(source.run(shutdown.clone()));
+            shutdown.cancel();
+            task.await.unwrap().unwrap()
+        });
+        assert_eq!(report.stored, 0);
+        // With tokio's stdin the runtime's drop waited for the blocked read, for ever; a bound
+        // here makes that a failure rather than a hung test.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(rt);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok(),
+            "the runtime shut down"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_thread_reader_hands_over_every_byte_and_the_end() {
+        let mem = TestOutbox::default();
+        let input = format!(
+            "{{\"op\":\"add\",\"customer_id\":\"{}\"}}\n{{\"op\":\"remove\",\"customer_id\":\"{}\"}}",
+            person(0),
+            person(1)
+        );
+        let reader = ThreadReader::spawn(std::io::Cursor::new(input.into_bytes())).unwrap();
+        let report = LineSource::new("pipe", reader, mem.intake())
+            .run(CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.stored, 2, "both lines, the last without a line end");
     }
 }

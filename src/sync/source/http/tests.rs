@@ -151,6 +151,44 @@ async fn one_bad_event_refuses_the_whole_request_and_lists_every_reason_masked()
     assert_eq!(s.stop().await.refused, 7);
 }
 
+/// `"op":"add",…,"op":"remove"`: serde_json keeps the last value, so the request used to be
+/// stored as a remove. Refused whole with the key and the event's index (issue 19).
+#[tokio::test]
+async fn an_event_naming_a_key_twice_is_refused_with_nothing_stored() {
+    let s = start().await;
+    let twice = format!(
+        "{{\"op\":\"add\",\"customer_id\":\"{}\",\"event_id\":\"d-2\",\"op\":\"remove\"}}",
+        person(1)
+    );
+    let arr = format!("[{},{twice}]", add(0, "d-1"));
+    let (st, body) = s.post("application/json", arr).await;
+    assert_eq!(st, 400, "{body}");
+    let refused = body["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{body}");
+    assert_eq!(refused[0]["index"], 1);
+    assert_eq!(refused[0]["rule"], "event.duplicate_key");
+    assert_eq!(refused[0]["event_id"], "d-2");
+    assert!(refused[0]["message"].as_str().unwrap().contains("key \"op\""), "{body}");
+    // One object alone, and NDJSON (with its line), the same.
+    let (st, body) = s.post("application/json", twice.clone()).await;
+    assert_eq!(
+        (st, body["refused"][0]["rule"].as_str()),
+        (400, Some("event.duplicate_key"))
+    );
+    assert_eq!(body["refused"][0]["index"], 0);
+    let (st, body) = s
+        .post("application/x-ndjson", format!("{}\n{twice}\n", add(0, "d-1")))
+        .await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(
+        (body["refused"][0]["index"].clone(), body["refused"][0]["line"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(body["refused"][0]["rule"], "event.duplicate_key");
+    assert!(s.mem.stored().is_empty(), "nothing of a refused request is stored");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn wrong_key_size_and_media_type_are_refused_before_anything_is_read() {
     let s = start_with(|o| o.max_body_bytes = 1024).await;
