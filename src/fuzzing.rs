@@ -20,8 +20,8 @@
 use crate::ids::{CustomerId, IdPolicy};
 use crate::input::reader;
 use crate::kfr::batch::{BatchEntry, Layout};
-use crate::store::Operation;
 use crate::store::NewEvent;
+use crate::store::Operation;
 use crate::sync::event::{self, Context, Refusal};
 use crate::sync::source::http::{Shape, parse_body};
 use crate::sync::source::spool::{FileKey, parse_file, parse_lines};

@@ -169,6 +169,8 @@ enum Reading {
     Events(Vec<NewEvent>),
     /// At least one bad line: each of them.
     Refused(Vec<Refusal>),
+    /// Its events committed, with the store's answer for each.
+    Committed(Vec<crate::store::Enqueued>),
     /// Gone before it could be opened.
     Vanished,
     /// Not the file listed, or changed while read: left for a later look.
@@ -235,6 +237,35 @@ impl Spool {
                     path: path.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })??;
+            // Committed before the arms below: an event id reused for another event refuses the
+            // file like a bad line (it would be refused again at every look).
+            let reading = match reading {
+                Reading::Events(events) => {
+                    let lines: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+                    match self.intake.commit(&self.opts.name, events).await {
+                        Ok(results) => Reading::Committed(results),
+                        Err(crate::store::StoreError::EventIdConflict { index, seq }) => {
+                            Reading::Refused(vec![Refusal {
+                                at: crate::sync::event::Location::Line {
+                                    file: name.clone(),
+                                    line: index as u64 + 1,
+                                },
+                                event_id: lines.get(index).map(|id| crate::ids::scrub(id)),
+                                field: "event_id",
+                                rule: "event_id.conflict".into(),
+                                message: format!(
+                                    "this event id is stored already, as outbox entry {seq}, for a different event; an event id names one event for good"
+                                ),
+                            }])
+                        }
+                        Err(_) => {
+                            poll.store_failed = true;
+                            return Ok(poll);
+                        }
+                    }
+                }
+                other => other,
+            };
             match reading {
                 Reading::Vanished => {
                     tracing::warn!(source = %self.opts.name, file = %name, "spool file vanished before it was read; nothing of it was taken");
@@ -282,30 +313,25 @@ impl Spool {
                         }
                     }
                 }
-                Reading::Events(events) => match self.intake.commit(&self.opts.name, events).await {
-                    Ok(results) => {
-                        let (stored, dup) = counts(&results);
-                        self.report.stored += stored;
-                        self.report.duplicates += dup;
-                        let target = free_name(&self.opts.dir.join("done"), &name);
-                        match move_if_same(&path, &seen, &target)? {
-                            Moved::Done => {
-                                tracing::info!(source = %self.opts.name, file = %name, stored, duplicates = dup,
+                Reading::Events(_) => unreachable!("committed above"),
+                Reading::Committed(results) => {
+                    let (stored, dup) = counts(&results);
+                    self.report.stored += stored;
+                    self.report.duplicates += dup;
+                    let target = free_name(&self.opts.dir.join("done"), &name);
+                    match move_if_same(&path, &seen, &target)? {
+                        Moved::Done => {
+                            tracing::info!(source = %self.opts.name, file = %name, stored, duplicates = dup,
                                     "spool file committed; moved to done/");
-                                poll.done.push(name);
-                            }
-                            other => {
-                                tracing::info!(source = %self.opts.name, file = %name, stored, duplicates = dup,
+                            poll.done.push(name);
+                        }
+                        other => {
+                            tracing::info!(source = %self.opts.name, file = %name, stored, duplicates = dup,
                                     "spool file committed");
-                                self.not_moved(other, &name, &path, &mut poll);
-                            }
+                            self.not_moved(other, &name, &path, &mut poll);
                         }
                     }
-                    Err(_) => {
-                        poll.store_failed = true;
-                        return Ok(poll);
-                    }
-                },
+                }
             }
         }
         Ok(poll)

@@ -196,6 +196,9 @@ async fn commit(intake: &Intake, name: &str, group: Vec<NewEvent>, shutdown: &Ca
     loop {
         match intake.commit(name, group.clone()).await {
             Ok(results) => return Some(counts(&results)),
+            // Not the store's fault, and it would be refused again: the lines are dropped
+            // (logged by the intake, counted as refused).
+            Err(crate::store::StoreError::EventIdConflict { .. }) => return Some((0, 0)),
             Err(_) => {
                 tokio::select! {
                     _ = shutdown.cancelled() => {

@@ -1,4 +1,4 @@
-//! HTTP ingest over loopback with a real client, against the in-memory outbox.
+//! HTTP ingest over loopback with a real client, against a temporary SQLite store.
 
 use super::*;
 use crate::sync::source::testkit::{TestOutbox, person};
@@ -368,4 +368,35 @@ async fn tls_serves_with_the_configured_certificate() {
     opts.tls = Some(TlsFiles { cert, key: wrong });
     let err = IngestServer::bind(opts, mem.intake()).await.err().unwrap();
     assert!(matches!(err, IngestError::Tls { .. }), "{err}");
+}
+
+/// Issue 19 item 4: an event id reused for a different event is a 409 naming the event's index
+/// and the stored seq; nothing of the request is stored, and the agent stays ready (the store
+/// is fine, the sender is not).
+#[tokio::test]
+async fn an_event_id_reused_for_another_event_is_a_409_and_nothing_is_stored() {
+    let s = start().await;
+    let (a, b) = (person(0), person(1));
+    let first = json!({"event_id": "e-1", "op": "add", "customer_id": a}).to_string();
+    assert_eq!(s.post("application/json", first.clone()).await.0, 202);
+    assert_eq!(
+        s.post("application/json", first).await.0,
+        202,
+        "the same event again: a duplicate"
+    );
+    let body = json!([
+        {"event_id": "e-2", "op": "add", "customer_id": b},
+        {"event_id": "e-1", "op": "remove", "customer_id": a},
+    ])
+    .to_string();
+    let (status, v) = s.post("application/json", body).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(
+        (v["error"].as_str(), v["index"].as_u64(), v["seq"].as_i64()),
+        (Some("event_id_conflict"), Some(1), Some(1)),
+        "{v}"
+    );
+    let stored: Vec<String> = s.mem.stored().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(stored, ["e-1"], "nothing of the refused request");
+    assert!(s.intake.health.unready().is_empty(), "the store is fine");
 }
