@@ -167,6 +167,21 @@ pub trait Outbox {
     /// `customer` in full (`None`: every customer).
     fn events_of(&mut self, register: Option<&str>, customer: Option<&str>) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Stores `events` (as [`Outbox::enqueue`]) and, in the same transaction, the position
+    /// `cursor` the source `source` read them up to: a restart resumes after the last events
+    /// stored, neither skipping nor repeating any. Nothing of a failed call is stored.
+    fn enqueue_from_cursor(
+        &mut self,
+        register: &str,
+        events: &[NewEvent],
+        source: &str,
+        cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError>;
+
+    /// Where `source` stopped reading, if it ever stored a position.
+    fn source_cursor(&mut self, source: &str) -> Result<Option<String>, StoreError>;
+
     /// Unfinished events of `register` from one of `sources`, in issue order.
     fn unfinished_of(&mut self, register: &str, sources: &[&str]) -> Result<Vec<OutboxEvent>, StoreError>;
 }

@@ -90,7 +90,8 @@ macro_rules! outbox_conformance_tests {
             concurrency_same_customer_enqueues_from_two_handles_give_one_head,
             concurrency_claims_from_two_handles_never_give_two_of_one_customer,
             cancel_takes_only_pending_events_and_the_queue_moves_on, heartbeats_and_the_last_delivery,
-            backup_is_a_private_checked_copy);
+            backup_is_a_private_checked_copy, the_ledger_can_be_walked_in_pages,
+            an_event_id_reused_for_another_event_is_refused_whole, a_source_cursor_moves_with_the_events_it_read);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -778,6 +779,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
         unfinished_customers_are_those_with_a_head,
         the_ledger_can_be_walked_in_pages,
         an_event_id_reused_for_another_event_is_refused_whole,
+        a_source_cursor_moves_with_the_events_it_read,
         a_load_claims_only_its_held_operations_in_turn,
         history_outlives_the_outbox_and_names_who,
         concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
@@ -1168,6 +1170,28 @@ pub fn an_event_id_reused_for_another_event_is_refused_whole(h: &mut dyn Harness
         1,
         "nothing of a refused call is stored"
     );
+}
+
+/// A source that reads from somewhere with its own order stores its position with the events
+/// read up to it, in one transaction: a failed call moves neither.
+pub fn a_source_cursor_moves_with_the_events_it_read(h: &mut dyn Harness) {
+    let b = h.backend();
+    assert_eq!(b.source_cursor("core").unwrap(), None);
+    b.enqueue_from_cursor(R, &[ev("c1", A, Operation::Add)], "core", "41", t(0))
+        .unwrap();
+    assert_eq!(b.source_cursor("core").unwrap().as_deref(), Some("41"));
+    // A call that fails (an id reused for another event) stores neither its events nor its position.
+    let err = b.enqueue_from_cursor(
+        R,
+        &[ev("c2", B, Operation::Add), ev("c1", A, Operation::Remove)],
+        "core",
+        "43",
+        t(1),
+    );
+    assert!(err.is_err());
+    assert_eq!(b.source_cursor("core").unwrap().as_deref(), Some("41"));
+    assert_eq!(b.status(Some(R)).unwrap().pending, 1);
+    assert_eq!(b.source_cursor("other").unwrap(), None, "cursors are per source");
 }
 
 /// `ledger_page` walks a register's ledger in customer order, a page at a time, and no further.

@@ -174,6 +174,9 @@ impl Store {
             => |b| b.claim_head_of(&register, &customer, &sources.iter().map(String::as_str).collect::<Vec<_>>(), &claimer, now);
         fn claim_next_of(register: String, sources: Vec<String>, claimer: Claimer, now: DateTime<Utc>) -> Option<OutboxEvent>
             => |b| b.claim_next_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>(), &claimer, now);
+        fn enqueue_from_cursor(register: String, events: Vec<NewEvent>, source: String, cursor: String, now: DateTime<Utc>) -> Vec<Enqueued>
+            => |b| b.enqueue_from_cursor(&register, &events, &source, &cursor, now);
+        fn source_cursor(source: String) -> Option<String> => |b| b.source_cursor(&source);
         fn unfinished_of(register: String, sources: Vec<String>) -> Vec<OutboxEvent>
             => |b| b.unfinished_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>());
         fn events_of(register: Option<String>, customer: Option<String>) -> Vec<OutboxEvent>

@@ -246,6 +246,16 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX history_delivered ON history(register, at) WHERE outcome LIKE 'delivered%';
     "#,
+    // 7: where each source stopped reading (issue 18): a source that reads from somewhere that
+    // keeps its own order (the core system's outbox table, say) stores its position here, in
+    // the transaction of the events it read, so a restart neither skips nor repeats.
+    r#"
+    CREATE TABLE source_cursors (
+        source  TEXT PRIMARY KEY,
+        cursor  TEXT NOT NULL,
+        at      TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The register named by a job's settings JSON (`environment`, `kfr_base_url`, `org_number`), if

@@ -88,38 +88,35 @@ impl Outbox for SqliteBackend {
         events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
+        self.tx(Tx::Write, |tx| enqueue_in(tx, register, events, now))
+    }
+
+    fn enqueue_from_cursor(
+        &mut self,
+        register: &str,
+        events: &[NewEvent],
+        source: &str,
+        cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
         self.tx(Tx::Write, |tx| {
-            let mut out = Vec::with_capacity(events.len());
-            for (index, ev) in events.iter().enumerate() {
-                let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
-                out.push(match stored {
-                    Some(seq) => Enqueued::Stored { seq },
-                    None => {
-                        // A known id is a duplicate only if it names the same event; reused for
-                        // another one, the call fails whole (the transaction rolls back).
-                        let (seq, same) = tx
-                            .prepare_cached(
-                                "SELECT seq, register = ?2 AND op = ?3 AND customer_id = ?4 AND start_date IS ?5
-                                 FROM outbox WHERE event_id = ?1",
-                            )?
-                            .query_row(
-                                params![
-                                    ev.event_id,
-                                    register,
-                                    ev.op.as_str(),
-                                    ev.customer_id,
-                                    ev.start_date.map(|d| d.to_string())
-                                ],
-                                |r| Ok((r.get::<_, Seq>(0)?, r.get::<_, bool>(1)?)),
-                            )?;
-                        if !same {
-                            return Err(Fault::Store(StoreError::EventIdConflict { index, seq }));
-                        }
-                        Enqueued::Duplicate { seq }
-                    }
-                });
-            }
+            let out = enqueue_in(tx, register, events, now)?;
+            tx.execute(
+                "INSERT INTO source_cursors (source, cursor, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, at = excluded.at",
+                params![source, cursor, ts(now)],
+            )?;
             Ok(out)
+        })
+    }
+
+    fn source_cursor(&mut self, source: &str) -> Result<Option<String>, StoreError> {
+        self.tx(Tx::Read, |tx| {
+            Ok(tx
+                .query_row("SELECT cursor FROM source_cursors WHERE source = ?1", [source], |r| {
+                    r.get(0)
+                })
+                .optional()?)
         })
     }
 
@@ -628,6 +625,46 @@ impl Outbox for SqliteBackend {
                 .collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// [`Outbox::enqueue`] inside its write transaction.
+fn enqueue_in(
+    tx: &Transaction<'_>,
+    register: &str,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<Vec<Enqueued>, Fault> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, ev) in events.iter().enumerate() {
+        let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
+        out.push(match stored {
+            Some(seq) => Enqueued::Stored { seq },
+            None => {
+                // A known id is a duplicate only if it names the same event; reused for
+                // another one, the call fails whole (the transaction rolls back).
+                let (seq, same) = tx
+                    .prepare_cached(
+                        "SELECT seq, register = ?2 AND op = ?3 AND customer_id = ?4 AND start_date IS ?5
+                         FROM outbox WHERE event_id = ?1",
+                    )?
+                    .query_row(
+                        params![
+                            ev.event_id,
+                            register,
+                            ev.op.as_str(),
+                            ev.customer_id,
+                            ev.start_date.map(|d| d.to_string())
+                        ],
+                        |r| Ok((r.get::<_, Seq>(0)?, r.get::<_, bool>(1)?)),
+                    )?;
+                if !same {
+                    return Err(Fault::Store(StoreError::EventIdConflict { index, seq }));
+                }
+                Enqueued::Duplicate { seq }
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// Claims the pending head `seq` for `claimer` (the caller checked it may go).
