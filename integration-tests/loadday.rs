@@ -1007,3 +1007,253 @@ async fn the_progress_line_labels_the_ingested_count() {
     );
     assert!(lines.iter().all(|l| !l.contains("(estimated at")), "{lines:?}");
 }
+
+// ---- Issue 20 --------------------------------------------------------------------------------
+
+/// Polls until the mock has ingested every accepted batch entry (bounded), so a test sees the
+/// register as it ends up, not as it was when the load exited.
+async fn drained(env: &crate::load::Env) {
+    let since = std::time::Instant::now();
+    while env.mock.state().snapshot().ingest_queue > 0 {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the mock never finished ingesting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until the mock accepted more than `before` batches: the load is then
+/// ingesting.
+async fn accepted(env: &crate::load::Env, before: u64) {
+    let since = std::time::Instant::now();
+    while env.batches_accepted() <= before {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the load never uploaded its batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// N1: the witness of a batch registered in parallel (`kfr add`, D-3 step 3) while the batch
+/// ingests must not confirm it early. A customer who left, near the end of the batch, has a
+/// remove held behind the load; it must reach KFR after the batch registered them, so they end
+/// removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_added_during_ingestion_does_not_confirm_the_batch_early() {
+    let env = std::sync::Arc::new(crate::load::setup_with_rate(1_000).await);
+    let id = in_load_order(ids(140, 5_000));
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let e = env.clone();
+    let load = tokio::spawn(async move {
+        e.run(
+            &[
+                "load",
+                "c.csv",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                "1000",
+                "--sample",
+                "0",
+                "--report",
+                "r.json",
+                "--outage-wait-secs",
+                "30",
+            ],
+            &[],
+        )
+        .await
+    });
+    accepted(&env, 0).await;
+    let (witness, left) = (&id[4_999], &id[4_998]);
+    assert_ok(&env.run(&["add", witness, "--state", "s.db"], &[]).await);
+    let (stdout, _) = assert_ok(&env.run(&["remove", left, "--state", "s.db"], &[]).await);
+    assert!(stdout.starts_with("held: "), "the barrier is up: {stdout}");
+    let (_, stderr) = assert_ok(&load.await.unwrap());
+    drained(&env).await;
+    let active = env.active();
+    assert!(
+        !active.contains_key(left),
+        "the customer who left ends removed, not re-registered by the batch after the remove\n{stderr}"
+    );
+    assert_eq!(active.len(), 4_999, "{stderr}");
+    assert!(stderr.contains("proves nothing"), "the operator is told why: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    let by = report["batches"][0]["confirmed_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(by.starts_with("witness+time") && by.contains("measured"), "{by}");
+}
+
+/// N2: when the last entries of the batch were registered before the load (no witness among
+/// them) and KFR ingests slower than `--ingest-rate` says, the wait by time must come from the
+/// rate KFR is measured at, not the configured one: a remove held on one of those last customers
+/// must not be overtaken by the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_without_a_witness_at_its_end_waits_by_the_measured_rate() {
+    let env = std::sync::Arc::new(crate::load::setup_with_rate(500).await);
+    let id = in_load_order(ids(141, 1_500));
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    // The last 10 were registered earlier (a partial load into another store, say).
+    env.write(
+        "old.csv",
+        &id[1_490..].iter().map(|i| format!("{i}\n")).collect::<String>(),
+    );
+    assert_ok(&env.load("old.csv", "old.db", &[], &[]).await);
+    let before = env.batches_accepted();
+    let e = env.clone();
+    let load = tokio::spawn(async move {
+        // Told KFR ingests 200,000 a second; it ingests 500.
+        e.run(
+            &[
+                "load",
+                "c.csv",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                "200000",
+                "--report",
+                "r.json",
+            ],
+            &[],
+        )
+        .await
+    });
+    accepted(&env, before).await;
+    let left = &id[1_499];
+    let (stdout, _) = assert_ok(&env.run(&["remove", left, "--state", "s.db"], &[]).await);
+    assert!(stdout.starts_with("held: "), "the barrier is up: {stdout}");
+    let (_, stderr) = assert_ok(&load.await.unwrap());
+    drained(&env).await;
+    let active = env.active();
+    assert!(
+        !active.contains_key(left),
+        "the held remove went after the batch registered the customer again\n{stderr}"
+    );
+    assert_eq!(active.len(), 1_499, "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    let by = report["batches"][0]["confirmed_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(by.starts_with("witness+time") && by.contains("measured"), "{by}");
+}
+
+/// N3: a gateway answering 5xx to every batch upload while lookups work. Each failed upload is
+/// probed (the body may have reached KFR) and found absent; the re-sends count toward
+/// `--outage-wait-secs` like any outage, so the load stops (exit 1) naming the batch and the
+/// resume command instead of re-sending without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_failures_count_toward_the_outage_wait() {
+    let env = setup().await;
+    let id = ids(142, 30);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    env.mock.state().set_batch_errors(true);
+    let run = env.load("c.csv", "s.db", &["--outage-wait-secs", "3"], &[]);
+    // A generous bound so the old behaviour (re-sending for ever) fails instead of hanging.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the load stops once the outage wait is used up");
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("batch 1") && stderr.contains("every upload") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(batch_posts(&env) >= 2, "it did try again within the wait");
+    assert_eq!(env.batches_accepted(), 0);
+    // The gateway heals: the resume completes.
+    env.mock.state().set_batch_errors(false);
+    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    assert_eq!(env.active().len(), 30);
+}
+
+/// N3: SIGTERM while an upload of unknown fate is being probed (and re-sent) stops the load with
+/// exit 143, long before the outage wait (10 minutes here) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_answered_while_an_unknown_upload_is_probed() {
+    let env = setup().await;
+    let id = ids(143, 30);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    env.mock.state().set_batch_errors(true);
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KFR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .current_dir(&env.dir)
+        .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+        .args(["--config", "kfr.toml", "load", "c.csv", "--state", "s.db"])
+        .args(["--ingest-rate", "200000", "--outage-wait-secs", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once an upload failed: the load is then probing for the batch.
+    let t = std::time::Instant::now();
+    while batch_posts(&env) == 0 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "no upload");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A generous bound, so the old behaviour (the signal ignored) fails instead of hanging.
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("SIGTERM ignored while the upload was probed");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(env.batches_accepted(), 0);
+}
+
+/// N4: two loads on one store, one through a symlink to it: the second is refused (exit 1),
+/// naming the running job, and nothing is uploaded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_load_through_a_symlink_to_the_store_is_refused() {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(60);
+    let id = ids(144, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            env.load(
+                "c.csv",
+                "s.db",
+                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "20"],
+                &[],
+            )
+            .await
+        })
+    };
+    accepted(&env, 0).await;
+    std::os::unix::fs::symlink(env.dir.join("s.db"), env.dir.join("link.db")).unwrap();
+    for extra in [&["--resume"][..], &[][..]] {
+        let out = env.load("c.csv", "link.db", extra, &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains("load job 1") && stderr.contains("running"), "{stderr}");
+    }
+    assert!(!first.is_finished(), "the refusals did not wait for the first load");
+    assert_ok(&first.await.unwrap());
+    assert_eq!(env.active().len(), 240);
+    let posts = batch_posts(&env);
+    assert_eq!(env.batches_accepted(), posts, "no batch uploaded twice");
+}

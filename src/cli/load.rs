@@ -575,11 +575,30 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
             p.set_phase(format!("uploading the batch after {batch}"));
             let how = match by.as_str() {
                 "witness" => "by own lookup of an entry new in this batch",
-                "witness+time" => "by own lookup of an entry new in this batch, plus the expected time for later entries KFR already held",
-                _ => "by time only: every entry checked was registered before the upload, so the expected ingestion time plus a margin was waited",
+                "witness+time" => "by own lookup of an entry new in this batch, plus a wait sized from KFR's measured rate for the entries after it",
+                _ => "by time only: no entry checked was new in the batch, so a wait sized from KFR's measured rate was waited",
             };
             p.message(format_args!(
                 "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id}; {how})"
+            ))
+        }
+        LoadEvent::EvidenceTouched { batch, customer } => p.warning(format_args!(
+            "batch {batch}: {customer} was added or removed through kfr while the batch was ingested, so seeing it stored proves nothing; confirming by an earlier entry new in the batch"
+        )),
+        LoadEvent::WaitingByTime {
+            batch,
+            entries,
+            rate,
+            measured,
+            wait_secs,
+        } => {
+            let basis = if measured {
+                "measured by own lookups in this job"
+            } else {
+                "nothing measured yet: a tenth of the configured rate"
+            };
+            p.message(format_args!(
+                "batch {batch}: {entries} relationships no lookup can prove stored; waiting {wait_secs:.1} s for them (twice the time at {rate} a second, {basis})"
             ))
         }
         LoadEvent::KfrUnavailable {

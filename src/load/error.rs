@@ -118,6 +118,13 @@ pub enum LoadError {
     #[error("the last load job ({job}, from {input}) was abandoned: there is nothing to resume")]
     JobAbandoned { job: i64, input: String },
 
+    /// An operator abandoned the job while this load ran (issue 20, N4): it stopped writing to
+    /// it and never calls it complete.
+    #[error(
+        "load job {job} was abandoned by an operator while this load ran; the load stopped and the job is not complete ({confirmed} of {batches} batches confirmed stored)"
+    )]
+    AbandonedUnderIt { job: i64, confirmed: usize, batches: usize },
+
     /// The state store failed (its own error says what an operator can do).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -187,6 +194,7 @@ impl Hinted for LoadError {
             LoadError::AbandonedHeldLeft { job, .. } => format!(
                 "`kfr load abandon {job} --send-held` sends them again, in order, once KFR can be reached"
             ),
+            LoadError::AbandonedUnderIt { .. } => "`kfr load status` shows the job; what was sent stays in KFR (see docs/load.md, \"Abandoning a job\"); start a new load without --resume".into(),
             LoadError::JobAbandoned { .. } => "start a new load without --resume (`kfr load status` shows the abandoned job)".into(),
             LoadError::Store(e) => return crate::error::Hinted::hint(e),
             LoadError::Other(_) => return None,

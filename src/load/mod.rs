@@ -677,6 +677,12 @@ async fn run_as_writer(
         let register = store.job(job).await?.and_then(|j| j.register).unwrap_or_default();
         (sent, failed) = send_held_operations(store, client, &register, opts.request_budget, on).await?;
     }
+    // An operator may have abandoned the job under this load (then its writes failed, or the job
+    // would not be confirmed): it must not end as if complete (issue 20, N4).
+    let abandoned = store
+        .job(job)
+        .await?
+        .is_some_and(|j| j.status == crate::store::JobStatus::Abandoned);
     let kept_dates = std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner()));
     let (report, report_files) = write_report(
         store,
@@ -693,6 +699,17 @@ async fn run_as_writer(
         on,
     )
     .await?;
+    if abandoned {
+        return Err(LoadError::AbandonedUnderIt {
+            job,
+            confirmed: report
+                .batches
+                .iter()
+                .filter(|b| b.status == crate::store::BatchStatus::Confirmed)
+                .count(),
+            batches: report.batches.len(),
+        });
+    }
     if let Some(e) = failure {
         return Err(e.into());
     }
