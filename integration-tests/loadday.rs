@@ -1068,9 +1068,9 @@ async fn a_witness_added_during_ingestion_does_not_confirm_the_batch_early() {
     });
     accepted(&env, 0).await;
     let (witness, left) = (&id[4_999], &id[4_998]);
-    assert_ok(&env.run(&["add", witness, "--state", "s.db"], &[]).await);
     let (stdout, _) = assert_ok(&env.run(&["remove", left, "--state", "s.db"], &[]).await);
     assert!(stdout.starts_with("held: "), "the barrier is up: {stdout}");
+    assert_ok(&env.run(&["add", witness, "--state", "s.db"], &[]).await);
     let (_, stderr) = assert_ok(&load.await.unwrap());
     drained(&env).await;
     let active = env.active();
