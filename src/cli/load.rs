@@ -104,6 +104,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         environment: settings.env.as_str().to_string(),
         allow_empty: args.allow_empty,
         outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
+        settle: std::time::Duration::from_secs(args.settle_secs),
         retry_after_cap: settings.retry.retry_after_cap,
         // Run as printed, it must reach the same configuration: a file given with --config or
         // KFR_CONFIG is not found again by itself in another shell.

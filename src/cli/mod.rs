@@ -418,6 +418,11 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub outage_wait_secs: u64,
 
+    /// The export must be unchanged (size and modification time) for this long before it is
+    /// read, and again after: a file still being written in chunks is never loaded in part.
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    pub settle_secs: u64,
+
     /// When stderr is not a terminal: a plain progress line this often.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_every_secs: u64,
