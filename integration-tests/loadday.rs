@@ -1310,9 +1310,20 @@ async fn an_export_from_a_named_fifo_is_loaded() {
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
     let text: String = id.iter().map(|i| format!("{i}\n")).collect();
-    let writer = std::thread::spawn(move || std::fs::write(&fifo, text).unwrap());
+    let path = fifo.clone();
+    let writer = std::thread::spawn(move || std::fs::write(&path, text));
     let out = env.load("c.fifo", "s.db", &["--settle-secs", "1"], &[]).await;
-    writer.join().unwrap();
+    // A load that never opened the FIFO leaves the writer blocked in open(): a reader that
+    // opens and closes it lets the writer go (it then fails with a broken pipe), so a failing
+    // load fails this test instead of hanging it.
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+    }
+    let _ = writer.join();
     assert_ok(&out);
     assert_eq!(env.active().len(), 40);
 }

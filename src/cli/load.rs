@@ -41,6 +41,9 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         )
         .await;
     }
+    if let Some(super::LoadAction::RetryHeld { job, state, json }) = &args.action {
+        return retry_held(settings, *job, state.as_deref(), *json, printer).await;
+    }
     // A dry run writes no state, so it needs no store (nor a state home).
     let state_path = match super::build::state_path(&settings, args.state.as_deref()) {
         Ok(p) => p,
@@ -386,6 +389,75 @@ async fn abandon(
         return Err(failure(LoadError::AbandonedHeldLeft {
             job: o.job,
             left: o.held_still_waiting,
+        }));
+    }
+    Ok(())
+}
+
+/// `kfr load retry-held JOB`: sends the operations still held behind a job that is no longer
+/// running (rule in `load::retry`), then says what was sent and what still waits.
+async fn retry_held(
+    settings: Settings,
+    job: i64,
+    flag: Option<&std::path::Path>,
+    json: bool,
+    printer: Printer,
+) -> anyhow::Result<()> {
+    use crate::load::retry::RetryOptions;
+    let opts = RetryOptions {
+        state: super::build::state_path(&settings, flag)?,
+        job,
+        request_budget: super::build::request_budget(&settings),
+        org_number: settings.require_org_number()?.to_string(),
+        kfr_base_url: settings.kfr_base_url.to_string(),
+        environment: settings.env.as_str().to_string(),
+    };
+    let store = super::build::store(&settings, flag, super::build::StoreMode::Existing)?.map(|(s, _)| s);
+    if store.is_none() {
+        return Err(failure(LoadError::NoStore { state: opts.state }));
+    }
+    super::install_pseudonyms(&settings)?;
+    let client = super::build::kfr_client(&settings)?;
+    let printer = printer.with_format(if json { Format::JsonLines } else { Format::Human });
+    let sink = |e: LoadEvent| {
+        if json {
+            return;
+        }
+        match e {
+            LoadEvent::HeldOperationSent(s) => printer.message(format_args!(
+                "held {} sent: {}: {} (CorrelationID {})",
+                s.operation.as_str(),
+                s.customer,
+                s.outcome,
+                s.correlation_id
+            )),
+            LoadEvent::HeldOperationFailed {
+                customer,
+                operation,
+                error,
+            } => printer.problem(format_args!(
+                "held {} of {customer} failed: {error}; it stays first in its customer's queue",
+                operation.as_str()
+            )),
+            _ => {}
+        }
+    };
+    let o = crate::load::retry::retry_held(&opts, store.as_ref(), &client, &sink)
+        .await
+        .map_err(failure)?;
+    if json {
+        printer.data(serde_json::to_string_pretty(&o)?)?;
+    } else {
+        printer.data(format_args!(
+            "load job {}: {} held operation(s) sent, {} still waiting",
+            o.job,
+            o.sent.len(),
+            o.still_waiting
+        ))?;
+    }
+    if o.still_waiting > 0 {
+        return Err(failure(LoadError::HeldOperationsNotSent {
+            failed: o.still_waiting,
         }));
     }
     Ok(())

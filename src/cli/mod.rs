@@ -420,7 +420,7 @@ pub struct LoadArgs {
 
     /// The export must be unchanged (size and modification time) for this long before it is
     /// read, and again after: a file still being written in chunks is never loaded in part.
-    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    #[arg(long, value_name = "SECS", default_value_t = 2, overrides_with = "settle_secs")]
     pub settle_secs: u64,
 
     /// When stderr is not a terminal: a plain progress line this often.
@@ -462,6 +462,18 @@ pub enum LoadAction {
         json: bool,
         #[command(flatten)]
         who: ActorArgs,
+    },
+    /// Send again the operations still held behind a confirmed or abandoned job (one whose
+    /// sending failed, and those behind it on the same customer), without the export: each
+    /// customer's in the order issued, with the CorrelationID given when it was queued.
+    RetryHeld {
+        /// The job's id (`kfr load status`).
+        job: i64,
+        /// State store (default: the installation's, `state`).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -102,6 +102,9 @@ pub enum LoadError {
     #[error("the state store {} has no load job {job}", state.display())]
     NoSuchJob { job: i64, state: PathBuf },
 
+    #[error("load job {job} is still running: its held operations are sent when the load confirms it")]
+    StillRunning { job: i64 },
+
     #[error("load job {job} is {status}: only a running job can be abandoned")]
     JobNotRunning { job: i64, status: &'static str },
 
@@ -147,6 +150,7 @@ impl LoadError {
                 | LoadError::RejectsSymlink { .. }
                 | LoadError::NoSuchJob { .. }
                 | LoadError::JobNotRunning { .. }
+                | LoadError::StillRunning { .. }
                 | LoadError::HeldOperationsWait { .. }
                 | LoadError::JobAbandoned { .. }
         )
@@ -174,7 +178,8 @@ impl Hinted for LoadError {
             LoadError::PlanMismatch { .. } => "resume with the kfr version that planned the job, or finish it before upgrading".into(),
             LoadError::BadLines { .. } => "fix the lines, or pass --skip-invalid to load the valid ones and write the bad ones to a rejects file".into(),
             LoadError::OpenInput { .. } => return None,
-            LoadError::HeldOperationsNotSent { .. } => "`kfr load FILE --resume` sends them again, in order, once KFR can be reached".into(),
+            LoadError::HeldOperationsNotSent { .. } => "`kfr load retry-held JOB` (no export needed) or `kfr load FILE --resume` sends them again, in order, once KFR can be reached; `kfr dlq list` shows any KFR refused".into(),
+            LoadError::StillRunning { .. } => "finish the load (`kfr load FILE --resume`), or abandon it with --send-held (`kfr load abandon JOB --send-held`)".into(),
             LoadError::OtherKfr { .. } => "resume with the configuration (env, kfr_base_url) the job was started with; to load into this KFR, use another state store (--state) once you have decided what to do with the job (`kfr load status`)".into(),
             LoadError::NothingToLoad { .. } => "check that this is the right export, complete and written through; pass --allow-empty if the institution really has no active relationship to register".into(),
             LoadError::StoreBusy { .. } => "one load at a time per state store: wait for the running one to finish, or stop it (Ctrl-C) and run `kfr load FILE --resume`".into(),

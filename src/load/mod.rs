@@ -26,6 +26,7 @@ pub mod event;
 pub mod exec;
 pub mod plan;
 pub mod report;
+pub mod retry;
 
 pub use error::LoadError;
 pub use event::{EventSink, LoadEvent, PlanSummary};
