@@ -580,7 +580,7 @@ async fn confirm_batch(
         .unwrap_or(Duration::ZERO);
     let n = slice.len() as u64;
     match top {
-        Some(k) if k + 1 == slice.len() => Ok(("witness", format!("its last entry, new in it, seen stored"))),
+        Some(k) if k + 1 == slice.len() => Ok(("witness", "its last entry, new in it, seen stored".to_string())),
         Some(k) => {
             let rate = (k as f64 + 1.0) / since_accepted.as_secs_f64().max(0.001);
             *measured = Some(measured.map_or(rate, |m| m.min(rate)));

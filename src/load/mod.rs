@@ -218,7 +218,7 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
     if regular {
         settled(opts, &before)?;
     }
-    let size = regular.then(|| before.len());
+    let size = regular.then_some(before.len());
     let mut kept: Vec<Rejected> = vec![];
     let rejects_path = opts
         .skip_invalid
