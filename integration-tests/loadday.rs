@@ -1387,3 +1387,39 @@ async fn config_show_redacts_the_proxy_password() {
         assert!(stdout.contains("ops:redacted@127.0.0.1"), "{stdout}");
     }
 }
+
+/// A missing export is an error with a hint, and creates no state store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_file_has_a_hint_and_creates_no_store() {
+    let env = setup().await;
+    let out = env.load("nope.csv", "s.db", &[], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("nope.csv") && stderr.contains("hint: "), "{stderr}");
+    assert!(!env.dir.join("s.db").exists(), "no store created");
+}
+
+/// A bad `KFR_LOG` or an unknown `KFR_*` variable is warned about instead of passing silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_kfr_log_or_an_unknown_kfr_variable_is_warned_about() {
+    let env = setup().await;
+    let out = env
+        .run(
+            &["config", "show"],
+            &[("KFR_LOG", "kfr=loud"), ("KFR_ORG_NUMBR", "916960190")],
+        )
+        .await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(
+        stderr.contains("KFR_LOG") && stderr.contains("not a log filter"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("KFR_ORG_NUMBR") && stderr.contains("misspelt"),
+        "{stderr}"
+    );
+    // Known ones are not.
+    let out = env.run(&["config", "show"], &[("KFR_ORG_NUMBER", "916960190")]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(!stderr.contains("misspelt"), "{stderr}");
+}

@@ -132,6 +132,14 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
             Err(e) => Err(failure(e)),
         };
     }
+    // An input that cannot be opened stops the load before anything is created: no state
+    // store, no pseudonym key, no token (issue 20).
+    if let Err(source) = std::fs::File::open(&opts.file) {
+        return Err(failure(LoadError::OpenInput {
+            path: opts.file.clone(),
+            source,
+        }));
+    }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
     let (store, _) = super::build::writable_store(&settings, args.state.as_deref())?;

@@ -576,6 +576,7 @@ pub fn main() -> std::process::ExitCode {
         (cli.verbose.min(10) + u8::from(agent)) as i8
     };
     crate::telemetry::init(verbosity, cli.log_format);
+    warn_about_environment();
     match run(cli) {
         Ok(()) => Exit::Success.into(),
         // The reader of stdout went away (`kfr token | head -1`): it has what it wanted, and
@@ -726,5 +727,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(a) => runtime()?.block_on(outbox::reconcile(&load()?, a, &printer())),
         // Its own configuration, written next to its throwaway certificates: nothing to set up.
         Command::Demo(args) => runtime()?.block_on(demo::run(args, printer())),
+    }
+}
+
+/// A misspelt `KFR_*` variable, or a `KFR_LOG` that is not a filter, would otherwise pass
+/// silently and leave the operator believing a setting applies (issue 20): each is warned about.
+fn warn_about_environment() {
+    use crate::env_vars as v;
+    if let Ok(f) = std::env::var(v::KFR_LOG)
+        && tracing_subscriber::EnvFilter::try_new(&f).is_err()
+    {
+        tracing::warn!("KFR_LOG={f:?} is not a log filter (e.g. `kfr=debug` or `info`); the default level is used");
+    }
+    let special = [
+        v::KFR_CONFIG,
+        v::KFR_SYSTEM_CONFIG,
+        v::KFR_CERTIFICATE_PASSWORD,
+        v::KFR_LOG,
+        v::KFR_LOG_FORMAT,
+        v::KFR_TEST_ABORT_AT,
+        v::KFR_STATE_HOME,
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let known = special.contains(&name)
+            || crate::config::KEYS
+                .iter()
+                .any(|k| crate::config::env_var(k.name).as_deref() == Some(name));
+        if name.starts_with(v::CONFIG_PREFIX) && !known {
+            tracing::warn!(
+                "{name} is not a variable kfr reads (misspelt?); it is ignored (docs/configuration.md lists them)"
+            );
+        }
     }
 }

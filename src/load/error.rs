@@ -177,7 +177,11 @@ impl Hinted for LoadError {
             ),
             LoadError::PlanMismatch { .. } => "resume with the kfr version that planned the job, or finish it before upgrading".into(),
             LoadError::BadLines { .. } => "fix the lines, or pass --skip-invalid to load the valid ones and write the bad ones to a rejects file".into(),
-            LoadError::OpenInput { .. } => return None,
+            LoadError::OpenInput { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => "check the path (relative paths are from the current directory); nothing was created or sent".into(),
+                std::io::ErrorKind::PermissionDenied => "the user running kfr must be able to read the export; nothing was created or sent".into(),
+                _ => return None,
+            },
             LoadError::HeldOperationsNotSent { .. } => "`kfr load retry-held JOB` (no export needed) or `kfr load FILE --resume` sends them again, in order, once KFR can be reached; `kfr dlq list` shows any KFR refused".into(),
             LoadError::StillRunning { .. } => "finish the load (`kfr load FILE --resume`), or abandon it with --send-held (`kfr load abandon JOB --send-held`)".into(),
             LoadError::OtherKfr { .. } => "resume with the configuration (env, kfr_base_url) the job was started with; to load into this KFR, use another state store (--state) once you have decided what to do with the job (`kfr load status`)".into(),
