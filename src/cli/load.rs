@@ -134,7 +134,15 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     }
     // An input that cannot be opened stops the load before anything is created: no state
     // store, no pseudonym key, no token (issue 20).
-    if let Err(source) = std::fs::File::open(&opts.file) {
+    // A FIFO is not opened here: its writer would pair with this open and be gone.
+    let readable = std::fs::metadata(&opts.file).and_then(|m| {
+        if m.is_file() {
+            std::fs::File::open(&opts.file).map(drop)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(source) = readable {
         return Err(failure(LoadError::OpenInput {
             path: opts.file.clone(),
             source,
