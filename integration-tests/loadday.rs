@@ -1423,3 +1423,17 @@ async fn a_bad_kfr_log_or_an_unknown_kfr_variable_is_warned_about() {
     let (_, stderr) = assert_ok(&out);
     assert!(!stderr.contains("misspelt"), "{stderr}");
 }
+
+/// `kfr load status` on an empty file says so and leaves it as it is: no store is made of it and
+/// no lock file is created next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_status_never_turns_an_empty_file_into_a_store() {
+    let env = setup().await;
+    env.write("empty.db", "");
+    let out = env.run(&["load", "status", "--state", "empty.db"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("empty file"), "{stderr}");
+    assert_eq!(std::fs::metadata(env.dir.join("empty.db")).unwrap().len(), 0);
+    assert!(!env.dir.join("empty.db.lock").exists());
+}

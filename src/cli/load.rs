@@ -185,6 +185,14 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
 /// operations are counted, not listed).
 async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool, p: &Printer) -> anyhow::Result<()> {
     let state = super::build::state_path(settings, flag)?;
+    // Opening an empty file would make a store of it: a command that only looks must not
+    // (issue 20).
+    if std::fs::metadata(&state).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        anyhow::bail!(
+            "{} is an empty file, not a state store; `kfr load status` leaves it as it is",
+            state.display()
+        );
+    }
     let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::Existing)? else {
         anyhow::bail!("no state store at {}", state.display());
     };
