@@ -472,3 +472,43 @@ async fn the_installation_store_is_private_under_umask_000() {
     assert_eq!(mode(home.parent().unwrap()), 0o700, "created parent");
     assert_eq!(mode(&home.join("kfr-state.db")), 0o600, "store");
 }
+
+/// Issue 20: held operations that failed after the job was confirmed are sent again without the
+/// export (`kfr load retry-held JOB`), in issue order, by the same rules as the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_operations_are_retried_without_the_export() {
+    let env = setup().await;
+    let people = ids(148, 40);
+    let (a, b) = (&people[0], &people[2]);
+    confirmed_with_held(&env, 148, &[["remove", a], ["add", a], ["remove", b]]).await;
+    env.mock.state().set_kfr_faults(kfr::mock::KfrFaults {
+        error_rate: 1.0,
+        ..kfr::mock::KfrFaults::NONE
+    });
+    let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("retry-held"), "the hint names the command: {stderr}");
+    // The export is gone (archived, moved): the held operations do not depend on it.
+    std::fs::remove_file(env.dir.join("c.csv")).unwrap();
+    // While KFR still fails: exit 1, all still waiting, nothing parked.
+    let out = env.run(&["load", "retry-held", "1", "--state", "s.db"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out).1);
+    env.mock.state().set_kfr_faults(kfr::mock::KfrFaults::NONE);
+    let out = env.run(&["load", "retry-held", "1", "--state", "s.db"], &[]).await;
+    let (stdout, stderr) = assert_ok(&out);
+    assert!(
+        stdout.contains("3 held operation(s) sent, 0 still waiting"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains(a.as_str()) && !stderr.contains(a.as_str()), "masked");
+    assert!(
+        is_active(&env, a).await,
+        "remove then add: {:?}",
+        periods(&env, a).await
+    );
+    assert!(!is_active(&env, b).await);
+    // A job still running is refused (its barrier is up), as is an unknown one.
+    let out = env.run(&["load", "retry-held", "9", "--state", "s.db"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out).1);
+}

@@ -81,6 +81,9 @@ impl Env {
             &rate,
             "--max-batch-bytes",
             SMALL,
+            // Test files are written just before the load: no settle wait (its own test sets one).
+            "--settle-secs",
+            "0",
         ];
         args.extend_from_slice(extra);
         self.run(&args, env).await

@@ -1007,3 +1007,433 @@ async fn the_progress_line_labels_the_ingested_count() {
     );
     assert!(lines.iter().all(|l| !l.contains("(estimated at")), "{lines:?}");
 }
+
+// ---- Issue 20 --------------------------------------------------------------------------------
+
+/// Polls until the mock has ingested every accepted batch entry (bounded), so a test sees the
+/// register as it ends up, not as it was when the load exited.
+async fn drained(env: &crate::load::Env) {
+    let since = std::time::Instant::now();
+    while env.mock.state().snapshot().ingest_queue > 0 {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the mock never finished ingesting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until the mock accepted more than `before` batches: the load is then
+/// ingesting.
+async fn accepted(env: &crate::load::Env, before: u64) {
+    let since = std::time::Instant::now();
+    while env.batches_accepted() <= before {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the load never uploaded its batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// N1: the witness of a batch registered in parallel (`kfr add`, D-3 step 3) while the batch
+/// ingests must not confirm it early. A customer who left, near the end of the batch, has a
+/// remove held behind the load; it must reach KFR after the batch registered them, so they end
+/// removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_added_during_ingestion_does_not_confirm_the_batch_early() {
+    // About 10 s of ingestion: room for two `kfr` commands on a busy machine.
+    let env = std::sync::Arc::new(crate::load::setup_with_rate(500).await);
+    let id = in_load_order(ids(140, 5_000));
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let e = env.clone();
+    let load = tokio::spawn(async move {
+        e.run(
+            &[
+                "load",
+                "c.csv",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                "500",
+                "--sample",
+                "0",
+                "--report",
+                "r.json",
+                "--outage-wait-secs",
+                "30",
+            ],
+            &[],
+        )
+        .await
+    });
+    accepted(&env, 0).await;
+    let (witness, left) = (&id[4_999], &id[4_998]);
+    let (stdout, _) = assert_ok(&env.run(&["remove", left, "--state", "s.db"], &[]).await);
+    assert!(stdout.starts_with("held: "), "the barrier is up: {stdout}");
+    assert_ok(&env.run(&["add", witness, "--state", "s.db"], &[]).await);
+    let during = env.mock.state().snapshot().ingest_queue > 0;
+    let (_, stderr) = assert_ok(&load.await.unwrap());
+    drained(&env).await;
+    let active = env.active();
+    assert!(
+        !active.contains_key(left),
+        "the customer who left ends removed, not re-registered by the batch after the remove\n{stderr}"
+    );
+    assert_eq!(active.len(), 4_999, "{stderr}");
+    if during {
+        // The add landed while the batch was ingesting (the finding's case): the operator is
+        // told why the witness did not count, and the report says how the batch was confirmed.
+        assert!(stderr.contains("proves nothing"), "the operator is told why: {stderr}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+        let by = report["batches"][0]["confirmed_by"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(by.starts_with("witness+time") && by.contains("measured"), "{by}");
+    }
+}
+
+/// N2: when the last entries of the batch were registered before the load (no witness among
+/// them) and KFR ingests slower than `--ingest-rate` says, the wait by time must come from the
+/// rate KFR is measured at, not the configured one: a remove held on one of those last customers
+/// must not be overtaken by the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_without_a_witness_at_its_end_waits_by_the_measured_rate() {
+    let env = std::sync::Arc::new(crate::load::setup_with_rate(500).await);
+    let id = in_load_order(ids(141, 1_500));
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    // The last 10 were registered earlier (a partial load into another store, say).
+    env.write(
+        "old.csv",
+        &id[1_490..].iter().map(|i| format!("{i}\n")).collect::<String>(),
+    );
+    assert_ok(&env.load("old.csv", "old.db", &[], &[]).await);
+    let before = env.batches_accepted();
+    let e = env.clone();
+    let load = tokio::spawn(async move {
+        // Told KFR ingests 200,000 a second; it ingests 500.
+        e.run(
+            &[
+                "load",
+                "c.csv",
+                "--state",
+                "s.db",
+                "--ingest-rate",
+                "200000",
+                "--report",
+                "r.json",
+            ],
+            &[],
+        )
+        .await
+    });
+    accepted(&env, before).await;
+    let left = &id[1_499];
+    let (stdout, _) = assert_ok(&env.run(&["remove", left, "--state", "s.db"], &[]).await);
+    assert!(stdout.starts_with("held: "), "the barrier is up: {stdout}");
+    let (_, stderr) = assert_ok(&load.await.unwrap());
+    drained(&env).await;
+    let active = env.active();
+    assert!(
+        !active.contains_key(left),
+        "the held remove went after the batch registered the customer again\n{stderr}"
+    );
+    assert_eq!(active.len(), 1_499, "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(env.dir.join("r.json")).unwrap()).unwrap();
+    let by = report["batches"][0]["confirmed_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(by.starts_with("witness+time") && by.contains("measured"), "{by}");
+}
+
+/// N3: a gateway answering 5xx to every batch upload while lookups work. Each failed upload is
+/// probed (the body may have reached KFR) and found absent; the re-sends count toward
+/// `--outage-wait-secs` like any outage, so the load stops (exit 1) naming the batch and the
+/// resume command instead of re-sending without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_failures_count_toward_the_outage_wait() {
+    let env = setup().await;
+    let id = ids(142, 30);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    env.mock.state().set_batch_errors(true);
+    let run = env.load("c.csv", "s.db", &["--outage-wait-secs", "3"], &[]);
+    // A generous bound so the old behaviour (re-sending for ever) fails instead of hanging.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the load stops once the outage wait is used up");
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("batch 1") && stderr.contains("every upload") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(batch_posts(&env) >= 2, "it did try again within the wait");
+    assert_eq!(env.batches_accepted(), 0);
+    // The gateway heals: the resume completes.
+    env.mock.state().set_batch_errors(false);
+    assert_ok(&env.load("c.csv", "s.db", &["--resume"], &[]).await);
+    assert_eq!(env.active().len(), 30);
+}
+
+/// N3: SIGTERM while an upload of unknown fate is being probed (and re-sent) stops the load with
+/// exit 143, long before the outage wait (10 minutes here) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_answered_while_an_unknown_upload_is_probed() {
+    let env = setup().await;
+    let id = ids(143, 30);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    env.mock.state().set_batch_errors(true);
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KFR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .current_dir(&env.dir)
+        .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+        .args(["--config", "kfr.toml", "load", "c.csv", "--state", "s.db"])
+        .args(["--ingest-rate", "200000", "--outage-wait-secs", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once an upload failed: the load is then probing for the batch.
+    let t = std::time::Instant::now();
+    while batch_posts(&env) == 0 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "no upload");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A generous bound, so the old behaviour (the signal ignored) fails instead of hanging.
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("SIGTERM ignored while the upload was probed");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(env.batches_accepted(), 0);
+}
+
+/// N4: two loads on one store, one through a symlink to it: the second is refused (exit 1),
+/// naming the running job, and nothing is uploaded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_load_through_a_symlink_to_the_store_is_refused() {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(60);
+    let id = ids(144, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            env.load(
+                "c.csv",
+                "s.db",
+                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "20"],
+                &[],
+            )
+            .await
+        })
+    };
+    accepted(&env, 0).await;
+    std::os::unix::fs::symlink(env.dir.join("s.db"), env.dir.join("link.db")).unwrap();
+    for extra in [&["--resume"][..], &[][..]] {
+        let out = env.load("c.csv", "link.db", extra, &[]).await;
+        let (_, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains("load job 1") && stderr.contains("running"), "{stderr}");
+    }
+    assert!(!first.is_finished(), "the refusals did not wait for the first load");
+    assert_ok(&first.await.unwrap());
+    assert_eq!(env.active().len(), 240);
+    let posts = batch_posts(&env);
+    assert_eq!(env.batches_accepted(), posts, "no batch uploaded twice");
+}
+
+/// An export written in chunks with pauses (the holdout's "complete: 40,000" from half a file):
+/// the load waits for the file to be unchanged for the settle window before reading, so a chunk
+/// arriving within it refuses the load (exit 1, nothing sent) instead of loading part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_written_in_chunks_is_never_loaded_in_part() {
+    let env = std::sync::Arc::new(setup().await);
+    let id = ids(145, 200);
+    let path = env.write("c.csv", &id[..100].iter().map(|i| format!("{i}\n")).collect::<String>());
+    let e = env.clone();
+    let load = tokio::spawn(async move { e.load("c.csv", "s.db", &["--settle-secs", "4"], &[]).await });
+    // The second chunk, well inside the settle window.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(
+            id[100..]
+                .iter()
+                .map(|i| format!("{i}\n"))
+                .collect::<String>()
+                .as_bytes(),
+        )
+        .unwrap();
+    }
+    let out = load.await.unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("still being written") && stderr.contains("hint: "),
+        "{stderr}"
+    );
+    assert_eq!(env.batches_accepted(), 0, "nothing sent");
+    assert!(env.active().is_empty());
+}
+
+/// A named FIFO (an export streamed by another program) is read as it streams, not refused as
+/// "changed while read" (a regression the holdout found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_from_a_named_fifo_is_loaded() {
+    let env = setup().await;
+    let id = ids(146, 40);
+    let fifo = env.dir.join("c.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let text: String = id.iter().map(|i| format!("{i}\n")).collect();
+    let path = fifo.clone();
+    let writer = std::thread::spawn(move || std::fs::write(&path, text));
+    let out = env.load("c.fifo", "s.db", &["--settle-secs", "1"], &[]).await;
+    // A load that never opened the FIFO leaves the writer blocked in open(): a reader that
+    // opens and closes it lets the writer go (it then fails with a broken pipe), so a failing
+    // load fails this test instead of hanging it.
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+    }
+    let _ = writer.join();
+    assert_ok(&out);
+    assert_eq!(env.active().len(), 40);
+}
+
+/// Names and addresses never leave the export: a rejected line is shown on screen and in the
+/// report mailed to Bits by line number, rule and masked identifier only (the rejects file next
+/// to the export keeps the line whole, for correction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_lines_show_no_name_or_address() {
+    let env = setup().await;
+    let id = ids(147, 3);
+    env.write(
+        "c.csv",
+        &format!(
+            "kundeid;navn;adresse;startdato\n{};Kari Nordmann;Storgata 12;2019-01-01\n{}9;Ola Hansen;Fjordveien 3;2019-02-01\n{};Per Berg;Bakken 7;2019-13-01\n",
+            id[0], id[1], id[2]
+        ),
+    );
+    let out = env
+        .load("c.csv", "s.db", &["--skip-invalid", "--report", "r.json"], &[])
+        .await;
+    let (stdout, stderr) = assert_ok(&out);
+    let report = std::fs::read_to_string(env.dir.join("r.json")).unwrap()
+        + &std::fs::read_to_string(env.dir.join("r.md")).unwrap();
+    for text in [&stdout, &stderr, &report] {
+        for personal in ["Ola", "Hansen", "Fjordveien", "Per", "Berg", "Bakken"] {
+            assert!(!text.contains(personal), "{personal} left the export:\n{text}");
+        }
+        assert!(!text.contains(&id[1]) && !text.contains(&id[2]), "{text}");
+    }
+    assert!(stderr.contains("line 3") || stderr.contains(":3:"), "{stderr}");
+    assert!(
+        report.contains("bad_start_date") && report.contains("length"),
+        "{report}"
+    );
+    let rejects = std::fs::read_to_string(env.dir.join("c.rejects.csv")).unwrap();
+    assert!(
+        rejects.contains("Fjordveien 3"),
+        "the rejects file keeps the line: {rejects}"
+    );
+}
+
+/// `kfr config show` never prints the proxy's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_show_redacts_the_proxy_password() {
+    let env = setup().await;
+    let cfg = env.dir.join("kfr.toml");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("proxy = \"http://ops:s3cret@127.0.0.1:9/\"\n{toml}")).unwrap();
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["config", "show", "--json"]
+        } else {
+            &["config", "show"]
+        };
+        let (stdout, stderr) = assert_ok(&env.run(args, &[]).await);
+        assert!(
+            !stdout.contains("s3cret") && !stderr.contains("s3cret"),
+            "{stdout}{stderr}"
+        );
+        assert!(stdout.contains("ops:redacted@127.0.0.1"), "{stdout}");
+    }
+}
+
+/// A missing export is an error with a hint, and creates no state store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_file_has_a_hint_and_creates_no_store() {
+    let env = setup().await;
+    let out = env.load("nope.csv", "s.db", &[], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("nope.csv") && stderr.contains("hint: "), "{stderr}");
+    assert!(!env.dir.join("s.db").exists(), "no store created");
+}
+
+/// A bad `KFR_LOG` or an unknown `KFR_*` variable is warned about instead of passing silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_kfr_log_or_an_unknown_kfr_variable_is_warned_about() {
+    let env = setup().await;
+    let out = env
+        .run(
+            &["config", "show"],
+            &[("KFR_LOG", "kfr=loud"), ("KFR_ORG_NUMBR", "916960190")],
+        )
+        .await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(
+        stderr.contains("KFR_LOG") && stderr.contains("not a log filter"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("KFR_ORG_NUMBR") && stderr.contains("misspelt"),
+        "{stderr}"
+    );
+    // Known ones are not.
+    let out = env.run(&["config", "show"], &[("KFR_ORG_NUMBER", "916960190")]).await;
+    let (_, stderr) = assert_ok(&out);
+    assert!(!stderr.contains("misspelt"), "{stderr}");
+}
+
+/// `kfr load status` on an empty file says so and leaves it as it is: no store is made of it and
+/// no lock file is created next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_status_never_turns_an_empty_file_into_a_store() {
+    let env = setup().await;
+    env.write("empty.db", "");
+    let out = env.run(&["load", "status", "--state", "empty.db"], &[]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("empty file"), "{stderr}");
+    assert_eq!(std::fs::metadata(env.dir.join("empty.db")).unwrap().len(), 0);
+    assert!(!env.dir.join("empty.db.lock").exists());
+}

@@ -10,7 +10,7 @@ pub fn run(settings: &Settings, json: bool, p: &super::printer::Printer) -> anyh
         for (key, (value, source)) in &settings.origins {
             values.insert(
                 key.to_string(),
-                serde_json::json!({ "value": value, "source": source.to_string() }),
+                serde_json::json!({ "value": redacted(value), "source": source.to_string() }),
             );
         }
         p.data(serde_json::json!({ "config_file": file, "config_file_found": found, "settings": values }))?;
@@ -36,9 +36,40 @@ pub fn run(settings: &Settings, json: bool, p: &super::printer::Printer) -> anyh
             continue;
         }
         match settings.origins.get(name) {
-            Some((value, source)) => p.data(format_args!("{name:<width$} = {value:<45} # {source}"))?,
+            Some((value, source)) => {
+                let value = redacted(value);
+                p.data(format_args!("{name:<width$} = {value:<45} # {source}"))?
+            }
             None => p.data(format_args!("{name:<width$}   (unset)"))?,
         }
     }
     Ok(())
+}
+
+/// A value as shown: a URL's password (a proxy's `http://user:secret@host`) is replaced, so the
+/// output can be pasted into a ticket (issue 20).
+fn redacted(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_proxy_password_is_redacted() {
+        assert_eq!(
+            super::redacted("http://ops:s3cret@proxy.bank.example:3128/"),
+            "http://ops:redacted@proxy.bank.example:3128/"
+        );
+        assert_eq!(
+            super::redacted("http://proxy.bank.example:3128/"),
+            "http://proxy.bank.example:3128/"
+        );
+        assert_eq!(super::redacted("kfr-state.db"), "kfr-state.db");
+    }
 }

@@ -443,6 +443,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         "sync agent taking events on {events_url} (bearer key), delivering at {SYNC_RATE} calls/s"
     ));
     let opts = LoadOptions {
+        settle: std::time::Duration::ZERO,
         file: export.clone(),
         resume: false,
         state: state.clone(),

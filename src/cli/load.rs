@@ -41,6 +41,9 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         )
         .await;
     }
+    if let Some(super::LoadAction::RetryHeld { job, state, json }) = &args.action {
+        return retry_held(settings, *job, state.as_deref(), *json, printer).await;
+    }
     // A dry run writes no state, so it needs no store (nor a state home).
     let state_path = match super::build::state_path(&settings, args.state.as_deref()) {
         Ok(p) => p,
@@ -104,6 +107,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         environment: settings.env.as_str().to_string(),
         allow_empty: args.allow_empty,
         outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
+        settle: std::time::Duration::from_secs(args.settle_secs),
         retry_after_cap: settings.retry.retry_after_cap,
         // Run as printed, it must reach the same configuration: a file given with --config or
         // KFR_CONFIG is not found again by itself in another shell.
@@ -128,6 +132,22 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
             Ok(_) => Ok(()),
             Err(e) => Err(failure(e)),
         };
+    }
+    // An input that cannot be opened stops the load before anything is created: no state
+    // store, no pseudonym key, no token (issue 20).
+    // A FIFO is not opened here: its writer would pair with this open and be gone.
+    let readable = std::fs::metadata(&opts.file).and_then(|m| {
+        if m.is_file() {
+            std::fs::File::open(&opts.file).map(drop)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(source) = readable {
+        return Err(failure(LoadError::OpenInput {
+            path: opts.file.clone(),
+            source,
+        }));
     }
     super::install_pseudonyms(&settings)?;
     let client = super::build::kfr_client(&settings)?;
@@ -166,6 +186,14 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
 /// operations are counted, not listed).
 async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool, p: &Printer) -> anyhow::Result<()> {
     let state = super::build::state_path(settings, flag)?;
+    // Opening an empty file would make a store of it: a command that only looks must not
+    // (issue 20).
+    if std::fs::metadata(&state).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        anyhow::bail!(
+            "{} is an empty file, not a state store; `kfr load status` leaves it as it is",
+            state.display()
+        );
+    }
     let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::Existing)? else {
         anyhow::bail!("no state store at {}", state.display());
     };
@@ -392,6 +420,75 @@ async fn abandon(
     Ok(())
 }
 
+/// `kfr load retry-held JOB`: sends the operations still held behind a job that is no longer
+/// running (rule in `load::retry`), then says what was sent and what still waits.
+async fn retry_held(
+    settings: Settings,
+    job: i64,
+    flag: Option<&std::path::Path>,
+    json: bool,
+    printer: Printer,
+) -> anyhow::Result<()> {
+    use crate::load::retry::RetryOptions;
+    let opts = RetryOptions {
+        state: super::build::state_path(&settings, flag)?,
+        job,
+        request_budget: super::build::request_budget(&settings),
+        org_number: settings.require_org_number()?.to_string(),
+        kfr_base_url: settings.kfr_base_url.to_string(),
+        environment: settings.env.as_str().to_string(),
+    };
+    let store = super::build::store(&settings, flag, super::build::StoreMode::Existing)?.map(|(s, _)| s);
+    if store.is_none() {
+        return Err(failure(LoadError::NoStore { state: opts.state }));
+    }
+    super::install_pseudonyms(&settings)?;
+    let client = super::build::kfr_client(&settings)?;
+    let printer = printer.with_format(if json { Format::JsonLines } else { Format::Human });
+    let sink = |e: LoadEvent| {
+        if json {
+            return;
+        }
+        match e {
+            LoadEvent::HeldOperationSent(s) => printer.message(format_args!(
+                "held {} sent: {}: {} (CorrelationID {})",
+                s.operation.as_str(),
+                s.customer,
+                s.outcome,
+                s.correlation_id
+            )),
+            LoadEvent::HeldOperationFailed {
+                customer,
+                operation,
+                error,
+            } => printer.problem(format_args!(
+                "held {} of {customer} failed: {error}; it stays first in its customer's queue",
+                operation.as_str()
+            )),
+            _ => {}
+        }
+    };
+    let o = crate::load::retry::retry_held(&opts, store.as_ref(), &client, &sink)
+        .await
+        .map_err(failure)?;
+    if json {
+        printer.data(serde_json::to_string_pretty(&o)?)?;
+    } else {
+        printer.data(format_args!(
+            "load job {}: {} held operation(s) sent, {} still waiting",
+            o.job,
+            o.sent.len(),
+            o.still_waiting
+        ))?;
+    }
+    if o.still_waiting > 0 {
+        return Err(failure(LoadError::HeldOperationsNotSent {
+            failed: o.still_waiting,
+        }));
+    }
+    Ok(())
+}
+
 /// Listens for Ctrl-C and SIGTERM while the load runs: the first asks the load to stop after its
 /// current step (it then writes its report and exits 130 or 143); a second Ctrl-C ends the
 /// process at once (every step is committed before it is acted on, so `--resume` still works).
@@ -577,11 +674,30 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
             p.set_phase(format!("uploading the batch after {batch}"));
             let how = match by.as_str() {
                 "witness" => "by own lookup of an entry new in this batch",
-                "witness+time" => "by own lookup of an entry new in this batch, plus the expected time for later entries KFR already held",
-                _ => "by time only: every entry checked was registered before the upload, so the expected ingestion time plus a margin was waited",
+                "witness+time" => "by own lookup of an entry new in this batch, plus a wait sized from KFR's measured rate for the entries after it",
+                _ => "by time only: no entry checked was new in the batch, so a wait sized from KFR's measured rate was waited",
             };
             p.message(format_args!(
                 "batch {batch} confirmed stored: {entries} relationships (CorrelationID {correlation_id}; {how})"
+            ))
+        }
+        LoadEvent::EvidenceTouched { batch, customer } => p.warning(format_args!(
+            "batch {batch}: {customer} was added or removed through kfr while the batch was ingested, so seeing it stored proves nothing; confirming by an earlier entry new in the batch"
+        )),
+        LoadEvent::WaitingByTime {
+            batch,
+            entries,
+            rate,
+            measured,
+            wait_secs,
+        } => {
+            let basis = if measured {
+                "measured by own lookups in this job"
+            } else {
+                "nothing measured yet: a tenth of the configured rate"
+            };
+            p.message(format_args!(
+                "batch {batch}: {entries} relationships no lookup can prove stored; waiting {wait_secs:.1} s for them (twice the time at {rate} a second, {basis})"
             ))
         }
         LoadEvent::KfrUnavailable {

@@ -542,6 +542,11 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub outage_wait_secs: u64,
 
+    /// The export must be unchanged (size and modification time) for this long before it is
+    /// read, and again after: a file still being written in chunks is never loaded in part.
+    #[arg(long, value_name = "SECS", default_value_t = 2, overrides_with = "settle_secs")]
+    pub settle_secs: u64,
+
     /// When stderr is not a terminal: a plain progress line this often.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_every_secs: u64,
@@ -581,6 +586,18 @@ pub enum LoadAction {
         json: bool,
         #[command(flatten)]
         who: ActorArgs,
+    },
+    /// Send again the operations still held behind a confirmed or abandoned job (one whose
+    /// sending failed, and those behind it on the same customer), without the export: each
+    /// customer's in the order issued, with the CorrelationID given when it was queued.
+    RetryHeld {
+        /// The job's id (`kfr load status`).
+        job: i64,
+        /// State store (default: the installation's, `state`).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -683,6 +700,7 @@ pub fn main() -> std::process::ExitCode {
         (cli.verbose.min(10) + u8::from(agent)) as i8
     };
     crate::telemetry::init(verbosity, cli.log_format);
+    warn_about_environment();
     match run(cli) {
         Ok(()) => Exit::Success.into(),
         // The reader of stdout went away (`kfr token | head -1`): it has what it wanted, and
@@ -838,5 +856,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => runtime()?.block_on(ops::backup(&load()?, a, &printer())),
         Command::Audit(AuditCommand::Export(a)) => runtime()?.block_on(ops::audit_export(&load()?, a, &printer())),
         Command::Outbox(OutboxCommand::Cancel(a)) => runtime()?.block_on(outbox::cancel(&load()?, a, &printer())),
+    }
+}
+
+/// A misspelt `KFR_*` variable, or a `KFR_LOG` that is not a filter, would otherwise pass
+/// silently and leave the operator believing a setting applies (issue 20): each is warned about.
+fn warn_about_environment() {
+    use crate::env_vars as v;
+    if let Ok(f) = std::env::var(v::KFR_LOG)
+        && tracing_subscriber::EnvFilter::try_new(&f).is_err()
+    {
+        tracing::warn!("KFR_LOG={f:?} is not a log filter (e.g. `kfr=debug` or `info`); the default level is used");
+    }
+    let special = [
+        v::KFR_CONFIG,
+        v::KFR_SYSTEM_CONFIG,
+        v::KFR_CERTIFICATE_PASSWORD,
+        v::KFR_LOG,
+        v::KFR_LOG_FORMAT,
+        v::KFR_TEST_ABORT_AT,
+        v::KFR_STATE_HOME,
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let known = special.contains(&name)
+            || crate::config::KEYS
+                .iter()
+                .any(|k| crate::config::env_var(k.name).as_deref() == Some(name));
+        if name.starts_with(v::CONFIG_PREFIX) && !known {
+            tracing::warn!(
+                "{name} is not a variable kfr reads (misspelt?); it is ignored (docs/configuration.md lists them)"
+            );
+        }
     }
 }

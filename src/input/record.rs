@@ -211,29 +211,54 @@ fn date(f: Option<Cow<'_, [u8]>>) -> Option<Cow<'_, [u8]>> {
 /// Longest part of a rejected line shown (a 64 KiB line is not echoed whole).
 const SHOWN_BYTES: usize = 256;
 
-/// The line as shown in messages: split as the format splits it, dates as written (they are not
-/// personal), every other field through [`mask`], so an identifier in any column is masked.
-/// Only built for a rejected line: the valid path never formats.
+/// The line as shown in messages and reports (issue 20: names and addresses never leave the
+/// export): split as the format splits it, the identifier field through [`mask`], a date field
+/// as written when it is a date (dates are not personal) and masked otherwise, and every other
+/// field — a name, an address, a note — replaced by `…`. A field with letters in a date's place
+/// is replaced too. Only built for a rejected line: the valid path never formats.
 pub fn shown(format: &Format, line: &[u8]) -> String {
     let line = &line[..line.len().min(SHOWN_BYTES)];
-    let sep = match format {
-        Format::Header { delimiter, .. } => Some(*delimiter as u8),
-        _ => grammar::first_unquoted(line, LINE_SEPARATORS).map(|i| line[i]),
+    let (sep, id, dates): (Option<u8>, usize, Vec<usize>) = match format {
+        Format::Header {
+            delimiter,
+            id,
+            start,
+            end,
+            ..
+        } => (
+            Some(*delimiter as u8),
+            *id,
+            start.iter().chain(end.iter()).copied().collect(),
+        ),
+        _ => (
+            grammar::first_unquoted(line, LINE_SEPARATORS).map(|i| line[i]),
+            0,
+            vec![1],
+        ),
     };
-    let show = |b: &[u8]| -> String {
+    let show = |i: usize, b: &[u8]| -> String {
         let s = String::from_utf8_lossy(b.trim_ascii());
-        if s.is_empty() || grammar::parse_date(b).is_some() {
+        if s.is_empty() {
+            String::new()
+        } else if s.chars().any(char::is_alphabetic) || i != id && !dates.contains(&i) {
+            // Letters are never an identifier or a date: a name, or part of one split at a
+            // delimiter inside quotes.
+            "…".to_string()
+        } else if i == id {
+            mask(&s)
+        } else if grammar::parse_date(b).is_some() {
             s.into_owned()
         } else {
             mask(&s)
         }
     };
     match sep {
-        None => mask(&String::from_utf8_lossy(line)),
+        None => show(id, line),
         // Split on every separator, quoted or not: a line with an open quote must show too.
         Some(sep) => line
             .split(|c| *c == sep)
-            .map(show)
+            .enumerate()
+            .map(|(i, b)| show(i, b))
             .collect::<Vec<_>>()
             .join(&char::from(sep).to_string()),
     }
@@ -344,7 +369,21 @@ mod tests {
     #[test]
     fn shown_lines_mask_identifiers_and_keep_dates() {
         let f = header("navn;kundeid;startdato");
-        assert_eq!(shown(&f, b"Ola;15108695088;15.01.2020"), "Ola;*********88;15.01.2020");
+        assert_eq!(shown(&f, b"Ola;15108695088;15.01.2020"), "…;*********88;15.01.2020");
+        // Issue 20: names and addresses never leave the export, in any column or split.
+        let f = header("kundeid,navn,adresse,startdato");
+        assert_eq!(
+            shown(&f, b"15108695088,Kari Nordmann,Storgata 12 0155,2019-01-01"),
+            "*********88,…,…,2019-01-01"
+        );
+        assert_eq!(
+            shown(&f, b"\"Hansen, Ola\",15108695088,2019-01-01"),
+            "…,…,…,2019-01-01",
+            "a quoted name split at its comma shows nothing of it"
+        );
+        let lines = Format::Lines { separator: None };
+        assert_eq!(shown(&lines, b"Ola Nordmann 15108695088"), "…");
+        let f = header("navn;kundeid;startdato");
         assert_eq!(shown(&f, b";15108695088;"), ";*********88;", "empty fields stay empty");
         let f = Format::Lines { separator: None };
         assert_eq!(shown(&f, b"15108695088#2020-01-15"), "*********88#2020-01-15");

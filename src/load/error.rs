@@ -102,6 +102,9 @@ pub enum LoadError {
     #[error("the state store {} has no load job {job}", state.display())]
     NoSuchJob { job: i64, state: PathBuf },
 
+    #[error("load job {job} is still running: its held operations are sent when the load confirms it")]
+    StillRunning { job: i64 },
+
     #[error("load job {job} is {status}: only a running job can be abandoned")]
     JobNotRunning { job: i64, status: &'static str },
 
@@ -117,6 +120,13 @@ pub enum LoadError {
 
     #[error("the last load job ({job}, from {input}) was abandoned: there is nothing to resume")]
     JobAbandoned { job: i64, input: String },
+
+    /// An operator abandoned the job while this load ran (issue 20, N4): it stopped writing to
+    /// it and never calls it complete.
+    #[error(
+        "load job {job} was abandoned by an operator while this load ran; the load stopped and the job is not complete ({confirmed} of {batches} batches confirmed stored)"
+    )]
+    AbandonedUnderIt { job: i64, confirmed: usize, batches: usize },
 
     /// The state store failed (its own error says what an operator can do).
     #[error(transparent)]
@@ -140,6 +150,7 @@ impl LoadError {
                 | LoadError::RejectsSymlink { .. }
                 | LoadError::NoSuchJob { .. }
                 | LoadError::JobNotRunning { .. }
+                | LoadError::StillRunning { .. }
                 | LoadError::HeldOperationsWait { .. }
                 | LoadError::JobAbandoned { .. }
         )
@@ -166,8 +177,13 @@ impl Hinted for LoadError {
             ),
             LoadError::PlanMismatch { .. } => "resume with the kfr version that planned the job, or finish it before upgrading".into(),
             LoadError::BadLines { .. } => "fix the lines, or pass --skip-invalid to load the valid ones and write the bad ones to a rejects file".into(),
-            LoadError::OpenInput { .. } => return None,
-            LoadError::HeldOperationsNotSent { .. } => "`kfr load FILE --resume` sends them again, in order, once KFR can be reached".into(),
+            LoadError::OpenInput { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => "check the path (relative paths are from the current directory); nothing was created or sent".into(),
+                std::io::ErrorKind::PermissionDenied => "the user running kfr must be able to read the export; nothing was created or sent".into(),
+                _ => return None,
+            },
+            LoadError::HeldOperationsNotSent { .. } => "`kfr load retry-held JOB` (no export needed) or `kfr load FILE --resume` sends them again, in order, once KFR can be reached; `kfr dlq list` shows any KFR refused".into(),
+            LoadError::StillRunning { .. } => "finish the load (`kfr load FILE --resume`), or abandon it with --send-held (`kfr load abandon JOB --send-held`)".into(),
             LoadError::OtherKfr { .. } => "resume with the configuration (env, kfr_base_url) the job was started with; to load into this KFR, use another state store (--state) once you have decided what to do with the job (`kfr load status`)".into(),
             LoadError::NothingToLoad { .. } => "check that this is the right export, complete and written through; pass --allow-empty if the institution really has no active relationship to register".into(),
             LoadError::StoreBusy { .. } => "one load at a time per state store: wait for the running one to finish, or stop it (Ctrl-C) and run `kfr load FILE --resume`".into(),
@@ -187,6 +203,7 @@ impl Hinted for LoadError {
             LoadError::AbandonedHeldLeft { job, .. } => format!(
                 "`kfr load abandon {job} --send-held` sends them again, in order, once KFR can be reached"
             ),
+            LoadError::AbandonedUnderIt { .. } => "`kfr load status` shows the job; what was sent stays in KFR (see docs/load.md, \"Abandoning a job\"); start a new load without --resume".into(),
             LoadError::JobAbandoned { .. } => "start a new load without --resume (`kfr load status` shows the abandoned job)".into(),
             LoadError::Store(e) => return crate::error::Hinted::hint(e),
             LoadError::Other(_) => return None,

@@ -167,6 +167,22 @@ pub enum LoadEvent {
         /// or `time` (no entry of the batch was new: the expected ingestion time plus a margin).
         by: String,
     },
+    /// An entry chosen as evidence of the batch's ingestion was touched through kfr meanwhile
+    /// (`kfr add`, the agent): its being visible proves nothing, so a lower one is used (issue 20,
+    /// N1). `customer`: kind and log pseudonym.
+    EvidenceTouched {
+        batch: u32,
+        customer: String,
+    },
+    /// Entries of the batch no lookup can prove are waited for by time: `entries` at `rate` a
+    /// second, `measured` (by this job's lookups) or not, for `wait_secs` in all (issue 20, N2).
+    WaitingByTime {
+        batch: u32,
+        entries: u64,
+        rate: u64,
+        measured: bool,
+        wait_secs: f64,
+    },
     /// KFR failed transiently, rate limited or was out; the step is tried again after `retry_in`.
     KfrUnavailable {
         step: String,

@@ -132,6 +132,16 @@ pub async fn execute(
         .sum();
     let total: u64 = batches.iter().map(|b| b.entry_count).sum();
     let count = batches.len() as u32;
+    let trust = Trust {
+        store,
+        register: store.job(job).await?.and_then(|j| j.register),
+    };
+    // The slowest ingestion rate this job's evidence has shown so far (a lower bound per batch):
+    // what a wait by time is sized from (issue 20, N2).
+    let mut measured: Option<f64> = batches.iter().filter_map(stored_rate).reduce(f64::min);
+    // Since when this batch's uploads have failed without KFR taking the body (issue 20, N3):
+    // re-sends count toward `outage_wait` like any other outage.
+    let mut upload_failing: Option<(Instant, String)>;
     on(LoadEvent::Started { total, ingested });
     for b in batches {
         if b.status == BatchStatus::Confirmed {
@@ -152,12 +162,26 @@ pub async fn execute(
         // chosen in this run before the upload; a batch accepted in an earlier run has only its
         // witness, so its count is mostly an estimate.
         let mut points: Option<Vec<usize>> = None;
+        upload_failing = None;
         // Until KFR is known to hold the batch: resolve an upload of unknown fate before
         // anything is sent again (issue 9: never a blind re-POST), check which entry will
         // confirm it, upload once.
         loop {
             if status == BatchStatus::Uploading {
-                status = probe_unknown_upload(store, client, job, &b, slice, opts, on).await?;
+                status = probe_unknown_upload(store, client, &trust, job, &b, slice, opts, on).await?;
+                if status == BatchStatus::Planned
+                    && let Some((since, error)) = &upload_failing
+                    && since.elapsed() >= opts.outage_wait
+                {
+                    anyhow::bail!(
+                        "uploading batch {} ({} relationships, CorrelationID {}): KFR answered every upload with an error for {} s (last: {error}) and does not hold the batch; nothing after it was sent, and the load is resumable with `{}`",
+                        b.seq,
+                        b.entry_count,
+                        b.correlation_id,
+                        since.elapsed().as_secs(),
+                        opts.resume_command
+                    );
+                }
                 if status == BatchStatus::Planned {
                     store
                         .update_batch(job, b.seq, BatchChange::Resent, chrono::Utc::now())
@@ -171,17 +195,19 @@ pub async fn execute(
             }
             if status == BatchStatus::Planned {
                 if !b.witness_checked {
-                    b.witness = choose_witness(client, slice, opts, on, b.seq).await?;
+                    b.witness = choose_witness(client, &trust, slice, opts, on, b.seq).await?;
                     b.witness_checked = true;
                     store
                         .update_batch(job, b.seq, BatchChange::Witness(b.witness), chrono::Utc::now())
                         .await?;
                 }
                 if points.is_none() {
-                    points = Some(choose_measuring_points(client, slice, b.witness, opts, on, b.seq).await?);
+                    points = Some(choose_measuring_points(client, &trust, slice, b.witness, opts, on, b.seq).await?);
                 }
-                status = upload(store, client, job, &b, slice, layout, opts, on).await?;
+                let mut error = String::new();
+                status = upload(store, client, job, &b, slice, layout, opts, on, &mut error).await?;
                 if status == BatchStatus::Uploading {
+                    upload_failing = Some((upload_failing.map_or_else(Instant::now, |(t, _)| t), error));
                     // The probe counts from this upload's start, not an earlier one's.
                     b.uploading_at = store
                         .batches(job)
@@ -209,35 +235,28 @@ pub async fn execute(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
             .unwrap_or_else(chrono::Utc::now);
-        let points = points.unwrap_or_else(|| match (b.witness_checked, b.witness) {
-            (true, Some(w)) => vec![w as usize],
-            _ => vec![],
-        });
-        let mut meter = Meter::new(&b, count, ingested, total, points, opts.ingest_rate);
-        let by = match witness_of(&b, slice) {
-            Some(w) => {
-                wait_for_ingestion(client, slice, Some(w), accepted_at, &mut meter, opts, on).await?;
-                confirm(client, &b, &slice[..=w], slice, &mut meter, opts, on).await?;
-                // The entries after the witness were visible before the upload, so their own
-                // lookups prove nothing: give KFR their share of the time too (ingestion follows
-                // file order), plus the margin, so a held delete cannot be overtaken by them.
-                let tail = (slice.len() - 1 - w) as u64;
-                if tail == 0 {
-                    "witness"
-                } else {
-                    tokio::time::sleep(expected_time(tail, opts.ingest_rate) + CONFIRM_MARGIN).await;
-                    "witness+time"
-                }
-            }
-            None => {
-                // No entry of the batch was new: nothing a lookup shows can prove ingestion.
-                wait_for_ingestion(client, slice, None, accepted_at, &mut meter, opts, on).await?;
-                tokio::time::sleep(CONFIRM_MARGIN).await;
-                "time"
-            }
-        };
+        let points = points.unwrap_or_else(|| witness_of(&b, slice).into_iter().collect());
+        let mut meter = Meter::new(&b, count, ingested, total, points.clone(), opts.ingest_rate);
+        let (by, detail) = confirm_batch(
+            client,
+            &trust,
+            &b,
+            slice,
+            &points,
+            accepted_at,
+            &mut meter,
+            &mut measured,
+            opts,
+            on,
+        )
+        .await?;
         store
-            .update_batch(job, b.seq, BatchChange::ConfirmedBy(by.to_string()), chrono::Utc::now())
+            .update_batch(
+                job,
+                b.seq,
+                BatchChange::ConfirmedBy(format!("{by} ({detail})")),
+                chrono::Utc::now(),
+            )
             .await?;
         store
             .update_batch(
@@ -293,6 +312,7 @@ async fn upload(
     layout: &Layout,
     opts: &ExecOptions,
     on: EventSink<'_>,
+    last_error: &mut String,
 ) -> anyhow::Result<BatchStatus> {
     let body = layout.encode(&slice.iter().map(|p| p.to_entry()).collect::<Vec<_>>());
     anyhow::ensure!(
@@ -344,6 +364,7 @@ async fn upload(
             KfrError::Token(_) | KfrError::BatchTooLarge { .. } => false,
         };
         if maybe_taken {
+            *last_error = e.to_string();
             on(LoadEvent::UploadUnknown {
                 batch: b.seq,
                 error: e.to_string(),
@@ -429,12 +450,188 @@ impl Waited {
             retry_in_secs: delay.as_secs_f64(),
             waited_secs: waited.as_secs(),
         });
-        let until = Instant::now() + delay;
-        while Instant::now() < until {
-            check_stop(opts)?;
-            tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(200))).await;
-        }
+        sleep_or_stop(delay, opts).await?;
         Ok(())
+    }
+}
+
+/// How many times the measured rate's time a wait by time lasts (issue 20, N2). The measured
+/// rate is already a lower bound (an entry is counted ingested only when a lookup saw it); the
+/// factor covers KFR slowing down within the batch.
+pub const TIME_SAFETY: f64 = 2.0;
+
+/// With nothing measured in this job (no entry of any batch so far was new), a wait by time
+/// assumes KFR ingests this many times slower than the configured rate.
+pub const UNMEASURED_SLOWDOWN: f64 = 10.0;
+
+/// The wait by time for `entries` at `rate` a second: [`TIME_SAFETY`] times the rate's time,
+/// never less than the configured rate's, plus [`CONFIRM_MARGIN`].
+fn time_bound(entries: u64, rate: f64, opts: &ExecOptions) -> Duration {
+    let at_rate = Duration::from_secs_f64(entries as f64 / rate.max(0.001) * TIME_SAFETY);
+    at_rate.max(expected_time(entries, opts.ingest_rate)) + CONFIRM_MARGIN
+}
+
+/// The rate a confirmed batch showed, as a lower bound (entries over the time from acceptance to
+/// confirmation), when it was confirmed by an entry new in it.
+fn stored_rate(b: &BatchRecord) -> Option<f64> {
+    let by = b.confirmed_by.as_deref()?;
+    if b.status != BatchStatus::Confirmed || !by.starts_with("witness") {
+        return None;
+    }
+    let at = |t: &Option<String>| {
+        chrono::DateTime::parse_from_rfc3339(t.as_deref()?)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let secs = (at(&b.confirmed_at)? - at(&b.accepted_at)?)
+        .to_std()
+        .ok()?
+        .as_secs_f64();
+    Some(b.entry_count as f64 / secs.max(0.001))
+}
+
+/// Sleeps `d`, looking at the stop flag every 100 ms: a signal is answered within a second
+/// whatever the wait (issue 20, N3).
+async fn sleep_or_stop(d: Duration, opts: &ExecOptions) -> Result<(), Interrupted> {
+    let until = Instant::now() + d;
+    loop {
+        check_stop(opts)?;
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+    }
+}
+
+/// Runs `f` (a lookup: safe to drop) unless a signal asks the load to stop first.
+async fn until_stopped<T>(f: impl std::future::Future<Output = T>, opts: &ExecOptions) -> Result<T, Interrupted> {
+    tokio::pin!(f);
+    loop {
+        check_stop(opts)?;
+        tokio::select! {
+            v = &mut f => return Ok(v),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Which entries kfr itself may have made visible: the customers with any operation in this
+/// store's outbox (`kfr add`, `kfr remove`, the sync agent) in the job's register. Such an entry
+/// is never evidence of a batch's ingestion (issue 20, N1): a `kfr add` run while the batch
+/// ingests registers it at once. An operation stores its event before it is sent, so looking
+/// here after a lookup saw the entry catches every add that could have put it there.
+struct Trust<'a> {
+    store: &'a Store,
+    /// `None` (a job planned before kfr recorded its register): every register's operations.
+    register: Option<String>,
+}
+
+impl Trust<'_> {
+    async fn touched(&self, p: Packed) -> anyhow::Result<bool> {
+        Ok(!self
+            .store
+            .events_of(self.register.clone(), Some(p.id_text()))
+            .await?
+            .is_empty())
+    }
+}
+
+/// Confirms an accepted batch by the rule in docs/specs/barrier.md ("Confirming a batch"): the
+/// highest of its evidence points (entries not visible before the upload and not touched through
+/// kfr) seen stored proves every entry up to it (ingestion follows file order); entries after it
+/// are waited for by time at the rate that point measured; with no evidence at all, the whole
+/// batch is waited for at the slowest rate measured in the job. Returns how (`witness`,
+/// `witness+time`, `time`) and the detail for the report.
+#[allow(clippy::too_many_arguments)]
+async fn confirm_batch(
+    client: &KfrClient,
+    trust: &Trust<'_>,
+    b: &BatchRecord,
+    slice: &[Packed],
+    points: &[usize],
+    accepted_at: chrono::DateTime<chrono::Utc>,
+    meter: &mut Meter,
+    measured: &mut Option<f64>,
+    opts: &ExecOptions,
+    on: EventSink<'_>,
+) -> anyhow::Result<(&'static str, String)> {
+    wait_for_ingestion(client, slice, points.last().copied(), accepted_at, meter, opts, on).await?;
+    let mut evidence = points.to_vec();
+    let top = loop {
+        let Some(&k) = evidence.last() else { break None };
+        // Looked at again after the entry was seen: its operation's event was stored first.
+        if !trust.touched(slice[k]).await? {
+            confirm(client, b, &slice[..=k], slice, meter, opts, on).await?;
+            if !trust.touched(slice[k]).await? {
+                break Some(k);
+            }
+        }
+        let id = slice[k].to_entry().id;
+        on(LoadEvent::EvidenceTouched {
+            batch: b.seq,
+            customer: format!("{} {}", id.kind().label(), id.log()),
+        });
+        evidence.pop();
+    };
+    let since_accepted = chrono::Utc::now()
+        .signed_duration_since(accepted_at)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    let n = slice.len() as u64;
+    match top {
+        Some(k) if k + 1 == slice.len() => Ok(("witness", "its last entry, new in it, seen stored".to_string())),
+        Some(k) => {
+            let rate = (k as f64 + 1.0) / since_accepted.as_secs_f64().max(0.001);
+            *measured = Some(measured.map_or(rate, |m| m.min(rate)));
+            let tail = n - 1 - k as u64;
+            let wait = time_bound(tail, rate, opts);
+            on(LoadEvent::WaitingByTime {
+                batch: b.seq,
+                entries: tail,
+                rate: rate as u64,
+                measured: true,
+                wait_secs: wait.as_secs_f64(),
+            });
+            sleep_or_stop(wait, opts).await?;
+            Ok((
+                "witness+time",
+                format!(
+                    "entry {} of {n}, new in it, seen stored; the {tail} after it waited for {:.1} s at {TIME_SAFETY}x the measured {} a second",
+                    k + 1,
+                    wait.as_secs_f64(),
+                    rate as u64
+                ),
+            ))
+        }
+        None => {
+            let (rate, is_measured) = match *measured {
+                Some(r) => (r, true),
+                None => (f64::from(opts.ingest_rate) / UNMEASURED_SLOWDOWN, false),
+            };
+            let wait = time_bound(n, rate, opts);
+            on(LoadEvent::WaitingByTime {
+                batch: b.seq,
+                entries: n,
+                rate: rate as u64,
+                measured: is_measured,
+                wait_secs: wait.as_secs_f64(),
+            });
+            sleep_or_stop(wait.saturating_sub(since_accepted), opts).await?;
+            let basis = if is_measured {
+                "the slowest rate measured in this job".to_string()
+            } else {
+                format!("nothing measured: a {UNMEASURED_SLOWDOWN}th of the configured rate")
+            };
+            Ok((
+                "time",
+                format!(
+                    "no entry new in it could be checked; waited {:.1} s after acceptance at {TIME_SAFETY}x {} a second ({basis})",
+                    wait.as_secs_f64(),
+                    rate as u64
+                ),
+            ))
+        }
     }
 }
 
@@ -455,6 +652,25 @@ fn witness_of(b: &BatchRecord, slice: &[Packed]) -> Option<usize> {
 /// Entries looked at, from the end of the batch backwards, for one not registered yet.
 pub const WITNESS_CANDIDATES: usize = 8;
 
+/// Further entries looked at, spread evenly over the rest of the batch, when the last
+/// [`WITNESS_CANDIDATES`] were all registered before the upload (issue 20, N2): a witness deep
+/// in the batch still proves most of it, and measures KFR's rate for the rest.
+pub const DEEP_WITNESS_CANDIDATES: usize = 24;
+
+/// Offsets tried as witness, highest first: the last [`WITNESS_CANDIDATES`], then
+/// [`DEEP_WITNESS_CANDIDATES`] spread evenly below them.
+fn witness_candidates(len: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = (0..len).rev().take(WITNESS_CANDIDATES).collect();
+    let rest = len.saturating_sub(WITNESS_CANDIDATES);
+    for i in 1..=DEEP_WITNESS_CANDIDATES {
+        let k = rest.saturating_sub(1 + (i - 1) * rest / DEEP_WITNESS_CANDIDATES);
+        if rest > 0 && out.last().is_none_or(|&l| k < l) {
+            out.push(k);
+        }
+    }
+    out
+}
+
 /// Before a batch is sent: the last entry (in file order) that KFR does not show yet, looked for
 /// among the last [`WITNESS_CANDIDATES`]. A candidate KFR already shows, with a start date in the
 /// file, is looked up once more on that very day: absent then means KFR holds a later start for
@@ -465,15 +681,23 @@ pub const WITNESS_CANDIDATES: usize = 8;
 /// candidates are registered already.
 async fn choose_witness(
     client: &KfrClient,
+    trust: &Trust<'_>,
     slice: &[Packed],
     opts: &ExecOptions,
     on: EventSink<'_>,
     seq: u32,
 ) -> anyhow::Result<Option<u64>> {
     let step = format!("checking batch {seq} before its upload");
-    for i in (0..slice.len()).rev().take(WITNESS_CANDIDATES) {
+    for i in witness_candidates(slice.len()) {
+        // Touched through kfr (`kfr add`, the agent): its visibility could come from there.
+        if trust.touched(slice[i]).await? {
+            continue;
+        }
         if !visible(client, slice[i], opts, on, &step).await? {
             return Ok(Some(i as u64));
+        }
+        if i + WITNESS_CANDIDATES < slice.len() {
+            continue; // the date check is for the batch's last entries only (a sample)
         }
         let e = slice[i].to_entry();
         if let Some(start) = e.start
@@ -498,9 +722,11 @@ async fn record_ledger(store: &Store, job: i64, b: &BatchRecord, slice: &[Packed
 
 /// Decides the fate of a batch whose upload outcome was not recorded. Returns `Accepted` when its
 /// last entry is visible, `Planned` (already stored) when it must be sent again.
+#[allow(clippy::too_many_arguments)]
 async fn probe_unknown_upload(
     store: &Store,
     client: &KfrClient,
+    trust: &Trust<'_>,
     job: i64,
     b: &BatchRecord,
     slice: &[Packed],
@@ -530,8 +756,11 @@ async fn probe_unknown_upload(
         // Without a witness (every candidate was registered already) nothing can show the
         // upload arrived: it counts as absent once its time is up (a re-send then repeats
         // relationships KFR holds, which changes nothing).
+        // A witness the bank touched through kfr meanwhile (`kfr add`, the agent) proves nothing
+        // about this upload either: treated as absent, so the batch is sent again (harmless).
+        check_stop(opts)?;
         let seen = match witness {
-            Some(w) => visible(client, w, opts, on, &step).await?,
+            Some(w) => visible(client, w, opts, on, &step).await? && !trust.touched(w).await?,
             None => false,
         };
         if seen {
@@ -558,7 +787,7 @@ async fn probe_unknown_upload(
             on(LoadEvent::UnknownUploadAbsent { batch: b.seq });
             return Ok(BatchStatus::Planned);
         }
-        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        sleep_or_stop(backoff.min(deadline.saturating_duration_since(Instant::now())), opts).await?;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -599,7 +828,7 @@ async fn wait_for_ingestion(
             meter.probe(client, slice, done, opts, on).await?;
         }
         meter.tick(Some(done), on);
-        tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(200))).await;
+        sleep_or_stop((end - Instant::now()).min(Duration::from_millis(200)), opts).await?;
         if Instant::now() >= next_probe && Instant::now() < end {
             if let Some(w) = witness
                 && visible(client, slice[w], opts, on, "waiting for KFR to ingest").await?
@@ -629,6 +858,7 @@ pub const MEASURE_FROM: Duration = Duration::from_secs(1);
 /// would prove nothing about this batch's ingestion, so it is left out.
 async fn choose_measuring_points(
     client: &KfrClient,
+    trust: &Trust<'_>,
     slice: &[Packed],
     witness: Option<u64>,
     opts: &ExecOptions,
@@ -648,7 +878,7 @@ async fn choose_measuring_points(
         if k >= w || out.last() == Some(&k) {
             continue;
         }
-        if !visible(client, slice[k], opts, on, &step).await? {
+        if !trust.touched(slice[k]).await? && !visible(client, slice[k], opts, on, &step).await? {
             out.push(k);
         }
     }
@@ -824,9 +1054,8 @@ async fn visible(
     let e = p.to_entry();
     let mut waited = Waited::new();
     loop {
-        match client
-            .lookup_once(&e.id, e.start, None, uuid::Uuid::new_v4())
-            .await
+        match until_stopped(client.lookup_once(&e.id, e.start, None, uuid::Uuid::new_v4()), opts)
+            .await?
             .into_result()
         {
             Ok(banks) => return Ok(banks.iter().any(|b| b.organization_id == client.config().org_number)),
@@ -850,10 +1079,12 @@ async fn visible_on(
     let e = p.to_entry();
     let mut waited = Waited::new();
     loop {
-        match client
-            .lookup_once(&e.id, Some(on_day), Some(on_day), uuid::Uuid::new_v4())
-            .await
-            .into_result()
+        match until_stopped(
+            client.lookup_once(&e.id, Some(on_day), Some(on_day), uuid::Uuid::new_v4()),
+            opts,
+        )
+        .await?
+        .into_result()
         {
             Ok(banks) => return Ok(banks.iter().any(|b| b.organization_id == client.config().org_number)),
             Err(err) => waited
@@ -922,7 +1153,7 @@ async fn confirm(
                 expected: meter.before + meter.count,
             });
         }
-        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        sleep_or_stop(backoff.min(deadline.saturating_duration_since(Instant::now())), opts).await?;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

@@ -26,6 +26,7 @@ pub mod event;
 pub mod exec;
 pub mod plan;
 pub mod report;
+pub mod retry;
 
 pub use error::LoadError;
 pub use event::{EventSink, LoadEvent, PlanSummary};
@@ -93,6 +94,8 @@ pub struct LoadOptions {
     pub allow_empty: bool,
     /// How long transient failures and outages are waited out before the load stops.
     pub outage_wait: Duration,
+    /// How long the export must have been unchanged before and after it is read (`--settle-secs`).
+    pub settle: Duration,
     /// Longest `Retry-After` honoured in full (`[retry] retry_after_cap_secs`).
     pub retry_after_cap: Duration,
     /// The exact command that resumes this load (real file and state path), for messages.
@@ -205,13 +208,20 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
         path: opts.file.clone(),
         source,
     })?;
-    // The file must not change under us (issue 9 item 7): size and modification time before
-    // and after the read; a file still being written is refused rather than half loaded.
+    // The file must not change under us (issue 9 item 7, issue 20): unchanged for the settle
+    // window before the read, the same size and modification time after it and once more a
+    // window later, and the same sha256 on a second read. A file written in chunks with pauses
+    // shorter than the window is refused rather than half loaded. A pipe or FIFO has no size
+    // or time to compare: it is read as it streams.
     let before = file.metadata().map_err(|source| LoadError::OpenInput {
         path: opts.file.clone(),
         source,
     })?;
-    let size = Some(before.len());
+    let regular = before.is_file();
+    if regular {
+        settled(opts, &before)?;
+    }
+    let size = regular.then_some(before.len());
     let mut kept: Vec<Rejected> = vec![];
     let rejects_path = opts
         .skip_invalid
@@ -262,16 +272,26 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
         };
         e.context(format!("reading {}", opts.file.display()))
     })?;
-    let after = std::fs::metadata(&opts.file).map_err(|source| LoadError::OpenInput {
-        path: opts.file.clone(),
-        source,
-    })?;
-    if after.len() != before.len() || after.modified().ok() != before.modified().ok() {
-        return Err(LoadError::ChangedWhileRead {
-            file: opts.file.clone(),
-            before: before.len(),
-            after: after.len(),
-        });
+    if regular {
+        let after = std::fs::metadata(&opts.file).map_err(|source| LoadError::OpenInput {
+            path: opts.file.clone(),
+            source,
+        })?;
+        if !same_file_state(&before, &after) {
+            return Err(LoadError::ChangedWhileRead {
+                file: opts.file.clone(),
+                before: before.len(),
+                after: after.len(),
+            });
+        }
+        settled(opts, &before)?;
+        if !out.content_hash.is_empty() && sha256_of(&opts.file)? != out.content_hash {
+            return Err(LoadError::ChangedWhileRead {
+                file: opts.file.clone(),
+                before: before.len(),
+                after: before.len(),
+            });
+        }
     }
     if let Some(mut w) = rejects_out {
         w.flush().context("writing the rejects file")?;
@@ -292,6 +312,50 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
     }
     let written = rejects_path.filter(|_| out.rejected > 0);
     Ok((out, kept, written, by_rule))
+}
+
+fn same_file_state(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+}
+
+/// Waits until the export has not been modified for `opts.settle` (at once when it is older),
+/// checking that it still is as `was`: size and modification time.
+fn settled(opts: &LoadOptions, was: &std::fs::Metadata) -> Result<(), LoadError> {
+    let changed = |now: &std::fs::Metadata| LoadError::ChangedWhileRead {
+        file: opts.file.clone(),
+        before: was.len(),
+        after: now.len(),
+    };
+    loop {
+        let now = std::fs::metadata(&opts.file).map_err(|source| LoadError::OpenInput {
+            path: opts.file.clone(),
+            source,
+        })?;
+        if !same_file_state(was, &now) {
+            return Err(changed(&now));
+        }
+        let age = now
+            .modified()
+            .ok()
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .unwrap_or(Duration::ZERO);
+        if age >= opts.settle {
+            return Ok(());
+        }
+        std::thread::sleep((opts.settle - age).min(Duration::from_millis(200)));
+    }
+}
+
+/// The sha256 of the file at `path` as it is now (hex), for the check after reading.
+fn sha256_of(path: &Path) -> Result<String, LoadError> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path).map_err(|source| LoadError::OpenInput {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {} again to compare", path.display()))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Opens a file for writing that holds identifiers (rejects) or facts about them (reports):
@@ -681,6 +745,12 @@ async fn run_as_writer(
         (sent, failed) =
             send_held_operations(store, client, &register, (opts.request_budget, opts.in_doubt), on).await?;
     }
+    // An operator may have abandoned the job under this load (then its writes failed, or the job
+    // would not be confirmed): it must not end as if complete (issue 20, N4).
+    let abandoned = store
+        .job(job)
+        .await?
+        .is_some_and(|j| j.status == crate::store::JobStatus::Abandoned);
     let kept_dates = std::mem::take(&mut *later_starts.lock().unwrap_or_else(|p| p.into_inner()));
     let (report, report_files) = write_report(
         store,
@@ -697,6 +767,17 @@ async fn run_as_writer(
         on,
     )
     .await?;
+    if abandoned {
+        return Err(LoadError::AbandonedUnderIt {
+            job,
+            confirmed: report
+                .batches
+                .iter()
+                .filter(|b| b.status == crate::store::BatchStatus::Confirmed)
+                .count(),
+            batches: report.batches.len(),
+        });
+    }
     if let Some(e) = failure {
         return Err(e.into());
     }

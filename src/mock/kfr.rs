@@ -432,6 +432,13 @@ async fn gate(state: &MockState, op: Op, fid: &str, headers: &HeaderMap) -> Resu
             ..Refusal::because(Failure::RateLimited, "kfr mock: injected rate limit")
         });
     }
+    if op == Op::Batch && state.batch_errors() {
+        count_fault(state, "batch_error");
+        return Err(Refusal::because(
+            Failure::Internal,
+            "kfr mock: injected error on batch uploads",
+        ));
+    }
     if hit(faults.error_rate) {
         count_fault(state, "error");
         return Err(Refusal::because(Failure::Internal, "kfr mock: injected error"));

@@ -156,6 +156,9 @@ pub struct KfrState {
     /// The write requests (add, remove, batch entries) in arrival order, for tests of delivery
     /// order (`GET /_mock/requests`); the oldest go first beyond [`REQUEST_LOG_CAP`].
     pub(crate) request_log: Mutex<std::collections::VecDeque<RequestLogEntry>>,
+    /// Every batch upload answered 500 while adds, deletes and lookups work: a gateway failing
+    /// only on large bodies (issue 20, N3). Runtime only.
+    pub(crate) batch_errors: std::sync::atomic::AtomicBool,
 }
 
 /// How many write requests `GET /_mock/requests` remembers (about 100 MB at most).
@@ -264,6 +267,7 @@ impl MockState {
                 reject_customers: Mutex::new(Default::default()),
                 late_apply: Mutex::new(None),
                 request_log: Mutex::new(Default::default()),
+                batch_errors: Default::default(),
             },
             base_url,
         })
@@ -386,6 +390,15 @@ impl MockState {
     /// Changes the ingestion rate at runtime (at least 1 a second).
     pub fn set_ingest_rate(&self, rate: u64) {
         self.kfr.ingest_rate.store(rate.max(1), Ordering::Relaxed);
+    }
+
+    /// Switches `batch_errors` (see `KfrState`): every batch upload gets a 500, nothing else does.
+    pub fn set_batch_errors(&self, on: bool) {
+        self.kfr.batch_errors.store(on, Ordering::Relaxed);
+    }
+
+    pub fn batch_errors(&self) -> bool {
+        self.kfr.batch_errors.load(Ordering::Relaxed)
     }
 
     /// Replaces the customers the fake KFR refuses with 400 KFR-005 (see `KfrState`).
