@@ -434,6 +434,7 @@ async fn retry_held(
         state: super::build::state_path(&settings, flag)?,
         job,
         request_budget: super::build::request_budget(&settings),
+        in_doubt: settings.sync.in_doubt,
         org_number: settings.require_org_number()?.to_string(),
         kfr_base_url: settings.kfr_base_url.to_string(),
         environment: settings.env.as_str().to_string(),

@@ -23,6 +23,8 @@ pub struct RetryOptions {
     pub job: i64,
     /// As [`super::LoadOptions::request_budget`].
     pub request_budget: std::time::Duration,
+    /// As [`super::LoadOptions::in_doubt`].
+    pub in_doubt: std::time::Duration,
     /// The KFR this run talks to: held operations go to the job's own only.
     pub org_number: String,
     pub kfr_base_url: String,
@@ -101,7 +103,8 @@ async fn retry_as_writer(
         });
     }
     let register = job.register.unwrap_or_default();
-    let (sent, failed) = super::send_held_operations(store, client, &register, opts.request_budget, on).await?;
+    let (sent, failed) =
+        super::send_held_operations(store, client, &register, (opts.request_budget, opts.in_doubt), on).await?;
     let sources = OWN_SOURCES.iter().map(|s| s.to_string()).collect();
     let still_waiting = store.unfinished_of(register, sources).await?.len();
     Ok(RetryOutcome {
