@@ -183,9 +183,7 @@ pub async fn execute(
                     );
                 }
                 if status == BatchStatus::Planned {
-                    store
-                        .update_batch(job, b.seq, BatchChange::Resent, chrono::Utc::now())
-                        .await?;
+                    change(store, job, b.seq, BatchChange::Resent).await?;
                     b.resends += 1;
                     on(LoadEvent::BatchResent {
                         batch: b.seq,
@@ -197,9 +195,7 @@ pub async fn execute(
                 if !b.witness_checked {
                     b.witness = choose_witness(client, &trust, slice, opts, on, b.seq).await?;
                     b.witness_checked = true;
-                    store
-                        .update_batch(job, b.seq, BatchChange::Witness(b.witness), chrono::Utc::now())
-                        .await?;
+                    change(store, job, b.seq, BatchChange::Witness(b.witness)).await?;
                 }
                 if points.is_none() {
                     points = Some(choose_measuring_points(client, &trust, slice, b.witness, opts, on, b.seq).await?);
@@ -250,22 +246,8 @@ pub async fn execute(
             on,
         )
         .await?;
-        store
-            .update_batch(
-                job,
-                b.seq,
-                BatchChange::ConfirmedBy(format!("{by} ({detail})")),
-                chrono::Utc::now(),
-            )
-            .await?;
-        store
-            .update_batch(
-                job,
-                b.seq,
-                BatchChange::Status(BatchStatus::Confirmed),
-                chrono::Utc::now(),
-            )
-            .await?;
+        change(store, job, b.seq, BatchChange::ConfirmedBy(format!("{by} ({detail})"))).await?;
+        change(store, job, b.seq, BatchChange::Status(BatchStatus::Confirmed)).await?;
         ingested += b.entry_count;
         on(LoadEvent::BatchConfirmed {
             batch: b.seq,
@@ -277,6 +259,11 @@ pub async fn execute(
         abort_point("confirmed", Some(b.seq));
     }
     Ok(ExecEnd::Complete)
+}
+
+/// Records one change to batch `seq` of `job`, now.
+async fn change(store: &Store, job: i64, seq: u32, what: BatchChange) -> Result<(), crate::store::StoreError> {
+    store.update_batch(job, seq, what, chrono::Utc::now()).await
 }
 
 /// True when sending `b` today would exceed `max_per_day` (counting batches accepted today).
@@ -324,26 +311,12 @@ async fn upload(
     );
     let mut waited = Waited::new();
     loop {
-        store
-            .update_batch(
-                job,
-                b.seq,
-                BatchChange::Status(BatchStatus::Uploading),
-                chrono::Utc::now(),
-            )
-            .await?;
+        change(store, job, b.seq, BatchChange::Status(BatchStatus::Uploading)).await?;
         abort_point("uploading", Some(b.seq));
         let e = match client.batch_once(&body, b.correlation_id).await.into_result() {
             Ok(()) => {
                 abort_point("sent", Some(b.seq));
-                store
-                    .update_batch(
-                        job,
-                        b.seq,
-                        BatchChange::Status(BatchStatus::Accepted),
-                        chrono::Utc::now(),
-                    )
-                    .await?;
+                change(store, job, b.seq, BatchChange::Status(BatchStatus::Accepted)).await?;
                 on(LoadEvent::BatchAccepted {
                     batch: b.seq,
                     entries: b.entry_count,
@@ -371,14 +344,7 @@ async fn upload(
             });
             return Ok(BatchStatus::Uploading);
         }
-        store
-            .update_batch(
-                job,
-                b.seq,
-                BatchChange::Status(BatchStatus::Planned),
-                chrono::Utc::now(),
-            )
-            .await?;
+        change(store, job, b.seq, BatchChange::Status(BatchStatus::Planned)).await?;
         let step = format!("uploading batch {}", b.seq);
         waited.wait_or_stop(&e, &step, opts, on).await.map_err(|e| {
             e.context(format!(
@@ -764,26 +730,12 @@ async fn probe_unknown_upload(
             None => false,
         };
         if seen {
-            store
-                .update_batch(
-                    job,
-                    b.seq,
-                    BatchChange::Status(BatchStatus::Accepted),
-                    chrono::Utc::now(),
-                )
-                .await?;
+            change(store, job, b.seq, BatchChange::Status(BatchStatus::Accepted)).await?;
             on(LoadEvent::UnknownUploadFound { batch: b.seq });
             return Ok(BatchStatus::Accepted);
         }
         if Instant::now() >= deadline {
-            store
-                .update_batch(
-                    job,
-                    b.seq,
-                    BatchChange::Status(BatchStatus::Planned),
-                    chrono::Utc::now(),
-                )
-                .await?;
+            change(store, job, b.seq, BatchChange::Status(BatchStatus::Planned)).await?;
             on(LoadEvent::UnknownUploadAbsent { batch: b.seq });
             return Ok(BatchStatus::Planned);
         }
