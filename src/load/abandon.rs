@@ -146,22 +146,7 @@ async fn abandon_as_writer(
     if opts.held == HeldChoice::Send
         && let Some(job) = store.job(opts.job).await?
     {
-        let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
-        let field = |k: &str| settings.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-        let (env, url, org) = (field("environment"), field("kfr_base_url"), field("org_number"));
-        let other = (!url.is_empty()
-            && crate::store::canonical_url(&url) != crate::store::canonical_url(&opts.kfr_base_url))
-            || (!env.is_empty() && env != opts.environment)
-            || (!org.is_empty() && org != opts.org_number);
-        if other {
-            return Err(LoadError::OtherKfr {
-                job: job.id,
-                job_env: env,
-                job_url: url,
-                env: opts.environment.clone(),
-                url: opts.kfr_base_url.clone(),
-            });
-        }
+        super::same_kfr(&job, &opts.environment, &opts.kfr_base_url, &opts.org_number)?;
     }
     let rule = match opts.held {
         HeldChoice::None => HeldAtAbandon::Refuse,

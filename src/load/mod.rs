@@ -794,6 +794,32 @@ async fn run_as_writer(
     })
 }
 
+/// Held operations go to their job's own KFR or nowhere: a job belongs to one register
+/// (environment, KFR base URL, org.nr). Fields a job predating them lacks are not compared.
+pub(crate) fn same_kfr(
+    job: &crate::store::JobRecord,
+    environment: &str,
+    kfr_base_url: &str,
+    org_number: &str,
+) -> Result<(), LoadError> {
+    let settings: serde_json::Value = serde_json::from_str(&job.settings).unwrap_or_default();
+    let field = |k: &str| settings.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let (env, url, org) = (field("environment"), field("kfr_base_url"), field("org_number"));
+    let other = (!url.is_empty() && crate::store::canonical_url(&url) != crate::store::canonical_url(kfr_base_url))
+        || (!env.is_empty() && env != environment)
+        || (!org.is_empty() && org != org_number);
+    if other {
+        return Err(LoadError::OtherKfr {
+            job: job.id,
+            job_env: env,
+            job_url: url,
+            env: environment.to_string(),
+            url: kfr_base_url.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// How long transient failures of a held operation are retried (by the sync agent, or the next
 /// `--resume`) before it is dead-lettered for an operator, as the agent's own events are.
 const HELD_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
