@@ -485,17 +485,26 @@ async fn held_operations_are_retried_without_the_export() {
         error_rate: 1.0,
         ..kfr::mock::KfrFaults::NONE
     });
-    let out = env.load("c.csv", "s.db", &["--resume"], &[]).await;
+    // A 500 leaves each request in doubt: its customer waits `sync.in_doubt_secs` (1 s here)
+    // before the next attempt.
+    let in_doubt = [("KFR_SYNC_IN_DOUBT_SECS", "1")];
+    let out = env.load("c.csv", "s.db", &["--resume"], &in_doubt).await;
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("retry-held"), "the hint names the command: {stderr}");
     // The export is gone (archived, moved): the held operations do not depend on it.
     std::fs::remove_file(env.dir.join("c.csv")).unwrap();
     // While KFR still fails: exit 1, all still waiting, nothing parked.
-    let out = env.run(&["load", "retry-held", "1", "--state", "s.db"], &[]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = env
+        .run(&["load", "retry-held", "1", "--state", "s.db"], &in_doubt)
+        .await;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out).1);
     env.mock.state().set_kfr_faults(kfr::mock::KfrFaults::NONE);
-    let out = env.run(&["load", "retry-held", "1", "--state", "s.db"], &[]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = env
+        .run(&["load", "retry-held", "1", "--state", "s.db"], &in_doubt)
+        .await;
     let (stdout, stderr) = assert_ok(&out);
     assert!(
         stdout.contains("3 held operation(s) sent, 0 still waiting"),
