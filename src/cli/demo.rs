@@ -134,13 +134,6 @@ fn home(keep: Option<&Path>) -> anyhow::Result<Home> {
 /// dates walk days, months and years, individual numbers go in steps of 7, and each number is
 /// kept only if the project's own identifier rules call it a synthetic fødselsnummer.
 pub fn tenor_people(n: usize, exclude: &HashSet<String>) -> Vec<String> {
-    const K1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    const K2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let check = |d: &[u32], w: &[u32]| match d.iter().zip(w).map(|(a, b)| a * b).sum::<u32>() % 11 {
-        0 => Some(0),
-        1 => None,
-        r => Some(11 - r),
-    };
     let policy = IdPolicy::test();
     let mut out = Vec::with_capacity(n);
     for yy in (0..100u32).rev() {
@@ -151,11 +144,9 @@ pub fn tenor_people(n: usize, exclude: &HashSet<String>) -> Vec<String> {
                         return out;
                     }
                     let head = format!("{day:02}{:02}{yy:02}{ind:03}", month + 80);
-                    let mut d: Vec<u32> = head.bytes().map(|b| u32::from(b - b'0')).collect();
-                    let Some(k1) = check(&d, &K1) else { continue };
-                    d.push(k1);
-                    let Some(k2) = check(&d, &K2) else { continue };
-                    let id = format!("{head}{k1}{k2}");
+                    let Some(id) = crate::ids::synthetic::complete_person(&head) else {
+                        continue;
+                    };
                     let synthetic =
                         CustomerId::parse(&id, &policy).is_ok_and(|c| c.kind() == IdKind::SyntheticFodselsnummer);
                     if synthetic && !exclude.contains(&id) {
