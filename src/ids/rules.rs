@@ -101,7 +101,7 @@ enum MonthOffset {
 fn check_date(day: u8, month: u8, yy: u8) -> Result<(), IdError> {
     let last = match month {
         4 | 6 | 9 | 11 => 30,
-        2 if yy % 4 == 0 => 29,
+        2 if yy.is_multiple_of(4) => 29,
         2 => {
             if day == 29 {
                 return Err(IdError::NotLeapYear);

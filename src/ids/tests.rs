@@ -306,7 +306,7 @@ fn ordering_is_by_digits() {
 fn days_in(month: u32, yy: u32) -> u32 {
     match month {
         4 | 6 | 9 | 11 => 30,
-        2 if yy % 4 == 0 => 29,
+        2 if yy.is_multiple_of(4) => 29,
         2 => 28,
         _ => 31,
     }
@@ -414,7 +414,7 @@ fn k1_alone_no_longer_catches_every_substitution_but_k2_does() {
         .flat_map(|pos| (1..=9).map(move |d| corrupt(n, pos, d)))
         .find(|c| {
             let s = sum(&c[..9], &K1_WEIGHTS) + u32::from(c.as_bytes()[9] - b'0');
-            s % 11 != 0 && s % 11 <= 3
+            !s.is_multiple_of(11) && s % 11 <= 3
         });
     let corrupted = found.expect("some individual-number change keeps K1 within remainders 1-3");
     assert_eq!(kind(&corrupted), Err(IdError::SecondCheckDigit));
