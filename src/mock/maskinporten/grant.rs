@@ -42,7 +42,7 @@ pub(crate) struct Grant {
 }
 
 /// A compact JWS taken apart: header and claims decoded, the signature as bytes.
-pub(super) struct Jws<'a> {
+struct Jws<'a> {
     pub header: Map<String, Value>,
     pub claims: Map<String, Value>,
     /// `header.payload` exactly as sent: what the signature covers.
@@ -57,7 +57,7 @@ pub(crate) fn check_grant(state: &MockState, assertion: &str, now: i64) -> Resul
     let jws = split_jws(assertion)?;
     check_header(&jws.header)?;
     let signer = keys::signer(mp, &jws.header, &jws.claims)?;
-    let leaf = keys::verify_signature(&signer.chain, &jws)?;
+    let leaf = keys::verify_signature(&signer.chain, jws.signing_input, &jws.signature)?;
     // A registered key is trusted by its registration; a certificate must chain to a trusted CA.
     if !signer.by_kid {
         x5c::check_trust(&leaf, &signer.chain, &mp.trusted_ca_der, now)?;

@@ -5,7 +5,6 @@
 //! header is refused (MP-123/MP-124). The client is looked up (by `iss`) before the key for that
 //! reason, ahead of the claim checks that would otherwise come first.
 
-use super::grant::Jws;
 use super::{Refusal, describe, x5c};
 use crate::mock::config::ClientKeys;
 use crate::mock::state::MaskinportenState;
@@ -90,14 +89,15 @@ pub(super) fn signer(
 /// parsed leaf for the trust check.
 pub(super) fn verify_signature<'c>(
     chain: &'c [CertificateDer<'static>],
-    jws: &Jws<'_>,
+    signing_input: &str,
+    signature: &[u8],
 ) -> Result<webpki::EndEntityCert<'c>, Refusal> {
     let leaf = webpki::EndEntityCert::try_from(&chain[0])
         .map_err(|_| Refusal::grant("MP-123", "x5c[0] is not a usable X.509 certificate"))?;
     leaf.verify_signature(
         webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
-        jws.signing_input.as_bytes(),
-        &jws.signature,
+        signing_input.as_bytes(),
+        signature,
     )
     .map_err(|e| {
         let why = match e {
