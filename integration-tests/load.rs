@@ -128,18 +128,7 @@ impl Env {
 /// `n` valid synthetic identifiers, unique for distinct `seed`s: fødselsnumre (K1 remainder 0,
 /// as issued before 2032) and test organisation numbers (first digit 3), alternating.
 pub(crate) fn ids(seed: u32, n: usize) -> Vec<String> {
-    let w1 = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    let w2 = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let wo = [3, 2, 7, 6, 5, 4, 3, 2];
-    let digits = |s: &str| s.bytes().map(|b| u32::from(b - b'0')).collect::<Vec<_>>();
-    let check = |d: &[u32], w: &[u32]| {
-        let r = d.iter().zip(w).map(|(a, b)| a * b).sum::<u32>() % 11;
-        match r {
-            0 => Some(0),
-            1 => None,
-            r => Some(11 - r),
-        }
-    };
+    use kfr::ids::synthetic::{complete_org, complete_person};
     let mut out = vec![];
     let mut ind = 0u32;
     let mut org = 3_000_000 + seed * 10_000;
@@ -149,17 +138,10 @@ pub(crate) fn ids(seed: u32, n: usize) -> Vec<String> {
             ind += 1;
             let (day, month) = (1 + ind / 1000 % 28, 1 + ind / 28_000 % 12);
             let head = format!("{day:02}{month:02}{:02}{:03}", seed % 100, ind % 1000);
-            let d = digits(&head);
-            let Some(k1) = check(&d, &w1) else { continue };
-            let mut d2 = d.clone();
-            d2.push(k1);
-            let Some(k2) = check(&d2, &w2) else { continue };
-            out.push(format!("{head}{k1}{k2}"));
+            out.extend(complete_person(&head));
         } else {
             org += 1;
-            let head = format!("3{org:07}");
-            let Some(c) = check(&digits(&head), &wo) else { continue };
-            out.push(format!("{head}{c}"));
+            out.extend(complete_org(&format!("3{org:07}")));
         }
     }
     out

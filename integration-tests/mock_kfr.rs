@@ -27,40 +27,15 @@ const CORRELATION: &str = "294fafb7-0e4e-4177-a5ff-ce7367c45814";
 
 /// Valid organisation numbers starting with 9 (mod-11 check digit), `count` of them.
 fn orgs(count: usize) -> Vec<String> {
-    const W: [u32; 8] = [3, 2, 7, 6, 5, 4, 3, 2];
     (91_000_000u32..)
-        .filter_map(|base| {
-            let s = base.to_string();
-            let sum: u32 = s.bytes().zip(W).map(|(b, w)| u32::from(b - b'0') * w).sum();
-            match 11 - sum % 11 {
-                10 => None,
-                11 => Some(format!("{s}0")),
-                c => Some(format!("{s}{c}")),
-            }
-        })
+        .filter_map(|base| kfr::ids::synthetic::complete_org(&base.to_string()))
         .take(count)
         .collect()
 }
 
 /// A synthetic (Tenor, month + 80) fødselsnummer: valid in test, refused in prod.
 fn synthetic_person() -> String {
-    const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let digits = |s: &str| s.bytes().map(|b| u32::from(b - b'0')).collect::<Vec<_>>();
-    (100..999)
-        .find_map(|n| {
-            let first9 = format!("158986{n}");
-            let d = digits(&first9);
-            let k1 = (11 - d.iter().zip(W1).map(|(a, w)| a * w).sum::<u32>() % 11) % 11;
-            if k1 == 10 {
-                return None;
-            }
-            let first10 = format!("{first9}{k1}");
-            let d = digits(&first10);
-            let k2 = (11 - d.iter().zip(W2).map(|(a, w)| a * w).sum::<u32>() % 11) % 11;
-            (k2 != 10).then(|| format!("{first10}{k2}"))
-        })
-        .unwrap()
+    kfr::ids::synthetic::tenor_person(0)
 }
 
 fn id(s: &str) -> CustomerId {

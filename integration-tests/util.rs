@@ -145,25 +145,5 @@ pub fn kfr_process(cwd: &Path, state_home: &Path) -> std::process::Command {
 /// `n` distinct valid synthetic (Tenor: month + 80) fødselsnumre, distinct across `seed`s
 /// (0..100): accepted under test identifier rules, refused in prod.
 pub fn tenor_persons(seed: u32, n: usize) -> Vec<String> {
-    const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let check = |d: &[u32], w: &[u32]| match d.iter().zip(w).map(|(a, b)| a * b).sum::<u32>() % 11 {
-        0 => Some(0),
-        1 => None,
-        r => Some(11 - r),
-    };
-    let mut out = Vec::with_capacity(n);
-    let mut serial = 0u32;
-    while out.len() < n {
-        serial += 1;
-        // Day 1..=28, month 1..=12 plus 80, year = seed, individual number 000..=999.
-        let (day, month, ind) = (1 + serial / 1000 % 28, 81 + serial / 28_000 % 12, serial % 1000);
-        let head = format!("{day:02}{month:02}{:02}{ind:03}", seed % 100);
-        let mut d: Vec<u32> = head.bytes().map(|b| u32::from(b - b'0')).collect();
-        let Some(k1) = check(&d, &W1) else { continue };
-        d.push(k1);
-        let Some(k2) = check(&d, &W2) else { continue };
-        out.push(format!("{head}{k1}{k2}"));
-    }
-    out
+    kfr::ids::synthetic::tenor_born(seed, n)
 }

@@ -21,11 +21,11 @@ use crate::error::Reported;
 use crate::ids::{self, CustomerId, IdKind, IdPolicy};
 use crate::load::{LoadEvent, LoadOptions};
 use crate::mock::{MockConfig, MockServer};
-use crate::store::LedgerState;
-use crate::sync::dispatch::{DispatchConfig, Dispatcher};
+use crate::store::{LedgerState, OutboxStatus, Store};
+use crate::sync::dispatch::{DispatchConfig, DispatchError, DispatchSummary, Dispatcher};
 use crate::sync::health::Health;
-use crate::sync::source::Intake;
-use crate::sync::source::http::{IngestKey, IngestOptions, IngestServer};
+use crate::sync::source::http::{IngestError, IngestKey, IngestOptions, IngestServer};
+use crate::sync::source::{Intake, SourceReport};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashSet};
@@ -134,13 +134,6 @@ fn home(keep: Option<&Path>) -> anyhow::Result<Home> {
 /// dates walk days, months and years, individual numbers go in steps of 7, and each number is
 /// kept only if the project's own identifier rules call it a synthetic fødselsnummer.
 pub fn tenor_people(n: usize, exclude: &HashSet<String>) -> Vec<String> {
-    const K1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    const K2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let check = |d: &[u32], w: &[u32]| match d.iter().zip(w).map(|(a, b)| a * b).sum::<u32>() % 11 {
-        0 => Some(0),
-        1 => None,
-        r => Some(11 - r),
-    };
     let policy = IdPolicy::test();
     let mut out = Vec::with_capacity(n);
     for yy in (0..100u32).rev() {
@@ -151,11 +144,9 @@ pub fn tenor_people(n: usize, exclude: &HashSet<String>) -> Vec<String> {
                         return out;
                     }
                     let head = format!("{day:02}{:02}{yy:02}{ind:03}", month + 80);
-                    let mut d: Vec<u32> = head.bytes().map(|b| u32::from(b - b'0')).collect();
-                    let Some(k1) = check(&d, &K1) else { continue };
-                    d.push(k1);
-                    let Some(k2) = check(&d, &K2) else { continue };
-                    let id = format!("{head}{k1}{k2}");
+                    let Some(id) = crate::ids::synthetic::complete_person(&head) else {
+                        continue;
+                    };
                     let synthetic =
                         CustomerId::parse(&id, &policy).is_ok_and(|c| c.kind() == IdKind::SyntheticFodselsnummer);
                     if synthetic && !exclude.contains(&id) {
@@ -318,6 +309,9 @@ pub async fn run(args: &DemoArgs, printer: Printer) -> anyhow::Result<()> {
     result
 }
 
+/// The demo from start to verdict: each step below proves one part of the path a bank takes, and
+/// the verdict is drawn from what the mock's register holds at the end, not from what the steps
+/// reported about themselves.
 async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<()> {
     if args.size < 100 {
         return Err(crate::error::UsageError::new("--size must be at least 100").into());
@@ -329,7 +323,36 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     };
     let ingest_rate = args.ingest_rate.unwrap_or((args.size / LOAD_SECS).max(50) as u64);
 
-    // 1. Certificates and the mock.
+    let (mock, config, settings) = start_mock(&log, dir, ingest_rate).await?;
+    show_token(&log, &settings).await?;
+    let population = population(args, dir)?;
+    let agent = start_agent(&settings, ingest_rate).await?;
+    let loaded = load_during_burst(&log, args, dir, &config, &settings, &population, &agent, ingest_rate).await?;
+    let synced = drain_agent(&log, agent, &population, &loaded).await?;
+    let (report, checklist_took) = run_checklist(&log, dir, &settings, &population.cases).await?;
+    let register = compare_register(&mock, &population);
+    mock.shutdown().await;
+
+    log.step("summary");
+    let out = summary(
+        dir,
+        &population,
+        &loaded,
+        &synced,
+        &report,
+        checklist_took,
+        &register,
+        began,
+    );
+    log.write(&out);
+    let _ = printer.data(out.trim_end());
+    verdict(&log, printer, &synced, &report, &register)
+}
+
+/// Step 1, certificates and the mock: a throwaway test CA and business certificate, the mock
+/// trusting that CA on a free loopback port, and a configuration file that names only them (no
+/// `KFR_*` variable or `./kfr.toml` of the shell takes part).
+async fn start_mock(log: &Log<'_>, dir: &Path, ingest_rate: u64) -> anyhow::Result<(MockServer, PathBuf, Settings)> {
     log.step("certificates and the mock");
     let pki = crate::certs::generate(ORG, "KFR DEMO BANK AS")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -350,10 +373,14 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     // Only the demo's own file: nothing from the shell's KFR_* variables or ./kfr.toml.
     let settings = Settings::load_from(Some(&config), &Default::default(), &FlagOverrides::default())?;
     super::install_pseudonyms(&settings)?;
+    Ok((mock, config, settings))
+}
 
-    // 2. Token.
+/// Step 2, the token: the business certificate obtains a Maskinporten token (its scope,
+/// consumer and expiry are shown; the token itself never is).
+async fn show_token(log: &Log<'_>, settings: &Settings) -> anyhow::Result<()> {
     log.step("Maskinporten token");
-    let tokens = super::build::token_client(&settings)?;
+    let tokens = super::build::token_client(settings)?;
     let token = tokens
         .token()
         .await
@@ -365,8 +392,20 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         token.consumer_org.as_deref().unwrap_or("?"),
         expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     ));
+    Ok(())
+}
 
-    // The synthetic population: the export, then the customers the burst brings.
+/// The synthetic population: the built-in checklist's cases (their identifiers are kept out),
+/// the customers of the export, and the burst of events that follows it.
+struct Population {
+    cases: checklist::cases::CaseFile,
+    loaded: Vec<String>,
+    export: PathBuf,
+    burst: Burst,
+}
+
+/// Generates the population and writes the export (`customers.csv`).
+fn population(args: &DemoArgs, dir: &Path) -> anyhow::Result<Population> {
     let cases = checklist::cases::parse(checklist::DEFAULT_CASES, checklist::DEFAULT_CASES_NAME)
         .map_err(|e| anyhow::anyhow!("the built-in checklist: {e}"))?;
     let theirs: HashSet<String> = cases.identifiers.values().cloned().collect();
@@ -382,16 +421,42 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let export = dir.join("customers.csv");
     write_export(&export, &loaded)?;
     let burst = burst(&loaded, &fresh);
+    Ok(Population {
+        cases,
+        loaded,
+        export,
+        burst,
+    })
+}
 
-    // 3. The sync agent, in-process: store thread, dispatcher, HTTP source on a free port.
+/// The sync agent running in-process: its store, the HTTP source taking events, and the
+/// dispatcher delivering them, with what stops each.
+struct Agent {
+    /// The state store's path (the load writes its job there too).
+    state: PathBuf,
+    handle: Store,
+    register_key: String,
+    health: Health,
+    events_url: String,
+    /// The ingest source's bearer key.
+    key: String,
+    cancel: CancellationToken,
+    source: tokio::task::JoinHandle<Result<SourceReport, IngestError>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    delivering: tokio::task::JoinHandle<Result<DispatchSummary, DispatchError>>,
+}
+
+/// Step 3, the agent: store thread, dispatcher (holding the delivery lease) and HTTP source on a
+/// free port, as `kfr sync` builds them, tuned to the mock's microsecond answers.
+async fn start_agent(settings: &Settings, ingest_rate: u64) -> anyhow::Result<Agent> {
     let state = settings.require_state(None)?;
-    let register = super::outbox::register(&settings)?;
+    let register = super::outbox::register(settings)?;
     let register_key = register.key();
-    let (handle, _) = super::build::writable_store(&settings, None)?;
+    let (handle, _) = super::build::writable_store(settings, None)?;
     let health = Health::new();
     let mut dcfg = DispatchConfig {
         rate: SYNC_RATE,
-        retry: super::build::retry_policy(&settings),
+        retry: super::build::retry_policy(settings),
         ingest_rate: ingest_rate as f64,
         // The mock answers in microseconds: look often, and confirm dated adds soon.
         ingest_margin: Duration::from_secs(5),
@@ -403,7 +468,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     dcfg.retry.max_attempts = u32::MAX;
     let dispatcher = Dispatcher::new(
         handle.clone(),
-        super::build::kfr_client(&settings)?,
+        super::build::kfr_client(settings)?,
         register_key.clone(),
         dcfg,
         health.clone(),
@@ -412,7 +477,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         handle.clone(),
         register_key.clone(),
         health.clone(),
-        super::build::id_policy(&settings),
+        super::build::id_policy(settings),
     )
     .with_waker(dispatcher.waker());
     let key = uuid::Uuid::new_v4().simple().to_string();
@@ -432,21 +497,57 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         .await?
         .context("the demo's fresh store has its delivery lease taken")?;
     let delivering = tokio::spawn(dispatcher.run(stop_rx, lease));
+    Ok(Agent {
+        state,
+        handle,
+        register_key,
+        health,
+        events_url,
+        key,
+        cancel,
+        source,
+        stop_tx,
+        delivering,
+    })
+}
 
-    // 4. The load, and the burst sent while its job is unconfirmed.
+/// What step 4 leaves: the load's outcome and duration, and whether the burst's removes found
+/// the load job unconfirmed (`(job, (held, removes))`).
+struct Loaded {
+    outcome: crate::load::LoadOutcome,
+    took: Duration,
+    sent: Option<(i64, (bool, usize))>,
+}
+
+/// Step 4, the load with the burst on top: `kfr load`'s engine and screen load the export while
+/// the core system's burst goes to the agent over HTTP as soon as the load job exists, so the
+/// removes meet a job that is not yet confirmed (the delete barrier's case, onboarding D-3).
+#[allow(clippy::too_many_arguments)]
+async fn load_during_burst(
+    log: &Log<'_>,
+    args: &DemoArgs,
+    dir: &Path,
+    config: &Path,
+    settings: &Settings,
+    population: &Population,
+    agent: &Agent,
+    ingest_rate: u64,
+) -> anyhow::Result<Loaded> {
+    let export = &population.export;
     log.step(format_args!(
         "initial load of {} synthetic relationships ({})",
-        loaded.len(),
+        population.loaded.len(),
         export.display()
     ));
     log.say(format_args!(
-        "sync agent taking events on {events_url} (bearer key), delivering at {SYNC_RATE} calls/s"
+        "sync agent taking events on {} (bearer key), delivering at {SYNC_RATE} calls/s",
+        agent.events_url
     ));
     let opts = LoadOptions {
         settle: std::time::Duration::ZERO,
         file: export.clone(),
         resume: false,
-        state: state.clone(),
+        state: agent.state.clone(),
         report: Some(dir.join("load-report.json")),
         skip_invalid: false,
         rejects: None,
@@ -460,91 +561,43 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         org_number: ORG.into(),
         kfr_base_url: settings.kfr_base_url.to_string(),
         environment: settings.env.as_str().to_string(),
-        id_policy: super::build::id_policy(&settings),
+        id_policy: super::build::id_policy(settings),
         allow_empty: false,
         outage_wait: Duration::from_secs(60),
         retry_after_cap: settings.retry.retry_after_cap,
         resume_command: format!("kfr --config {} load {} --resume", config.display(), export.display()),
         stop: None,
-        request_budget: super::build::request_budget(&settings),
+        request_budget: super::build::request_budget(settings),
         in_doubt: settings.sync.in_doubt,
     };
-    let (job_tx, mut job_rx) = tokio::sync::watch::channel(None::<i64>);
-    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    let (job_tx, job_rx) = tokio::sync::watch::channel(None::<i64>);
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let every = Duration::from_secs(10);
     let sink = |e: LoadEvent| {
         if let LoadEvent::JobCreated { job, .. } = &e {
             job_tx.send_replace(Some(*job));
         }
-        super::load::present(printer, &opts, every, e);
+        super::load::present(log.printer, &opts, every, e);
     };
-    let client = super::build::kfr_client(&settings)?;
+    let client = super::build::kfr_client(settings)?;
     let load_started = Instant::now();
     let load = async {
-        let r = crate::load::run(&opts, &handle, &client, &sink).await;
+        let r = crate::load::run(&opts, &agent.handle, &client, &sink).await;
         done_tx.send_replace(true);
         r
     };
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let send = async {
-        let job = tokio::select! {
-            j = job_rx.wait_for(Option::is_some) => j.ok().and_then(|j| *j),
-            _ = done_rx.wait_for(|d| *d) => None,
-        };
-        let Some(job) = job else { return Ok(None) };
-        let mut held = None;
-        for (what, events) in &burst.requests {
-            let body: Vec<serde_json::Value> = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let mut v = serde_json::json!({
-                        "op": e.op, "customer_id": e.id, "event_id": format!("demo-{what}-{i}").replace(' ', "-"),
-                    });
-                    if let Some(d) = &e.start_date {
-                        v["start_date"] = d.clone().into();
-                    }
-                    v
-                })
-                .collect();
-            let resp = http
-                .post(&events_url)
-                .bearer_auth(&key)
-                .json(&body)
-                .send()
-                .await
-                .context("posting events to the agent")?;
-            let status = resp.status();
-            let answer: serde_json::Value = resp.json().await.unwrap_or_default();
-            anyhow::ensure!(
-                status == reqwest::StatusCode::ACCEPTED && answer["stored"].as_u64() == Some(events.len() as u64),
-                "the agent answered {status} to {} events ({what}): {}",
-                events.len(),
-                ids::scrub(&answer.to_string())
-            );
-            let barrier = handle.barrier(register_key.clone()).await?;
-            if *what == "customers leaving" {
-                held = Some((barrier == Some(job), events.len()));
-            }
-            log.write(&format!(
-                "POST /events: {} {what}: 202, stored {}",
-                events.len(),
-                events.len()
-            ));
-        }
-        Ok::<_, anyhow::Error>(held.map(|h| (job, h)))
-    };
+    let send = send_burst(log, agent, &population.burst, job_rx, done_rx);
     let (load_result, sent) = tokio::join!(load, send);
-    let load_took = load_started.elapsed();
+    let took = load_started.elapsed();
     let outcome = match load_result {
         Ok(o) => o,
         Err(e) => {
-            cancel.cancel();
-            let _ = stop_tx.send(true);
+            agent.cancel.cancel();
+            let _ = agent.stop_tx.send(true);
             return Err(anyhow::Error::new(e).context("the initial load failed"));
         }
     };
-    super::load::summary(printer, &opts, &outcome);
+    super::load::summary(log.printer, &opts, &outcome);
     let sent = sent?;
     log.write(&format!(
         "load job {} {}: {} relationships in {} batches, {}",
@@ -552,10 +605,85 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         outcome.report.job_status.as_str(),
         outcome.report.counts.valid_unique,
         outcome.report.batches.len(),
-        secs(load_took)
+        secs(took)
     ));
+    Ok(Loaded { outcome, took, sent })
+}
 
-    // 5. The burst as the agent took it.
+/// Posts the burst to the agent once the load job exists (nothing, if the load ends first):
+/// every POST must be stored whole (202), and after the removes the store says whether the
+/// load job's barrier holds them. Returns `(job, (held, removes))`.
+async fn send_burst(
+    log: &Log<'_>,
+    agent: &Agent,
+    burst: &Burst,
+    mut job_rx: tokio::sync::watch::Receiver<Option<i64>>,
+    mut done_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<(i64, (bool, usize))>> {
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let job = tokio::select! {
+        j = job_rx.wait_for(Option::is_some) => j.ok().and_then(|j| *j),
+        _ = done_rx.wait_for(|d| *d) => None,
+    };
+    let Some(job) = job else { return Ok(None) };
+    let mut held = None;
+    for (what, events) in &burst.requests {
+        let body: Vec<serde_json::Value> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut v = serde_json::json!({
+                    "op": e.op, "customer_id": e.id, "event_id": format!("demo-{what}-{i}").replace(' ', "-"),
+                });
+                if let Some(d) = &e.start_date {
+                    v["start_date"] = d.clone().into();
+                }
+                v
+            })
+            .collect();
+        let resp = http
+            .post(&agent.events_url)
+            .bearer_auth(&agent.key)
+            .json(&body)
+            .send()
+            .await
+            .context("posting events to the agent")?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+        anyhow::ensure!(
+            status == reqwest::StatusCode::ACCEPTED && answer["stored"].as_u64() == Some(events.len() as u64),
+            "the agent answered {status} to {} events ({what}): {}",
+            events.len(),
+            ids::scrub(&answer.to_string())
+        );
+        let barrier = agent.handle.barrier(agent.register_key.clone()).await?;
+        if *what == "customers leaving" {
+            held = Some((barrier == Some(job), events.len()));
+        }
+        log.write(&format!(
+            "POST /events: {} {what}: 202, stored {}",
+            events.len(),
+            events.len()
+        ));
+    }
+    Ok(held.map(|h| (job, h)))
+}
+
+/// What step 5 leaves: the dispatcher's summary, the outbox at the end, whether it drained in
+/// time, how long that took, and the barrier's verdict (`None`: nothing was held).
+struct Synced {
+    summary: DispatchSummary,
+    status: OutboxStatus,
+    drained: bool,
+    took: Duration,
+    barrier_kept: Option<bool>,
+}
+
+/// Step 5, the burst as the agent took it: the agent drains its outbox within
+/// [`SYNC_DEADLINE`], stops cleanly, and (when the removes were held) every held remove reached
+/// KFR only after the load's confirmation.
+async fn drain_agent(log: &Log<'_>, agent: Agent, population: &Population, loaded: &Loaded) -> anyhow::Result<Synced> {
+    let burst = &population.burst;
     log.step("sync agent: a burst of events from the core system, over HTTP");
     log.say(format_args!(
         "sent {} new customers ({} of them with a start date in the past: those go by batch), \
@@ -566,7 +694,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         burst.readds,
         burst.add_then_remove
     ));
-    let held = match sent {
+    let held = match loaded.sent {
         Some((job, (true, n))) => {
             log.say(format_args!(
                 "{n} removes arrived while load job {job} was unconfirmed: held by the delete barrier (onboarding D-3)"
@@ -581,14 +709,24 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         }
         None => false,
     };
+    let Agent {
+        handle,
+        register_key,
+        health,
+        cancel,
+        source,
+        stop_tx,
+        delivering,
+        ..
+    } = agent;
     let sync_started = Instant::now();
     let drained = loop {
         let st = handle.status(Some(register_key.clone())).await?;
         if st.pending + st.in_flight + st.accepted == 0 {
-            break Some(st);
+            break true;
         }
         if sync_started.elapsed() > SYNC_DEADLINE {
-            break None;
+            break false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -600,7 +738,7 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         .await
         .context("the dispatcher stopped abnormally")?
         .context("the dispatcher stopped")?;
-    let sync_took = sync_started.elapsed();
+    let took = sync_started.elapsed();
     let status = handle.status(Some(register_key.clone())).await?;
     log.say(format_args!(
         "agent delivered {} events ({} by batch upload{}), {} dead-lettered, {} unfinished; {} after the load",
@@ -609,41 +747,69 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         if summary.batches_accepted == 1 { "" } else { "s" },
         status.dead_lettered,
         status.pending + status.in_flight + status.accepted,
-        secs(sync_took)
+        secs(took)
     ));
-    // The barrier's promise, checked: every held remove reached KFR after the load's confirmation.
-    let mut barrier_kept = None;
-    if held {
-        let confirmed_at = handle
-            .job(outcome.report.job_id)
-            .await?
-            .and_then(|j| j.confirmed_at)
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        let readded: HashSet<&String> = burst.requests[2].1.iter().map(|e| &e.id).collect();
-        let in_export: HashSet<&String> = loaded.iter().collect();
-        let gone: HashSet<&String> = burst.requests[1]
-            .1
-            .iter()
-            .map(|e| &e.id)
-            .filter(|id| in_export.contains(id) && !readded.contains(id))
-            .collect();
-        let ledger = handle.ledger(register_key.clone()).await?;
-        let ended: Vec<_> = ledger
-            .iter()
-            .filter(|l| gone.contains(&l.customer_id) && l.state == LedgerState::Ended)
-            .collect();
-        let after = confirmed_at.is_some_and(|c| ended.iter().all(|l| l.since >= c));
-        barrier_kept = Some(after && ended.len() == gone.len());
-        log.say(format_args!(
-            "ledger: {} of {} removed customers ended, {} after the load's confirmation",
-            ended.len(),
-            gone.len(),
-            if after { "every one" } else { "NOT every one" }
-        ));
-    }
+    let barrier_kept = if held {
+        Some(barrier_kept(log, &handle, &register_key, population, loaded).await?)
+    } else {
+        None
+    };
+    Ok(Synced {
+        summary,
+        status,
+        drained,
+        took,
+        barrier_kept,
+    })
+}
 
-    // 6. The checklist.
+/// The barrier's promise, checked in the ledger: every customer removed for good (in the export,
+/// removed, not added back) ended, and ended no earlier than the load's confirmation.
+async fn barrier_kept(
+    log: &Log<'_>,
+    handle: &Store,
+    register_key: &str,
+    population: &Population,
+    loaded: &Loaded,
+) -> anyhow::Result<bool> {
+    let burst = &population.burst;
+    let confirmed_at = handle
+        .job(loaded.outcome.report.job_id)
+        .await?
+        .and_then(|j| j.confirmed_at)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let readded: HashSet<&String> = burst.requests[2].1.iter().map(|e| &e.id).collect();
+    let in_export: HashSet<&String> = population.loaded.iter().collect();
+    let gone: HashSet<&String> = burst.requests[1]
+        .1
+        .iter()
+        .map(|e| &e.id)
+        .filter(|id| in_export.contains(id) && !readded.contains(id))
+        .collect();
+    let ledger = handle.ledger(register_key.to_string()).await?;
+    let ended: Vec<_> = ledger
+        .iter()
+        .filter(|l| gone.contains(&l.customer_id) && l.state == LedgerState::Ended)
+        .collect();
+    let after = confirmed_at.is_some_and(|c| ended.iter().all(|l| l.since >= c));
+    log.say(format_args!(
+        "ledger: {} of {} removed customers ended, {} after the load's confirmation",
+        ended.len(),
+        gone.len(),
+        if after { "every one" } else { "NOT every one" }
+    ));
+    Ok(after && ended.len() == gone.len())
+}
+
+/// Step 6, the checklist: Bits' integration-test cases run against the mock as `kfr checklist`
+/// runs them, leaving the register as they found it; the reports go to `checklist/`.
+async fn run_checklist(
+    log: &Log<'_>,
+    dir: &Path,
+    settings: &Settings,
+    cases: &checklist::cases::CaseFile,
+) -> anyhow::Result<(Report, Duration)> {
     log.step("checklist: the built-in integration-test cases against the mock");
     let report_dir = dir.join("checklist");
     let checklist_started = Instant::now();
@@ -656,9 +822,9 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         ingest_timeout: Duration::from_secs(60),
         poll_interval: Duration::from_millis(20),
     };
-    let http_cl = crate::http::client(&super::build::http_config(&settings))?;
+    let http_cl = crate::http::client(&super::build::http_config(settings))?;
     let mut runner =
-        Runner::new(http_cl, super::build::token_client(&settings)?, cfg, &cases, &[]).map_err(anyhow::Error::new)?;
+        Runner::new(http_cl, super::build::token_client(settings)?, cfg, cases, &[]).map_err(anyhow::Error::new)?;
     runner.preflight().await.map_err(anyhow::Error::new)?;
     let total = cases.cases.len();
     let started = Utc::now();
@@ -685,11 +851,29 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     );
     checklist::write_reports(&report_dir, &report)
         .with_context(|| format!("writing the checklist reports to {}", report_dir.display()))?;
-    let checklist_took = checklist_started.elapsed();
+    Ok((report, checklist_started.elapsed()))
+}
 
-    // 7. The register against what was sent.
-    let mut expected: BTreeSet<String> = loaded.iter().cloned().collect();
-    for (_, events) in &burst.requests {
+/// The mock's register against what was sent: the export, then each event of the burst in order.
+struct RegisterCheck {
+    expected: BTreeSet<String>,
+    active: BTreeSet<String>,
+    missing: BTreeSet<String>,
+    surplus: BTreeSet<String>,
+}
+
+impl RegisterCheck {
+    /// The register holds exactly what the bank sent.
+    fn exact(&self) -> bool {
+        self.missing.is_empty() && self.surplus.is_empty()
+    }
+}
+
+/// Step 7, the register against what was sent: the active relationships the mock holds for us
+/// must be exactly the export with the burst applied, event by event.
+fn compare_register(mock: &MockServer, population: &Population) -> RegisterCheck {
+    let mut expected: BTreeSet<String> = population.loaded.iter().cloned().collect();
+    for (_, events) in &population.burst.requests {
         for e in events {
             match e.op {
                 "add" => expected.insert(e.id.clone()),
@@ -706,26 +890,43 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
         .collect();
     let missing: BTreeSet<String> = expected.difference(&active).cloned().collect();
     let surplus: BTreeSet<String> = active.difference(&expected).cloned().collect();
-    let exact = missing.is_empty() && surplus.is_empty();
-    mock.shutdown().await;
+    RegisterCheck {
+        expected,
+        active,
+        missing,
+        surplus,
+    }
+}
 
-    log.step("summary");
+/// The summary table: one line per step's result, the total time, and the files left in `dir`.
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    dir: &Path,
+    population: &Population,
+    loaded: &Loaded,
+    synced: &Synced,
+    report: &Report,
+    checklist_took: Duration,
+    register: &RegisterCheck,
+    began: Instant,
+) -> String {
+    let burst = &population.burst;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "initial load   {} relationships in {} batches, confirmed stored in {}",
-        outcome.report.counts.valid_unique,
-        outcome.report.batches.len(),
-        secs(load_took)
+        loaded.outcome.report.counts.valid_unique,
+        loaded.outcome.report.batches.len(),
+        secs(loaded.took)
     );
     let _ = writeln!(
         out,
         "sync agent     {} events taken over HTTP, {} delivered, {} dead-lettered, drained {} after the load{}",
         burst.requests.iter().map(|(_, e)| e.len()).sum::<usize>(),
-        summary.delivered,
-        status.dead_lettered,
-        secs(sync_took),
-        match barrier_kept {
+        synced.summary.delivered,
+        synced.status.dead_lettered,
+        secs(synced.took),
+        match synced.barrier_kept {
             Some(true) => format!(
                 "; {} removes held by the barrier until the load was confirmed",
                 burst.removes + burst.add_then_remove
@@ -745,9 +946,13 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     let _ = writeln!(
         out,
         "register       {} active relationships for {ORG}; expected {} from the export and the burst: {}",
-        active.len(),
-        expected.len(),
-        if exact { "exactly as sent" } else { "DIFFERENT" }
+        register.active.len(),
+        register.expected.len(),
+        if register.exact() {
+            "exactly as sent"
+        } else {
+            "DIFFERENT"
+        }
     );
     let _ = writeln!(out, "total          {}", secs(began.elapsed()));
     let _ = writeln!(out, "files in {}:", dir.display());
@@ -767,27 +972,37 @@ async fn demo(args: &DemoArgs, dir: &Path, printer: &Printer) -> anyhow::Result<
     ] {
         let _ = writeln!(out, "  {f:<17} {what}");
     }
-    log.write(&out);
-    let _ = printer.data(out.trim_end());
+    out
+}
 
+/// The verdict: OK only when the register is exactly what was sent, the agent delivered
+/// everything in time, the barrier held and every checklist case passed; otherwise exit 1 with
+/// each difference (identifiers masked).
+fn verdict(
+    log: &Log<'_>,
+    printer: &Printer,
+    synced: &Synced,
+    report: &Report,
+    register: &RegisterCheck,
+) -> anyhow::Result<()> {
     let mut problems = vec![];
-    if !exact {
+    if !register.exact() {
         problems.push(format!(
             "the register differs from what was sent: {} missing ({}), {} not expected ({})",
-            missing.len(),
-            examples(&missing),
-            surplus.len(),
-            examples(&surplus)
+            register.missing.len(),
+            examples(&register.missing),
+            register.surplus.len(),
+            examples(&register.surplus)
         ));
     }
-    if drained.is_none() || status.dead_lettered > 0 {
+    if !synced.drained || synced.status.dead_lettered > 0 {
         problems.push(format!(
             "the sync agent did not deliver every event within {} s ({} dead-lettered)",
             SYNC_DEADLINE.as_secs(),
-            status.dead_lettered
+            synced.status.dead_lettered
         ));
     }
-    if barrier_kept == Some(false) {
+    if synced.barrier_kept == Some(false) {
         problems.push("a held remove reached KFR before the load was confirmed".into());
     }
     if !report.all_passed() {

@@ -183,10 +183,10 @@ impl Printer {
             // The spinner turns on its own, so it never looks frozen during a long wait.
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
         }
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(old) = b.replace(bar) {
-                old.finish_and_clear();
-            }
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(old) = b.replace(bar)
+        {
+            old.finish_and_clear();
         }
     }
 
@@ -228,28 +228,28 @@ impl Printer {
 
     /// The phase shown with the bar and in the plain progress lines.
     pub fn set_phase(&self, phase: impl Into<String>) {
-        if let Ok(b) = self.bar.lock() {
-            if let Some(bar) = b.as_ref() {
-                bar.set_message(phase.into());
-            }
+        if let Ok(b) = self.bar.lock()
+            && let Some(bar) = b.as_ref()
+        {
+            bar.set_message(phase.into());
         }
     }
 
     /// Moves the bar, if one is shown.
     pub fn set_progress(&self, position: u64) {
-        if let Ok(b) = self.bar.lock() {
-            if let Some(bar) = b.as_ref() {
-                bar.set_position(position);
-            }
+        if let Ok(b) = self.bar.lock()
+            && let Some(bar) = b.as_ref()
+        {
+            bar.set_position(position);
         }
     }
 
     /// Removes the bar.
     pub fn finish_progress(&self) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(bar) = b.take() {
-                bar.finish_and_clear();
-            }
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(bar) = b.take()
+        {
+            bar.finish_and_clear();
         }
     }
 

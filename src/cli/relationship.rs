@@ -415,10 +415,10 @@ pub async fn remove(settings: Settings, args: &RelationshipArgs, p: Printer) -> 
 
 pub async fn lookup(settings: Settings, args: &LookupArgs, p: Printer) -> anyhow::Result<()> {
     let id = parse_id(&settings, &args.target.id)?;
-    if let (Some(from), Some(to)) = (args.from, args.to) {
-        if from > to {
-            return Err(crate::error::UsageError::new(format!("--from {from} is after --to {to}")).into());
-        }
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && from > to
+    {
+        return Err(crate::error::UsageError::new(format!("--from {from} is after --to {to}")).into());
     }
     let client = super::build::kfr_client(&settings)?;
     let out = client

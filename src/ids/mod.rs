@@ -11,12 +11,14 @@
 //! rejected input with the identifying digits hidden.
 //!
 //! Layout: `rules` holds the arithmetic, `error` one error variant per rule, `mask` the display
-//! rule for unvalidated input, `pseudonym` the keyed log names. Design notes: docs/ids.md.
+//! rule for unvalidated input, `pseudonym` the keyed log names, [`synthetic`] valid numbers that
+//! belong to nobody (tests and `kfr demo`). Design notes: docs/ids.md.
 
 mod error;
 mod mask;
 mod pseudonym;
 mod rules;
+pub mod synthetic;
 
 pub use error::IdError;
 pub use mask::{mask, scrub};

@@ -13,15 +13,15 @@
 use super::{IdError, IdKind};
 
 /// Organisation number weights over digits 1-8 (kfr-notes §7).
-const ORG_WEIGHTS: [u32; 8] = [3, 2, 7, 6, 5, 4, 3, 2];
+pub(super) const ORG_WEIGHTS: [u32; 8] = [3, 2, 7, 6, 5, 4, 3, 2];
 /// First check digit (K1) weights over digits 1-9.
-const K1_WEIGHTS: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
+pub(super) const K1_WEIGHTS: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
 /// Second check digit (K2) weights over digits 1-10, i.e. including the number's actual K1.
-const K2_WEIGHTS: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
+pub(super) const K2_WEIGHTS: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
 
 /// Σ weight × digit. Written as a plain loop over fixed-size arrays so the compiler unrolls it.
 #[inline]
-fn weighted<const N: usize>(digits: &[u8], weights: &[u32; N]) -> u32 {
+pub(super) fn weighted<const N: usize>(digits: &[u8], weights: &[u32; N]) -> u32 {
     let mut sum = 0;
     for i in 0..N {
         sum += u32::from(digits[i]) * weights[i];
@@ -101,7 +101,7 @@ enum MonthOffset {
 fn check_date(day: u8, month: u8, yy: u8) -> Result<(), IdError> {
     let last = match month {
         4 | 6 | 9 | 11 => 30,
-        2 if yy % 4 == 0 => 29,
+        2 if yy.is_multiple_of(4) => 29,
         2 => {
             if day == 29 {
                 return Err(IdError::NotLeapYear);

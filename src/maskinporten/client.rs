@@ -16,6 +16,7 @@
 
 use super::X5cMode;
 use super::discovery::{self, Metadata};
+use super::error::{retry_after, transport_error, truncate};
 use super::{Credential, TokenError, clock, grant};
 use crate::environment::Environment;
 use crate::http::RetryPolicy;
@@ -452,35 +453,6 @@ fn consumer_org_of(token: &str) -> Option<String> {
     Some(id.rsplit(':').next()?.to_string())
 }
 
-/// `Retry-After` of an answer, in either form (see [`crate::http::retry_after`]).
-pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    crate::http::retry_after(resp.headers())
-}
-
-/// A transport failure as a token error.
-pub(crate) fn transport_error(url: &Url, e: &reqwest::Error) -> TokenError {
-    let (reason, timeout) = crate::http::describe(e);
-    TokenError::Transport {
-        url: url.to_string(),
-        reason,
-        timeout,
-    }
-}
-
-fn truncate(mut body: String) -> String {
-    const MAX: usize = 300;
-    if body.len() > MAX {
-        let cut = (0..=MAX).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
-        body.truncate(cut);
-        body.push('…');
-    }
-    body.trim().to_string()
-}
-
-pub(crate) async fn short_body(resp: reqwest::Response) -> String {
-    truncate(resp.text().await.unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,10 +467,5 @@ mod tests {
             Some("916960190")
         );
         assert_eq!(consumer_org_of("opaque-token"), None);
-    }
-
-    #[test]
-    fn long_bodies_are_cut() {
-        assert_eq!(truncate("ø".repeat(400)).chars().count(), 151);
     }
 }

@@ -197,7 +197,7 @@ fn cert_info(der: &[u8], path: &Path) -> Result<CertInfo, CredentialError> {
             .iter_common_name()
             .find_map(|a| a.as_str().ok())
             .map(str::to_string),
-        org_number: org_number(cert.subject()),
+        org_number: subject_org_number(cert.subject()),
         not_before: timestamp(cert.validity().not_before)?,
         not_after: timestamp(cert.validity().not_after)?,
         key_usage_digital_signature: key_usage,
@@ -240,7 +240,13 @@ impl IssuingCa {
     }
 }
 
-fn org_number(subject: &X509Name<'_>) -> Option<String> {
+/// The organisation number a business certificate's subject names: the serialNumber attribute
+/// when it is 9 digits (Buypass/Commfides, kfr-notes §3), else an organizationIdentifier
+/// `NTRNO-<9 digits>` (SEID 2.0 / eIDAS style). Surrounding spaces are trimmed: a padded value
+/// still names the same organisation, and refusing it would turn a cosmetic quirk of a subject
+/// into "no org.nr". The one reading of the rule, shared by the client (`kfr doctor`, the
+/// credential check) and the mock Maskinporten, so the two cannot disagree about a certificate.
+pub fn subject_org_number(subject: &X509Name<'_>) -> Option<String> {
     let nine_digits = |s: &str| s.len() == 9 && s.bytes().all(|b| b.is_ascii_digit());
     let values = |oid: &'static str| {
         subject
@@ -973,6 +979,40 @@ mod tests {
         // A serialNumber that is not an org.nr is not reported as one.
         let info = self_signed(&[(CustomDnType(vec![2, 5, 4, 5]), "UN:NO-9578-5999-4-1234567")]);
         assert_eq!(info.org_number, None);
+    }
+
+    /// Padding around either attribute is not part of the number (the mock Maskinporten reads
+    /// certificates with the same function, so the two cannot disagree about a padded subject).
+    #[test]
+    fn org_number_is_read_through_padding() {
+        let subject_org = |dn: &[(Vec<u64>, &str)]| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            for (oid, v) in dn {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CustomDnType(oid.clone()), *v);
+            }
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            subject_org_number(cert.subject())
+        };
+        let (serial, org_id) = (vec![2, 5, 4, 5], vec![2, 5, 4, 97]);
+        assert_eq!(
+            subject_org(&[(serial.clone(), " 916960190 ")]).as_deref(),
+            Some("916960190")
+        );
+        assert_eq!(
+            subject_org(&[(org_id.clone(), " NTRNO-916960190 ")]).as_deref(),
+            Some("916960190")
+        );
+        // Padding inside the value still makes it something else.
+        assert_eq!(subject_org(&[(serial.clone(), "916 960 190")]), None);
+        assert_eq!(subject_org(&[(org_id, "NTRNO- 916960190")]), None);
+        // serialNumber wins over organizationIdentifier when both name a number.
+        let both = [(serial, "916960190"), (vec![2, 5, 4, 97], "NTRNO-810000002")];
+        assert_eq!(subject_org(&both).as_deref(), Some("916960190"));
     }
 
     #[test]

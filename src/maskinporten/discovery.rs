@@ -36,12 +36,12 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<(Metadata,
         .get(url.clone())
         .send()
         .await
-        .map_err(|e| super::client::transport_error(&url, &e))?;
+        .map_err(|e| super::error::transport_error(&url, &e))?;
     let offset = clock::offset_from(&resp);
     let status = resp.status();
     if !status.is_success() {
-        let retry_after = super::client::retry_after(&resp);
-        let body = super::client::short_body(resp).await;
+        let retry_after = super::error::retry_after(&resp);
+        let body = super::error::short_body(resp).await;
         return Err(TokenError::Status {
             url: url.to_string(),
             status: status.as_u16(),
@@ -49,10 +49,7 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<(Metadata,
             retry_after,
         });
     }
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| super::client::transport_error(&url, &e))?;
+    let text = resp.text().await.map_err(|e| super::error::transport_error(&url, &e))?;
     let doc: Document = serde_json::from_str(&text).map_err(|e| TokenError::InvalidResponse {
         url: url.to_string(),
         reason: format!("not an RFC 8414 metadata document ({e})"),

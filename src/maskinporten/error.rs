@@ -6,6 +6,7 @@
 
 use crate::error::Hinted;
 use std::time::Duration;
+use url::Url;
 
 /// Why a token could not be obtained.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -215,6 +216,40 @@ fn rejection_hint(error: &str, mp_code: Option<&str>, description: &str, env: &s
     }
 }
 
+// Reading a failed HTTP exchange as a token error: shared by the token request (`client`) and
+// the metadata fetch (`discovery`), so it lives here rather than in either.
+
+/// `Retry-After` of an answer, in either form (see [`crate::http::retry_after`]).
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    crate::http::retry_after(resp.headers())
+}
+
+/// A transport failure as a token error.
+pub(crate) fn transport_error(url: &Url, e: &reqwest::Error) -> TokenError {
+    let (reason, timeout) = crate::http::describe(e);
+    TokenError::Transport {
+        url: url.to_string(),
+        reason,
+        timeout,
+    }
+}
+
+/// An answer's body cut to a length that fits an error message.
+pub(super) fn truncate(mut body: String) -> String {
+    const MAX: usize = 300;
+    if body.len() > MAX {
+        let cut = (0..=MAX).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+        body.truncate(cut);
+        body.push('…');
+    }
+    body.trim().to_string()
+}
+
+/// The body of an unexpected answer, short enough for an error message.
+pub(crate) async fn short_body(resp: reqwest::Response) -> String {
+    truncate(resp.text().await.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +348,10 @@ mod tests {
             }
             .is_transient()
         );
+    }
+
+    #[test]
+    fn long_bodies_are_cut() {
+        assert_eq!(truncate("ø".repeat(400)).chars().count(), 151);
     }
 }

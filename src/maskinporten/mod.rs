@@ -17,6 +17,6 @@ mod error;
 pub mod grant;
 
 pub use client::{AccessToken, TokenClient, TokenClientConfig, TokenRequest};
-pub use credential::{CertInfo, Credential, CredentialError, CredentialSource, IssuingCa};
+pub use credential::{CertInfo, Credential, CredentialError, CredentialSource, IssuingCa, subject_org_number};
 pub use error::{TokenError, find_mp_code};
 pub use grant::X5cMode;

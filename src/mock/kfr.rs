@@ -462,16 +462,16 @@ async fn gate(state: &MockState, op: Op, fid: &str, headers: &HeaderMap) -> Resu
     }
     // A delegated token serves its consumer only while the delegation stands: the grant was
     // checked at issue, but a revoked delegation must not live on for the token's lifetime.
-    if let Some(supplier) = &claims.supplier_org {
-        if !state.is_delegated(&claims.consumer_org, supplier, DEFAULT_SCOPE) {
-            return Err(Refusal::because(
-                Failure::WrongInstitution,
-                format!(
-                    "no delegation from {} to {supplier} backs this token",
-                    claims.consumer_org
-                ),
-            ));
-        }
+    if let Some(supplier) = &claims.supplier_org
+        && !state.is_delegated(&claims.consumer_org, supplier, DEFAULT_SCOPE)
+    {
+        return Err(Refusal::because(
+            Failure::WrongInstitution,
+            format!(
+                "no delegation from {} to {supplier} backs this token",
+                claims.consumer_org
+            ),
+        ));
     }
     if claims.consumer_org != fid && !state.has_quirk(Quirk::ForeignFidAccepted) {
         return Err(Refusal::because(

@@ -6,7 +6,8 @@
 //! - [`config`]: `kfr mock` flags and [`MockConfig`].
 //! - [`state`]: the shared state: clock with adjustable skew, settings, counters, fault switches.
 //! - [`maskinporten`]: discovery, token endpoint with Digdir's checks and MP-codes, JWKS, and
-//!   [`MockState::verify_access_token`] for the KFR half.
+//!   [`MockState::verify_access_token`] for the KFR half; [`signing`] the mock's own key, which
+//!   signs access tokens and reads them back.
 //! - [`kfr`]: the fake KFR under `/kar-ws/api/v1` (add, delete, own lookup, batch) and the
 //!   batch ingest task; [`register`] its register with history and the ingest queue;
 //!   [`multipart`] the strict batch-body reader.
@@ -25,6 +26,7 @@ mod maskinporten;
 pub(crate) mod multipart;
 mod quirks;
 mod register;
+mod signing;
 mod state;
 
 pub use config::{
@@ -32,9 +34,10 @@ pub use config::{
     OTHER_SCOPE,
 };
 pub use kfr::BASE_PATH as KFR_BASE_PATH;
-pub use maskinporten::{AccessClaims, JWT_BEARER, TokenRejection};
+pub use maskinporten::JWT_BEARER;
 pub use quirks::{Quirk, Quirks};
 pub use register::RelationshipRow;
+pub use signing::{AccessClaims, TokenRejection};
 pub use state::{
     KfrSnapshot, MaskinportenSnapshot, MockClock, MockState, REQUEST_LOG_CAP, RequestLogEntry, StateSnapshot,
     TokenFaults,

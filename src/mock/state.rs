@@ -6,8 +6,8 @@
 //! affects token issuance, token checking and the fake KFR's "today" alike.
 
 use super::config::{Delegation, KfrFaults, MockClient, MockConfig, MockEnv};
-use super::maskinporten::SigningKey;
 use super::register::{Register, RelationshipRow};
+use super::signing::{AccessClaims, SigningKey};
 use crate::ids::IdPolicy;
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -100,7 +100,7 @@ pub struct MaskinportenState {
     pub(crate) seen_jtis: Mutex<HashMap<String, i64>>,
     /// Access tokens whose signature and issuer were already checked, with their claims (a few:
     /// cleared when full). Expiry is still checked on every request.
-    pub(crate) verified: Mutex<HashMap<String, super::maskinporten::AccessClaims>>,
+    pub(crate) verified: Mutex<HashMap<String, AccessClaims>>,
     /// `token_refuse`: every well-formed grant is refused as `invalid_client` (MP-100), as
     /// Maskinporten does once a client is deleted or its certificate withdrawn, until switched
     /// off. Runtime only (`POST /_mock/faults`).

@@ -155,22 +155,5 @@ pub fn client(mock: &MockServer, org: &str) -> KfrClient {
 
 /// `n` distinct synthetic (Tenor, month + 80) fødselsnumre: valid in test, refused in prod.
 pub fn synthetic_people(n: usize) -> Vec<String> {
-    const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    let digits = |s: &str| s.bytes().map(|b| u32::from(b - b'0')).collect::<Vec<_>>();
-    (100..999)
-        .filter_map(|n| {
-            let first9 = format!("158986{n}");
-            let d = digits(&first9);
-            let k1 = (11 - d.iter().zip(W1).map(|(a, w)| a * w).sum::<u32>() % 11) % 11;
-            if k1 == 10 {
-                return None;
-            }
-            let first10 = format!("{first9}{k1}");
-            let d = digits(&first10);
-            let k2 = (11 - d.iter().zip(W2).map(|(a, w)| a * w).sum::<u32>() % 11) % 11;
-            (k2 != 10).then(|| format!("{first10}{k2}"))
-        })
-        .take(n)
-        .collect()
+    crate::ids::synthetic::tenor_series(n)
 }

@@ -158,22 +158,7 @@ pub(crate) mod testkit {
     /// The `n`th synthetic (Tenor, month + 80) fødselsnummer: valid under the test policy,
     /// refused by the prod policy.
     pub fn person(n: usize) -> String {
-        const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-        const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-        let digits = |s: &str| s.bytes().map(|b| u32::from(b - b'0')).collect::<Vec<_>>();
-        (100..999)
-            .filter_map(|i| {
-                let first9 = format!("158986{i}");
-                let k1 = (11 - digits(&first9).iter().zip(W1).map(|(a, w)| a * w).sum::<u32>() % 11) % 11;
-                if k1 == 10 {
-                    return None;
-                }
-                let first10 = format!("{first9}{k1}");
-                let k2 = (11 - digits(&first10).iter().zip(W2).map(|(a, w)| a * w).sum::<u32>() % 11) % 11;
-                (k2 != 10).then(|| format!("{first10}{k2}"))
-            })
-            .nth(n)
-            .expect("enough synthetic persons")
+        crate::ids::synthetic::tenor_person(n)
     }
 
     /// Something a test does inside the next commit, before it returns (another process acting
