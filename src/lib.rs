@@ -37,9 +37,6 @@ pub mod kfr;
 pub mod load;
 pub mod maskinporten;
 pub mod mock;
-// rust-version 1.88 turns on clippy's let-chain form of `collapsible_if`; src/store/sqlite/lease.rs
-// has two such `if`s, left for the branch now changing that file. Remove once they are collapsed.
-#[allow(clippy::collapsible_if)]
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -527,16 +527,16 @@ impl Dispatcher {
                 tracing::warn!(error = %e, "could not record a request cut at shutdown; the next holder recovers it once its claim ran out");
             }
         }
-        if !unsent.is_empty() {
-            if let Err(e) = sh.store.release(unsent, now).await {
-                tracing::warn!(error = %e, "could not hand back events at shutdown; the next holder recovers them once their claims ran out");
-            }
+        if !unsent.is_empty()
+            && let Err(e) = sh.store.release(unsent, now).await
+        {
+            tracing::warn!(error = %e, "could not hand back events at shutdown; the next holder recovers them once their claims ran out");
         }
         // Given up so a standby takes over at once (a deposed holder has nothing to give up).
-        if failed_store.is_none() {
-            if let Err(e) = sh.store.release_lease(lease).await {
-                tracing::warn!(error = %e, "could not give up the delivery lease; a standby takes over once it ran out");
-            }
+        if failed_store.is_none()
+            && let Err(e) = sh.store.release_lease(lease).await
+        {
+            tracing::warn!(error = %e, "could not give up the delivery lease; a standby takes over once it ran out");
         }
         let mut summary = lock(&sh.tally).clone();
         summary.released_at_shutdown = released;

@@ -5,9 +5,6 @@
 //! Data flows one way: source → outbox (`store::outbox`) → dispatcher → KFR → ledger. The agent
 //! never prints: it reports through metrics, health and [`tracing`]; the CLI presents the rest.
 
-// rust-version 1.88 turns on clippy's let-chain form of `collapsible_if`; dispatch.rs has two
-// such `if`s, left for the branch now changing that file. Remove once they are collapsed.
-#[allow(clippy::collapsible_if)]
 pub mod dispatch;
 pub mod event;
 pub mod health;

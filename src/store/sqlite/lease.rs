@@ -43,15 +43,15 @@ impl Leases for SqliteBackend {
         now: DateTime<Utc>,
         ttl: chrono::Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        if let Some(held) = &self.lease {
-            if held.lease.register == register {
-                let lease = held.lease.clone();
-                match self.renew_lease(&lease, now, ttl) {
-                    Ok(lease) => return Ok(Some(lease)),
-                    // Deposed: let go of the old lock and try afresh like anyone else.
-                    Err(StoreError::Fenced { .. }) => self.lease = None,
-                    Err(e) => return Err(e),
-                }
+        if let Some(held) = &self.lease
+            && held.lease.register == register
+        {
+            let lease = held.lease.clone();
+            match self.renew_lease(&lease, now, ttl) {
+                Ok(lease) => return Ok(Some(lease)),
+                // Deposed: let go of the old lock and try afresh like anyone else.
+                Err(StoreError::Fenced { .. }) => self.lease = None,
+                Err(e) => return Err(e),
             }
         }
         let path = lock_path(&self.path, &lease_suffix(register));
@@ -106,10 +106,10 @@ impl Leases for SqliteBackend {
             Ok(())
         })?;
         let renewed = Lease { until, ..lease.clone() };
-        if let Some(held) = &mut self.lease {
-            if held.lease.register == lease.register {
-                held.lease = renewed.clone();
-            }
+        if let Some(held) = &mut self.lease
+            && held.lease.register == lease.register
+        {
+            held.lease = renewed.clone();
         }
         Ok(renewed)
     }
