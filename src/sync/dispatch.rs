@@ -706,10 +706,9 @@ impl Shared {
 
     fn store_problem(&self, doing: &str, e: &StoreError) {
         tracing::error!(error = %e, "state store failed while {doing}");
-        if matches!(
-            e,
-            StoreError::NotWritable { .. } | StoreError::Busy { .. } | StoreError::Lost { .. }
-        ) {
+        // Any failure of the store itself makes the agent unready until its writes work again;
+        // a caller's mistake (an event in another state) says nothing about the store.
+        if !matches!(e, StoreError::WrongState { .. } | StoreError::EventIdConflict { .. }) {
             self.health.set_delivery_store_problem(Some(e.to_string()));
         }
     }

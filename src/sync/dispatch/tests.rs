@@ -631,3 +631,88 @@ async fn the_register_check_finds_a_customer_changed_behind_its_back_and_repairs
     assert!(s.checks_matched >= 2, "{s:?}");
     assert_eq!(adds.get("201"), Some(&3), "nothing repaired");
 }
+
+/// Issue 19 finding 4: a delivery whose outcome the store refuses (a full disk) is not left in
+/// flight until a restart. The agent is unready meanwhile and records the outcome as soon as the
+/// store takes writes again — without sending the request a second time.
+#[tokio::test]
+async fn an_outcome_the_store_refused_is_recorded_once_it_can_be_and_not_resent() {
+    let r = rig(|_| {}, ORG, fast(), |_, _| {}).await;
+    // The store refuses to record deliveries, as a full disk would.
+    let fail = "CREATE TRIGGER full_disk BEFORE UPDATE OF state ON outbox WHEN new.state = 'delivered'
+                BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;";
+    let conn = || rusqlite::Connection::open(r.outbox.path()).unwrap();
+    conn().execute_batch(fail).unwrap();
+    let p = synthetic_people(1).remove(0);
+    r.enqueue(vec![event(1, Operation::Add, &p, None)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while r.health.unready().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unready while an outcome is unrecorded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(r.ops("add").get("201"), Some(&1));
+    assert_eq!(r.outbox.event(1).state, EventState::InFlight, "not recorded yet");
+    conn().execute_batch("DROP TRIGGER full_disk").unwrap();
+    r.until("the delivery is recorded", all_delivered).await;
+    assert_eq!(r.ops("add").get("201"), Some(&1), "the request was not sent again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !r.health.unready().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ready again: {:?}",
+            r.health.unready()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.stop().await;
+}
+
+/// Issue 19 item 7: once shutdown begins, no new request starts. Deliveries still waiting for a
+/// request slot hand their events back instead, so a stop with a backlog ends as soon as the
+/// requests already out are answered, not after the whole drain time.
+#[tokio::test]
+async fn no_request_starts_during_the_drain() {
+    let cfg = DispatchConfig {
+        max_in_flight: 1,
+        shutdown_grace: Duration::from_secs(5),
+        ..fast()
+    };
+    let r = rig(|c| c.kfr_faults.latency_ms = 300, ORG, cfg, |_, _| {}).await;
+    let people = synthetic_people(20);
+    let evs = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| event(i, Operation::Add, p, None))
+        .collect();
+    r.enqueue(evs).await;
+    r.until("one request out", |m| m.iter().any(|e| e.state == EventState::InFlight))
+        .await;
+    let (mock, outbox) = (r.mock.state(), r.outbox.clone());
+    let started = std::time::Instant::now();
+    let s = r.stop().await;
+    let sent: u64 = mock
+        .snapshot()
+        .kfr
+        .requests
+        .get("add")
+        .map(|m| m.values().sum())
+        .unwrap_or(0);
+    assert!(sent <= 2, "{sent} adds were sent: requests started during the drain");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the stop waited for more than the request out"
+    );
+    let pending = outbox
+        .events()
+        .iter()
+        .filter(|e| e.state == EventState::Pending)
+        .count() as u64;
+    assert_eq!(
+        pending + s.delivered,
+        20,
+        "the rest handed back, in line for the next start: {s:?}"
+    );
+}
