@@ -314,27 +314,8 @@ async fn abandon(
     };
     let printer = printer.with_format(if json { Format::JsonLines } else { Format::Human });
     let sink = |e: LoadEvent| {
-        if json {
-            return;
-        }
-        match e {
-            LoadEvent::HeldOperationSent(s) => printer.message(format_args!(
-                "held {} sent: {}: {} (CorrelationID {})",
-                s.operation.as_str(),
-                s.customer,
-                s.outcome,
-                s.correlation_id
-            )),
-            LoadEvent::HeldOperationFailed {
-                customer,
-                operation,
-                error,
-            } => printer.problem(format_args!(
-                "held {} of {customer} failed: {error}; it stays first in its customer's queue",
-                operation.as_str()
-            )),
-            LoadEvent::KfrUnavailable { step, error, .. } => printer.warning(format_args!("{step}: {error}")),
-            _ => {}
+        if !json {
+            held_operation_event(&printer, e);
         }
     };
     let store = super::build::store(&settings, flag, super::build::StoreMode::Existing)?.map(|(s, _)| s);
@@ -447,26 +428,8 @@ async fn retry_held(
     let client = super::build::kfr_client(&settings)?;
     let printer = printer.with_format(if json { Format::JsonLines } else { Format::Human });
     let sink = |e: LoadEvent| {
-        if json {
-            return;
-        }
-        match e {
-            LoadEvent::HeldOperationSent(s) => printer.message(format_args!(
-                "held {} sent: {}: {} (CorrelationID {})",
-                s.operation.as_str(),
-                s.customer,
-                s.outcome,
-                s.correlation_id
-            )),
-            LoadEvent::HeldOperationFailed {
-                customer,
-                operation,
-                error,
-            } => printer.problem(format_args!(
-                "held {} of {customer} failed: {error}; it stays first in its customer's queue",
-                operation.as_str()
-            )),
-            _ => {}
+        if !json {
+            held_operation_event(&printer, e);
         }
     };
     let o = crate::load::retry::retry_held(&opts, store.as_ref(), &client, &sink)
@@ -926,5 +889,28 @@ fn shell_word(s: &str) -> String {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// What `load abandon --send-held` and `load retry-held` say while they send held operations.
+fn held_operation_event(printer: &Printer, e: LoadEvent) {
+    match e {
+        LoadEvent::HeldOperationSent(s) => printer.message(format_args!(
+            "held {} sent: {}: {} (CorrelationID {})",
+            s.operation.as_str(),
+            s.customer,
+            s.outcome,
+            s.correlation_id
+        )),
+        LoadEvent::HeldOperationFailed {
+            customer,
+            operation,
+            error,
+        } => printer.problem(format_args!(
+            "held {} of {customer} failed: {error}; it stays first in its customer's queue",
+            operation.as_str()
+        )),
+        LoadEvent::KfrUnavailable { step, error, .. } => printer.warning(format_args!("{step}: {error}")),
+        _ => {}
     }
 }
