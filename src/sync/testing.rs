@@ -28,11 +28,6 @@ impl Default for TestStore {
 }
 
 impl TestStore {
-    /// The store's file.
-    pub fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("s.db")
-    }
-
     /// A direct handle (synchronous, on the caller's thread): to set a scene or look at it.
     pub fn backend(&self) -> SqliteBackend {
         SqliteBackend::open(&self.dir.path().join("s.db")).unwrap()

@@ -143,6 +143,13 @@ impl SqliteBackend {
         &self.conn
     }
 
+    /// Runs `sql` on the store's file, for tests that stage what the interface cannot (a
+    /// trigger standing in for a full disk, say).
+    #[cfg(test)]
+    pub fn run_sql_for_tests(&mut self, sql: &str) {
+        self.conn.execute_batch(sql).expect("the test's SQL runs");
+    }
+
     /// The connection, for tests that look under the interface.
     #[cfg(test)]
     pub(crate) fn conn(&mut self) -> &mut Connection {

@@ -641,8 +641,7 @@ async fn an_outcome_the_store_refused_is_recorded_once_it_can_be_and_not_resent(
     // The store refuses to record deliveries, as a full disk would.
     let fail = "CREATE TRIGGER full_disk BEFORE UPDATE OF state ON outbox WHEN new.state = 'delivered'
                 BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;";
-    let conn = || rusqlite::Connection::open(r.outbox.path()).unwrap();
-    conn().execute_batch(fail).unwrap();
+    r.outbox.backend().run_sql_for_tests(fail);
     let p = synthetic_people(1).remove(0);
     r.enqueue(vec![event(1, Operation::Add, &p, None)]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -655,7 +654,7 @@ async fn an_outcome_the_store_refused_is_recorded_once_it_can_be_and_not_resent(
     }
     assert_eq!(r.ops("add").get("201"), Some(&1));
     assert_eq!(r.outbox.event(1).state, EventState::InFlight, "not recorded yet");
-    conn().execute_batch("DROP TRIGGER full_disk").unwrap();
+    r.outbox.backend().run_sql_for_tests("DROP TRIGGER full_disk");
     r.until("the delivery is recorded", all_delivered).await;
     assert_eq!(r.ops("add").get("201"), Some(&1), "the request was not sent again");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
