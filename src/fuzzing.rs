@@ -207,27 +207,15 @@ pub fn load_input(data: &[u8]) {
 }
 
 /// Completes `digits` (8 or 9) with the mod-11 check digit(s) of an organisation number or a
-/// fødselsnummer; `None` when a check digit would be 10 (no such number exists).
+/// fødselsnummer (`ids::synthetic`, the rules' own weights); `None` when a check digit would be
+/// 10 (no such number exists).
 fn with_check_digits(digits: &[u32]) -> Option<String> {
-    const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
-    const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    const WO: [u32; 8] = [3, 2, 7, 6, 5, 4, 3, 2];
-    let check = |d: &[u32], w: &[u32]| -> Option<u32> {
-        let r = d.iter().zip(w).map(|(a, b)| a * b).sum::<u32>() % 11;
-        match r {
-            0 => Some(0),
-            1 => None,
-            r => Some(11 - r),
-        }
-    };
-    let mut d = digits.to_vec();
-    if d.len() == 8 {
-        d.push(check(&d, &WO)?);
+    let text: String = digits.iter().map(|x| char::from(b'0' + *x as u8)).collect();
+    if digits.len() == 8 {
+        crate::ids::synthetic::complete_org(&text)
     } else {
-        d.push(check(&d, &W1)?);
-        d.push(check(&d, &W2)?);
+        crate::ids::synthetic::complete_person(&text)
     }
-    Some(d.iter().map(|x| char::from(b'0' + *x as u8)).collect())
 }
 
 /// The batch encoder: the bytes choose a boundary and the entries (identifiers completed with
