@@ -679,21 +679,7 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
             "batch {batch}: not found in KFR after its expected ingestion time; sending it again (re-send {resends}, same CorrelationID)"
         )),
         LoadEvent::Finished => p.finish_progress(),
-        LoadEvent::HeldOperationSent(s) => p.message(format_args!(
-            "held {} sent: {}: {} (CorrelationID {})",
-            s.operation.as_str(),
-            s.customer,
-            s.outcome,
-            s.correlation_id
-        )),
-        LoadEvent::HeldOperationFailed {
-            customer,
-            operation,
-            error,
-        } => p.problem(format_args!(
-            "held {} of {customer} failed: {error}; it stays first in its customer's queue",
-            operation.as_str()
-        )),
+        e @ (LoadEvent::HeldOperationSent(_) | LoadEvent::HeldOperationFailed { .. }) => held_operation_event(p, e),
         LoadEvent::KfrKeepsItsDate { customer, file_start } => p.warning(format_args!(
             "{customer} was already registered in KFR with a start date later than the file's {file_start}; KFR keeps its own date (listed in the report)"
         )),

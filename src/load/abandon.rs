@@ -120,19 +120,9 @@ pub async fn abandon(
         });
     };
     // A running load owns the job: abandoning under it would race its next step.
-    let me = format!("pid {} (kfr load abandon)", std::process::id());
-    if let Some(holder) = store.take_writer(me).await? {
-        return Err(LoadError::StoreBusy {
-            state: opts.state.clone(),
-            job: Some(opts.job),
-            input: None,
-            holder,
-        });
-    }
+    super::take_writer(store, "kfr load abandon", &opts.state, opts.job).await?;
     let result = abandon_as_writer(opts, store, client, on).await;
-    if let Err(e) = store.release_writer().await {
-        tracing::warn!(error = %e, "could not let go of the store's writer lock; it goes when this process ends");
-    }
+    super::release_writer(store).await;
     result
 }
 

@@ -562,9 +562,7 @@ pub async fn run(
         });
     }
     let result = run_as_writer(opts, store, client, on, started, started_at, &later_starts).await;
-    if let Err(e) = store.release_writer().await {
-        tracing::warn!(error = %e, "could not let go of the store's writer lock; it goes when this process ends");
-    }
+    release_writer(store).await;
     result
 }
 
@@ -792,6 +790,28 @@ async fn run_as_writer(
         report_files,
         held_operations_failed: failed,
     })
+}
+
+/// Takes the store's one load writer for `who` (abandon, retry-held) acting on `job`; refused
+/// while another process holds it.
+pub(crate) async fn take_writer(store: &Store, who: &str, state: &Path, job: i64) -> Result<(), LoadError> {
+    let me = format!("pid {} ({who})", std::process::id());
+    match store.take_writer(me).await? {
+        None => Ok(()),
+        Some(holder) => Err(LoadError::StoreBusy {
+            state: state.to_path_buf(),
+            job: Some(job),
+            input: None,
+            holder,
+        }),
+    }
+}
+
+/// Lets go of the writer lock; a failure only means the OS lets go when the process ends.
+pub(crate) async fn release_writer(store: &Store) {
+    if let Err(e) = store.release_writer().await {
+        tracing::warn!(error = %e, "could not let go of the store's writer lock; it goes when this process ends");
+    }
 }
 
 /// Held operations go to their job's own KFR or nowhere: a job belongs to one register

@@ -54,19 +54,9 @@ pub async fn retry_held(
             state: opts.state.clone(),
         });
     };
-    let me = format!("pid {} (kfr load retry-held)", std::process::id());
-    if let Some(holder) = store.take_writer(me).await? {
-        return Err(LoadError::StoreBusy {
-            state: opts.state.clone(),
-            job: Some(opts.job),
-            input: None,
-            holder,
-        });
-    }
+    super::take_writer(store, "kfr load retry-held", &opts.state, opts.job).await?;
     let result = retry_as_writer(opts, store, client, on).await;
-    if let Err(e) = store.release_writer().await {
-        tracing::warn!(error = %e, "could not let go of the store's writer lock; it goes when this process ends");
-    }
+    super::release_writer(store).await;
     result
 }
 
