@@ -199,7 +199,17 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "store.url",
         default: None,
-        doc: "the state store as a path or sqlite:///path (instead of `state`)",
+        doc: "the state store: a path, sqlite:///path, or postgres://user@host:port/database (instead of `state`)",
+    },
+    KeyDef {
+        name: "store.password_file",
+        default: None,
+        doc: "PostgreSQL store: a file holding the role's password (never in the URL)",
+    },
+    KeyDef {
+        name: "store.ca_file",
+        default: None,
+        doc: "PostgreSQL store: CA certificates (PEM) the server's TLS certificate must chain to; its host name is checked too",
     },
     KeyDef {
         name: "retry.max_attempts",
@@ -304,7 +314,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef {
         name: "sync.sources[].kind",
         default: None,
-        doc: "an event source: http, spool or stdin",
+        doc: "an event source: http, spool, stdin or pg_outbox",
     },
     KeyDef {
         name: "sync.sources[].dir",
@@ -315,6 +325,26 @@ pub const KEYS: &[KeyDef] = &[
         name: "sync.sources[].name",
         default: None,
         doc: "a name for the source in logs and metrics",
+    },
+    KeyDef {
+        name: "sync.sources[].url",
+        default: None,
+        doc: "pg_outbox source: the core system's database, postgres://user@host:port/database",
+    },
+    KeyDef {
+        name: "sync.sources[].table",
+        default: None,
+        doc: "pg_outbox source: the core system's outbox table (optionally schema.table)",
+    },
+    KeyDef {
+        name: "sync.sources[].password_file",
+        default: None,
+        doc: "pg_outbox source: a file holding the role's password",
+    },
+    KeyDef {
+        name: "sync.sources[].ca_file",
+        default: None,
+        doc: "pg_outbox source: CA certificates (PEM) the server's TLS certificate must chain to",
     },
 ];
 
@@ -343,6 +373,10 @@ const PATH_KEYS: &[&str] = &[
     "sync.tls_cert",
     "sync.tls_key",
     "sync.sources[].dir",
+    "store.password_file",
+    "store.ca_file",
+    "sync.sources[].password_file",
+    "sync.sources[].ca_file",
 ];
 
 /// Smallest accepted `max_batch_bytes`: below this the multipart overhead would dominate and the
@@ -516,6 +550,9 @@ pub struct Settings {
     /// The installation's SQLite state store (`kfr load`, the delete barrier of `kfr remove`),
     /// or why there is none (no `state` and no state home): see [`Settings::require_state`].
     pub state: Result<PathBuf, NoStateHome>,
+    /// A PostgreSQL state store (`store.url = "postgres://…"`), which then replaces `state`
+    /// unless a command is given `--state`.
+    pub postgres: Option<PostgresSettings>,
     /// Relationships per second KFR ingests (onboarding D-3: about 250).
     pub ingest_rate: u32,
     /// Upper bound on a batch body (KFR: at most 10 MB a file).
@@ -572,6 +609,18 @@ pub struct SyncSettings {
     pub sources: Vec<SourceSettings>,
 }
 
+/// A PostgreSQL server kfr connects to (its state store, or a core system's outbox table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// `postgres://user@host:port/database`, never with a password in it.
+    pub url: String,
+    /// The role's password, read from this file when connecting.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates the server's certificate must chain to; with it, TLS is required and the
+    /// host name checked (`sslmode=verify-full`). Without it, TLS only if the URL asks for it.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// One `[[sync.sources]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
@@ -588,6 +637,8 @@ pub enum SourceKind {
     Spool { dir: PathBuf },
     /// NDJSON on standard input.
     Stdin,
+    /// The core system's own outbox table in its PostgreSQL database, read in commit order.
+    PgOutbox { db: PostgresSettings, table: String },
 }
 
 /// The pseudonym key when there is no state home (no `KFR_STATE_HOME`, `XDG_STATE_HOME` or `HOME`):
@@ -1134,10 +1185,25 @@ fn resolve(
         }
     };
 
-    let state = match resolve_store(&r)? {
-        Some(p) => Ok(p),
-        None => default_state,
+    let (state, postgres) = match resolve_store(&r)? {
+        Some(StoreSetting::Path(p)) => (Ok(p), None),
+        Some(StoreSetting::Postgres(url)) => (
+            default_state,
+            Some(PostgresSettings {
+                url,
+                password_file: r.path("store.password_file"),
+                ca_file: r.path("store.ca_file"),
+            }),
+        ),
+        None => (default_state, None),
     };
+    if postgres.is_none() {
+        for key in ["store.password_file", "store.ca_file"] {
+            if let Some(v) = r.get(key) {
+                return Err(r.invalid(key, &v, "only a postgres:// store.url takes it".into()));
+            }
+        }
+    }
     let retry = RetrySettings {
         max_attempts: r.number("retry.max_attempts", 1, 100, "attempts")?,
         base_delay: std::time::Duration::from_millis(r.number("retry.base_delay_ms", 0, 60_000, "milliseconds")?),
@@ -1212,6 +1278,7 @@ fn resolve(
         allow_synthetic_ids: r.boolean("allow_synthetic_ids")?,
         allow_h_numbers: r.boolean("allow_h_numbers")?,
         state,
+        postgres,
         ingest_rate: r.number("ingest_rate", 1, u32::MAX, "relationships per second")?,
         max_batch_bytes: r.number(
             "max_batch_bytes",
@@ -1225,15 +1292,22 @@ fn resolve(
     })
 }
 
+/// The state store as configured (see [`resolve_store`]).
+enum StoreSetting {
+    Path(PathBuf),
+    /// A `postgres://` URL (without a password).
+    Postgres(String),
+}
+
 /// The state store as configured: `state`, its older spelling `state_file`, or `store.url` (a
-/// path, or `sqlite://` + path). `None`: not configured (the default in the state home applies).
-/// Only SQLite exists today; a PostgreSQL URL is refused by name.
+/// path, `sqlite://` + path, or a `postgres://` URL). `None`: not configured (the default in the
+/// state home applies).
 ///
 /// The three spellings are one key, so they follow the usual precedence: one given in the
 /// environment replaces one written in the file, whatever its spelling. Two spellings in the same
 /// layer (both in the file, or both in the environment) are refused, since nothing says which
 /// was meant.
-fn resolve_store(r: &Resolver) -> Result<Option<PathBuf>, ConfigError> {
+fn resolve_store(r: &Resolver) -> Result<Option<StoreSetting>, ConfigError> {
     let layer = |k: &str| r.raw.get(k).map_or(0, |v| v.1.layer());
     let top = STORE_KEYS.iter().map(|k| layer(k)).max().unwrap_or(0);
     let given: Vec<&str> = STORE_KEYS
@@ -1253,7 +1327,7 @@ fn resolve_store(r: &Resolver) -> Result<Option<PathBuf>, ConfigError> {
         return Err(r.invalid(key, &v, "expected a path".into()));
     }
     if *key != "store.url" {
-        return Ok(Some(PathBuf::from(text)));
+        return Ok(Some(StoreSetting::Path(PathBuf::from(text))));
     }
     if let Some(rest) = text.strip_prefix("sqlite://") {
         if rest.is_empty() {
@@ -1263,16 +1337,84 @@ fn resolve_store(r: &Resolver) -> Result<Option<PathBuf>, ConfigError> {
                 "sqlite:// needs a path, e.g. sqlite:///var/lib/kfr/state.db".into(),
             ));
         }
-        Ok(Some(PathBuf::from(rest)))
+        Ok(Some(StoreSetting::Path(PathBuf::from(rest))))
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        postgres_url(r, "store.url", &v).map(|url| Some(StoreSetting::Postgres(url)))
     } else if text.contains("://") {
         Err(r.invalid(
             "store.url",
             &v,
-            "only SQLite state stores exist in this version: a path or sqlite:///path".into(),
+            "expected a path, sqlite:///path or postgres://user@host:port/database".into(),
         ))
     } else {
-        Ok(Some(PathBuf::from(text)))
+        Ok(Some(StoreSetting::Path(PathBuf::from(text))))
     }
+}
+
+/// A `postgres://` URL as configured: it parses, names a host and a database, and carries no
+/// password (a password belongs in a file only its owner reads, never in configuration that
+/// `config show` prints and shells see).
+fn postgres_url(r: &Resolver, key: &str, v: &(String, Source)) -> Result<String, ConfigError> {
+    let text = v.0.trim();
+    let url = Url::parse(text).map_err(|e| r.invalid(key, v, format!("not a URL: {e}")))?;
+    if url.password().is_some() {
+        return Err(r.invalid(
+            key,
+            v,
+            "the URL carries a password: put it in a file of its own (`password_file`) and take it out of the URL"
+                .into(),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) && !url.query_pairs().any(|(k, _)| k == "host") {
+        return Err(r.invalid(key, v, "expected postgres://user@host:port/database".into()));
+    }
+    if url.path().trim_start_matches('/').is_empty() {
+        return Err(r.invalid(
+            key,
+            v,
+            "the URL names no database: postgres://user@host:port/database".into(),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// A `pg_outbox` source: the core system's database and its outbox table.
+fn pg_outbox_source(r: &Resolver, i: usize) -> Result<SourceKind, ConfigError> {
+    let key = |field: &str| format!("sync.sources[{i}].{field}");
+    let url = r.get(&key("url")).ok_or(ConfigError::Missing {
+        key: "sync.sources[].url",
+        why: "a pg_outbox source reads the core system's database: postgres://user@host:port/database",
+    })?;
+    let table = r.get(&key("table")).ok_or(ConfigError::Missing {
+        key: "sync.sources[].table",
+        why: "a pg_outbox source reads the core system's outbox table",
+    })?;
+    // A table name goes into SQL as an identifier: plain names only (letters, digits, `_`,
+    // optionally schema-qualified), so it never needs quoting and cannot inject anything.
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 63
+            && part.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let parts: Vec<&str> = table.0.trim().split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| plain(p)) {
+        return Err(r.invalid(
+            &key("table"),
+            &table,
+            "expected a table name of lower-case letters, digits and `_`, optionally schema.table".into(),
+        ));
+    }
+    Ok(SourceKind::PgOutbox {
+        db: PostgresSettings {
+            url: postgres_url(r, &key("url"), &url)?,
+            password_file: r.path(&key("password_file")),
+            ca_file: r.path(&key("ca_file")),
+        },
+        table: table.0.trim().to_string(),
+    })
 }
 
 /// The `[sync]` table and its `[[sync.sources]]`.
@@ -1285,10 +1427,17 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
         }
         let kind_raw = r.get(&key("kind")).ok_or(ConfigError::Missing {
             key: "sync.sources[].kind",
-            why: "each [[sync.sources]] says what it is: http, spool or stdin",
+            why: "each [[sync.sources]] says what it is: http, spool, stdin or pg_outbox",
         })?;
+        let pg_keys = ["url", "table", "password_file", "ca_file"];
+        if kind_raw.0 != "pg_outbox"
+            && let Some(k) = pg_keys.iter().find(|k| r.raw.contains_key(&key(k)))
+        {
+            return Err(r.invalid(&key("kind"), &kind_raw, format!("only a pg_outbox source takes `{k}`")));
+        }
         let dir = r.path(&key("dir"));
         let kind = match (kind_raw.0.as_str(), dir) {
+            ("pg_outbox", None) => pg_outbox_source(r, i)?,
             ("http", None) => SourceKind::Http,
             ("stdin", None) => SourceKind::Stdin,
             ("spool", Some(dir)) => SourceKind::Spool { dir },
@@ -1298,10 +1447,16 @@ fn resolve_sync(r: &Resolver) -> Result<SyncSettings, ConfigError> {
                     why: "a spool source reads the directory the core system moves files into",
                 });
             }
-            ("http" | "stdin", Some(_)) => {
+            ("http" | "stdin" | "pg_outbox", Some(_)) => {
                 return Err(r.invalid(&key("kind"), &kind_raw, "only a spool source takes `dir`".into()));
             }
-            _ => return Err(r.invalid(&key("kind"), &kind_raw, "expected http, spool or stdin".into())),
+            _ => {
+                return Err(r.invalid(
+                    &key("kind"),
+                    &kind_raw,
+                    "expected http, spool, stdin or pg_outbox".into(),
+                ));
+            }
         };
         sources.push(SourceSettings {
             name: r.string(&key("name")).unwrap_or_else(|| format!("{}-{i}", kind_raw.0)),

@@ -13,6 +13,7 @@
 //!   (the SQLite state store: load jobs, the ledger, held operations) and [`input`] (the one
 //!   grammar for the bank's files: fields, quoting, caps, formats, and the streaming reader).
 //! - Building blocks: [`http`] (the outgoing client: TLS, proxy, timeouts; the retry policy),
+//!   [`pg`] (connecting to PostgreSQL: URL, password file, verified TLS),
 //!   [`ids`] (validated customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test
 //!   certificates).
 //! - Vocabulary: [`error`] (exit codes, the `Hinted` trait), [`env_vars`] (every variable name),
@@ -37,6 +38,7 @@ pub mod kfr;
 pub mod load;
 pub mod maskinporten;
 pub mod mock;
+pub mod pg;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

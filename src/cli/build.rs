@@ -17,6 +17,24 @@ pub fn state_path(s: &Settings, flag: Option<&std::path::Path>) -> anyhow::Resul
     Ok(s.require_state(flag)?)
 }
 
+/// Where the installation's store lives: `--state` when given (a SQLite file), else a
+/// PostgreSQL `store.url`, else the SQLite `state`.
+pub fn location(s: &Settings, flag: Option<&std::path::Path>) -> anyhow::Result<crate::store::Location> {
+    Ok(match (&s.postgres, flag) {
+        (Some(pg), None) => crate::store::Location::Postgres(pg_target(pg)),
+        _ => crate::store::Location::Sqlite(state_path(s, flag)?),
+    })
+}
+
+/// A PostgreSQL server as configured, for the store or a source.
+pub fn pg_target(pg: &crate::config::PostgresSettings) -> crate::pg::Target {
+    crate::pg::Target {
+        url: pg.url.clone(),
+        password_file: pg.password_file.clone(),
+        ca_file: pg.ca_file.clone(),
+    }
+}
+
 /// Whether a command may create the store or only open one that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreMode {
@@ -34,12 +52,13 @@ pub fn store(
     flag: Option<&std::path::Path>,
     mode: StoreMode,
 ) -> anyhow::Result<Option<(crate::store::Store, crate::store::Location)>> {
-    let location = crate::store::Location::Sqlite(state_path(s, flag)?);
-    let crate::store::Location::Sqlite(path) = &location;
+    let location = location(s, flag)?;
     if mode == StoreMode::Existing && !location.exists() {
         return Ok(None);
     }
-    create_state_dir(path)?;
+    if let crate::store::Location::Sqlite(path) = &location {
+        create_state_dir(path)?;
+    }
     let store = crate::store::Store::open(&location).map_err(anyhow::Error::new)?;
     Ok(Some((store, location)))
 }

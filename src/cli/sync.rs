@@ -282,6 +282,13 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
                 p.message("kfr sync: taking NDJSON events on standard input");
                 tokio::spawn(async move { Box::new(stdin).run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
+            SourceKind::PgOutbox { .. } => {
+                // Being built (issue 22): refused by name until the source exists.
+                return Err(crate::error::UsageError::new(format!(
+                    "the source `{name}`: pg_outbox sources are not available in this build"
+                ))
+                .into());
+            }
         };
         parts.push(Part {
             name: format!("the source `{name}`"),

@@ -24,11 +24,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use std::path::PathBuf;
 use uuid::Uuid;
 
-/// Where a store lives. Today a SQLite file; a second backend adds its own kind.
+/// Where a store lives: a SQLite file or a PostgreSQL database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// A SQLite file (created 0600 with its directory when missing).
     Sqlite(PathBuf),
+    /// A PostgreSQL database (its schema created when missing; the database itself is the DBA's).
+    Postgres(crate::pg::Target),
 }
 
 impl Location {
@@ -36,6 +38,7 @@ impl Location {
     pub fn describe(&self) -> String {
         match self {
             Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(t) => t.describe(),
         }
     }
 
@@ -43,6 +46,9 @@ impl Location {
     pub fn exists(&self) -> bool {
         match self {
             Location::Sqlite(p) => p.exists(),
+            // The database is there or the connection fails saying so; whether kfr's schema is
+            // in it is for the backend to tell.
+            Location::Postgres(_) => true,
         }
     }
 }
