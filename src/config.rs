@@ -1358,9 +1358,11 @@ fn postgres_url(r: &Resolver, key: &str, v: &(String, Source)) -> Result<String,
     let text = v.0.trim();
     let url = Url::parse(text).map_err(|e| r.invalid(key, v, format!("not a URL: {e}")))?;
     if url.password().is_some() {
+        let mut shown = url.clone();
+        let _ = shown.set_password(Some("***"));
         return Err(r.invalid(
             key,
-            v,
+            &(shown.to_string(), v.1.clone()),
             "the URL carries a password: put it in a file of its own (`password_file`) and take it out of the URL"
                 .into(),
         ));
@@ -1669,11 +1671,41 @@ mod tests {
     #[test]
     fn bad_section_values_name_key_and_rule() {
         let err = load("[[sync.sources]]\nkind = \"kafka\"\n").unwrap_err();
-        assert!(err.to_string().contains("expected http, spool or stdin"), "{err}");
+        assert!(
+            err.to_string().contains("expected http, spool, stdin or pg_outbox"),
+            "{err}"
+        );
         let err = load("[[sync.sources]]\nkind = \"spool\"\n").unwrap_err();
         assert!(err.to_string().contains("sync.sources[].dir"), "{err}");
-        let err = load("[store]\nurl = \"postgres://db/kfr\"\n").unwrap_err();
-        assert!(err.to_string().contains("only SQLite"), "{err}");
+        let err = load("[store]\nurl = \"mysql://db/kfr\"\n").unwrap_err();
+        assert!(err.to_string().contains("postgres://user@host:port/database"), "{err}");
+        let err = load("[store]\nurl = \"postgres://kfr:hunter2@db/kfr\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("password") && !err.to_string().contains("hunter2"),
+            "{err}"
+        );
+        let err = load("[store]\nurl = \"postgres://kfr@db\"\n").unwrap_err();
+        assert!(err.to_string().contains("names no database"), "{err}");
+        let err = load("[store]\npassword_file = \"pw\"\n").unwrap_err();
+        assert!(err.to_string().contains("only a postgres:// store.url"), "{err}");
+        let s =
+            load("[store]\nurl = \"postgres://kfr@db.bank:5432/kfr\"\npassword_file = \"/etc/kfr/db.pw\"\n").unwrap();
+        let pg = s.postgres.expect("a PostgreSQL store");
+        assert_eq!(pg.url, "postgres://kfr@db.bank:5432/kfr");
+        assert_eq!(pg.password_file.as_deref(), Some(Path::new("/etc/kfr/db.pw")));
+        let err = load("[[sync.sources]]\nkind = \"pg_outbox\"\nurl = \"postgres://core@db/core\"\n").unwrap_err();
+        assert!(err.to_string().contains("sync.sources[].table"), "{err}");
+        let err =
+            load("[[sync.sources]]\nkind = \"pg_outbox\"\nurl = \"postgres://core@db/core\"\ntable = \"x; drop\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("lower-case letters"), "{err}");
+        let err = load("[[sync.sources]]\nkind = \"http\"\ntable = \"kfr_outbox\"\n").unwrap_err();
+        assert!(err.to_string().contains("only a pg_outbox source"), "{err}");
+        let s = load(
+            "[[sync.sources]]\nkind = \"pg_outbox\"\nurl = \"postgres://core@db/core\"\ntable = \"core.kfr_outbox\"\n",
+        )
+        .unwrap();
+        assert!(matches!(&s.sync.sources[0].kind, SourceKind::PgOutbox { table, .. } if table == "core.kfr_outbox"));
         let err = load("state_file = \"a.db\"\n[store]\nurl = \"b.db\"\n").unwrap_err();
         assert!(err.to_string().contains("keep only `state`"), "{err}");
         let err = load("[retry]\nmax_attempts = 0\n").unwrap_err();
