@@ -174,15 +174,10 @@ async fn the_leaders_lease_session_terminated_from_the_server_hands_over_without
     leader_of(&r, &a, &b).await;
     let (first, rest) = evs.split_at(500);
     post_to_both(&r, &[&a.ingest, &b.ingest], first, 100).await;
-    let terminated: i64 = db
-        .admin()
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'kfr-lease'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let terminated = db.query_i64(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'kfr-lease'",
+    );
     assert_eq!(terminated, 1, "one agent held the lease");
     post_to_both(&r, &[&a.ingest, &b.ingest], rest, 100).await;
     all_delivered_in_order(&r, &evs).await;

@@ -394,7 +394,11 @@ pub(crate) async fn post_all(r: &Rig, ingest: &str, events: &[Event], chunk: usi
 }
 
 /// Polls `f` every 100 ms until it is true or `within` has passed.
-pub(crate) async fn until<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut f: impl FnMut() -> F) {
+pub(crate) async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + within;
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

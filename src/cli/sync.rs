@@ -327,7 +327,14 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     let delivery_register = register_key.clone();
     let mut delivering = tokio::spawn(async move {
         loop {
-            let lease = lease_or_stop(&store, &delivery_register, &holder, lease_ttl, &standby_health, stop.clone());
+            let lease = lease_or_stop(
+                &store,
+                &delivery_register,
+                &holder,
+                lease_ttl,
+                &standby_health,
+                stop.clone(),
+            );
             let Some(lease) = lease.await? else {
                 return Ok(DispatchSummary::default());
             };
