@@ -16,7 +16,7 @@
 //!   [`ids`] (validated customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test
 //!   certificates).
 //! - Vocabulary: [`error`] (exit codes, the `Hinted` trait), [`env_vars`] (every variable name),
-//!   [`environment`] (local / test / prod).
+//!   [`environment`] (local / test / prod), [`file_stamp`] (whether files changed on disk).
 
 #[cfg(test)]
 mod architecture;
@@ -28,6 +28,7 @@ pub mod config;
 pub mod env_vars;
 pub mod environment;
 pub mod error;
+pub mod file_stamp;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
