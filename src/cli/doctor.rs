@@ -274,9 +274,10 @@ fn check_issuing_ca(r: &mut Report, env: Environment, cn: &str) {
 /// roots or `extra_ca_bundle` (a TLS-inspecting proxy's CA is only ever in the latter).
 async fn check_egress(r: &mut Report, settings: &Settings) {
     let http = super::build::http_config(settings);
+    // Capitalised, as the services' names: the `kfr` check's line is the one about KFR's answer.
     for (service, url) in [
-        ("maskinporten", &settings.maskinporten_issuer),
-        ("kfr", &settings.kfr_base_url),
+        ("Maskinporten", &settings.maskinporten_issuer),
+        ("KFR", &settings.kfr_base_url),
     ] {
         let route = crate::http::egress::route(&http, url);
         r.line(Verdict::Ok, "proxy", format!("{service} {url}: {route}"), None);
