@@ -21,6 +21,7 @@ mod mock_kfr;
 mod mock_maskinporten;
 mod operations;
 mod packaging;
+mod pg_outbox;
 mod relationship_order;
 mod sync_cli;
 mod sync_intake;
