@@ -13,7 +13,9 @@ const DOC: &str = include_str!("../docs/operations.md");
 
 /// The text between a line `start` and the next line `-- end` in docs/operations.md.
 fn doc_block(start: &str) -> String {
-    let from = DOC.find(&format!("{start}\n")).unwrap_or_else(|| panic!("{start} in docs"));
+    let from = DOC
+        .find(&format!("{start}\n"))
+        .unwrap_or_else(|| panic!("{start} in docs"));
     let rest = &DOC[from + start.len() + 1..];
     rest[..rest.find("-- end\n").expect("-- end")].to_string()
 }
@@ -63,7 +65,12 @@ async fn rows_of_the_core_systems_outbox_table_reach_kfr_in_commit_order_once() 
     let c = ids(92, 4);
     let agent = Agent::spawn(&env, &[]);
     assert!(
-        agent.log.lock().unwrap().iter().any(|l| l.contains("taking events from the outbox table kfr_outbox")),
+        agent
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("taking events from the outbox table kfr_outbox")),
         "the agent names its source"
     );
 
@@ -90,7 +97,11 @@ async fn rows_of_the_core_systems_outbox_table_reach_kfr_in_commit_order_once() 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let want: std::collections::BTreeSet<String> = [c[0].clone(), c[1].clone(), c[3].clone()].into();
     while active(&env).await != want {
-        assert!(std::time::Instant::now() < deadline, "register: {:?}", active(&env).await);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "register: {:?}",
+            active(&env).await
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         until_outbox_empty(&env).await;
     }

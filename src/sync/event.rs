@@ -71,7 +71,7 @@ pub enum Location {
     /// A spool file or stdin line (1-based).
     Line { file: String, line: u64 },
     /// A row of the core system's outbox table, by its id.
-    Row { table: String, id: i64 },
+    Row { table: Box<str>, id: i64 },
 }
 
 impl fmt::Display for Location {

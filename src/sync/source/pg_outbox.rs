@@ -568,7 +568,7 @@ impl PgOutbox {
 
     fn location(&self, id: i64) -> Location {
         Location::Row {
-            table: self.opts.table.clone(),
+            table: self.opts.table.as_str().into(),
             id,
         }
     }
