@@ -138,3 +138,30 @@ async fn rows_of_the_core_systems_outbox_table_reach_kfr_in_commit_order_once() 
         assert!(!log.contains(id.as_str()), "no person identifier in the log: {log}");
     }
 }
+
+/// A source whose table is not there is a configuration mistake: the agent exits 1 naming the
+/// source, the table and what to do, instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_exits_1_naming_the_table_when_it_is_missing() {
+    let env = setup().await;
+    let db = tokio::task::spawn_blocking(pg_cluster::database).await.unwrap();
+    let config = env.dir.join("kfr.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "\n[[sync.sources]]\nkind = \"pg_outbox\"\nname = \"core\"\nurl = \"{}\"\ntable = \"kfr_outbox\"\npassword_file = \"{}\"\n",
+        db.url,
+        db.password_file.display()
+    ));
+    std::fs::write(&config, toml).unwrap();
+    let (code, log) = Agent::spawn(&env, &[]).exited().await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("error: kfr sync stopped: the source `core` failed"),
+        "{log}"
+    );
+    assert!(log.contains("the outbox table kfr_outbox in postgres://"), "{log}");
+    assert!(
+        log.contains("hint: create the table as docs/operations.md shows"),
+        "{log}"
+    );
+}

@@ -291,7 +291,8 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
                     "kfr sync: taking events from the outbox table {table} in {}",
                     target.describe()
                 ));
-                tokio::spawn(async move { Box::new(source).run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
+                // Its own error, not the Source trait's: its hint reaches the operator.
+                tokio::spawn(async move { source.run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
         };
         parts.push(Part {

@@ -913,10 +913,31 @@ mod tests {
         assert_eq!(report.stored, 2);
     }
 
+    /// A `tracing` writer into a shared buffer, to read what was logged.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// The server restarts mid-stream: the source waits, reconnects and reads on from where it
-    /// was, the agent (here: the task) never stopping.
+    /// was, the agent (here: the task) never stopping; the outage is logged once, and its end.
     #[tokio::test]
     async fn a_server_restart_is_waited_out() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
         let server = tokio::task::spawn_blocking(|| cluster::Cluster::start().unwrap())
             .await
             .unwrap();
@@ -954,6 +975,9 @@ mod tests {
         shutdown.cancel();
         let report = task.await.unwrap().unwrap();
         assert_eq!((report.stored, report.duplicates), (3, 0));
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(logged.matches("cannot be read: waiting for it").count(), 1, "{logged}");
+        assert_eq!(logged.matches("database is back").count(), 1, "{logged}");
     }
 
     /// The documented grants are all the source needs: a role with SELECT only reads the table.
