@@ -2,10 +2,8 @@
 //! `kfr_outbox` in a real PostgreSQL database (a throwaway cluster) end up in the mock KFR, each
 //! customer's in the order its rows committed, once each — also across a restart of the agent.
 
-#[path = "../src/pg/cluster.rs"]
-mod pg_cluster;
-
 use crate::load::{ids, setup};
+use crate::pg_cluster;
 use crate::sync_cli::{Agent, active, until_outbox_empty};
 use std::collections::BTreeMap;
 

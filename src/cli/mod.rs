@@ -259,6 +259,11 @@ pub struct SyncArgs {
     /// Hidden: for tests that rehearse a credentials outage in seconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub probe_interval_ms: Option<u64>,
+    /// How long the delivery lease holds without a renewal (default 30 s; renewed every sixth
+    /// of it). A standby takes over this long after a leader stops renewing (frozen, cut off);
+    /// at once when the leader's process or its store session is gone.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -77,10 +77,7 @@ impl Store {
     pub fn open(location: &Location) -> Result<Store, StoreError> {
         match location {
             Location::Sqlite(path) => Self::spawn(Box::new(super::sqlite::SqliteBackend::open(path)?)),
-            Location::Postgres(target) => Err(StoreError::Unavailable {
-                store: target.describe(),
-                detail: "the PostgreSQL backend is not in this build yet".into(),
-            }),
+            Location::Postgres(target) => Self::spawn(Box::new(super::postgres::PgBackend::open(target)?)),
         }
     }
 

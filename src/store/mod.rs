@@ -10,11 +10,13 @@
 //! - [`backend`]: the traits a backend implements; `conformance` (tests) defines what passing
 //!   means, a concurrency section included.
 //! - [`handle`]: [`Store`], the async handle with group commit.
-//! - [`sqlite`]: the SQLite backend (a file next to the agent).
+//! - [`sqlite`]: the SQLite backend (a file next to the agent); [`postgres`]: the PostgreSQL
+//!   backend (one database for an installation on several hosts).
 
 pub mod backend;
 pub mod error;
 pub mod handle;
+pub mod postgres;
 pub mod sqlite;
 pub mod types;
 

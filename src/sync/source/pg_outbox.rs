@@ -340,7 +340,7 @@ impl PgOutbox {
         waiting: &mut Option<String>,
         backoff: &mut Duration,
     ) -> Result<Ended, PgOutboxError> {
-        let lost = |e: &dyn std::error::Error| Ended::Lost(error_chain(e));
+        let lost = |e: &dyn std::error::Error| Ended::Lost(crate::pg::error_chain(e));
         match self.check_table(client).await {
             Ok(()) => {}
             Err(LookError::Fatal(e)) => return Err(e),
@@ -367,7 +367,7 @@ impl PgOutbox {
                 }
                 Err(LookError::Db(e)) => {
                     if is_table_problem(&e) {
-                        return Err(self.table_error(error_chain(&e)));
+                        return Err(self.table_error(crate::pg::error_chain(&e)));
                     }
                     return Ok(lost(&e));
                 }
@@ -392,7 +392,7 @@ impl PgOutbox {
                     if note.is_none() {
                         // The session ended; the connection's task says why.
                         let why = match (&mut conn).await {
-                            Ok(Err(e)) => error_chain(&e),
+                            Ok(Err(e)) => crate::pg::error_chain(&e),
                             _ => "the connection closed".into(),
                         };
                         return Ok(Ended::Lost(why));
@@ -412,7 +412,7 @@ impl PgOutbox {
         let stmt = match client.prepare(&sql).await {
             Ok(s) => s,
             Err(e) if is_table_problem(&e) => {
-                return Err(LookError::Fatal(self.table_error(error_chain(&e))));
+                return Err(LookError::Fatal(self.table_error(crate::pg::error_chain(&e))));
             }
             Err(e) => return Err(LookError::Db(e)),
         };
@@ -644,21 +644,6 @@ impl Source for PgOutbox {
     fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<SourceReport, SourceError>> {
         Box::pin(async move { Ok(PgOutbox::run(*self, shutdown).await?) })
     }
-}
-
-/// An error with its causes (the server's message under tokio-postgres's summary).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        src = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
