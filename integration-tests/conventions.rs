@@ -30,6 +30,7 @@ const METRICS: &[&str] = &[
     "kfr_sync_token_refreshes_total",
     "kfr_sync_ready",
     "kfr_sync_standby",
+    "kfr_sync_source_stalled",
     "kfr_register_checks_total",
     "kfr_certificate_expiry_seconds",
 ];

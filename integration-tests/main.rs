@@ -25,6 +25,7 @@ mod packaging;
 #[path = "../src/pg/cluster.rs"]
 mod pg_cluster;
 mod pg_failover;
+mod pg_outbox;
 mod relationship_order;
 mod sync_cli;
 mod sync_intake;

@@ -33,6 +33,8 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::store::StoreError,
         crate::sync::dispatch::DispatchError,
         crate::sync::source::http::IngestError,
+        crate::sync::source::pg_outbox::PgOutboxError,
+        crate::pg::ConnectError,
         super::sync::PartFailed,
         super::outbox::FloodRefused,
         super::relationship::StillQueued,

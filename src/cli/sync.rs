@@ -22,6 +22,7 @@ use crate::store::{Lease, Store};
 use crate::sync::dispatch::{DispatchConfig, DispatchError, DispatchSummary, Dispatcher};
 use crate::sync::health::Health;
 use crate::sync::source::http::{IngestKey, IngestOptions, IngestServer, TlsFiles};
+use crate::sync::source::pg_outbox::{PgOutbox, PgOutboxOptions};
 use crate::sync::source::spool::{Spool, SpoolOptions};
 use crate::sync::source::stdin::Stdin;
 use crate::sync::source::{Intake, Source as _};
@@ -286,12 +287,16 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
                 p.message("kfr sync: taking NDJSON events on standard input");
                 tokio::spawn(async move { Box::new(stdin).run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
-            SourceKind::PgOutbox { .. } => {
-                // Being built (issue 22): refused by name until the source exists.
-                return Err(crate::error::UsageError::new(format!(
-                    "the source `{name}`: pg_outbox sources are not available in this build"
-                ))
-                .into());
+            SourceKind::PgOutbox { db, table } => {
+                let target = super::build::pg_target(db);
+                let opts = PgOutboxOptions::new(name.clone(), target.clone(), table.clone());
+                let source = PgOutbox::new(opts, intake.clone())?;
+                p.message(format!(
+                    "kfr sync: taking events from the outbox table {table} in {}",
+                    target.describe()
+                ));
+                // Its own error, not the Source trait's: its hint reaches the operator.
+                tokio::spawn(async move { source.run(c).await.map(|_| ()).map_err(anyhow::Error::from) })
             }
         };
         parts.push(Part {

@@ -180,6 +180,72 @@ impl Target {
     }
 }
 
+/// The notifications (`NOTIFY`) a session receives, in arrival order, from
+/// [`Target::connect_listening`].
+pub type Notifications = tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>;
+
+impl Target {
+    /// [`Target::connect`], with the session's notifications handed over instead of dropped
+    /// (tokio-postgres's connection future discards them): for a reader that `LISTEN`s. The
+    /// receiver ends when the session ends.
+    pub async fn connect_listening(
+        &self,
+        application: &str,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            Notifications,
+            tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+        ),
+        ConnectError,
+    > {
+        let config = self.config(application)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = match self.tls()? {
+            Some(tls) => {
+                let (client, conn) = config
+                    .connect(tls)
+                    .await
+                    .map_err(|e| self.connect_error(error_chain(&e)))?;
+                (client, tokio::spawn(forward_notifications(conn, tx)))
+            }
+            None => {
+                let (client, conn) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| self.connect_error(error_chain(&e)))?;
+                (client, tokio::spawn(forward_notifications(conn, tx)))
+            }
+        };
+        Ok((task.0, rx, task.1))
+    }
+}
+
+/// Drives a connection until its session ends, sending its notifications to `tx`.
+async fn forward_notifications<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(message) = futures::StreamExt::next(&mut messages).await {
+        match message? {
+            tokio_postgres::AsyncMessage::Notification(n) => {
+                // The reader may have gone (shutting down): the session still runs to its end.
+                let _ = tx.send(n);
+            }
+            tokio_postgres::AsyncMessage::Notice(n) => {
+                tracing::info!(severity = n.severity(), "PostgreSQL notice: {}", n.message())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A PostgreSQL error with its causes (the server's message, the refused connection).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

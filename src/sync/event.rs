@@ -70,6 +70,8 @@ pub enum Location {
     },
     /// A spool file or stdin line (1-based).
     Line { file: String, line: u64 },
+    /// A row of the core system's outbox table, by its id.
+    Row { table: Box<str>, id: i64 },
 }
 
 impl fmt::Display for Location {
@@ -78,6 +80,7 @@ impl fmt::Display for Location {
             Location::Index { index, line: None } => write!(f, "event {index}"),
             Location::Index { index, line: Some(l) } => write!(f, "event {index} (line {l})"),
             Location::Line { file, line } => write!(f, "{file}:{line}"),
+            Location::Row { table, id } => write!(f, "{table} row id {id}"),
         }
     }
 }

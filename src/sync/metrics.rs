@@ -32,6 +32,7 @@ pub const RETRIES_SCHEDULED: &str = "kfr_sync_retries_scheduled_total";
 pub const TOKEN_REFRESHES: &str = "kfr_sync_token_refreshes_total";
 pub const READY: &str = "kfr_sync_ready";
 pub const STANDBY: &str = "kfr_sync_standby";
+pub const SOURCE_STALLED: &str = "kfr_sync_source_stalled";
 pub const REGISTER_CHECKS: &str = "kfr_register_checks_total";
 pub const CERTIFICATE_EXPIRY: &str = "kfr_certificate_expiry_seconds";
 
@@ -111,6 +112,10 @@ pub fn describe() {
         REGISTER_CHECKS,
         "Customers of the ledger looked up in KFR by the agent's own check, by result (match, mismatch, unanswered, skipped)."
     );
+    describe_gauge!(
+        SOURCE_STALLED,
+        "1 while a source cannot take events, by source and cause (unreachable, bad_row)."
+    );
     describe_gauge!(READY, "1 when the agent is ready (see /readyz), else 0.");
     describe_gauge!(
         CERTIFICATE_EXPIRY,
@@ -139,6 +144,12 @@ pub fn event_refused(source: &str, rule: &str) {
 }
 
 /// 1 while this agent stands by (another holds the register's delivery lease), else 0.
+/// 1 while the source `source` cannot take events for `cause` (`unreachable`: its database;
+/// `bad_row`: parked at a row that breaks a rule), else 0.
+pub fn set_source_stalled(source: &str, cause: &'static str, stalled: bool) {
+    gauge!(SOURCE_STALLED, "source" => source.to_string(), "cause" => cause).set(if stalled { 1.0 } else { 0.0 });
+}
+
 pub fn set_standby(standby: bool) {
     gauge!(STANDBY).set(if standby { 1.0 } else { 0.0 });
 }

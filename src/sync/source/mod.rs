@@ -7,6 +7,7 @@
 //! counted (`kfr_sync_events_refused_total`) and logged with the identifier masked.
 
 pub mod http;
+pub mod pg_outbox;
 pub mod spool;
 pub mod stdin;
 
@@ -50,6 +51,8 @@ pub enum SourceError {
     Http(#[from] http::IngestError),
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    PgOutbox(#[from] pg_outbox::PgOutboxError),
     #[error("reading standard input: {0}")]
     Stdin(#[source] std::io::Error),
 }
@@ -98,16 +101,42 @@ impl Intake {
     /// ready (the store is the agent's promise); a later successful commit clears that, since it
     /// proves the store writable again.
     pub async fn commit(&self, source: &str, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+        self.commit_with(source, events, None).await
+    }
+
+    /// [`Intake::commit`], storing in the same transaction the position `cursor` the source read
+    /// the events up to (a source that reads from somewhere with its own order: the outbox
+    /// table).
+    pub async fn commit_from_cursor(
+        &self,
+        source: &str,
+        events: Vec<NewEvent>,
+        cursor: String,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.commit_with(source, events, Some(cursor)).await
+    }
+
+    async fn commit_with(
+        &self,
+        source: &str,
+        events: Vec<NewEvent>,
+        cursor: Option<String>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
         let ops: Vec<_> = events.iter().map(|e| e.op).collect();
         #[cfg(test)]
         if let Some(f) = self.before_commit.as_ref().and_then(|m| m.0.lock().unwrap().take()) {
             f();
         }
-        match self
-            .handle
-            .enqueue(self.register.clone(), events, chrono::Utc::now())
-            .await
-        {
+        let now = chrono::Utc::now();
+        let committed = match cursor {
+            None => self.handle.enqueue(self.register.clone(), events, now).await,
+            Some(cursor) => {
+                self.handle
+                    .enqueue_from_cursor(self.register.clone(), events, source.to_string(), cursor, now)
+                    .await
+            }
+        };
+        match committed {
             Ok(results) => {
                 self.health.set_store_problem(None);
                 if let Some(w) = &self.waker {
