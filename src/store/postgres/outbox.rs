@@ -1,22 +1,67 @@
-//! Being written (issue 22): the PostgreSQL backend's `Outbox`.
+//! The outbox on PostgreSQL: [`Outbox`] for [`PgBackend`] (docs/specs/outbox.md), the same
+//! behaviour as the SQLite backend's over the same table layout (`migrations`).
+//!
+//! One `outbox` row per event, `seq` its issue order (an identity, never reused). `head` is true
+//! on each customer's oldest unfinished event and NULL elsewhere — the unique partial index
+//! `outbox_one_head` allows one per (register, customer) — and moves only when a head finishes
+//! (delivered, dropped), to the customer's next event. Only a head is ever in flight, accepted
+//! or dead-lettered, so every rule about one customer's queue is a rule about its head row.
+//!
+//! Two hosts write at once, so (module doc of `postgres`):
+//! - enqueues and whatever ends a head take the per-customer lock first (`rows`), so an event
+//!   stored while its customer's head finishes is never left without a head;
+//! - claims take heads with `FOR UPDATE SKIP LOCKED` inside the statement that marks them, so two
+//!   claimers never get one event and neither waits for the other;
+//! - every transition is one conditional statement (`UPDATE … WHERE state = …`); the ones whose
+//!   history line names what the change clears (the claimer) lock the rows and return them as
+//!   they were (`rows::transition`). A statement that matched nothing is explained afterwards
+//!   (`WrongState` naming the state), which a caller's mistake alone reaches.
+//!
+//! The deliverer's writes are fenced by its lease epoch (`Tx::Fenced`), as on SQLite. Every
+//! outcome writes its history line in the same transaction. Counts come from the index
+//! `outbox_state` (no counter rows: a hot counter row would serialise every writer).
 
-#![allow(unused_variables)]
-
-use super::db::PgBackend;
+use super::db::{Fault, PgBackend, Tx, wrong};
+use super::rows::*;
 use crate::store::backend::Outbox;
 use crate::store::error::StoreError;
 use crate::store::types::*;
-#[allow(unused_imports)]
-use chrono::{DateTime, NaiveDate, Utc};
-#[allow(unused_imports)]
-use std::collections::HashSet;
-#[allow(unused_imports)]
+use chrono::{DateTime, Utc};
+use postgres::Transaction;
+use postgres::types::ToSql;
 use uuid::Uuid;
 
+/// Sources as an SQL list for `IN (…)`. Written out rather than bound, so the planner can read
+/// the held operations (`kfr add`, `kfr remove`) through the partial index `outbox_held`; they
+/// are kfr's own constants, quoted safely all the same.
+fn sources_sql(sources: &[&str]) -> String {
+    sources
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `claimed_until` for a claim by `claimer` at `now`.
+fn claim_until(claimer: &Claimer, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + claimer.ttl
+}
+
+/// The states a single's or a batch event's outcome may be recorded from.
+const OUT: [EventState; 2] = [EventState::InFlight, EventState::Accepted];
+
+/// What clears an event's claim and batch when it goes back to pending (or is dead-lettered).
+const UNCLAIM: &str = "batch_correlation_id = NULL, accepted_at = NULL, claimer = NULL, claim_epoch = NULL, \
+                       claimed_until = NULL";
+
 impl Outbox for PgBackend {
-    fn enqueue(&mut self, register: &str, events: &[NewEvent], now: DateTime<Utc>)
-    -> Result<Vec<Enqueued>, StoreError> {
-        todo!("Outbox::enqueue on PostgreSQL")
+    fn enqueue(
+        &mut self,
+        register: &str,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.tx(Tx::Write, |tx| enqueue_in(tx, register, events, now))
     }
 
     fn recover(
@@ -26,7 +71,39 @@ impl Outbox for PgBackend {
         now: DateTime<Utc>,
         hold: chrono::Duration,
     ) -> Result<Recovered, StoreError> {
-        todo!("Outbox::recover on PostgreSQL")
+        let hold_us = hold
+            .num_microseconds()
+            .ok_or_else(|| StoreError::Other(format!("a hold of {hold} is too long")))?;
+        self.tx(Tx::Fenced, |tx| {
+            // Only claims that ran out (a request under them can no longer be on the wire) and
+            // that are not this deliverer's own (older epoch, or a claimer with none). A claim
+            // without an expiry (NULL) counts as run out at `now`.
+            const RAN_OUT: &str = "head AND register = $1 AND state = 'in_flight'
+                AND (claimed_until IS NULL OR claimed_until <= $2) AND (claim_epoch IS NULL OR claim_epoch < $3)";
+            // Batch events: their upload's fate is unknown, probed before anything resends them.
+            let unknown_uploads = tx.execute(
+                &format!(
+                    "UPDATE outbox SET state = 'accepted', accepted_at = NULL, claimer = NULL, claim_epoch = NULL,
+                         claimed_until = NULL
+                     WHERE {RAN_OUT} AND batch_correlation_id IS NOT NULL"
+                ),
+                &[&register, &now, &epoch],
+            )?;
+            // Singles: a request sent under the claim may be carried out up to `hold` after the
+            // claim ended, so the event (and its customer) waits until then.
+            let requeued = tx.execute(
+                &format!(
+                    "UPDATE outbox SET state = 'pending', claimer = NULL, claim_epoch = NULL, claimed_until = NULL,
+                         next_attempt_at = COALESCE(claimed_until, $2) + $4::bigint::double precision * interval '1 microsecond'
+                     WHERE {RAN_OUT} AND batch_correlation_id IS NULL"
+                ),
+                &[&register, &now, &epoch, &hold_us],
+            )?;
+            Ok(Recovered {
+                requeued,
+                unknown_uploads,
+            })
+        })
     }
 
     fn claim_ready(
@@ -36,43 +113,232 @@ impl Outbox for PgBackend {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        todo!("Outbox::claim_ready on PostgreSQL")
+        let until = claim_until(claimer, now);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "WITH ready AS MATERIALIZED (
+                 SELECT seq FROM outbox
+                 WHERE head AND register = $1 AND state = 'pending'
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+                   AND (op = 'add' OR {may_go})
+                 ORDER BY seq LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o SET state = 'in_flight', claimer = $4, claim_epoch = $5, claimed_until = $6
+             FROM ready WHERE o.seq = ready.seq AND o.head AND o.state = 'pending'
+             RETURNING {cols}",
+            may_go = removes_may_go(1),
+            cols = event_columns("o"),
+        );
+        self.tx(Tx::Fenced, |tx| {
+            let rows = tx.query(&sql, &[&register, &now, &limit, &claimer.name, &claimer.epoch, &until])?;
+            events_in_order(&rows)
+        })
     }
 
     fn begin_batch(&mut self, seqs: &[Seq], batch_correlation_id: Uuid) -> Result<(), StoreError> {
-        todo!("Outbox::begin_batch on PostgreSQL")
+        self.tx(Tx::Fenced, |tx| {
+            let marked: Vec<Seq> = tx
+                .query(
+                    "UPDATE outbox SET batch_correlation_id = $1, accepted_at = NULL
+                     WHERE seq = ANY($2) AND state = 'in_flight' RETURNING seq",
+                    &[&batch_correlation_id, &seqs],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            match seqs.iter().find(|s| !marked.contains(s)) {
+                Some(&seq) => Err(unchanged(tx, seq, &[EventState::InFlight], "put in a batch")),
+                None => Ok(()),
+            }
+        })
     }
 
     fn batch_accepted(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        todo!("Outbox::batch_accepted on PostgreSQL")
+        let sql = format!(
+            "UPDATE outbox SET attempts = attempts + (accepted_at IS NULL)::integer, state = 'accepted',
+                 accepted_at = $1
+             WHERE batch_correlation_id = $2 AND state IN ('in_flight', 'accepted')
+             RETURNING {}",
+            event_columns("")
+        );
+        self.tx(Tx::Fenced, |tx| {
+            // The upload's answer is recorded now: one attempt, unless a probe of an unknown
+            // upload is what found it accepted (its attempt was never answered, so it counts now).
+            let events = events_in_order(&tx.query(&sql, &[&at, &batch_correlation_id])?)?;
+            if events.is_empty() {
+                return Err(wrong(
+                    0,
+                    format!("batch {batch_correlation_id} carries no event in flight"),
+                ));
+            }
+            for ev in &events {
+                Line {
+                    status: Some(201),
+                    ..Line::attempt(ev, at, "batch_accepted")
+                }
+                .write(tx)?;
+            }
+            Ok(())
+        })
     }
 
     fn batch_unknown(&mut self, batch_correlation_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        todo!("Outbox::batch_unknown on PostgreSQL")
+        let sql = format!(
+            "UPDATE outbox SET state = 'accepted', accepted_at = NULL
+             WHERE batch_correlation_id = $1 AND state = 'in_flight'
+             RETURNING {}",
+            event_columns("")
+        );
+        self.tx(Tx::Fenced, |tx| {
+            // No answer: the events stay their customers' heads as `accepted` with no
+            // `accepted_at`, so nothing resends them before a probe says KFR does not have them.
+            let events = events_in_order(&tx.query(&sql, &[&batch_correlation_id])?)?;
+            if events.is_empty() {
+                return Err(wrong(
+                    0,
+                    format!("batch {batch_correlation_id} carries no event in flight"),
+                ));
+            }
+            for ev in &events {
+                Line::attempt(ev, at, "batch_unknown").write(tx)?;
+            }
+            Ok(())
+        })
     }
 
     fn accepted(&mut self, register: &str) -> Result<Vec<OutboxEvent>, StoreError> {
-        todo!("Outbox::accepted on PostgreSQL")
+        let sql = format!(
+            "SELECT {} FROM outbox WHERE head AND register = $1 AND state = 'accepted' ORDER BY seq",
+            event_columns("")
+        );
+        self.tx(Tx::Read, |tx| events_in_order(&tx.query(&sql, &[&register])?))
     }
 
     fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError> {
-        todo!("Outbox::settle on PostgreSQL")
+        let sql = format!(
+            "UPDATE outbox SET state = 'delivered', finished_at = $1, delivery = $2, echoed_correlation_id = $3,
+                 attempts = attempts + (state = 'in_flight')::integer, failing_since = NULL,
+                 next_attempt_at = NULL, head = NULL
+             WHERE seq = $4 AND state IN ('in_flight', 'accepted') AND op = $5
+             RETURNING {}",
+            event_columns("")
+        );
+        self.tx(Tx::Fenced, |tx| {
+            // One statement per event checks its state and operation, records the outcome and
+            // ends the head; a single's answer is an attempt recorded now, a batch event's was
+            // counted when the batch was accepted. Then the queues move on, under their locks.
+            let mut done = Vec::with_capacity(settlements.len());
+            for s in settlements {
+                let row = tx.query_opt(
+                    &sql,
+                    &[
+                        &s.at,
+                        &delivery_str(s.delivery),
+                        &s.echoed_correlation_id,
+                        &s.seq,
+                        &op_of(s.delivery).as_str(),
+                    ],
+                )?;
+                match row {
+                    Some(row) => done.push((event_row(&row)?, s)),
+                    None => return Err(unsettleable(tx, s)),
+                }
+            }
+            let finished: Vec<(Seq, &str, &str)> = done
+                .iter()
+                .map(|(ev, _)| (ev.seq, ev.register.as_str(), ev.customer_id.as_str()))
+                .collect();
+            heads_finished(tx, &finished)?;
+            for (ev, s) in &done {
+                delivered(tx, ev, s.delivery, s.at)?;
+            }
+            Ok(())
+        })
     }
 
     fn retry_later(&mut self, seq: Seq, at: DateTime<Utc>, error: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        todo!("Outbox::retry_later on PostgreSQL")
+        self.tx(Tx::Fenced, |tx| {
+            let changed = transition(
+                tx,
+                &[seq],
+                &OUT,
+                "",
+                &format!(
+                    "state = 'pending', attempts = o.attempts + 1, next_attempt_at = $3,
+                     failing_since = COALESCE(o.failing_since, $4), last_error = $5, {UNCLAIM}"
+                ),
+                &[&at, &now, &error],
+            )?;
+            let Some(ev) = changed.first() else {
+                return Err(unchanged(tx, seq, &OUT, "retried later"));
+            };
+            Line {
+                detail: Some(error),
+                ..Line::attempt(ev, now, "retry_later")
+            }
+            .write(tx)
+        })
     }
 
     fn release(&mut self, seqs: &[Seq], now: DateTime<Utc>) -> Result<(), StoreError> {
-        todo!("Outbox::release on PostgreSQL")
+        self.tx(Tx::Fenced, |tx| {
+            let changed = transition(tx, seqs, &OUT, "", &format!("state = 'pending', {UNCLAIM}"), &[])?;
+            if let Some(&seq) = seqs.iter().find(|s| !changed.iter().any(|e| e.seq == **s)) {
+                return Err(unchanged(tx, seq, &OUT, "released"));
+            }
+            for ev in &changed {
+                Line::attempt(ev, now, "released").write(tx)?;
+            }
+            Ok(())
+        })
     }
 
     fn dead_letter(&mut self, seq: Seq, rejection: &Rejection, at: DateTime<Utc>) -> Result<(), StoreError> {
-        todo!("Outbox::dead_letter on PostgreSQL")
+        let json = serde_json::to_value(rejection).map_err(|e| StoreError::Other(e.to_string()))?;
+        self.tx(Tx::Fenced, |tx| match park(tx, seq, "", &[], rejection, &json, at)? {
+            true => Ok(()),
+            false => Err(unchanged(tx, seq, &OUT, "dead-lettered")),
+        })
     }
 
     fn dead_letters(&mut self, register: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        todo!("Outbox::dead_letters on PostgreSQL")
+        let filter = if register.is_some() { "AND h.register = $1" } else { "" };
+        let sql = format!(
+            "SELECT {cols}, h.rejection, h.dead_at,
+                    (SELECT count(*) FROM outbox o
+                     WHERE o.register = h.register AND o.customer_id = h.customer_id AND o.seq > h.seq
+                       AND o.finished_at IS NULL)
+             FROM outbox h WHERE h.head AND h.state = 'dead_lettered' {filter} ORDER BY h.seq",
+            cols = event_columns("h")
+        );
+        self.tx(Tx::Read, |tx| {
+            let rows = match register {
+                Some(r) => tx.query(&sql, &[&r])?,
+                None => tx.query(&sql, &[])?,
+            };
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let event = event_row(row)?;
+                let rejection: Option<serde_json::Value> = row.try_get(EVENT_WIDTH)?;
+                let dead_at: Option<DateTime<Utc>> = row.try_get(EVENT_WIDTH + 1)?;
+                let parked_behind: i64 = row.try_get(EVENT_WIDTH + 2)?;
+                let rejection = rejection
+                    .and_then(|j| serde_json::from_value::<Rejection>(j).ok())
+                    .unwrap_or_else(|| Rejection {
+                        status: None,
+                        code: None,
+                        body: String::new(),
+                        reason: event.last_error.clone().unwrap_or_default(),
+                    });
+                out.push(DeadLetter {
+                    dead_at: dead_at.unwrap_or(event.received_at),
+                    event,
+                    rejection,
+                    parked_behind: parked_behind.max(0) as u64,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn retry_dead(
@@ -81,24 +347,57 @@ impl Outbox for PgBackend {
         action: &OperatorAction,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        todo!("Outbox::retry_dead on PostgreSQL")
+        self.tx(Tx::Write, |tx| {
+            let changed = dead(
+                tx,
+                which,
+                "state = 'pending', next_attempt_at = NULL, failing_since = NULL",
+                &[],
+                "retried from the dead letters",
+            )?;
+            for ev in &changed {
+                Line::operator(ev, action, now, "dlq_retry").write(tx)?;
+            }
+            Ok(changed.len() as u64)
+        })
     }
 
-    fn drop_dead(&mut self, which: DeadLetters, action: &OperatorAction, now: DateTime<Utc>)
-    -> Result<u64, StoreError> {
-        todo!("Outbox::drop_dead on PostgreSQL")
+    fn drop_dead(
+        &mut self,
+        which: DeadLetters,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.tx(Tx::Write, |tx| {
+            let set = "state = 'dropped', finished_at = $3, head = NULL";
+            let changed = dead(tx, which, set, &[&now], "dropped")?;
+            let finished: Vec<(Seq, &str, &str)> = changed
+                .iter()
+                .map(|ev| (ev.seq, ev.register.as_str(), ev.customer_id.as_str()))
+                .collect();
+            heads_finished(tx, &finished)?;
+            for ev in &changed {
+                Line::operator(ev, action, now, "dlq_drop").write(tx)?;
+            }
+            Ok(changed.len() as u64)
+        })
     }
 
     fn status(&mut self, register: Option<&str>) -> Result<OutboxStatus, StoreError> {
-        todo!("Outbox::status on PostgreSQL")
+        self.tx(Tx::Read, |tx| status_in(tx, register))
     }
 
     fn purge(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        todo!("Outbox::purge on PostgreSQL")
+        self.tx(Tx::Write, |tx| {
+            Ok(tx.execute(
+                "DELETE FROM outbox WHERE finished_at < $1 AND state IN ('delivered', 'dropped')",
+                &[&before],
+            )?)
+        })
     }
 
     fn barrier(&mut self, register: &str) -> Result<Option<i64>, StoreError> {
-        todo!("Outbox::barrier on PostgreSQL")
+        self.tx(Tx::Read, |tx| barrier_in(tx, register))
     }
 
     fn enqueue_and_claim(
@@ -109,7 +408,9 @@ impl Outbox for PgBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        todo!("Outbox::enqueue_and_claim on PostgreSQL")
+        self.tx(Tx::Write, |tx| {
+            enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now)
+        })
     }
 
     fn finish_claim(
@@ -119,7 +420,15 @@ impl Outbox for PgBackend {
         end: &ClaimEnd,
         at: DateTime<Utc>,
     ) -> Result<ClaimFinished, StoreError> {
-        todo!("Outbox::finish_claim on PostgreSQL")
+        let json = match end {
+            ClaimEnd::DeadLetter(rejection) => {
+                Some(serde_json::to_value(rejection).map_err(|e| StoreError::Other(e.to_string()))?)
+            }
+            _ => None,
+        };
+        self.tx(Tx::Write, |tx| {
+            finish_claim_in(tx, seq, claimer, end, json.as_ref(), at)
+        })
     }
 
     fn claim_head_of(
@@ -130,7 +439,31 @@ impl Outbox for PgBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<Option<OutboxEvent>, StoreError> {
-        todo!("Outbox::claim_head_of on PostgreSQL")
+        let until = claim_until(claimer, now);
+        let sql = format!(
+            "UPDATE outbox SET state = 'in_flight', claimer = $4, claim_epoch = $5, claimed_until = $6
+             WHERE register = $1 AND customer_id = $2 AND head AND state = 'pending'
+               AND (next_attempt_at IS NULL OR next_attempt_at <= $3) AND source = ANY($7)
+               AND (op = 'add' OR {may_go})
+             RETURNING {cols}",
+            may_go = removes_may_go(1),
+            cols = event_columns(""),
+        );
+        self.tx(Tx::Write, |tx| {
+            let row = tx.query_opt(
+                &sql,
+                &[
+                    &register,
+                    &customer,
+                    &now,
+                    &claimer.name,
+                    &claimer.epoch,
+                    &until,
+                    &sources,
+                ],
+            )?;
+            row.as_ref().map(event_row).transpose()
+        })
     }
 
     fn claim_next_of(
@@ -140,11 +473,54 @@ impl Outbox for PgBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<Option<OutboxEvent>, StoreError> {
-        todo!("Outbox::claim_next_of on PostgreSQL")
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        let until = claim_until(claimer, now);
+        let sql = format!(
+            "WITH next AS MATERIALIZED (
+                 SELECT seq FROM outbox
+                 WHERE head AND register = $1 AND state = 'pending' AND source IN ({sources})
+                   AND finished_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+                   AND (op = 'add' OR {may_go})
+                 ORDER BY seq LIMIT 1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o SET state = 'in_flight', claimer = $3, claim_epoch = $4, claimed_until = $5
+             FROM next WHERE o.seq = next.seq AND o.head AND o.state = 'pending'
+             RETURNING {cols}",
+            sources = sources_sql(sources),
+            may_go = removes_may_go(1),
+            cols = event_columns("o"),
+        );
+        self.tx(Tx::Write, |tx| {
+            let row = tx.query_opt(&sql, &[&register, &now, &claimer.name, &claimer.epoch, &until])?;
+            row.as_ref().map(event_row).transpose()
+        })
     }
 
     fn events_of(&mut self, register: Option<&str>, customer: Option<&str>) -> Result<Vec<OutboxEvent>, StoreError> {
-        todo!("Outbox::events_of on PostgreSQL")
+        // Only the predicates asked for, so a customer's events of a register are read through
+        // the index `outbox_customer` rather than the table.
+        let mut filters = vec![];
+        let mut args: Vec<&str> = vec![];
+        if let Some(r) = register {
+            args.push(r);
+            filters.push(format!("register = ${}", args.len()));
+        }
+        if let Some(c) = customer {
+            args.push(c);
+            filters.push(format!("customer_id = ${}", args.len()));
+        }
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", filters.join(" AND "))
+        };
+        let sql = format!("SELECT {} FROM outbox {filter} ORDER BY seq", event_columns(""));
+        self.tx(Tx::Read, |tx| {
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+            events_in_order(&tx.query(&sql, &params)?)
+        })
     }
 
     fn enqueue_from_cursor(
@@ -155,15 +531,417 @@ impl Outbox for PgBackend {
         cursor: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        todo!("Outbox::enqueue_from_cursor on PostgreSQL")
+        self.tx(Tx::Write, |tx| {
+            let out = enqueue_in(tx, register, events, now)?;
+            tx.execute(
+                "INSERT INTO source_cursors (source, cursor, at) VALUES ($1, $2, $3)
+                 ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, at = excluded.at",
+                &[&source, &cursor, &now],
+            )?;
+            Ok(out)
+        })
     }
 
     fn source_cursor(&mut self, source: &str) -> Result<Option<String>, StoreError> {
-        todo!("Outbox::source_cursor on PostgreSQL")
+        self.tx(Tx::Read, |tx| {
+            Ok(tx
+                .query_opt("SELECT cursor FROM source_cursors WHERE source = $1", &[&source])?
+                .map(|r| r.get(0)))
+        })
     }
 
     fn unfinished_of(&mut self, register: &str, sources: &[&str]) -> Result<Vec<OutboxEvent>, StoreError> {
-        todo!("Outbox::unfinished_of on PostgreSQL")
+        if sources.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT {} FROM outbox WHERE register = $1 AND finished_at IS NULL AND source IN ({}) ORDER BY seq",
+            event_columns(""),
+            sources_sql(sources)
+        );
+        self.tx(Tx::Read, |tx| events_in_order(&tx.query(&sql, &[&register])?))
     }
+}
 
+/// [`Outbox::enqueue`] inside its transaction: the customers' locks first, then each event in
+/// order (so a customer's events get growing seqs and the first without a head becomes it).
+fn enqueue_in(
+    tx: &mut Transaction<'_>,
+    register: &str,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<Vec<Enqueued>, Fault> {
+    let customers: Vec<(&str, &str)> = events.iter().map(|e| (register, e.customer_id.as_str())).collect();
+    lock_customers(tx, &customers)?;
+    let mut out = Vec::with_capacity(events.len());
+    for (index, ev) in events.iter().enumerate() {
+        if let Some(seq) = try_insert_event(tx, register, ev, Uuid::new_v4(), now)? {
+            out.push(Enqueued::Stored { seq });
+            continue;
+        }
+        // A known id is a duplicate only if it names the same event; reused for another one,
+        // the call fails whole (the transaction rolls back).
+        let known = tx.query_opt(
+            "SELECT seq, register = $2 AND op = $3 AND customer_id = $4 AND start_date IS NOT DISTINCT FROM $5
+             FROM outbox WHERE event_id = $1",
+            &[
+                &ev.event_id,
+                &register,
+                &ev.op.as_str(),
+                &ev.customer_id,
+                &ev.start_date,
+            ],
+        )?;
+        let Some(known) = known else {
+            // Purged between the insert and this look: what holds now is decided afresh.
+            return Err(Fault::Store(StoreError::Conflict(format!(
+                "event {index}: its event id was purged while it was being stored"
+            ))));
+        };
+        let (seq, same): (Seq, bool) = (known.get(0), known.get(1));
+        if !same {
+            return Err(Fault::Store(StoreError::EventIdConflict { index, seq }));
+        }
+        out.push(Enqueued::Duplicate { seq });
+    }
+    Ok(out)
+}
+
+/// Why a settlement matched no event that may be settled: the event is missing, in another
+/// state, or of the other operation.
+fn unsettleable(tx: &mut Transaction<'_>, s: &Settlement) -> Fault {
+    let ev = match event(tx, s.seq) {
+        Ok(ev) => ev,
+        Err(f) => return f,
+    };
+    if let Err(f) = require(&ev, &OUT, "settled") {
+        return f;
+    }
+    wrong(
+        s.seq,
+        format!(
+            "is {} and cannot be settled as {}",
+            ev.op.as_str(),
+            delivery_str(s.delivery)
+        ),
+    )
+}
+
+/// What a delivery of `ev` leaves behind besides the event (its queue moved on already): the
+/// ledger's row for the customer and the attempt's history line.
+fn delivered(tx: &mut Transaction<'_>, ev: &OutboxEvent, delivery: Delivery, at: DateTime<Utc>) -> Result<(), Fault> {
+    let wanted = ledger_state(delivery);
+    let start = match wanted {
+        LedgerState::Active => ev.start_date,
+        LedgerState::Ended => None,
+    };
+    set_ledger(tx, &ev.register, &ev.customer_id, wanted, start, at, ev.correlation_id)?;
+    let outcome = format!("delivered:{}", delivery_str(delivery));
+    Line {
+        status: delivery_status(delivery),
+        ..Line::attempt(ev, at, &outcome)
+    }
+    .write(tx)
+}
+
+/// Dead-letters `seq` if it is in flight or accepted (and meets `also`, numbered from `$3` with
+/// `also_params`), writing its history line; whether it did.
+fn park(
+    tx: &mut Transaction<'_>,
+    seq: Seq,
+    also: &str,
+    also_params: &[&(dyn ToSql + Sync)],
+    rejection: &Rejection,
+    json: &serde_json::Value,
+    at: DateTime<Utc>,
+) -> Result<bool, Fault> {
+    let n = 3 + also_params.len();
+    let set = format!(
+        "state = 'dead_lettered', attempts = o.attempts + 1, rejection = ${}, dead_at = ${}, last_error = ${},
+         {UNCLAIM}",
+        n,
+        n + 1,
+        n + 2
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = also_params.to_vec();
+    params.push(json);
+    params.push(&at);
+    params.push(&rejection.reason);
+    let changed = transition(tx, &[seq], &OUT, also, &set, &params)?;
+    let Some(ev) = changed.first() else {
+        return Ok(false);
+    };
+    Line {
+        status: rejection.status,
+        code: rejection.code.as_deref(),
+        detail: Some(&rejection.reason),
+        ..Line::attempt(ev, at, "dead_lettered")
+    }
+    .write(tx)?;
+    Ok(true)
+}
+
+/// Applies an operator's `set` (parameters from `$3` on) to the dead letters `which` names;
+/// they, as they were, in issue order. One that is not a dead letter is
+/// [`StoreError::WrongState`] saying what it is.
+fn dead(
+    tx: &mut Transaction<'_>,
+    which: DeadLetters,
+    set: &str,
+    params: &[&(dyn ToSql + Sync)],
+    doing: &str,
+) -> Result<Vec<OutboxEvent>, Fault> {
+    const DEAD: [EventState; 1] = [EventState::DeadLettered];
+    let seqs: Vec<Seq> = match which {
+        DeadLetters::One(seq) => vec![seq],
+        DeadLetters::All => tx
+            .query(
+                "SELECT seq FROM outbox WHERE head AND state = 'dead_lettered' ORDER BY seq",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    // Conditional on each still being a dead letter: one an agent or another operator changed
+    // meanwhile is left alone (and, asked for by seq, reported).
+    let changed = transition(tx, &seqs, &DEAD, "", set, params)?;
+    if let DeadLetters::One(seq) = which
+        && changed.is_empty()
+    {
+        return Err(unchanged(tx, seq, &DEAD, doing));
+    }
+    Ok(changed)
+}
+
+/// [`Outbox::status`] inside its read transaction: counts by state from the index
+/// `outbox_state`, the parked customers and what waits behind them, the oldest unfinished
+/// event (its customer's head), the barrier.
+fn status_in(tx: &mut Transaction<'_>, register: Option<&str>) -> Result<OutboxStatus, Fault> {
+    let (filter, h_filter) = match register {
+        Some(_) => ("WHERE register = $1", "AND h.register = $1"),
+        None => ("", ""),
+    };
+    let args: Vec<&(dyn ToSql + Sync)> = match &register {
+        Some(r) => vec![r],
+        None => vec![],
+    };
+    let mut st = OutboxStatus::default();
+    let counts = tx.query(
+        &format!("SELECT state, count(*) FROM outbox {filter} GROUP BY state"),
+        &args,
+    )?;
+    for row in &counts {
+        let n = row.try_get::<_, i64>(1)?.max(0) as u64;
+        match parse_state(row.try_get(0)?)? {
+            EventState::Pending => st.pending += n,
+            EventState::InFlight => st.in_flight += n,
+            EventState::Accepted => st.accepted += n,
+            EventState::Delivered => st.delivered += n,
+            EventState::DeadLettered => st.dead_lettered += n,
+            EventState::Dropped => st.dropped += n,
+        }
+    }
+    // Every dead-lettered event is a head, so it is one parked customer.
+    st.parked_customers = st.dead_lettered;
+    let parked: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM outbox h JOIN outbox o
+                   ON o.register = h.register AND o.customer_id = h.customer_id AND o.seq > h.seq
+                      AND o.finished_at IS NULL
+                 WHERE h.head AND h.state = 'dead_lettered' {h_filter}"
+            ),
+            &args,
+        )?
+        .try_get(0)?;
+    st.parked_events = parked.max(0) as u64;
+    // The oldest unfinished event is its customer's head (only unfinished events are heads).
+    let head_filter = if register.is_some() { "AND register = $1" } else { "" };
+    st.oldest_unfinished = tx
+        .query_opt(
+            &format!("SELECT received_at FROM outbox WHERE head {head_filter} ORDER BY seq LIMIT 1"),
+            &args,
+        )?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    st.barrier = match register {
+        Some(r) => barrier_in(tx, r)?,
+        None => tx
+            .query_opt(
+                "SELECT id FROM load_jobs WHERE status = 'running' ORDER BY id LIMIT 1",
+                &[],
+            )?
+            .map(|r| r.get(0)),
+    };
+    Ok(st)
+}
+
+// ---- A caller's own claim (`kfr add`, `kfr remove`) ------------------------------------------
+
+/// [`Outbox::enqueue_and_claim`] inside its transaction: under the customer's lock the look at
+/// its queue, the insert and the claim cannot be overtaken by another enqueue of the customer,
+/// and no claimer sees the event pending in between (it commits claimed).
+fn enqueue_and_claim_in(
+    tx: &mut Transaction<'_>,
+    register: &str,
+    ev: &NewEvent,
+    correlation_id: Uuid,
+    claimer: &Claimer,
+    now: DateTime<Utc>,
+) -> Result<OwnEvent, Fault> {
+    lock_customers(tx, &[(register, ev.customer_id.as_str())])?;
+    let known = tx.query_opt("SELECT seq FROM outbox WHERE event_id = $1", &[&ev.event_id])?;
+    if let Some(known) = known {
+        return Ok(OwnEvent::Duplicate { seq: known.get(0) });
+    }
+    let ahead: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE register = $1 AND customer_id = $2 AND finished_at IS NULL",
+            &[&register, &ev.customer_id],
+        )?
+        .get(0);
+    let ahead = ahead.max(0) as u64;
+    let barrier = barrier_in(tx, register)?;
+    let Some(seq) = try_insert_event(tx, register, ev, correlation_id, now)? else {
+        // Stored by someone else since the look above: as a duplicate.
+        let seq: Seq = tx
+            .query_one("SELECT seq FROM outbox WHERE event_id = $1", &[&ev.event_id])?
+            .get(0);
+        return Ok(OwnEvent::Duplicate { seq });
+    };
+    // The barrier holds a remove at a head (D-3 step 4); an add with nothing ahead goes in
+    // parallel with the load (step 3), as `claim_ready` decides for the dispatcher.
+    if ahead > 0 || (ev.op == Operation::Remove && barrier.is_some()) {
+        return Ok(OwnEvent::Queued {
+            seq,
+            correlation_id,
+            ahead,
+            barrier,
+        });
+    }
+    let sql = format!(
+        "UPDATE outbox SET state = 'in_flight', claimer = $1, claim_epoch = $2, claimed_until = $3
+         WHERE seq = $4 AND head AND state = 'pending'
+         RETURNING {}",
+        event_columns("")
+    );
+    let until = claim_until(claimer, now);
+    match tx.query_opt(&sql, &[&claimer.name, &claimer.epoch, &until, &seq])? {
+        Some(row) => Ok(OwnEvent::Claimed(Box::new(event_row(&row)?))),
+        None => Err(wrong(seq, "was stored as its customer's head but could not be claimed")),
+    }
+}
+
+/// [`Outbox::finish_claim`] inside its transaction: each ending one statement conditional on
+/// the event being in flight for `claimer`; when it matched nothing, the event was taken over.
+fn finish_claim_in(
+    tx: &mut Transaction<'_>,
+    seq: Seq,
+    claimer: &str,
+    end: &ClaimEnd,
+    rejection_json: Option<&serde_json::Value>,
+    at: DateTime<Utc>,
+) -> Result<ClaimFinished, Fault> {
+    const MINE: &str = "AND claimer = $3";
+    const IN_FLIGHT: [EventState; 1] = [EventState::InFlight];
+    let recorded = match end {
+        ClaimEnd::Delivered {
+            delivery,
+            echoed_correlation_id,
+        } => {
+            let sql = format!(
+                "UPDATE outbox SET state = 'delivered', finished_at = $1, delivery = $2, echoed_correlation_id = $3,
+                     attempts = attempts + 1, failing_since = NULL, next_attempt_at = NULL, last_error = NULL,
+                     head = NULL
+                 WHERE seq = $4 AND state = 'in_flight' AND claimer = $5 AND op = $6
+                 RETURNING {}",
+                event_columns("")
+            );
+            let row = tx.query_opt(
+                &sql,
+                &[
+                    &at,
+                    &delivery_str(*delivery),
+                    echoed_correlation_id,
+                    &seq,
+                    &claimer,
+                    &op_of(*delivery).as_str(),
+                ],
+            )?;
+            match row {
+                Some(row) => {
+                    let ev = event_row(&row)?;
+                    heads_finished(tx, &[(ev.seq, ev.register.as_str(), ev.customer_id.as_str())])?;
+                    delivered(tx, &ev, *delivery, at)?;
+                    true
+                }
+                None => {
+                    let ev = event(tx, seq)?;
+                    if ev.state == EventState::InFlight && ev.claimer.as_deref() == Some(claimer) {
+                        return Err(wrong(
+                            seq,
+                            format!(
+                                "is {} and cannot be settled as {}",
+                                ev.op.as_str(),
+                                delivery_str(*delivery)
+                            ),
+                        ));
+                    }
+                    false
+                }
+            }
+        }
+        ClaimEnd::RetryLater { not_before, error } => {
+            let set = format!(
+                "state = 'pending', attempts = o.attempts + 1, next_attempt_at = $4,
+                 failing_since = COALESCE(o.failing_since, $5), last_error = $6, claimer = NULL, claim_epoch = NULL,
+                 claimed_until = NULL"
+            );
+            let changed = transition(tx, &[seq], &IN_FLIGHT, MINE, &set, &[&claimer, not_before, &at, error])?;
+            match changed.first() {
+                Some(ev) => {
+                    Line {
+                        detail: Some(error),
+                        ..Line::attempt(ev, at, "retry_later")
+                    }
+                    .write(tx)?;
+                    true
+                }
+                None => false,
+            }
+        }
+        ClaimEnd::Release { error } => {
+            let set = "state = 'pending', last_error = $4, claimer = NULL, claim_epoch = NULL, claimed_until = NULL";
+            let changed = transition(tx, &[seq], &IN_FLIGHT, MINE, set, &[&claimer, error])?;
+            match changed.first() {
+                Some(ev) => {
+                    Line {
+                        detail: Some(error),
+                        ..Line::attempt(ev, at, "released")
+                    }
+                    .write(tx)?;
+                    true
+                }
+                None => false,
+            }
+        }
+        ClaimEnd::DeadLetter(rejection) => {
+            let json = rejection_json.ok_or_else(|| Fault::Store(StoreError::Other("no rejection".into())))?;
+            park(
+                tx,
+                seq,
+                "AND state = 'in_flight' AND claimer = $3",
+                &[&claimer],
+                rejection,
+                json,
+                at,
+            )?
+        }
+    };
+    if recorded {
+        return Ok(ClaimFinished::Recorded);
+    }
+    let ev = event(tx, seq)?;
+    Ok(ClaimFinished::TakenOver { state: ev.state })
 }
