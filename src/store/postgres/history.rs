@@ -26,5 +26,4 @@ impl History for PgBackend {
     fn purge_history(&mut self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         todo!("History::purge_history on PostgreSQL")
     }
-
 }

@@ -55,5 +55,4 @@ impl Jobs for PgBackend {
     fn confirm_job_if_complete(&mut self, job: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
         todo!("Jobs::confirm_job_if_complete on PostgreSQL")
     }
-
 }

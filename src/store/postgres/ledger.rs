@@ -45,5 +45,4 @@ impl Ledger for PgBackend {
     fn ledger_count(&mut self, batch: Option<(i64, u32)>) -> Result<u64, StoreError> {
         todo!("Ledger::ledger_count on PostgreSQL")
     }
-
 }

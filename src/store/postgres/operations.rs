@@ -46,5 +46,4 @@ impl Operations for PgBackend {
     fn backup_to(&mut self, dest: &std::path::Path) -> Result<BackupInfo, StoreError> {
         todo!("Operations::backup_to on PostgreSQL")
     }
-
 }
