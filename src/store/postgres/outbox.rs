@@ -893,12 +893,10 @@ fn finish_claim_in(
             }
         }
         ClaimEnd::RetryLater { not_before, error } => {
-            let set = format!(
-                "state = 'pending', attempts = o.attempts + 1, next_attempt_at = $4,
+            let set = "state = 'pending', attempts = o.attempts + 1, next_attempt_at = $4,
                  failing_since = COALESCE(o.failing_since, $5), last_error = $6, claimer = NULL, claim_epoch = NULL,
-                 claimed_until = NULL"
-            );
-            let changed = transition(tx, &[seq], &IN_FLIGHT, MINE, &set, &[&claimer, not_before, &at, error])?;
+                 claimed_until = NULL";
+            let changed = transition(tx, &[seq], &IN_FLIGHT, MINE, set, &[&claimer, not_before, &at, error])?;
             match changed.first() {
                 Some(ev) => {
                     Line {
@@ -944,4 +942,94 @@ fn finish_claim_in(
     }
     let ev = event(tx, seq)?;
     Ok(ClaimFinished::TakenOver { state: ev.state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::store;
+    use super::PgBackend;
+    use crate::pg::cluster::TestDb;
+    use crate::store::backend::Outbox as _;
+    use crate::store::conformance::{R, agent, ev, t};
+    use crate::store::types::*;
+
+    /// Another connection to the test's database: what a second host has.
+    fn second(db: &TestDb) -> PgBackend {
+        PgBackend::open(&crate::pg::Target {
+            url: db.url.clone(),
+            password_file: Some(db.password_file.clone()),
+            ca_file: None,
+        })
+        .unwrap()
+    }
+
+    /// Waits until `n` sessions of the test's database wait for an advisory lock, or `done`.
+    fn until_waiting(admin: &mut postgres::Client, n: i64, done: impl Fn() -> bool) {
+        loop {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                     WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if waiting >= n || done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Two hosts: one stores an event of a customer while the other delivers the customer's
+    /// head. The enqueue decided "not the head" (the head was still in flight when its insert
+    /// began), so the delivery must make it the head once it is stored, or the customer's queue
+    /// would stop for good. The insert is held inside its statement (a trigger waiting for the
+    /// test) until the delivery has run as far as it can.
+    #[test]
+    fn an_event_stored_while_its_customers_head_is_delivered_becomes_the_next_head() {
+        let (db, mut s) = store();
+        s.enqueue(R, &[ev("first", "customer-a", Operation::Add)], t(0))
+            .unwrap();
+        let head = s.claim_ready(R, &agent(), t(0), 10).unwrap();
+        assert_eq!(head.len(), 1);
+        let mut admin = db.admin();
+        admin
+            .batch_execute(
+                "SELECT pg_advisory_lock(42);
+                 CREATE FUNCTION kfr_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM pg_advisory_lock(42); PERFORM pg_advisory_unlock(42); RETURN NEW; END $$;
+                 CREATE TRIGGER hold BEFORE INSERT ON outbox FOR EACH ROW
+                     WHEN (NEW.event_id = 'late') EXECUTE FUNCTION kfr_test_hold();",
+            )
+            .unwrap();
+        let mut other = second(&db);
+        let enqueuer = std::thread::spawn(move || {
+            other
+                .enqueue(R, &[ev("late", "customer-a", Operation::Remove)], t(1))
+                .map(|_| ())
+        });
+        until_waiting(&mut admin, 1, || enqueuer.is_finished());
+        let seq = head[0].seq;
+        let deliverer = std::thread::spawn(move || {
+            let done = Settlement {
+                seq,
+                delivery: Delivery::Added,
+                echoed_correlation_id: None,
+                at: t(1),
+            };
+            let r = s.settle(&[done]);
+            (s, r)
+        });
+        // The delivery waits for the customer's lock the enqueue holds (without that lock it
+        // would finish now, finding nothing to promote).
+        until_waiting(&mut admin, 2, || deliverer.is_finished());
+        admin.execute("SELECT pg_advisory_unlock(42)", &[]).unwrap();
+        enqueuer.join().unwrap().unwrap();
+        let (mut s, settled) = deliverer.join().unwrap();
+        settled.unwrap();
+        let next = s.claim_ready(R, &agent(), t(2), 10).unwrap();
+        let ids: Vec<&str> = next.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["late"], "the event stored meanwhile is its customer's head");
+    }
 }
