@@ -216,32 +216,37 @@ impl Outbox for PgBackend {
 
     fn settle(&mut self, settlements: &[Settlement]) -> Result<(), StoreError> {
         let sql = format!(
-            "UPDATE outbox SET state = 'delivered', finished_at = $1, delivery = $2, echoed_correlation_id = $3,
-                 attempts = attempts + (state = 'in_flight')::integer, failing_since = NULL,
-                 next_attempt_at = NULL, head = NULL
-             WHERE seq = $4 AND state IN ('in_flight', 'accepted') AND op = $5
+            "UPDATE outbox o SET state = 'delivered', finished_at = s.at, delivery = s.delivery,
+                 echoed_correlation_id = s.echoed, attempts = o.attempts + (o.state = 'in_flight')::integer,
+                 failing_since = NULL, next_attempt_at = NULL, head = NULL
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                  AS s (seq, delivery, echoed, at, op)
+             WHERE o.seq = s.seq AND o.state IN ('in_flight', 'accepted') AND o.op = s.op
              RETURNING {}",
-            event_columns("")
+            event_columns("o")
         );
+        let seqs: Vec<Seq> = settlements.iter().map(|s| s.seq).collect();
+        let deliveries: Vec<&str> = settlements.iter().map(|s| delivery_str(s.delivery)).collect();
+        let echoed: Vec<Option<&str>> = settlements.iter().map(|s| s.echoed_correlation_id.as_deref()).collect();
+        let at: Vec<DateTime<Utc>> = settlements.iter().map(|s| s.at).collect();
+        let ops: Vec<&str> = settlements.iter().map(|s| op_of(s.delivery).as_str()).collect();
         self.tx(Tx::Fenced, |tx| {
-            // One statement per event checks its state and operation, records the outcome and
-            // ends the head; a single's answer is an attempt recorded now, a batch event's was
-            // counted when the batch was accepted. Then the queues move on, under their locks.
+            if settlements.is_empty() {
+                return Ok(());
+            }
+            // One statement checks every event's state and operation, records the outcomes and
+            // ends the heads (the hot path of every delivery); a single's answer is an attempt
+            // recorded now, a batch event's was counted when the batch was accepted. Then the
+            // queues move on under their locks, and the ledger and history follow.
+            let rows = tx.query(&sql, &[&seqs, &deliveries, &echoed, &at, &ops])?;
+            let events = rows.iter().map(event_row).collect::<Result<Vec<_>, _>>()?;
             let mut done = Vec::with_capacity(settlements.len());
-            for s in settlements {
-                let row = tx.query_opt(
-                    &sql,
-                    &[
-                        &s.at,
-                        &delivery_str(s.delivery),
-                        &s.echoed_correlation_id,
-                        &s.seq,
-                        &op_of(s.delivery).as_str(),
-                    ],
-                )?;
-                match row {
-                    Some(row) => done.push((event_row(&row)?, s)),
-                    None => return Err(unsettleable(tx, s)),
+            for (i, s) in settlements.iter().enumerate() {
+                let repeated = seqs[..i].contains(&s.seq);
+                match events.iter().find(|e| e.seq == s.seq) {
+                    Some(ev) if !repeated => done.push((ev, s)),
+                    _ if repeated => return Err(wrong(s.seq, "is settled twice in one call")),
+                    _ => return Err(unsettleable(tx, s)),
                 }
             }
             let finished: Vec<(Seq, &str, &str)> = done
@@ -249,10 +254,21 @@ impl Outbox for PgBackend {
                 .map(|(ev, _)| (ev.seq, ev.register.as_str(), ev.customer_id.as_str()))
                 .collect();
             heads_finished(tx, &finished)?;
-            for (ev, s) in &done {
-                delivered(tx, ev, s.delivery, s.at)?;
-            }
-            Ok(())
+            let outcomes: Vec<String> = done
+                .iter()
+                .map(|(_, s)| format!("delivered:{}", delivery_str(s.delivery)))
+                .collect();
+            let ledger: Vec<LedgerRow<'_>> = done.iter().map(|(ev, s)| ledger_row(ev, s.delivery, s.at)).collect();
+            set_ledger(tx, &ledger)?;
+            let lines: Vec<Line<'_>> = done
+                .iter()
+                .zip(&outcomes)
+                .map(|((ev, s), outcome)| Line {
+                    status: delivery_status(s.delivery),
+                    ..Line::attempt(ev, s.at, outcome)
+                })
+                .collect();
+            Line::write_all(tx, &lines)
         })
     }
 
@@ -563,42 +579,105 @@ impl Outbox for PgBackend {
     }
 }
 
-/// [`Outbox::enqueue`] inside its transaction: the customers' locks first, then each event in
-/// order (so a customer's events get growing seqs and the first without a head becomes it).
+/// [`Outbox::enqueue`] inside its transaction, in three statements whatever the number of
+/// events (the agent's intake group-commits many at once): the customers' locks; the inserts,
+/// in the call's order (so a customer's events get growing seqs), skipping known event ids;
+/// the head for each customer of the call that has none (its oldest unfinished event: every
+/// customer with an unfinished event has one). Known ids are then told apart: the same event
+/// (a duplicate) or another one (the call fails whole).
 fn enqueue_in(
     tx: &mut Transaction<'_>,
     register: &str,
     events: &[NewEvent],
     now: DateTime<Utc>,
 ) -> Result<Vec<Enqueued>, Fault> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
     let customers: Vec<(&str, &str)> = events.iter().map(|e| (register, e.customer_id.as_str())).collect();
     lock_customers(tx, &customers)?;
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let ops: Vec<&str> = events.iter().map(|e| e.op.as_str()).collect();
+    let who: Vec<&str> = events.iter().map(|e| e.customer_id.as_str()).collect();
+    let starts: Vec<Option<chrono::NaiveDate>> = events.iter().map(|e| e.start_date).collect();
+    let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+    let cids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+    let stored: std::collections::HashMap<String, Seq> = tx
+        .query(
+            "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
+                                 correlation_id, state)
+             SELECT $1, e.id, e.op, e.customer_id, e.start_date, e.occurred_at, e.source, $2, e.cid, 'pending'
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::timestamptz[], $8::text[], $9::uuid[])
+                  WITH ORDINALITY AS e (id, op, customer_id, start_date, occurred_at, source, cid, i)
+             ORDER BY e.i
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id, seq",
+            &[&register, &now, &ids, &ops, &who, &starts, &occurred, &sources, &cids],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !stored.is_empty() {
+        tx.execute(
+            "UPDATE outbox SET head = true WHERE seq IN (
+                 SELECT min(seq) FROM outbox
+                 WHERE register = $1 AND customer_id = ANY($2) AND finished_at IS NULL
+                 GROUP BY customer_id HAVING bool_or(head) IS NOT TRUE)",
+            &[&register, &who],
+        )
+        .map_err(one_head)?;
+    }
+    // Ids stored before this call: what they name, to tell a duplicate from a reuse.
+    let first = |id: &str| events.iter().position(|e| e.event_id == id);
+    let known: Vec<&str> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, id)| !stored.contains_key(**id) && first(id) == Some(*i))
+        .map(|(_, id)| *id)
+        .collect();
+    let mut before: std::collections::HashMap<String, (Seq, String, String, String, Option<chrono::NaiveDate>)> =
+        Default::default();
+    if !known.is_empty() {
+        for r in tx.query(
+            "SELECT event_id, seq, register, op, customer_id, start_date FROM outbox WHERE event_id = ANY($1)",
+            &[&known],
+        )? {
+            before.insert(r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)));
+        }
+    }
     let mut out = Vec::with_capacity(events.len());
     for (index, ev) in events.iter().enumerate() {
-        if let Some(seq) = try_insert_event(tx, register, ev, Uuid::new_v4(), now)? {
+        let at = first(&ev.event_id).unwrap_or(index);
+        if at == index
+            && let Some(&seq) = stored.get(&ev.event_id)
+        {
             out.push(Enqueued::Stored { seq });
             continue;
         }
         // A known id is a duplicate only if it names the same event; reused for another one,
         // the call fails whole (the transaction rolls back).
-        let known = tx.query_opt(
-            "SELECT seq, register = $2 AND op = $3 AND customer_id = $4 AND start_date IS NOT DISTINCT FROM $5
-             FROM outbox WHERE event_id = $1",
-            &[
-                &ev.event_id,
-                &register,
-                &ev.op.as_str(),
-                &ev.customer_id,
-                &ev.start_date,
-            ],
-        )?;
-        let Some(known) = known else {
-            // Purged between the insert and this look: what holds now is decided afresh.
-            return Err(Fault::Store(StoreError::Conflict(format!(
-                "event {index}: its event id was purged while it was being stored"
-            ))));
+        let (seq, same) = match stored.get(&ev.event_id) {
+            Some(&seq) => {
+                let was = &events[at];
+                (
+                    seq,
+                    was.op == ev.op && was.customer_id == ev.customer_id && was.start_date == ev.start_date,
+                )
+            }
+            None => match before.get(&ev.event_id) {
+                Some((seq, reg, op, customer, start)) => (
+                    *seq,
+                    reg == register && op == ev.op.as_str() && *customer == ev.customer_id && *start == ev.start_date,
+                ),
+                None => {
+                    // Purged between the insert and this look: what holds now is decided afresh.
+                    return Err(Fault::Store(StoreError::Conflict(format!(
+                        "event {index}: its event id was purged while it was being stored"
+                    ))));
+                }
+            },
         };
-        let (seq, same): (Seq, bool) = (known.get(0), known.get(1));
         if !same {
             return Err(Fault::Store(StoreError::EventIdConflict { index, seq }));
         }
@@ -627,15 +706,26 @@ fn unsettleable(tx: &mut Transaction<'_>, s: &Settlement) -> Fault {
     )
 }
 
+/// The ledger's row for the customer of `ev`, delivered as `delivery` at `at`.
+fn ledger_row(ev: &OutboxEvent, delivery: Delivery, at: DateTime<Utc>) -> LedgerRow<'_> {
+    let state = ledger_state(delivery);
+    LedgerRow {
+        register: &ev.register,
+        customer: &ev.customer_id,
+        state,
+        start_date: match state {
+            LedgerState::Active => ev.start_date,
+            LedgerState::Ended => None,
+        },
+        since: at,
+        correlation_id: ev.correlation_id,
+    }
+}
+
 /// What a delivery of `ev` leaves behind besides the event (its queue moved on already): the
 /// ledger's row for the customer and the attempt's history line.
 fn delivered(tx: &mut Transaction<'_>, ev: &OutboxEvent, delivery: Delivery, at: DateTime<Utc>) -> Result<(), Fault> {
-    let wanted = ledger_state(delivery);
-    let start = match wanted {
-        LedgerState::Active => ev.start_date,
-        LedgerState::Ended => None,
-    };
-    set_ledger(tx, &ev.register, &ev.customer_id, wanted, start, at, ev.correlation_id)?;
+    set_ledger(tx, &[ledger_row(ev, delivery, at)])?;
     let outcome = format!("delivered:{}", delivery_str(delivery));
     Line {
         status: delivery_status(delivery),

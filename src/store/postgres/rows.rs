@@ -256,26 +256,24 @@ pub(crate) fn lock_customers<R: AsRef<str>, C: AsRef<str>>(
 
 /// Moves the queue of each customer whose head `seq` has just finished (its `head` already
 /// cleared by the caller's statement) on to its next unfinished event, taking the customers'
-/// locks first. Skips finished ones: an operator may have cancelled a pending event behind the
-/// head.
+/// locks first; one statement for them all. Skips finished ones: an operator may have cancelled
+/// a pending event behind the head.
 pub(crate) fn heads_finished(tx: &mut Transaction<'_>, finished: &[(Seq, &str, &str)]) -> Result<(), Fault> {
+    if finished.is_empty() {
+        return Ok(());
+    }
     let customers: Vec<(&str, &str)> = finished.iter().map(|(_, r, c)| (*r, *c)).collect();
     lock_customers(tx, &customers)?;
-    for (seq, register, customer) in finished {
-        promote_next(tx, *seq, register, customer)?;
-    }
-    Ok(())
-}
-
-/// Makes the customer's next unfinished event after `seq` its head. The caller holds the
-/// customer's lock ([`lock_customers`]), taken before this statement began.
-pub(crate) fn promote_next(tx: &mut Transaction<'_>, seq: Seq, register: &str, customer: &str) -> Result<(), Fault> {
+    let seqs: Vec<Seq> = finished.iter().map(|(s, _, _)| *s).collect();
+    let registers: Vec<&str> = finished.iter().map(|(_, r, _)| *r).collect();
+    let ids: Vec<&str> = finished.iter().map(|(_, _, c)| *c).collect();
     tx.execute(
-        "UPDATE outbox SET head = true WHERE seq = (
-             SELECT seq FROM outbox
-             WHERE register = $1 AND customer_id = $2 AND seq > $3 AND finished_at IS NULL
-             ORDER BY seq LIMIT 1)",
-        &[&register, &customer, &seq],
+        "UPDATE outbox SET head = true WHERE seq IN (
+             SELECT (SELECT o.seq FROM outbox o
+                     WHERE o.register = f.r AND o.customer_id = f.c AND o.seq > f.s AND o.finished_at IS NULL
+                     ORDER BY o.seq LIMIT 1)
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f (s, r, c))",
+        &[&seqs, &registers, &ids],
     )
     .map_err(one_head)?;
     Ok(())
@@ -348,27 +346,51 @@ pub(crate) fn removes_may_go(n: usize) -> String {
     format!("NOT EXISTS (SELECT 1 FROM load_jobs WHERE status = 'running' AND (register = ${n} OR register IS NULL))")
 }
 
-/// Records that KFR now holds (or no longer holds) the customer's relationship.
-pub(crate) fn set_ledger(
-    tx: &mut Transaction<'_>,
-    register: &str,
-    customer: &str,
-    state: LedgerState,
-    start_date: Option<NaiveDate>,
-    since: DateTime<Utc>,
-    correlation_id: Uuid,
-) -> Result<(), Fault> {
-    let state = match state {
-        LedgerState::Active => "active",
-        LedgerState::Ended => "ended",
-    };
+/// What KFR now holds (or no longer holds) for one customer, as [`set_ledger`] records it.
+pub(crate) struct LedgerRow<'a> {
+    pub register: &'a str,
+    pub customer: &'a str,
+    pub state: LedgerState,
+    pub start_date: Option<NaiveDate>,
+    pub since: DateTime<Utc>,
+    pub correlation_id: Uuid,
+}
+
+/// Records that KFR now holds (or no longer holds) each customer's relationship, in one
+/// statement; of two rows for one customer the later one counts.
+pub(crate) fn set_ledger(tx: &mut Transaction<'_>, rows: &[LedgerRow<'_>]) -> Result<(), Fault> {
+    // One row per customer (an upsert may not touch a row twice), the last one given.
+    let mut last: Vec<&LedgerRow<'_>> = vec![];
+    for row in rows.iter().rev() {
+        if !last
+            .iter()
+            .any(|l| l.register == row.register && l.customer == row.customer)
+        {
+            last.push(row);
+        }
+    }
+    if last.is_empty() {
+        return Ok(());
+    }
+    let registers: Vec<&str> = last.iter().map(|r| r.register).collect();
+    let customers: Vec<&str> = last.iter().map(|r| r.customer).collect();
+    let states: Vec<&str> = last
+        .iter()
+        .map(|r| match r.state {
+            LedgerState::Active => "active",
+            LedgerState::Ended => "ended",
+        })
+        .collect();
+    let starts: Vec<Option<NaiveDate>> = last.iter().map(|r| r.start_date).collect();
+    let since: Vec<DateTime<Utc>> = last.iter().map(|r| r.since).collect();
+    let cids: Vec<Uuid> = last.iter().map(|r| r.correlation_id).collect();
     tx.execute(
         "INSERT INTO ledger_current (register, customer_id, state, start_date, since, correlation_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], $5::timestamptz[], $6::uuid[])
          ON CONFLICT (register, customer_id) DO UPDATE SET
              state = excluded.state, start_date = excluded.start_date, since = excluded.since,
              correlation_id = excluded.correlation_id",
-        &[&register, &customer, &state, &start_date, &since, &correlation_id],
+        &[&registers, &customers, &states, &starts, &since, &cids],
     )?;
     Ok(())
 }
@@ -423,6 +445,41 @@ impl<'a> Line<'a> {
             detail: action.reason.as_deref(),
             ..Line::attempt(ev, at, what)
         }
+    }
+
+    /// Writes `lines` in one statement, in their order.
+    pub(crate) fn write_all(tx: &mut Transaction<'_>, lines: &[Line<'_>]) -> Result<(), Fault> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let at: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+        let register: Vec<&str> = lines.iter().map(|l| l.register).collect();
+        let customer: Vec<&str> = lines.iter().map(|l| l.customer_id).collect();
+        let seq: Vec<Option<Seq>> = lines.iter().map(|l| l.seq).collect();
+        let event_id: Vec<Option<&str>> = lines.iter().map(|l| l.event_id).collect();
+        let op: Vec<Option<&str>> = lines.iter().map(|l| l.op.map(Operation::as_str)).collect();
+        let cid: Vec<Option<Uuid>> = lines.iter().map(|l| l.correlation_id).collect();
+        let kind: Vec<&str> = lines.iter().map(|l| l.kind.as_str()).collect();
+        let outcome: Vec<&str> = lines.iter().map(|l| l.outcome).collect();
+        let status: Vec<Option<i32>> = lines.iter().map(|l| l.status.map(i32::from)).collect();
+        let code: Vec<Option<&str>> = lines.iter().map(|l| l.code).collect();
+        let detail: Vec<Option<&str>> = lines.iter().map(|l| l.detail).collect();
+        let actor: Vec<Option<&str>> = lines.iter().map(|l| l.actor).collect();
+        tx.execute(
+            "INSERT INTO history (at, register, customer_id, seq, event_id, op, correlation_id, kind, outcome,
+                                  status, code, detail, actor)
+             SELECT at, register, customer_id, seq, event_id, op, correlation_id, kind, outcome, status, code,
+                    detail, actor
+             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                         $7::uuid[], $8::text[], $9::text[], $10::integer[], $11::text[], $12::text[], $13::text[])
+                  WITH ORDINALITY AS l (at, register, customer_id, seq, event_id, op, correlation_id, kind,
+                                        outcome, status, code, detail, actor, i)
+             ORDER BY i",
+            &[
+                &at, &register, &customer, &seq, &event_id, &op, &cid, &kind, &outcome, &status, &code, &detail, &actor,
+            ],
+        )?;
+        Ok(())
     }
 
     pub(crate) fn write(&self, tx: &mut Transaction<'_>) -> Result<(), Fault> {
