@@ -33,6 +33,7 @@ mod migrations;
 mod operations;
 mod outbox;
 mod rows;
+mod transfer;
 
 pub use db::PgBackend;
 
