@@ -105,7 +105,7 @@ impl PgBackend {
 
     /// The schema version of the database (0: kfr's tables are not there yet).
     pub fn version(&mut self) -> Result<u32, StoreError> {
-        self.tx(Tx::Read, |tx| version(tx))
+        self.tx(Tx::Read, version)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

@@ -107,6 +107,9 @@ pub const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX outbox_finished ON outbox (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX outbox_state ON outbox (register, state);
     CREATE INDEX outbox_unfinished ON outbox (register, customer_id) WHERE finished_at IS NULL;
+    -- The operations `kfr add` / `kfr remove` left queued (a load's held operations), oldest first.
+    CREATE INDEX outbox_held ON outbox (register, seq)
+        WHERE source IN ('kfr add', 'kfr remove') AND finished_at IS NULL;
 
     CREATE TABLE leases (
         register  text PRIMARY KEY,

@@ -8,7 +8,8 @@
 //! - `lease`: the delivery lease per register and the one load writer (session advisory locks
 //!   on a dedicated connection, plus an epoch row); `history`; `operations`.
 //! - `db`: the connection, opening and migrating, the transaction runner and the epoch fence;
-//!   `migrations`: the schema.
+//!   `migrations`: the schema; `rows`: reading events back and the statements the others
+//!   share (the per-customer lock, a head moving on, the ledger's row, a history line).
 //!
 //! Concurrency rules (two hosts write at once, so none of SQLite's one-writer-at-a-time holds):
 //! - Every enqueue takes a transaction-scoped advisory lock on (register, customer) before it
@@ -31,6 +32,7 @@ mod ledger;
 mod migrations;
 mod operations;
 mod outbox;
+mod rows;
 mod transfer;
 
 pub use db::PgBackend;
