@@ -43,5 +43,4 @@ impl Leases for PgBackend {
     fn release_writer(&mut self) -> Result<(), StoreError> {
         todo!("Leases::release_writer on PostgreSQL")
     }
-
 }
