@@ -28,9 +28,12 @@ pub struct PgBackend {
     pub(crate) target: Target,
     /// The delivery lease this process holds (its writes are fenced by its epoch).
     pub(crate) lease: Option<Lease>,
-    /// The dedicated, unpooled connection that holds this process's session advisory locks
-    /// (the delivery lease, the load writer): they last exactly as long as it does.
+    /// The dedicated, unpooled connection holding the delivery lease's session advisory lock
+    /// (`None`: no lock held). The lock lasts exactly as long as the session; dropping the
+    /// connection is how it is let go, so it is never taken twice (session locks stack).
     pub(crate) lock_conn: Option<Client>,
+    /// The same for the load writer's lock.
+    pub(crate) writer_conn: Option<Client>,
 }
 
 impl Backend for PgBackend {
@@ -89,6 +92,7 @@ impl PgBackend {
             target: target.clone(),
             lease: None,
             lock_conn: None,
+            writer_conn: None,
         };
         backend.migrate()?;
         Ok(backend)

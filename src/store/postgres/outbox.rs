@@ -14,8 +14,12 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 impl Outbox for PgBackend {
-    fn enqueue(&mut self, register: &str, events: &[NewEvent], now: DateTime<Utc>)
-    -> Result<Vec<Enqueued>, StoreError> {
+    fn enqueue(
+        &mut self,
+        register: &str,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
         todo!("Outbox::enqueue on PostgreSQL")
     }
 
@@ -84,8 +88,12 @@ impl Outbox for PgBackend {
         todo!("Outbox::retry_dead on PostgreSQL")
     }
 
-    fn drop_dead(&mut self, which: DeadLetters, action: &OperatorAction, now: DateTime<Utc>)
-    -> Result<u64, StoreError> {
+    fn drop_dead(
+        &mut self,
+        which: DeadLetters,
+        action: &OperatorAction,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         todo!("Outbox::drop_dead on PostgreSQL")
     }
 
@@ -165,5 +173,4 @@ impl Outbox for PgBackend {
     fn unfinished_of(&mut self, register: &str, sources: &[&str]) -> Result<Vec<OutboxEvent>, StoreError> {
         todo!("Outbox::unfinished_of on PostgreSQL")
     }
-
 }
