@@ -10,7 +10,7 @@
 
 use super::db::{Fault, PgBackend, Tx};
 use super::history::{Line, bad_value};
-use super::operations::{EVENT_COLUMNS, drop_unsent, event_row, lock_customer};
+use super::operations::{EVENT_COLUMNS, drop_unsent, event_row, lock_customers};
 use crate::store::backend::Jobs;
 use crate::store::error::StoreError;
 use crate::store::time_text;
@@ -269,20 +269,18 @@ impl Jobs for PgBackend {
             }
             let register = job.register.clone().unwrap_or_default();
             // Held operations are the outbox events of `kfr remove` / `kfr add` (OWN_SOURCES).
-            // Their customers' queues are locked first (in one order, as every enqueue takes
-            // them), then the events themselves, so none is claimed or joined while deciding.
+            // Their customers' queues are locked first (in key order, as the outbox takes
+            // several), then the events themselves, so none is claimed or joined while deciding.
             let customers: Vec<String> = tx
                 .query(
                     "SELECT DISTINCT customer_id FROM outbox
-                     WHERE source = ANY($2) AND finished_at IS NULL AND register = $1 ORDER BY customer_id",
+                     WHERE source = ANY($2) AND finished_at IS NULL AND register = $1",
                     &[&register, &OWN_SOURCES.as_slice()],
                 )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            for c in &customers {
-                lock_customer(tx, &register, c)?;
-            }
+            lock_customers(tx, &register, &customers)?;
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM outbox
                  WHERE source = ANY($2) AND finished_at IS NULL AND register = $1 ORDER BY seq FOR UPDATE"

@@ -85,6 +85,18 @@ pub(super) fn lock_customer(tx: &mut Transaction<'_>, register: &str, customer: 
     Ok(())
 }
 
+/// [`lock_customer`] for several customers of one register, all in one statement and in key
+/// order (the order every multi-customer transaction of the backend takes them in), so two
+/// such transactions never wait for each other in a circle.
+pub(super) fn lock_customers(tx: &mut Transaction<'_>, register: &str, customers: &[String]) -> Result<(), Fault> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(k)
+         FROM (SELECT DISTINCT hashtextextended($1 || '|' || c, 0) AS k FROM unnest($2::text[]) AS u (c) ORDER BY k) AS keys",
+        &[&register, &customers],
+    )?;
+    Ok(())
+}
+
 /// The head `seq` of a customer (locked by [`lock_customer`]) has finished: the customer's next
 /// unfinished event after it, if any, becomes the head. Skips finished ones: an operator may
 /// cancel a pending event behind the head.
