@@ -122,7 +122,8 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
                 .unwrap_or_default(),
             shell_word(&file.display().to_string()),
             match &location {
-                Some(crate::store::Location::Sqlite(path)) => format!(" --state {}", shell_word(&path.display().to_string())),
+                Some(crate::store::Location::Sqlite(path)) =>
+                    format!(" --state {}", shell_word(&path.display().to_string())),
                 _ => String::new(),
             }
         ),
