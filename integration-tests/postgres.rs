@@ -103,7 +103,8 @@ async fn load_load_status_and_abandon_work_on_postgres() {
     let out = load(&env, "d.csv", &[]).await;
     let (_, e) = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{e}");
-    assert!(e.contains(&format!("load job 2 (")) && e.contains(&db.url), "{e}");
+    assert!(e.contains("load job 2 (") && e.contains(&db.url), "{e}");
+    assert!(!e.contains("--state"), "a PostgreSQL store is the configuration's: {e}");
     // A remove during the load is held in the shared store.
     let held = assert_ok(&run(&env, &["remove", &people[0]]).await).0;
     assert!(held.starts_with("held: ") && held.contains(&db.url), "{held}");
@@ -115,9 +116,10 @@ async fn load_load_status_and_abandon_work_on_postgres() {
     let (_, e) = output_text(&out);
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(2),
         "a held remove waits: refused without a choice: {e}"
     );
+    assert!(e.contains("--send-held"), "{e}");
     let out = run(&env, &["load", "abandon", "2", "--send-held", "--json"]).await;
     let v = json(&out);
     assert_eq!(v["abandoned_now"], true, "{v}");
