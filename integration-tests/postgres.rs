@@ -123,7 +123,10 @@ async fn load_load_status_and_abandon_work_on_postgres() {
     let out = run(&env, &["load", "abandon", "2", "--send-held", "--json"]).await;
     let v = json(&out);
     assert_eq!(v["abandoned_now"], true, "{v}");
-    assert_eq!(v["held_operations"]["sent"], 1, "{v}");
+    let sent = v["held_operations"]["sent"].as_array().unwrap();
+    assert_eq!(sent.len(), 1, "{v}");
+    assert_eq!(sent[0]["outcome"], "removed", "{v}");
+    assert!(!v.to_string().contains(people[0].as_str()), "masked: {v}");
     assert!(env.ended().contains(&people[0]), "the held remove reached KFR");
     let st = json(&run(&env, &["load", "status", "--json"]).await);
     assert_eq!(st["jobs"][1]["status"], "abandoned", "{st}");
