@@ -131,16 +131,22 @@ impl Jobs for PgBackend {
     fn create_job(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<i64, StoreError> {
         let entries = i64_of(job.entries, "the job's entry count")?;
         let register = register_of_settings(&job.settings);
-        let mut batches = vec![];
+        // The batches as one array per column, inserted in one statement: a job of a large
+        // file plans thousands.
+        let n = job.batches.len();
+        let (mut seqs, mut firsts, mut counts, mut bytes, mut cids) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for (i, b) in job.batches.iter().enumerate() {
-            let seq = i32::try_from(i + 1).map_err(|_| StoreError::Other("too many batches in one job".into()))?;
-            batches.push((
-                seq,
-                i64_of(b.first_entry, "a batch's first entry")?,
-                i64_of(b.entry_count, "a batch's entry count")?,
-                i64_of(b.bytes, "a batch's size")?,
-                b.correlation_id,
-            ));
+            seqs.push(i32::try_from(i + 1).map_err(|_| StoreError::Other("too many batches in one job".into()))?);
+            firsts.push(i64_of(b.first_entry, "a batch's first entry")?);
+            counts.push(i64_of(b.entry_count, "a batch's entry count")?);
+            bytes.push(i64_of(b.bytes, "a batch's size")?);
+            cids.push(b.correlation_id);
         }
         self.tx(Tx::Write, |tx| {
             let id: i64 = tx
@@ -150,16 +156,6 @@ impl Jobs for PgBackend {
                     &[&job.input_path, &job.content_hash, &job.settings, &entries, &now, &register],
                 )?
                 .get(0);
-            // All batches in one statement: a job of a large file plans thousands.
-            let (seqs, firsts, counts, bytes, cids): (Vec<i32>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<uuid::Uuid>) =
-                batches.iter().cloned().fold(Default::default(), |mut acc, (s, f, c, b, u)| {
-                    acc.0.push(s);
-                    acc.1.push(f);
-                    acc.2.push(c);
-                    acc.3.push(b);
-                    acc.4.push(u);
-                    acc
-                });
             tx.execute(
                 "INSERT INTO load_batches (job_id, seq, first_entry, entry_count, bytes, correlation_id, status)
                  SELECT $1, s, f, c, b, u, 'planned'
