@@ -23,6 +23,7 @@ mod operations;
 mod packaging;
 #[path = "../src/pg/cluster.rs"]
 mod pg_cluster;
+mod pg_failover;
 mod postgres;
 mod relationship_order;
 mod sync_cli;

@@ -59,12 +59,7 @@ pub fn store(
     if let crate::store::Location::Sqlite(path) = &location {
         create_state_dir(path)?;
     }
-    // Opened on a thread of its own: commands call this from inside the async runtime, and the
-    // PostgreSQL backend connects with a blocking client, which must not run on a runtime's
-    // thread (it would panic starting a runtime within one).
-    let store = std::thread::scope(|s| s.spawn(|| crate::store::Store::open(&location)).join())
-        .map_err(|_| anyhow::anyhow!("opening the state store {location} failed unexpectedly (its thread panicked)"))?
-        .map_err(anyhow::Error::new)?;
+    let store = crate::store::Store::open(&location).map_err(anyhow::Error::new)?;
     Ok(Some((store, location)))
 }
 

@@ -186,6 +186,10 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     if let Some(ms) = args.probe_interval_ms {
         config.probe_interval = Duration::from_millis(ms.max(1));
     }
+    if let Some(secs) = args.lease_secs {
+        config.lease_ttl = Duration::from_secs(secs);
+        config.lease_renew = Duration::from_secs(secs) / 6;
+    }
     let grace = config.shutdown_grace;
     let config_lease_ttl = config.lease_ttl;
     let dispatcher = Dispatcher::new(handle.clone(), client, register_key.clone(), config, health.clone());
@@ -319,15 +323,31 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         ),
     }
     .spawn(watch_stop.clone());
-    let standing_by = {
-        let (store, register_key, health) = (handle.clone(), register_key.clone(), health.clone());
-        let stop = stop_rx.clone();
-        async move { lease_or_stop(&store, &register_key, &holder, lease_ttl, &health, stop).await }
-    };
+    let (store, standby_health, stop) = (handle.clone(), health.clone(), stop_rx.clone());
+    let delivery_register = register_key.clone();
     let mut delivering = tokio::spawn(async move {
-        match standing_by.await? {
-            Some(lease) => dispatcher.run(stop_rx, lease).await,
-            None => Ok(DispatchSummary::default()),
+        loop {
+            let lease = lease_or_stop(
+                &store,
+                &delivery_register,
+                &holder,
+                lease_ttl,
+                &standby_health,
+                stop.clone(),
+            );
+            let Some(lease) = lease.await? else {
+                return Ok(DispatchSummary::default());
+            };
+            match dispatcher.clone().run(stop.clone(), lease).await {
+                // Deposed (another agent took the lease over while this one was frozen or cut
+                // off from the store): it delivers nothing more and stands by again, taking
+                // events into the shared outbox, until it may lead once more.
+                Err(DispatchError::Store(crate::store::StoreError::Fenced { .. })) if !*stop.borrow() => {
+                    tracing::warn!("deposed: another agent took over the delivery lease; standing by");
+                    crate::sync::metrics::set_ready(false);
+                }
+                other => return other,
+            }
         }
     });
     // Said before the lease is known; a standby says so in its log and on /readyz.

@@ -31,6 +31,7 @@ mod ledger;
 mod migrations;
 mod operations;
 mod outbox;
+mod transfer;
 
 pub use db::PgBackend;
 
