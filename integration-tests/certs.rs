@@ -188,6 +188,17 @@ fn certs_local_makes_a_root_issuing_ca_leaf_chain() {
 /// port and the suggested `kfr token` was refused), and the token command then succeeds.
 #[test]
 fn the_next_steps_printed_by_certs_local_work_as_printed() {
+    next_steps_work_as_printed("http");
+}
+
+/// The same with an https:// mock URL (issue 21 item 7): the mock command serves the TLS
+/// certificate written next to kfr.toml, which trusts its CA as `extra_ca_bundle`.
+#[test]
+fn the_next_steps_for_a_mock_over_tls_work_as_printed() {
+    next_steps_work_as_printed("https");
+}
+
+fn next_steps_work_as_printed(scheme: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("local");
     // A free loopback port, not the mock's default 8080.
@@ -196,7 +207,7 @@ fn the_next_steps_printed_by_certs_local_work_as_printed() {
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("{scheme}://127.0.0.1:{port}");
     let printed = certs_local(&out, &["--mock-url", &url])
         .success()
         .get_output()
@@ -236,7 +247,11 @@ fn the_next_steps_printed_by_certs_local_work_as_printed() {
     let _ = server.wait();
     let (stdout, stderr) = crate::util::output_text(&got);
     assert!(got.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("token obtained from"), "{stdout}");
+    assert!(stdout.contains(&format!("token obtained from {url}/")), "{stdout}");
+    let tls = mock.iter().any(|a| a == "--tls-cert");
+    assert_eq!(tls, scheme == "https", "{printed}");
+    let toml = std::fs::read_to_string(out.join("kfr.toml")).unwrap();
+    assert_eq!(toml.contains("extra_ca_bundle = \"mock-tls-ca.pem\""), tls, "{toml}");
 }
 
 /// A host name in --mock-url: the mock listens on loopback and is told the issuer by that name,

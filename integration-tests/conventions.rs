@@ -284,9 +284,8 @@ fn alert_rules_parse_and_name_only_the_agents_metrics() {
         );
     }
     // Certificate expiry: a ticket from 30 days, a page from 7, for every certificate (no
-    // `certificate` matcher), and one when the gauge is gone. promtool is not on every build
-    // machine, so the rule's shape is checked here: the thresholds in seconds, as the agent
-    // exports them.
+    // `certificate` matcher), and one when the gauge is gone. The thresholds in seconds, as the
+    // agent exports them; promtool runs the rules themselves in the test below.
     for (alert, threshold) in [
         ("KfrCertificateExpiresSoon", "30 * 86400"),
         ("KfrCertificateExpiresVerySoon", "7 * 86400"),
@@ -310,6 +309,29 @@ fn alert_rules_parse_and_name_only_the_agents_metrics() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), alerts.len(), "alert names must be unique");
+}
+
+/// The alert rules load in Prometheus' own checker, and their unit tests pass
+/// (deploy/prometheus-alerts.test.yml: certificate expiry, the first refusal of a new reason,
+/// a credentials pause), as the acceptance asks.
+#[test]
+fn the_alert_rules_pass_promtool_check_and_test() {
+    let install = "the promtool binary of Debian's `prometheus` package";
+    for args in [
+        &["check", "rules", "prometheus-alerts.yml"][..],
+        &["test", "rules", "prometheus-alerts.test.yml"][..],
+    ] {
+        let out = crate::util::required_tool("promtool", &["--version"], install)
+            .args(args)
+            .current_dir(repo("deploy"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = output_text(&out);
+        assert!(
+            out.status.success() && stdout.contains("SUCCESS"),
+            "promtool {args:?}:\n{stdout}{stderr}"
+        );
+    }
 }
 
 #[test]

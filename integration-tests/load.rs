@@ -46,6 +46,12 @@ pub(crate) async fn setup_with_rate(rate: u64) -> Env {
 }
 
 impl Env {
+    /// A test directory `d` (kfr.toml and certificates in it) and the mock it points at.
+    pub(crate) fn new(d: tempfile::TempDir, mock: MockServer) -> Env {
+        let dir = d.path().to_owned();
+        Env { _d: d, dir, mock }
+    }
+
     /// Runs `kfr --config kfr.toml <args>` in the test directory.
     pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let dir = self.dir.clone();

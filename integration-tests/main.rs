@@ -9,6 +9,7 @@ mod config;
 mod conventions;
 mod demo;
 mod doctor;
+mod egress;
 mod fidelity;
 mod history;
 mod ids;

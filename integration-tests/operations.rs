@@ -213,7 +213,8 @@ async fn a_failed_add_that_stays_queued_exits_3_and_names_the_cancel_command() {
 
 /// `kfr backup`: mode 0600 whatever the umask, opens as a store holding what the original
 /// held; never over an existing file (exit 2). `kfr audit export`: one row per attempt and
-/// operator action, 0600, masked unless --show-id; the spreadsheet is a valid workbook.
+/// operator action, 0600, masked unless --show-id; the spreadsheet is a valid workbook that
+/// openpyxl opens (the issue's acceptance).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_audit_export_are_private_and_readable() {
     let env = setup().await;
@@ -299,6 +300,33 @@ async fn backup_and_audit_export_are_private_and_readable() {
     #[cfg(unix)]
     assert_eq!(mode(&env.dir.join("audit.xlsx")), 0o600);
     assert_xlsx(&xlsx);
+    // What a compliance officer's spreadsheet sees: the same rows as the CSV, read by openpyxl.
+    let sheet = openpyxl_rows(&env.dir.join("audit.xlsx"));
+    assert_eq!(sheet.len(), 3, "a header and the two rows: {sheet:?}");
+    assert_eq!(sheet[0][..5], ["at_utc", "register", "customer", "kind", "outcome"]);
+    assert!(sheet[1].iter().any(|c| c == "delivered:added"), "{sheet:?}");
+    assert!(sheet[2].iter().any(|c| c == "cancelled"), "{sheet:?}");
+    assert!(!format!("{sheet:?}").contains(x.as_str()), "masked: {sheet:?}");
+}
+
+/// Every row of the workbook's first sheet as openpyxl reads it (cells as text, empty as "").
+fn openpyxl_rows(path: &std::path::Path) -> Vec<Vec<String>> {
+    const READ: &str = "import json, sys, openpyxl\n\
+        wb = openpyxl.load_workbook(sys.argv[1], read_only=True)\n\
+        rows = [['' if c is None else str(c) for c in r] for r in wb.worksheets[0].iter_rows(values_only=True)]\n\
+        print(json.dumps(rows))\n";
+    let out = crate::util::required_tool("python3", &["-c", "import openpyxl"], "python3 -m pip install openpyxl")
+        .args(["-c", READ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = crate::util::output_text(&out);
+    assert!(
+        out.status.success(),
+        "openpyxl cannot open {}: {stderr}",
+        path.display()
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// A workbook as spreadsheet programs read it: a ZIP archive (local headers and an end of

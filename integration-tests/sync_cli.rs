@@ -400,3 +400,69 @@ async fn the_http_source_s_setup_errors_say_what_to_do() {
         assert!(hint_line.contains(hint), "{args:?}: {e}");
     }
 }
+
+/// Issue 21: a renewed business certificate put in place under a running agent signs its next
+/// grant, no restart. Maskinporten here trusts only the renewal's CA: the agent's first grants
+/// (with the certificate it started with) are refused and delivery pauses on credentials; once
+/// the new PKCS#12 file (same password) is renamed over the old one, the next probe's grant is
+/// signed with it and the event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_business_certificate_is_used_by_the_running_agent_without_a_restart() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let d = tempfile::tempdir().unwrap();
+    let (dp, u) = (d.path().to_owned(), url.clone());
+    tokio::task::spawn_blocking(move || crate::util::certs_local(&dp, &u))
+        .await
+        .unwrap();
+    let renewal_ca = kfr::certs::TestCa::named("KFR Renewal Test CA").unwrap();
+    let cfg = kfr::mock::MockConfig::new(vec![renewal_ca.cert_der.clone()]);
+    let mock = kfr::mock::MockServer::start(listener, cfg).await.unwrap();
+    let env = Env::new(d, mock);
+    let id = &ids(74, 1)[0];
+    assert_ok(&run(&env, &["enqueue", "add", id, "--state", "s.db"]));
+
+    std::fs::write(env.dir.join("ingest.key"), "a-long-random-test-key-0123456789").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(env.dir.join("ingest.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agent = Agent::spawn(
+        &env,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest-key-file",
+            "ingest.key",
+            "--probe-interval-ms",
+            "200",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.mock.state().token_errors().is_empty() {
+        assert!(Instant::now() < deadline, "no grant was refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(env.active().is_empty(), "nothing delivered with the old certificate");
+
+    let password = std::fs::read_to_string(env.dir.join("client.p12.password")).unwrap();
+    let renewed = renewal_ca
+        .issue(ORG, "KFR LOCAL BANK AS", &kfr::certs::LeafOptions::standard())
+        .unwrap();
+    let p12 = kfr::certs::to_pkcs12(&renewed, &[&renewal_ca.cert_der], password.trim()).unwrap();
+    std::fs::write(env.dir.join("client.p12.new"), p12).unwrap();
+    std::fs::rename(env.dir.join("client.p12.new"), env.dir.join("client.p12")).unwrap();
+
+    while !env.active().contains_key(id) {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered after the renewal: {}",
+            agent.log.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("the business certificate changed on disk: grants are now signed with the new one"),
+        "{log}"
+    );
+}

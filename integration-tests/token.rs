@@ -306,3 +306,48 @@ async fn token_and_doctor_commands_end_to_end() {
         "{stdout}"
     );
 }
+
+/// Issue 21: a renewed business certificate dropped in place is used from the next grant on,
+/// without a restart. Here Maskinporten trusts only the renewal's CA, so a token is had exactly
+/// when the new certificate signs the grant; a half-done renewal (the new certificate beside the
+/// old key) keeps the previous pair in use until the key follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_business_certificate_signs_the_next_grant_without_a_restart() {
+    use kfr::maskinporten::{CredentialSource, TokenClient};
+    let renewal_ca = kfr::certs::TestCa::named("KFR Renewal Test CA").unwrap();
+    let mock = start_mock(|c| c.trusted_ca_der = vec![renewal_ca.cert_der.clone()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    // Each file replaced as renewals are installed: written beside, renamed over.
+    let install = |path: &std::path::Path, text: &str| {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    let old = &crate::util::pki().client;
+    install(&key, &old.key_pem);
+    install(&cert, &old.cert_pem);
+    let source = CredentialSource::Pem {
+        private_key: key.clone(),
+        certificate: cert.clone(),
+        password: None,
+    };
+    let client = TokenClient::reloading(reqwest::Client::new(), source, crate::util::token_config(&mock)).unwrap();
+    let err = client.token().await.expect_err("the old CA is no longer trusted");
+    assert!(matches!(err, TokenError::Rejected { .. }), "{err}");
+    assert!(client.credential().info().issuer.contains("KFR Local Test CA"));
+
+    let renewed = renewal_ca
+        .issue(ORG, "KFR TEST BANK AS", &kfr::certs::LeafOptions::standard())
+        .unwrap();
+    install(&cert, &renewed.cert_pem);
+    // The new certificate with the old key does not load: the old pair stays, still refused.
+    assert!(client.token().await.is_err());
+    assert!(client.credential().info().issuer.contains("KFR Local Test CA"));
+
+    install(&key, &renewed.key_pem);
+    let token = client.token().await.expect("the renewed certificate signs the grant");
+    assert!(!token.secret().expose_secret().is_empty());
+    assert!(client.credential().info().issuer.contains("KFR Renewal Test CA"));
+    assert_eq!(mock.state().snapshot().maskinporten.tokens_issued, 1);
+}

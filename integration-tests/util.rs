@@ -147,3 +147,17 @@ pub fn kfr_process(cwd: &Path, state_home: &Path) -> std::process::Command {
 pub fn tenor_persons(seed: u32, n: usize) -> Vec<String> {
     kfr::ids::synthetic::tenor_born(seed, n)
 }
+
+/// An external program a test needs, checked with `probe` (e.g. `--version`): the command, or
+/// the test fails saying how to install it. Never a silent skip: `.ci/run` installs each one.
+pub fn required_tool(program: &str, probe: &[&str], install: &str) -> std::process::Command {
+    match std::process::Command::new(program).args(probe).output() {
+        Ok(out) if out.status.success() => std::process::Command::new(program),
+        Ok(out) => panic!(
+            "this test needs `{program} {}` to work ({}); install: {install} (.ci/run does)",
+            probe.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("this test needs `{program}` ({e}); install: {install} (.ci/run does)"),
+    }
+}

@@ -49,6 +49,8 @@ const LAYERS: &[(&str, u8)] = &[
     // The Oslo calendar day: KFR's "today" for the client, the engines and the mock alike.
     ("clock", 10),
     ("env_vars", 10),
+    // Whether certificate files changed on disk: the token client and the intake re-read theirs.
+    ("file_stamp", 10),
     ("environment", 10),
 ];
 

@@ -256,6 +256,84 @@ pub fn generate(org_number: &str, name: &str) -> anyhow::Result<LocalPki> {
     })
 }
 
+/// A CA for TLS server certificates (not business certificates): ECDSA P-256, quick to make. The
+/// mock's TLS certificate comes from one, and so does the certificate a TLS-inspecting proxy shows
+/// in tests (a bank's own CA, known to `kfr` only through `extra_ca_bundle`).
+pub struct TlsCa {
+    params: CertificateParams,
+    key: KeyPair,
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for TlsCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCa").field("key", &"[redacted]").finish()
+    }
+}
+
+/// A TLS server certificate with its key, both PEM.
+pub struct TlsServerCert {
+    pub cert_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TlsServerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsServerCert").field("key", &"[redacted]").finish()
+    }
+}
+
+impl TlsCa {
+    /// A fresh self-signed CA named `common_name`, valid from yesterday for 10 years.
+    pub fn new(common_name: &str) -> anyhow::Result<TlsCa> {
+        let key = KeyPair::generate().context("generating the TLS CA's key")?;
+        let today = Utc::now().date_naive();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "KFR Local Test");
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, today - Days::new(1), today + Days::new(3650));
+        let cert = params.self_signed(&key).context("self-signing the TLS CA")?;
+        Ok(TlsCa {
+            cert_pem: cert.pem(),
+            params,
+            key,
+        })
+    }
+
+    /// A server certificate for `hosts` (DNS names or IP addresses, e.g. `127.0.0.1`), valid from
+    /// yesterday until `not_after` (two years when `None`).
+    pub fn issue_server(&self, hosts: &[&str], not_after: Option<NaiveDate>) -> anyhow::Result<TlsServerCert> {
+        let key = KeyPair::generate().context("generating a TLS server key")?;
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let mut params = CertificateParams::new(names).context("TLS server names")?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, hosts.first().copied().unwrap_or("localhost"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let today = Utc::now().date_naive();
+        set_validity(
+            &mut params,
+            today - Days::new(1),
+            not_after.unwrap_or(today + Days::new(730)),
+        );
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .context("issuing a TLS server certificate")?;
+        Ok(TlsServerCert {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+}
+
 /// Packs `cert` (and `chain`, e.g. the CA) with its key into a PKCS#12 file protected by
 /// `password`: AES-256-CBC with PBKDF2 and an HMAC-SHA256 MAC, the same modern profile
 /// `openssl pkcs12 -export` uses by default since OpenSSL 3.

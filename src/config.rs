@@ -973,7 +973,12 @@ impl Resolver {
         ConfigError::Invalid {
             key: static_name(key),
             origin: source.clone(),
-            value: value.clone(),
+            // A proxy URL may carry a password; an error is pasted into tickets (issue 21 item 7).
+            value: if key == "proxy" {
+                crate::http::egress::redacted_text(value)
+            } else {
+                value.clone()
+            },
             reason,
         }
     }

@@ -17,7 +17,7 @@
 //!   [`ids`] (validated customer identifiers, masks and pseudonyms) and [`certs`] (throwaway test
 //!   certificates).
 //! - Vocabulary: [`error`] (exit codes, the `Hinted` trait), [`env_vars`] (every variable name),
-//!   [`environment`] (local / test / prod).
+//!   [`environment`] (local / test / prod), [`file_stamp`] (whether files changed on disk).
 
 #[cfg(test)]
 mod architecture;
@@ -29,6 +29,7 @@ pub mod config;
 pub mod env_vars;
 pub mod environment;
 pub mod error;
+pub mod file_stamp;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -28,10 +28,13 @@ pub fn json() -> bool {
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 default (warn), 1 info, 2 debug, 3+ trace.
 /// `format`: the `--log-format` flag; without it `KFR_LOG_FORMAT=json` chooses JSON.
 pub fn init(verbosity: i8, format: Option<LogFormat>) {
+    // rustls-platform-verifier logs every certificate it refuses at ERROR. The refusal is already
+    // the failed request's error, cause included, and `kfr doctor`'s trust probes refuse on
+    // purpose (http::egress); its lines show from -vv on.
     let default = match verbosity {
-        i8::MIN..=-1 => "error",
-        0 => "warn",
-        1 => "info",
+        i8::MIN..=-1 => "error,rustls_platform_verifier=off",
+        0 => "warn,rustls_platform_verifier=off",
+        1 => "info,rustls_platform_verifier=off",
         2 => "kfr=debug,info",
         _ => "kfr=trace,debug",
     };

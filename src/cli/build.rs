@@ -8,7 +8,7 @@ use crate::http::HttpConfig;
 use crate::http::RetryPolicy;
 use crate::ids::IdPolicy;
 use crate::kfr::{KfrClient, KfrClientConfig};
-use crate::maskinporten::{Credential, TokenClient, TokenClientConfig, TokenRequest};
+use crate::maskinporten::{TokenClient, TokenClientConfig, TokenRequest};
 use anyhow::Context as _;
 
 /// The state store a command uses: `--state` when given, else the installation's (`state`, or
@@ -177,9 +177,10 @@ pub fn token_config(s: &Settings) -> anyhow::Result<TokenClientConfig> {
 /// Loads the business certificate and builds the token client.
 pub fn token_client(s: &Settings) -> anyhow::Result<TokenClient> {
     let cfg = token_config(s)?;
-    let source = s.require_credential()?;
-    let credential = Credential::from_config(source).context("cannot load the business certificate")?;
-    Ok(TokenClient::new(crate::http::client(&http_config(s))?, credential, cfg))
+    let source = s.require_credential()?.clone();
+    // Re-read when the files change (issue 21): a renewed certificate needs no restart.
+    TokenClient::reloading(crate::http::client(&http_config(s))?, source, cfg)
+        .context("cannot load the business certificate")
 }
 
 /// The KFR client (and its token client).

@@ -6,7 +6,8 @@
 //!
 //! The files are looked at again when they change on disk (their modification time, checked by
 //! the caller's clock: the agent every minute), so a renewed certificate dropped in place shows
-//! in the gauge without a restart.
+//! in the gauge without a restart. The token client and the intake load the renewed certificate
+//! themselves at their next grant or connection (`crate::file_stamp`).
 
 use crate::config::Settings;
 use crate::maskinporten::{CertInfo, Credential};

@@ -109,6 +109,8 @@ pub async fn run(settings: Settings, json: bool, out: super::printer::Printer) -
         check_certificate(&mut r, &settings, c);
     }
 
+    check_egress(&mut r, &settings).await;
+
     let client = match (&credential, settings.client_id.is_some()) {
         (Some(_), true) => super::build::token_client(&settings).ok(),
         _ => None,
@@ -265,6 +267,50 @@ fn check_issuing_ca(r: &mut Report, env: Environment, cn: &str) {
         ),
     };
     r.line(verdict, "issuer CA", detail, hint);
+}
+
+/// The way out to Maskinporten and KFR (issue 21 item 7): for each, the proxy the request took
+/// (its password redacted) or why it went direct, and which CA verified the server: the system
+/// roots or `extra_ca_bundle` (a TLS-inspecting proxy's CA is only ever in the latter).
+async fn check_egress(r: &mut Report, settings: &Settings) {
+    let http = super::build::http_config(settings);
+    // Capitalised, as the services' names: the `kfr` check's line is the one about KFR's answer.
+    for (service, url) in [
+        ("Maskinporten", &settings.maskinporten_issuer),
+        ("KFR", &settings.kfr_base_url),
+    ] {
+        let route = crate::http::egress::route(&http, url);
+        r.line(Verdict::Ok, "proxy", format!("{service} {url}: {route}"), None);
+        match crate::http::egress::verified_by(&http, url).await {
+            Ok(check) => {
+                use crate::http::egress::Trust;
+                let issuer = check.issuer.as_deref().unwrap_or("an unreadable issuer");
+                let detail = match &check.trust {
+                    Trust::PlainHttp => format!("{service}: plain http (env local), no TLS to verify"),
+                    Trust::SystemRoots => {
+                        format!("{service}: certificate issued by {issuer}, verified by the system roots")
+                    }
+                    Trust::ExtraCaBundle(path) => format!(
+                        "{service}: certificate issued by {issuer}, verified by extra_ca_bundle {}",
+                        path.display()
+                    ),
+                    Trust::Both => format!(
+                        "{service}: certificate issued by {issuer}, verified by the system roots and extra_ca_bundle together"
+                    ),
+                };
+                r.line(Verdict::Ok, "tls", detail, None);
+            }
+            Err(e) => r.line(
+                Verdict::Fail,
+                "tls",
+                format!("{service} {url}: {e}"),
+                Some(
+                    "check `proxy` (and NO_PROXY) and, behind a TLS-inspecting proxy, that its CA is in extra_ca_bundle"
+                        .into(),
+                ),
+            ),
+        }
+    }
 }
 
 async fn check_maskinporten(r: &mut Report, settings: &Settings, client: &TokenClient) {

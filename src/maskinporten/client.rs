@@ -17,8 +17,9 @@
 use super::X5cMode;
 use super::discovery::{self, Metadata};
 use super::error::{retry_after, transport_error, truncate};
-use super::{Credential, TokenError, clock, grant};
+use super::{Credential, CredentialError, CredentialSource, TokenError, clock, grant};
 use crate::environment::Environment;
+use crate::file_stamp::FileStamp;
 use crate::http::RetryPolicy;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
@@ -115,7 +116,9 @@ struct Slot {
 
 struct Inner {
     http: reqwest::Client,
-    credential: Credential,
+    /// The certificate grants are signed with; replaced when its files change (see [`Reload`]).
+    credential: Mutex<Arc<Credential>>,
+    reload: Option<Reload>,
     cfg: TokenClientConfig,
     metadata: tokio::sync::OnceCell<Metadata>,
     /// `server - local` seconds, applied to `iat`/`exp`.
@@ -139,12 +142,47 @@ impl std::fmt::Debug for TokenClient {
     }
 }
 
+/// Where the credential came from, and its files as they were when it was loaded: a renewed
+/// business certificate dropped in place is loaded before the next grant (issue 21), no restart.
+struct Reload {
+    source: CredentialSource,
+    files: Vec<std::path::PathBuf>,
+    /// The files' stamp when last looked at (a copy that failed to load is not tried again
+    /// until the files change once more).
+    seen: Mutex<FileStamp>,
+}
+
 impl TokenClient {
     pub fn new(http: reqwest::Client, credential: Credential, cfg: TokenClientConfig) -> Self {
+        Self::build(http, credential, cfg, None)
+    }
+
+    /// As [`TokenClient::new`], loading the credential from `source` and loading it again before
+    /// a grant whenever its files changed on disk since (their modification time, size or
+    /// inode). A changed copy that does not load (half written, a key that does not fit, another
+    /// password) is logged as an error and the previous certificate stays in use.
+    pub fn reloading(
+        http: reqwest::Client,
+        source: CredentialSource,
+        cfg: TokenClientConfig,
+    ) -> Result<Self, CredentialError> {
+        let files = source.files();
+        let seen = FileStamp::of(&files);
+        let credential = Credential::from_config(&source)?;
+        let reload = Reload {
+            source,
+            files,
+            seen: Mutex::new(seen),
+        };
+        Ok(Self::build(http, credential, cfg, Some(reload)))
+    }
+
+    fn build(http: reqwest::Client, credential: Credential, cfg: TokenClientConfig, reload: Option<Reload>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 http,
-                credential,
+                credential: Mutex::new(Arc::new(credential)),
+                reload,
                 cfg,
                 metadata: tokio::sync::OnceCell::new(),
                 offset: AtomicI64::new(0),
@@ -159,8 +197,9 @@ impl TokenClient {
         &self.inner.cfg
     }
 
-    pub fn credential(&self) -> &Credential {
-        &self.inner.credential
+    /// The certificate the next grant is signed with (after any reload it needed).
+    pub fn credential(&self) -> Arc<Credential> {
+        self.inner.current_credential()
     }
 
     /// A token for the configured scope.
@@ -255,6 +294,36 @@ impl TokenClient {
 }
 
 impl Inner {
+    /// The credential to sign with: loaded again first if its files changed since last looked at.
+    fn current_credential(&self) -> Arc<Credential> {
+        let mut current = self.credential.lock().expect("credential lock");
+        let Some(reload) = &self.reload else {
+            return current.clone();
+        };
+        let now = FileStamp::of(&reload.files);
+        let mut seen = reload.seen.lock().expect("credential stamp lock");
+        if *seen == now {
+            return current.clone();
+        }
+        *seen = now;
+        match Credential::from_config(&reload.source) {
+            Ok(renewed) => {
+                let i = renewed.info();
+                tracing::info!(
+                    subject = %i.subject,
+                    not_after = %i.not_after.format("%Y-%m-%d"),
+                    "the business certificate changed on disk: grants are now signed with the new one"
+                );
+                *current = Arc::new(renewed);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the business certificate changed on disk but cannot be loaded; grants stay signed with the previous one until it can (a new password needs a restart)"
+            ),
+        }
+        current.clone()
+    }
+
     async fn metadata(&self) -> Result<&Metadata, TokenError> {
         self.metadata
             .get_or_try_init(|| async {
@@ -352,7 +421,8 @@ impl Inner {
             kid: self.cfg.kid.clone(),
         };
         let now = clock::local_now().floor() as i64 + self.offset.load(Ordering::Relaxed);
-        let assertion = grant::sign(&self.credential, &params, now, uuid::Uuid::new_v4()).map_err(|e| (e, false))?;
+        let credential = self.current_credential();
+        let assertion = grant::sign(&credential, &params, now, uuid::Uuid::new_v4()).map_err(|e| (e, false))?;
         let url = meta.token_endpoint.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();

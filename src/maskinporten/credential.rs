@@ -48,6 +48,20 @@ pub enum CredentialSource {
     },
 }
 
+impl CredentialSource {
+    /// The files the credential is read from.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            CredentialSource::Pkcs12 { path, .. } => vec![path.clone()],
+            CredentialSource::Pem {
+                private_key,
+                certificate,
+                ..
+            } => vec![certificate.clone(), private_key.clone()],
+        }
+    }
+}
+
 /// rsaEncryption (RFC 8017): the only private-key algorithm accepted.
 const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 /// X.520 serialNumber; Buypass and Commfides put the org.nr here (kfr-notes §3).

@@ -120,6 +120,43 @@ pub struct MockFlags {
     /// catches it; see docs/mock.md "Quirks".
     #[arg(long = "quirk", value_name = "NAME", value_enum)]
     pub quirks: Vec<super::Quirk>,
+
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key): the issuer and the KFR base
+    /// URL become https://, as in test and production, so a proxy and `extra_ca_bundle` can be
+    /// rehearsed. `kfr certs local --mock-tls` writes one.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The mock's TLS server certificate chain and key (PEM), when it serves HTTPS.
+#[derive(Clone)]
+pub struct MockTls {
+    pub cert_chain_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for MockTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockTls").field("key", &"[redacted]").finish()
+    }
+}
+
+impl MockTls {
+    /// Reads `--tls-cert` and `--tls-key`; an unreadable file is a usage error naming it.
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<MockTls, UsageError> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| UsageError::new(format!("{flag} {}: cannot read it: {e}", path.display())))
+        };
+        Ok(MockTls {
+            cert_chain_pem: read("--tls-cert", cert)?,
+            key_pem: zeroize::Zeroizing::new(read("--tls-key", key)?),
+        })
+    }
 }
 
 /// Default `--ingest-rate`: what Bits states the real KFR manages (onboarding guide D-3).
@@ -279,6 +316,8 @@ pub struct MockConfig {
     pub quirks: super::Quirks,
     /// Whether a non-loopback listen address is allowed (`--allow-remote`).
     pub allow_remote: bool,
+    /// Serve HTTPS with this certificate (`--tls-cert`/`--tls-key`); plain HTTP when `None`.
+    pub tls: Option<MockTls>,
 }
 
 impl MockConfig {
@@ -302,6 +341,7 @@ impl MockConfig {
             outage_secs: 0,
             quirks: super::Quirks::new(),
             allow_remote: false,
+            tls: None,
         }
     }
 
@@ -371,6 +411,10 @@ impl MockConfig {
             outage_secs: flags.outage_secs,
             quirks: flags.quirks.iter().copied().collect(),
             allow_remote: flags.allow_remote,
+            tls: match (&flags.tls_cert, &flags.tls_key) {
+                (Some(cert), Some(key)) => Some(MockTls::from_files(cert, key)?),
+                _ => None,
+            },
         })
     }
 }
@@ -566,6 +610,8 @@ mod tests {
             latency_ms: 0,
             outage_secs: 0,
             quirks: vec![],
+            tls_cert: None,
+            tls_key: None,
         };
         let err = MockConfig::from_flags(&flags).unwrap_err();
         assert!(

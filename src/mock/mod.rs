@@ -12,6 +12,7 @@
 //!   batch ingest task; [`register`] its register with history and the ingest queue;
 //!   [`multipart`] the strict batch-body reader.
 //! - [`quirks`]: deliberate defects (`--quirk`) that the integration-test checklist must catch.
+//! - [`tls`]: HTTPS (`--tls-cert`/`--tls-key`), so the mock can stand behind a proxy as KFR does.
 //! - [`admin`]: `/healthz`, `/_mock/state`, `/_mock/reset`, `/_mock/faults`,
 //!   `/_mock/relationships`.
 //!
@@ -28,10 +29,11 @@ mod quirks;
 mod register;
 mod signing;
 mod state;
+mod tls;
 
 pub use config::{
     ClientKeys, DEFAULT_INGEST_RATE, DEFAULT_SCOPE, Delegation, KfrFaults, MockClient, MockConfig, MockEnv, MockFlags,
-    OTHER_SCOPE,
+    MockTls, OTHER_SCOPE,
 };
 pub use kfr::BASE_PATH as KFR_BASE_PATH;
 pub use maskinporten::JWT_BEARER;
@@ -105,18 +107,20 @@ impl MockServer {
                 "kfr mock runs with deliberate defects: it is NOT a faithful KFR"
             );
         }
-        let state = Arc::new(MockState::new(cfg, format!("http://{addr}"))?);
+        let acceptor = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let state = Arc::new(MockState::new(cfg, format!("{scheme}://{addr}"))?);
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());
         let ingest = kfr::spawn_ingest(&state);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // A dropped sender (MockServer dropped) stops the server as well.
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        // A dropped sender (MockServer dropped) stops the server as well.
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let task = match acceptor {
+            None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+            Some(acceptor) => tokio::spawn(tls::serve(listener, app, acceptor, stopped)),
+        };
         Ok(MockServer {
             addr,
             state,
@@ -130,7 +134,7 @@ impl MockServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `http://127.0.0.1:port` (`https://` when the mock serves TLS).
     pub fn base_url(&self) -> String {
         self.state.base_url().to_string()
     }

@@ -23,9 +23,12 @@
 //!   a warning in a log nobody reads protects nothing.
 //! - TLS (rustls with the aws-lc-rs provider) when `tls_cert`/`tls_key` are set. Plain HTTP only
 //!   on a loopback address, unless `allow_plain_http` says the network in between is trusted
-//!   (e.g. a TLS-terminating sidecar); otherwise the server refuses to start.
+//!   (e.g. a TLS-terminating sidecar); otherwise the server refuses to start. The certificate is
+//!   loaded again for a new connection when its files changed on disk, so a renewal needs no
+//!   restart (issue 21).
 
 use super::{Intake, Source, SourceError, SourceReport, counts};
+use crate::file_stamp::FileStamp;
 use crate::store::StoreError;
 use crate::store::{Enqueued, NewEvent};
 use crate::sync::event::{self, Broken, Location, Refusal};
@@ -344,6 +347,32 @@ impl Source for BoundIngest {
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, IngestError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let stamp = FileStamp::of(&[files.cert.clone(), files.key.clone()]);
+    let key = load_certified_key(files, &provider)?;
+    let resolver = ReloadingCert {
+        files: files.clone(),
+        provider: provider.clone(),
+        current: std::sync::Mutex::new((stamp, Arc::new(key))),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IngestError::Tls {
+            what: "certificate",
+            path: files.cert.clone(),
+            detail: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The certificate chain and key of `files`, checked to belong together.
+fn load_certified_key(
+    files: &TlsFiles,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, IngestError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let cert_err = |detail: String| IngestError::Tls {
@@ -362,15 +391,40 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, IngestError> {
         path: files.key.clone(),
         detail: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cert_err(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| cert_err(format!("does not fit the private key or is unusable: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    rustls::sign::CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| cert_err(format!("does not fit the private key or is unusable: {e}")))
+}
+
+/// The intake's certificate for each new connection: loaded again first when its files changed
+/// on disk (issue 21), so a renewed certificate is served without a restart. A changed pair that
+/// does not load (half copied, a key that does not fit) is logged, and the previous one is
+/// served until the files change again. Connections already open keep their session.
+#[derive(Debug)]
+struct ReloadingCert {
+    files: TlsFiles,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::Mutex<(FileStamp, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut current = self.current.lock().ok()?;
+        let now = FileStamp::of(&[self.files.cert.clone(), self.files.key.clone()]);
+        if current.0 != now {
+            current.0 = now;
+            match load_certified_key(&self.files, &self.provider) {
+                Ok(key) => {
+                    tracing::info!(certificate = %self.files.cert.display(), "the intake's TLS certificate changed on disk: serving the new one");
+                    current.1 = Arc::new(key);
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "the intake's TLS certificate changed on disk but cannot be used; still serving the previous one"
+                ),
+            }
+        }
+        Some(current.1.clone())
+    }
 }
 
 struct Shared {

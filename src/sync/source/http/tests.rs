@@ -370,6 +370,55 @@ async fn tls_serves_with_the_configured_certificate() {
     assert!(matches!(err, IngestError::Tls { .. }), "{err}");
 }
 
+/// Issue 21: a renewed certificate dropped in place is served to the next connection, no
+/// restart. A half-done renewal (new certificate, old key) keeps the previous pair in service.
+#[tokio::test]
+async fn a_renewed_tls_certificate_is_served_to_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, keyf) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let install = |path: &std::path::Path, text: String| {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    let old = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    install(&cert, old.cert.pem());
+    install(&keyf, old.signing_key.serialize_pem());
+    let mem = TestOutbox::default();
+    let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
+    opts.tls = Some(TlsFiles {
+        cert: cert.clone(),
+        key: keyf.clone(),
+    });
+    let bound = IngestServer::bind(opts, mem.intake()).await.unwrap();
+    let url = format!("https://localhost:{}/events", bound.local_addr().port());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
+    // A fresh client (so a fresh connection and handshake) trusting only `trusted`.
+    let accepted_by = |trusted: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        let client = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(trusted.cert.pem().as_bytes()).unwrap())
+            .resolve("localhost", "127.0.0.1:0".parse().unwrap())
+            .build()
+            .unwrap();
+        let url = url.clone();
+        async move { client.get(&url).send().await.is_ok() }
+    };
+    assert!(accepted_by(&old).await && !accepted_by(&new).await);
+
+    install(&cert, new.cert.pem());
+    assert!(
+        accepted_by(&old).await && !accepted_by(&new).await,
+        "the new certificate with the old key is not used"
+    );
+    install(&keyf, new.signing_key.serialize_pem());
+    assert!(accepted_by(&new).await, "the renewed certificate is served");
+    assert!(!accepted_by(&old).await);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Issue 19 item 4: an event id reused for a different event is a 409 naming the event's index
 /// and the stored seq; nothing of the request is stored, and the agent stays ready (the store
 /// is fine, the sender is not).
