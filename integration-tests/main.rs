@@ -26,6 +26,7 @@ mod packaging;
 mod pg_cluster;
 mod pg_failover;
 mod pg_outbox;
+mod postgres;
 mod relationship_order;
 mod sync_cli;
 mod sync_intake;

@@ -71,7 +71,7 @@ pub fn existing_store(
     match store(s, flag, StoreMode::Existing)? {
         Some(found) => Ok(found),
         None => Err(anyhow::Error::new(
-            crate::error::UsageError::new(format!("there is no state store at {}", state_path(s, flag)?.display()))
+            crate::error::UsageError::new(format!("there is no state store at {}", location(s, flag)?))
                 .with_hint("give the store `kfr sync` uses (--state, or `state` in the configuration)"),
         )),
     }

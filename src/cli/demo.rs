@@ -547,7 +547,7 @@ async fn load_during_burst(
         settle: std::time::Duration::ZERO,
         file: export.clone(),
         resume: false,
-        state: agent.state.clone(),
+        state: agent.state.display().to_string(),
         report: Some(dir.join("load-report.json")),
         skip_invalid: false,
         rejects: None,

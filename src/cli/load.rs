@@ -45,11 +45,12 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         return retry_held(settings, *job, state.as_deref(), *json, printer).await;
     }
     // A dry run writes no state, so it needs no store (nor a state home).
-    let state_path = match super::build::state_path(&settings, args.state.as_deref()) {
-        Ok(p) => p,
-        Err(_) if args.dry_run => std::path::PathBuf::new(),
+    let location = match super::build::location(&settings, args.state.as_deref()) {
+        Ok(l) => Some(l),
+        Err(_) if args.dry_run => None,
         Err(e) => return Err(e),
     };
+    let state = location.as_ref().map(|l| l.describe()).unwrap_or_default();
     // `--resume` without a file: the unconfirmed job knows its file (issue 9 item 11).
     let file = match &args.file {
         Some(f) => f.clone(),
@@ -62,8 +63,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
                 Some(job) => std::path::PathBuf::from(job.input_path),
                 None => {
                     return Err(UsageError::new(format!(
-                        "--resume without a file: the state store {} has no unconfirmed load job",
-                        state_path.display()
+                        "--resume without a file: the state store {state} has no unconfirmed load job"
                     ))
                     .into());
                 }
@@ -93,7 +93,7 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     let opts = LoadOptions {
         file: file.clone(),
         resume: args.resume,
-        state: state_path.clone(),
+        state: state.clone(),
         report: args.report.clone(),
         skip_invalid: args.skip_invalid,
         rejects: args.rejects.clone(),
@@ -111,15 +111,21 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         retry_after_cap: settings.retry.retry_after_cap,
         // Run as printed, it must reach the same configuration: a file given with --config or
         // KFR_CONFIG is not found again by itself in another shell.
+        // A PostgreSQL store is the configuration's (`store.url`): `--state` would name a
+        // SQLite file instead.
         resume_command: format!(
-            "kfr {}load {} --resume --state {}",
+            "kfr {}load {} --resume{}",
             settings
                 .config_file
                 .as_ref()
                 .map(|c| format!("--config {} ", shell_word(&c.display().to_string())))
                 .unwrap_or_default(),
             shell_word(&file.display().to_string()),
-            shell_word(&state_path.display().to_string())
+            match &location {
+                Some(crate::store::Location::Sqlite(path)) =>
+                    format!(" --state {}", shell_word(&path.display().to_string())),
+                _ => String::new(),
+            }
         ),
         stop: None,
         id_policy: super::build::id_policy(&settings),
@@ -185,17 +191,17 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
 /// `kfr load status`: what a store holds, for an operator (no identifier in full: held
 /// operations are counted, not listed).
 async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool, p: &Printer) -> anyhow::Result<()> {
-    let state = super::build::state_path(settings, flag)?;
+    let location = super::build::location(settings, flag)?;
+    let state = location.describe();
     // Opening an empty file would make a store of it: a command that only looks must not
     // (issue 20).
-    if std::fs::metadata(&state).is_ok_and(|m| m.is_file() && m.len() == 0) {
-        anyhow::bail!(
-            "{} is an empty file, not a state store; `kfr load status` leaves it as it is",
-            state.display()
-        );
+    if let crate::store::Location::Sqlite(path) = &location
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
+    {
+        anyhow::bail!("{state} is an empty file, not a state store; `kfr load status` leaves it as it is");
     }
     let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::Existing)? else {
-        anyhow::bail!("no state store at {}", state.display());
+        anyhow::bail!("no state store at {state}");
     };
     // Whether a load holds the store: try its writer lock and let go at once.
     let running = store
@@ -240,7 +246,7 @@ async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool,
         p.data(serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    let mut out = format!("state store {}", state.display());
+    let mut out = format!("state store {state}");
     let _ = write!(
         out,
         "\n  {}",
@@ -288,7 +294,7 @@ async fn abandon(
     printer: Printer,
 ) -> anyhow::Result<()> {
     use crate::load::abandon::{AbandonOptions, HeldChoice};
-    let state = super::build::state_path(&settings, flag)?;
+    let state = super::build::location(&settings, flag)?.describe();
     let held = match (send_held, drop_held) {
         (true, _) => HeldChoice::Send,
         (_, true) => HeldChoice::Drop,
@@ -412,7 +418,7 @@ async fn retry_held(
 ) -> anyhow::Result<()> {
     use crate::load::retry::RetryOptions;
     let opts = RetryOptions {
-        state: super::build::state_path(&settings, flag)?,
+        state: super::build::location(&settings, flag)?.describe(),
         job,
         request_budget: super::build::request_budget(&settings),
         in_doubt: settings.sync.in_doubt,
@@ -540,8 +546,7 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
             }
         }
         LoadEvent::JobCreated { job, state } => p.message(format_args!(
-            "load job {job} created in {}; until it is confirmed, `kfr remove` holds deletes back (onboarding D-3)",
-            state.display()
+            "load job {job} created in {state}; until it is confirmed, `kfr remove` holds deletes back (onboarding D-3)"
         )),
         LoadEvent::JobResumed {
             job,

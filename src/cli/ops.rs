@@ -3,7 +3,8 @@
 //!
 //! - A backup is the store's own consistent copy (one snapshot, taken while others write),
 //!   mode 0600 whatever the umask (it holds every identifier in full), opened and checked
-//!   before it is put at `DEST`; `DEST` must not exist.
+//!   before it is put at `DEST`; `DEST` must not exist. A PostgreSQL store refuses (its backup
+//!   is the bank's PostgreSQL tooling's: docs/operations.md, "Two hosts on PostgreSQL").
 //! - The audit export is the history — one row per attempt at KFR and per operator action, with
 //!   KFR's answer and who did what and why — for a period and optionally one customer, as CSV,
 //!   JSON lines or a spreadsheet. Identifiers are masked unless `--show-id`; the file is 0600

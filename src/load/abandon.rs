@@ -22,7 +22,6 @@ use crate::kfr::KfrClient;
 use crate::store::{
     Abandonment, BatchStatus, HeldAtAbandon, OWN_SOURCES, Operation, OperatorAction, OutboxEvent, Store,
 };
-use std::path::PathBuf;
 
 /// What to do with the operations held in the job's register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub enum HeldChoice {
 #[derive(Debug, Clone)]
 pub struct AbandonOptions {
     /// Where the state store is, for messages (the store itself is passed to [`abandon`]).
-    pub state: PathBuf,
+    pub state: String,
     /// Who abandons and why, for the history.
     pub action: OperatorAction,
     /// As [`super::LoadOptions::request_budget`] and [`super::LoadOptions::in_doubt`].

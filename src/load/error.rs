@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("nothing to resume: the state store {} has no load job", state.display())]
-    NothingToResume { state: PathBuf },
+    #[error("nothing to resume: the state store {state} has no load job")]
+    NothingToResume { state: String },
 
-    #[error("load job {job} ({input}) in {} is not confirmed complete yet", state.display())]
-    JobUnconfirmed { job: i64, input: String, state: PathBuf },
+    #[error("load job {job} ({input}) in {state} is not confirmed complete yet")]
+    JobUnconfirmed { job: i64, input: String, state: String },
 
     #[error("nothing to resume for {}: the last load job ({job}, from {input}) is complete", file.display())]
     JobComplete { file: PathBuf, job: i64, input: String },
@@ -74,10 +74,11 @@ pub enum LoadError {
         "{}load job {} is running in another process ({holder}) on the state store {}",
         input.as_deref().map(|i| format!("{i}: ")).unwrap_or_default(),
         job.map(|j| j.to_string()).unwrap_or_else(|| "(new)".into()),
-        state.display()
+        state
     )]
     StoreBusy {
-        state: PathBuf,
+        /// The store, as [`crate::store::Location::describe`] names it.
+        state: String,
         job: Option<i64>,
         input: Option<String>,
         /// What the lock file says about the process holding it.
@@ -96,11 +97,11 @@ pub enum LoadError {
     #[error("the rejects file {} is a symlink; identifiers are never written through one", path.display())]
     RejectsSymlink { path: PathBuf },
 
-    #[error("no state store at {}", state.display())]
-    NoStore { state: PathBuf },
+    #[error("no state store at {state}")]
+    NoStore { state: String },
 
-    #[error("the state store {} has no load job {job}", state.display())]
-    NoSuchJob { job: i64, state: PathBuf },
+    #[error("the state store {state} has no load job {job}")]
+    NoSuchJob { job: i64, state: String },
 
     #[error("load job {job} is still running: its held operations are sent when the load confirms it")]
     StillRunning { job: i64 },

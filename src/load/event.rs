@@ -81,7 +81,8 @@ pub enum LoadEvent {
     /// A new job is in the store; removes are held until it is confirmed.
     JobCreated {
         job: i64,
-        state: PathBuf,
+        /// The store, as [`crate::store::Location::describe`] names it.
+        state: String,
     },
     /// An unfinished job is being continued.
     JobResumed {

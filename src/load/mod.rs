@@ -70,9 +70,10 @@ pub const EXAMPLES_PER_RULE: u64 = 3;
 pub struct LoadOptions {
     pub file: PathBuf,
     pub resume: bool,
-    /// Where the state store is (jobs, batches, ledger, held operations), for messages; the
+    /// Where the state store is (jobs, batches, ledger, held operations), for messages: a path,
+    /// or a PostgreSQL URL without its password ([`crate::store::Location::describe`]); the
     /// store itself is opened by the caller and passed to [`run`].
-    pub state: PathBuf,
+    pub state: String,
     pub report: Option<PathBuf>,
     pub skip_invalid: bool,
     pub rejects: Option<PathBuf>,
@@ -794,12 +795,12 @@ async fn run_as_writer(
 
 /// Takes the store's one load writer for `who` (abandon, retry-held) acting on `job`; refused
 /// while another process holds it.
-pub(crate) async fn take_writer(store: &Store, who: &str, state: &Path, job: i64) -> Result<(), LoadError> {
+pub(crate) async fn take_writer(store: &Store, who: &str, state: &str, job: i64) -> Result<(), LoadError> {
     let me = format!("pid {} ({who})", std::process::id());
     match store.take_writer(me).await? {
         None => Ok(()),
         Some(holder) => Err(LoadError::StoreBusy {
-            state: state.to_path_buf(),
+            state: state.to_string(),
             job: Some(job),
             input: None,
             holder,

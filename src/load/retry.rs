@@ -13,13 +13,12 @@ use super::report::SentOperation;
 use super::{EventSink, LoadError};
 use crate::kfr::KfrClient;
 use crate::store::{JobStatus, OWN_SOURCES, Store};
-use std::path::PathBuf;
 
 /// Everything `kfr load retry-held` needs, as values.
 #[derive(Debug, Clone)]
 pub struct RetryOptions {
     /// Where the state store is, for messages.
-    pub state: PathBuf,
+    pub state: String,
     pub job: i64,
     /// As [`super::LoadOptions::request_budget`].
     pub request_budget: std::time::Duration,

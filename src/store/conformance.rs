@@ -19,6 +19,11 @@ pub trait Harness {
     fn second(&mut self) -> Box<dyn Backend>;
     /// Makes storing the event `event_id` fail from now on, whatever else the call holds.
     fn poison(&mut self, event_id: &str);
+    /// Whether `backup_to` writes a copy (a file store); a server store refuses it, saying to
+    /// use the server's own backup tooling (PostgreSQL: pg_dump, base backups).
+    fn copies_to_a_file(&self) -> bool {
+        true
+    }
 }
 
 /// Starts an initial load of `register` (a job whose settings name it, raising its barrier);
@@ -1664,12 +1669,25 @@ pub fn heartbeats_and_the_last_delivery(h: &mut dyn Harness) {
 }
 
 /// `backup_to`: a checked copy at the store's schema version, readable by its owner only, never
-/// over an existing file, nothing left behind when refused.
+/// over an existing file, nothing left behind when refused. A server store refuses every copy
+/// to a file, naming its own tooling, and writes nothing.
 pub fn backup_is_a_private_checked_copy(h: &mut dyn Harness) {
+    let copies = h.copies_to_a_file();
     let b = h.backend();
     put(b, R, &[ev("a1", A, Operation::Add)]);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("copy.db");
+    if !copies {
+        let err = b.backup_to(&dest).unwrap_err();
+        assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+        let hint = crate::error::Hinted::hint(&err).unwrap_or_default();
+        assert!(
+            hint.contains("pg_dump") && hint.contains("docs/operations.md"),
+            "{hint}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+        return;
+    }
     let info = b.backup_to(&dest).unwrap();
     assert!(info.bytes > 0);
     assert_eq!(info.schema_version, b.schema_version().unwrap());

@@ -50,6 +50,14 @@ pub enum StoreError {
     /// What an operation names does not exist (an event id, a customer's pending events).
     #[error("{0}")]
     NotFound(String),
+    /// What this kind of store does not do through kfr (a PostgreSQL store is not copied to a
+    /// file: the bank's PostgreSQL tooling backs it up); `instead` says what to do.
+    #[error("the state store {store} cannot {what}")]
+    Unsupported {
+        store: String,
+        what: String,
+        instead: String,
+    },
     /// The store thread is gone (it panicked or the handle outlived it).
     #[error("the state store's thread has stopped")]
     Stopped,
@@ -89,6 +97,7 @@ impl crate::error::Hinted for StoreError {
             StoreError::Conflict(_) => "run the command again: it decides afresh on what the store holds now".into(),
             StoreError::EventIdConflict { .. } => "an event id names one event for good: give the new event an id of its own (`kfr history` shows what the stored one was)".into(),
             StoreError::WrongState { .. } | StoreError::NotFound(_) => return None,
+            StoreError::Unsupported { instead, .. } => instead.clone(),
             StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
             StoreError::Other(_) => return None,
         })

@@ -63,7 +63,7 @@ pub const MIGRATIONS: &[&str] = &[r#"
 
     CREATE TABLE ledger_current (
         register        text NOT NULL,
-        customer_id     text NOT NULL,
+        customer_id     text COLLATE "C" NOT NULL,  -- byte order, as SQLite's: walked in pages
         state           text NOT NULL CHECK (state IN ('active', 'ended')),
         start_date      date,
         since           timestamptz NOT NULL,

@@ -80,6 +80,10 @@ mod tests {
                 ))
                 .unwrap();
         }
+        fn copies_to_a_file(&self) -> bool {
+            // Backups are the bank's PostgreSQL tooling's (Operations::backup_to refuses).
+            false
+        }
     }
 
     /// A fresh, migrated database of its own.
