@@ -19,6 +19,12 @@ const RETRIES: u32 = 8;
 /// lock fails instead of hanging the store thread (and with it the agent) for ever.
 const STATEMENT_TIMEOUT_MS: u32 = 30_000;
 
+/// The server ends a session that sits inside a transaction this long without a statement: a
+/// frozen process (SIGSTOP, a stuck VM) caught between two statements would otherwise keep its
+/// row locks — the lease row among them — and no standby could take over. kfr's transactions
+/// issue their statements back to back, so only a process that stopped running meets it.
+const IDLE_IN_TRANSACTION_MS: u32 = 5_000;
+
 /// `application_name` of the store's connections (visible in `pg_stat_activity`).
 pub(crate) const APPLICATION: &str = "kfr";
 
@@ -236,7 +242,8 @@ pub(crate) fn connect(target: &Target) -> Result<Client, StoreError> {
         })?;
     client
         .batch_execute(&format!(
-            "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET lock_timeout = {STATEMENT_TIMEOUT_MS}; SET TIME ZONE 'UTC'"
+            "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET lock_timeout = {STATEMENT_TIMEOUT_MS}; \
+             SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}; SET TIME ZONE 'UTC'"
         ))
         .map_err(|e| StoreError::Unavailable {
             store: target.describe(),

@@ -9,7 +9,10 @@
 //!
 //! Takeover: a free lock means the last holder's session is gone, so a standby takes over at
 //! once; a lock still held moves only once its holder stopped renewing (`until` passed: a frozen
-//! or hung process), and that holder is fenced from then on. A holder that finds itself fenced
+//! or hung process), and that holder is fenced from then on. The row records whether its holder
+//! holds the lock (`locked`): one that took over from a frozen holder has none until the frozen
+//! one lets go, and a free lock then says nothing about it — it takes the lock at its next
+//! renewal instead. A holder that finds itself fenced
 //! drops its lock connection, so a lock is never held by a process that is not the leader and
 //! never taken twice by one session (session advisory locks stack: a second
 //! `pg_try_advisory_lock` in the same session succeeds and needs two unlocks).
@@ -102,24 +105,34 @@ impl Leases for PgBackend {
         let got = lock.is_some();
         let until = now + ttl;
         let epoch = self.tx(Tx::Write, |tx| {
-            let current: Option<DateTime<Utc>> = tx
-                .query_opt("SELECT until FROM leases WHERE register = $1 FOR UPDATE", &[&register])?
-                .map(|r| r.get(0));
-            let ran_out = current.is_none_or(|u| u <= now);
-            if !got && !ran_out {
+            let current: Option<(DateTime<Utc>, bool)> = tx
+                .query_opt(
+                    "SELECT until, locked FROM leases WHERE register = $1 FOR UPDATE",
+                    &[&register],
+                )?
+                .map(|r| (r.get(0), r.get(1)));
+            let take = match current {
+                None => true,
+                // Ran out: its holder stopped renewing (frozen, cut off, or gave it up).
+                Some((until, _)) if until <= now => true,
+                // The lock was free, and the holder held it: its session ended.
+                Some((_, locked)) => got && locked,
+            };
+            if !take {
                 return Ok(None);
             }
             let epoch: i64 = tx
                 .query_one(
-                    "INSERT INTO leases (register, holder, epoch, until) VALUES ($1, $2, 1, $3)
+                    "INSERT INTO leases (register, holder, epoch, until, locked) VALUES ($1, $2, 1, $3, $4)
                      ON CONFLICT (register) DO UPDATE SET holder = excluded.holder, epoch = leases.epoch + 1,
-                         until = excluded.until
+                         until = excluded.until, locked = excluded.locked
                      RETURNING epoch",
-                    &[&register, &holder, &until],
+                    &[&register, &holder, &until, &got],
                 )?
                 .get(0);
             Ok(Some(epoch))
         })?;
+        // Not taken: a lock got meanwhile is let go at once (its holder may lead without it).
         let Some(epoch) = epoch else { return Ok(None) };
         let lease = Lease {
             register: register.to_string(),
@@ -138,14 +151,17 @@ impl Leases for PgBackend {
         // The watchdog: a lease connection that is gone (the server restarted, or an operator
         // terminated it) lost the lock. Take it again on a new connection if it is free; the
         // epoch check below then tells whether anyone took over meanwhile.
-        if ours && self.lock_conn.is_some() && !self.lock_alive() {
+        // A holder without the lock (it took over from a frozen one, which still has it) tries
+        // again at every renewal, so a free lock goes back to meaning "the holder is gone".
+        if ours && !self.lock_alive() {
             self.lock_conn = self.try_lease_lock(&lease.register)?;
         }
+        let locked = ours && self.lock_conn.is_some();
         let renewed = self.tx(Tx::Write, |tx| {
             check_epoch(tx, &lease.register, lease.epoch)?;
             tx.execute(
-                "UPDATE leases SET until = $1 WHERE register = $2 AND epoch = $3",
-                &[&until, &lease.register, &lease.epoch],
+                "UPDATE leases SET until = $1, locked = $4 WHERE register = $2 AND epoch = $3",
+                &[&until, &lease.register, &lease.epoch, &locked],
             )?;
             Ok(())
         });
@@ -300,14 +316,30 @@ mod tests {
             .unwrap()
             .expect("a's lease ran out");
         assert!(lb.epoch > la.epoch);
-        // a resumes: fenced, and it drops its lock, so when b dies c leads at once.
+        // a resumes: fenced, and it drops its lock. The lock is free now, but b (which took
+        // over without it) is alive: c must not take over on that alone.
         assert!(matches!(
             a.renew_lease(&la, t(32), ttl()),
             Err(StoreError::Fenced { .. })
         ));
-        b.release_lease(&lb).unwrap();
+        assert!(
+            a.take_lease(R, "sync:a", t(33), ttl()).unwrap().is_none(),
+            "a stands by"
+        );
+        assert!(c.take_lease(R, "sync:c", t(33), ttl()).unwrap().is_none(), "b leads");
+        // b takes the lock at its next renewal; once b's session is gone, c leads at once.
+        let lb = b.renew_lease(&lb, t(34), ttl()).unwrap();
+        assert!(
+            c.take_lease(R, "sync:c", t(35), ttl()).unwrap().is_none(),
+            "b holds the lock"
+        );
         drop(b);
-        assert!(c.take_lease(R, "sync:c", t(33), ttl()).unwrap().is_some());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let lc = c
+            .take_lease(R, "sync:c", t(36), ttl())
+            .unwrap()
+            .expect("b's session ended");
+        assert!(lc.epoch > lb.epoch);
     }
 
     #[test]

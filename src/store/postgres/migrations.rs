@@ -115,7 +115,11 @@ pub const MIGRATIONS: &[&str] = &[r#"
         register  text PRIMARY KEY,
         holder    text NOT NULL,
         epoch     bigint NOT NULL,
-        until     timestamptz NOT NULL
+        until     timestamptz NOT NULL,
+        -- Whether the holder holds the lease's advisory lock: only then does a free lock mean
+        -- its session ended (a holder that took over from a frozen one has none until that
+        -- one lets go).
+        locked    boolean NOT NULL DEFAULT false
     );
 
     -- Who holds the store's one load writer (the lock itself is a session advisory lock).
