@@ -258,3 +258,53 @@ async fn backup_on_postgres_is_refused_naming_the_banks_tooling() {
     assert!(e.contains("hint:") && e.contains("pg_dump"), "{e}");
     assert!(!env.dir.join("copy.db").exists());
 }
+
+/// `kfr store migrate`: an installation on SQLite (a delivered add, a queued add) moves to the
+/// configured PostgreSQL store; every table's count is the same on both sides, the outbox reads
+/// the same from PostgreSQL, and a second migration into the now non-empty database is refused
+/// with a hint, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_migrate_moves_a_sqlite_installation_to_postgres() {
+    let env = setup().await;
+    let people = ids(224, 2);
+    assert_ok(&env.run(&["add", &people[0]], &[]).await);
+    assert_ok(&env.run(&["enqueue", "add", &people[1]], &[]).await);
+    let before = json(&env.run(&["outbox", "status", "--json"], &[]).await)["status"].clone();
+    assert_eq!(before["delivered"], 1, "{before}");
+
+    let db = tokio::task::spawn_blocking(pg_cluster::database).await.unwrap();
+    let cfg = env.dir.join("kfr.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[store]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+        db.url,
+        db.password_file.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+
+    let moved = json(&run(&env, &["store", "migrate", "--json"]).await);
+    let outbox = moved["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "outbox")
+        .unwrap()
+        .clone();
+    assert_eq!(outbox["rows"], 2, "{moved}");
+    assert!(moved["to"].as_str().unwrap().starts_with("postgres://"), "{moved}");
+    // PostgreSQL keeps instants to the microsecond (SQLite's text kept nanoseconds).
+    let to_ms = |mut v: serde_json::Value| {
+        let t = v["oldest_unfinished"].as_str().unwrap().to_string();
+        v["oldest_unfinished"] = serde_json::Value::String(t[..23].to_string());
+        v
+    };
+    let before = to_ms(before);
+    let after = to_ms(outbox_status(&env).await);
+    assert_eq!(after, before, "the outbox reads the same from PostgreSQL");
+
+    let again = run(&env, &["store", "migrate"]).await;
+    assert_eq!(again.status.code(), Some(1), "{:?}", output_text(&again));
+    let (_, e) = output_text(&again);
+    assert!(e.contains("already holds") && e.contains("hint:"), "{e}");
+    assert_eq!(to_ms(outbox_status(&env).await), before, "nothing changed");
+}

@@ -35,6 +35,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::sync::source::http::IngestError,
         crate::sync::source::pg_outbox::PgOutboxError,
         crate::pg::ConnectError,
+        crate::store::migrate::MigrateError,
         super::sync::PartFailed,
         super::outbox::FloodRefused,
         super::relationship::StillQueued,
