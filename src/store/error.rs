@@ -44,6 +44,13 @@ pub enum StoreError {
         "event {index}: its event id is stored already, as outbox entry {seq}, for a different event (operation, customer or start date)"
     )]
     EventIdConflict { index: usize, seq: Seq },
+    /// The event at `index` of the call would give its customer more than `max` unfinished
+    /// events in the outbox (the per-customer flood guard): nothing of the call was stored. The
+    /// customer is not named here (the caller has the event and masks it).
+    #[error(
+        "event {index}: its customer has {max} unfinished events in the outbox already (the per-customer limit); nothing of the call was stored"
+    )]
+    CustomerFlood { index: usize, max: u64 },
     /// A seq (or job) that does not exist, or is not in the state the operation needs.
     #[error("event {seq} {problem}")]
     WrongState { seq: Seq, problem: String },
@@ -88,6 +95,7 @@ impl crate::error::Hinted for StoreError {
             }
             StoreError::Conflict(_) => "run the command again: it decides afresh on what the store holds now".into(),
             StoreError::EventIdConflict { .. } => "an event id names one event for good: give the new event an id of its own (`kfr history` shows what the stored one was)".into(),
+            StoreError::CustomerFlood { .. } => "look at the customer's queue (`kfr history ID`); cancel what was sent by mistake (`kfr outbox cancel --customer ID --reason …`), or raise sync.max_events_per_customer if the volume is real".into(),
             StoreError::WrongState { .. } | StoreError::NotFound(_) => return None,
             StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),
             StoreError::Other(_) => return None,

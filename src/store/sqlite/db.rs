@@ -417,10 +417,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = SqliteBackend::open(&d.path().join("s.db")).unwrap();
         let now = crate::store::conformance::t(0);
-        s.enqueue("r", &[crate::store::conformance::ev("e1", "c", Operation::Add)], now)
-            .unwrap();
-        s.enqueue("r", &[crate::store::conformance::ev("e2", "c", Operation::Remove)], now)
-            .unwrap();
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e1", "c", Operation::Add)],
+            None,
+            now,
+        )
+        .unwrap();
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e2", "c", Operation::Remove)],
+            None,
+            now,
+        )
+        .unwrap();
         // What a lost race would write: the second event made a head too.
         let err = s
             .conn()
