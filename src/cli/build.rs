@@ -24,6 +24,9 @@ pub enum StoreMode {
     Create,
     /// Only an existing store: commands that look (nothing is created to answer them).
     Existing,
+    /// Only an existing store, opened to read only: nothing of it (file, log, lock files) is
+    /// created, migrated, locked or written, so a user who may only read can look.
+    ReadOnly,
 }
 
 /// The one place a state store is opened: from the configuration's store location (`--state`
@@ -36,8 +39,12 @@ pub fn store(
 ) -> anyhow::Result<Option<(crate::store::Store, crate::store::Location)>> {
     let location = crate::store::Location::Sqlite(state_path(s, flag)?);
     let crate::store::Location::Sqlite(path) = &location;
-    if mode == StoreMode::Existing && !location.exists() {
+    if mode != StoreMode::Create && !location.exists() {
         return Ok(None);
+    }
+    if mode == StoreMode::ReadOnly {
+        let store = crate::store::Store::open_read_only(&location).map_err(anyhow::Error::new)?;
+        return Ok(Some((store, location)));
     }
     create_state_dir(path)?;
     let store = crate::store::Store::open(&location).map_err(anyhow::Error::new)?;

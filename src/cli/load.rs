@@ -194,16 +194,13 @@ async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool,
             state.display()
         );
     }
-    let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::Existing)? else {
+    // Strictly read-only (issue 20): nothing of the store or its lock files is created, locked
+    // or written, so it works for a user who may only read.
+    let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::ReadOnly)? else {
         anyhow::bail!("no state store at {}", state.display());
     };
-    // Whether a load holds the store: try its writer lock and let go at once.
-    let running = store
-        .take_writer(format!("pid {} (kfr load status)", std::process::id()))
-        .await?;
-    if running.is_none() {
-        store.release_writer().await?;
-    }
+    // Whether a load holds the store, seen without taking its writer lock.
+    let running = store.writer_holder().await?;
     let mut jobs = vec![];
     let mut registers = std::collections::BTreeSet::new();
     for job in store.jobs().await? {

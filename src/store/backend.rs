@@ -295,6 +295,9 @@ pub trait Leases {
     /// ends, however it ends. It follows the store itself, not the spelling of its location.
     fn take_writer(&mut self, holder: &str) -> Result<Option<String>, StoreError>;
     fn release_writer(&mut self) -> Result<(), StoreError>;
+    /// Who holds the store's load writer now (`None`: nobody), found without taking, releasing
+    /// or writing anything: what a command that only looks uses.
+    fn writer_holder(&mut self) -> Result<Option<String>, StoreError>;
 }
 
 /// The append-only record of attempts and operator actions, kept longer than the outbox.

@@ -94,7 +94,8 @@ macro_rules! outbox_conformance_tests {
             an_event_id_reused_for_another_event_is_refused_whole, a_source_cursor_moves_with_the_events_it_read,
             the_flood_guard_refuses_a_call_that_would_put_a_customer_past_its_limit,
             concurrency_the_flood_guard_holds_for_two_handles_on_one_customer,
-            a_streamed_enqueue_is_one_transaction_over_its_chunks);
+            a_streamed_enqueue_is_one_transaction_over_its_chunks,
+            concurrency_one_load_writer_and_who_holds_it_is_seen_without_taking_it);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1332,6 +1333,25 @@ pub fn a_streamed_enqueue_is_one_transaction_over_its_chunks(h: &mut dyn Harness
         ["known", "s1", "s2", "s4", "s3"],
         "issue order is the stream's order"
     );
+}
+
+/// One load writer per store: a second handle is refused while the first holds it, and sees who
+/// does without taking (`writer_holder`, what a look-only command uses); released, it is free.
+pub fn concurrency_one_load_writer_and_who_holds_it_is_seen_without_taking_it(h: &mut dyn Harness) {
+    let mut other = h.second();
+    assert_eq!(other.writer_holder().unwrap(), None);
+    assert_eq!(h.backend().take_writer("first load").unwrap(), None);
+    let seen = other.writer_holder().unwrap().expect("the holder is seen");
+    assert!(!seen.is_empty());
+    assert!(
+        other.take_writer("second load").unwrap().is_some(),
+        "a second writer is refused"
+    );
+    assert!(other.writer_holder().unwrap().is_some(), "looking took nothing");
+    h.backend().release_writer().unwrap();
+    assert_eq!(other.writer_holder().unwrap(), None);
+    assert_eq!(other.take_writer("second load").unwrap(), None);
+    other.release_writer().unwrap();
 }
 
 /// A source that reads from somewhere with its own order stores its position with the events

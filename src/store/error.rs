@@ -23,6 +23,12 @@ pub enum StoreError {
     /// The store refused the write (disk full, read-only, permissions).
     #[error("the state store {store} cannot be written: {detail}")]
     NotWritable { store: String, detail: String },
+    /// The store's file has other names (hard links): SQLite keeps its log by name, so two
+    /// names of one file in use at once lose data. Nothing was opened.
+    #[error(
+        "the state store {store} has {links} names (hard links to one file); kfr opens a store only by its one name"
+    )]
+    HardLinked { store: String, links: u64 },
     /// The store is no longer the one kfr opened (deleted, moved or replaced): anything written
     /// now would be lost, so nothing is.
     #[error("the state store {store} was removed or replaced while kfr had it open; nothing more is written to it")]
@@ -86,6 +92,9 @@ impl crate::error::Hinted for StoreError {
             ),
             StoreError::NotWritable { store, .. } => format!(
                 "free disk space or fix the permissions of {store} (for a file: also its directory, its -wal and -shm files)"
+            ),
+            StoreError::HardLinked { store, .. } => format!(
+                "remove the other names of the file (`find / -xdev -samefile {store}` lists them) and use {store} alone, or copy it with `kfr backup`; two processes on two names of one SQLite file each keep their own log and lose what the other wrote"
             ),
             StoreError::Lost { store } => format!(
                 "put the store back at {store} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the store kfr had open"

@@ -81,6 +81,13 @@ impl Store {
         }
     }
 
+    /// Opens an existing store to look only: nothing created, migrated, locked or written.
+    pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::spawn(Box::new(super::sqlite::SqliteBackend::open_read_only(path)?)),
+        }
+    }
+
     /// Opens the store only if it exists (a command that only looks must not create one).
     pub fn open_existing(location: &Location) -> Result<Option<Store>, StoreError> {
         if !location.exists() {
@@ -247,6 +254,7 @@ impl Store {
         fn lease_holder(register: String) -> Option<LeaseHolder> => |b| b.lease_holder(&register);
         fn take_writer(holder: String) -> Option<String> => |b| b.take_writer(&holder);
         fn release_writer() -> () => |b| b.release_writer();
+        fn writer_holder() -> Option<String> => |b| b.writer_holder();
         // ---- history
         fn history(customer: Option<String>, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Vec<HistoryRecord>
             => |b| b.history(customer.as_deref(), from, to);
