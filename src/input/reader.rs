@@ -617,7 +617,11 @@ impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
             // even positions is the high byte first).
             if let Some(at) = memchr::memchr(0, line) {
                 let digits_at_odd = line.iter().skip(1).step_by(2).any(|b| b.is_ascii_digit());
-                let endian = if at % 2 == 0 && digits_at_odd { "big-endian" } else { "little-endian" };
+                let endian = if at % 2 == 0 && digits_at_odd {
+                    "big-endian"
+                } else {
+                    "little-endian"
+                };
                 return Err(ReadError::Utf16 {
                     line: self.line,
                     endian,
