@@ -896,6 +896,17 @@ async fn abandon_with_send_held_sends_the_held_operations_in_order() {
     let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
     assert_eq!(v["held_operations"]["add"], 0, "{v}");
     assert_eq!(v["held_operations"]["remove"], 0, "{v}");
+    // Asked again once everything held was delivered (issue 20: by `kfr sync`, say): done, and
+    // it says so (this exited 1).
+    let out = env
+        .run(&["load", "abandon", "1", "--state", "s.db", "--send-held"], &[])
+        .await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(
+        stdout.contains("was abandoned before") && stdout.contains("delivered already"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("held operation sent"), "nothing sent twice: {stdout}");
 }
 
 /// Only a running job can be abandoned: a confirmed one, an abandoned one with nothing held and

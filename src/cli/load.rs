@@ -333,6 +333,11 @@ async fn abandon(
                 "load job {} ({}) abandoned: it will never be confirmed, and it holds no remove back any more",
                 o.job, o.input
             )
+        } else if o.held_sent.is_empty() && o.held_failed == 0 && o.held_still_waiting == 0 {
+            format!(
+                "load job {} ({}) was abandoned before, and no operation it held waits any more: they were delivered already (by `kfr sync` or an earlier --send-held); nothing to send",
+                o.job, o.input
+            )
         } else {
             format!("load job {} ({}) was abandoned before", o.job, o.input)
         };
