@@ -1573,3 +1573,50 @@ async fn load_status_is_strictly_read_only() {
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out).1);
     writer.release_writer().unwrap();
 }
+
+/// Issue 20, N4: a job abandoned under its running load (here by a process that bypasses the
+/// writer lock, as an older kfr or a hand-made change would): the load stops writing to it,
+/// never calls it complete, and exits 1 saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_job_is_abandoned_under_it_stops_and_exits_1() {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(60);
+    let id = ids(147, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            env.load(
+                "c.csv",
+                "s.db",
+                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "30"],
+                &[],
+            )
+            .await
+        })
+    };
+    accepted(&env, 0).await;
+    {
+        use kfr::store::backend::Jobs as _;
+        let mut b = kfr::store::sqlite::SqliteBackend::open(&env.dir.join("s.db")).unwrap();
+        let action = kfr::store::OperatorAction {
+            actor: "test".into(),
+            reason: Some("abandoned under the load".into()),
+        };
+        let r = b
+            .abandon_job(1, kfr::store::HeldAtAbandon::Release, &action, chrono::Utc::now())
+            .unwrap();
+        assert!(matches!(r, kfr::store::Abandonment::Abandoned { .. }), "{r:?}");
+    }
+    let out = first.await.unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("load job 1 was abandoned by an operator while this load ran"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("complete"), "never called complete: {stdout}");
+    let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(v["jobs"][0]["status"], "abandoned", "{v}");
+}
