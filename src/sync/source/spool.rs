@@ -9,8 +9,9 @@
 //!
 //! A file whose every line is valid is committed in one transaction, then moved to `done/`. A
 //! file with any bad line stores nothing and is moved to `failed/` beside a `NAME.errors` file
-//! naming each bad line (`file:line: field: message (rule …)`, identifiers masked). If the store
-//! fails, the file stays where it is and is tried again at the next poll.
+//! naming each bad line (`file:line: field: message (rule …)`, identifiers masked); so does one
+//! the store refuses (an event id reused for another event, a customer past the flood limit). If
+//! the store fails, the file stays where it is and is tried again at the next poll.
 //!
 //! Only complete files are taken (issue 19: a file renamed in before its writer finished was
 //! taken in part). A file is taken when it is unchanged — the same file (device and inode), the
@@ -18,8 +19,9 @@
 //! stays so while it is read; otherwise it is left for a later look. Before a file is moved to
 //! `done/` or `failed/` its path is checked to still hold the file that was read, unchanged: a
 //! file renamed over the name meanwhile is left in place to be read at the next look, never moved
-//! unread. A file that vanishes before its move is logged, not fatal. Files are streamed line by
-//! line; only their events are held in memory.
+//! unread. A file that vanishes before its move is logged, not fatal. Files are read line by
+//! line and their events streamed into the store's one transaction [`CHUNK`] at a time
+//! ([`crate::store::Store::enqueue_stream`]): a file's memory does not grow with its length.
 //!
 //! Event ids: an event without an `event_id` gets `spool:<file>:<line>:<text>` ([`line_id`]):
 //! a SHA-256 of the file's identity — its name, device, inode and birth time — the line's number
