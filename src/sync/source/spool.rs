@@ -519,10 +519,10 @@ fn read_file_then(
         return Ok(Reading::Refused(refusals));
     }
     sent += chunk.len() as u64;
-    if let Some(mut w) = writer {
-        if chunk.is_empty() || w.send(chunk) {
-            w.finish();
-        }
+    if let Some(mut w) = writer
+        && (chunk.is_empty() || w.send(chunk))
+    {
+        w.finish();
     }
     Ok(Reading::Complete(sent))
 }
