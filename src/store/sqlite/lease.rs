@@ -162,7 +162,10 @@ impl Leases for SqliteBackend {
         };
         // The same file under another name (a hard link) has another lock file: the lock on
         // the file itself is what every name meets.
-        match IdentityLock::try_acquire(&self.path).map_err(|e| lock_error(&self.describe_path(), e))? {
+        let identity = super::db::file_identity(&self.path).ok_or_else(|| StoreError::Lost {
+            store: self.describe_path(),
+        })?;
+        match IdentityLock::try_acquire(&self.path, identity).map_err(|e| lock_error(&self.describe_path(), e))? {
             Ok(identity) => {
                 self.writer = Some((lock, identity));
                 Ok(None)

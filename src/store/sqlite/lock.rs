@@ -78,11 +78,13 @@ pub(crate) struct IdentityLock {
 static PARKED: std::sync::Mutex<Vec<((u64, u64), std::fs::File)>> = std::sync::Mutex::new(Vec::new());
 
 impl IdentityLock {
-    /// Takes the lock on the file at `store` without waiting. `Ok(Err(pid))` when another open
-    /// file holds it (`pid` the holder's process, when `/proc/locks` says).
-    pub(crate) fn try_acquire(store: &Path) -> std::io::Result<Result<IdentityLock, Option<u32>>> {
-        let identity = super::db::file_identity(store)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the store file is gone"))?;
+    /// Takes the lock on the file at `store`, whose device and inode are `identity`, without
+    /// waiting. `Ok(Err(pid))` when another open file holds it (`pid` the holder's process, when
+    /// `/proc/locks` says).
+    pub(crate) fn try_acquire(
+        store: &Path,
+        identity: (u64, u64),
+    ) -> std::io::Result<Result<IdentityLock, Option<u32>>> {
         let parked = {
             let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
             p.iter().position(|(id, _)| *id == identity).map(|i| p.swap_remove(i).1)
@@ -183,15 +185,19 @@ mod tests {
         std::fs::write(&state, b"x").unwrap();
         let hard = d.path().join("hard.db");
         std::fs::hard_link(&state, &hard).unwrap();
-        let identity = super::super::db::file_identity(&state).unwrap();
+        let identity = {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = std::fs::metadata(&state).unwrap();
+            (m.dev(), m.ino())
+        };
         assert_eq!(flock_holder(identity), None);
-        let first = IdentityLock::try_acquire(&state).unwrap().unwrap();
+        let first = IdentityLock::try_acquire(&state, identity).unwrap().unwrap();
         assert_eq!(flock_holder(identity), Some(std::process::id()));
-        let other = IdentityLock::try_acquire(&hard).unwrap().unwrap_err();
+        let other = IdentityLock::try_acquire(&hard, identity).unwrap().unwrap_err();
         assert_eq!(other, Some(std::process::id()));
         drop(first);
         assert_eq!(flock_holder(identity), None);
-        let again = IdentityLock::try_acquire(&hard).unwrap();
+        let again = IdentityLock::try_acquire(&hard, identity).unwrap();
         assert!(again.is_ok());
     }
 
