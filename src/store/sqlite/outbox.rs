@@ -689,11 +689,12 @@ fn enqueue_in(
 ) -> Result<Vec<Enqueued>, Fault> {
     let mut out = Vec::with_capacity(events.len());
     for (index, ev) in events.iter().enumerate() {
-        let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
+        let stored = try_insert_event_as_head(tx, register, ev, Uuid::new_v4(), now)?;
         out.push(match stored {
-            Some(seq) => {
-                if let Some(max) = max_unfinished {
-                    guard_flood(tx, register, &ev.customer_id, seq, index, max)?;
+            Some((seq, head)) => {
+                // A new head has nothing before it: one unfinished event, within any limit.
+                if let Some(max) = max_unfinished.filter(|_| !head) {
+                    guard_flood(tx, register, &ev.customer_id, index, max)?;
                 }
                 Enqueued::Stored { seq }
             }
@@ -728,21 +729,10 @@ fn enqueue_in(
 /// The flood guard, after the insert of `seq` and inside its write transaction (so the count
 /// includes what this call stored before, and no other writer can slip in between): more than
 /// `max` unfinished events for the customer fails the call, which rolls back whole.
-fn guard_flood(
-    tx: &Transaction<'_>,
-    register: &str,
-    customer: &str,
-    seq: Seq,
-    index: usize,
-    max: u64,
-) -> Result<(), Fault> {
-    // The customer's head is the oldest unfinished event; a new head has nothing before it.
+fn guard_flood(tx: &Transaction<'_>, register: &str, customer: &str, index: usize, max: u64) -> Result<(), Fault> {
     let unfinished: u64 = tx
-        .prepare_cached(
-            "SELECT CASE WHEN (SELECT head FROM outbox WHERE seq = ?3) = 1 THEN 1 ELSE
-                 (SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND finished_at IS NULL) END",
-        )?
-        .query_row(params![register, customer, seq], |r| r.get(0))?;
+        .prepare_cached("SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND finished_at IS NULL")?
+        .query_row(params![register, customer], |r| r.get(0))?;
     if unfinished > max {
         return Err(Fault::Store(StoreError::CustomerFlood { index, max }));
     }
