@@ -330,6 +330,29 @@ async fn dry_run_plans_with_exact_sizes_and_uploads_nothing() {
     assert_eq!(v["counts"]["valid_unique"], 100_001);
 }
 
+/// Issue 20: the rejects file keeps a rejected line's bytes as they were: a Latin-1 export's
+/// æøå stay Latin-1 bytes (they were replaced with U+FFFD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rejects_file_keeps_latin1_bytes_as_they_were() {
+    let env = setup().await;
+    let ids = ids(4, 5);
+    let mut bytes: Vec<u8> = b"kundeid;startdato;navn\n".to_vec();
+    for id in &ids[1..] {
+        bytes.extend_from_slice(format!("{id};2020-01-02;Ola\n").as_bytes());
+    }
+    // A start date in the future: rejected. The name is Latin-1: "Blåbær Øst".
+    let bad: Vec<u8> = [format!("{};2999-01-01;Bl", ids[0]).as_bytes(), b"\xE5b\xE6r \xD8st"].concat();
+    bytes.extend_from_slice(&bad);
+    bytes.push(b'\n');
+    std::fs::write(env.dir.join("l1.csv"), &bytes).unwrap();
+    let out = env.load("l1.csv", "s.db", &["--skip-invalid"], &[]).await;
+    assert_ok(&out);
+    let rejects = std::fs::read(env.dir.join("l1.rejects.csv")).unwrap();
+    let want = [b"6;start_in_future;".as_slice(), &bad, b"\n"].concat();
+    assert!(rejects.ends_with(&want), "{:?}", String::from_utf8_lossy(&rejects));
+    assert_eq!(env.active().len(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_line_refuses_the_load_and_skip_invalid_writes_the_rejects_file() {
     let env = setup().await;

@@ -3,7 +3,7 @@
 //! built binary runs against the in-process mock (see `load.rs` for the shared set-up).
 
 use crate::load::{assert_ok, ids, setup};
-use crate::util::output_text;
+use crate::util::{ORG, output_text};
 
 /// A header whose date columns kfr does not know would load closed relationships as active and
 /// every start date as the load day: such a file is refused, naming the columns.
@@ -896,6 +896,17 @@ async fn abandon_with_send_held_sends_the_held_operations_in_order() {
     let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
     assert_eq!(v["held_operations"]["add"], 0, "{v}");
     assert_eq!(v["held_operations"]["remove"], 0, "{v}");
+    // Asked again once everything held was delivered (issue 20: by `kfr sync`, say): done, and
+    // it says so (this exited 1).
+    let out = env
+        .run(&["load", "abandon", "1", "--state", "s.db", "--send-held"], &[])
+        .await;
+    let (stdout, _) = assert_ok(&out);
+    assert!(
+        stdout.contains("was abandoned before") && stdout.contains("delivered already"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("held operation sent"), "nothing sent twice: {stdout}");
 }
 
 /// Only a running job can be abandoned: a confirmed one, an abandoned one with nothing held and
@@ -1258,6 +1269,14 @@ async fn a_second_load_through_a_symlink_to_the_store_is_refused() {
         assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
         assert!(stderr.contains("load job 1") && stderr.contains("running"), "{stderr}");
     }
+    // A hard link is another name no path resolution leads back to (issue 20): refused too,
+    // before anything is opened (SQLite keeps its log by name).
+    std::fs::hard_link(env.dir.join("s.db"), env.dir.join("hard.db")).unwrap();
+    let out = env.load("c.csv", "hard.db", &["--resume"], &[]).await;
+    let (_, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("hard link") && stderr.contains("hint:"), "{stderr}");
+    std::fs::remove_file(env.dir.join("hard.db")).unwrap();
     assert!(!first.is_finished(), "the refusals did not wait for the first load");
     assert_ok(&first.await.unwrap());
     assert_eq!(env.active().len(), 240);
@@ -1436,4 +1455,168 @@ async fn load_status_never_turns_an_empty_file_into_a_store() {
     assert!(stderr.contains("empty file"), "{stderr}");
     assert_eq!(std::fs::metadata(env.dir.join("empty.db")).unwrap().len(), 0);
     assert!(!env.dir.join("empty.db.lock").exists());
+}
+
+/// Issue 20: `kfr load status` is strictly read-only. On a store at rest that its user may only
+/// read (the file 0444 in a directory 0555; run as `nobody` when the tests run as root, whom
+/// file modes do not stop) it answers, and leaves everything as it was: no lock file, no `-wal`
+/// or `-shm`, the file's bytes and time unchanged. While a load holds the store, it says so
+/// without taking the load's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_status_is_strictly_read_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = setup().await;
+    let id = ids(146, 60);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    std::fs::create_dir(env.dir.join("ro")).unwrap();
+    let out = env
+        .load("c.csv", "ro/s.db", &[], &[("KFR_TEST_ABORT_AT", "confirmed:1")])
+        .await;
+    assert_ne!(out.status.code(), Some(0));
+    let store = env.dir.join("ro/s.db");
+    // At rest: the log checkpointed into the file and gone, as after a clean stop.
+    {
+        let conn = rusqlite::Connection::open(&store).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    }
+    std::fs::remove_file(env.dir.join("ro/s.db.lock")).unwrap();
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing(&env.dir.join("ro")), ["s.db"]);
+    let before = (
+        std::fs::read(&store).unwrap(),
+        std::fs::metadata(&store).unwrap().modified().unwrap(),
+    );
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(env.dir.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    // As root, the look runs as `nobody`, who may read (and pass through) but not write.
+    let root = unsafe { libc::geteuid() } == 0;
+    // The one who looks has no credentials either: a configuration naming only the register.
+    env.write(
+        "look.toml",
+        &format!(
+            "env = \"local\"\norg_number = \"{ORG}\"\nkfr_base_url = \"{}\"\n",
+            env.mock.kfr_base_url()
+        ),
+    );
+    if root {
+        let m = std::fs::metadata(&env.dir).unwrap().permissions().mode();
+        std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(m | 0o055)).unwrap();
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let look = |json: bool| {
+        let mut c = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_kfr"),
+            ]);
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kfr"))
+        };
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KFR_") {
+                c.env_remove(k);
+            }
+        }
+        c.current_dir(&env.dir)
+            .env("NO_COLOR", "1")
+            .env(kfr::env_vars::KFR_SYSTEM_CONFIG, "")
+            .env(kfr::env_vars::KFR_STATE_HOME, home.path().join("state"))
+            .args(["--config", "look.toml", "load", "status", "--state", "ro/s.db"]);
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let out = look(true);
+    let (stdout, _) = assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["jobs"][0]["status"], "running", "{v}");
+    assert_eq!(v["running"], serde_json::Value::Null, "{v}");
+    let (text, _) = assert_ok(&look(false));
+    assert!(text.contains("no load running on it now"), "{text}");
+    assert_eq!(
+        listing(&env.dir.join("ro")),
+        ["s.db"],
+        "nothing created beside the store"
+    );
+    let after = (
+        std::fs::read(&store).unwrap(),
+        std::fs::metadata(&store).unwrap().modified().unwrap(),
+    );
+    assert!(before == after, "the store's bytes and time are unchanged");
+
+    // A writer holding the store (writable again): seen by its pid, its lock left to it.
+    std::fs::set_permissions(env.dir.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).unwrap();
+    use kfr::store::backend::Leases as _;
+    let mut writer = kfr::store::sqlite::SqliteBackend::open(&store).unwrap();
+    let me = format!("pid {} (the test, as a load)", std::process::id());
+    assert_eq!(writer.take_writer(&me).unwrap(), None);
+    let out = env.run(&["load", "status", "--state", "ro/s.db", "--json"], &[]).await;
+    let (stdout, _) = assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["running"], me.as_str(), "{v}");
+    // Still this test's: a load is refused.
+    let out = env.load("c.csv", "ro/s.db", &["--resume"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out).1);
+    writer.release_writer().unwrap();
+}
+
+/// Issue 20, N4: a job abandoned under its running load (here by a process that bypasses the
+/// writer lock, as an older kfr or a hand-made change would): the load stops writing to it,
+/// never calls it complete, and exits 1 saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_job_is_abandoned_under_it_stops_and_exits_1() {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(60);
+    let id = ids(147, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            env.load(
+                "c.csv",
+                "s.db",
+                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "30"],
+                &[],
+            )
+            .await
+        })
+    };
+    accepted(&env, 0).await;
+    {
+        use kfr::store::backend::Jobs as _;
+        let mut b = kfr::store::sqlite::SqliteBackend::open(&env.dir.join("s.db")).unwrap();
+        let action = kfr::store::OperatorAction {
+            actor: "test".into(),
+            reason: Some("abandoned under the load".into()),
+        };
+        let r = b
+            .abandon_job(1, kfr::store::HeldAtAbandon::Release, &action, chrono::Utc::now())
+            .unwrap();
+        assert!(matches!(r, kfr::store::Abandonment::Abandoned { .. }), "{r:?}");
+    }
+    let out = first.await.unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("load job 1 was abandoned by an operator while this load ran"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("complete"), "never called complete: {stdout}");
+    let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(v["jobs"][0]["status"], "abandoned", "{v}");
 }

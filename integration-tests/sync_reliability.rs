@@ -858,3 +858,143 @@ async fn a_write_carried_out_late_cannot_overtake_the_customers_next_event() {
     let st = tokio::task::spawn_blocking(move || terminate(agent)).await.unwrap();
     assert!(st.success(), "{st:?}");
 }
+
+/// A tmpfs mounted for one test, unmounted when it ends however it ends.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs at {} failed (this test needs root)",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Writes zeros into `name` until the file system is full; the bytes written.
+    fn fill(&self, name: &str) -> u64 {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        let mut n = 0u64;
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+        let _ = f.sync_all();
+        n
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 19, disk full on a real full file system (a tmpfs, so it needs root: run by `.ci/run`
+/// when it runs as root): the agent's store on a file system that fills up while requests are
+/// out. The answers that come back cannot be recorded: they are recorded once there is room
+/// again, never sent twice; meanwhile `/readyz` is 503 and a POST gets 503 with nothing
+/// stored; once space is freed the agent is ready again and takes and delivers events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "mounts a tmpfs: needs root (.ci/run runs it when it runs as root)"]
+async fn a_full_file_system_holds_outcomes_until_there_is_room_and_sends_nothing_twice() {
+    let mut r = rig(|_| {}).await;
+    // Requests may take longer than the mock's 5 s answer below (the rig's 1 s would cut them).
+    let cfg = r.dir.join("kfr.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("request_timeout_secs = 1\n", "request_timeout_secs = 15\n"),
+    )
+    .unwrap();
+    let vol = Tmpfs::mount(&r.dir.join("vol"), "16m");
+    r.state = vol.0.join("kfr-state.db");
+    let mock = r.mock.state();
+    let customers = tenor_persons(15, 30);
+    let log = r.dir.join("agent.log");
+    let agent = r.agent(&log, false, &[]);
+    let ev = |i: usize, tag: &str| Event {
+        id: customers[i].clone(),
+        add: true,
+        event_id: format!("{tag}-{i}"),
+    };
+    let first: Vec<Event> = (0..10).map(|i| ev(i, "a")).collect();
+    assert_eq!(r.post(&agent.ingest, &first).await, Some(202));
+    r.settled(10, Duration::from_secs(30)).await;
+
+    // Ten more, answered only after 5 s: the disk fills while they are out.
+    mock.set_kfr_faults(KfrFaults {
+        latency_ms: 5_000,
+        ..KfrFaults::NONE
+    });
+    let second: Vec<Event> = (10..20).map(|i| ev(i, "b")).collect();
+    assert_eq!(r.post(&agent.ingest, &second).await, Some(202));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.outbox_status().await["in_flight"].as_u64() != Some(10) {
+        assert!(Instant::now() < deadline, "the ten were not sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let filled = vol.fill("filler");
+    assert!(filled > 0);
+    // The answers arrive and cannot be recorded: unready, and the intake refuses.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = r.readyz(&agent.ops).await;
+        if code == 503 {
+            assert!(body.contains("store"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {code}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third: Vec<Event> = (20..30).map(|i| ev(i, "c")).collect();
+    assert_eq!(
+        r.post(&agent.ingest, &third).await,
+        Some(503),
+        "nothing taken on a full disk"
+    );
+    // Wait for every answer to have come back (the mock applied all ten) before freeing space.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.active().len() < 20 {
+        assert!(Instant::now() < deadline, "the mock did not apply the ten");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mock.set_kfr_faults(KfrFaults::NONE);
+    std::fs::remove_file(vol.0.join("filler")).unwrap();
+    // Room again: the outcomes are recorded, the agent is ready and takes the rest.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match r.post(&agent.ingest, &third).await {
+            Some(202) => break,
+            other => assert!(Instant::now() < deadline, "still refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = r.settled(30, Duration::from_secs(60)).await;
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+    assert_eq!(r.readyz(&agent.ops).await.0, 200);
+    let all: Vec<Event> = first.iter().chain(&second).chain(&third).cloned().collect();
+    assert_eq!(r.active(), expected_active(&all));
+    let log = mock.requests();
+    let resends = assert_in_order(&log, &all);
+    assert_eq!(
+        resends, 0,
+        "an answer that could not be recorded is not a reason to send again"
+    );
+    let st = tokio::task::spawn_blocking(move || terminate(agent)).await.unwrap();
+    assert!(st.success(), "{st:?}");
+    drop(vol);
+}

@@ -42,6 +42,9 @@ pub enum StoreMode {
     Create,
     /// Only an existing store: commands that look (nothing is created to answer them).
     Existing,
+    /// Only an existing store, opened to read only: nothing of it (file, log, lock files) is
+    /// created, migrated, locked or written, so a user who may only read can look.
+    ReadOnly,
 }
 
 /// The one place a state store is opened: from the configuration's store location (`--state`
@@ -53,8 +56,12 @@ pub fn store(
     mode: StoreMode,
 ) -> anyhow::Result<Option<(crate::store::Store, crate::store::Location)>> {
     let location = location(s, flag)?;
-    if mode == StoreMode::Existing && !location.exists() {
+    if mode != StoreMode::Create && !location.exists() {
         return Ok(None);
+    }
+    if mode == StoreMode::ReadOnly {
+        let store = crate::store::Store::open_read_only(&location).map_err(anyhow::Error::new)?;
+        return Ok(Some((store, location)));
     }
     if let crate::store::Location::Sqlite(path) = &location {
         create_state_dir(path)?;

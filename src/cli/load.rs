@@ -200,16 +200,13 @@ async fn status(settings: &Settings, flag: Option<&std::path::Path>, json: bool,
     {
         anyhow::bail!("{state} is an empty file, not a state store; `kfr load status` leaves it as it is");
     }
-    let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::Existing)? else {
+    // Strictly read-only (issue 20): nothing of the store or its lock files is created, locked
+    // or written, so it works for a user who may only read.
+    let Some((store, _)) = super::build::store(settings, flag, super::build::StoreMode::ReadOnly)? else {
         anyhow::bail!("no state store at {state}");
     };
-    // Whether a load holds the store: try its writer lock and let go at once.
-    let running = store
-        .take_writer(format!("pid {} (kfr load status)", std::process::id()))
-        .await?;
-    if running.is_none() {
-        store.release_writer().await?;
-    }
+    // Whether a load holds the store, seen without taking its writer lock.
+    let running = store.writer_holder().await?;
     let mut jobs = vec![];
     let mut registers = std::collections::BTreeSet::new();
     for job in store.jobs().await? {
@@ -340,6 +337,11 @@ async fn abandon(
         let mut out = if o.abandoned_now {
             format!(
                 "load job {} ({}) abandoned: it will never be confirmed, and it holds no remove back any more",
+                o.job, o.input
+            )
+        } else if o.held_sent.is_empty() && o.held_failed == 0 && o.held_still_waiting == 0 {
+            format!(
+                "load job {} ({}) was abandoned before, and no operation it held waits any more: they were delivered already (by `kfr sync` or an earlier --send-held); nothing to send",
                 o.job, o.input
             )
         } else {

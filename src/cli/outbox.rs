@@ -65,8 +65,21 @@ pub async fn enqueue(settings: &Settings, args: &super::EnqueueArgs, p: &Printer
     let id = CustomerId::parse(&event.customer_id, &super::build::id_policy(settings))?;
     let register = register(settings)?;
     let (store, location) = super::build::writable_store(settings, args.state.as_deref())?;
-    guard_flood(&store, settings, &register.key(), &id).await?;
-    let result = store.enqueue(register.key(), vec![event.clone()], Utc::now()).await?;
+    // The flood guard is kept by the store, inside the enqueue's own write transaction.
+    let max = settings.sync.max_events_per_customer;
+    let result = match store
+        .enqueue(register.key(), vec![event.clone()], Some(max), Utc::now())
+        .await
+    {
+        Err(crate::store::StoreError::CustomerFlood { max, .. }) => {
+            return Err(anyhow::Error::new(FloodRefused {
+                customer: id.log().to_string(),
+                unfinished: max,
+                max,
+            }));
+        }
+        other => other?,
+    };
     let (seq, dup) = match result.first() {
         Some(Enqueued::Stored { seq }) => (*seq, false),
         Some(Enqueued::Duplicate { seq }) => (*seq, true),
@@ -270,7 +283,7 @@ pub async fn reconcile(settings: &Settings, args: &super::ReconcileArgs, p: &Pri
         0
     } else {
         let events = diff.events(Utc::now());
-        store.enqueue(register.clone(), events, Utc::now()).await?.len()
+        store.enqueue(register.clone(), events, None, Utc::now()).await?.len()
     };
     if json {
         let _ = p.json(&serde_json::json!({
@@ -378,28 +391,6 @@ pub async fn cancel(settings: &Settings, args: &super::CancelArgs, p: &Printer) 
     }
     if action.reason.is_none() {
         p.warning("no --reason given: the history records who, but not why");
-    }
-    Ok(())
-}
-
-/// Refuses an event for a customer who has `max` unfinished events already (a flood from a
-/// runaway core-system job): it would be delivered only after all of them.
-pub(crate) async fn guard_flood(
-    store: &crate::store::Store,
-    settings: &Settings,
-    register: &str,
-    id: &CustomerId,
-) -> anyhow::Result<()> {
-    let max = settings.sync.max_events_per_customer;
-    let n = store
-        .unfinished_count(register.to_string(), id.as_str().to_string())
-        .await?;
-    if n >= max {
-        return Err(anyhow::Error::new(FloodRefused {
-            customer: id.log().to_string(),
-            unfinished: n,
-            max,
-        }));
     }
     Ok(())
 }

@@ -194,8 +194,9 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     let grace = config.shutdown_grace;
     let config_lease_ttl = config.lease_ttl;
     let dispatcher = Dispatcher::new(handle.clone(), client, register_key.clone(), config, health.clone());
-    let intake =
-        Intake::new(handle.clone(), register_key.clone(), health.clone(), policy).with_waker(dispatcher.waker());
+    let intake = Intake::new(handle.clone(), register_key.clone(), health.clone(), policy)
+        .with_waker(dispatcher.waker())
+        .with_flood_limit(settings.sync.max_events_per_customer);
 
     let cancel = CancellationToken::new();
     // The operations endpoint's own: cancelled after the drain, not with the sources.

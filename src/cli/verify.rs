@@ -49,7 +49,7 @@ pub async fn run(settings: &Settings, args: &VerifyArgs, p: &Printer) -> anyhow:
         }
         let run = uuid::Uuid::new_v4().simple().to_string();
         let events = report.corrections(Utc::now(), &run[..12]);
-        enqueued = store.enqueue(register.key(), events, Utc::now()).await?.len();
+        enqueued = store.enqueue(register.key(), events, None, Utc::now()).await?.len();
     }
     if args.json {
         let _ = p.json(&serde_json::json!({

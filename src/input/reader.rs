@@ -39,6 +39,15 @@ pub enum ReadError {
         "line {line}: the line ends are CR only (old Mac style): the file reads as one line, so no relationship in it can be read"
     )]
     CrLineEnds { line: u64 },
+    /// The file is UTF-16 (a byte order mark says so, or NUL bytes between the characters of
+    /// its first line): read as bytes it would be one long line (issue 20: it was called "CR
+    /// only").
+    #[error("line {line}: the file is UTF-16 ({endian}{how}); kfr reads UTF-8 or Latin-1 text")]
+    Utf16 {
+        line: u64,
+        endian: &'static str,
+        how: &'static str,
+    },
     #[error("line {line}: the first line is longer than {max} bytes, so the file's format cannot be read")]
     FirstLineTooLong { line: u64, max: usize },
     /// The rejected-line callback failed (e.g. its output was closed); reading stopped.
@@ -54,6 +63,9 @@ impl crate::error::Hinted for ReadError {
             ReadError::CrLineEnds { .. } => {
                 Some("convert the file to LF or CRLF line ends (e.g. `tr '\\r' '\\n' < in > out`) and run again".into())
             }
+            ReadError::Utf16 { .. } => Some(
+                "convert the file to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8 in.csv > out.csv`, or save it as \"CSV UTF-8\") and run again; nothing was sent".into(),
+            ),
             ReadError::FirstLineTooLong { .. } => Some(
                 "check that the file is a text export with one relationship per line (LF or CRLF line ends)".into(),
             ),
@@ -417,6 +429,16 @@ pub fn read_with(
             }
             if first && (filled >= 3 || eof) {
                 first = false;
+                // A UTF-16 byte order mark: the file is not text kfr can read byte by byte.
+                for (mark, endian) in [(b"\xFF\xFE", "little-endian"), (b"\xFE\xFF", "big-endian")] {
+                    if buf[..filled].starts_with(mark) {
+                        return Err(ReadError::Utf16 {
+                            line: 1,
+                            endian,
+                            how: ", by its byte order mark",
+                        });
+                    }
+                }
                 if buf[..filled].starts_with(b"\xEF\xBB\xBF") {
                     bom = true;
                     start = 3;
@@ -591,6 +613,21 @@ impl<'a, F: FnMut(Rejected, &[u8]) -> std::io::Result<()>> State<'a, F> {
             return Ok(());
         }
         if self.format == Format::Empty {
+            // NUL bytes between the characters: UTF-16 without a byte order mark (a NUL at
+            // even positions is the high byte first).
+            if let Some(at) = memchr::memchr(0, line) {
+                let digits_at_odd = line.iter().skip(1).step_by(2).any(|b| b.is_ascii_digit());
+                let endian = if at % 2 == 0 && digits_at_odd {
+                    "big-endian"
+                } else {
+                    "little-endian"
+                };
+                return Err(ReadError::Utf16 {
+                    line: self.line,
+                    endian,
+                    how: ", by the NUL bytes between its characters",
+                });
+            }
             // A CR inside the first line (its line-end CR is already stripped) means CR-only
             // line ends: every relationship would run into one line (issue 9).
             if memchr::memchr(b'\r', line).is_some() {
@@ -672,6 +709,43 @@ mod tests {
             .iter()
             .map(|p| (p.id_text(), p.start().map(|d| d.to_string())))
             .collect()
+    }
+
+    /// Issue 20: UTF-16 input is named as such (it was called "CR only"), with or without a
+    /// byte order mark, either byte order.
+    #[test]
+    fn utf16_is_named_as_such() {
+        let utf16 = |text: &str, big: bool, bom: bool| {
+            let mut out: Vec<u8> = vec![];
+            if bom {
+                out.extend(if big { [0xFE, 0xFF] } else { [0xFF, 0xFE] });
+            }
+            for u in text.encode_utf16() {
+                out.extend(if big { u.to_be_bytes() } else { u.to_le_bytes() });
+            }
+            out
+        };
+        for (big, bom) in [(false, true), (true, true), (false, false), (true, false)] {
+            let bytes = utf16("02013299997;2020-01-02\r\n916960190\r\n", big, bom);
+            let err = read(
+                &bytes[..],
+                None,
+                ReadOptions {
+                    policy: IdPolicy::test(),
+                    today: today(),
+                    hash: true,
+                },
+                |_, _| {},
+            )
+            .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("UTF-16"), "{big} {bom}: {text}");
+            let endian = if big { "big-endian" } else { "little-endian" };
+            assert!(text.contains(endian), "{big} {bom}: {text}");
+            assert!(!text.contains("CR only"), "{text}");
+            use crate::error::Hinted as _;
+            assert!(err.hint().unwrap().contains("iconv"), "{err:?}");
+        }
     }
 
     #[test]

@@ -158,6 +158,10 @@ async fn abandon_as_writer(
                 status: "confirmed",
             });
         }
+        // Abandoned before, and what it held was delivered since (by `kfr sync`, or an earlier
+        // `--send-held`): what was asked is done; the outcome says nothing was left to send
+        // (issue 20: this exited 1).
+        Abandonment::AlreadyAbandoned { held } if held.is_empty() && opts.held == HeldChoice::Send => (false, held),
         Abandonment::AlreadyAbandoned { held } if held.is_empty() => {
             return Err(LoadError::JobNotRunning {
                 job: opts.job,

@@ -255,7 +255,11 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
                 }
             }
             if let Some(w) = rejects_out.as_mut() {
-                let r2 = writeln!(w, "{};{};{}", r.line, r.rule, String::from_utf8_lossy(raw));
+                // The line's bytes as they were (a Latin-1 export stays Latin-1: issue 20, its
+                // æøå were replaced), so the fixed line loads like the rest of the file.
+                let r2 = write!(w, "{};{};", r.line, r.rule)
+                    .and_then(|()| w.write_all(raw))
+                    .and_then(|()| w.write_all(b"\n"));
                 if let Err(e) = r2 {
                     write_err = Some(e);
                 }

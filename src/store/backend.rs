@@ -24,8 +24,33 @@ pub trait Outbox {
     /// nothing of a failed call is stored. An id stored already for a *different* event fails the
     /// whole call with [`StoreError::EventIdConflict`]. An event id is known until its finished
     /// event is purged. Each stored event gets a new CorrelationID, fixed for life.
-    fn enqueue(&mut self, register: &str, events: &[NewEvent], now: DateTime<Utc>)
-    -> Result<Vec<Enqueued>, StoreError>;
+    ///
+    /// The flood guard: with `max_unfinished` set, an event that would give its customer more
+    /// than that many unfinished events (counting what the call stored before it; a duplicate
+    /// adds none) fails the whole call with [`StoreError::CustomerFlood`] naming its index. The
+    /// count and the inserts are in the same write transaction, so two callers cannot both pass
+    /// it on one free place.
+    fn enqueue(
+        &mut self,
+        register: &str,
+        events: &[NewEvent],
+        max_unfinished: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StoreError>;
+
+    /// Stores the events `chunks` yields, in order, as one [`Outbox::enqueue`] call with all of
+    /// them would (duplicates skipped, the flood guard, an error's `index` counted over the whole
+    /// stream), in one transaction, holding one chunk at a time: what a caller with more events
+    /// than it should hold in memory uses (a spool file of a million lines). The transaction
+    /// commits when `chunks` ends; a [`Chunk::Abort`] rolls back everything of the call and
+    /// answers `Ok(None)`. Other callers wait while the stream runs (it is one write).
+    fn enqueue_stream(
+        &mut self,
+        register: &str,
+        chunks: &mut dyn Iterator<Item = Chunk>,
+        max_unfinished: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Streamed>, StoreError>;
 
     /// Takes back claims whose holder can no longer be sending them: in-flight events whose
     /// claim expired (`claimed_until` passed) and was made under an older lease epoch than
@@ -167,15 +192,17 @@ pub trait Outbox {
     /// `customer` in full (`None`: every customer).
     fn events_of(&mut self, register: Option<&str>, customer: Option<&str>) -> Result<Vec<OutboxEvent>, StoreError>;
 
-    /// Stores `events` (as [`Outbox::enqueue`]) and, in the same transaction, the position
-    /// `cursor` the source `source` read them up to: a restart resumes after the last events
-    /// stored, neither skipping nor repeating any. Nothing of a failed call is stored.
+    /// Stores `events` (as [`Outbox::enqueue`], flood guard included) and, in the same
+    /// transaction, the position `cursor` the source `source` read them up to: a restart resumes
+    /// after the last events stored, neither skipping nor repeating any. Nothing of a failed call
+    /// is stored.
     fn enqueue_from_cursor(
         &mut self,
         register: &str,
         events: &[NewEvent],
         source: &str,
         cursor: &str,
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError>;
 
@@ -268,6 +295,9 @@ pub trait Leases {
     /// ends, however it ends. It follows the store itself, not the spelling of its location.
     fn take_writer(&mut self, holder: &str) -> Result<Option<String>, StoreError>;
     fn release_writer(&mut self) -> Result<(), StoreError>;
+    /// Who holds the store's load writer now (`None`: nobody), found without taking, releasing
+    /// or writing anything: what a command that only looks uses.
+    fn writer_holder(&mut self) -> Result<Option<String>, StoreError>;
 }
 
 /// The append-only record of attempts and operator actions, kept longer than the outbox.

@@ -96,7 +96,11 @@ macro_rules! outbox_conformance_tests {
             concurrency_claims_from_two_handles_never_give_two_of_one_customer,
             cancel_takes_only_pending_events_and_the_queue_moves_on, heartbeats_and_the_last_delivery,
             backup_is_a_private_checked_copy, the_ledger_can_be_walked_in_pages,
-            an_event_id_reused_for_another_event_is_refused_whole, a_source_cursor_moves_with_the_events_it_read);
+            an_event_id_reused_for_another_event_is_refused_whole, a_source_cursor_moves_with_the_events_it_read,
+            the_flood_guard_refuses_a_call_that_would_put_a_customer_past_its_limit,
+            concurrency_the_flood_guard_holds_for_two_handles_on_one_customer,
+            a_streamed_enqueue_is_one_transaction_over_its_chunks,
+            concurrency_one_load_writer_and_who_holds_it_is_seen_without_taking_it);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -142,7 +146,7 @@ fn stored(r: &[Enqueued]) -> Vec<Seq> {
 }
 
 fn put(b: &mut dyn Backend, register: &str, events: &[NewEvent]) -> Vec<Seq> {
-    stored(&b.enqueue(register, events, t(0)).unwrap())
+    stored(&b.enqueue(register, events, None, t(0)).unwrap())
 }
 
 fn claim(b: &mut dyn Backend, register: &str, at: i64, limit: usize) -> Vec<OutboxEvent> {
@@ -200,6 +204,7 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
                 ev("e2", B, Operation::Add),
                 ev("e1", A, Operation::Add),
             ],
+            None,
             t(0),
         )
         .unwrap();
@@ -209,7 +214,7 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     assert!(matches!(r[1], Enqueued::Stored { .. }));
     assert_eq!(r[2], Enqueued::Duplicate { seq: first }, "a duplicate within one call");
     assert_eq!(
-        b.enqueue(R, &[ev("e1", A, Operation::Add)], t(0)).unwrap(),
+        b.enqueue(R, &[ev("e1", A, Operation::Add)], None, t(0)).unwrap(),
         [Enqueued::Duplicate { seq: first }],
         "a duplicate in a later call (the same event; another one under the id is refused: \
          an_event_id_reused_for_another_event_is_refused_whole)"
@@ -218,7 +223,7 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     let got = claim(b, R, 0, 10);
     b.settle(&[delivered(got[0].seq, Operation::Add, 0)]).unwrap();
     assert_eq!(
-        b.enqueue(R, &[ev("e1", A, Operation::Add)], t(0)).unwrap(),
+        b.enqueue(R, &[ev("e1", A, Operation::Add)], None, t(0)).unwrap(),
         [Enqueued::Duplicate { seq: first }]
     );
     let st = b.status(Some(R)).unwrap();
@@ -229,8 +234,13 @@ pub fn nothing_stored_from_a_failed_call(h: &mut dyn Harness) {
     h.poison("bad");
     let b = h.backend();
     assert!(
-        b.enqueue(R, &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)], t(0))
-            .is_err()
+        b.enqueue(
+            R,
+            &[ev("ok", A, Operation::Add), ev("bad", B, Operation::Add)],
+            None,
+            t(0)
+        )
+        .is_err()
     );
     assert_eq!(
         b.status(None).unwrap().pending,
@@ -1152,7 +1162,7 @@ pub fn unfinished_customers_are_those_with_a_head(h: &mut dyn Harness) {
 pub fn an_event_id_reused_for_another_event_is_refused_whole(h: &mut dyn Harness) {
     let b = h.backend();
     let first = put(b, R, &[ev("e1", A, Operation::Add)]);
-    let same = b.enqueue(R, &[ev("e1", A, Operation::Add)], t(1)).unwrap();
+    let same = b.enqueue(R, &[ev("e1", A, Operation::Add)], None, t(1)).unwrap();
     assert_eq!(same, [Enqueued::Duplicate { seq: first[0] }]);
     for other in [
         ev("e1", A, Operation::Remove),
@@ -1163,7 +1173,7 @@ pub fn an_event_id_reused_for_another_event_is_refused_whole(h: &mut dyn Harness
         },
     ] {
         let err = b
-            .enqueue(R, &[ev("fresh", C, Operation::Add), other], t(2))
+            .enqueue(R, &[ev("fresh", C, Operation::Add), other], None, t(2))
             .unwrap_err();
         assert!(
             matches!(err, crate::store::StoreError::EventIdConflict { index: 1, seq } if seq == first[0]),
@@ -1177,12 +1187,184 @@ pub fn an_event_id_reused_for_another_event_is_refused_whole(h: &mut dyn Harness
     );
 }
 
+/// The per-customer flood guard: with a limit, an event that would give its customer more
+/// unfinished events than the limit fails the whole call, naming its index (counting what the
+/// call itself stored before it); a duplicate adds nothing; a finished event frees a place;
+/// other customers and calls without a limit are not affected; a cursor does not move.
+pub fn the_flood_guard_refuses_a_call_that_would_put_a_customer_past_its_limit(h: &mut dyn Harness) {
+    let b = h.backend();
+    let max = Some(3);
+    let first = b
+        .enqueue(
+            R,
+            &[ev("a1", A, Operation::Add), ev("a2", A, Operation::Remove)],
+            max,
+            t(0),
+        )
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // Two more for A in one call: the second of them would be A's fourth.
+    let err = b
+        .enqueue(
+            R,
+            &[
+                ev("b1", B, Operation::Add),
+                ev("a3", A, Operation::Add),
+                ev("a4", A, Operation::Remove),
+            ],
+            max,
+            t(1),
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::CustomerFlood { index: 2, max: 3 }), "{err:?}");
+    assert_eq!(
+        b.status(Some(R)).unwrap().pending,
+        2,
+        "nothing of a refused call is stored"
+    );
+    assert!(b.events_of(Some(R), Some(B)).unwrap().is_empty(), "not even B's event");
+    // The third place is free; a duplicate of a stored event takes none.
+    let third = b
+        .enqueue(
+            R,
+            &[ev("a1", A, Operation::Add), ev("a3", A, Operation::Add)],
+            max,
+            t(2),
+        )
+        .unwrap();
+    assert!(matches!(third[0], Enqueued::Duplicate { .. }), "{third:?}");
+    assert!(matches!(third[1], Enqueued::Stored { .. }), "{third:?}");
+    let err = b.enqueue(R, &[ev("a4", A, Operation::Remove)], max, t(3)).unwrap_err();
+    assert!(matches!(err, StoreError::CustomerFlood { index: 0, max: 3 }), "{err:?}");
+    // The same customer in another register is another queue.
+    b.enqueue(R2, &[ev("r2-a1", A, Operation::Add)], max, t(3)).unwrap();
+    // Without a limit (an operator's correction) the call is not guarded.
+    b.enqueue(R, &[ev("a4", A, Operation::Remove)], None, t(3)).unwrap();
+    assert_eq!(b.unfinished_count(R, A).unwrap(), 4);
+    // Through a cursor: refused whole, the position stays.
+    let err = b
+        .enqueue_from_cursor(R, &[ev("a5", A, Operation::Add)], "core", "7", Some(4), t(4))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::CustomerFlood { index: 0, max: 4 }), "{err:?}");
+    assert_eq!(b.source_cursor("core").unwrap(), None);
+    // A finished event frees its place.
+    let head = claim(b, R, 5, 10);
+    let a_head = head.iter().find(|e| e.customer_id == A).unwrap();
+    b.settle(&[delivered(a_head.seq, a_head.op, 5)]).unwrap();
+    b.enqueue_from_cursor(R, &[ev("a5", A, Operation::Add)], "core", "7", Some(4), t(6))
+        .unwrap();
+    assert_eq!(b.source_cursor("core").unwrap().as_deref(), Some("7"));
+    assert_eq!(b.unfinished_count(R, A).unwrap(), 4);
+}
+
+/// Two handles storing events of one customer at once under a limit: the count and the insert
+/// are one transaction, so exactly the limit is stored, never more.
+pub fn concurrency_the_flood_guard_holds_for_two_handles_on_one_customer(h: &mut dyn Harness) {
+    const MAX: u64 = 7;
+    const EACH: usize = 20;
+    let run = |mut b: Box<dyn Backend>, tag: &'static str| {
+        std::thread::spawn(move || {
+            let mut stored = 0;
+            for i in 0..EACH {
+                match b.enqueue(R, &[ev(&format!("{tag}-{i}"), A, Operation::Add)], Some(MAX), t(0)) {
+                    Ok(_) => stored += 1,
+                    Err(StoreError::CustomerFlood { .. }) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            stored
+        })
+    };
+    let (x, y) = (run(h.second(), "x"), run(h.second(), "y"));
+    let stored = x.join().unwrap() + y.join().unwrap();
+    assert_eq!(stored, MAX);
+    assert_eq!(h.backend().unfinished_count(R, A).unwrap(), MAX);
+}
+
+/// A streamed enqueue is one call over all its chunks: committed whole when the chunks end,
+/// nothing of it after an abort or a refused event in a later chunk (whose index counts over
+/// the whole stream), duplicates counted, the flood guard over the whole stream.
+pub fn a_streamed_enqueue_is_one_transaction_over_its_chunks(h: &mut dyn Harness) {
+    let b = h.backend();
+    let first = vec![ev("s1", A, Operation::Add), ev("s2", B, Operation::Add)];
+    let second = vec![ev("s3", C, Operation::Add)];
+    // Aborted after a chunk: nothing stored.
+    let mut chunks = vec![Chunk::Events(first.clone()), Chunk::Abort].into_iter();
+    assert_eq!(b.enqueue_stream(R, &mut chunks, None, t(0)).unwrap(), None);
+    assert_eq!(b.status(Some(R)).unwrap().pending, 0);
+    // An id reused in the second chunk: refused whole, the index counted from the first.
+    put(b, R, &[ev("known", C, Operation::Add)]);
+    let mut chunks = vec![
+        Chunk::Events(first.clone()),
+        Chunk::Events(vec![ev("s3", C, Operation::Add), ev("known", C, Operation::Remove)]),
+    ]
+    .into_iter();
+    let err = b.enqueue_stream(R, &mut chunks, None, t(1)).unwrap_err();
+    assert!(matches!(err, StoreError::EventIdConflict { index: 3, .. }), "{err:?}");
+    assert_eq!(b.status(Some(R)).unwrap().pending, 1);
+    // The flood guard counts over the chunks: A's third event is the stream's index 3.
+    let mut chunks = vec![
+        Chunk::Events(vec![ev("f1", A, Operation::Add), ev("f2", A, Operation::Remove)]),
+        Chunk::Events(vec![ev("f3", B, Operation::Add), ev("f4", A, Operation::Add)]),
+    ]
+    .into_iter();
+    let err = b.enqueue_stream(R, &mut chunks, Some(2), t(1)).unwrap_err();
+    assert!(matches!(err, StoreError::CustomerFlood { index: 3, max: 2 }), "{err:?}");
+    assert_eq!(b.status(Some(R)).unwrap().pending, 1);
+    // Ended: committed whole, a duplicate counted as such.
+    let mut chunks = vec![
+        Chunk::Events(first),
+        Chunk::Events(vec![ev("s4", A, Operation::Remove), ev("known", C, Operation::Add)]),
+        Chunk::Events(second),
+    ]
+    .into_iter();
+    let done = b.enqueue_stream(R, &mut chunks, Some(2), t(2)).unwrap().unwrap();
+    assert_eq!(
+        done,
+        Streamed {
+            stored_adds: 3,
+            stored_removes: 1,
+            duplicates: 1
+        }
+    );
+    let order: Vec<String> = b
+        .events_of(Some(R), None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        order,
+        ["known", "s1", "s2", "s4", "s3"],
+        "issue order is the stream's order"
+    );
+}
+
+/// One load writer per store: a second handle is refused while the first holds it, and sees who
+/// does without taking (`writer_holder`, what a look-only command uses); released, it is free.
+pub fn concurrency_one_load_writer_and_who_holds_it_is_seen_without_taking_it(h: &mut dyn Harness) {
+    let mut other = h.second();
+    assert_eq!(other.writer_holder().unwrap(), None);
+    assert_eq!(h.backend().take_writer("first load").unwrap(), None);
+    let seen = other.writer_holder().unwrap().expect("the holder is seen");
+    assert!(!seen.is_empty());
+    assert!(
+        other.take_writer("second load").unwrap().is_some(),
+        "a second writer is refused"
+    );
+    assert!(other.writer_holder().unwrap().is_some(), "looking took nothing");
+    h.backend().release_writer().unwrap();
+    assert_eq!(other.writer_holder().unwrap(), None);
+    assert_eq!(other.take_writer("second load").unwrap(), None);
+    other.release_writer().unwrap();
+}
+
 /// A source that reads from somewhere with its own order stores its position with the events
 /// read up to it, in one transaction: a failed call moves neither.
 pub fn a_source_cursor_moves_with_the_events_it_read(h: &mut dyn Harness) {
     let b = h.backend();
     assert_eq!(b.source_cursor("core").unwrap(), None);
-    b.enqueue_from_cursor(R, &[ev("c1", A, Operation::Add)], "core", "41", t(0))
+    b.enqueue_from_cursor(R, &[ev("c1", A, Operation::Add)], "core", "41", None, t(0))
         .unwrap();
     assert_eq!(b.source_cursor("core").unwrap().as_deref(), Some("41"));
     // A call that fails (an id reused for another event) stores neither its events nor its position.
@@ -1191,6 +1373,7 @@ pub fn a_source_cursor_moves_with_the_events_it_read(h: &mut dyn Harness) {
         &[ev("c2", B, Operation::Add), ev("c1", A, Operation::Remove)],
         "core",
         "43",
+        None,
         t(1),
     );
     assert!(err.is_err());
@@ -1444,6 +1627,7 @@ pub fn concurrency_same_customer_enqueues_from_two_handles_give_one_head(h: &mut
                 b.enqueue(
                     R,
                     &[ev(&format!("{tag}-{i}"), &format!("customer-{}", i % 4), op)],
+                    None,
                     t(0),
                 )
                 .unwrap();

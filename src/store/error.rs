@@ -23,6 +23,12 @@ pub enum StoreError {
     /// The store refused the write (disk full, read-only, permissions).
     #[error("the state store {store} cannot be written: {detail}")]
     NotWritable { store: String, detail: String },
+    /// The store's file has other names (hard links): SQLite keeps its log by name, so two
+    /// names of one file in use at once lose data. Nothing was opened.
+    #[error(
+        "the state store {store} has {links} names (hard links to one file); kfr opens a store only by its one name"
+    )]
+    HardLinked { store: String, links: u64 },
     /// The store is no longer the one kfr opened (deleted, moved or replaced): anything written
     /// now would be lost, so nothing is.
     #[error("the state store {store} was removed or replaced while kfr had it open; nothing more is written to it")]
@@ -44,6 +50,13 @@ pub enum StoreError {
         "event {index}: its event id is stored already, as outbox entry {seq}, for a different event (operation, customer or start date)"
     )]
     EventIdConflict { index: usize, seq: Seq },
+    /// The event at `index` of the call would give its customer more than `max` unfinished
+    /// events in the outbox (the per-customer flood guard): nothing of the call was stored. The
+    /// customer is not named here (the caller has the event and masks it).
+    #[error(
+        "event {index}: its customer has {max} unfinished events in the outbox already (the per-customer limit); nothing of the call was stored"
+    )]
+    CustomerFlood { index: usize, max: u64 },
     /// A seq (or job) that does not exist, or is not in the state the operation needs.
     #[error("event {seq} {problem}")]
     WrongState { seq: Seq, problem: String },
@@ -88,6 +101,9 @@ impl crate::error::Hinted for StoreError {
             StoreError::NotWritable { store, .. } => format!(
                 "free disk space or fix the permissions of {store} (for a file: also its directory, its -wal and -shm files)"
             ),
+            StoreError::HardLinked { store, .. } => format!(
+                "remove the other names of the file (`find / -xdev -samefile {store}` lists them) and use {store} alone, or copy it with `kfr backup`; two processes on two names of one SQLite file each keep their own log and lose what the other wrote"
+            ),
             StoreError::Lost { store } => format!(
                 "put the store back at {store} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the store kfr had open"
             ),
@@ -96,6 +112,7 @@ impl crate::error::Hinted for StoreError {
             }
             StoreError::Conflict(_) => "run the command again: it decides afresh on what the store holds now".into(),
             StoreError::EventIdConflict { .. } => "an event id names one event for good: give the new event an id of its own (`kfr history` shows what the stored one was)".into(),
+            StoreError::CustomerFlood { .. } => "look at the customer's queue (`kfr history ID`); cancel what was sent by mistake (`kfr outbox cancel --customer ID --reason …`), or raise sync.max_events_per_customer if the volume is real".into(),
             StoreError::WrongState { .. } | StoreError::NotFound(_) => return None,
             StoreError::Unsupported { instead, .. } => instead.clone(),
             StoreError::Stopped => "the state store's thread stopped after an earlier error; see the log above it and restart kfr".into(),

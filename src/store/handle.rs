@@ -35,6 +35,7 @@ enum Request {
     Enqueue {
         register: String,
         events: Vec<NewEvent>,
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
         reply: EnqueueReply,
     },
@@ -86,6 +87,16 @@ impl Store {
         }
     }
 
+    /// Opens an existing store to look only: nothing created, migrated, locked or written.
+    pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::spawn(Box::new(super::sqlite::SqliteBackend::open_read_only(path)?)),
+            // A look at a PostgreSQL store is a read-only transaction anyway; the role's
+            // privileges are the DBA's to narrow.
+            Location::Postgres(_) => Self::open(location),
+        }
+    }
+
     /// Opens the store only if it exists (a command that only looks must not create one).
     pub fn open_existing(location: &Location) -> Result<Option<Store>, StoreError> {
         if !location.exists() {
@@ -133,11 +144,15 @@ impl Store {
         &self.describe
     }
 
-    /// See [`Outbox::enqueue`]; answered once the group commit holding it is durable.
+    /// See [`Outbox::enqueue`] (`max_unfinished`: the per-customer flood guard); answered once
+    /// the group commit holding it is durable.
+    ///
+    /// [`Outbox::enqueue`]: super::backend::Outbox::enqueue
     pub async fn enqueue(
         &self,
         register: String,
         events: Vec<NewEvent>,
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -145,11 +160,45 @@ impl Store {
             .send(Request::Enqueue {
                 register,
                 events,
+                max_unfinished,
                 now,
                 reply,
             })
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Starts [`Outbox::enqueue_stream`] on the store thread: events go in through the
+    /// [`StreamWriter`] (from any thread, a blocking one for file reading: each `send` waits
+    /// while the store is [`STREAM_DEPTH`] chunks behind, so memory stays bounded whatever the
+    /// stream's length), and the future answers once the stream committed or was aborted. The
+    /// stream commits only through [`StreamWriter::finish`]; a writer dropped without it (an early
+    /// return, a panic) aborts it.
+    ///
+    /// [`Outbox::enqueue_stream`]: super::backend::Outbox::enqueue_stream
+    pub fn enqueue_stream(
+        &self,
+        register: String,
+        max_unfinished: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> (
+        StreamWriter,
+        impl std::future::Future<Output = Result<Option<Streamed>, StoreError>> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::sync_channel::<Piece>(STREAM_DEPTH);
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |b| {
+            let mut pieces = Pieces(rx);
+            let _ = reply.send(b.enqueue_stream(&register, &mut pieces, max_unfinished, now));
+        });
+        let sent = self.tx.send(Request::Other(job)).is_ok();
+        let answer = async move {
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            answer.await.map_err(|_| StoreError::Stopped)?
+        };
+        (StreamWriter { tx: Some(tx) }, answer)
     }
 
     /// Runs `f` on the store thread and returns its result.
@@ -203,8 +252,8 @@ impl Store {
             => |b| b.claim_head_of(&register, &customer, &sources.iter().map(String::as_str).collect::<Vec<_>>(), &claimer, now);
         fn claim_next_of(register: String, sources: Vec<String>, claimer: Claimer, now: DateTime<Utc>) -> Option<OutboxEvent>
             => |b| b.claim_next_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>(), &claimer, now);
-        fn enqueue_from_cursor(register: String, events: Vec<NewEvent>, source: String, cursor: String, now: DateTime<Utc>) -> Vec<Enqueued>
-            => |b| b.enqueue_from_cursor(&register, &events, &source, &cursor, now);
+        fn enqueue_from_cursor(register: String, events: Vec<NewEvent>, source: String, cursor: String, max_unfinished: Option<u64>, now: DateTime<Utc>) -> Vec<Enqueued>
+            => |b| b.enqueue_from_cursor(&register, &events, &source, &cursor, max_unfinished, now);
         fn source_cursor(source: String) -> Option<String> => |b| b.source_cursor(&source);
         fn unfinished_of(register: String, sources: Vec<String>) -> Vec<OutboxEvent>
             => |b| b.unfinished_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>());
@@ -244,6 +293,7 @@ impl Store {
         fn lease_holder(register: String) -> Option<LeaseHolder> => |b| b.lease_holder(&register);
         fn take_writer(holder: String) -> Option<String> => |b| b.take_writer(&holder);
         fn release_writer() -> () => |b| b.release_writer();
+        fn writer_holder() -> Option<String> => |b| b.writer_holder();
         // ---- history
         fn history(customer: Option<String>, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Vec<HistoryRecord>
             => |b| b.history(customer.as_deref(), from, to);
@@ -257,6 +307,57 @@ impl Store {
         fn schema_version() -> u32 => |b| b.schema_version();
         fn backup_to(dest: std::path::PathBuf) -> BackupInfo => |b| b.backup_to(&dest);
     }
+}
+
+/// Chunks a stream's writer may be ahead of the store.
+pub const STREAM_DEPTH: usize = 2;
+
+/// What travels from a [`StreamWriter`] to the store thread.
+enum Piece {
+    Events(Vec<NewEvent>),
+    Finish,
+}
+
+/// The store thread's view of a stream: the chunks until `Finish`; a writer gone without it
+/// is an abort.
+struct Pieces(mpsc::Receiver<Piece>);
+
+impl Iterator for Pieces {
+    type Item = Chunk;
+    fn next(&mut self) -> Option<Chunk> {
+        match self.0.recv() {
+            Ok(Piece::Events(events)) => Some(Chunk::Events(events)),
+            Ok(Piece::Finish) => None,
+            Err(_) => Some(Chunk::Abort),
+        }
+    }
+}
+
+/// The sending end of [`Store::enqueue_stream`].
+pub struct StreamWriter {
+    tx: Option<mpsc::SyncSender<Piece>>,
+}
+
+impl StreamWriter {
+    /// Hands the next events to the store, waiting while it is behind. `false` when the store
+    /// stopped taking them (the stream failed there: its answer says why); the caller stops
+    /// sending.
+    pub fn send(&mut self, events: Vec<NewEvent>) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(Piece::Events(events)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends the stream: the store commits what it was sent.
+    pub fn finish(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Piece::Finish);
+        }
+    }
+
+    /// Ends the stream storing nothing of it (the same as dropping the writer).
+    pub fn abort(self) {}
 }
 
 /// The store thread: takes requests until every handle is gone.
@@ -307,20 +408,23 @@ fn serve(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Request>) {
             Request::Enqueue {
                 register,
                 events,
+                max_unfinished,
                 now,
                 reply,
             } => {
-                // Take every enqueue already waiting for the same register into this commit; stop
-                // at the first request of another kind (it keeps its place in line).
+                // Take every enqueue already waiting for the same register (and flood limit) into
+                // this commit; stop at the first request of another kind (it keeps its place in
+                // line).
                 let mut group = vec![(events, reply)];
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(Request::Enqueue {
                             register: r,
                             events,
+                            max_unfinished: m,
                             reply,
                             ..
-                        }) if r == register => group.push((events, reply)),
+                        }) if r == register && m == max_unfinished => group.push((events, reply)),
                         Ok(other) => {
                             carried = Some(other);
                             break;
@@ -328,7 +432,7 @@ fn serve(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Request>) {
                         Err(_) => break,
                     }
                 }
-                commit_group(backend.as_mut(), &register, now, group);
+                commit_group(backend.as_mut(), &register, max_unfinished, now, group);
             }
         }
     }
@@ -358,25 +462,28 @@ fn settle_group(backend: &mut dyn Backend, group: Vec<(Vec<Settlement>, SettleRe
 fn commit_group(
     backend: &mut dyn Backend,
     register: &str,
+    max_unfinished: Option<u64>,
     now: DateTime<Utc>,
     group: Vec<(Vec<NewEvent>, EnqueueReply)>,
 ) {
     let sizes: Vec<usize> = group.iter().map(|(e, _)| e.len()).collect();
     let (all, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
     let all: Vec<NewEvent> = all.into_iter().flatten().collect();
-    match backend.enqueue(register, &all, now) {
+    match backend.enqueue(register, &all, max_unfinished, now) {
         Ok(results) => {
             let mut rest = results.into_iter();
             for (n, reply) in sizes.into_iter().zip(replies) {
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
             }
         }
-        // One caller reused an event id for another event: that caller's request alone is
-        // refused; the others are committed without it, each request whole or not at all.
-        Err(StoreError::EventIdConflict { .. }) if replies.len() > 1 => {
+        // One caller reused an event id for another event, or pushed a customer past the flood
+        // limit: that caller's request alone is refused (in arrival order, the earlier requests
+        // keep their places); the others are committed without it, each request whole or not at
+        // all.
+        Err(StoreError::EventIdConflict { .. } | StoreError::CustomerFlood { .. }) if replies.len() > 1 => {
             let mut at = 0;
             for (n, reply) in sizes.into_iter().zip(replies) {
-                let _ = reply.send(backend.enqueue(register, &all[at..at + n], now));
+                let _ = reply.send(backend.enqueue(register, &all[at..at + n], max_unfinished, now));
                 at += n;
             }
         }

@@ -205,7 +205,7 @@ mod tests {
                 )
             })
             .collect();
-        from.enqueue_from_cursor(R.into(), evs, "core".into(), "17".into(), t(3))
+        from.enqueue_from_cursor(R.into(), evs, "core".into(), "17".into(), None, t(3))
             .await
             .unwrap();
         let claimer = crate::store::conformance::agent();
@@ -246,7 +246,7 @@ mod tests {
 
         // New rows continue after the moved ones; a second migration into it is refused.
         let more = to
-            .enqueue(R.into(), vec![ev("e-new", "c-9", Operation::Add)], t(200))
+            .enqueue(R.into(), vec![ev("e-new", "c-9", Operation::Add)], None, t(200))
             .await
             .unwrap();
         assert!(matches!(more[0], Enqueued::Stored { seq } if seq > 30), "{more:?}");

@@ -26,5 +26,5 @@ pub mod types;
 pub mod conformance;
 
 pub use error::StoreError;
-pub use handle::Store;
+pub use handle::{Store, StreamWriter};
 pub use types::*;

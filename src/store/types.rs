@@ -181,6 +181,31 @@ pub struct NewEvent {
     pub source: String,
 }
 
+/// One piece of a streamed enqueue ([`super::backend::Outbox::enqueue_stream`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// The next events, in order.
+    Events(Vec<NewEvent>),
+    /// The caller found a reason not to store anything of the stream (a bad line, a file that
+    /// changed while read): everything stored by the call so far is rolled back.
+    Abort,
+}
+
+/// What a streamed enqueue stored: counts only (the events were never all in memory).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Streamed {
+    pub stored_adds: u64,
+    pub stored_removes: u64,
+    /// Events whose id was stored already, for the same event.
+    pub duplicates: u64,
+}
+
+impl Streamed {
+    pub fn stored(&self) -> u64 {
+        self.stored_adds + self.stored_removes
+    }
+}
+
 /// What `enqueue` did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "result")]

@@ -138,6 +138,16 @@ pub fn event_duplicate(source: &str) {
     counter!(EVENTS_DUPLICATE, "source" => source.to_string()).increment(1);
 }
 
+/// `n` events of `op` stored at once (a streamed spool file).
+pub fn events_received(source: &str, op: Operation, n: u64) {
+    counter!(EVENTS_RECEIVED, "source" => source.to_string(), "op" => op.as_str()).increment(n);
+}
+
+/// `n` events whose ids were already stored.
+pub fn events_duplicate(source: &str, n: u64) {
+    counter!(EVENTS_DUPLICATE, "source" => source.to_string()).increment(n);
+}
+
 /// An event refused at the door; `rule` is its rule name (`customer_id.length`).
 pub fn event_refused(source: &str, rule: &str) {
     counter!(EVENTS_REFUSED, "source" => source.to_string(), "reason" => rule.to_string()).increment(1);

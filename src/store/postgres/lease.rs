@@ -240,6 +240,30 @@ impl Leases for PgBackend {
         Ok(None)
     }
 
+    fn writer_holder(&mut self) -> Result<Option<String>, StoreError> {
+        if self.writer_conn.is_some() {
+            return Ok(Some(format!("this process (pid {})", std::process::id())));
+        }
+        // The writer's session lock as the server lists it (a bigint key is split into
+        // classid, its high half, and objid, its low half), and the name its holder wrote.
+        self.tx(Tx::Read, |tx| {
+            Ok(tx
+                .query_opt(
+                    &format!(
+                        "WITH k AS ({WRITER_KEY} AS key)
+                         SELECT coalesce((SELECT holder FROM writer), 'another kfr process') FROM k
+                         WHERE EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                               AND l.classid = ((k.key >> 32) & 4294967295)::bigint::text::oid
+                               AND l.objid = (k.key & 4294967295)::bigint::text::oid)"
+                    ),
+                    &[],
+                )?
+                .map(|r| r.get::<_, String>(0)))
+        })
+    }
+
     fn release_writer(&mut self) -> Result<(), StoreError> {
         self.writer_conn = None;
         Ok(())

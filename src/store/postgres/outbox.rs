@@ -59,9 +59,66 @@ impl Outbox for PgBackend {
         &mut self,
         register: &str,
         events: &[NewEvent],
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.tx(Tx::Write, |tx| enqueue_in(tx, register, events, now))
+        self.tx(Tx::Write, |tx| {
+            let out = enqueue_in(tx, register, events, now)?;
+            flood_check(tx, register, events, &out, 0, max_unfinished)?;
+            Ok(out)
+        })
+    }
+
+    fn enqueue_stream(
+        &mut self,
+        register: &str,
+        chunks: &mut dyn Iterator<Item = Chunk>,
+        max_unfinished: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Streamed>, StoreError> {
+        let mut started = false;
+        self.tx(Tx::Write, |tx| {
+            // The chunks can be read once: a transaction the server aborted is not run again
+            // (the caller retries the whole file).
+            if std::mem::replace(&mut started, true) {
+                return Err(Fault::Store(StoreError::Busy {
+                    store: "the PostgreSQL store".into(),
+                }));
+            }
+            let mut done = Streamed::default();
+            let mut offset = 0;
+            // An abort undoes the stream's inserts and commits nothing else.
+            tx.batch_execute("SAVEPOINT kfr_stream")?;
+            for chunk in &mut *chunks {
+                let events = match chunk {
+                    Chunk::Events(events) => events,
+                    Chunk::Abort => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT kfr_stream")?;
+                        return Ok(None);
+                    }
+                };
+                let shifted = |f: Fault| match f {
+                    Fault::Store(StoreError::EventIdConflict { index, seq }) => {
+                        Fault::Store(StoreError::EventIdConflict {
+                            index: index + offset,
+                            seq,
+                        })
+                    }
+                    other => other,
+                };
+                let out = enqueue_in(tx, register, &events, now).map_err(shifted)?;
+                flood_check(tx, register, &events, &out, offset, max_unfinished)?;
+                for (e, o) in events.iter().zip(&out) {
+                    match (o, e.op) {
+                        (Enqueued::Duplicate { .. }, _) => done.duplicates += 1,
+                        (Enqueued::Stored { .. }, Operation::Add) => done.stored_adds += 1,
+                        (Enqueued::Stored { .. }, Operation::Remove) => done.stored_removes += 1,
+                    }
+                }
+                offset += events.len();
+            }
+            Ok(Some(done))
+        })
     }
 
     fn recover(
@@ -545,10 +602,12 @@ impl Outbox for PgBackend {
         events: &[NewEvent],
         source: &str,
         cursor: &str,
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
         self.tx(Tx::Write, |tx| {
             let out = enqueue_in(tx, register, events, now)?;
+            flood_check(tx, register, events, &out, 0, max_unfinished)?;
             tx.execute(
                 "INSERT INTO source_cursors (source, cursor, at) VALUES ($1, $2, $3)
                  ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, at = excluded.at",
@@ -684,6 +743,58 @@ fn enqueue_in(
         out.push(Enqueued::Duplicate { seq });
     }
     Ok(out)
+}
+
+/// The flood guard, inside the enqueue's transaction (after its inserts, under its customer
+/// locks): an event that gave its customer more than `max` unfinished events fails the call
+/// with its index (`offset` added: its place in a stream). The customers' counts come from the
+/// `outbox_unfinished` index.
+fn flood_check(
+    tx: &mut Transaction<'_>,
+    register: &str,
+    events: &[NewEvent],
+    out: &[Enqueued],
+    offset: usize,
+    max: Option<u64>,
+) -> Result<(), Fault> {
+    let Some(max) = max else { return Ok(()) };
+    let mut mine: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (i, (e, o)) in events.iter().zip(out).enumerate() {
+        if matches!(o, Enqueued::Stored { .. }) {
+            mine.entry(e.customer_id.as_str()).or_default().push(i);
+        }
+    }
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let customers: Vec<&str> = mine.keys().copied().collect();
+    let mut first_over: Option<usize> = None;
+    for r in tx.query(
+        "SELECT customer_id, count(*) FROM outbox
+         WHERE register = $1 AND customer_id = ANY($2) AND finished_at IS NULL GROUP BY customer_id",
+        &[&register, &customers],
+    )? {
+        let (customer, total): (String, i64) = (r.get(0), r.get(1));
+        let Some(stored) = mine.get(customer.as_str()) else {
+            continue;
+        };
+        let total = total as u64;
+        if total <= max {
+            continue;
+        }
+        // Those before this call, then this call's in order: the first past `max` is refused.
+        let before = total - stored.len() as u64;
+        let allowed = max.saturating_sub(before) as usize;
+        let index = stored[allowed.min(stored.len() - 1)];
+        first_over = Some(first_over.map_or(index, |f: usize| f.min(index)));
+    }
+    match first_over {
+        Some(index) => Err(Fault::Store(StoreError::CustomerFlood {
+            index: index + offset,
+            max,
+        })),
+        None => Ok(()),
+    }
 }
 
 /// Why a settlement matched no event that may be settled: the event is missing, in another
@@ -1079,7 +1190,7 @@ mod tests {
     #[test]
     fn an_event_stored_while_its_customers_head_is_delivered_becomes_the_next_head() {
         let (db, mut s) = store();
-        s.enqueue(R, &[ev("first", "customer-a", Operation::Add)], t(0))
+        s.enqueue(R, &[ev("first", "customer-a", Operation::Add)], None, t(0))
             .unwrap();
         let head = s.claim_ready(R, &agent(), t(0), 10).unwrap();
         assert_eq!(head.len(), 1);
@@ -1096,7 +1207,7 @@ mod tests {
         let mut other = second(&db);
         let enqueuer = std::thread::spawn(move || {
             other
-                .enqueue(R, &[ev("late", "customer-a", Operation::Remove)], t(1))
+                .enqueue(R, &[ev("late", "customer-a", Operation::Remove)], None, t(1))
                 .map(|_| ())
         });
         until_waiting(&mut admin, 1, || enqueuer.is_finished());

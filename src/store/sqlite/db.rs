@@ -3,7 +3,7 @@
 //! write to a file that is no longer the one opened, and fences a deposed deliverer by its lease
 //! epoch.
 
-use super::lock::FileLock;
+use super::lock::{FileLock, IdentityLock};
 use super::migrations::{self, MIGRATIONS};
 use super::rows::{Fault, store_error};
 use crate::store::backend::Backend;
@@ -26,8 +26,8 @@ pub struct SqliteBackend {
     /// The delivery lease this process holds (its writes are fenced by its epoch) and the lock
     /// file under it.
     pub(crate) lease: Option<Held>,
-    /// The load writer lock, while held.
-    pub(crate) writer: Option<FileLock>,
+    /// The load writer lock (the path's lock file, the file's own lock), while held.
+    pub(crate) writer: Option<(FileLock, IdentityLock)>,
 }
 
 /// Device and inode of the file at `path` (`None` when there is none, or off Unix).
@@ -53,6 +53,7 @@ impl SqliteBackend {
     /// Opens the store, creating it (mode 0600) and migrating it to the current schema.
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
         let store = path.display().to_string();
+        refuse_hard_links(path)?;
         create_private(path).map_err(|e| StoreError::Unavailable {
             store: store.clone(),
             detail: format!("creating it: {e}"),
@@ -62,6 +63,51 @@ impl SqliteBackend {
             .migrate()
             .map_err(|e| opening_error(&store, e.context("migrating the schema")))?;
         Ok(backend)
+    }
+
+    /// Opens an existing store to look only: nothing is created, migrated, locked or written —
+    /// not the file, not its lock files (issue 20: `kfr load status` wrote to the store and its
+    /// lock file, and failed for a user who may only read). The schema must be this build's.
+    pub fn open_read_only(path: &Path) -> Result<SqliteBackend, StoreError> {
+        use rusqlite::OpenFlags;
+        let store = path.display().to_string();
+        refuse_hard_links(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let open = |uri: &str| -> anyhow::Result<(Connection, u32)> {
+            let conn = Connection::open_with_flags(uri, flags)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            // Reading a table proves the file readable (a WAL store needs its shared memory).
+            conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+            Ok((conn, version))
+        };
+        let file = uri_path(path);
+        let (conn, version) = match open(&format!("file:{file}?mode=ro")) {
+            Ok(found) => found,
+            // A WAL store whose shared-memory file is missing and cannot be made by this user (a
+            // read-only directory): no writer can be at work through it either, so it is read as
+            // the file stands.
+            Err(e) if !wal_files_present(path) => {
+                open(&format!("file:{file}?mode=ro&immutable=1")).map_err(|_| opening_error(&store, e))?
+            }
+            Err(e) => return Err(opening_error(&store, e)),
+        };
+        if version != Self::current_version() {
+            return Err(StoreError::Unavailable {
+                store,
+                detail: format!(
+                    "its schema version is {version}, this kfr reads {} (a command that writes, such as `kfr outbox status`, migrates it; this one only looks)",
+                    Self::current_version()
+                ),
+            });
+        }
+        Ok(SqliteBackend {
+            conn,
+            path: path.to_path_buf(),
+            identity: file_identity(path),
+            lease: None,
+            writer: None,
+        })
     }
 
     fn connect(path: &Path) -> anyhow::Result<SqliteBackend> {
@@ -242,6 +288,45 @@ fn opening_error(store: &str, e: anyhow::Error) -> StoreError {
 
 /// Creates the file with mode 0600 if it does not exist yet, and tightens it if it does. SQLite's
 /// `-wal` and `-shm` files take the main file's permissions.
+/// `path` for a SQLite URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
+}
+
+/// Whether the store's `-wal` or `-shm` file exists (a writer may be at work).
+fn wal_files_present(path: &Path) -> bool {
+    ["-wal", "-shm"].iter().any(|suffix| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        Path::new(&name).exists()
+    })
+}
+
+/// A store file with more than one name (a hard link) is refused: SQLite keeps its write-ahead
+/// log and shared memory next to the name it was opened by, so two processes on two names of one
+/// file would each write a log of their own, and lose or corrupt what the other committed (SQLite's
+/// documented hazard; issue 20: two loads through two names of one store).
+fn refuse_hard_links(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.is_file()
+            && m.nlink() > 1
+        {
+            return Err(StoreError::HardLinked {
+                store: path.display().to_string(),
+                links: m.nlink(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn create_private(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -417,10 +502,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = SqliteBackend::open(&d.path().join("s.db")).unwrap();
         let now = crate::store::conformance::t(0);
-        s.enqueue("r", &[crate::store::conformance::ev("e1", "c", Operation::Add)], now)
-            .unwrap();
-        s.enqueue("r", &[crate::store::conformance::ev("e2", "c", Operation::Remove)], now)
-            .unwrap();
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e1", "c", Operation::Add)],
+            None,
+            now,
+        )
+        .unwrap();
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e2", "c", Operation::Remove)],
+            None,
+            now,
+        )
+        .unwrap();
         // What a lost race would write: the second event made a head too.
         let err = s
             .conn()

@@ -472,6 +472,7 @@ mod tests {
         s.enqueue(
             &reg,
             &[held_op("r1", Operation::Remove), held_op("a1", Operation::Add)],
+            None,
             t(0),
         )
         .unwrap();
@@ -519,7 +520,8 @@ mod tests {
         // Release: abandoned, and the held operation may then be claimed.
         let (_d2, mut s) = store();
         let job = s.create_job(&new_job(settings, vec![batch(0, 1)]), t(0)).unwrap();
-        s.enqueue(&reg, &[held_op("r1", Operation::Remove)], t(0)).unwrap();
+        s.enqueue(&reg, &[held_op("r1", Operation::Remove)], None, t(0))
+            .unwrap();
         let claimer = Claimer {
             name: "load:test".into(),
             epoch: None,

@@ -9,11 +9,12 @@
 //! standby takes over at once; a lock still held moves only once its holder stopped renewing
 //! (`until` passed: a hung process), and that holder is fenced from then on.
 //!
-//! The load writer is the lock file `<store>.lock` alone: two loads on one store would upload
-//! every batch twice (issue 9).
+//! The load writer is the lock file `<store>.lock` (every spelling of the store's path) and an
+//! `flock` on the store file itself (every name of the file, a hard link included): two loads on
+//! one store would upload every batch twice (issue 9, issue 20).
 
 use super::db::{Held, SqliteBackend, Tx, check_epoch};
-use super::lock::{FileLock, lock_path};
+use super::lock::{FileLock, IdentityLock, flock_holder, lock_path};
 use super::rows::{parse_ts, ts};
 use crate::store::backend::Leases;
 use crate::store::error::StoreError;
@@ -155,12 +156,24 @@ impl Leases for SqliteBackend {
             return Ok(None);
         }
         let path = lock_path(&self.path, ".lock");
-        match FileLock::try_acquire(&path, holder).map_err(|e| lock_error(&self.describe_path(), e))? {
-            Ok(lock) => {
-                self.writer = Some(lock);
+        let lock = match FileLock::try_acquire(&path, holder).map_err(|e| lock_error(&self.describe_path(), e))? {
+            Ok(lock) => lock,
+            Err(other) => return Ok(Some(other)),
+        };
+        // The same file under another name (a hard link) has another lock file: the lock on
+        // the file itself is what every name meets.
+        let identity = super::db::file_identity(&self.path).ok_or_else(|| StoreError::Lost {
+            store: self.describe_path(),
+        })?;
+        match IdentityLock::try_acquire(&self.path, identity).map_err(|e| lock_error(&self.describe_path(), e))? {
+            Ok(identity) => {
+                self.writer = Some((lock, identity));
                 Ok(None)
             }
-            Err(other) => Ok(Some(other)),
+            Err(pid) => Ok(Some(format!(
+                "{} (through another name of this store file, a hard link)",
+                pid.map_or("another kfr process".to_string(), |p| format!("pid {p}"))
+            ))),
         }
     }
 
@@ -168,10 +181,64 @@ impl Leases for SqliteBackend {
         self.writer = None;
         Ok(())
     }
+
+    fn writer_holder(&mut self) -> Result<Option<String>, StoreError> {
+        if self.writer.is_some() {
+            return Ok(Some(format!("this process (pid {})", std::process::id())));
+        }
+        let Some(identity) = super::db::file_identity(&self.path) else {
+            return Ok(None);
+        };
+        // The lock on the file itself, as /proc/locks shows it; the path's lock file (only
+        // read) says who, when the holder came by this spelling.
+        Ok(flock_holder(identity).map(|pid| {
+            let said = std::fs::read_to_string(lock_path(&self.path, ".lock")).unwrap_or_default();
+            let said = said.trim();
+            if said.contains(&format!("pid {pid}")) {
+                said.to_string()
+            } else {
+                format!("pid {pid}")
+            }
+        }))
+    }
 }
 
 impl SqliteBackend {
     fn describe_path(&self) -> String {
         self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20: two loads on one store, the second through a hard link to its file. SQLite
+    /// keeps its log by name, so the second name is refused at open; and should a link appear
+    /// after a load opened the store, the writer lock on the file itself still refuses a second
+    /// writer.
+    #[test]
+    fn a_hard_link_to_the_store_is_refused_and_meets_the_same_writer_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("s.db");
+        let other = d.path().join("other.db");
+        let mut first = SqliteBackend::open(&state).unwrap();
+        let mut second = SqliteBackend::open(&other).unwrap();
+        assert_eq!(first.take_writer("pid 1 (first)").unwrap(), None);
+        // A link made after both opened: the path locks differ, the file's lock does not.
+        std::fs::remove_file(&other).unwrap();
+        std::fs::hard_link(&state, &other).unwrap();
+        second.path = other.clone();
+        let holder = second.take_writer("pid 2 (second)").unwrap().expect("refused");
+        assert!(holder.contains("hard link"), "{holder}");
+        first.release_writer().unwrap();
+        assert_eq!(second.take_writer("pid 2 (second)").unwrap(), None);
+        drop(second);
+        // Opened by the other name now: refused, naming the store and its link count.
+        let err = SqliteBackend::open(&other).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::HardLinked { links: 2, store } if store.ends_with("other.db")),
+            "{err:?}"
+        );
     }
 }

@@ -86,9 +86,60 @@ impl Outbox for SqliteBackend {
         &mut self,
         register: &str,
         events: &[NewEvent],
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.tx(Tx::Write, |tx| enqueue_in(tx, register, events, now))
+        self.tx(Tx::Write, |tx| enqueue_in(tx, register, events, max_unfinished, now))
+    }
+
+    fn enqueue_stream(
+        &mut self,
+        register: &str,
+        chunks: &mut dyn Iterator<Item = Chunk>,
+        max_unfinished: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Streamed>, StoreError> {
+        let mut aborted = false;
+        let out = self.tx(Tx::Write, |tx| {
+            let mut done = Streamed::default();
+            let mut base = 0;
+            for chunk in chunks {
+                let events = match chunk {
+                    Chunk::Events(events) => events,
+                    Chunk::Abort => {
+                        aborted = true;
+                        // Any error rolls the transaction back; this one is not reported.
+                        return Err(Fault::Store(StoreError::Other("aborted by the caller".into())));
+                    }
+                };
+                let results = enqueue_in(tx, register, &events, max_unfinished, now).map_err(|e| match e {
+                    Fault::Store(StoreError::EventIdConflict { index, seq }) => {
+                        Fault::Store(StoreError::EventIdConflict {
+                            index: base + index,
+                            seq,
+                        })
+                    }
+                    Fault::Store(StoreError::CustomerFlood { index, max }) => Fault::Store(StoreError::CustomerFlood {
+                        index: base + index,
+                        max,
+                    }),
+                    other => other,
+                })?;
+                for (ev, r) in events.iter().zip(&results) {
+                    match (r, ev.op) {
+                        (Enqueued::Duplicate { .. }, _) => done.duplicates += 1,
+                        (Enqueued::Stored { .. }, Operation::Add) => done.stored_adds += 1,
+                        (Enqueued::Stored { .. }, Operation::Remove) => done.stored_removes += 1,
+                    }
+                }
+                base += events.len();
+            }
+            Ok(done)
+        });
+        match out {
+            Err(_) if aborted => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     fn enqueue_from_cursor(
@@ -97,10 +148,11 @@ impl Outbox for SqliteBackend {
         events: &[NewEvent],
         source: &str,
         cursor: &str,
+        max_unfinished: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StoreError> {
         self.tx(Tx::Write, |tx| {
-            let out = enqueue_in(tx, register, events, now)?;
+            let out = enqueue_in(tx, register, events, max_unfinished, now)?;
             tx.execute(
                 "INSERT INTO source_cursors (source, cursor, at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, at = excluded.at",
@@ -632,13 +684,20 @@ fn enqueue_in(
     tx: &Transaction<'_>,
     register: &str,
     events: &[NewEvent],
+    max_unfinished: Option<u64>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Enqueued>, Fault> {
     let mut out = Vec::with_capacity(events.len());
     for (index, ev) in events.iter().enumerate() {
-        let stored = try_insert_event(tx, register, ev, Uuid::new_v4(), now)?;
+        let stored = try_insert_event_as_head(tx, register, ev, Uuid::new_v4(), now)?;
         out.push(match stored {
-            Some(seq) => Enqueued::Stored { seq },
+            Some((seq, head)) => {
+                // A new head has nothing before it: one unfinished event, within any limit.
+                if let Some(max) = max_unfinished.filter(|_| !head) {
+                    guard_flood(tx, register, &ev.customer_id, index, max)?;
+                }
+                Enqueued::Stored { seq }
+            }
             None => {
                 // A known id is a duplicate only if it names the same event; reused for
                 // another one, the call fails whole (the transaction rolls back).
@@ -665,6 +724,19 @@ fn enqueue_in(
         });
     }
     Ok(out)
+}
+
+/// The flood guard, after the insert of `seq` and inside its write transaction (so the count
+/// includes what this call stored before, and no other writer can slip in between): more than
+/// `max` unfinished events for the customer fails the call, which rolls back whole.
+fn guard_flood(tx: &Transaction<'_>, register: &str, customer: &str, index: usize, max: u64) -> Result<(), Fault> {
+    let unfinished: u64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM outbox WHERE register = ?1 AND customer_id = ?2 AND finished_at IS NULL")?
+        .query_row(params![register, customer], |r| r.get(0))?;
+    if unfinished > max {
+        return Err(Fault::Store(StoreError::CustomerFlood { index, max }));
+    }
+    Ok(())
 }
 
 /// Claims the pending head `seq` for `claimer` (the caller checked it may go).
@@ -963,7 +1035,7 @@ mod tests {
                             n += 1;
                             let c = format!("customer-{customer}");
                             let op = if add { Operation::Add } else { Operation::Remove };
-                            let r = s.enqueue(R, &[ev(&format!("e{n}"), &c, op)], t(0)).unwrap();
+                            let r = s.enqueue(R, &[ev(&format!("e{n}"), &c, op)], None, t(0)).unwrap();
                             let Enqueued::Stored { seq } = r[0] else { panic!("{r:?}") };
                             open.entry(c).or_default().push_back(seq);
                         }
@@ -1040,7 +1112,7 @@ mod tests {
                         ev(&format!("{i}-remove"), &c, Operation::Remove),
                         ev("sent-by-everyone", "customer-shared", Operation::Add),
                     ];
-                    h.enqueue(R.to_string(), events, t(0)).await
+                    h.enqueue(R.to_string(), events, None, t(0)).await
                 }
             })
             .collect();
@@ -1082,7 +1154,7 @@ mod tests {
         use crate::store::conformance::{R, ev, t};
         let (_d, s) = store();
         let h = Store::spawn(Box::new(s)).unwrap();
-        h.enqueue(R.to_string(), vec![ev("known", "c0", Operation::Add)], t(0))
+        h.enqueue(R.to_string(), vec![ev("known", "c0", Operation::Add)], None, t(0))
             .await
             .unwrap();
         // Hold the store thread so both requests meet in one group.
@@ -1096,11 +1168,13 @@ mod tests {
         let good = h.enqueue(
             R.to_string(),
             vec![ev("g1", "c1", Operation::Add), ev("g2", "c2", Operation::Add)],
+            None,
             t(1),
         );
         let bad = h.enqueue(
             R.to_string(),
             vec![ev("b1", "c3", Operation::Add), ev("known", "c0", Operation::Remove)],
+            None,
             t(1),
         );
         let both = futures::future::join(good, bad);
@@ -1119,6 +1193,50 @@ mod tests {
             3,
             "known, g1, g2; not b1"
         );
+    }
+
+    /// A group commit with one caller pushing a customer past the flood limit refuses that
+    /// caller alone (the earlier caller keeps its place); the others are stored whole.
+    #[tokio::test]
+    async fn a_flooding_caller_in_a_group_commit_fails_alone() {
+        use crate::store::Store;
+        use crate::store::conformance::{R, ev, t};
+        let (_d, s) = store();
+        let h = Store::spawn(Box::new(s)).unwrap();
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let blocked = h.call(move |_| {
+            let _ = gate.recv();
+            Ok(())
+        });
+        futures::pin_mut!(blocked);
+        assert!(futures::poll!(&mut blocked).is_pending());
+        let max = Some(2);
+        let first = h.enqueue(
+            R.to_string(),
+            vec![ev("f1", "c0", Operation::Add), ev("f2", "c0", Operation::Remove)],
+            max,
+            t(1),
+        );
+        let flood = h.enqueue(
+            R.to_string(),
+            vec![ev("x1", "c1", Operation::Add), ev("x2", "c0", Operation::Add)],
+            max,
+            t(1),
+        );
+        let other = h.enqueue(R.to_string(), vec![ev("o1", "c2", Operation::Add)], max, t(1));
+        let all = futures::future::join3(first, flood, other);
+        futures::pin_mut!(all);
+        assert!(futures::poll!(&mut all).is_pending());
+        open.send(()).unwrap();
+        blocked.await.unwrap();
+        let (first, flood, other) = all.await;
+        assert_eq!(first.unwrap().len(), 2);
+        assert!(
+            matches!(flood, Err(StoreError::CustomerFlood { index: 1, max: 2 })),
+            "{flood:?}"
+        );
+        assert_eq!(other.unwrap().len(), 1);
+        assert_eq!(h.status(Some(R.to_string())).await.unwrap().pending, 3, "f1, f2, o1");
     }
 
     /// The query plans that keep a 1,000,000-event backlog cheap: a claim reads heads by index,
@@ -1171,19 +1289,21 @@ mod tests {
         let (d, mut s) = store();
         let path = d.path().join("s.db");
         let reg = "env|http://kfr|916960190";
-        s.enqueue(reg, &[ev("e1", "c1", Operation::Add)], t(0)).unwrap();
+        s.enqueue(reg, &[ev("e1", "c1", Operation::Add)], None, t(0)).unwrap();
         // Moved away and a fresh file put in its place (a restore over a running agent, say).
         std::fs::rename(&path, d.path().join("moved.db")).unwrap();
-        let err = s.enqueue(reg, &[ev("e2", "c1", Operation::Add)], t(0)).unwrap_err();
+        let err = s
+            .enqueue(reg, &[ev("e2", "c1", Operation::Add)], None, t(0))
+            .unwrap_err();
         assert!(matches!(err, StoreError::Lost { .. }), "{err:?}");
         assert!(err.hint().unwrap().contains("restart kfr"));
         SqliteBackend::open(&path).unwrap();
-        let r = s.enqueue(reg, &[ev("e3", "c1", Operation::Add)], t(0));
+        let r = s.enqueue(reg, &[ev("e3", "c1", Operation::Add)], None, t(0));
         assert!(matches!(r, Err(StoreError::Lost { .. })), "{r:?}");
         // Deleted outright.
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
-            s.enqueue(reg, &[ev("e4", "c1", Operation::Add)], t(0)),
+            s.enqueue(reg, &[ev("e4", "c1", Operation::Add)], None, t(0)),
             Err(StoreError::Lost { .. })
         ));
     }

@@ -214,6 +214,18 @@ pub(crate) fn try_insert_event(
     correlation_id: Uuid,
     received_at: DateTime<Utc>,
 ) -> rusqlite::Result<Option<Seq>> {
+    Ok(try_insert_event_as_head(tx, register, ev, correlation_id, received_at)?.map(|(seq, _)| seq))
+}
+
+/// [`try_insert_event`], also saying whether the event became its customer's head (its queue was
+/// empty: the flood guard then has nothing to count).
+pub(crate) fn try_insert_event_as_head(
+    tx: &Transaction<'_>,
+    register: &str,
+    ev: &NewEvent,
+    correlation_id: Uuid,
+    received_at: DateTime<Utc>,
+) -> rusqlite::Result<Option<(Seq, bool)>> {
     tx.prepare_cached(
         "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
                              correlation_id, state, head)
@@ -221,7 +233,7 @@ pub(crate) fn try_insert_event(
                  CASE WHEN NOT EXISTS (SELECT 1 FROM outbox WHERE register = ?1 AND customer_id = ?4 AND head = 1)
                       THEN 1 END)
          ON CONFLICT (event_id) DO NOTHING
-         RETURNING seq",
+         RETURNING seq, head IS NOT NULL",
     )?
     .query_row(
         params![
@@ -235,7 +247,7 @@ pub(crate) fn try_insert_event(
             ts(received_at),
             correlation_id.to_string(),
         ],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()
 }

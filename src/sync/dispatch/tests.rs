@@ -109,7 +109,7 @@ fn event(n: usize, op: Operation, customer: &str, start: Option<NaiveDate>) -> N
 impl Rig {
     async fn enqueue(&self, events: Vec<NewEvent>) {
         self.handle
-            .enqueue(self.register.clone(), events, Utc::now())
+            .enqueue(self.register.clone(), events, None, Utc::now())
             .await
             .unwrap();
     }
@@ -463,6 +463,7 @@ async fn after_a_restart_mid_upload_the_batch_is_probed_not_resent() {
                     event(1, Operation::Add, &r2, Some(start)),
                     event(2, Operation::Add, &l2, Some(start)),
                 ],
+                None,
                 Utc::now(),
             )
             .unwrap();
@@ -573,7 +574,7 @@ async fn a_panicking_delivery_task_stops_the_dispatcher_with_an_error_and_hands_
     clock.main.set(run.id()).unwrap();
     let p = synthetic_people(1).remove(0);
     handle
-        .enqueue(register, vec![event(1, Operation::Add, &p, None)], Utc::now())
+        .enqueue(register, vec![event(1, Operation::Add, &p, None)], None, Utc::now())
         .await
         .unwrap();
     // A guard against hanging only: the dispatcher is expected to stop at once.

@@ -27,7 +27,7 @@
 //!   loaded again for a new connection when its files changed on disk, so a renewal needs no
 //!   restart (issue 21).
 
-use super::{Intake, Source, SourceError, SourceReport, counts};
+use super::{Intake, Source, SourceError, SourceReport, counts, flood_refusal};
 use crate::file_stamp::FileStamp;
 use crate::store::StoreError;
 use crate::store::{Enqueued, NewEvent};
@@ -580,6 +580,8 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
             .into_response();
     }
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    // For the flood guard's refusal, which names the event's customer (masked).
+    let customers: Vec<String> = events.iter().map(|e| e.customer_id.clone()).collect();
     match st.intake.commit(&st.name, events).await {
         Ok(results) => {
             let (stored, duplicate) = counts(&results);
@@ -615,6 +617,31 @@ async fn post_events(State(st): State<Arc<Shared>>, req: Request) -> Response {
             })),
         )
             .into_response(),
+        // One customer would have more unfinished events than the flood guard allows.
+        Err(StoreError::CustomerFlood { index, max }) => {
+            st.refused.fetch_add(1, Ordering::Relaxed);
+            let refused: Vec<Refusal> = ids
+                .get(index)
+                .zip(customers.get(index))
+                .map(|(id, customer)| flood_refusal(Location::Index { index, line: None }, id, customer, max))
+                .into_iter()
+                .collect();
+            for r in &refused {
+                st.intake.refused(&st.name, r);
+            }
+            (
+                StatusCode::CONFLICT,
+                axum::Json(json!({
+                    "error": "customer_flood",
+                    "message": format!(
+                        "event {index}: its customer has {max} unfinished events in the outbox already (sync.max_events_per_customer); the request was refused whole: nothing of it was stored"
+                    ),
+                    "index": index,
+                    "refused": refused,
+                })),
+            )
+                .into_response()
+        }
         Err(_) => {
             let mut r = problem(
                 StatusCode::SERVICE_UNAVAILABLE,

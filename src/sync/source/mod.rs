@@ -16,7 +16,7 @@ use super::health::Health;
 use super::metrics;
 use crate::ids::IdPolicy;
 use crate::store::Store;
-use crate::store::{Enqueued, NewEvent, StoreError};
+use crate::store::{Enqueued, NewEvent, StoreError, Streamed};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,10 @@ pub struct Intake {
     pub register: String,
     pub health: Health,
     pub policy: IdPolicy,
+    /// The per-customer flood guard (`sync.max_events_per_customer`): an event that would give
+    /// its customer more unfinished events than this is refused with its whole request, by the
+    /// store inside the commit's own transaction. `None`: no limit.
+    pub max_per_customer: Option<u64>,
     /// Woken after each commit, so the dispatcher looks at once instead of at its next poll.
     pub waker: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// Tests only: something another process does while this commit waits for the store.
@@ -80,10 +84,17 @@ impl Intake {
             register,
             health,
             policy,
+            max_per_customer: None,
             waker: None,
             #[cfg(test)]
             before_commit: None,
         }
+    }
+
+    /// Refuses events that would give a customer more than `max` unfinished events.
+    pub fn with_flood_limit(mut self, max: u64) -> Self {
+        self.max_per_customer = Some(max);
+        self
     }
 
     /// Wakes `waker` after every commit (the dispatcher's [`crate::sync::dispatch::Dispatcher::waker`]).
@@ -129,10 +140,21 @@ impl Intake {
         }
         let now = chrono::Utc::now();
         let committed = match cursor {
-            None => self.handle.enqueue(self.register.clone(), events, now).await,
+            None => {
+                self.handle
+                    .enqueue(self.register.clone(), events, self.max_per_customer, now)
+                    .await
+            }
             Some(cursor) => {
                 self.handle
-                    .enqueue_from_cursor(self.register.clone(), events, source.to_string(), cursor, now)
+                    .enqueue_from_cursor(
+                        self.register.clone(),
+                        events,
+                        source.to_string(),
+                        cursor,
+                        self.max_per_customer,
+                        now,
+                    )
                     .await
             }
         };
@@ -156,6 +178,10 @@ impl Intake {
                 tracing::warn!(source, error = %e, "events refused: an event id names another stored event; nothing of them was stored");
                 Err(e)
             }
+            // A sender flooding one customer: refused, the store is fine. The refusal, with the
+            // customer masked, is the caller's to present, count and log ([`Intake::refused`]
+            // with [`flood_refusal`]): it has the events.
+            Err(e @ StoreError::CustomerFlood { .. }) => Err(e),
             Err(e) => {
                 tracing::error!(source, error = %e, "the state store did not commit events; nothing of them was stored");
                 self.health.set_store_problem(Some(e.to_string()));
@@ -164,10 +190,68 @@ impl Intake {
         }
     }
 
+    /// Streams events into one transaction ([`Store::enqueue_stream`]): `produce` runs on a
+    /// blocking thread with the stream's writer (file reading) and its value comes back with the
+    /// store's answer, which gets the same bookkeeping as [`Intake::commit`]. A refused stream
+    /// (an event id reused, a customer flooded) is the caller's to present: it has the lines.
+    pub async fn commit_stream<T: Send + 'static>(
+        &self,
+        source: &str,
+        produce: impl FnOnce(crate::store::StreamWriter) -> T + Send + 'static,
+    ) -> (Result<T, tokio::task::JoinError>, Result<Option<Streamed>, StoreError>) {
+        let (writer, answer) =
+            self.handle
+                .enqueue_stream(self.register.clone(), self.max_per_customer, chrono::Utc::now());
+        let produced = tokio::task::spawn_blocking(move || produce(writer));
+        let (produced, answer) = futures::future::join(produced, answer).await;
+        // Tests: what another process does while the commit is on its way (after the reading).
+        #[cfg(test)]
+        if let Some(f) = self.before_commit.as_ref().and_then(|m| m.0.lock().unwrap().take()) {
+            f();
+        }
+        match &answer {
+            Ok(Some(done)) => {
+                self.health.set_store_problem(None);
+                if let Some(w) = &self.waker {
+                    w.notify_one();
+                }
+                metrics::events_received(source, crate::store::Operation::Add, done.stored_adds);
+                metrics::events_received(source, crate::store::Operation::Remove, done.stored_removes);
+                metrics::events_duplicate(source, done.duplicates);
+            }
+            // Aborted by the producer: nothing to say about the store.
+            Ok(None) => {}
+            Err(StoreError::EventIdConflict { .. } | StoreError::CustomerFlood { .. }) => {}
+            Err(e) => {
+                tracing::error!(source, error = %e, "the state store did not commit events; nothing of them was stored");
+                self.health.set_store_problem(Some(e.to_string()));
+            }
+        }
+        (produced, answer)
+    }
+
     /// Counts and logs a refusal (the refusal's text is masked).
     pub fn refused(&self, source: &str, r: &Refusal) {
         metrics::event_refused(source, &r.rule);
         tracing::warn!(source, refusal = %r, "event refused");
+    }
+}
+
+/// The rule of a refusal by the per-customer flood guard.
+pub const FLOOD_RULE: &str = "customer_id.max_events_per_customer";
+
+/// The refusal of the event `event_id` for `customer`, at `at`, by the flood guard: its
+/// customer, masked, has `max` unfinished events already.
+pub fn flood_refusal(at: super::event::Location, event_id: &str, customer: &str, max: u64) -> Refusal {
+    Refusal {
+        at,
+        event_id: Some(crate::ids::scrub(event_id)),
+        field: "customer_id",
+        rule: FLOOD_RULE.into(),
+        message: format!(
+            "customer {} has {max} unfinished events in the outbox already (sync.max_events_per_customer = {max}); nothing of the request was stored",
+            crate::ids::mask(customer)
+        ),
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! A file whose every line is valid is committed in one transaction, then moved to `done/`. A
 //! file with any bad line stores nothing and is moved to `failed/` beside a `NAME.errors` file
-//! naming each bad line (`file:line: field: message (rule …)`, identifiers masked). If the store
-//! fails, the file stays where it is and is tried again at the next poll.
+//! naming each bad line (`file:line: field: message (rule …)`, identifiers masked); so does one
+//! the store refuses (an event id reused for another event, a customer past the flood limit). If
+//! the store fails, the file stays where it is and is tried again at the next poll.
 //!
 //! Only complete files are taken (issue 19: a file renamed in before its writer finished was
 //! taken in part). A file is taken when it is unchanged — the same file (device and inode), the
@@ -18,8 +19,9 @@
 //! stays so while it is read; otherwise it is left for a later look. Before a file is moved to
 //! `done/` or `failed/` its path is checked to still hold the file that was read, unchanged: a
 //! file renamed over the name meanwhile is left in place to be read at the next look, never moved
-//! unread. A file that vanishes before its move is logged, not fatal. Files are streamed line by
-//! line; only their events are held in memory.
+//! unread. A file that vanishes before its move is logged, not fatal. Files are read line by
+//! line and their events streamed into the store's one transaction [`CHUNK`] at a time
+//! ([`crate::store::Store::enqueue_stream`]): a file's memory does not grow with its length.
 //!
 //! Event ids: an event without an `event_id` gets `spool:<file>:<line>:<text>` ([`line_id`]):
 //! a SHA-256 of the file's identity — its name, device, inode and birth time — the line's number
@@ -34,9 +36,9 @@
 //! Directories this source creates are `0700`, files `0600` (they name customers), whatever the
 //! umask.
 
-use super::{Intake, Source, SourceError, SourceReport, counts};
+use super::{Intake, Source, SourceError, SourceReport};
 use crate::input::grammar;
-use crate::store::NewEvent;
+use crate::store::{NewEvent, StoreError, StreamWriter, Streamed};
 use crate::sync::event::{self, Broken, Context, Location, Refusal};
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -163,14 +165,14 @@ pub struct Spool {
     looked: HashMap<PathBuf, Seen>,
 }
 
-/// What reading one file gave.
+/// What reading one file gave (its events went to the store as they were read).
 enum Reading {
-    /// Every line valid.
-    Events(Vec<NewEvent>),
-    /// At least one bad line: each of them.
+    /// Every line valid: this many events were handed to the store, and the stream finished.
+    Complete(u64),
+    /// At least one bad line: each of them (the stream was aborted).
     Refused(Vec<Refusal>),
-    /// Its events committed, with the store's answer for each.
-    Committed(Vec<crate::store::Enqueued>),
+    /// Its events committed, with the store's counts.
+    Committed(Streamed),
     /// Gone before it could be opened.
     Vanished,
     /// Not the file listed, or changed while read: left for a later look.
@@ -230,41 +232,45 @@ impl Spool {
             }
             let cx = self.intake.context(&self.opts.name);
             let (p, n) = (path.clone(), name.clone());
-            // Reading is blocking file I/O, and a file may be large: off the async workers.
-            let reading = tokio::task::spawn_blocking(move || read_file(&p, &n, seen, &cx))
-                .await
-                .map_err(|e| SpoolError::File {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
-            // Committed before the arms below: an event id reused for another event refuses the
-            // file like a bad line (it would be refused again at every look).
-            let reading = match reading {
-                Reading::Events(events) => {
-                    let lines: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-                    match self.intake.commit(&self.opts.name, events).await {
-                        Ok(results) => Reading::Committed(results),
-                        Err(crate::store::StoreError::EventIdConflict { index, seq }) => {
-                            Reading::Refused(vec![Refusal {
-                                at: crate::sync::event::Location::Line {
-                                    file: name.clone(),
-                                    line: index as u64 + 1,
-                                },
-                                event_id: lines.get(index).map(|id| crate::ids::scrub(id)),
-                                field: "event_id",
-                                rule: "event_id.conflict".into(),
-                                message: format!(
-                                    "this event id is stored already, as outbox entry {seq}, for a different event; an event id names one event for good"
-                                ),
-                            }])
-                        }
-                        Err(_) => {
-                            poll.store_failed = true;
-                            return Ok(poll);
-                        }
-                    }
+            // Reading is blocking file I/O, and a file may be large: off the async workers, its
+            // events streamed into one store transaction a chunk at a time (all or nothing, and
+            // never the whole file in memory).
+            let (reading, answer) = self
+                .intake
+                .commit_stream(&self.opts.name, move |writer| {
+                    read_file(&p, &n, seen, &cx, Some(writer))
+                })
+                .await;
+            let reading = reading.map_err(|e| SpoolError::File {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+            // An event id reused for another event, or a customer past the flood limit, refuses
+            // the file like a bad line (it would be refused again at every look).
+            let reading = match (reading, answer) {
+                (Reading::Complete(sent), Ok(Some(done))) => {
+                    debug_assert_eq!(sent, done.stored() + done.duplicates, "every event read was answered");
+                    Reading::Committed(done)
                 }
-                other => other,
+                (
+                    Reading::Complete(_),
+                    Err(e @ (StoreError::EventIdConflict { .. } | StoreError::CustomerFlood { .. })),
+                ) => {
+                    let cx = self.intake.context(&self.opts.name);
+                    let (p, n) = (path.clone(), name.clone());
+                    let refusal = tokio::task::spawn_blocking(move || refusal_for(&p, &n, seen.key, &cx, &e))
+                        .await
+                        .map_err(|e| SpoolError::File {
+                            path: path.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                    Reading::Refused(vec![refusal])
+                }
+                (Reading::Complete(_), _) => {
+                    poll.store_failed = true;
+                    return Ok(poll);
+                }
+                (other, _) => other,
             };
             match reading {
                 Reading::Vanished => {
@@ -313,9 +319,9 @@ impl Spool {
                         }
                     }
                 }
-                Reading::Events(_) => unreachable!("committed above"),
-                Reading::Committed(results) => {
-                    let (stored, dup) = counts(&results);
+                Reading::Complete(_) => unreachable!("answered by the store above"),
+                Reading::Committed(done) => {
+                    let (stored, dup) = (done.stored(), done.duplicates);
                     self.report.stored += stored;
                     self.report.duplicates += dup;
                     let target = free_name(&self.opts.dir.join("done"), &name);
@@ -434,9 +440,21 @@ fn move_if_same(path: &Path, seen: &Seen, target: &Path) -> Result<Moved, SpoolE
     }
 }
 
-/// Opens and reads one listed file, checking it is the file listed and unchanged throughout.
-fn read_file(path: &Path, name: &str, listed: Seen, cx: &Context) -> Result<Reading, SpoolError> {
-    read_file_then(path, name, listed, cx, || {})
+/// How many events go to the store at a time while a file streams in: what bounds the memory
+/// a file takes, whatever its length (docs/benchmarks.md, "Spool memory").
+const CHUNK: usize = 2_000;
+
+/// Opens and reads one listed file, checking it is the file listed and unchanged throughout,
+/// and hands its events to `writer` as they are read: finished when every line was valid and
+/// the file unchanged, aborted otherwise.
+fn read_file(
+    path: &Path,
+    name: &str,
+    listed: Seen,
+    cx: &Context,
+    writer: Option<StreamWriter>,
+) -> Result<Reading, SpoolError> {
+    read_file_then(path, name, listed, cx, writer, || {})
 }
 
 /// [`read_file`], running `after_read` between reading the lines and the last check (the tests'
@@ -446,12 +464,14 @@ fn read_file_then(
     name: &str,
     listed: Seen,
     cx: &Context,
+    mut writer: Option<StreamWriter>,
     after_read: impl FnOnce(),
 ) -> Result<Reading, SpoolError> {
     let file_err = |source| SpoolError::File {
         path: path.to_path_buf(),
         source,
     };
+    // Every early return drops `writer`: the stream is aborted, nothing stored.
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Reading::Vanished),
@@ -461,16 +481,103 @@ fn read_file_then(
         return Ok(Reading::Changed);
     }
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, &file);
-    let (parsed, bytes) = parse_lines(name, &listed.key, &mut reader, cx).map_err(file_err)?;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut sent = 0u64;
+    let mut refusals = vec![];
+    let bytes = visit_lines(name, &listed.key, &mut reader, cx, |_, parsed| {
+        match parsed {
+            Ok(e) if refusals.is_empty() => {
+                chunk.push(e);
+                if chunk.len() == CHUNK {
+                    sent += chunk.len() as u64;
+                    let events = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                    // The store stopped taking them: its answer says why; the lines are still
+                    // read, for their refusals.
+                    if writer.as_mut().is_some_and(|w| !w.send(events)) {
+                        writer = None;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(r) => {
+                // The first bad line ends the stream at once (the store rolls back and moves on);
+                // the rest of the file is read only for its refusals.
+                writer = None;
+                chunk = vec![];
+                refusals.push(r);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(file_err)?;
     after_read();
     // The size and time after reading, from the open file: a writer still at work shows here.
     if Seen::of(&file.metadata().map_err(file_err)?) != listed || bytes != listed.size {
         return Ok(Reading::Changed);
     }
-    Ok(match parsed {
-        Ok(events) => Reading::Events(events),
-        Err(refusals) => Reading::Refused(refusals),
-    })
+    if !refusals.is_empty() {
+        return Ok(Reading::Refused(refusals));
+    }
+    sent += chunk.len() as u64;
+    if let Some(mut w) = writer
+        && (chunk.is_empty() || w.send(chunk))
+    {
+        w.finish();
+    }
+    Ok(Reading::Complete(sent))
+}
+
+/// The refusal of the event the store refused (`e` names its index among the file's events),
+/// found by reading the file again up to it: the file's events are not kept in memory.
+fn refusal_for(path: &Path, name: &str, key: FileKey, cx: &Context, e: &StoreError) -> Refusal {
+    let index = match e {
+        StoreError::EventIdConflict { index, .. } | StoreError::CustomerFlood { index, .. } => *index,
+        _ => 0,
+    };
+    let mut found: Option<(u64, NewEvent)> = None;
+    let mut at = 0usize;
+    if let Ok(file) = std::fs::File::open(path) {
+        let mut reader = std::io::BufReader::new(file);
+        let _ = visit_lines(name, &key, &mut reader, cx, |line, parsed| {
+            if let Ok(ev) = parsed {
+                if at == index {
+                    found = Some((line, ev));
+                    return std::ops::ControlFlow::Break(());
+                }
+                at += 1;
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+    }
+    // The file is unchanged since it was read (checked then); should it have changed since, the
+    // refusal still names the event's position.
+    let (line, event_id, customer) = match found {
+        Some((line, ev)) => (line, ev.event_id, ev.customer_id),
+        None => (index as u64 + 1, String::new(), String::new()),
+    };
+    let at = Location::Line {
+        file: name.to_string(),
+        line,
+    };
+    match e {
+        StoreError::CustomerFlood { max, .. } => super::flood_refusal(at, &event_id, &customer, *max),
+        StoreError::EventIdConflict { seq, .. } => Refusal {
+            at,
+            event_id: (!event_id.is_empty()).then(|| crate::ids::scrub(&event_id)),
+            field: "event_id",
+            rule: "event_id.conflict".into(),
+            message: format!(
+                "this event id is stored already, as outbox entry {seq}, for a different event; an event id names one event for good"
+            ),
+        },
+        other => Refusal {
+            at,
+            event_id: None,
+            field: "event",
+            rule: "event.store".into(),
+            message: other.to_string(),
+        },
+    }
 }
 
 /// `dir/name`, or `dir/name.1`, `.2`… when taken (a name the core system reuses keeps both).
@@ -561,10 +668,34 @@ pub fn parse_lines(
     reader: &mut impl BufRead,
     cx: &Context,
 ) -> std::io::Result<(Parsed, u64)> {
-    let csv = name.ends_with(".csv");
-    let file = file_id(name, key);
     let mut events = vec![];
     let mut refusals = vec![];
+    let bytes = visit_lines(name, key, reader, cx, |_, parsed| {
+        match parsed {
+            Ok(e) if refusals.is_empty() => events.push(e),
+            Ok(_) => {}
+            Err(r) => {
+                events = vec![];
+                refusals.push(r);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let parsed = if refusals.is_empty() { Ok(events) } else { Err(refusals) };
+    Ok((parsed, bytes))
+}
+
+/// Reads a file's lines from `reader` one at a time, handing `each` every non-blank line's
+/// number and event (or refusal) until it breaks; answers how many bytes were read.
+fn visit_lines(
+    name: &str,
+    key: &FileKey,
+    reader: &mut impl BufRead,
+    cx: &Context,
+    mut each: impl FnMut(u64, Result<NewEvent, Refusal>) -> std::ops::ControlFlow<()>,
+) -> std::io::Result<u64> {
+    let csv = name.ends_with(".csv");
+    let file = file_id(name, key);
     let mut buf = Vec::new();
     let mut bytes = 0u64;
     // The longest line kept: the cap, its line end, and one more byte to tell "too long".
@@ -607,17 +738,11 @@ pub fn parse_lines(
         } else {
             Err(Broken::new("event", "encoding", "the line is not UTF-8").at(at, None))
         };
-        match parsed {
-            Ok(e) if refusals.is_empty() => events.push(e),
-            Ok(_) => {}
-            Err(r) => {
-                events = vec![];
-                refusals.push(r);
-            }
+        if each(line_no, parsed).is_break() {
+            break;
         }
     }
-    let parsed = if refusals.is_empty() { Ok(events) } else { Err(refusals) };
-    Ok((parsed, bytes))
+    Ok(bytes)
 }
 
 /// Every event of a file held in memory, or every refusal in it (as [`parse_lines`]).
@@ -877,24 +1002,24 @@ mod tests {
         let listed = Seen::of(&std::fs::metadata(&path).unwrap());
         let cx = Context::now(crate::ids::IdPolicy::test(), "core");
         // A writer appends while the agent reads.
-        let reading = read_file_then(&path, "w.csv", listed, &cx, || {
+        let reading = read_file_then(&path, "w.csv", listed, &cx, None, || {
             append(&path, &format!("remove,{}\n", person(1)))
         })
         .unwrap();
         assert!(matches!(reading, Reading::Changed));
         // Listed before the append: no longer the file that was listed.
         assert!(matches!(
-            read_file(&path, "w.csv", listed, &cx).unwrap(),
+            read_file(&path, "w.csv", listed, &cx, None).unwrap(),
             Reading::Changed
         ));
         let now = Seen::of(&std::fs::metadata(&path).unwrap());
-        match read_file(&path, "w.csv", now, &cx).unwrap() {
-            Reading::Events(e) => assert_eq!(e.len(), 2),
+        match read_file(&path, "w.csv", now, &cx, None).unwrap() {
+            Reading::Complete(n) => assert_eq!(n, 2),
             _ => panic!("an unchanged file is read"),
         }
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
-            read_file(&path, "w.csv", now, &cx).unwrap(),
+            read_file(&path, "w.csv", now, &cx, None).unwrap(),
             Reading::Vanished
         ));
     }
@@ -961,6 +1086,95 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settle(&mut s).await.failed, vec!["c.csv"]);
+    }
+
+    /// Issue 19: the per-customer flood guard holds for the spool. A file with an event that
+    /// would give its customer one unfinished event too many stores nothing and goes to
+    /// `failed/` with its `.errors` naming the line, the rule and the customer masked.
+    #[tokio::test]
+    async fn a_file_putting_a_customer_past_the_limit_fails_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = TestOutbox::default();
+        let mut s = Spool::new(SpoolOptions::new(dir.path(), "core"), mem.intake().with_flood_limit(2)).unwrap();
+        let (a, b) = (person(0), person(1));
+        std::fs::write(
+            dir.path().join("1.csv"),
+            format!(
+                "add,{a}
+remove,{a}
+"
+            ),
+        )
+        .unwrap();
+        assert_eq!(settle(&mut s).await.done, vec!["1.csv"]);
+        std::fs::write(
+            dir.path().join("2.csv"),
+            format!(
+                "add,{b}
+
+add,{a}
+"
+            ),
+        )
+        .unwrap();
+        let poll = settle(&mut s).await;
+        assert_eq!(poll.failed, vec!["2.csv"], "{poll:?}");
+        assert_eq!(mem.stored().len(), 2, "nothing of the refused file");
+        let errors = std::fs::read_to_string(dir.path().join("failed/2.csv.errors")).unwrap();
+        assert!(
+            errors.starts_with(&format!(
+                "2.csv:3: customer_id: customer {} has 2 unfinished",
+                crate::ids::mask(&a)
+            )),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("(rule customer_id.max_events_per_customer)"),
+            "{errors}"
+        );
+        assert!(!errors.contains(&a), "{errors}");
+    }
+
+    /// A file longer than one chunk is still all or nothing: a bad last line rolls back the
+    /// chunks already in the store; an event id reused in a later chunk is named by its line
+    /// (found by reading the file again: its events are not kept).
+    #[tokio::test]
+    async fn a_file_streamed_in_chunks_is_still_taken_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, mem) = spool(dir.path());
+        let n = 2 * CHUNK + 5;
+        let people = crate::ids::synthetic::tenor_born(7, n + CHUNK + 2);
+        let lines: String = people[..n].iter().map(|p| format!("add,{p}\n")).collect();
+        std::fs::write(dir.path().join("1.csv"), format!("{lines}upsert,{}\n", person(0))).unwrap();
+        assert_eq!(settle(&mut s).await.failed, vec!["1.csv"]);
+        assert!(
+            mem.stored().is_empty(),
+            "the chunks sent before the bad line were rolled back"
+        );
+        std::fs::write(dir.path().join("2.csv"), &lines).unwrap();
+        assert_eq!(settle(&mut s).await.done, vec!["2.csv"]);
+        assert_eq!(mem.stored().len(), n);
+        let jsonl = |i: usize, op: &str| {
+            format!(
+                "{{\"op\":\"{op}\",\"customer_id\":\"{}\",\"event_id\":\"j-{i}\"}}\n",
+                people[i]
+            )
+        };
+        std::fs::write(dir.path().join("3.jsonl"), jsonl(7, "add")).unwrap();
+        assert_eq!(settle(&mut s).await.done, vec!["3.jsonl"]);
+        // Line CHUNK + 3 (a blank line before it) reuses j-7 for a remove.
+        let mut text: String = (n..n + CHUNK + 1).map(|i| jsonl(i, "add")).collect();
+        text.push('\n');
+        text.push_str(&jsonl(7, "remove"));
+        std::fs::write(dir.path().join("4.jsonl"), text).unwrap();
+        assert_eq!(settle(&mut s).await.failed, vec!["4.jsonl"]);
+        assert_eq!(mem.stored().len(), n + 1);
+        let errors = std::fs::read_to_string(dir.path().join("failed/4.jsonl.errors")).unwrap();
+        assert!(
+            errors.starts_with(&format!("4.jsonl:{}: event_id:", CHUNK + 3)),
+            "{errors}"
+        );
+        assert!(errors.contains("(rule event_id.conflict)"), "{errors}");
     }
 
     #[tokio::test]

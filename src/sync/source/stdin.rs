@@ -134,6 +134,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> LineSource<R> {
         let mut buf = Vec::new();
         loop {
             let mut group: Vec<NewEvent> = vec![];
+            let mut lines: Vec<u64> = vec![];
             let mut eof = false;
             // The first line waits for input; the next ones only while already buffered.
             loop {
@@ -160,7 +161,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> LineSource<R> {
                         Err(_) => Err(event::Broken::new("event", "encoding", "the line is not UTF-8").at(at, None)),
                     };
                     match parsed {
-                        Ok(e) => group.push(e),
+                        Ok(e) => {
+                            group.push(e);
+                            lines.push(line_no);
+                        }
                         Err(r) => {
                             report.refused += 1;
                             self.intake.refused(&self.name, &r);
@@ -172,10 +176,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> LineSource<R> {
                 }
             }
             if !group.is_empty() {
-                match commit(&self.intake, &self.name, group, &shutdown).await {
-                    Some((stored, dup)) => {
+                match commit(&self.intake, &self.name, group, lines, &shutdown).await {
+                    Some((stored, dup, refused)) => {
                         report.stored += stored;
                         report.duplicates += dup;
+                        report.refused += refused;
                     }
                     None => return Ok(report),
                 }
@@ -188,17 +193,43 @@ impl<R: AsyncRead + Unpin + Send + 'static> LineSource<R> {
     }
 }
 
-/// Commits one group, retrying a store failure until it works; `None` if shutdown came first
-/// (the group is then lost to this process, and logged as such). A free function: borrowing the
-/// whole source across the await would need the reader to be `Sync`.
-async fn commit(intake: &Intake, name: &str, group: Vec<NewEvent>, shutdown: &CancellationToken) -> Option<(u64, u64)> {
+/// Commits one group (`lines`: each event's line number), retrying a store failure until it
+/// works; `None` if shutdown came first (the group is then lost to this process, and logged as
+/// such). Answers (stored, duplicates, refused). A free function: borrowing the whole source
+/// across the await would need the reader to be `Sync`.
+async fn commit(
+    intake: &Intake,
+    name: &str,
+    mut group: Vec<NewEvent>,
+    mut lines: Vec<u64>,
+    shutdown: &CancellationToken,
+) -> Option<(u64, u64, u64)> {
     let mut wait = Duration::from_millis(500);
+    let mut refused = 0;
     loop {
+        if group.is_empty() {
+            return Some((0, 0, refused));
+        }
         match intake.commit(name, group.clone()).await {
-            Ok(results) => return Some(counts(&results)),
+            Ok(results) => {
+                let (stored, dup) = counts(&results);
+                return Some((stored, dup, refused));
+            }
             // Not the store's fault, and it would be refused again: the lines are dropped
             // (logged by the intake, counted as refused).
-            Err(crate::store::StoreError::EventIdConflict { .. }) => return Some((0, 0)),
+            Err(crate::store::StoreError::EventIdConflict { .. }) => return Some((0, 0, refused)),
+            // Each line is its own request: the line that would flood its customer is refused
+            // (logged masked, counted), the group's other lines are committed without it.
+            Err(crate::store::StoreError::CustomerFlood { index, max }) if index < group.len() => {
+                let ev = group.remove(index);
+                let line = lines.remove(index);
+                let at = Location::Line {
+                    file: name.to_string(),
+                    line,
+                };
+                intake.refused(name, &super::flood_refusal(at, &ev.event_id, &ev.customer_id, max));
+                refused += 1;
+            }
             Err(_) => {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -278,6 +309,48 @@ mod tests {
             assert!(!logged.contains(&person(n)), "{logged}");
         }
         assert!(!logged.contains(&person(1)[..10]), "{logged}");
+    }
+
+    /// Issue 19: the per-customer flood guard holds for stdin. Each line is its own request: the
+    /// line that would give its customer one unfinished event too many is refused (logged with
+    /// its line number, the rule and the customer masked), the lines around it are stored.
+    #[tokio::test]
+    async fn a_line_past_the_per_customer_limit_is_refused_alone() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mem = TestOutbox::default();
+        let line = |op: &str, n: usize, id: &str| {
+            format!(
+                "{{\"op\":\"{op}\",\"customer_id\":\"{}\",\"event_id\":\"{id}\"}}\n",
+                person(n)
+            )
+        };
+        let input = [
+            line("add", 0, "x-1"),
+            line("remove", 0, "x-2"),
+            line("add", 0, "x-3"),
+            line("add", 1, "y-1"),
+        ]
+        .concat();
+        let intake = mem.intake().with_flood_limit(2);
+        let source = LineSource::new("pipe", std::io::Cursor::new(input.into_bytes()), intake);
+        let report = source.run(CancellationToken::new()).await.unwrap();
+        assert_eq!((report.stored, report.duplicates, report.refused), (3, 0, 1));
+        let ids: Vec<_> = mem.stored().into_iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, vec!["x-1", "x-2", "y-1"]);
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("pipe:3: customer_id: customer"), "{logged}");
+        assert!(
+            logged.contains("(rule customer_id.max_events_per_customer)"),
+            "{logged}"
+        );
+        assert!(logged.contains(&crate::ids::mask(&person(0))), "{logged}");
+        assert!(!logged.contains(&person(0)), "{logged}");
     }
 
     #[tokio::test]

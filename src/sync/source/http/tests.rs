@@ -20,8 +20,16 @@ fn key() -> IngestKey {
 }
 
 async fn start_with(tweak: impl FnOnce(&mut IngestOptions)) -> Running {
+    start_guarded(None, tweak).await
+}
+
+/// An ingest server whose intake keeps the per-customer flood guard at `max`, if given.
+async fn start_guarded(max: Option<u64>, tweak: impl FnOnce(&mut IngestOptions)) -> Running {
     let mem = TestOutbox::default();
-    let intake = mem.intake();
+    let mut intake = mem.intake();
+    if let Some(max) = max {
+        intake = intake.with_flood_limit(max);
+    }
     let mut opts = IngestOptions::new("127.0.0.1:0".parse().unwrap(), key());
     tweak(&mut opts);
     let bound = IngestServer::bind(opts, intake.clone()).await.unwrap();
@@ -448,4 +456,44 @@ async fn an_event_id_reused_for_another_event_is_a_409_and_nothing_is_stored() {
     let stored: Vec<String> = s.mem.stored().into_iter().map(|e| e.event_id).collect();
     assert_eq!(stored, ["e-1"], "nothing of the refused request");
     assert!(s.intake.health.unready().is_empty(), "the store is fine");
+}
+
+/// Issue 19: the per-customer flood guard holds for the agent's HTTP source too. An event that
+/// would give its customer more unfinished events than `sync.max_events_per_customer` refuses
+/// its whole request with a 409 naming the event's index, the rule and the customer masked;
+/// nothing of the request is stored, other customers' requests go on, the agent stays ready.
+#[tokio::test]
+async fn an_event_past_the_per_customer_limit_is_a_409_naming_it_and_nothing_is_stored() {
+    let s = start_guarded(Some(2), |_| {}).await;
+    let (a, b) = (person(0), person(1));
+    let two = json!([
+        {"event_id": "a-1", "op": "add", "customer_id": a},
+        {"event_id": "a-2", "op": "remove", "customer_id": a},
+    ]);
+    assert_eq!(s.post("application/json", two.to_string()).await.0, 202);
+    let body = json!([
+        {"event_id": "b-1", "op": "add", "customer_id": b},
+        {"event_id": "a-3", "op": "add", "customer_id": a},
+    ])
+    .to_string();
+    let (status, v) = s.post("application/json", body).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"], "customer_flood", "{v}");
+    assert_eq!(v["index"], 1, "{v}");
+    let refused = &v["refused"][0];
+    assert_eq!(refused["index"], 1, "{v}");
+    assert_eq!(refused["rule"], "customer_id.max_events_per_customer", "{v}");
+    assert_eq!(refused["field"], "customer_id", "{v}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains(&crate::ids::mask(&a)), "{message}");
+    assert!(!v.to_string().contains(&a), "the customer only masked: {v}");
+    let stored: Vec<String> = s.mem.stored().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(stored, ["a-1", "a-2"], "nothing of the refused request");
+    // Another customer is not held back; the same events again are duplicates, not refused.
+    let ok = json!({"event_id": "b-1", "op": "add", "customer_id": b}).to_string();
+    assert_eq!(s.post("application/json", ok).await.0, 202);
+    assert_eq!(s.post("application/json", two.to_string()).await.0, 202);
+    assert!(s.intake.health.unready().is_empty(), "the store is fine");
+    let report = s.stop().await;
+    assert_eq!(report.refused, 1);
 }
