@@ -128,6 +128,14 @@ impl Layers {
     }
 }
 
+/// [`FileConfig::defaults`] as `config show` writes each value.
+pub(super) fn shown_defaults() -> BTreeMap<String, String> {
+    leaves(&table_of(&FileConfig::defaults()))
+        .into_iter()
+        .map(|(k, v)| (k, display(&v)))
+        .collect()
+}
+
 /// Reads and checks the file against the schema (unknown keys, wrong types: each refused with
 /// its line), and makes its relative paths relative to the file's folder.
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {

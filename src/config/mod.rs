@@ -56,6 +56,12 @@ pub fn env_var(key: &str) -> Option<String> {
     (!key.contains("[]")).then(|| format!("{}{}", env_vars::CONFIG_PREFIX, key.replace('.', "_").to_uppercase()))
 }
 
+/// The built-in defaults that hold in every environment, each key with its value as `kfr config
+/// show` writes it (those that depend on `env` or the state home are not among them).
+pub fn built_in_defaults() -> BTreeMap<String, String> {
+    layers::shown_defaults()
+}
+
 /// Smallest accepted `max_batch_bytes`: below this the multipart overhead would dominate and the
 /// planner could not fill files to 95 % (one entry is at most 23 bytes).
 pub const MIN_BATCH_BYTES: usize = 1024;
