@@ -65,7 +65,10 @@ fn configuration_doc_lists_every_key_and_variable() {
     let mut listed = documented.clone();
     known.sort_unstable();
     listed.sort_unstable();
-    assert_eq!(listed, known, "docs/configuration.md's key table and config::keys() differ");
+    assert_eq!(
+        listed, known,
+        "docs/configuration.md's key table and config::keys() differ"
+    );
     let defaults = kfr::config::built_in_defaults();
     for k in keys() {
         let var = kfr::config::env_var(k).map_or("—".to_string(), |v| format!("`{v}`"));

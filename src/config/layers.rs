@@ -35,7 +35,9 @@ impl Layers {
         // Two spellings of the store in the layer that decides it: nothing says which is meant.
         let mut store_conflict = None;
         if let Some(path) = file {
-            store_conflict = layers.put(read_file(path)?, |_| Source::File(path.into())).or(store_conflict);
+            store_conflict = layers
+                .put(read_file(path)?, |_| Source::File(path.into()))
+                .or(store_conflict);
         }
         let from_env = |key: &str| Source::Env(env_var(key).unwrap_or_default());
         store_conflict = layers.put(env_layer(env), from_env).or(store_conflict);
@@ -60,7 +62,10 @@ impl Layers {
     /// `Some(None)` if it names one, `Some(Some(keys))` if it names several.
     fn put(&mut self, table: toml::Table, source_of: impl Fn(&str) -> Source) -> Option<Option<String>> {
         let given: Vec<String> = leaves(&table).into_iter().map(|(k, _)| k).collect();
-        let stores: Vec<&str> = STORE_KEYS.into_iter().filter(|k| given.iter().any(|g| g == k)).collect();
+        let stores: Vec<&str> = STORE_KEYS
+            .into_iter()
+            .filter(|k| given.iter().any(|g| g == k))
+            .collect();
         if !stores.is_empty() {
             for key in STORE_KEYS {
                 remove(&mut self.table, key);
@@ -75,14 +80,22 @@ impl Layers {
         match stores.len() {
             0 => None,
             1 => Some(None),
-            _ => Some(Some(stores.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and "))),
+            _ => Some(Some(
+                stores
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            )),
         }
     }
 
     /// The environment in effect (`env`, default `test`), read before the other defaults since
     /// some of them depend on it.
     pub fn environment(&self) -> Result<Environment, ConfigError> {
-        let Some(value) = self.table.get("env") else { return Ok(Environment::Test) };
+        let Some(value) = self.table.get("env") else {
+            return Ok(Environment::Test);
+        };
         match value.as_str() {
             Some("local") => Ok(Environment::Local),
             Some("test") => Ok(Environment::Test),

@@ -54,7 +54,8 @@ impl Given {
 
     /// A number of seconds from 1 to a day.
     fn secs(&self, key: &'static str, value: Option<i64>) -> Result<Duration, ConfigError> {
-        self.number::<u64>(key, value, 1, 86_400, "seconds").map(Duration::from_secs)
+        self.number::<u64>(key, value, 1, 86_400, "seconds")
+            .map(Duration::from_secs)
     }
 
     /// An `https://` URL (`http://` only with `env = "local"`, or for the proxy).
@@ -87,7 +88,9 @@ impl Given {
             e
         };
         match CustomerId::parse(text, &policy) {
-            Ok(id) if matches!(id.kind(), IdKind::OrgNumber | IdKind::TestOrgNumber) => Ok(Some(id.as_str().to_string())),
+            Ok(id) if matches!(id.kind(), IdKind::OrgNumber | IdKind::TestOrgNumber) => {
+                Ok(Some(id.as_str().to_string()))
+            }
             Ok(_) => Err(refuse("expected a 9-digit organisation number".into())),
             Err(e) => Err(refuse(format!("not a valid organisation number: {e}"))),
         }
@@ -173,21 +176,23 @@ pub(super) fn resolve(
 
 /// The Maskinporten issuer, the KFR base URL and the proxy.
 fn endpoints(c: &FileConfig, g: &Given, env: Environment) -> Result<(Url, Url, Option<Url>), ConfigError> {
-    let mut issuer = g.url("maskinporten_issuer", c.maskinporten_issuer.as_deref(), env)?.ok_or(
-        ConfigError::Missing {
+    let mut issuer = g
+        .url("maskinporten_issuer", c.maskinporten_issuer.as_deref(), env)?
+        .ok_or(ConfigError::Missing {
             key: "maskinporten_issuer",
             why: "it is where tokens come from",
-        },
-    )?;
+        })?;
     // The issuer is compared byte for byte with the discovery document and is the grant's `aud`
     // (kfr-notes §9): normalise to the trailing-slash form Digdir uses.
     if !issuer.path().ends_with('/') {
         issuer.set_path(&format!("{}/", issuer.path()));
     }
-    let kfr = g.url("kfr_base_url", c.kfr_base_url.as_deref(), env)?.ok_or(ConfigError::Missing {
-        key: "kfr_base_url",
-        why: "it is where KFR is reached",
-    })?;
+    let kfr = g
+        .url("kfr_base_url", c.kfr_base_url.as_deref(), env)?
+        .ok_or(ConfigError::Missing {
+            key: "kfr_base_url",
+            why: "it is where KFR is reached",
+        })?;
     Ok((issuer, kfr, g.url("proxy", c.proxy.as_deref(), env)?))
 }
 
@@ -244,9 +249,12 @@ fn store(
             Ok(p.clone())
         }
     };
-    let postgres_only = |postgres: bool| match [("store.password_file", &c.store.password_file), ("store.ca_file", &c.store.ca_file)]
-        .into_iter()
-        .find(|(_, v)| v.is_some())
+    let postgres_only = |postgres: bool| match [
+        ("store.password_file", &c.store.password_file),
+        ("store.ca_file", &c.store.ca_file),
+    ]
+    .into_iter()
+    .find(|(_, v)| v.is_some())
     {
         Some((key, _)) if !postgres => Err(g.invalid(key, "only a postgres:// store.url takes it")),
         _ => Ok(()),
@@ -320,7 +328,13 @@ fn retry(c: &FileConfig, g: &Given) -> Result<RetrySettings, ConfigError> {
     let r = &c.retry;
     let retry = RetrySettings {
         max_attempts: g.number("retry.max_attempts", r.max_attempts, 1, 100, "attempts")?,
-        base_delay: Duration::from_millis(g.number("retry.base_delay_ms", r.base_delay_ms, 0, 60_000, "milliseconds")?),
+        base_delay: Duration::from_millis(g.number(
+            "retry.base_delay_ms",
+            r.base_delay_ms,
+            0,
+            60_000,
+            "milliseconds",
+        )?),
         max_delay: Duration::from_secs(g.number("retry.max_delay_secs", r.max_delay_secs, 0, 3_600, "seconds")?),
         retry_after_cap: Duration::from_secs(g.number(
             "retry.retry_after_cap_secs",
@@ -350,10 +364,12 @@ fn sync(c: &FileConfig, g: &Given) -> Result<SyncSettings, ConfigError> {
         .map(|(i, t)| source(g, i, t))
         .collect::<Result<_, _>>()?;
     Ok(SyncSettings {
-        listen: g.socket_addr("sync.listen", s.listen.as_deref())?.ok_or(ConfigError::Missing {
-            key: "sync.listen",
-            why: "it is where the agent takes events",
-        })?,
+        listen: g
+            .socket_addr("sync.listen", s.listen.as_deref())?
+            .ok_or(ConfigError::Missing {
+                key: "sync.listen",
+                why: "it is where the agent takes events",
+            })?,
         ingest_key_file: s.ingest_key_file.clone(),
         tls_cert: s.tls_cert.clone(),
         tls_key: s.tls_key.clone(),
@@ -361,7 +377,13 @@ fn sync(c: &FileConfig, g: &Given) -> Result<SyncSettings, ConfigError> {
         rate: g.number("sync.rate", s.rate, 1, 10_000, "requests per second")?,
         max_in_flight: g.number("sync.max_in_flight", s.max_in_flight, 1, 1_000, "requests")?,
         retention_days: g.number("sync.retention_days", s.retention_days, 1, 3_650, "days")?,
-        history_retention_days: g.number("sync.history_retention_days", s.history_retention_days, 1, 36_500, "days")?,
+        history_retention_days: g.number(
+            "sync.history_retention_days",
+            s.history_retention_days,
+            1,
+            36_500,
+            "days",
+        )?,
         max_events_per_customer: g.number(
             "sync.max_events_per_customer",
             s.max_events_per_customer,
@@ -396,7 +418,10 @@ fn source(g: &Given, i: usize, t: &SourceTable) -> Result<SourceSettings, Config
     })?;
     let pg_keys = [("url", t.url.is_some()), ("table", t.table.is_some())]
         .into_iter()
-        .chain([("password_file", t.password_file.is_some()), ("ca_file", t.ca_file.is_some())]);
+        .chain([
+            ("password_file", t.password_file.is_some()),
+            ("ca_file", t.ca_file.is_some()),
+        ]);
     if kind != "pg_outbox"
         && let Some((k, _)) = pg_keys.into_iter().find(|(_, set)| *set)
     {
@@ -438,7 +463,9 @@ fn pg_outbox(g: &Given, i: usize, t: &SourceTable) -> Result<SourceKind, ConfigE
         !part.is_empty()
             && part.len() <= 63
             && part.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     };
     let parts: Vec<&str> = table.split('.').collect();
     if parts.len() > 2 || !parts.iter().all(|p| plain(p)) {

@@ -257,7 +257,9 @@ fn lenient<'de, D: Deserializer<'de>, T: Scalar>(d: D) -> Result<Option<T>, D::E
     let Some(value) = Option::<toml::Value>::deserialize(d)? else {
         return Ok(None);
     };
-    T::from_toml(&value).map(Some).ok_or_else(|| de::Error::custom(T::EXPECTED))
+    T::from_toml(&value)
+        .map(Some)
+        .ok_or_else(|| de::Error::custom(T::EXPECTED))
 }
 
 /// A deserializer that answers nothing but records the keys asked for: serde's derived
@@ -323,9 +325,12 @@ impl<'de> MapAccess<'de> for Fields<'_> {
     type Error = NamesError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, NamesError> {
-        let Some(field) = self.fields.next() else { return Ok(None) };
+        let Some(field) = self.fields.next() else {
+            return Ok(None);
+        };
         self.current = field;
-        seed.deserialize(de::value::BorrowedStrDeserializer::new(field)).map(Some)
+        seed.deserialize(de::value::BorrowedStrDeserializer::new(field))
+            .map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, NamesError> {
@@ -346,7 +351,9 @@ impl<'de> SeqAccess<'de> for OneEntry<'_> {
     type Error = NamesError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, NamesError> {
-        let Some(prefix) = self.prefix.take() else { return Ok(None) };
+        let Some(prefix) = self.prefix.take() else {
+            return Ok(None);
+        };
         seed.deserialize(Names { prefix, out: self.out }).map(Some)
     }
 }
@@ -359,7 +366,13 @@ mod tests {
     fn the_key_list_is_read_from_the_structs_in_their_order() {
         let k = keys();
         assert_eq!(&k[..3], &["env", "org_number", "client_id"]);
-        for key in ["store.url", "retry.max_attempts", "sync.listen", "sync.sources[].kind", "sync.sources[].ca_file"] {
+        for key in [
+            "store.url",
+            "retry.max_attempts",
+            "sync.listen",
+            "sync.sources[].kind",
+            "sync.sources[].ca_file",
+        ] {
             assert!(k.contains(&key), "{key} missing from {k:?}");
         }
         assert!(!k.iter().any(|k| TABLES.contains(k)), "tables are not keys: {k:?}");
@@ -369,7 +382,10 @@ mod tests {
     #[test]
     fn numbers_and_booleans_are_read_from_text_too() {
         let t: SyncTable = toml::from_str("rate = \"25\"\nallow_plain_http = \"true\"\nmax_in_flight = 3\n").unwrap();
-        assert_eq!((t.rate, t.allow_plain_http, t.max_in_flight), (Some(25), Some(true), Some(3)));
+        assert_eq!(
+            (t.rate, t.allow_plain_http, t.max_in_flight),
+            (Some(25), Some(true), Some(3))
+        );
         let err = toml::from_str::<SyncTable>("rate = \"fast\"\n").unwrap_err();
         assert!(err.to_string().contains("expected a whole number"), "{err}");
         let err = toml::from_str::<SyncTable>("allow_plain_http = 1\n").unwrap_err();
@@ -378,9 +394,10 @@ mod tests {
 
     #[test]
     fn relative_paths_are_rebased_and_absolute_ones_kept() {
-        let mut c: FileConfig =
-            toml::from_str("state = \"s.db\"\ncertificate = \"/etc/c.p12\"\n[[sync.sources]]\nkind = \"spool\"\ndir = \"in\"\n")
-                .unwrap();
+        let mut c: FileConfig = toml::from_str(
+            "state = \"s.db\"\ncertificate = \"/etc/c.p12\"\n[[sync.sources]]\nkind = \"spool\"\ndir = \"in\"\n",
+        )
+        .unwrap();
         c.rebase(Path::new("/cfg"));
         assert_eq!(c.state.as_deref(), Some(Path::new("/cfg/s.db")));
         assert_eq!(c.certificate.as_deref(), Some(Path::new("/etc/c.p12")));

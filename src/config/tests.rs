@@ -195,16 +195,14 @@ fn bad_section_values_name_key_and_rule() {
     assert!(err.to_string().contains("names no database"), "{err}");
     let err = load("[store]\npassword_file = \"pw\"\n").unwrap_err();
     assert!(err.to_string().contains("only a postgres:// store.url"), "{err}");
-    let s =
-        load("[store]\nurl = \"postgres://kfr@db.bank:5432/kfr\"\npassword_file = \"/etc/kfr/db.pw\"\n").unwrap();
+    let s = load("[store]\nurl = \"postgres://kfr@db.bank:5432/kfr\"\npassword_file = \"/etc/kfr/db.pw\"\n").unwrap();
     let pg = s.postgres.expect("a PostgreSQL store");
     assert_eq!(pg.url, "postgres://kfr@db.bank:5432/kfr");
     assert_eq!(pg.password_file.as_deref(), Some(Path::new("/etc/kfr/db.pw")));
     let err = load("[[sync.sources]]\nkind = \"pg_outbox\"\nurl = \"postgres://core@db/core\"\n").unwrap_err();
     assert!(err.to_string().contains("sync.sources[].table"), "{err}");
-    let err =
-        load("[[sync.sources]]\nkind = \"pg_outbox\"\nurl = \"postgres://core@db/core\"\ntable = \"x; drop\"\n")
-            .unwrap_err();
+    let err = load("[[sync.sources]]\nkind = \"pg_outbox\"\nurl = \"postgres://core@db/core\"\ntable = \"x; drop\"\n")
+        .unwrap_err();
     assert!(err.to_string().contains("lower-case letters"), "{err}");
     let err = load("[[sync.sources]]\nkind = \"http\"\ntable = \"kfr_outbox\"\n").unwrap_err();
     assert!(err.to_string().contains("only a pg_outbox source"), "{err}");
@@ -361,16 +359,27 @@ fn organisation_numbers_are_checked_mod_11() {
 fn schema_errors_name_the_line() {
     let err = load("env = \"test\"\n\n[sync]\nrate = 3\nlisen = \"x\"\n").unwrap_err();
     assert!(err.to_string().ends_with("kfr.toml:5"), "{err}");
-    let err = load("env = \"test\"\n[[sync.sources]]\nkind = \"http\"\n[[sync.sources]]\nknd = \"http\"\n").unwrap_err();
-    assert!(err.to_string().contains("`sync.sources[1].knd`") && err.to_string().ends_with(":5"), "{err}");
-    assert!(err.hint().unwrap().contains("`sync.sources[].kind`"), "{:?}", err.hint());
+    let err =
+        load("env = \"test\"\n[[sync.sources]]\nkind = \"http\"\n[[sync.sources]]\nknd = \"http\"\n").unwrap_err();
+    assert!(
+        err.to_string().contains("`sync.sources[1].knd`") && err.to_string().ends_with(":5"),
+        "{err}"
+    );
+    assert!(
+        err.hint().unwrap().contains("`sync.sources[].kind`"),
+        "{:?}",
+        err.hint()
+    );
     let err = load("env = \"test\"\n[sync]\nrate = \"fast\"\n").unwrap_err();
     assert_eq!(
         err.to_string().split_once(" in ").map(|(k, _)| k),
         Some("`sync.rate`"),
         "{err}"
     );
-    assert!(err.to_string().contains("kfr.toml:3") && err.to_string().contains("expected a whole number"), "{err}");
+    assert!(
+        err.to_string().contains("kfr.toml:3") && err.to_string().contains("expected a whole number"),
+        "{err}"
+    );
     let err = load("sync = 3\n").unwrap_err();
     assert!(err.to_string().contains("expected a table"), "{err}");
 }
