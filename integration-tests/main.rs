@@ -21,6 +21,9 @@ mod mock_kfr;
 mod mock_maskinporten;
 mod operations;
 mod packaging;
+#[path = "../src/pg/cluster.rs"]
+mod pg_cluster;
+mod pg_failover;
 mod relationship_order;
 mod sync_cli;
 mod sync_intake;

@@ -17,21 +17,23 @@ use std::time::{Duration, Instant};
 const KEY: &str = "reliability-test-ingest-key-0123456789";
 
 /// A test directory: config, ingest key, state store and state home, and the mock.
-struct Rig {
+pub(crate) struct Rig {
     _d: tempfile::TempDir,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     home: PathBuf,
     state: PathBuf,
-    mock: MockServer,
-    http: reqwest::Client,
+    /// A PostgreSQL store (in kfr.toml) instead of the SQLite file `state`.
+    postgres: bool,
+    pub(crate) mock: MockServer,
+    pub(crate) http: reqwest::Client,
 }
 
 /// One event as the core system sends it.
 #[derive(Debug, Clone)]
-struct Event {
-    id: String,
-    add: bool,
-    event_id: String,
+pub(crate) struct Event {
+    pub(crate) id: String,
+    pub(crate) add: bool,
+    pub(crate) event_id: String,
 }
 
 impl Event {
@@ -45,13 +47,29 @@ impl Event {
 }
 
 /// A running agent and the addresses it printed.
-struct Agent {
-    child: Child,
-    ingest: String,
-    ops: String,
+pub(crate) struct Agent {
+    pub(crate) child: Child,
+    pub(crate) ingest: String,
+    pub(crate) ops: String,
 }
 
-async fn rig(tweak: impl FnOnce(&mut MockConfig)) -> Rig {
+/// A rig whose agents and commands share the PostgreSQL database `db` as their store.
+pub(crate) async fn rig_on_postgres(tweak: impl FnOnce(&mut MockConfig), db: &crate::pg_cluster::TestDb) -> Rig {
+    let mut r = rig(tweak).await;
+    let cfg = r.dir.join("kfr.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    // A table of its own at the end of the file (the rig ends with `[sync]`).
+    text.push_str(&format!(
+        "[store]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+        db.url,
+        db.password_file.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    r.postgres = true;
+    r
+}
+
+pub(crate) async fn rig(tweak: impl FnOnce(&mut MockConfig)) -> Rig {
     let mock = start_mock(tweak).await;
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("t");
@@ -72,6 +90,7 @@ async fn rig(tweak: impl FnOnce(&mut MockConfig)) -> Rig {
     let home = d.path().join("home");
     Rig {
         state: dir.join("kfr-state.db"),
+        postgres: false,
         dir,
         home,
         mock,
@@ -81,15 +100,24 @@ async fn rig(tweak: impl FnOnce(&mut MockConfig)) -> Rig {
 }
 
 impl Rig {
+    /// `--state FILE` for a SQLite rig; nothing for PostgreSQL (the configuration names it).
+    fn state_args(&self) -> Vec<std::ffi::OsString> {
+        if self.postgres {
+            vec![]
+        } else {
+            vec!["--state".into(), self.state.clone().into()]
+        }
+    }
+
     /// Starts `kfr sync` on port 0, its stderr appended to `log`; waits for both addresses.
-    fn agent(&self, log: &Path, json_log: bool, extra: &[&str]) -> Agent {
+    pub(crate) fn agent(&self, log: &Path, json_log: bool, extra: &[&str]) -> Agent {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let from = file.metadata().unwrap().len();
         let mut cmd = kfr_process(&self.dir, &self.home);
         cmd.arg("--config")
             .arg(self.dir.join("kfr.toml"))
-            .args(["-v", "sync", "--state"])
-            .arg(&self.state)
+            .args(["-v", "sync"])
+            .args(self.state_args())
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--ingest-key-file")
             .arg(self.dir.join("ingest.key"))
@@ -133,7 +161,7 @@ impl Rig {
     }
 
     /// POSTs `events` as NDJSON; the status, or `None` when the agent could not be reached.
-    async fn post(&self, ingest: &str, events: &[Event]) -> Option<u16> {
+    pub(crate) async fn post(&self, ingest: &str, events: &[Event]) -> Option<u16> {
         let body: String = events.iter().map(|e| e.json() + "\n").collect();
         let resp = self
             .http
@@ -149,8 +177,8 @@ impl Rig {
     }
 
     /// Runs a `kfr` subcommand on the same state store; stdout when it succeeds.
-    async fn cli(&self, args: &[&str]) -> String {
-        let (dir, home, state) = (self.dir.clone(), self.home.clone(), self.state.clone());
+    pub(crate) async fn cli(&self, args: &[&str]) -> String {
+        let (dir, home, state) = (self.dir.clone(), self.home.clone(), self.state_args());
         let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let out = tokio::task::spawn_blocking(move || {
             kfr(&dir)
@@ -158,8 +186,7 @@ impl Rig {
                 .arg("--config")
                 .arg(dir.join("kfr.toml"))
                 .args(&owned)
-                .arg("--state")
-                .arg(&state)
+                .args(&state)
                 .output()
                 .unwrap()
         })
@@ -170,19 +197,19 @@ impl Rig {
         o
     }
 
-    async fn outbox_status(&self) -> serde_json::Value {
+    pub(crate) async fn outbox_status(&self) -> serde_json::Value {
         let o = self.cli(&["outbox", "status", "--json"]).await;
         serde_json::from_str::<serde_json::Value>(&o).unwrap()["status"].clone()
     }
 
-    async fn dead_letters(&self) -> Vec<serde_json::Value> {
+    pub(crate) async fn dead_letters(&self) -> Vec<serde_json::Value> {
         let o = self.cli(&["dlq", "list", "--json"]).await;
         o.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     /// Polls the outbox until nothing is pending, in flight or awaiting ingestion and `finished`
     /// events are delivered or dead-lettered (or dropped).
-    async fn settled(&self, finished: u64, within: Duration) -> serde_json::Value {
+    pub(crate) async fn settled(&self, finished: u64, within: Duration) -> serde_json::Value {
         let deadline = Instant::now() + within;
         loop {
             let s = self.outbox_status().await;
@@ -201,7 +228,7 @@ impl Rig {
     }
 
     /// Active relationships of the institution in the mock.
-    fn active(&self) -> BTreeSet<String> {
+    pub(crate) fn active(&self) -> BTreeSet<String> {
         self.mock
             .state()
             .relationships()
@@ -211,14 +238,14 @@ impl Rig {
             .collect()
     }
 
-    async fn readyz(&self, ops: &str) -> (u16, String) {
+    pub(crate) async fn readyz(&self, ops: &str) -> (u16, String) {
         let r = self.http.get(format!("http://{ops}/readyz")).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 }
 
 /// SIGTERM, then the exit status (the agent drains and exits 0).
-fn terminate(mut a: Agent) -> std::process::ExitStatus {
+pub(crate) fn terminate(mut a: Agent) -> std::process::ExitStatus {
     // The `kill` utility sends the signal: no libc in the tests for one call.
     let pid = a.child.id().to_string();
     std::process::Command::new("kill")
@@ -236,7 +263,7 @@ fn terminate(mut a: Agent) -> std::process::ExitStatus {
 }
 
 /// A small deterministic generator (xorshift64*), so a failing run can be repeated.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -253,7 +280,7 @@ impl Rng {
 
 /// `n` events over `customers`: mostly state changes (add, remove, re-add), one in ten a
 /// repeat of the current state (an idempotent add or remove).
-fn events(rng: &mut Rng, customers: &[String], n: usize, tag: &str) -> Vec<Event> {
+pub(crate) fn events(rng: &mut Rng, customers: &[String], n: usize, tag: &str) -> Vec<Event> {
     let mut active: BTreeSet<&str> = BTreeSet::new();
     (0..n)
         .map(|i| {
@@ -275,7 +302,7 @@ fn events(rng: &mut Rng, customers: &[String], n: usize, tag: &str) -> Vec<Event
 }
 
 /// Customers whose last event is an add.
-fn expected_active(events: &[Event]) -> BTreeSet<String> {
+pub(crate) fn expected_active(events: &[Event]) -> BTreeSet<String> {
     let mut last = BTreeMap::new();
     for e in events {
         last.insert(e.id.clone(), e.add);
@@ -286,7 +313,7 @@ fn expected_active(events: &[Event]) -> BTreeSet<String> {
 /// Checks the mock's write log against the acknowledged events: per customer, the requests KFR
 /// applied (201/200 add, 204/404 remove) are the events' ops in order, a repeat allowed only as
 /// an idempotent re-send (200 / 404) of the op just applied. Returns the number of re-sends.
-fn assert_in_order(log: &[RequestLogEntry], events: &[Event]) -> usize {
+pub(crate) fn assert_in_order(log: &[RequestLogEntry], events: &[Event]) -> usize {
     let mut want: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
     for e in events {
         want.entry(e.id.as_str()).or_default().push(e.add);
@@ -360,14 +387,18 @@ const EVENTS_A: usize = 5000;
 const CUSTOMERS_A: usize = 600;
 
 /// Posts `events` in chunks; each chunk must be acknowledged (202).
-async fn post_all(r: &Rig, ingest: &str, events: &[Event], chunk: usize) {
+pub(crate) async fn post_all(r: &Rig, ingest: &str, events: &[Event], chunk: usize) {
     for c in events.chunks(chunk) {
         assert_eq!(r.post(ingest, c).await, Some(202), "the agent did not take a chunk");
     }
 }
 
 /// Polls `f` every 100 ms until it is true or `within` has passed.
-async fn until<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut f: impl FnMut() -> F) {
+pub(crate) async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + within;
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

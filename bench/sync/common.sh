@@ -1,6 +1,7 @@
 # Shared by the sync agent benchmarks (sourced). Prints the machine, builds kfr in release mode,
 # makes throwaway certificates and a bearer key under $WORK, starts `kfr mock` (no faults, no
 # limit on single calls) on a free port, and defines start_agent / stop_agent / wait_empty.
+# KFR_BENCH_STORE=postgres puts the store in a throwaway PostgreSQL cluster (bench/sync/pg.sh).
 # Expects HERE, ROOT and WORK; kfr's state home goes under $WORK (nothing in the user's home).
 echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//'), $(uname -sr), $(rustc --version), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -24,6 +25,9 @@ for _ in $(seq 50); do curl -fs "http://127.0.0.1:$MOCK_PORT/healthz" >/dev/null
 (umask 077 && head -c 24 /dev/urandom | base64 > "$WORK/key")
 STATE="$WORK/s/kfr-state.db"
 mkdir -p "$WORK/s"
+STATE_ARGS=(--state "$STATE")
+# KFR_BENCH_STORE=postgres: the same benchmark on a PostgreSQL store (bench/sync/pg.sh).
+if [ "${KFR_BENCH_STORE:-sqlite}" = postgres ]; then . "$HERE/pg.sh"; else echo "== store: SQLite $STATE"; fi
 AGENT_PID=
 
 # start_agent RATE MAX_IN_FLIGHT: the agent on free ports, waits until /readyz answers 200.
@@ -31,7 +35,7 @@ start_agent() {
   INGEST_PORT=$(free_port)
   OPS_PORT=$(free_port)
   URL="http://127.0.0.1:$INGEST_PORT/events"
-  "$KFR" --config "$WORK/d/kfr.toml" sync --state "$STATE" --listen "127.0.0.1:$INGEST_PORT" \
+  "$KFR" --config "$WORK/d/kfr.toml" sync "${STATE_ARGS[@]}" --listen "127.0.0.1:$INGEST_PORT" \
     --ingest-key-file "$WORK/key" --metrics-listen "127.0.0.1:$OPS_PORT" --rate "$1" --max-in-flight "$2" \
     >>"$WORK/agent.out" 2>>"$WORK/agent.err" &
   AGENT_PID=$!
@@ -50,7 +54,7 @@ stop_agent() {
 
 # outbox_unfinished: pending + in flight + accepted, from `kfr outbox status --json`.
 outbox_unfinished() {
-  "$KFR" --config "$WORK/d/kfr.toml" outbox status --state "$STATE" --json |
+  "$KFR" --config "$WORK/d/kfr.toml" outbox status "${STATE_ARGS[@]}" --json |
     python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["pending"]+s["in_flight"]+s["accepted"])'
 }
 
@@ -69,6 +73,7 @@ cleanup() {
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null
   [ -n "$MOCK_PID" ] && kill "$MOCK_PID" 2>/dev/null
   wait 2>/dev/null
+  if declare -F pg_stop >/dev/null; then pg_stop; fi
   [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -7,7 +7,8 @@
 # nothing is unfinished, and reports N / (last finished_at - first 202). Everything under /tmp.
 #
 # Usage: bench/sync/throughput.sh [N] [RATE] [MAX_IN_FLIGHT]   (defaults 50000 100000 32)
-#        KFR_BIN=path uses that binary instead of building; KEEP_WORK=1 keeps the work directory.
+#        KFR_BIN=path uses that binary instead of building; KEEP_WORK=1 keeps the work directory;
+#        KFR_BENCH_STORE=postgres measures a PostgreSQL store (a throwaway cluster, fsync on).
 set -euo pipefail
 N=${1:-50000}
 RATE=${2:-100000}
@@ -24,7 +25,7 @@ grep intake "$WORK/preload.out"
 first=$(awk '/first_202/ {print $2}' "$WORK/preload.out")
 wait_empty 0.5
 echo "CPU used: agent $(cpu_of "$AGENT_PID") s, mock $(cpu_of "$MOCK_PID") s (both processes' totals so far); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 "$DRIVE" span "$STATE" >"$WORK/span.out"
+if declare -F pg_span >/dev/null; then pg_span >"$WORK/span.out"; else python3 "$DRIVE" span "$STATE" >"$WORK/span.out"; fi
 last=$(awk '/last_finished/ {print $2}' "$WORK/span.out")
 grep states "$WORK/span.out"
 stop_agent

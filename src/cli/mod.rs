@@ -145,6 +145,29 @@ pub enum Command {
     /// What was reported for whom, when, and what KFR answered: the history for compliance.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The state store itself: moving an installation to PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copies a SQLite state store into the configured PostgreSQL store (`store.url`), which
+    /// must be empty; every table's rows are counted on both sides. Stop the agents first.
+    #[command(
+        after_help = "Examples:\n  kfr store migrate --from /var/lib/kfr/kfr-state.db\n  kfr store migrate --from /var/lib/kfr/kfr-state.db --json"
+    )]
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The SQLite store to move (default: the installation's `state`).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +282,11 @@ pub struct SyncArgs {
     /// Hidden: for tests that rehearse a credentials outage in seconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub probe_interval_ms: Option<u64>,
+    /// How long the delivery lease holds without a renewal (default 30 s; renewed every sixth
+    /// of it). A standby takes over this long after a leader stops renewing (frozen, cut off);
+    /// at once when the leader's process or its store session is gone.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -854,6 +882,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => runtime()?.block_on(demo::run(args, printer())),
         Command::Status(a) => runtime()?.block_on(status::run(&load()?, a, &printer())),
         Command::Backup(a) => runtime()?.block_on(ops::backup(&load()?, a, &printer())),
+        Command::Store(StoreCommand::Migrate(a)) => runtime()?.block_on(ops::migrate(&load()?, a, &printer())),
         Command::Audit(AuditCommand::Export(a)) => runtime()?.block_on(ops::audit_export(&load()?, a, &printer())),
         Command::Outbox(OutboxCommand::Cancel(a)) => runtime()?.block_on(outbox::cancel(&load()?, a, &printer())),
     }

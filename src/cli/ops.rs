@@ -47,6 +47,42 @@ pub async fn backup(settings: &Settings, args: &BackupArgs, p: &Printer) -> anyh
     Ok(())
 }
 
+/// `kfr store migrate --from FILE`: the SQLite store into the configured PostgreSQL one.
+pub async fn migrate(settings: &Settings, args: &super::MigrateArgs, p: &Printer) -> anyhow::Result<()> {
+    let (to, to_location) = super::build::writable_store(settings, None)?;
+    if !matches!(to_location, crate::store::Location::Postgres(_)) {
+        return Err(crate::error::UsageError::new(format!(
+            "the configured store {to_location} is not a PostgreSQL database"
+        ))
+        .with_hint("set store.url = \"postgres://user@host:port/database\" (and store.password_file) in the configuration, then migrate")
+        .into());
+    }
+    let from_path = match &args.from {
+        Some(path) => path.clone(),
+        None => super::build::state_path(settings, None)?,
+    };
+    let (from, from_location) = super::build::existing_store(settings, Some(&from_path))?;
+    let holder = format!("migrate:{}", std::process::id());
+    let moved = crate::store::migrate::migrate(&from, &to, &holder, chrono::Utc::now())
+        .await
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("moving {from_location} to {to_location}"))?;
+    if args.json {
+        p.json(&serde_json::json!({
+            "from": from_location.describe(), "to": to_location.describe(),
+            "tables": moved.tables.iter().map(|(t, n)| serde_json::json!({"table": t, "rows": n})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        for (table, rows) in &moved.tables {
+            p.data(format!("{table}: {rows} rows, the same count in both"))?;
+        }
+        p.data(format!(
+            "moved {from_location} to {to_location}; {from_location} is no longer used (keep it until the agents run on PostgreSQL)"
+        ))?;
+    }
+    Ok(())
+}
+
 /// The columns of an export, in order.
 const COLUMNS: [&str; 13] = [
     "at_utc",

@@ -267,17 +267,14 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         ),
     }
     .spawn(watch_stop.clone());
-    let standing_by = {
-        let (store, register_key, health) = (handle.clone(), register_key.clone(), health.clone());
-        let stop = stop_rx.clone();
-        async move { lease_or_stop(&store, &register_key, &holder, lease_ttl, &health, stop).await }
-    };
-    let mut delivering = tokio::spawn(async move {
-        match standing_by.await? {
-            Some(lease) => dispatcher.run(stop_rx, lease).await,
-            None => Ok(DispatchSummary::default()),
-        }
-    });
+    let mut delivering = spawn_delivery(
+        dispatcher,
+        (handle.clone(), register_key.clone()),
+        holder,
+        lease_ttl,
+        health.clone(),
+        stop_rx.clone(),
+    );
     // Said before the lease is known; a standby says so in its log and on /readyz.
     p.message(format!(
         "kfr sync: delivering to {} for {} with store {location}",
@@ -328,6 +325,10 @@ fn dispatch_config(settings: &Settings, args: &SyncArgs) -> DispatchConfig {
     config.claim_ttl = config.request_budget * 3;
     if let Some(ms) = args.probe_interval_ms {
         config.probe_interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(secs) = args.lease_secs {
+        config.lease_ttl = Duration::from_secs(secs);
+        config.lease_renew = Duration::from_secs(secs) / 6;
     }
     config
 }
@@ -438,6 +439,43 @@ async fn wait_for_ending(
         ));
     }
     (failure, dispatcher_ended)
+}
+
+/// The delivery task: waits for the lease (standing by meanwhile), delivers under it, and
+/// stands by again when deposed, until `stop`.
+fn spawn_delivery(
+    dispatcher: Dispatcher,
+    (store, delivery_register): (Store, String),
+    holder: String,
+    lease_ttl: chrono::Duration,
+    standby_health: Health,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<Result<DispatchSummary, DispatchError>> {
+    tokio::spawn(async move {
+        loop {
+            let lease = lease_or_stop(
+                &store,
+                &delivery_register,
+                &holder,
+                lease_ttl,
+                &standby_health,
+                stop.clone(),
+            );
+            let Some(lease) = lease.await? else {
+                return Ok(DispatchSummary::default());
+            };
+            match dispatcher.clone().run(stop.clone(), lease).await {
+                // Deposed (another agent took the lease over while this one was frozen or cut
+                // off from the store): it delivers nothing more and stands by again, taking
+                // events into the shared outbox, until it may lead once more.
+                Err(DispatchError::Store(crate::store::StoreError::Fenced { .. })) if !*stop.borrow() => {
+                    tracing::warn!("deposed: another agent took over the delivery lease; standing by");
+                    crate::sync::metrics::set_ready(false);
+                }
+                other => return other,
+            }
+        }
+    })
 }
 
 /// The agent's name as the holder of the delivery lease: host, process and a random part, so

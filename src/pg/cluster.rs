@@ -54,10 +54,32 @@ impl TestDb {
     }
 
     /// A superuser connection to this database over the Unix socket (for what a test does
-    /// behind kfr's back: terminating sessions, inspecting rows).
+    /// behind kfr's back: terminating sessions, inspecting rows). Blocking: not for a thread that
+    /// runs async tasks (use [`TestDb::query_i64`] / [`TestDb::execute`] there).
     pub fn admin(&self) -> postgres::Client {
         admin_client(&self.socket_dir, self.port, &self.name)
     }
+
+    /// Runs `sql` as the superuser, from any thread (async tests included).
+    pub fn execute(&self, sql: &str) {
+        off_runtime(|| self.admin().batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}")));
+    }
+
+    /// The first column of the first row of `sql` as an integer, from any thread.
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        off_runtime(|| {
+            self.admin()
+                .query_one(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get(0)
+        })
+    }
+}
+
+/// Runs `f` on a thread of its own: the blocking client starts a runtime of its own, which
+/// must not happen on a thread that drives async tasks.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
 }
 
 fn admin_client(socket_dir: &Path, port: u16, db: &str) -> postgres::Client {
@@ -73,7 +95,7 @@ fn admin_client(socket_dir: &Path, port: u16, db: &str) -> postgres::Client {
 /// The cluster every test of this process shares (one `initdb` per process).
 pub fn shared() -> &'static Cluster {
     static SHARED: OnceLock<Cluster> = OnceLock::new();
-    SHARED.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("{e}")))
+    SHARED.get_or_init(|| off_runtime(Cluster::start).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// A fresh database on the shared cluster.
@@ -142,6 +164,10 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts a cluster of its own (for a test that restarts or stops the server).
     pub fn start() -> Result<Cluster, String> {
+        off_runtime(Self::start_here)
+    }
+
+    fn start_here() -> Result<Cluster, String> {
         let bin = server_bin()?;
         let owner = server_owner()?;
         let dir = tempfile_dir()?;
@@ -230,6 +256,10 @@ impl Cluster {
 
     /// A new database owned by [`ROLE`].
     pub fn database(&self) -> TestDb {
+        off_runtime(|| self.database_here())
+    }
+
+    fn database_here(&self) -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("kfr_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         let mut admin = admin_client(&self.dir, self.port, "postgres");

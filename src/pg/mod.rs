@@ -11,7 +11,7 @@
 
 mod target;
 
-pub use target::{ConnectError, Target};
+pub use target::{ConnectError, Target, error_chain};
 
 #[cfg(test)]
 pub(crate) mod cluster;

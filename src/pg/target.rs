@@ -181,7 +181,7 @@ impl Target {
 }
 
 /// A PostgreSQL error with its causes (the server's message, the refused connection).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

@@ -315,8 +315,31 @@ pub trait Operations {
     fn backup_to(&mut self, dest: &std::path::Path) -> Result<BackupInfo, StoreError>;
 }
 
+/// Moving an installation to another backend (`kfr store migrate`): every durable row, table by
+/// table, in a neutral form — a JSON object per row keyed by column name, with instants as
+/// RFC 3339 UTC text, dates as `YYYY-MM-DD`, booleans as booleans, ids as numbers and KFR's
+/// answers as JSON. Leases and heartbeats are not moved (they belong to running agents).
+pub trait Transfer {
+    /// Up to `limit` rows of `table` after the first `offset`, in the table's key order.
+    fn export_rows(
+        &mut self,
+        table: TransferTable,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError>;
+    /// Stores rows another backend exported, keeping their ids, in one transaction.
+    fn import_rows(&mut self, table: TransferTable, rows: &[serde_json::Value]) -> Result<(), StoreError>;
+    /// How many rows `table` holds.
+    fn count_rows(&mut self, table: TransferTable) -> Result<u64, StoreError>;
+    /// After the last import: new ids continue after the imported ones.
+    fn finish_import(&mut self) -> Result<(), StoreError>;
+    /// Deletes every row of every moved table: what a failed migration into an empty store
+    /// undoes (never called on a store that held anything before).
+    fn discard_import(&mut self) -> Result<(), StoreError>;
+}
+
 /// A whole backend: everything [`super::Store`] offers.
-pub trait Backend: Outbox + Jobs + Ledger + Leases + History + Operations + Send {
+pub trait Backend: Outbox + Jobs + Ledger + Leases + History + Operations + Transfer + Send {
     /// What the store is, for messages (a path, a URL without its password).
     fn describe(&self) -> String;
 }

@@ -77,10 +77,12 @@ impl Store {
     pub fn open(location: &Location) -> Result<Store, StoreError> {
         match location {
             Location::Sqlite(path) => Self::spawn(Box::new(super::sqlite::SqliteBackend::open(path)?)),
-            Location::Postgres(target) => Err(StoreError::Unavailable {
-                store: target.describe(),
-                detail: "the PostgreSQL backend is not in this build yet".into(),
-            }),
+            // Opened on the store's own thread: the blocking PostgreSQL client runs a small
+            // runtime of its own, which must never start inside the caller's async runtime.
+            Location::Postgres(target) => {
+                let target = target.clone();
+                Self::spawn_opening(move || Ok(Box::new(super::postgres::PgBackend::open(&target)?)))
+            }
         }
     }
 
@@ -100,6 +102,29 @@ impl Store {
             .name("kfr-store".into())
             .spawn(move || serve(backend, rx))
             .map_err(|e| StoreError::Other(format!("starting the state store's thread: {e}")))?;
+        Ok(Store { tx, describe })
+    }
+
+    /// Opens a backend with `open` on a new store thread (so whatever it blocks on stays there)
+    /// and serves it; the opening error, if any, is returned here.
+    fn spawn_opening(
+        open: impl FnOnce() -> Result<Box<dyn Backend>, StoreError> + Send + 'static,
+    ) -> Result<Store, StoreError> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let (opened_tx, opened_rx) = mpsc::channel::<Result<Arc<str>, StoreError>>();
+        std::thread::Builder::new()
+            .name("kfr-store".into())
+            .spawn(move || match open() {
+                Ok(backend) => {
+                    let _ = opened_tx.send(Ok(backend.describe().into()));
+                    serve(backend, rx);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| StoreError::Other(format!("starting the state store's thread: {e}")))?;
+        let describe = opened_rx.recv().map_err(|_| StoreError::Stopped)??;
         Ok(Store { tx, describe })
     }
 
@@ -185,6 +210,13 @@ impl Store {
             => |b| b.unfinished_of(&register, &sources.iter().map(String::as_str).collect::<Vec<_>>());
         fn events_of(register: Option<String>, customer: Option<String>) -> Vec<OutboxEvent>
             => |b| b.events_of(register.as_deref(), customer.as_deref());
+        // ---- moving to another backend
+        fn export_rows(table: TransferTable, offset: u64, limit: usize) -> Vec<serde_json::Value>
+            => |b| b.export_rows(table, offset, limit);
+        fn import_rows(table: TransferTable, rows: Vec<serde_json::Value>) -> () => |b| b.import_rows(table, &rows);
+        fn count_rows(table: TransferTable) -> u64 => |b| b.count_rows(table);
+        fn finish_import() -> () => |b| b.finish_import();
+        fn discard_import() -> () => |b| b.discard_import();
         // ---- jobs
         fn create_job(job: NewJob, now: DateTime<Utc>) -> i64 => |b| b.create_job(&job, now);
         fn unconfirmed_job() -> Option<JobRecord> => |b| b.unconfirmed_job();

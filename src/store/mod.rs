@@ -9,12 +9,16 @@
 //! - [`types`] and [`error`]: the vocabulary, the same for every backend.
 //! - [`backend`]: the traits a backend implements; `conformance` (tests) defines what passing
 //!   means, a concurrency section included.
-//! - [`handle`]: [`Store`], the async handle with group commit.
-//! - [`sqlite`]: the SQLite backend (a file next to the agent).
+//! - [`handle`]: [`Store`], the async handle with group commit; [`migrate`]: moving an
+//!   installation's state to another store (`kfr store migrate`).
+//! - [`sqlite`]: the SQLite backend (a file next to the agent); [`postgres`]: the PostgreSQL
+//!   backend (one database for an installation on several hosts).
 
 pub mod backend;
 pub mod error;
 pub mod handle;
+pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 pub mod types;
 

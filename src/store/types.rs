@@ -729,3 +729,68 @@ pub struct BackupInfo {
     pub schema_version: u32,
     pub bytes: u64,
 }
+
+/// The tables `kfr store migrate` moves, in an order that keeps every reference valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferTable {
+    LoadJobs,
+    LoadBatches,
+    Ledger,
+    LedgerCurrent,
+    Outbox,
+    History,
+    SourceCursors,
+}
+
+impl TransferTable {
+    pub const ALL: [TransferTable; 7] = [
+        TransferTable::LoadJobs,
+        TransferTable::LoadBatches,
+        TransferTable::Ledger,
+        TransferTable::LedgerCurrent,
+        TransferTable::Outbox,
+        TransferTable::History,
+        TransferTable::SourceCursors,
+    ];
+
+    /// The table's name, the same in every backend.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferTable::LoadJobs => "load_jobs",
+            TransferTable::LoadBatches => "load_batches",
+            TransferTable::Ledger => "ledger",
+            TransferTable::LedgerCurrent => "ledger_current",
+            TransferTable::Outbox => "outbox",
+            TransferTable::History => "history",
+            TransferTable::SourceCursors => "source_cursors",
+        }
+    }
+
+    /// The key order rows are exported in.
+    pub fn key(self) -> &'static str {
+        match self {
+            TransferTable::LoadJobs | TransferTable::Ledger | TransferTable::History => "id",
+            TransferTable::LoadBatches => "job_id, seq",
+            TransferTable::LedgerCurrent => "register, customer_id",
+            TransferTable::Outbox => "seq",
+            TransferTable::SourceCursors => "source",
+        }
+    }
+
+    /// Columns stored as JSON text by SQLite and as `jsonb` by PostgreSQL.
+    pub fn json_columns(self) -> &'static [&'static str] {
+        match self {
+            TransferTable::Outbox => &["rejection"],
+            _ => &[],
+        }
+    }
+
+    /// Columns SQLite stores as 0/1 (or NULL/1) and PostgreSQL as booleans.
+    pub fn bool_columns(self) -> &'static [&'static str] {
+        match self {
+            TransferTable::Outbox => &["head"],
+            TransferTable::LoadBatches => &["witness_checked"],
+            _ => &[],
+        }
+    }
+}

@@ -208,8 +208,9 @@ pub struct DispatchSummary {
     pub checks_mismatched: u64,
 }
 
-/// The sync agent's delivery loop for one register.
-#[derive(Debug)]
+/// The sync agent's delivery loop for one register. A clone delivers for the same register with
+/// the same waker: what an agent runs again after it was deposed and leads once more.
+#[derive(Debug, Clone)]
 pub struct Dispatcher {
     store: Store,
     client: KfrClient,

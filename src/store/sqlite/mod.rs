@@ -37,5 +37,6 @@ mod migrations;
 mod operations;
 mod outbox;
 mod rows;
+mod transfer;
 
 pub use db::SqliteBackend;
