@@ -168,7 +168,11 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         schema_error(path, line_of(&text, start, &at), at, e.inner().message())
     })?;
     config.rebase(path.parent().unwrap_or(Path::new("")));
-    Ok(table_of(&config))
+    // Back to a table to be merged: fails only for a path that is not UTF-8 (the file's folder).
+    toml::Table::try_from(&config).map_err(|e| ConfigError::Syntax {
+        path: path.into(),
+        message: format!("cannot use its paths: {e}"),
+    })
 }
 
 /// The line of `key` (its last part) at or after byte `from`: serde's span of an unknown key
@@ -222,7 +226,8 @@ fn env_layer(env: &BTreeMap<String, String>) -> toml::Table {
     table
 }
 
-/// A typed section as a table (keys without a value left out).
+/// The built-in defaults as a table (keys without a default left out). They are text, whole
+/// numbers and true/false, which always make a table; an empty one would show in every test.
 fn table_of(config: &FileConfig) -> toml::Table {
     toml::Table::try_from(config).unwrap_or_default()
 }
