@@ -2,7 +2,7 @@
 //! `config show` reports sources and redacts secrets, and configuration errors exit 2.
 
 use crate::util::{kfr, output_text};
-use kfr::config::{FlagOverrides, KEYS, Settings};
+use kfr::config::{FlagOverrides, Settings, keys};
 use std::collections::BTreeMap;
 
 const EXAMPLE: &str = include_str!("../docs/kfr.example.toml");
@@ -36,9 +36,9 @@ fn example_config_matches_the_code() {
     }
     in_example.sort();
     in_example.dedup();
-    let mut known: Vec<String> = KEYS.iter().map(|k| k.name.to_string()).collect();
+    let mut known: Vec<String> = keys().iter().map(|k| k.to_string()).collect();
     known.sort();
-    assert_eq!(in_example, known, "docs/kfr.example.toml and config::KEYS differ");
+    assert_eq!(in_example, known, "docs/kfr.example.toml and config::keys() differ");
 
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
@@ -50,13 +50,37 @@ fn example_config_matches_the_code() {
     assert_eq!(s.org_number.as_deref(), Some("916960190"));
 }
 
-/// docs/configuration.md documents every key with its variable.
+/// docs/configuration.md has one row per key the code knows and none other, each with its
+/// variable, and the default it states is the code's.
 #[test]
 fn configuration_doc_lists_every_key_and_variable() {
-    for k in KEYS {
-        let var = kfr::config::env_var(k.name).map_or("—".to_string(), |v| format!("`{v}`"));
-        let row = format!("| `{}` | {var} |", k.name);
-        assert!(DOC.contains(&row), "docs/configuration.md lacks the row for {}", k.name);
+    let section = DOC.split_once("\n## Keys\n").expect("a Keys section").1;
+    let section = section.split_once("\n## ").map_or(section, |s| s.0);
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+    let documented: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.strip_prefix("| `")?.split_once('`').map(|k| k.0))
+        .collect();
+    let mut known: Vec<&str> = keys().to_vec();
+    let mut listed = documented.clone();
+    known.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(
+        listed, known,
+        "docs/configuration.md's key table and config::keys() differ"
+    );
+    let defaults = kfr::config::built_in_defaults();
+    for k in keys() {
+        let var = kfr::config::env_var(k).map_or("—".to_string(), |v| format!("`{v}`"));
+        let prefix = format!("| `{k}` | {var} | ");
+        let row = rows.iter().find(|r| r.starts_with(&prefix));
+        let row = row.unwrap_or_else(|| panic!("docs/configuration.md lacks the row `{prefix}`"));
+        if let Some(default) = defaults.get(*k) {
+            assert!(
+                row[prefix.len()..].starts_with(&format!("`{default}`")),
+                "docs/configuration.md gives {k} another default than the code's `{default}`: {row}"
+            );
+        }
     }
 }
 

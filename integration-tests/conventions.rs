@@ -373,9 +373,9 @@ fn known_var(var: &str) -> bool {
         v::KFR_SYSTEM_CONFIG,
     ]
     .contains(&var)
-        || kfr::config::KEYS
+        || kfr::config::keys()
             .iter()
-            .any(|k| kfr::config::env_var(k.name).as_deref() == Some(var))
+            .any(|k| kfr::config::env_var(k).as_deref() == Some(var))
 }
 
 /// The values of every `key=` line of a unit, in order.

@@ -1,6 +1,6 @@
 //! `kfr config show`: the effective settings, secrets redacted, with the origin of each value.
 
-use crate::config::{KEYS, Settings};
+use crate::config::{Settings, keys};
 
 pub fn run(settings: &Settings, json: bool, p: &super::printer::Printer) -> anyhow::Result<()> {
     let file = settings.config_file.as_ref().map(|p| p.display().to_string());
@@ -21,11 +21,11 @@ pub fn run(settings: &Settings, json: bool, p: &super::printer::Printer) -> anyh
         (Some(f), None) => p.data(format_args!("# configuration file: {f}"))?,
         _ => p.data("# configuration file: (none)")?,
     }
-    // KEYS order (the documented order), then derived entries such as the password and each
-    // `[[sync.sources]]` entry's keys. Keys inside arrays are shown per entry, not as a schema.
-    let names: Vec<&str> = KEYS
+    // The schema's order (the documented order), then derived entries such as the password and
+    // each `[[sync.sources]]` entry's keys. Keys inside arrays are shown per entry, not as a schema.
+    let names: Vec<&str> = keys()
         .iter()
-        .map(|k| k.name)
+        .copied()
         .filter(|n| !n.contains("[]"))
         .chain(settings.origins.keys().map(String::as_str))
         .collect();

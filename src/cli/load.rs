@@ -17,32 +17,8 @@ use crate::store::BatchStatus;
 use std::fmt::Write as _;
 
 pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyhow::Result<()> {
-    if let Some(super::LoadAction::Status { state, json }) = &args.action {
-        return status(&settings, state.as_deref(), *json, &printer).await;
-    }
-    if let Some(super::LoadAction::Abandon {
-        job,
-        state,
-        send_held,
-        drop_held,
-        json,
-        who,
-    }) = &args.action
-    {
-        let action = super::outbox::operator(who.actor.as_deref(), who.reason.as_deref());
-        return abandon(
-            settings,
-            *job,
-            state.as_deref(),
-            (*send_held, *drop_held),
-            action,
-            *json,
-            printer,
-        )
-        .await;
-    }
-    if let Some(super::LoadAction::RetryHeld { job, state, json }) = &args.action {
-        return retry_held(settings, *job, state.as_deref(), *json, printer).await;
+    if let Some(action) = &args.action {
+        return run_action(settings, action, printer).await;
     }
     // A dry run writes no state, so it needs no store (nor a state home).
     let location = match super::build::location(&settings, args.state.as_deref()) {
@@ -51,87 +27,10 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         Err(e) => return Err(e),
     };
     let state = location.as_ref().map(|l| l.describe()).unwrap_or_default();
-    // `--resume` without a file: the unconfirmed job knows its file (issue 9 item 11).
-    let file = match &args.file {
-        Some(f) => f.clone(),
-        None => {
-            let job = match super::build::store(&settings, args.state.as_deref(), super::build::StoreMode::Existing)? {
-                Some((store, _)) => store.unconfirmed_job().await?,
-                None => None,
-            };
-            match job {
-                Some(job) => std::path::PathBuf::from(job.input_path),
-                None => {
-                    return Err(UsageError::new(format!(
-                        "--resume without a file: the state store {state} has no unconfirmed load job"
-                    ))
-                    .into());
-                }
-            }
-        }
-    };
+    let file = input_file(&settings, args, &state).await?;
     let printer = printer.with_format(if args.json { Format::JsonLines } else { Format::Human });
     let every = std::time::Duration::from_secs(args.progress_every_secs);
-    let max_batch_bytes = args.max_batch_bytes.unwrap_or(settings.max_batch_bytes);
-    if !(MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&max_batch_bytes) {
-        return Err(UsageError::new(format!(
-            "--max-batch-bytes {max_batch_bytes} is outside {MIN_BATCH_BYTES}..={} (KFR: 10 MB a file)",
-            crate::kfr::batch::DEFAULT_MAX_BYTES
-        ))
-        .into());
-    }
-    let ingest_rate = args.ingest_rate.unwrap_or(settings.ingest_rate);
-    if ingest_rate == 0 {
-        return Err(UsageError::new("--ingest-rate must be at least 1 relationship per second").into());
-    }
-    if args.max_per_day == Some(0) {
-        return Err(UsageError::new("--max-per-day must be at least 1").into());
-    }
-    if args.dry_run && args.resume {
-        return Err(UsageError::new("--dry-run and --resume cannot be combined").into());
-    }
-    let opts = LoadOptions {
-        file: file.clone(),
-        resume: args.resume,
-        state: state.clone(),
-        report: args.report.clone(),
-        skip_invalid: args.skip_invalid,
-        rejects: args.rejects.clone(),
-        ingest_rate,
-        max_batch_bytes,
-        max_per_day: args.max_per_day,
-        confirm_timeout: std::time::Duration::from_secs(args.confirm_timeout_secs),
-        sample: args.sample,
-        org_number: settings.require_org_number()?.to_string(),
-        kfr_base_url: settings.kfr_base_url.to_string(),
-        environment: settings.env.as_str().to_string(),
-        allow_empty: args.allow_empty,
-        outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
-        settle: std::time::Duration::from_secs(args.settle_secs),
-        retry_after_cap: settings.retry.retry_after_cap,
-        // Run as printed, it must reach the same configuration: a file given with --config or
-        // KFR_CONFIG is not found again by itself in another shell.
-        // A PostgreSQL store is the configuration's (`store.url`): `--state` would name a
-        // SQLite file instead.
-        resume_command: format!(
-            "kfr {}load {} --resume{}",
-            settings
-                .config_file
-                .as_ref()
-                .map(|c| format!("--config {} ", shell_word(&c.display().to_string())))
-                .unwrap_or_default(),
-            shell_word(&file.display().to_string()),
-            match &location {
-                Some(crate::store::Location::Sqlite(path)) =>
-                    format!(" --state {}", shell_word(&path.display().to_string())),
-                _ => String::new(),
-            }
-        ),
-        stop: None,
-        id_policy: super::build::id_policy(&settings),
-        request_budget: super::build::request_budget(&settings),
-        in_doubt: settings.sync.in_doubt,
-    };
+    let opts = options(&settings, args, file, state, location.as_ref())?;
     let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     if args.dry_run {
         return match crate::load::dry_run(&opts, &sink) {
@@ -186,6 +85,128 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
         }));
     }
     Ok(())
+}
+
+/// `kfr load status`, `abandon` and `retry-held`: the actions on a load job.
+async fn run_action(settings: Settings, action: &super::LoadAction, printer: Printer) -> anyhow::Result<()> {
+    match action {
+        super::LoadAction::Status { state, json } => status(&settings, state.as_deref(), *json, &printer).await,
+        super::LoadAction::Abandon {
+            job,
+            state,
+            send_held,
+            drop_held,
+            json,
+            who,
+        } => {
+            let action = super::outbox::operator(who.actor.as_deref(), who.reason.as_deref());
+            abandon(
+                settings,
+                *job,
+                state.as_deref(),
+                (*send_held, *drop_held),
+                action,
+                *json,
+                printer,
+            )
+            .await
+        }
+        super::LoadAction::RetryHeld { job, state, json } => {
+            retry_held(settings, *job, state.as_deref(), *json, printer).await
+        }
+    }
+}
+
+/// The file to load: the one given, else (`--resume` alone) the one the unconfirmed job names.
+async fn input_file(settings: &Settings, args: &LoadArgs, state: &str) -> anyhow::Result<std::path::PathBuf> {
+    // `--resume` without a file: the unconfirmed job knows its file (issue 9 item 11).
+    match &args.file {
+        Some(f) => Ok(f.clone()),
+        None => {
+            let job = match super::build::store(settings, args.state.as_deref(), super::build::StoreMode::Existing)? {
+                Some((store, _)) => store.unconfirmed_job().await?,
+                None => None,
+            };
+            match job {
+                Some(job) => Ok(std::path::PathBuf::from(job.input_path)),
+                None => Err(UsageError::new(format!(
+                    "--resume without a file: the state store {state} has no unconfirmed load job"
+                ))
+                .into()),
+            }
+        }
+    }
+}
+
+/// The load's options from its flags and the configuration, each out-of-range value a usage
+/// error.
+fn options(
+    settings: &Settings,
+    args: &LoadArgs,
+    file: std::path::PathBuf,
+    state: String,
+    location: Option<&crate::store::Location>,
+) -> anyhow::Result<LoadOptions> {
+    let max_batch_bytes = args.max_batch_bytes.unwrap_or(settings.max_batch_bytes);
+    if !(MIN_BATCH_BYTES..=crate::kfr::batch::DEFAULT_MAX_BYTES).contains(&max_batch_bytes) {
+        return Err(UsageError::new(format!(
+            "--max-batch-bytes {max_batch_bytes} is outside {MIN_BATCH_BYTES}..={} (KFR: 10 MB a file)",
+            crate::kfr::batch::DEFAULT_MAX_BYTES
+        ))
+        .into());
+    }
+    let ingest_rate = args.ingest_rate.unwrap_or(settings.ingest_rate);
+    if ingest_rate == 0 {
+        return Err(UsageError::new("--ingest-rate must be at least 1 relationship per second").into());
+    }
+    if args.max_per_day == Some(0) {
+        return Err(UsageError::new("--max-per-day must be at least 1").into());
+    }
+    if args.dry_run && args.resume {
+        return Err(UsageError::new("--dry-run and --resume cannot be combined").into());
+    }
+    Ok(LoadOptions {
+        file: file.clone(),
+        resume: args.resume,
+        state,
+        report: args.report.clone(),
+        skip_invalid: args.skip_invalid,
+        rejects: args.rejects.clone(),
+        ingest_rate,
+        max_batch_bytes,
+        max_per_day: args.max_per_day,
+        confirm_timeout: std::time::Duration::from_secs(args.confirm_timeout_secs),
+        sample: args.sample,
+        org_number: settings.require_org_number()?.to_string(),
+        kfr_base_url: settings.kfr_base_url.to_string(),
+        environment: settings.env.as_str().to_string(),
+        allow_empty: args.allow_empty,
+        outage_wait: std::time::Duration::from_secs(args.outage_wait_secs),
+        settle: std::time::Duration::from_secs(args.settle_secs),
+        retry_after_cap: settings.retry.retry_after_cap,
+        // Run as printed, it must reach the same configuration: a file given with --config or
+        // KFR_CONFIG is not found again by itself in another shell.
+        // A PostgreSQL store is the configuration's (`store.url`): `--state` would name a
+        // SQLite file instead.
+        resume_command: format!(
+            "kfr {}load {} --resume{}",
+            settings
+                .config_file
+                .as_ref()
+                .map(|c| format!("--config {} ", shell_word(&c.display().to_string())))
+                .unwrap_or_default(),
+            shell_word(&file.display().to_string()),
+            match location {
+                Some(crate::store::Location::Sqlite(path)) =>
+                    format!(" --state {}", shell_word(&path.display().to_string())),
+                _ => String::new(),
+            }
+        ),
+        stop: None,
+        id_policy: super::build::id_policy(settings),
+        request_budget: super::build::request_budget(settings),
+        in_doubt: settings.sync.in_doubt,
+    })
 }
 
 /// `kfr load status`: what a store holds, for an operator (no identifier in full: held
@@ -566,6 +587,42 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
             p.set_phase("uploading");
             p.progress_lines(every);
         }
+        LoadEvent::Progress { .. } => {}
+        e @ (LoadEvent::Ingesting { .. }
+        | LoadEvent::KfrSlowerThanPlanned { .. }
+        | LoadEvent::Paused { .. }
+        | LoadEvent::CheckingUnknownUpload { .. }
+        | LoadEvent::UnknownUploadFound { .. }
+        | LoadEvent::UnknownUploadAbsent { .. }
+        | LoadEvent::BatchAccepted { .. }
+        | LoadEvent::WaitingForIngestion { .. }
+        | LoadEvent::BatchConfirmed { .. }
+        | LoadEvent::EvidenceTouched { .. }
+        | LoadEvent::WaitingByTime { .. }
+        | LoadEvent::KfrUnavailable { .. }
+        | LoadEvent::UploadUnknown { .. }
+        | LoadEvent::BatchResent { .. }) => batch_event(p, e),
+        LoadEvent::Finished => p.finish_progress(),
+        e @ (LoadEvent::HeldOperationSent(_) | LoadEvent::HeldOperationFailed { .. }) => held_operation_event(p, e),
+        LoadEvent::KfrKeepsItsDate { customer, file_start } => p.warning(format_args!(
+            "{customer} was already registered in KFR with a start date later than the file's {file_start}; KFR keeps its own date (listed in the report)"
+        )),
+        LoadEvent::PlanReportWritten { path } => {
+            p.message(format_args!("plan report written to {}", path.display()))
+        }
+        LoadEvent::ReportWritten { json, markdown } => p.message(format_args!(
+            "report written to {} and {}",
+            json.display(),
+            markdown.display()
+        )),
+        LoadEvent::Warning { message } => p.warning(message),
+    }
+}
+
+/// The events of one batch on its way (sent, ingested by KFR, confirmed), and of KFR being
+/// slow or away meanwhile: the phase line and a message each.
+fn batch_event(p: &Printer, e: LoadEvent) {
+    match e {
         LoadEvent::Ingesting {
             batch,
             batches,
@@ -584,7 +641,6 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
                 if slower { "; KFR slower than planned" } else { "" }
             ));
         }
-        LoadEvent::Progress { .. } => {}
         LoadEvent::KfrSlowerThanPlanned {
             batch,
             ingested,
@@ -685,20 +741,7 @@ pub(super) fn present(p: &Printer, opts: &LoadOptions, every: std::time::Duratio
         LoadEvent::BatchResent { batch, resends } => p.message(format_args!(
             "batch {batch}: not found in KFR after its expected ingestion time; sending it again (re-send {resends}, same CorrelationID)"
         )),
-        LoadEvent::Finished => p.finish_progress(),
-        e @ (LoadEvent::HeldOperationSent(_) | LoadEvent::HeldOperationFailed { .. }) => held_operation_event(p, e),
-        LoadEvent::KfrKeepsItsDate { customer, file_start } => p.warning(format_args!(
-            "{customer} was already registered in KFR with a start date later than the file's {file_start}; KFR keeps its own date (listed in the report)"
-        )),
-        LoadEvent::PlanReportWritten { path } => {
-            p.message(format_args!("plan report written to {}", path.display()))
-        }
-        LoadEvent::ReportWritten { json, markdown } => p.message(format_args!(
-            "report written to {} and {}",
-            json.display(),
-            markdown.display()
-        )),
-        LoadEvent::Warning { message } => p.warning(message),
+        _ => {}
     }
 }
 

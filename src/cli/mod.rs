@@ -909,9 +909,9 @@ fn warn_about_environment() {
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         let known = special.contains(&name)
-            || crate::config::KEYS
+            || crate::config::keys()
                 .iter()
-                .any(|k| crate::config::env_var(k.name).as_deref() == Some(name));
+                .any(|k| crate::config::env_var(k).as_deref() == Some(name));
         if name.starts_with(v::CONFIG_PREFIX) && !known {
             tracing::warn!(
                 "{name} is not a variable kfr reads (misspelt?); it is ignored (docs/configuration.md lists them)"

@@ -103,6 +103,7 @@ mod tests {
         let e = anyhow::Error::new(crate::config::ConfigError::UnknownKey {
             key: "scopes".into(),
             path: "kfr.toml".into(),
+            line: Some(2),
             suggestion: Some("scope"),
         })
         .context("reading configuration");

@@ -164,33 +164,10 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
 
     let (handle, location) = super::build::writable_store(&settings, args.state.as_deref())?;
     let health = Health::new();
-    let prometheus = crate::sync::metrics::install()?;
+    // Installed before anything counts, so no early figure is lost.
+    crate::sync::metrics::install()?;
 
-    let mut config = DispatchConfig {
-        rate: f64::from(args.rate.unwrap_or(sync.rate)),
-        max_in_flight: args.max_in_flight.unwrap_or(sync.max_in_flight) as usize,
-        retry: super::build::retry_policy(&settings),
-        retention_days: sync.retention_days,
-        history_retention_days: sync.history_retention_days,
-        give_up_after: sync.give_up_after,
-        in_doubt: sync.in_doubt,
-        checks_per_hour: sync.register_checks_per_hour,
-        backdated_by_batch: sync.backdated_by_batch,
-        shutdown_grace: sync.drain,
-        ..DispatchConfig::default()
-    };
-    // Retries of the agent are bounded by time (`give_up_after`), not by count.
-    config.retry.max_attempts = u32::MAX;
-    // Claims outlast the longest attempt, with room for a wait in the rate gate (issue 18).
-    config.request_budget = super::build::request_budget(&settings);
-    config.claim_ttl = config.request_budget * 3;
-    if let Some(ms) = args.probe_interval_ms {
-        config.probe_interval = Duration::from_millis(ms.max(1));
-    }
-    if let Some(secs) = args.lease_secs {
-        config.lease_ttl = Duration::from_secs(secs);
-        config.lease_renew = Duration::from_secs(secs) / 6;
-    }
+    let config = dispatch_config(&settings, args);
     let grace = config.shutdown_grace;
     let config_lease_ttl = config.lease_ttl;
     let dispatcher = Dispatcher::new(handle.clone(), client, register_key.clone(), config, health.clone());
@@ -206,39 +183,11 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
     // The operations endpoints come up first, so a probe sees the agent from its first moment.
     let metrics_listen = args.metrics_listen.or(sync.metrics_listen);
     if let Some(addr) = metrics_listen {
-        let ops = crate::sync::ops_server::OpsServer::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        tracing::info!(address = %ops.local_addr(), "metrics and health on http://{}/metrics", ops.local_addr());
-        p.message(format!(
-            "kfr sync: metrics and health on http://{}/ (metrics, livez, readyz)",
-            ops.local_addr()
-        ));
-        let (h, c, p) = (health.clone(), ops_cancel.clone(), prometheus.clone());
-        parts.push(Part {
-            name: "the metrics and health endpoint".into(),
-            finite: false,
-            last: true,
-            task: tokio::spawn(async move { ops.run(p, h, c).await.map_err(anyhow::Error::from) }),
-        });
+        parts.push(ops_endpoint(addr, &health, &ops_cancel, &p).await?);
     }
 
     // Sources: those configured in [[sync.sources]]; with none, the HTTP ingest endpoint.
-    let mut sources = sync.sources.clone();
-    if sources.is_empty() || args.stdin {
-        if sources.is_empty() {
-            sources.push(crate::config::SourceSettings {
-                name: "http".into(),
-                kind: SourceKind::Http,
-            });
-        }
-        if args.stdin {
-            sources.push(crate::config::SourceSettings {
-                name: "stdin".into(),
-                kind: SourceKind::Stdin,
-            });
-        }
-    }
+    let sources = sources(&settings, args);
     for s in &sources {
         let name = s.name.clone();
         let c = cancel.clone();
@@ -310,12 +259,7 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lease_ttl = chrono::Duration::from_std(config_lease_ttl).unwrap_or(chrono::Duration::seconds(30));
-    let holder = format!(
-        "sync:{}:{}:{}",
-        hostname(),
-        std::process::id(),
-        &uuid::Uuid::new_v4().to_string()[..8]
-    );
+    let holder = holder_name();
     // The heartbeat `kfr status` reads, and the certificates' expiry (issue 21).
     let watch_stop = CancellationToken::new();
     let watch = super::agent_watch::Watch {
@@ -329,9 +273,191 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
         ),
     }
     .spawn(watch_stop.clone());
-    let (store, standby_health, stop) = (handle.clone(), health.clone(), stop_rx.clone());
-    let delivery_register = register_key.clone();
-    let mut delivering = tokio::spawn(async move {
+    let mut delivering = spawn_delivery(
+        dispatcher,
+        (handle.clone(), register_key.clone()),
+        holder,
+        lease_ttl,
+        health.clone(),
+        stop_rx.clone(),
+    );
+    // Said before the lease is known; a standby says so in its log and on /readyz.
+    p.message(format!(
+        "kfr sync: delivering to {} for {} with store {location}",
+        register.base_url, register.org_number,
+    ));
+
+    // Until a signal, or until a part stops by itself: either way the same drain follows.
+    // `dispatcher_ended`: the wait saw the dispatcher end (its handle must not be awaited again).
+    let (mut failure, dispatcher_ended) = wait_for_ending(signals, &mut parts, &mut delivering, grace, &p).await;
+    health.set_draining();
+    crate::sync::metrics::set_ready(false);
+    cancel.cancel();
+    let (last, parts): (Vec<Part>, Vec<Part>) = parts.into_iter().partition(|p| p.last);
+    join_parts(parts).await;
+    let _ = stop_tx.send(true);
+    let summary = dispatcher_summary(delivering, dispatcher_ended, &mut failure).await;
+    report_stop(&p, &handle, register_key, summary, failure.is_some()).await?;
+    watch_stop.cancel();
+    let _ = watch.await;
+    ops_cancel.cancel();
+    join_parts(last).await;
+    match failure {
+        Some(f) => Err(f.into()),
+        None => Ok(()),
+    }
+}
+
+/// The dispatcher's settings: the configuration's `[sync]`, overridden by flags.
+fn dispatch_config(settings: &Settings, args: &SyncArgs) -> DispatchConfig {
+    let sync = &settings.sync;
+    let mut config = DispatchConfig {
+        rate: f64::from(args.rate.unwrap_or(sync.rate)),
+        max_in_flight: args.max_in_flight.unwrap_or(sync.max_in_flight) as usize,
+        retry: super::build::retry_policy(settings),
+        retention_days: sync.retention_days,
+        history_retention_days: sync.history_retention_days,
+        give_up_after: sync.give_up_after,
+        in_doubt: sync.in_doubt,
+        checks_per_hour: sync.register_checks_per_hour,
+        backdated_by_batch: sync.backdated_by_batch,
+        shutdown_grace: sync.drain,
+        ..DispatchConfig::default()
+    };
+    // Retries of the agent are bounded by time (`give_up_after`), not by count.
+    config.retry.max_attempts = u32::MAX;
+    // Claims outlast the longest attempt, with room for a wait in the rate gate (issue 18).
+    config.request_budget = super::build::request_budget(settings);
+    config.claim_ttl = config.request_budget * 3;
+    if let Some(ms) = args.probe_interval_ms {
+        config.probe_interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(secs) = args.lease_secs {
+        config.lease_ttl = Duration::from_secs(secs);
+        config.lease_renew = Duration::from_secs(secs) / 6;
+    }
+    config
+}
+
+/// `/metrics`, `/livez` and `/readyz` on `addr`, until `ops_cancel`.
+async fn ops_endpoint(
+    addr: std::net::SocketAddr,
+    health: &Health,
+    ops_cancel: &CancellationToken,
+    p: &Status,
+) -> anyhow::Result<Part> {
+    let ops = crate::sync::ops_server::OpsServer::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tracing::info!(address = %ops.local_addr(), "metrics and health on http://{}/metrics", ops.local_addr());
+    p.message(format!(
+        "kfr sync: metrics and health on http://{}/ (metrics, livez, readyz)",
+        ops.local_addr()
+    ));
+    let (h, c, prometheus) = (health.clone(), ops_cancel.clone(), crate::sync::metrics::install()?);
+    Ok(Part {
+        name: "the metrics and health endpoint".into(),
+        finite: false,
+        last: true,
+        task: tokio::spawn(async move { ops.run(prometheus, h, c).await.map_err(anyhow::Error::from) }),
+    })
+}
+
+/// The sources to run: those configured in `[[sync.sources]]`; with none, the HTTP ingest
+/// endpoint; with `--stdin`, standard input besides.
+fn sources(settings: &Settings, args: &SyncArgs) -> Vec<crate::config::SourceSettings> {
+    let mut sources = settings.sync.sources.clone();
+    if sources.is_empty() || args.stdin {
+        if sources.is_empty() {
+            sources.push(crate::config::SourceSettings {
+                name: "http".into(),
+                kind: SourceKind::Http,
+            });
+        }
+        if args.stdin {
+            sources.push(crate::config::SourceSettings {
+                name: "stdin".into(),
+                kind: SourceKind::Stdin,
+            });
+        }
+    }
+    sources
+}
+
+/// Says how the agent stopped: what it delivered and what is left in the outbox. `failed`: a
+/// failure is reported after this, and a status that cannot be read is not worth hiding it.
+async fn report_stop(
+    p: &Status,
+    handle: &Store,
+    register_key: String,
+    summary: Option<DispatchSummary>,
+    failed: bool,
+) -> anyhow::Result<()> {
+    let unfinished = match handle.status(Some(register_key)).await {
+        Ok(st) => Some(st.pending + st.in_flight + st.accepted),
+        // The failure reported below says why; the count is not worth hiding it.
+        Err(_) if failed => None,
+        Err(e) => return Err(e).context("reading the outbox status after the drain"),
+    };
+    match (summary, unfinished) {
+        (Some(summary), Some(n)) => p.message(format!(
+            "kfr sync: stopped; delivered {} this run; {n} unfinished in the outbox (delivered by the next start)",
+            summary.delivered,
+        )),
+        (Some(summary), None) => p.message(format!("kfr sync: stopped; delivered {} this run", summary.delivered)),
+        (None, _) => p.message("kfr sync: stopped"),
+    }
+    Ok(())
+}
+
+/// Waits for a stop signal or for a part of the agent to end, and says which: the failure to
+/// report, if any, and whether it was the dispatcher that ended.
+async fn wait_for_ending(
+    signals: StopSignals,
+    parts: &mut Vec<Part>,
+    delivering: &mut JoinHandle<Result<DispatchSummary, DispatchError>>,
+    grace: Duration,
+    p: &Status,
+) -> (Option<PartFailed>, bool) {
+    let mut failure: Option<PartFailed> = None;
+    let mut dispatcher_ended = false;
+    match first_ending(signals.wait(), parts, delivering).await {
+        Ending::Signal(signal) => {
+            tracing::info!(signal, "shutting down: intake closed, draining in-flight calls");
+            p.message(format!(
+                "kfr sync: {signal}: intake closed, draining (up to {} s)",
+                grace.as_secs()
+            ));
+        }
+        Ending::Dispatcher(result) => {
+            dispatcher_ended = true;
+            failure = dispatcher_outcome(result, false).err();
+        }
+        Ending::Part(f) => failure = Some(f),
+    }
+    if let Some(f) = &failure {
+        let cause = format!("{:#}", f.cause);
+        tracing::error!(part = %f.part, error = %cause, "a part of the agent failed: intake closed, draining, then exiting");
+        p.message(format!(
+            "kfr sync: {} failed: intake closed, draining (up to {} s), then exiting",
+            f.part,
+            grace.as_secs()
+        ));
+    }
+    (failure, dispatcher_ended)
+}
+
+/// The delivery task: waits for the lease (standing by meanwhile), delivers under it, and
+/// stands by again when deposed, until `stop`.
+fn spawn_delivery(
+    dispatcher: Dispatcher,
+    (store, delivery_register): (Store, String),
+    holder: String,
+    lease_ttl: chrono::Duration,
+    standby_health: Health,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<Result<DispatchSummary, DispatchError>> {
+    tokio::spawn(async move {
         loop {
             let lease = lease_or_stop(
                 &store,
@@ -355,47 +481,29 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
                 other => return other,
             }
         }
-    });
-    // Said before the lease is known; a standby says so in its log and on /readyz.
-    p.message(format!(
-        "kfr sync: delivering to {} for {} with store {location}",
-        register.base_url, register.org_number,
-    ));
+    })
+}
 
-    // Until a signal, or until a part stops by itself: either way the same drain follows.
-    let mut failure: Option<PartFailed> = None;
-    // Whether the wait above saw the dispatcher end (its handle must not be awaited again).
-    let mut dispatcher_ended = false;
-    match first_ending(signals.wait(), &mut parts, &mut delivering).await {
-        Ending::Signal(signal) => {
-            tracing::info!(signal, "shutting down: intake closed, draining in-flight calls");
-            p.message(format!(
-                "kfr sync: {signal}: intake closed, draining (up to {} s)",
-                grace.as_secs()
-            ));
-        }
-        Ending::Dispatcher(result) => {
-            dispatcher_ended = true;
-            failure = dispatcher_outcome(result, false).err();
-        }
-        Ending::Part(f) => failure = Some(f),
-    }
-    if let Some(f) = &failure {
-        let cause = format!("{:#}", f.cause);
-        tracing::error!(part = %f.part, error = %cause, "a part of the agent failed: intake closed, draining, then exiting");
-        p.message(format!(
-            "kfr sync: {} failed: intake closed, draining (up to {} s), then exiting",
-            f.part,
-            grace.as_secs()
-        ));
-    }
-    health.set_draining();
-    crate::sync::metrics::set_ready(false);
-    cancel.cancel();
-    let (last, parts): (Vec<Part>, Vec<Part>) = parts.into_iter().partition(|p| p.last);
-    join_parts(parts).await;
-    let _ = stop_tx.send(true);
-    let summary = if dispatcher_ended {
+/// The agent's name as the holder of the delivery lease: host, process and a random part, so
+/// two agents on one host are told apart.
+fn holder_name() -> String {
+    format!(
+        "sync:{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().to_string()[..8]
+    )
+}
+
+/// What the dispatcher delivered, once it has stopped; `None` if it ended earlier (its end was
+/// seen already) or failed while stopping (logged; a failure that came first stays the one
+/// reported).
+async fn dispatcher_summary(
+    delivering: JoinHandle<Result<DispatchSummary, DispatchError>>,
+    dispatcher_ended: bool,
+    failure: &mut Option<PartFailed>,
+) -> Option<DispatchSummary> {
+    if dispatcher_ended {
         None
     } else {
         match dispatcher_outcome(delivering.await, true) {
@@ -407,28 +515,6 @@ pub async fn run(settings: Settings, args: &SyncArgs, printer: super::printer::P
                 None
             }
         }
-    };
-    let unfinished = match handle.status(Some(register_key)).await {
-        Ok(st) => Some(st.pending + st.in_flight + st.accepted),
-        // The failure reported below says why; the count is not worth hiding it.
-        Err(_) if failure.is_some() => None,
-        Err(e) => return Err(e).context("reading the outbox status after the drain"),
-    };
-    match (summary, unfinished) {
-        (Some(summary), Some(n)) => p.message(format!(
-            "kfr sync: stopped; delivered {} this run; {n} unfinished in the outbox (delivered by the next start)",
-            summary.delivered,
-        )),
-        (Some(summary), None) => p.message(format!("kfr sync: stopped; delivered {} this run", summary.delivered)),
-        (None, _) => p.message("kfr sync: stopped"),
-    }
-    watch_stop.cancel();
-    let _ = watch.await;
-    ops_cancel.cancel();
-    join_parts(last).await;
-    match failure {
-        Some(f) => Err(f.into()),
-        None => Ok(()),
     }
 }
 

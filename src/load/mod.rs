@@ -571,6 +571,127 @@ pub async fn run(
     result
 }
 
+/// The job a `--resume` picks up (the unconfirmed one, else the last confirmed one for its held
+/// operations); without `--resume`, none, and an unconfirmed job is a refusal.
+async fn job_to_resume(opts: &LoadOptions, store: &Store) -> Result<Option<crate::store::JobRecord>, LoadError> {
+    if opts.resume {
+        match store.unconfirmed_job().await? {
+            Some(job) => Ok(Some(job)),
+            None => match store.latest_job().await? {
+                // An operator ended it (`kfr load abandon`): never picked up again.
+                Some(job) if job.status == crate::store::JobStatus::Abandoned => Err(LoadError::JobAbandoned {
+                    job: job.id,
+                    input: job.input_path,
+                }),
+                Some(job) => Ok(Some(job)), // confirmed: only held operations may remain
+                None => Err(LoadError::NothingToResume {
+                    state: opts.state.clone(),
+                }),
+            },
+        }
+    } else {
+        if let Some(job) = store.unconfirmed_job().await? {
+            return Err(LoadError::JobUnconfirmed {
+                job: job.id,
+                input: job.input_path,
+                state: opts.state.clone(),
+            });
+        }
+        Ok(None)
+    }
+}
+
+/// A resumed job is resumed for the institution and against the KFR it was planned for.
+fn same_institution_and_kfr(
+    job: &crate::store::JobRecord,
+    job_settings: &JobSettings,
+    opts: &LoadOptions,
+) -> Result<(), LoadError> {
+    if job_settings.org_number != opts.org_number {
+        return Err(LoadError::OtherOrganisation {
+            job: job.id,
+            job_org: job_settings.org_number.clone(),
+            org: opts.org_number.clone(),
+        });
+    }
+    // A job belongs to one KFR: resuming it against another would skip the batches
+    // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
+    // recorded the KFR (empty fields) cannot be checked.
+    let other_kfr = !job_settings.kfr_base_url.is_empty()
+        && crate::store::canonical_url(&job_settings.kfr_base_url) != crate::store::canonical_url(&opts.kfr_base_url);
+    let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
+    if other_kfr || other_env {
+        return Err(LoadError::OtherKfr {
+            job: job.id,
+            job_env: job_settings.environment.clone(),
+            job_url: job_settings.kfr_base_url.clone(),
+            env: opts.environment.clone(),
+            url: opts.kfr_base_url.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The job in the store: the resumed one, whose stored batches must be the plan's, or a new one
+/// with the plan's batches.
+async fn record_job(
+    store: &Store,
+    opts: &LoadOptions,
+    resuming: Option<&crate::store::JobRecord>,
+    summary: &PlanSummary,
+    read: &ReadOutcome,
+    job_settings: &JobSettings,
+    on: EventSink<'_>,
+) -> Result<i64, LoadError> {
+    match resuming {
+        Some(job) => {
+            let stored = store.batches(job.id).await?;
+            let same = stored.len() == summary.plan.batches.len()
+                && stored.iter().zip(&summary.plan.batches).all(|(s, p)| {
+                    s.first_entry == p.first as u64 && s.entry_count == p.count as u64 && s.bytes == p.bytes as u64
+                });
+            if !same {
+                return Err(LoadError::PlanMismatch { job: job.id });
+            }
+            on(LoadEvent::JobResumed {
+                job: job.id,
+                batches: stored.len(),
+                confirmed: stored
+                    .iter()
+                    .filter(|b| b.status == crate::store::BatchStatus::Confirmed)
+                    .count(),
+            });
+            Ok(job.id)
+        }
+        None => {
+            let batches: Vec<NewBatch> = summary
+                .plan
+                .batches
+                .iter()
+                .map(|b| NewBatch {
+                    first_entry: b.first as u64,
+                    entry_count: b.count as u64,
+                    bytes: b.bytes as u64,
+                    correlation_id: uuid::Uuid::new_v4(),
+                })
+                .collect();
+            let new = NewJob {
+                input_path: opts.file.display().to_string(),
+                content_hash: read.content_hash.clone(),
+                settings: serde_json::to_string(&job_settings).context("storing the job's settings")?,
+                entries: read.entries.len() as u64,
+                batches,
+            };
+            let id = store.create_job(new, chrono::Utc::now()).await?;
+            on(LoadEvent::JobCreated {
+                job: id,
+                state: opts.state.clone(),
+            });
+            Ok(id)
+        }
+    }
+}
+
 /// [`run`] once this process is the store's one load writer.
 async fn run_as_writer(
     opts: &LoadOptions,
@@ -583,64 +704,14 @@ async fn run_as_writer(
 ) -> Result<LoadOutcome, LoadError> {
     // A resumed job keeps the settings it was planned with (same "today", same boundary and
     // limit), so it plans the very same batches.
-    let resuming = if opts.resume {
-        match store.unconfirmed_job().await? {
-            Some(job) => Some(job),
-            None => match store.latest_job().await? {
-                // An operator ended it (`kfr load abandon`): never picked up again.
-                Some(job) if job.status == crate::store::JobStatus::Abandoned => {
-                    return Err(LoadError::JobAbandoned {
-                        job: job.id,
-                        input: job.input_path,
-                    });
-                }
-                Some(job) => Some(job), // confirmed: only held operations may remain
-                None => {
-                    return Err(LoadError::NothingToResume {
-                        state: opts.state.clone(),
-                    });
-                }
-            },
-        }
-    } else {
-        if let Some(job) = store.unconfirmed_job().await? {
-            return Err(LoadError::JobUnconfirmed {
-                job: job.id,
-                input: job.input_path,
-                state: opts.state.clone(),
-            });
-        }
-        None
-    };
+    let resuming = job_to_resume(opts, store).await?;
     let job_settings = match &resuming {
         Some(job) => serde_json::from_str::<JobSettings>(&job.settings)
             .with_context(|| format!("reading the settings of load job {}", job.id))?,
         None => JobSettings::new(opts),
     };
     if let Some(job) = &resuming {
-        if job_settings.org_number != opts.org_number {
-            return Err(LoadError::OtherOrganisation {
-                job: job.id,
-                job_org: job_settings.org_number,
-                org: opts.org_number.clone(),
-            });
-        }
-        // A job belongs to one KFR: resuming it against another would skip the batches
-        // confirmed in the first and call the load complete (issue 9). Jobs planned before kfr
-        // recorded the KFR (empty fields) cannot be checked.
-        let other_kfr = !job_settings.kfr_base_url.is_empty()
-            && crate::store::canonical_url(&job_settings.kfr_base_url)
-                != crate::store::canonical_url(&opts.kfr_base_url);
-        let other_env = !job_settings.environment.is_empty() && job_settings.environment != opts.environment;
-        if other_kfr || other_env {
-            return Err(LoadError::OtherKfr {
-                job: job.id,
-                job_env: job_settings.environment.clone(),
-                job_url: job_settings.kfr_base_url.clone(),
-                env: opts.environment.clone(),
-                url: opts.kfr_base_url.clone(),
-            });
-        }
+        same_institution_and_kfr(job, &job_settings, opts)?;
     }
     let check = |read: &ReadOutcome| -> Result<(), LoadError> {
         let Some(job) = &resuming else { return Ok(()) };
@@ -670,53 +741,7 @@ async fn run_as_writer(
         layout,
     } = prepare(opts, &job_settings, true, on, check, resuming.is_some())?;
 
-    let job = match &resuming {
-        Some(job) => {
-            let stored = store.batches(job.id).await?;
-            let same = stored.len() == summary.plan.batches.len()
-                && stored.iter().zip(&summary.plan.batches).all(|(s, p)| {
-                    s.first_entry == p.first as u64 && s.entry_count == p.count as u64 && s.bytes == p.bytes as u64
-                });
-            if !same {
-                return Err(LoadError::PlanMismatch { job: job.id });
-            }
-            on(LoadEvent::JobResumed {
-                job: job.id,
-                batches: stored.len(),
-                confirmed: stored
-                    .iter()
-                    .filter(|b| b.status == crate::store::BatchStatus::Confirmed)
-                    .count(),
-            });
-            job.id
-        }
-        None => {
-            let batches: Vec<NewBatch> = summary
-                .plan
-                .batches
-                .iter()
-                .map(|b| NewBatch {
-                    first_entry: b.first as u64,
-                    entry_count: b.count as u64,
-                    bytes: b.bytes as u64,
-                    correlation_id: uuid::Uuid::new_v4(),
-                })
-                .collect();
-            let new = NewJob {
-                input_path: opts.file.display().to_string(),
-                content_hash: read.content_hash.clone(),
-                settings: serde_json::to_string(&job_settings).context("storing the job's settings")?,
-                entries: read.entries.len() as u64,
-                batches,
-            };
-            let id = store.create_job(new, chrono::Utc::now()).await?;
-            on(LoadEvent::JobCreated {
-                job: id,
-                state: opts.state.clone(),
-            });
-            id
-        }
-    };
+    let job = record_job(store, opts, resuming.as_ref(), &summary, &read, &job_settings, on).await?;
     abort_point("planned", None);
 
     let exec_opts = ExecOptions {

@@ -815,16 +815,32 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
 /// barrier for a remove) queues it instead; a claim taken back by `recover` is not the caller's
 /// to record any more.
 pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &mut dyn Harness) {
-    const CLI: &str = "cli:conformance";
-    let cli = Claimer {
+    own_event_free_head_then_queued(h);
+    own_event_under_a_load_and_after_failures(h);
+    own_event_reruns_and_restarts(h);
+}
+
+/// The claimer of a caller's own events in [`a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer`].
+const CLI: &str = "cli:conformance";
+
+/// The claim a caller (`kfr add`, `kfr remove`) takes on its own event.
+fn cli_claimer() -> Claimer {
+    Claimer {
         name: CLI.into(),
         epoch: None,
         ttl: chrono::Duration::seconds(60),
-    };
-    let own = |b: &mut dyn Backend, id: &str, customer: &str, op: Operation| {
-        b.enqueue_and_claim(R, &ev(id, customer, op), Uuid::new_v4(), &cli, t(0))
-            .unwrap()
-    };
+    }
+}
+
+/// A caller's own event, stored and claimed for it if it may go now.
+fn own(b: &mut dyn Backend, id: &str, customer: &str, op: Operation) -> OwnEvent {
+    b.enqueue_and_claim(R, &ev(id, customer, op), Uuid::new_v4(), &cli_claimer(), t(0))
+        .unwrap()
+}
+
+/// Nothing ahead: in flight for the caller, its customer closed to claims, only the claimer
+/// finishes it; something ahead (pending or in flight): queued, then sent in turn.
+fn own_event_free_head_then_queued(h: &mut dyn Harness) {
     let b = h.backend();
 
     // Nothing ahead: in flight for the caller at once, and its customer is closed to claims.
@@ -898,7 +914,11 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         ["own-a2", "c1", "own-c"],
         "queued own events go in turn, through the dispatcher"
     );
+}
 
+/// Under a load's barrier an own remove waits and an own add goes; failed attempts keep the
+/// head; a released claim counts no attempt; a dead letter parks the customer.
+fn own_event_under_a_load_and_after_failures(h: &mut dyn Harness) {
     // The barrier holds an own remove with nothing ahead, not an own add.
     let job = start_load(h, R);
     let b = h.backend();
@@ -957,7 +977,13 @@ pub fn a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer(h: &m
         own(b, "own-a5", A, Operation::Add),
         OwnEvent::Queued { ahead: 1, .. }
     ));
+}
 
+/// A rerun sends the caller's earlier operation first; a restart takes back a claim that ran
+/// out only after the in-doubt hold, and the claimer then records nothing.
+fn own_event_reruns_and_restarts(h: &mut dyn Harness) {
+    let cli = cli_claimer();
+    let b = h.backend();
     // A rerun behind its own earlier operation sends that one first; not an agent's event, not
     // one still waiting for its retry time.
     b.retry_dead(DeadLetters::All, &operator(), t(0)).unwrap();

@@ -248,20 +248,9 @@ impl Dispatcher {
         self.waker.clone()
     }
 
-    /// Delivers until `shutdown` turns `true` (or its sender is dropped), then stops claiming,
-    /// lets in-flight requests finish up to `shutdown_grace`, hands back what is left and
-    /// returns the summary. An error when it stopped by itself: the store's thread is gone, or a
-    /// task panicked (then after handing back what it held, as on shutdown). Either way it can no
-    /// longer deliver, and its caller must not go on looking alive.
-    ///
-    /// It delivers under `lease` (the register's, taken by the caller), renews it while it runs
-    /// and gives it up at the end; [`DispatchError::Store`] with [`StoreError::Fenced`] when
-    /// another process took it over meanwhile (this one then delivers nothing more).
-    pub async fn run(
-        self,
-        mut shutdown: watch::Receiver<bool>,
-        lease: Lease,
-    ) -> Result<DispatchSummary, DispatchError> {
+    /// Takes back what was in flight at the last stop (under this lease's epoch) and sets up
+    /// the state the delivery tasks share.
+    async fn start(self, lease: &Lease) -> Result<Arc<Shared>, DispatchError> {
         let recovered = self
             .store
             .recover(self.register.clone(), lease.epoch, self.clock.now(), self.cfg.in_doubt)
@@ -273,7 +262,7 @@ impl Dispatcher {
                 "recovered events in flight at the last stop"
             );
         }
-        let sh = Arc::new(Shared {
+        Ok(Arc::new(Shared {
             org: self.client.config().org_number.clone(),
             gate: RateGate::new(self.cfg.rate),
             requests: Semaphore::new(self.cfg.max_in_flight.max(1)),
@@ -300,7 +289,25 @@ impl Dispatcher {
             cfg: self.cfg,
             health: self.health,
             clock: self.clock,
-        });
+        }))
+    }
+
+    /// Delivers until `shutdown` turns `true` (or its sender is dropped), then stops claiming,
+    /// lets in-flight requests finish up to `shutdown_grace`, hands back what is left and
+    /// returns the summary. An error when it stopped by itself: the store's thread is gone, or a
+    /// task panicked (then after handing back what it held, as on shutdown). Either way it can no
+    /// longer deliver, and its caller must not go on looking alive.
+    ///
+    /// It delivers under `lease` (the register's, taken by the caller), renews it while it runs
+    /// and gives it up at the end; [`DispatchError::Store`] with [`StoreError::Fenced`] when
+    /// another process took it over meanwhile (this one then delivers nothing more).
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        lease: Lease,
+    ) -> Result<DispatchSummary, DispatchError> {
+        let waker = self.waker.clone();
+        let sh = self.start(&lease).await?;
         let cfg = &sh.cfg;
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut singles = 0usize;
@@ -317,7 +324,6 @@ impl Dispatcher {
         let mut next_check = start + check_every.unwrap_or_default();
         let mut checking = false;
         let mut lease = lease;
-        let lease_ttl = chrono::Duration::from_std(cfg.lease_ttl).unwrap_or(chrono::Duration::seconds(30));
         let hold_cap = cfg.max_in_flight.max(1) + cfg.batch_max_entries.max(1);
         let mut failed: Option<String> = None;
         let mut failed_store: Option<StoreError> = None;
@@ -380,37 +386,12 @@ impl Dispatcher {
                     Err(e) => sh.store_problem("claiming events", &e),
                 }
             }
-            if now >= next_renew {
-                next_renew = now + cfg.lease_renew;
-                match sh.store.renew_lease(lease.clone(), sh.clock.now(), lease_ttl).await {
-                    Ok(renewed) => lease = renewed,
-                    Err(e @ StoreError::Fenced { .. }) => {
-                        tracing::error!(error = %e, "the delivery lease was taken over: this agent stops delivering");
-                        failed_store = Some(e);
-                        break;
-                    }
-                    Err(e) => sh.store_problem("renewing the delivery lease", &e),
-                }
-            }
-            if now >= next_recover {
-                next_recover = now + cfg.recover_interval;
-                match sh
-                    .store
-                    .recover(sh.register.clone(), lease.epoch, sh.clock.now(), cfg.in_doubt)
-                    .await
-                {
-                    Ok(r) if r != Recovered::default() => tracing::info!(
-                        requeued = r.requeued,
-                        unknown_uploads = r.unknown_uploads,
-                        "took back claims that ran out (a stopped sender's)"
-                    ),
-                    Ok(_) => {}
-                    Err(e @ StoreError::Fenced { .. }) => {
-                        failed_store = Some(e);
-                        break;
-                    }
-                    Err(e) => sh.store_problem("taking back claims that ran out", &e),
-                }
+            if let Err(e) = sh
+                .tend_lease(&mut lease, now, (&mut next_renew, &mut next_recover))
+                .await
+            {
+                failed_store = Some(e);
+                break;
             }
             // One upload at a time: the gathered adds go when the window passed or they are many.
             if uploading == 0
@@ -480,76 +461,13 @@ impl Dispatcher {
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = self.waker.notified() => {}
+                _ = waker.notified() => {}
             }
         }
 
-        // Shutdown: claim nothing more, start no request more (tasks still waiting for a slot
-        // hand their event back); what is gathered but not sent goes back now.
-        sh.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-        tracing::info!(in_flight = singles + uploading, "dispatcher stopping");
-        let unsent: Vec<Seq> = gathered.iter().map(|e| e.seq).collect();
-        let deadline = Instant::now() + sh.cfg.shutdown_grace;
-        let mut cut = false;
-        while !tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    cut = true;
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
-                }
-            }
-        }
-        // Singles cut at the deadline are safe to send again (200 on add and 404 on remove are
-        // successes); an upload cut after its first byte stays in flight, and the next start's
-        // `recover` makes it an upload of unknown fate, probed before anything is re-sent.
-        let left: Vec<Seq> = {
-            let mut u = lock(&sh.unsettled);
-            unsent.iter().for_each(|s| {
-                u.insert(*s);
-            });
-            u.drain().collect()
-        };
-        sh.record_again().await;
-        // A request cut mid-way may still be carried out: its event waits out `in_doubt` before
-        // it is tried again (in doubt means hold); one never sent goes back as it was.
-        let (cut_sent, unsent): (Vec<Seq>, Vec<Seq>) = {
-            let sent = lock(&sh.sent);
-            left.into_iter().partition(|s| sent.contains(s))
-        };
-        let released = (cut_sent.len() + unsent.len()) as u64;
-        let now = sh.clock.now();
-        let hold = chrono::Duration::from_std(sh.cfg.in_doubt).unwrap_or(chrono::Duration::minutes(2));
-        for seq in cut_sent {
-            let why =
-                "cut at shutdown while its request was out; in doubt until it can no longer be carried out".to_string();
-            if let Err(e) = sh.store.retry_later(seq, now + hold, why, now).await {
-                tracing::warn!(error = %e, "could not record a request cut at shutdown; the next holder recovers it once its claim ran out");
-            }
-        }
-        if !unsent.is_empty()
-            && let Err(e) = sh.store.release(unsent, now).await
-        {
-            tracing::warn!(error = %e, "could not hand back events at shutdown; the next holder recovers them once their claims ran out");
-        }
-        // Given up so a standby takes over at once (a deposed holder has nothing to give up).
-        if failed_store.is_none()
-            && let Err(e) = sh.store.release_lease(lease).await
-        {
-            tracing::warn!(error = %e, "could not give up the delivery lease; a standby takes over once it ran out");
-        }
-        let mut summary = lock(&sh.tally).clone();
-        summary.released_at_shutdown = released;
-        summary.cut_at_deadline = cut;
-        tracing::info!(
-            delivered = summary.delivered,
-            dead_lettered = summary.dead_lettered,
-            retries_scheduled = summary.retries_scheduled,
-            released_at_shutdown = summary.released_at_shutdown,
-            cut_at_deadline = summary.cut_at_deadline,
-            "dispatcher stopped"
-        );
+        let summary = sh
+            .wind_down(tasks, &gathered, singles + uploading, lease, failed_store.is_some())
+            .await;
         match (failed, failed_store) {
             (_, Some(e)) => Err(DispatchError::Store(e)),
             (Some(detail), None) => Err(DispatchError::TaskFailed { detail }),
@@ -659,6 +577,124 @@ fn op_label(op: Operation) -> &'static str {
 }
 
 impl Shared {
+    /// Renews the delivery lease and takes back claims that ran out, each when it is due.
+    /// `Err`: this agent was deposed (another took the lease over) and must stop delivering.
+    async fn tend_lease(
+        &self,
+        lease: &mut Lease,
+        now: Instant,
+        (next_renew, next_recover): (&mut Instant, &mut Instant),
+    ) -> Result<(), StoreError> {
+        let lease_ttl = chrono::Duration::from_std(self.cfg.lease_ttl).unwrap_or(chrono::Duration::seconds(30));
+        if now >= *next_renew {
+            *next_renew = now + self.cfg.lease_renew;
+            match self.store.renew_lease(lease.clone(), self.clock.now(), lease_ttl).await {
+                Ok(renewed) => *lease = renewed,
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::error!(error = %e, "the delivery lease was taken over: this agent stops delivering");
+                    return Err(e);
+                }
+                Err(e) => self.store_problem("renewing the delivery lease", &e),
+            }
+        }
+        if now >= *next_recover {
+            *next_recover = now + self.cfg.recover_interval;
+            match self
+                .store
+                .recover(self.register.clone(), lease.epoch, self.clock.now(), self.cfg.in_doubt)
+                .await
+            {
+                Ok(r) if r != Recovered::default() => tracing::info!(
+                    requeued = r.requeued,
+                    unknown_uploads = r.unknown_uploads,
+                    "took back claims that ran out (a stopped sender's)"
+                ),
+                Ok(_) => {}
+                Err(e @ StoreError::Fenced { .. }) => return Err(e),
+                Err(e) => self.store_problem("taking back claims that ran out", &e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops: claims nothing more, lets what is in flight finish up to the grace, hands back
+    /// what is left (a request cut mid-way held for `in_doubt`), gives up the lease unless
+    /// `deposed`, and says what this run did.
+    async fn wind_down(
+        &self,
+        mut tasks: JoinSet<Done>,
+        gathered: &[OutboxEvent],
+        in_flight: usize,
+        lease: Lease,
+        deposed: bool,
+    ) -> DispatchSummary {
+        // Shutdown: claim nothing more, start no request more (tasks still waiting for a slot
+        // hand their event back); what is gathered but not sent goes back now.
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(in_flight, "dispatcher stopping");
+        let unsent: Vec<Seq> = gathered.iter().map(|e| e.seq).collect();
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        let mut cut = false;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    cut = true;
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
+            }
+        }
+        // Singles cut at the deadline are safe to send again (200 on add and 404 on remove are
+        // successes); an upload cut after its first byte stays in flight, and the next start's
+        // `recover` makes it an upload of unknown fate, probed before anything is re-sent.
+        let left: Vec<Seq> = {
+            let mut u = lock(&self.unsettled);
+            unsent.iter().for_each(|s| {
+                u.insert(*s);
+            });
+            u.drain().collect()
+        };
+        self.record_again().await;
+        // A request cut mid-way may still be carried out: its event waits out `in_doubt` before
+        // it is tried again (in doubt means hold); one never sent goes back as it was.
+        let (cut_sent, unsent): (Vec<Seq>, Vec<Seq>) = {
+            let sent = lock(&self.sent);
+            left.into_iter().partition(|s| sent.contains(s))
+        };
+        let released = (cut_sent.len() + unsent.len()) as u64;
+        let now = self.clock.now();
+        let hold = chrono::Duration::from_std(self.cfg.in_doubt).unwrap_or(chrono::Duration::minutes(2));
+        for seq in cut_sent {
+            let why =
+                "cut at shutdown while its request was out; in doubt until it can no longer be carried out".to_string();
+            if let Err(e) = self.store.retry_later(seq, now + hold, why, now).await {
+                tracing::warn!(error = %e, "could not record a request cut at shutdown; the next holder recovers it once its claim ran out");
+            }
+        }
+        if !unsent.is_empty()
+            && let Err(e) = self.store.release(unsent, now).await
+        {
+            tracing::warn!(error = %e, "could not hand back events at shutdown; the next holder recovers them once their claims ran out");
+        }
+        // Given up so a standby takes over at once (a deposed holder has nothing to give up).
+        if !deposed && let Err(e) = self.store.release_lease(lease).await {
+            tracing::warn!(error = %e, "could not give up the delivery lease; a standby takes over once it ran out");
+        }
+        let mut summary = lock(&self.tally).clone();
+        summary.released_at_shutdown = released;
+        summary.cut_at_deadline = cut;
+        tracing::info!(
+            delivered = summary.delivered,
+            dead_lettered = summary.dead_lettered,
+            retries_scheduled = summary.retries_scheduled,
+            released_at_shutdown = summary.released_at_shutdown,
+            cut_at_deadline = summary.cut_at_deadline,
+            "dispatcher stopped"
+        );
+        summary
+    }
+
     /// Whether `ev` is an add whose start date is not today (Oslo): a single add would record
     /// today instead, so it goes by batch with its date (unless that is configured off).
     fn goes_by_batch(&self, ev: &OutboxEvent, today: NaiveDate) -> bool {
