@@ -6,11 +6,9 @@
 use super::db::{Fault, PgBackend, Tx};
 use crate::store::backend::History;
 use crate::store::error::StoreError;
-use crate::store::types::{HistoryKind, HistoryRecord, Operation, OutboxEvent, Seq};
+use crate::store::types::{HistoryKind, HistoryRecord, Operation};
 use chrono::{DateTime, Utc};
-use postgres::Transaction;
 use postgres::types::ToSql;
-use uuid::Uuid;
 
 /// A stored value kfr does not know: the database was written by something else, or damaged.
 pub(super) fn bad_value(column: &str, value: &str) -> Fault {
@@ -25,68 +23,7 @@ pub(super) fn parse_op(s: &str) -> Result<Operation, Fault> {
     }
 }
 
-/// One history line, written in the transaction of the change it records (as the SQLite
-/// backend's `rows::Line`).
-pub(super) struct Line<'a> {
-    pub at: DateTime<Utc>,
-    pub register: &'a str,
-    pub customer_id: &'a str,
-    pub seq: Option<Seq>,
-    pub event_id: Option<&'a str>,
-    pub op: Option<Operation>,
-    pub correlation_id: Option<Uuid>,
-    pub kind: HistoryKind,
-    pub outcome: &'a str,
-    pub status: Option<u16>,
-    pub code: Option<&'a str>,
-    pub detail: Option<&'a str>,
-    pub actor: Option<&'a str>,
-}
-
-impl<'a> Line<'a> {
-    /// An attempt's line for `ev`, by `actor` (its claimer).
-    pub(super) fn attempt(ev: &'a OutboxEvent, at: DateTime<Utc>, outcome: &'a str) -> Line<'a> {
-        Line {
-            at,
-            register: &ev.register,
-            customer_id: &ev.customer_id,
-            seq: Some(ev.seq),
-            event_id: Some(&ev.event_id),
-            op: Some(ev.op),
-            correlation_id: Some(ev.correlation_id),
-            kind: HistoryKind::Attempt,
-            outcome,
-            status: None,
-            code: None,
-            detail: None,
-            actor: ev.claimer.as_deref(),
-        }
-    }
-
-    pub(super) fn write(&self, tx: &mut Transaction<'_>) -> Result<(), Fault> {
-        tx.execute(
-            "INSERT INTO history (at, register, customer_id, seq, event_id, op, correlation_id, kind, outcome,
-                                  status, code, detail, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &self.at,
-                &self.register,
-                &self.customer_id,
-                &self.seq,
-                &self.event_id,
-                &self.op.map(Operation::as_str),
-                &self.correlation_id,
-                &self.kind.as_str(),
-                &self.outcome,
-                &self.status.map(i32::from),
-                &self.code,
-                &self.detail,
-                &self.actor,
-            ],
-        )?;
-        Ok(())
-    }
-}
+pub(super) use super::rows::Line;
 
 fn history_row(r: &postgres::Row) -> Result<HistoryRecord, Fault> {
     let kind: String = r.get(7);
