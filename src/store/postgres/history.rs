@@ -125,16 +125,18 @@ mod tests {
     #[test]
     fn history_reads_back_by_customer_and_time_and_purges_on_postgres() {
         let (_db, mut s) = store();
-        let mut tx = s.client.transaction().unwrap();
-        for (at, c, outcome, kind) in [
-            (3, "A", "delivered:not_found", HistoryKind::Attempt),
-            (1, "A", "retry_later", HistoryKind::Attempt),
-            (2, "B", "dlq_drop", HistoryKind::Operator),
-            (3, "B", "cancelled", HistoryKind::Operator),
-        ] {
-            line(at, c, outcome, kind).write(&mut tx).unwrap();
-        }
-        tx.commit().unwrap();
+        s.tx(Tx::Write, |tx| {
+            for (at, c, outcome, kind) in [
+                (3, "A", "delivered:not_found", HistoryKind::Attempt),
+                (1, "A", "retry_later", HistoryKind::Attempt),
+                (2, "B", "dlq_drop", HistoryKind::Operator),
+                (3, "B", "cancelled", HistoryKind::Operator),
+            ] {
+                line(at, c, outcome, kind).write(tx)?;
+            }
+            Ok(())
+        })
+        .unwrap();
         let a = s.history(Some("A"), None, None).unwrap();
         assert_eq!(
             a.iter().map(|l| (l.at, l.outcome.as_str())).collect::<Vec<_>>(),

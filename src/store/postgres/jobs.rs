@@ -8,7 +8,7 @@
 //! writes take it `FOR SHARE` and are refused once the job is abandoned, an abandon takes it
 //! `FOR UPDATE`, so neither commits on a state the other has changed.
 
-use super::db::{Fault, PgBackend, Tx};
+use super::db::{Fault, PgBackend, PgTx, Tx};
 use super::history::{Line, bad_value};
 use super::operations::{EVENT_COLUMNS, drop_unsent, event_row, lock_customers};
 use crate::store::backend::Jobs;
@@ -16,7 +16,6 @@ use crate::store::error::StoreError;
 use crate::store::time_text;
 use crate::store::types::*;
 use chrono::{DateTime, Utc};
-use postgres::Transaction;
 
 const JOB_COLUMNS: &str = "id, input_path, content_hash, settings, status, entries, created_at, confirmed_at, register";
 
@@ -109,7 +108,7 @@ fn i64_of(v: u64, what: &str) -> Result<i64, StoreError> {
 }
 
 /// One job by id, `FOR UPDATE` or `FOR SHARE` as asked.
-fn job_locked(tx: &mut Transaction<'_>, id: i64, lock: &str) -> Result<Option<JobRecord>, Fault> {
+fn job_locked(tx: &mut PgTx<'_>, id: i64, lock: &str) -> Result<Option<JobRecord>, Fault> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs WHERE id = $1 {lock}");
     tx.query_opt(&sql, &[&id])?.as_ref().map(job_row).transpose()
 }

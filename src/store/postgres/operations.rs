@@ -6,13 +6,12 @@
 //! Also the few row helpers `jobs` and this file share with the outbox's code (reading an event
 //! row, a head finishing, the per-customer lock); the outbox's own copies live in `rows`.
 
-use super::db::{Fault, PgBackend, Tx, wrong};
+use super::db::{Fault, PgBackend, PgTx, Tx, wrong};
 use super::history::{Line, bad_value, parse_op};
 use crate::store::backend::{Backend as _, Operations};
 use crate::store::error::StoreError;
 use crate::store::types::*;
 use chrono::{DateTime, Utc};
-use postgres::Transaction;
 use std::path::Path;
 
 /// Heartbeats older than this before a new one of the register are deleted: agents that stopped
@@ -77,7 +76,7 @@ pub(super) fn event_row(r: &postgres::Row) -> Result<OutboxEvent, Fault> {
 
 /// Takes the transaction-scoped lock on one customer's queue — the one every enqueue takes
 /// (module docs) — so no event of the customer is stored while this transaction moves its head.
-pub(super) fn lock_customer(tx: &mut Transaction<'_>, register: &str, customer: &str) -> Result<(), Fault> {
+pub(super) fn lock_customer(tx: &mut PgTx<'_>, register: &str, customer: &str) -> Result<(), Fault> {
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1 || '|' || $2, 0))",
         &[&register, &customer],
@@ -88,7 +87,7 @@ pub(super) fn lock_customer(tx: &mut Transaction<'_>, register: &str, customer: 
 /// [`lock_customer`] for several customers of one register, all in one statement and in key
 /// order (the order every multi-customer transaction of the backend takes them in), so two
 /// such transactions never wait for each other in a circle.
-pub(super) fn lock_customers(tx: &mut Transaction<'_>, register: &str, customers: &[String]) -> Result<(), Fault> {
+pub(super) fn lock_customers(tx: &mut PgTx<'_>, register: &str, customers: &[String]) -> Result<(), Fault> {
     tx.execute(
         "SELECT pg_advisory_xact_lock(k)
          FROM (SELECT DISTINCT hashtextextended($1 || '|' || c, 0) AS k FROM unnest($2::text[]) AS u (c) ORDER BY k) AS keys",
@@ -100,7 +99,7 @@ pub(super) fn lock_customers(tx: &mut Transaction<'_>, register: &str, customers
 /// The head `seq` of a customer (locked by [`lock_customer`]) has finished: the customer's next
 /// unfinished event after it, if any, becomes the head. Skips finished ones: an operator may
 /// cancel a pending event behind the head.
-pub(super) fn finish_head(tx: &mut Transaction<'_>, seq: Seq, register: &str, customer: &str) -> Result<(), Fault> {
+pub(super) fn finish_head(tx: &mut PgTx<'_>, seq: Seq, register: &str, customer: &str) -> Result<(), Fault> {
     tx.execute("UPDATE outbox SET head = NULL WHERE seq = $1", &[&seq])?;
     tx.execute(
         "UPDATE outbox SET head = true WHERE seq = (SELECT seq FROM outbox
@@ -114,7 +113,7 @@ pub(super) fn finish_head(tx: &mut Transaction<'_>, seq: Seq, register: &str, cu
 /// and not being sent (in flight, accepted): one conditional statement. Moves the customer's
 /// head on when it was the head. `false`: the event was not in a state to drop.
 pub(super) fn drop_unsent(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     ev: &OutboxEvent,
     now: DateTime<Utc>,
     last_error: Option<&str>,
@@ -135,7 +134,7 @@ pub(super) fn drop_unsent(
 
 /// The unfinished events of one customer, oldest first, locked for this transaction (the
 /// customer's queue lock taken first, as every enqueue takes it).
-fn customer_events(tx: &mut Transaction<'_>, register: &str, customer: &str) -> Result<Vec<OutboxEvent>, Fault> {
+fn customer_events(tx: &mut PgTx<'_>, register: &str, customer: &str) -> Result<Vec<OutboxEvent>, Fault> {
     lock_customer(tx, register, customer)?;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM outbox
@@ -145,7 +144,7 @@ fn customer_events(tx: &mut Transaction<'_>, register: &str, customer: &str) -> 
 }
 
 /// One event by seq, locked for this transaction (its customer's queue lock taken first).
-fn locked_event(tx: &mut Transaction<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
+fn locked_event(tx: &mut PgTx<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
     let Some(row) = tx.query_opt("SELECT register, customer_id FROM outbox WHERE seq = $1", &[&seq])? else {
         return Err(wrong(seq, "does not exist"));
     };
@@ -505,10 +504,11 @@ pub(super) mod tests {
             claimed_until: None,
             delivery: Some(Delivery::Added),
         };
-        let mut tx = s.client.transaction().unwrap();
-        Line::attempt(&ev, t(5), "delivered:added").write(&mut tx).unwrap();
-        Line::attempt(&ev, t(7), "retry_later").write(&mut tx).unwrap();
-        tx.commit().unwrap();
+        s.tx(Tx::Write, |tx| {
+            Line::attempt(&ev, t(5), "delivered:added").write(tx)?;
+            Line::attempt(&ev, t(7), "retry_later").write(tx)
+        })
+        .unwrap();
         assert_eq!(s.last_delivery(R).unwrap(), Some(t(5)), "only delivered lines count");
         assert_eq!(s.last_delivery(R2).unwrap(), None);
         assert_eq!(s.schema_version().unwrap(), PgBackend::current_version());

@@ -21,13 +21,12 @@
 //! outcome writes its history line in the same transaction. Counts come from the index
 //! `outbox_state` (no counter rows: a hot counter row would serialise every writer).
 
-use super::db::{Fault, PgBackend, Tx, wrong};
+use super::db::{Fault, PgBackend, PgTx, Tx, wrong};
 use super::rows::*;
 use crate::store::backend::Outbox;
 use crate::store::error::StoreError;
 use crate::store::types::*;
 use chrono::{DateTime, Utc};
-use postgres::Transaction;
 use postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -645,7 +644,7 @@ impl Outbox for PgBackend {
 /// customer with an unfinished event has one). Known ids are then told apart: the same event
 /// (a duplicate) or another one (the call fails whole).
 fn enqueue_in(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     register: &str,
     events: &[NewEvent],
     now: DateTime<Utc>,
@@ -750,7 +749,7 @@ fn enqueue_in(
 /// with its index (`offset` added: its place in a stream). The customers' counts come from the
 /// `outbox_unfinished` index.
 fn flood_check(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     register: &str,
     events: &[NewEvent],
     out: &[Enqueued],
@@ -799,7 +798,7 @@ fn flood_check(
 
 /// Why a settlement matched no event that may be settled: the event is missing, in another
 /// state, or of the other operation.
-fn unsettleable(tx: &mut Transaction<'_>, s: &Settlement) -> Fault {
+fn unsettleable(tx: &mut PgTx<'_>, s: &Settlement) -> Fault {
     let ev = match event(tx, s.seq) {
         Ok(ev) => ev,
         Err(f) => return f,
@@ -835,7 +834,7 @@ fn ledger_row(ev: &OutboxEvent, delivery: Delivery, at: DateTime<Utc>) -> Ledger
 
 /// What a delivery of `ev` leaves behind besides the event (its queue moved on already): the
 /// ledger's row for the customer and the attempt's history line.
-fn delivered(tx: &mut Transaction<'_>, ev: &OutboxEvent, delivery: Delivery, at: DateTime<Utc>) -> Result<(), Fault> {
+fn delivered(tx: &mut PgTx<'_>, ev: &OutboxEvent, delivery: Delivery, at: DateTime<Utc>) -> Result<(), Fault> {
     set_ledger(tx, &[ledger_row(ev, delivery, at)])?;
     let outcome = format!("delivered:{}", delivery_str(delivery));
     Line {
@@ -848,7 +847,7 @@ fn delivered(tx: &mut Transaction<'_>, ev: &OutboxEvent, delivery: Delivery, at:
 /// Dead-letters `seq` if it is in flight or accepted (and meets `also`, numbered from `$3` with
 /// `also_params`), writing its history line; whether it did.
 fn park(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     seq: Seq,
     also: &str,
     also_params: &[&(dyn ToSql + Sync)],
@@ -886,7 +885,7 @@ fn park(
 /// they, as they were, in issue order. One that is not a dead letter is
 /// [`StoreError::WrongState`] saying what it is.
 fn dead(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     which: DeadLetters,
     set: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -918,7 +917,7 @@ fn dead(
 /// [`Outbox::status`] inside its read transaction: counts by state from the index
 /// `outbox_state`, the parked customers and what waits behind them, the oldest unfinished
 /// event (its customer's head), the barrier.
-fn status_in(tx: &mut Transaction<'_>, register: Option<&str>) -> Result<OutboxStatus, Fault> {
+fn status_in(tx: &mut PgTx<'_>, register: Option<&str>) -> Result<OutboxStatus, Fault> {
     let (filter, h_filter) = match register {
         Some(_) => ("WHERE register = $1", "AND h.register = $1"),
         None => ("", ""),
@@ -984,7 +983,7 @@ fn status_in(tx: &mut Transaction<'_>, register: Option<&str>) -> Result<OutboxS
 /// its queue, the insert and the claim cannot be overtaken by another enqueue of the customer,
 /// and no claimer sees the event pending in between (it commits claimed).
 fn enqueue_and_claim_in(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     register: &str,
     ev: &NewEvent,
     correlation_id: Uuid,
@@ -1037,7 +1036,7 @@ fn enqueue_and_claim_in(
 /// [`Outbox::finish_claim`] inside its transaction: each ending one statement conditional on
 /// the event being in flight for `claimer`; when it matched nothing, the event was taken over.
 fn finish_claim_in(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     seq: Seq,
     claimer: &str,
     end: &ClaimEnd,

@@ -12,13 +12,13 @@
 //! Every transaction takes all its customer locks in one statement, in key order, so two of
 //! them never wait for each other in a circle.
 
-use super::db::{Fault, wrong};
+use super::db::{Fault, PgTx, wrong};
 use crate::store::error::StoreError;
 use crate::store::types::*;
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Row, Transaction};
+use postgres::Row;
 use uuid::Uuid;
 
 /// A stored value kfr does not know: the store was written by something else, or is damaged.
@@ -172,7 +172,7 @@ pub(crate) fn events_in_order(rows: &[Row]) -> Result<Vec<OutboxEvent>, Fault> {
 }
 
 /// One event by seq ([`StoreError::WrongState`] when there is none).
-pub(crate) fn event(tx: &mut Transaction<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
+pub(crate) fn event(tx: &mut PgTx<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
     let sql = format!("SELECT {} FROM outbox WHERE seq = $1", event_columns(""));
     match tx.query_opt(&sql, &[&seq])? {
         Some(row) => event_row(&row),
@@ -191,7 +191,7 @@ pub(crate) fn require(ev: &OutboxEvent, states: &[EventState], doing: &str) -> R
 
 /// Why a conditional statement left `seq` alone: it does not exist or is in another state. Only
 /// reached on a caller's mistake (or a change that beat it), so it reads the row again.
-pub(crate) fn unchanged(tx: &mut Transaction<'_>, seq: Seq, states: &[EventState], doing: &str) -> Fault {
+pub(crate) fn unchanged(tx: &mut PgTx<'_>, seq: Seq, states: &[EventState], doing: &str) -> Fault {
     let ev = match event(tx, seq) {
         Ok(ev) => ev,
         Err(f) => return f,
@@ -213,7 +213,7 @@ pub(crate) fn state_names(states: &[EventState]) -> Vec<&'static str> {
 /// clears). `$1` is `seqs` and `$2` the states; `set` and `also` number their own parameters
 /// (`params`) from `$3` on, and qualify the columns they read with `o.` (the row being changed).
 pub(crate) fn transition(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     seqs: &[Seq],
     from: &[EventState],
     also: &str,
@@ -237,7 +237,7 @@ pub(crate) fn transition(
 /// Takes the per-customer locks of `customers` (register, customer) for the rest of the
 /// transaction, all in one statement and in key order (see the module doc).
 pub(crate) fn lock_customers<R: AsRef<str>, C: AsRef<str>>(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     customers: &[(R, C)],
 ) -> Result<(), Fault> {
     if customers.is_empty() {
@@ -258,7 +258,7 @@ pub(crate) fn lock_customers<R: AsRef<str>, C: AsRef<str>>(
 /// cleared by the caller's statement) on to its next unfinished event, taking the customers'
 /// locks first; one statement for them all. Skips finished ones: an operator may have cancelled
 /// a pending event behind the head.
-pub(crate) fn heads_finished(tx: &mut Transaction<'_>, finished: &[(Seq, &str, &str)]) -> Result<(), Fault> {
+pub(crate) fn heads_finished(tx: &mut PgTx<'_>, finished: &[(Seq, &str, &str)]) -> Result<(), Fault> {
     if finished.is_empty() {
         return Ok(());
     }
@@ -297,7 +297,7 @@ pub(crate) fn one_head(e: postgres::Error) -> Fault {
 /// customer with an unfinished event has one); `None` when its event id is stored already
 /// (nothing written). The caller holds the customer's lock.
 pub(crate) fn try_insert_event(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTx<'_>,
     register: &str,
     ev: &NewEvent,
     correlation_id: Uuid,
@@ -330,7 +330,7 @@ pub(crate) fn try_insert_event(
 
 /// The load job holding removes of `register` back: a running job of that register, or of an
 /// unknown one (NULL: the safe reading).
-pub(crate) fn barrier_in(tx: &mut Transaction<'_>, register: &str) -> Result<Option<i64>, Fault> {
+pub(crate) fn barrier_in(tx: &mut PgTx<'_>, register: &str) -> Result<Option<i64>, Fault> {
     Ok(tx
         .query_opt(
             "SELECT id FROM load_jobs WHERE status = 'running' AND (register = $1 OR register IS NULL)
@@ -358,7 +358,7 @@ pub(crate) struct LedgerRow<'a> {
 
 /// Records that KFR now holds (or no longer holds) each customer's relationship, in one
 /// statement; of two rows for one customer the later one counts.
-pub(crate) fn set_ledger(tx: &mut Transaction<'_>, rows: &[LedgerRow<'_>]) -> Result<(), Fault> {
+pub(crate) fn set_ledger(tx: &mut PgTx<'_>, rows: &[LedgerRow<'_>]) -> Result<(), Fault> {
     // One row per customer (an upsert may not touch a row twice), the last one given.
     let mut last: Vec<&LedgerRow<'_>> = vec![];
     for row in rows.iter().rev() {
@@ -448,7 +448,7 @@ impl<'a> Line<'a> {
     }
 
     /// Writes `lines` in one statement, in their order.
-    pub(crate) fn write_all(tx: &mut Transaction<'_>, lines: &[Line<'_>]) -> Result<(), Fault> {
+    pub(crate) fn write_all(tx: &mut PgTx<'_>, lines: &[Line<'_>]) -> Result<(), Fault> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -482,7 +482,7 @@ impl<'a> Line<'a> {
         Ok(())
     }
 
-    pub(crate) fn write(&self, tx: &mut Transaction<'_>) -> Result<(), Fault> {
+    pub(crate) fn write(&self, tx: &mut PgTx<'_>) -> Result<(), Fault> {
         let status = self.status.map(i32::from);
         tx.execute(
             "INSERT INTO history (at, register, customer_id, seq, event_id, op, correlation_id, kind, outcome,
