@@ -80,7 +80,8 @@ const LATER: i64 = 100_000;
 macro_rules! outbox_conformance_tests {
     ($make:expr) => {
         $crate::store::conformance::outbox_conformance_tests!(@each $make;
-            dedupe_by_event_id, nothing_stored_from_a_failed_call, per_customer_fifo,
+            dedupe_by_event_id, a_duplicate_ahead_in_a_call_leaves_the_next_event_the_head,
+            nothing_stored_from_a_failed_call, per_customer_fifo,
             parallel_across_customers_up_to_the_limit, retry_later_keeps_the_head_and_honours_next_attempt_at,
             release_does_not_count_an_attempt, dead_letter_parks_only_that_customer, retry_dead_and_drop_dead_unpark,
             barrier_holds_removes_and_what_is_behind_them_not_free_adds,
@@ -228,6 +229,31 @@ pub fn dedupe_by_event_id(h: &mut dyn Harness) {
     );
     let st = b.status(Some(R)).unwrap();
     assert_eq!((st.pending, st.in_flight, st.delivered), (0, 1, 1));
+}
+
+/// A call whose first event of a customer is a known id (nothing stored for it) still makes
+/// that customer's next event of the call its head, and an event behind a head waits.
+pub fn a_duplicate_ahead_in_a_call_leaves_the_next_event_the_head(h: &mut dyn Harness) {
+    let b = h.backend();
+    b.enqueue(R, &[ev("d1", A, Operation::Add)], None, t(0)).unwrap();
+    let got = claim(b, R, 0, 10);
+    b.settle(&[delivered(got[0].seq, Operation::Add, 0)]).unwrap();
+    let r = b
+        .enqueue(
+            R,
+            &[
+                ev("d1", A, Operation::Add),
+                ev("d2", A, Operation::Remove),
+                ev("d3", B, Operation::Add),
+                ev("d4", B, Operation::Remove),
+            ],
+            None,
+            t(1),
+        )
+        .unwrap();
+    assert!(matches!(r[0], Enqueued::Duplicate { .. }), "{r:?}");
+    let got: Vec<String> = claim(b, R, 2, 10).into_iter().map(|e| e.event_id).collect();
+    assert_eq!(got, ["d2", "d3"], "one head per customer: the first event each stored");
 }
 
 pub fn nothing_stored_from_a_failed_call(h: &mut dyn Harness) {
@@ -773,6 +799,7 @@ pub fn correlation_id_is_stable_across_claims_and_recover(h: &mut dyn Harness) {
 pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
     let props: &[fn(&mut dyn Harness)] = &[
         dedupe_by_event_id,
+        a_duplicate_ahead_in_a_call_leaves_the_next_event_the_head,
         nothing_stored_from_a_failed_call,
         per_customer_fifo,
         parallel_across_customers_up_to_the_limit,

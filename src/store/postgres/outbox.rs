@@ -277,7 +277,7 @@ impl Outbox for PgBackend {
                  failing_since = NULL, next_attempt_at = NULL, head = NULL
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
                   AS s (seq, delivery, echoed, at, op)
-             WHERE o.seq = s.seq AND o.state IN ('in_flight', 'accepted') AND o.op = s.op
+             WHERE o.seq = ANY($1) AND o.seq = s.seq AND o.state IN ('in_flight', 'accepted') AND o.op = s.op
              RETURNING {}",
             event_columns("o")
         );
@@ -661,28 +661,52 @@ fn enqueue_in(
     let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
     let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
     let cids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+    // Each customer's first event of the call: the head if its customer has none (then it has no
+    // unfinished event either), found in the insert itself through `outbox_one_head`.
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    let firsts: Vec<bool> = events.iter().map(|e| seen.insert(e.customer_id.as_str())).collect();
     let stored: std::collections::HashMap<String, Seq> = tx
         .query(
             "INSERT INTO outbox (register, event_id, op, customer_id, start_date, occurred_at, source, received_at,
-                                 correlation_id, state)
-             SELECT $1, e.id, e.op, e.customer_id, e.start_date, e.occurred_at, e.source, $2, e.cid, 'pending'
-             FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::timestamptz[], $8::text[], $9::uuid[])
-                  WITH ORDINALITY AS e (id, op, customer_id, start_date, occurred_at, source, cid, i)
+                                 correlation_id, state, head)
+             SELECT $1, e.id, e.op, e.customer_id, e.start_date, e.occurred_at, e.source, $2, e.cid, 'pending',
+                    CASE WHEN e.first AND NOT EXISTS (
+                             SELECT 1 FROM outbox h WHERE h.head AND h.register = $1 AND h.customer_id = e.customer_id)
+                         THEN true END
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::timestamptz[], $8::text[], $9::uuid[],
+                         $10::boolean[])
+                  WITH ORDINALITY AS e (id, op, customer_id, start_date, occurred_at, source, cid, first, i)
              ORDER BY e.i
              ON CONFLICT (event_id) DO NOTHING
              RETURNING event_id, seq",
-            &[&register, &now, &ids, &ops, &who, &starts, &occurred, &sources, &cids],
-        )?
+            &[
+                &register, &now, &ids, &ops, &who, &starts, &occurred, &sources, &cids, &firsts,
+            ],
+        )
+        .map_err(one_head)?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    if !stored.is_empty() {
+    // A customer whose first event of the call was a known id (nothing stored) may still have
+    // got a later one: that one is the head if the customer has none, looked for the general way.
+    let got: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| stored.contains_key(&e.event_id))
+        .map(|e| e.customer_id.as_str())
+        .collect();
+    let unmarked: Vec<&str> = events
+        .iter()
+        .zip(&firsts)
+        .filter(|(e, first)| **first && !stored.contains_key(&e.event_id) && got.contains(e.customer_id.as_str()))
+        .map(|(e, _)| e.customer_id.as_str())
+        .collect();
+    if !unmarked.is_empty() {
         tx.execute(
             "UPDATE outbox SET head = true WHERE seq IN (
                  SELECT min(seq) FROM outbox
                  WHERE register = $1 AND customer_id = ANY($2) AND finished_at IS NULL
                  GROUP BY customer_id HAVING bool_or(head) IS NOT TRUE)",
-            &[&register, &who],
+            &[&register, &unmarked],
         )
         .map_err(one_head)?;
     }

@@ -16,9 +16,9 @@ use super::db::{Fault, PgTx, wrong};
 use crate::store::error::StoreError;
 use crate::store::types::*;
 use chrono::{DateTime, NaiveDate, Utc};
+use postgres::Row;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::Row;
 use uuid::Uuid;
 
 /// A stored value kfr does not know: the store was written by something else, or is damaged.
