@@ -111,26 +111,13 @@ const CONFINED_CRATES: &[(&str, &[&str], &[Exception])] = &[
     ),
 ];
 
-/// Circles among a module's parts that are known and not yet broken, each with its reason and
-/// the way out. The test fails on any other circle, and on a listed one that is gone (so the
-/// list only shrinks).
-const KNOWN_CIRCLES: &[(&[&str], &str)] = &[
-    (
-        &["cli/report", "cli/sync", "cli/report"],
-        "report.rs downcasts to sync's PartFailed for the exit code, and sync.rs asks report for the \
-         hint; cli/sync.rs is being changed elsewhere. Way out: the exit code as a trait the error \
-         implements, in crate::error",
-    ),
-    (
-        &["cli/relationship", "cli/report", "cli/relationship"],
-        "the same for relationship's StillQueued (exit 3) and report::find_hint",
-    ),
-    (
-        &["kfr/error", "kfr/verdict", "kfr/error"],
-        "a KfrError classifies itself into a Verdict, and an Attempt's verdict carries the KfrError; \
-         way out: the classification moves into verdict.rs",
-    ),
-];
+/// Circles among a module's parts that are known and not yet broken, each as its parts in order
+/// (from the smallest, back to it) with its reason and the way out. The test fails on any other
+/// circle, and on a listed one that is gone (so the list only shrinks). Empty: the last three
+/// (`cli/report ⇄ cli/sync`, `cli/relationship ⇄ cli/report`, `kfr/error ⇄ kfr/verdict`) were
+/// broken by `Hinted::fallback_hint` and `error::StillQueued` (the wrapped errors no longer ask
+/// `cli::report` for their cause's hint) and by the classification moving into `kfr/verdict.rs`.
+const KNOWN_CIRCLES: &[(&[&str], &str)] = &[];
 
 /// A forbidden import: which file, which line, from which module to which.
 #[derive(Debug, PartialEq, Eq)]
@@ -428,6 +415,17 @@ fn circles(files: &[(String, String)]) -> Vec<Vec<String>> {
     found.into_iter().collect()
 }
 
+/// `circles` (as found) against a list of known ones: `(listed but gone, found but not listed)`.
+fn against_known(found: &[Vec<String>], known: &[(&[&str], &str)]) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let known: Vec<Vec<String>> = known
+        .iter()
+        .map(|(c, _)| c.iter().map(|p| p.to_string()).collect())
+        .collect();
+    let gone = known.iter().filter(|k| !found.contains(k)).cloned().collect();
+    let new = found.iter().filter(|c| !known.contains(c)).cloned().collect();
+    (gone, new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,17 +503,11 @@ mod tests {
     #[test]
     fn no_module_has_a_circle_among_its_files() {
         let files: Vec<(String, String)> = sources().into_iter().map(|(f, _, t)| (f, t)).collect();
-        let all = circles(&files);
-        let known: Vec<Vec<String>> = KNOWN_CIRCLES
-            .iter()
-            .map(|(c, _)| c.iter().map(|p| p.to_string()).collect())
-            .collect();
-        let gone: Vec<_> = known.iter().filter(|k| !all.contains(k)).collect();
+        let (gone, found) = against_known(&circles(&files), KNOWN_CIRCLES);
         assert!(
             gone.is_empty(),
             "listed in KNOWN_CIRCLES but no longer there, remove: {gone:?}"
         );
-        let found: Vec<_> = all.iter().filter(|c| !known.contains(c)).collect();
         assert!(
             found.is_empty(),
             "parts of a module that import each other in a circle:\n{}",
@@ -525,6 +517,25 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+
+    #[test]
+    fn a_listed_circle_is_tolerated_until_it_is_gone_and_no_other() {
+        let circle = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let known: &[(&[&str], &str)] = &[(&["m/a", "m/b", "m/a"], "a reason, and the way out")];
+        let listed = circle(&["m/a", "m/b", "m/a"]);
+        let other = circle(&["m/c", "m/d", "m/c"]);
+        // The listed one, still there: nothing to say.
+        assert_eq!(against_known(std::slice::from_ref(&listed), known), (vec![], vec![]));
+        // A new one beside it is found; the listed one does not hide it.
+        assert_eq!(
+            against_known(&[listed.clone(), other.clone()], known),
+            (vec![], vec![other.clone()])
+        );
+        // The listed one broken: it must leave the list (the list only shrinks).
+        assert_eq!(against_known(&[], known), (vec![listed], vec![]));
+        // With nothing listed, every circle is found.
+        assert_eq!(against_known(std::slice::from_ref(&other), &[]), (vec![], vec![other]));
     }
 
     #[test]

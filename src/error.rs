@@ -5,8 +5,10 @@
 //! `error:` / `Caused by:` lines followed by at most one `hint:` line.
 //!
 //! Library modules keep typed `thiserror` enums so callers can branch on them; the ones an operator
-//! can act on implement [`Hinted`]. Rendering (`error:` / `Caused by:` / `hint:`) and the walk over
-//! an error chain live in `cli::report`, the only layer that knows every error type.
+//! can act on implement [`Hinted`], which also says the exit code an error means. Rendering
+//! (`error:` / `Caused by:` / `hint:`) and the walk over an error chain live in `cli::report`, the
+//! only layer that knows every error type. The errors that stand for an exit code of their own,
+//! [`UsageError`] (2) and [`StillQueued`] (3), are here beside [`Exit`].
 
 /// The process exit codes. Stable: scripts and schedulers depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +56,15 @@ impl UsageError {
 /// Each module's error types implement it; `cli` finds them in an error chain and renders them,
 /// so this module never needs to know the domain types (layers point down).
 pub trait Hinted {
-    /// The one `hint:` line: what to do next.
+    /// The one `hint:` line: what to do next. The first one found from the outermost error
+    /// inwards is shown.
     fn hint(&self) -> Option<String>;
+    /// A hint shown only when no error in the chain has its own [`Hinted::hint`], this one's
+    /// causes included: the general advice of a wrapper whose cause usually knows better (a
+    /// failed part of `kfr sync`). With it the wrapper need not look up its cause's hint itself.
+    fn fallback_hint(&self) -> Option<String> {
+        None
+    }
     /// The exit code this error means when it is anywhere in the chain. Most errors are
     /// failures of an attempted operation; configuration and usage errors override this.
     fn exit(&self) -> Exit {
@@ -69,6 +78,39 @@ impl Hinted for UsageError {
     }
     fn exit(&self) -> Exit {
         Exit::Usage
+    }
+}
+
+/// A `kfr add`/`kfr remove` that failed while its operation stays queued: the sync agent (or the
+/// command run again) sends it unless it is cancelled. Exit code 3, so a script does not take
+/// "failed" for "not done". The cause's own hint (KFR's, the network's) is the one shown: this
+/// error has none, so the walk over the chain goes on to its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StillQueued {
+    message: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl StillQueued {
+    pub fn new(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: source.into(),
+        }
+    }
+}
+
+impl Hinted for StillQueued {
+    fn hint(&self) -> Option<String> {
+        None
+    }
+    fn exit(&self) -> Exit {
+        Exit::StillQueued
     }
 }
 

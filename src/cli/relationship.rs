@@ -24,6 +24,7 @@
 use super::printer::Printer;
 use super::{LookupArgs, RelationshipArgs};
 use crate::config::Settings;
+use crate::error::StillQueued;
 use crate::ids::CustomerId;
 use crate::store::{ClaimEnd, ClaimFinished, Claimer, Delivery, NewEvent, OWN_SOURCES, OutboxEvent, OwnEvent};
 use crate::store::{Operation, Store};
@@ -369,39 +370,17 @@ impl Ctx<'_> {
                 if matches!(end, ClaimEnd::DeadLetter(_)) {
                     return Err(error.context(message));
                 }
-                // Failed, yet queued: say so plainly, with how to withdraw it (exit code 3).
-                let hint = super::report::find_hint(&error);
-                Err(anyhow::Error::new(StillQueued {
-                    message: format!(
+                // Failed, yet queued: say so plainly, with how to withdraw it (exit code 3). The
+                // cause's hint (KFR's, the network's) is found behind it by the error walk.
+                Err(anyhow::Error::new(StillQueued::new(
+                    format!(
                         "{message}. The operation is still queued for the sync agent; to withdraw it instead: kfr outbox cancel {} --reason …",
                         ev.seq
                     ),
-                    hint,
-                    source: error.into(),
-                }))
+                    error,
+                )))
             }
         }
-    }
-}
-
-/// `kfr add/remove` failed, but its operation stays queued and the sync agent (or the command
-/// run again) sends it: exit code 3, so a script does not take "failed" for "not done".
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StillQueued {
-    message: String,
-    /// The cause's own hint (KFR's, the network's), found before it was wrapped.
-    hint: Option<String>,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync + 'static>,
-}
-
-impl crate::error::Hinted for StillQueued {
-    fn hint(&self) -> Option<String> {
-        self.hint.clone()
-    }
-    fn exit(&self) -> crate::error::Exit {
-        crate::error::Exit::StillQueued
     }
 }
 

@@ -4,8 +4,12 @@
 //! Library modules only implement [`Hinted`]; this is the one place that knows every error type
 //! that does, because `cli` is the only layer allowed to import them all. A new error type with
 //! a hint is added to [`diagnose`], and the test below keeps the list honest.
+//!
+//! Nothing here is asked back: an error that wraps another leaves its cause's hint to the walk
+//! ([`Hinted::fallback_hint`]) instead of calling [`find_hint`], so the commands whose errors are
+//! listed below do not import this file (`src/architecture.rs`: no circle among cli's files).
 
-use crate::error::{Exit, Hinted, UsageError};
+use crate::error::{Exit, Hinted, StillQueued, UsageError};
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 
@@ -20,6 +24,7 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
     }
     try_types!(
         UsageError,
+        StillQueued,
         crate::config::ConfigError,
         crate::maskinporten::TokenError,
         crate::maskinporten::CredentialError,
@@ -38,7 +43,6 @@ fn diagnose<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a dyn Hinted> {
         crate::store::migrate::MigrateError,
         super::sync::PartFailed,
         super::outbox::FloodRefused,
-        super::relationship::StillQueued,
     );
     None
 }
@@ -61,9 +65,12 @@ pub fn exit_code(err: &anyhow::Error) -> Exit {
     }
 }
 
-/// The first hint found walking the chain from the outermost error inwards.
+/// The first hint found walking the chain from the outermost error inwards; without one, the
+/// first fallback hint (a wrapper's general advice, see [`Hinted::fallback_hint`]).
 pub fn find_hint(err: &anyhow::Error) -> Option<String> {
-    err.chain().find_map(|c| diagnose(c).and_then(Hinted::hint))
+    err.chain()
+        .find_map(|c| diagnose(c).and_then(Hinted::hint))
+        .or_else(|| err.chain().find_map(|c| diagnose(c).and_then(Hinted::fallback_hint)))
 }
 
 /// Renders `error: …`, one `Caused by:` line per cause, and the hint if any.
@@ -157,6 +164,41 @@ mod tests {
             }
         }
         assert!(found >= 8, "found only {found} Hinted types");
+    }
+
+    /// `kfr add` failed but stays queued: exit 3, and the hint is KFR's, found behind the
+    /// wrapper (which has none of its own) through the boxed cause, as `cli::relationship`
+    /// builds it.
+    #[test]
+    fn a_still_queued_error_exits_3_with_its_causes_hint() {
+        let refused = crate::kfr::KfrError::Api {
+            status: 403,
+            code: Some("KFR-003".into()),
+            message: "fid does not match the token".into(),
+            correlation_id: uuid::Uuid::nil(),
+            retry_after: None,
+            class: crate::kfr::VerdictClass::Systemic(crate::kfr::Scope::Institution),
+        };
+        let e = anyhow::Error::new(StillQueued::new(
+            "cannot add the customer. The operation is still queued",
+            anyhow::Error::new(refused).context("sending the add"),
+        ))
+        .context("kfr add");
+        assert_eq!(exit_code(&e), Exit::StillQueued);
+        let text = render(&e);
+        assert!(
+            text.ends_with("hint: org_number must be the organisation the token (certificate) was issued to\n"),
+            "{text}"
+        );
+        assert!(text.contains("KFR answered 403 KFR-003"), "{text}");
+
+        // A cause without a hint: no hint line, still exit 3.
+        let e = anyhow::Error::new(StillQueued::new("still queued", anyhow::anyhow!("recorded reason")));
+        assert_eq!(exit_code(&e), Exit::StillQueued);
+        assert_eq!(find_hint(&e), None);
+        // Usage beats it: a configuration error behind it still exits 2.
+        let e = anyhow::Error::new(StillQueued::new("still queued", UsageError::new("bad flag")));
+        assert_eq!(exit_code(&e), Exit::Usage);
     }
 
     #[test]

@@ -75,12 +75,14 @@ impl PartFailed {
 
 impl crate::error::Hinted for PartFailed {
     fn hint(&self) -> Option<String> {
-        // The cause's own hint says more (a store's, an ingest error's); this one is the fallback.
-        super::report::find_hint(&self.cause).or_else(|| {
-            Some(
-                "see the log above for what happened; the agent exits so that its supervisor (systemd Restart=on-failure, Kubernetes) starts it again, which is safe: what was in flight is put back in line at start".into(),
-            )
-        })
+        None
+    }
+    /// The cause's own hint says more (a store's, an ingest error's) and wins; this one is shown
+    /// when it has none.
+    fn fallback_hint(&self) -> Option<String> {
+        Some(
+            "see the log above for what happened; the agent exits so that its supervisor (systemd Restart=on-failure, Kubernetes) starts it again, which is safe: what was in flight is put back in line at start".into(),
+        )
     }
 }
 

@@ -1,12 +1,16 @@
 //! KFR errors, decoded from both error bodies KFR sends (`{errorCode, errorMessage, timestamp}`
-//! with KFR-/ERR- codes, and the gateway's `{statusCode, message}`), each with the class of its
-//! verdict ([`VerdictClass`], see [`super::verdict`]) so callers (the CLI, the load executor, the
+//! with KFR-/ERR- codes, and the gateway's `{statusCode, message}`), and the classes of verdict
+//! ([`VerdictClass`], [`Scope`]) an answer carries, so callers (the CLI, the load executor, the
 //! sync agent) decide the same way.
+//!
+//! The classes are defined here because an answer's error carries one; the rules that decide
+//! them, and the class and verdict of every other failure (`KfrError::class`,
+//! `KfrError::verdict`), are in [`super::verdict`]. That module names this one, never the
+//! reverse (`src/architecture.rs`: no circle among a module's files).
 //!
 //! Text a server sends back is shown with long digit runs masked: KFR or a gateway may echo the
 //! customer identifier, and a person's number must not reach a log in full.
 
-use super::verdict::{Scope, Verdict, VerdictClass, token_class};
 use crate::error::Hinted;
 use crate::ids::scrub;
 use crate::maskinporten::TokenError;
@@ -51,6 +55,49 @@ pub enum KfrError {
     BatchTooLarge { size: usize, limit: usize },
 }
 
+/// What cannot work now when a verdict is systemic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The certificate, the Maskinporten client or the token is refused: Maskinporten refused the
+    /// grant (`invalid_grant`, `invalid_client`, most MP-codes), or KFR answered 401 to a token
+    /// fetched just before.
+    Credentials,
+    /// The token is valid but may not do this: KFR-002 (and the lookup's 403 ERR-001), or
+    /// Maskinporten refusing the scope (`invalid_scope`, MP-200/201/250).
+    Permission,
+    /// The credential cannot act for this organisation: KFR-003 (`fid` is not the token's
+    /// org.nr), or a missing Altinn delegation (MP-251).
+    Institution,
+    /// The service at the configured URL does not answer as KFR (or Maskinporten) does: a 404
+    /// other than a delete's KFR-008, 405, 406, a redirect, a success we cannot read, a
+    /// discovery document for another issuer. A wrong base URL or a proxy in the way.
+    Endpoint,
+}
+
+/// The class of a verdict other than delivered: what [`KfrError`] carries so every caller (the
+/// CLI, the load, the sync agent) branches the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "class", content = "scope")]
+pub enum VerdictClass {
+    /// The same request may succeed later: 5xx, 408, timeout, connection failure, Maskinporten
+    /// unreachable or failing.
+    Transient,
+    /// 429: slow down, at least for `Retry-After`.
+    RateLimited,
+    /// Nothing sent with this credential/institution/endpoint can succeed until someone acts.
+    Systemic(Scope),
+    /// This request is refused for what it says; other events are unaffected.
+    Rejected,
+}
+
+impl VerdictClass {
+    /// Worth repeating unchanged (after a wait).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, VerdictClass::Transient | VerdictClass::RateLimited)
+    }
+}
+
 impl KfrError {
     /// Whether the request may still be carried out after this answer: no answer came (a
     /// timeout, a lost connection), or a 5xx, which a gateway gives while the request may still
@@ -66,63 +113,11 @@ impl KfrError {
         }
     }
 
-    /// The class of the verdict this error stands for.
-    pub fn class(&self) -> VerdictClass {
-        match self {
-            KfrError::Api { class, .. } => *class,
-            KfrError::Transport { .. } => VerdictClass::Transient,
-            KfrError::Token(e) => token_class(e),
-            KfrError::InvalidResponse { .. } => VerdictClass::Systemic(Scope::Endpoint),
-            KfrError::BatchTooLarge { .. } => VerdictClass::Rejected,
-        }
-    }
-
-    /// Systemic: no other request with this credential, institution or endpoint can succeed
-    /// now either, so the event it was about must not be given up on.
-    pub fn is_systemic(&self) -> bool {
-        matches!(self.class(), VerdictClass::Systemic(_))
-    }
-
-    /// The verdict this error stands for.
-    pub fn verdict<D>(&self) -> Verdict<D> {
-        match self.class() {
-            VerdictClass::Transient => Verdict::Transient {
-                reason: self.to_string(),
-                server_delay: self.retry_after(),
-            },
-            VerdictClass::RateLimited => Verdict::RateLimited {
-                retry_after: self.retry_after(),
-            },
-            VerdictClass::Systemic(scope) => Verdict::Systemic {
-                scope,
-                code: self.any_code(),
-                reason: self.to_string(),
-            },
-            VerdictClass::Rejected => Verdict::Rejected {
-                code: self.any_code(),
-                message: match self {
-                    KfrError::Api { message, .. } => message.clone(),
-                    other => other.to_string(),
-                },
-            },
-        }
-    }
-
     /// The KFR/ERR code, when KFR gave one.
     pub fn code(&self) -> Option<&str> {
         match self {
             KfrError::Api { code, .. } => code.as_deref(),
             _ => None,
-        }
-    }
-
-    /// KFR's code, or for a token refusal Digdir's MP-code, else the OAuth2 error.
-    fn any_code(&self) -> Option<String> {
-        match self {
-            KfrError::Token(TokenError::Rejected { mp_code, error, .. }) => {
-                Some(mp_code.clone().unwrap_or_else(|| error.clone()))
-            }
-            other => other.code().map(String::from),
         }
     }
 
@@ -260,26 +255,5 @@ mod tests {
         );
         assert_eq!(scrub("<p>41108695088</p>"), "<p>*********88</p>");
         assert!(!decode_body("no such customer 15108695088").1.contains("1510869"));
-    }
-
-    #[test]
-    fn answers_without_a_kfr_request_have_their_class() {
-        let cid = Uuid::nil();
-        let transport = |timeout| KfrError::Transport {
-            url: "https://kfr".into(),
-            reason: if timeout { "timed out" } else { "connection refused" }.into(),
-            timeout,
-            correlation_id: cid,
-        };
-        assert_eq!(transport(true).class(), VerdictClass::Transient);
-        assert_eq!(transport(false).class(), VerdictClass::Transient);
-        let unreadable = KfrError::InvalidResponse {
-            status: 200,
-            reason: "not a ListCustomerRelation".into(),
-            correlation_id: cid,
-        };
-        assert_eq!(unreadable.class(), VerdictClass::Systemic(Scope::Endpoint));
-        let big = KfrError::BatchTooLarge { size: 11, limit: 10 };
-        assert!(matches!(big.verdict::<()>(), Verdict::Rejected { code: None, .. }));
     }
 }

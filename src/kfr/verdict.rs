@@ -7,6 +7,9 @@
 //! - [`Verdict`] is that rule with its particulars (the server's delay, KFR's code and message,
 //!   the delivered value), and [`Attempt`] is one attempt's record: status, latency, the
 //!   CorrelationID sent and the one echoed, and the verdict.
+//! - [`token_class`] classes a failure to get a token, and `KfrError::class` / `KfrError::verdict`
+//!   (here, beside the rules) say what any failed request stands for. The classes themselves,
+//!   [`VerdictClass`] and [`Scope`], live in [`super::error`] with the answer that carries one.
 //!
 //! The scope of a systemic verdict is the point of this module: a systemic failure says "this
 //! credential, permission, institution or endpoint cannot work now", so it is never the event's
@@ -14,6 +17,9 @@
 //! event itself.
 
 use super::error::KfrError;
+// The classes live with the error that carries them (kfr/error.rs); they are named here as well
+// because the rules below produce them.
+pub use super::error::{Scope, VerdictClass};
 use crate::maskinporten::TokenError;
 use std::time::Duration;
 use uuid::Uuid;
@@ -48,49 +54,6 @@ pub enum Delivery {
     Accepted,
     /// Lookup, 200: an answer to read.
     Answered,
-}
-
-/// What cannot work now when a verdict is systemic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// The certificate, the Maskinporten client or the token is refused: Maskinporten refused the
-    /// grant (`invalid_grant`, `invalid_client`, most MP-codes), or KFR answered 401 to a token
-    /// fetched just before.
-    Credentials,
-    /// The token is valid but may not do this: KFR-002 (and the lookup's 403 ERR-001), or
-    /// Maskinporten refusing the scope (`invalid_scope`, MP-200/201/250).
-    Permission,
-    /// The credential cannot act for this organisation: KFR-003 (`fid` is not the token's
-    /// org.nr), or a missing Altinn delegation (MP-251).
-    Institution,
-    /// The service at the configured URL does not answer as KFR (or Maskinporten) does: a 404
-    /// other than a delete's KFR-008, 405, 406, a redirect, a success we cannot read, a
-    /// discovery document for another issuer. A wrong base URL or a proxy in the way.
-    Endpoint,
-}
-
-/// The class of a verdict other than delivered: what [`KfrError`] carries so every caller (the
-/// CLI, the load, the sync agent) branches the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "class", content = "scope")]
-pub enum VerdictClass {
-    /// The same request may succeed later: 5xx, 408, timeout, connection failure, Maskinporten
-    /// unreachable or failing.
-    Transient,
-    /// 429: slow down, at least for `Retry-After`.
-    RateLimited,
-    /// Nothing sent with this credential/institution/endpoint can succeed until someone acts.
-    Systemic(Scope),
-    /// This request is refused for what it says; other events are unaffected.
-    Rejected,
-}
-
-impl VerdictClass {
-    /// Worth repeating unchanged (after a wait).
-    pub fn is_retryable(self) -> bool {
-        matches!(self, VerdictClass::Transient | VerdictClass::RateLimited)
-    }
 }
 
 /// The rule: an answer's operation, status and KFR error code to what it means.
@@ -152,6 +115,62 @@ pub fn token_class(e: &TokenError) -> VerdictClass {
         | TokenError::InvalidResponse { .. }
         | TokenError::IssuerMismatch { .. } => Scope::Endpoint,
     })
+}
+
+/// The classification of a failed request: the class and the verdict a [`KfrError`] stands for.
+/// An answer's class was set by [`classify`] when it came; the other failures are classed here.
+impl KfrError {
+    /// The class of the verdict this error stands for.
+    pub fn class(&self) -> VerdictClass {
+        match self {
+            KfrError::Api { class, .. } => *class,
+            KfrError::Transport { .. } => VerdictClass::Transient,
+            KfrError::Token(e) => token_class(e),
+            KfrError::InvalidResponse { .. } => VerdictClass::Systemic(Scope::Endpoint),
+            KfrError::BatchTooLarge { .. } => VerdictClass::Rejected,
+        }
+    }
+
+    /// Systemic: no other request with this credential, institution or endpoint can succeed
+    /// now either, so the event it was about must not be given up on.
+    pub fn is_systemic(&self) -> bool {
+        matches!(self.class(), VerdictClass::Systemic(_))
+    }
+
+    /// The verdict this error stands for.
+    pub fn verdict<D>(&self) -> Verdict<D> {
+        match self.class() {
+            VerdictClass::Transient => Verdict::Transient {
+                reason: self.to_string(),
+                server_delay: self.retry_after(),
+            },
+            VerdictClass::RateLimited => Verdict::RateLimited {
+                retry_after: self.retry_after(),
+            },
+            VerdictClass::Systemic(scope) => Verdict::Systemic {
+                scope,
+                code: self.any_code(),
+                reason: self.to_string(),
+            },
+            VerdictClass::Rejected => Verdict::Rejected {
+                code: self.any_code(),
+                message: match self {
+                    KfrError::Api { message, .. } => message.clone(),
+                    other => other.to_string(),
+                },
+            },
+        }
+    }
+
+    /// KFR's code, or for a token refusal Digdir's MP-code, else the OAuth2 error.
+    fn any_code(&self) -> Option<String> {
+        match self {
+            KfrError::Token(TokenError::Rejected { mp_code, error, .. }) => {
+                Some(mp_code.clone().unwrap_or_else(|| error.clone()))
+            }
+            other => other.code().map(String::from),
+        }
+    }
 }
 
 /// One attempt's verdict. `D` is what a delivered answer carries: [`super::AddOutcome`],
@@ -489,5 +508,26 @@ mod tests {
             assert!(!Systemic(scope).is_retryable());
         }
         assert!(!Rejected.is_retryable());
+    }
+
+    #[test]
+    fn answers_without_a_kfr_request_have_their_class() {
+        let cid = Uuid::nil();
+        let transport = |timeout| KfrError::Transport {
+            url: "https://kfr".into(),
+            reason: if timeout { "timed out" } else { "connection refused" }.into(),
+            timeout,
+            correlation_id: cid,
+        };
+        assert_eq!(transport(true).class(), VerdictClass::Transient);
+        assert_eq!(transport(false).class(), VerdictClass::Transient);
+        let unreadable = KfrError::InvalidResponse {
+            status: 200,
+            reason: "not a ListCustomerRelation".into(),
+            correlation_id: cid,
+        };
+        assert_eq!(unreadable.class(), VerdictClass::Systemic(Scope::Endpoint));
+        let big = KfrError::BatchTooLarge { size: 11, limit: 10 };
+        assert!(matches!(big.verdict::<()>(), Verdict::Rejected { code: None, .. }));
     }
 }
