@@ -82,10 +82,11 @@ fn signal(a: &Agent, sig: &str) {
 }
 
 /// The acceptance: events posted to both agents; `kill -9` of the leader mid-stream; the standby
-/// delivers, and everything ends delivered in order. The time from the kill to the standby's
-/// first delivery is printed; the 10 s target is measured by `bench/sync/failover.sh` on a
-/// release build (docs/benchmarks.md). Here it is only bounded (30 s), since a debug build
-/// beside other tests on two cores is no measure of it.
+/// delivers within 10 s, and everything ends delivered in order. The time is printed; the figure
+/// for the docs is measured by `bench/sync/failover.sh` on a release build (docs/benchmarks.md).
+/// The leader held most of the backlog's customers claimed when it died: the standby must not
+/// have to wait their claim leases out before delivering anything (it took 20 s before the
+/// dispatcher held at most two groups of singles).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_the_standby_delivers_and_nothing_is_lost() {
     let db = pg_cluster::database();
@@ -111,14 +112,14 @@ async fn kill_9_of_the_leader_the_standby_delivers_and_nothing_is_lost() {
     // Requests the leader had on the wire may still land; what comes after is the standby's.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = mock.requests().len();
-    until("the standby delivers", Duration::from_secs(30), || {
+    until("the standby delivers", Duration::from_secs(10), || {
         let n = mock.requests().len();
         async move { n > before }
     })
     .await;
     let failover = killed.elapsed();
     eprintln!("failover: kill -9 of the leader to the standby's first delivery: {failover:?}");
-    assert!(failover <= Duration::from_secs(30), "took {failover:?}");
+    assert!(failover <= Duration::from_secs(10), "took {failover:?}");
     post_to_both(&r, &[&standby.ingest], rest, 100).await;
     all_delivered_in_order(&r, &evs).await;
     let st = tokio::task::spawn_blocking(move || terminate(standby)).await.unwrap();

@@ -325,6 +325,7 @@ impl Dispatcher {
         let mut checking = false;
         let mut lease = lease;
         let hold_cap = cfg.max_in_flight.max(1) + cfg.batch_max_entries.max(1);
+        let mut batching = false;
         let mut failed: Option<String> = None;
         let mut failed_store: Option<StoreError> = None;
 
@@ -342,9 +343,10 @@ impl Dispatcher {
             // requests could run short (fewer held than may be in flight) or when at least an
             // in-flight cap's worth of room is free; a probe always goes.
             let step = cfg.max_in_flight.max(1);
-            let worth_claiming = held < step || hold_cap.saturating_sub(held) >= step;
-            if gate != Gate::Closed && held < hold_cap && (worth_claiming || gate == Gate::Probe) {
-                let limit = if gate == Gate::Probe { 1 } else { hold_cap - held };
+            let cap = hold_limit(cfg, hold_cap, batching || !gathered.is_empty() || uploading > 0);
+            let worth_claiming = held < step || cap.saturating_sub(held) >= step;
+            if gate != Gate::Closed && held < cap && (worth_claiming || gate == Gate::Probe) {
+                let limit = if gate == Gate::Probe { 1 } else { cap - held };
                 match sh
                     .store
                     .claim_ready(sh.register.clone(), sh.claimer.clone(), sh.clock.now(), limit)
@@ -358,6 +360,7 @@ impl Dispatcher {
                             lock(&sh.pause).probe_later(now, cfg.probe_interval);
                         }
                         let today = crate::clock::oslo_date(sh.clock.now());
+                        batching = false;
                         for ev in events {
                             lock(&sh.unsettled).insert(ev.seq);
                             let probe = gate == Gate::Probe;
@@ -365,6 +368,7 @@ impl Dispatcher {
                                 tracing::info!(seq = ev.seq, "delivery paused: probing with one event");
                             }
                             if sh.goes_by_batch(&ev, today) {
+                                batching = true;
                                 if gathered.is_empty() {
                                     gathered_since = now;
                                 }
@@ -501,6 +505,23 @@ impl crate::error::Hinted for DispatchError {
 }
 
 /// A failed task's panic message, masked (it may quote a value the task held).
+/// How many claimed events the dispatcher may hold: while events go as singles, what is in
+/// flight plus one more group of `max_in_flight` (claims still come in groups, one commit each);
+/// while some go by batch, also a batch's worth to gather.
+///
+/// A claim holds its customer until `claimed_until`, even when its holder dies before sending:
+/// a successor cannot tell a request on the wire from one never sent, so it waits the claim out
+/// (the claim lease, docs/specs/outbox.md). Holding a batch's worth of singles that only wait
+/// for a slot kept most customers of a backlog from a standby for a whole claim lease after a
+/// `kill -9` of the leader (20 s in `pg_failover`); now at most two groups are held up.
+fn hold_limit(cfg: &DispatchConfig, hold_cap: usize, batching: bool) -> usize {
+    if batching {
+        hold_cap
+    } else {
+        hold_cap.min(2 * cfg.max_in_flight.max(1))
+    }
+}
+
 fn task_failure(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
         Ok(payload) => {
