@@ -337,16 +337,7 @@ impl Dispatcher {
             sh.record_again().await;
             let gate = lock(&sh.pause).gate(now);
             let held = singles + uploading + gathered.len();
-            // Claim in groups, not one event per finished request: a claim is a write transaction
-            // with its own commit, and refilling one freed place at a time under a backlog cost
-            // a commit per delivered event (docs/benchmarks.md, "Sync agent"). So claim when the
-            // requests could run short (fewer held than may be in flight) or when at least an
-            // in-flight cap's worth of room is free; a probe always goes.
-            let step = cfg.max_in_flight.max(1);
-            let cap = hold_limit(cfg, hold_cap, batching || !gathered.is_empty() || uploading > 0);
-            let worth_claiming = held < step || cap.saturating_sub(held) >= step;
-            if gate != Gate::Closed && held < cap && (worth_claiming || gate == Gate::Probe) {
-                let limit = if gate == Gate::Probe { 1 } else { cap - held };
+            if let Some(limit) = claim_limit(cfg, hold_cap, held, batching || held > singles, gate) {
                 match sh
                     .store
                     .claim_ready(sh.register.clone(), sh.claimer.clone(), sh.clock.now(), limit)
@@ -520,6 +511,23 @@ fn hold_limit(cfg: &DispatchConfig, hold_cap: usize, batching: bool) -> usize {
     } else {
         hold_cap.min(2 * cfg.max_in_flight.max(1))
     }
+}
+
+/// How many events to claim now (`None`: not now), holding `held`.
+///
+/// Claim in groups, not one event per finished request: a claim is a write transaction with its
+/// own commit, and refilling one freed place at a time under a backlog cost a commit per
+/// delivered event (docs/benchmarks.md, "Sync agent"). So claim when the requests could run
+/// short (fewer held than may be in flight) or when at least an in-flight cap's worth of room is
+/// free; a probe always goes, with one event.
+fn claim_limit(cfg: &DispatchConfig, hold_cap: usize, held: usize, batching: bool, gate: Gate) -> Option<usize> {
+    let step = cfg.max_in_flight.max(1);
+    let cap = hold_limit(cfg, hold_cap, batching);
+    let worth_claiming = held < step || cap.saturating_sub(held) >= step;
+    if gate == Gate::Closed || held >= cap || !(worth_claiming || gate == Gate::Probe) {
+        return None;
+    }
+    Some(if gate == Gate::Probe { 1 } else { cap - held })
 }
 
 fn task_failure(e: tokio::task::JoinError) -> String {

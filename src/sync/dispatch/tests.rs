@@ -716,3 +716,23 @@ async fn no_request_starts_during_the_drain() {
         "the rest handed back, in line for the next start: {s:?}"
     );
 }
+
+/// Singles are claimed up to what is in flight plus one more group, so a leader that dies holds
+/// few customers for a successor to wait out; a batch's worth only while events go by batch.
+#[test]
+fn claims_hold_two_groups_of_singles_and_a_batch_only_while_batching() {
+    let cfg = DispatchConfig {
+        max_in_flight: 32,
+        batch_max_entries: 250,
+        ..DispatchConfig::default()
+    };
+    let cap = 32 + 250;
+    assert_eq!(claim_limit(&cfg, cap, 0, false, Gate::Open), Some(64));
+    assert_eq!(claim_limit(&cfg, cap, 31, false, Gate::Open), Some(33), "fewer held than in flight");
+    assert_eq!(claim_limit(&cfg, cap, 40, false, Gate::Open), None, "not worth a commit yet");
+    assert_eq!(claim_limit(&cfg, cap, 64, false, Gate::Open), None);
+    assert_eq!(claim_limit(&cfg, cap, 0, true, Gate::Open), Some(282));
+    assert_eq!(claim_limit(&cfg, cap, 200, true, Gate::Open), Some(82));
+    assert_eq!(claim_limit(&cfg, cap, 0, false, Gate::Probe), Some(1));
+    assert_eq!(claim_limit(&cfg, cap, 0, false, Gate::Closed), None);
+}
