@@ -40,7 +40,11 @@ async fn a_wal_lost_after_a_kill_loses_no_step_of_the_load() {
             stdout.contains("complete: 80 relationships in 2 batches"),
             "{stage}: {stdout}{stderr}"
         );
-        assert_eq!(env.batches_accepted() - before, 2, "{stage}: no batch accepted twice\n{stderr}");
+        assert_eq!(
+            env.batches_accepted() - before,
+            2,
+            "{stage}: no batch accepted twice\n{stderr}"
+        );
         let active = env.active();
         assert!(id.iter().all(|i| active.contains_key(i)), "{stage}: register complete");
     }

@@ -1383,7 +1383,10 @@ async fn sigterm_ends_a_load_waiting_for_a_fifo_writer() {
             "the load ended before it waited: {:?}",
             child.wait_with_output()
         );
-        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the load never took its store");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "the load never took its store"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let killed = std::process::Command::new("kill")
@@ -1404,10 +1407,15 @@ async fn sigterm_ends_a_load_waiting_for_a_fifo_writer() {
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(143), "{stdout}{stderr}");
     assert!(
-        stderr.contains("error: stopped by SIGTERM while waiting for the input c.fifo (no program has opened it for writing)"),
+        stderr.contains(
+            "error: stopped by SIGTERM while waiting for the input c.fifo (no program has opened it for writing)"
+        ),
         "{stderr}"
     );
-    assert!(stderr.contains("no load job was created from it and nothing was sent"), "{stderr}");
+    assert!(
+        stderr.contains("no load job was created from it and nothing was sent"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: "), "{stderr}");
     let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
     let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();

@@ -189,7 +189,11 @@ mod tests {
             matches!(&err, LoadError::StoppedWaitingForInput { signal: 15, file, .. } if file == &p),
             "{err:?}"
         );
-        assert!(err.to_string().starts_with("stopped by SIGTERM while waiting for the input"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("stopped by SIGTERM while waiting for the input"),
+            "{err}"
+        );
     }
 
     /// A writer that opened the FIFO and then sends nothing: the read ends at the stop, and the

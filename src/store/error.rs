@@ -96,7 +96,9 @@ pub enum StoreError {
 /// [`StoreError::Lost`]'s message: the store itself, or its write-ahead log.
 fn lost(store: &str, log: Option<&str>) -> String {
     match log {
-        None => format!("the state store {store} was removed or replaced while kfr had it open; nothing more is written to it"),
+        None => format!(
+            "the state store {store} was removed or replaced while kfr had it open; nothing more is written to it"
+        ),
         Some(log) => format!(
             "the write-ahead log {log} of the state store {store} was removed or replaced while kfr had the store open; nothing more is written to it"
         ),

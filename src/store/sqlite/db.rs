@@ -307,10 +307,7 @@ impl SqliteBackend {
     /// holds or forget what an operator asked for: a load job and each step of its batches, the
     /// ledger of a batch, `kfr add`/`kfr remove` and their held operations, an abandon (issue 20).
     /// Cheap at that rate (docs/benchmarks.md, "Load: the kept steps").
-    pub(crate) fn kept_tx<T>(
-        &mut self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Fault>,
-    ) -> Result<T, StoreError> {
+    pub(crate) fn kept_tx<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Fault>) -> Result<T, StoreError> {
         let out = self.tx(Tx::Write, f)?;
         self.checkpoint();
         Ok(out)
@@ -321,11 +318,9 @@ impl SqliteBackend {
     /// copied (a reader held an old snapshot past the timeout) stays in the log, safe while the
     /// log is, and the next kept step copies it; a warning says so.
     fn checkpoint(&mut self) {
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            });
+        let done = self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
         match done {
             Ok((0, log, copied)) if copied >= log => {}
             Ok((_, log, copied)) => tracing::warn!(
@@ -347,10 +342,9 @@ impl SqliteBackend {
             return;
         }
         let log = log_path(&self.path);
-        match self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
-        {
+        match self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
             Ok((0, pages, copied)) if copied >= pages => tracing::warn!(
                 "the write-ahead log {} was removed or replaced: the {pages} pages this process had in it are copied into {}",
                 log.display(),
@@ -564,7 +558,8 @@ mod tests {
                 .unwrap();
         }
         let entries = vec![("02013299997".to_string(), None); 1];
-        s.record_batch(job, 1, cid, &entries, crate::store::conformance::t(2)).unwrap();
+        s.record_batch(job, 1, cid, &entries, crate::store::conformance::t(2))
+            .unwrap();
         killed(s);
         std::fs::remove_file(d.path().join("s.db-wal")).unwrap();
         let mut s = SqliteBackend::open(&p).unwrap();
@@ -617,13 +612,23 @@ mod tests {
         let p = d.path().join("s.db");
         let mut s = SqliteBackend::open(&p).unwrap();
         let now = crate::store::conformance::t(0);
-        s.enqueue("r", &[crate::store::conformance::ev("e1", "c", Operation::Add)], None, now)
-            .unwrap();
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e1", "c", Operation::Add)],
+            None,
+            now,
+        )
+        .unwrap();
         let log = d.path().join("s.db-wal");
         std::fs::remove_file(&log).unwrap();
         for _ in 0..2 {
             let err = s
-                .enqueue("r", &[crate::store::conformance::ev("e2", "d", Operation::Add)], None, now)
+                .enqueue(
+                    "r",
+                    &[crate::store::conformance::ev("e2", "d", Operation::Add)],
+                    None,
+                    now,
+                )
                 .unwrap_err();
             assert!(matches!(err, StoreError::Lost { log: Some(_), .. }), "{err:?}");
             assert!(err.to_string().contains(&log.display().to_string()), "{err}");
@@ -632,7 +637,12 @@ mod tests {
         killed(s);
         std::fs::remove_file(d.path().join("s.db-shm")).unwrap();
         let mut s = SqliteBackend::open(&p).unwrap();
-        let kept: Vec<String> = s.events_of(None, None).unwrap().into_iter().map(|e| e.event_id).collect();
+        let kept: Vec<String> = s
+            .events_of(None, None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
         assert_eq!(kept, ["e1"], "committed before the loss: copied into the file");
     }
 
@@ -664,7 +674,10 @@ mod tests {
                 text.contains("truncated") && text.contains(&format!("holds {} bytes", len / 2)),
                 "{text}"
             );
-            assert!(text.contains("rule: a SQLite store file holds every page its header counts"), "{text}");
+            assert!(
+                text.contains("rule: a SQLite store file holds every page its header counts"),
+                "{text}"
+            );
         }
     }
 

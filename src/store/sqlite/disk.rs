@@ -234,11 +234,19 @@ mod tests {
         std::fs::write(index_path(&store), index_bytes(5, 2, [2; 8])).unwrap();
         let lost = lost_log(&store).expect("three pages lost");
         let text = lost.to_string();
-        assert!(text.contains("s.db-wal is missing") && text.contains("3 committed pages"), "{text}");
+        assert!(
+            text.contains("s.db-wal is missing") && text.contains("3 committed pages"),
+            "{text}"
+        );
         let mut log = vec![0u8; 32];
         log[16..24].copy_from_slice(&[9; 8]);
         std::fs::write(log_path(&store), &log).unwrap();
-        assert!(lost_log(&store).unwrap().to_string().contains("another file was put in its place"));
+        assert!(
+            lost_log(&store)
+                .unwrap()
+                .to_string()
+                .contains("another file was put in its place")
+        );
         log[16..24].copy_from_slice(&[2; 8]);
         std::fs::write(log_path(&store), &log).unwrap();
         assert!(lost_log(&store).unwrap().to_string().contains("fewer than the"));

@@ -573,9 +573,7 @@ impl Outbox for SqliteBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        self.kept_tx(|tx| {
-            enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now)
-        })
+        self.kept_tx(|tx| enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now))
     }
 
     fn finish_claim(
