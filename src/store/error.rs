@@ -134,7 +134,7 @@ impl crate::error::Hinted for StoreError {
                 "put the store back at {store} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the store kfr had open"
             ),
             StoreError::Lost { store, log: Some(log) } => format!(
-                "never delete, move or replace {log} while kfr runs: it holds committed changes not yet copied into {store}. What this process had committed was copied into {store} before it stopped (when that failed, the lines above say so); a load's job and batches are copied at every step, so `kfr load status --state {store}` shows them and `kfr load FILE --resume --state {store}` goes on"
+                "never delete, move or replace {log} while kfr uses {store}: it holds committed changes not yet copied into the store's file. What this process had committed was copied into the file before it stopped (a warning above says whether that worked); start the command again (a load: `kfr load FILE --resume --state {store}`, its job and batches are copied into the file at every step)"
             ),
             StoreError::LogMissing { store, log, index, .. } => format!(
                 "put {log} back if it was moved (it belongs next to {store}; never copy it from another store), then run the command again. If it is gone for good, remove {index} too: kfr then opens {store} as its main file holds it, and what the lost log held is gone (a load's job and batches are kept in the main file at every step; check `kfr load status`, `kfr outbox status` and `kfr verify --all`)"

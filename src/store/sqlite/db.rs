@@ -346,12 +346,12 @@ impl SqliteBackend {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         }) {
             Ok((0, pages, copied)) if copied >= pages => tracing::warn!(
-                "the write-ahead log {} was removed or replaced: the {pages} pages this process had in it are copied into {}",
+                "the write-ahead log {} was removed or replaced: all {pages} pages of the log this process has open are copied into {}",
                 log.display(),
                 self.path.display()
             ),
             Ok((_, pages, copied)) => tracing::error!(
-                "the write-ahead log {} was removed or replaced: only {copied} of the {pages} pages this process had in it could be copied into {}",
+                "the write-ahead log {} was removed or replaced: only {copied} of the {pages} pages of the log this process has open could be copied into {}",
                 log.display(),
                 self.path.display()
             ),
