@@ -4,7 +4,7 @@
 //! Pipeline, one file per role:
 //! - [`reader`] (in [`crate::input`], re-exported here): stream the file once; detect the
 //!   format; validate, fold duplicates, drop closed rows; report every bad line (masked) with its
-//!   rule.
+//!   rule. [`fifo`]: an export from a named FIFO, whose waits for its writer answer a stop.
 //! - [`plan`]: exact-size batches within the limit, ingestion time, day schedule, "tell Bits?".
 //! - [`exec`]: upload one batch at a time, wait, confirm by own-lookups, record every step in the
 //!   state store so `--resume` after a crash never re-sends an accepted batch.
