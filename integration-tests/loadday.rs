@@ -1347,6 +1347,82 @@ async fn an_export_from_a_named_fifo_is_loaded() {
     assert_eq!(env.active().len(), 40);
 }
 
+/// Issue 20: a load on a named FIFO nobody opens for writing waits in open(2); SIGTERM ends it
+/// (it was ignored, for ever) with the interrupted exit code 143 and a message naming the FIFO,
+/// and nothing is stored half-way: the store holds no job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_load_waiting_for_a_fifo_writer() {
+    let env = setup().await;
+    let fifo = env.dir.join("c.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KFR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .current_dir(&env.dir)
+        .env("NO_COLOR", "1")
+        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+        .args(["--config", "kfr.toml", "load", "c.fifo", "--state", "s.db"])
+        .args(["--ingest-rate", "200000", "--settle-secs", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once the load holds its store (its lock file names it): the signal handler is
+    // installed by then, and the next thing it does is open the input.
+    let lock = env.dir.join("s.db.lock");
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("pid")) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the load ended before it waited: {:?}",
+            child.wait_with_output()
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "the load never took its store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A hang guard only (the old behaviour waited for ever): generous, not a timing assertion.
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("SIGTERM ignored while the load waited for a writer of the FIFO");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(143), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "error: stopped by SIGTERM while waiting for the input c.fifo (no program has opened it for writing)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no load job was created from it and nothing was sent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: "), "{stderr}");
+    let out = env.run(&["load", "status", "--state", "s.db", "--json"], &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&out).0).unwrap();
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(0), "no job stored: {v}");
+    assert_eq!(env.batches_accepted(), 0);
+}
+
 /// Names and addresses never leave the export: a rejected line is shown on screen and in the
 /// report mailed to Bits by line number, rule and masked identifier only (the rejects file next
 /// to the export keeps the line whole, for correction).

@@ -17,6 +17,7 @@ mod input;
 mod installation;
 mod kfr_cli;
 mod load;
+mod load_store;
 mod loadday;
 mod mock_kfr;
 mod mock_maskinporten;

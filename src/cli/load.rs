@@ -62,6 +62,12 @@ pub async fn run(settings: Settings, args: &LoadArgs, printer: Printer) -> anyho
     let sink = |e: LoadEvent| present(&printer, &opts, every, e);
     let outcome = match crate::load::run(&opts, &store, &client, &sink).await {
         Ok(o) => o,
+        Err(e @ LoadError::StoppedWaitingForInput { signal, .. }) => {
+            // Stopped before any job was made from the input: said like any error, and the
+            // interrupted exit code (128 + the signal), as a stop after a step.
+            printer.problem(super::report::render(&anyhow::Error::new(e)).trim_end());
+            std::process::exit(128 + signal);
+        }
         Err(e) => return Err(failure(e)),
     };
     summary(&printer, &opts, &outcome);

@@ -129,6 +129,21 @@ pub enum LoadError {
     )]
     AbandonedUnderIt { job: i64, confirmed: usize, batches: usize },
 
+    /// A signal asked the load to stop while it waited for its input: a named FIFO nobody
+    /// opened for writing, or a writer that sent nothing more (issue 20: it blocked in open(2)
+    /// and ignored SIGTERM). Nothing of the input went into a job and nothing was sent; the
+    /// caller exits 128 + `signal`.
+    #[error(
+        "stopped by {} while waiting for the input {} ({waiting}); no load job was created from it and nothing was sent",
+        if *signal == 15 { "SIGTERM" } else { "Ctrl-C (SIGINT)" },
+        file.display()
+    )]
+    StoppedWaitingForInput {
+        file: PathBuf,
+        signal: i32,
+        waiting: &'static str,
+    },
+
     /// The state store failed (its own error says what an operator can do).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -206,6 +221,7 @@ impl Hinted for LoadError {
             ),
             LoadError::AbandonedUnderIt { .. } => "`kfr load status` shows the job; what was sent stays in KFR (see docs/load.md, \"Abandoning a job\"); start a new load without --resume".into(),
             LoadError::JobAbandoned { .. } => "start a new load without --resume (`kfr load status` shows the abandoned job)".into(),
+            LoadError::StoppedWaitingForInput { .. } => "start the load again once the program that writes the export is running (a FIFO is read while it is written; `kfr load status` shows any earlier job)".into(),
             LoadError::Store(e) => return crate::error::Hinted::hint(e),
             LoadError::Other(_) => return None,
         })

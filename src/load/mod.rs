@@ -4,7 +4,7 @@
 //! Pipeline, one file per role:
 //! - [`reader`] (in [`crate::input`], re-exported here): stream the file once; detect the
 //!   format; validate, fold duplicates, drop closed rows; report every bad line (masked) with its
-//!   rule.
+//!   rule. [`fifo`]: an export from a named FIFO, whose waits for its writer answer a stop.
 //! - [`plan`]: exact-size batches within the limit, ingestion time, day schedule, "tell Bits?".
 //! - [`exec`]: upload one batch at a time, wait, confirm by own-lookups, record every step in the
 //!   state store so `--resume` after a crash never re-sends an accepted batch.
@@ -24,6 +24,7 @@ pub mod abandon;
 pub mod error;
 pub mod event;
 pub mod exec;
+pub mod fifo;
 pub mod plan;
 pub mod report;
 pub mod retry;
@@ -205,10 +206,7 @@ fn check_rejects_path(opts: &LoadOptions) -> Result<(), LoadError> {
 /// Reads the input, showing the first few bad lines of each rule and writing every one to the
 /// rejects file when asked.
 fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<Read, LoadError> {
-    let file = std::fs::File::open(&opts.file).map_err(|source| LoadError::OpenInput {
-        path: opts.file.clone(),
-        source,
-    })?;
+    let file = fifo::open(&opts.file, opts.stop.as_ref())?;
     // The file must not change under us (issue 9 item 7, issue 20): unchanged for the settle
     // window before the read, the same size and modification time after it and once more a
     // window later, and the same sha256 on a second read. A file written in chunks with pauses
@@ -231,7 +229,8 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
     let mut write_err: Option<std::io::Error> = None;
     let mut reported = 0u64;
     let mut by_rule: std::collections::BTreeMap<String, u64> = Default::default();
-    let out = reader::read(std::io::BufReader::with_capacity(0, file), size, ro, |r, raw| {
+    let input = fifo::Input::new(file, opts.stop.clone(), regular);
+    let out = reader::read(std::io::BufReader::with_capacity(0, input), size, ro, |r, raw| {
         let seen = by_rule.entry(r.rule.to_string()).or_default();
         *seen += 1;
         if *seen <= EXAMPLES_PER_RULE {
@@ -270,12 +269,21 @@ fn read_input(opts: &LoadOptions, ro: ReadOptions, on: EventSink<'_>) -> Result<
         }
     })
     .map_err(|e| {
+        if let reader::ReadError::Io(io) = &e
+            && let Some(signal) = fifo::stopped_by(io)
+        {
+            return LoadError::StoppedWaitingForInput {
+                file: opts.file.clone(),
+                signal,
+                waiting: "its writer sent nothing more",
+            };
+        }
         // A header error carries its own hint; keep it findable in the chain.
         let e = match e {
             reader::ReadError::Header(h) => anyhow::Error::new(h),
             other => anyhow::Error::new(other),
         };
-        e.context(format!("reading {}", opts.file.display()))
+        e.context(format!("reading {}", opts.file.display())).into()
     })?;
     if regular {
         let after = std::fs::metadata(&opts.file).map_err(|source| LoadError::OpenInput {

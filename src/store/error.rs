@@ -29,10 +29,24 @@ pub enum StoreError {
         "the state store {store} has {links} names (hard links to one file); kfr opens a store only by its one name"
     )]
     HardLinked { store: String, links: u64 },
-    /// The store is no longer the one kfr opened (deleted, moved or replaced): anything written
-    /// now would be lost, so nothing is.
-    #[error("the state store {store} was removed or replaced while kfr had it open; nothing more is written to it")]
-    Lost { store: String },
+    /// The store is no longer the one kfr opened (deleted, moved or replaced), or, for a store
+    /// kept in files, its write-ahead log `log` is not (SQLite's `-wal`): anything written now
+    /// would be lost, so nothing is.
+    #[error("{}", lost(store, log.as_deref()))]
+    Lost { store: String, log: Option<String> },
+    /// The store's write-ahead log `log` is missing or is not the one its index `index` names,
+    /// and the index says it held `frames` committed changes (pages) not yet copied into the
+    /// store: opening it would silently go back to before them, so it is not opened.
+    #[error(
+        "the state store {store} cannot be opened: its write-ahead log {log} {problem}, and its index {index} says the log held {frames} committed pages not yet in {store}; opening the store now would silently lose them"
+    )]
+    LogMissing {
+        store: String,
+        log: String,
+        index: String,
+        problem: String,
+        frames: u32,
+    },
     /// This process's lease on delivering `register` was taken over (epoch `held` is older than
     /// the store's `current`): a deposed holder writes nothing more.
     #[error(
@@ -79,6 +93,18 @@ pub enum StoreError {
     Other(String),
 }
 
+/// [`StoreError::Lost`]'s message: the store itself, or its write-ahead log.
+fn lost(store: &str, log: Option<&str>) -> String {
+    match log {
+        None => format!(
+            "the state store {store} was removed or replaced while kfr had it open; nothing more is written to it"
+        ),
+        Some(log) => format!(
+            "the write-ahead log {log} of the state store {store} was removed or replaced while kfr had the store open; nothing more is written to it"
+        ),
+    }
+}
+
 impl StoreError {
     /// A caller's mistake about a load job (no such job, not in the state asked for).
     pub fn job(job: i64, problem: impl std::fmt::Display) -> StoreError {
@@ -104,8 +130,14 @@ impl crate::error::Hinted for StoreError {
             StoreError::HardLinked { store, .. } => format!(
                 "remove the other names of the file (`find / -xdev -samefile {store}` lists them) and use {store} alone, or copy it with `kfr backup`; two processes on two names of one SQLite file each keep their own log and lose what the other wrote"
             ),
-            StoreError::Lost { store } => format!(
+            StoreError::Lost { store, log: None } => format!(
                 "put the store back at {store} (or restore it from a backup) and restart kfr: events acknowledged before this were written to the store kfr had open"
+            ),
+            StoreError::Lost { store, log: Some(log) } => format!(
+                "never delete, move or replace {log} while kfr uses {store}: it holds committed changes not yet copied into the store's file. What this process had committed was copied into the file before it stopped (a warning above says whether that worked); start the command again (a load: `kfr load FILE --resume --state {store}`, its job and batches are copied into the file at every step)"
+            ),
+            StoreError::LogMissing { store, log, index, .. } => format!(
+                "put {log} back if it was moved (it belongs next to {store}; never copy it from another store), then run the command again. If it is gone for good, remove {index} too: kfr then opens {store} as its main file holds it, and what the lost log held is gone (a load's job and batches are kept in the main file at every step; check `kfr load status`, `kfr outbox status` and `kfr verify --all`)"
             ),
             StoreError::Fenced { .. } => {
                 "another `kfr sync` took over delivery (this one was stopped or too slow to renew its lease); this process stops delivering, its unfinished claims are taken back by the new holder".into()

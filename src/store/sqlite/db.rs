@@ -1,8 +1,11 @@
 //! The SQLite backend's connection: opening (created 0600, WAL, `synchronous=FULL`), migrating,
 //! and the one transaction runner every part of the backend writes through — which refuses to
-//! write to a file that is no longer the one opened, and fences a deposed deliverer by its lease
-//! epoch.
+//! write to a file, or a write-ahead log, that is no longer the one opened, and fences a deposed
+//! deliverer by its lease epoch; and the kept transaction ([`SqliteBackend::kept_tx`]) of the few
+//! steps that must be in the main file, not only in the log (issue 20: a lost `-wal` lost the
+//! load's job).
 
+use super::disk::{check_before_open, log_path};
 use super::lock::{FileLock, IdentityLock};
 use super::migrations::{self, MIGRATIONS};
 use super::rows::{Fault, store_error};
@@ -23,6 +26,11 @@ pub struct SqliteBackend {
     pub(crate) path: PathBuf,
     /// Device and inode of the file opened, to notice it deleted or replaced under us.
     identity: Option<(u64, u64)>,
+    /// Device and inode of its write-ahead log (`-wal`) as this connection writes it: a log
+    /// deleted or replaced under us takes with it whatever was not yet copied into the file.
+    log_identity: Option<(u64, u64)>,
+    /// Whether what this connection committed was copied into the file after its log was lost.
+    log_rescued: bool,
     /// The delivery lease this process holds (its writes are fenced by its epoch) and the lock
     /// file under it.
     pub(crate) lease: Option<Held>,
@@ -54,6 +62,7 @@ impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
         let store = path.display().to_string();
         refuse_hard_links(path)?;
+        check_before_open(path)?;
         create_private(path).map_err(|e| StoreError::Unavailable {
             store: store.clone(),
             detail: format!("creating it: {e}"),
@@ -62,6 +71,8 @@ impl SqliteBackend {
         backend
             .migrate()
             .map_err(|e| opening_error(&store, e.context("migrating the schema")))?;
+        // SQLite opened (or made) the log by now; a log it makes later is noted at its first write.
+        backend.log_identity = file_identity(&log_path(path));
         Ok(backend)
     }
 
@@ -72,6 +83,7 @@ impl SqliteBackend {
         use rusqlite::OpenFlags;
         let store = path.display().to_string();
         refuse_hard_links(path)?;
+        check_before_open(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let open = |uri: &str| -> anyhow::Result<(Connection, u32)> {
             let conn = Connection::open_with_flags(uri, flags)?;
@@ -105,6 +117,8 @@ impl SqliteBackend {
             conn,
             path: path.to_path_buf(),
             identity: file_identity(path),
+            log_identity: None,
+            log_rescued: false,
             lease: None,
             writer: None,
         })
@@ -129,6 +143,8 @@ impl SqliteBackend {
             conn,
             path: path.to_path_buf(),
             identity: file_identity(path),
+            log_identity: None,
+            log_rescued: false,
             lease: None,
             writer: None,
         })
@@ -232,18 +248,31 @@ impl SqliteBackend {
         };
         let identity = self.identity;
         let file = self.path.clone();
+        let (log, log_identity) = (log_path(&self.path), self.log_identity);
         let fence = match (&self.lease, mode) {
             (Some(held), Tx::Fenced) => Some((held.lease.register.clone(), held.lease.epoch)),
             _ => None,
         };
-        // A write goes only to the file that is still at the store's path: one written to a
-        // deleted or replaced file would be acknowledged and then lost. Checked before (a
+        // A write goes only to the file that is still at the store's path, through the log that
+        // is still at the log's: one written to a deleted or replaced file would be acknowledged
+        // and then lost, and so would one written to a log SQLite will no longer find (issue 20:
+        // a load whose `-wal` was removed went on, and its job vanished). Checked before (a
         // replacement can also confuse SQLite's shared WAL index, whose errors say less) and
         // again just before the commit.
         let still_ours = || -> Result<(), Fault> {
-            if write && file_identity(&file) != identity {
+            if !write {
+                return Ok(());
+            }
+            if file_identity(&file) != identity {
                 return Err(Fault::Store(StoreError::Lost {
                     store: file.display().to_string(),
+                    log: None,
+                }));
+            }
+            if log_identity.is_some() && file_identity(&log) != log_identity {
+                return Err(Fault::Store(StoreError::Lost {
+                    store: file.display().to_string(),
+                    log: Some(log.display().to_string()),
                 }));
             }
             Ok(())
@@ -259,10 +288,79 @@ impl SqliteBackend {
             tx.commit()?;
             Ok(out)
         };
-        run(&mut self.conn).map_err(|e| match e {
+        let out = run(&mut self.conn).map_err(|e| match e {
             Fault::Sql(e) => store_error(&store, e),
             Fault::Store(e) => e,
-        })
+        });
+        match &out {
+            Ok(_) if write && self.log_identity.is_none() => self.log_identity = file_identity(&log),
+            Err(StoreError::Lost { log: Some(_), .. }) => self.rescue_lost_log(),
+            _ => {}
+        }
+        out
+    }
+
+    /// Runs `f` as a write ([`Tx::Write`]) and then copies the log into the main file (a
+    /// checkpoint), so what it committed survives the loss of the `-wal` — SQLite otherwise
+    /// copies it only every 10,000 pages or when the last connection closes, which a killed
+    /// process never does. For the few steps whose loss would make kfr repeat what KFR already
+    /// holds or forget what an operator asked for: a load job and each step of its batches, the
+    /// ledger of a batch, `kfr add`/`kfr remove` and their held operations, an abandon (issue 20).
+    /// Cheap at that rate (docs/benchmarks.md, "Load: the kept steps").
+    pub(crate) fn kept_tx<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Fault>) -> Result<T, StoreError> {
+        let out = self.tx(Tx::Write, f)?;
+        self.checkpoint();
+        Ok(out)
+    }
+
+    /// Copies every committed page of the log into the main file and syncs it (`FULL`: waits,
+    /// up to the busy timeout, for writers and for readers of older snapshots). What is not
+    /// copied (a reader held an old snapshot past the timeout) stays in the log, safe while the
+    /// log is, and the next kept step copies it; a warning says so.
+    fn checkpoint(&mut self) {
+        let done = self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match done {
+            Ok((0, log, copied)) if copied >= log => {}
+            Ok((_, log, copied)) => tracing::warn!(
+                "the state store {}: {copied} of {log} pages of its write-ahead log copied into the file (another process kept an older snapshot open); the rest follows at the next step",
+                self.path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "the state store {}: copying its write-ahead log into the file failed: {e}",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// After the log was found removed or replaced: copies what this connection committed
+    /// (still readable through the log it has open) into the main file, once, and says whether
+    /// that worked — the operator's next step depends on it.
+    fn rescue_lost_log(&mut self) {
+        if std::mem::replace(&mut self.log_rescued, true) {
+            return;
+        }
+        let log = log_path(&self.path);
+        match self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            Ok((0, pages, copied)) if copied >= pages => tracing::warn!(
+                "the write-ahead log {} was removed or replaced: all {pages} pages of the log this process has open are copied into {}",
+                log.display(),
+                self.path.display()
+            ),
+            Ok((_, pages, copied)) => tracing::error!(
+                "the write-ahead log {} was removed or replaced: only {copied} of the {pages} pages of the log this process has open could be copied into {}",
+                log.display(),
+                self.path.display()
+            ),
+            Err(e) => tracing::error!(
+                "the write-ahead log {} was removed or replaced: what this process had in it could not be copied into {}: {e}",
+                log.display(),
+                self.path.display()
+            ),
+        }
     }
 }
 
@@ -418,6 +516,169 @@ mod tests {
         let err = SqliteBackend::open(&p).err().unwrap();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
         assert!(err.to_string().contains(&p.display().to_string()), "{err}");
+    }
+
+    /// A store left as `kill -9` leaves it: the connection never closed (SQLite copies the log
+    /// into the file only when the last one closes), the `-wal` and `-shm` on disk.
+    fn killed(s: SqliteBackend) {
+        std::mem::forget(s);
+    }
+
+    fn a_job() -> crate::store::NewJob {
+        crate::store::NewJob {
+            input_path: "c.csv".into(),
+            content_hash: "abc".into(),
+            settings: "{}".into(),
+            entries: 5,
+            batches: (0..2)
+                .map(|i| crate::store::NewBatch {
+                    first_entry: i * 3,
+                    entry_count: 3 - i,
+                    bytes: 100,
+                    correlation_id: uuid::Uuid::new_v4(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Issue 20: a load killed after a batch was accepted, its `-wal` then removed: the job and
+    /// the batch's state are in the main file, so the resume finds them (it found nothing, and a
+    /// new load sent the accepted batches again).
+    #[test]
+    fn a_load_job_and_its_batch_steps_survive_a_lost_log() {
+        use crate::store::backend::{Jobs as _, Ledger as _};
+        use crate::store::{BatchChange, BatchStatus};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.db");
+        let mut s = SqliteBackend::open(&p).unwrap();
+        let job = s.create_job(&a_job(), crate::store::conformance::t(0)).unwrap();
+        let cid = s.batches(job).unwrap()[0].correlation_id;
+        for st in [BatchStatus::Uploading, BatchStatus::Accepted] {
+            s.update_batch(job, 1, &BatchChange::Status(st), crate::store::conformance::t(1))
+                .unwrap();
+        }
+        let entries = vec![("02013299997".to_string(), None); 1];
+        s.record_batch(job, 1, cid, &entries, crate::store::conformance::t(2))
+            .unwrap();
+        killed(s);
+        std::fs::remove_file(d.path().join("s.db-wal")).unwrap();
+        let mut s = SqliteBackend::open(&p).unwrap();
+        let j = s.unconfirmed_job().unwrap().expect("the job is in the main file");
+        assert_eq!(j.id, job);
+        let b = s.batches(job).unwrap();
+        assert_eq!(b[0].status, BatchStatus::Accepted, "{b:?}");
+        assert_eq!(s.ledger_count(Some((job, 1))).unwrap(), 1);
+    }
+
+    /// Issue 20: a `-wal` lost with pages its index says were never copied into the file: the
+    /// store is not opened (SQLite would silently open it as it was before them), and the
+    /// refusal names the log, what is wrong with it and the index.
+    #[test]
+    fn a_store_whose_log_was_lost_with_uncopied_pages_is_refused_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.db");
+        let mut s = SqliteBackend::open(&p).unwrap();
+        // The agent's intake: not a kept step, so it sits in the log until a checkpoint.
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e1", "c", Operation::Add)],
+            None,
+            crate::store::conformance::t(0),
+        )
+        .unwrap();
+        killed(s);
+        let log = d.path().join("s.db-wal");
+        std::fs::remove_file(&log).unwrap();
+        for err in [
+            SqliteBackend::open(&p).err().unwrap(),
+            SqliteBackend::open_read_only(&p).err().unwrap(),
+        ] {
+            assert!(matches!(err, StoreError::LogMissing { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("{} is missing", log.display())), "{text}");
+            assert!(text.contains("s.db-shm") && text.contains("not yet in"), "{text}");
+            let hint = crate::error::Hinted::hint(&err).unwrap();
+            assert!(hint.contains("put ") && hint.contains("remove "), "{hint}");
+        }
+        assert!(!log.exists(), "nothing was created by the refusals");
+    }
+
+    /// Issue 20: the `-wal` removed while kfr writes: the next write is refused naming it, and
+    /// so is every one after; what this connection had committed is copied into the file.
+    #[test]
+    fn a_log_removed_while_open_stops_every_write_naming_it() {
+        use crate::store::backend::Jobs as _;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.db");
+        let mut s = SqliteBackend::open(&p).unwrap();
+        let now = crate::store::conformance::t(0);
+        s.enqueue(
+            "r",
+            &[crate::store::conformance::ev("e1", "c", Operation::Add)],
+            None,
+            now,
+        )
+        .unwrap();
+        let log = d.path().join("s.db-wal");
+        std::fs::remove_file(&log).unwrap();
+        for _ in 0..2 {
+            let err = s
+                .enqueue(
+                    "r",
+                    &[crate::store::conformance::ev("e2", "d", Operation::Add)],
+                    None,
+                    now,
+                )
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Lost { log: Some(_), .. }), "{err:?}");
+            assert!(err.to_string().contains(&log.display().to_string()), "{err}");
+            assert!(s.create_job(&a_job(), now).is_err(), "a kept step is refused too");
+        }
+        killed(s);
+        std::fs::remove_file(d.path().join("s.db-shm")).unwrap();
+        let mut s = SqliteBackend::open(&p).unwrap();
+        let kept: Vec<String> = s
+            .events_of(None, None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(kept, ["e1"], "committed before the loss: copied into the file");
+    }
+
+    /// Issue 20: "a truncated store errors without naming it". The file cut short is refused at
+    /// open, naming the file and the rule it breaks, by both kinds of open.
+    #[test]
+    fn a_truncated_store_is_refused_naming_the_file_and_the_rule() {
+        use crate::store::backend::Jobs as _;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.db");
+        let mut s = SqliteBackend::open(&p).unwrap();
+        for i in 0..200 {
+            s.create_job(&a_job(), crate::store::conformance::t(i)).unwrap();
+        }
+        drop(s);
+        assert!(!d.path().join("s.db-wal").exists(), "closed: the log is in the file");
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len / 2).unwrap();
+        drop(f);
+        for err in [
+            SqliteBackend::open(&p).err().unwrap(),
+            SqliteBackend::open_read_only(&p).err().unwrap(),
+        ] {
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&p.display().to_string()), "{text}");
+            assert!(
+                text.contains("truncated") && text.contains(&format!("holds {} bytes", len / 2)),
+                "{text}"
+            );
+            assert!(
+                text.contains("rule: a SQLite store file holds every page its header counts"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ fn no_batch(job: i64, seq: u32) -> Fault {
 impl Jobs for SqliteBackend {
     fn create_job(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<i64, StoreError> {
         let at = time_text(now);
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             tx.execute(
                 "INSERT INTO load_jobs (input_path, content_hash, settings, status, entries, created_at, updated_at, register)
                  VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5, ?6)",
@@ -171,7 +171,7 @@ impl Jobs for SqliteBackend {
 
     fn update_batch(&mut self, job: i64, seq: u32, change: &BatchChange, now: DateTime<Utc>) -> Result<(), StoreError> {
         let at = time_text(now);
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             // A load's writes stop once its job is not running: an operator who abandoned it
             // under the load must not see batches confirmed behind their back (issue 20, N4).
             let status: Option<String> = tx
@@ -227,7 +227,7 @@ impl Jobs for SqliteBackend {
         now: DateTime<Utc>,
     ) -> Result<Abandonment, StoreError> {
         let at = time_text(now);
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             let sql = format!("SELECT {JOB_COLUMNS} FROM load_jobs WHERE id = ?1");
             let Some(job) = tx.query_row(&sql, [id], job_row).optional()? else {
                 return Ok(Abandonment::NoSuchJob);
@@ -325,7 +325,7 @@ impl Jobs for SqliteBackend {
 
     fn confirm_job_if_complete(&mut self, job: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let at = time_text(now);
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             let open: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM load_batches WHERE job_id = ?1 AND status != 'confirmed'",
                 [job],

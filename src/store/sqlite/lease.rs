@@ -164,6 +164,7 @@ impl Leases for SqliteBackend {
         // the file itself is what every name meets.
         let identity = super::db::file_identity(&self.path).ok_or_else(|| StoreError::Lost {
             store: self.describe_path(),
+            log: None,
         })?;
         match IdentityLock::try_acquire(&self.path, identity).map_err(|e| lock_error(&self.describe_path(), e))? {
             Ok(identity) => {

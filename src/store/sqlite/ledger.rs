@@ -92,7 +92,7 @@ impl Ledger for SqliteBackend {
     ) -> Result<(), StoreError> {
         let at = crate::store::time_text(now);
         let cid = correlation_id.to_string();
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             let register: Option<String> =
                 tx.query_row("SELECT register FROM load_jobs WHERE id = ?1", [job], |r| r.get(0))?;
             let register = register.unwrap_or_default();

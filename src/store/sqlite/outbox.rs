@@ -573,9 +573,7 @@ impl Outbox for SqliteBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<OwnEvent, StoreError> {
-        self.tx(Tx::Write, |tx| {
-            enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now)
-        })
+        self.kept_tx(|tx| enqueue_and_claim_in(tx, register, event, correlation_id, claimer, now))
     }
 
     fn finish_claim(
@@ -585,7 +583,7 @@ impl Outbox for SqliteBackend {
         end: &ClaimEnd,
         at: DateTime<Utc>,
     ) -> Result<ClaimFinished, StoreError> {
-        self.tx(Tx::Write, |tx| finish_claim_in(tx, seq, claimer, end, at))
+        self.kept_tx(|tx| finish_claim_in(tx, seq, claimer, end, at))
     }
 
     fn claim_head_of(
@@ -596,7 +594,7 @@ impl Outbox for SqliteBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<Option<OutboxEvent>, StoreError> {
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             let sql =
                 format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE register = ?1 AND customer_id = ?2 AND head = 1");
             let Some(head) = tx.query_row(&sql, params![register, customer], event_row).optional()? else {
@@ -618,7 +616,7 @@ impl Outbox for SqliteBackend {
         claimer: &Claimer,
         now: DateTime<Utc>,
     ) -> Result<Option<OutboxEvent>, StoreError> {
-        self.tx(Tx::Write, |tx| {
+        self.kept_tx(|tx| {
             let removes_may_go = barrier_in(tx, register)?.is_none();
             let sql = format!(
                 "SELECT seq FROM outbox
