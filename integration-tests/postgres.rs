@@ -251,6 +251,8 @@ async fn verify_and_reconcile_work_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_on_postgres_is_refused_naming_the_banks_tooling() {
     let (env, db) = pg_setup().await;
+    // A store to back up (on an empty database there is none: "no state store", exit 2).
+    assert_ok(&run(&env, &["enqueue", "add", &ids(226, 1)[0]]).await);
     let out = run(&env, &["backup", "copy.db"]).await;
     let (o, e) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{o}{e}");
