@@ -167,7 +167,8 @@ fn ids(events: &[OutboxEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event_id.as_str()).collect()
 }
 
-fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
+/// The settlement of a delivered `op` at `t(at)`.
+pub fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
     Settlement {
         seq,
         delivery: match op {
@@ -179,7 +180,8 @@ fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
     }
 }
 
-fn rejection() -> Rejection {
+/// KFR's refusal of an event for its content.
+pub fn rejection() -> Rejection {
     Rejection {
         status: Some(400),
         code: Some("KFR-005".into()),

@@ -23,7 +23,7 @@
 mod tests {
     use crate::pg::cluster::{self, TestDb};
     use crate::store::backend::{History as _, Operations as _, Outbox as _};
-    use crate::store::conformance::{R, agent, ev, operator, t};
+    use crate::store::conformance::{R, agent, delivered, ev, operator, rejection, t};
     use crate::store::postgres::PgBackend;
     use crate::store::types::*;
     use std::sync::{Arc, Mutex};
@@ -205,27 +205,6 @@ mod tests {
             .any(|op| cond.contains(&format!("({first} {op} ")))
     }
 
-    fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
-        Settlement {
-            seq,
-            delivery: match op {
-                Operation::Add => Delivery::Added,
-                Operation::Remove => Delivery::Removed,
-            },
-            echoed_correlation_id: None,
-            at: t(at),
-        }
-    }
-
-    fn refused() -> Rejection {
-        Rejection {
-            status: Some(400),
-            code: Some("KFR-005".into()),
-            body: String::new(),
-            reason: "refused".into(),
-        }
-    }
-
     /// Customers in the filled store. The planner chooses by the table's statistics: with too
     /// few rows, reading a whole index of heads costs it less than a lookup per row, which it
     /// would never choose on a backlog of any size; with this many it chooses as it would there.
@@ -257,7 +236,7 @@ mod tests {
         s.settle(&done.iter().map(|e| delivered(e.seq, e.op, 2)).collect::<Vec<_>>())
             .unwrap();
         for e in &rest[..20] {
-            s.dead_letter(e.seq, &refused(), t(2)).unwrap();
+            s.dead_letter(e.seq, &rejection(), t(2)).unwrap();
         }
         for e in &rest[20..60] {
             s.retry_later(e.seq, t(3), "HTTP 503", t(2)).unwrap();
@@ -334,7 +313,7 @@ mod tests {
         });
         e.check(bad, "release", |s| s.release(&[claimed[6].seq], t(11)).unwrap());
         e.check(bad, "dead_letter", |s| {
-            s.dead_letter(claimed[7].seq, &refused(), t(11)).unwrap()
+            s.dead_letter(claimed[7].seq, &rejection(), t(11)).unwrap()
         });
         e.check(bad, "dead_letters (kfr dlq list)", |s| {
             assert!(!s.dead_letters(None).unwrap().is_empty());
