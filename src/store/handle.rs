@@ -82,8 +82,9 @@ impl Store {
             // runtime of its own, which must never start inside the caller's async runtime.
             Location::Postgres(target) => {
                 let target = target.clone();
-                let opened = Self::spawn_opening(move || Ok(Some(boxed(super::postgres::PgBackend::open(&target)?))))?;
-                Ok(opened.expect("PgBackend::open gives a backend or an error"))
+                // `open` gives a backend or an error, never `None`.
+                Self::spawn_opening(move || Ok(Some(boxed(super::postgres::PgBackend::open(&target)?))))?
+                    .ok_or(StoreError::Stopped)
             }
         }
     }
