@@ -235,13 +235,14 @@ mod tests {
             .batch_execute("INSERT INTO kfr_migrations (version, kfr_version) VALUES (999, 'future')")
             .unwrap();
         // By every opening, the check-only ones included.
-        let openings: [fn(&crate::pg::Target) -> Result<(), crate::store::StoreError>; 3] = [
+        type Opening = fn(&crate::pg::Target) -> Result<(), crate::store::StoreError>;
+        let openings: [Opening; 3] = [
             |t| PgBackend::open(t).map(|_| ()),
             |t| PgBackend::open_existing(t).map(|_| ()),
             |t| PgBackend::open_read_only(t).map(|_| ()),
         ];
         for open in openings {
-            let err = open(&t).err().expect("a newer schema is refused");
+            let err = open(&t).expect_err("a newer schema is refused");
             assert!(matches!(err, crate::store::StoreError::Corrupt { .. }), "{err:?}");
             assert!(err.to_string().contains("newer than this kfr knows"), "{err}");
         }
