@@ -103,13 +103,19 @@ impl PgBackend {
 
 /// A connection to `target` as a backend, its schema neither checked nor touched.
 fn unmigrated(target: &Target) -> Result<PgBackend, StoreError> {
-    Ok(PgBackend {
-        client: db::connect(target)?,
+    Ok(on_connection(db::connect(target)?, target))
+}
+
+/// `client`, a connection to `target` made by the caller (the store's own, or a test's that
+/// keeps the server's notices), as a backend holding no lease.
+fn on_connection(client: postgres::Client, target: &Target) -> PgBackend {
+    PgBackend {
+        client,
         target: target.clone(),
         lease: None,
         lock_conn: None,
         writer_conn: None,
-    })
+    }
 }
 
 #[cfg(test)]

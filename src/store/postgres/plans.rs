@@ -110,14 +110,16 @@ mod tests {
                 password_file: Some(db.password_file.clone()),
                 ca_file: None,
             };
-            let mut store = PgBackend::open(&target).unwrap();
-            // The store's connection, replaced by one like it that keeps the notices.
+            // kfr's schema made as ever, then the store on a connection like its own that
+            // keeps the notices.
+            drop(PgBackend::open(&target).unwrap());
             let plans = Arc::new(Mutex::new(vec![]));
             let sink = plans.clone();
             let mut config = postgres::Config::from(target.config("kfr-plans").unwrap());
             config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
-            store.client = config.connect(postgres::NoTls).unwrap();
-            store.client.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+            let mut client = config.connect(postgres::NoTls).unwrap();
+            client.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+            let store = crate::store::postgres::on_connection(client, &target);
             Explained { store, plans, db }
         }
 
