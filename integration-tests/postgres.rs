@@ -251,6 +251,8 @@ async fn verify_and_reconcile_work_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_on_postgres_is_refused_naming_the_banks_tooling() {
     let (env, db) = pg_setup().await;
+    // A store to back up (on an empty database there is none: "no state store", exit 2).
+    assert_ok(&run(&env, &["enqueue", "add", &ids(226, 1)[0]]).await);
     let out = run(&env, &["backup", "copy.db"]).await;
     let (o, e) = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{o}{e}");
@@ -307,4 +309,63 @@ async fn store_migrate_moves_a_sqlite_installation_to_postgres() {
     let (_, e) = output_text(&again);
     assert!(e.contains("already holds") && e.contains("hint:"), "{e}");
     assert_eq!(to_ms(outbox_status(&env).await), before, "nothing changed");
+}
+
+/// The tables kfr could have made in `db` (anything in its public schema).
+fn tables(db: &TestDb) -> i64 {
+    db.query_i64("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+}
+
+/// Commands that only look, pointed at a database without kfr's tables, say there is no state
+/// store at its URL with the exit code a missing SQLite file gets, and leave the database as
+/// they found it: no table, no migrations row (they used to create kfr's whole schema).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_only_commands_on_an_empty_database_create_nothing_and_say_so() {
+    let (env, db) = pg_setup().await;
+    assert_eq!(tables(&db), 0, "a fresh database");
+
+    // The model: the same command on a SQLite store that is not there.
+    let sqlite = run(&env, &["outbox", "status", "--state", "missing.db"]).await;
+    let (_, e) = output_text(&sqlite);
+    assert!(e.contains("there is no state store at missing.db"), "{e}");
+    assert!(!env.dir.join("missing.db").exists());
+    let code = sqlite.status.code();
+    assert_eq!(code, Some(2), "{e}");
+
+    let id = &ids(225, 1)[0];
+    for args in [
+        &["outbox", "status"][..],
+        &["outbox", "status", "--json"],
+        &["dlq", "list"],
+        &["history", id],
+        &["status"],
+    ] {
+        let out = run(&env, args).await;
+        let (o, e) = output_text(&out);
+        assert_eq!(out.status.code(), code, "kfr {args:?}: {o}{e}");
+        assert!(
+            e.contains(&format!("error: there is no state store at {}", db.url)),
+            "kfr {args:?}: {e}"
+        );
+        assert!(e.contains("hint:") && e.contains("store.url"), "kfr {args:?}: {e}");
+        assert_eq!(tables(&db), 0, "kfr {args:?} created tables: {e}");
+    }
+    // `kfr load status` opens strictly read-only; it answers as it does for a missing file.
+    let missing = run(&env, &["load", "status", "--state", "missing.db"]).await;
+    let out = run(&env, &["load", "status"]).await;
+    let (o, e) = output_text(&out);
+    assert_eq!(out.status.code(), missing.status.code(), "{o}{e}");
+    assert!(e.contains(&format!("no state store at {}", db.url)), "{e}");
+    assert_eq!(tables(&db), 0, "kfr load status created tables: {e}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'kfr_migrations'"),
+        0
+    );
+
+    // A command that writes makes the store; the look-only commands then answer from it.
+    assert_ok(&run(&env, &["enqueue", "add", id]).await);
+    assert!(tables(&db) > 0);
+    assert_eq!(outbox_status(&env).await["pending"], 1);
+    let (o, _) = assert_ok(&run(&env, &["load", "status", "--json"]).await);
+    assert!(o.contains(&db.url), "{o}");
 }

@@ -5,8 +5,14 @@
 # Expects HERE, ROOT and WORK; kfr's state home goes under $WORK (nothing in the user's home).
 echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//'), $(uname -sr), $(rustc --version), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+# The scripts' own settings, KFR_BIN and KFR_BENCH_STORE, are read here and then removed from
+# the environment: every kfr started below (certs, mock, agents, outbox status) would inherit
+# them and warn about KFR_* variables it does not know.
+BENCH_BIN=${KFR_BIN:-}
+BENCH_STORE=${KFR_BENCH_STORE:-sqlite}
+unset KFR_BIN KFR_BENCH_STORE
 # KFR_BIN=path measures another build (e.g. a copy of an earlier one) instead of building.
-if [ -n "${KFR_BIN:-}" ]; then KFR=$KFR_BIN; else
+if [ -n "$BENCH_BIN" ]; then KFR=$BENCH_BIN; else
   (cd "$ROOT" && cargo build --release --quiet)
   KFR="$ROOT/target/release/kfr"
 fi
@@ -27,7 +33,7 @@ STATE="$WORK/s/kfr-state.db"
 mkdir -p "$WORK/s"
 STATE_ARGS=(--state "$STATE")
 # KFR_BENCH_STORE=postgres: the same benchmark on a PostgreSQL store (bench/sync/pg.sh).
-if [ "${KFR_BENCH_STORE:-sqlite}" = postgres ]; then . "$HERE/pg.sh"; else echo "== store: SQLite $STATE"; fi
+if [ "$BENCH_STORE" = postgres ]; then . "$HERE/pg.sh"; else echo "== store: SQLite $STATE"; fi
 AGENT_PID=
 
 # start_agent RATE MAX_IN_FLIGHT: the agent on free ports, waits until /readyz answers 200.

@@ -56,18 +56,20 @@ pub fn store(
     mode: StoreMode,
 ) -> anyhow::Result<Option<(crate::store::Store, crate::store::Location)>> {
     let location = location(s, flag)?;
-    if mode != StoreMode::Create && !location.exists() {
-        return Ok(None);
+    // Whether there is a store is the store's to tell (a file, or kfr's schema in a database):
+    // only `Create` makes one.
+    let store = match mode {
+        StoreMode::ReadOnly => crate::store::Store::open_read_only(&location),
+        StoreMode::Existing => crate::store::Store::open_existing(&location),
+        StoreMode::Create => {
+            if let crate::store::Location::Sqlite(path) = &location {
+                create_state_dir(path)?;
+            }
+            crate::store::Store::open(&location).map(Some)
+        }
     }
-    if mode == StoreMode::ReadOnly {
-        let store = crate::store::Store::open_read_only(&location).map_err(anyhow::Error::new)?;
-        return Ok(Some((store, location)));
-    }
-    if let crate::store::Location::Sqlite(path) = &location {
-        create_state_dir(path)?;
-    }
-    let store = crate::store::Store::open(&location).map_err(anyhow::Error::new)?;
-    Ok(Some((store, location)))
+    .map_err(anyhow::Error::new)?;
+    Ok(store.map(|store| (store, location)))
 }
 
 /// [`store`] for a command that needs one to exist: a usage error naming it otherwise.
@@ -77,10 +79,21 @@ pub fn existing_store(
 ) -> anyhow::Result<(crate::store::Store, crate::store::Location)> {
     match store(s, flag, StoreMode::Existing)? {
         Some(found) => Ok(found),
-        None => Err(anyhow::Error::new(
-            crate::error::UsageError::new(format!("there is no state store at {}", location(s, flag)?))
-                .with_hint("give the store `kfr sync` uses (--state, or `state` in the configuration)"),
-        )),
+        None => {
+            let location = location(s, flag)?;
+            let hint = match &location {
+                crate::store::Location::Sqlite(_) => {
+                    "give the store `kfr sync` uses (--state, or `state` in the configuration)"
+                }
+                // The database is there, kfr's tables are not: nothing was created in it.
+                crate::store::Location::Postgres(_) => {
+                    "that database holds no kfr tables: check store.url (or KFR_STORE_URL) names the database `kfr sync` uses; kfr creates its tables there when `kfr sync`, `kfr load` or `kfr store migrate` first runs"
+                }
+            };
+            Err(anyhow::Error::new(
+                crate::error::UsageError::new(format!("there is no state store at {location}")).with_hint(hint),
+            ))
+        }
     }
 }
 

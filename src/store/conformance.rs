@@ -76,9 +76,19 @@ pub fn agent() -> Claimer {
 const LATER: i64 = 100_000;
 
 /// One `#[test]` per property for the harness built by `$make` (an expression giving a
-/// `Box<dyn Harness>`).
+/// `Box<dyn Harness>`), plus the random histories ([`random_histories_hand_out_only_heads_one_per_customer`]),
+/// `random_cases` of them (32 unless given: each needs a fresh store, which a server backend
+/// makes more slowly).
 macro_rules! outbox_conformance_tests {
     ($make:expr) => {
+        $crate::store::conformance::outbox_conformance_tests!($make, random_cases = 32);
+    };
+    ($make:expr, random_cases = $cases:expr) => {
+        /// Random histories of every outbox transition, each on a fresh store.
+        #[test]
+        fn random_histories_hand_out_only_heads_one_per_customer() {
+            $crate::store::conformance::random_histories_hand_out_only_heads_one_per_customer(&|| $make, $cases);
+        }
         $crate::store::conformance::outbox_conformance_tests!(@each $make;
             dedupe_by_event_id, a_duplicate_ahead_in_a_call_leaves_the_next_event_the_head,
             nothing_stored_from_a_failed_call, per_customer_fifo,
@@ -158,7 +168,8 @@ fn ids(events: &[OutboxEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event_id.as_str()).collect()
 }
 
-fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
+/// The settlement of a delivered `op` at `t(at)`.
+pub fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
     Settlement {
         seq,
         delivery: match op {
@@ -170,7 +181,8 @@ fn delivered(seq: Seq, op: Operation, at: i64) -> Settlement {
     }
 }
 
-fn rejection() -> Rejection {
+/// KFR's refusal of an event for its content.
+pub fn rejection() -> Rejection {
     Rejection {
         status: Some(400),
         code: Some("KFR-005".into()),
@@ -1937,4 +1949,135 @@ pub fn backup_is_a_private_checked_copy(h: &mut dyn Harness) {
     assert!(err.to_string().contains("exists already"), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no partial file left behind");
+}
+
+/// One step of a random outbox history (what a store meets from agents and operators).
+#[derive(Debug, Clone)]
+enum Step {
+    Enqueue { customer: u8, add: bool },
+    Claim { limit: u8 },
+    Settle(u8),
+    Retry(u8),
+    DeadLetter(u8),
+    Release(u8),
+    RetryDead,
+    DropDead,
+    Recover,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0u8..5, any::<bool>()).prop_map(|(customer, add)| Step::Enqueue { customer, add }),
+        3 => (1u8..6).prop_map(|limit| Step::Claim { limit }),
+        2 => any::<u8>().prop_map(Step::Settle),
+        1 => any::<u8>().prop_map(Step::Retry),
+        1 => any::<u8>().prop_map(Step::DeadLetter),
+        1 => any::<u8>().prop_map(Step::Release),
+        1 => Just(Step::RetryDead),
+        1 => Just(Step::DropDead),
+        1 => Just(Step::Recover),
+    ]
+}
+
+/// Whatever happens to a store, a claim hands out only a customer's oldest unfinished event,
+/// and never a second one of a customer while one is out; the counts then match what is left.
+/// `cases` random histories of up to 60 steps, each on a fresh store from `make`.
+pub fn random_histories_hand_out_only_heads_one_per_customer(make: &dyn Fn() -> Box<dyn Harness>, cases: u32) {
+    use proptest::test_runner::{Config, TestRunner};
+    let config = Config {
+        cases,
+        // The histories are generated afresh each run; a failure prints its minimal one.
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&proptest::collection::vec(step(), 1..60), |steps| {
+        let mut h = make();
+        random_history(h.backend(), steps)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn random_history(s: &mut dyn Backend, steps: Vec<Step>) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::{prop_assert, prop_assert_eq};
+    use std::collections::{HashMap, VecDeque};
+    let mut open: HashMap<String, VecDeque<Seq>> = HashMap::new();
+    let mut out: Vec<OutboxEvent> = vec![];
+    let mut n = 0;
+    let take = |out: &mut Vec<OutboxEvent>, i: u8| (!out.is_empty()).then(|| out.remove(i as usize % out.len()));
+    for step in steps {
+        match step {
+            Step::Enqueue { customer, add } => {
+                n += 1;
+                let c = format!("customer-{customer}");
+                let op = if add { Operation::Add } else { Operation::Remove };
+                let r = s.enqueue(R, &[ev(&format!("e{n}"), &c, op)], None, t(0)).unwrap();
+                let Enqueued::Stored { seq } = r[0] else {
+                    panic!("{r:?}")
+                };
+                open.entry(c).or_default().push_back(seq);
+            }
+            Step::Claim { limit } => {
+                let got = s.claim_ready(R, &agent(), t(10), limit as usize).unwrap();
+                prop_assert!(got.len() <= limit as usize);
+                for e in got {
+                    prop_assert_eq!(open[&e.customer_id].front(), Some(&e.seq), "not the head");
+                    prop_assert!(
+                        out.iter().all(|o| o.customer_id != e.customer_id),
+                        "two out for one customer"
+                    );
+                    out.push(e);
+                }
+            }
+            Step::Settle(i) => {
+                if let Some(e) = take(&mut out, i) {
+                    s.settle(&[delivered(e.seq, e.op, 10)]).unwrap();
+                    open.get_mut(&e.customer_id).unwrap().pop_front();
+                }
+            }
+            Step::Retry(i) => {
+                if let Some(e) = take(&mut out, i) {
+                    s.retry_later(e.seq, t(5), "HTTP 503", t(0)).unwrap();
+                }
+            }
+            Step::DeadLetter(i) => {
+                if let Some(e) = take(&mut out, i) {
+                    s.dead_letter(e.seq, &rejection(), t(10)).unwrap();
+                }
+            }
+            Step::Release(i) => {
+                if let Some(e) = take(&mut out, i) {
+                    s.release(&[e.seq], t(0)).unwrap();
+                }
+            }
+            Step::RetryDead => {
+                s.retry_dead(DeadLetters::All, &operator(), t(10)).unwrap();
+            }
+            Step::DropDead => {
+                let dead = s.dead_letters(Some(R)).unwrap();
+                prop_assert_eq!(
+                    s.drop_dead(DeadLetters::All, &operator(), t(10)).unwrap(),
+                    dead.len() as u64
+                );
+                for d in dead {
+                    prop_assert_eq!(
+                        open.get_mut(&d.event.customer_id).unwrap().pop_front(),
+                        Some(d.event.seq)
+                    );
+                }
+            }
+            Step::Recover => {
+                s.recover(R, 1, t(LATER), Duration::zero()).unwrap();
+                out.clear();
+            }
+        }
+    }
+    let st = s.status(Some(R)).unwrap();
+    let unfinished: usize = open.values().map(VecDeque::len).sum();
+    prop_assert_eq!((st.pending + st.in_flight + st.dead_lettered) as usize, unfinished);
+    prop_assert_eq!(st.in_flight as usize, out.len());
+    Ok(())
 }

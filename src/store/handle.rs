@@ -82,27 +82,40 @@ impl Store {
             // runtime of its own, which must never start inside the caller's async runtime.
             Location::Postgres(target) => {
                 let target = target.clone();
-                Self::spawn_opening(move || Ok(Box::new(super::postgres::PgBackend::open(&target)?)))
+                // `open` gives a backend or an error, never `None`.
+                Self::spawn_opening(move || Ok(Some(boxed(super::postgres::PgBackend::open(&target)?))))?
+                    .ok_or(StoreError::Stopped)
             }
         }
     }
 
     /// Opens an existing store to look only: nothing created, migrated, locked or written.
-    pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
+    /// `None` when there is no store at `location` (no file; a database without kfr's schema).
+    pub fn open_read_only(location: &Location) -> Result<Option<Store>, StoreError> {
         match location {
-            Location::Sqlite(path) => Self::spawn(Box::new(super::sqlite::SqliteBackend::open_read_only(path)?)),
-            // A look at a PostgreSQL store is a read-only transaction anyway; the role's
-            // privileges are the DBA's to narrow.
-            Location::Postgres(_) => Self::open(location),
+            Location::Sqlite(path) if !path.exists() => Ok(None),
+            Location::Sqlite(path) => {
+                Self::spawn(Box::new(super::sqlite::SqliteBackend::open_read_only(path)?)).map(Some)
+            }
+            Location::Postgres(target) => {
+                let target = target.clone();
+                Self::spawn_opening(move || Ok(super::postgres::PgBackend::open_read_only(&target)?.map(boxed)))
+            }
         }
     }
 
-    /// Opens the store only if it exists (a command that only looks must not create one).
+    /// Opens the store only if it exists (a command that acts on a store must not create one to
+    /// answer): `None` when there is no file, or no kfr schema in the database. An older schema
+    /// is migrated, as [`Store::open`] does.
     pub fn open_existing(location: &Location) -> Result<Option<Store>, StoreError> {
-        if !location.exists() {
-            return Ok(None);
+        match location {
+            Location::Sqlite(path) if !path.exists() => Ok(None),
+            Location::Sqlite(_) => Self::open(location).map(Some),
+            Location::Postgres(target) => {
+                let target = target.clone();
+                Self::spawn_opening(move || Ok(super::postgres::PgBackend::open_existing(&target)?.map(boxed)))
+            }
         }
-        Self::open(location).map(Some)
     }
 
     /// Moves `backend` onto a new thread named `kfr-store`.
@@ -117,26 +130,30 @@ impl Store {
     }
 
     /// Opens a backend with `open` on a new store thread (so whatever it blocks on stays there)
-    /// and serves it; the opening error, if any, is returned here.
+    /// and serves it; the opening error, if any, is returned here, and `None` (there was no
+    /// store to open) ends the thread.
     fn spawn_opening(
-        open: impl FnOnce() -> Result<Box<dyn Backend>, StoreError> + Send + 'static,
-    ) -> Result<Store, StoreError> {
+        open: impl FnOnce() -> Result<Option<Box<dyn Backend>>, StoreError> + Send + 'static,
+    ) -> Result<Option<Store>, StoreError> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let (opened_tx, opened_rx) = mpsc::channel::<Result<Arc<str>, StoreError>>();
+        let (opened_tx, opened_rx) = mpsc::channel::<Result<Option<Arc<str>>, StoreError>>();
         std::thread::Builder::new()
             .name("kfr-store".into())
             .spawn(move || match open() {
-                Ok(backend) => {
-                    let _ = opened_tx.send(Ok(backend.describe().into()));
+                Ok(Some(backend)) => {
+                    let _ = opened_tx.send(Ok(Some(backend.describe().into())));
                     serve(backend, rx);
+                }
+                Ok(None) => {
+                    let _ = opened_tx.send(Ok(None));
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e));
                 }
             })
             .map_err(|e| StoreError::Other(format!("starting the state store's thread: {e}")))?;
-        let describe = opened_rx.recv().map_err(|_| StoreError::Stopped)??;
-        Ok(Store { tx, describe })
+        let opened = opened_rx.recv().map_err(|_| StoreError::Stopped)??;
+        Ok(opened.map(|describe| Store { tx, describe }))
     }
 
     /// What the store is, for messages.
@@ -361,6 +378,11 @@ impl StreamWriter {
 }
 
 /// The store thread: takes requests until every handle is gone.
+/// A backend as the store thread serves it.
+fn boxed(backend: impl Backend + 'static) -> Box<dyn Backend> {
+    Box::new(backend)
+}
+
 fn serve(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Request>) {
     let mut carried: Option<Request> = None;
     loop {

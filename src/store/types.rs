@@ -41,16 +41,6 @@ impl Location {
             Location::Postgres(t) => t.describe(),
         }
     }
-
-    /// Whether the store exists already (opening it would not create it).
-    pub fn exists(&self) -> bool {
-        match self {
-            Location::Sqlite(p) => p.exists(),
-            // The database is there or the connection fails saying so; whether kfr's schema is
-            // in it is for the backend to tell.
-            Location::Postgres(_) => true,
-        }
-    }
 }
 
 impl std::fmt::Display for Location {

@@ -10,7 +10,8 @@
 
 use super::db::{Fault, PgBackend, PgTx, Tx};
 use super::history::{Line, bad_value};
-use super::operations::{EVENT_COLUMNS, drop_unsent, event_row, lock_customers};
+use super::operations::drop_unsent;
+use super::rows::{event_columns, event_row, lock_customers};
 use crate::store::backend::Jobs;
 use crate::store::error::StoreError;
 use crate::store::time_text;
@@ -275,10 +276,12 @@ impl Jobs for PgBackend {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            lock_customers(tx, &register, &customers)?;
+            let keys: Vec<(&str, &str)> = customers.iter().map(|c| (register.as_str(), c.as_str())).collect();
+            lock_customers(tx, &keys)?;
             let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM outbox
-                 WHERE source = ANY($2) AND finished_at IS NULL AND register = $1 ORDER BY seq FOR UPDATE"
+                "SELECT {} FROM outbox
+                 WHERE source = ANY($2) AND finished_at IS NULL AND register = $1 ORDER BY seq FOR UPDATE",
+                event_columns("")
             );
             let held: Vec<OutboxEvent> = tx
                 .query(&sql, &[&register, &OWN_SOURCES.as_slice()])?

@@ -193,7 +193,7 @@ impl Leases for PgBackend {
         });
         if self.lease.as_ref().is_some_and(|h| h.register == lease.register) {
             self.lease = None;
-            self.lock_conn = None;
+            let_go(self.lock_conn.take());
         }
         result
     }
@@ -265,8 +265,18 @@ impl Leases for PgBackend {
     }
 
     fn release_writer(&mut self) -> Result<(), StoreError> {
-        self.writer_conn = None;
+        let_go(self.writer_conn.take());
         Ok(())
+    }
+}
+
+/// Lets go of the session lock `conn` holds, answered by the server before the connection is
+/// closed: closing alone ends the session only once the server has read the goodbye, and
+/// whoever looks right after (a second load, the standby) would still see the lock held. A
+/// connection that fails here is closed all the same, which lets go too.
+fn let_go(conn: Option<Client>) {
+    if let Some(mut conn) = conn {
+        let _ = conn.simple_query("SELECT pg_advisory_unlock_all()");
     }
 }
 

@@ -3,11 +3,13 @@
 //! partial index `history_delivered`), and the backup, which this backend leaves to the bank's
 //! PostgreSQL tooling (see [`PgBackend::backup_to`]).
 //!
-//! Also the few row helpers `jobs` and this file share with the outbox's code (reading an event
-//! row, a head finishing, the per-customer lock); the outbox's own copies live in `rows`.
+//! Also dropping an unsent event, which `jobs` shares (a held operation dropped with its load);
+//! the rows it reads and the per-customer lock and head moving on it takes are `rows`' (module
+//! doc there), the same statements the outbox's own transitions use.
 
 use super::db::{Fault, PgBackend, PgTx, Tx, wrong};
-use super::history::{Line, bad_value, parse_op};
+use super::history::{Line, bad_value};
+use super::rows::{event_columns, event_row, heads_finished, lock_customers};
 use crate::store::backend::{Backend as _, Operations};
 use crate::store::error::StoreError;
 use crate::store::types::*;
@@ -18,100 +20,10 @@ use std::path::Path;
 /// long ago are no longer worth showing.
 const HEARTBEAT_KEPT_DAYS: i64 = 7;
 
-/// The columns of [`event_row`], in its order.
-pub(super) const EVENT_COLUMNS: &str = "seq, register, event_id, op, customer_id, start_date, occurred_at, source, \
-     received_at, correlation_id, state, attempts, next_attempt_at, failing_since, last_error, \
-     batch_correlation_id, accepted_at, claimer, claimed_until, delivery";
-
-fn parse_state(s: &str) -> Result<EventState, Fault> {
-    Ok(match s {
-        "pending" => EventState::Pending,
-        "in_flight" => EventState::InFlight,
-        "accepted" => EventState::Accepted,
-        "delivered" => EventState::Delivered,
-        "dead_lettered" => EventState::DeadLettered,
-        "dropped" => EventState::Dropped,
-        other => return Err(bad_value("outbox.state", other)),
-    })
-}
-
-fn parse_delivery(s: &str) -> Result<Delivery, Fault> {
-    Ok(match s {
-        "added" => Delivery::Added,
-        "already_present" => Delivery::AlreadyPresent,
-        "removed" => Delivery::Removed,
-        "not_found" => Delivery::NotFound,
-        "ingested_seen" => Delivery::IngestedSeen,
-        "ingested_by_time" => Delivery::IngestedByTime,
-        other => return Err(bad_value("outbox.delivery", other)),
-    })
-}
-
-/// One event from a row of [`EVENT_COLUMNS`].
-pub(super) fn event_row(r: &postgres::Row) -> Result<OutboxEvent, Fault> {
-    let attempts: i32 = r.get(11);
-    Ok(OutboxEvent {
-        seq: r.get(0),
-        register: r.get(1),
-        event_id: r.get(2),
-        op: parse_op(r.get(3))?,
-        customer_id: r.get(4),
-        start_date: r.get(5),
-        occurred_at: r.get(6),
-        source: r.get(7),
-        received_at: r.get(8),
-        correlation_id: r.get(9),
-        state: parse_state(r.get(10))?,
-        attempts: u32::try_from(attempts).map_err(|_| bad_value("outbox.attempts", &attempts.to_string()))?,
-        next_attempt_at: r.get(12),
-        failing_since: r.get(13),
-        last_error: r.get(14),
-        batch_correlation_id: r.get(15),
-        accepted_at: r.get(16),
-        claimer: r.get(17),
-        claimed_until: r.get(18),
-        delivery: r.get::<_, Option<&str>>(19).map(parse_delivery).transpose()?,
-    })
-}
-
-/// Takes the transaction-scoped lock on one customer's queue — the one every enqueue takes
-/// (module docs) — so no event of the customer is stored while this transaction moves its head.
-pub(super) fn lock_customer(tx: &mut PgTx<'_>, register: &str, customer: &str) -> Result<(), Fault> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '|' || $2, 0))",
-        &[&register, &customer],
-    )?;
-    Ok(())
-}
-
-/// [`lock_customer`] for several customers of one register, all in one statement and in key
-/// order (the order every multi-customer transaction of the backend takes them in), so two
-/// such transactions never wait for each other in a circle.
-pub(super) fn lock_customers(tx: &mut PgTx<'_>, register: &str, customers: &[String]) -> Result<(), Fault> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(k)
-         FROM (SELECT DISTINCT hashtextextended($1 || '|' || c, 0) AS k FROM unnest($2::text[]) AS u (c) ORDER BY k) AS keys",
-        &[&register, &customers],
-    )?;
-    Ok(())
-}
-
-/// The head `seq` of a customer (locked by [`lock_customer`]) has finished: the customer's next
-/// unfinished event after it, if any, becomes the head. Skips finished ones: an operator may
-/// cancel a pending event behind the head.
-pub(super) fn finish_head(tx: &mut PgTx<'_>, seq: Seq, register: &str, customer: &str) -> Result<(), Fault> {
-    tx.execute("UPDATE outbox SET head = NULL WHERE seq = $1", &[&seq])?;
-    tx.execute(
-        "UPDATE outbox SET head = true WHERE seq = (SELECT seq FROM outbox
-             WHERE register = $1 AND customer_id = $2 AND seq > $3 AND finished_at IS NULL ORDER BY seq LIMIT 1)",
-        &[&register, &customer, &seq],
-    )?;
-    Ok(())
-}
-
 /// Finishes event `seq` as dropped (never sent; the ledger is untouched) if it is not finished
-/// and not being sent (in flight, accepted): one conditional statement. Moves the customer's
-/// head on when it was the head. `false`: the event was not in a state to drop.
+/// and not being sent (in flight, accepted): one conditional statement, which also ends its
+/// place at the head (the value before it is returned). Moves the customer's queue on when it
+/// was the head. `false`: the event was not in a state to drop.
 pub(super) fn drop_unsent(
     tx: &mut PgTx<'_>,
     ev: &OutboxEvent,
@@ -119,15 +31,18 @@ pub(super) fn drop_unsent(
     last_error: Option<&str>,
 ) -> Result<bool, Fault> {
     let row = tx.query_opt(
-        "UPDATE outbox SET state = 'dropped', finished_at = $1, claimer = NULL, next_attempt_at = NULL,
-                last_error = COALESCE($2, last_error)
-         WHERE seq = $3 AND finished_at IS NULL AND state IN ('pending', 'dead_lettered')
-         RETURNING head IS NOT NULL",
+        "WITH prev AS MATERIALIZED (
+             SELECT seq, head FROM outbox
+             WHERE seq = $3 AND finished_at IS NULL AND state IN ('pending', 'dead_lettered') FOR UPDATE)
+         UPDATE outbox o SET state = 'dropped', finished_at = $1, claimer = NULL, next_attempt_at = NULL,
+                last_error = COALESCE($2, o.last_error), head = NULL
+         FROM prev WHERE o.seq = prev.seq
+         RETURNING prev.head IS NOT NULL",
         &[&now, &last_error, &ev.seq],
     )?;
     let Some(row) = row else { return Ok(false) };
     if row.get::<_, bool>(0) {
-        finish_head(tx, ev.seq, &ev.register, &ev.customer_id)?;
+        heads_finished(tx, &[(ev.seq, ev.register.as_str(), ev.customer_id.as_str())])?;
     }
     Ok(true)
 }
@@ -135,10 +50,11 @@ pub(super) fn drop_unsent(
 /// The unfinished events of one customer, oldest first, locked for this transaction (the
 /// customer's queue lock taken first, as every enqueue takes it).
 fn customer_events(tx: &mut PgTx<'_>, register: &str, customer: &str) -> Result<Vec<OutboxEvent>, Fault> {
-    lock_customer(tx, register, customer)?;
+    lock_customers(tx, &[(register, customer)])?;
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM outbox
-         WHERE register = $1 AND customer_id = $2 AND finished_at IS NULL ORDER BY seq FOR UPDATE"
+        "SELECT {} FROM outbox
+         WHERE register = $1 AND customer_id = $2 AND finished_at IS NULL ORDER BY seq FOR UPDATE",
+        event_columns("")
     );
     tx.query(&sql, &[&register, &customer])?.iter().map(event_row).collect()
 }
@@ -149,8 +65,8 @@ fn locked_event(tx: &mut PgTx<'_>, seq: Seq) -> Result<OutboxEvent, Fault> {
         return Err(wrong(seq, "does not exist"));
     };
     let (register, customer): (String, String) = (row.get(0), row.get(1));
-    lock_customer(tx, &register, &customer)?;
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE seq = $1 FOR UPDATE");
+    lock_customers(tx, &[(register, customer)])?;
+    let sql = format!("SELECT {} FROM outbox WHERE seq = $1 FOR UPDATE", event_columns(""));
     match tx.query_opt(&sql, &[&seq])? {
         Some(row) => event_row(&row),
         // Purged in between (only finished events are): as if it never was.
@@ -198,33 +114,35 @@ impl Operations for PgBackend {
                     format!("is {} and cannot be cancelled", first.state.as_str()),
                 ));
             }
-            for ev in &pending {
-                // Conditional on the state read under the lock; a miss would be a bug in the
-                // locking, and then nothing of the call is kept.
-                let row = tx.query_opt(
-                    "UPDATE outbox SET state = 'dropped', finished_at = $1, next_attempt_at = NULL
-                     WHERE seq = $2 AND state = 'pending' RETURNING head IS NOT NULL",
-                    &[&now, &ev.seq],
-                )?;
-                let Some(row) = row else {
-                    return Err(Fault::Store(StoreError::Conflict(format!(
-                        "event {} changed while it was being cancelled",
-                        ev.seq
-                    ))));
-                };
-                // Only the head's end moves the queue on; a cancelled event behind the head is
-                // skipped when the head finishes.
-                if row.get::<_, bool>(0) {
-                    finish_head(tx, ev.seq, &ev.register, &ev.customer_id)?;
-                }
-                Line {
-                    kind: HistoryKind::Operator,
-                    actor: Some(&action.actor),
-                    detail: action.reason.as_deref(),
-                    ..Line::attempt(ev, now, "cancelled")
-                }
-                .write(tx)?;
+            // One statement, conditional on the states read under the lock, ends them all and
+            // their places at the head (returning the value before); a miss would be a bug in
+            // the locking, and then nothing of the call is kept. Only a head's end moves its
+            // queue on; a cancelled event behind the head is skipped when the head finishes.
+            let seqs: Vec<Seq> = pending.iter().map(|e| e.seq).collect();
+            let rows = tx.query(
+                "WITH prev AS MATERIALIZED (
+                     SELECT seq, head FROM outbox WHERE seq = ANY($2) AND state = 'pending' ORDER BY seq FOR UPDATE)
+                 UPDATE outbox o SET state = 'dropped', finished_at = $1, next_attempt_at = NULL, head = NULL
+                 FROM prev WHERE o.seq = prev.seq
+                 RETURNING o.seq, prev.head IS NOT NULL",
+                &[&now, &seqs],
+            )?;
+            if let Some(missed) = seqs.iter().find(|s| !rows.iter().any(|r| r.get::<_, Seq>(0) == **s)) {
+                return Err(Fault::Store(StoreError::Conflict(format!(
+                    "event {missed} changed while it was being cancelled"
+                ))));
             }
+            let heads: Vec<(Seq, &str, &str)> = pending
+                .iter()
+                .filter(|ev| rows.iter().any(|r| r.get::<_, Seq>(0) == ev.seq && r.get::<_, bool>(1)))
+                .map(|ev| (ev.seq, ev.register.as_str(), ev.customer_id.as_str()))
+                .collect();
+            heads_finished(tx, &heads)?;
+            let lines: Vec<Line<'_>> = pending
+                .iter()
+                .map(|ev| Line::operator(ev, action, now, "cancelled"))
+                .collect();
+            Line::write_all(tx, &lines)?;
             Ok(Cancelled {
                 events: pending.clone(),
                 left: left.iter().map(|e| (e.seq, e.state)).collect(),

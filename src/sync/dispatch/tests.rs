@@ -728,8 +728,16 @@ fn claims_hold_two_groups_of_singles_and_a_batch_only_while_batching() {
     };
     let cap = 32 + 250;
     assert_eq!(claim_limit(&cfg, cap, 0, false, Gate::Open), Some(64));
-    assert_eq!(claim_limit(&cfg, cap, 31, false, Gate::Open), Some(33), "fewer held than in flight");
-    assert_eq!(claim_limit(&cfg, cap, 40, false, Gate::Open), None, "not worth a commit yet");
+    assert_eq!(
+        claim_limit(&cfg, cap, 31, false, Gate::Open),
+        Some(33),
+        "fewer held than in flight"
+    );
+    assert_eq!(
+        claim_limit(&cfg, cap, 40, false, Gate::Open),
+        None,
+        "not worth a commit yet"
+    );
     assert_eq!(claim_limit(&cfg, cap, 64, false, Gate::Open), None);
     assert_eq!(claim_limit(&cfg, cap, 0, true, Gate::Open), Some(282));
     assert_eq!(claim_limit(&cfg, cap, 200, true, Gate::Open), Some(82));
