@@ -418,16 +418,7 @@ async fn sigterm_stops_after_the_current_step_with_the_resume_command() {
     let id = ids(101, 240);
     env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
     let home = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KFR_") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .current_dir(&env.dir)
-        .env("NO_COLOR", "1")
-        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+    let child = crate::util::kfr_process(&env.dir, home.path())
         .args([
             "--config", "kfr.toml", "load", "c.csv", "--state", "s.db", "--report", "r.json",
         ])
@@ -1198,16 +1189,7 @@ async fn sigterm_is_answered_while_an_unknown_upload_is_probed() {
     env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
     env.mock.state().set_batch_errors(true);
     let home = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KFR_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .current_dir(&env.dir)
-        .env("NO_COLOR", "1")
-        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+    let mut child = crate::util::kfr_process(&env.dir, home.path())
         .args(["--config", "kfr.toml", "load", "c.csv", "--state", "s.db"])
         .args(["--ingest-rate", "200000", "--outage-wait-secs", "600"])
         .stdout(std::process::Stdio::piped())
@@ -1357,16 +1339,7 @@ async fn sigterm_ends_a_load_waiting_for_a_fifo_writer() {
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
     let home = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kfr"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KFR_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .current_dir(&env.dir)
-        .env("NO_COLOR", "1")
-        .env(kfr::env_vars::KFR_STATE_HOME, home.path())
+    let mut child = crate::util::kfr_process(&env.dir, home.path())
         .args(["--config", "kfr.toml", "load", "c.fifo", "--state", "s.db"])
         .args(["--ingest-rate", "200000", "--settle-secs", "0"])
         .stdout(std::process::Stdio::piped())
