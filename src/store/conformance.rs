@@ -807,47 +807,6 @@ pub fn correlation_id_is_stable_across_claims_and_recover(h: &mut dyn Harness) {
     }
 }
 
-/// Every property in turn, each on a fresh harness (for a backend that prefers one test).
-pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Harness>) {
-    let props: &[fn(&mut dyn Harness)] = &[
-        dedupe_by_event_id,
-        a_duplicate_ahead_in_a_call_leaves_the_next_event_the_head,
-        nothing_stored_from_a_failed_call,
-        per_customer_fifo,
-        parallel_across_customers_up_to_the_limit,
-        retry_later_keeps_the_head_and_honours_next_attempt_at,
-        release_does_not_count_an_attempt,
-        dead_letter_parks_only_that_customer,
-        retry_dead_and_drop_dead_unpark,
-        barrier_holds_removes_and_what_is_behind_them_not_free_adds,
-        recover_requeues_singles_and_marks_batch_events_of_unknown_fate,
-        batch_accepted_then_ingested,
-        settle_updates_the_ledger,
-        purge_removes_only_finished_events_before_the_cutoff,
-        status_counts,
-        registers_are_isolated,
-        correlation_id_is_stable_across_claims_and_recover,
-        a_callers_own_event_goes_only_as_a_free_head_and_holds_its_customer,
-        jobs_raise_and_lower_the_barrier_and_an_abandoned_job_takes_no_writes,
-        batch_unknown_keeps_the_events_at_their_heads_until_probed,
-        unfinished_customers_are_those_with_a_head,
-        the_ledger_can_be_walked_in_pages,
-        an_event_id_reused_for_another_event_is_refused_whole,
-        a_source_cursor_moves_with_the_events_it_read,
-        a_load_claims_only_its_held_operations_in_turn,
-        history_outlives_the_outbox_and_names_who,
-        concurrency_one_lease_holder_and_a_deposed_one_is_fenced,
-        concurrency_same_customer_enqueues_from_two_handles_give_one_head,
-        concurrency_claims_from_two_handles_never_give_two_of_one_customer,
-        cancel_takes_only_pending_events_and_the_queue_moves_on,
-        heartbeats_and_the_last_delivery,
-        backup_is_a_private_checked_copy,
-    ];
-    for p in props {
-        p(&mut *make());
-    }
-}
-
 /// `enqueue_and_claim` / `finish_claim`: a caller that sends its own event (`kfr add`, `kfr
 /// remove`) gets it in flight only when it is its customer's head and may go now; while it holds
 /// it nothing else of that customer is handed out; anything ahead (pending or in flight, or the
