@@ -133,6 +133,32 @@ impl Env {
 
 /// `n` valid synthetic identifiers, unique for distinct `seed`s: fødselsnumre (K1 remainder 0,
 /// as issued before 2032) and test organisation numbers (first digit 3), alternating.
+/// A store with a load still at work on it: a new [`Env`] whose mock ingests 60 entries a
+/// second, and a load of 240 customers (`ids(seed, 240)`, `c.csv`) on `s.db` started in the
+/// background. Its waits are bounded (`confirm_secs`), so a failed assertion (the mock then
+/// gone) cannot leave it retrying for the default 30 minutes while the runtime waits for it.
+pub(crate) async fn busy_store(
+    seed: u32,
+    confirm_secs: &'static str,
+) -> (std::sync::Arc<Env>, tokio::task::JoinHandle<std::process::Output>) {
+    let env = std::sync::Arc::new(setup().await);
+    env.mock.state().set_ingest_rate(60);
+    let id = ids(seed, 240);
+    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
+    let running = env.clone();
+    let load = tokio::spawn(async move {
+        running
+            .load(
+                "c.csv",
+                "s.db",
+                &["--outage-wait-secs", "20", "--confirm-timeout-secs", confirm_secs],
+                &[],
+            )
+            .await
+    });
+    (env, load)
+}
+
 pub(crate) fn ids(seed: u32, n: usize) -> Vec<String> {
     use kfr::ids::synthetic::{complete_org, complete_person};
     let mut out = vec![];

@@ -58,22 +58,7 @@ async fn a_wal_lost_after_a_kill_loses_no_step_of_the_load() {
 /// nobody could find again and ended "complete".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_removed_under_a_running_load_stops_it_naming_the_file() {
-    let env = std::sync::Arc::new(setup().await);
-    env.mock.state().set_ingest_rate(60);
-    let id = ids(155, 240);
-    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
-    let first = {
-        let env = env.clone();
-        tokio::spawn(async move {
-            env.load(
-                "c.csv",
-                "s.db",
-                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "30"],
-                &[],
-            )
-            .await
-        })
-    };
+    let (env, first) = crate::load::busy_store(155, "30").await;
     // The first batch is with KFR (accepted, ingesting): the load's next step is its confirmation.
     let since = std::time::Instant::now();
     while env.batches_accepted() == 0 {

@@ -150,24 +150,7 @@ async fn a_resume_against_another_kfr_is_refused() {
 /// once, naming the running job (before: every batch was uploaded twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_load_on_a_busy_store_is_refused_at_once() {
-    let env = std::sync::Arc::new(setup().await);
-    env.mock.state().set_ingest_rate(60);
-    let id = ids(94, 240);
-    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
-    let first = {
-        let env = env.clone();
-        // Bounded, so a failed assertion below (the mock then gone) cannot leave it retrying
-        // for the default 30 minutes while the runtime waits for it.
-        tokio::spawn(async move {
-            env.load(
-                "c.csv",
-                "s.db",
-                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "20"],
-                &[],
-            )
-            .await
-        })
-    };
+    let (env, first) = crate::load::busy_store(94, "20").await;
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     for extra in [&["--resume"][..], &[][..]] {
         let out = env.load("c.csv", "s.db", extra, &[]).await;
@@ -1227,22 +1210,7 @@ async fn sigterm_is_answered_while_an_unknown_upload_is_probed() {
 /// naming the running job, and nothing is uploaded twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_load_through_a_symlink_to_the_store_is_refused() {
-    let env = std::sync::Arc::new(setup().await);
-    env.mock.state().set_ingest_rate(60);
-    let id = ids(144, 240);
-    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
-    let first = {
-        let env = env.clone();
-        tokio::spawn(async move {
-            env.load(
-                "c.csv",
-                "s.db",
-                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "20"],
-                &[],
-            )
-            .await
-        })
-    };
+    let (env, first) = crate::load::busy_store(144, "20").await;
     accepted(&env, 0).await;
     std::os::unix::fs::symlink(env.dir.join("s.db"), env.dir.join("link.db")).unwrap();
     for extra in [&["--resume"][..], &[][..]] {
@@ -1628,22 +1596,7 @@ async fn load_status_is_strictly_read_only() {
 /// never calls it complete, and exits 1 saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_whose_job_is_abandoned_under_it_stops_and_exits_1() {
-    let env = std::sync::Arc::new(setup().await);
-    env.mock.state().set_ingest_rate(60);
-    let id = ids(147, 240);
-    env.write("c.csv", &id.iter().map(|i| format!("{i}\n")).collect::<String>());
-    let first = {
-        let env = env.clone();
-        tokio::spawn(async move {
-            env.load(
-                "c.csv",
-                "s.db",
-                &["--outage-wait-secs", "20", "--confirm-timeout-secs", "30"],
-                &[],
-            )
-            .await
-        })
-    };
+    let (env, first) = crate::load::busy_store(147, "30").await;
     accepted(&env, 0).await;
     {
         use kfr::store::backend::Jobs as _;
